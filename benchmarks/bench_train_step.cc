@@ -1,0 +1,163 @@
+// bench_train_step: the time of one full optimizer step of a TopK SAE (encode,
+// top-k, sparse backward, Adam, decoder renormalisation) against its physical
+// floor, the encoder GEMM alone in the same precision. Prints the machine and
+// build first, then medians over repeated steps after warm-up.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <CLI/CLI.hpp>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/sae/sae_step.h"
+#include "core/sae/trainer.h"
+
+#ifndef SAE_GIT_COMMIT
+#define SAE_GIT_COMMIT "unknown"
+#endif
+#ifndef SAE_BUILD_TYPE
+#define SAE_BUILD_TYPE "unknown"
+#endif
+
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+std::string CpuModel() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"bench_train_step: SAE training step vs the encoder GEMM"};
+  int64_t d = 768, n = 16384, k = 32, batch = 4096, steps = 7, warmup = 2;
+  int threads = 0;
+  std::string precision = "fp32", device = "cpu", remedy = "none";
+  double dead_fraction = 0.0;
+  bool as_json = false;
+  app.add_option("--d", d, "input dimension");
+  app.add_option("--latents", n, "number of latents");
+  app.add_option("--k", k, "active latents per token");
+  app.add_option("--batch", batch, "tokens per step");
+  app.add_option("--precision", precision, "fp32|bf16")->check(CLI::IsMember({"fp32", "bf16"}));
+  app.add_option("--device", device, "cpu|cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--steps", steps, "measured steps (median; at least 5)");
+  app.add_option("--warmup", warmup, "steps before measuring");
+  app.add_option("--threads", threads, "LibTorch threads (0 = every core)");
+  app.add_option("--remedy", remedy, "none|auxk|ghost_grads")->check(CLI::IsMember({"none", "auxk", "ghost_grads"}));
+  app.add_option("--dead-fraction", dead_fraction, "with a remedy: fraction of latents marked dead");
+  app.add_flag("--json", as_json, "one JSON object");
+  CLI11_PARSE(app, argc, argv);
+  steps = std::max<int64_t>(steps, 5);
+  if (device == "cuda") {
+    std::fprintf(stderr, "error: --device cuda: this build's step kernels are CPU-only\n");
+    return 1;
+  }
+  at::set_num_threads(threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency()));
+
+  sae::TrainerOptions o;
+  o.d_in = d;
+  o.latents = n;
+  o.k = k;
+  o.schedule = sae::KSchedule::Constant(k);
+  o.total_tokens = batch * (steps + warmup) * 1000;
+  o.batch_tokens = batch;
+  o.warmup_fraction = 0;
+  o.bf16 = precision == "bf16";
+  o.remedy = sae::RemedyFromString(remedy).value();
+  o.dead_window_tokens = dead_fraction > 0 ? 1 : 1000000000000LL;
+  auto trainer = sae::SaeTrainer::Create(o);
+  if (!trainer.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(trainer.status().message()).c_str());
+    return 1;
+  }
+  at::manual_seed(0);
+  at::Tensor x = at::randn({batch, d}, at::kFloat);
+
+  std::vector<double> step_s;
+  std::map<std::string, std::vector<double>> phases;
+  for (int64_t i = 0; i < warmup + steps; ++i) {
+    auto m = (*trainer)->Step(x.data_ptr<float>(), batch);
+    if (!m.ok()) {
+      std::fprintf(stderr, "error: %s\n", std::string(m.status().message()).c_str());
+      return 1;
+    }
+    if (i >= warmup) {
+      step_s.push_back(m->seconds);
+      for (auto& [name, s] : m->phase_seconds) phases[name].push_back(s);
+    }
+  }
+
+  // The floor: the encoder GEMM (with bias) alone, same shapes and precision
+  // as the step uses: fp32 sgemm; bf16 on CPU multiplies bf16-rounded
+  // operands in fp32 (see docs/performance.md for LibTorch's own bf16 GEMM).
+  at::Tensor W = (*trainer)->params().W_enc.clone();
+  at::Tensor b = at::zeros({n});
+  at::Tensor xin = x.clone();
+  if (o.bf16) {
+    sae::RoundToBF16InPlace(W);
+    sae::RoundToBF16InPlace(xin);
+  }
+  at::Tensor z = at::empty({batch, n});
+  std::vector<double> gemm_s;
+  for (int64_t i = 0; i < warmup + steps; ++i) {
+    const double t0 = Now();
+    at::addmm_out(z, b, xin, W.t());
+    if (i >= warmup) gemm_s.push_back(Now() - t0);
+  }
+  const double step_med = Median(step_s), gemm_med = Median(gemm_s);
+  const double tok_s = batch / step_med;
+  const double ratio = step_med / gemm_med;
+  const double gflops = 2.0 * batch * d * n / gemm_med / 1e9;
+
+  if (as_json) {
+    nlohmann::json j = {{"tokens_per_second", tok_s}, {"step_seconds", step_med},
+                        {"gemm_seconds", gemm_med}, {"ratio", ratio}, {"gemm_gflops", gflops},
+                        {"d", d}, {"latents", n}, {"k", k}, {"batch", batch},
+                        {"precision", precision}, {"device", device}, {"threads", at::get_num_threads()},
+                        {"commit", SAE_GIT_COMMIT}, {"build_type", SAE_BUILD_TYPE}};
+    nlohmann::json ph;
+    for (auto& [name, v] : phases) ph[name] = Median(v);
+    j["phases"] = ph;
+    std::printf("%s\n", j.dump().c_str());
+    return 0;
+  }
+  utsname u;
+  uname(&u);
+  std::printf("machine   : %s, %u cores, %s %s\n", CpuModel().c_str(), std::thread::hardware_concurrency(),
+              u.sysname, u.release);
+  std::printf("build     : commit %s, %s, LibTorch threads %d\n", SAE_GIT_COMMIT, SAE_BUILD_TYPE,
+              at::get_num_threads());
+  std::printf("config    : d %ld, latents %ld, k %ld, batch %ld, %s, %s, remedy %s\n", d, n, k, batch,
+              precision.c_str(), device.c_str(), remedy.c_str());
+  std::printf("median of %ld steps after %ld warm-up:\n", steps, warmup);
+  std::printf("  step      %9.4f s   %10.0f tokens/s\n", step_med, tok_s);
+  std::printf("  gemm      %9.4f s   %10.1f GFLOP/s (encoder GEMM alone)\n", gemm_med, gflops);
+  std::printf("  ratio     %9.3f     (step / gemm)\n", ratio);
+  std::printf("  phases:");
+  for (auto& [name, v] : phases) std::printf(" %s %.4f", name.c_str(), Median(v));
+  std::printf("\n");
+  return 0;
+}

@@ -1,0 +1,346 @@
+#include "core/data/activation_stream.h"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "core/base/file_util.h"
+#include "core/data/prng.h"
+
+namespace sae {
+namespace {
+
+using data_internal::HashPair;
+using data_internal::RandomPermutation;
+using data_internal::Xoshiro256;
+
+// Seed tags keep the shard-order and window-shuffle streams independent.
+constexpr uint64_t kShardOrderTag = 0x5348415244ULL;  // "SHARD"
+constexpr uint64_t kWindowTag = 0x57494e444fULL;      // "WINDO"
+
+// Unshuffled streams read in chunks of about this many floats.
+constexpr int64_t kReadChunkFloats = int64_t{4} << 20;
+constexpr int64_t kMaxReadRows = 8192;
+
+std::string JoinPath(const std::string& dir, const std::string& file) {
+  if (!dir.empty() && dir.back() == '/') return dir + file;
+  return absl::StrCat(dir, "/", file);
+}
+
+// "shard <message>"; SafetensorsFile errors already start with the path.
+absl::Status ShardError(const absl::Status& s) {
+  return absl::Status(s.code(), absl::StrCat("shard ", s.message()));
+}
+
+bool IsFinite(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return (u & 0x7f800000u) != 0x7f800000u;
+}
+
+// One block of consecutive rows of an epoch's visit order, read and converted.
+struct Window {
+  int64_t rows = 0;
+  std::vector<float> data;    // rows x d_in in visit order
+  std::vector<int64_t> perm;  // output j is data row perm[j]; empty = identity
+  // Output positions holding a non-finite row, ascending, with their errors.
+  std::vector<std::pair<int64_t, absl::Status>> bad;
+  absl::Status error;  // the window could not be read at all
+};
+
+}  // namespace
+
+struct ActivationStream::Impl {
+  ~Impl() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      stop = true;
+    }
+    stop_flag.store(true);
+    space_cv.notify_all();
+    data_cv.notify_all();
+    if (thread.joinable()) thread.join();
+  }
+
+  void ProducerLoop(int64_t epoch, int64_t window);
+  std::unique_ptr<Window> BuildWindow(int64_t epoch, int64_t window);
+  absl::Status ReadSegment(size_t shard, int64_t row_begin, int64_t rows, Window* win,
+                           int64_t out_row,
+                           std::vector<std::pair<int64_t, absl::Status>>* bad_rows);
+  void EpochOrder(int64_t epoch);
+
+  // Immutable after Open.
+  std::string dir;
+  Manifest manifest;
+  StreamOptions opts;
+  std::vector<SafetensorsFile> shards;
+  std::vector<std::string> shard_paths;
+  bool shuffle = true;
+  int64_t window_rows = 1;  // rows per window (shuffle window, or read chunk when unshuffled)
+  int64_t windows_per_epoch = 1;
+
+  // Consumer side (the thread calling Next).
+  int64_t position = 0;
+  int64_t skip = 0;  // rows of the first window before start_row
+  std::unique_ptr<Window> cur;
+  int64_t cur_pos = 0;
+  absl::Status sticky;
+
+  // Producer side (the prefetch thread only).
+  int64_t order_epoch = -1;
+  std::vector<size_t> order;    // shard visit order of order_epoch
+  std::vector<int64_t> prefix;  // prefix[k] = rows of order[0..k)
+  std::vector<bool> verified;
+
+  std::thread thread;
+  std::atomic<bool> stop_flag{false};
+  std::mutex mu;
+  std::condition_variable data_cv;   // queue became non-empty
+  std::condition_variable space_cv;  // queue has room, or stop
+  std::deque<std::unique_ptr<Window>> queue ABSL_GUARDED_BY(mu);
+  bool stop ABSL_GUARDED_BY(mu) = false;
+};
+
+void ActivationStream::Impl::EpochOrder(int64_t epoch) {
+  if (order_epoch == epoch) return;
+  order_epoch = epoch;
+  std::vector<int64_t> perm;
+  if (shuffle) {
+    Xoshiro256 rng(HashPair(HashPair(opts.seed, static_cast<uint64_t>(epoch)), kShardOrderTag));
+    RandomPermutation(static_cast<int64_t>(shards.size()), &rng, &perm);
+  } else {
+    perm.resize(shards.size());
+    for (size_t i = 0; i < perm.size(); ++i) perm[i] = static_cast<int64_t>(i);
+  }
+  order.assign(perm.begin(), perm.end());
+  prefix.assign(order.size() + 1, 0);
+  for (size_t k = 0; k < order.size(); ++k)
+    prefix[k + 1] = prefix[k] + manifest.shards[order[k]].rows;
+}
+
+absl::Status ActivationStream::Impl::ReadSegment(
+    size_t shard, int64_t row_begin, int64_t rows, Window* win, int64_t out_row,
+    std::vector<std::pair<int64_t, absl::Status>>* bad_rows) {
+  const std::string& path = shard_paths[shard];
+  if (opts.verify_checksums && !verified[shard]) {
+    auto sha = Sha256File(path);
+    if (!sha.ok()) return Annotate(sha.status(), "shard checksum");
+    if (*sha != manifest.shards[shard].sha256) {
+      return absl::DataLossError(absl::StrCat("shard ", path, ": sha256 mismatch: manifest has ",
+                                              manifest.shards[shard].sha256, ", file has ", *sha));
+    }
+    verified[shard] = true;
+  }
+  const int64_t d = manifest.d_in;
+  const int64_t chunk = std::clamp<int64_t>(kReadChunkFloats / d, 1, kMaxReadRows);
+  for (int64_t r = 0; r < rows; r += chunk) {
+    if (stop_flag.load(std::memory_order_relaxed)) return absl::CancelledError("stream closed");
+    const int64_t n = std::min(chunk, rows - r);
+    float* dst = win->data.data() + (out_row + r) * d;
+    absl::Status s =
+        shards[shard].ReadRowsAsFloat("activations", row_begin + r, row_begin + r + n, dst);
+    if (!s.ok()) return ShardError(s);
+    for (int64_t i = 0; i < n; ++i) {
+      const float* row = dst + i * d;
+      bool finite = true;
+      for (int64_t c = 0; c < d; ++c) finite &= IsFinite(row[c]);
+      if (finite) continue;
+      int64_t col = 0;
+      while (IsFinite(row[col])) ++col;
+      bad_rows->emplace_back(out_row + r + i,
+                             absl::InvalidArgumentError(absl::StrCat(
+                                 "shard ", path, ": row ", row_begin + r + i,
+                                 " has a non-finite value (", row[col], ") in column ", col)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::unique_ptr<Window> ActivationStream::Impl::BuildWindow(int64_t epoch, int64_t window) {
+  auto win = std::make_unique<Window>();
+  EpochOrder(epoch);
+  const int64_t d = manifest.d_in;
+  const int64_t start = window * window_rows;
+  win->rows = std::min(window_rows, manifest.rows - start);
+  win->data.resize(static_cast<size_t>(win->rows * d));
+  // Bad rows by visit-order index within the window.
+  std::vector<std::pair<int64_t, absl::Status>> bad_rows;
+  size_t k =
+      static_cast<size_t>(std::upper_bound(prefix.begin(), prefix.end(), start) - prefix.begin()) -
+      1;
+  int64_t done = 0;
+  while (done < win->rows) {
+    const int64_t pos = start + done;
+    while (prefix[k + 1] <= pos) ++k;  // skips empty shards
+    const size_t shard = order[k];
+    const int64_t row = pos - prefix[k];
+    const int64_t n = std::min(manifest.shards[shard].rows - row, win->rows - done);
+    win->error = ReadSegment(shard, row, n, win.get(), done, &bad_rows);
+    if (!win->error.ok()) return win;
+    done += n;
+  }
+  if (shuffle) {
+    Xoshiro256 rng(HashPair(
+        HashPair(HashPair(opts.seed, static_cast<uint64_t>(epoch)), static_cast<uint64_t>(window)),
+        kWindowTag));
+    RandomPermutation(win->rows, &rng, &win->perm);
+  }
+  if (!bad_rows.empty()) {
+    std::vector<int64_t> inverse;
+    if (shuffle) {
+      inverse.resize(win->perm.size());
+      for (size_t j = 0; j < win->perm.size(); ++j) inverse[win->perm[j]] = static_cast<int64_t>(j);
+    }
+    for (auto& [visit, status] : bad_rows) {
+      win->bad.emplace_back(shuffle ? inverse[visit] : visit, std::move(status));
+    }
+    std::sort(win->bad.begin(), win->bad.end(),
+              [](const auto& a, const auto& b) { return a.first < b.first; });
+  }
+  return win;
+}
+
+void ActivationStream::Impl::ProducerLoop(int64_t epoch, int64_t window) {
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      space_cv.wait(
+          lock, [&] { return stop || static_cast<int64_t>(queue.size()) < opts.prefetch_windows; });
+      if (stop) return;
+    }
+    std::unique_ptr<Window> win;
+    try {
+      win = BuildWindow(epoch, window);
+    } catch (const std::exception& e) {
+      win = std::make_unique<Window>();
+      win->error =
+          absl::ResourceExhaustedError(absl::StrCat("activation stream ", dir, ": ", e.what()));
+    }
+    const bool fatal = !win->error.ok();
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (stop) return;
+      queue.push_back(std::move(win));
+    }
+    data_cv.notify_one();
+    if (fatal) return;
+    if (++window == windows_per_epoch) {
+      window = 0;
+      ++epoch;
+    }
+  }
+}
+
+absl::StatusOr<std::unique_ptr<ActivationStream>> ActivationStream::Open(const std::string& dir,
+                                                                         StreamOptions opts) {
+  if (opts.shuffle_window_rows < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("activation stream ", dir, ": shuffle_window_rows must be >= 1"));
+  }
+  if (opts.prefetch_windows < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("activation stream ", dir, ": prefetch_windows must be >= 1"));
+  }
+  if (opts.start_row < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("activation stream ", dir, ": start_row must be >= 0"));
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->dir = dir;
+  impl->opts = opts;
+  SAE_ASSIGN_OR_RETURN(impl->manifest, LoadManifest(dir));
+  const Manifest& m = impl->manifest;
+  if (opts.expected_d_in != 0 && opts.expected_d_in != m.d_in) {
+    return absl::InvalidArgumentError(absl::StrCat(JoinPath(dir, "manifest.json"), ": d_in ",
+                                                   m.d_in, " does not match expected d_in ",
+                                                   opts.expected_d_in));
+  }
+  if (m.rows == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(JoinPath(dir, "manifest.json"), ": no rows to stream"));
+  }
+  for (size_t i = 0; i < m.shards.size(); ++i) {
+    SAE_ASSIGN_OR_RETURN(SafetensorsFile f, OpenShard(dir, m, i));
+    impl->shard_paths.push_back(f.path());
+    impl->shards.push_back(std::move(f));
+  }
+  impl->verified.assign(m.shards.size(), false);
+  impl->shuffle = opts.shuffle_window_rows > 1;
+  impl->window_rows = impl->shuffle
+                          ? std::min(opts.shuffle_window_rows, m.rows)
+                          : std::clamp<int64_t>(kReadChunkFloats / m.d_in, 1, kMaxReadRows);
+  impl->windows_per_epoch = (m.rows + impl->window_rows - 1) / impl->window_rows;
+
+  const int64_t epoch = opts.start_row / m.rows;
+  const int64_t offset = opts.start_row % m.rows;
+  impl->position = opts.start_row;
+  impl->skip = offset % impl->window_rows;
+  Impl* raw = impl.get();
+  raw->thread =
+      std::thread([raw, epoch, w = offset / raw->window_rows] { raw->ProducerLoop(epoch, w); });
+  return std::unique_ptr<ActivationStream>(new ActivationStream(std::move(impl)));
+}
+
+ActivationStream::ActivationStream(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ActivationStream::~ActivationStream() = default;
+
+const Manifest& ActivationStream::manifest() const { return impl_->manifest; }
+int64_t ActivationStream::d_in() const { return impl_->manifest.d_in; }
+int64_t ActivationStream::position() const { return impl_->position; }
+
+absl::Status ActivationStream::Next(int64_t rows, std::vector<float>* out) {
+  Impl& s = *impl_;
+  if (!s.sticky.ok()) return s.sticky;
+  if (rows < 0) return absl::InvalidArgumentError("ActivationStream::Next: negative row count");
+  const int64_t d = s.manifest.d_in;
+  out->resize(static_cast<size_t>(rows * d));
+  int64_t filled = 0;
+  while (filled < rows) {
+    if (!s.cur || s.cur_pos == s.cur->rows) {
+      {
+        std::unique_lock<std::mutex> lock(s.mu);
+        s.data_cv.wait(lock, [&] { return !s.queue.empty(); });
+        s.cur = std::move(s.queue.front());
+        s.queue.pop_front();
+      }
+      s.space_cv.notify_one();
+      s.cur_pos = s.skip;
+      s.skip = 0;
+    }
+    const Window& w = *s.cur;
+    if (!w.error.ok()) {
+      s.sticky = w.error;
+      return s.sticky;
+    }
+    const int64_t take = std::min(rows - filled, w.rows - s.cur_pos);
+    auto bad = std::lower_bound(w.bad.begin(), w.bad.end(), s.cur_pos,
+                                [](const auto& b, int64_t pos) { return b.first < pos; });
+    if (bad != w.bad.end() && bad->first < s.cur_pos + take) {
+      s.sticky = bad->second;
+      return s.sticky;
+    }
+    float* dst = out->data() + filled * d;
+    if (w.perm.empty()) {
+      std::memcpy(dst, w.data.data() + s.cur_pos * d,
+                  static_cast<size_t>(take * d) * sizeof(float));
+    } else {
+      for (int64_t j = 0; j < take; ++j) {
+        std::memcpy(dst + j * d, w.data.data() + w.perm[s.cur_pos + j] * d,
+                    static_cast<size_t>(d) * sizeof(float));
+      }
+    }
+    filled += take;
+    s.cur_pos += take;
+  }
+  s.position += rows;
+  return absl::OkStatus();
+}
+
+}  // namespace sae

@@ -1,0 +1,578 @@
+#include "core/sae/sae_step.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <chrono>
+#include <utility>
+
+namespace sae {
+
+absl::StatusOr<Remedy> RemedyFromString(const std::string& s) {
+  if (s == "none") return Remedy::kNone;
+  if (s == "auxk") return Remedy::kAuxK;
+  if (s == "ghost_grads") return Remedy::kGhostGrads;
+  return absl::InvalidArgumentError(
+      absl::StrCat("sae.dead_remedy: '", s, "' is not one of none, ghost_grads, auxk"));
+}
+
+const char* RemedyName(Remedy r) {
+  switch (r) {
+    case Remedy::kNone: return "none";
+    case Remedy::kAuxK: return "auxk";
+    case Remedy::kGhostGrads: return "ghost_grads";
+  }
+  return "?";
+}
+
+double DefaultAuxCoefficient(Remedy r) {
+  switch (r) {
+    case Remedy::kNone: return 0.0;
+    case Remedy::kAuxK: return 1.0 / 32;
+    case Remedy::kGhostGrads: return 1.0 / 32;
+  }
+  return 0.0;
+}
+
+SaeParams SaeParams::Clone() const {
+  return SaeParams{W_enc.clone(), b_enc.clone(), W_dec.clone(), b_dec.clone()};
+}
+
+SaeGrads SaeGrads::ZerosLike(const SaeParams& p) {
+  return SaeGrads{at::zeros_like(p.W_enc), at::zeros_like(p.b_enc), at::zeros_like(p.W_dec),
+                  at::zeros_like(p.b_dec)};
+}
+
+AdamState AdamState::ZerosLike(const SaeParams& p) {
+  AdamState s;
+  s.m_W_enc = at::zeros_like(p.W_enc);
+  s.v_W_enc = at::zeros_like(p.W_enc);
+  s.m_b_enc = at::zeros_like(p.b_enc);
+  s.v_b_enc = at::zeros_like(p.b_enc);
+  s.m_W_dec = at::zeros_like(p.W_dec);
+  s.v_W_dec = at::zeros_like(p.W_dec);
+  s.m_b_dec = at::zeros_like(p.b_dec);
+  s.v_b_dec = at::zeros_like(p.b_dec);
+  return s;
+}
+
+namespace {
+
+// ---- small vector helpers (the compiler vectorises these loops) ----
+template <typename T>
+inline void Axpy(int64_t n, T a, const T* __restrict x, T* __restrict y) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+template <typename T>
+inline T Dot(int64_t n, const T* __restrict x, const T* __restrict y) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += x[i] * y[i];
+  return s;
+}
+
+// Top-k of z[0..n) by value (ties: lower index wins), written in descending
+// order. A min-heap holds the current best k; most elements fail one
+// vectorised comparison against the heap minimum per 16-element chunk.
+template <typename T>
+void SelectTopK(const T* z, int64_t n, int64_t k, int64_t* idx_out, T* val_out) {
+  struct Entry {
+    T v;
+    int64_t i;
+  };
+  // "a is better than b"
+  auto better = [](const Entry& a, const Entry& b) { return a.v > b.v || (a.v == b.v && a.i < b.i); };
+  std::vector<Entry> heap(static_cast<size_t>(k));
+  for (int64_t j = 0; j < k; ++j) heap[j] = {z[j], j};
+  std::make_heap(heap.begin(), heap.end(), better);  // front = worst kept
+  T thr = heap.front().v;
+  auto consider = [&](int64_t j) {
+    Entry e{z[j], j};
+    if (!better(e, heap.front())) return;
+    std::pop_heap(heap.begin(), heap.end(), better);
+    heap.back() = e;
+    std::push_heap(heap.begin(), heap.end(), better);
+    thr = heap.front().v;
+  };
+  int64_t j = k;
+  constexpr int64_t kChunk = 16;
+  for (; j < k + (n - k) / kChunk * kChunk; j += kChunk) {
+    const T* c = z + j;
+    T mx = c[0];
+#pragma omp simd reduction(max : mx)
+    for (int64_t t = 1; t < kChunk; ++t) mx = std::max(mx, c[t]);
+    if (!(mx > thr)) continue;
+    for (int64_t t = 0; t < kChunk; ++t)
+      if (c[t] > thr) consider(j + t);
+  }
+  for (; j < n; ++j)
+    if (z[j] > thr) consider(j);
+  std::sort_heap(heap.begin(), heap.end(), better);  // best first
+  for (int64_t t = 0; t < k; ++t) {
+    idx_out[t] = heap[t].i;
+    val_out[t] = heap[t].v;
+  }
+}
+
+// Top-k over the values z[cand[0..m)] (cand ascending), k <= m.
+template <typename T>
+void SelectTopKAmong(const T* z, const int64_t* cand, int64_t m, int64_t k, std::vector<T>* scratch,
+                     std::vector<int64_t>* scratch_idx, int64_t* idx_out, T* val_out) {
+  scratch->resize(static_cast<size_t>(m));
+  for (int64_t t = 0; t < m; ++t) (*scratch)[t] = z[cand[t]];
+  scratch_idx->resize(static_cast<size_t>(k));
+  SelectTopK(scratch->data(), m, k, scratch_idx->data(), val_out);
+  for (int64_t t = 0; t < k; ++t) idx_out[t] = cand[(*scratch_idx)[t]];
+}
+
+int64_t AutoBlockRows(int64_t B, int64_t n, size_t elem) {
+  // Keep a block of pre-activations around 16 MiB (L3-resident on these
+  // machines) while giving the GEMM enough rows to stay efficient.
+  int64_t rows = static_cast<int64_t>((16u << 20) / (static_cast<size_t>(n) * elem));
+  rows = std::max<int64_t>(rows, 64);
+  return std::min(rows, B);
+}
+
+double NowSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+template <typename T>
+absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const StepConfig& cfg,
+                               SaeGrads* grads, StepResult* res) {
+  const int64_t B = x_in.size(0), d = p.d_in(), n = p.latents(), k = cfg.k;
+  const at::ScalarType st = p.W_enc.scalar_type();
+  at::Tensor x = x_in.contiguous();
+  const T* X = x.data_ptr<T>();
+  const T* Wdec = p.W_dec.data_ptr<T>();
+  const T* bdec = p.b_dec.data_ptr<T>();
+
+  // Dead set and remedy sizes.
+  static const std::vector<int64_t> kNoDead;
+  const std::vector<int64_t>& dead = cfg.dead ? *cfg.dead : kNoDead;
+  const int64_t nd = static_cast<int64_t>(dead.size());
+  const bool auxk = cfg.remedy == Remedy::kAuxK && nd > 0 && cfg.aux_coefficient != 0;
+  const bool ghost = cfg.remedy == Remedy::kGhostGrads && nd > 0 && cfg.aux_coefficient != 0;
+  const int64_t half_d = std::max<int64_t>(1, d / 2);
+  const int64_t k_aux = auxk ? std::min(half_d, nd) : 0;
+  const double aux_scale = auxk ? std::min(1.0, static_cast<double>(nd) / half_d) : 0.0;
+
+  res->phase_seconds.clear();
+  double t_phase = NowSeconds();
+  auto phase = [&](const char* name) {
+    const double t = NowSeconds();
+    res->phase_seconds.emplace_back(name, t - t_phase);
+    t_phase = t;
+  };
+  // Σ‖x − x̄‖² (fvu's denominator) in double.
+  at::Tensor xd = x.to(at::kDouble);
+  const double total_var = (xd - xd.mean(0, true)).pow(2).sum().item<double>();
+  const double denom = total_var > 0 ? total_var : 1.0;
+
+  // 1. Encoder GEMM in row blocks, each block reduced to its top-k at once.
+  at::Tensor xc = x - p.b_dec;  // B×d
+  at::Tensor enc_w = p.W_enc;
+  at::Tensor enc_in = xc;
+  if (cfg.W_enc_lowp.defined()) {
+    enc_w = cfg.W_enc_lowp;
+    enc_in = xc.clone();
+    RoundToBF16InPlace(enc_in);
+  }
+  const T* XC = xc.data_ptr<T>();
+  at::Tensor idx = at::empty({B, k}, at::kLong), val = at::empty({B, k}, st);
+  at::Tensor aux_idx = at::empty({B, k_aux}, at::kLong), aux_val = at::empty({B, k_aux}, st);
+  at::Tensor zD = ghost ? at::empty({B, nd}, st) : at::Tensor();
+  int64_t* IDX = idx.data_ptr<int64_t>();
+  T* VAL = val.data_ptr<T>();
+  int64_t* AIDX = aux_idx.data_ptr<int64_t>();
+  T* AVAL = aux_val.data_ptr<T>();
+  T* ZD = ghost ? zD.data_ptr<T>() : nullptr;
+  const int64_t R = cfg.block_rows > 0 ? std::min(cfg.block_rows, B) : AutoBlockRows(B, n, sizeof(T));
+  at::Tensor zbuf = at::empty({R, n}, st);
+  at::Tensor enc_wt = enc_w.t();
+  for (int64_t r0 = 0; r0 < B; r0 += R) {
+    const int64_t rows = std::min(R, B - r0);
+    at::Tensor zb = zbuf.narrow(0, 0, rows);
+    at::addmm_out(zb, p.b_enc, enc_in.narrow(0, r0, rows), enc_wt);
+    const T* Z = zb.data_ptr<T>();
+    at::parallel_for(0, rows, 1, [&](int64_t lo, int64_t hi) {
+      std::vector<T> scratch;
+      std::vector<int64_t> scratch_idx;
+      for (int64_t r = lo; r < hi; ++r) {
+        const int64_t b = r0 + r;
+        const T* zr = Z + r * n;
+        SelectTopK(zr, n, k, IDX + b * k, VAL + b * k);
+        if (k_aux > 0)
+          SelectTopKAmong(zr, dead.data(), nd, k_aux, &scratch, &scratch_idx, AIDX + b * k_aux,
+                          AVAL + b * k_aux);
+        if (ghost)
+          for (int64_t t = 0; t < nd; ++t) ZD[b * nd + t] = zr[dead[t]];
+      }
+    });
+  }
+  zbuf = at::Tensor();
+  phase("encode_topk");
+
+  // 2. Sparse decode, residual, and the gradients w.r.t. the selected
+  //    pre-activations (main and AuxK), per row.
+  at::Tensor xhat = at::empty({B, d}, st), gx = at::empty({B, d}, st);
+  at::Tensor gaux = auxk ? at::empty({B, d}, st) : at::Tensor();
+  at::Tensor gz = at::empty({B, k}, st), gz_aux = at::empty({B, k_aux}, st);
+  std::vector<double> sse_row(static_cast<size_t>(B)), aux_row(static_cast<size_t>(B));
+  T* XH = xhat.data_ptr<T>();
+  T* GX = gx.data_ptr<T>();
+  T* GA = auxk ? gaux.data_ptr<T>() : nullptr;
+  T* GZ = gz.data_ptr<T>();
+  T* GZA = gz_aux.data_ptr<T>();
+  const T c_main = static_cast<T>(2.0 / denom);
+  const T c_aux = static_cast<T>(2.0 * cfg.aux_coefficient * aux_scale / denom);
+  at::parallel_for(0, B, 16, [&](int64_t lo, int64_t hi) {
+    std::vector<T> eh(static_cast<size_t>(d));
+    for (int64_t b = lo; b < hi; ++b) {
+      T* xh = XH + b * d;
+      const T* xr = X + b * d;
+      std::memcpy(xh, bdec, sizeof(T) * d);
+      for (int64_t j = 0; j < k; ++j) {
+        const T a = VAL[b * k + j];
+        if (a > 0) Axpy(d, a, Wdec + IDX[b * k + j] * d, xh);
+      }
+      T* g = GX + b * d;
+      double sse = 0;
+      for (int64_t i = 0; i < d; ++i) {
+        const T e = xh[i] - xr[i];
+        sse += static_cast<double>(e) * e;
+        g[i] = c_main * e;
+      }
+      sse_row[b] = sse;
+      for (int64_t j = 0; j < k; ++j) {
+        const T v = VAL[b * k + j];
+        GZ[b * k + j] = v > 0 ? Dot(d, g, Wdec + IDX[b * k + j] * d) : T(0);
+      }
+      if (k_aux > 0) {
+        // ê = Σ relu(z_j) W_dec[j] over the dead top-k_aux (no b_dec term);
+        // target e = x − x̂ (stop-gradient).
+        std::fill(eh.begin(), eh.end(), T(0));
+        for (int64_t j = 0; j < k_aux; ++j) {
+          const T a = AVAL[b * k_aux + j];
+          if (a > 0) Axpy(d, a, Wdec + AIDX[b * k_aux + j] * d, eh.data());
+        }
+        T* ga = GA + b * d;
+        double s = 0;
+        for (int64_t i = 0; i < d; ++i) {
+          const T diff = eh[i] - (xr[i] - xh[i]);
+          s += static_cast<double>(diff) * diff;
+          ga[i] = c_aux * diff;
+        }
+        aux_row[b] = s;
+        for (int64_t j = 0; j < k_aux; ++j) {
+          const T v = AVAL[b * k_aux + j];
+          GZA[b * k_aux + j] = v > 0 ? Dot(d, ga, Wdec + AIDX[b * k_aux + j] * d) : T(0);
+        }
+      }
+    }
+  });
+
+  phase("decode");
+  double sse = 0, aux_sum = 0;
+  int64_t active = 0;
+  res->fired.assign(static_cast<size_t>(n), 0);
+  for (int64_t b = 0; b < B; ++b) {
+    sse += sse_row[b];
+    if (k_aux > 0) aux_sum += aux_row[b];
+  }
+  for (int64_t t = 0; t < B * k; ++t)
+    if (VAL[t] > 0) {
+      ++active;
+      res->fired[IDX[t]] = 1;
+    }
+
+  // 3. Weight gradients gathered per latent: a counting sort of the (row,
+  //    latent) entries by latent, then each latent's rows are written by one
+  //    thread (deterministic, no atomics).
+  struct Item {
+    int32_t row;
+    int32_t src;  // 0 main, 1 aux
+    T a;          // decoder coefficient (the activation)
+    T g;          // gradient of the pre-activation
+  };
+  std::vector<int64_t> offs(static_cast<size_t>(n) + 1, 0);
+  for (int64_t t = 0; t < B * k; ++t) ++offs[IDX[t] + 1];
+  for (int64_t t = 0; t < B * k_aux; ++t) ++offs[AIDX[t] + 1];
+  for (int64_t l = 0; l < n; ++l) offs[l + 1] += offs[l];
+  std::vector<Item> items(static_cast<size_t>(offs[n]));
+  {
+    std::vector<int64_t> fill(offs.begin(), offs.end() - 1);
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t t = b * k + j;
+        items[fill[IDX[t]]++] = {static_cast<int32_t>(b), 0, std::max(VAL[t], T(0)), GZ[t]};
+      }
+      for (int64_t j = 0; j < k_aux; ++j) {
+        const int64_t t = b * k_aux + j;
+        items[fill[AIDX[t]]++] = {static_cast<int32_t>(b), 1, std::max(AVAL[t], T(0)), GZA[t]};
+      }
+    }
+  }
+  phase("sort");
+  T* gWenc = grads->W_enc.data_ptr<T>();
+  T* gWdec = grads->W_dec.data_ptr<T>();
+  T* gbenc = grads->b_enc.data_ptr<T>();
+  at::parallel_for(0, n, 64, [&](int64_t lo, int64_t hi) {
+    for (int64_t l = lo; l < hi; ++l) {
+      T* ge = gWenc + l * d;
+      T* gd = gWdec + l * d;
+      std::memset(ge, 0, sizeof(T) * d);
+      std::memset(gd, 0, sizeof(T) * d);
+      T gb = 0;
+      for (int64_t t = offs[l]; t < offs[l + 1]; ++t) {
+        const Item& it = items[t];
+        if (it.a != 0) Axpy(d, it.a, (it.src == 0 ? GX : GA) + int64_t{it.row} * d, gd);
+        if (it.g != 0) {
+          Axpy(d, it.g, XC + int64_t{it.row} * d, ge);
+          gb += it.g;
+        }
+      }
+      gbenc[l] = gb;
+    }
+  });
+
+  phase("scatter");
+  // b_dec: Σ_rows ∂/∂x̂ from the decode, minus Σ_l (∂/∂b_enc[l]) W_enc[l]
+  // from the encoder input x − b_dec.
+  grads->b_dec.copy_(gx.sum(0));
+  grads->b_dec.sub_(at::mv(p.W_enc.t(), grads->b_enc));
+
+  // 4. Ghost Grads: dense over the dead set only (ALGORITHMS.md §4).
+  double ghost_loss = 0;
+  if (ghost) {
+    at::Tensor dead_t = at::from_blob(const_cast<int64_t*>(dead.data()), {nd}, at::kLong).clone();
+    at::Tensor WdD = p.W_dec.index_select(0, dead_t);  // |D|×d
+    at::Tensor WeD = p.W_enc.index_select(0, dead_t);
+    at::Tensor r = x - xhat;                            // stop-gradient residual
+    // exp(z − c) with c the row maximum cannot overflow. With ε scaled by
+    // exp(−c) the scaled g and every gradient equal those of exp(z) exactly.
+    at::Tensor zmax = std::get<0>(zD.max(1, true));
+    at::Tensor E = (zD - zmax).exp();
+    at::Tensor graw = at::mm(E, WdD);
+    at::Tensor rn = r.norm(2, 1, true), gn = graw.norm(2, 1, true);
+    const double eps = 1e-8;
+    at::Tensor s = rn / (2 * gn + eps * (-zmax).exp());
+    at::Tensor diff = graw * s - r;
+    at::Tensor m = diff * diff;
+    at::Tensor w = (r * r) / (m + eps);
+    const double c = cfg.aux_coefficient / denom;
+    ghost_loss = (w * m).sum().item<double>() * c;
+    at::Tensor dgraw = (w * diff) * (2 * c) * s;  // ∂/∂g, through the stop-gradient scale
+    at::Tensor dzD = at::mm(dgraw, WdD.t()) * E;
+    grads->W_dec.index_add_(0, dead_t, at::mm(E.t(), dgraw));
+    grads->W_enc.index_add_(0, dead_t, at::mm(dzD.t(), xc));
+    at::Tensor colsum = dzD.sum(0);
+    grads->b_enc.index_add_(0, dead_t, colsum);
+    grads->b_dec.sub_(at::mv(WeD.t(), colsum));
+  }
+
+  phase("b_dec_ghost");
+  // 5. Remove from each decoder row's gradient its component along the row.
+  if (cfg.project_decoder_grad) {
+    at::parallel_for(0, n, 256, [&](int64_t lo, int64_t hi) {
+      for (int64_t l = lo; l < hi; ++l) {
+        T* gd = gWdec + l * d;
+        const T* w = Wdec + l * d;
+        const T dot = Dot(d, gd, w);
+        if (dot != 0) Axpy(d, -dot, w, gd);
+      }
+    });
+  }
+
+  phase("project");
+  res->sse = sse;
+  res->total_var = total_var;
+  res->mse = sse / static_cast<double>(B * d);
+  res->fvu = sse / denom;
+  res->l0 = static_cast<double>(active) / static_cast<double>(B);
+  if (auxk) res->aux_loss = cfg.aux_coefficient * aux_scale * aux_sum / denom;
+  if (ghost) res->aux_loss = ghost_loss;
+  if (!auxk && !ghost) res->aux_loss = 0;
+  res->loss = res->fvu + res->aux_loss;
+  return absl::OkStatus();
+}
+
+absl::Status CheckShapes(const SaeParams& p, const at::Tensor& x, int64_t k) {
+  if (!p.W_enc.defined() || p.W_enc.dim() != 2)
+    return absl::FailedPreconditionError("SAE parameters are not initialised");
+  if (x.dim() != 2 || x.size(1) != p.d_in())
+    return absl::InvalidArgumentError(absl::StrCat("batch has ", x.dim() == 2 ? x.size(1) : -1,
+                                                   " columns, the SAE expects d_in ", p.d_in()));
+  if (x.scalar_type() != p.W_enc.scalar_type())
+    return absl::InvalidArgumentError("batch dtype differs from the SAE's");
+  if (k < 1 || k > p.latents())
+    return absl::InvalidArgumentError(absl::StrCat("k (", k, ") must be in [1, latents (", p.latents(), ")]"));
+  if (!p.W_enc.device().is_cpu())
+    return absl::UnimplementedError("the sparse step kernels run on CPU tensors only in this build");
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status ComputeGradients(const SaeParams& params, const at::Tensor& x, const StepConfig& cfg,
+                              SaeGrads* grads, StepResult* result) {
+  SAE_RETURN_IF_ERROR(CheckShapes(params, x, cfg.k));
+  try {
+    at::NoGradGuard no_grad;
+    if (params.W_enc.scalar_type() == at::kDouble)
+      return ComputeGradientsT<double>(params, x, cfg, grads, result);
+    if (params.W_enc.scalar_type() == at::kFloat)
+      return ComputeGradientsT<float>(params, x, cfg, grads, result);
+    return absl::InvalidArgumentError("SAE parameters must be float32 or float64");
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("sae step: ", e.what_without_backtrace()));
+  }
+}
+
+absl::StatusOr<EncodeResult> Encode(const SaeParams& p, const at::Tensor& x_in, int64_t k) {
+  SAE_RETURN_IF_ERROR(CheckShapes(p, x_in, k));
+  try {
+    at::NoGradGuard no_grad;
+    at::Tensor x = x_in.contiguous();
+    const int64_t B = x.size(0), n = p.latents();
+    EncodeResult out;
+    out.indices = at::empty({B, k}, at::kLong);
+    out.acts = at::empty({B, k}, x.scalar_type());
+    const int64_t R = AutoBlockRows(B, n, x.element_size());
+    at::Tensor xc = x - p.b_dec;
+    at::Tensor zbuf = at::empty({R, n}, x.scalar_type());
+    for (int64_t r0 = 0; r0 < B; r0 += R) {
+      const int64_t rows = std::min(R, B - r0);
+      at::Tensor zb = zbuf.narrow(0, 0, rows);
+      at::addmm_out(zb, p.b_enc, xc.narrow(0, r0, rows), p.W_enc.t());
+      AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sae_encode", [&] {
+        const scalar_t* Z = zb.data_ptr<scalar_t>();
+        int64_t* I = out.indices.data_ptr<int64_t>();
+        scalar_t* V = out.acts.data_ptr<scalar_t>();
+        at::parallel_for(0, rows, 1, [&](int64_t lo, int64_t hi) {
+          for (int64_t r = lo; r < hi; ++r) SelectTopK(Z + r * n, n, k, I + (r0 + r) * k, V + (r0 + r) * k);
+        });
+      });
+    }
+    out.acts.clamp_min_(0);
+    // Sparse decode (B·k·d work, no B×k×d temporary).
+    out.x_hat = std::get<0>(at::embedding_bag(p.W_dec, out.indices.reshape({-1}),
+                                              at::arange(0, B * k, k, at::kLong), false, 0, false,
+                                              out.acts.reshape({-1})));
+    out.x_hat.add_(p.b_dec);
+    return out;
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("sae encode: ", e.what_without_backtrace()));
+  }
+}
+
+double GlobalGradNorm(const SaeGrads& g) {
+  double s = 0;
+  for (const at::Tensor* t : {&g.W_enc, &g.b_enc, &g.W_dec, &g.b_dec}) {
+    const double n = t->norm().item<double>();
+    s += n * n;
+  }
+  return std::sqrt(s);
+}
+
+double ClipScale(double norm, double max_norm) {
+  if (max_norm <= 0) return 1.0;
+  return std::min(1.0, max_norm / (norm + 1e-6));
+}
+
+namespace {
+
+template <typename T>
+void AdamRows(T* p, const T* g, T* m, T* v, int64_t rows, int64_t cols, const AdamConfig& cfg,
+              double bc1, double bc2, bool renorm, float* lowp) {
+  const T b1 = static_cast<T>(cfg.beta1), b2 = static_cast<T>(cfg.beta2);
+  const T omb1 = static_cast<T>(1 - cfg.beta1), omb2 = static_cast<T>(1 - cfg.beta2);
+  const T step = static_cast<T>(cfg.lr / bc1);
+  const T inv_sqrt_bc2 = static_cast<T>(1.0 / std::sqrt(bc2));
+  const T eps = static_cast<T>(cfg.eps);
+  const T cs = static_cast<T>(cfg.clip_scale);
+  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)),
+                   [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      T* pr = p + r * cols;
+      const T* gr = g + r * cols;
+      T* mr = m + r * cols;
+      T* vr = v + r * cols;
+      for (int64_t i = 0; i < cols; ++i) {
+        const T gi = gr[i] * cs;
+        const T mi = b1 * mr[i] + omb1 * gi;
+        const T vi = b2 * vr[i] + omb2 * gi * gi;
+        mr[i] = mi;
+        vr[i] = vi;
+        pr[i] -= step * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
+      }
+      if (renorm) {
+        const T nrm = std::sqrt(Dot(cols, pr, pr));
+        if (nrm > 0) {
+          const T inv = T(1) / nrm;
+          for (int64_t i = 0; i < cols; ++i) pr[i] *= inv;
+        }
+      }
+      if (lowp != nullptr) {
+        float* lr = lowp + r * cols;
+        for (int64_t i = 0; i < cols; ++i) {
+          float f = static_cast<float>(pr[i]);
+          uint32_t u;
+          std::memcpy(&u, &f, 4);
+          if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+          std::memcpy(&f, &u, 4);
+          lr[i] = f;
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void AdamUpdateT(SaeParams* p, const SaeGrads& g, const AdamConfig& cfg, AdamState* s,
+                 at::Tensor* lowp) {
+  s->step += 1;
+  const double bc1 = 1 - std::pow(cfg.beta1, static_cast<double>(s->step));
+  const double bc2 = 1 - std::pow(cfg.beta2, static_cast<double>(s->step));
+  const int64_t n = p->latents(), d = p->d_in();
+  float* lp = (lowp != nullptr && lowp->defined()) ? lowp->data_ptr<float>() : nullptr;
+  AdamRows<T>(p->W_enc.data_ptr<T>(), g.W_enc.data_ptr<T>(), s->m_W_enc.data_ptr<T>(),
+              s->v_W_enc.data_ptr<T>(), n, d, cfg, bc1, bc2, false, lp);
+  AdamRows<T>(p->W_dec.data_ptr<T>(), g.W_dec.data_ptr<T>(), s->m_W_dec.data_ptr<T>(),
+              s->v_W_dec.data_ptr<T>(), n, d, cfg, bc1, bc2, cfg.renormalize_decoder, nullptr);
+  AdamRows<T>(p->b_enc.data_ptr<T>(), g.b_enc.data_ptr<T>(), s->m_b_enc.data_ptr<T>(),
+              s->v_b_enc.data_ptr<T>(), 1, n, cfg, bc1, bc2, false, nullptr);
+  AdamRows<T>(p->b_dec.data_ptr<T>(), g.b_dec.data_ptr<T>(), s->m_b_dec.data_ptr<T>(),
+              s->v_b_dec.data_ptr<T>(), 1, d, cfg, bc1, bc2, false, nullptr);
+}
+
+}  // namespace
+
+void AdamUpdate(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg, AdamState* state,
+                at::Tensor* W_enc_lowp) {
+  at::NoGradGuard no_grad;
+  if (params->W_enc.scalar_type() == at::kDouble) {
+    AdamUpdateT<double>(params, grads, cfg, state, nullptr);
+  } else {
+    AdamUpdateT<float>(params, grads, cfg, state, W_enc_lowp);
+  }
+}
+
+void RoundToBF16InPlace(at::Tensor t) {
+  float* f = t.data_ptr<float>();
+  const int64_t n = t.numel();
+  at::parallel_for(0, n, 1 << 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      uint32_t u;
+      std::memcpy(&u, &f[i], 4);
+      if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+      std::memcpy(&f[i], &u, 4);
+    }
+  });
+}
+
+}  // namespace sae

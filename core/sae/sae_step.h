@@ -1,0 +1,99 @@
+// One training step of a TopK SAE, forward and sparse backward (ALGORITHMS.md
+// §1, §2, §4), and the optimizer update (§5). The backward never builds a
+// dense batch×latents gradient nor a batch×k×d temporary: the encoder GEMM is
+// computed in row blocks and reduced to the top-k at once, and weight
+// gradients are gathered per latent from the k entries each token selected.
+// Free functions over caller-owned tensors; each call uses every core through
+// at::parallel_for and is not re-entrant on the same tensors.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "core/base/status.h"
+
+namespace sae {
+
+enum class Remedy { kNone, kAuxK, kGhostGrads };
+absl::StatusOr<Remedy> RemedyFromString(const std::string& s);
+const char* RemedyName(Remedy r);
+double DefaultAuxCoefficient(Remedy r);
+
+// The parameters: encoder (n×d, n), decoder rows (n×d) and b_dec (d). All
+// contiguous CPU tensors of one dtype (float32 for training, float64 in tests).
+struct SaeParams {
+  at::Tensor W_enc, b_enc, W_dec, b_dec;
+  int64_t latents() const { return W_enc.size(0); }
+  int64_t d_in() const { return W_enc.size(1); }
+  SaeParams Clone() const;
+};
+
+// Gradients in the parameters' layout (dense; rows no token touched are zero).
+struct SaeGrads {
+  at::Tensor W_enc, b_enc, W_dec, b_dec;
+  static SaeGrads ZerosLike(const SaeParams& p);
+};
+
+struct StepConfig {
+  int64_t k = 32;
+  Remedy remedy = Remedy::kNone;
+  double aux_coefficient = 0;          // weight of the remedy's loss term
+  const std::vector<int64_t>* dead = nullptr;  // dead latents, ascending
+  bool project_decoder_grad = true;    // remove the component parallel to W_dec rows
+  // bf16 encoder: when defined, the GEMM uses this (n×d, bf16-rounded values
+  // of W_enc) and inputs rounded to bf16; everything else stays in fp32.
+  at::Tensor W_enc_lowp;
+  int64_t block_rows = 0;              // encoder GEMM row block; 0 = automatic
+};
+
+struct StepResult {
+  double loss = 0;       // fvu + aux term (what the gradients are of)
+  double fvu = 0, mse = 0, aux_loss = 0, l0 = 0;
+  double sse = 0;        // Σ‖x − x̂‖²
+  double total_var = 0;  // Σ‖x − x̄‖²
+  std::vector<uint8_t> fired;  // per latent: fired (a > 0) on some row
+  // Wall time of each phase of the step, in order (for benchmarks).
+  std::vector<std::pair<const char*, double>> phase_seconds;
+};
+
+// Forward + backward of the loss for batch x (B×d, params' dtype). Writes
+// gradients into `grads` (overwritten) and the metrics into `result`.
+absl::Status ComputeGradients(const SaeParams& params, const at::Tensor& x,
+                              const StepConfig& cfg, SaeGrads* grads, StepResult* result);
+
+// Inference: top-k indices (B×k, int64), activations (B×k, relu'd) and x̂.
+struct EncodeResult {
+  at::Tensor indices, acts, x_hat;
+};
+absl::StatusOr<EncodeResult> Encode(const SaeParams& params, const at::Tensor& x, int64_t k);
+
+struct AdamState {
+  at::Tensor m_W_enc, v_W_enc, m_b_enc, v_b_enc, m_W_dec, v_W_dec, m_b_dec, v_b_dec;
+  int64_t step = 0;
+  static AdamState ZerosLike(const SaeParams& p);
+};
+
+struct AdamConfig {
+  double lr = 2e-4;
+  double beta1 = 0.9, beta2 = 0.999, eps = 6.25e-10;
+  double clip_scale = 1.0;      // gradients are multiplied by this first
+  bool renormalize_decoder = true;
+};
+
+// sqrt of Σ of every gradient element squared.
+double GlobalGradNorm(const SaeGrads& g);
+// min(1, max_norm / (norm + 1e-6)); 1 when max_norm <= 0.
+double ClipScale(double norm, double max_norm);
+
+// One fused Adam step over every parameter (torch.optim.Adam's formula), then
+// decoder rows renormalised to unit norm; refreshes `W_enc_lowp` if defined.
+void AdamUpdate(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg,
+                AdamState* state, at::Tensor* W_enc_lowp);
+
+// Rounds every element to the nearest bfloat16 value (kept in float32).
+void RoundToBF16InPlace(at::Tensor t);
+
+}  // namespace sae

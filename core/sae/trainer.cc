@@ -1,0 +1,423 @@
+#include "core/sae/trainer.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <c10/util/Exception.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "core/base/file_util.h"
+#include "core/data/safetensors.h"
+
+namespace sae {
+namespace {
+
+using json = nlohmann::json;
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::string FormatDouble(double v) {
+  char buf[40];
+  std::snprintf(buf, sizeof(buf), "%.17g", v);
+  return buf;
+}
+
+// Named tensors of the resumable state, in a fixed order.
+std::vector<std::pair<std::string, at::Tensor*>> StateTensors(SaeParams* p, AdamState* a) {
+  return {{"W_enc", &p->W_enc},     {"b_enc", &p->b_enc},     {"W_dec", &p->W_dec},
+          {"b_dec", &p->b_dec},     {"adam.m.W_enc", &a->m_W_enc}, {"adam.v.W_enc", &a->v_W_enc},
+          {"adam.m.b_enc", &a->m_b_enc}, {"adam.v.b_enc", &a->v_b_enc},
+          {"adam.m.W_dec", &a->m_W_dec}, {"adam.v.W_dec", &a->v_W_dec},
+          {"adam.m.b_dec", &a->m_b_dec}, {"adam.v.b_dec", &a->v_b_dec}};
+}
+
+absl::Status CheckFinite(const float* x, int64_t rows, int64_t d) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x + r * d;
+    float acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < d; ++i) acc += row[i] * 0.0f;  // NaN for NaN or Inf
+    if (acc != 0 || std::isnan(acc)) {
+      for (int64_t i = 0; i < d; ++i)
+        if (!std::isfinite(row[i]))
+          return absl::InvalidArgumentError(absl::StrCat("batch row ", r, " column ", i, " is ",
+                                                         std::isnan(row[i]) ? "NaN" : "Inf"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<Normalize> NormalizeFromString(const std::string& s) {
+  if (s == "none") return Normalize::kNone;
+  if (s == "layer_norm") return Normalize::kLayerNorm;
+  if (s == "unit_mean_norm") return Normalize::kUnitMeanNorm;
+  return absl::InvalidArgumentError(
+      absl::StrCat("sae.normalize: '", s, "' is not one of none, layer_norm, unit_mean_norm"));
+}
+
+const char* NormalizeName(Normalize n) {
+  switch (n) {
+    case Normalize::kNone: return "none";
+    case Normalize::kLayerNorm: return "layer_norm";
+    case Normalize::kUnitMeanNorm: return "unit_mean_norm";
+  }
+  return "?";
+}
+
+absl::StatusOr<TrainerOptions> TrainerOptionsFromJob(const JobConfig& job, int64_t d_in) {
+  TrainerOptions o;
+  const std::string& origin = job.source_path.empty() ? std::string("job") : job.source_path;
+  auto err = [&](const std::string& m) { return absl::InvalidArgumentError(absl::StrCat(origin, ": ", m)); };
+  o.d_in = d_in;
+  o.latents = job.sae.latents > 0 ? job.sae.latents : job.sae.expansion_factor * d_in;
+  if (o.latents <= 0) return err("sae.latents: must be > 0 (or give sae.expansion_factor)");
+  o.k = job.sae.k;
+  if (o.k < 1 || o.k > o.latents)
+    return err(absl::StrCat("sae.k: ", o.k, " exceeds sae.latents (", o.latents, ")"));
+  o.total_tokens = job.train.tokens;
+  o.batch_tokens = job.train.batch_tokens;
+  if (job.sae.k_schedule.enabled) {
+    const auto& ks = job.sae.k_schedule;
+    if (ks.start > o.latents)
+      return err(absl::StrCat("sae.k_schedule.start: ", ks.start, " exceeds sae.latents (", o.latents, ")"));
+    auto shape = KShapeFromString(ks.shape);
+    if (!shape.ok()) return err(absl::StrCat("sae.", shape.status().message()));
+    auto sched = KSchedule::Create(*shape, ks.start, o.k, ks.fraction, o.total_tokens);
+    if (!sched.ok()) return err(absl::StrCat("sae.", sched.status().message()));
+    o.schedule = *sched;
+  } else {
+    o.schedule = KSchedule::Constant(o.k);
+  }
+  auto remedy = RemedyFromString(job.sae.dead_remedy);
+  if (!remedy.ok()) return err(std::string(remedy.status().message()));
+  o.remedy = *remedy;
+  o.aux_coefficient = job.sae.aux_coefficient;
+  o.dead_window_tokens = job.sae.dead_window_tokens;
+  auto norm = NormalizeFromString(job.sae.normalize);
+  if (!norm.ok()) return err(std::string(norm.status().message()));
+  o.normalize = *norm;
+  o.init_b_dec = job.sae.init_b_dec;
+  o.lr = job.train.lr;
+  o.warmup_fraction = job.train.warmup_fraction;
+  o.lr_decay = job.train.lr_decay;
+  o.decay_start_fraction = job.train.decay_start_fraction;
+  o.grad_clip = job.train.grad_clip;
+  o.seed = job.train.seed;
+  o.bf16 = job.train.precision == "bf16";
+  return o;
+}
+
+SaeTrainer::SaeTrainer(const TrainerOptions& opts)
+    : opts_(opts), dead_(opts.latents, opts.dead_window_tokens) {}
+
+absl::StatusOr<std::unique_ptr<SaeTrainer>> SaeTrainer::Create(const TrainerOptions& opts) {
+  if (opts.d_in <= 0) return absl::InvalidArgumentError("d_in must be > 0");
+  if (opts.latents <= 0) return absl::InvalidArgumentError("sae.latents: must be > 0");
+  if (opts.k < 1 || opts.k > opts.latents)
+    return absl::InvalidArgumentError(
+        absl::StrCat("sae.k: ", opts.k, " exceeds sae.latents (", opts.latents, ")"));
+  if (opts.schedule.start() > opts.latents)
+    return absl::InvalidArgumentError("sae.k_schedule.start: exceeds sae.latents");
+  if (opts.total_tokens <= 0) return absl::InvalidArgumentError("train.tokens: must be > 0");
+  if (opts.batch_tokens <= 0) return absl::InvalidArgumentError("train.batch_tokens: must be > 0");
+  if (opts.init_b_dec != "mean" && opts.init_b_dec != "geometric_median" && opts.init_b_dec != "zero")
+    return absl::InvalidArgumentError("sae.init_b_dec: must be mean, geometric_median or zero");
+  std::unique_ptr<SaeTrainer> t(new SaeTrainer(opts));
+  t->lr_ = opts.lr > 0 ? opts.lr : 2e-4 / std::sqrt(static_cast<double>(opts.latents) / (1 << 14));
+  t->total_steps_ = std::max<int64_t>(1, (opts.total_tokens + opts.batch_tokens - 1) / opts.batch_tokens);
+  if (t->opts_.aux_coefficient == 0) t->opts_.aux_coefficient = DefaultAuxCoefficient(opts.remedy);
+  // Parameters exist from the start (so a state can be loaded before any
+  // batch); b_dec and the input scale are set from the first batch.
+  const int64_t n = opts.latents, d = opts.d_in;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(opts.seed);
+  const double bound = 1.0 / std::sqrt(static_cast<double>(d));  // kaiming-uniform(a=√5)
+  SaeParams& p = t->params_;
+  p.W_enc = at::empty({n, d}, at::kFloat).uniform_(-bound, bound, gen);
+  p.b_enc = at::zeros({n}, at::kFloat);
+  p.W_dec = p.W_enc.clone();
+  p.W_dec.div_(p.W_dec.norm(2, 1, true).clamp_min(1e-12));
+  p.b_dec = at::zeros({d}, at::kFloat);
+  t->grads_ = SaeGrads::ZerosLike(p);
+  t->adam_ = AdamState::ZerosLike(p);
+  if (opts.bf16) {
+    t->w_enc_lowp_ = p.W_enc.clone();
+    RoundToBF16InPlace(t->w_enc_lowp_);
+  }
+  return t;
+}
+
+double SaeTrainer::LearningRateAt(int64_t step) const {
+  double f = 1.0;
+  const int64_t warm = static_cast<int64_t>(std::llround(opts_.warmup_fraction * total_steps_));
+  if (warm > 0) f = std::min(1.0, static_cast<double>(step + 1) / warm);
+  if (opts_.lr_decay != "none") {
+    const int64_t ds = static_cast<int64_t>(opts_.decay_start_fraction * total_steps_);
+    if (step >= ds && total_steps_ > ds) {
+      const double p = std::min(1.0, static_cast<double>(step - ds) / (total_steps_ - ds));
+      f *= opts_.lr_decay == "cosine" ? (1 + std::cos(M_PI * p)) / 2 : 1 - p;
+    }
+  }
+  return lr_ * f;
+}
+
+void SaeTrainer::NormalizeRows(float* x, int64_t rows) const {
+  const int64_t d = opts_.d_in;
+  if (opts_.normalize == Normalize::kUnitMeanNorm) {
+    const float s = static_cast<float>(input_scale_);
+    for (int64_t i = 0; i < rows * d; ++i) x[i] *= s;
+  } else if (opts_.normalize == Normalize::kLayerNorm) {
+    for (int64_t r = 0; r < rows; ++r) {
+      float* row = x + r * d;
+      double mu = 0, var = 0;
+      for (int64_t i = 0; i < d; ++i) mu += row[i];
+      mu /= d;
+      for (int64_t i = 0; i < d; ++i) var += (row[i] - mu) * (row[i] - mu);
+      const double inv = 1.0 / std::sqrt(var / d + 1e-5);
+      for (int64_t i = 0; i < d; ++i) row[i] = static_cast<float>((row[i] - mu) * inv);
+    }
+  }
+}
+
+absl::Status SaeTrainer::Initialize(const at::Tensor& x) {
+  if (opts_.normalize == Normalize::kUnitMeanNorm) {
+    const double mean_sq = x.to(at::kDouble).pow(2).sum(1).mean().item<double>();
+    input_scale_ = mean_sq > 0 ? std::sqrt(static_cast<double>(opts_.d_in) / mean_sq) : 1.0;
+  }
+  at::Tensor xn = x.clone();
+  NormalizeRows(xn.data_ptr<float>(), xn.size(0));
+  if (opts_.init_b_dec == "mean") {
+    params_.b_dec.copy_(xn.mean(0));
+  } else if (opts_.init_b_dec == "geometric_median") {
+    // Weiszfeld iterations from the mean.
+    at::Tensor xd = xn.to(at::kDouble);
+    at::Tensor y = xd.mean(0);
+    for (int it = 0; it < 100; ++it) {
+      at::Tensor w = 1.0 / (xd - y).norm(2, 1).clamp_min(1e-9);
+      at::Tensor y2 = (w.unsqueeze(1) * xd).sum(0) / w.sum();
+      const double moved = (y2 - y).norm().item<double>();
+      y = y2;
+      if (moved < 1e-7) break;
+    }
+    params_.b_dec.copy_(y.to(at::kFloat));
+  }
+  initialized_ = true;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) {
+  const double t0 = Now();
+  if (rows <= 0) return absl::InvalidArgumentError("empty batch");
+  SAE_RETURN_IF_ERROR(CheckFinite(x_rows, rows, opts_.d_in));
+  try {
+    at::Tensor x = at::from_blob(const_cast<float*>(x_rows), {rows, opts_.d_in}, at::kFloat).clone();
+    if (!initialized_) SAE_RETURN_IF_ERROR(Initialize(x));
+    NormalizeRows(x.data_ptr<float>(), rows);
+
+    StepConfig cfg;
+    cfg.k = CurrentK();
+    cfg.remedy = opts_.remedy;
+    cfg.aux_coefficient = opts_.aux_coefficient;
+    std::vector<int64_t> dead_list;
+    if (opts_.remedy != Remedy::kNone) dead_list = dead_.DeadList();
+    cfg.dead = &dead_list;
+    if (opts_.bf16) cfg.W_enc_lowp = w_enc_lowp_;
+    StepResult res;
+    SAE_RETURN_IF_ERROR(ComputeGradients(params_, x, cfg, &grads_, &res));
+    if (!std::isfinite(res.loss))
+      return absl::InternalError(absl::StrCat("step ", step_, ": loss is not finite"));
+
+    const double t_norm = Now();
+    const double norm = GlobalGradNorm(grads_);
+    AdamConfig ac;
+    ac.lr = LearningRateAt(step_);
+    ac.clip_scale = ClipScale(norm, opts_.grad_clip);
+    AdamUpdate(&params_, grads_, ac, &adam_, opts_.bf16 ? &w_enc_lowp_ : nullptr);
+    dead_.Update(res.fired.data(), rows);
+    ++step_;
+    tokens_ += rows;
+
+    StepMetrics m;
+    m.step = step_;
+    m.tokens = tokens_;
+    m.k = cfg.k;
+    m.lr = ac.lr;
+    m.loss = res.loss;
+    m.fvu = res.fvu;
+    m.mse = res.mse;
+    m.aux_loss = res.aux_loss;
+    m.l0 = res.l0;
+    m.dead_ratio = dead_.DeadRatio();
+    m.grad_norm = norm;
+    m.phase_seconds = std::move(res.phase_seconds);
+    const double t_end = Now();
+    m.phase_seconds.emplace_back("optimizer", t_end - t_norm);
+    m.seconds = t_end - t0;
+    return m;
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("step ", step_, ": ", e.what_without_backtrace()));
+  }
+}
+
+absl::Status SaeTrainer::SaveState(const std::string& path,
+                                   const std::map<std::string, std::string>& extra) const {
+  SafetensorsWriter w;
+  auto* self = const_cast<SaeTrainer*>(this);
+  for (auto& [name, t] : StateTensors(&self->params_, &self->adam_)) {
+    at::Tensor c = t->contiguous();
+    SAE_RETURN_IF_ERROR(w.Add(name, DType::kF32, {c.sizes().begin(), c.sizes().end()}, c.data_ptr()));
+  }
+  const auto& sf = dead_.since_fired();
+  SAE_RETURN_IF_ERROR(w.Add("dead.since_fired", DType::kI64, {static_cast<int64_t>(sf.size())}, sf.data()));
+  w.SetMetadata("format", "saeforge.train_state.v1");
+  w.SetMetadata("step", std::to_string(step_));
+  w.SetMetadata("tokens", std::to_string(tokens_));
+  w.SetMetadata("adam_step", std::to_string(adam_.step));
+  w.SetMetadata("initialized", initialized_ ? "1" : "0");
+  w.SetMetadata("input_scale", FormatDouble(input_scale_));
+  w.SetMetadata("d_in", std::to_string(opts_.d_in));
+  w.SetMetadata("latents", std::to_string(opts_.latents));
+  for (const auto& [k, v] : extra) w.SetMetadata("extra." + k, v);
+  return Annotate(w.Write(path), "writing training state");
+}
+
+absl::StatusOr<std::map<std::string, std::string>> SaeTrainer::LoadState(const std::string& path) {
+  SAE_ASSIGN_OR_RETURN(SafetensorsFile f, SafetensorsFile::Open(path));
+  const auto& md = f.metadata();
+  auto get = [&](const std::string& key) -> absl::StatusOr<std::string> {
+    auto it = md.find(key);
+    if (it == md.end())
+      return absl::DataLossError(absl::StrCat(path, ": metadata field '", key, "' missing"));
+    return it->second;
+  };
+  SAE_ASSIGN_OR_RETURN(std::string fmt, get("format"));
+  if (fmt != "saeforge.train_state.v1")
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a saeforge training state"));
+  SAE_ASSIGN_OR_RETURN(std::string d_in, get("d_in"));
+  SAE_ASSIGN_OR_RETURN(std::string latents, get("latents"));
+  if (std::stoll(d_in) != opts_.d_in || std::stoll(latents) != opts_.latents)
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, ": checkpoint has d_in ", d_in, ", latents ", latents, "; the job has d_in ",
+        opts_.d_in, ", latents ", opts_.latents));
+  for (auto& [name, t] : StateTensors(&params_, &adam_)) {
+    SAE_ASSIGN_OR_RETURN(TensorInfo info, f.Info(name));
+    if (info.dtype != DType::kF32 ||
+        info.shape != std::vector<int64_t>(t->sizes().begin(), t->sizes().end()))
+      return absl::DataLossError(absl::StrCat(path, ": tensor '", name, "' has the wrong dtype or shape"));
+    SAE_RETURN_IF_ERROR(f.ReadRaw(name, t->data_ptr(), t->nbytes()));
+  }
+  auto& sf = dead_.mutable_since_fired();
+  SAE_ASSIGN_OR_RETURN(TensorInfo dinfo, f.Info("dead.since_fired"));
+  if (dinfo.dtype != DType::kI64 || dinfo.numel() != static_cast<int64_t>(sf.size()))
+    return absl::DataLossError(absl::StrCat(path, ": tensor 'dead.since_fired' has the wrong shape"));
+  SAE_RETURN_IF_ERROR(f.ReadRaw("dead.since_fired", sf.data(), sf.size() * sizeof(int64_t)));
+  SAE_ASSIGN_OR_RETURN(std::string step, get("step"));
+  SAE_ASSIGN_OR_RETURN(std::string tokens, get("tokens"));
+  SAE_ASSIGN_OR_RETURN(std::string adam_step, get("adam_step"));
+  SAE_ASSIGN_OR_RETURN(std::string init, get("initialized"));
+  SAE_ASSIGN_OR_RETURN(std::string scale, get("input_scale"));
+  step_ = std::stoll(step);
+  tokens_ = std::stoll(tokens);
+  adam_.step = std::stoll(adam_step);
+  initialized_ = init == "1";
+  input_scale_ = std::stod(scale);
+  if (opts_.bf16) {
+    w_enc_lowp_ = params_.W_enc.clone();
+    RoundToBF16InPlace(w_enc_lowp_);
+  }
+  std::map<std::string, std::string> extra;
+  for (const auto& [k, v] : md)
+    if (k.rfind("extra.", 0) == 0) extra[k.substr(6)] = v;
+  return extra;
+}
+
+absl::Status SaeTrainer::ExportSae(const std::string& dir, const std::string& provenance_json) const {
+  SAE_RETURN_IF_ERROR(MakeDirs(dir));
+  SafetensorsWriter w;
+  const SaeParams& p = params_;
+  auto add = [&](const char* name, const at::Tensor& t) {
+    at::Tensor c = t.contiguous();
+    return w.Add(name, DType::kF32, {c.sizes().begin(), c.sizes().end()}, c.data_ptr());
+  };
+  SAE_RETURN_IF_ERROR(add("encoder.weight", p.W_enc));
+  SAE_RETURN_IF_ERROR(add("encoder.bias", p.b_enc));
+  SAE_RETURN_IF_ERROR(add("W_dec", p.W_dec));
+  SAE_RETURN_IF_ERROR(add("b_dec", p.b_dec));
+  SAE_RETURN_IF_ERROR(w.Write(dir + "/sae.safetensors"));
+
+  json cfg;
+  cfg["d_in"] = opts_.d_in;
+  cfg["num_latents"] = opts_.latents;
+  cfg["k"] = opts_.k;
+  cfg["activation"] = "topk";
+  cfg["normalize_decoder"] = true;
+  cfg["expansion_factor"] = opts_.latents / opts_.d_in;
+  cfg["multi_topk"] = false;
+  cfg["skip_connection"] = false;
+  json own;
+  own["format"] = "saeforge.sae.v1";
+  own["k_schedule"] = {{"shape", KShapeName(opts_.schedule.shape())},
+                       {"start", opts_.schedule.start()},
+                       {"end", opts_.schedule.end()},
+                       {"fraction", opts_.schedule.fraction()}};
+  own["dead_remedy"] = RemedyName(opts_.remedy);
+  own["aux_coefficient"] = opts_.aux_coefficient;
+  own["dead_window_tokens"] = opts_.dead_window_tokens;
+  own["normalize"] = NormalizeName(opts_.normalize);
+  own["input_scale"] = input_scale_;
+  own["precision"] = opts_.bf16 ? "bf16" : "fp32";
+  own["tokens"] = tokens_;
+  own["steps"] = step_;
+  if (!provenance_json.empty()) {
+    json prov = json::parse(provenance_json, nullptr, false);
+    if (!prov.is_discarded()) own["provenance"] = prov;
+  }
+  cfg["saeforge"] = own;
+  return AtomicWriteFile(dir + "/cfg.json", cfg.dump(2) + "\n");
+}
+
+absl::StatusOr<LoadedSae> LoadSae(const std::string& dir) {
+  const std::string cfg_path = dir + "/cfg.json";
+  SAE_ASSIGN_OR_RETURN(std::string text, ReadFileToString(cfg_path));
+  json cfg = json::parse(text, nullptr, false);
+  if (cfg.is_discarded() || !cfg.is_object())
+    return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": not valid JSON"));
+  LoadedSae out;
+  out.cfg_json = text;
+  for (const char* key : {"d_in", "num_latents", "k"})
+    if (!cfg.contains(key) || !cfg[key].is_number_integer())
+      return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": field '", key, "' missing or not an integer"));
+  const int64_t d = cfg["d_in"], n = cfg["num_latents"];
+  out.k = cfg["k"];
+  if (cfg.contains("saeforge")) {
+    const json& own = cfg["saeforge"];
+    if (own.contains("normalize")) {
+      auto nm = NormalizeFromString(own["normalize"].get<std::string>());
+      if (!nm.ok()) return Annotate(nm.status(), cfg_path);
+      out.normalize = *nm;
+    }
+    if (own.contains("input_scale")) out.input_scale = own["input_scale"].get<double>();
+  }
+  const std::string st_path = dir + "/sae.safetensors";
+  SAE_ASSIGN_OR_RETURN(SafetensorsFile f, SafetensorsFile::Open(st_path));
+  auto load = [&](const char* name, std::vector<int64_t> shape) -> absl::StatusOr<at::Tensor> {
+    SAE_ASSIGN_OR_RETURN(TensorInfo info, f.Info(name));
+    if (info.shape != shape)
+      return absl::InvalidArgumentError(absl::StrCat(st_path, ": tensor '", name, "' has the wrong shape"));
+    SAE_ASSIGN_OR_RETURN(std::vector<float> v, f.ReadFloat(name));
+    return at::from_blob(v.data(), shape, at::kFloat).clone();
+  };
+  SAE_ASSIGN_OR_RETURN(out.params.W_enc, load("encoder.weight", {n, d}));
+  SAE_ASSIGN_OR_RETURN(out.params.b_enc, load("encoder.bias", {n}));
+  SAE_ASSIGN_OR_RETURN(out.params.W_dec, load("W_dec", {n, d}));
+  SAE_ASSIGN_OR_RETURN(out.params.b_dec, load("b_dec", {d}));
+  return out;
+}
+
+}  // namespace sae

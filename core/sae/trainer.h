@@ -1,0 +1,122 @@
+// SaeTrainer: owns one TopK SAE, its Adam state, the dead-latent tracker and
+// the k and learning-rate schedules, and performs optimizer steps on batches
+// of activation rows. Initialises lazily on the first batch (b_dec, input
+// scale). Saves and restores its complete state so that a resumed run
+// continues bit for bit. Not thread-safe: one owner calls it.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/base/config.h"
+#include "core/base/status.h"
+#include "core/sae/dead_tracker.h"
+#include "core/sae/k_schedule.h"
+#include "core/sae/sae_step.h"
+
+namespace sae {
+
+enum class Normalize { kNone, kLayerNorm, kUnitMeanNorm };
+absl::StatusOr<Normalize> NormalizeFromString(const std::string& s);
+const char* NormalizeName(Normalize n);
+
+struct TrainerOptions {
+  int64_t d_in = 0;
+  int64_t latents = 0;
+  int64_t k = 32;
+  KSchedule schedule = KSchedule::Constant(32);
+  Remedy remedy = Remedy::kNone;
+  double aux_coefficient = 0;  // 0 = the remedy's default
+  int64_t dead_window_tokens = 10000000;
+  Normalize normalize = Normalize::kNone;
+  std::string init_b_dec = "mean";  // mean | geometric_median | zero
+  double lr = 0;                    // 0 = 2e-4 / sqrt(latents / 2^14)
+  double warmup_fraction = 0.01;
+  std::string lr_decay = "none";    // none | linear | cosine
+  double decay_start_fraction = 0.8;
+  double grad_clip = 1.0;
+  uint64_t seed = 0;
+  bool bf16 = false;
+  int64_t total_tokens = 0;
+  int64_t batch_tokens = 4096;
+};
+
+// Builds trainer options from a validated job (d_in from the data source).
+absl::StatusOr<TrainerOptions> TrainerOptionsFromJob(const JobConfig& job, int64_t d_in);
+
+struct StepMetrics {
+  int64_t step = 0;    // optimizer steps done, including this one
+  int64_t tokens = 0;  // tokens seen after this step
+  int64_t k = 0;
+  double lr = 0, loss = 0, fvu = 0, mse = 0, aux_loss = 0, l0 = 0;
+  double dead_ratio = 0, grad_norm = 0, seconds = 0;
+  std::vector<std::pair<const char*, double>> phase_seconds;
+};
+
+class SaeTrainer {
+ public:
+  static absl::StatusOr<std::unique_ptr<SaeTrainer>> Create(const TrainerOptions& opts);
+
+  // One optimizer step on rows × d_in floats (row-major). Rejects NaN/Inf.
+  absl::StatusOr<StepMetrics> Step(const float* x, int64_t rows);
+
+  const TrainerOptions& options() const { return opts_; }
+  int64_t step() const { return step_; }
+  int64_t tokens_seen() const { return tokens_; }
+  int64_t CurrentK() const { return opts_.schedule.KAt(tokens_); }
+  double LearningRateAt(int64_t step) const;
+  double base_lr() const { return lr_; }
+  bool initialized() const { return initialized_; }
+  const SaeParams& params() const { return params_; }
+  const DeadTracker& dead() const { return dead_; }
+  double input_scale() const { return input_scale_; }
+
+  // Applies the configured input normalisation to rows (in place) — what the
+  // SAE sees. Call after initialisation.
+  void NormalizeRows(float* x, int64_t rows) const;
+
+  // Complete resumable state in one safetensors file (atomic). `extra` is
+  // stored in the metadata and returned by LoadState (e.g. data position).
+  absl::Status SaveState(const std::string& path,
+                         const std::map<std::string, std::string>& extra) const;
+  absl::StatusOr<std::map<std::string, std::string>> LoadState(const std::string& path);
+
+  // The final SAE: DIR/sae.safetensors + DIR/cfg.json (ALGORITHMS.md §8).
+  // `provenance` is merged into cfg.json (a JSON object's text, may be "").
+  absl::Status ExportSae(const std::string& dir, const std::string& provenance_json) const;
+
+ private:
+  explicit SaeTrainer(const TrainerOptions& opts);
+  absl::Status Initialize(const at::Tensor& x);
+
+  TrainerOptions opts_;
+  double lr_ = 0;
+  int64_t total_steps_ = 1;
+  bool initialized_ = false;
+  double input_scale_ = 1.0;  // unit_mean_norm constant
+  SaeParams params_;
+  SaeGrads grads_;
+  AdamState adam_;
+  at::Tensor w_enc_lowp_;
+  DeadTracker dead_;
+  int64_t step_ = 0;
+  int64_t tokens_ = 0;
+};
+
+// Loads an exported SAE (sae.safetensors + cfg.json) for inference.
+struct LoadedSae {
+  SaeParams params;
+  int64_t k = 0;
+  Normalize normalize = Normalize::kNone;
+  double input_scale = 1.0;
+  std::string cfg_json;
+};
+absl::StatusOr<LoadedSae> LoadSae(const std::string& dir);
+
+}  // namespace sae

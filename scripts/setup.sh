@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs every Debian package saeforge needs (idempotent: apt-get runs only
+# when something is missing), then configures (Release) into build/ and builds.
+# Usage: scripts/setup.sh [extra cmake args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mapfile -t pkgs < <(grep -v '^\s*#' scripts/packages.txt | sed '/^\s*$/d')
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# LibTorch must use OpenBLAS, not the reference BLAS (about 40x slower).
+if [ -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 ]; then
+  cur=$(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 || true)
+  case "$cur" in
+    *openblas*) ;;
+    *) echo "setup: selecting OpenBLAS for libblas.so.3"
+       ${SUDO:-} update-alternatives --set libblas.so.3-x86_64-linux-gnu \
+         /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 || true ;;
+  esac
+fi
+
+generator=()
+command -v ninja >/dev/null && generator=(-G Ninja)
+if [ ! -f build/CMakeCache.txt ]; then
+  cmake -S . -B build "${generator[@]}" -DCMAKE_BUILD_TYPE=Release "$@"
+elif [ $# -gt 0 ]; then
+  cmake -S . -B build "$@"
+fi
+cmake --build build -j"$(nproc)"

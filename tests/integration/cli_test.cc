@@ -1,0 +1,329 @@
+// The `sae` and `sae-worker` executables as a user runs them: real processes,
+// real files. Bad input must give a non-zero exit and a message naming the
+// file and the field or shard, never a crash, and must not lose or fake
+// outputs.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+struct Result {
+  int code = -1;
+  bool signaled = false;
+  std::string out;
+};
+
+std::string Bin(const std::string& name) {
+  const char* dir = std::getenv("SAE_BIN_DIR");
+  return std::string(dir ? dir : "build/bin") + "/" + name;
+}
+
+Result Sh(const std::string& cmd) {
+  Result r;
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  if (p == nullptr) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int st = pclose(p);
+  r.signaled = WIFSIGNALED(st);
+  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+std::string ReadAll(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void WriteAll(const fs::path& p, const std::string& s) {
+  std::ofstream out(p, std::ios::binary);
+  out << s;
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) /
+           ("sae_cli_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  // Writes 3 shards of 2000 rows, d_in 16, from a planted dictionary.
+  fs::path MakeShards(const std::string& name = "acts", const std::string& dtype = "float32") {
+    fs::path d = dir_ / name;
+    Result r = Sh(Bin("sae") + " synth --out " + d.string() +
+                  " --rows 6000 --rows-per-shard 2000 --d-in 16 --atoms 32 --k 2 --seed 4 --dtype " + dtype);
+    EXPECT_EQ(r.code, 0) << r.out;
+    return d;
+  }
+  fs::path Job(const std::string& name, const std::string& body) {
+    fs::path p = dir_ / name;
+    WriteAll(p, body);
+    return p;
+  }
+  std::string ShardJob(const fs::path& data, const std::string& out, int64_t tokens = 4000,
+                       const std::string& extra_sae = "") {
+    return "name: t\ndata: {kind: shards, path: " + data.string() +
+           ", shuffle_buffer_rows: 700}\nsae: {latents: 64, k: 4" + extra_sae +
+           "}\ntrain: {tokens: " + std::to_string(tokens) +
+           ", batch_tokens: 250, checkpoint_every_tokens: 1000, log_every_steps: 2, lr: 0.002}\noutput: " +
+           (dir_ / out).string() + "\n";
+  }
+  fs::path dir_;
+};
+
+TEST_F(Cli, TrainsFromShardsAndWritesTheOutputContract) {
+  fs::path data = MakeShards();
+  Result insp = Sh(Bin("sae") + " inspect " + data.string() + " --verify");
+  ASSERT_EQ(insp.code, 0) << insp.out;
+  EXPECT_NE(insp.out.find("16"), std::string::npos);
+  EXPECT_NE(insp.out.find("6000"), std::string::npos);
+
+  fs::path job = Job("job.yaml", ShardJob(data, "run", 4000, ", k_schedule: {start: 16, end: 4, fraction: 0.5}, "
+                                                             "dead_remedy: auxk, dead_window_tokens: 1000"));
+  Result r = Sh(Bin("sae") + " train " + job.string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("step 2 "), std::string::npos) << "plain log lines when not on a TTY";
+  fs::path out = dir_ / "run";
+  for (const char* f : {"sae.safetensors", "cfg.json", "metrics.jsonl", "summary.json", "checkpoints/latest"})
+    EXPECT_TRUE(fs::exists(out / f)) << f;
+  EXPECT_FALSE(fs::exists(dir_ / "run.partial"));
+
+  json summary = json::parse(ReadAll(out / "summary.json"));
+  EXPECT_EQ(summary["tokens"], 4000);
+  EXPECT_EQ(summary["steps"], 16);
+  for (const char* k : {"fvu", "mse", "l0", "dead_ratio", "tokens_per_second"}) EXPECT_TRUE(summary.contains(k)) << k;
+  EXPECT_LE(summary["l0"].get<double>(), 4.0);
+
+  json cfg = json::parse(ReadAll(out / "cfg.json"));
+  EXPECT_EQ(cfg["d_in"], 16);
+  EXPECT_EQ(cfg["num_latents"], 64);
+  EXPECT_EQ(cfg["k"], 4);
+  EXPECT_EQ(cfg["activation"], "topk");
+  EXPECT_EQ(cfg["normalize_decoder"], true);
+  EXPECT_EQ(cfg["expansion_factor"], 4);
+  EXPECT_EQ(cfg["saeforge"]["k_schedule"]["start"], 16);
+  EXPECT_EQ(cfg["saeforge"]["dead_remedy"], "auxk");
+
+  // metrics.jsonl: one object per log interval, k annealed 16 → 4.
+  std::istringstream lines(ReadAll(out / "metrics.jsonl"));
+  std::string line;
+  std::vector<json> ms;
+  while (std::getline(lines, line)) ms.push_back(json::parse(line));
+  ASSERT_EQ(ms.size(), 8u);
+  EXPECT_EQ(ms.front()["k"], 15);  // after 250 of 2000 anneal tokens
+  EXPECT_EQ(ms.back()["k"], 4);
+
+  // sae.safetensors read by a minimal reader written here: u64 header length,
+  // JSON header, F32 tensors with the sparsify names and shapes.
+  std::string st = ReadAll(out / "sae.safetensors");
+  ASSERT_GT(st.size(), 8u);
+  uint64_t hlen = 0;
+  for (int i = 7; i >= 0; --i) hlen = (hlen << 8) | static_cast<unsigned char>(st[i]);
+  ASSERT_LE(8 + hlen, st.size());
+  json h = json::parse(st.substr(8, hlen));
+  const std::vector<std::pair<std::string, std::vector<int64_t>>> want = {
+      {"encoder.weight", {64, 16}}, {"encoder.bias", {64}}, {"W_dec", {64, 16}}, {"b_dec", {16}}};
+  size_t data_bytes = 0;
+  for (const auto& [name, shape] : want) {
+    ASSERT_TRUE(h.contains(name)) << name;
+    EXPECT_EQ(h[name]["dtype"], "F32");
+    EXPECT_EQ(h[name]["shape"].get<std::vector<int64_t>>(), shape);
+    auto off = h[name]["data_offsets"].get<std::vector<uint64_t>>();
+    data_bytes += off[1] - off[0];
+  }
+  EXPECT_EQ(8 + hlen + data_bytes, st.size());
+  // Decoder rows are unit norm.
+  auto off = h["W_dec"]["data_offsets"].get<std::vector<uint64_t>>();
+  const float* w = reinterpret_cast<const float*>(st.data() + 8 + hlen + off[0]);
+  for (int r = 0; r < 64; ++r) {
+    double s = 0;
+    for (int c = 0; c < 16; ++c) s += double(w[r * 16 + c]) * w[r * 16 + c];
+    EXPECT_NEAR(s, 1.0, 1e-4);
+  }
+}
+
+TEST_F(Cli, ResumeEqualsStraightRun) {
+  fs::path data = MakeShards();
+  fs::path a = Job("a.yaml", ShardJob(data, "a", 5000));
+  fs::path b = Job("b.yaml", ShardJob(data, "b", 5000));
+  ASSERT_EQ(Sh(Bin("sae") + " train " + a.string()).code, 0);
+  Result first = Sh(Bin("sae") + " train " + b.string() + " --max-steps 9");
+  ASSERT_EQ(first.code, 0) << first.out;
+  EXPECT_FALSE(fs::exists(dir_ / "b"));
+  EXPECT_TRUE(fs::exists(dir_ / "b.partial/checkpoints/latest"));
+  // Without --resume the unfinished run is protected.
+  Result again = Sh(Bin("sae") + " train " + b.string());
+  EXPECT_NE(again.code, 0);
+  EXPECT_NE(again.out.find("--resume"), std::string::npos) << again.out;
+  Result resumed = Sh(Bin("sae-worker") + " --job " + b.string() + " --resume");
+  ASSERT_EQ(resumed.code, 0) << resumed.out;
+  EXPECT_EQ(ReadAll(dir_ / "a/sae.safetensors"), ReadAll(dir_ / "b/sae.safetensors"));
+  // metrics.jsonl of the resumed run has each step once.
+  EXPECT_EQ(ReadAll(dir_ / "a/metrics.jsonl").size() > 0, true);
+  std::istringstream la(ReadAll(dir_ / "a/metrics.jsonl")), lb(ReadAll(dir_ / "b/metrics.jsonl"));
+  std::string x, y;
+  int n = 0;
+  while (std::getline(la, x) && std::getline(lb, y)) {
+    EXPECT_EQ(json::parse(x)["fvu"], json::parse(y)["fvu"]);
+    ++n;
+  }
+  EXPECT_EQ(n, 10);
+  EXPECT_FALSE(std::getline(lb, y));
+  // A finished output is never overwritten.
+  Result over = Sh(Bin("sae") + " train " + a.string());
+  EXPECT_NE(over.code, 0);
+  EXPECT_NE(over.out.find("already exists"), std::string::npos);
+}
+
+struct BadJob {
+  const char* name;
+  const char* yaml;
+  const char* field;  // must appear in the message
+};
+
+TEST_F(Cli, BadJobFilesNameTheFileAndField) {
+  const std::vector<BadJob> cases = {
+      {"malformed", "name: x\nsae: [k: 1\n", "malformed.yaml"},
+      {"unknown_key", "data: {kind: synthetic}\nsae: {latents: 64, kk: 4}\ntrain: {tokens: 1000}\noutput: o\n", "sae.kk"},
+      {"k_gt_latents", "data: {kind: synthetic}\nsae: {latents: 64, k: 65}\ntrain: {tokens: 1000}\noutput: o\n", "sae.k"},
+      {"schedule", "data: {kind: synthetic}\nsae: {latents: 64, k: 8, k_schedule: {start: 4}}\ntrain: {tokens: 1000}\noutput: o\n", "k_schedule.start"},
+      {"zero_tokens", "data: {kind: synthetic}\nsae: {latents: 64, k: 8}\ntrain: {tokens: 0}\noutput: o\n", "train.tokens"},
+      {"batch_lt_world", "data: {kind: synthetic}\nsae: {latents: 64, k: 8}\ntrain: {tokens: 1000, batch_tokens: 1}\nworld: {workers: 2}\noutput: o\n", "world.workers"},
+      {"bad_remedy", "data: {kind: synthetic}\nsae: {latents: 64, k: 8, dead_remedy: magic}\ntrain: {tokens: 1000}\noutput: o\n", "sae.dead_remedy"},
+      {"bad_type", "data: {kind: synthetic}\nsae: {latents: many, k: 8}\ntrain: {tokens: 1000}\noutput: o\n", "sae.latents"},
+  };
+  for (const BadJob& c : cases) {
+    fs::path job = Job(std::string(c.name) + ".yaml", c.yaml);
+    Result r = Sh("cd " + dir_.string() + " && " + Bin("sae") + " train " + job.string());
+    EXPECT_EQ(r.code, 1) << c.name << ": " << r.out;
+    EXPECT_FALSE(r.signaled) << c.name;
+    EXPECT_NE(r.out.find(job.filename().string()), std::string::npos) << c.name << ": " << r.out;
+    EXPECT_NE(r.out.find(c.field), std::string::npos) << c.name << ": " << r.out;
+    EXPECT_FALSE(fs::exists(dir_ / "o")) << c.name;
+  }
+  Result missing = Sh(Bin("sae") + " train " + (dir_ / "nope.yaml").string());
+  EXPECT_EQ(missing.code, 1);
+  EXPECT_NE(missing.out.find("nope.yaml"), std::string::npos);
+}
+
+// Corrupts `shard` with `how`, runs the job, expects a failure naming the shard.
+struct ShardDamage {
+  const char* name;
+  const char* expect;  // substring of the message besides the shard name
+};
+
+TEST_F(Cli, DamagedShardsFailNamingTheShard) {
+  auto run_damaged = [&](const std::string& tag, const std::function<void(const fs::path&)>& damage,
+                         const std::string& shard_name, const std::string& expect) {
+    fs::path data = MakeShards("acts_" + tag);
+    damage(data);
+    fs::path job = Job(tag + ".yaml", ShardJob(data, "out_" + tag));
+    Result r = Sh(Bin("sae") + " train " + job.string());
+    EXPECT_EQ(r.code, 1) << tag << ": " << r.out;
+    EXPECT_FALSE(r.signaled) << tag;
+    EXPECT_NE(r.out.find(shard_name), std::string::npos) << tag << ": " << r.out;
+    EXPECT_NE(r.out.find(expect), std::string::npos) << tag << ": " << r.out;
+    EXPECT_FALSE(fs::exists(dir_ / ("out_" + tag) / "summary.json")) << tag;
+    EXPECT_FALSE(fs::exists(dir_ / ("out_" + tag + ".partial") / "sae.safetensors")) << tag;
+  };
+  const std::string s1 = "shard-00001.safetensors";
+  run_damaged("missing_dir", [](const fs::path& d) { fs::remove_all(d); }, "acts_missing_dir", "manifest");
+  run_damaged("missing_shard", [&](const fs::path& d) { fs::remove(d / s1); }, s1, "");
+  run_damaged("truncated", [&](const fs::path& d) { fs::resize_file(d / s1, fs::file_size(d / s1) / 2); }, s1, "");
+  run_damaged("header_len", [&](const fs::path& d) {
+    std::fstream f(d / s1, std::ios::in | std::ios::out | std::ios::binary);
+    const unsigned char big[8] = {0, 0, 0, 0, 0, 0, 0, 0x7f};
+    f.write(reinterpret_cast<const char*>(big), 8);
+  }, s1, "header length");
+  run_damaged("checksum", [&](const fs::path& d) {
+    std::fstream f(d / s1, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(fs::file_size(d / s1)) - 10);
+    f.put('\x55');
+  }, s1, "sha256");
+  run_damaged("dtype", [&](const fs::path& d) {
+    json m = json::parse(ReadAll(d / "manifest.json"));
+    m["dtype"] = "float16";
+    WriteAll(d / "manifest.json", m.dump());
+  }, "shard-00000.safetensors", "dtype");
+  run_damaged("d_in", [&](const fs::path& d) {
+    json m = json::parse(ReadAll(d / "manifest.json"));
+    m["d_in"] = 17;
+    WriteAll(d / "manifest.json", m.dump());
+  }, "shard-00000.safetensors", "");
+}
+
+TEST_F(Cli, CorruptDataLaterInTheRunKeepsEarlierCheckpoints) {
+  fs::path data = MakeShards();
+  fs::path job = Job("job.yaml", ShardJob(data, "run", 5500));
+  ASSERT_EQ(Sh(Bin("sae") + " train " + job.string() + " --max-steps 4").code, 0);
+  fs::path ckpts = dir_ / "run.partial/checkpoints";
+  const std::string latest = ReadAll(ckpts / "latest");
+  ASSERT_FALSE(latest.empty());
+  const fs::path state = ckpts / latest.substr(0, latest.find('\n')) / "state.safetensors";
+  const std::string before = ReadAll(state);
+  ASSERT_FALSE(before.empty());
+  // Shard 2 (rows 4000..5999 in manifest order) gets a flipped byte.
+  const fs::path s2 = data / "shard-00002.safetensors";
+  {
+    std::fstream f(s2, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(fs::file_size(s2)) - 4);
+    f.put('\x7f');
+  }
+  Result r = Sh(Bin("sae") + " train " + job.string() + " --resume");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("shard-00002.safetensors"), std::string::npos) << r.out;
+  EXPECT_EQ(ReadAll(state), before);
+  EXPECT_FALSE(fs::exists(dir_ / "run"));
+  EXPECT_FALSE(fs::exists(dir_ / "run.partial/summary.json"));
+}
+
+TEST_F(Cli, NanRowsAreReportedWithShardAndRow) {
+  // A float32 .npy of 300 × 8 with a NaN in row 123.
+  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (300, 8), }";
+  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+  header += '\n';
+  std::string npy = "\x93NUMPY";
+  npy += '\x01';
+  npy += '\x00';
+  npy += static_cast<char>(header.size() & 0xff);
+  npy += static_cast<char>(header.size() >> 8);
+  npy += header;
+  std::vector<float> v(300 * 8);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>((i * 37) % 101) / 50.0f - 1.0f;
+  v[123 * 8 + 5] = std::nanf("");
+  npy.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+  WriteAll(dir_ / "x.npy", npy);
+  Result imp = Sh(Bin("sae") + " inspect --import-npy " + (dir_ / "x.npy").string() + " --out " +
+                  (dir_ / "npy_acts").string() + " --rows-per-shard 100");
+  ASSERT_EQ(imp.code, 0) << imp.out;
+  fs::path job = Job("nan.yaml", "data: {kind: shards, path: " + (dir_ / "npy_acts").string() +
+                                     ", shuffle_buffer_rows: 1}\nsae: {latents: 32, k: 2}\n"
+                                     "train: {tokens: 300, batch_tokens: 50}\noutput: " +
+                                     (dir_ / "nanrun").string() + "\n");
+  Result r = Sh(Bin("sae") + " train " + job.string());
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("shard-00001.safetensors"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("23"), std::string::npos) << r.out;  // row 23 of shard 1
+  EXPECT_FALSE(fs::exists(dir_ / "nanrun"));
+}
+
+}  // namespace

@@ -1,0 +1,703 @@
+#include "core/base/config.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "core/base/file_util.h"
+
+namespace sae {
+namespace {
+
+// The job file of docs/ARCHITECTURE.md, verbatim.
+constexpr char kArchitectureExample[] = R"(name: demo
+data:
+  kind: shards            # shards | lm | synthetic
+  path: runs/acts         # shards: a directory with manifest.json
+  # lm: model: DIR, layer: 3, corpus: FILE|generate, context: 256
+  # synthetic: d_in, latents, k, seed (planted sparse dictionary)
+sae:
+  latents: 4096           # or expansion_factor: 32
+  k: 32
+  k_schedule: {start: 512, end: 32, fraction: 0.25, shape: linear}  # optional
+  dead_window_tokens: 10000000
+  dead_remedy: ghost_grads  # none | ghost_grads | auxk
+  normalize: none           # none | layer_norm | unit_mean_norm
+train:
+  tokens: 50000000
+  batch_tokens: 4096
+  lr: 0                     # 0 = 2e-4/sqrt(latents/2^14)
+  seed: 0
+  precision: fp32           # fp32 | bf16
+  checkpoint_every_tokens: 5000000
+world: {workers: 2, backend: auto}   # auto | local | gloo | mpi | nccl
+output: runs/demo
+)";
+
+// A small valid job the error cases mutate.
+constexpr char kBase[] = R"(name: t
+data:
+  kind: shards
+  path: acts
+sae:
+  latents: 4096
+  k: 32
+train:
+  tokens: 1000000
+  batch_tokens: 4096
+world:
+  workers: 2
+output: out
+)";
+
+constexpr char kSynthetic[] = R"(name: s
+data:
+  kind: synthetic
+  d_in: 32
+  latents: 128
+  k: 4
+sae:
+  latents: 256
+  k: 8
+train:
+  tokens: 100000
+output: out
+)";
+
+constexpr char kOrigin[] = "bad-job.yaml";
+
+// `text` with the first `from` replaced by `to`; fails the test if `from` is
+// absent, so a mutation cannot silently do nothing.
+std::string Replace(std::string text, const std::string& from, const std::string& to) {
+  size_t pos = text.find(from);
+  EXPECT_NE(pos, std::string::npos) << "'" << from << "' not in\n" << text;
+  if (pos != std::string::npos) text.replace(pos, from.size(), to);
+  return text;
+}
+
+void ExpectConfigsEqual(const JobConfig& a, const JobConfig& b) {
+  EXPECT_EQ(a.name, b.name);
+  EXPECT_EQ(a.data.kind, b.data.kind);
+  EXPECT_EQ(a.data.path, b.data.path);
+  EXPECT_EQ(a.data.shuffle_buffer_rows, b.data.shuffle_buffer_rows);
+  EXPECT_EQ(a.data.d_in, b.data.d_in);
+  EXPECT_EQ(a.data.latents, b.data.latents);
+  EXPECT_EQ(a.data.k, b.data.k);
+  EXPECT_EQ(a.data.seed, b.data.seed);
+  EXPECT_EQ(a.data.noise, b.data.noise);
+  EXPECT_EQ(a.data.frequency_decay, b.data.frequency_decay);
+  EXPECT_EQ(a.data.model, b.data.model);
+  EXPECT_EQ(a.data.layer, b.data.layer);
+  EXPECT_EQ(a.data.corpus, b.data.corpus);
+  EXPECT_EQ(a.data.context, b.data.context);
+  EXPECT_EQ(a.sae.latents, b.sae.latents);
+  EXPECT_EQ(a.sae.expansion_factor, b.sae.expansion_factor);
+  EXPECT_EQ(a.sae.k, b.sae.k);
+  EXPECT_EQ(a.sae.k_schedule.enabled, b.sae.k_schedule.enabled);
+  EXPECT_EQ(a.sae.k_schedule.start, b.sae.k_schedule.start);
+  EXPECT_EQ(a.sae.k_schedule.end, b.sae.k_schedule.end);
+  EXPECT_EQ(a.sae.k_schedule.fraction, b.sae.k_schedule.fraction);
+  EXPECT_EQ(a.sae.k_schedule.shape, b.sae.k_schedule.shape);
+  EXPECT_EQ(a.sae.dead_window_tokens, b.sae.dead_window_tokens);
+  EXPECT_EQ(a.sae.dead_remedy, b.sae.dead_remedy);
+  EXPECT_EQ(a.sae.aux_coefficient, b.sae.aux_coefficient);
+  EXPECT_EQ(a.sae.normalize, b.sae.normalize);
+  EXPECT_EQ(a.sae.init_b_dec, b.sae.init_b_dec);
+  EXPECT_EQ(a.train.tokens, b.train.tokens);
+  EXPECT_EQ(a.train.batch_tokens, b.train.batch_tokens);
+  EXPECT_EQ(a.train.lr, b.train.lr);
+  EXPECT_EQ(a.train.warmup_fraction, b.train.warmup_fraction);
+  EXPECT_EQ(a.train.lr_decay, b.train.lr_decay);
+  EXPECT_EQ(a.train.decay_start_fraction, b.train.decay_start_fraction);
+  EXPECT_EQ(a.train.grad_clip, b.train.grad_clip);
+  EXPECT_EQ(a.train.seed, b.train.seed);
+  EXPECT_EQ(a.train.precision, b.train.precision);
+  EXPECT_EQ(a.train.checkpoint_every_tokens, b.train.checkpoint_every_tokens);
+  EXPECT_EQ(a.train.log_every_steps, b.train.log_every_steps);
+  EXPECT_EQ(a.train.device, b.train.device);
+  EXPECT_EQ(a.train.threads, b.train.threads);
+  EXPECT_EQ(a.world.workers, b.world.workers);
+  EXPECT_EQ(a.world.backend, b.world.backend);
+  EXPECT_EQ(a.output, b.output);
+}
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = ::testing::TempDir() + "/sae_config_test.XXXXXX";
+    char* made = ::mkdtemp(tmpl.data());
+    EXPECT_NE(made, nullptr);
+    path_ = tmpl;
+  }
+  ~TempDir() { (void)RemoveAll(path_); }
+  const std::string& path() const { return path_; }
+  std::string Write(const std::string& name, const std::string& text) const {
+    std::string file = path_ + "/" + name;
+    EXPECT_TRUE(AtomicWriteFile(file, text).ok());
+    return file;
+  }
+
+ private:
+  std::string path_;
+};
+
+TEST(ConfigTest, ArchitectureExampleParses) {
+  TempDir dir;
+  std::string path = dir.Write("demo.yaml", kArchitectureExample);
+  absl::StatusOr<JobConfig> cfg = LoadJobConfig(path);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->name, "demo");
+  EXPECT_EQ(cfg->source_path, path);
+  EXPECT_EQ(cfg->data.kind, "shards");
+  EXPECT_EQ(cfg->data.path, "runs/acts");
+  EXPECT_EQ(cfg->data.shuffle_buffer_rows, 65536);
+  EXPECT_EQ(cfg->sae.latents, 4096);
+  EXPECT_EQ(cfg->sae.expansion_factor, 0);
+  EXPECT_EQ(cfg->sae.k, 32);
+  EXPECT_TRUE(cfg->sae.k_schedule.enabled);
+  EXPECT_EQ(cfg->sae.k_schedule.start, 512);
+  EXPECT_EQ(cfg->sae.k_schedule.end, 32);
+  EXPECT_DOUBLE_EQ(cfg->sae.k_schedule.fraction, 0.25);
+  EXPECT_EQ(cfg->sae.k_schedule.shape, "linear");
+  EXPECT_EQ(cfg->sae.dead_window_tokens, 10000000);
+  EXPECT_EQ(cfg->sae.dead_remedy, "ghost_grads");
+  EXPECT_EQ(cfg->sae.normalize, "none");
+  EXPECT_EQ(cfg->sae.init_b_dec, "mean");
+  EXPECT_EQ(cfg->sae.aux_coefficient, SaeConfig().aux_coefficient);
+  EXPECT_EQ(cfg->train.tokens, 50000000);
+  EXPECT_EQ(cfg->train.batch_tokens, 4096);
+  EXPECT_EQ(cfg->train.lr, 0.0);
+  EXPECT_EQ(cfg->train.seed, 0u);
+  EXPECT_EQ(cfg->train.precision, "fp32");
+  EXPECT_EQ(cfg->train.checkpoint_every_tokens, 5000000);
+  EXPECT_EQ(cfg->train.lr_decay, "none");
+  EXPECT_EQ(cfg->train.device, "auto");
+  EXPECT_EQ(cfg->world.workers, 2);
+  EXPECT_EQ(cfg->world.backend, "auto");
+  EXPECT_EQ(cfg->output, "runs/demo");
+}
+
+TEST(ConfigTest, SyntheticDataAndAllFields) {
+  const std::string yaml = R"(name: full
+data: {kind: synthetic, d_in: 48, latents: 300, k: 5, seed: 7, noise: 0.05,
+       frequency_decay: 1.1}
+sae:
+  expansion_factor: 8
+  k: 16
+  k_schedule: {start: 128, fraction: 0.5, shape: exponential}
+  dead_window_tokens: 1M
+  dead_remedy: auxk
+  aux_coefficient: 0.125
+  normalize: unit_mean_norm
+  init_b_dec: geometric_median
+train:
+  tokens: 2M
+  batch_tokens: 1024
+  lr: 3e-4
+  warmup_fraction: 0.05
+  lr_decay: cosine
+  decay_start_fraction: 0.6
+  grad_clip: 0
+  seed: 18446744073709551615
+  precision: bf16
+  checkpoint_every_tokens: 0
+  log_every_steps: 5
+  device: cpu
+  threads: 3
+world: {workers: 4, backend: gloo}
+output: runs/full
+)";
+  absl::StatusOr<JobConfig> cfg = ParseJobConfig(yaml, "full.yaml");
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->source_path, "");
+  EXPECT_EQ(cfg->data.kind, "synthetic");
+  EXPECT_EQ(cfg->data.d_in, 48);
+  EXPECT_EQ(cfg->data.latents, 300);
+  EXPECT_EQ(cfg->data.k, 5);
+  EXPECT_EQ(cfg->data.seed, 7u);
+  EXPECT_DOUBLE_EQ(cfg->data.noise, 0.05);
+  EXPECT_DOUBLE_EQ(cfg->data.frequency_decay, 1.1);
+  EXPECT_EQ(cfg->sae.expansion_factor, 8);
+  EXPECT_EQ(cfg->sae.latents, 8 * 48);  // resolved from d_in
+  EXPECT_EQ(cfg->sae.k, 16);
+  EXPECT_TRUE(cfg->sae.k_schedule.enabled);
+  EXPECT_EQ(cfg->sae.k_schedule.start, 128);
+  EXPECT_EQ(cfg->sae.k_schedule.end, 16);  // defaults to sae.k
+  EXPECT_DOUBLE_EQ(cfg->sae.k_schedule.fraction, 0.5);
+  EXPECT_EQ(cfg->sae.k_schedule.shape, "exponential");
+  EXPECT_EQ(cfg->sae.dead_window_tokens, 1000000);
+  EXPECT_EQ(cfg->sae.dead_remedy, "auxk");
+  EXPECT_DOUBLE_EQ(cfg->sae.aux_coefficient, 0.125);
+  EXPECT_EQ(cfg->sae.normalize, "unit_mean_norm");
+  EXPECT_EQ(cfg->sae.init_b_dec, "geometric_median");
+  EXPECT_EQ(cfg->train.tokens, 2000000);
+  EXPECT_EQ(cfg->train.batch_tokens, 1024);
+  EXPECT_DOUBLE_EQ(cfg->train.lr, 3e-4);
+  EXPECT_DOUBLE_EQ(cfg->train.warmup_fraction, 0.05);
+  EXPECT_EQ(cfg->train.lr_decay, "cosine");
+  EXPECT_DOUBLE_EQ(cfg->train.decay_start_fraction, 0.6);
+  EXPECT_EQ(cfg->train.grad_clip, 0.0);
+  EXPECT_EQ(cfg->train.seed, UINT64_MAX);
+  EXPECT_EQ(cfg->train.precision, "bf16");
+  EXPECT_EQ(cfg->train.checkpoint_every_tokens, 0);
+  EXPECT_EQ(cfg->train.log_every_steps, 5);
+  EXPECT_EQ(cfg->train.device, "cpu");
+  EXPECT_EQ(cfg->train.threads, 3);
+  EXPECT_EQ(cfg->world.workers, 4);
+  EXPECT_EQ(cfg->world.backend, "gloo");
+}
+
+TEST(ConfigTest, DefaultsWhenOmitted) {
+  absl::StatusOr<JobConfig> cfg = ParseJobConfig(kSynthetic, "s.yaml");
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  const JobConfig defaults;
+  EXPECT_FALSE(cfg->sae.k_schedule.enabled);
+  EXPECT_EQ(cfg->sae.dead_window_tokens, defaults.sae.dead_window_tokens);
+  EXPECT_EQ(cfg->sae.dead_remedy, "none");
+  EXPECT_EQ(cfg->train.batch_tokens, 4096);
+  EXPECT_DOUBLE_EQ(cfg->train.warmup_fraction, 0.01);
+  EXPECT_DOUBLE_EQ(cfg->train.grad_clip, 1.0);
+  EXPECT_EQ(cfg->train.log_every_steps, 10);
+  EXPECT_EQ(cfg->world.workers, 1);
+  EXPECT_EQ(cfg->world.backend, "auto");
+  EXPECT_EQ(cfg->data.seed, 0u);
+  EXPECT_DOUBLE_EQ(cfg->data.noise, 0.01);
+}
+
+TEST(ConfigTest, ExpansionFactorForShardsIsResolvedLater) {
+  std::string yaml = Replace(kBase, "  latents: 4096\n", "  expansion_factor: 16\n");
+  absl::StatusOr<JobConfig> cfg = ParseJobConfig(yaml, "ef.yaml");
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->sae.expansion_factor, 16);
+  EXPECT_EQ(cfg->sae.latents, 0);
+}
+
+TEST(ConfigTest, LmDataParses) {
+  std::string yaml = Replace(kBase, "  kind: shards\n  path: acts\n",
+                             "  kind: lm\n  model: models/tiny\n  layer: 3\n  corpus: generate\n"
+                             "  context: 128\n");
+  absl::StatusOr<JobConfig> cfg = ParseJobConfig(yaml, "lm.yaml");
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->data.kind, "lm");
+  EXPECT_EQ(cfg->data.model, "models/tiny");
+  EXPECT_EQ(cfg->data.layer, 3);
+  EXPECT_EQ(cfg->data.corpus, "generate");
+  EXPECT_EQ(cfg->data.context, 128);
+}
+
+TEST(ConfigTest, NameDefaultsToFileStem) {
+  TempDir dir;
+  std::string path = dir.Write("my-run.yaml", Replace(kBase, "name: t\n", ""));
+  absl::StatusOr<JobConfig> cfg = LoadJobConfig(path);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->name, "my-run");
+
+  path = dir.Write("other.yaml", Replace(kBase, "name: t\n", "name: \"\"\n"));
+  cfg = LoadJobConfig(path);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->name, "other");
+}
+
+TEST(ConfigTest, MissingFileIsNotFound) {
+  TempDir dir;
+  std::string path = dir.path() + "/no-such-job.yaml";
+  absl::StatusOr<JobConfig> cfg = LoadJobConfig(path);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_TRUE(absl::IsNotFound(cfg.status())) << cfg.status();
+  EXPECT_NE(cfg.status().message().find(path), absl::string_view::npos) << cfg.status();
+}
+
+TEST(ConfigTest, LoadErrorsNameTheFile) {
+  TempDir dir;
+  std::string path = dir.Write("broken.yaml", Replace(kBase, "  k: 32", "  k: 5000"));
+  absl::StatusOr<JobConfig> cfg = LoadJobConfig(path);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(cfg.status())) << cfg.status();
+  EXPECT_EQ(cfg.status().message(), path + ": sae.k: 5000 exceeds sae.latents (4096)");
+}
+
+// Human-friendly integers.
+struct IntCase {
+  std::string text;
+  int64_t value;
+};
+void PrintTo(const IntCase& c, std::ostream* os) { *os << c.text; }
+
+class HumanIntTest : public ::testing::TestWithParam<IntCase> {};
+
+TEST_P(HumanIntTest, Parses) {
+  std::string yaml = Replace(kBase, "  tokens: 1000000", "  tokens: " + GetParam().text);
+  absl::StatusOr<JobConfig> cfg = ParseJobConfig(yaml, "int.yaml");
+  ASSERT_TRUE(cfg.ok()) << GetParam().text << ": " << cfg.status();
+  EXPECT_EQ(cfg->train.tokens, GetParam().value) << GetParam().text;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Suffixes, HumanIntTest,
+    ::testing::Values(IntCase{"50000000", 50000000}, IntCase{"50_000_000", 50000000},
+                      IntCase{"5e7", 50000000}, IntCase{"5E7", 50000000}, IntCase{"5e+7", 50000000},
+                      IntCase{"50M", 50000000}, IntCase{"50m", 50000000}, IntCase{"10k", 10000},
+                      IntCase{"10K", 10000}, IntCase{"1G", 1000000000}, IntCase{"2B", 2000000000},
+                      IntCase{"2b", 2000000000}, IntCase{"1.5M", 1500000}, IntCase{"0.25k", 250},
+                      IntCase{"\"50M\"", 50000000}, IntCase{"'1_000k'", 1000000},
+                      IntCase{"+4096", 4096}, IntCase{"1T", 1000000000000},
+                      IntCase{"9223372036854775807", INT64_MAX}, IntCase{"120e-1", 12}));
+
+class BadIntTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(BadIntTest, Rejected) {
+  std::string yaml = Replace(kBase, "  tokens: 1000000", "  tokens: " + GetParam());
+  absl::StatusOr<JobConfig> cfg = ParseJobConfig(yaml, kOrigin);
+  ASSERT_FALSE(cfg.ok()) << GetParam();
+  EXPECT_TRUE(absl::IsInvalidArgument(cfg.status())) << cfg.status();
+  std::string msg(cfg.status().message());
+  EXPECT_NE(msg.find(kOrigin), std::string::npos) << msg;
+  EXPECT_NE(msg.find("train.tokens"), std::string::npos) << msg;
+}
+
+INSTANTIATE_TEST_SUITE_P(Values, BadIntTest,
+                         ::testing::Values("1.5", "5e-1", "abc", "10x", "50MM", "1__000", "_100",
+                                           "100_", "1e30", "9223372036854775808", "-5", "0",
+                                           "1.5.0", "0x10", "true", "''", "12 k", "~", "[1]",
+                                           "{a: 1}"));
+
+TEST(ConfigTest, NegativeIntegersWhereAllowed) {
+  // data.layer is -1 by default, so negative integers parse; the LM checks
+  // reject them only for kind lm.
+  std::string yaml = Replace(kBase, "  tokens: 1000000", "  tokens: 1000000\n  threads: -1");
+  absl::StatusOr<JobConfig> cfg = ParseJobConfig(yaml, kOrigin);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_NE(cfg.status().message().find("train.threads"), absl::string_view::npos);
+  yaml = Replace(kBase, "  tokens: 1000000", "  tokens: 1000000\n  seed: -1");
+  cfg = ParseJobConfig(yaml, kOrigin);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_NE(cfg.status().message().find("train.seed"), absl::string_view::npos);
+}
+
+// Every invalid job: InvalidArgument naming the origin and the field.
+struct ErrorCase {
+  std::string label;
+  std::string yaml;
+  std::string field;
+  std::string detail;  // another substring the message must contain ("" = none)
+};
+void PrintTo(const ErrorCase& c, std::ostream* os) { *os << c.label; }
+
+std::vector<ErrorCase> ErrorCases() {
+  const std::string b = kBase;
+  const std::string s = kSynthetic;
+  return {
+      // Unknown keys.
+      {"unknown_sae_key", Replace(b, "  k: 32\n", "  k: 32\n  kk: 1\n"), "sae.kk",
+       "unknown key 'sae.kk'"},
+      {"unknown_top_key", Replace(b, "output: out", "output: out\noutptu: x"), "outptu",
+       "unknown key"},
+      {"unknown_ks_key", Replace(b, "  k: 32\n", "  k: 32\n  k_schedule: {start: 64, stat: 1}\n"),
+       "sae.k_schedule.stat", "unknown key"},
+      {"unknown_world_key", Replace(b, "  workers: 2", "  workers: 2\n  nodes: 3"), "world.nodes",
+       "unknown key"},
+      {"synthetic_key_for_shards", Replace(b, "  path: acts", "  path: acts\n  d_in: 64"),
+       "data.d_in", "unknown key"},
+      {"shards_key_for_synthetic", Replace(s, "  k: 4\n", "  k: 4\n  path: x\n"), "data.path",
+       "unknown key"},
+      {"duplicate_key", Replace(b, "  k: 32\n", "  k: 32\n  k: 16\n"), "sae.k", "duplicate"},
+      // Wrong types.
+      {"map_for_number", Replace(b, "  k: 32", "  k: {a: 1}"), "sae.k", "mapping"},
+      {"string_for_number", Replace(b, "  k: 32", "  k: abc"), "sae.k", "abc"},
+      {"list_for_number", Replace(b, "  batch_tokens: 4096", "  batch_tokens: [1, 2]"),
+       "train.batch_tokens", "list"},
+      {"string_for_double", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  lr: fast"),
+       "train.lr", "fast"},
+      {"nan_for_double", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  lr: .nan"),
+       "train.lr", ""},
+      {"map_for_string", Replace(b, "output: out", "output: {a: b}"), "output", "mapping"},
+      {"list_for_enum", Replace(b, "  k: 32", "  k: 32\n  dead_remedy: [auxk]"), "sae.dead_remedy",
+       "list"},
+      {"scalar_for_section", Replace(b, "world:\n  workers: 2", "world: 2"), "world", "mapping"},
+      {"list_for_data", Replace(b, "data:\n  kind: shards\n  path: acts", "data: [shards]"), "data",
+       "mapping"},
+      // Required fields.
+      {"missing_output", Replace(b, "output: out\n", ""), "output", "required"},
+      {"empty_output", Replace(b, "output: out", "output: ''"), "output", "required"},
+      {"missing_path", Replace(b, "  path: acts\n", ""), "data.path", "required"},
+      {"missing_tokens", Replace(b, "  tokens: 1000000\n", ""), "train.tokens", "required"},
+      {"missing_train", Replace(b, "train:\n  tokens: 1000000\n  batch_tokens: 4096\n", ""),
+       "train.tokens", "required"},
+      {"missing_latents", Replace(b, "  latents: 4096\n", ""), "sae.latents", ""},
+      {"latents_and_ef",
+       Replace(b, "  latents: 4096\n", "  latents: 4096\n  expansion_factor: 4\n"),
+       "expansion_factor", ""},
+      {"ef_zero", Replace(b, "  latents: 4096\n", "  expansion_factor: 0\n"),
+       "sae.expansion_factor", ""},
+      {"latents_zero", Replace(b, "  latents: 4096", "  latents: 0"), "sae.latents", ""},
+      // Enumerations.
+      {"bad_kind", Replace(b, "  kind: shards", "  kind: parquet"), "data.kind", "parquet"},
+      {"bad_remedy", Replace(b, "  k: 32", "  k: 32\n  dead_remedy: ghosts"), "sae.dead_remedy",
+       "ghost_grads"},
+      {"bad_normalize", Replace(b, "  k: 32", "  k: 32\n  normalize: l2"), "sae.normalize", "l2"},
+      {"bad_init", Replace(b, "  k: 32", "  k: 32\n  init_b_dec: median"), "sae.init_b_dec", ""},
+      {"bad_decay", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  lr_decay: step"),
+       "train.lr_decay", ""},
+      {"bad_precision",
+       Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  precision: fp16"),
+       "train.precision", "fp16"},
+      {"bad_device", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  device: tpu"),
+       "train.device", ""},
+      {"bad_backend", Replace(b, "  workers: 2", "  workers: 2\n  backend: tcp"), "world.backend",
+       "tcp"},
+      // k.
+      {"k_zero", Replace(b, "  k: 32", "  k: 0"), "sae.k", "> 0"},
+      {"k_negative", Replace(b, "  k: 32", "  k: -3"), "sae.k", "> 0"},
+      {"k_exceeds_latents", Replace(b, "  k: 32", "  k: 5000"), "sae.k",
+       "sae.k: 5000 exceeds sae.latents (4096)"},
+      {"k_exceeds_ef_latents",
+       Replace(s, "  latents: 256\n  k: 8", "  expansion_factor: 2\n  k: 65"), "sae.k",
+       "exceeds sae.latents (64)"},
+      // k schedule.
+      {"ks_start_below_end", Replace(b, "  k: 32\n", "  k: 32\n  k_schedule: {start: 16}\n"),
+       "sae.k_schedule.start", "sae.k_schedule.start (16) must be >= end (32)"},
+      {"ks_start_exceeds_latents",
+       Replace(b, "  k: 32\n", "  k: 32\n  k_schedule: {start: 5000}\n"), "sae.k_schedule.start",
+       "exceeds sae.latents (4096)"},
+      {"ks_end_not_k", Replace(b, "  k: 32\n", "  k: 32\n  k_schedule: {start: 64, end: 16}\n"),
+       "sae.k_schedule.end", "must equal sae.k (32)"},
+      {"ks_missing_start", Replace(b, "  k: 32\n", "  k: 32\n  k_schedule: {fraction: 0.5}\n"),
+       "sae.k_schedule.start", "required"},
+      {"ks_fraction_zero",
+       Replace(b, "  k: 32\n", "  k: 32\n  k_schedule: {start: 64, fraction: 0}\n"),
+       "sae.k_schedule.fraction", "(0, 1]"},
+      {"ks_fraction_big",
+       Replace(b, "  k: 32\n", "  k: 32\n  k_schedule: {start: 64, fraction: 1.5}\n"),
+       "sae.k_schedule.fraction", ""},
+      {"ks_bad_shape", Replace(b, "  k: 32\n", "  k: 32\n  k_schedule: {start: 64, shape: step}\n"),
+       "sae.k_schedule.shape", "step"},
+      // Train and world.
+      {"tokens_zero", Replace(b, "  tokens: 1000000", "  tokens: 0"), "train.tokens",
+       "train.tokens: must be > 0"},
+      {"tokens_negative", Replace(b, "  tokens: 1000000", "  tokens: -10"), "train.tokens",
+       "must be > 0"},
+      {"batch_zero", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 0"), "train.batch_tokens",
+       "> 0"},
+      {"batch_below_workers", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 1"),
+       "train.batch_tokens", "train.batch_tokens (1) must be >= world.workers (2)"},
+      {"batch_not_divisible", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4095"),
+       "train.batch_tokens", "divisible by world.workers (2)"},
+      {"workers_zero", Replace(b, "  workers: 2", "  workers: 0"), "world.workers", ">= 1"},
+      {"lr_negative", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  lr: -1e-4"),
+       "train.lr", ">= 0"},
+      {"grad_clip_negative",
+       Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  grad_clip: -1"),
+       "train.grad_clip", ">= 0"},
+      {"warmup_big",
+       Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  warmup_fraction: 2"),
+       "train.warmup_fraction", ""},
+      {"checkpoint_negative",
+       Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  checkpoint_every_tokens: -1"),
+       "train.checkpoint_every_tokens", ">= 0"},
+      {"log_every_zero",
+       Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  log_every_steps: 0"),
+       "train.log_every_steps", ""},
+      {"dead_window_zero", Replace(b, "  k: 32", "  k: 32\n  dead_window_tokens: 0"),
+       "sae.dead_window_tokens", "> 0"},
+      {"aux_negative", Replace(b, "  k: 32", "  k: 32\n  aux_coefficient: -0.5"),
+       "sae.aux_coefficient", ""},
+      {"shuffle_zero", Replace(b, "  path: acts", "  path: acts\n  shuffle_buffer_rows: 0"),
+       "data.shuffle_buffer_rows", ""},
+      // Synthetic data.
+      {"syn_d_in_zero", Replace(s, "  d_in: 32", "  d_in: 0"), "data.d_in", "> 0"},
+      {"syn_latents_zero", Replace(s, "  latents: 128", "  latents: 0"), "data.latents", "> 0"},
+      {"syn_k_zero", Replace(s, "  k: 4", "  k: 0"), "data.k", "> 0"},
+      {"syn_k_exceeds", Replace(s, "  k: 4", "  k: 129"), "data.k", "exceeds data.latents (128)"},
+      {"syn_noise_negative", Replace(s, "  k: 4", "  k: 4\n  noise: -0.1"), "data.noise", ">= 0"},
+      {"syn_seed_negative", Replace(s, "  k: 4", "  k: 4\n  seed: -2"), "data.seed", ""},
+      // LM data.
+      {"lm_missing_model",
+       Replace(b, "  kind: shards\n  path: acts", "  kind: lm\n  layer: 2\n  corpus: c"),
+       "data.model", "required"},
+      {"lm_missing_layer",
+       Replace(b, "  kind: shards\n  path: acts", "  kind: lm\n  model: m\n  corpus: c"),
+       "data.layer", ""},
+  };
+}
+
+class ConfigErrorTest : public ::testing::TestWithParam<ErrorCase> {};
+
+TEST_P(ConfigErrorTest, RejectedWithFileAndField) {
+  const ErrorCase& c = GetParam();
+  absl::StatusOr<JobConfig> cfg = ParseJobConfig(c.yaml, kOrigin);
+  ASSERT_FALSE(cfg.ok()) << c.label << " parsed:\n" << c.yaml;
+  EXPECT_TRUE(absl::IsInvalidArgument(cfg.status())) << cfg.status();
+  std::string msg(cfg.status().message());
+  EXPECT_EQ(msg.rfind(std::string(kOrigin) + ": ", 0), 0u) << msg;
+  EXPECT_NE(msg.find(c.field), std::string::npos) << "field " << c.field << " not in: " << msg;
+  if (!c.detail.empty()) {
+    EXPECT_NE(msg.find(c.detail), std::string::npos) << "'" << c.detail << "' not in: " << msg;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, ConfigErrorTest, ::testing::ValuesIn(ErrorCases()),
+                         [](const ::testing::TestParamInfo<ErrorCase>& info) {
+                           return info.param.label;
+                         });
+
+TEST(ConfigTest, UnknownKeyListsValidKeys) {
+  absl::StatusOr<JobConfig> cfg =
+      ParseJobConfig(Replace(kBase, "  k: 32\n", "  k: 32\n  kk: 1\n"), kOrigin);
+  ASSERT_FALSE(cfg.ok());
+  std::string msg(cfg.status().message());
+  EXPECT_NE(msg.find("dead_remedy"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("k_schedule"), std::string::npos) << msg;
+}
+
+TEST(ConfigTest, MalformedYamlNamesFileLineAndColumn) {
+  // Line 7 opens a flow sequence that never closes.
+  std::string yaml = Replace(kBase, "  k: 32", "  k: [32");
+  absl::StatusOr<JobConfig> cfg = ParseJobConfig(yaml, kOrigin);
+  ASSERT_FALSE(cfg.ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(cfg.status())) << cfg.status();
+  std::string msg(cfg.status().message());
+  EXPECT_EQ(msg.rfind(std::string(kOrigin) + ":", 0), 0u) << msg;
+  EXPECT_NE(msg.find("YAML"), std::string::npos) << msg;
+
+  // A bad indentation on line 4: "path" is one column too deep.
+  yaml = "name: t\ndata:\n  kind: shards\n   path: acts\n";
+  cfg = ParseJobConfig(yaml, kOrigin);
+  ASSERT_FALSE(cfg.ok());
+  msg = std::string(cfg.status().message());
+  EXPECT_EQ(msg.rfind(std::string(kOrigin) + ":4:", 0), 0u) << msg;
+}
+
+TEST(ConfigTest, EmptyOrNonMappingFile) {
+  for (const char* text : {"", "\n", "# only a comment\n", "~\n"}) {
+    absl::StatusOr<JobConfig> cfg = ParseJobConfig(text, kOrigin);
+    ASSERT_FALSE(cfg.ok()) << "'" << text << "'";
+    EXPECT_TRUE(absl::IsInvalidArgument(cfg.status())) << cfg.status();
+    std::string msg(cfg.status().message());
+    EXPECT_NE(msg.find(kOrigin), std::string::npos) << msg;
+    EXPECT_NE(msg.find("empty"), std::string::npos) << msg;
+  }
+  for (const char* text : {"- a\n- b\n", "just a string\n", "42\n"}) {
+    absl::StatusOr<JobConfig> cfg = ParseJobConfig(text, kOrigin);
+    ASSERT_FALSE(cfg.ok()) << "'" << text << "'";
+    EXPECT_TRUE(absl::IsInvalidArgument(cfg.status())) << cfg.status();
+    std::string msg(cfg.status().message());
+    EXPECT_NE(msg.find(kOrigin), std::string::npos) << msg;
+    EXPECT_NE(msg.find("mapping"), std::string::npos) << msg;
+  }
+}
+
+TEST(ConfigTest, ValidateChecksABuiltConfig) {
+  absl::StatusOr<JobConfig> cfg = ParseJobConfig(kBase, "base.yaml");
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_TRUE(ValidateJobConfig(*cfg, "base.yaml").ok());
+
+  JobConfig bad = *cfg;
+  bad.sae.k = 5000;  // e.g. a command-line override
+  absl::Status s = ValidateJobConfig(bad, "--set");
+  EXPECT_TRUE(absl::IsInvalidArgument(s));
+  EXPECT_EQ(s.message(), "--set: sae.k: 5000 exceeds sae.latents (4096)");
+
+  bad = *cfg;
+  bad.world.workers = 3;  // 4096 % 3 != 0
+  s = ValidateJobConfig(bad, "--set");
+  EXPECT_TRUE(absl::IsInvalidArgument(s));
+  EXPECT_NE(s.message().find("world.workers (3)"), absl::string_view::npos) << s;
+}
+
+void ExpectRoundTrip(const JobConfig& cfg) {
+  std::string yaml = JobConfigToYaml(cfg);
+  absl::StatusOr<JobConfig> back = ParseJobConfig(yaml, "roundtrip.yaml");
+  ASSERT_TRUE(back.ok()) << back.status() << "\n" << yaml;
+  SCOPED_TRACE(yaml);
+  ExpectConfigsEqual(cfg, *back);
+  // And the text is stable.
+  EXPECT_EQ(JobConfigToYaml(*back), yaml);
+}
+
+TEST(ConfigTest, RoundTripArchitectureExample) {
+  absl::StatusOr<JobConfig> cfg = ParseJobConfig(kArchitectureExample, "demo.yaml");
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  ExpectRoundTrip(*cfg);
+}
+
+TEST(ConfigTest, RoundTripSyntheticWithExpansionFactor) {
+  std::string yaml = Replace(kSynthetic, "  latents: 256\n", "  expansion_factor: 4\n");
+  yaml = Replace(yaml, "  k: 8\n",
+                 "  k: 8\n  k_schedule: {start: 40, fraction: 0.3, shape: cosine}\n");
+  absl::StatusOr<JobConfig> cfg = ParseJobConfig(yaml, "s.yaml");
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->sae.latents, 128);
+  ExpectRoundTrip(*cfg);
+}
+
+TEST(ConfigTest, RoundTripEveryFieldChanged) {
+  JobConfig cfg;
+  cfg.name = "weird: name # with \"quotes\" and 'ticks'\tand\nnewline ünïcode";
+  cfg.data.kind = "shards";
+  cfg.data.path = "null";
+  cfg.data.shuffle_buffer_rows = 1;
+  cfg.sae.latents = 12345;
+  cfg.sae.k = 17;
+  cfg.sae.k_schedule.enabled = true;
+  cfg.sae.k_schedule.start = 999;
+  cfg.sae.k_schedule.end = 17;
+  cfg.sae.k_schedule.fraction = 1.0 / 3;
+  cfg.sae.k_schedule.shape = "cosine";
+  cfg.sae.dead_window_tokens = 123456789012;
+  cfg.sae.dead_remedy = "ghost_grads";
+  cfg.sae.aux_coefficient = 0.1;
+  cfg.sae.normalize = "layer_norm";
+  cfg.sae.init_b_dec = "zero";
+  cfg.train.tokens = 9000000000000000000;
+  cfg.train.batch_tokens = 3 * 1024;
+  cfg.train.lr = 1.2345678901234567e-5;
+  cfg.train.warmup_fraction = 0;
+  cfg.train.lr_decay = "linear";
+  cfg.train.decay_start_fraction = 0.7;
+  cfg.train.grad_clip = 2.5;
+  cfg.train.seed = 18446744073709551615u;
+  cfg.train.precision = "bf16";
+  cfg.train.checkpoint_every_tokens = 777;
+  cfg.train.log_every_steps = 1;
+  cfg.train.device = "cuda";
+  cfg.train.threads = 12;
+  cfg.world.workers = 3;
+  cfg.world.backend = "nccl";
+  cfg.output = "~";
+  ASSERT_TRUE(ValidateJobConfig(cfg, "built").ok()) << ValidateJobConfig(cfg, "built");
+  ExpectRoundTrip(cfg);
+
+  JobConfig lm = cfg;
+  lm.data.kind = "lm";
+  lm.data.path = "";
+  lm.data.shuffle_buffer_rows = 65536;
+  lm.data.model = "models/gpt #2";
+  lm.data.layer = 0;
+  lm.data.corpus = "generate";
+  lm.data.context = 1024;
+  lm.sae.k_schedule = KScheduleConfig();
+  ExpectRoundTrip(lm);
+
+  JobConfig syn;
+  syn.name = "syn";
+  syn.data.kind = "synthetic";
+  syn.data.d_in = 7;
+  syn.data.latents = 9;
+  syn.data.k = 9;
+  syn.data.seed = 42;
+  syn.data.noise = 0;
+  syn.data.frequency_decay = 2.75;
+  syn.sae.latents = 9;
+  syn.sae.k = 9;
+  syn.train.tokens = 1;
+  syn.train.batch_tokens = 1;
+  syn.output = "o";
+  ExpectRoundTrip(syn);
+}
+
+}  // namespace
+}  // namespace sae

@@ -1,0 +1,220 @@
+// The sparse step against LibTorch autograd on a dense float64 reference.
+#include "core/sae/sae_step.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+namespace sae {
+namespace {
+
+SaeParams RandomParams(int64_t n, int64_t d, uint64_t seed) {
+  at::manual_seed(seed);
+  auto opt = at::TensorOptions().dtype(at::kDouble);
+  SaeParams p;
+  p.W_enc = at::randn({n, d}, opt) / std::sqrt(static_cast<double>(d));
+  p.b_enc = at::randn({n}, opt) * 0.1;
+  p.W_dec = at::randn({n, d}, opt);
+  p.W_dec /= p.W_dec.norm(2, 1, true);
+  p.b_dec = at::randn({d}, opt) * 0.1;
+  return p;
+}
+
+struct Reference {
+  at::Tensor gW_enc, gb_enc, gW_dec, gb_dec;
+  double loss, fvu, aux;
+};
+
+// Dense autograd reference of ALGORITHMS.md §1, §2, §4.
+Reference DenseReference(const SaeParams& p0, const at::Tensor& x, int64_t k, Remedy remedy,
+                         double coef, const std::vector<int64_t>& dead, bool project) {
+  SaeParams p = p0.Clone();
+  for (at::Tensor* t : {&p.W_enc, &p.b_enc, &p.W_dec, &p.b_dec}) t->set_requires_grad(true);
+  const int64_t B = x.size(0), n = p.W_enc.size(0), d = x.size(1);
+  at::Tensor z = at::matmul(x - p.b_dec, p.W_enc.t()) + p.b_enc;
+  at::Tensor idx = std::get<1>(at::topk(z.detach(), k, 1));
+  at::Tensor a = at::relu(z.gather(1, idx));
+  at::Tensor A = at::zeros({B, n}, x.options()).scatter(1, idx, a);
+  at::Tensor xhat = at::matmul(A, p.W_dec) + p.b_dec;
+  at::Tensor denom = (x - x.mean(0, true)).pow(2).sum();
+  at::Tensor fvu = (x - xhat).pow(2).sum() / denom;
+  at::Tensor aux = at::zeros({}, x.options());
+  const int64_t nd = static_cast<int64_t>(dead.size());
+  if (nd > 0 && remedy != Remedy::kNone) {
+    at::Tensor D = at::tensor(std::vector<int64_t>(dead.begin(), dead.end()), at::kLong);
+    at::Tensor zD = z.index_select(1, D);
+    at::Tensor WdD = p.W_dec.index_select(0, D);
+    at::Tensor r = (x - xhat).detach();
+    if (remedy == Remedy::kAuxK) {
+      const int64_t half = d / 2;
+      const int64_t ka = std::min(half, nd);
+      const double scale = std::min(1.0, static_cast<double>(nd) / half);
+      at::Tensor ia = std::get<1>(at::topk(zD.detach(), ka, 1));
+      at::Tensor aa = at::relu(zD.gather(1, ia));
+      at::Tensor Aa = at::zeros({B, nd}, x.options()).scatter(1, ia, aa);
+      at::Tensor eh = at::matmul(Aa, WdD);
+      aux = coef * scale * (eh - r).pow(2).sum() / denom;
+    } else {
+      at::Tensor g = at::matmul(at::exp(zD), WdD);
+      at::Tensor s = (r.norm(2, 1, true) / (2 * g.norm(2, 1, true) + 1e-8)).detach();
+      g = g * s;
+      at::Tensor m = (g - r).pow(2);
+      at::Tensor w = (r.pow(2) / (m + 1e-8)).detach();
+      aux = coef * (w * m).sum() / denom;
+    }
+  }
+  at::Tensor loss = fvu + aux;
+  loss.backward();
+  Reference ref;
+  ref.gW_enc = p.W_enc.grad();
+  ref.gb_enc = p.b_enc.grad();
+  ref.gW_dec = p.W_dec.grad();
+  ref.gb_dec = p.b_dec.grad();
+  if (project) {
+    at::Tensor w = p0.W_dec;
+    ref.gW_dec = ref.gW_dec - (ref.gW_dec * w).sum(1, true) * w;
+  }
+  ref.loss = loss.item<double>();
+  ref.fvu = fvu.item<double>();
+  ref.aux = aux.item<double>();
+  return ref;
+}
+
+double RelErr(const at::Tensor& a, const at::Tensor& b) {
+  const double nb = b.norm().item<double>();
+  return (a - b).norm().item<double>() / (nb > 0 ? nb : 1.0);
+}
+
+struct Case {
+  int64_t B, d, n, k;
+  Remedy remedy;
+  int64_t dead;
+  bool project;
+};
+
+class StepVsAutograd : public ::testing::TestWithParam<Case> {};
+
+TEST_P(StepVsAutograd, GradientsMatchDenseFloat64Reference) {
+  const Case c = GetParam();
+  SaeParams p = RandomParams(c.n, c.d, 1234 + c.n + c.k);
+  at::Tensor x = at::randn({c.B, c.d}, at::kDouble) + 0.3;
+  std::vector<int64_t> dead;
+  std::mt19937 rng(7);
+  for (int64_t i = 0; i < c.n; ++i)
+    if (static_cast<int64_t>(dead.size()) < c.dead && rng() % 2 == 0) dead.push_back(i);
+  const double coef = c.remedy == Remedy::kNone ? 0.0 : 0.37;
+  Reference ref = DenseReference(p, x, c.k, c.remedy, coef, dead, c.project);
+
+  StepConfig cfg;
+  cfg.k = c.k;
+  cfg.remedy = c.remedy;
+  cfg.aux_coefficient = coef;
+  cfg.dead = &dead;
+  cfg.project_decoder_grad = c.project;
+  cfg.block_rows = 5;  // several blocks, a ragged last one
+  SaeGrads g = SaeGrads::ZerosLike(p);
+  StepResult res;
+  ASSERT_TRUE(ComputeGradients(p, x, cfg, &g, &res).ok());
+
+  EXPECT_LT(RelErr(g.W_enc, ref.gW_enc), 1e-6);
+  EXPECT_LT(RelErr(g.b_enc, ref.gb_enc), 1e-6);
+  EXPECT_LT(RelErr(g.W_dec, ref.gW_dec), 1e-6);
+  EXPECT_LT(RelErr(g.b_dec, ref.gb_dec), 1e-6);
+  EXPECT_NEAR(res.fvu, ref.fvu, 1e-9 * std::max(1.0, ref.fvu));
+  EXPECT_NEAR(res.aux_loss, ref.aux, 1e-9 * std::max(1.0, std::abs(ref.aux)));
+  EXPECT_NEAR(res.loss, ref.loss, 1e-9 * std::max(1.0, ref.loss));
+  if (c.remedy != Remedy::kNone && c.dead > 0) EXPECT_GT(ref.aux, 0);
+  // The reference gradients are not trivially zero.
+  EXPECT_GT(ref.gW_enc.norm().item<double>(), 0);
+  EXPECT_GT(ref.gW_dec.norm().item<double>(), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, StepVsAutograd,
+    ::testing::Values(Case{16, 8, 32, 4, Remedy::kNone, 0, false},
+                      Case{33, 24, 96, 7, Remedy::kNone, 0, true},
+                      Case{64, 40, 200, 16, Remedy::kNone, 0, true},
+                      Case{33, 24, 96, 7, Remedy::kAuxK, 30, true},
+                      Case{20, 10, 64, 3, Remedy::kAuxK, 2, false},  // |D| < d/2
+                      Case{64, 40, 200, 16, Remedy::kAuxK, 90, true},
+                      Case{33, 24, 96, 7, Remedy::kGhostGrads, 30, true},
+                      Case{64, 40, 200, 16, Remedy::kGhostGrads, 90, false},
+                      Case{17, 12, 50, 5, Remedy::kGhostGrads, 1, true}));
+
+TEST(SaeStep, MetricsFollowTheirDefinitions) {
+  SaeParams p = RandomParams(64, 16, 3);
+  at::Tensor x = at::randn({40, 16}, at::kDouble) * 2 + 5;  // far from zero mean
+  StepConfig cfg;
+  cfg.k = 6;
+  SaeGrads g = SaeGrads::ZerosLike(p);
+  StepResult res;
+  ASSERT_TRUE(ComputeGradients(p, x, cfg, &g, &res).ok());
+  auto enc = Encode(p, x, 6);
+  ASSERT_TRUE(enc.ok());
+  const double sse = (x - enc->x_hat).pow(2).sum().item<double>();
+  const double var = (x - x.mean(0, true)).pow(2).sum().item<double>();
+  EXPECT_NEAR(res.mse, sse / (40 * 16), 1e-9);
+  EXPECT_NEAR(res.fvu, sse / var, 1e-9);  // about the mean, not zero
+  EXPECT_NEAR(res.l0, (enc->acts > 0).sum().item<double>() / 40, 1e-12);
+  EXPECT_LE(res.l0, 6);
+}
+
+TEST(SaeStep, RejectsBadShapes) {
+  SaeParams p = RandomParams(32, 8, 3);
+  SaeGrads g = SaeGrads::ZerosLike(p);
+  StepResult res;
+  StepConfig cfg;
+  cfg.k = 4;
+  EXPECT_FALSE(ComputeGradients(p, at::randn({4, 9}, at::kDouble), cfg, &g, &res).ok());
+  cfg.k = 33;
+  EXPECT_FALSE(ComputeGradients(p, at::randn({4, 8}, at::kDouble), cfg, &g, &res).ok());
+}
+
+TEST(Adam, MatchesTorchFormulaAndRenormalisesDecoder) {
+  SaeParams p = RandomParams(10, 6, 9);
+  SaeParams q = p.Clone();
+  AdamState s = AdamState::ZerosLike(p);
+  AdamConfig cfg;
+  cfg.lr = 1e-2;
+  cfg.clip_scale = 0.5;
+  std::vector<at::Tensor> m(4), v(4);
+  for (int step = 1; step <= 3; ++step) {
+    SaeGrads g{at::randn({10, 6}, at::kDouble), at::randn({10}, at::kDouble),
+               at::randn({10, 6}, at::kDouble), at::randn({6}, at::kDouble)};
+    AdamUpdate(&p, g, cfg, &s, nullptr);
+    at::Tensor* qs[] = {&q.W_enc, &q.b_enc, &q.W_dec, &q.b_dec};
+    const at::Tensor gs[] = {g.W_enc, g.b_enc, g.W_dec, g.b_dec};
+    for (int i = 0; i < 4; ++i) {
+      at::Tensor gi = gs[i] * 0.5;
+      if (step == 1) {
+        m[i] = at::zeros_like(gi);
+        v[i] = at::zeros_like(gi);
+      }
+      m[i] = 0.9 * m[i] + 0.1 * gi;
+      v[i] = 0.999 * v[i] + 0.001 * gi * gi;
+      const double bc1 = 1 - std::pow(0.9, step), bc2 = 1 - std::pow(0.999, step);
+      *qs[i] = *qs[i] - (cfg.lr / bc1) * m[i] / (v[i].sqrt() / std::sqrt(bc2) + cfg.eps);
+    }
+    q.W_dec = q.W_dec / q.W_dec.norm(2, 1, true);
+  }
+  EXPECT_LT(RelErr(p.W_enc, q.W_enc), 1e-12);
+  EXPECT_LT(RelErr(p.W_dec, q.W_dec), 1e-12);
+  EXPECT_LT(RelErr(p.b_enc, q.b_enc), 1e-12);
+  EXPECT_LT(RelErr(p.b_dec, q.b_dec), 1e-12);
+  EXPECT_LT((p.W_dec.norm(2, 1) - 1).abs().max().item<double>(), 1e-12);
+}
+
+TEST(Bf16, RoundsToNearestEven) {
+  at::Tensor t = at::tensor({1.0f, 1.00390625f, 1.01171875f, -3.14159f});
+  RoundToBF16InPlace(t);
+  EXPECT_EQ(t[0].item<float>(), 1.0f);
+  EXPECT_EQ(t[1].item<float>(), 1.0f);         // tie → even
+  EXPECT_EQ(t[2].item<float>(), 1.015625f);    // tie → even (up)
+  EXPECT_EQ(t[3].item<float>(), -3.140625f);
+}
+
+}  // namespace
+}  // namespace sae

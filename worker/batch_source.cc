@@ -1,0 +1,87 @@
+#include "worker/batch_source.h"
+
+#include <nlohmann/json.hpp>
+
+#include "core/data/activation_stream.h"
+#include "core/data/synthetic.h"
+
+namespace sae {
+namespace {
+
+using json = nlohmann::json;
+
+class ShardSource : public BatchSource {
+ public:
+  ShardSource(std::unique_ptr<ActivationStream> s, std::string path)
+      : stream_(std::move(s)), path_(std::move(path)) {}
+  int64_t d_in() const override { return stream_->d_in(); }
+  absl::Status Next(int64_t rows, std::vector<float>* out) override { return stream_->Next(rows, out); }
+  int64_t position() const override { return stream_->position(); }
+  std::string DescribeJson() const override {
+    const Manifest& m = stream_->manifest();
+    json j = {{"kind", "shards"}, {"path", path_}, {"rows", m.rows}, {"d_in", m.d_in},
+              {"model", m.source.model}, {"layer", m.source.layer}, {"hook", m.source.hook},
+              {"corpus", m.source.corpus}};
+    return j.dump();
+  }
+
+ private:
+  std::unique_ptr<ActivationStream> stream_;
+  std::string path_;
+};
+
+class SyntheticSource : public BatchSource {
+ public:
+  SyntheticSource(PlantedDictionary dict, int64_t start) : dict_(std::move(dict)), pos_(start) {}
+  int64_t d_in() const override { return dict_.options().d_in; }
+  absl::Status Next(int64_t rows, std::vector<float>* out) override {
+    out->resize(static_cast<size_t>(rows * d_in()));
+    dict_.Rows(pos_, rows, out->data());
+    pos_ += rows;
+    return absl::OkStatus();
+  }
+  int64_t position() const override { return pos_; }
+  std::string DescribeJson() const override {
+    const SyntheticOptions& o = dict_.options();
+    json j = {{"kind", "synthetic"}, {"d_in", o.d_in}, {"atoms", o.atoms}, {"k", o.k},
+              {"seed", o.seed}, {"noise", o.noise}, {"frequency_decay", o.frequency_decay}};
+    return j.dump();
+  }
+
+ private:
+  PlantedDictionary dict_;
+  int64_t pos_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<BatchSource>> OpenBatchSource(const JobConfig& job, int64_t start_row) {
+  const std::string origin = job.source_path.empty() ? "job" : job.source_path;
+  if (job.data.kind == "shards") {
+    StreamOptions so;
+    so.shuffle_window_rows = job.data.shuffle_buffer_rows;
+    so.seed = job.train.seed;
+    so.start_row = start_row;
+    so.verify_checksums = true;  // a corrupt shard fails the job, naming it
+    auto s = ActivationStream::Open(job.data.path, so);
+    if (!s.ok()) return Annotate(s.status(), absl::StrCat(origin, ": data.path"));
+    return std::unique_ptr<BatchSource>(new ShardSource(std::move(*s), job.data.path));
+  }
+  if (job.data.kind == "synthetic") {
+    SyntheticOptions o;
+    o.d_in = job.data.d_in;
+    o.atoms = job.data.latents;
+    o.k = job.data.k;
+    o.seed = job.data.seed;
+    o.noise = job.data.noise;
+    o.frequency_decay = job.data.frequency_decay;
+    auto d = PlantedDictionary::Create(o);
+    if (!d.ok()) return Annotate(d.status(), origin);
+    return std::unique_ptr<BatchSource>(new SyntheticSource(std::move(*d), start_row));
+  }
+  return absl::UnimplementedError(absl::StrCat(
+      origin, ": data.kind: '", job.data.kind,
+      "' is not available in this build yet (use shards or synthetic; lm arrives with the LM runtime)"));
+}
+
+}  // namespace sae

@@ -1,0 +1,31 @@
+// Where a training job's activation rows come from: shards on disk or the
+// synthetic planted dictionary. A source is positioned by a row count so a
+// resumed job continues with the same rows. Not thread-safe (one consumer).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/base/config.h"
+#include "core/base/status.h"
+
+namespace sae {
+
+class BatchSource {
+ public:
+  virtual ~BatchSource() = default;
+  virtual int64_t d_in() const = 0;
+  // Fills `out` with rows × d_in floats. Errors name the shard and row.
+  virtual absl::Status Next(int64_t rows, std::vector<float>* out) = 0;
+  // Rows handed out since the start of the data (the resume position).
+  virtual int64_t position() const = 0;
+  // JSON object describing the data (for cfg.json provenance).
+  virtual std::string DescribeJson() const = 0;
+};
+
+// Opens the source of `job.data`, positioned at `start_row`.
+absl::StatusOr<std::unique_ptr<BatchSource>> OpenBatchSource(const JobConfig& job, int64_t start_row);
+
+}  // namespace sae

@@ -1,0 +1,53 @@
+// Runs one training job end to end in this process: opens the data, trains,
+// writes metrics.jsonl and periodic checkpoints, and on success the final SAE
+// and summary.json. Everything is written under OUTPUT.partial/ and renamed to
+// OUTPUT only when training finished, so a failed run never leaves a
+// summary.json or a final SAE, and its checkpoints stay for --resume.
+// The same code path serves `sae train` and `sae-worker --job`.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "core/base/config.h"
+#include "core/base/status.h"
+#include "core/sae/trainer.h"
+
+namespace sae {
+
+enum class ProgressMode { kAuto, kBar, kLines, kQuiet };
+
+struct RunOptions {
+  bool resume = false;
+  ProgressMode progress = ProgressMode::kAuto;  // auto: a bar on a TTY, else lines
+  // Stop after this many optimizer steps in this invocation (checkpointing
+  // first), leaving the run resumable; < 0 = run to the end. For tests.
+  int64_t max_steps = -1;
+  // Set from a signal handler: checkpoint and return CANCELLED.
+  const std::atomic<bool>* stop = nullptr;
+  std::function<void(const StepMetrics&)> on_step;  // called after each step
+};
+
+struct RunSummary {
+  std::string output;        // final directory ("" when stopped early)
+  bool finished = false;
+  int64_t tokens = 0, steps = 0;
+  double fvu = 0, mse = 0, l0 = 0, dead_ratio = 0, aux_loss = 0;
+  double tokens_per_second = 0, seconds = 0;
+  int64_t k = 0, latents = 0, d_in = 0;
+  std::string remedy;
+};
+
+absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions& opts);
+
+// Formats a summary as an aligned two-column table.
+std::string FormatSummaryTable(const RunSummary& s);
+
+// Names of the files in OUTPUT (contract).
+inline constexpr char kPartialSuffix[] = ".partial";
+inline constexpr char kCheckpointDir[] = "checkpoints";
+inline constexpr char kLatestFile[] = "latest";
+
+}  // namespace sae
