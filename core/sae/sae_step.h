@@ -37,6 +37,12 @@ struct SaeGrads {
   static SaeGrads ZerosLike(const SaeParams& p);
 };
 
+// Buffers reused across steps (the pre-activation block alone is up to
+// 128 MiB; allocating it fresh costs page faults every step). Optional.
+struct StepWorkspace {
+  at::Tensor zbuf, xhat, gx;
+};
+
 struct StepConfig {
   int64_t k = 32;
   Remedy remedy = Remedy::kNone;
@@ -47,6 +53,7 @@ struct StepConfig {
   // of W_enc) and inputs rounded to bf16; everything else stays in fp32.
   at::Tensor W_enc_lowp;
   int64_t block_rows = 0;              // encoder GEMM row block; 0 = automatic
+  StepWorkspace* workspace = nullptr;  // reuse buffers across calls when set
 };
 
 struct StepResult {

@@ -228,6 +228,7 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     if (opts_.remedy != Remedy::kNone) dead_list = dead_.DeadList();
     cfg.dead = &dead_list;
     if (opts_.bf16) cfg.W_enc_lowp = w_enc_lowp_;
+    cfg.workspace = &workspace_;
     StepResult res;
     SAE_RETURN_IF_ERROR(ComputeGradients(params_, x, cfg, &grads_, &res));
     if (!std::isfinite(res.loss))

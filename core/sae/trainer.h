@@ -102,6 +102,7 @@ class SaeTrainer {
   double input_scale_ = 1.0;  // unit_mean_norm constant
   SaeParams params_;
   SaeGrads grads_;
+  StepWorkspace workspace_;
   AdamState adam_;
   at::Tensor w_enc_lowp_;
   DeadTracker dead_;

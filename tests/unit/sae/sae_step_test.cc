@@ -142,7 +142,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{64, 40, 200, 16, Remedy::kAuxK, 90, true},
                       Case{33, 24, 96, 7, Remedy::kGhostGrads, 30, true},
                       Case{64, 40, 200, 16, Remedy::kGhostGrads, 90, false},
-                      Case{17, 12, 50, 5, Remedy::kGhostGrads, 1, true}));
+                      Case{17, 12, 50, 5, Remedy::kGhostGrads, 1, true},
+                      Case{12, 8, 2000, 4, Remedy::kAuxK, 700, true},  // block-threshold top-k
+                      Case{12, 8, 2000, 4, Remedy::kGhostGrads, 300, true}));
 
 TEST(SaeStep, MetricsFollowTheirDefinitions) {
   SaeParams p = RandomParams(64, 16, 3);
@@ -214,6 +216,29 @@ TEST(Bf16, RoundsToNearestEven) {
   EXPECT_EQ(t[1].item<float>(), 1.0f);         // tie → even
   EXPECT_EQ(t[2].item<float>(), 1.015625f);    // tie → even (up)
   EXPECT_EQ(t[3].item<float>(), -3.140625f);
+}
+
+}  // namespace
+}  // namespace sae
+
+namespace sae {
+namespace {
+
+// The float32 selection (vectorised scan) picks what at::topk picks.
+TEST(SaeStep, Float32TopKMatchesLibTorch) {
+  for (int64_t n : {40, 1000, 4133}) {
+    for (int64_t k : {1, 7, 32}) {
+      at::manual_seed(n * 31 + k);
+      SaeParams p{at::randn({n, 24}), at::randn({n}), at::randn({n, 24}), at::randn({24})};
+      at::Tensor x = at::randn({50, 24});
+      auto enc = Encode(p, x, k);
+      ASSERT_TRUE(enc.ok());
+      at::Tensor z = at::addmm(p.b_enc, x - p.b_dec, p.W_enc.t());
+      auto ref = at::topk(z, k, 1, true, true);
+      EXPECT_TRUE(at::equal(enc->indices, std::get<1>(ref))) << "n " << n << " k " << k;
+      EXPECT_TRUE(at::allclose(enc->acts, std::get<0>(ref).clamp_min(0), 1e-5, 1e-5));
+    }
+  }
 }
 
 }  // namespace
