@@ -40,6 +40,20 @@ double Median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+// The commit of the source tree now (the configure-time one can be stale).
+std::string Commit() {
+  std::string out;
+#ifdef SAE_SOURCE_DIR
+  if (FILE* p = popen("git -C " SAE_SOURCE_DIR " rev-parse --short HEAD 2>/dev/null", "r")) {
+    char buf[64];
+    if (fgets(buf, sizeof(buf), p)) out = buf;
+    pclose(p);
+  }
+#endif
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  return out.empty() ? SAE_GIT_COMMIT : out;
+}
+
 std::string CpuModel() {
   std::ifstream in("/proc/cpuinfo");
   std::string line;
@@ -55,7 +69,7 @@ int main(int argc, char** argv) {
   int64_t d = 768, n = 16384, k = 32, batch = 4096, steps = 7, warmup = 2;
   int threads = 0;
   std::string precision = "fp32", device = "cpu", remedy = "none";
-  double dead_fraction = 0.0;
+  int64_t dead_window = 1000000000000LL;
   bool as_json = false;
   app.add_option("--d", d, "input dimension");
   app.add_option("--latents", n, "number of latents");
@@ -67,7 +81,8 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", warmup, "steps before measuring");
   app.add_option("--threads", threads, "LibTorch threads (0 = every core)");
   app.add_option("--remedy", remedy, "none|auxk|ghost_grads")->check(CLI::IsMember({"none", "auxk", "ghost_grads"}));
-  app.add_option("--dead-fraction", dead_fraction, "with a remedy: fraction of latents marked dead");
+  app.add_option("--dead-window", dead_window,
+                 "dead_window_tokens (default: none ever dead; 1 = every latent that did not fire in the last step)");
   app.add_flag("--json", as_json, "one JSON object");
   CLI11_PARSE(app, argc, argv);
   steps = std::max<int64_t>(steps, 5);
@@ -87,7 +102,7 @@ int main(int argc, char** argv) {
   o.warmup_fraction = 0;
   o.bf16 = precision == "bf16";
   o.remedy = sae::RemedyFromString(remedy).value();
-  o.dead_window_tokens = dead_fraction > 0 ? 1 : 1000000000000LL;
+  o.dead_window_tokens = dead_window;
   auto trainer = sae::SaeTrainer::Create(o);
   if (!trainer.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(trainer.status().message()).c_str());
@@ -137,7 +152,7 @@ int main(int argc, char** argv) {
                         {"gemm_seconds", gemm_med}, {"ratio", ratio}, {"gemm_gflops", gflops},
                         {"d", d}, {"latents", n}, {"k", k}, {"batch", batch},
                         {"precision", precision}, {"device", device}, {"threads", at::get_num_threads()},
-                        {"commit", SAE_GIT_COMMIT}, {"build_type", SAE_BUILD_TYPE}};
+                        {"commit", Commit()}, {"build_type", SAE_BUILD_TYPE}};
     nlohmann::json ph;
     for (auto& [name, v] : phases) ph[name] = Median(v);
     j["phases"] = ph;
@@ -148,7 +163,7 @@ int main(int argc, char** argv) {
   uname(&u);
   std::printf("machine   : %s, %u cores, %s %s\n", CpuModel().c_str(), std::thread::hardware_concurrency(),
               u.sysname, u.release);
-  std::printf("build     : commit %s, %s, LibTorch threads %d\n", SAE_GIT_COMMIT, SAE_BUILD_TYPE,
+  std::printf("build     : commit %s, %s, LibTorch threads %d\n", Commit().c_str(), SAE_BUILD_TYPE,
               at::get_num_threads());
   std::printf("config    : d %ld, latents %ld, k %ld, batch %ld, %s, %s, remedy %s\n", d, n, k, batch,
               precision.c_str(), device.c_str(), remedy.c_str());
