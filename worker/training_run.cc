@@ -17,6 +17,7 @@
 
 #include "core/base/file_util.h"
 #include "core/base/logging.h"
+#include "core/data/synthetic.h"
 #include "worker/batch_source.h"
 
 namespace sae {
@@ -136,6 +137,25 @@ class Progress {
   double last_draw_ = 0;
 };
 
+// For a planted dictionary: the share of true atoms that some decoder row
+// matches with cosine >= 0.9 (-1 for other data).
+double PlantedRecovery(const JobConfig& job, const SaeParams& p) {
+  if (job.data.kind != "synthetic") return -1;
+  SyntheticOptions o;
+  o.d_in = job.data.d_in;
+  o.atoms = job.data.latents;
+  o.k = job.data.k;
+  o.seed = job.data.seed;
+  o.noise = job.data.noise;
+  o.frequency_decay = job.data.frequency_decay;
+  auto dict = PlantedDictionary::Create(o);
+  if (!dict.ok()) return -1;
+  at::Tensor D = at::from_blob(const_cast<float*>(dict->dictionary().data()), {o.atoms, o.d_in}, at::kFloat);
+  at::Tensor W = p.W_dec / p.W_dec.norm(2, 1, true).clamp_min(1e-12);
+  at::Tensor best = std::get<0>(at::mm(D, W.t()).max(1));
+  return (best >= 0.9).to(at::kFloat).mean().item<double>();
+}
+
 }  // namespace
 
 std::string FormatSummaryTable(const RunSummary& s) {
@@ -156,6 +176,10 @@ std::string FormatSummaryTable(const RunSummary& s) {
   add("l0", buf);
   std::snprintf(buf, sizeof(buf), "%.2f%%", 100 * s.dead_ratio);
   add("dead latents", buf);
+  if (s.planted_recovered >= 0) {
+    std::snprintf(buf, sizeof(buf), "%.1f%% (cosine >= 0.9)", 100 * s.planted_recovered);
+    add("planted atoms found", buf);
+  }
   add("tokens/s", HumanCount(s.tokens_per_second));
   add("wall time", HumanDuration(s.seconds));
   size_t w = 0;
@@ -308,6 +332,7 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
   sum.latents = trainer->options().latents;
   sum.d_in = trainer->options().d_in;
   sum.remedy = RemedyName(trainer->options().remedy);
+  sum.planted_recovered = PlantedRecovery(job, trainer->params());
   json prov = {{"job", job.name}, {"data", json::parse(source->DescribeJson())}};
   SAE_RETURN_IF_ERROR(trainer->ExportSae(work_dir, prov.dump()));
   json summary = {{"name", job.name}, {"tokens", sum.tokens}, {"steps", sum.steps},
@@ -316,6 +341,7 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
                   {"aux_loss", sum.aux_loss}, {"tokens_per_second", sum.tokens_per_second},
                   {"seconds", sum.seconds}, {"d_in", sum.d_in}, {"latents", sum.latents},
                   {"k", sum.k}, {"dead_remedy", sum.remedy}};
+  if (sum.planted_recovered >= 0) summary["planted_atoms_recovered"] = sum.planted_recovered;
   SAE_RETURN_IF_ERROR(AtomicWriteFile(work_dir + "/summary.json", summary.dump(2) + "\n"));
   SAE_RETURN_IF_ERROR(DurableRename(work_dir, final_dir));
   return sum;

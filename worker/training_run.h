@@ -38,6 +38,7 @@ struct RunSummary {
   double tokens_per_second = 0, seconds = 0;
   int64_t k = 0, latents = 0, d_in = 0;
   std::string remedy;
+  double planted_recovered = -1;  // synthetic data: share of true atoms found
 };
 
 absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions& opts);
