@@ -61,6 +61,7 @@ int RunTrain(const TrainArgs& a) {
   if (a.quiet || a.json) ro.progress = ProgressMode::kQuiet;
   auto sum = RunTrainingJob(*job, ro);
   if (!sum.ok()) return Fail(sum.status());
+  if (sum->rank != 0) return 0;  // rank 0 reports for the world
   if (!sum->finished) {
     std::printf("stopped after step %ld (%ld tokens); continue with --resume\n", sum->steps, sum->tokens);
     return 0;

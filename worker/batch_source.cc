@@ -6,6 +6,15 @@
 #include "core/data/synthetic.h"
 
 namespace sae {
+absl::Status BatchSource::NextSlice(int64_t global_rows, int rank, int world, std::vector<float>* out) {
+  if (world == 1) return Next(global_rows, out);
+  std::vector<float> all;
+  SAE_RETURN_IF_ERROR(Next(global_rows, &all));
+  const int64_t lo = global_rows * rank / world, hi = global_rows * (rank + 1) / world;
+  out->assign(all.begin() + lo * d_in(), all.begin() + hi * d_in());
+  return absl::OkStatus();
+}
+
 namespace {
 
 using json = nlohmann::json;
@@ -38,6 +47,13 @@ class SyntheticSource : public BatchSource {
     out->resize(static_cast<size_t>(rows * d_in()));
     dict_.Rows(pos_, rows, out->data());
     pos_ += rows;
+    return absl::OkStatus();
+  }
+  absl::Status NextSlice(int64_t global_rows, int rank, int world, std::vector<float>* out) override {
+    const int64_t lo = global_rows * rank / world, hi = global_rows * (rank + 1) / world;
+    out->resize(static_cast<size_t>((hi - lo) * d_in()));
+    dict_.Rows(pos_ + lo, hi - lo, out->data());
+    pos_ += global_rows;
     return absl::OkStatus();
   }
   int64_t position() const override { return pos_; }

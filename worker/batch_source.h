@@ -19,6 +19,11 @@ class BatchSource {
   virtual int64_t d_in() const = 0;
   // Fills `out` with rows × d_in floats. Errors name the shard and row.
   virtual absl::Status Next(int64_t rows, std::vector<float>* out) = 0;
+  // This rank's share of the next global batch: rows [rank·n/world,
+  // (rank+1)·n/world) of it, where n = global_rows; the position advances by
+  // global_rows on every rank. The default reads the whole batch and keeps
+  // the slice.
+  virtual absl::Status NextSlice(int64_t global_rows, int rank, int world, std::vector<float>* out);
   // Rows handed out since the start of the data (the resume position).
   virtual int64_t position() const = 0;
   // JSON object describing the data (for cfg.json provenance).

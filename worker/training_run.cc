@@ -17,6 +17,7 @@
 
 #include "core/base/file_util.h"
 #include "core/base/logging.h"
+#include "core/comm/communicator.h"
 #include "core/data/synthetic.h"
 #include "worker/batch_source.h"
 
@@ -192,10 +193,21 @@ std::string FormatSummaryTable(const RunSummary& s) {
 absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions& opts) {
   const std::string origin = job.source_path.empty() ? "job" : job.source_path;
   SAE_RETURN_IF_ERROR(ValidateJobConfig(job, origin));
-  if (job.world.workers != 1)
+  // The world: mpirun-started ranks use MPI, a lone process trains alone.
+  std::string backend = job.world.backend;
+  if (backend == "auto") backend = LaunchedByMpirun() ? "mpi" : "local";
+  if (backend == "local" && job.world.workers != 1)
     return absl::FailedPreconditionError(absl::StrCat(
         origin, ": world.workers: ", job.world.workers,
-        " workers need mpirun or a coordinator; this process trains alone (world.workers: 1)"));
+        " workers need `mpirun -np ", job.world.workers,
+        " sae-worker --job FILE` (or a coordinator); this process trains alone"));
+  CommOptions co;
+  co.expected_world_size = static_cast<int>(job.world.workers);
+  auto comm_or = CreateCommunicator(backend, co);
+  if (!comm_or.ok()) return Annotate(comm_or.status(), origin);
+  std::unique_ptr<Communicator> comm = std::move(*comm_or);
+  const int rank = comm->rank(), world = comm->world_size();
+  const bool leader = rank == 0;
   at::set_num_threads(job.train.threads > 0 ? static_cast<int>(job.train.threads)
                                             : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
 
@@ -229,6 +241,8 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
     SAE_ASSIGN_OR_RETURN(source, OpenBatchSource(job, 0));
     auto topts = TrainerOptionsFromJob(job, source->d_in());
     if (!topts.ok()) return topts.status();
+    topts->comm = comm.get();
+    topts->comm_timeout = absl::Seconds(job.world.timeout_seconds);
     SAE_ASSIGN_OR_RETURN(trainer, SaeTrainer::Create(*topts));
     if (opts.resume) {
       auto extra = trainer->LoadState(state_path);
@@ -244,40 +258,52 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
                      << trainer->tokens_seen() << " tokens";
     }
   }
-  SAE_RETURN_IF_ERROR(MakeDirs(work_dir));
-  SAE_RETURN_IF_ERROR(AtomicWriteFile(work_dir + "/job.yaml", JobConfigToYaml(job)));
-
-  std::ofstream metrics(metrics_path, std::ios::app);
-  if (!metrics) return absl::InternalError(absl::StrCat(metrics_path, ": cannot open for writing"));
+  // Rank 0 writes every file; all ranks take part in the replica check.
+  std::ofstream metrics;
+  if (leader) {
+    SAE_RETURN_IF_ERROR(MakeDirs(work_dir));
+    SAE_RETURN_IF_ERROR(AtomicWriteFile(work_dir + "/job.yaml", JobConfigToYaml(job)));
+    metrics.open(metrics_path, std::ios::app);
+    if (!metrics) return absl::InternalError(absl::StrCat(metrics_path, ": cannot open for writing"));
+  }
+  auto checkpoint = [&]() -> absl::Status {
+    SAE_RETURN_IF_ERROR(trainer->CheckReplicasAgree());
+    if (!leader) return absl::OkStatus();
+    return WriteCheckpoint(ckpt_root, *trainer, source->position(), 2);
+  };
 
   const int64_t total = job.train.tokens;
   const int64_t batch = job.train.batch_tokens;
   const int64_t every = job.train.checkpoint_every_tokens;
-  Progress progress(opts.progress, total);
+  Progress progress(leader ? opts.progress : ProgressMode::kQuiet, total);
   std::vector<float> rows;
   std::deque<StepMetrics> recent;
   const double t_start = Now();
   const int64_t tokens_at_start = trainer->tokens_seen();
   double data_wait = 0;
   int64_t steps_here = 0;
-  SAE_LOG(kInfo) << "training " << (job.name.empty() ? origin : job.name) << ": d_in "
+  if (leader) {
+    SAE_LOG(kInfo) << "training " << (job.name.empty() ? origin : job.name) << " on " << world << " rank(s) (" << backend << "): d_in "
                  << source->d_in() << ", latents " << trainer->options().latents << ", k "
                  << trainer->options().k << ", " << total << " tokens, batch " << batch << ", lr "
                  << trainer->base_lr() << ", " << at::get_num_threads() << " threads";
+  }
 
   while (trainer->tokens_seen() < total) {
     if (opts.stop != nullptr && opts.stop->load()) {
-      SAE_RETURN_IF_ERROR(WriteCheckpoint(ckpt_root, *trainer, source->position(), 2));
+      SAE_RETURN_IF_ERROR(checkpoint());
       progress.Finish();
       return absl::CancelledError(absl::StrCat("stopped at step ", trainer->step(),
                                                "; checkpoint written, continue with --resume"));
     }
-    const int64_t n = std::min(batch, total - trainer->tokens_seen());
+    int64_t n = std::min(batch, total - trainer->tokens_seen());
+    n -= n % world;  // every rank takes an equal share
+    if (n == 0) break;
     const double t0 = Now();
-    absl::Status s = source->Next(n, &rows);
+    absl::Status s = source->NextSlice(n, rank, world, &rows);
     data_wait += Now() - t0;
     if (!s.ok()) return Annotate(s, absl::StrCat("step ", trainer->step() + 1));
-    auto m = trainer->Step(rows.data(), n);
+    auto m = trainer->Step(rows.data(), n / world);
     if (!m.ok()) return Annotate(m.status(), absl::StrCat("step ", trainer->step() + 1));
     ++steps_here;
     const double elapsed = Now() - t_start;
@@ -286,23 +312,24 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
     if (!recent.empty() && recent.back().k != m->k) recent.clear();
     recent.push_back(*m);
     if (recent.size() > 10) recent.pop_front();
-    const bool last = trainer->tokens_seen() >= total;
+    const bool last = total - trainer->tokens_seen() < world;
     const bool log_now = m->step % job.train.log_every_steps == 0 || last;
-    if (log_now) {
+    if (log_now && leader) {
       json j = {{"step", m->step}, {"tokens", m->tokens}, {"k", m->k}, {"lr", m->lr},
                 {"loss", m->loss}, {"fvu", m->fvu}, {"mse", m->mse}, {"aux_loss", m->aux_loss},
                 {"l0", m->l0}, {"dead_ratio", m->dead_ratio}, {"grad_norm", m->grad_norm},
                 {"step_seconds", m->seconds}, {"tokens_per_second", tok_s},
-                {"data_wait_seconds", data_wait}, {"time", static_cast<int64_t>(std::time(nullptr))}};
+                {"data_wait_seconds", data_wait}, {"allreduce_seconds", m->allreduce_seconds},
+                {"allreduce_bytes", m->allreduce_bytes}, {"ranks", world}, {"time", static_cast<int64_t>(std::time(nullptr))}};
       metrics << j.dump() << "\n";
       metrics.flush();
     }
     progress.Update(*m, tok_s, log_now);
     if (opts.on_step) opts.on_step(*m);
     const bool crossed = every > 0 && (trainer->tokens_seen() / every) != ((trainer->tokens_seen() - n) / every);
-    if (crossed && !last) SAE_RETURN_IF_ERROR(WriteCheckpoint(ckpt_root, *trainer, source->position(), 2));
+    if (crossed && !last) SAE_RETURN_IF_ERROR(checkpoint());
     if (opts.max_steps >= 0 && steps_here >= opts.max_steps && !last) {
-      SAE_RETURN_IF_ERROR(WriteCheckpoint(ckpt_root, *trainer, source->position(), 2));
+      SAE_RETURN_IF_ERROR(checkpoint());
       progress.Finish();
       RunSummary partial;
       partial.tokens = trainer->tokens_seen();
@@ -310,11 +337,13 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
       return partial;
     }
   }
-  metrics.close();
+  if (leader) metrics.close();
 
   // Finished: final checkpoint, SAE, summary; then rename into place.
-  SAE_RETURN_IF_ERROR(WriteCheckpoint(ckpt_root, *trainer, source->position(), 2));
+  SAE_RETURN_IF_ERROR(checkpoint());
   RunSummary sum;
+  sum.rank = rank;
+  sum.world = world;
   sum.finished = true;
   sum.output = final_dir;
   sum.tokens = trainer->tokens_seen();
@@ -333,7 +362,8 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
   sum.d_in = trainer->options().d_in;
   sum.remedy = RemedyName(trainer->options().remedy);
   sum.planted_recovered = PlantedRecovery(job, trainer->params());
-  json prov = {{"job", job.name}, {"data", json::parse(source->DescribeJson())}};
+  if (!leader) return sum;  // rank 0 writes the outputs
+  json prov = {{"job", job.name}, {"data", json::parse(source->DescribeJson())}, {"ranks", world}};
   SAE_RETURN_IF_ERROR(trainer->ExportSae(work_dir, prov.dump()));
   json summary = {{"name", job.name}, {"tokens", sum.tokens}, {"steps", sum.steps},
                   {"fvu", sum.fvu}, {"mse", sum.mse}, {"l0", sum.l0},

@@ -39,6 +39,7 @@ struct RunSummary {
   int64_t k = 0, latents = 0, d_in = 0;
   std::string remedy;
   double planted_recovered = -1;  // synthetic data: share of true atoms found
+  int rank = 0, world = 1;        // only rank 0 writes outputs and prints
 };
 
 absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions& opts);

@@ -341,7 +341,8 @@ class Reader {
          [&](const YAML::Node& n, const std::string& f) {
            return Map(n, f,
                       {IntField("workers", &cfg->world.workers),
-                       StringField("backend", &cfg->world.backend)});
+                       StringField("backend", &cfg->world.backend),
+                       DoubleField("timeout_seconds", &cfg->world.timeout_seconds)});
          }},
         StringField("output", &cfg->output),
     };
@@ -603,6 +604,7 @@ absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin) 
   c.Check(t.tokens > 0, "train.tokens", "must be > 0");
   c.Positive(t.batch_tokens, "train.batch_tokens");
   c.Check(w.workers >= 1, "world.workers", absl::StrCat("must be >= 1 (got ", w.workers, ")"));
+  c.Check(w.timeout_seconds > 0, "world.timeout_seconds", "must be > 0");
   if (t.batch_tokens > 0 && w.workers >= 1) {
     c.CheckRelation(t.batch_tokens >= w.workers,
                     absl::StrCat("train.batch_tokens (", t.batch_tokens,
@@ -741,6 +743,7 @@ std::string JobConfigToYaml(const JobConfig& cfg) {
   out << YAML::Key << "world" << YAML::Value << YAML::BeginMap;
   num("workers", cfg.world.workers);
   str("backend", cfg.world.backend);
+  real("timeout_seconds", cfg.world.timeout_seconds);
   out << YAML::EndMap;
 
   str("output", cfg.output);

@@ -70,6 +70,7 @@ struct TrainConfig {
 struct WorldConfig {
   int64_t workers = 1;
   std::string backend = "auto";   // auto | local | gloo | mpi | nccl
+  double timeout_seconds = 300;   // a collective that takes longer fails the job
 };
 
 struct JobConfig {

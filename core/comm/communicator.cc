@@ -50,6 +50,7 @@ std::vector<std::string> AvailableBackends() {
 
 absl::StatusOr<std::unique_ptr<Communicator>> CreateCommunicator(const std::string& backend,
                                                                  const CommOptions& opts) {
+  const bool by_mpirun = LaunchedByMpirun();  // before MPI_Init sets OMPI_* itself
   std::unique_ptr<Communicator> c;
   if (backend == "local") {
     c = internal::NewLocalCommunicator();
@@ -69,7 +70,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateCommunicator(const std::stri
   }
   if (opts.expected_world_size > 0 && c->world_size() != opts.expected_world_size) {
     std::string hint;
-    if (backend == "mpi" && c->world_size() == 1 && !LaunchedByMpirun())
+    if (backend == "mpi" && c->world_size() == 1 && !by_mpirun)
       hint = " (this process was not started by mpirun: every such process believes it is rank 0 of 1)";
     return absl::FailedPreconditionError(
         absl::StrCat("world.workers is ", opts.expected_world_size, " but the ", backend, " world has ",

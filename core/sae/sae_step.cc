@@ -48,8 +48,17 @@ SaeParams SaeParams::Clone() const {
 }
 
 SaeGrads SaeGrads::ZerosLike(const SaeParams& p) {
-  return SaeGrads{at::zeros_like(p.W_enc), at::zeros_like(p.b_enc), at::zeros_like(p.W_dec),
-                  at::zeros_like(p.b_dec)};
+  const int64_t sizes[] = {p.W_enc.numel(), p.b_enc.numel(), p.W_dec.numel(), p.b_dec.numel()};
+  SaeGrads g;
+  g.flat = at::zeros({sizes[0] + sizes[1] + sizes[2] + sizes[3]}, p.W_enc.options());
+  int64_t off = 0;
+  const at::Tensor* like[] = {&p.W_enc, &p.b_enc, &p.W_dec, &p.b_dec};
+  at::Tensor* out[] = {&g.W_enc, &g.b_enc, &g.W_dec, &g.b_dec};
+  for (int i = 0; i < 4; ++i) {
+    *out[i] = g.flat.narrow(0, off, sizes[i]).view(like[i]->sizes());
+    off += sizes[i];
+  }
+  return g;
 }
 
 AdamState AdamState::ZerosLike(const SaeParams& p) {
@@ -224,8 +233,11 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
     t_phase = t;
   };
   // Σ‖x − x̄‖² (fvu's denominator) in double.
-  at::Tensor xd = x.to(at::kDouble);
-  const double total_var = (xd - xd.mean(0, true)).pow(2).sum().item<double>();
+  double total_var = cfg.total_var;
+  if (total_var <= 0) {
+    at::Tensor xd = x.to(at::kDouble);
+    total_var = (xd - xd.mean(0, true)).pow(2).sum().item<double>();
+  }
   const double denom = total_var > 0 ? total_var : 1.0;
 
   phase("prepare");
@@ -464,6 +476,7 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
 
   phase("project");
   res->sse = sse;
+  res->active = active;
   res->total_var = total_var;
   res->mse = sse / static_cast<double>(B * d);
   res->fvu = sse / denom;

@@ -31,9 +31,12 @@ struct SaeParams {
   SaeParams Clone() const;
 };
 
-// Gradients in the parameters' layout (dense; rows no token touched are zero).
+// Gradients in the parameters' layout (dense; rows no token touched are
+// zero). ZerosLike makes the four tensors views of one flat buffer, so
+// data-parallel training all-reduces them in a few large buckets.
 struct SaeGrads {
   at::Tensor W_enc, b_enc, W_dec, b_dec;
+  at::Tensor flat;  // all four, contiguous (when made by ZerosLike)
   static SaeGrads ZerosLike(const SaeParams& p);
 };
 
@@ -53,6 +56,8 @@ struct StepConfig {
   // of W_enc) and inputs rounded to bf16; everything else stays in fp32.
   at::Tensor W_enc_lowp;
   int64_t block_rows = 0;              // encoder GEMM row block; 0 = automatic
+  // Σ‖x − x̄‖² over the global batch (all ranks); <= 0: this batch's own.
+  double total_var = 0;
   StepWorkspace* workspace = nullptr;  // reuse buffers across calls when set
 };
 
@@ -60,6 +65,7 @@ struct StepResult {
   double loss = 0;       // fvu + aux term (what the gradients are of)
   double fvu = 0, mse = 0, aux_loss = 0, l0 = 0;
   double sse = 0;        // Σ‖x − x̂‖²
+  int64_t active = 0;    // Σ over rows of the latents with a > 0
   double total_var = 0;  // Σ‖x − x̄‖²
   std::vector<uint8_t> fired;  // per latent: fired (a > 0) on some row
   // Wall time of each phase of the step, in order (for benchmarks).

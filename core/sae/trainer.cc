@@ -185,16 +185,36 @@ void SaeTrainer::NormalizeRows(float* x, int64_t rows) const {
   }
 }
 
+absl::Status SaeTrainer::SumAcrossRanks(float* data, size_t n, const char* what) {
+  if (world() == 1) return absl::OkStatus();
+  const double t0 = Now();
+  absl::Status s = opts_.comm->AllReduce(data, n, CommDType::kF32, ReduceOp::kSum, opts_.comm_timeout);
+  allreduce_seconds_ += Now() - t0;
+  allreduce_bytes_ += static_cast<int64_t>(n * sizeof(float));
+  return Annotate(s, absl::StrCat("all-reduce of ", what, ", step ", step_ + 1));
+}
+
 absl::Status SaeTrainer::Initialize(const at::Tensor& x) {
+  const double global_rows = static_cast<double>(x.size(0)) * world();
   if (opts_.normalize == Normalize::kUnitMeanNorm) {
-    const double mean_sq = x.to(at::kDouble).pow(2).sum(1).mean().item<double>();
+    float sq = x.to(at::kDouble).pow(2).sum().item<float>();
+    SAE_RETURN_IF_ERROR(SumAcrossRanks(&sq, 1, "input norms"));
+    const double mean_sq = sq / global_rows;
     input_scale_ = mean_sq > 0 ? std::sqrt(static_cast<double>(opts_.d_in) / mean_sq) : 1.0;
   }
   at::Tensor xn = x.clone();
   NormalizeRows(xn.data_ptr<float>(), xn.size(0));
   if (opts_.init_b_dec == "mean") {
-    params_.b_dec.copy_(xn.mean(0));
+    if (world() == 1) {
+      params_.b_dec.copy_(xn.mean(0));
+    } else {
+      at::Tensor sum = xn.sum(0).contiguous();
+      SAE_RETURN_IF_ERROR(SumAcrossRanks(sum.data_ptr<float>(), sum.numel(), "batch mean"));
+      params_.b_dec.copy_(sum / global_rows);
+    }
   } else if (opts_.init_b_dec == "geometric_median") {
+    if (world() > 1)
+      return absl::UnimplementedError("sae.init_b_dec: geometric_median is not available with several ranks; use mean");
     // Weiszfeld iterations from the mean.
     at::Tensor xd = xn.to(at::kDouble);
     at::Tensor y = xd.mean(0);
@@ -220,7 +240,19 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     if (!initialized_) SAE_RETURN_IF_ERROR(Initialize(x));
     NormalizeRows(x.data_ptr<float>(), rows);
 
+    allreduce_seconds_ = 0;
+    allreduce_bytes_ = 0;
+    const int64_t global_rows = rows * world();
     StepConfig cfg;
+    if (world() > 1) {
+      // fvu's denominator over the global batch: Σx first, then Σ‖x − x̄‖².
+      at::Tensor sum = x.sum(0).contiguous();
+      SAE_RETURN_IF_ERROR(SumAcrossRanks(sum.data_ptr<float>(), sum.numel(), "batch mean"));
+      at::Tensor mean = sum / static_cast<double>(global_rows);
+      float var = (x.to(at::kDouble) - mean.to(at::kDouble)).pow(2).sum().item<float>();
+      SAE_RETURN_IF_ERROR(SumAcrossRanks(&var, 1, "batch variance"));
+      cfg.total_var = var > 0 ? var : 1.0;
+    }
     cfg.k = CurrentK();
     cfg.remedy = opts_.remedy;
     cfg.aux_coefficient = opts_.aux_coefficient;
@@ -231,6 +263,32 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     cfg.workspace = &workspace_;
     StepResult res;
     SAE_RETURN_IF_ERROR(ComputeGradients(params_, x, cfg, &grads_, &res));
+    if (world() > 1) {
+      // Each rank's loss is normalised by the global Σ‖x − x̄‖², so the
+      // global gradient is the sum of the ranks' gradients: one all-reduce
+      // per bucket of the flat gradient buffer, not one per tensor.
+      float* g = grads_.flat.data_ptr<float>();
+      const int64_t total = grads_.flat.numel();
+      for (int64_t off = 0; off < total; off += opts_.allreduce_bucket_elems) {
+        const int64_t n = std::min(opts_.allreduce_bucket_elems, total - off);
+        SAE_RETURN_IF_ERROR(SumAcrossRanks(g + off, static_cast<size_t>(n), "gradients"));
+      }
+      const double t0 = Now();
+      absl::Status fs = opts_.comm->AllReduce(res.fired.data(), res.fired.size(), CommDType::kU8,
+                                              ReduceOp::kOr, opts_.comm_timeout);
+      allreduce_seconds_ += Now() - t0;
+      allreduce_bytes_ += static_cast<int64_t>(res.fired.size());
+      SAE_RETURN_IF_ERROR(Annotate(fs, absl::StrCat("all-reduce of fire marks, step ", step_ + 1)));
+      float stats[3] = {static_cast<float>(res.sse), static_cast<float>(res.aux_loss),
+                        static_cast<float>(res.active)};
+      SAE_RETURN_IF_ERROR(SumAcrossRanks(stats, 3, "metrics"));
+      res.sse = stats[0];
+      res.aux_loss = stats[1];
+      res.fvu = res.sse / cfg.total_var;
+      res.mse = res.sse / (static_cast<double>(global_rows) * opts_.d_in);
+      res.l0 = stats[2] / static_cast<double>(global_rows);
+      res.loss = res.fvu + res.aux_loss;
+    }
     if (!std::isfinite(res.loss))
       return absl::InternalError(absl::StrCat("step ", step_, ": loss is not finite"));
 
@@ -240,9 +298,9 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     ac.lr = LearningRateAt(step_);
     ac.clip_scale = ClipScale(norm, opts_.grad_clip);
     AdamUpdate(&params_, grads_, ac, &adam_, opts_.bf16 ? &w_enc_lowp_ : nullptr);
-    dead_.Update(res.fired.data(), rows);
+    dead_.Update(res.fired.data(), global_rows);
     ++step_;
-    tokens_ += rows;
+    tokens_ += global_rows;
 
     StepMetrics m;
     m.step = step_;
@@ -256,6 +314,8 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     m.l0 = res.l0;
     m.dead_ratio = dead_.DeadRatio();
     m.grad_norm = norm;
+    m.allreduce_seconds = allreduce_seconds_;
+    m.allreduce_bytes = allreduce_bytes_;
     m.phase_seconds = std::move(res.phase_seconds);
     const double t_end = Now();
     m.phase_seconds.emplace_back("optimizer", t_end - t_norm);
@@ -264,6 +324,29 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("step ", step_, ": ", e.what_without_backtrace()));
   }
+}
+
+absl::Status SaeTrainer::CheckReplicasAgree() {
+  if (world() == 1) return absl::OkStatus();
+  std::string bytes;
+  for (const at::Tensor* t : {&params_.W_enc, &params_.b_enc, &params_.W_dec, &params_.b_dec}) {
+    at::Tensor c = t->contiguous();
+    bytes.append(static_cast<const char*>(c.data_ptr()), c.nbytes());
+  }
+  const auto& sf = dead_.since_fired();
+  bytes.append(reinterpret_cast<const char*>(sf.data()), sf.size() * sizeof(int64_t));
+  const std::string digest = Sha256Hex(bytes.data(), bytes.size());
+  std::vector<char> all(digest.size() * world());
+  SAE_RETURN_IF_ERROR(Annotate(opts_.comm->AllGather(digest.data(), digest.size(), all.data(), opts_.comm_timeout),
+                               "comparing replicas"));
+  std::string bad;
+  for (int r = 1; r < world(); ++r)
+    if (std::string(all.data() + r * digest.size(), digest.size()) != std::string(all.data(), digest.size()))
+      absl::StrAppend(&bad, bad.empty() ? "" : ", ", r);
+  if (!bad.empty())
+    return absl::InternalError(absl::StrCat("step ", step_, ": the replicas of rank(s) ", bad,
+                                            " differ from rank 0 (parameters or dead-latent counters)"));
+  return absl::OkStatus();
 }
 
 absl::Status SaeTrainer::SaveState(const std::string& path,

@@ -15,7 +15,9 @@
 #include <vector>
 
 #include "core/base/config.h"
+#include "absl/time/time.h"
 #include "core/base/status.h"
+#include "core/comm/communicator.h"
 #include "core/sae/dead_tracker.h"
 #include "core/sae/k_schedule.h"
 #include "core/sae/sae_step.h"
@@ -44,7 +46,12 @@ struct TrainerOptions {
   uint64_t seed = 0;
   bool bf16 = false;
   int64_t total_tokens = 0;
-  int64_t batch_tokens = 4096;
+  int64_t batch_tokens = 4096;  // global: all ranks together
+  // Data parallelism (ALGORITHMS.md §6): every rank holds a replica and steps
+  // on its share of each global batch. Null = this process alone.
+  Communicator* comm = nullptr;
+  absl::Duration comm_timeout = absl::Seconds(300);
+  int64_t allreduce_bucket_elems = int64_t{1} << 23;  // 32 MiB of float32
 };
 
 // Builds trainer options from a validated job (d_in from the data source).
@@ -56,6 +63,8 @@ struct StepMetrics {
   int64_t k = 0;
   double lr = 0, loss = 0, fvu = 0, mse = 0, aux_loss = 0, l0 = 0;
   double dead_ratio = 0, grad_norm = 0, seconds = 0;
+  double allreduce_seconds = 0;  // gradient and statistics all-reduces
+  int64_t allreduce_bytes = 0;
   std::vector<std::pair<const char*, double>> phase_seconds;
 };
 
@@ -64,7 +73,13 @@ class SaeTrainer {
   static absl::StatusOr<std::unique_ptr<SaeTrainer>> Create(const TrainerOptions& opts);
 
   // One optimizer step on rows × d_in floats (row-major). Rejects NaN/Inf.
+  // With a communicator, `rows` is this rank's share and every rank must
+  // call Step with the same number of rows.
   absl::StatusOr<StepMetrics> Step(const float* x, int64_t rows);
+
+  // Checks that every rank holds the same parameters and dead-latent
+  // counters (a digest all-gathered); Internal error naming the ranks if not.
+  absl::Status CheckReplicasAgree();
 
   const TrainerOptions& options() const { return opts_; }
   int64_t step() const { return step_; }
@@ -94,6 +109,11 @@ class SaeTrainer {
  private:
   explicit SaeTrainer(const TrainerOptions& opts);
   absl::Status Initialize(const at::Tensor& x);
+  int world() const { return opts_.comm ? opts_.comm->world_size() : 1; }
+  // Sum over ranks, in place (no-op alone); adds to allreduce_seconds_.
+  absl::Status SumAcrossRanks(float* data, size_t n, const char* what);
+  double allreduce_seconds_ = 0;
+  int64_t allreduce_bytes_ = 0;
 
   TrainerOptions opts_;
   double lr_ = 0;

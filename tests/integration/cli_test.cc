@@ -3,7 +3,8 @@
 // file and the field or shard, never a crash, and must not lose or fake
 // outputs.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
+
+#include "tests/integration/test_util.h"
 
 #include <array>
 #include <cstdio>
@@ -21,42 +22,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-
-struct Result {
-  int code = -1;
-  bool signaled = false;
-  std::string out;
-};
-
-std::string Bin(const std::string& name) {
-  const char* dir = std::getenv("SAE_BIN_DIR");
-  return std::string(dir ? dir : "build/bin") + "/" + name;
-}
-
-Result Sh(const std::string& cmd) {
-  Result r;
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int st = pclose(p);
-  r.signaled = WIFSIGNALED(st);
-  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
-
-std::string ReadAll(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void WriteAll(const fs::path& p, const std::string& s) {
-  std::ofstream out(p, std::ios::binary);
-  out << s;
-}
 
 class Cli : public ::testing::Test {
  protected:

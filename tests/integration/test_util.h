@@ -1,0 +1,89 @@
+// Helpers for tests that run saeforge's executables as real processes.
+#pragma once
+
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Result {
+  int code = -1;
+  bool signaled = false;
+  std::string out;
+};
+
+std::string Bin(const std::string& name) {
+  const char* dir = std::getenv("SAE_BIN_DIR");
+  return std::string(dir ? dir : "build/bin") + "/" + name;
+}
+
+Result Sh(const std::string& cmd) {
+  Result r;
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  if (p == nullptr) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int st = pclose(p);
+  r.signaled = WIFSIGNALED(st);
+  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+std::string ReadAll(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+void WriteAll(const fs::path& p, const std::string& s) {
+  std::ofstream out(p, std::ios::binary);
+  out << s;
+}
+
+// The float32 tensors of a safetensors file, read without saeforge's code.
+std::map<std::string, std::vector<float>> ReadF32Tensors(const fs::path& p) {
+  std::map<std::string, std::vector<float>> out;
+  const std::string st = ReadAll(p);
+  if (st.size() < 8) return out;
+  uint64_t hlen = 0;
+  for (int i = 7; i >= 0; --i) hlen = (hlen << 8) | static_cast<unsigned char>(st[i]);
+  if (8 + hlen > st.size()) return out;
+  const nlohmann::json h = nlohmann::json::parse(st.substr(8, hlen));
+  for (const auto& [name, info] : h.items()) {
+    if (name == "__metadata__" || info["dtype"] != "F32") continue;
+    const auto off = info["data_offsets"].get<std::vector<uint64_t>>();
+    std::vector<float> v((off[1] - off[0]) / 4);
+    std::memcpy(v.data(), st.data() + 8 + hlen + off[0], off[1] - off[0]);
+    out[name] = std::move(v);
+  }
+  return out;
+}
+
+// ‖a − b‖ / ‖b‖ (1 when the sizes differ).
+double RelDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  if (a.size() != b.size() || b.empty()) return 1.0;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+}  // namespace
