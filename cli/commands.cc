@@ -42,6 +42,8 @@ struct TrainArgs {
   bool quiet = false;
   std::string output;
   int64_t max_steps = -1;
+  int rank = -1, world_size = 0;
+  std::string rendezvous;
 };
 
 int RunTrain(const TrainArgs& a) {
@@ -58,6 +60,9 @@ int RunTrain(const TrainArgs& a) {
   ro.resume = a.resume;
   ro.stop = &g_stop;
   ro.max_steps = a.max_steps;
+  ro.rank = a.rank;
+  ro.world_size = a.world_size;
+  ro.rendezvous = a.rendezvous;
   if (a.quiet || a.json) ro.progress = ProgressMode::kQuiet;
   auto sum = RunTrainingJob(*job, ro);
   if (!sum.ok()) return Fail(sum.status());
@@ -174,6 +179,11 @@ int WorkerMain(int argc, char** argv) {
   app.add_flag("--json", ta.json, "print the summary as one JSON object");
   app.add_option("--coordinator", coordinator, "HOST:PORT of sae-coordinator");
   app.add_option("--max-steps", ta.max_steps, "stop after this many steps, with a checkpoint");
+  app.add_option("--rank", ta.rank, "gloo: this worker's rank (or SAE_RANK)")->envname("SAE_RANK");
+  app.add_option("--world-size", ta.world_size, "gloo: number of ranks (or SAE_WORLD_SIZE)")
+      ->envname("SAE_WORLD_SIZE");
+  app.add_option("--rendezvous", ta.rendezvous, "gloo: HOST:PORT of the store rank 0 serves (or SAE_RENDEZVOUS)")
+      ->envname("SAE_RENDEZVOUS");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -195,7 +195,8 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
   SAE_RETURN_IF_ERROR(ValidateJobConfig(job, origin));
   // The world: mpirun-started ranks use MPI, a lone process trains alone.
   std::string backend = job.world.backend;
-  if (backend == "auto") backend = LaunchedByMpirun() ? "mpi" : "local";
+  if (backend == "auto")
+    backend = LaunchedByMpirun() ? "mpi" : !opts.rendezvous.empty() ? "gloo" : "local";
   if (backend == "local" && job.world.workers != 1)
     return absl::FailedPreconditionError(absl::StrCat(
         origin, ": world.workers: ", job.world.workers,
@@ -203,6 +204,10 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
         " sae-worker --job FILE` (or a coordinator); this process trains alone"));
   CommOptions co;
   co.expected_world_size = static_cast<int>(job.world.workers);
+  co.rank = opts.rank;
+  co.world_size = opts.world_size;
+  co.rendezvous = opts.rendezvous;
+  co.timeout = absl::Seconds(job.world.timeout_seconds);
   auto comm_or = CreateCommunicator(backend, co);
   if (!comm_or.ok()) return Annotate(comm_or.status(), origin);
   std::unique_ptr<Communicator> comm = std::move(*comm_or);

@@ -28,6 +28,11 @@ struct RunOptions {
   // Set from a signal handler: checkpoint and return CANCELLED.
   const std::atomic<bool>* stop = nullptr;
   std::function<void(const StepMetrics&)> on_step;  // called after each step
+  // Workers that mpirun did not start (gloo): rank, world size and the
+  // rendezvous address HOST:PORT of the store rank 0 serves.
+  int rank = -1;
+  int world_size = 0;
+  std::string rendezvous;
 };
 
 struct RunSummary {

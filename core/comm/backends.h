@@ -11,5 +11,8 @@ std::unique_ptr<Communicator> NewLocalCommunicator();
 #ifdef SAE_HAVE_MPI
 absl::StatusOr<std::unique_ptr<Communicator>> NewMpiCommunicator();
 #endif
+#ifdef SAE_HAVE_GLOO
+absl::StatusOr<std::unique_ptr<Communicator>> NewGlooCommunicator(const CommOptions& opts);
+#endif
 
 }  // namespace sae::internal

@@ -45,6 +45,9 @@ std::vector<std::string> AvailableBackends() {
 #ifdef SAE_HAVE_MPI
   b.push_back("mpi");
 #endif
+#ifdef SAE_HAVE_GLOO
+  b.push_back("gloo");
+#endif
   return b;
 }
 
@@ -57,16 +60,21 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateCommunicator(const std::stri
   } else if (backend == "mpi") {
 #ifdef SAE_HAVE_MPI
     SAE_ASSIGN_OR_RETURN(c, internal::NewMpiCommunicator());
+    (void)by_mpirun;
 #else
     return absl::UnimplementedError("world.backend: mpi is not built in (Open MPI was not found)");
 #endif
-  } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("world.backend: '", backend, "' is not built in this binary (have: local",
-#ifdef SAE_HAVE_MPI
-                     ", mpi",
+  } else if (backend == "gloo") {
+#ifdef SAE_HAVE_GLOO
+    SAE_ASSIGN_OR_RETURN(c, internal::NewGlooCommunicator(opts));
+#else
+    return absl::UnimplementedError("world.backend: gloo is not built in (no c10d/Gloo headers)");
 #endif
-                     ")"));
+  } else {
+    std::string have;
+    for (const std::string& b : AvailableBackends()) absl::StrAppend(&have, have.empty() ? "" : ", ", b);
+    return absl::InvalidArgumentError(
+        absl::StrCat("world.backend: '", backend, "' is not built in this binary (have: ", have, ")"));
   }
   if (opts.expected_world_size > 0 && c->world_size() != opts.expected_world_size) {
     std::string hint;

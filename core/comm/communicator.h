@@ -45,13 +45,35 @@ class Communicator {
 
 struct CommOptions {
   int expected_world_size = 0;  // 0 = accept what the launcher says
+  // gloo: this process's rank, the world size and the rendezvous address
+  // "HOST:PORT" of the TCP store that rank 0 serves.
+  int rank = -1;
+  int world_size = 0;
+  std::string rendezvous;
+  absl::Duration timeout = absl::Seconds(300);
 };
+
+// Rendezvous key-value store (c10d's TCPStore; rank 0 serves it). Every call
+// has a timeout. Thread-safe.
+class Store {
+ public:
+  virtual ~Store() = default;
+  virtual absl::Status Set(const std::string& key, const std::string& value) = 0;
+  // Waits up to `timeout` for the key.
+  virtual absl::StatusOr<std::string> Get(const std::string& key, absl::Duration timeout) = 0;
+  virtual absl::Status Wait(const std::vector<std::string>& keys, absl::Duration timeout) = 0;
+};
+
+// A TCP store at HOST:PORT; `serve` makes this process its server.
+absl::StatusOr<std::unique_ptr<Store>> CreateTcpStore(const std::string& address, bool serve,
+                                                      int world_size, absl::Duration timeout);
 
 // InvalidArgument for combinations no backend supports (avg of integers,
 // or of floats). Backends call it first.
 absl::Status CheckAllReduceArgs(CommDType dtype, ReduceOp op);
 
-// Backends compiled into this build ("local", and "mpi" when Open MPI was found).
+// Backends compiled into this build ("local"; "mpi" when Open MPI was found;
+// "gloo" when LibTorch has c10d and Gloo's headers were found).
 std::vector<std::string> AvailableBackends();
 // Creates a backend by name. "mpi" initialises MPI (once per process).
 absl::StatusOr<std::unique_ptr<Communicator>> CreateCommunicator(const std::string& backend,

@@ -123,7 +123,12 @@ TEST(Comm, UnknownBackendAndWrongWorldAreErrors) {
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   const char* backend = std::getenv("SAE_COMM_BACKEND");
-  auto comm = sae::CreateCommunicator(backend ? backend : "local");
+  sae::CommOptions opts;
+  if (const char* r = std::getenv("SAE_RANK")) opts.rank = std::atoi(r);
+  if (const char* w = std::getenv("SAE_WORLD_SIZE")) opts.world_size = std::atoi(w);
+  if (const char* a = std::getenv("SAE_RENDEZVOUS")) opts.rendezvous = a;
+  opts.timeout = absl::Seconds(60);
+  auto comm = sae::CreateCommunicator(backend ? backend : "local", opts);
   if (!comm.ok()) {
     std::fprintf(stderr, "cannot create communicator: %s\n", std::string(comm.status().message()).c_str());
     return 1;

@@ -1,0 +1,216 @@
+// Gloo backend over LibTorch's c10d (ProcessGroupGloo + TCPStore), for
+// workers that mpirun did not start: each process knows its rank, the world
+// size and the address of the TCP store rank 0 serves.
+#define USE_C10D_GLOO 1
+#include <ATen/ATen.h>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <chrono>
+#include <cstring>
+
+#include "core/comm/backends.h"
+
+namespace sae {
+namespace {
+
+std::chrono::milliseconds Ms(absl::Duration d) {
+  return std::chrono::milliseconds(absl::ToInt64Milliseconds(d));
+}
+
+absl::Status SplitAddress(const std::string& address, std::string* host, uint16_t* port) {
+  const size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == address.size())
+    return absl::InvalidArgumentError(absl::StrCat("rendezvous address '", address, "' is not HOST:PORT"));
+  *host = address.substr(0, colon);
+  const std::string p = address.substr(colon + 1);
+  if (p.find_first_not_of("0123456789") != std::string::npos || p.size() > 5 || std::stoi(p) > 65535 ||
+      std::stoi(p) == 0)
+    return absl::InvalidArgumentError(absl::StrCat("rendezvous address '", address, "': bad port"));
+  *port = static_cast<uint16_t>(std::stoi(p));
+  return absl::OkStatus();
+}
+
+class TcpStore : public Store {
+ public:
+  explicit TcpStore(c10::intrusive_ptr<c10d::TCPStore> s) : store_(std::move(s)) {}
+  absl::Status Set(const std::string& key, const std::string& value) override {
+    try {
+      store_->set(key, std::vector<uint8_t>(value.begin(), value.end()));
+      return absl::OkStatus();
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat("store set '", key, "': ", e.what()));
+    }
+  }
+  absl::StatusOr<std::string> Get(const std::string& key, absl::Duration timeout) override {
+    SAE_RETURN_IF_ERROR(Wait({key}, timeout));
+    try {
+      std::vector<uint8_t> v = store_->get(key);
+      return std::string(v.begin(), v.end());
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat("store get '", key, "': ", e.what()));
+    }
+  }
+  absl::Status Wait(const std::vector<std::string>& keys, absl::Duration timeout) override {
+    try {
+      store_->wait(keys, Ms(timeout));
+      return absl::OkStatus();
+    } catch (const std::exception& e) {
+      return absl::DeadlineExceededError(absl::StrCat("store wait (", keys.size(), " keys): ", e.what()));
+    }
+  }
+  c10::intrusive_ptr<c10d::TCPStore> raw() const { return store_; }
+
+ private:
+  c10::intrusive_ptr<c10d::TCPStore> store_;
+};
+
+absl::StatusOr<c10::intrusive_ptr<c10d::TCPStore>> MakeTcpStore(const std::string& address, bool serve,
+                                                                int world, absl::Duration timeout) {
+  std::string host;
+  uint16_t port = 0;
+  SAE_RETURN_IF_ERROR(SplitAddress(address, &host, &port));
+  c10d::TCPStoreOptions o;
+  o.port = port;
+  o.isServer = serve;
+  o.numWorkers = static_cast<size_t>(world);
+  o.waitWorkers = false;
+  o.timeout = Ms(timeout);
+  try {
+    return c10::make_intrusive<c10d::TCPStore>(host, o);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(
+        absl::StrCat("rendezvous at ", address, serve ? " (serving)" : "", ": ", e.what()));
+  }
+}
+
+class GlooCommunicator : public Communicator {
+ public:
+  GlooCommunicator(c10::intrusive_ptr<c10d::ProcessGroupGloo> pg, int rank, int world)
+      : pg_(std::move(pg)), rank_(rank), world_(world) {}
+  int rank() const override { return rank_; }
+  int world_size() const override { return world_; }
+  std::string backend() const override { return "gloo"; }
+
+  absl::Status AllReduce(void* data, size_t count, CommDType dtype, ReduceOp op,
+                         absl::Duration timeout) override {
+    SAE_RETURN_IF_ERROR(CheckAllReduceArgs(dtype, op));
+    if (count == 0) return absl::OkStatus();
+    c10d::ReduceOp rop = c10d::ReduceOp::SUM;
+    switch (op) {
+      case ReduceOp::kSum: case ReduceOp::kAvg: rop = c10d::ReduceOp::SUM; break;
+      case ReduceOp::kMin: rop = c10d::ReduceOp::MIN; break;
+      case ReduceOp::kMax: rop = c10d::ReduceOp::MAX; break;
+      case ReduceOp::kOr: rop = c10d::ReduceOp::BOR; break;
+    }
+    const int64_t n = static_cast<int64_t>(count);
+    at::Tensor t;
+    at::Tensor bf16_view;
+    switch (dtype) {
+      case CommDType::kF32: t = at::from_blob(data, {n}, at::kFloat); break;
+      case CommDType::kI64: t = at::from_blob(data, {n}, at::kLong); break;
+      case CommDType::kU8: t = at::from_blob(data, {n}, at::kByte); break;
+      case CommDType::kBF16:  // reduced in float32
+        bf16_view = at::from_blob(data, {n}, at::kBFloat16);
+        t = bf16_view.to(at::kFloat);
+        break;
+    }
+    SAE_RETURN_IF_ERROR(Run("allreduce", timeout, [&] {
+      std::vector<at::Tensor> ts = {t};
+      c10d::AllreduceOptions o;
+      o.reduceOp = rop;
+      return pg_->allreduce(ts, o);
+    }));
+    if (op == ReduceOp::kAvg) t.div_(world_);
+    if (bf16_view.defined()) bf16_view.copy_(t);
+    return absl::OkStatus();
+  }
+
+  absl::Status Broadcast(void* data, size_t bytes, int root, absl::Duration timeout) override {
+    if (root < 0 || root >= world_)
+      return absl::InvalidArgumentError(absl::StrCat("broadcast root ", root, " of ", world_, " ranks"));
+    if (bytes == 0) return absl::OkStatus();
+    at::Tensor t = at::from_blob(data, {static_cast<int64_t>(bytes)}, at::kByte);
+    return Run("broadcast", timeout, [&] {
+      std::vector<at::Tensor> ts = {t};
+      c10d::BroadcastOptions o;
+      o.rootRank = root;
+      return pg_->broadcast(ts, o);
+    });
+  }
+
+  absl::Status AllGather(const void* in, size_t bytes, void* out, absl::Duration timeout) override {
+    const int64_t b = static_cast<int64_t>(bytes);
+    at::Tensor src = at::from_blob(const_cast<void*>(in), {b}, at::kByte);
+    at::Tensor dst = at::from_blob(out, {b * world_}, at::kByte);
+    std::vector<std::vector<at::Tensor>> outs(1);
+    for (int r = 0; r < world_; ++r) outs[0].push_back(dst.narrow(0, r * b, b));
+    return Run("allgather", timeout, [&] {
+      std::vector<at::Tensor> ins = {src};
+      return pg_->allgather(outs, ins);
+    });
+  }
+
+  absl::Status Barrier(absl::Duration timeout) override {
+    return Run("barrier", timeout, [&] { return pg_->barrier(); });
+  }
+
+ private:
+  template <typename F>
+  absl::Status Run(const char* what, absl::Duration timeout, F&& start) {
+    try {
+      c10::intrusive_ptr<c10d::Work> w = start();
+      if (!w->wait(Ms(timeout)))
+        return absl::DeadlineExceededError(absl::StrCat(what, " (rank ", rank_, " of ", world_,
+                                                        "): not every rank joined in time"));
+      return absl::OkStatus();
+    } catch (const std::exception& e) {
+      std::string msg = e.what();
+      const size_t nl = msg.find('\n');
+      if (nl != std::string::npos) msg.resize(nl);
+      return absl::UnavailableError(
+          absl::StrCat(what, " (rank ", rank_, " of ", world_, "): ", msg, " (a rank is lost or stuck)"));
+    }
+  }
+
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
+  int rank_, world_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Store>> CreateTcpStore(const std::string& address, bool serve, int world_size,
+                                                      absl::Duration timeout) {
+  SAE_ASSIGN_OR_RETURN(auto s, MakeTcpStore(address, serve, world_size, timeout));
+  return std::unique_ptr<Store>(new TcpStore(std::move(s)));
+}
+
+namespace internal {
+
+absl::StatusOr<std::unique_ptr<Communicator>> NewGlooCommunicator(const CommOptions& opts) {
+  if (opts.world_size < 1 || opts.rank < 0 || opts.rank >= opts.world_size)
+    return absl::InvalidArgumentError(absl::StrCat("gloo: rank ", opts.rank, " of world size ",
+                                                   opts.world_size, " (give --rank and --world-size)"));
+  if (opts.rendezvous.empty())
+    return absl::InvalidArgumentError("gloo: no rendezvous address (--rendezvous HOST:PORT)");
+  SAE_ASSIGN_OR_RETURN(auto store, MakeTcpStore(opts.rendezvous, opts.rank == 0, opts.world_size, opts.timeout));
+  try {
+    auto o = c10d::ProcessGroupGloo::Options::create(Ms(opts.timeout));
+    std::string host = opts.rendezvous.substr(0, opts.rendezvous.rfind(':'));
+    o->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname(
+        host == "localhost" || host == "127.0.0.1" ? "127.0.0.1" : host));
+    auto prefixed = c10::make_intrusive<c10d::PrefixStore>("saeforge/", store);
+    auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, opts.rank, opts.world_size, o);
+    return std::unique_ptr<Communicator>(new GlooCommunicator(std::move(pg), opts.rank, opts.world_size));
+  } catch (const std::exception& e) {
+    std::string msg = e.what();
+    const size_t nl = msg.find('\n');
+    if (nl != std::string::npos) msg.resize(nl);
+    return absl::UnavailableError(absl::StrCat("gloo rendezvous at ", opts.rendezvous, " (rank ", opts.rank,
+                                               " of ", opts.world_size, "): ", msg));
+  }
+}
+
+}  // namespace internal
+}  // namespace sae

@@ -1,0 +1,59 @@
+// Data-parallel training with the gloo backend: workers started as plain
+// processes (not by mpirun) meet at a TCP store and train one SAE.
+#include <gtest/gtest.h>
+
+#include "tests/integration/test_util.h"
+
+namespace {
+
+using json = nlohmann::json;
+
+TEST(Gloo, TwoProcessesEqualOneRank) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "sae_gloo";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  auto job = [&](const std::string& name, int workers) {
+    fs::path p = dir / (name + ".yaml");
+    WriteAll(p, "data: {kind: synthetic, d_in: 32, latents: 64, k: 3, seed: 2}\n"
+                "sae: {latents: 128, k: 4, k_schedule: {start: 16, end: 4, fraction: 0.5}, "
+                "dead_window_tokens: 1536, dead_remedy: ghost_grads}\n"
+                "train: {tokens: 12800, batch_tokens: 512, lr: 0.002, log_every_steps: 1}\n"
+                "world: {workers: " + std::to_string(workers) + ", timeout_seconds: 30}\noutput: " +
+                (dir / name).string() + "\n");
+    return p;
+  };
+  Result a = Sh(Bin("sae") + " train " + job("one", 1).string());
+  ASSERT_EQ(a.code, 0) << a.out;
+  const char* src = std::getenv("SAE_SOURCE_DIR");
+  const std::string runner = std::string(src ? src : ".") + "/tests/run_ranks.sh 2 ";
+  Result b = Sh(runner + Bin("sae-worker") + " --job " + job("two", 2).string());
+  ASSERT_EQ(b.code, 0) << b.out;
+  EXPECT_NE(b.out.find("on 2 rank(s) (gloo)"), std::string::npos) << b.out;
+  auto ta = ReadF32Tensors(dir / "one/sae.safetensors");
+  auto tb = ReadF32Tensors(dir / "two/sae.safetensors");
+  ASSERT_EQ(ta.size(), 4u);
+  // Float32 rounding (Gloo sums in its own order) amplified by 25 Adam steps.
+  for (const auto& [name, v] : ta) EXPECT_LT(RelDiff(tb[name], v), 1e-3) << name;
+  json sa = json::parse(ReadAll(dir / "one/summary.json")), sb = json::parse(ReadAll(dir / "two/summary.json"));
+  EXPECT_EQ(sa["dead_latents"], sb["dead_latents"]);
+  EXPECT_NEAR(sa["fvu"].get<double>(), sb["fvu"].get<double>(), 1e-5);
+}
+
+TEST(Gloo, MissingPeerTimesOut) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "sae_gloo_alone";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  fs::path p = dir / "job.yaml";
+  WriteAll(p, "data: {kind: synthetic, d_in: 16, latents: 32, k: 2}\nsae: {latents: 64, k: 4}\n"
+              "train: {tokens: 10000, batch_tokens: 500}\nworld: {workers: 2, timeout_seconds: 3}\noutput: " +
+              (dir / "out").string() + "\n");
+  // Rank 0 alone: its peer never comes.
+  Result r = Sh("SAE_RANK=0 SAE_WORLD_SIZE=2 SAE_RENDEZVOUS=127.0.0.1:$((20000 + RANDOM % 30000)) timeout 60 " +
+                Bin("sae-worker") + " --job " + p.string());
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.code, 124) << "hung instead of timing out";
+  EXPECT_NE(r.out.find("rank 0 of 2"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(dir / "out"));
+}
+
+}  // namespace
