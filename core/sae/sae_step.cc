@@ -147,11 +147,27 @@ void SelectTopK(const T* z, int64_t n, int64_t k, int64_t* idx_out, T* val_out) 
   thread_local std::vector<T> bmax, tmp, cand_v;
   thread_local std::vector<int64_t> cand_i;
   bmax.resize(static_cast<size_t>(nb));
-  for (int64_t b = 0; b < nb; ++b) {
+  int64_t b0 = 0;
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    // GCC leaves the float max reduction scalar (NaN rules); 8 lanes by hand.
+    for (; b0 < nb; ++b0) {
+      const float* c = z + b0 * kBlock;
+      __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_loadu_ps(c), _mm256_loadu_ps(c + 8)),
+                               _mm256_max_ps(_mm256_loadu_ps(c + 16), _mm256_loadu_ps(c + 24)));
+      m = _mm256_max_ps(m, _mm256_max_ps(_mm256_max_ps(_mm256_loadu_ps(c + 32), _mm256_loadu_ps(c + 40)),
+                                         _mm256_max_ps(_mm256_loadu_ps(c + 48), _mm256_loadu_ps(c + 56))));
+      __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+      h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+      bmax[b0] = _mm_cvtss_f32(h);
+    }
+  }
+#endif
+  for (int64_t b = b0; b < nb; ++b) {
     const T* c = z + b * kBlock;
     T mx = c[0];
-#pragma omp simd reduction(max : mx)
-    for (int64_t t = 1; t < kBlock; ++t) mx = std::max(mx, c[t]);
+    for (int64_t t = 1; t < kBlock; ++t) mx = c[t] > mx ? c[t] : mx;
     bmax[b] = mx;
   }
   tmp.assign(bmax.begin(), bmax.end());
