@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <chrono>
 #include <type_traits>
@@ -217,6 +218,27 @@ at::Tensor Reuse(at::Tensor* slot, at::IntArrayRef shape, at::ScalarType st) {
   return *slot;
 }
 
+// Σ‖x − x̄‖² over the rows of x (B×d), x̄ the column mean, accumulated in
+// double in two passes (stable for activations with a large mean).
+template <typename T>
+double TotalVariance(const T* x, int64_t B, int64_t d) {
+  std::vector<double> mean(static_cast<size_t>(d), 0.0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < d; ++i) mean[i] += x[b * d + i];
+  for (double& m : mean) m /= static_cast<double>(B);
+  return at::parallel_reduce(
+      0, B, 64, 0.0,
+      [&](int64_t lo, int64_t hi, double acc) {
+        for (int64_t b = lo; b < hi; ++b)
+          for (int64_t i = 0; i < d; ++i) {
+            const double e = x[b * d + i] - mean[i];
+            acc += e * e;
+          }
+        return acc;
+      },
+      std::plus<double>());
+}
+
 double NowSeconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -250,10 +272,7 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   };
   // Σ‖x − x̄‖² (fvu's denominator) in double.
   double total_var = cfg.total_var;
-  if (total_var <= 0) {
-    at::Tensor xd = x.to(at::kDouble);
-    total_var = (xd - xd.mean(0, true)).pow(2).sum().item<double>();
-  }
+  if (total_var <= 0) total_var = TotalVariance(X, B, d);
   const double denom = total_var > 0 ? total_var : 1.0;
 
   phase("prepare");
@@ -419,6 +438,7 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
     // streaming stores, so the 2·n·d gradient bytes do not evict the
     // residual rows that the next latents read.
     std::vector<T> ge_buf(static_cast<size_t>(d)), gd_buf(static_cast<size_t>(d));
+    const int64_t n_items = static_cast<int64_t>(items.size());
     T* ge = ge_buf.data();
     T* gd = gd_buf.data();
     for (int64_t l = lo; l < hi; ++l) {
@@ -429,10 +449,23 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
       for (int64_t t = offs[l]; t < offs[l + 1]; ++t) {
         const Item& it = items[t];
         const T* g = (it.src == 0 ? GX : GA) + int64_t{it.row} * d;
+        // The rows of the next entry are random: start fetching them now.
+        const int64_t tn = t + 1 < n_items ? t + 1 : t;
+        const char* gn = reinterpret_cast<const char*>((items[tn].src == 0 ? GX : GA) + int64_t{items[tn].row} * d);
+        const char* xn = reinterpret_cast<const char*>(XC + int64_t{items[tn].row} * d);
+        for (int64_t off = 0; off < d * static_cast<int64_t>(sizeof(T)); off += 64) {
+          __builtin_prefetch(gn + off);
+          __builtin_prefetch(xn + off);
+        }
         const T ga = Dot(d, g, w);
         Axpy(d, it.a, g, gd);
         Axpy(d, ga, XC + int64_t{it.row} * d, ge);
         gb += ga;
+      }
+      if (cfg.project_decoder_grad) {
+        // Remove the component along the (unit) decoder row, while both are in cache.
+        const T dot = Dot(d, gd, w);
+        if (dot != 0) Axpy(d, -dot, w, gd);
       }
       StoreRow(d, ge, gWenc + l * d);
       StoreRow(d, gd, gWdec + l * d);
@@ -478,12 +511,14 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   }
 
   phase("b_dec_ghost");
-  // 5. Remove from each decoder row's gradient its component along the row.
-  if (cfg.project_decoder_grad) {
-    at::parallel_for(0, n, 256, [&](int64_t lo, int64_t hi) {
-      for (int64_t l = lo; l < hi; ++l) {
-        T* gd = gWdec + l * d;
-        const T* w = Wdec + l * d;
+  // 5. The decoder gradients were projected in the latent pass; Ghost Grads
+  //    added to the dead rows since, so project those again (P is linear
+  //    and idempotent: P(Pg + h) = Pg + Ph).
+  if (cfg.project_decoder_grad && ghost) {
+    at::parallel_for(0, nd, 64, [&](int64_t lo, int64_t hi) {
+      for (int64_t t = lo; t < hi; ++t) {
+        T* gd = gWdec + dead[t] * d;
+        const T* w = Wdec + dead[t] * d;
         const T dot = Dot(d, gd, w);
         if (dot != 0) Axpy(d, -dot, w, gd);
       }
