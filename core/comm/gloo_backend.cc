@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "core/comm/backends.h"
 
@@ -87,8 +88,9 @@ absl::StatusOr<c10::intrusive_ptr<c10d::TCPStore>> MakeTcpStore(const std::strin
 
 class GlooCommunicator : public Communicator {
  public:
-  GlooCommunicator(c10::intrusive_ptr<c10d::ProcessGroupGloo> pg, int rank, int world)
-      : pg_(std::move(pg)), rank_(rank), world_(world) {}
+  GlooCommunicator(c10::intrusive_ptr<c10d::ProcessGroupGloo> pg, c10::intrusive_ptr<c10d::Store> store,
+                   int rank, int world)
+      : pg_(std::move(pg)), store_(std::move(store)), rank_(rank), world_(world) {}
   int rank() const override { return rank_; }
   int world_size() const override { return world_; }
   std::string backend() const override { return "gloo"; }
@@ -163,18 +165,43 @@ class GlooCommunicator : public Communicator {
       c10::intrusive_ptr<c10d::Work> w = start();
       if (!w->wait(Ms(timeout)))
         return absl::DeadlineExceededError(absl::StrCat(what, " (rank ", rank_, " of ", world_,
-                                                        "): not every rank joined in time"));
+                                                        "): not every rank joined in time; ", LostRanks()));
       return absl::OkStatus();
     } catch (const std::exception& e) {
       std::string msg = e.what();
       const size_t nl = msg.find('\n');
       if (nl != std::string::npos) msg.resize(nl);
       return absl::UnavailableError(
-          absl::StrCat(what, " (rank ", rank_, " of ", world_, "): ", msg, " (a rank is lost or stuck)"));
+          absl::StrCat(what, " (rank ", rank_, " of ", world_, "): ", msg, "; ", LostRanks()));
+    }
+  }
+
+  // After a failed collective every surviving rank checks in at the store;
+  // the ranks that do not within a few seconds are named as lost.
+  std::string LostRanks() {
+    try {
+      store_->set("failed/" + std::to_string(rank_), std::vector<uint8_t>{1});
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+      std::string lost;
+      for (int r = 0; r < world_; ++r) {
+        if (r == rank_) continue;
+        bool seen = false;
+        while (!seen) {
+          seen = store_->check({"failed/" + std::to_string(r)});
+          if (seen || std::chrono::steady_clock::now() > deadline) break;
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        if (!seen) absl::StrAppend(&lost, lost.empty() ? "" : ", ", r);
+      }
+      if (lost.empty()) return "every rank is still up (a transient network error?)";
+      return absl::StrCat("lost rank(s): ", lost, " (did not answer at the rendezvous store)");
+    } catch (const std::exception&) {
+      return "the rendezvous store (served by rank 0) is unreachable: lost rank(s): 0";
     }
   }
 
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
+  c10::intrusive_ptr<c10d::Store> store_;
   int rank_, world_;
 };
 
@@ -202,7 +229,9 @@ absl::StatusOr<std::unique_ptr<Communicator>> NewGlooCommunicator(const CommOpti
         host == "localhost" || host == "127.0.0.1" ? "127.0.0.1" : host));
     auto prefixed = c10::make_intrusive<c10d::PrefixStore>("saeforge/", store);
     auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, opts.rank, opts.world_size, o);
-    return std::unique_ptr<Communicator>(new GlooCommunicator(std::move(pg), opts.rank, opts.world_size));
+    auto status_store = c10::make_intrusive<c10d::PrefixStore>("saeforge-status/", store);
+    return std::unique_ptr<Communicator>(
+        new GlooCommunicator(std::move(pg), std::move(status_store), opts.rank, opts.world_size));
   } catch (const std::exception& e) {
     std::string msg = e.what();
     const size_t nl = msg.find('\n');

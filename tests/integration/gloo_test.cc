@@ -1,6 +1,10 @@
 // Data-parallel training with the gloo backend: workers started as plain
 // processes (not by mpirun) meet at a TCP store and train one SAE.
 #include <gtest/gtest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <thread>
 
 #include "tests/integration/test_util.h"
 
@@ -54,6 +58,43 @@ TEST(Gloo, MissingPeerTimesOut) {
   EXPECT_NE(r.code, 124) << "hung instead of timing out";
   EXPECT_NE(r.out.find("rank 0 of 2"), std::string::npos) << r.out;
   EXPECT_FALSE(fs::exists(dir / "out"));
+}
+
+TEST(Gloo, LostRankIsNamedBySurvivors) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "sae_gloo_kill";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const fs::path job = dir / "job.yaml";
+  WriteAll(job, "data: {kind: synthetic, d_in: 32, latents: 64, k: 3}\nsae: {latents: 256, k: 4}\n"
+                "train: {tokens: 2G, batch_tokens: 510, log_every_steps: 1}\nworld: {workers: 3, timeout_seconds: 20}\n"
+                "output: " + (dir / "out").string() + "\n");
+  const char* src = std::getenv("SAE_SOURCE_DIR");
+  const fs::path log = dir / "ranks.log";
+  const std::string cmd = std::string(src ? src : ".") + "/tests/run_ranks.sh 3 " + Bin("sae-worker") +
+                          " --job " + job.string() + " > " + log.string() + " 2>&1";
+  int rc = -1;
+  std::thread runner([&] { rc = std::system(cmd.c_str()); });
+  pid_t victim = 0;
+  for (int i = 0; i < 300 && victim == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (ReadAll(dir / "out.partial/metrics.jsonl").empty()) continue;
+    for (const auto& e : fs::directory_iterator("/proc")) {
+      const std::string name = e.path().filename().string();
+      if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+      if (ReadAll(e.path() / "cmdline").find(job.string()) == std::string::npos) continue;
+      if (ReadAll(e.path() / "environ").find(std::string("SAE_RANK=2") + '\0') != std::string::npos)
+        victim = std::stoi(name);
+    }
+  }
+  ASSERT_GT(victim, 0) << ReadAll(log);
+  const auto t0 = std::chrono::steady_clock::now();
+  kill(victim, SIGKILL);
+  runner.join();
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 45);
+  EXPECT_NE(rc, 0);
+  const std::string out = ReadAll(log);
+  EXPECT_NE(out.find("lost rank(s): 2"), std::string::npos) << out;
+  EXPECT_FALSE(fs::exists(dir / "out" / "summary.json"));
 }
 
 }  // namespace
