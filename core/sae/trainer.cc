@@ -111,6 +111,8 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFromJob(const JobConfig& job, int64
   o.grad_clip = job.train.grad_clip;
   o.seed = job.train.seed;
   o.bf16 = job.train.precision == "bf16";
+  if (job.train.device == "cuda")
+    return err("train.device: cuda: this version's step kernels run on CPU only (use cpu or auto)");
   return o;
 }
 

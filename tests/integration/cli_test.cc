@@ -174,6 +174,7 @@ TEST_F(Cli, BadJobFilesNameTheFileAndField) {
       {"zero_tokens", "data: {kind: synthetic}\nsae: {latents: 64, k: 8}\ntrain: {tokens: 0}\noutput: o\n", "train.tokens"},
       {"batch_lt_world", "data: {kind: synthetic}\nsae: {latents: 64, k: 8}\ntrain: {tokens: 1000, batch_tokens: 1}\nworld: {workers: 2}\noutput: o\n", "world.workers"},
       {"bad_remedy", "data: {kind: synthetic}\nsae: {latents: 64, k: 8, dead_remedy: magic}\ntrain: {tokens: 1000}\noutput: o\n", "sae.dead_remedy"},
+      {"cuda_device", "data: {kind: synthetic}\nsae: {latents: 64, k: 8}\ntrain: {tokens: 1000, device: cuda}\noutput: o\n", "train.device"},
       {"bad_type", "data: {kind: synthetic}\nsae: {latents: many, k: 8}\ntrain: {tokens: 1000}\noutput: o\n", "sae.latents"},
   };
   for (const BadJob& c : cases) {
