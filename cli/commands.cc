@@ -44,6 +44,7 @@ struct TrainArgs {
   int64_t max_steps = -1;
   int rank = -1, world_size = 0;
   std::string rendezvous;
+  std::string metrics_listen;
 };
 
 int RunTrain(const TrainArgs& a) {
@@ -63,6 +64,7 @@ int RunTrain(const TrainArgs& a) {
   ro.rank = a.rank;
   ro.world_size = a.world_size;
   ro.rendezvous = a.rendezvous;
+  ro.metrics_listen = a.metrics_listen;
   if (a.quiet || a.json) ro.progress = ProgressMode::kQuiet;
   auto sum = RunTrainingJob(*job, ro);
   if (!sum.ok()) return Fail(sum.status());
@@ -95,6 +97,8 @@ int SaeMain(int argc, char** argv) {
   train->add_option("--output", ta.output, "override the job's output directory");
   train->add_flag("--json", ta.json, "print the summary as one JSON object");
   train->add_flag("--quiet", ta.quiet, "no progress output");
+  train->add_option("--metrics-listen", ta.metrics_listen,
+                    "serve Prometheus metrics at HOST:PORT/metrics (port 0: any free port)");
   train->add_option("--max-steps", ta.max_steps,
                     "stop after this many steps in this invocation, with a checkpoint (resumable)");
 
@@ -179,6 +183,8 @@ int WorkerMain(int argc, char** argv) {
   app.add_flag("--json", ta.json, "print the summary as one JSON object");
   app.add_option("--coordinator", coordinator, "HOST:PORT of sae-coordinator");
   app.add_option("--max-steps", ta.max_steps, "stop after this many steps, with a checkpoint");
+  app.add_option("--metrics-listen", ta.metrics_listen,
+                 "serve Prometheus metrics at HOST:PORT/metrics (rank r adds r to PORT)");
   app.add_option("--rank", ta.rank, "gloo: this worker's rank (or SAE_RANK)")->envname("SAE_RANK");
   app.add_option("--world-size", ta.world_size, "gloo: number of ranks (or SAE_WORLD_SIZE)")
       ->envname("SAE_WORLD_SIZE");

@@ -18,6 +18,7 @@
 #include "core/base/file_util.h"
 #include "core/base/logging.h"
 #include "core/comm/communicator.h"
+#include "core/telemetry/metrics.h"
 #include "core/data/synthetic.h"
 #include "worker/batch_source.h"
 
@@ -213,6 +214,25 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
   std::unique_ptr<Communicator> comm = std::move(*comm_or);
   const int rank = comm->rank(), world = comm->world_size();
   const bool leader = rank == 0;
+
+  std::unique_ptr<TrainingMetrics> telemetry;
+  if (!opts.metrics_listen.empty()) {
+    std::string listen = opts.metrics_listen;
+    const size_t colon = listen.rfind(':');
+    if (colon != std::string::npos && world > 1) {
+      const int port = std::atoi(listen.c_str() + colon + 1);
+      if (port > 0) listen = absl::StrCat(listen.substr(0, colon), ":", port + rank);
+    }
+    MetricLabels labels;
+    labels.job = job.name;
+    labels.sae = job.name;
+    labels.rank = std::to_string(rank);
+    labels.remedy = job.sae.dead_remedy;
+    auto t = TrainingMetrics::Start(listen, labels);
+    if (!t.ok()) return t.status();
+    telemetry = std::move(*t);
+    SAE_LOG(kInfo) << "rank " << rank << " metrics at http://" << telemetry->address() << "/metrics";
+  }
   at::set_num_threads(job.train.threads > 0 ? static_cast<int>(job.train.threads)
                                             : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
 
@@ -306,11 +326,26 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
     if (n == 0) break;
     const double t0 = Now();
     absl::Status s = source->NextSlice(n, rank, world, &rows);
-    data_wait += Now() - t0;
+    const double waited = Now() - t0;
+    data_wait += waited;
     if (!s.ok()) return Annotate(s, absl::StrCat("step ", trainer->step() + 1));
     auto m = trainer->Step(rows.data(), n / world);
     if (!m.ok()) return Annotate(m.status(), absl::StrCat("step ", trainer->step() + 1));
     ++steps_here;
+    if (telemetry) {
+      StepSample sample;
+      sample.tokens = n;
+      sample.k = m->k;
+      sample.fvu = m->fvu;
+      sample.mse = m->mse;
+      sample.l0 = m->l0;
+      sample.dead_ratio = m->dead_ratio;
+      sample.aux_loss = m->aux_loss;
+      sample.step_seconds = m->seconds;
+      sample.allreduce_seconds = m->allreduce_seconds;
+      sample.data_wait_seconds = waited;
+      telemetry->Record(sample);
+    }
     const double elapsed = Now() - t_start;
     const double tok_s = (trainer->tokens_seen() - tokens_at_start) / std::max(elapsed, 1e-9);
     // The summary averages the last steps at the final k of the schedule.

@@ -33,6 +33,9 @@ struct RunOptions {
   int rank = -1;
   int world_size = 0;
   std::string rendezvous;
+  // Serve Prometheus metrics at HOST:PORT/metrics ("" = off; port 0 = any
+  // free port; with several ranks on one host, rank r uses PORT + r).
+  std::string metrics_listen;
 };
 
 struct RunSummary {

@@ -4,6 +4,11 @@
 // outputs.
 #include <gtest/gtest.h>
 
+#include <signal.h>
+
+#include <chrono>
+#include <thread>
+
 #include "tests/integration/test_util.h"
 
 #include <array>
@@ -290,6 +295,70 @@ TEST_F(Cli, NanRowsAreReportedWithShardAndRow) {
   EXPECT_NE(r.out.find("shard-00001.safetensors"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("23"), std::string::npos) << r.out;  // row 23 of shard 1
   EXPECT_FALSE(fs::exists(dir_ / "nanrun"));
+}
+
+}  // namespace
+
+namespace {
+
+// GET http://address/metrics with curl-free sockets.
+std::string Scrape(const std::string& address) {
+  const std::string host = address.substr(0, address.rfind(':'));
+  const std::string port = address.substr(address.rfind(':') + 1);
+  return Sh("bash -c 'exec 3<>/dev/tcp/" + host + "/" + port +
+            " && printf \"GET /metrics HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n\" >&3 && cat <&3'")
+      .out;
+}
+
+double Value(const std::string& text, const std::string& name) {
+  const size_t p = text.find("\n" + name + "{");
+  if (p == std::string::npos) return -1;
+  const size_t sp = text.find("} ", p);
+  return std::stod(text.substr(sp + 2));
+}
+
+TEST(CliTelemetry, TrainingServesMetricsAndStopsCleanlyOnSigterm) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "sae_cli_metrics";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  WriteAll(dir / "job.yaml", "name: m\ndata: {kind: synthetic, d_in: 32, latents: 64, k: 3}\n"
+                             "sae: {latents: 128, k: 4}\ntrain: {tokens: 2G, batch_tokens: 512}\n"
+                             "output: " + (dir / "out").string() + "\n");
+  const std::string log = (dir / "log").string();
+  Sh("(" + Bin("sae") + " train " + (dir / "job.yaml").string() + " --metrics-listen 127.0.0.1:0 > " + log +
+     " 2>&1; echo $? > " + (dir / "rc").string() + ") > /dev/null 2>&1 &");
+  std::string address;
+  for (int i = 0; i < 100 && address.empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const std::string text = ReadAll(log);
+    const size_t p = text.find("metrics at http://");
+    if (p != std::string::npos) address = text.substr(p + 18, text.find("/metrics", p) - p - 18);
+  }
+  ASSERT_FALSE(address.empty()) << ReadAll(log);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const std::string first = Scrape(address);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const std::string second = Scrape(address);
+  EXPECT_GT(Value(first, "sae_tokens_total"), 0) << first;
+  EXPECT_GT(Value(second, "sae_tokens_total"), Value(first, "sae_tokens_total"));
+  EXPECT_EQ(Value(second, "sae_k"), 4);
+  EXPECT_GE(Value(second, "sae_fraction_variance_unexplained"), 0);
+  EXPECT_NE(second.find("job=\"m\""), std::string::npos);
+  // SIGTERM to the trainer itself (not the shell that waits for it).
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    const std::string name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::error_code ec;
+    const std::string exe = fs::read_symlink(e.path() / "exe", ec).string();
+    if (!ec && exe.size() >= 4 && exe.compare(exe.size() - 4, 4, "/sae") == 0 &&
+        ReadAll(e.path() / "cmdline").find((dir / "job.yaml").string()) != std::string::npos)
+      kill(std::stoi(name), SIGTERM);
+  }
+  for (int i = 0; i < 100 && ReadAll(dir / "rc").empty(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(ReadAll(dir / "rc"), "1\n");
+  EXPECT_NE(ReadAll(log).find("checkpoint written, continue with --resume"), std::string::npos) << ReadAll(log);
+  EXPECT_TRUE(fs::exists(dir / "out.partial/checkpoints/latest"));
 }
 
 }  // namespace
