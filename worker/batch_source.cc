@@ -71,6 +71,17 @@ class SyntheticSource : public BatchSource {
 
 }  // namespace
 
+SyntheticOptions SyntheticOptionsFromJob(const JobConfig& job) {
+  SyntheticOptions o;
+  o.d_in = job.data.d_in;
+  o.atoms = job.data.latents;
+  o.k = job.data.k;
+  o.seed = job.data.seed;
+  o.noise = job.data.noise;
+  o.frequency_decay = job.data.frequency_decay;
+  return o;
+}
+
 absl::StatusOr<std::unique_ptr<BatchSource>> OpenBatchSource(const JobConfig& job, int64_t start_row) {
   const std::string origin = job.source_path.empty() ? "job" : job.source_path;
   if (job.data.kind == "shards") {
@@ -84,14 +95,7 @@ absl::StatusOr<std::unique_ptr<BatchSource>> OpenBatchSource(const JobConfig& jo
     return std::unique_ptr<BatchSource>(new ShardSource(std::move(*s), job.data.path));
   }
   if (job.data.kind == "synthetic") {
-    SyntheticOptions o;
-    o.d_in = job.data.d_in;
-    o.atoms = job.data.latents;
-    o.k = job.data.k;
-    o.seed = job.data.seed;
-    o.noise = job.data.noise;
-    o.frequency_decay = job.data.frequency_decay;
-    auto d = PlantedDictionary::Create(o);
+    auto d = PlantedDictionary::Create(SyntheticOptionsFromJob(job));
     if (!d.ok()) return Annotate(d.status(), origin);
     return std::unique_ptr<BatchSource>(new SyntheticSource(std::move(*d), start_row));
   }

@@ -10,6 +10,7 @@
 
 #include "core/base/config.h"
 #include "core/base/status.h"
+#include "core/data/synthetic.h"
 
 namespace sae {
 
@@ -29,6 +30,9 @@ class BatchSource {
   // JSON object describing the data (for cfg.json provenance).
   virtual std::string DescribeJson() const = 0;
 };
+
+// The planted-dictionary settings of a `data.kind: synthetic` job.
+SyntheticOptions SyntheticOptionsFromJob(const JobConfig& job);
 
 // Opens the source of `job.data`, positioned at `start_row`.
 absl::StatusOr<std::unique_ptr<BatchSource>> OpenBatchSource(const JobConfig& job, int64_t start_row);

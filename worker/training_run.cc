@@ -143,13 +143,7 @@ class Progress {
 // matches with cosine >= 0.9 (-1 for other data).
 double PlantedRecovery(const JobConfig& job, const SaeParams& p) {
   if (job.data.kind != "synthetic") return -1;
-  SyntheticOptions o;
-  o.d_in = job.data.d_in;
-  o.atoms = job.data.latents;
-  o.k = job.data.k;
-  o.seed = job.data.seed;
-  o.noise = job.data.noise;
-  o.frequency_decay = job.data.frequency_decay;
+  const SyntheticOptions o = SyntheticOptionsFromJob(job);
   auto dict = PlantedDictionary::Create(o);
   if (!dict.ok()) return -1;
   at::Tensor D = at::from_blob(const_cast<float*>(dict->dictionary().data()), {o.atoms, o.d_in}, at::kFloat);
