@@ -10,32 +10,20 @@
 #include <mutex>
 #include <thread>
 
+#include "core/base/bf16.h"
 #include "core/comm/backends.h"
 
 namespace sae::internal {
 namespace {
-
-float Bf16ToF(uint16_t v) {
-  uint32_t u = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-uint16_t FToBf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7f800000u) != 0x7f800000u) u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
 
 template <int kOp>  // 0 sum, 1 min, 2 max
 void Bf16Op(void* in, void* inout, int* len, MPI_Datatype*) {
   const uint16_t* a = static_cast<const uint16_t*>(in);
   uint16_t* b = static_cast<uint16_t*>(inout);
   for (int i = 0; i < *len; ++i) {
-    const float x = Bf16ToF(a[i]), y = Bf16ToF(b[i]);
+    const float x = BF16ToFloat(a[i]), y = BF16ToFloat(b[i]);
     const float r = kOp == 0 ? x + y : kOp == 1 ? std::min(x, y) : std::max(x, y);
-    b[i] = FToBf16(r);
+    b[i] = FloatToBF16(r);
   }
 }
 
@@ -133,7 +121,7 @@ class MpiCommunicator : public Communicator {
         for (size_t i = 0; i < count; ++i) f[i] /= static_cast<float>(size_);
       } else {
         uint16_t* h = static_cast<uint16_t*>(data);
-        for (size_t i = 0; i < count; ++i) h[i] = FToBf16(Bf16ToF(h[i]) / static_cast<float>(size_));
+        for (size_t i = 0; i < count; ++i) h[i] = FloatToBF16(BF16ToFloat(h[i]) / static_cast<float>(size_));
       }
     }
     return absl::OkStatus();
@@ -144,15 +132,15 @@ class MpiCommunicator : public Communicator {
       return absl::InvalidArgumentError(absl::StrCat("broadcast root ", root, " of ", size_, " ranks"));
     const absl::Time deadline = absl::Now() + timeout;
     char* p = static_cast<char*>(data);
-    for (size_t off = 0; off < bytes || (bytes == 0 && off == 0);) {
+    size_t off = 0;
+    do {  // at least one call, so a 0-byte broadcast still synchronises
       const int n = static_cast<int>(std::min<size_t>(bytes - off, INT_MAX / 2));
       MPI_Request req;
       int rc = MPI_Ibcast(p + off, n, MPI_BYTE, root, comm_, &req);
       if (rc != MPI_SUCCESS) return absl::UnavailableError("broadcast: " + MpiError(rc));
       SAE_RETURN_IF_ERROR(Wait(&req, deadline, timeout, "broadcast"));
       off += static_cast<size_t>(n);
-      if (bytes == 0) break;
-    }
+    } while (off < bytes);
     return absl::OkStatus();
   }
 

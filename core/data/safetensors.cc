@@ -160,16 +160,6 @@ int64_t TensorInfo::numel() const {
 // ---------------------------------------------------------------------------
 // Scalar conversions.
 
-float BF16ToFloat(uint16_t v) { return BitsFloat(static_cast<uint32_t>(v) << 16); }
-
-uint16_t FloatToBF16(float f) {
-  uint32_t u = FloatBits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u)
-    return static_cast<uint16_t>((u >> 16) | 0x0040u);  // quiet NaN
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-
 float F16ToFloat(uint16_t v) {
   const uint32_t sign = static_cast<uint32_t>(v & 0x8000u) << 16;
   const uint32_t exp = (v >> 10) & 0x1fu;

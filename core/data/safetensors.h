@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "core/base/bf16.h"  // BF16ToFloat, FloatToBF16
 #include "core/base/status.h"
 
 namespace sae {
@@ -85,8 +86,6 @@ class SafetensorsWriter {
 };
 
 // Scalar conversions used by readers and writers.
-float BF16ToFloat(uint16_t v);
-uint16_t FloatToBF16(float f);  // round to nearest even; NaN stays NaN
 float F16ToFloat(uint16_t v);
 uint16_t FloatToF16(float f);
 

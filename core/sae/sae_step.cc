@@ -1,5 +1,7 @@
 #include "core/sae/sae_step.h"
 
+#include "core/base/bf16.h"
+
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
@@ -658,14 +660,7 @@ void AdamRows(T* __restrict p, const T* __restrict g, T* __restrict m, T* __rest
       }
       if (lowp != nullptr) {
         float* lr = lowp + r * cols;
-        for (int64_t i = 0; i < cols; ++i) {
-          float f = static_cast<float>(pr[i]);
-          uint32_t u;
-          std::memcpy(&u, &f, 4);
-          if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-          std::memcpy(&f, &u, 4);
-          lr[i] = f;
-        }
+        for (int64_t i = 0; i < cols; ++i) lr[i] = RoundToBF16(static_cast<float>(pr[i]));
       }
     }
   });
@@ -705,12 +700,7 @@ void RoundToBF16InPlace(at::Tensor t) {
   float* f = t.data_ptr<float>();
   const int64_t n = t.numel();
   at::parallel_for(0, n, 1 << 16, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) {
-      uint32_t u;
-      std::memcpy(&u, &f[i], 4);
-      if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-      std::memcpy(&f[i], &u, 4);
-    }
+    for (int64_t i = lo; i < hi; ++i) f[i] = RoundToBF16(f[i]);
   });
 }
 
