@@ -21,10 +21,24 @@ using json = nlohmann::json;
 
 class ShardSource : public BatchSource {
  public:
-  ShardSource(std::unique_ptr<ActivationStream> s, std::string path)
-      : stream_(std::move(s)), path_(std::move(path)) {}
+  ShardSource(std::unique_ptr<ActivationStream> s, std::string path, StreamOptions opts)
+      : stream_(std::move(s)), path_(std::move(path)), opts_(opts) {}
   int64_t d_in() const override { return stream_->d_in(); }
   absl::Status Next(int64_t rows, std::vector<float>* out) override { return stream_->Next(rows, out); }
+  absl::Status NextSlice(int64_t global_rows, int rank, int world, std::vector<float>* out) override {
+    if (opts_.world == world && opts_.rank == rank && global_rows == opts_.batch_rows)
+      return stream_->Next(global_rows, out);  // the rows of this rank's share only
+    if (opts_.world > 1) {
+      // A final partial batch: continue with a whole-order stream and slice it.
+      StreamOptions o = opts_;
+      o.world = 1;
+      o.rank = 0;
+      o.start_row = stream_->position();
+      SAE_ASSIGN_OR_RETURN(stream_, ActivationStream::Open(path_, o));
+      opts_ = o;
+    }
+    return BatchSource::NextSlice(global_rows, rank, world, out);
+  }
   int64_t position() const override { return stream_->position(); }
   std::string DescribeJson() const override {
     const Manifest& m = stream_->manifest();
@@ -37,6 +51,7 @@ class ShardSource : public BatchSource {
  private:
   std::unique_ptr<ActivationStream> stream_;
   std::string path_;
+  StreamOptions opts_;
 };
 
 class SyntheticSource : public BatchSource {
@@ -82,7 +97,8 @@ SyntheticOptions SyntheticOptionsFromJob(const JobConfig& job) {
   return o;
 }
 
-absl::StatusOr<std::unique_ptr<BatchSource>> OpenBatchSource(const JobConfig& job, int64_t start_row) {
+absl::StatusOr<std::unique_ptr<BatchSource>> OpenBatchSource(const JobConfig& job, int64_t start_row,
+                                                             const DataShare& share) {
   const std::string origin = job.source_path.empty() ? "job" : job.source_path;
   if (job.data.kind == "shards") {
     StreamOptions so;
@@ -90,9 +106,14 @@ absl::StatusOr<std::unique_ptr<BatchSource>> OpenBatchSource(const JobConfig& jo
     so.seed = job.train.seed;
     so.start_row = start_row;
     so.verify_checksums = true;  // a corrupt shard fails the job, naming it
+    if (share.world > 1) {
+      so.rank = share.rank;
+      so.world = share.world;
+      so.batch_rows = share.batch_rows;
+    }
     auto s = ActivationStream::Open(job.data.path, so);
     if (!s.ok()) return Annotate(s.status(), absl::StrCat(origin, ": data.path"));
-    return std::unique_ptr<BatchSource>(new ShardSource(std::move(*s), job.data.path));
+    return std::unique_ptr<BatchSource>(new ShardSource(std::move(*s), job.data.path, so));
   }
   if (job.data.kind == "synthetic") {
     auto d = PlantedDictionary::Create(SyntheticOptionsFromJob(job));

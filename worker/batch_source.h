@@ -31,10 +31,21 @@ class BatchSource {
   virtual std::string DescribeJson() const = 0;
 };
 
+// Which share of every global batch this process trains on.
+struct DataShare {
+  int rank = 0;
+  int world = 1;
+  int64_t batch_rows = 0;  // the job's global batch (train.batch_tokens)
+};
+
 // The planted-dictionary settings of a `data.kind: synthetic` job.
 SyntheticOptions SyntheticOptionsFromJob(const JobConfig& job);
 
-// Opens the source of `job.data`, positioned at `start_row`.
-absl::StatusOr<std::unique_ptr<BatchSource>> OpenBatchSource(const JobConfig& job, int64_t start_row);
+// Opens the source of `job.data`, positioned at `start_row`. With
+// share.world > 1 a shard source reads only the rows of its rank's share
+// (NextSlice with share.batch_rows, the global batch); the global row order
+// is the same for every world size.
+absl::StatusOr<std::unique_ptr<BatchSource>> OpenBatchSource(const JobConfig& job, int64_t start_row,
+                                                             const DataShare& share = {});
 
 }  // namespace sae

@@ -256,8 +256,12 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
   int64_t data_pos = 0;
   std::unique_ptr<SaeTrainer> trainer;
   std::unique_ptr<BatchSource> source;
+  DataShare share;
+  share.rank = rank;
+  share.world = world;
+  share.batch_rows = job.train.batch_tokens - job.train.batch_tokens % world;
   {
-    SAE_ASSIGN_OR_RETURN(source, OpenBatchSource(job, 0));
+    SAE_ASSIGN_OR_RETURN(source, OpenBatchSource(job, 0, share));
     auto topts = TrainerOptionsFromJob(job, source->d_in());
     if (!topts.ok()) return topts.status();
     topts->comm = comm.get();
@@ -271,7 +275,7 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
         return absl::DataLossError(absl::StrCat(state_path, ": no data_position in the state"));
       data_pos = std::stoll(it->second);
       source.reset();
-      SAE_ASSIGN_OR_RETURN(source, OpenBatchSource(job, data_pos));
+      SAE_ASSIGN_OR_RETURN(source, OpenBatchSource(job, data_pos, share));
       SAE_RETURN_IF_ERROR(TruncateMetrics(metrics_path, trainer->step()));
       SAE_LOG(kInfo) << "resuming " << state_path << " at step " << trainer->step() << ", "
                      << trainer->tokens_seen() << " tokens";

@@ -71,10 +71,20 @@ struct ActivationStream::Impl {
 
   void ProducerLoop(int64_t epoch, int64_t window);
   std::unique_ptr<Window> BuildWindow(int64_t epoch, int64_t window);
-  absl::Status ReadSegment(size_t shard, int64_t row_begin, int64_t rows, Window* win,
-                           int64_t out_row,
+  absl::Status ReadSegment(size_t shard, int64_t row_begin, int64_t rows, const char* need,
+                           Window* win, int64_t out_row,
                            std::vector<std::pair<int64_t, absl::Status>>* bad_rows);
+  absl::Status ReadRun(size_t shard, int64_t row_begin, int64_t rows, Window* win, int64_t out_row,
+                       std::vector<std::pair<int64_t, absl::Status>>* bad_rows);
   void EpochOrder(int64_t epoch);
+  // Whether this rank owns global position `pos` (always, when world == 1).
+  bool Owned(int64_t pos) const {
+    if (opts.world <= 1) return true;
+    const int64_t in_batch = (pos - opts.start_row) % opts.batch_rows;
+    return in_batch >= share_lo && in_batch < share_hi;
+  }
+  // Hands out the next n positions of the stream into dst (nullptr: skip them).
+  absl::Status Consume(int64_t n, float* dst);
 
   // Immutable after Open.
   std::string dir;
@@ -85,6 +95,7 @@ struct ActivationStream::Impl {
   bool shuffle = true;
   int64_t window_rows = 1;  // rows per window (shuffle window, or read chunk when unshuffled)
   int64_t windows_per_epoch = 1;
+  int64_t share_lo = 0, share_hi = 0;  // this rank's rows of a global batch
 
   // Consumer side (the thread calling Next).
   int64_t position = 0;
@@ -126,10 +137,11 @@ void ActivationStream::Impl::EpochOrder(int64_t epoch) {
 }
 
 absl::Status ActivationStream::Impl::ReadSegment(
-    size_t shard, int64_t row_begin, int64_t rows, Window* win, int64_t out_row,
+    size_t shard, int64_t row_begin, int64_t rows, const char* need, Window* win, int64_t out_row,
     std::vector<std::pair<int64_t, absl::Status>>* bad_rows) {
   const std::string& path = shard_paths[shard];
-  if (opts.verify_checksums && !verified[shard]) {
+  const bool verifier = opts.world <= 1 || static_cast<int>(shard % opts.world) == opts.rank;
+  if (opts.verify_checksums && verifier && !verified[shard]) {
     auto sha = Sha256File(path);
     if (!sha.ok()) return Annotate(sha.status(), "shard checksum");
     if (*sha != manifest.shards[shard].sha256) {
@@ -138,6 +150,25 @@ absl::Status ActivationStream::Impl::ReadSegment(
     }
     verified[shard] = true;
   }
+  if (need == nullptr) return ReadRun(shard, row_begin, rows, win, out_row, bad_rows);
+  // Only the rows this rank owns, in maximal consecutive runs.
+  for (int64_t i = 0; i < rows;) {
+    if (!need[i]) {
+      ++i;
+      continue;
+    }
+    int64_t j = i + 1;
+    while (j < rows && need[j]) ++j;
+    SAE_RETURN_IF_ERROR(ReadRun(shard, row_begin + i, j - i, win, out_row + i, bad_rows));
+    i = j;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ActivationStream::Impl::ReadRun(
+    size_t shard, int64_t row_begin, int64_t rows, Window* win, int64_t out_row,
+    std::vector<std::pair<int64_t, absl::Status>>* bad_rows) {
+  const std::string& path = shard_paths[shard];
   const int64_t d = manifest.d_in;
   const int64_t chunk = std::clamp<int64_t>(kReadChunkFloats / d, 1, kMaxReadRows);
   for (int64_t r = 0; r < rows; r += chunk) {
@@ -170,6 +201,21 @@ std::unique_ptr<Window> ActivationStream::Impl::BuildWindow(int64_t epoch, int64
   const int64_t start = window * window_rows;
   win->rows = std::min(window_rows, manifest.rows - start);
   win->data.resize(static_cast<size_t>(win->rows * d));
+  if (shuffle) {
+    Xoshiro256 rng(HashPair(
+        HashPair(HashPair(opts.seed, static_cast<uint64_t>(epoch)), static_cast<uint64_t>(window)),
+        kWindowTag));
+    RandomPermutation(win->rows, &rng, &win->perm);
+  }
+  // need[v]: whether this rank hands out visit-order row v of the window.
+  std::vector<char> need;
+  if (opts.world > 1) {
+    need.assign(static_cast<size_t>(win->rows), 0);
+    const int64_t base = epoch * manifest.rows + start;
+    for (int64_t j = 0; j < win->rows; ++j) {
+      if (Owned(base + j)) need[static_cast<size_t>(shuffle ? win->perm[j] : j)] = 1;
+    }
+  }
   // Bad rows by visit-order index within the window.
   std::vector<std::pair<int64_t, absl::Status>> bad_rows;
   size_t k =
@@ -182,15 +228,10 @@ std::unique_ptr<Window> ActivationStream::Impl::BuildWindow(int64_t epoch, int64
     const size_t shard = order[k];
     const int64_t row = pos - prefix[k];
     const int64_t n = std::min(manifest.shards[shard].rows - row, win->rows - done);
-    win->error = ReadSegment(shard, row, n, win.get(), done, &bad_rows);
+    win->error = ReadSegment(shard, row, n, need.empty() ? nullptr : need.data() + done,
+                             win.get(), done, &bad_rows);
     if (!win->error.ok()) return win;
     done += n;
-  }
-  if (shuffle) {
-    Xoshiro256 rng(HashPair(
-        HashPair(HashPair(opts.seed, static_cast<uint64_t>(epoch)), static_cast<uint64_t>(window)),
-        kWindowTag));
-    RandomPermutation(win->rows, &rng, &win->perm);
   }
   if (!bad_rows.empty()) {
     std::vector<int64_t> inverse;
@@ -248,6 +289,15 @@ absl::StatusOr<std::unique_ptr<ActivationStream>> ActivationStream::Open(const s
     return absl::InvalidArgumentError(
         absl::StrCat("activation stream ", dir, ": prefetch_windows must be >= 1"));
   }
+  if (opts.world < 1 || opts.rank < 0 || opts.rank >= opts.world) {
+    return absl::InvalidArgumentError(absl::StrCat("activation stream ", dir, ": rank ", opts.rank,
+                                                   " is not in a world of ", opts.world));
+  }
+  if (opts.world > 1 && opts.batch_rows < opts.world) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "activation stream ", dir, ": batch_rows ", opts.batch_rows, " is less than the world size ",
+        opts.world));
+  }
   if (opts.start_row < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("activation stream ", dir, ": start_row must be >= 0"));
@@ -272,6 +322,10 @@ absl::StatusOr<std::unique_ptr<ActivationStream>> ActivationStream::Open(const s
     impl->shards.push_back(std::move(f));
   }
   impl->verified.assign(m.shards.size(), false);
+  if (opts.world > 1) {
+    impl->share_lo = opts.batch_rows * opts.rank / opts.world;
+    impl->share_hi = opts.batch_rows * (opts.rank + 1) / opts.world;
+  }
   impl->shuffle = opts.shuffle_window_rows > 1;
   impl->window_rows = impl->shuffle
                           ? std::min(opts.shuffle_window_rows, m.rows)
@@ -295,50 +349,63 @@ const Manifest& ActivationStream::manifest() const { return impl_->manifest; }
 int64_t ActivationStream::d_in() const { return impl_->manifest.d_in; }
 int64_t ActivationStream::position() const { return impl_->position; }
 
+absl::Status ActivationStream::Impl::Consume(int64_t n, float* dst) {
+  const int64_t d = manifest.d_in;
+  int64_t filled = 0;
+  while (filled < n) {
+    if (!cur || cur_pos == cur->rows) {
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        data_cv.wait(lock, [&] { return !queue.empty(); });
+        cur = std::move(queue.front());
+        queue.pop_front();
+      }
+      space_cv.notify_one();
+      cur_pos = skip;
+      skip = 0;
+    }
+    const Window& w = *cur;
+    if (!w.error.ok()) return w.error;
+    const int64_t take = std::min(n - filled, w.rows - cur_pos);
+    if (dst != nullptr) {
+      auto bad = std::lower_bound(w.bad.begin(), w.bad.end(), cur_pos,
+                                  [](const auto& b, int64_t pos) { return b.first < pos; });
+      if (bad != w.bad.end() && bad->first < cur_pos + take) return bad->second;
+      float* out = dst + filled * d;
+      if (w.perm.empty()) {
+        std::memcpy(out, w.data.data() + cur_pos * d, static_cast<size_t>(take * d) * sizeof(float));
+      } else {
+        for (int64_t j = 0; j < take; ++j) {
+          std::memcpy(out + j * d, w.data.data() + w.perm[cur_pos + j] * d,
+                      static_cast<size_t>(d) * sizeof(float));
+        }
+      }
+    }
+    filled += take;
+    cur_pos += take;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ActivationStream::Next(int64_t rows, std::vector<float>* out) {
   Impl& s = *impl_;
   if (!s.sticky.ok()) return s.sticky;
   if (rows < 0) return absl::InvalidArgumentError("ActivationStream::Next: negative row count");
   const int64_t d = s.manifest.d_in;
-  out->resize(static_cast<size_t>(rows * d));
-  int64_t filled = 0;
-  while (filled < rows) {
-    if (!s.cur || s.cur_pos == s.cur->rows) {
-      {
-        std::unique_lock<std::mutex> lock(s.mu);
-        s.data_cv.wait(lock, [&] { return !s.queue.empty(); });
-        s.cur = std::move(s.queue.front());
-        s.queue.pop_front();
-      }
-      s.space_cv.notify_one();
-      s.cur_pos = s.skip;
-      s.skip = 0;
+  if (s.opts.world <= 1) {
+    out->resize(static_cast<size_t>(rows * d));
+    s.sticky = s.Consume(rows, out->data());
+  } else {
+    if (rows != s.opts.batch_rows) {
+      return absl::InvalidArgumentError(absl::StrCat("ActivationStream::Next: a rank's stream hands out whole global batches of ",
+                       s.opts.batch_rows, " rows, not ", rows));
     }
-    const Window& w = *s.cur;
-    if (!w.error.ok()) {
-      s.sticky = w.error;
-      return s.sticky;
-    }
-    const int64_t take = std::min(rows - filled, w.rows - s.cur_pos);
-    auto bad = std::lower_bound(w.bad.begin(), w.bad.end(), s.cur_pos,
-                                [](const auto& b, int64_t pos) { return b.first < pos; });
-    if (bad != w.bad.end() && bad->first < s.cur_pos + take) {
-      s.sticky = bad->second;
-      return s.sticky;
-    }
-    float* dst = out->data() + filled * d;
-    if (w.perm.empty()) {
-      std::memcpy(dst, w.data.data() + s.cur_pos * d,
-                  static_cast<size_t>(take * d) * sizeof(float));
-    } else {
-      for (int64_t j = 0; j < take; ++j) {
-        std::memcpy(dst + j * d, w.data.data() + w.perm[s.cur_pos + j] * d,
-                    static_cast<size_t>(d) * sizeof(float));
-      }
-    }
-    filled += take;
-    s.cur_pos += take;
+    out->resize(static_cast<size_t>((s.share_hi - s.share_lo) * d));
+    s.sticky = s.Consume(s.share_lo, nullptr);
+    if (s.sticky.ok()) s.sticky = s.Consume(s.share_hi - s.share_lo, out->data());
+    if (s.sticky.ok()) s.sticky = s.Consume(rows - s.share_hi, nullptr);
   }
+  if (!s.sticky.ok()) return s.sticky;
   s.position += rows;
   return absl::OkStatus();
 }

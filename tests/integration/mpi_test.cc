@@ -81,7 +81,7 @@ TEST_F(Mpi, TwoRanksEqualOneRankForEachRemedy) {
   }
 }
 
-TEST_F(Mpi, ThreeRanksFromShards) {
+TEST_F(Mpi, ThreeRanksFromShardsAndResumeOnTwo) {
   Result w = Sh(Bin("sae") + " synth --out " + (dir_ / "acts").string() +
                 " --rows 6000 --rows-per-shard 1000 --d-in 16 --atoms 32 --k 2");
   ASSERT_EQ(w.code, 0) << w.out;
@@ -99,6 +99,13 @@ TEST_F(Mpi, ThreeRanksFromShards) {
   Result b = Sh(Mpirun(3) + Bin("sae-worker") + " --job " + job("s3", 3).string());
   ASSERT_EQ(b.code, 0) << b.out;
   ExpectSameSae("s1", "s3", 1e-4);
+  // Each rank reads only its share of the shards; resuming with another world
+  // size re-partitions the same global order: 3 ranks for 8 steps, then 2.
+  Result c = Sh(Mpirun(3) + Bin("sae-worker") + " --job " + job("moved", 3).string() + " --max-steps 8");
+  ASSERT_EQ(c.code, 0) << c.out;
+  Result d = Sh(Mpirun(2) + Bin("sae-worker") + " --job " + job("moved", 2).string() + " --resume");
+  ASSERT_EQ(d.code, 0) << d.out;
+  ExpectSameSae("s1", "moved", 1e-4);
 }
 
 TEST_F(Mpi, ResumeWithAnotherWorldSize) {

@@ -387,3 +387,79 @@ TEST(ActivationStreamTest, DestructorStopsThePrefetchThreadMidStream) {
 
 }  // namespace
 }  // namespace sae
+
+namespace sae {
+namespace {
+
+// Data parallel: each rank's stream hands out exactly its slice of every
+// global batch of the one global order, for several world sizes, shuffled or
+// not, from the start or resumed mid-epoch.
+TEST(ActivationStreamTest, RankSharesPartitionTheGlobalOrder) {
+  ScratchDir dir;
+  MakeIdDataset(dir.path());
+  for (int64_t window : {int64_t{1}, int64_t{64}}) {
+    for (int64_t start : {int64_t{0}, int64_t{90}}) {
+      StreamOptions o;
+      o.shuffle_window_rows = window;
+      o.seed = 7;
+      o.start_row = start;
+      const int64_t batch = 30, steps = 40;  // 1200 rows: crosses two epochs
+      auto whole = OpenOrDie(dir.path(), o);
+      ASSERT_TRUE(whole);
+      const std::vector<int64_t> global = ReadIds(whole.get(), batch * steps, batch);
+      for (int world : {2, 3, 4}) {
+        std::vector<std::vector<int64_t>> per_rank(world);
+        for (int r = 0; r < world; ++r) {
+          StreamOptions ro = o;
+          ro.rank = r;
+          ro.world = world;
+          ro.batch_rows = batch;
+          auto s = OpenOrDie(dir.path(), ro);
+          ASSERT_TRUE(s);
+          std::vector<float> out;
+          for (int64_t step = 0; step < steps; ++step) {
+            ASSERT_TRUE(s->Next(batch, &out).ok());
+            const int64_t lo = batch * r / world, hi = batch * (r + 1) / world;
+            ASSERT_EQ(out.size(), static_cast<size_t>((hi - lo) * kD));
+            for (int64_t i = 0; i < hi - lo; ++i) {
+              EXPECT_EQ(static_cast<int64_t>(out[i * kD]), global[step * batch + lo + i])
+                  << "window " << window << " start " << start << " world " << world << " rank "
+                  << r << " step " << step << " row " << i;
+            }
+          }
+          EXPECT_EQ(s->position(), start + batch * steps);
+          EXPECT_FALSE(s->Next(batch - 1, &out).ok());  // only whole global batches
+        }
+      }
+    }
+  }
+}
+
+// A rank reads only its own rows: a NaN in a row that rank 1 owns is
+// reported by rank 1 and never seen by rank 0.
+TEST(ActivationStreamTest, RankReadsOnlyItsOwnRows) {
+  ScratchDir dir;
+  // Unshuffled, batch 10, world 2: rank 1 owns rows 5..9 of every batch.
+  MakeIdDataset(dir.path(), DType::kF32, {{47, std::numeric_limits<float>::quiet_NaN()}});
+  StreamOptions o;
+  o.shuffle_window_rows = 1;
+  o.world = 2;
+  o.batch_rows = 10;
+  std::vector<float> out;
+  o.rank = 0;
+  auto r0 = OpenOrDie(dir.path(), o);
+  ASSERT_TRUE(r0);
+  for (int step = 0; step < kRows / 10; ++step) ASSERT_TRUE(r0->Next(10, &out).ok()) << step;
+  o.rank = 1;
+  auto r1 = OpenOrDie(dir.path(), o);
+  ASSERT_TRUE(r1);
+  for (int step = 0; step < 4; ++step) ASSERT_TRUE(r1->Next(10, &out).ok());
+  absl::Status st = r1->Next(10, &out);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find(ShardPath(dir.path(), 1) + ": row 10 "), std::string::npos) << st;
+  o.rank = 2;
+  EXPECT_FALSE(ActivationStream::Open(dir.path(), o).ok());
+}
+
+}  // namespace
+}  // namespace sae
