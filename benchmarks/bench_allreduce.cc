@@ -35,7 +35,7 @@ int main(int argc, char** argv) {
   int64_t min_bytes = 1 << 10, max_bytes = 256 << 20, d = 768, n = 16384, bucket = int64_t{1} << 23;
   int iters = 10, warmup = 2;
   bool as_json = false;
-  app.add_option("--backend", backend, "local|mpi|gloo");
+  app.add_option("--backend", backend, "local|mpi|gloo|nccl");
   app.add_option("--min-bytes", min_bytes, "smallest message");
   app.add_option("--max-bytes", max_bytes, "largest message");
   app.add_option("--iters", iters, "timed repetitions (median)");

@@ -14,5 +14,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> NewMpiCommunicator();
 #ifdef SAE_HAVE_GLOO
 absl::StatusOr<std::unique_ptr<Communicator>> NewGlooCommunicator(const CommOptions& opts);
 #endif
+#ifdef SAE_HAVE_NCCL
+absl::StatusOr<std::unique_ptr<Communicator>> NewNcclCommunicator(const CommOptions& opts);
+#endif
 
 }  // namespace sae::internal

@@ -48,6 +48,9 @@ std::vector<std::string> AvailableBackends() {
 #ifdef SAE_HAVE_GLOO
   b.push_back("gloo");
 #endif
+#ifdef SAE_HAVE_NCCL
+  b.push_back("nccl");
+#endif
   return b;
 }
 
@@ -69,6 +72,13 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateCommunicator(const std::stri
     SAE_ASSIGN_OR_RETURN(c, internal::NewGlooCommunicator(opts));
 #else
     return absl::UnimplementedError("world.backend: gloo is not built in (no c10d/Gloo headers)");
+#endif
+  } else if (backend == "nccl") {
+#ifdef SAE_HAVE_NCCL
+    SAE_ASSIGN_OR_RETURN(c, internal::NewNcclCommunicator(opts));
+#else
+    return absl::UnimplementedError(
+        "world.backend: nccl is not built in (this build has no CUDA LibTorch and NCCL; see scripts/gpu-check.sh)");
 #endif
   } else {
     std::string have;
