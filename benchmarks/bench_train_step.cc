@@ -70,7 +70,7 @@ int main(int argc, char** argv) {
   int threads = 0;
   std::string precision = "fp32", device = "cpu", remedy = "none";
   int64_t dead_window = 1000000000000LL;
-  bool as_json = false;
+  bool as_json = false, aten = false;
   app.add_option("--d", d, "input dimension");
   app.add_option("--latents", n, "number of latents");
   app.add_option("--k", k, "active latents per token");
@@ -84,12 +84,9 @@ int main(int argc, char** argv) {
   app.add_option("--dead-window", dead_window,
                  "dead_window_tokens (default: none ever dead; 1 = every latent that did not fire in the last step)");
   app.add_flag("--json", as_json, "one JSON object");
+  app.add_flag("--aten", aten, "on CPU, time the device-generic ATen step (what CUDA runs) instead of the CPU kernels");
   CLI11_PARSE(app, argc, argv);
   steps = std::max<int64_t>(steps, 5);
-  if (device == "cuda") {
-    std::fprintf(stderr, "error: --device cuda: this build's step kernels are CPU-only\n");
-    return 1;
-  }
   at::set_num_threads(threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency()));
 
   sae::TrainerOptions o;
@@ -103,6 +100,8 @@ int main(int argc, char** argv) {
   o.bf16 = precision == "bf16";
   o.remedy = sae::RemedyFromString(remedy).value();
   o.dead_window_tokens = dead_window;
+  o.device = device;
+  o.aten_kernels = aten;
   auto trainer = sae::SaeTrainer::Create(o);
   if (!trainer.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(trainer.status().message()).c_str());
@@ -128,18 +127,25 @@ int main(int argc, char** argv) {
   // The floor: the encoder GEMM (with bias) alone, same shapes and precision
   // as the step uses: fp32 sgemm; bf16 on CPU multiplies bf16-rounded
   // operands in fp32 (see docs/performance.md for LibTorch's own bf16 GEMM).
-  at::Tensor W = (*trainer)->params().W_enc.clone();
+  // On CUDA the floor is the same fp32 addmm on the device, synchronised by
+  // reading one element back.
+  at::Tensor W = (*trainer)->params().W_enc.cpu().clone();
   at::Tensor b = at::zeros({n});
   at::Tensor xin = x.clone();
   if (o.bf16) {
     sae::RoundToBF16InPlace(W);
     sae::RoundToBF16InPlace(xin);
   }
-  at::Tensor z = at::empty({batch, n});
+  const at::Device dev = device == "cuda" ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+  W = W.to(dev);
+  b = b.to(dev);
+  xin = xin.to(dev);
+  at::Tensor z = at::empty({batch, n}, W.options());
   std::vector<double> gemm_s;
   for (int64_t i = 0; i < warmup + steps; ++i) {
     const double t0 = Now();
     at::addmm_out(z, b, xin, W.t());
+    if (!dev.is_cpu()) z.select(0, 0).select(0, 0).item<float>();
     if (i >= warmup) gemm_s.push_back(Now() - t0);
   }
   const double step_med = Median(step_s), gemm_med = Median(gemm_s);

@@ -26,5 +26,6 @@ if [ "$gpus" -gt 1 ] && command -v mpirun >/dev/null; then
 else
   "$b/bin/bench_allreduce" --backend nccl || true
 fi
-echo "gpu-check: training step (CPU kernels; the CUDA step is not written yet), tokens/s:"
-"$b/bin/bench_train_step" --d 768 --latents 16384 --k 32 --batch 4096 --steps 5 || true
+echo "gpu-check: training step on the GPU (the ATen step), tokens/s:"
+"$b/bin/bench_train_step" --device cuda --d 768 --latents 16384 --k 32 --batch 4096 --steps 20 || true
+"$b/bin/bench_train_step" --device cuda --d 768 --latents 16384 --k 32 --batch 4096 --steps 20 --remedy ghost_grads --dead-window 1 || true

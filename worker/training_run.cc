@@ -147,7 +147,8 @@ double PlantedRecovery(const JobConfig& job, const SaeParams& p) {
   auto dict = PlantedDictionary::Create(o);
   if (!dict.ok()) return -1;
   at::Tensor D = at::from_blob(const_cast<float*>(dict->dictionary().data()), {o.atoms, o.d_in}, at::kFloat);
-  at::Tensor W = p.W_dec / p.W_dec.norm(2, 1, true).clamp_min(1e-12);
+  at::Tensor Wd = p.W_dec.cpu();
+  at::Tensor W = Wd / Wd.norm(2, 1, true).clamp_min(1e-12);
   at::Tensor best = std::get<0>(at::mm(D, W.t()).max(1));
   return (best >= 0.9).to(at::kFloat).mean().item<double>();
 }

@@ -551,8 +551,8 @@ absl::Status CheckShapes(const SaeParams& p, const at::Tensor& x, int64_t k) {
     return absl::InvalidArgumentError("batch dtype differs from the SAE's");
   if (k < 1 || k > p.latents())
     return absl::InvalidArgumentError(absl::StrCat("k (", k, ") must be in [1, latents (", p.latents(), ")]"));
-  if (!p.W_enc.device().is_cpu())
-    return absl::UnimplementedError("the sparse step kernels run on CPU tensors only in this build");
+  if (x.device() != p.W_enc.device())
+    return absl::InvalidArgumentError("batch and SAE parameters are on different devices");
   return absl::OkStatus();
 }
 
@@ -561,6 +561,8 @@ absl::Status CheckShapes(const SaeParams& p, const at::Tensor& x, int64_t k) {
 absl::Status ComputeGradients(const SaeParams& params, const at::Tensor& x, const StepConfig& cfg,
                               SaeGrads* grads, StepResult* result) {
   SAE_RETURN_IF_ERROR(CheckShapes(params, x, cfg.k));
+  if (cfg.aten || !params.W_enc.device().is_cpu())
+    return ComputeGradientsATen(params, x, cfg, grads, result);
   try {
     at::NoGradGuard no_grad;
     if (params.W_enc.scalar_type() == at::kDouble)
@@ -689,7 +691,9 @@ void AdamUpdateT(SaeParams* p, const SaeGrads& g, const AdamConfig& cfg, AdamSta
 void AdamUpdate(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg, AdamState* state,
                 at::Tensor* W_enc_lowp) {
   at::NoGradGuard no_grad;
-  if (params->W_enc.scalar_type() == at::kDouble) {
+  if (!params->W_enc.device().is_cpu()) {
+    AdamUpdateATen(params, grads, cfg, state, W_enc_lowp);
+  } else if (params->W_enc.scalar_type() == at::kDouble) {
     AdamUpdateT<double>(params, grads, cfg, state, nullptr);
   } else {
     AdamUpdateT<float>(params, grads, cfg, state, W_enc_lowp);

@@ -59,6 +59,9 @@ struct StepConfig {
   // Σ‖x − x̄‖² over the global batch (all ranks); <= 0: this batch's own.
   double total_var = 0;
   StepWorkspace* workspace = nullptr;  // reuse buffers across calls when set
+  // Use the device-generic ATen step (sae_step_aten.cc) on CPU tensors too;
+  // tensors on another device (CUDA) always use it.
+  bool aten = false;
 };
 
 struct StepResult {
@@ -76,6 +79,11 @@ struct StepResult {
 // gradients into `grads` (overwritten) and the metrics into `result`.
 absl::Status ComputeGradients(const SaeParams& params, const at::Tensor& x,
                               const StepConfig& cfg, SaeGrads* grads, StepResult* result);
+
+// The same step in device-generic ATen operations (what CUDA tensors use).
+// It materialises the B×n pre-activations and B·k×d gradient temporaries.
+absl::Status ComputeGradientsATen(const SaeParams& params, const at::Tensor& x,
+                                  const StepConfig& cfg, SaeGrads* grads, StepResult* result);
 
 // Inference: top-k indices (B×k, int64), activations (B×k, relu'd) and x̂.
 struct EncodeResult {
@@ -105,6 +113,10 @@ double ClipScale(double norm, double max_norm);
 // decoder rows renormalised to unit norm; refreshes `W_enc_lowp` if defined.
 void AdamUpdate(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg,
                 AdamState* state, at::Tensor* W_enc_lowp);
+
+// AdamUpdate in ATen operations (non-CPU tensors).
+void AdamUpdateATen(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg,
+                    AdamState* state, at::Tensor* W_enc_lowp);
 
 // Rounds every element to the nearest bfloat16 value (kept in float32).
 void RoundToBF16InPlace(at::Tensor t);

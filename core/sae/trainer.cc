@@ -111,8 +111,9 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFromJob(const JobConfig& job, int64
   o.grad_clip = job.train.grad_clip;
   o.seed = job.train.seed;
   o.bf16 = job.train.precision == "bf16";
-  if (job.train.device == "cuda")
-    return err("train.device: cuda: this version's step kernels run on CPU only (use cpu or auto)");
+  o.device = job.train.device == "auto" ? (at::hasCUDA() ? "cuda" : "cpu") : job.train.device;
+  if (o.device == "cuda" && !at::hasCUDA())
+    return err("train.device: cuda: this build's LibTorch has no CUDA (or no GPU is visible); use cpu or auto");
   return o;
 }
 
@@ -131,7 +132,12 @@ absl::StatusOr<std::unique_ptr<SaeTrainer>> SaeTrainer::Create(const TrainerOpti
   if (opts.batch_tokens <= 0) return absl::InvalidArgumentError("train.batch_tokens: must be > 0");
   if (opts.init_b_dec != "mean" && opts.init_b_dec != "geometric_median" && opts.init_b_dec != "zero")
     return absl::InvalidArgumentError("sae.init_b_dec: must be mean, geometric_median or zero");
+  if (opts.device != "cpu" && opts.device != "cuda")
+    return absl::InvalidArgumentError(absl::StrCat("train.device: '", opts.device, "' is not cpu or cuda"));
+  if (opts.device == "cuda" && !at::hasCUDA())
+    return absl::FailedPreconditionError("train.device: cuda: no CUDA in this LibTorch build or no GPU visible");
   std::unique_ptr<SaeTrainer> t(new SaeTrainer(opts));
+  t->device_ = opts.device == "cuda" ? at::Device(at::kCUDA) : at::Device(at::kCPU);
   t->lr_ = opts.lr > 0 ? opts.lr : 2e-4 / std::sqrt(static_cast<double>(opts.latents) / (1 << 14));
   t->total_steps_ = std::max<int64_t>(1, (opts.total_tokens + opts.batch_tokens - 1) / opts.batch_tokens);
   if (t->opts_.aux_coefficient == 0) t->opts_.aux_coefficient = DefaultAuxCoefficient(opts.remedy);
@@ -146,12 +152,15 @@ absl::StatusOr<std::unique_ptr<SaeTrainer>> SaeTrainer::Create(const TrainerOpti
   p.W_dec = p.W_enc.clone();
   p.W_dec.div_(p.W_dec.norm(2, 1, true).clamp_min(1e-12));
   p.b_dec = at::zeros({d}, at::kFloat);
-  t->grads_ = SaeGrads::ZerosLike(p);
-  t->adam_ = AdamState::ZerosLike(p);
   if (opts.bf16) {
     t->w_enc_lowp_ = p.W_enc.clone();
     RoundToBF16InPlace(t->w_enc_lowp_);
+    t->w_enc_lowp_ = t->w_enc_lowp_.to(t->device_);
   }
+  // Initialised on CPU (the same values on every device), then moved.
+  for (at::Tensor* x : {&p.W_enc, &p.b_enc, &p.W_dec, &p.b_dec}) *x = x->to(t->device_);
+  t->grads_ = SaeGrads::ZerosLike(p);
+  t->adam_ = AdamState::ZerosLike(p);
   return t;
 }
 
@@ -194,6 +203,16 @@ absl::Status SaeTrainer::SumAcrossRanks(float* data, size_t n, const char* what)
   allreduce_seconds_ += Now() - t0;
   allreduce_bytes_ += static_cast<int64_t>(n * sizeof(float));
   return Annotate(s, absl::StrCat("all-reduce of ", what, ", step ", step_ + 1));
+}
+
+absl::Status SaeTrainer::SumTensorAcrossRanks(at::Tensor& t, const char* what) {
+  if (world() == 1) return absl::OkStatus();
+  if (t.device().is_cpu() || opts_.comm->backend() == "nccl")
+    return SumAcrossRanks(t.data_ptr<float>(), static_cast<size_t>(t.numel()), what);
+  at::Tensor host = t.cpu();
+  SAE_RETURN_IF_ERROR(SumAcrossRanks(host.data_ptr<float>(), static_cast<size_t>(host.numel()), what));
+  t.copy_(host);
+  return absl::OkStatus();
 }
 
 absl::Status SaeTrainer::Initialize(const at::Tensor& x) {
@@ -241,6 +260,7 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     at::Tensor x = at::from_blob(const_cast<float*>(x_rows), {rows, opts_.d_in}, at::kFloat).clone();
     if (!initialized_) SAE_RETURN_IF_ERROR(Initialize(x));
     NormalizeRows(x.data_ptr<float>(), rows);
+    const at::Tensor x_dev = device_.is_cpu() ? x : x.to(device_);
 
     allreduce_seconds_ = 0;
     allreduce_bytes_ = 0;
@@ -263,17 +283,18 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     cfg.dead = &dead_list;
     if (opts_.bf16) cfg.W_enc_lowp = w_enc_lowp_;
     cfg.workspace = &workspace_;
+    cfg.aten = opts_.aten_kernels;
     StepResult res;
-    SAE_RETURN_IF_ERROR(ComputeGradients(params_, x, cfg, &grads_, &res));
+    SAE_RETURN_IF_ERROR(ComputeGradients(params_, x_dev, cfg, &grads_, &res));
     if (world() > 1) {
       // Each rank's loss is normalised by the global Σ‖x − x̄‖², so the
       // global gradient is the sum of the ranks' gradients: one all-reduce
       // per bucket of the flat gradient buffer, not one per tensor.
-      float* g = grads_.flat.data_ptr<float>();
       const int64_t total = grads_.flat.numel();
       for (int64_t off = 0; off < total; off += opts_.allreduce_bucket_elems) {
         const int64_t n = std::min(opts_.allreduce_bucket_elems, total - off);
-        SAE_RETURN_IF_ERROR(SumAcrossRanks(g + off, static_cast<size_t>(n), "gradients"));
+        at::Tensor bucket = grads_.flat.narrow(0, off, n);
+        SAE_RETURN_IF_ERROR(SumTensorAcrossRanks(bucket, "gradients"));
       }
       const double t0 = Now();
       absl::Status fs = opts_.comm->AllReduce(res.fired.data(), res.fired.size(), CommDType::kU8,
@@ -319,6 +340,8 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     m.allreduce_seconds = allreduce_seconds_;
     m.allreduce_bytes = allreduce_bytes_;
     m.phase_seconds = std::move(res.phase_seconds);
+    // On a GPU the update is queued: wait for it so the step time is real.
+    if (!device_.is_cpu()) params_.b_dec.select(0, 0).item<float>();
     const double t_end = Now();
     m.phase_seconds.emplace_back("optimizer", t_end - t_norm);
     m.seconds = t_end - t0;
@@ -332,7 +355,7 @@ absl::Status SaeTrainer::CheckReplicasAgree() {
   if (world() == 1) return absl::OkStatus();
   std::string bytes;
   for (const at::Tensor* t : {&params_.W_enc, &params_.b_enc, &params_.W_dec, &params_.b_dec}) {
-    at::Tensor c = t->contiguous();
+    at::Tensor c = t->cpu().contiguous();
     bytes.append(static_cast<const char*>(c.data_ptr()), c.nbytes());
   }
   const auto& sf = dead_.since_fired();
@@ -356,7 +379,7 @@ absl::Status SaeTrainer::SaveState(const std::string& path,
   SafetensorsWriter w;
   auto* self = const_cast<SaeTrainer*>(this);
   for (auto& [name, t] : StateTensors(&self->params_, &self->adam_)) {
-    at::Tensor c = t->contiguous();
+    at::Tensor c = t->cpu().contiguous();
     SAE_RETURN_IF_ERROR(w.Add(name, DType::kF32, {c.sizes().begin(), c.sizes().end()}, c.data_ptr()));
   }
   const auto& sf = dead_.since_fired();
@@ -396,7 +419,9 @@ absl::StatusOr<std::map<std::string, std::string>> SaeTrainer::LoadState(const s
     if (info.dtype != DType::kF32 ||
         info.shape != std::vector<int64_t>(t->sizes().begin(), t->sizes().end()))
       return absl::DataLossError(absl::StrCat(path, ": tensor '", name, "' has the wrong dtype or shape"));
-    SAE_RETURN_IF_ERROR(f.ReadRaw(name, t->data_ptr(), t->nbytes()));
+    at::Tensor host = at::empty(t->sizes(), t->options().device(at::kCPU));
+    SAE_RETURN_IF_ERROR(f.ReadRaw(name, host.data_ptr(), host.nbytes()));
+    t->copy_(host);
   }
   auto& sf = dead_.mutable_since_fired();
   SAE_ASSIGN_OR_RETURN(TensorInfo dinfo, f.Info("dead.since_fired"));
@@ -414,8 +439,9 @@ absl::StatusOr<std::map<std::string, std::string>> SaeTrainer::LoadState(const s
   initialized_ = init == "1";
   input_scale_ = std::stod(scale);
   if (opts_.bf16) {
-    w_enc_lowp_ = params_.W_enc.clone();
+    w_enc_lowp_ = params_.W_enc.cpu().clone();
     RoundToBF16InPlace(w_enc_lowp_);
+    w_enc_lowp_ = w_enc_lowp_.to(device_);
   }
   std::map<std::string, std::string> extra;
   for (const auto& [k, v] : md)
@@ -428,7 +454,7 @@ absl::Status SaeTrainer::ExportSae(const std::string& dir, const std::string& pr
   SafetensorsWriter w;
   const SaeParams& p = params_;
   auto add = [&](const char* name, const at::Tensor& t) {
-    at::Tensor c = t.contiguous();
+    at::Tensor c = t.cpu().contiguous();
     return w.Add(name, DType::kF32, {c.sizes().begin(), c.sizes().end()}, c.data_ptr());
   };
   SAE_RETURN_IF_ERROR(add("encoder.weight", p.W_enc));

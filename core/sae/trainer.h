@@ -45,6 +45,11 @@ struct TrainerOptions {
   double grad_clip = 1.0;
   uint64_t seed = 0;
   bool bf16 = false;
+  // Where parameters and the step live: "cpu" (hand-written kernels) or
+  // "cuda" (the ATen step, sae_step_aten.cc). aten_kernels forces the ATen
+  // step on CPU too (tests; it must agree with the CPU kernels).
+  std::string device = "cpu";
+  bool aten_kernels = false;
   int64_t total_tokens = 0;
   int64_t batch_tokens = 4096;  // global: all ranks together
   // Data parallelism (ALGORITHMS.md §6): every rank holds a replica and steps
@@ -112,6 +117,10 @@ class SaeTrainer {
   int world() const { return opts_.comm ? opts_.comm->world_size() : 1; }
   // Sum over ranks, in place (no-op alone); adds to allreduce_seconds_.
   absl::Status SumAcrossRanks(float* data, size_t n, const char* what);
+  // The same for a tensor on any device (staged through host memory when
+  // the backend cannot read device memory).
+  absl::Status SumTensorAcrossRanks(at::Tensor& t, const char* what);
+  at::Device device_ = at::kCPU;
   double allreduce_seconds_ = 0;
   int64_t allreduce_bytes_ = 0;
 

@@ -115,17 +115,28 @@ TEST_P(StepVsAutograd, GradientsMatchDenseFloat64Reference) {
   cfg.dead = &dead;
   cfg.project_decoder_grad = c.project;
   cfg.block_rows = 5;  // several blocks, a ragged last one
-  SaeGrads g = SaeGrads::ZerosLike(p);
-  StepResult res;
-  ASSERT_TRUE(ComputeGradients(p, x, cfg, &g, &res).ok());
-
-  EXPECT_LT(RelErr(g.W_enc, ref.gW_enc), 1e-6);
-  EXPECT_LT(RelErr(g.b_enc, ref.gb_enc), 1e-6);
-  EXPECT_LT(RelErr(g.W_dec, ref.gW_dec), 1e-6);
-  EXPECT_LT(RelErr(g.b_dec, ref.gb_dec), 1e-6);
-  EXPECT_NEAR(res.fvu, ref.fvu, 1e-9 * std::max(1.0, ref.fvu));
-  EXPECT_NEAR(res.aux_loss, ref.aux, 1e-9 * std::max(1.0, std::abs(ref.aux)));
-  EXPECT_NEAR(res.loss, ref.loss, 1e-9 * std::max(1.0, ref.loss));
+  std::vector<uint8_t> fired[2];
+  double l0[2] = {0, 0};
+  // The CPU kernels and the device-generic ATen step (what CUDA runs).
+  for (bool aten : {false, true}) {
+    SCOPED_TRACE(aten ? "ATen step" : "CPU kernels");
+    cfg.aten = aten;
+    SaeGrads g = SaeGrads::ZerosLike(p);
+    g.flat.fill_(3.0);  // stale values must be overwritten
+    StepResult res;
+    ASSERT_TRUE(ComputeGradients(p, x, cfg, &g, &res).ok());
+    EXPECT_LT(RelErr(g.W_enc, ref.gW_enc), 1e-6);
+    EXPECT_LT(RelErr(g.b_enc, ref.gb_enc), 1e-6);
+    EXPECT_LT(RelErr(g.W_dec, ref.gW_dec), 1e-6);
+    EXPECT_LT(RelErr(g.b_dec, ref.gb_dec), 1e-6);
+    EXPECT_NEAR(res.fvu, ref.fvu, 1e-9 * std::max(1.0, ref.fvu));
+    EXPECT_NEAR(res.aux_loss, ref.aux, 1e-9 * std::max(1.0, std::abs(ref.aux)));
+    EXPECT_NEAR(res.loss, ref.loss, 1e-9 * std::max(1.0, ref.loss));
+    fired[aten] = res.fired;
+    l0[aten] = res.l0;
+  }
+  EXPECT_EQ(fired[0], fired[1]);
+  EXPECT_EQ(l0[0], l0[1]);
   if (c.remedy != Remedy::kNone && c.dead > 0) EXPECT_GT(ref.aux, 0);
   // The reference gradients are not trivially zero.
   EXPECT_GT(ref.gW_enc.norm().item<double>(), 0);
@@ -178,7 +189,9 @@ TEST(SaeStep, RejectsBadShapes) {
 TEST(Adam, MatchesTorchFormulaAndRenormalisesDecoder) {
   SaeParams p = RandomParams(10, 6, 9);
   SaeParams q = p.Clone();
+  SaeParams r = p.Clone();  // through the ATen update (what CUDA tensors use)
   AdamState s = AdamState::ZerosLike(p);
+  AdamState sr = AdamState::ZerosLike(r);
   AdamConfig cfg;
   cfg.lr = 1e-2;
   cfg.clip_scale = 0.5;
@@ -187,6 +200,7 @@ TEST(Adam, MatchesTorchFormulaAndRenormalisesDecoder) {
     SaeGrads g{at::randn({10, 6}, at::kDouble), at::randn({10}, at::kDouble),
                at::randn({10, 6}, at::kDouble), at::randn({6}, at::kDouble)};
     AdamUpdate(&p, g, cfg, &s, nullptr);
+    AdamUpdateATen(&r, g, cfg, &sr, nullptr);
     at::Tensor* qs[] = {&q.W_enc, &q.b_enc, &q.W_dec, &q.b_dec};
     const at::Tensor gs[] = {g.W_enc, g.b_enc, g.W_dec, g.b_dec};
     for (int i = 0; i < 4; ++i) {
@@ -207,6 +221,11 @@ TEST(Adam, MatchesTorchFormulaAndRenormalisesDecoder) {
   EXPECT_LT(RelErr(p.b_enc, q.b_enc), 1e-12);
   EXPECT_LT(RelErr(p.b_dec, q.b_dec), 1e-12);
   EXPECT_LT((p.W_dec.norm(2, 1) - 1).abs().max().item<double>(), 1e-12);
+  EXPECT_LT(RelErr(r.W_enc, q.W_enc), 1e-12);
+  EXPECT_LT(RelErr(r.W_dec, q.W_dec), 1e-12);
+  EXPECT_LT(RelErr(r.b_enc, q.b_enc), 1e-12);
+  EXPECT_LT(RelErr(r.b_dec, q.b_dec), 1e-12);
+  EXPECT_EQ(sr.step, 3);
 }
 
 TEST(Bf16, RoundsToNearestEven) {

@@ -1,0 +1,199 @@
+// The training step in device-generic ATen operations, for CUDA tensors (and
+// on CPU for tests, where it must agree with the hand-written kernels of
+// sae_step.cc). Same math as sae_step.cc (ALGORITHMS.md §1, §2, §4, §5).
+// Unlike the CPU kernels it materialises the B×n pre-activations and B·k×d
+// temporaries for the weight gradients: memory a GPU has; a fused sparse
+// kernel would remove them.
+#include <c10/util/Exception.h>
+
+#include "core/sae/sae_step.h"
+
+namespace sae {
+namespace {
+
+// Σ_{(b,j)} coef[b,j] · rows[b] added to out[idx[b,j]] (out: n×d).
+void ScatterRows(at::Tensor& out, const at::Tensor& idx, const at::Tensor& coef,
+                 const at::Tensor& rows) {
+  const int64_t B = idx.size(0), k = idx.size(1);
+  if (k == 0) return;
+  at::Tensor contrib = (coef.unsqueeze(2) * rows.unsqueeze(1)).reshape({B * k, rows.size(1)});
+  out.index_add_(0, idx.reshape({-1}), contrib);
+}
+
+// x̂-like sums Σ_j acts[b,j] W[idx[b,j]] per row (B×d), without a B×k×d tensor.
+at::Tensor Decode(const at::Tensor& W, const at::Tensor& idx, const at::Tensor& acts) {
+  const int64_t B = idx.size(0), k = idx.size(1);
+  if (k == 0) return at::zeros({B, W.size(1)}, W.options());
+  at::Tensor offsets = at::arange(0, B * k, k, idx.options());
+  return std::get<0>(at::embedding_bag(W, idx.reshape({-1}), offsets, false, 0, false,
+                                       acts.reshape({-1}).contiguous()));
+}
+
+// ∂loss/∂a for each selected entry: g[b] · W[idx[b,j]], zero where a <= 0.
+at::Tensor ActGrad(const at::Tensor& W, const at::Tensor& idx, const at::Tensor& g,
+                   const at::Tensor& mask) {
+  const int64_t B = idx.size(0), k = idx.size(1);
+  if (k == 0) return at::zeros({B, 0}, g.options());
+  at::Tensor Wsel = W.index_select(0, idx.reshape({-1})).view({B, k, W.size(1)});
+  return at::bmm(Wsel, g.unsqueeze(2)).squeeze(2) * mask;
+}
+
+void ProjectRows(at::Tensor& gd, const at::Tensor& W) {
+  gd.sub_((gd * W).sum(1, true) * W);
+}
+
+}  // namespace
+
+absl::Status ComputeGradientsATen(const SaeParams& p, const at::Tensor& x_in, const StepConfig& cfg,
+                                  SaeGrads* grads, StepResult* res) {
+  try {
+    at::NoGradGuard no_grad;
+    const int64_t B = x_in.size(0), d = p.d_in(), k = cfg.k;
+    const at::Tensor x = x_in.contiguous();
+    static const std::vector<int64_t> kNoDead;
+    const std::vector<int64_t>& dead = cfg.dead ? *cfg.dead : kNoDead;
+    const int64_t nd = static_cast<int64_t>(dead.size());
+    const bool auxk = cfg.remedy == Remedy::kAuxK && nd > 0 && cfg.aux_coefficient != 0;
+    const bool ghost = cfg.remedy == Remedy::kGhostGrads && nd > 0 && cfg.aux_coefficient != 0;
+    const int64_t half_d = std::max<int64_t>(1, d / 2);
+    const int64_t k_aux = auxk ? std::min(half_d, nd) : 0;
+    const double aux_scale = auxk ? std::min(1.0, static_cast<double>(nd) / half_d) : 0.0;
+    at::Tensor dead_t;
+    if (nd > 0)
+      dead_t = at::from_blob(const_cast<int64_t*>(dead.data()), {nd}, at::kLong).to(x.device());
+
+    double total_var = cfg.total_var;
+    if (total_var <= 0) {
+      at::Tensor xd = x.to(at::kDouble);
+      total_var = (xd - xd.mean(0)).pow(2).sum().item<double>();
+    }
+    const double denom = total_var > 0 ? total_var : 1.0;
+
+    // Encoder: dense pre-activations, then the top-k of each row.
+    at::Tensor xc = x - p.b_dec;
+    at::Tensor z;
+    if (cfg.W_enc_lowp.defined()) {
+      at::Tensor in = xc.to(at::kBFloat16).to(xc.scalar_type());
+      z = at::addmm(p.b_enc, in, cfg.W_enc_lowp.t());
+    } else {
+      z = at::addmm(p.b_enc, xc, p.W_enc.t());
+    }
+    auto top = z.topk(k, 1);
+    at::Tensor val = std::get<0>(top), idx = std::get<1>(top);
+    at::Tensor mask = (val > 0).to(x.scalar_type());
+    at::Tensor acts = val.clamp_min(0);
+    at::Tensor aux_idx, aux_acts, aux_mask, zD;
+    if (k_aux > 0) {
+      auto atop = z.index_select(1, dead_t).topk(k_aux, 1);
+      aux_idx = dead_t.index_select(0, std::get<1>(atop).reshape({-1})).view({B, k_aux});
+      aux_mask = (std::get<0>(atop) > 0).to(x.scalar_type());
+      aux_acts = std::get<0>(atop).clamp_min(0);
+    }
+    if (ghost) zD = z.index_select(1, dead_t);
+    z = at::Tensor();  // free B×n before the backward
+
+    // Fired marks and L0.
+    at::Tensor fired = at::zeros({p.latents()}, x.options().dtype(at::kByte));
+    at::Tensor on = val > 0;
+    fired.index_fill_(0, idx.masked_select(on), 1);
+    const int64_t active = on.sum().item<int64_t>();
+    res->fired.resize(static_cast<size_t>(p.latents()));
+    at::Tensor fired_cpu = fired.cpu();
+    std::memcpy(res->fired.data(), fired_cpu.data_ptr<uint8_t>(), res->fired.size());
+
+    // Decode and residual gradients.
+    at::Tensor xhat = Decode(p.W_dec, idx, acts).add_(p.b_dec);
+    at::Tensor e = xhat - x;
+    const double sse = e.pow(2).sum(at::kDouble).item<double>();
+    at::Tensor gx = e * (2.0 / denom);
+    at::Tensor gaux;
+    double aux_sum = 0;
+    if (k_aux > 0) {
+      at::Tensor diff = Decode(p.W_dec, aux_idx, aux_acts) - (x - xhat);
+      aux_sum = diff.pow(2).sum(at::kDouble).item<double>();
+      gaux = diff * (2.0 * cfg.aux_coefficient * aux_scale / denom);
+    }
+
+    // Weight gradients from the selected entries.
+    grads->W_enc.zero_();
+    grads->W_dec.zero_();
+    grads->b_enc.zero_();
+    at::Tensor ga = ActGrad(p.W_dec, idx, gx, mask);
+    ScatterRows(grads->W_dec, idx, acts, gx);
+    ScatterRows(grads->W_enc, idx, ga, xc);
+    grads->b_enc.index_add_(0, idx.reshape({-1}), ga.reshape({-1}));
+    if (k_aux > 0) {
+      at::Tensor gaa = ActGrad(p.W_dec, aux_idx, gaux, aux_mask);
+      ScatterRows(grads->W_dec, aux_idx, aux_acts, gaux);
+      ScatterRows(grads->W_enc, aux_idx, gaa, xc);
+      grads->b_enc.index_add_(0, aux_idx.reshape({-1}), gaa.reshape({-1}));
+    }
+
+    // Ghost Grads over the dead set (as in sae_step.cc).
+    double ghost_loss = 0;
+    if (ghost) {
+      at::Tensor WdD = p.W_dec.index_select(0, dead_t);
+      at::Tensor r = x - xhat;
+      at::Tensor zmax = std::get<0>(zD.max(1, true));
+      at::Tensor E = (zD - zmax).exp();
+      at::Tensor graw = at::mm(E, WdD);
+      at::Tensor rn = r.norm(2, 1, true), gn = graw.norm(2, 1, true);
+      const double eps = 1e-8;
+      at::Tensor s = rn / (2 * gn + eps * (-zmax).exp());
+      at::Tensor diff = graw * s - r;
+      at::Tensor m = diff * diff;
+      at::Tensor w = (r * r) / (m + eps);
+      const double c = cfg.aux_coefficient / denom;
+      ghost_loss = (w * m).sum(at::kDouble).item<double>() * c;
+      at::Tensor dgraw = (w * diff) * (2 * c) * s;
+      at::Tensor dzD = at::mm(dgraw, WdD.t()) * E;
+      grads->W_dec.index_add_(0, dead_t, at::mm(E.t(), dgraw));
+      grads->W_enc.index_add_(0, dead_t, at::mm(dzD.t(), xc));
+      grads->b_enc.index_add_(0, dead_t, dzD.sum(0));
+    }
+    // b_dec: the decode's Σ ∂/∂x̂ minus W_encᵀ ∂b_enc from the input x − b_dec.
+    grads->b_dec.copy_(gx.sum(0));
+    grads->b_dec.sub_(at::mv(p.W_enc.t(), grads->b_enc));
+    if (cfg.project_decoder_grad) ProjectRows(grads->W_dec, p.W_dec);
+
+    res->phase_seconds.clear();
+    res->sse = sse;
+    res->active = active;
+    res->total_var = total_var;
+    res->mse = sse / static_cast<double>(B * d);
+    res->fvu = sse / denom;
+    res->l0 = static_cast<double>(active) / static_cast<double>(B);
+    res->aux_loss = auxk ? cfg.aux_coefficient * aux_scale * aux_sum / denom : ghost ? ghost_loss : 0;
+    res->loss = res->fvu + res->aux_loss;
+    return absl::OkStatus();
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("sae step (ATen): ", e.what_without_backtrace()));
+  }
+}
+
+void AdamUpdateATen(SaeParams* p, const SaeGrads& g, const AdamConfig& cfg, AdamState* s,
+                    at::Tensor* W_enc_lowp) {
+  at::NoGradGuard no_grad;
+  s->step += 1;
+  const double bc1 = 1 - std::pow(cfg.beta1, static_cast<double>(s->step));
+  const double bc2 = 1 - std::pow(cfg.beta2, static_cast<double>(s->step));
+  auto update = [&](at::Tensor& param, const at::Tensor& grad, at::Tensor& m, at::Tensor& v) {
+    at::Tensor gs = grad * cfg.clip_scale;
+    m.mul_(cfg.beta1).add_(gs, 1 - cfg.beta1);
+    v.mul_(cfg.beta2).addcmul_(gs, gs, 1 - cfg.beta2);
+    at::Tensor denom = (v.sqrt() / std::sqrt(bc2)).add_(cfg.eps);
+    param.addcdiv_(m, denom, -cfg.lr / bc1);
+  };
+  update(p->W_enc, g.W_enc, s->m_W_enc, s->v_W_enc);
+  update(p->W_dec, g.W_dec, s->m_W_dec, s->v_W_dec);
+  update(p->b_enc, g.b_enc, s->m_b_enc, s->v_b_enc);
+  update(p->b_dec, g.b_dec, s->m_b_dec, s->v_b_dec);
+  if (cfg.renormalize_decoder) {
+    at::Tensor nrm = p->W_dec.norm(2, 1, true);
+    p->W_dec.div_(at::where(nrm > 0, nrm, at::ones_like(nrm)));
+  }
+  if (W_enc_lowp != nullptr && W_enc_lowp->defined())
+    W_enc_lowp->copy_(p->W_enc.to(at::kBFloat16).to(p->W_enc.scalar_type()));
+}
+
+}  // namespace sae
