@@ -98,7 +98,11 @@ std::string Plot(const Series& s, const std::vector<ReportPoint>& pts) {
   const bool log = s.log_ok && y0 > 0 && y1 / y0 > 100;
   auto ty = [&](double y) { return log ? std::log10(y) : y; };
   double a = ty(y0), b = ty(y1);
-  if (b - a < 1e-12 * std::max(1.0, std::fabs(a))) { a -= 0.5 * std::max(std::fabs(a), 1e-6); b = 2 * ty(y1) - a; }
+  if (b - a < 1e-12 * std::max(1.0, std::fabs(a))) {  // constant: centre it (0 sits on the bottom of 0..1)
+    const double c = a;
+    a = c == 0 ? 0 : c - 0.5 * std::fabs(c);
+    b = c == 0 ? 1 : c + 0.5 * std::fabs(c);
+  }
   if (!log && a > 0 && a < 0.25 * b) a = 0;  // start near-zero axes at zero
   if (x1 <= x0) x1 = x0 + 1;
   const double W = 640, H = 260, L = 70, R = 16, T = 10, B = 40;
