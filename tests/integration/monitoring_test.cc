@@ -303,4 +303,47 @@ TEST(Monitoring, PrometheusScrapesTrainingAndEveryDashboardQueryEvaluates) {
   EXPECT_TRUE(fs::exists(dir / "out.partial/report.html")) << rep.out;
 }
 
+// Value of the series `name{...}` in a /metrics text (-1 when absent).
+double Sample(const std::string& text, const std::string& name) {
+  const size_t p = text.find("\n" + name + "{");
+  if (p == std::string::npos) return -1;
+  return std::stod(text.substr(text.find("} ", p) + 2));
+}
+
+// Under data parallelism every rank counts the tokens it trained (its share
+// of the global batch), so sum(rate(sae_tokens_total)) is the job's tokens/s.
+TEST(Monitoring, EachRankCountsItsShareOfTheTokens) {
+#ifndef SAE_TEST_HAVE_GLOO
+  GTEST_SKIP() << "built without the gloo backend";
+#endif
+  const fs::path dir = fs::path(::testing::TempDir()) / "sae_monitoring_ranks";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  WriteAll(dir / "job.yaml", "name: ranks\ndata: {kind: synthetic, d_in: 16, latents: 32, k: 2}\n"
+                             "sae: {latents: 64, k: 4}\ntrain: {tokens: 2G, batch_tokens: 512, threads: 1}\n"
+                             "world: {workers: 2, timeout_seconds: 30}\noutput: " + (dir / "out").string() + "\n");
+  int base = FreePort();
+  for (int i = 0; i < 20 && base >= 65535; ++i) base = FreePort();
+  const std::string cmd = Source("tests/run_ranks.sh").string() + " 2 " + Bin("sae-worker") + " --job " +
+                          (dir / "job.yaml").string() + " --metrics-listen 127.0.0.1:" + std::to_string(base);
+  Process ranks;
+  ranks.Start("setsid " + cmd, dir / "ranks.pid", dir / "ranks.log");
+  ASSERT_GT(ranks.pid, 0);
+  std::string m[2];
+  for (int i = 0; i < 300 && (Sample(m[0], "sae_train_steps_total") < 3 || Sample(m[1], "sae_train_steps_total") < 3); ++i) {
+    SleepMs(100);
+    for (int r = 0; r < 2; ++r) m[r] = HttpGet(base + r, "/metrics");
+  }
+  kill(-ranks.pid, SIGTERM);  // the process group: both ranks checkpoint and stop
+  for (int r = 0; r < 2; ++r) {
+    const double steps = Sample(m[r], "sae_train_steps_total"), tokens = Sample(m[r], "sae_tokens_total");
+    ASSERT_GE(steps, 3) << "rank " << r << ":\n" << m[r] << ReadAll(dir / "ranks.log");
+    EXPECT_NE(m[r].find("rank=\"" + std::to_string(r) + "\""), std::string::npos) << m[r];
+    // A scrape may fall between the two increments of one step.
+    EXPECT_GE(tokens / 256, steps) << "rank " << r;
+    EXPECT_LE(tokens / 256, steps + 1) << "rank " << r;
+  }
+  EXPECT_TRUE(ranks.Stop(30000));
+}
+
 }  // namespace
