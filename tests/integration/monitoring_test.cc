@@ -207,6 +207,13 @@ TEST(Monitoring, PrometheusScrapesTrainingAndEveryDashboardQueryEvaluates) {
   }
   ASSERT_FALSE(worker.empty()) << ReadAll(dir / "trainer.log");
 
+  // promtool accepts what the training process serves.
+  const std::string exposition = HttpGet(std::stoi(worker.substr(worker.rfind(':') + 1)), "/metrics");
+  ASSERT_NE(exposition.find("sae_tokens_total"), std::string::npos) << exposition;
+  WriteAll(dir / "metrics.txt", exposition);
+  Result lint = Sh("promtool check metrics < " + (dir / "metrics.txt").string());
+  EXPECT_EQ(lint.code, 0) << lint.out;
+
   const YAML::Node deploy = YAML::LoadFile(Source("deploy/prometheus/prometheus.yml").string());
   WriteAll(dir / "prometheus.yml", DerivePrometheusConfig(deploy, {"", {worker}}));
   const int port = FreePort();
