@@ -140,8 +140,11 @@ std::string DerivePrometheusConfig(const YAML::Node& deploy, const ScrapeTargets
 }
 
 // A background process started through sh; its pid is the program's own (exec).
+// With `group`, it leads a process group (started under setsid) and Stop
+// signals the whole group.
 struct Process {
   int pid = -1;
+  bool group = false;
   void Start(const std::string& cmd, const fs::path& pid_file, const fs::path& log) {
     Sh("sh -c 'echo $$ > " + pid_file.string() + "; exec " + cmd + "' > " + log.string() + " 2>&1 &");
     for (int i = 0; i < 50 && pid < 0; ++i) {
@@ -153,12 +156,13 @@ struct Process {
   // SIGTERM, then SIGKILL after `grace_ms`; true when it ended.
   bool Stop(int grace_ms = 10000) {
     if (pid <= 0) return true;
-    kill(pid, SIGTERM);
+    const int target = group ? -pid : pid;
+    kill(target, SIGTERM);
     for (int i = 0; i < grace_ms / 50; ++i) {
-      if (kill(pid, 0) != 0) { pid = -1; return true; }
+      if (kill(target, 0) != 0) { pid = -1; return true; }
       SleepMs(50);
     }
-    kill(pid, SIGKILL);
+    kill(target, SIGKILL);
     pid = -1;
     return false;
   }
@@ -334,6 +338,7 @@ TEST(Monitoring, EachRankCountsItsShareOfTheTokens) {
   const std::string cmd = Source("tests/run_ranks.sh").string() + " 2 " + Bin("sae-worker") + " --job " +
                           (dir / "job.yaml").string() + " --metrics-listen 127.0.0.1:" + std::to_string(base);
   Process ranks;
+  ranks.group = true;  // run_ranks.sh and both ranks
   ranks.Start("setsid " + cmd, dir / "ranks.pid", dir / "ranks.log");
   ASSERT_GT(ranks.pid, 0);
   std::string m[2];
@@ -341,7 +346,6 @@ TEST(Monitoring, EachRankCountsItsShareOfTheTokens) {
     SleepMs(100);
     for (int r = 0; r < 2; ++r) m[r] = HttpGet(base + r, "/metrics");
   }
-  kill(-ranks.pid, SIGTERM);  // the process group: both ranks checkpoint and stop
   for (int r = 0; r < 2; ++r) {
     const double steps = Sample(m[r], "sae_train_steps_total"), tokens = Sample(m[r], "sae_tokens_total");
     ASSERT_GE(steps, 3) << "rank " << r << ":\n" << m[r] << ReadAll(dir / "ranks.log");
@@ -350,7 +354,7 @@ TEST(Monitoring, EachRankCountsItsShareOfTheTokens) {
     EXPECT_GE(tokens / 256, steps) << "rank " << r;
     EXPECT_LE(tokens / 256, steps + 1) << "rank " << r;
   }
-  EXPECT_TRUE(ranks.Stop(30000));
+  EXPECT_TRUE(ranks.Stop(30000));  // SIGTERM: both ranks checkpoint and stop
 }
 
 }  // namespace
