@@ -13,6 +13,7 @@
 #include "core/data/inspect.h"
 #include "core/data/shard_writer.h"
 #include "core/data/synthetic.h"
+#include "cli/report_command.h"
 #include "worker/training_run.h"
 
 namespace sae {
@@ -131,6 +132,9 @@ int SaeMain(int argc, char** argv) {
   synth->add_option("--rows-per-shard", syn_rps, "rows per shard");
   synth->add_option("--dtype", syn_dtype, "float32|bfloat16|float16");
 
+  ReportArgs ra;
+  CLI::App* report = AddReportCommand(app, &ra);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -138,6 +142,7 @@ int SaeMain(int argc, char** argv) {
   }
 
   if (train->parsed()) return RunTrain(ta);
+  if (report->parsed()) return RunReport(ra);
   if (inspect->parsed()) {
     if (!npy.empty()) {
       if (out_dir.empty()) return Fail(absl::InvalidArgumentError("--import-npy needs --out DIR"));

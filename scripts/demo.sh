@@ -15,3 +15,6 @@ rm -rf "${out}.partial" 2>/dev/null || true
 build/bin/sae train "$job"
 echo
 echo "outputs in $out: sae.safetensors, cfg.json, metrics.jsonl, summary.json, checkpoints/"
+if [ -n "$out" ]; then
+  build/bin/sae report "$out"   # prints where the HTML report is
+fi

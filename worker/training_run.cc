@@ -333,7 +333,7 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
     ++steps_here;
     if (telemetry) {
       StepSample sample;
-      sample.tokens = n;
+      sample.tokens = n / world;  // this rank's share: a sum over ranks is the job's tokens
       sample.k = m->k;
       sample.fvu = m->fvu;
       sample.mse = m->mse;

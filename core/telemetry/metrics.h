@@ -16,7 +16,7 @@ namespace sae {
 
 // One optimizer step, as the metrics see it.
 struct StepSample {
-  int64_t tokens = 0;  // tokens of this step (global batch)
+  int64_t tokens = 0;  // tokens this rank trained in the step (sum over ranks = the job's)
   int64_t k = 0;
   double fvu = 0, mse = 0, l0 = 0, dead_ratio = 0, aux_loss = 0;
   double step_seconds = 0, allreduce_seconds = 0, data_wait_seconds = 0;
