@@ -191,8 +191,19 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
   SAE_RETURN_IF_ERROR(ValidateJobConfig(job, origin));
   // The world: mpirun-started ranks use MPI, a lone process trains alone.
   std::string backend = job.world.backend;
-  if (backend == "auto")
-    backend = LaunchedByMpirun() ? "mpi" : !opts.rendezvous.empty() ? "gloo" : "local";
+  if (backend == "auto") {
+    // NCCL when the SAE trains on GPUs and NCCL is built in; else MPI under
+    // mpirun, Gloo with a rendezvous address, or this process alone.
+    const bool gpu = job.train.device == "cuda" || (job.train.device == "auto" && at::hasCUDA());
+    const auto built = AvailableBackends();
+    const bool nccl = std::find(built.begin(), built.end(), "nccl") != built.end();
+    const bool multi = LaunchedByMpirun() || !opts.rendezvous.empty();
+    if (gpu && nccl && multi) {
+      backend = "nccl";
+    } else {
+      backend = LaunchedByMpirun() ? "mpi" : !opts.rendezvous.empty() ? "gloo" : "local";
+    }
+  }
   if (backend == "local" && job.world.workers != 1)
     return absl::FailedPreconditionError(absl::StrCat(
         origin, ": world.workers: ", job.world.workers,
