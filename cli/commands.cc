@@ -8,11 +8,13 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "cli/service_commands.h"
 #include "core/base/config.h"
 #include "core/base/logging.h"
 #include "core/data/inspect.h"
 #include "core/data/shard_writer.h"
 #include "core/data/synthetic.h"
+#include "worker/coordinator_agent.h"
 #include "worker/training_run.h"
 
 namespace sae {
@@ -87,7 +89,7 @@ int RunTrain(const TrainArgs& a) {
 }  // namespace
 
 int SaeMain(int argc, char** argv) {
-  CLI::App app{"sae: train and inspect sparse autoencoders on LLM activations (saeforge)"};
+  CLI::App app{"sae: train and inspect sparse autoencoders on LLM activations (saeforge); submit and follow jobs on sae-coordinator"};
   app.require_subcommand(1);
 
   TrainArgs ta;
@@ -131,12 +133,15 @@ int SaeMain(int argc, char** argv) {
   synth->add_option("--rows-per-shard", syn_rps, "rows per shard");
   synth->add_option("--dtype", syn_dtype, "float32|bfloat16|float16");
 
+  auto service = AddServiceCommands(&app);  // submit, jobs, status, watch, cancel
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
 
+  if (int rc = 0; RunServiceCommand(*service, &rc)) return rc;
   if (train->parsed()) return RunTrain(ta);
   if (inspect->parsed()) {
     if (!npy.empty()) {
@@ -175,7 +180,7 @@ int SaeMain(int argc, char** argv) {
 }
 
 int WorkerMain(int argc, char** argv) {
-  CLI::App app{"sae-worker: trains SAE jobs (standalone with --job; coordinator mode comes with the service)"};
+  CLI::App app{"sae-worker: trains SAE jobs for sae-coordinator (--coordinator HOST:PORT) or one job file (--job)"};
   TrainArgs ta;
   std::string coordinator;
   app.add_option("--job", ta.job, "train this job file in this process");
@@ -190,13 +195,20 @@ int WorkerMain(int argc, char** argv) {
       ->envname("SAE_WORLD_SIZE");
   app.add_option("--rendezvous", ta.rendezvous, "gloo: HOST:PORT of the store rank 0 serves (or SAE_RENDEZVOUS)")
       ->envname("SAE_RENDEZVOUS");
+  WorkerAgentOptions agent;
+  AddWorkerAgentFlags(&app, &agent);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
-  if (!coordinator.empty())
-    return Fail(absl::UnimplementedError("--coordinator: the coordinator service is not part of this build yet"));
+  if (!coordinator.empty()) {
+    std::signal(SIGINT, OnSignal);
+    std::signal(SIGTERM, OnSignal);
+    agent.coordinator = coordinator;
+    agent.metrics_listen = ta.metrics_listen;
+    return RunWorkerAgent(agent, &g_stop);
+  }
   if (ta.job.empty()) {
     std::fprintf(stderr, "error: give --job FILE\n%s", app.help().c_str());
     return 2;

@@ -256,7 +256,6 @@ absl::StatusOr<v1::SubmitResponse> Coordinator::Submit(const v1::SubmitRequest& 
     r.job.set_max_restarts(max_restarts);
     r.job.set_created_unix_ms(UnixMs());
     r.job.set_output(cfg.output);
-    r.job.set_state(v1::PENDING);
     order_.push_back(id);
     return r;
   };

@@ -131,7 +131,8 @@ absl::StatusOr<std::pair<JobConfig, std::vector<v1::SweepAxis>>> ParseJobWithSwe
           return absl::InvalidArgumentError(absl::StrCat(origin, ": sae.", field, ": an empty list of values"));
         v1::SweepAxis axis;
         axis.set_field(field);
-        for (const auto& v : it->second) {
+        const YAML::Node values = it->second;
+        for (const auto& v : values) {
           if (!v.IsScalar())
             return absl::InvalidArgumentError(
                 absl::StrCat(origin, ": sae.", field, ": a sweep lists plain values"));
