@@ -272,7 +272,7 @@ class Agent {
     res.set_attempt(a.attempt());
     res.set_rank(a.rank());
     absl::Status fetched = absl::OkStatus();
-    if (cfg.data.kind == "shards" && !PathExists(cfg.data.path + "/manifest.json")) {
+    if (cfg.data.kind == "shards" && (opts_.fetch_data || !PathExists(cfg.data.path + "/manifest.json"))) {
       auto local = FetchShards(cfg.data.path);
       if (local.ok()) cfg.data.path = *local;
       else fetched = local.status();
@@ -332,7 +332,7 @@ class Agent {
       r.set_path(dir);
       SendWithRetry(r, [this](grpc::ClientContext* ctx, const v1::CheckpointReport& q, v1::Ack* k) {
         return stub_->ReportCheckpoint(ctx, q, k);
-      }, 10);
+      }, 3);  // short: training waits meanwhile
     };
     absl::StatusOr<RunSummary> sum = fetched.ok() ? RunTrainingJob(cfg, ro) : absl::StatusOr<RunSummary>(fetched);
     if (sum.ok()) {
@@ -382,6 +382,8 @@ void AddWorkerAgentFlags(CLI::App* app, WorkerAgentOptions* o) {
       ->capture_default_str();
   app->add_option("--rendezvous-port", o->rendezvous_port, "coordinator mode: gloo store port as rank 0 (0: free)");
   app->add_option("--data-cache", o->data_cache, "coordinator mode: directory for shards fetched via DataService");
+  app->add_flag("--fetch-data", o->fetch_data,
+                "coordinator mode: always read shards through DataService (no shared filesystem)");
 }
 
 int RunWorkerAgent(WorkerAgentOptions opts, const std::atomic<bool>* stop) {

@@ -24,6 +24,7 @@ struct WorkerAgentOptions {
   int rendezvous_port = 0;      // gloo store port when rank 0 (0 = a free one)
   std::string metrics_listen;   // HOST:PORT (port 0 = a free one, kept for life)
   std::string data_cache;       // where DataService downloads go ("" = temp dir)
+  bool fetch_data = false;      // always use DataService, even if the path exists here
 };
 
 // Adds the coordinator-mode flags to sae-worker's command line.

@@ -308,6 +308,41 @@ TEST_F(Service, TwoJobsRunAtOnceAndASweepBecomesThreeJobs) {
   }
 }
 
+TEST_F(Service, ShardsThroughDataServiceAndACorruptShardFailsTheJob) {
+  fs::create_directories(dir_ / "data");
+  Result syn = Sh(Bin("sae") + " synth --out " + (dir_ / "data" / "acts").string() +
+                  " --rows 6000 --rows-per-shard 2000 --d-in 16 --atoms 32 --k 2 --seed 4");
+  ASSERT_EQ(syn.code, 0) << syn.out;
+  StartCoordinator({"--data-root", (dir_ / "data").string(), "--output-root", dir_.string()});
+  // No shared filesystem: the worker downloads manifest and shards, checks sha256.
+  Proc& w1 = StartWorker("w1", {"--fetch-data", "--data-cache", (dir_ / "cache").string()});
+  const std::string job = "name: shards\ndata: {kind: shards, path: acts, shuffle_buffer_rows: 500}\n"
+                          "sae: {latents: 64, k: 4}\ntrain: {tokens: 6000, batch_tokens: 250, threads: 1}\n"
+                          "output: run\n";
+  const std::string id = Submit(job);
+  json st = WaitFor(id, Terminal, 120);
+  ASSERT_TRUE(StateIs(st, "SUCCEEDED")) << st.dump();
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "summary.json"));
+  EXPECT_TRUE(fs::exists(dir_ / "cache")) << "read through DataService";
+
+  // A truncated shard, read from the shared filesystem by another worker: the
+  // job FAILS (no restarts) and the reason names the shard.
+  w1.Kill(SIGTERM);
+  StartWorker("w2");
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  fs::path shard = dir_ / "data" / "acts" / "shard-00001.safetensors";
+  ASSERT_TRUE(fs::exists(shard));
+  fs::resize_file(shard, fs::file_size(shard) / 2);
+  std::string job2 = job;
+  job2.replace(job2.find("output: run"), 11, "output: run2");
+  const std::string bad = Submit(job2);
+  st = WaitFor(bad, Terminal, 120);
+  EXPECT_TRUE(StateIs(st, "FAILED")) << st.dump();
+  EXPECT_NE(st.value("reason", "").find("shard-00001"), std::string::npos) << st.dump();
+  EXPECT_EQ(st.value("restarts", 0), 0) << st.dump();
+  EXPECT_FALSE(fs::exists(dir_ / "run2" / "summary.json"));
+}
+
 // Direct RPCs, as a client that bypasses `sae`'s own checks would send them.
 TEST_F(Service, TokensRootsAndBadSpecsAreEnforced) {
   WriteAll(dir_ / "client.token", "client-secret\n");
@@ -422,10 +457,18 @@ TEST_F(Service, TokensRootsAndBadSpecsAreEnforced) {
   // A worker with the client's token never registers; with its own it does.
   StartWorker("bad", {"--worker-token-file", (dir_ / "client.token").string()});
   StartWorker("good", {"--worker-token-file", (dir_ / "worker.token").string()});
-  std::this_thread::sleep_for(std::chrono::seconds(3));
-  const std::string sd = HttpGet("/sd");
+  std::string sd;
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  while (Clock::now() < deadline && sd.find("\"good\"") == std::string::npos) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    sd = HttpGet("/sd");
+  }
   EXPECT_NE(sd.find("\"good\""), std::string::npos) << sd;
-  EXPECT_EQ(sd.find("\"bad\""), std::string::npos) << sd;
+  const auto deadline2 = Clock::now() + std::chrono::seconds(30);
+  while (Clock::now() < deadline2 && ReadAll(dir_ / "worker-bad.log").find("bearer token") == std::string::npos)
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_NE(ReadAll(dir_ / "worker-bad.log").find("wrong bearer token"), std::string::npos);
+  EXPECT_EQ(HttpGet("/sd").find("\"bad\""), std::string::npos) << sd;
 }
 
 }  // namespace
