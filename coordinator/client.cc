@@ -13,6 +13,11 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientOptions& 
         absl::StrCat("--coordinator: '", opts.address, "' is not HOST:PORT (or set SAE_COORDINATOR)"));
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(16 << 20);
+  // Reconnect quickly after a coordinator restart (gRPC's default backoff
+  // grows to minutes).
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   std::shared_ptr<grpc::ChannelCredentials> creds;
   if (!opts.tls_ca.empty()) {
     SAE_ASSIGN_OR_RETURN(std::string ca, ReadFileToString(opts.tls_ca));

@@ -96,7 +96,7 @@ absl::Status Coordinator::Load() {
     WorkerRec r;
     r.info = w.info;
     r.alive = w.state == "alive";
-    r.last_heartbeat = now;  // a full lease to come back
+    r.last_heartbeat = now + opts_.lease_seconds;  // two leases to come back after our restart
     r.job_id = w.job_id;
     r.attempt = w.attempt;
     r.rank = w.rank;
@@ -588,7 +588,7 @@ void Coordinator::Tick() {
                    [](const JobRec* a, const JobRec* b) { return a->job.priority() > b->job.priority(); });
   std::vector<WorkerRec*> idle;
   for (auto& [id, w] : workers_)
-    if (w.alive && w.job_id.empty() && now - w.last_heartbeat < settle) idle.push_back(&w);
+    if (w.alive && w.job_id.empty() && w.last_heartbeat <= now && now - w.last_heartbeat < settle) idle.push_back(&w);
   for (JobRec* j : ready) {
     const size_t n = static_cast<size_t>(j->job.spec().world().workers());
     if (n == 0 || idle.size() < n) continue;
