@@ -100,7 +100,9 @@ class Agent {
     auto ctx = MakeContext(client_, 5);
     grpc::Status s = stub_->Register(ctx.get(), req, &resp);
     if (!s.ok()) {
-      if (!warned_) SAE_LOG(kWarn) << "register at " << opts_.coordinator << ": " << s.error_message() << " (retrying)";
+      if (!warned_) {
+        SAE_LOG(kWarn) << "register at " << opts_.coordinator << ": " << s.error_message() << " (retrying)";
+      }
       warned_ = true;
       if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED || s.error_code() == grpc::StatusCode::INVALID_ARGUMENT)
         Sleep(2);

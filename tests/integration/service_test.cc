@@ -343,6 +343,49 @@ TEST_F(Service, ShardsThroughDataServiceAndACorruptShardFailsTheJob) {
   EXPECT_FALSE(fs::exists(dir_ / "run2" / "summary.json"));
 }
 
+TEST_F(Service, CancelStopsTheJobWithinSecondsKeepingItsCheckpoint) {
+  StartCoordinator({});
+  StartWorker("w1");
+  const std::string id = Submit(SynthJob("run", 1, 5000000, 20000));
+  json st = WaitFor(id, [](const json& j) { return Num(j["progress"], "checkpoint_step") > 0 || Terminal(j); }, 120);
+  ASSERT_TRUE(StateIs(st, "RUNNING")) << st.dump();
+  Result c = Sae("cancel " + id + " --reason 'enough for today'");
+  ASSERT_EQ(c.code, 0) << c.out;
+  EXPECT_NE(c.out.find("CANCELLED"), std::string::npos) << c.out;
+  // The worker stops within seconds: it is idle again in the metrics.
+  const auto t0 = Clock::now();
+  std::string m;
+  while (Clock::now() - t0 < std::chrono::seconds(10)) {
+    m = HttpGet("/metrics");
+    if (m.find("sae_workers{role=\"coordinator\",state=\"idle\"} 1") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_NE(m.find("sae_workers{role=\"coordinator\",state=\"idle\"} 1"), std::string::npos) << m;
+  EXPECT_NE(m.find("sae_jobs{role=\"coordinator\",state=\"cancelled\"} 1"), std::string::npos) << m;
+  st = Status(id);
+  EXPECT_TRUE(StateIs(st, "CANCELLED"));
+  EXPECT_EQ(st.value("reason", ""), "enough for today");
+  EXPECT_TRUE(fs::exists(dir_ / "run.partial" / "checkpoints" / "latest")) << "the last checkpoint stays";
+  EXPECT_FALSE(fs::exists(dir_ / "run" / "summary.json"));
+  EXPECT_LT(Num(st["progress"], "tokens"), 5000000);
+}
+
+TEST_F(Service, TlsWithACaFile) {
+  const fs::path cert = dir_ / "cert.pem", key = dir_ / "key.pem";
+  Result gen = Sh("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost -addext "
+                  "subjectAltName=IP:127.0.0.1,DNS:localhost -keyout " + key.string() + " -out " + cert.string());
+  ASSERT_EQ(gen.code, 0) << gen.out;
+  StartCoordinator({"--tls-cert", cert.string(), "--tls-key", key.string()});
+  Result plain = Sae("jobs");
+  EXPECT_EQ(plain.code, 1) << "a plaintext client cannot talk to a TLS coordinator: " << plain.out;
+  StartWorker("w1", {"--tls-ca", cert.string()});
+  const fs::path f = dir_ / "job.yaml";
+  WriteAll(f, SynthJob("run", 1, 5000, 0));
+  Result r = Sae("submit " + f.string() + " --wait --tls-ca " + cert.string());
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "summary.json"));
+}
+
 // Direct RPCs, as a client that bypasses `sae`'s own checks would send them.
 TEST_F(Service, TokensRootsAndBadSpecsAreEnforced) {
   WriteAll(dir_ / "client.token", "client-secret\n");
@@ -447,6 +490,9 @@ TEST_F(Service, TokensRootsAndBadSpecsAreEnforced) {
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << b.field << ": " << s.error_message();
     EXPECT_NE(s.error_message().find(b.field), std::string::npos) << s.error_message();
   }
+  // Requests over --max-message-bytes (4 MiB by default) are refused.
+  grpc::Status big = submit([](sae::v1::JobSpec* s) { s->set_name(std::string(5 << 20, 'x')); });
+  EXPECT_EQ(big.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << big.error_message();
   // Idempotent submit: the same request id gives the same job.
   Result r1 = Sae("submit " + (dir_ / "ok.yaml").string() + " --request-id abc --token-file " +
                   (dir_ / "client.token").string());
