@@ -169,6 +169,7 @@ absl::StatusOr<std::vector<SweepVariant>> ExpandSweep(const JobConfig& base,
     if (combos > 256) return absl::InvalidArgumentError("sweep: more than 256 variants");
   }
   const std::string base_yaml = JobConfigToYaml(base);
+  try {
   for (size_t c = 0; c < combos; ++c) {
     YAML::Node root = YAML::Load(base_yaml);
     std::vector<std::string> parts;
@@ -191,6 +192,9 @@ absl::StatusOr<std::vector<SweepVariant>> ExpandSweep(const JobConfig& base,
     root["output"] = absl::StrCat(base.output, "/", suffix);
     SAE_ASSIGN_OR_RETURN(JobConfig cfg, ParseJobConfig(YAML::Dump(root), absl::StrCat("sweep variant ", suffix)));
     out.push_back({suffix, cfg});
+  }
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat("sweep: ", e.what()));
   }
   return out;
 }

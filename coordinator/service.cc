@@ -156,11 +156,26 @@ class DataServiceImpl final : public v1::DataService::Service {
   grpc::Status StreamShard(grpc::ServerContext* ctx, const v1::ShardRequest* req,
                            grpc::ServerWriter<v1::ShardChunk>* w) override {
     if (auto s = CheckToken(ctx, token_, "worker"); !s.ok()) return s;
+    if (c_->options().data_root.empty())
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          "DataService serves shards only when the coordinator has a --data-root");
     auto dir = ResolveUnderRoot("path", req->path(), c_->options().data_root);
     if (!dir.ok()) return ToGrpc(dir.status());
     const std::string& f = req->file();
     if (f.empty() || f.find('/') != std::string::npos || f == "." || f == "..")
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "file: a plain file name in the shard directory");
+    if (f != "manifest.json") {  // only files the manifest lists
+      auto m = ReadFileToString(*dir + "/manifest.json");
+      if (!m.ok()) return ToGrpc(m.status());
+      auto j = nlohmann::json::parse(*m, nullptr, false);
+      bool listed = false;
+      if (!j.is_discarded() && j.is_object() && j.contains("shards") && j["shards"].is_array())
+        for (const auto& sh : j["shards"])
+          listed |= sh.is_object() && sh.contains("file") && sh["file"].is_string() && sh["file"].get<std::string>() == f;
+      if (!listed)
+        return grpc::Status(grpc::StatusCode::NOT_FOUND, absl::StrCat("file: ", f, " is not listed in ", *dir,
+                                                                      "/manifest.json"));
+    }
     const std::string path = *dir + "/" + f;
     auto sha = Sha256File(path);
     if (!sha.ok()) return ToGrpc(sha.status());

@@ -325,6 +325,29 @@ TEST_F(Service, ShardsThroughDataServiceAndACorruptShardFailsTheJob) {
   EXPECT_TRUE(fs::exists(dir_ / "run" / "summary.json"));
   EXPECT_TRUE(fs::exists(dir_ / "cache")) << "read through DataService";
 
+  // DataService serves only the manifest and the shards it lists, under --data-root.
+  {
+    sae::ClientOptions co;
+    co.address = addr_;
+    auto data = sae::v1::DataService::NewStub(*sae::MakeChannel(co));
+    auto code = [&](const std::string& path, const std::string& file) {
+      sae::v1::ShardRequest r;
+      r.set_path(path);
+      r.set_file(file);
+      auto ctx = sae::MakeContext(co, 10);
+      auto rd = data->StreamShard(ctx.get(), r);
+      sae::v1::ShardChunk c;
+      int64_t bytes = 0;
+      while (rd->Read(&c)) bytes += static_cast<int64_t>(c.data().size());
+      return std::make_pair(rd->Finish().error_code(), bytes);
+    };
+    EXPECT_EQ(code("acts", "manifest.json").first, grpc::StatusCode::OK);
+    EXPECT_GT(code("acts", "shard-00000.safetensors").second, 0);
+    EXPECT_EQ(code("acts", "../../coord.db").first, grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(code("..", "coord.db").first, grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(code(dir_.string(), "coord.db").first, grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(code("acts", "dictionary.safetensors").first, grpc::StatusCode::NOT_FOUND);
+  }
   // A truncated shard, read from the shared filesystem by another worker: the
   // job FAILS (no restarts) and the reason names the shard.
   w1.Kill(SIGTERM);
