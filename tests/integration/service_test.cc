@@ -1,7 +1,10 @@
 // The service as operators and researchers run it: a real sae-coordinator,
 // real sae-worker processes and the `sae` client on loopback, ephemeral
 // ports, temporary directories. Every wait is bounded.
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -154,9 +157,28 @@ class Service : public ::testing::Test {
            "output: " + (dir_ / out).string() + "\n";
   }
 
+  // GET http://<metrics>/path; the body ("" on any error). No curl needed.
   std::string HttpGet(const std::string& path) {
-    Result r = Sh("curl -s --max-time 5 http://" + metrics_ + path);
-    return r.out;
+    const size_t colon = metrics_.rfind(':');
+    if (colon == std::string::npos) return "";
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(std::stoi(metrics_.substr(colon + 1))));
+    ::inet_pton(AF_INET, metrics_.substr(0, colon).c_str(), &a.sin_addr);
+    timeval tv{5, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    std::string resp;
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) {
+      const std::string req = "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+      ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+      char buf[4096];
+      ssize_t n;
+      while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) resp.append(buf, static_cast<size_t>(n));
+    }
+    ::close(fd);
+    const size_t body = resp.find("\r\n\r\n");
+    return body == std::string::npos ? "" : resp.substr(body + 4);
   }
 
   fs::path dir_;
