@@ -20,6 +20,7 @@
 #include "coordinator/job_spec.h"
 #include "core/base/file_util.h"
 #include "core/base/logging.h"
+#include "core/telemetry/http_server.h"
 #include "sae/v1/worker.grpc.pb.h"
 #include "worker/training_run.h"
 
@@ -57,6 +58,7 @@ class Agent {
         data_(v1::DataService::NewStub(ch)), stop_(stop) {}
 
   int Run() {
+    ServeIdleMetrics(true);
     while (!stop_->load() && !Register()) Sleep(0.5);
     std::thread hb([this] { HeartbeatLoop(); });
     std::thread as([this] { AssignmentLoop(); });
@@ -336,7 +338,9 @@ class Agent {
         return stub_->ReportCheckpoint(ctx, q, k);
       }, 3);  // short: training waits meanwhile
     };
+    ServeIdleMetrics(false);  // the training process serves this port now
     absl::StatusOr<RunSummary> sum = fetched.ok() ? RunTrainingJob(cfg, ro) : absl::StatusOr<RunSummary>(fetched);
+    ServeIdleMetrics(true);
     if (sum.ok()) {
       res.set_finished(sum->finished);
       res.set_output(sum->output);
@@ -362,8 +366,28 @@ class Agent {
     }, stop_->load() ? 5 : 300);
   }
 
+  // Between jobs the metrics port answers with an empty exposition, so the
+  // target /sd lists stays up for Prometheus.
+  void ServeIdleMetrics(bool on) {
+    std::lock_guard<std::mutex> l(idle_mu_);
+    idle_http_.reset();
+    if (!on || opts_.metrics_listen.empty()) return;
+    auto h = HttpServer::Start(opts_.metrics_listen, [](const std::string& path) {
+      HttpResponse r;
+      if (path == "/metrics") {
+        r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+      } else {
+        r.status = 404;
+      }
+      return r;
+    });
+    if (h.ok()) idle_http_ = std::move(*h);
+  }
+
   WorkerAgentOptions opts_;
   ClientOptions client_;
+  std::mutex idle_mu_;
+  std::unique_ptr<HttpServer> idle_http_;  // guarded by idle_mu_
   std::unique_ptr<v1::WorkerService::Stub> stub_;
   std::unique_ptr<v1::DataService::Stub> data_;
   const std::atomic<bool>* stop_;

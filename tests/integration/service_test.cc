@@ -177,12 +177,14 @@ class Service : public ::testing::Test {
       while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) resp.append(buf, static_cast<size_t>(n));
     }
     ::close(fd);
+    last_http_ok_ = resp.rfind("HTTP/1.1 200", 0) == 0;
     const size_t body = resp.find("\r\n\r\n");
     return body == std::string::npos ? "" : resp.substr(body + 4);
   }
 
   fs::path dir_;
   std::string addr_, metrics_;
+  bool last_http_ok_ = false;
   std::deque<Proc> procs_;
   int jobs_ = 0;
 };
@@ -241,6 +243,14 @@ TEST_F(Service, TwoWorkersTrainAJobEndToEnd) {
     EXPECT_EQ(t["targets"][0].get<std::string>().rfind("127.0.0.1:", 0), 0u);
   }
   EXPECT_EQ(workers, (std::set<std::string>{"w1", "w2"}));
+  // An idle worker's target stays up (an empty exposition) for Prometheus.
+  const std::string coord_metrics = metrics_;
+  metrics_ = sd[0]["targets"][0].get<std::string>();
+  WriteAll(dir_ / "idle.txt", HttpGet("/metrics"));
+  EXPECT_TRUE(last_http_ok_) << "idle worker endpoint " << metrics_;
+  metrics_ = coord_metrics;
+  Result idle = Sh("promtool check metrics < " + (dir_ / "idle.txt").string());
+  EXPECT_EQ(idle.code, 0) << idle.out;
 }
 
 TEST_F(Service, KilledWorkerRestartsTheJobFromItsCheckpoint) {
