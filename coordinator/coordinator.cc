@@ -269,7 +269,7 @@ absl::StatusOr<v1::SubmitResponse> Coordinator::Submit(const v1::SubmitRequest& 
     children.push_back(c.job.id());
     resp.add_child_ids(c.job.id());
   }
-  JobRec& parent = jobs_[resp.id()];  // `make` may have rehashed nothing (std::map), but re-find anyway
+  JobRec& parent = jobs_[resp.id()];
   for (const auto& c : children) parent.job.add_child_ids(c);
   if (!req.request_id().empty()) by_request_[req.request_id()] = resp.id();
   Transition(&parent, v1::PENDING,
