@@ -8,12 +8,14 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "cli/service_commands.h"
 #include "core/base/config.h"
 #include "core/base/logging.h"
 #include "core/data/inspect.h"
 #include "core/data/shard_writer.h"
 #include "core/data/synthetic.h"
 #include "cli/report_command.h"
+#include "worker/coordinator_agent.h"
 #include "worker/training_run.h"
 
 namespace sae {
@@ -88,7 +90,7 @@ int RunTrain(const TrainArgs& a) {
 }  // namespace
 
 int SaeMain(int argc, char** argv) {
-  CLI::App app{"sae: train and inspect sparse autoencoders on LLM activations (saeforge)"};
+  CLI::App app{"sae: train and inspect sparse autoencoders on LLM activations (saeforge); submit and follow jobs on sae-coordinator"};
   app.require_subcommand(1);
 
   TrainArgs ta;
@@ -134,6 +136,7 @@ int SaeMain(int argc, char** argv) {
 
   ReportArgs ra;
   CLI::App* report = AddReportCommand(app, &ra);
+  auto service = AddServiceCommands(&app);  // submit, jobs, status, watch, cancel
 
   try {
     app.parse(argc, argv);
@@ -141,6 +144,7 @@ int SaeMain(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 2;
   }
 
+  if (int rc = 0; RunServiceCommand(*service, &rc)) return rc;
   if (train->parsed()) return RunTrain(ta);
   if (report->parsed()) return RunReport(ra);
   if (inspect->parsed()) {
@@ -180,7 +184,7 @@ int SaeMain(int argc, char** argv) {
 }
 
 int WorkerMain(int argc, char** argv) {
-  CLI::App app{"sae-worker: trains SAE jobs (standalone with --job; coordinator mode comes with the service)"};
+  CLI::App app{"sae-worker: trains SAE jobs for sae-coordinator (--coordinator HOST:PORT) or one job file (--job)"};
   TrainArgs ta;
   std::string coordinator;
   app.add_option("--job", ta.job, "train this job file in this process");
@@ -195,13 +199,20 @@ int WorkerMain(int argc, char** argv) {
       ->envname("SAE_WORLD_SIZE");
   app.add_option("--rendezvous", ta.rendezvous, "gloo: HOST:PORT of the store rank 0 serves (or SAE_RENDEZVOUS)")
       ->envname("SAE_RENDEZVOUS");
+  WorkerAgentOptions agent;
+  AddWorkerAgentFlags(&app, &agent);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
-  if (!coordinator.empty())
-    return Fail(absl::UnimplementedError("--coordinator: the coordinator service is not part of this build yet"));
+  if (!coordinator.empty()) {
+    std::signal(SIGINT, OnSignal);
+    std::signal(SIGTERM, OnSignal);
+    agent.coordinator = coordinator;
+    agent.metrics_listen = ta.metrics_listen;
+    return RunWorkerAgent(agent, &g_stop);
+  }
   if (ta.job.empty()) {
     std::fprintf(stderr, "error: give --job FILE\n%s", app.help().c_str());
     return 2;

@@ -225,7 +225,7 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
   if (!opts.metrics_listen.empty()) {
     std::string listen = opts.metrics_listen;
     const size_t colon = listen.rfind(':');
-    if (colon != std::string::npos && world > 1) {
+    if (colon != std::string::npos && world > 1 && opts.metrics_port_per_rank) {
       const int port = std::atoi(listen.c_str() + colon + 1);
       if (port > 0) listen = absl::StrCat(listen.substr(0, colon), ":", port + rank);
     }
@@ -304,7 +304,10 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
   auto checkpoint = [&]() -> absl::Status {
     SAE_RETURN_IF_ERROR(trainer->CheckReplicasAgree());
     if (!leader) return absl::OkStatus();
-    return WriteCheckpoint(ckpt_root, *trainer, source->position(), 2);
+    SAE_RETURN_IF_ERROR(WriteCheckpoint(ckpt_root, *trainer, source->position(), 2));
+    if (opts.on_checkpoint)
+      opts.on_checkpoint(trainer->step(), trainer->tokens_seen(), ckpt_root + "/" + StepDirName(trainer->step()));
+    return absl::OkStatus();
   };
 
   const int64_t total = job.train.tokens;

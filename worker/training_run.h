@@ -36,6 +36,11 @@ struct RunOptions {
   // Serve Prometheus metrics at HOST:PORT/metrics ("" = off; port 0 = any
   // free port; with several ranks on one host, rank r uses PORT + r).
   std::string metrics_listen;
+  // false: serve metrics at exactly metrics_listen on every rank (a worker
+  // under a coordinator owns its port).
+  bool metrics_port_per_rank = true;
+  // Rank 0, after each checkpoint is in place: its step, tokens and directory.
+  std::function<void(int64_t step, int64_t tokens, const std::string& dir)> on_checkpoint;
 };
 
 struct RunSummary {

@@ -1,0 +1,286 @@
+// bench_service: the coordinator under load on loopback. One in-process
+// sae-coordinator (real gRPC server, SQLite in a temp file), N simulated
+// workers that register, heartbeat at the coordinator's interval, follow
+// their assignment stream and report progress for what they are given, and
+// M concurrent Watch streams on the running jobs. Reports p50/p99 latency of
+// each RPC kind, watch events delivered, and whether any lease expired
+// (none should: every simulated worker stays alive).
+//   build/bin/bench_service --workers 64 --watchers 100 --seconds 60
+#include <CLI/CLI.hpp>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "coordinator/client.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/service.h"
+#include "sae/v1/job.grpc.pb.h"
+#include "sae/v1/worker.grpc.pb.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Now() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
+
+struct Latencies {
+  std::mutex mu;
+  std::vector<double> v;
+  std::atomic<int64_t> errors{0};
+  void Add(double s) {
+    std::lock_guard<std::mutex> l(mu);
+    v.push_back(s);
+  }
+  double Pct(double p) {
+    std::lock_guard<std::mutex> l(mu);
+    if (v.empty()) return 0;
+    std::sort(v.begin(), v.end());
+    return v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
+  }
+};
+
+sae::v1::JobSpec Spec(int i) {
+  sae::v1::JobSpec s;
+  s.set_name("bench-" + std::to_string(i));
+  s.set_output("bench/out-" + std::to_string(i));
+  auto* d = s.mutable_data();
+  d->set_kind("synthetic");
+  d->set_d_in(16);
+  d->set_latents(32);
+  d->set_k(2);
+  d->set_noise(0.01);
+  d->set_shuffle_buffer_rows(1);
+  auto* a = s.mutable_sae();
+  a->set_latents(64);
+  a->set_k(4);
+  a->set_dead_window_tokens(1000);
+  a->set_dead_remedy("none");
+  a->set_normalize("none");
+  a->set_init_b_dec("mean");
+  a->mutable_k_schedule()->set_fraction(0.25);
+  a->mutable_k_schedule()->set_shape("linear");
+  auto* t = s.mutable_train();
+  t->set_tokens(1000000000);
+  t->set_batch_tokens(100);
+  t->set_warmup_fraction(0.01);
+  t->set_lr_decay("none");
+  t->set_decay_start_fraction(0.8);
+  t->set_grad_clip(1);
+  t->set_precision("fp32");
+  t->set_log_every_steps(10);
+  t->set_device("auto");
+  s.mutable_world()->set_workers(1);
+  s.mutable_world()->set_backend("auto");
+  s.mutable_world()->set_timeout_seconds(30);
+  return s;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"bench_service: coordinator RPC latency with simulated workers and watchers"};
+  int workers = 64, watchers = 100, jobs = 10;
+  double seconds = 60, lease = 10, heartbeat = 1;
+  app.add_option("--workers", workers, "simulated workers")->capture_default_str();
+  app.add_option("--watchers", watchers, "concurrent Watch streams")->capture_default_str();
+  app.add_option("--jobs", jobs, "jobs the workers run (progress every 0.5 s each)")->capture_default_str();
+  app.add_option("--seconds", seconds, "duration")->capture_default_str();
+  app.add_option("--lease-seconds", lease, "coordinator lease")->capture_default_str();
+  app.add_option("--heartbeat-seconds", heartbeat, "heartbeat interval")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  const std::string db = (std::filesystem::temp_directory_path() / ("bench_service_" + std::to_string(::getpid()) + ".db")).string();
+  sae::CoordinatorOptions co;
+  co.db = db;
+  co.lease_seconds = lease;
+  co.heartbeat_seconds = heartbeat;
+  auto coord = sae::Coordinator::Create(co);
+  if (!coord.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(coord.status().message()).c_str());
+    return 1;
+  }
+  sae::ServiceOptions so;
+  so.listen = "127.0.0.1:0";
+  so.metrics_listen = "";
+  auto server = sae::CoordinatorServer::Start(coord->get(), so);
+  if (!server.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(server.status().message()).c_str());
+    return 1;
+  }
+  std::printf("bench_service: %u cpus, %d workers (heartbeat %.1f s, lease %.1f s), %d watchers, %d jobs, %.0f s\n",
+              std::thread::hardware_concurrency(), workers, heartbeat, lease, watchers, jobs, seconds);
+  sae::ClientOptions cl;
+  cl.address = (*server)->address();
+  auto channel = sae::MakeChannel(cl);
+  Latencies hb, prog, get, submit;
+  std::atomic<int64_t> events{0};
+  std::atomic<bool> stop{false};
+
+  std::vector<std::string> job_ids;
+  {
+    auto stub = sae::v1::JobService::NewStub(*channel);
+    for (int i = 0; i < jobs; ++i) {
+      sae::v1::SubmitRequest r;
+      *r.mutable_spec() = Spec(i);
+      sae::v1::SubmitResponse resp;
+      auto ctx = sae::MakeContext(cl, 5);
+      const double t0 = Now();
+      grpc::Status s = stub->Submit(ctx.get(), r, &resp);
+      submit.Add(Now() - t0);
+      if (!s.ok()) {
+        std::fprintf(stderr, "submit: %s\n", s.error_message().c_str());
+        return 1;
+      }
+      job_ids.push_back(resp.id());
+    }
+  }
+  std::vector<std::thread> threads;
+  for (int w = 0; w < workers; ++w) {
+    threads.emplace_back([&, w] {
+      // Each simulated worker has its own channel, as separate processes would.
+      auto ch = sae::MakeChannel(cl);
+      auto stub = sae::v1::WorkerService::NewStub(*ch);
+      const std::string id = "sim-" + std::to_string(w);
+      sae::v1::RegisterRequest reg;
+      reg.set_worker_id(id);
+      reg.set_host("127.0.0.1");
+      reg.set_rendezvous_port(20000 + w);
+      sae::v1::RegisterResponse rr;
+      { auto ctx = sae::MakeContext(cl, 5); stub->Register(ctx.get(), reg, &rr); }
+      std::mutex mu;
+      std::string job;
+      int attempt = 0;
+      auto actx = sae::MakeContext(cl, 0);
+      sae::v1::AssignmentsRequest ar;
+      ar.set_worker_id(id);
+      std::thread reader([&] {
+        auto rd = stub->Assignments(actx.get(), ar);
+        sae::v1::Assignment a;
+        while (rd->Read(&a)) {
+          std::lock_guard<std::mutex> l(mu);
+          if (a.kind() == sae::v1::Assignment::RUN) {
+            job = a.job_id();
+            attempt = a.attempt();
+          }
+        }
+        rd->Finish();
+      });
+      double next_hb = Now(), next_prog = Now();
+      int64_t tokens = 0;
+      while (!stop) {
+        const double now = Now();
+        if (now >= next_hb) {
+          next_hb += heartbeat;
+          sae::v1::HeartbeatRequest h;
+          h.set_worker_id(id);
+          {
+            std::lock_guard<std::mutex> l(mu);
+            h.set_running_job_id(job);
+            h.set_running_attempt(attempt);
+          }
+          sae::v1::HeartbeatResponse hr;
+          auto ctx = sae::MakeContext(cl, 5);
+          const double t0 = Now();
+          grpc::Status s = stub->Heartbeat(ctx.get(), h, &hr);
+          hb.Add(Now() - t0);
+          if (!s.ok()) hb.errors++;
+        }
+        std::string j;
+        int at;
+        {
+          std::lock_guard<std::mutex> l(mu);
+          j = job;
+          at = attempt;
+        }
+        if (!j.empty() && now >= next_prog) {
+          next_prog += 0.5;
+          tokens += 10000;
+          sae::v1::ProgressReport p;
+          p.set_worker_id(id);
+          p.set_job_id(j);
+          p.set_attempt(at);
+          p.mutable_progress()->set_tokens(tokens);
+          p.mutable_progress()->set_fvu(0.1);
+          sae::v1::Ack ack;
+          auto ctx = sae::MakeContext(cl, 5);
+          const double t0 = Now();
+          grpc::Status s = stub->ReportProgress(ctx.get(), p, &ack);
+          prog.Add(Now() - t0);
+          if (!s.ok()) prog.errors++;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+      actx->TryCancel();
+      reader.join();
+    });
+  }
+  for (int m = 0; m < watchers; ++m) {
+    threads.emplace_back([&, m] {
+      auto stub = sae::v1::JobService::NewStub(*channel);
+      while (!stop) {
+        auto ctx = sae::MakeContext(cl, 0);
+        sae::v1::WatchJobRequest r;
+        r.set_id(job_ids[m % job_ids.size()]);
+        auto rd = stub->Watch(ctx.get(), r);
+        sae::v1::JobEvent ev;
+        std::thread canceller([&] {
+          while (!stop) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+          ctx->TryCancel();
+        });
+        while (rd->Read(&ev)) events++;
+        rd->Finish();
+        canceller.join();
+      }
+    });
+  }
+  // A client polling Get, as `sae status` would.
+  threads.emplace_back([&] {
+    auto stub = sae::v1::JobService::NewStub(*channel);
+    while (!stop) {
+      sae::v1::GetJobRequest r;
+      r.set_id(job_ids[0]);
+      sae::v1::Job j;
+      auto ctx = sae::MakeContext(cl, 5);
+      const double t0 = Now();
+      grpc::Status s = stub->Get(ctx.get(), r, &j);
+      get.Add(Now() - t0);
+      if (!s.ok()) get.errors++;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
+  const double t_end = Now() + seconds;
+  int64_t max_dead = 0;
+  while (Now() < t_end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    max_dead = std::max<int64_t>(max_dead, (*coord)->Snapshot().workers_by_state["dead"]);
+  }
+  auto snap = (*coord)->Snapshot();
+  stop = true;
+  for (auto& t : threads) t.join();
+  (*server)->Shutdown();
+  std::filesystem::remove(db);
+  std::filesystem::remove(db + "-wal");
+  std::filesystem::remove(db + "-shm");
+  auto row = [](const char* name, Latencies& l) {
+    std::printf("  %-15s %8zu calls  p50 %7.3f ms  p99 %7.3f ms  errors %ld\n", name, l.v.size(), 1e3 * l.Pct(0.5),
+                1e3 * l.Pct(0.99), static_cast<long>(l.errors.load()));
+  };
+  row("Heartbeat", hb);
+  row("ReportProgress", prog);
+  row("Get", get);
+  row("Submit", submit);
+  std::printf("  watch events delivered: %ld over %d streams\n", static_cast<long>(events.load()), watchers);
+  std::printf("  workers: %d idle, %d busy, %d dead (max dead seen: %ld); running jobs: %d\n",
+              snap.workers_by_state["idle"], snap.workers_by_state["busy"], snap.workers_by_state["dead"],
+              static_cast<long>(max_dead), snap.jobs_by_state["running"]);
+  const bool ok = max_dead == 0 && hb.errors == 0;
+  std::printf("%s\n", ok ? "OK: no lease expired" : "FAIL: a lease expired or heartbeats failed");
+  return ok ? 0 : 1;
+}

@@ -1,0 +1,341 @@
+#include "cli/service_commands.h"
+
+#include <CLI/CLI.hpp>
+#include <google/protobuf/util/json_util.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "coordinator/client.h"
+#include "coordinator/job_spec.h"
+#include "core/base/file_util.h"
+#include "sae/v1/job.grpc.pb.h"
+
+namespace sae {
+
+struct ServiceCli {
+  CLI::App* submit = nullptr;
+  CLI::App* jobs = nullptr;
+  CLI::App* status = nullptr;
+  CLI::App* watch = nullptr;
+  CLI::App* cancel = nullptr;
+  std::string coordinator = "127.0.0.1:50051";
+  std::string token_file, tls_ca;
+  bool json = false;
+  // submit
+  std::string file, request_id;
+  bool wait = false;
+  int priority = 0, max_restarts = -1;
+  // jobs
+  bool all = false;
+  // status / watch / cancel
+  std::string id, reason;
+};
+
+namespace {
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
+  return 1;
+}
+
+std::string ToJson(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions o;
+  o.preserve_proto_field_names = true;
+  o.always_print_primitive_fields = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
+  return out;
+}
+
+std::string Human(double v) {
+  char b[32];
+  if (v >= 1e9) std::snprintf(b, sizeof(b), "%.2fG", v / 1e9);
+  else if (v >= 1e6) std::snprintf(b, sizeof(b), "%.2fM", v / 1e6);
+  else if (v >= 1e3) std::snprintf(b, sizeof(b), "%.1fk", v / 1e3);
+  else std::snprintf(b, sizeof(b), "%.0f", v);
+  return b;
+}
+
+std::string Duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  char b[32];
+  const long t = static_cast<long>(s);
+  if (t >= 3600) std::snprintf(b, sizeof(b), "%ldh%02ldm", t / 3600, (t % 3600) / 60);
+  else if (t >= 60) std::snprintf(b, sizeof(b), "%ldm%02lds", t / 60, t % 60);
+  else std::snprintf(b, sizeof(b), "%lds", t);
+  return b;
+}
+
+std::string TimeText(int64_t ms) {
+  const time_t t = static_cast<time_t>(ms / 1000);
+  tm g;
+  gmtime_r(&t, &g);
+  char b[32];
+  std::strftime(b, sizeof(b), "%Y-%m-%d %H:%M:%S", &g);
+  return b;
+}
+
+std::string StateName(v1::JobState s) { return v1::JobState_Name(s); }
+
+// One line: state, bar, tokens, tokens/s, fvu, dead ratio, k, ETA.
+std::string ProgressLine(const v1::Job& j) {
+  const v1::Progress& p = j.progress();
+  const double total = p.total_tokens() > 0 ? p.total_tokens() : j.spec().train().tokens();
+  const double frac = total > 0 ? std::min(1.0, p.tokens() / total) : 0;
+  const int width = 20, filled = static_cast<int>(frac * width);
+  std::string bar(filled, '=');
+  if (filled < width) bar += '>' + std::string(width - filled - 1, ' ');
+  const double eta = p.tokens_per_second() > 0 ? (total - p.tokens()) / p.tokens_per_second() : NAN;
+  char b[320];
+  std::snprintf(b, sizeof(b), "%-10s [%s] %3.0f%% %s/%s tok  %s tok/s  fvu %.4f  dead %.2f%%  k %ld  ETA %s",
+                StateName(j.state()).c_str(), bar.c_str(), 100 * frac, Human(p.tokens()).c_str(),
+                Human(total).c_str(), Human(p.tokens_per_second()).c_str(), p.fvu(), 100 * p.dead_ratio(),
+                static_cast<long>(p.k()), Duration(eta).c_str());
+  return b;
+}
+
+std::string NewRequestId() {
+  std::random_device rd;
+  std::mt19937_64 g((static_cast<uint64_t>(rd()) << 32) ^ rd() ^ static_cast<uint64_t>(::getpid()));
+  char b[40];
+  std::snprintf(b, sizeof(b), "%016lx%016lx", static_cast<unsigned long>(g()), static_cast<unsigned long>(g()));
+  return b;
+}
+
+class Client {
+ public:
+  static absl::StatusOr<Client> Make(const ServiceCli& c) {
+    ClientOptions o;
+    o.address = c.coordinator;
+    o.tls_ca = c.tls_ca;
+    if (!c.token_file.empty()) {
+      auto t = ReadFileToString(c.token_file);
+      if (!t.ok()) return Annotate(t.status(), "--token-file");
+      o.token = std::string(absl::StripAsciiWhitespace(*t));
+    }
+    SAE_ASSIGN_OR_RETURN(auto ch, MakeChannel(o));
+    return Client(o, v1::JobService::NewStub(ch));
+  }
+  ClientOptions opts;
+  std::shared_ptr<v1::JobService::Stub> stub;
+
+ private:
+  Client(ClientOptions o, std::unique_ptr<v1::JobService::Stub> s) : opts(std::move(o)), stub(std::move(s)) {}
+};
+
+absl::Status Annotated(const grpc::Status& s, const std::string& what, const std::string& addr) {
+  absl::Status st = FromGrpc(s);
+  if (st.code() == absl::StatusCode::kUnavailable)
+    return absl::UnavailableError(absl::StrCat(what, ": coordinator ", addr, " unavailable: ", st.message()));
+  return Annotate(st, what);
+}
+
+// Follows a job until it finishes; returns the exit code (0 = SUCCEEDED).
+int Watch(Client& c, const std::string& id, bool json, bool quiet) {
+  const bool tty = isatty(STDOUT_FILENO);
+  v1::Job last;
+  for (int reconnects = 0; reconnects < 30; ++reconnects) {
+    auto ctx = MakeContext(c.opts, 0);
+    v1::WatchJobRequest req;
+    req.set_id(id);
+    auto reader = c.stub->Watch(ctx.get(), req);
+    v1::JobEvent ev;
+    while (reader->Read(&ev)) {
+      last = ev.job();
+      if (json) {
+        std::printf("%s\n", ToJson(ev).c_str());
+      } else if (!quiet) {
+        if (tty) std::printf("\r%s\x1b[K", ProgressLine(last).c_str());
+        else std::printf("%s\n", ProgressLine(last).c_str());
+        if (tty && ev.state_changed()) std::printf("\n");
+      }
+      std::fflush(stdout);
+    }
+    grpc::Status s = reader->Finish();
+    if (s.ok() && (last.state() == v1::SUCCEEDED || last.state() == v1::FAILED || last.state() == v1::CANCELLED))
+      break;
+    if (!s.ok() && s.error_code() != grpc::StatusCode::UNAVAILABLE) return Fail(Annotated(s, "watch " + id, c.opts.address));
+    std::this_thread::sleep_for(std::chrono::seconds(1));  // coordinator restarting: reconnect
+  }
+  if (!json && !quiet) {
+    if (tty) std::printf("\n");
+    std::printf("%s %s: %s\n", id.c_str(), StateName(last.state()).c_str(), last.reason().c_str());
+    if (last.state() == v1::SUCCEEDED) std::printf("output: %s\n", last.output().c_str());
+  }
+  return last.state() == v1::SUCCEEDED ? 0 : 1;
+}
+
+int DoSubmit(const ServiceCli& a) {
+  auto parsed = LoadJobFileWithSweep(a.file);
+  if (!parsed.ok()) return Fail(parsed.status());
+  auto c = Client::Make(a);
+  if (!c.ok()) return Fail(c.status());
+  v1::SubmitRequest req;
+  *req.mutable_spec() = JobSpecFromConfig(parsed->first);
+  for (const auto& ax : parsed->second) *req.add_sweep() = ax;
+  req.set_request_id(a.request_id.empty() ? NewRequestId() : a.request_id);
+  req.set_priority(a.priority);
+  if (a.max_restarts >= 0) req.set_max_restarts(a.max_restarts);
+  v1::SubmitResponse resp;
+  grpc::Status s;
+  for (int attempt = 0; attempt < 5; ++attempt) {  // same request id: retries are idempotent
+    auto ctx = MakeContext(c->opts, 30);
+    s = c->stub->Submit(ctx.get(), req, &resp);
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+  if (!s.ok()) return Fail(Annotated(s, "submit " + a.file, c->opts.address));
+  if (a.json) {
+    std::printf("%s\n", ToJson(resp).c_str());
+  } else {
+    std::printf("%s\n", resp.id().c_str());
+    for (const auto& ch : resp.child_ids()) std::printf("  variant %s\n", ch.c_str());
+  }
+  std::fflush(stdout);
+  if (!a.wait) return 0;
+  return Watch(*c, resp.id(), a.json, a.json);
+}
+
+int DoJobs(const ServiceCli& a) {
+  auto c = Client::Make(a);
+  if (!c.ok()) return Fail(c.status());
+  v1::ListJobsRequest req;
+  req.set_include_children(a.all);
+  v1::ListJobsResponse resp;
+  auto ctx = MakeContext(c->opts, 30);
+  grpc::Status s = c->stub->List(ctx.get(), req, &resp);
+  if (!s.ok()) return Fail(Annotated(s, "jobs", c->opts.address));
+  if (a.json) {
+    std::printf("%s\n", ToJson(resp).c_str());
+    return 0;
+  }
+  std::printf("%-12s %-11s %-24s %8s %9s %s\n", "ID", "STATE", "NAME", "PROGRESS", "RESTARTS", "WORKERS");
+  for (const auto& j : resp.jobs()) {
+    const double total = j.spec().train().tokens();
+    std::string workers;
+    for (const auto& w : j.workers()) workers += (workers.empty() ? "" : ",") + w;
+    if (j.child_ids_size() > 0) workers = absl::StrCat("sweep of ", j.child_ids_size());
+    std::printf("%-12s %-11s %-24s %7.0f%% %9d %s\n", j.id().c_str(), StateName(j.state()).c_str(),
+                j.spec().name().c_str(), total > 0 ? 100.0 * j.progress().tokens() / total : 0.0, j.restarts(),
+                workers.c_str());
+  }
+  return 0;
+}
+
+int DoStatus(const ServiceCli& a) {
+  auto c = Client::Make(a);
+  if (!c.ok()) return Fail(c.status());
+  v1::GetJobRequest req;
+  req.set_id(a.id);
+  v1::Job j;
+  auto ctx = MakeContext(c->opts, 30);
+  grpc::Status s = c->stub->Get(ctx.get(), req, &j);
+  if (!s.ok()) return Fail(Annotated(s, "status " + a.id, c->opts.address));
+  if (a.json) {
+    std::printf("%s\n", ToJson(j).c_str());
+    return 0;
+  }
+  const v1::Progress& p = j.progress();
+  std::printf("job        %s (%s)\nstate      %s%s%s\nattempt    %d, restarts %d of %d\n", j.id().c_str(),
+              j.spec().name().c_str(), StateName(j.state()).c_str(), j.reason().empty() ? "" : ": ",
+              j.reason().c_str(), j.attempt(), j.restarts(), j.max_restarts());
+  if (j.workers_size() > 0) {
+    std::string w;
+    for (const auto& x : j.workers()) w += (w.empty() ? "" : ", ") + x;
+    std::printf("workers    %s\n", w.c_str());
+  }
+  for (const auto& ch : j.child_ids()) std::printf("variant    %s\n", ch.c_str());
+  std::printf("progress   %s\n", ProgressLine(j).c_str());
+  std::printf("metrics    mse %.4g  l0 %.2f  aux %.4g  step %ld\n", p.mse(), p.l0(), p.aux_loss(),
+              static_cast<long>(p.step()));
+  if (p.checkpoint_step() > 0)
+    std::printf("checkpoint step %ld (%s tokens)\n", static_cast<long>(p.checkpoint_step()),
+                Human(p.checkpoint_tokens()).c_str());
+  std::printf("output     %s\nhistory\n", j.output().c_str());
+  for (const auto& t : j.history())
+    std::printf("  %s  %-10s -> %-10s %s\n", TimeText(t.time_unix_ms()).c_str(), StateName(t.from()).c_str(),
+                StateName(t.to()).c_str(), t.reason().c_str());
+  return 0;
+}
+
+int DoCancel(const ServiceCli& a) {
+  auto c = Client::Make(a);
+  if (!c.ok()) return Fail(c.status());
+  v1::CancelJobRequest req;
+  req.set_id(a.id);
+  req.set_reason(a.reason);
+  v1::CancelJobResponse resp;
+  auto ctx = MakeContext(c->opts, 30);
+  grpc::Status s = c->stub->Cancel(ctx.get(), req, &resp);
+  if (!s.ok()) return Fail(Annotated(s, "cancel " + a.id, c->opts.address));
+  if (a.json) std::printf("%s\n", ToJson(resp.job()).c_str());
+  else std::printf("%s %s\n", a.id.c_str(), StateName(resp.job().state()).c_str());
+  return 0;
+}
+
+void Common(CLI::App* sub, ServiceCli* s) {
+  sub->add_option("--coordinator", s->coordinator, "HOST:PORT of sae-coordinator (or SAE_COORDINATOR)")
+      ->envname("SAE_COORDINATOR")
+      ->capture_default_str();
+  sub->add_option("--token-file", s->token_file, "file with the client bearer token (or SAE_TOKEN_FILE)")
+      ->envname("SAE_TOKEN_FILE");
+  sub->add_option("--tls-ca", s->tls_ca, "PEM CA of the coordinator's certificate: use TLS (or SAE_TLS_CA)")
+      ->envname("SAE_TLS_CA");
+  sub->add_flag("--json", s->json, "JSON output");
+}
+
+}  // namespace
+
+std::shared_ptr<ServiceCli> AddServiceCommands(CLI::App* app) {
+  auto s = std::make_shared<ServiceCli>();
+  s->submit = app->add_subcommand("submit", "submit a job file to the coordinator; prints the job id");
+  s->submit->add_option("file", s->file, "job file (YAML; sae fields may list values: a sweep)")->required();
+  s->submit->add_flag("--wait", s->wait, "follow the job until it finishes (exit 0 when SUCCEEDED)");
+  s->submit->add_option("--priority", s->priority, "higher runs first");
+  s->submit->add_option("--max-restarts", s->max_restarts, "restarts after failures (default: coordinator's)");
+  s->submit->add_option("--request-id", s->request_id, "idempotency key (default: random)");
+  Common(s->submit, s.get());
+  s->jobs = app->add_subcommand("jobs", "list the coordinator's jobs");
+  s->jobs->add_flag("--all", s->all, "include sweep variants");
+  Common(s->jobs, s.get());
+  s->status = app->add_subcommand("status", "a job's state, history, metrics and output");
+  s->status->add_option("id", s->id, "job id")->required();
+  Common(s->status, s.get());
+  s->watch = app->add_subcommand("watch", "live progress of a job until it finishes");
+  s->watch->add_option("id", s->id, "job id")->required();
+  Common(s->watch, s.get());
+  s->cancel = app->add_subcommand("cancel", "cancel a job (its last checkpoint stays)");
+  s->cancel->add_option("id", s->id, "job id")->required();
+  s->cancel->add_option("--reason", s->reason, "recorded in the job's history");
+  Common(s->cancel, s.get());
+  return s;
+}
+
+bool RunServiceCommand(const ServiceCli& s, int* rc) {
+  if (s.submit->parsed()) {
+    *rc = DoSubmit(s);
+  } else if (s.jobs->parsed()) {
+    *rc = DoJobs(s);
+  } else if (s.status->parsed()) {
+    *rc = DoStatus(s);
+  } else if (s.watch->parsed()) {
+    auto c = Client::Make(s);
+    *rc = c.ok() ? Watch(*c, s.id, s.json, false) : Fail(c.status());
+  } else if (s.cancel->parsed()) {
+    *rc = DoCancel(s);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+}  // namespace sae

@@ -1,0 +1,47 @@
+#include "coordinator/client.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "core/base/file_util.h"
+
+namespace sae {
+
+absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientOptions& opts) {
+  if (opts.address.empty() || opts.address.find(':') == std::string::npos)
+    return absl::InvalidArgumentError(
+        absl::StrCat("--coordinator: '", opts.address, "' is not HOST:PORT (or set SAE_COORDINATOR)"));
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(16 << 20);
+  // Reconnect quickly after a coordinator restart (gRPC's default backoff
+  // grows to minutes).
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  std::shared_ptr<grpc::ChannelCredentials> creds;
+  if (!opts.tls_ca.empty()) {
+    SAE_ASSIGN_OR_RETURN(std::string ca, ReadFileToString(opts.tls_ca));
+    grpc::SslCredentialsOptions so;
+    so.pem_root_certs = ca;
+    creds = grpc::SslCredentials(so);
+  } else {
+    creds = grpc::InsecureChannelCredentials();
+  }
+  return grpc::CreateCustomChannel(opts.address, creds, args);
+}
+
+std::unique_ptr<grpc::ClientContext> MakeContext(const ClientOptions& opts, double seconds) {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  if (!opts.token.empty()) ctx->AddMetadata("authorization", "Bearer " + opts.token);
+  if (seconds > 0)
+    ctx->set_deadline(std::chrono::system_clock::now() +
+                      std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
+  return ctx;
+}
+
+absl::Status FromGrpc(const grpc::Status& s) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+}  // namespace sae

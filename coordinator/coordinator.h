@@ -1,0 +1,133 @@
+// The coordinator's state machine: jobs (PENDING → SCHEDULED → RUNNING ⇄
+// RESTARTING → SUCCEEDED | FAILED | CANCELLED), workers and their leases,
+// the scheduler that places a job needing world.workers workers on that many
+// idle ones (priority first, then FIFO; later jobs fill workers an earlier
+// job cannot use), sweeps, and restarts from the last checkpoint. Every
+// change is written to the JobStore before it is visible. The gRPC services
+// (service.h) are thin adapters over this class.
+// Thread-safe: one mutex guards all state; one background thread expires
+// leases and schedules.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "coordinator/store.h"
+#include "core/base/config.h"
+#include "core/base/status.h"
+#include "sae/v1/job.pb.h"
+#include "sae/v1/worker.pb.h"
+
+namespace sae {
+
+struct CoordinatorOptions {
+  std::string db = ":memory:";
+  double lease_seconds = 10;      // a worker silent this long is dead
+  double heartbeat_seconds = 1;   // what workers are told to use
+  std::string data_root, output_root;  // "" = no restriction (".." still refused)
+  int default_max_restarts = 3;
+};
+
+// Counts the metrics endpoint exports, and the workers /sd lists.
+struct CoordinatorSnapshot {
+  std::map<std::string, int> jobs_by_state;     // every state, lower case
+  std::map<std::string, int> workers_by_state;  // idle | busy | dead
+  int64_t restarts_total = 0;
+  struct Target {
+    std::string worker_id, address, job_id;
+  };
+  std::vector<Target> targets;  // live workers with a metrics endpoint
+};
+
+class Coordinator {
+ public:
+  static absl::StatusOr<std::unique_ptr<Coordinator>> Create(const CoordinatorOptions& opts);
+  ~Coordinator();
+
+  const CoordinatorOptions& options() const { return opts_; }
+
+  // JobService.
+  absl::StatusOr<v1::SubmitResponse> Submit(const v1::SubmitRequest& req);
+  absl::StatusOr<v1::Job> Get(const std::string& id);
+  std::vector<v1::Job> List(bool include_children);
+  absl::StatusOr<v1::Job> Cancel(const std::string& id, const std::string& reason);
+  // Blocks up to `timeout` until job `id` has a version newer than *version;
+  // then fills *job, updates *version and returns true. NotFound for an
+  // unknown id.
+  absl::StatusOr<bool> WaitForJob(const std::string& id, int64_t* version, v1::Job* job, double timeout_s);
+
+  // WorkerService.
+  absl::StatusOr<v1::RegisterResponse> Register(const v1::RegisterRequest& req);
+  absl::Status Heartbeat(const v1::HeartbeatRequest& req);
+  // Starts a new assignment stream for the worker (older streams of it end)
+  // and queues its current order again. Returns the stream's generation.
+  absl::StatusOr<int64_t> ConnectAssignments(const std::string& worker_id);
+  // Waits up to `timeout` for the next order. Returns false on timeout;
+  // Cancelled when a newer stream replaced this one.
+  absl::StatusOr<bool> NextAssignment(const std::string& worker_id, int64_t generation, v1::Assignment* out,
+                                      double timeout_s);
+  absl::Status ReportProgress(const v1::ProgressReport& r);
+  absl::Status ReportCheckpoint(const v1::CheckpointReport& r);
+  absl::Status ReportResult(const v1::AttemptResult& r);
+
+  CoordinatorSnapshot Snapshot();
+  // Wakes every waiting stream (server shutdown).
+  void Shutdown();
+
+ private:
+  struct JobRec {
+    v1::Job job;
+    std::string request_id;
+    int64_t version = 0;
+    double restart_at = 0;  // steady seconds when it went RESTARTING
+  };
+  struct WorkerRec {
+    v1::RegisterRequest info;
+    bool alive = true;
+    double last_heartbeat = 0;
+    std::string job_id;  // assigned (or still stopping) attempt
+    int attempt = 0;
+    int rank = -1;
+    bool stopping = false;
+    std::deque<v1::Assignment> outbox;
+    int64_t stream_generation = 0;
+  };
+
+  explicit Coordinator(const CoordinatorOptions& opts) : opts_(opts) {}
+  absl::Status Load();
+  void Loop();
+  void Tick() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Transition(JobRec* j, v1::JobState to, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SaveJob(JobRec* j) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SaveWorker(const WorkerRec& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void StopGroup(JobRec* j, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void GroupFailed(JobRec* j, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UpdateParent(const std::string& parent_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  v1::Assignment BuildRun(const JobRec& j, int rank) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<JobConfig> CheckSpec(const v1::JobSpec& spec, const std::string& origin);
+  std::string NewId() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const CoordinatorOptions opts_;
+  std::unique_ptr<JobStore> store_;
+  std::mutex mu_;
+  std::condition_variable cv_;  // notified on every change
+  std::map<std::string, JobRec> jobs_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> order_ ABSL_GUARDED_BY(mu_);  // submission order
+  std::map<std::string, std::string> by_request_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, WorkerRec> workers_ ABSL_GUARDED_BY(mu_);
+  int64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread loop_;
+};
+
+std::string JobStateName(v1::JobState s);  // "PENDING", ...
+bool IsTerminal(v1::JobState s);
+
+}  // namespace sae

@@ -1,0 +1,87 @@
+// sae-coordinator: schedules SAE jobs onto sae-worker processes (see
+// coordinator/coordinator.h and docs in README "Running the service").
+#include <CLI/CLI.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "coordinator/coordinator.h"
+#include "coordinator/service.h"
+#include "core/base/file_util.h"
+#include "core/base/logging.h"
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+void OnSignal(int) { g_stop = true; }
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"sae-coordinator: schedules SAE training jobs onto sae-worker processes"};
+  sae::CoordinatorOptions co;
+  sae::ServiceOptions so;
+  std::string client_token_file, worker_token_file, ready_file;
+  co.db = "sae-coordinator.db";
+  app.add_option("--listen", so.listen, "gRPC HOST:PORT (port 0: any free port)")->capture_default_str();
+  app.add_option("--db", co.db, "SQLite database (jobs, transitions, workers, checkpoints)")->capture_default_str();
+  app.add_option("--metrics-listen", so.metrics_listen, "HTTP HOST:PORT for /metrics and /sd (\"\" = off)")
+      ->capture_default_str();
+  app.add_option("--lease-seconds", co.lease_seconds, "a worker silent this long is dead")->capture_default_str();
+  app.add_option("--heartbeat-seconds", co.heartbeat_seconds, "heartbeat interval told to workers")
+      ->capture_default_str();
+  app.add_option("--max-restarts", co.default_max_restarts, "default restarts of a job before it FAILS")
+      ->capture_default_str();
+  app.add_option("--data-root", co.data_root, "job data paths must lie under this directory");
+  app.add_option("--output-root", co.output_root, "job outputs must lie under this directory");
+  app.add_option("--client-token-file", client_token_file, "bearer token clients (sae) must present");
+  app.add_option("--worker-token-file", worker_token_file, "bearer token workers must present");
+  app.add_option("--tls-cert", so.tls_cert, "PEM certificate: serve TLS");
+  app.add_option("--tls-key", so.tls_key, "PEM private key of --tls-cert");
+  app.add_option("--max-message-bytes", so.max_message_bytes, "largest request accepted")->capture_default_str();
+  app.add_option("--ready-file", ready_file, "write {\"listen\", \"metrics\"} as JSON here once serving");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  if (!client_token_file.empty()) {
+    auto t = sae::ReadTokenFile("--client-token-file", client_token_file);
+    if (!t.ok()) return Fail(t.status());
+    so.client_token = *t;
+  }
+  if (!worker_token_file.empty()) {
+    auto t = sae::ReadTokenFile("--worker-token-file", worker_token_file);
+    if (!t.ok()) return Fail(t.status());
+    so.worker_token = *t;
+  }
+  if (!so.client_token.empty() && so.client_token == so.worker_token)
+    return Fail(absl::InvalidArgumentError("client and worker tokens must differ"));
+  auto coord = sae::Coordinator::Create(co);
+  if (!coord.ok()) return Fail(coord.status());
+  auto server = sae::CoordinatorServer::Start(coord->get(), so);
+  if (!server.ok()) return Fail(server.status());
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  SAE_LOG(kInfo) << "sae-coordinator listening on " << (*server)->address()
+                 << (so.tls_cert.empty() ? " (plaintext)" : " (TLS)") << ", metrics at http://"
+                 << (*server)->metrics_address() << "/metrics, db " << co.db;
+  if (!ready_file.empty()) {
+    nlohmann::json j = {{"listen", (*server)->address()}, {"metrics", (*server)->metrics_address()}};
+    absl::Status s = sae::AtomicWriteFile(ready_file, j.dump() + "\n");
+    if (!s.ok()) return Fail(s);
+  }
+  while (!g_stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  SAE_LOG(kInfo) << "sae-coordinator: stopping";
+  (*server)->Shutdown();
+  return 0;
+}

@@ -1,0 +1,45 @@
+// The coordinator's network edge: JobService, WorkerService and DataService
+// over gRPC (sync API; each stream holds one server thread), bearer-token
+// checks per role, TLS, request size limits, and the HTTP endpoint with
+// Prometheus metrics (/metrics) and HTTP service discovery of workers (/sd).
+// Protobuf types convert to the Coordinator's calls here; every handler
+// returns a status, none throws.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "coordinator/coordinator.h"
+#include "core/base/status.h"
+
+namespace sae {
+
+struct ServiceOptions {
+  std::string listen = "127.0.0.1:50051";
+  std::string metrics_listen = "127.0.0.1:9464";  // "" = off
+  std::string client_token, worker_token;         // "" = not required
+  std::string tls_cert, tls_key;                  // PEM file paths; "" = plaintext
+  int max_message_bytes = 4 << 20;
+};
+
+class CoordinatorServer {
+ public:
+  // Starts serving `coord` (which must outlive the server).
+  static absl::StatusOr<std::unique_ptr<CoordinatorServer>> Start(Coordinator* coord, const ServiceOptions& opts);
+  ~CoordinatorServer();
+
+  std::string address() const;          // gRPC HOST:PORT actually bound
+  std::string metrics_address() const;  // "" when off
+  void Shutdown();                      // ends streams, stops accepting
+
+  struct Impl;
+
+ private:
+  explicit CoordinatorServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Reads a bearer token from a file (trailing whitespace dropped; empty is an error).
+absl::StatusOr<std::string> ReadTokenFile(const std::string& flag, const std::string& path);
+
+}  // namespace sae

@@ -1,0 +1,575 @@
+// The service as operators and researchers run it: a real sae-coordinator,
+// real sae-worker processes and the `sae` client on loopback, ephemeral
+// ports, temporary directories. Every wait is bounded.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <deque>
+#include <iostream>
+#include <set>
+#include <thread>
+
+#include "coordinator/client.h"
+#include "sae/v1/job.grpc.pb.h"
+#include "sae/v1/worker.grpc.pb.h"
+#include "tests/integration/test_util.h"
+
+namespace {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+int64_t Num(const json& j, const char* key) {
+  if (!j.contains(key)) return 0;
+  const json& v = j[key];
+  if (v.is_string()) return std::stoll(v.get<std::string>());
+  if (v.is_number()) return v.get<int64_t>();
+  return 0;
+}
+
+// A child process whose output goes to a log file; killed at destruction.
+struct Proc {
+  pid_t pid = -1;
+  std::string log;
+  void Kill(int sig) {
+    if (pid > 0) {
+      ::kill(pid, sig);
+      int st;
+      ::waitpid(pid, &st, 0);
+      pid = -1;
+    }
+  }
+};
+
+class Service : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) /
+           ("sae_svc_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override {
+    for (auto& p : procs_) p.Kill(SIGKILL);
+    if (HasFailure()) {
+      for (auto& p : procs_) std::cerr << "---- " << p.log << "\n" << ReadAll(p.log).substr(0, 20000) << "\n";
+    }
+  }
+
+  Proc& Spawn(const std::vector<std::string>& args, const std::string& name) {
+    Proc p;
+    p.log = (dir_ / (name + ".log")).string();
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      const int fd = ::open(p.log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+      std::vector<char*> argv;
+      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    p.pid = pid;
+    procs_.push_back(p);
+    return procs_.back();
+  }
+
+  // Starts sae-coordinator with `extra` flags; waits for its ready file.
+  Proc& StartCoordinator(const std::vector<std::string>& extra, const std::string& listen = "127.0.0.1:0") {
+    const fs::path ready = dir_ / "ready.json";
+    fs::remove(ready);
+    std::vector<std::string> args = {Bin("sae-coordinator"), "--listen", listen, "--metrics-listen", "127.0.0.1:0",
+                                     "--db", (dir_ / "coord.db").string(), "--ready-file", ready.string(),
+                                     "--lease-seconds", "3", "--heartbeat-seconds", "0.5"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    Proc& p = Spawn(args, "coordinator" + std::to_string(procs_.size()));
+    const auto deadline = Clock::now() + std::chrono::seconds(20);
+    while (!fs::exists(ready) && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_TRUE(fs::exists(ready)) << ReadAll(p.log);
+    if (fs::exists(ready)) {
+      json j = json::parse(ReadAll(ready));
+      addr_ = j["listen"];
+      metrics_ = j["metrics"];
+    }
+    return p;
+  }
+
+  Proc& StartWorker(const std::string& id, const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args = {Bin("sae-worker"), "--coordinator", addr_, "--worker-id", id,
+                                     "--metrics-listen", "127.0.0.1:0"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return Spawn(args, "worker-" + id);
+  }
+
+  Result Sae(const std::string& args) { return Sh(Bin("sae") + " " + args + " --coordinator " + addr_); }
+
+  json Status(const std::string& id) {
+    Result r = Sae("status " + id + " --json");
+    if (r.code != 0) return json::object();
+    auto j = json::parse(r.out, nullptr, false);
+    return j.is_discarded() ? json::object() : j;
+  }
+
+  // Polls until pred(status) holds; returns the last status.
+  json WaitFor(const std::string& id, const std::function<bool(const json&)>& pred, int seconds) {
+    const auto deadline = Clock::now() + std::chrono::seconds(seconds);
+    json j;
+    while (Clock::now() < deadline) {
+      j = Status(id);
+      if (pred(j)) return j;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    ADD_FAILURE() << "timed out after " << seconds << " s waiting on " << id << "; last: " << j.dump();
+    return j;
+  }
+  static bool StateIs(const json& j, const std::string& s) { return j.value("state", "") == s; }
+  static bool Terminal(const json& j) {
+    const std::string s = j.value("state", "");
+    return s == "SUCCEEDED" || s == "FAILED" || s == "CANCELLED";
+  }
+
+  std::string Submit(const std::string& yaml, const std::string& extra = "") {
+    const fs::path f = dir_ / ("job" + std::to_string(++jobs_) + ".yaml");
+    WriteAll(f, yaml);
+    Result r = Sae("submit " + f.string() + " " + extra);
+    EXPECT_EQ(r.code, 0) << r.out;
+    const std::string id = r.out.substr(0, r.out.find('\n'));
+    EXPECT_EQ(id.rfind("job-", 0), 0u) << r.out;
+    return id;
+  }
+
+  // A synthetic job; `tokens` and `every` scale its length.
+  std::string SynthJob(const std::string& out, int workers, int64_t tokens, int64_t every,
+                       const std::string& k = "8") {
+    return "name: svc\ndata: {kind: synthetic, d_in: 64, latents: 256, k: 4, seed: 3}\n"
+           "sae: {latents: 512, k: " + k + "}\n"
+           "train: {tokens: " + std::to_string(tokens) + ", batch_tokens: 256, checkpoint_every_tokens: " +
+           std::to_string(every) + ", log_every_steps: 5, threads: 1, lr: 0.002}\n"
+           "world: {workers: " + std::to_string(workers) + ", timeout_seconds: 20}\n"
+           "output: " + (dir_ / out).string() + "\n";
+  }
+
+  // GET http://<metrics>/path; the body ("" on any error). No curl needed.
+  std::string HttpGet(const std::string& path) {
+    const size_t colon = metrics_.rfind(':');
+    if (colon == std::string::npos) return "";
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(std::stoi(metrics_.substr(colon + 1))));
+    ::inet_pton(AF_INET, metrics_.substr(0, colon).c_str(), &a.sin_addr);
+    timeval tv{5, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    std::string resp;
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) {
+      const std::string req = "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+      ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+      char buf[4096];
+      ssize_t n;
+      while ((n = ::recv(fd, buf, sizeof(buf), 0)) > 0) resp.append(buf, static_cast<size_t>(n));
+    }
+    ::close(fd);
+    last_http_ok_ = resp.rfind("HTTP/1.1 200", 0) == 0;
+    const size_t body = resp.find("\r\n\r\n");
+    return body == std::string::npos ? "" : resp.substr(body + 4);
+  }
+
+  fs::path dir_;
+  std::string addr_, metrics_;
+  bool last_http_ok_ = false;
+  std::deque<Proc> procs_;
+  int jobs_ = 0;
+};
+
+TEST_F(Service, TwoWorkersTrainAJobEndToEnd) {
+  StartCoordinator({});
+  StartWorker("w1");
+  StartWorker("w2");
+  const std::string id = Submit(SynthJob("run", 2, 40000, 10000));
+  Result watch = Sae("watch " + id);
+  EXPECT_EQ(watch.code, 0) << watch.out;
+  EXPECT_NE(watch.out.find("tok/s"), std::string::npos) << watch.out;
+  EXPECT_NE(watch.out.find("RUNNING"), std::string::npos) << watch.out;
+  EXPECT_NE(watch.out.find("SUCCEEDED"), std::string::npos) << watch.out;
+  json st = Status(id);
+  ASSERT_TRUE(StateIs(st, "SUCCEEDED")) << st.dump();
+  EXPECT_EQ(st["workers"].size(), 0u);
+  EXPECT_EQ(Num(st["progress"], "tokens"), 40000);
+  const fs::path out = dir_ / "run";
+  for (const char* f : {"sae.safetensors", "cfg.json", "metrics.jsonl", "summary.json"})
+    EXPECT_TRUE(fs::exists(out / f)) << f;
+  json summary = json::parse(ReadAll(out / "summary.json"));
+  EXPECT_EQ(summary["tokens"].get<int64_t>(), 40000);
+  EXPECT_LT(summary["fvu"].get<double>(), 1.0);
+  auto tensors = ReadF32Tensors(out / "sae.safetensors");
+  EXPECT_FALSE(tensors.empty());
+  // History: PENDING → SCHEDULED → RUNNING → SUCCEEDED, with times.
+  std::vector<std::string> states;
+  for (const auto& t : st["history"]) states.push_back(t["to"]);
+  EXPECT_EQ(states, (std::vector<std::string>{"PENDING", "SCHEDULED", "RUNNING", "SUCCEEDED"})) << st.dump();
+  Result jobs = Sae("jobs");
+  EXPECT_NE(jobs.out.find(id), std::string::npos) << jobs.out;
+  // Cancelling a finished job is refused; an unknown id is NOT_FOUND.
+  Result c = Sae("cancel " + id);
+  EXPECT_EQ(c.code, 1);
+  EXPECT_NE(c.out.find("already finished"), std::string::npos) << c.out;
+  Result nf = Sae("status job-999999");
+  EXPECT_EQ(nf.code, 1);
+  EXPECT_NE(nf.out.find("no such job"), std::string::npos) << nf.out;
+
+  // Metrics: contract names, promtool-clean; /sd lists both workers.
+  const std::string m = HttpGet("/metrics");
+  EXPECT_NE(m.find("sae_jobs{"), std::string::npos) << m;
+  EXPECT_NE(m.find("state=\"succeeded\""), std::string::npos) << m;
+  EXPECT_NE(m.find("sae_workers{"), std::string::npos) << m;
+  EXPECT_NE(m.find("sae_job_restarts_total"), std::string::npos) << m;
+  WriteAll(dir_ / "metrics.txt", m);
+  Result prom = Sh("promtool check metrics < " + (dir_ / "metrics.txt").string());
+  EXPECT_EQ(prom.code, 0) << prom.out;
+  json sd = json::parse(HttpGet("/sd"), nullptr, false);
+  ASSERT_TRUE(sd.is_array()) << HttpGet("/sd");
+  std::set<std::string> workers;
+  for (const auto& t : sd) {
+    workers.insert(t["labels"]["worker"].get<std::string>());
+    EXPECT_EQ(t["targets"].size(), 1u);
+    EXPECT_EQ(t["targets"][0].get<std::string>().rfind("127.0.0.1:", 0), 0u);
+  }
+  EXPECT_EQ(workers, (std::set<std::string>{"w1", "w2"}));
+  // An idle worker's target stays up (an empty exposition) for Prometheus.
+  const std::string coord_metrics = metrics_;
+  metrics_ = sd[0]["targets"][0].get<std::string>();
+  WriteAll(dir_ / "idle.txt", HttpGet("/metrics"));
+  EXPECT_TRUE(last_http_ok_) << "idle worker endpoint " << metrics_;
+  metrics_ = coord_metrics;
+  Result idle = Sh("promtool check metrics < " + (dir_ / "idle.txt").string());
+  EXPECT_EQ(idle.code, 0) << idle.out;
+}
+
+TEST_F(Service, KilledWorkerRestartsTheJobFromItsCheckpoint) {
+  StartCoordinator({});
+  StartWorker("w1");
+  Proc& w2 = StartWorker("w2");
+  const int64_t total = 400000, every = 40000;
+  const std::string id = Submit(SynthJob("run", 2, total, every));
+  json st = WaitFor(id, [&](const json& j) {
+    return Num(j["progress"], "checkpoint_step") > 0 && Num(j["progress"], "tokens") > Num(j["progress"], "checkpoint_tokens");
+  }, 120);
+  ASSERT_FALSE(Terminal(st)) << "the job finished before the kill: make it longer";
+  ASSERT_EQ(st["workers"].size(), 2u);
+  w2.Kill(SIGKILL);
+  st = WaitFor(id, [](const json& j) { return StateIs(j, "RESTARTING") || Terminal(j); }, 60);
+  EXPECT_TRUE(StateIs(st, "RESTARTING")) << st.dump();
+  EXPECT_NE(st.value("reason", "").find("restart 1 of 3"), std::string::npos) << st.dump();
+  StartWorker("w3");
+  st = WaitFor(id, Terminal, 240);
+  ASSERT_TRUE(StateIs(st, "SUCCEEDED")) << st.dump();
+  EXPECT_EQ(st.value("restarts", 0), 1);
+  const int64_t trained = Num(st["progress"], "tokens_trained");
+  EXPECT_GE(trained, total);
+  EXPECT_LE(trained, total + every) << "resumed from the checkpoint, not from the start";
+  std::set<std::string> seen;
+  for (const auto& t : st["history"]) seen.insert(t["to"].get<std::string>());
+  EXPECT_TRUE(seen.count("RESTARTING"));
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "summary.json"));
+  EXPECT_NE(HttpGet("/metrics").find("sae_job_restarts_total{role=\"coordinator\"} 1"), std::string::npos)
+      << HttpGet("/metrics");
+}
+
+TEST_F(Service, CoordinatorRestartKeepsTheJob) {
+  Proc* coord = &StartCoordinator({});
+  const std::string listen = addr_;
+  StartWorker("w1");
+  const std::string id = Submit(SynthJob("run", 1, 300000, 30000));
+  json st = WaitFor(id, [](const json& j) { return Num(j["progress"], "checkpoint_step") > 0 || Terminal(j); }, 120);
+  ASSERT_TRUE(StateIs(st, "RUNNING")) << st.dump();
+  coord->Kill(SIGKILL);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  StartCoordinator({}, listen);
+  ASSERT_EQ(addr_, listen);
+  st = WaitFor(id, Terminal, 240);
+  EXPECT_TRUE(StateIs(st, "SUCCEEDED")) << st.dump();
+  EXPECT_EQ(st.value("restarts", 0), 0) << "the worker kept training through the coordinator's restart";
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "summary.json"));
+  std::vector<std::string> states;
+  for (const auto& t : st["history"]) states.push_back(t["to"]);
+  EXPECT_EQ(states.front(), "PENDING") << "history survived the restart";
+}
+
+TEST_F(Service, TwoJobsRunAtOnceAndASweepBecomesThreeJobs) {
+  StartCoordinator({});
+  for (const char* w : {"w1", "w2", "w3", "w4"}) StartWorker(w);
+  const std::string a = Submit(SynthJob("a", 2, 200000, 50000));
+  const std::string b = Submit(SynthJob("b", 2, 200000, 50000));
+  bool together = false;
+  const auto deadline = Clock::now() + std::chrono::seconds(120);
+  json ja, jb;
+  while (Clock::now() < deadline) {
+    ja = Status(a);
+    jb = Status(b);
+    if (StateIs(ja, "RUNNING") && StateIs(jb, "RUNNING")) {
+      std::set<std::string> ws;
+      for (const auto& w : ja["workers"]) ws.insert(w);
+      for (const auto& w : jb["workers"]) ws.insert(w);
+      EXPECT_EQ(ws.size(), 4u) << "disjoint workers: " << ja.dump() << jb.dump();
+      together = true;
+      break;
+    }
+    if (Terminal(ja) || Terminal(jb)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(together) << ja.dump() << "\n" << jb.dump();
+  EXPECT_TRUE(StateIs(WaitFor(a, Terminal, 240), "SUCCEEDED"));
+  EXPECT_TRUE(StateIs(WaitFor(b, Terminal, 240), "SUCCEEDED"));
+
+  const std::string sweep = Submit(SynthJob("sweep", 1, 20000, 0, "[4, 8, 16]"));
+  json s = WaitFor(sweep, Terminal, 240);
+  EXPECT_TRUE(StateIs(s, "SUCCEEDED")) << s.dump();
+  ASSERT_EQ(s["child_ids"].size(), 3u);
+  for (const char* k : {"4", "8", "16"}) {
+    const fs::path out = dir_ / "sweep" / (std::string("k-") + k) / "summary.json";
+    ASSERT_TRUE(fs::exists(out)) << out;
+    EXPECT_EQ(json::parse(ReadAll(out))["k"].get<int64_t>(), std::stoi(k));
+  }
+}
+
+TEST_F(Service, ShardsThroughDataServiceAndACorruptShardFailsTheJob) {
+  fs::create_directories(dir_ / "data");
+  Result syn = Sh(Bin("sae") + " synth --out " + (dir_ / "data" / "acts").string() +
+                  " --rows 6000 --rows-per-shard 2000 --d-in 16 --atoms 32 --k 2 --seed 4");
+  ASSERT_EQ(syn.code, 0) << syn.out;
+  StartCoordinator({"--data-root", (dir_ / "data").string(), "--output-root", dir_.string()});
+  // No shared filesystem: the worker downloads manifest and shards, checks sha256.
+  Proc& w1 = StartWorker("w1", {"--fetch-data", "--data-cache", (dir_ / "cache").string()});
+  const std::string job = "name: shards\ndata: {kind: shards, path: acts, shuffle_buffer_rows: 500}\n"
+                          "sae: {latents: 64, k: 4}\ntrain: {tokens: 6000, batch_tokens: 250, threads: 1}\n"
+                          "output: run\n";
+  const std::string id = Submit(job);
+  json st = WaitFor(id, Terminal, 120);
+  ASSERT_TRUE(StateIs(st, "SUCCEEDED")) << st.dump();
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "summary.json"));
+  EXPECT_TRUE(fs::exists(dir_ / "cache")) << "read through DataService";
+
+  // DataService serves only the manifest and the shards it lists, under --data-root.
+  {
+    sae::ClientOptions co;
+    co.address = addr_;
+    auto data = sae::v1::DataService::NewStub(*sae::MakeChannel(co));
+    auto code = [&](const std::string& path, const std::string& file) {
+      sae::v1::ShardRequest r;
+      r.set_path(path);
+      r.set_file(file);
+      auto ctx = sae::MakeContext(co, 10);
+      auto rd = data->StreamShard(ctx.get(), r);
+      sae::v1::ShardChunk c;
+      int64_t bytes = 0;
+      while (rd->Read(&c)) bytes += static_cast<int64_t>(c.data().size());
+      return std::make_pair(rd->Finish().error_code(), bytes);
+    };
+    EXPECT_EQ(code("acts", "manifest.json").first, grpc::StatusCode::OK);
+    EXPECT_GT(code("acts", "shard-00000.safetensors").second, 0);
+    EXPECT_EQ(code("acts", "../../coord.db").first, grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(code("..", "coord.db").first, grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(code(dir_.string(), "coord.db").first, grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_EQ(code("acts", "dictionary.safetensors").first, grpc::StatusCode::NOT_FOUND);
+  }
+  // A truncated shard, read from the shared filesystem by another worker: the
+  // job FAILS (no restarts) and the reason names the shard.
+  w1.Kill(SIGTERM);
+  StartWorker("w2");
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  fs::path shard = dir_ / "data" / "acts" / "shard-00001.safetensors";
+  ASSERT_TRUE(fs::exists(shard));
+  fs::resize_file(shard, fs::file_size(shard) / 2);
+  std::string job2 = job;
+  job2.replace(job2.find("output: run"), 11, "output: run2");
+  const std::string bad = Submit(job2);
+  st = WaitFor(bad, Terminal, 120);
+  EXPECT_TRUE(StateIs(st, "FAILED")) << st.dump();
+  EXPECT_NE(st.value("reason", "").find("shard-00001"), std::string::npos) << st.dump();
+  EXPECT_EQ(st.value("restarts", 0), 0) << st.dump();
+  EXPECT_FALSE(fs::exists(dir_ / "run2" / "summary.json"));
+}
+
+TEST_F(Service, CancelStopsTheJobWithinSecondsKeepingItsCheckpoint) {
+  StartCoordinator({});
+  StartWorker("w1");
+  const std::string id = Submit(SynthJob("run", 1, 5000000, 20000));
+  json st = WaitFor(id, [](const json& j) { return Num(j["progress"], "checkpoint_step") > 0 || Terminal(j); }, 120);
+  ASSERT_TRUE(StateIs(st, "RUNNING")) << st.dump();
+  Result c = Sae("cancel " + id + " --reason 'enough for today'");
+  ASSERT_EQ(c.code, 0) << c.out;
+  EXPECT_NE(c.out.find("CANCELLED"), std::string::npos) << c.out;
+  // The worker stops within seconds: it is idle again in the metrics.
+  const auto t0 = Clock::now();
+  std::string m;
+  while (Clock::now() - t0 < std::chrono::seconds(10)) {
+    m = HttpGet("/metrics");
+    if (m.find("sae_workers{role=\"coordinator\",state=\"idle\"} 1") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_NE(m.find("sae_workers{role=\"coordinator\",state=\"idle\"} 1"), std::string::npos) << m;
+  EXPECT_NE(m.find("sae_jobs{role=\"coordinator\",state=\"cancelled\"} 1"), std::string::npos) << m;
+  st = Status(id);
+  EXPECT_TRUE(StateIs(st, "CANCELLED"));
+  EXPECT_EQ(st.value("reason", ""), "enough for today");
+  EXPECT_TRUE(fs::exists(dir_ / "run.partial" / "checkpoints" / "latest")) << "the last checkpoint stays";
+  EXPECT_FALSE(fs::exists(dir_ / "run" / "summary.json"));
+  EXPECT_LT(Num(st["progress"], "tokens"), 5000000);
+}
+
+TEST_F(Service, TlsWithACaFile) {
+  const fs::path cert = dir_ / "cert.pem", key = dir_ / "key.pem";
+  Result gen = Sh("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost -addext "
+                  "subjectAltName=IP:127.0.0.1,DNS:localhost -keyout " + key.string() + " -out " + cert.string());
+  ASSERT_EQ(gen.code, 0) << gen.out;
+  StartCoordinator({"--tls-cert", cert.string(), "--tls-key", key.string()});
+  Result plain = Sae("jobs");
+  EXPECT_EQ(plain.code, 1) << "a plaintext client cannot talk to a TLS coordinator: " << plain.out;
+  StartWorker("w1", {"--tls-ca", cert.string()});
+  const fs::path f = dir_ / "job.yaml";
+  WriteAll(f, SynthJob("run", 1, 5000, 0));
+  Result r = Sae("submit " + f.string() + " --wait --tls-ca " + cert.string());
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "summary.json"));
+}
+
+// Direct RPCs, as a client that bypasses `sae`'s own checks would send them.
+TEST_F(Service, TokensRootsAndBadSpecsAreEnforced) {
+  WriteAll(dir_ / "client.token", "client-secret\n");
+  WriteAll(dir_ / "worker.token", "worker-secret\n");
+  fs::create_directories(dir_ / "data");
+  fs::create_directories(dir_ / "out");
+  StartCoordinator({"--client-token-file", (dir_ / "client.token").string(), "--worker-token-file",
+                    (dir_ / "worker.token").string(), "--data-root", (dir_ / "data").string(), "--output-root",
+                    (dir_ / "out").string()});
+  std::string job = SynthJob("x", 1, 1000, 0);
+  job = job.substr(0, job.find("output:")) + "output: x\n";  // relative: under --output-root
+  WriteAll(dir_ / "ok.yaml", job);
+  // No token, a wrong token, the worker's token: all UNAUTHENTICATED.
+  Result none = Sae("submit " + (dir_ / "ok.yaml").string());
+  EXPECT_EQ(none.code, 1);
+  EXPECT_NE(none.out.find("missing bearer token"), std::string::npos) << none.out;
+  Result wrong = Sae("submit " + (dir_ / "ok.yaml").string() + " --token-file " + (dir_ / "worker.token").string());
+  EXPECT_EQ(wrong.code, 1);
+  EXPECT_NE(wrong.out.find("wrong bearer token"), std::string::npos) << wrong.out;
+  Result list = Sae("jobs --token-file " + (dir_ / "client.token").string());
+  EXPECT_EQ(list.code, 0) << list.out;
+
+  sae::ClientOptions co;
+  co.address = addr_;
+  co.token = "client-secret";
+  auto ch = sae::MakeChannel(co);
+  ASSERT_TRUE(ch.ok());
+  auto jobs = sae::v1::JobService::NewStub(*ch);
+  auto workers = sae::v1::WorkerService::NewStub(*ch);
+  // Clients cannot register as workers.
+  {
+    sae::v1::RegisterRequest r;
+    r.set_worker_id("intruder");
+    r.set_host("127.0.0.1");
+    sae::v1::RegisterResponse resp;
+    auto ctx = sae::MakeContext(co, 5);
+    EXPECT_EQ(workers->Register(ctx.get(), r, &resp).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+  auto submit = [&](const std::function<void(sae::v1::JobSpec*)>& edit) {
+    sae::v1::SubmitRequest req;
+    auto* s = req.mutable_spec();
+    s->set_name("x");
+    s->set_output("x");
+    auto* d = s->mutable_data();
+    d->set_kind("synthetic");
+    d->set_d_in(16);
+    d->set_latents(32);
+    d->set_k(2);
+    d->set_noise(0.01);
+    d->set_shuffle_buffer_rows(1);
+    auto* a = s->mutable_sae();
+    a->set_latents(64);
+    a->set_k(4);
+    a->set_dead_window_tokens(1000);
+    a->set_dead_remedy("none");
+    a->set_normalize("none");
+    a->set_init_b_dec("mean");
+    a->mutable_k_schedule()->set_fraction(0.25);
+    a->mutable_k_schedule()->set_shape("linear");
+    auto* t = s->mutable_train();
+    t->set_tokens(1000);
+    t->set_batch_tokens(100);
+    t->set_warmup_fraction(0.01);
+    t->set_lr_decay("none");
+    t->set_decay_start_fraction(0.8);
+    t->set_grad_clip(1);
+    t->set_precision("fp32");
+    t->set_log_every_steps(10);
+    t->set_device("auto");
+    s->mutable_world()->set_workers(1);
+    s->mutable_world()->set_backend("auto");
+    s->mutable_world()->set_timeout_seconds(30);
+    edit(s);
+    sae::v1::SubmitResponse resp;
+    auto ctx = sae::MakeContext(co, 5);
+    return jobs->Submit(ctx.get(), req, &resp);
+  };
+  grpc::Status ok = submit([](sae::v1::JobSpec*) {});
+  EXPECT_TRUE(ok.ok()) << ok.error_message();
+  struct Bad {
+    std::function<void(sae::v1::JobSpec*)> edit;
+    std::string field;
+  };
+  std::vector<Bad> bad = {
+      {[](sae::v1::JobSpec* s) { s->mutable_sae()->set_k(100); }, "sae.k"},
+      {[](sae::v1::JobSpec* s) { s->mutable_train()->set_tokens(0); }, "train.tokens"},
+      {[](sae::v1::JobSpec* s) { s->mutable_sae()->set_dead_remedy("magic"); }, "sae.dead_remedy"},
+      {[](sae::v1::JobSpec* s) { s->mutable_world()->set_backend("mpi"); }, "world.backend"},
+      {[](sae::v1::JobSpec* s) { s->set_output("../escape"); }, "output"},
+      {[](sae::v1::JobSpec* s) { s->set_output("/etc/sae"); }, "outside the configured root"},
+      {[](sae::v1::JobSpec* s) {
+         s->mutable_data()->set_kind("shards");
+         s->mutable_data()->set_path("acts/../../secret");
+       }, "data.path"},
+      {[](sae::v1::JobSpec* s) {
+         s->mutable_data()->set_kind("shards");
+         s->mutable_data()->set_path("/root/acts");
+       }, "outside the configured root"},
+  };
+  for (const auto& b : bad) {
+    grpc::Status s = submit(b.edit);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << b.field << ": " << s.error_message();
+    EXPECT_NE(s.error_message().find(b.field), std::string::npos) << s.error_message();
+  }
+  // Requests over --max-message-bytes (4 MiB by default) are refused.
+  grpc::Status big = submit([](sae::v1::JobSpec* s) { s->set_name(std::string(5 << 20, 'x')); });
+  EXPECT_EQ(big.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << big.error_message();
+  // Idempotent submit: the same request id gives the same job.
+  Result r1 = Sae("submit " + (dir_ / "ok.yaml").string() + " --request-id abc --token-file " +
+                  (dir_ / "client.token").string());
+  Result r2 = Sae("submit " + (dir_ / "ok.yaml").string() + " --request-id abc --token-file " +
+                  (dir_ / "client.token").string());
+  EXPECT_EQ(r1.code, 0) << r1.out;
+  EXPECT_EQ(r1.out, r2.out);
+  // A worker with the client's token never registers; with its own it does.
+  StartWorker("bad", {"--worker-token-file", (dir_ / "client.token").string()});
+  StartWorker("good", {"--worker-token-file", (dir_ / "worker.token").string()});
+  std::string sd;
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  while (Clock::now() < deadline && sd.find("\"good\"") == std::string::npos) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    sd = HttpGet("/sd");
+  }
+  EXPECT_NE(sd.find("\"good\""), std::string::npos) << sd;
+  const auto deadline2 = Clock::now() + std::chrono::seconds(30);
+  while (Clock::now() < deadline2 && ReadAll(dir_ / "worker-bad.log").find("bearer token") == std::string::npos)
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_NE(ReadAll(dir_ / "worker-bad.log").find("wrong bearer token"), std::string::npos);
+  EXPECT_EQ(HttpGet("/sd").find("\"bad\""), std::string::npos) << sd;
+}
+
+}  // namespace

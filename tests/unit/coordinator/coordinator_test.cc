@@ -1,0 +1,250 @@
+// The coordinator's state machine in-process (no network): scheduling,
+// priorities, restarts, persistence across a restart, sweeps and path roots.
+#include "coordinator/coordinator.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <thread>
+
+#include "coordinator/job_spec.h"
+
+namespace sae {
+namespace {
+
+namespace fs = std::filesystem;
+
+JobConfig SmallJob(int workers, const std::string& output) {
+  auto cfg = ParseJobConfig("data: {kind: synthetic, d_in: 16, latents: 32, k: 2}\nsae: {latents: 64, k: 4}\n"
+                            "train: {tokens: 1000, batch_tokens: 100}\nworld: {workers: " +
+                                std::to_string(workers) + "}\noutput: " + output + "\n",
+                            "t.yaml");
+  EXPECT_TRUE(cfg.ok()) << cfg.status();
+  return *cfg;
+}
+
+v1::SubmitRequest Req(int workers, const std::string& output, int priority = 0) {
+  v1::SubmitRequest r;
+  *r.mutable_spec() = JobSpecFromConfig(SmallJob(workers, output));
+  r.set_priority(priority);
+  return r;
+}
+
+void Join(Coordinator* c, const std::string& id) {
+  v1::RegisterRequest r;
+  r.set_worker_id(id);
+  r.set_host("127.0.0.1");
+  r.set_rendezvous_port(4000);
+  ASSERT_TRUE(c->Register(r).ok());
+}
+
+// The next order for `worker` within 3 s, heartbeating meanwhile.
+v1::Assignment Next(Coordinator* c, const std::string& worker) {
+  auto gen = c->ConnectAssignments(worker);
+  EXPECT_TRUE(gen.ok());
+  v1::Assignment a;
+  for (int i = 0; i < 30; ++i) {
+    v1::HeartbeatRequest hb;
+    hb.set_worker_id(worker);
+    EXPECT_TRUE(c->Heartbeat(hb).ok());
+    auto got = c->NextAssignment(worker, *gen, &a, 0.1);
+    EXPECT_TRUE(got.ok());
+    if (got.ok() && *got) return a;
+  }
+  ADD_FAILURE() << worker << " got no assignment";
+  return a;
+}
+
+v1::JobState State(Coordinator* c, const std::string& id) { return c->Get(id)->state(); }
+
+class CoordinatorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) /
+           ("sae_coord_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    opts_.db = (dir_ / "c.db").string();
+    opts_.lease_seconds = 1.0;
+    opts_.heartbeat_seconds = 0.2;
+  }
+  fs::path dir_;
+  CoordinatorOptions opts_;
+};
+
+TEST_F(CoordinatorTest, PlacesAGroupWithRanksAndARendezvous) {
+  auto c = Coordinator::Create(opts_);
+  ASSERT_TRUE(c.ok());
+  auto sub = (*c)->Submit(Req(2, "out"));
+  ASSERT_TRUE(sub.ok()) << sub.status();
+  Join(c->get(), "a");
+  Join(c->get(), "b");
+  v1::Assignment a = Next(c->get(), "a"), b = Next(c->get(), "b");
+  EXPECT_EQ(a.kind(), v1::Assignment::RUN);
+  EXPECT_EQ(a.job_id(), sub->id());
+  EXPECT_EQ(a.rank() + b.rank(), 1);
+  EXPECT_EQ(a.world_size(), 2);
+  EXPECT_EQ(a.rendezvous(), "127.0.0.1:4000");
+  EXPECT_EQ(State(c->get(), sub->id()), v1::SCHEDULED);
+  v1::ProgressReport p;
+  p.set_worker_id("a");
+  p.set_job_id(sub->id());
+  p.set_attempt(1);
+  p.set_rank(a.rank());
+  ASSERT_TRUE((*c)->ReportProgress(p).ok());
+  EXPECT_EQ(State(c->get(), sub->id()), v1::RUNNING);
+  v1::AttemptResult r;
+  r.set_worker_id(a.rank() == 0 ? "a" : "b");
+  r.set_job_id(sub->id());
+  r.set_attempt(1);
+  r.set_rank(0);
+  r.set_finished(true);
+  r.set_output("out");
+  ASSERT_TRUE((*c)->ReportResult(r).ok());
+  EXPECT_EQ(State(c->get(), sub->id()), v1::SUCCEEDED);
+  auto cancel = (*c)->Cancel(sub->id(), "");
+  EXPECT_EQ(cancel.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*c)->Get("job-424242").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(CoordinatorTest, HigherPriorityFirstThenFifo) {
+  auto c = Coordinator::Create(opts_);
+  ASSERT_TRUE(c.ok());
+  auto low = (*c)->Submit(Req(1, "low"));
+  auto high = (*c)->Submit(Req(1, "high", 5));
+  ASSERT_TRUE(low.ok() && high.ok());
+  Join(c->get(), "a");
+  EXPECT_EQ(Next(c->get(), "a").job_id(), high->id());
+  EXPECT_EQ(State(c->get(), low->id()), v1::PENDING);
+}
+
+TEST_F(CoordinatorTest, RestartsUpToMaxRestartsThenFails) {
+  auto c = Coordinator::Create(opts_);
+  ASSERT_TRUE(c.ok());
+  v1::SubmitRequest req = Req(1, "out");
+  req.set_max_restarts(1);
+  auto sub = (*c)->Submit(req);
+  ASSERT_TRUE(sub.ok());
+  Join(c->get(), "a");
+  for (int attempt = 1; attempt <= 2; ++attempt) {
+    v1::Assignment a = Next(c->get(), "a");
+    ASSERT_EQ(a.attempt(), attempt);
+    v1::AttemptResult r;
+    r.set_worker_id("a");
+    r.set_job_id(sub->id());
+    r.set_attempt(attempt);
+    r.set_code(static_cast<int>(absl::StatusCode::kUnavailable));
+    r.set_message("peer reset");
+    ASSERT_TRUE((*c)->ReportResult(r).ok());
+    v1::HeartbeatRequest hb;
+    hb.set_worker_id("a");
+    ASSERT_TRUE((*c)->Heartbeat(hb).ok());
+  }
+  auto j = (*c)->Get(sub->id());
+  EXPECT_EQ(j->state(), v1::FAILED);
+  EXPECT_EQ(j->restarts(), 1);
+  EXPECT_NE(j->reason().find("gave up after 1 restart"), std::string::npos) << j->reason();
+  EXPECT_NE(j->reason().find("peer reset"), std::string::npos) << j->reason();
+}
+
+TEST_F(CoordinatorTest, ALostWorkerRestartsItsJobAndAPermanentErrorFailsIt) {
+  auto c = Coordinator::Create(opts_);
+  ASSERT_TRUE(c.ok());
+  auto sub = (*c)->Submit(Req(1, "out"));
+  Join(c->get(), "a");
+  Next(c->get(), "a");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // no heartbeat: lease 1 s
+  auto j = (*c)->Get(sub->id());
+  EXPECT_EQ(j->state(), v1::RESTARTING) << j->reason();
+  EXPECT_NE(j->reason().find("worker a lost"), std::string::npos) << j->reason();
+  Join(c->get(), "b");
+  v1::Assignment a = Next(c->get(), "b");
+  EXPECT_EQ(a.attempt(), 2);
+  v1::AttemptResult r;
+  r.set_worker_id("b");
+  r.set_job_id(sub->id());
+  r.set_attempt(2);
+  r.set_code(static_cast<int>(absl::StatusCode::kDataLoss));
+  r.set_message("shard acts/shard-00001.safetensors: truncated");
+  ASSERT_TRUE((*c)->ReportResult(r).ok());
+  j = (*c)->Get(sub->id());
+  EXPECT_EQ(j->state(), v1::FAILED);
+  EXPECT_NE(j->reason().find("shard-00001"), std::string::npos);
+}
+
+TEST_F(CoordinatorTest, StateSurvivesARestartAndSubmitIsIdempotent) {
+  std::string id;
+  {
+    auto c = Coordinator::Create(opts_);
+    ASSERT_TRUE(c.ok());
+    v1::SubmitRequest req = Req(1, "out");
+    req.set_request_id("r-1");
+    auto s1 = (*c)->Submit(req);
+    auto s2 = (*c)->Submit(req);
+    ASSERT_TRUE(s1.ok() && s2.ok());
+    EXPECT_EQ(s1->id(), s2->id());
+    EXPECT_TRUE(s2->existing());
+    id = s1->id();
+    ASSERT_TRUE((*c)->Cancel(id, "test").ok());
+  }
+  auto c = Coordinator::Create(opts_);
+  ASSERT_TRUE(c.ok());
+  auto j = (*c)->Get(id);
+  ASSERT_TRUE(j.ok());
+  EXPECT_EQ(j->state(), v1::CANCELLED);
+  ASSERT_EQ(j->history_size(), 2);
+  EXPECT_EQ(j->history(1).reason(), "test");
+  v1::SubmitRequest req = Req(1, "out");
+  req.set_request_id("r-1");
+  EXPECT_EQ((*c)->Submit(req)->id(), id);
+  auto next = (*c)->Submit(Req(1, "other"));
+  EXPECT_NE(next->id(), id) << "ids are not reused after a restart";
+}
+
+TEST_F(CoordinatorTest, SweepsBecomeChildJobs) {
+  auto parsed = ParseJobWithSweep(
+      "data: {kind: synthetic, d_in: 16}\nsae: {latents: [64, 128], k: [4, 8, 16]}\ntrain: {tokens: 1000}\n"
+      "output: runs/s\n",
+      "s.yaml");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  ASSERT_EQ(parsed->second.size(), 2u);
+  auto variants = ExpandSweep(parsed->first, parsed->second);
+  ASSERT_TRUE(variants.ok()) << variants.status();
+  ASSERT_EQ(variants->size(), 6u);
+  EXPECT_EQ((*variants)[0].suffix, "latents-64_k-4");
+  EXPECT_EQ((*variants)[0].config.output, "runs/s/latents-64_k-4");
+  EXPECT_EQ((*variants)[5].config.sae.k, 16);
+  EXPECT_EQ((*variants)[5].config.sae.latents, 128);
+  v1::SweepAxis bad;
+  bad.set_field("k");
+  bad.add_values("100");
+  auto err = ExpandSweep(parsed->first, {bad});
+  ASSERT_FALSE(err.ok());
+  EXPECT_NE(err.status().message().find("sae.k"), std::string::npos) << err.status();
+
+  auto c = Coordinator::Create(opts_);
+  v1::SubmitRequest req;
+  *req.mutable_spec() = JobSpecFromConfig(parsed->first);
+  for (const auto& ax : parsed->second) *req.add_sweep() = ax;
+  auto sub = (*c)->Submit(req);
+  ASSERT_TRUE(sub.ok()) << sub.status();
+  EXPECT_EQ(sub->child_ids_size(), 6);
+  ASSERT_TRUE((*c)->Cancel(sub->id(), "").ok());
+  for (const auto& id : sub->child_ids()) EXPECT_EQ(State(c->get(), id), v1::CANCELLED);
+}
+
+TEST(ResolveUnderRoot, KeepsPathsUnderTheRoot) {
+  EXPECT_EQ(*ResolveUnderRoot("output", "runs/a", "/data"), "/data/runs/a");
+  EXPECT_EQ(*ResolveUnderRoot("output", "/data/runs/a", "/data/"), "/data/runs/a");
+  EXPECT_FALSE(ResolveUnderRoot("output", "/datax/a", "/data").ok());
+  EXPECT_FALSE(ResolveUnderRoot("output", "/etc/passwd", "/data").ok());
+  EXPECT_FALSE(ResolveUnderRoot("output", "runs/../../etc", "/data").ok());
+  EXPECT_FALSE(ResolveUnderRoot("output", "../x", "").ok());
+  EXPECT_EQ(*ResolveUnderRoot("output", "/anywhere", ""), "/anywhere");
+  auto e = ResolveUnderRoot("data.path", "/etc", "/data");
+  EXPECT_NE(e.status().message().find("data.path"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace sae

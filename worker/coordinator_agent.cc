@@ -1,0 +1,448 @@
+#include "worker/coordinator_agent.h"
+
+#include <CLI/CLI.hpp>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "coordinator/client.h"
+#include "coordinator/job_spec.h"
+#include "core/base/file_util.h"
+#include "core/base/logging.h"
+#include "core/telemetry/http_server.h"
+#include "sae/v1/worker.grpc.pb.h"
+#include "worker/training_run.h"
+
+namespace sae {
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+void Sleep(double s) { std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int64_t>(s * 1000))); }
+
+// A port that was free a moment ago on `host` (0 on failure).
+int FreePort(const std::string& host) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return 0;
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = 0;
+  if (::inet_pton(AF_INET, host == "localhost" ? "127.0.0.1" : host.c_str(), &a.sin_addr) != 1)
+    a.sin_addr.s_addr = htonl(INADDR_ANY);
+  socklen_t len = sizeof(a);
+  int port = 0;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0)
+    port = ntohs(a.sin_port);
+  ::close(fd);
+  return port;
+}
+
+class Agent {
+ public:
+  Agent(WorkerAgentOptions o, ClientOptions c, std::shared_ptr<grpc::Channel> ch, const std::atomic<bool>* stop)
+      : opts_(std::move(o)), client_(std::move(c)), stub_(v1::WorkerService::NewStub(ch)),
+        data_(v1::DataService::NewStub(ch)), stop_(stop) {}
+
+  int Run() {
+    ServeIdleMetrics(true);
+    while (!stop_->load() && !Register()) Sleep(0.5);
+    std::thread hb([this] { HeartbeatLoop(); });
+    std::thread as([this] { AssignmentLoop(); });
+    while (!stop_->load()) Sleep(0.1);
+    StopCurrent("worker shutting down");
+    JoinFinished(true);
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (stream_ctx_) stream_ctx_->TryCancel();
+    }
+    as.join();
+    hb.join();
+    return 0;
+  }
+
+ private:
+  struct Current {
+    std::string job_id;
+    int attempt = 0;
+    std::atomic<bool> stop{false};
+    std::thread thread;
+    std::atomic<bool> done{false};
+  };
+
+  bool Register() {
+    v1::RegisterRequest req;
+    req.set_worker_id(opts_.worker_id);
+    req.set_host(opts_.host);
+    req.mutable_resources()->set_cpus(static_cast<int>(std::thread::hardware_concurrency()));
+    req.mutable_resources()->set_memory_bytes(static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE));
+    req.set_metrics_address(opts_.metrics_listen);
+    req.set_rendezvous_port(opts_.rendezvous_port);
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (cur_ && !cur_->done) {
+        req.set_running_job_id(cur_->job_id);
+        req.set_running_attempt(cur_->attempt);
+      }
+    }
+    v1::RegisterResponse resp;
+    auto ctx = MakeContext(client_, 5);
+    grpc::Status s = stub_->Register(ctx.get(), req, &resp);
+    if (!s.ok()) {
+      if (!warned_) {
+        SAE_LOG(kWarn) << "register at " << opts_.coordinator << ": " << s.error_message() << " (retrying)";
+      }
+      warned_ = true;
+      if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED || s.error_code() == grpc::StatusCode::INVALID_ARGUMENT)
+        Sleep(2);
+      return false;
+    }
+    warned_ = false;
+    heartbeat_s_ = resp.heartbeat_seconds() > 0 ? resp.heartbeat_seconds() : 1.0;
+    SAE_LOG(kInfo) << "worker " << opts_.worker_id << " registered at " << opts_.coordinator << " (lease "
+                   << resp.lease_seconds() << " s)";
+    return true;
+  }
+
+  void HeartbeatLoop() {
+    while (!stop_->load()) {
+      Sleep(heartbeat_s_);
+      JoinFinished(false);
+      v1::HeartbeatRequest req;
+      req.set_worker_id(opts_.worker_id);
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        if (cur_ && !cur_->done) {
+          req.set_running_job_id(cur_->job_id);
+          req.set_running_attempt(cur_->attempt);
+        }
+      }
+      v1::HeartbeatResponse resp;
+      auto ctx = MakeContext(client_, 5);
+      grpc::Status s = stub_->Heartbeat(ctx.get(), req, &resp);
+      if (s.error_code() == grpc::StatusCode::NOT_FOUND) Register();
+    }
+  }
+
+  void AssignmentLoop() {
+    while (!stop_->load()) {
+      auto ctx = MakeContext(client_, 0);
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        stream_ctx_ = ctx.get();
+      }
+      v1::AssignmentsRequest req;
+      req.set_worker_id(opts_.worker_id);
+      auto reader = stub_->Assignments(ctx.get(), req);
+      v1::Assignment a;
+      while (!stop_->load() && reader->Read(&a)) Handle(a);
+      grpc::Status s = reader->Finish();
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        stream_ctx_ = nullptr;
+      }
+      if (stop_->load()) break;
+      if (s.error_code() == grpc::StatusCode::NOT_FOUND) Register();
+      Sleep(0.3);
+    }
+  }
+
+  void Handle(const v1::Assignment& a) {
+    if (a.kind() == v1::Assignment::STOP) {
+      std::lock_guard<std::mutex> l(mu_);
+      if (cur_ && cur_->job_id == a.job_id() && !cur_->done) {
+        SAE_LOG(kInfo) << "stopping " << a.job_id() << " attempt " << cur_->attempt << ": " << a.reason();
+        cur_->stop = true;
+      }
+      return;
+    }
+    if (a.kind() != v1::Assignment::RUN) return;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (cur_ && cur_->job_id == a.job_id() && cur_->attempt == a.attempt()) return;  // already ours
+    }
+    StopCurrent("replaced by a new assignment");
+    JoinFinished(true);
+    std::lock_guard<std::mutex> l(mu_);
+    cur_ = std::make_unique<Current>();
+    cur_->job_id = a.job_id();
+    cur_->attempt = a.attempt();
+    Current* c = cur_.get();
+    c->thread = std::thread([this, a, c] {
+      RunAttempt(a, c);
+      c->done = true;
+    });
+  }
+
+  void StopCurrent(const std::string& why) {
+    std::lock_guard<std::mutex> l(mu_);
+    if (cur_ && !cur_->done) {
+      SAE_LOG(kInfo) << "stopping " << cur_->job_id << ": " << why;
+      cur_->stop = true;
+    }
+  }
+
+  // Joins a finished training thread (or, with `wait`, the running one).
+  void JoinFinished(bool wait) {
+    std::unique_ptr<Current> old;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (!cur_ || (!wait && !cur_->done)) return;
+      old = std::move(cur_);
+    }
+    if (old->thread.joinable()) old->thread.join();
+  }
+
+  template <typename Req, typename Call>
+  void SendWithRetry(const Req& req, Call call, double give_up_s) {
+    const double t0 = Now();
+    while (true) {
+      v1::Ack ack;
+      auto ctx = MakeContext(client_, 5);
+      grpc::Status s = call(ctx.get(), req, &ack);
+      if (s.ok()) return;
+      if (s.error_code() == grpc::StatusCode::NOT_FOUND) Register();
+      if (Now() - t0 > give_up_s) {
+        SAE_LOG(kWarn) << "report to the coordinator failed: " << s.error_message();
+        return;
+      }
+      Sleep(0.5);
+    }
+  }
+
+  // Downloads the manifest and every shard it lists through DataService.
+  absl::StatusOr<std::string> FetchShards(const std::string& path) {
+    std::string dir = opts_.data_cache.empty() ? "/tmp/sae-data-" + opts_.worker_id : opts_.data_cache;
+    std::string sub = path;
+    for (char& ch : sub)
+      if (ch == '/') ch = '_';
+    dir += "/" + sub;
+    SAE_RETURN_IF_ERROR(MakeDirs(dir));
+    auto fetch = [&](const std::string& file, const std::string& want_sha) -> absl::Status {
+      const std::string dst = dir + "/" + file;
+      if (!want_sha.empty() && PathExists(dst)) {
+        auto have = Sha256File(dst);
+        if (have.ok() && *have == want_sha) return absl::OkStatus();
+      }
+      v1::ShardRequest req;
+      req.set_path(path);
+      req.set_file(file);
+      auto ctx = MakeContext(client_, 600);
+      auto reader = data_->StreamShard(ctx.get(), req);
+      std::ofstream out(dst + ".tmp", std::ios::binary | std::ios::trunc);
+      v1::ShardChunk c;
+      std::string sha;
+      while (reader->Read(&c)) {
+        out.write(c.data().data(), static_cast<std::streamsize>(c.data().size()));
+        if (c.last()) sha = c.sha256();
+      }
+      out.close();
+      SAE_RETURN_IF_ERROR(Annotate(FromGrpc(reader->Finish()), absl::StrCat("DataService ", path, "/", file)));
+      SAE_ASSIGN_OR_RETURN(std::string got, Sha256File(dst + ".tmp"));
+      if (got != sha || (!want_sha.empty() && got != want_sha))
+        return absl::DataLossError(absl::StrCat("shard ", path, "/", file, ": sha256 mismatch after download"));
+      return DurableRename(dst + ".tmp", dst);
+    };
+    SAE_RETURN_IF_ERROR(fetch("manifest.json", ""));
+    SAE_ASSIGN_OR_RETURN(std::string m, ReadFileToString(dir + "/manifest.json"));
+    auto j = nlohmann::json::parse(m, nullptr, false);
+    if (j.is_discarded() || !j.contains("shards"))
+      return absl::DataLossError(absl::StrCat(path, "/manifest.json: not a shard manifest"));
+    for (const auto& s : j["shards"]) SAE_RETURN_IF_ERROR(fetch(s.value("file", ""), s.value("sha256", "")));
+    SAE_LOG(kInfo) << "fetched " << path << " through DataService into " << dir;
+    return dir;
+  }
+
+  void RunAttempt(const v1::Assignment& a, Current* c) {
+    SAE_LOG(kInfo) << "running " << a.job_id() << " attempt " << a.attempt() << " as rank " << a.rank() << " of "
+                   << a.world_size();
+    JobConfig cfg = JobConfigFromSpec(a.spec());
+    v1::AttemptResult res;
+    res.set_worker_id(opts_.worker_id);
+    res.set_job_id(a.job_id());
+    res.set_attempt(a.attempt());
+    res.set_rank(a.rank());
+    absl::Status fetched = absl::OkStatus();
+    if (cfg.data.kind == "shards" && (opts_.fetch_data || !PathExists(cfg.data.path + "/manifest.json"))) {
+      auto local = FetchShards(cfg.data.path);
+      if (local.ok()) cfg.data.path = *local;
+      else fetched = local.status();
+    }
+    RunOptions ro;
+    ro.progress = ProgressMode::kQuiet;
+    ro.stop = &c->stop;
+    ro.resume = PathExists(cfg.output + kPartialSuffix + "/" + kCheckpointDir + "/" + kLatestFile);
+    if (a.world_size() > 1) {
+      ro.rank = a.rank();
+      ro.world_size = a.world_size();
+      ro.rendezvous = a.rendezvous();
+    }
+    ro.metrics_listen = opts_.metrics_listen;
+    ro.metrics_port_per_rank = false;
+    const double t0 = Now();
+    double last_sent = 0;
+    int64_t start_tokens = -1, trained = 0, prev_tokens = 0;
+    v1::Progress last;
+    last.set_total_tokens(cfg.train.tokens);
+    ro.on_step = [&](const StepMetrics& m) {
+      if (start_tokens < 0) {
+        start_tokens = std::max<int64_t>(0, m.tokens - cfg.train.batch_tokens);
+        prev_tokens = start_tokens;
+      }
+      trained += m.tokens - prev_tokens;
+      prev_tokens = m.tokens;
+      last.set_step(m.step);
+      last.set_tokens(m.tokens);
+      last.set_tokens_per_second((m.tokens - start_tokens) / std::max(Now() - t0, 1e-9));
+      last.set_fvu(m.fvu);
+      last.set_mse(m.mse);
+      last.set_l0(m.l0);
+      last.set_dead_ratio(m.dead_ratio);
+      last.set_k(m.k);
+      last.set_aux_loss(m.aux_loss);
+      last.set_tokens_trained(trained);
+      if (Now() - last_sent < 0.5) return;
+      last_sent = Now();
+      v1::ProgressReport r;
+      r.set_worker_id(opts_.worker_id);
+      r.set_job_id(a.job_id());
+      r.set_attempt(a.attempt());
+      r.set_rank(a.rank());
+      *r.mutable_progress() = last;
+      v1::Ack ack;
+      auto ctx = MakeContext(client_, 2);
+      stub_->ReportProgress(ctx.get(), r, &ack);  // best effort
+    };
+    ro.on_checkpoint = [&](int64_t step, int64_t tokens, const std::string& dir) {
+      v1::CheckpointReport r;
+      r.set_worker_id(opts_.worker_id);
+      r.set_job_id(a.job_id());
+      r.set_attempt(a.attempt());
+      r.set_step(step);
+      r.set_tokens(tokens);
+      r.set_path(dir);
+      SendWithRetry(r, [this](grpc::ClientContext* ctx, const v1::CheckpointReport& q, v1::Ack* k) {
+        return stub_->ReportCheckpoint(ctx, q, k);
+      }, 3);  // short: training waits meanwhile
+    };
+    ServeIdleMetrics(false);  // the training process serves this port now
+    absl::StatusOr<RunSummary> sum = fetched.ok() ? RunTrainingJob(cfg, ro) : absl::StatusOr<RunSummary>(fetched);
+    ServeIdleMetrics(true);
+    if (sum.ok()) {
+      res.set_finished(sum->finished);
+      res.set_output(sum->output);
+      if (sum->finished) {
+        last.set_tokens(sum->tokens);
+        last.set_step(sum->steps);
+        last.set_fvu(sum->fvu);
+        last.set_mse(sum->mse);
+        last.set_l0(sum->l0);
+        last.set_dead_ratio(sum->dead_ratio);
+        last.set_k(sum->k);
+        last.set_tokens_per_second(sum->tokens_per_second);
+      }
+      SAE_LOG(kInfo) << a.job_id() << " attempt " << a.attempt() << (sum->finished ? " finished" : " stopped");
+    } else {
+      res.set_code(static_cast<int>(sum.status().code()));
+      res.set_message(std::string(sum.status().message()));
+      SAE_LOG(kWarn) << a.job_id() << " attempt " << a.attempt() << ": " << sum.status().message();
+    }
+    *res.mutable_progress() = last;
+    SendWithRetry(res, [this](grpc::ClientContext* ctx, const v1::AttemptResult& q, v1::Ack* k) {
+      return stub_->ReportResult(ctx, q, k);
+    }, stop_->load() ? 5 : 300);
+  }
+
+  // Between jobs the metrics port answers with an empty exposition, so the
+  // target /sd lists stays up for Prometheus.
+  void ServeIdleMetrics(bool on) {
+    std::lock_guard<std::mutex> l(idle_mu_);
+    idle_http_.reset();
+    if (!on || opts_.metrics_listen.empty()) return;
+    auto h = HttpServer::Start(opts_.metrics_listen, [](const std::string& path) {
+      HttpResponse r;
+      if (path == "/metrics") {
+        r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+      } else {
+        r.status = 404;
+      }
+      return r;
+    });
+    if (h.ok()) idle_http_ = std::move(*h);
+  }
+
+  WorkerAgentOptions opts_;
+  ClientOptions client_;
+  std::mutex idle_mu_;
+  std::unique_ptr<HttpServer> idle_http_;  // guarded by idle_mu_
+  std::unique_ptr<v1::WorkerService::Stub> stub_;
+  std::unique_ptr<v1::DataService::Stub> data_;
+  const std::atomic<bool>* stop_;
+  std::mutex mu_;
+  std::unique_ptr<Current> cur_;  // guarded by mu_
+  grpc::ClientContext* stream_ctx_ = nullptr;  // guarded by mu_
+  std::atomic<double> heartbeat_s_{1.0};
+  bool warned_ = false;
+};
+
+}  // namespace
+
+void AddWorkerAgentFlags(CLI::App* app, WorkerAgentOptions* o) {
+  app->add_option("--worker-token-file", o->token_file, "coordinator mode: file with the worker bearer token");
+  app->add_option("--tls-ca", o->tls_ca, "coordinator mode: PEM CA of the coordinator's certificate (TLS)");
+  app->add_option("--worker-id", o->worker_id, "coordinator mode: this worker's id (default HOST-PID)");
+  app->add_option("--advertise-host", o->host, "coordinator mode: address other ranks reach this worker at")
+      ->capture_default_str();
+  app->add_option("--rendezvous-port", o->rendezvous_port, "coordinator mode: gloo store port as rank 0 (0: free)");
+  app->add_option("--data-cache", o->data_cache, "coordinator mode: directory for shards fetched via DataService");
+  app->add_flag("--fetch-data", o->fetch_data,
+                "coordinator mode: always read shards through DataService (no shared filesystem)");
+}
+
+int RunWorkerAgent(WorkerAgentOptions opts, const std::atomic<bool>* stop) {
+  ClientOptions c;
+  c.address = opts.coordinator;
+  c.tls_ca = opts.tls_ca;
+  if (!opts.token_file.empty()) {
+    auto t = ReadFileToString(opts.token_file);
+    if (!t.ok()) {
+      std::fprintf(stderr, "error: --worker-token-file: %s\n", std::string(t.status().message()).c_str());
+      return 1;
+    }
+    c.token = std::string(absl::StripAsciiWhitespace(*t));
+  }
+  auto ch = MakeChannel(c);
+  if (!ch.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(ch.status().message()).c_str());
+    return 1;
+  }
+  if (opts.worker_id.empty()) {
+    char host[256] = {0};
+    ::gethostname(host, sizeof(host) - 1);
+    opts.worker_id = absl::StrCat(host, "-", ::getpid());
+  }
+  if (opts.rendezvous_port == 0) opts.rendezvous_port = FreePort(opts.host);
+  if (!opts.metrics_listen.empty()) {
+    const size_t colon = opts.metrics_listen.rfind(':');
+    if (colon != std::string::npos && opts.metrics_listen.substr(colon + 1) == "0")
+      opts.metrics_listen = absl::StrCat(opts.metrics_listen.substr(0, colon), ":",
+                                         FreePort(opts.metrics_listen.substr(0, colon)));
+  }
+  Agent agent(opts, c, *ch, stop);
+  return agent.Run();
+}
+
+}  // namespace sae
