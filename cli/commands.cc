@@ -1,4 +1,5 @@
 #include "cli/commands.h"
+#include "cli/lm_commands.h"
 
 #include <CLI/CLI.hpp>
 
@@ -131,12 +132,15 @@ int SaeMain(int argc, char** argv) {
   synth->add_option("--rows-per-shard", syn_rps, "rows per shard");
   synth->add_option("--dtype", syn_dtype, "float32|bfloat16|float16");
 
+  std::function<int()> run_lm = AddLmCommands(&app);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
 
+  if (const int rc = run_lm(); rc >= 0) return rc;
   if (train->parsed()) return RunTrain(ta);
   if (inspect->parsed()) {
     if (!npy.empty()) {

@@ -103,6 +103,7 @@ absl::StatusOr<std::unique_ptr<Harvester>> Harvester::Create(const Transformer& 
 }
 
 absl::Status Harvester::ComputeBlock(int64_t block) {
+  ScopedThreads threads(PreferredThreads(model_->config()));
   const int64_t B = opts_.batch, per = rows_per_window();
   SAE_ASSIGN_OR_RETURN(at::Tensor toks, windows_->Windows(block * B, B));
   at::Tensor acts;

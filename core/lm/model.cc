@@ -1,5 +1,6 @@
 #include "core/lm/model.h"
 
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -236,6 +237,19 @@ absl::StatusOr<at::Tensor> Transformer::Forward(const at::Tensor& tokens, KvCach
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("Forward: ", e.what_without_backtrace()));
   }
+}
+
+int PreferredThreads(const ModelConfig& c) { return c.dim <= 1024 ? 1 : 0; }
+
+ScopedThreads::ScopedThreads(int n) {
+  if (n > 0 && n != at::get_num_threads()) {
+    saved_ = at::get_num_threads();
+    at::set_num_threads(n);
+  }
+}
+
+ScopedThreads::~ScopedThreads() {
+  if (saved_ > 0) at::set_num_threads(saved_);
 }
 
 }  // namespace sae

@@ -104,4 +104,23 @@ class Transformer {
   at::Tensor rope_cos_, rope_sin_;  // [max_seq_len, head_dim/2]
 };
 
+// Intra-op threads for a model's forward passes: small models (dim ≤ 1024)
+// run single-threaded, since their kernels are too small to share and
+// threads that spin on a busy machine cost 10–20× (measured with
+// stories260K). 0 = leave LibTorch's setting.
+int PreferredThreads(const ModelConfig& c);
+
+// Sets LibTorch's intra-op thread count for a scope (n ≤ 0: no change).
+// The setting is process-wide: use it where one thread drives LibTorch.
+class ScopedThreads {
+ public:
+  explicit ScopedThreads(int n);
+  ~ScopedThreads();
+  ScopedThreads(const ScopedThreads&) = delete;
+  ScopedThreads& operator=(const ScopedThreads&) = delete;
+
+ private:
+  int saved_ = 0;
+};
+
 }  // namespace sae
