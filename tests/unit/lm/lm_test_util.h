@@ -20,6 +20,9 @@ namespace fs = std::filesystem;
 inline std::string DataDir() {
   if (const char* d = std::getenv("SAE_DATA_DIR")) return d;
   const char* src = std::getenv("SAE_SOURCE_DIR");
+#ifdef SAE_TEST_SOURCE_DIR
+  if (src == nullptr) src = SAE_TEST_SOURCE_DIR;
+#endif
   return (fs::path(src ? src : ".") / ".." / "shared" / "data").string();
 }
 
