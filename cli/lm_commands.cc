@@ -58,6 +58,8 @@ struct HarvestArgs {
   HarvestOptions opts;
   int64_t tokens = 100000;
   int64_t rows_per_shard = 65536;
+  int rank = 0, world = 1;
+  double timeout = 600;
   bool json = false;
 };
 
@@ -77,8 +79,13 @@ int RunHarvest(HarvestArgs a) {
   auto h = Harvester::Create(*model, tok.get(), a.opts);
   if (!h.ok()) return Fail(h.status());
   const auto t0 = std::chrono::steady_clock::now();
-  auto m = HarvestToShards(h->get(), a.tokens, a.out, a.model, a.rows_per_shard);
+  auto m = a.world > 1 ? HarvestRankToShards(h->get(), a.tokens, a.out, a.model, a.rank, a.world, a.timeout)
+                       : HarvestToShards(h->get(), a.tokens, a.out, a.model, a.rows_per_shard);
   if (!m.ok()) return Fail(m.status());
+  if (a.rank != 0) {
+    std::printf("rank %d of %d: shards written to %s\n", a.rank, a.world, a.out.c_str());
+    return 0;
+  }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (a.json) {
     nlohmann::json j = {{"out", a.out}, {"rows", m->rows}, {"d_in", m->d_in}, {"shards", m->shards.size()},
@@ -164,6 +171,12 @@ std::function<int()> AddLmCommands(CLI::App* app) {
   harvest->add_option("--rows-per-shard", ha->rows_per_shard, "rows per shard file");
   harvest->add_option("--out", ha->out, "output directory (must not hold a manifest)")->required();
   harvest->add_flag("--json", ha->json, "one JSON object");
+  harvest->add_option("--rank", ha->rank, "this process's rank when the harvest is spread over processes (or SAE_RANK)")
+      ->envname("SAE_RANK");
+  harvest->add_option("--world-size", ha->world, "number of harvesting processes (or SAE_WORLD_SIZE); "
+                                                 "each writes shards of one forward batch, rank 0 the manifest")
+      ->envname("SAE_WORLD_SIZE");
+  harvest->add_option("--timeout", ha->timeout, "rank 0: seconds to wait for the other ranks");
 
   auto ea = std::make_shared<EvalArgs>();
   ea->opts.windows.seed = 1000003;  // held out from harvests with small seeds

@@ -1,8 +1,15 @@
 #include "core/lm/harvest.h"
 
+#include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
 
+#include "core/base/file_util.h"
+
+#include "core/data/safetensors.h"
 #include "core/data/shard_writer.h"
 #include "core/lm/generate.h"
 
@@ -131,6 +138,73 @@ absl::Status Harvester::Rows(int64_t start, int64_t n, float* acts, int32_t* tok
     n -= take;
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<Manifest> HarvestRankToShards(Harvester* h, int64_t rows, const std::string& out_dir,
+                                             const std::string& model_name, int rank, int world,
+                                             double timeout_seconds) {
+  namespace fs = std::filesystem;
+  using json = nlohmann::json;
+  if (world < 1 || rank < 0 || rank >= world)
+    return absl::InvalidArgumentError(absl::StrCat("harvest: rank ", rank, " outside a world of ", world));
+  const std::string manifest_path = out_dir + "/manifest.json";
+  if (fs::exists(manifest_path))
+    return absl::AlreadyExistsError(absl::StrCat(manifest_path, ": already exists; refusing to overwrite"));
+  SAE_RETURN_IF_ERROR(MakeDirs(out_dir));
+  const int64_t per_block = h->options().batch * h->rows_per_window(), d = h->d_in();
+  const int64_t blocks = (rows + per_block - 1) / per_block;
+  json mine = json::array();
+  std::vector<float> acts;
+  std::vector<int32_t> toks;
+  for (int64_t b = rank; b < blocks; b += world) {
+    const int64_t n = std::min(per_block, rows - b * per_block);
+    acts.resize(static_cast<size_t>(n * d));
+    toks.resize(static_cast<size_t>(n));
+    SAE_RETURN_IF_ERROR(h->Rows(b * per_block, n, acts.data(), toks.data()));
+    SafetensorsWriter w;
+    SAE_RETURN_IF_ERROR(w.AddFloat("activations", DType::kF32, {n, d}, acts.data()));
+    SAE_RETURN_IF_ERROR(w.Add("tokens", DType::kI32, {n}, toks.data()));
+    char name[64];
+    std::snprintf(name, sizeof(name), "shard-%05ld.safetensors", static_cast<long>(b));
+    const std::string path = out_dir + "/" + name;
+    SAE_RETURN_IF_ERROR(w.Write(path));
+    SAE_ASSIGN_OR_RETURN(std::string sha, Sha256File(path));
+    mine.push_back({{"file", name}, {"rows", n}, {"sha256", sha}});
+  }
+  SAE_RETURN_IF_ERROR(AtomicWriteFile(absl::StrCat(out_dir, "/.rank-", rank, "-of-", world, ".json"), mine.dump()));
+  Manifest m;
+  m.d_in = d;
+  m.dtype = DType::kF32;
+  m.source.model = model_name;
+  m.source.layer = h->options().layer;
+  m.source.hook = HookName(h->options().hook);
+  m.source.corpus = h->options().corpus;
+  m.source.tokens = rows;
+  if (rank != 0) return m;  // rank 0 writes the manifest
+  std::vector<ShardEntry> entries;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_seconds);
+  for (int r = 0; r < world; ++r) {
+    const std::string part = absl::StrCat(out_dir, "/.rank-", r, "-of-", world, ".json");
+    while (!fs::exists(part)) {
+      if (std::chrono::steady_clock::now() > deadline)
+        return absl::DeadlineExceededError(absl::StrCat("harvest ", out_dir, ": rank ", r, " of ", world,
+                                                        " did not finish within ", timeout_seconds, " s"));
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    std::ifstream in(part);
+    json j = json::parse(in, nullptr, false);
+    if (j.is_discarded() || !j.is_array()) return absl::DataLossError(absl::StrCat(part, ": unreadable rank list"));
+    for (const json& e : j) entries.push_back({e["file"].get<std::string>(), e["rows"].get<int64_t>(),
+                                               e["sha256"].get<std::string>()});
+  }
+  std::sort(entries.begin(), entries.end(), [](const ShardEntry& a, const ShardEntry& b) { return a.file < b.file; });
+  for (const ShardEntry& e : entries) m.rows += e.rows;
+  if (m.rows != rows)
+    return absl::DataLossError(absl::StrCat("harvest ", out_dir, ": ranks wrote ", m.rows, " rows, expected ", rows));
+  m.shards = std::move(entries);
+  SAE_RETURN_IF_ERROR(SaveManifest(out_dir, m));
+  for (int r = 0; r < world; ++r) fs::remove(absl::StrCat(out_dir, "/.rank-", r, "-of-", world, ".json"));
+  return m;
 }
 
 absl::StatusOr<Manifest> HarvestToShards(Harvester* h, int64_t rows, const std::string& out_dir,

@@ -74,4 +74,13 @@ class Harvester {
 absl::StatusOr<Manifest> HarvestToShards(Harvester* h, int64_t rows, const std::string& out_dir,
                                          const std::string& model_name, int64_t rows_per_shard = 65536);
 
+// One rank's part of a harvest spread over `world` processes: the rows are
+// cut into forward-pass blocks (batch · (context − 1) rows), rank r writes the
+// blocks b ≡ r (mod world) as shard-<b>.safetensors, and rank 0 waits (up to
+// `timeout_seconds`) for every rank's list and writes manifest.json. The
+// shards, in manifest order, hold exactly the rows of a one-process harvest.
+absl::StatusOr<Manifest> HarvestRankToShards(Harvester* h, int64_t rows, const std::string& out_dir,
+                                             const std::string& model_name, int rank, int world,
+                                             double timeout_seconds = 600);
+
 }  // namespace sae

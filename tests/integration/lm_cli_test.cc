@@ -110,6 +110,40 @@ TEST_F(LmCli, HarvestWritesValidReproducibleShards) {
   EXPECT_NE(nocorp.out.find("/nonexistent.txt"), std::string::npos) << nocorp.out;
 }
 
+// All activation rows of a shard directory, in manifest order.
+std::vector<float> AllRows(const fs::path& dir) {
+  std::vector<float> out;
+  const auto m = nlohmann::json::parse(ReadAll(dir / "manifest.json"));
+  for (const auto& s : m["shards"]) {
+    const auto t = ReadF32Tensors(dir / s["file"].get<std::string>());
+    const auto& a = t.at("activations");
+    out.insert(out.end(), a.begin(), a.end());
+  }
+  return out;
+}
+
+TEST_F(LmCli, HarvestSpreadOverRanksEqualsOneProcess) {
+  REQUIRE_STORIES();
+  const std::string args = " harvest --model " + StoriesDir() +
+                           " --layer 1 --corpus generate --tokens 3500 --context 64 --batch 16 --seed 9 --out ";
+  Result one = Sh(Bin("sae") + args + (dir_ / "one").string());
+  ASSERT_EQ(one.code, 0) << one.out;
+  const char* src = std::getenv("SAE_SOURCE_DIR");
+  Result two = Sh(std::string(src ? src : ".") + "/tests/run_ranks.sh 2 " + Bin("sae") + args + (dir_ / "two").string());
+  ASSERT_EQ(two.code, 0) << two.out;
+  const auto m = nlohmann::json::parse(ReadAll(dir_ / "two" / "manifest.json"));
+  EXPECT_EQ(m["rows"], 3500);
+  EXPECT_EQ(m["shards"].size(), 4u);  // blocks of 16 windows x 63 rows
+  EXPECT_EQ(m["source"]["layer"], 1);
+  Result v = Sh(Bin("sae") + " inspect --verify " + (dir_ / "two").string());
+  EXPECT_EQ(v.code, 0) << v.out;
+  const std::vector<float> a = AllRows(dir_ / "one"), b = AllRows(dir_ / "two");
+  ASSERT_EQ(a.size(), 3500u * 64);
+  EXPECT_TRUE(a == b) << "the ranks' rows differ from one process's";
+  for (const auto& e : fs::directory_iterator(dir_ / "two"))
+    EXPECT_NE(e.path().filename().string().rfind(".rank-", 0), 0u) << "leftover " << e.path();
+}
+
 TEST_F(LmCli, OnTheFlyLmTrainingEqualsHarvestThenTrain) {
   REQUIRE_STORIES();
   const std::string corpus = StoriesDir() + "/tinystories_sample.txt";
