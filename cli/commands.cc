@@ -1,4 +1,5 @@
 #include "cli/commands.h"
+#include "cli/lm_commands.h"
 
 #include <CLI/CLI.hpp>
 
@@ -137,6 +138,7 @@ int SaeMain(int argc, char** argv) {
   ReportArgs ra;
   CLI::App* report = AddReportCommand(app, &ra);
   auto service = AddServiceCommands(&app);  // submit, jobs, status, watch, cancel
+  std::function<int()> run_lm = AddLmCommands(&app);
 
   try {
     app.parse(argc, argv);
@@ -145,6 +147,7 @@ int SaeMain(int argc, char** argv) {
   }
 
   if (int rc = 0; RunServiceCommand(*service, &rc)) return rc;
+  if (const int rc = run_lm(); rc >= 0) return rc;
   if (train->parsed()) return RunTrain(ta);
   if (report->parsed()) return RunReport(ra);
   if (inspect->parsed()) {

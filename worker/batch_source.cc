@@ -4,6 +4,9 @@
 
 #include "core/data/activation_stream.h"
 #include "core/data/synthetic.h"
+#include "core/lm/harvest.h"
+#include "core/lm/loaders.h"
+#include "core/lm/tokenizer.h"
 
 namespace sae {
 absl::Status BatchSource::NextSlice(int64_t global_rows, int rank, int world, std::vector<float>* out) {
@@ -84,7 +87,64 @@ class SyntheticSource : public BatchSource {
   int64_t pos_;
 };
 
+// Activations computed on the fly by a language model (data.kind: lm). Each
+// rank runs the model only for the windows its slice of a batch needs.
+class LmSource : public BatchSource {
+ public:
+  static absl::StatusOr<std::unique_ptr<BatchSource>> Open(const JobConfig& job, int64_t start_row) {
+    std::unique_ptr<LmSource> s(new LmSource());
+    s->job_data_ = job.data;
+    SAE_ASSIGN_OR_RETURN(Transformer m, LoadModel(job.data.model));
+    s->model_ = std::make_unique<Transformer>(std::move(m));
+    if (job.data.corpus != "generate") {
+      SAE_ASSIGN_OR_RETURN(s->tok_, LoadTokenizerFor(job.data.model, s->model_->config().vocab_size));
+    }
+    HarvestOptions o = LmHarvestOptions(job);
+    SAE_ASSIGN_OR_RETURN(s->harvester_, Harvester::Create(*s->model_, s->tok_.get(), o));
+    s->pos_ = start_row;
+    return std::unique_ptr<BatchSource>(std::move(s));
+  }
+  int64_t d_in() const override { return harvester_->d_in(); }
+  absl::Status Next(int64_t rows, std::vector<float>* out) override {
+    out->resize(static_cast<size_t>(rows * d_in()));
+    SAE_RETURN_IF_ERROR(harvester_->Rows(pos_, rows, out->data(), nullptr));
+    pos_ += rows;
+    return absl::OkStatus();
+  }
+  absl::Status NextSlice(int64_t global_rows, int rank, int world, std::vector<float>* out) override {
+    const int64_t lo = global_rows * rank / world, hi = global_rows * (rank + 1) / world;
+    out->resize(static_cast<size_t>((hi - lo) * d_in()));
+    SAE_RETURN_IF_ERROR(harvester_->Rows(pos_ + lo, hi - lo, out->data(), nullptr));
+    pos_ += global_rows;
+    return absl::OkStatus();
+  }
+  int64_t position() const override { return pos_; }
+  std::string DescribeJson() const override {
+    json j = {{"kind", "lm"}, {"model", job_data_.model}, {"layer", job_data_.layer}, {"hook", "resid_post"},
+              {"corpus", job_data_.corpus}, {"context", job_data_.context}, {"d_in", d_in()},
+              {"seed", job_data_.seed}};
+    return j.dump();
+  }
+
+ private:
+  LmSource() = default;
+  DataConfig job_data_;
+  std::unique_ptr<Transformer> model_;
+  std::unique_ptr<Tokenizer> tok_;
+  std::unique_ptr<Harvester> harvester_;
+  int64_t pos_ = 0;
+};
+
 }  // namespace
+
+HarvestOptions LmHarvestOptions(const JobConfig& job) {
+  HarvestOptions o;
+  o.corpus = job.data.corpus;
+  o.layer = job.data.layer;
+  o.context = job.data.context;
+  o.seed = job.data.seed;
+  return o;
+}
 
 SyntheticOptions SyntheticOptionsFromJob(const JobConfig& job) {
   SyntheticOptions o;
@@ -120,9 +180,12 @@ absl::StatusOr<std::unique_ptr<BatchSource>> OpenBatchSource(const JobConfig& jo
     if (!d.ok()) return Annotate(d.status(), origin);
     return std::unique_ptr<BatchSource>(new SyntheticSource(std::move(*d), start_row));
   }
-  return absl::UnimplementedError(absl::StrCat(
-      origin, ": data.kind: '", job.data.kind,
-      "' is not available in this build yet (use shards or synthetic; lm arrives with the LM runtime)"));
+  if (job.data.kind == "lm") {
+    auto s = LmSource::Open(job, start_row);
+    if (!s.ok()) return Annotate(s.status(), absl::StrCat(origin, ": data (lm)"));
+    return s;
+  }
+  return absl::InvalidArgumentError(absl::StrCat(origin, ": data.kind: '", job.data.kind, "' is not one of shards, lm, synthetic"));
 }
 
 }  // namespace sae

@@ -1,5 +1,5 @@
-// Where a training job's activation rows come from: shards on disk or the
-// synthetic planted dictionary. A source is positioned by a row count so a
+// Where a training job's activation rows come from: shards on disk, a
+// language model run on the fly, or the synthetic planted dictionary. A source is positioned by a row count so a
 // resumed job continues with the same rows. Not thread-safe (one consumer).
 #pragma once
 
@@ -11,6 +11,7 @@
 #include "core/base/config.h"
 #include "core/base/status.h"
 #include "core/data/synthetic.h"
+#include "core/lm/harvest.h"
 
 namespace sae {
 
@@ -40,6 +41,10 @@ struct DataShare {
 
 // The planted-dictionary settings of a `data.kind: synthetic` job.
 SyntheticOptions SyntheticOptionsFromJob(const JobConfig& job);
+
+// The harvest settings of a `data.kind: lm` job (the same rows `sae harvest`
+// writes for the same model, layer, corpus, context and seed).
+HarvestOptions LmHarvestOptions(const JobConfig& job);
 
 // Opens the source of `job.data`, positioned at `start_row`. With
 // share.world > 1 a shard source reads only the rows of its rank's share

@@ -400,6 +400,7 @@ class Reader {
       fields.push_back(IntField("layer", &d.layer));
       fields.push_back(StringField("corpus", &d.corpus));
       fields.push_back(IntField("context", &d.context));
+      fields.push_back(UIntField("seed", &d.seed));  // corpus: generate
     }
     return Map(node, field, fields);
   }
@@ -696,6 +697,7 @@ std::string JobConfigToYaml(const JobConfig& cfg) {
     num("layer", d.layer);
     str("corpus", d.corpus);
     num("context", d.context);
+    unum("seed", d.seed);
   }
   out << YAML::EndMap;
 

@@ -1,0 +1,204 @@
+#include "cli/lm_commands.h"
+
+#include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "core/interp/eval.h"
+#include "core/lm/generate.h"
+#include "core/lm/harvest.h"
+#include "core/lm/loaders.h"
+#include "core/lm/tokenizer.h"
+
+namespace sae {
+namespace {
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
+  return 1;
+}
+
+struct GenerateArgs {
+  std::string model, tokenizer;
+  GenerateOptions opts;
+  int64_t seed = 0;
+};
+
+int RunGenerate(const GenerateArgs& a) {
+  auto model = LoadModel(a.model);
+  if (!model.ok()) return Fail(model.status());
+  auto tok = LoadTokenizerFor(a.model, model->config().vocab_size, a.tokenizer);
+  if (!tok.ok()) return Fail(tok.status());
+  ScopedThreads threads(PreferredThreads(model->config()));
+  GenerateOptions o = a.opts;
+  o.seed = a.seed > 0 ? static_cast<uint64_t>(a.seed) : static_cast<uint64_t>(time(nullptr));
+  if (o.temperature < 0) return Fail(absl::InvalidArgumentError("--temperature must be >= 0"));
+  auto res = Generate(*model, **tok, o, [](const std::string& piece) {
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+  });
+  if (!res.ok()) return Fail(res.status());
+  std::printf("\n");
+  if (res->tokens.size() > 1 && res->seconds > 0)
+    std::fprintf(stderr, "achieved tok/s: %f\n", static_cast<double>(res->tokens.size() - 1) / res->seconds);
+  return 0;
+}
+
+absl::StatusOr<HookPoint> ParseHook(const std::string& s) {
+  if (s == "resid_post" || s == "resid") return HookPoint::kResidPost;
+  if (s == "mlp_out" || s == "mlp") return HookPoint::kMlpOut;
+  return absl::InvalidArgumentError(absl::StrCat("--hook: '", s, "' is not resid_post or mlp_out"));
+}
+
+struct HarvestArgs {
+  std::string model, tokenizer, out, hook = "resid_post";
+  HarvestOptions opts;
+  int64_t tokens = 100000;
+  int64_t rows_per_shard = 65536;
+  int rank = 0, world = 1;
+  double timeout = 600;
+  bool json = false;
+};
+
+int RunHarvest(HarvestArgs a) {
+  auto hook = ParseHook(a.hook);
+  if (!hook.ok()) return Fail(hook.status());
+  a.opts.hook = *hook;
+  if (a.tokens <= 0) return Fail(absl::InvalidArgumentError("--tokens must be > 0"));
+  auto model = LoadModel(a.model);
+  if (!model.ok()) return Fail(model.status());
+  std::unique_ptr<Tokenizer> tok;
+  if (a.opts.corpus != "generate") {
+    auto t = LoadTokenizerFor(a.model, model->config().vocab_size, a.tokenizer);
+    if (!t.ok()) return Fail(t.status());
+    tok = std::move(*t);
+  }
+  auto h = Harvester::Create(*model, tok.get(), a.opts);
+  if (!h.ok()) return Fail(h.status());
+  const auto t0 = std::chrono::steady_clock::now();
+  auto m = a.world > 1 ? HarvestRankToShards(h->get(), a.tokens, a.out, a.model, a.rank, a.world, a.timeout)
+                       : HarvestToShards(h->get(), a.tokens, a.out, a.model, a.rows_per_shard);
+  if (!m.ok()) return Fail(m.status());
+  if (a.rank != 0) {
+    std::printf("rank %d of %d: shards written to %s\n", a.rank, a.world, a.out.c_str());
+    return 0;
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (a.json) {
+    nlohmann::json j = {{"out", a.out}, {"rows", m->rows}, {"d_in", m->d_in}, {"shards", m->shards.size()},
+                        {"layer", a.opts.layer}, {"hook", a.hook}, {"corpus", a.opts.corpus},
+                        {"seconds", secs}, {"tokens_per_second", m->rows / std::max(secs, 1e-9)}};
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("harvested %ld tokens x %ld (layer %ld %s) into %s (%zu shards, %.0f tokens/s)\n", m->rows, m->d_in,
+                a.opts.layer, a.hook.c_str(), a.out.c_str(), m->shards.size(), m->rows / std::max(secs, 1e-9));
+  }
+  return 0;
+}
+
+struct EvalArgs {
+  std::string model, tokenizer, sae, hook = "resid_post";
+  SaeEvalOptions opts;
+  bool json = false;
+};
+
+int RunEval(EvalArgs a) {
+  auto hook = ParseHook(a.hook);
+  if (!hook.ok()) return Fail(hook.status());
+  a.opts.windows.hook = *hook;
+  auto model = LoadModel(a.model);
+  if (!model.ok()) return Fail(model.status());
+  auto sae = LoadSae(a.sae);
+  if (!sae.ok()) return Fail(sae.status());
+  std::unique_ptr<Tokenizer> tok;
+  if (a.opts.windows.corpus != "generate") {
+    auto t = LoadTokenizerFor(a.model, model->config().vocab_size, a.tokenizer);
+    if (!t.ok()) return Fail(t.status());
+    tok = std::move(*t);
+  }
+  auto r = EvaluateSae(*model, tok.get(), a.opts, *sae);
+  if (!r.ok()) return Fail(r.status());
+  if (a.json) {
+    nlohmann::json j = {{"tokens", r->tokens}, {"latents", r->latents}, {"fvu", r->fvu}, {"mse", r->mse},
+                        {"l0", r->l0}, {"dead_ratio", r->dead_ratio}, {"dense_1pct_ratio", r->dense_1pct_ratio},
+                        {"dense_10pct_ratio", r->dense_10pct_ratio}, {"ce_clean", r->ce_clean},
+                        {"ce_sae", r->ce_sae}, {"ce_zero", r->ce_zero}, {"ce_loss_recovered", r->ce_loss_recovered},
+                        {"kl_sae", r->kl_sae}, {"kl_zero", r->kl_zero}, {"kl_score", r->kl_score},
+                        {"layer", a.opts.windows.layer}, {"hook", a.hook}, {"corpus", a.opts.windows.corpus}};
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("evaluated %s at layer %ld (%s) on %ld tokens of %s\n", a.sae.c_str(), a.opts.windows.layer,
+                a.hook.c_str(), r->tokens, a.opts.windows.corpus.c_str());
+    std::printf("  fvu                %.4f\n  L0                 %.2f\n  dead ratio         %.4f\n", r->fvu, r->l0,
+                r->dead_ratio);
+    std::printf("  dense >1%% / >10%%   %.4f / %.4f\n", r->dense_1pct_ratio, r->dense_10pct_ratio);
+    std::printf("  CE clean/sae/zero  %.4f / %.4f / %.4f\n  CE loss recovered  %.4f\n", r->ce_clean, r->ce_sae,
+                r->ce_zero, r->ce_loss_recovered);
+    std::printf("  KL sae/zero        %.4f / %.4f\n  KL score           %.4f\n", r->kl_sae, r->kl_zero, r->kl_score);
+  }
+  return 0;
+}
+
+}  // namespace
+
+std::function<int()> AddLmCommands(CLI::App* app) {
+  auto ga = std::make_shared<GenerateArgs>();
+  CLI::App* gen = app->add_subcommand("generate", "generate text with a language model (llama2.c's sampler)");
+  gen->add_option("--model", ga->model, "checkpoint file, or a directory with it and its tokenizer")->required();
+  gen->add_option("--tokenizer", ga->tokenizer, "tokenizer file (default: found beside the model)");
+  gen->add_option("--prompt,-i", ga->opts.prompt, "prompt text");
+  gen->add_option("--steps,-n", ga->opts.steps, "positions to run, prompt included (0 = context length)");
+  gen->add_option("--temperature,-t", ga->opts.temperature, "0 = greedy");
+  gen->add_option("--top-p,-p", ga->opts.top_p, "nucleus sampling threshold (outside (0,1): plain sampling)");
+  gen->add_option("--seed,-s", ga->seed, "RNG seed (<= 0: time)");
+
+  auto ha = std::make_shared<HarvestArgs>();
+  CLI::App* harvest = app->add_subcommand("harvest", "write a model's activations at a layer as shards");
+  harvest->add_option("--model", ha->model, "checkpoint file or directory")->required();
+  harvest->add_option("--tokenizer", ha->tokenizer, "tokenizer file (default: found beside the model)");
+  harvest->add_option("--layer", ha->opts.layer, "block whose output is read (0-based)")->required();
+  harvest->add_option("--hook", ha->hook, "resid_post (after the block) or mlp_out");
+  harvest->add_option("--corpus", ha->opts.corpus, "text file, or 'generate' (the model samples its own)");
+  harvest->add_option("--tokens", ha->tokens, "activation rows to write (BOS positions excluded)");
+  harvest->add_option("--context", ha->opts.context, "tokens per window (BOS first)");
+  harvest->add_option("--batch", ha->opts.batch, "windows per forward pass");
+  harvest->add_option("--seed", ha->opts.seed, "generate: window w is sampled with seed + w + 1");
+  harvest->add_option("--temperature", ha->opts.temperature, "generate: sampling temperature");
+  harvest->add_option("--top-p", ha->opts.top_p, "generate: nucleus threshold");
+  harvest->add_option("--rows-per-shard", ha->rows_per_shard, "rows per shard file");
+  harvest->add_option("--out", ha->out, "output directory (must not hold a manifest)")->required();
+  harvest->add_flag("--json", ha->json, "one JSON object");
+  harvest->add_option("--rank", ha->rank, "this process's rank when the harvest is spread over processes (or SAE_RANK)")
+      ->envname("SAE_RANK");
+  harvest->add_option("--world-size", ha->world, "number of harvesting processes (or SAE_WORLD_SIZE); "
+                                                 "each writes shards of one forward batch, rank 0 the manifest")
+      ->envname("SAE_WORLD_SIZE");
+  harvest->add_option("--timeout", ha->timeout, "rank 0: seconds to wait for the other ranks");
+
+  auto ea = std::make_shared<EvalArgs>();
+  ea->opts.windows.seed = 1000003;  // held out from harvests with small seeds
+  ea->opts.windows.batch = 8;
+  CLI::App* ev = app->add_subcommand("eval", "evaluate an SAE spliced into a model: fvu, L0, dead/dense, CE recovered, KL");
+  ev->add_option("--model", ea->model, "checkpoint file or directory")->required();
+  ev->add_option("--tokenizer", ea->tokenizer, "tokenizer file (default: found beside the model)");
+  ev->add_option("--sae", ea->sae, "trained SAE directory (sae.safetensors + cfg.json)")->required();
+  ev->add_option("--layer", ea->opts.windows.layer, "block whose output the SAE reads")->required();
+  ev->add_option("--hook", ea->hook, "resid_post or mlp_out");
+  ev->add_option("--corpus", ea->opts.windows.corpus, "held-out text file, or 'generate' (default)");
+  ev->add_option("--context", ea->opts.windows.context, "tokens per window");
+  ev->add_option("--windows", ea->opts.num_windows, "windows evaluated");
+  ev->add_option("--seed", ea->opts.windows.seed, "generate: seed of the evaluation windows");
+  ev->add_flag("--json", ea->json, "one JSON object");
+
+  return [=]() -> int {
+    if (gen->parsed()) return RunGenerate(*ga);
+    if (harvest->parsed()) return RunHarvest(*ha);
+    if (ev->parsed()) return RunEval(*ea);
+    return -1;
+  };
+}
+
+}  // namespace sae

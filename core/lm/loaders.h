@@ -1,0 +1,35 @@
+// Loading (and re-saving) transformer checkpoints. Every error names the file
+// and the tensor or field at fault; nothing here aborts on a bad file.
+//   llama2.c: legacy (7 int32 header) and version 1 ("ak42" magic, 256-byte
+//             header) float32 .bin files.
+//   Hugging Face: a directory with config.json and model.safetensors or a
+//             sharded model-0000x-of-0000y.safetensors set with its
+//             model.safetensors.index.json; Llama/Mistral (rotate-half RoPE)
+//             and GPT-2 (Conv1D [in, out] weights; "transformer." prefix optional).
+#pragma once
+
+#include <string>
+
+#include "core/base/status.h"
+#include "core/lm/model.h"
+
+namespace sae {
+
+absl::StatusOr<Transformer> LoadLlama2c(const std::string& path);
+absl::StatusOr<Transformer> LoadHfModel(const std::string& dir);
+
+// PATH is a llama2.c .bin file, an HF directory (with config.json), or a
+// directory holding exactly one llama2.c .bin file.
+absl::StatusOr<Transformer> LoadModel(const std::string& path);
+
+// The checkpoint file or directory LoadModel would read for `path`.
+absl::StatusOr<std::string> ResolveModelPath(const std::string& path);
+
+// Writers (used by tests and for conversions). `version` 0 = legacy, 1 = v1.
+// Only Llama-family models with interleaved RoPE can be written as llama2.c.
+absl::Status SaveLlama2c(const Transformer& m, const std::string& path, int version);
+// Writes config.json + model.safetensors (or `shards` > 1 files with the
+// index) in HF Llama layout: q/k rows permuted from interleaved to rotate-half.
+absl::Status SaveHfLlama(const Transformer& m, const std::string& dir, int shards = 1);
+
+}  // namespace sae

@@ -1,0 +1,126 @@
+// A decoder-only transformer on LibTorch (CPU or CUDA tensors): the Llama
+// family (RMSNorm, RoPE in llama2.c's interleaved-pair or Hugging Face's
+// rotate-half convention, grouped-query attention, SwiGLU) and GPT-2
+// (LayerNorm, learned positions, GELU-tanh MLP). Forward runs a batch of
+// equal-length sequences with an optional KV cache; hooks read or replace the
+// residual stream. A Transformer is immutable after loading and Forward is
+// safe from several threads with separate caches. Loaders: see loaders.h.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/base/status.h"
+
+namespace sae {
+
+enum class Arch { kLlama, kGpt2 };
+enum class RopeStyle { kInterleaved, kRotateHalf };
+
+struct ModelConfig {
+  Arch arch = Arch::kLlama;
+  int64_t dim = 0, hidden_dim = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0;
+  int64_t vocab_size = 0, max_seq_len = 0;
+  float norm_eps = 1e-5f;
+  float rope_theta = 10000.0f;
+  RopeStyle rope = RopeStyle::kInterleaved;
+  int64_t bos_id = 1, eos_id = 2;
+  std::string source;  // file or directory it was loaded from
+  std::string format;  // "llama2c-legacy", "llama2c-v1", "hf-llama", "hf-gpt2"
+  int64_t head_dim() const { return n_heads ? dim / n_heads : 0; }
+};
+
+// Weights of one block. GPT-2 uses the *_b biases and w1/w2 only.
+struct BlockWeights {
+  at::Tensor attn_norm, attn_norm_b, ffn_norm, ffn_norm_b;
+  at::Tensor wq, wk, wv, wo, bq, bk, bv, bo;  // [out, in] (at::linear layout)
+  at::Tensor w1, w2, w3, b1, b2;              // w1 gate/fc, w3 up, w2 down/proj
+};
+
+struct ModelWeights {
+  at::Tensor tok_emb;  // [vocab, dim]
+  at::Tensor pos_emb;  // GPT-2 only [max_seq_len, dim]
+  std::vector<BlockWeights> blocks;
+  at::Tensor final_norm, final_norm_b;
+  at::Tensor lm_head;  // [vocab, dim] (may alias tok_emb)
+};
+
+// Where a hook sits. kResidPost: residual stream after block `layer` (layer
+// −1: the embeddings); kMlpOut: the MLP's output of block `layer` before it
+// is added; kFinalNorm: after the final norm (layer ignored).
+enum class HookPoint { kResidPost, kMlpOut, kFinalNorm };
+
+// A hook sees the activation [B, T, dim] and may replace it (assign a tensor
+// of the same shape) to steer or splice; leaving it untouched only reads.
+struct Hook {
+  int64_t layer = 0;
+  HookPoint point = HookPoint::kResidPost;
+  std::function<void(at::Tensor& x)> fn;
+};
+
+// Per-sequence keys and values of every layer for positions [0, len).
+struct KvCache {
+  std::vector<at::Tensor> k, v;  // [B, n_kv_heads, capacity, head_dim] per layer
+  int64_t len = 0;
+  int64_t capacity() const { return k.empty() ? 0 : k[0].size(2); }
+};
+
+struct ForwardOptions {
+  std::vector<Hook> hooks;
+  // ≥ 0: stop after this block (hooks up to it run) and return no logits.
+  int64_t stop_after_layer = -1;
+};
+
+class Transformer {
+ public:
+  // Checks every tensor's shape against `cfg`; errors name `cfg.source` and the tensor.
+  static absl::StatusOr<Transformer> Create(ModelConfig cfg, ModelWeights w);
+
+  const ModelConfig& config() const { return cfg_; }
+  const ModelWeights& weights() const { return w_; }
+
+  KvCache NewCache(int64_t batch, int64_t capacity) const;
+
+  // tokens: int64 [B, T] ids. Positions start at cache->len (0 without a
+  // cache); the cache grows by T. Returns float32 logits [B, T, vocab].
+  absl::StatusOr<at::Tensor> Forward(const at::Tensor& tokens, KvCache* cache = nullptr,
+                                     const ForwardOptions& opts = {}) const;
+
+  // Moves the weights (e.g. to CUDA); the model is then used there.
+  void To(const at::Device& device);
+
+ private:
+  Transformer() = default;
+  at::Tensor ForwardImpl(const at::Tensor& tokens, KvCache* cache, const ForwardOptions& opts) const;
+  at::Tensor Attention(const BlockWeights& b, const at::Tensor& h, int64_t layer, int64_t pos0,
+                       KvCache* cache) const;
+  at::Tensor ApplyRope(const at::Tensor& x, int64_t pos0) const;  // x [B, H, T, hd]
+  ModelConfig cfg_;
+  ModelWeights w_;
+  at::Tensor rope_cos_, rope_sin_;  // [max_seq_len, head_dim/2]
+};
+
+// Intra-op threads for a model's forward passes: small models (dim ≤ 1024)
+// run single-threaded, since their kernels are too small to share and
+// threads that spin on a busy machine cost 10–20× (measured with
+// stories260K). 0 = leave LibTorch's setting.
+int PreferredThreads(const ModelConfig& c);
+
+// Sets LibTorch's intra-op thread count for a scope (n ≤ 0: no change).
+// The setting is process-wide: use it where one thread drives LibTorch.
+class ScopedThreads {
+ public:
+  explicit ScopedThreads(int n);
+  ~ScopedThreads();
+  ScopedThreads(const ScopedThreads&) = delete;
+  ScopedThreads& operator=(const ScopedThreads&) = delete;
+
+ private:
+  int saved_ = 0;
+};
+
+}  // namespace sae

@@ -1,0 +1,389 @@
+#include "core/lm/tokenizer.h"
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <unordered_map>
+
+namespace sae {
+namespace {
+
+namespace fs = std::filesystem;
+
+absl::StatusOr<std::string> Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// Parses "<0xAB>"; returns −1 when `s` is not a byte piece.
+int BytePiece(const std::string& s) {
+  if (s.size() != 6 || s.compare(0, 3, "<0x") != 0 || s[5] != '>') return -1;
+  auto hex = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  const int h = hex(s[3]), l = hex(s[4]);
+  return h < 0 || l < 0 ? -1 : h * 16 + l;
+}
+
+class Llama2cTokenizer : public Tokenizer {
+ public:
+  Llama2cTokenizer(std::vector<std::string> vocab, std::vector<float> scores)
+      : vocab_(std::move(vocab)), scores_(std::move(scores)) {
+    for (size_t i = 0; i < vocab_.size(); ++i) lookup_.emplace(vocab_[i], static_cast<int32_t>(i));
+  }
+  int64_t vocab_size() const override { return static_cast<int64_t>(vocab_.size()); }
+  int32_t bos_id() const override { return 1; }
+  int32_t eos_id() const override { return 2; }
+
+  int32_t Find(const std::string& s) const {
+    auto it = lookup_.find(s);
+    return it == lookup_.end() ? -1 : it->second;
+  }
+
+  std::vector<int32_t> Encode(const std::string& text, bool bos, bool eos) const override {
+    // llama2.c's encode: dummy-prefix space, UTF-8 code points to ids (bytes
+    // + 3 as fallback), then greedy merges of the best-scoring pair.
+    std::vector<int32_t> t;
+    if (bos) t.push_back(1);
+    if (!text.empty()) {
+      const int32_t sp = Find(" ");
+      if (sp >= 0) t.push_back(sp);
+    }
+    std::string buf;
+    for (size_t i = 0; i < text.size(); ++i) {
+      const unsigned char c = static_cast<unsigned char>(text[i]);
+      if ((c & 0xC0) != 0x80) buf.clear();
+      buf.push_back(static_cast<char>(c));
+      if (i + 1 < text.size() && (static_cast<unsigned char>(text[i + 1]) & 0xC0) == 0x80 && buf.size() < 4) continue;
+      const int32_t id = Find(buf);
+      if (id >= 0) {
+        t.push_back(id);
+      } else {
+        for (char b : buf) t.push_back(static_cast<int32_t>(static_cast<unsigned char>(b)) + 3);
+      }
+      buf.clear();
+    }
+    const size_t first = bos ? 1 : 0;
+    while (true) {
+      float best = -1e10f;
+      int32_t best_id = -1;
+      size_t best_i = 0;
+      for (size_t i = first; i + 1 < t.size(); ++i) {
+        const int32_t id = Find(vocab_[t[i]] + vocab_[t[i + 1]]);
+        if (id >= 0 && scores_[id] > best) {
+          best = scores_[id];
+          best_id = id;
+          best_i = i;
+        }
+      }
+      if (best_id < 0) break;
+      t[best_i] = best_id;
+      t.erase(t.begin() + best_i + 1);
+    }
+    if (eos) t.push_back(2);
+    return t;
+  }
+
+  std::string DecodePiece(int32_t prev, int32_t token) const override {
+    if (token < 0 || token >= vocab_size()) return "";
+    std::string piece = vocab_[token];
+    if (prev == 1 && !piece.empty() && piece[0] == ' ') piece.erase(0, 1);
+    const int b = BytePiece(piece);
+    if (b >= 0) return std::string(1, static_cast<char>(b));
+    return piece;
+  }
+
+ private:
+  std::vector<std::string> vocab_;
+  std::vector<float> scores_;
+  std::unordered_map<std::string, int32_t> lookup_;
+};
+
+// GPT-2's reversible byte → printable code point map.
+std::vector<int> ByteToCodePoint() {
+  std::vector<int> m(256, -1);
+  for (int b = 0; b < 256; ++b)
+    if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF)) m[b] = b;
+  int n = 0;
+  for (int b = 0; b < 256; ++b)
+    if (m[b] < 0) m[b] = 256 + n++;
+  return m;
+}
+
+std::string Utf8(int cp) {
+  std::string s;
+  if (cp < 0x80) {
+    s.push_back(static_cast<char>(cp));
+  } else if (cp < 0x800) {
+    s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+    s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else {
+    s.push_back(static_cast<char>(0xE0 | (cp >> 12)));
+    s.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  }
+  return s;
+}
+
+class Gpt2Tokenizer : public Tokenizer {
+ public:
+  Gpt2Tokenizer(std::unordered_map<std::string, int32_t> enc, std::map<std::pair<std::string, std::string>, int> ranks)
+      : enc_(std::move(enc)), ranks_(std::move(ranks)) {
+    const std::vector<int> m = ByteToCodePoint();
+    for (int b = 0; b < 256; ++b) {
+      byte_str_[b] = Utf8(m[b]);
+      unbyte_[byte_str_[b]] = static_cast<char>(b);
+    }
+    int32_t max_id = -1;
+    for (const auto& [s, id] : enc_) max_id = std::max(max_id, id);
+    dec_.resize(max_id + 1);
+    for (const auto& [s, id] : enc_) dec_[id] = s;
+    auto it = enc_.find("<|endoftext|>");
+    eot_ = it == enc_.end() ? -1 : it->second;
+  }
+  int64_t vocab_size() const override { return static_cast<int64_t>(dec_.size()); }
+  int32_t bos_id() const override { return eot_; }
+  int32_t eos_id() const override { return eot_; }
+
+  std::vector<int32_t> Encode(const std::string& text, bool bos, bool eos) const override {
+    std::vector<int32_t> out;
+    if (bos && eot_ >= 0) out.push_back(eot_);
+    for (const std::string& word : PreTokenize(text)) {
+      std::vector<std::string> sym;
+      for (unsigned char c : word) sym.push_back(byte_str_[c]);
+      while (sym.size() > 1) {
+        int best = std::numeric_limits<int>::max();
+        size_t bi = 0;
+        for (size_t i = 0; i + 1 < sym.size(); ++i) {
+          auto it = ranks_.find({sym[i], sym[i + 1]});
+          if (it != ranks_.end() && it->second < best) {
+            best = it->second;
+            bi = i;
+          }
+        }
+        if (best == std::numeric_limits<int>::max()) break;
+        // Merge every occurrence of the best pair, left to right.
+        const std::string a = sym[bi], b = sym[bi + 1];
+        std::vector<std::string> next;
+        for (size_t i = 0; i < sym.size(); ++i) {
+          if (i + 1 < sym.size() && sym[i] == a && sym[i + 1] == b) {
+            next.push_back(a + b);
+            ++i;
+          } else {
+            next.push_back(sym[i]);
+          }
+        }
+        sym.swap(next);
+      }
+      for (const std::string& s : sym) {
+        auto it = enc_.find(s);
+        if (it != enc_.end()) {
+          out.push_back(it->second);
+        } else {  // not in the vocabulary: fall back to its single-byte symbols
+          for (size_t i = 0; i < s.size();) {
+            size_t len = (static_cast<unsigned char>(s[i]) < 0x80) ? 1 : (static_cast<unsigned char>(s[i]) < 0xE0 ? 2 : 3);
+            auto jt = enc_.find(s.substr(i, len));
+            if (jt != enc_.end()) out.push_back(jt->second);
+            i += len;
+          }
+        }
+      }
+    }
+    if (eos && eot_ >= 0) out.push_back(eot_);
+    return out;
+  }
+
+  std::string DecodePiece(int32_t, int32_t token) const override {
+    if (token < 0 || token >= vocab_size() || token == eot_) return "";
+    const std::string& s = dec_[token];
+    std::string out;
+    for (size_t i = 0; i < s.size();) {
+      size_t len = (static_cast<unsigned char>(s[i]) < 0x80) ? 1 : (static_cast<unsigned char>(s[i]) < 0xE0 ? 2 : 3);
+      auto it = unbyte_.find(s.substr(i, len));
+      if (it != unbyte_.end()) out.push_back(it->second);
+      i += len;
+    }
+    return out;
+  }
+
+ private:
+  enum Cls { kSpace, kLetter, kDigit, kOther };
+  static Cls Classify(unsigned char c) {
+    if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f') return kSpace;
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c >= 0x80) return kLetter;  // non-ASCII as letters
+    if (c >= '0' && c <= '9') return kDigit;
+    return kOther;
+  }
+  // GPT-2's pattern 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+  // (letters approximated as ASCII letters plus every non-ASCII byte).
+  static std::vector<std::string> PreTokenize(const std::string& s) {
+    std::vector<std::string> out;
+    size_t i = 0;
+    const size_t n = s.size();
+    auto cls = [&](size_t j) { return Classify(static_cast<unsigned char>(s[j])); };
+    while (i < n) {
+      if (s[i] == '\'') {
+        bool hit = false;
+        for (const char* c : {"'s", "'t", "'re", "'ve", "'m", "'ll", "'d"}) {
+          const size_t len = std::strlen(c);
+          if (s.compare(i, len, c) == 0) {
+            out.push_back(s.substr(i, len));
+            i += len;
+            hit = true;
+            break;
+          }
+        }
+        if (hit) continue;
+      }
+      size_t j = i;
+      if (s[j] == ' ' && j + 1 < n && cls(j + 1) != kSpace) ++j;
+      if (cls(j) != kSpace) {
+        const Cls c = cls(j);
+        size_t k = j;
+        while (k < n && cls(k) == c) {
+          // Contractions end an "other" run before them? GPT-2's regex lets
+          // [^\s\p{L}\p{N}]+ swallow apostrophes, so no special case here.
+          ++k;
+        }
+        out.push_back(s.substr(i, k - i));
+        i = k;
+        continue;
+      }
+      size_t k = i;
+      while (k < n && cls(k) == kSpace) ++k;
+      if (k < n && k - i >= 2) k -= 1;  // \s+(?!\S): leave the last space to the next word
+      out.push_back(s.substr(i, k - i));
+      i = k;
+    }
+    return out;
+  }
+
+  std::unordered_map<std::string, int32_t> enc_;
+  std::map<std::pair<std::string, std::string>, int> ranks_;
+  std::vector<std::string> dec_;
+  std::string byte_str_[256];
+  std::unordered_map<std::string, char> unbyte_;
+  int32_t eot_ = -1;
+};
+
+}  // namespace
+
+std::string Tokenizer::Decode(const std::vector<int32_t>& ids) const {
+  std::string out;
+  int32_t prev = -1;
+  for (int32_t id : ids) {
+    if (id != bos_id() && id != eos_id()) out += DecodePiece(prev, id);
+    prev = id;
+  }
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadLlama2cTokenizer(const std::string& path, int64_t vocab_size) {
+  SAE_ASSIGN_OR_RETURN(std::string b, Slurp(path));
+  size_t off = 0;
+  auto read = [&](void* dst, size_t n) {
+    if (off + n > b.size()) return false;
+    std::memcpy(dst, b.data() + off, n);
+    off += n;
+    return true;
+  };
+  int32_t max_len = 0;
+  if (!read(&max_len, 4) || max_len <= 0 || max_len > (1 << 16))
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a llama2.c tokenizer (bad max_token_length)"));
+  std::vector<std::string> vocab;
+  std::vector<float> scores;
+  while (off < b.size()) {
+    float score;
+    int32_t len;
+    if (!read(&score, 4) || !read(&len, 4) || len < 0 || len > max_len || off + len > b.size())
+      return absl::InvalidArgumentError(absl::StrCat(path, ": truncated or corrupt at token ", vocab.size()));
+    vocab.emplace_back(b.data() + off, len);
+    scores.push_back(score);
+    off += len;
+  }
+  if (static_cast<int64_t>(vocab.size()) != vocab_size)
+    return absl::InvalidArgumentError(absl::StrCat(path, ": tokenizer vocabulary has ", vocab.size(),
+                                                   " tokens but the model's has ", vocab_size));
+  return std::unique_ptr<Tokenizer>(new Llama2cTokenizer(std::move(vocab), std::move(scores)));
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGpt2Tokenizer(const std::string& encoder_json,
+                                                             const std::string& vocab_bpe) {
+  SAE_ASSIGN_OR_RETURN(std::string ej, Slurp(encoder_json));
+  SAE_ASSIGN_OR_RETURN(std::string vb, Slurp(vocab_bpe));
+  nlohmann::json j = nlohmann::json::parse(ej, nullptr, false);
+  if (j.is_discarded() || !j.is_object())
+    return absl::InvalidArgumentError(absl::StrCat(encoder_json, ": not a JSON object of token ids"));
+  std::unordered_map<std::string, int32_t> enc;
+  for (auto& [k, v] : j.items()) {
+    if (!v.is_number_integer() || v.get<int64_t>() < 0)
+      return absl::InvalidArgumentError(absl::StrCat(encoder_json, ": id of \"", k, "\" is not a non-negative integer"));
+    enc[k] = v.get<int32_t>();
+  }
+  std::map<std::pair<std::string, std::string>, int> ranks;
+  size_t pos = 0;
+  int line_no = 0, rank = 0;
+  while (pos < vb.size()) {
+    size_t e = vb.find('\n', pos);
+    if (e == std::string::npos) e = vb.size();
+    std::string line = vb.substr(pos, e - pos);
+    pos = e + 1;
+    ++line_no;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty() || line.rfind("#version", 0) == 0) continue;
+    const size_t sp = line.find(' ');
+    if (sp == std::string::npos || sp == 0 || sp + 1 >= line.size())
+      return absl::InvalidArgumentError(absl::StrCat(vocab_bpe, ":", line_no, ": not a merge \"A B\""));
+    ranks[{line.substr(0, sp), line.substr(sp + 1)}] = rank++;
+  }
+  return std::unique_ptr<Tokenizer>(new Gpt2Tokenizer(std::move(enc), std::move(ranks)));
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerFor(const std::string& model_path, int64_t vocab_size,
+                                                            const std::string& explicit_path) {
+  std::error_code ec;
+  auto check = [&](absl::StatusOr<std::unique_ptr<Tokenizer>> t,
+                   const std::string& file) -> absl::StatusOr<std::unique_ptr<Tokenizer>> {
+    if (!t.ok()) return t.status();
+    // GPT-2/SentencePiece vocabularies may be padded in the model, never larger.
+    if ((*t)->vocab_size() > vocab_size)
+      return absl::InvalidArgumentError(absl::StrCat(file, ": tokenizer vocabulary has ", (*t)->vocab_size(),
+                                                     " tokens but the model's has ", vocab_size));
+    return t;
+  };
+  auto by_file = [&](const fs::path& p) -> absl::StatusOr<std::unique_ptr<Tokenizer>> {
+    if (p.extension() == ".model") return check(LoadSentencePieceTokenizer(p.string()), p.string());
+    return LoadLlama2cTokenizer(p.string(), vocab_size);
+  };
+  auto in_dir = [&](const fs::path& d) -> absl::StatusOr<std::unique_ptr<Tokenizer>> {
+    for (const std::string& name : {std::string("tokenizer.bin"), absl::StrCat("tok", vocab_size, ".bin"),
+                                   std::string("tokenizer.model")})
+      if (fs::exists(d / name, ec)) return by_file(d / name);
+    if (fs::exists(d / "encoder.json", ec) && fs::exists(d / "vocab.bpe", ec))
+      return check(LoadGpt2Tokenizer((d / "encoder.json").string(), (d / "vocab.bpe").string()),
+                   (d / "encoder.json").string());
+    if (fs::exists(d / "vocab.json", ec) && fs::exists(d / "merges.txt", ec))
+      return check(LoadGpt2Tokenizer((d / "vocab.json").string(), (d / "merges.txt").string()),
+                   (d / "vocab.json").string());
+    return absl::NotFoundError(absl::StrCat(d.string(), ": no tokenizer found (tokenizer.bin, tok", vocab_size,
+                                            ".bin, tokenizer.model, encoder.json+vocab.bpe, vocab.json+merges.txt); "
+                                            "give --tokenizer"));
+  };
+  if (!explicit_path.empty()) {
+    if (fs::is_directory(explicit_path, ec)) return in_dir(explicit_path);
+    if (!fs::exists(explicit_path, ec)) return absl::NotFoundError(absl::StrCat(explicit_path, ": no such tokenizer file"));
+    return by_file(explicit_path);
+  }
+  const fs::path dir = fs::is_directory(model_path, ec) ? fs::path(model_path) : fs::path(model_path).parent_path();
+  return in_dir(dir.empty() ? fs::path(".") : dir);
+}
+
+}  // namespace sae
