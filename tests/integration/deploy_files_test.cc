@@ -118,6 +118,20 @@ TEST(DeployFiles, ComposeParsesAndRunsTheFourServices) {
   const std::string worker = YAML::Dump(s["worker"]["command"]);
   EXPECT_NE(worker.find("--coordinator"), std::string::npos);
   EXPECT_NE(worker.find("--metrics-listen"), std::string::npos);
+  // Token auth is on: the secrets the flags read are mounted, the workers get
+  // only theirs.
+  auto secrets = [&](const char* service) {
+    std::set<std::string> out;
+    for (const YAML::Node& n : s[service]["secrets"]) out.insert(n.as<std::string>());
+    return out;
+  };
+  EXPECT_EQ(secrets("coordinator"), (std::set<std::string>{"client_token", "worker_token"}));
+  EXPECT_EQ(secrets("worker"), (std::set<std::string>{"worker_token"}));
+  for (const char* t : {"client_token", "worker_token"}) {
+    EXPECT_TRUE(docs[0]["secrets"][t]["file"]) << t;
+    EXPECT_NE(coord.find("/run/secrets/" + std::string(t)), std::string::npos) << t;
+  }
+  EXPECT_NE(worker.find("--worker-token-file=/run/secrets/worker_token"), std::string::npos) << worker;
   // Prometheus and Grafana get the files of this directory.
   EXPECT_NE(YAML::Dump(s["prometheus"]["volumes"]).find("./prometheus/prometheus.yml"), std::string::npos);
   EXPECT_NE(YAML::Dump(s["grafana"]["volumes"]).find("./grafana/dashboards"), std::string::npos);
