@@ -170,6 +170,14 @@ int Watch(Client& c, const std::string& id, bool json, bool quiet) {
     if (tty) std::printf("\n");
     std::printf("%s %s: %s\n", id.c_str(), StateName(last.state()).c_str(), last.reason().c_str());
     if (last.state() == v1::SUCCEEDED) std::printf("output: %s\n", last.output().c_str());
+    // The HTML report of the run (plots over tokens from metrics.jsonl). A
+    // stopped run keeps its metrics in OUTPUT.partial, which `sae report
+    // OUTPUT` finds as well.
+    const bool finished =
+        last.state() == v1::SUCCEEDED || last.state() == v1::FAILED || last.state() == v1::CANCELLED;
+    if (finished && !last.output().empty())
+      std::printf("report: sae report %s  (writes an HTML page of the run's metrics%s)\n", last.output().c_str(),
+                  last.state() == v1::SUCCEEDED ? "" : " so far");
   }
   return last.state() == v1::SUCCEEDED ? 0 : 1;
 }

@@ -118,6 +118,20 @@ TEST(DeployFiles, ComposeParsesAndRunsTheFourServices) {
   const std::string worker = YAML::Dump(s["worker"]["command"]);
   EXPECT_NE(worker.find("--coordinator"), std::string::npos);
   EXPECT_NE(worker.find("--metrics-listen"), std::string::npos);
+  // Token auth is on: the secrets the flags read are mounted, the workers get
+  // only theirs.
+  auto secrets = [&](const char* service) {
+    std::set<std::string> out;
+    for (const YAML::Node& n : s[service]["secrets"]) out.insert(n.as<std::string>());
+    return out;
+  };
+  EXPECT_EQ(secrets("coordinator"), (std::set<std::string>{"client_token", "worker_token"}));
+  EXPECT_EQ(secrets("worker"), (std::set<std::string>{"worker_token"}));
+  for (const char* t : {"client_token", "worker_token"}) {
+    EXPECT_TRUE(docs[0]["secrets"][t]["file"]) << t;
+    EXPECT_NE(coord.find("/run/secrets/" + std::string(t)), std::string::npos) << t;
+  }
+  EXPECT_NE(worker.find("--worker-token-file=/run/secrets/worker_token"), std::string::npos) << worker;
   // Prometheus and Grafana get the files of this directory.
   EXPECT_NE(YAML::Dump(s["prometheus"]["volumes"]).find("./prometheus/prometheus.yml"), std::string::npos);
   EXPECT_NE(YAML::Dump(s["grafana"]["volumes"]).find("./grafana/dashboards"), std::string::npos);
@@ -127,6 +141,100 @@ TEST(DeployFiles, ComposeParsesAndRunsTheFourServices) {
     ASSERT_EQ(p.size(), 1u) << f;
     EXPECT_EQ(p[0]["apiVersion"].as<int>(), 1) << f;
   }
+}
+
+// The flags of a program, from its --help output.
+std::set<std::string> HelpFlags(const std::string& cmd) {
+  Result r = Sh(cmd + " --help");
+  EXPECT_EQ(r.code, 0) << cmd << ": " << r.out;
+  std::set<std::string> flags;
+  const std::regex flag("--[a-z][a-z0-9-]*");
+  for (std::sregex_iterator it(r.out.begin(), r.out.end(), flag), end; it != end; ++it) flags.insert(it->str());
+  return flags;
+}
+
+// The --flags given to `program` in `text`: on each line (backslash
+// continuations joined), the flags after the first word that names the
+// program (`sae-worker`, `/opt/bin/sae-worker`, "$SAE_BIN/sae-worker"; not
+// `sae-worker:50051` or `sae-workers`).
+std::vector<std::string> FlagsOf(const std::string& program, std::string text) {
+  for (size_t p; (p = text.find("\\\n")) != std::string::npos;) text.replace(p, 2, " ");
+  const std::regex word("(^|[\\s'\"(/])" + program + "($|[\\s'\")])");
+  const std::regex flag("(^|[^A-Za-z0-9_-])(--[a-z][a-z0-9-]*)");
+  std::vector<std::string> out;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    std::smatch m;
+    if (!std::regex_search(line, m, word)) continue;
+    const std::string rest = m.suffix().str();
+    for (std::sregex_iterator it(rest.begin(), rest.end(), flag), end; it != end; ++it) out.push_back((*it)[2].str());
+  }
+  return out;
+}
+
+// Every scalar of a YAML document, and every sequence of scalars joined by
+// spaces (a container's command/args list), one a line.
+void CommandLines(const YAML::Node& n, std::string* out) {
+  if (n.IsScalar()) {
+    *out += n.as<std::string>() + "\n";
+  } else if (n.IsSequence()) {
+    std::string joined;
+    bool scalars = true;
+    for (const YAML::Node& e : n) {
+      if (!e.IsScalar()) scalars = false;
+      else joined += e.as<std::string>() + " ";
+    }
+    if (scalars) *out += joined + "\n";
+    for (const YAML::Node& e : n) CommandLines(e, out);
+  } else if (n.IsMap()) {
+    for (const auto& kv : n) CommandLines(kv.second, out);
+  }
+}
+
+// compose, Kubernetes and Slurm files pass only flags the executables have
+// (their --help), so the files cannot drift from the binaries. Comments count
+// too: an example there is copied by someone.
+TEST(DeployFiles, EveryFlagGivenToSaeforgeExistsInItsHelp) {
+  struct Program {
+    std::string name;
+    std::set<std::string> flags;
+  };
+  std::vector<Program> programs = {{"sae-worker", HelpFlags(Bin("sae-worker"))},
+                                   {"sae submit", HelpFlags(Bin("sae") + " submit")}};
+#ifdef SAE_TEST_HAVE_COORDINATOR
+  programs.push_back({"sae-coordinator", HelpFlags(Bin("sae-coordinator"))});
+#endif
+  for (const Program& p : programs) ASSERT_GE(p.flags.size(), 5u) << p.name;
+  std::vector<fs::path> files = {Source("deploy/compose.yaml"), Source("deploy/slurm/train.sbatch")};
+  for (const auto& e : fs::directory_iterator(Source("deploy/k8s")))
+    if (e.path().extension() == ".yaml") files.push_back(e.path());
+  std::map<std::string, std::set<std::string>> used;  // "file program" -> flags
+  for (const fs::path& f : files) {
+    std::string text = ReadAll(f);  // every line, comments included
+    if (f.extension() == ".yaml")
+      for (const YAML::Node& d : LoadAll(f)) CommandLines(d, &text);  // multi-line args lists
+    for (const Program& p : programs) {
+      for (const std::string& flag : FlagsOf(p.name, text)) {
+        EXPECT_TRUE(p.flags.count(flag)) << f.filename() << ": " << p.name << " has no " << flag;
+        used[f.filename().string() + " " + p.name].insert(flag);
+      }
+    }
+  }
+  // The parser sees the commands that matter (an empty match would pass).
+  const std::vector<std::pair<std::string, std::string>> want = {
+      {"compose.yaml sae-worker", "--worker-token-file"},   {"compose.yaml sae-worker", "--advertise-host"},
+      {"compose.yaml sae-worker", "--metrics-listen"},      {"compose.yaml sae submit", "--token-file"},
+      {"worker.yaml sae-worker", "--worker-token-file"},    {"worker.yaml sae-worker", "--worker-id"},
+      {"worker.yaml sae-worker", "--advertise-host"},       {"worker.yaml sae-worker", "--rendezvous-port"},
+      {"worker.yaml sae-worker", "--fetch-data"},           {"mpijob.yaml sae-worker", "--job"},
+      {"train.sbatch sae-worker", "--coordinator"},         {"train.sbatch sae-worker", "--job"},
+      {"train.sbatch sae-worker", "--advertise-host"},
+#ifdef SAE_TEST_HAVE_COORDINATOR
+      {"compose.yaml sae-coordinator", "--worker-token-file"}, {"compose.yaml sae-coordinator", "--client-token-file"},
+      {"coordinator.yaml sae-coordinator", "--worker-token-file"}, {"coordinator.yaml sae-coordinator", "--db"},
+#endif
+  };
+  for (const auto& [where, flag] : want) EXPECT_TRUE(used[where].count(flag)) << where << " " << flag;
 }
 
 TEST(DeployFiles, KubernetesManifestsParse) {

@@ -199,6 +199,18 @@ TEST_F(Service, TwoWorkersTrainAJobEndToEnd) {
   EXPECT_NE(watch.out.find("tok/s"), std::string::npos) << watch.out;
   EXPECT_NE(watch.out.find("RUNNING"), std::string::npos) << watch.out;
   EXPECT_NE(watch.out.find("SUCCEEDED"), std::string::npos) << watch.out;
+  // It says where the HTML report is: the command that writes it.
+  EXPECT_NE(watch.out.find("report: sae report " + (dir_ / "run").string()), std::string::npos) << watch.out;
+  // --json stays machine-readable: one JSON object a line, no hint.
+  Result wj = Sae("watch " + id + " --json");
+  EXPECT_EQ(wj.code, 0) << wj.out;
+  std::istringstream lines(wj.out);
+  int objects = 0;
+  for (std::string line; std::getline(lines, line);) {
+    EXPECT_TRUE(json::parse(line, nullptr, false).is_object()) << line;
+    ++objects;
+  }
+  EXPECT_GE(objects, 1) << wj.out;
   json st = Status(id);
   ASSERT_TRUE(StateIs(st, "SUCCEEDED")) << st.dump();
   EXPECT_EQ(st["workers"].size(), 0u);
