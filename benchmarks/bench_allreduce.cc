@@ -14,20 +14,11 @@
 #include <string>
 #include <vector>
 
+#include "benchmarks/bench_util.h"
 #include "core/comm/communicator.h"
 
-namespace {
-
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
-
-}  // namespace
+using sae::bench::Median;
+using sae::bench::Now;
 
 int main(int argc, char** argv) {
   CLI::App app{"bench_allreduce: all-reduce bandwidth of a saeforge communicator backend"};

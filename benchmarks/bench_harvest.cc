@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "benchmarks/bench_util.h"
 #include "core/lm/harvest.h"
 #include "core/lm/loaders.h"
 
@@ -28,35 +29,10 @@
 
 namespace {
 
-double Now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-// The commit of the source tree now (the configure-time one can be stale).
-std::string Commit() {
-  std::string out;
-#ifdef SAE_SOURCE_DIR
-  if (FILE* p = popen("git -C " SAE_SOURCE_DIR " rev-parse --short HEAD 2>/dev/null", "r")) {
-    char buf[64];
-    if (fgets(buf, sizeof(buf), p)) out = buf;
-    pclose(p);
-  }
-#endif
-  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-  return out.empty() ? SAE_GIT_COMMIT : out;
-}
-
-std::string CpuModel() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "unknown";
-}
+using sae::bench::Commit;
+using sae::bench::CpuModel;
+using sae::bench::Median;
+using sae::bench::Now;
 
 }  // namespace
 

@@ -245,6 +245,38 @@ double NowSeconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+}  // namespace
+
+double AddGhostGrads(const SaeParams& p, const at::Tensor& x, const at::Tensor& xc,
+                     const at::Tensor& xhat, const at::Tensor& zD, const at::Tensor& dead_t,
+                     double c, SaeGrads* grads) {
+  at::Tensor WdD = p.W_dec.index_select(0, dead_t);  // |D|×d
+  at::Tensor WeD = p.W_enc.index_select(0, dead_t);
+  at::Tensor r = x - xhat;                            // stop-gradient residual
+  // exp(z − c) with c the row maximum cannot overflow. With ε scaled by
+  // exp(−c) the scaled g and every gradient equal those of exp(z) exactly.
+  at::Tensor zmax = std::get<0>(zD.max(1, true));
+  at::Tensor E = (zD - zmax).exp();
+  at::Tensor graw = at::mm(E, WdD);
+  at::Tensor rn = r.norm(2, 1, true), gn = graw.norm(2, 1, true);
+  const double eps = 1e-8;
+  at::Tensor s = rn / (2 * gn + eps * (-zmax).exp());
+  at::Tensor diff = graw * s - r;
+  at::Tensor m = diff * diff;
+  at::Tensor w = (r * r) / (m + eps);
+  const double loss = (w * m).sum(at::kDouble).item<double>() * c;
+  at::Tensor dgraw = (w * diff) * (2 * c) * s;  // ∂/∂g, through the stop-gradient scale
+  at::Tensor dzD = at::mm(dgraw, WdD.t()) * E;
+  grads->W_dec.index_add_(0, dead_t, at::mm(E.t(), dgraw));
+  grads->W_enc.index_add_(0, dead_t, at::mm(dzD.t(), xc));
+  at::Tensor colsum = dzD.sum(0);
+  grads->b_enc.index_add_(0, dead_t, colsum);
+  grads->b_dec.sub_(at::mv(WeD.t(), colsum));
+  return loss;
+}
+
+namespace {
+
 template <typename T>
 absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const StepConfig& cfg,
                                SaeGrads* grads, StepResult* res) {
@@ -487,29 +519,7 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   double ghost_loss = 0;
   if (ghost) {
     at::Tensor dead_t = at::from_blob(const_cast<int64_t*>(dead.data()), {nd}, at::kLong).clone();
-    at::Tensor WdD = p.W_dec.index_select(0, dead_t);  // |D|×d
-    at::Tensor WeD = p.W_enc.index_select(0, dead_t);
-    at::Tensor r = x - xhat;                            // stop-gradient residual
-    // exp(z − c) with c the row maximum cannot overflow. With ε scaled by
-    // exp(−c) the scaled g and every gradient equal those of exp(z) exactly.
-    at::Tensor zmax = std::get<0>(zD.max(1, true));
-    at::Tensor E = (zD - zmax).exp();
-    at::Tensor graw = at::mm(E, WdD);
-    at::Tensor rn = r.norm(2, 1, true), gn = graw.norm(2, 1, true);
-    const double eps = 1e-8;
-    at::Tensor s = rn / (2 * gn + eps * (-zmax).exp());
-    at::Tensor diff = graw * s - r;
-    at::Tensor m = diff * diff;
-    at::Tensor w = (r * r) / (m + eps);
-    const double c = cfg.aux_coefficient / denom;
-    ghost_loss = (w * m).sum().item<double>() * c;
-    at::Tensor dgraw = (w * diff) * (2 * c) * s;  // ∂/∂g, through the stop-gradient scale
-    at::Tensor dzD = at::mm(dgraw, WdD.t()) * E;
-    grads->W_dec.index_add_(0, dead_t, at::mm(E.t(), dgraw));
-    grads->W_enc.index_add_(0, dead_t, at::mm(dzD.t(), xc));
-    at::Tensor colsum = dzD.sum(0);
-    grads->b_enc.index_add_(0, dead_t, colsum);
-    grads->b_dec.sub_(at::mv(WeD.t(), colsum));
+    ghost_loss = AddGhostGrads(p, x, xc, xhat, zD, dead_t, cfg.aux_coefficient / denom, grads);
   }
 
   phase("b_dec_ghost");

@@ -80,6 +80,16 @@ struct StepResult {
 absl::Status ComputeGradients(const SaeParams& params, const at::Tensor& x,
                               const StepConfig& cfg, SaeGrads* grads, StepResult* result);
 
+// Ghost Grads (ALGORITHMS.md §4) over the dead latents `dead_t` (int64, on
+// the parameters' device): adds its gradients into the dead rows of W_dec and
+// W_enc, into b_enc, and (through x − b_dec) into b_dec, which must already
+// hold the rest of its gradient. zD: the dead latents' pre-activations (B×|D|),
+// xc = x − b_dec, c = coefficient / Σ‖x − x̄‖². Returns the loss term. Used by
+// both step implementations; the decoder rows are not projected here.
+double AddGhostGrads(const SaeParams& p, const at::Tensor& x, const at::Tensor& xc,
+                     const at::Tensor& xhat, const at::Tensor& zD, const at::Tensor& dead_t,
+                     double c, SaeGrads* grads);
+
 // The same step in device-generic ATen operations (what CUDA tensors use).
 // It materialises the B×n pre-activations and B·k×d gradient temporaries.
 absl::Status ComputeGradientsATen(const SaeParams& params, const at::Tensor& x,

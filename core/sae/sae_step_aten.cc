@@ -129,31 +129,12 @@ absl::Status ComputeGradientsATen(const SaeParams& p, const at::Tensor& x_in, co
       grads->b_enc.index_add_(0, aux_idx.reshape({-1}), gaa.reshape({-1}));
     }
 
-    // Ghost Grads over the dead set (as in sae_step.cc).
-    double ghost_loss = 0;
-    if (ghost) {
-      at::Tensor WdD = p.W_dec.index_select(0, dead_t);
-      at::Tensor r = x - xhat;
-      at::Tensor zmax = std::get<0>(zD.max(1, true));
-      at::Tensor E = (zD - zmax).exp();
-      at::Tensor graw = at::mm(E, WdD);
-      at::Tensor rn = r.norm(2, 1, true), gn = graw.norm(2, 1, true);
-      const double eps = 1e-8;
-      at::Tensor s = rn / (2 * gn + eps * (-zmax).exp());
-      at::Tensor diff = graw * s - r;
-      at::Tensor m = diff * diff;
-      at::Tensor w = (r * r) / (m + eps);
-      const double c = cfg.aux_coefficient / denom;
-      ghost_loss = (w * m).sum(at::kDouble).item<double>() * c;
-      at::Tensor dgraw = (w * diff) * (2 * c) * s;
-      at::Tensor dzD = at::mm(dgraw, WdD.t()) * E;
-      grads->W_dec.index_add_(0, dead_t, at::mm(E.t(), dgraw));
-      grads->W_enc.index_add_(0, dead_t, at::mm(dzD.t(), xc));
-      grads->b_enc.index_add_(0, dead_t, dzD.sum(0));
-    }
-    // b_dec: the decode's Σ ∂/∂x̂ minus W_encᵀ ∂b_enc from the input x − b_dec.
+    // b_dec: the decode's Σ ∂/∂x̂ minus W_encᵀ ∂b_enc from the input x − b_dec;
+    // then Ghost Grads over the dead set adds its own terms.
     grads->b_dec.copy_(gx.sum(0));
     grads->b_dec.sub_(at::mv(p.W_enc.t(), grads->b_enc));
+    double ghost_loss = 0;
+    if (ghost) ghost_loss = AddGhostGrads(p, x, xc, xhat, zD, dead_t, cfg.aux_coefficient / denom, grads);
     if (cfg.project_decoder_grad) ProjectRows(grads->W_dec, p.W_dec);
 
     res->phase_seconds.clear();
