@@ -20,8 +20,12 @@ function(sae_add_test name)
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 600)
   endif()
+  # Scratch files under this build tree (gtest's TempDir() reads TEST_TMPDIR),
+  # so test runs of two checkouts on one machine do not share directories.
+  set(tmp ${CMAKE_BINARY_DIR}/test-tmp/${name})
+  file(MAKE_DIRECTORY ${tmp})
   set_tests_properties(${name} PROPERTIES TIMEOUT ${ARG_TIMEOUT}
-    ENVIRONMENT "SAE_BIN_DIR=${CMAKE_BINARY_DIR}/bin;SAE_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+    ENVIRONMENT "SAE_BIN_DIR=${CMAKE_BINARY_DIR}/bin;SAE_SOURCE_DIR=${PROJECT_SOURCE_DIR};TEST_TMPDIR=${tmp}")
   if(ARG_LABELS)
     set_tests_properties(${name} PROPERTIES LABELS "${ARG_LABELS}")
   endif()
