@@ -328,7 +328,16 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
   }
 
   while (trainer->tokens_seen() < total) {
-    if (opts.stop != nullptr && opts.stop->load()) {
+    uint8_t stop_now = opts.stop != nullptr && opts.stop->load() ? 1 : 0;
+    if (world > 1) {
+      // A signal reaches the ranks at different moments: agree on the step to
+      // stop at, or one rank would checkpoint while another steps (and both
+      // would wait on mismatched collectives until the timeout).
+      SAE_RETURN_IF_ERROR(Annotate(comm->AllReduce(&stop_now, 1, CommDType::kU8, ReduceOp::kMax,
+                                                   absl::Seconds(job.world.timeout_seconds)),
+                                   "agreeing on a stop"));
+    }
+    if (stop_now) {
       SAE_RETURN_IF_ERROR(checkpoint());
       progress.Finish();
       return absl::CancelledError(absl::StrCat("stopped at step ", trainer->step(),

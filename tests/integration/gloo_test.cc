@@ -97,4 +97,52 @@ TEST(Gloo, LostRankIsNamedBySurvivors) {
   EXPECT_FALSE(fs::exists(dir / "out" / "summary.json"));
 }
 
+// A signal that reaches one rank only: the ranks agree on the step to stop
+// at, write one checkpoint and exit well before the collective timeout; the
+// run then resumes to the end.
+TEST(Gloo, SigtermToOneRankStopsBothAtOneStep) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "sae_gloo_term";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const fs::path job = dir / "job.yaml";
+  WriteAll(job, "data: {kind: synthetic, d_in: 32, latents: 64, k: 3}\nsae: {latents: 256, k: 4}\n"
+                "train: {tokens: 600000, batch_tokens: 512, log_every_steps: 1}\n"
+                "world: {workers: 2, timeout_seconds: 60}\noutput: " + (dir / "out").string() + "\n");
+  const char* src = std::getenv("SAE_SOURCE_DIR");
+  const std::string ranks = std::string(src ? src : ".") + "/tests/run_ranks.sh 2 " + Bin("sae-worker") +
+                            " --job " + job.string();
+  const fs::path log = dir / "ranks.log";
+  int rc = -1;
+  std::thread runner([&] { rc = std::system((ranks + " > " + log.string() + " 2>&1").c_str()); });
+  pid_t victim = 0;
+  for (int i = 0; i < 300 && victim == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (ReadAll(dir / "out.partial/metrics.jsonl").empty()) continue;
+    for (const auto& e : fs::directory_iterator("/proc")) {
+      const std::string name = e.path().filename().string();
+      if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+      if (ReadAll(e.path() / "cmdline").find(job.string()) == std::string::npos) continue;
+      if (ReadAll(e.path() / "environ").find(std::string("SAE_RANK=1") + '\0') != std::string::npos)
+        victim = std::stoi(name);
+    }
+  }
+  ASSERT_GT(victim, 0) << ReadAll(log);
+  const auto t0 = std::chrono::steady_clock::now();
+  kill(victim, SIGTERM);
+  runner.join();
+  // Without agreement rank 0 keeps stepping into a collective rank 1 never
+  // joins, and both wait for the 60 s timeout.
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 30);
+  const std::string out = ReadAll(log);
+  EXPECT_NE(out.find("checkpoint written, continue with --resume"), std::string::npos) << out;
+  EXPECT_EQ(out.find("lost rank"), std::string::npos) << out;
+  ASSERT_TRUE(fs::exists(dir / "out.partial/checkpoints/latest")) << out;
+  EXPECT_NE(rc, -1);
+  const int resumed = std::system((ranks + " --resume >> " + log.string() + " 2>&1").c_str());
+  EXPECT_EQ(resumed, 0) << ReadAll(log);
+  const json summary = json::parse(ReadAll(dir / "out/summary.json"), nullptr, false);
+  ASSERT_FALSE(summary.is_discarded()) << ReadAll(log);
+  EXPECT_EQ(summary["tokens"].get<int64_t>(), 600000);
+}
+
 }  // namespace
