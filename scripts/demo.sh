@@ -50,6 +50,7 @@ for k, name in [("fvu", "fvu"), ("l0", "L0"), ("dead_ratio", "dead ratio"),
 print(f"  CE clean / SAE / zero: {e['ce_clean']:.3f} / {e['ce_sae']:.3f} / {e['ce_zero']:.3f}")
 PY
   echo "outputs in $run: acts/ (shards), sae/ (sae.safetensors, cfg.json, metrics.jsonl, summary.json), eval.json"
+  build/bin/sae report "$run/sae"   # prints where the HTML report is
   exit 0
 fi
 
