@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "core/telemetry/report.h"
@@ -28,7 +29,9 @@ int RunReport(const ReportArgs& args) {
   if (args.json) {
     std::printf("%s\n", nlohmann::json({{"report", *path}}).dump().c_str());
   } else {
-    std::printf("report: %s (open it in a browser: file://%s)\n", path->c_str(), path->c_str());
+    std::error_code ec;
+    const std::string abs = std::filesystem::absolute(*path, ec).lexically_normal().string();
+    std::printf("report: %s (open it in a browser: file://%s)\n", path->c_str(), ec ? path->c_str() : abs.c_str());
   }
   return 0;
 }
