@@ -175,9 +175,14 @@ int Watch(Client& c, const std::string& id, bool json, bool quiet) {
     // OUTPUT` finds as well.
     const bool finished =
         last.state() == v1::SUCCEEDED || last.state() == v1::FAILED || last.state() == v1::CANCELLED;
-    if (finished && !last.output().empty())
+    if (finished && !last.output().empty() && last.child_ids_size() > 0) {
+      // A sweep: every variant is a run of its own under OUTPUT.
+      std::printf("report: sae report %s/VARIANT for each variant's run (sae status CHILD_ID gives each output)\n",
+                  last.output().c_str());
+    } else if (finished && !last.output().empty()) {
       std::printf("report: sae report %s  (writes an HTML page of the run's metrics%s)\n", last.output().c_str(),
                   last.state() == v1::SUCCEEDED ? "" : " so far");
+    }
   }
   return last.state() == v1::SUCCEEDED ? 0 : 1;
 }
@@ -228,7 +233,7 @@ int DoJobs(const ServiceCli& a) {
   }
   std::printf("%-12s %-11s %-24s %8s %9s %s\n", "ID", "STATE", "NAME", "PROGRESS", "RESTARTS", "WORKERS");
   for (const auto& j : resp.jobs()) {
-    const double total = j.spec().train().tokens();
+    const double total = j.progress().total_tokens() > 0 ? j.progress().total_tokens() : j.spec().train().tokens();
     std::string workers;
     for (const auto& w : j.workers()) workers += (workers.empty() ? "" : ",") + w;
     if (j.child_ids_size() > 0) workers = absl::StrCat("sweep of ", j.child_ids_size());

@@ -162,16 +162,31 @@ void Coordinator::UpdateParent(const std::string& parent_id) {
   if (it == jobs_.end()) return;
   JobRec& p = it->second;
   int done = 0, ok = 0, failed = 0, cancelled = 0, running = 0;
+  // A sweep's progress is its variants' together (tokens, rates); the
+  // per-variant quality metrics stay on the children.
+  int64_t tokens = 0, total = 0, trained = 0;
+  double rate = 0;
   for (const auto& cid : p.job.child_ids()) {
     auto c = jobs_.find(cid);
     if (c == jobs_.end()) continue;
     const v1::JobState s = c->second.job.state();
+    const v1::Progress& cp = c->second.job.progress();
+    tokens += cp.tokens();
+    total += cp.total_tokens() > 0 ? cp.total_tokens() : c->second.job.spec().train().tokens();
+    trained += cp.tokens_trained();
+    if (s == v1::RUNNING) rate += cp.tokens_per_second();
     if (IsTerminal(s)) ++done;
     if (s == v1::SUCCEEDED) ++ok;
     if (s == v1::FAILED) ++failed;
     if (s == v1::CANCELLED) ++cancelled;
     if (s == v1::RUNNING || s == v1::SCHEDULED || s == v1::RESTARTING) ++running;
   }
+  v1::Progress* pp = p.job.mutable_progress();
+  pp->set_tokens(tokens);
+  pp->set_total_tokens(total);
+  pp->set_tokens_trained(trained);
+  pp->set_tokens_per_second(rate);
+  p.version++;
   v1::JobState to = p.job.state();
   std::string reason;
   const int n = p.job.child_ids_size();
@@ -474,6 +489,7 @@ absl::Status Coordinator::ReportProgress(const v1::ProgressReport& r) {
   j.job.mutable_progress()->set_checkpoint_step(ck_step);
   j.job.mutable_progress()->set_checkpoint_tokens(ck_tok);
   j.version++;  // progress is not persisted on every report; state changes are
+  if (!j.job.parent_id().empty()) UpdateParent(j.job.parent_id());
   cv_.notify_all();
   return absl::OkStatus();
 }

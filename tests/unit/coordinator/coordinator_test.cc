@@ -230,6 +230,26 @@ TEST_F(CoordinatorTest, SweepsBecomeChildJobs) {
   auto sub = (*c)->Submit(req);
   ASSERT_TRUE(sub.ok()) << sub.status();
   EXPECT_EQ(sub->child_ids_size(), 6);
+  // The parent's progress is its variants' together: 6 × 1000 tokens in all,
+  // and the tokens one running variant reported.
+  Join(c->get(), "w");
+  v1::Assignment a = Next(c->get(), "w");
+  ASSERT_EQ(a.kind(), v1::Assignment::RUN);
+  v1::ProgressReport p;
+  p.set_worker_id("w");
+  p.set_job_id(a.job_id());
+  p.set_attempt(a.attempt());
+  p.set_rank(0);
+  p.mutable_progress()->set_tokens(300);
+  p.mutable_progress()->set_total_tokens(1000);
+  p.mutable_progress()->set_tokens_per_second(50);
+  ASSERT_TRUE((*c)->ReportProgress(p).ok());
+  auto parent = (*c)->Get(sub->id());
+  ASSERT_TRUE(parent.ok());
+  EXPECT_EQ(parent->state(), v1::RUNNING);
+  EXPECT_EQ(parent->progress().tokens(), 300);
+  EXPECT_EQ(parent->progress().total_tokens(), 6000);
+  EXPECT_EQ(parent->progress().tokens_per_second(), 50);
   ASSERT_TRUE((*c)->Cancel(sub->id(), "").ok());
   for (const auto& id : sub->child_ids()) EXPECT_EQ(State(c->get(), id), v1::CANCELLED);
 }
