@@ -20,13 +20,6 @@
 #include "core/lm/harvest.h"
 #include "core/lm/loaders.h"
 
-#ifndef SAE_GIT_COMMIT
-#define SAE_GIT_COMMIT "unknown"
-#endif
-#ifndef SAE_BUILD_TYPE
-#define SAE_BUILD_TYPE "unknown"
-#endif
-
 namespace {
 
 using sae::bench::Commit;

@@ -21,13 +21,6 @@
 #include "core/sae/sae_step.h"
 #include "core/sae/trainer.h"
 
-#ifndef SAE_GIT_COMMIT
-#define SAE_GIT_COMMIT "unknown"
-#endif
-#ifndef SAE_BUILD_TYPE
-#define SAE_BUILD_TYPE "unknown"
-#endif
-
 #include "benchmarks/bench_util.h"
 
 namespace {

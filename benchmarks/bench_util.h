@@ -9,6 +9,14 @@
 #include <string>
 #include <vector>
 
+// Provenance the build passes in (CMake compile definitions); defaults otherwise.
+#ifndef SAE_GIT_COMMIT
+#define SAE_GIT_COMMIT "unknown"
+#endif
+#ifndef SAE_BUILD_TYPE
+#define SAE_BUILD_TYPE "unknown"
+#endif
+
 namespace sae::bench {
 
 inline double Now() {
@@ -22,7 +30,6 @@ inline double Median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-#ifdef SAE_GIT_COMMIT
 // The commit of the source tree now (the configure-time one can be stale).
 inline std::string Commit() {
   std::string out;
@@ -36,7 +43,6 @@ inline std::string Commit() {
   while (!out.empty() && (out.back() == '\n' || out.back() == '\r' || out.back() == ' ')) out.pop_back();
   return out.empty() ? SAE_GIT_COMMIT : out;
 }
-#endif
 
 inline std::string CpuModel() {
   std::ifstream in("/proc/cpuinfo");

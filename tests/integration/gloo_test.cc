@@ -12,6 +12,23 @@ namespace {
 
 using json = nlohmann::json;
 
+// The pid of `rank` of the ranks training `job`, once the run has logged a
+// step (0 if none shows up within 30 s).
+pid_t RankOnceTraining(const fs::path& dir, const fs::path& job, int rank) {
+  const std::string env = "SAE_RANK=" + std::to_string(rank) + '\0';
+  for (int i = 0; i < 300; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (ReadAll(dir / "out.partial/metrics.jsonl").empty()) continue;
+    for (const auto& e : fs::directory_iterator("/proc")) {
+      const std::string name = e.path().filename().string();
+      if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+      if (ReadAll(e.path() / "cmdline").find(job.string()) == std::string::npos) continue;
+      if (ReadAll(e.path() / "environ").find(env) != std::string::npos) return std::stoi(name);
+    }
+  }
+  return 0;
+}
+
 TEST(Gloo, TwoProcessesEqualOneRank) {
   const fs::path dir = fs::path(::testing::TempDir()) / "sae_gloo";
   fs::remove_all(dir);
@@ -74,18 +91,7 @@ TEST(Gloo, LostRankIsNamedBySurvivors) {
                           " --job " + job.string() + " > " + log.string() + " 2>&1";
   int rc = -1;
   std::thread runner([&] { rc = std::system(cmd.c_str()); });
-  pid_t victim = 0;
-  for (int i = 0; i < 300 && victim == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    if (ReadAll(dir / "out.partial/metrics.jsonl").empty()) continue;
-    for (const auto& e : fs::directory_iterator("/proc")) {
-      const std::string name = e.path().filename().string();
-      if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-      if (ReadAll(e.path() / "cmdline").find(job.string()) == std::string::npos) continue;
-      if (ReadAll(e.path() / "environ").find(std::string("SAE_RANK=2") + '\0') != std::string::npos)
-        victim = std::stoi(name);
-    }
-  }
+  const pid_t victim = RankOnceTraining(dir, job, 2);
   ASSERT_GT(victim, 0) << ReadAll(log);
   const auto t0 = std::chrono::steady_clock::now();
   kill(victim, SIGKILL);
@@ -114,18 +120,7 @@ TEST(Gloo, SigtermToOneRankStopsBothAtOneStep) {
   const fs::path log = dir / "ranks.log";
   int rc = -1;
   std::thread runner([&] { rc = std::system((ranks + " > " + log.string() + " 2>&1").c_str()); });
-  pid_t victim = 0;
-  for (int i = 0; i < 300 && victim == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    if (ReadAll(dir / "out.partial/metrics.jsonl").empty()) continue;
-    for (const auto& e : fs::directory_iterator("/proc")) {
-      const std::string name = e.path().filename().string();
-      if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-      if (ReadAll(e.path() / "cmdline").find(job.string()) == std::string::npos) continue;
-      if (ReadAll(e.path() / "environ").find(std::string("SAE_RANK=1") + '\0') != std::string::npos)
-        victim = std::stoi(name);
-    }
-  }
+  const pid_t victim = RankOnceTraining(dir, job, 1);
   ASSERT_GT(victim, 0) << ReadAll(log);
   const auto t0 = std::chrono::steady_clock::now();
   kill(victim, SIGTERM);

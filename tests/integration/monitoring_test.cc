@@ -181,6 +181,23 @@ struct Process {
   ~Process() { Stop(2000); }
 };
 
+// Starts a real Prometheus on DIR/prometheus.yml (data in DIR/tsdb, log in
+// DIR/prometheus.log) at a free loopback port; returns the port once it
+// answers /-/ready, or 0.
+int StartPrometheus(const fs::path& dir, Process* prometheus) {
+  const int port = FreePort();
+  prometheus->Start("prometheus --config.file=" + (dir / "prometheus.yml").string() +
+                        " --storage.tsdb.path=" + (dir / "tsdb").string() +
+                        " --web.listen-address=127.0.0.1:" + std::to_string(port) + " --log.level=warn",
+                    dir / "prometheus.pid", dir / "prometheus.log");
+  if (prometheus->pid <= 0) return 0;
+  for (int i = 0; i < 300; ++i) {
+    if (!HttpGet(port, "/-/ready").empty()) return port;
+    SleepMs(100);
+  }
+  return 0;
+}
+
 // Every query of the Grafana dashboard, with the template variables a user
 // picks (job = `job_name`), evaluated by Prometheus at `time` (0: now): all
 // succeed; the training panels return finite data, and so do the coordinator's
@@ -294,19 +311,9 @@ TEST(Monitoring, PrometheusScrapesTrainingAndEveryDashboardQueryEvaluates) {
 
   const YAML::Node deploy = YAML::LoadFile(Source("deploy/prometheus/prometheus.yml").string());
   WriteAll(dir / "prometheus.yml", DerivePrometheusConfig(deploy, {"", {worker}}));
-  const int port = FreePort();
   Process prometheus;
-  prometheus.Start("prometheus --config.file=" + (dir / "prometheus.yml").string() +
-                       " --storage.tsdb.path=" + (dir / "tsdb").string() +
-                       " --web.listen-address=127.0.0.1:" + std::to_string(port) + " --log.level=warn",
-                   dir / "prometheus.pid", dir / "prometheus.log");
-  ASSERT_GT(prometheus.pid, 0);
-  bool ready = false;
-  for (int i = 0; i < 300 && !ready; ++i) {
-    ready = !HttpGet(port, "/-/ready").empty();
-    if (!ready) SleepMs(100);
-  }
-  ASSERT_TRUE(ready) << ReadAll(dir / "prometheus.log");
+  const int port = StartPrometheus(dir, &prometheus);
+  ASSERT_GT(port, 0) << ReadAll(dir / "prometheus.log");
 
   // Enough scrapes for rate() and histogram_quantile() over a 30 s window.
   const std::string sel = "{job=\"" + job_name + "\"}";
@@ -395,19 +402,9 @@ TEST(Monitoring, PrometheusFindsWorkersThroughTheCoordinatorsServiceDiscovery) {
   for (const json& t : sd)
     ASSERT_EQ(config.find(t["targets"][0].get<std::string>()), std::string::npos) << config;
   WriteAll(dir / "prometheus.yml", config);
-  const int port = FreePort();
   Process prometheus;
-  prometheus.Start("prometheus --config.file=" + (dir / "prometheus.yml").string() +
-                       " --storage.tsdb.path=" + (dir / "tsdb").string() +
-                       " --web.listen-address=127.0.0.1:" + std::to_string(port) + " --log.level=warn",
-                   dir / "prometheus.pid", dir / "prometheus.log");
-  ASSERT_GT(prometheus.pid, 0);
-  bool prom_ready = false;
-  for (int i = 0; i < 300 && !prom_ready; ++i) {
-    prom_ready = !HttpGet(port, "/-/ready").empty();
-    if (!prom_ready) SleepMs(100);
-  }
-  ASSERT_TRUE(prom_ready) << logs();
+  const int port = StartPrometheus(dir, &prometheus);
+  ASSERT_GT(port, 0) << logs();
 
   // api/v1/targets: the coordinator target and both workers up, the workers
   // found at the coordinator's /sd (their `worker` label comes from it).
