@@ -7,10 +7,14 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <cstring>
 #include <thread>
 
+#include "absl/strings/str_join.h"
 #include "core/comm/backends.h"
 
 namespace sae {
@@ -86,11 +90,65 @@ absl::StatusOr<c10::intrusive_ptr<c10d::TCPStore>> MakeTcpStore(const std::strin
   }
 }
 
+// Liveness and failure naming. Every rank runs a heartbeat thread with its own
+// store connection that increments "alive/<rank>" every kBeat; a rank is lost
+// when its counter stops moving. After a failed collective a rank sets
+// "failed/<rank>", names the ranks whose heartbeat stopped, and sets
+// "reported/<rank>". Rank 0 serves the store, so it waits (up to the
+// collective timeout) until every live rank has reported before it returns:
+// otherwise a slower survivor would find the store gone and blame rank 0.
+// A rank waiting inside a collective polls for other ranks' "failed/" keys,
+// so it leaves a collective that a peer has already given up on within about
+// kSlice instead of waiting for the full timeout.
+constexpr std::chrono::milliseconds kBeat(200);
+constexpr std::chrono::milliseconds kSlice(500);
+constexpr std::chrono::milliseconds kLivenessWindow(2000);
+
+class Heartbeat {
+ public:
+  Heartbeat(c10::intrusive_ptr<c10d::Store> store, int rank)
+      : store_(std::move(store)), key_("alive/" + std::to_string(rank)), thread_([this] { Loop(); }) {}
+  ~Heartbeat() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock<std::mutex> l(mu_);
+    while (!stop_) {
+      l.unlock();
+      try {
+        store_->add(key_, 1);
+      } catch (const std::exception&) {
+        // The store is gone (rank 0 exited): nothing left to tell.
+      }
+      l.lock();
+      cv_.wait_for(l, kBeat, [this] { return stop_; });
+    }
+  }
+  c10::intrusive_ptr<c10d::Store> store_;
+  std::string key_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
 class GlooCommunicator : public Communicator {
  public:
   GlooCommunicator(c10::intrusive_ptr<c10d::ProcessGroupGloo> pg, c10::intrusive_ptr<c10d::Store> store,
-                   int rank, int world)
-      : pg_(std::move(pg)), store_(std::move(store)), rank_(rank), world_(world) {}
+                   std::unique_ptr<Heartbeat> heartbeat, int rank, int world, absl::Duration timeout)
+      : pg_(std::move(pg)),
+        store_(std::move(store)),
+        heartbeat_(std::move(heartbeat)),
+        rank_(rank),
+        world_(world),
+        timeout_(timeout) {}
   int rank() const override { return rank_; }
   int world_size() const override { return world_; }
   std::string backend() const override { return "gloo"; }
@@ -163,10 +221,26 @@ class GlooCommunicator : public Communicator {
   absl::Status Run(const char* what, absl::Duration timeout, F&& start) {
     try {
       c10::intrusive_ptr<c10d::Work> w = start();
-      if (!w->wait(Ms(timeout)))
-        return absl::DeadlineExceededError(absl::StrCat(what, " (rank ", rank_, " of ", world_,
-                                                        "): not every rank joined in time; ", LostRanks()));
-      return absl::OkStatus();
+      const auto deadline = std::chrono::steady_clock::now() + Ms(timeout);
+      while (true) {
+        bool done = false;
+        try {
+          done = w->wait(std::min<std::chrono::milliseconds>(kSlice, Ms(timeout)));
+        } catch (const std::exception&) {
+          if (w->isCompleted()) throw;  // the collective failed (not a slice timeout)
+        }
+        if (done) return absl::OkStatus();
+        if (w->isCompleted()) {
+          w->wait();  // rethrows the collective's error, if any
+          return absl::OkStatus();
+        }
+        if (std::chrono::steady_clock::now() >= deadline)
+          return absl::DeadlineExceededError(absl::StrCat(
+              what, " (rank ", rank_, " of ", world_, "): not every rank joined in time; ", LostRanks()));
+        if (AnotherRankFailed())
+          return absl::UnavailableError(absl::StrCat(what, " (rank ", rank_, " of ", world_,
+                                                     "): another rank's collective failed; ", LostRanks()));
+      }
     } catch (const std::exception& e) {
       std::string msg = e.what();
       const size_t nl = msg.find('\n');
@@ -176,25 +250,41 @@ class GlooCommunicator : public Communicator {
     }
   }
 
-  // After a failed collective every surviving rank checks in at the store;
-  // the ranks that do not within a few seconds are named as lost.
+  bool AnotherRankFailed() {
+    try {
+      for (int r = 0; r < world_; ++r)
+        if (r != rank_ && store_->check({"failed/" + std::to_string(r)})) return true;
+      return false;
+    } catch (const std::exception&) {
+      return true;  // the store is gone: rank 0 is
+    }
+  }
+
+  // Names the ranks whose heartbeat stopped (see Heartbeat above).
   std::string LostRanks() {
     try {
       store_->set("failed/" + std::to_string(rank_), std::vector<uint8_t>{1});
-      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
-      std::string lost;
+      std::vector<int64_t> before(world_), after(world_);
+      for (int r = 0; r < world_; ++r) before[r] = store_->add("alive/" + std::to_string(r), 0);
+      std::this_thread::sleep_for(kLivenessWindow);
+      std::vector<int> lost;
       for (int r = 0; r < world_; ++r) {
-        if (r == rank_) continue;
-        bool seen = false;
-        while (!seen) {
-          seen = store_->check({"failed/" + std::to_string(r)});
-          if (seen || std::chrono::steady_clock::now() > deadline) break;
-          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        after[r] = store_->add("alive/" + std::to_string(r), 0);
+        if (r != rank_ && after[r] == before[r]) lost.push_back(r);
+      }
+      store_->set("reported/" + std::to_string(rank_), std::vector<uint8_t>{1});
+      if (rank_ == 0) {
+        // Keep serving the store until every live rank has named the lost ones.
+        const auto deadline = std::chrono::steady_clock::now() + Ms(timeout_) + kLivenessWindow;
+        for (int r = 1; r < world_; ++r) {
+          if (std::find(lost.begin(), lost.end(), r) != lost.end()) continue;
+          while (!store_->check({"reported/" + std::to_string(r)}) &&
+                 std::chrono::steady_clock::now() < deadline)
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
         }
-        if (!seen) absl::StrAppend(&lost, lost.empty() ? "" : ", ", r);
       }
       if (lost.empty()) return "every rank is still up (a transient network error?)";
-      return absl::StrCat("lost rank(s): ", lost, " (did not answer at the rendezvous store)");
+      return absl::StrCat("lost rank(s): ", absl::StrJoin(lost, ", "), " (heartbeat stopped)");
     } catch (const std::exception&) {
       return "the rendezvous store (served by rank 0) is unreachable: lost rank(s): 0";
     }
@@ -202,7 +292,9 @@ class GlooCommunicator : public Communicator {
 
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
   c10::intrusive_ptr<c10d::Store> store_;
+  std::unique_ptr<Heartbeat> heartbeat_;
   int rank_, world_;
+  absl::Duration timeout_;
 };
 
 }  // namespace
@@ -230,8 +322,13 @@ absl::StatusOr<std::unique_ptr<Communicator>> NewGlooCommunicator(const CommOpti
     auto prefixed = c10::make_intrusive<c10d::PrefixStore>("saeforge/", store);
     auto pg = c10::make_intrusive<c10d::ProcessGroupGloo>(prefixed, opts.rank, opts.world_size, o);
     auto status_store = c10::make_intrusive<c10d::PrefixStore>("saeforge-status/", store);
-    return std::unique_ptr<Communicator>(
-        new GlooCommunicator(std::move(pg), std::move(status_store), opts.rank, opts.world_size));
+    // The heartbeat has its own connection: a TCPStore client is one socket.
+    SAE_ASSIGN_OR_RETURN(auto beat_conn, MakeTcpStore(opts.rendezvous, false, opts.world_size, opts.timeout));
+    auto heartbeat = std::make_unique<Heartbeat>(
+        c10::make_intrusive<c10d::PrefixStore>("saeforge-status/", beat_conn), opts.rank);
+    return std::unique_ptr<Communicator>(new GlooCommunicator(std::move(pg), std::move(status_store),
+                                                              std::move(heartbeat), opts.rank,
+                                                              opts.world_size, opts.timeout));
   } catch (const std::exception& e) {
     std::string msg = e.what();
     const size_t nl = msg.find('\n');

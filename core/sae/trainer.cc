@@ -136,6 +136,8 @@ absl::StatusOr<std::unique_ptr<SaeTrainer>> SaeTrainer::Create(const TrainerOpti
     return absl::InvalidArgumentError(absl::StrCat("train.device: '", opts.device, "' is not cpu or cuda"));
   if (opts.device == "cuda" && !at::hasCUDA())
     return absl::FailedPreconditionError("train.device: cuda: no CUDA in this LibTorch build or no GPU visible");
+  if (opts.float64 && (opts.bf16 || opts.device != "cpu" || opts.comm != nullptr))
+    return absl::InvalidArgumentError("float64 training is for one CPU process without bf16");
   std::unique_ptr<SaeTrainer> t(new SaeTrainer(opts));
   t->device_ = opts.device == "cuda" ? at::Device(at::kCUDA) : at::Device(at::kCPU);
   t->lr_ = opts.lr > 0 ? opts.lr : 2e-4 / std::sqrt(static_cast<double>(opts.latents) / (1 << 14));
@@ -158,7 +160,8 @@ absl::StatusOr<std::unique_ptr<SaeTrainer>> SaeTrainer::Create(const TrainerOpti
     t->w_enc_lowp_ = t->w_enc_lowp_.to(t->device_);
   }
   // Initialised on CPU (the same values on every device), then moved.
-  for (at::Tensor* x : {&p.W_enc, &p.b_enc, &p.W_dec, &p.b_dec}) *x = x->to(t->device_);
+  for (at::Tensor* x : {&p.W_enc, &p.b_enc, &p.W_dec, &p.b_dec})
+    *x = x->to(t->device_, opts.float64 ? at::kDouble : at::kFloat);
   t->grads_ = SaeGrads::ZerosLike(p);
   t->adam_ = AdamState::ZerosLike(p);
   return t;
@@ -260,6 +263,7 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     at::Tensor x = at::from_blob(const_cast<float*>(x_rows), {rows, opts_.d_in}, at::kFloat).clone();
     if (!initialized_) SAE_RETURN_IF_ERROR(Initialize(x));
     NormalizeRows(x.data_ptr<float>(), rows);
+    if (opts_.float64) x = x.to(at::kDouble);
     const at::Tensor x_dev = device_.is_cpu() ? x : x.to(device_);
 
     allreduce_seconds_ = 0;

@@ -50,6 +50,11 @@ struct TrainerOptions {
   // step on CPU too (tests; it must agree with the CPU kernels).
   std::string device = "cpu";
   bool aten_kernels = false;
+  // Tests only: parameters and the step in float64 (rows arrive as float32
+  // and are widened after normalisation), so that two step implementations
+  // can be compared where float32 rounding cannot flip a top-k selection.
+  // Not with bf16, cuda or a communicator.
+  bool float64 = false;
   int64_t total_tokens = 0;
   int64_t batch_tokens = 4096;  // global: all ranks together
   // Data parallelism (ALGORITHMS.md §6): every rank holds a replica and steps
