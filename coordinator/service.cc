@@ -179,6 +179,7 @@ class DataServiceImpl final : public v1::DataService::Service {
     const std::string path = *dir + "/" + f;
     auto sha = Sha256File(path);
     if (!sha.ok()) return ToGrpc(sha.status());
+    if (absl::Status regular = CheckRegularFile(path); !regular.ok()) return ToGrpc(regular);
     std::ifstream in(path, std::ios::binary);
     if (!in) return grpc::Status(grpc::StatusCode::NOT_FOUND, path + ": cannot open");
     in.seekg(0, std::ios::end);

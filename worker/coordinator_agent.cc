@@ -339,7 +339,18 @@ class Agent {
       }, 3);  // short: training waits meanwhile
     };
     ServeIdleMetrics(false);  // the training process serves this port now
-    absl::StatusOr<RunSummary> sum = fetched.ok() ? RunTrainingJob(cfg, ro) : absl::StatusOr<RunSummary>(fetched);
+    absl::StatusOr<RunSummary> sum = absl::InternalError("not run");
+    if (!fetched.ok()) {
+      sum = fetched;
+    } else {
+      // A job's failure is the job's, never the worker's: anything thrown
+      // (std::bad_alloc, an I/O exception) fails this attempt with its reason.
+      try {
+        sum = RunTrainingJob(cfg, ro);
+      } catch (const std::exception& e) {
+        sum = absl::InternalError(absl::StrCat("training failed: ", e.what()));
+      }
+    }
     ServeIdleMetrics(true);
     if (sum.ok()) {
       res.set_finished(sum->finished);

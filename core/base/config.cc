@@ -550,7 +550,9 @@ absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin) 
     c.Positive(d.shuffle_buffer_rows, "data.shuffle_buffer_rows");
   } else if (d.kind == "synthetic") {
     c.Positive(d.d_in, "data.d_in");
+    c.Check(d.d_in <= kMaxDIn, "data.d_in", absl::StrCat(d.d_in, " exceeds the largest supported width ", kMaxDIn));
     c.Positive(d.latents, "data.latents");
+    c.Check(d.latents <= kMaxLatents, "data.latents", absl::StrCat(d.latents, " exceeds ", kMaxLatents));
     c.Positive(d.k, "data.k");
     c.Check(d.k <= d.latents || d.latents <= 0, "data.k",
             absl::StrCat(d.k, " exceeds data.latents (", d.latents, ")"));
@@ -580,6 +582,13 @@ absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin) 
                          ") * data.d_in (", d.d_in, ")"));
   }
   c.Positive(s.k, "sae.k");
+  c.Check(latents <= kMaxLatents, "sae.latents", absl::StrCat(latents, " exceeds ", kMaxLatents));
+  if (latents > 0 && d.kind == "synthetic" && d.d_in > 0 && latents <= kMaxLatents && d.d_in <= kMaxDIn) {
+    const double gib = EstimateTrainingBytes(latents, d.d_in) / double(int64_t{1} << 30);
+    c.Check(gib <= kMaxTrainingGiB, "sae.latents",
+            absl::StrCat(latents, " latents x d_in ", d.d_in, " need about ", static_cast<int64_t>(gib),
+                         " GiB (parameters, gradients, Adam state), more than ", kMaxTrainingGiB));
+  }
   if (latents > 0) {
     c.Check(s.k <= latents, "sae.k", absl::StrCat(s.k, " exceeds sae.latents (", latents, ")"));
   }
@@ -625,6 +634,7 @@ absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin) 
   c.Positive(t.log_every_steps, "train.log_every_steps");
   c.Choice(t.device, kDevices, "train.device");
   c.Check(t.threads >= 0, "train.threads", absl::StrCat("must be >= 0 (got ", t.threads, ")"));
+  c.Check(t.threads <= kMaxThreads, "train.threads", absl::StrCat(t.threads, " exceeds ", kMaxThreads));
 
   c.Choice(w.backend, kBackends, "world.backend");
   c.Check(!cfg.output.empty(), "output", "required (a directory)");

@@ -83,6 +83,21 @@ struct JobConfig {
   std::string source_path;  // file it was read from ("" for strings)
 };
 
+// Limits a job must stay within (refused at load and submit, naming the
+// field): a width beyond any model's (and §9's int8 bound), a dictionary of
+// more than 2^28 latents, more threads than any host has, a training state
+// (EstimateTrainingBytes, checked where d_in is known) beyond 4 TiB. The
+// trainer also refuses a state larger than the machine's memory.
+constexpr int64_t kMaxDIn = 131072;
+constexpr int64_t kMaxLatents = int64_t{1} << 28;
+constexpr int64_t kMaxThreads = 1024;
+constexpr int64_t kMaxTrainingGiB = 4096;
+// Bytes of float32 training state of an n × d SAE: W_enc and W_dec with
+// their gradients and two Adam moments each (8·n·d floats), plus the biases.
+inline double EstimateTrainingBytes(int64_t latents, int64_t d_in) {
+  return 4.0 * (8.0 * static_cast<double>(latents) * static_cast<double>(d_in) + 4.0 * latents + 4.0 * d_in);
+}
+
 // Parses and validates a job file. Errors name `path` and the field.
 absl::StatusOr<JobConfig> LoadJobConfig(const std::string& path);
 // Same for YAML text; `origin` names the text in error messages.

@@ -7,8 +7,13 @@
 
 namespace sae {
 
-// Reads a whole file. NotFound if it does not exist.
+// Reads a whole file. NotFound if it does not exist, InvalidArgument if it
+// is a directory or not a regular file (never throws).
 absl::StatusOr<std::string> ReadFileToString(const std::string& path);
+
+// OK when `path` is an existing regular file; otherwise the error
+// ReadFileToString would give. For readers that stream a file themselves.
+absl::Status CheckRegularFile(const std::string& path);
 
 // Writes `contents` to `path` atomically: a temporary file in the same
 // directory, fsync, rename over `path`, fsync of the directory. A reader sees

@@ -55,9 +55,9 @@ absl::StatusOr<std::unique_ptr<WindowSource>> WindowSource::Create(const Transfo
   w->opts_ = o;
   if (o.corpus != "generate") {
     if (tok == nullptr) return absl::InvalidArgumentError("a text corpus needs the model's tokenizer");
-    std::ifstream in(o.corpus, std::ios::binary);
-    if (!in) return absl::NotFoundError(absl::StrCat(o.corpus, ": cannot open corpus"));
-    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto read = ReadFileToString(o.corpus);
+    if (!read.ok()) return Annotate(read.status(), "corpus");
+    const std::string text = std::move(*read);
     for (const std::string& d : SplitDocuments(text)) {
       std::vector<int32_t> ids = tok->Encode(d, /*bos=*/true, /*eos=*/false);
       w->stream_.insert(w->stream_.end(), ids.begin(), ids.end());

@@ -20,12 +20,7 @@ using json = nlohmann::json;
 
 constexpr uint32_t kLlama2cMagic = 0x616b3432;  // "ak42"
 
-absl::StatusOr<std::string> ReadFileBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return s;
-}
+absl::StatusOr<std::string> ReadFileBytes(const std::string& path) { return ReadFileToString(path); }
 
 // Sequential reader of float32 tensors in a llama2.c file.
 class BinCursor {

@@ -1,5 +1,7 @@
 #include "core/lm/tokenizer.h"
 
+#include "core/base/file_util.h"
+
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
@@ -14,11 +16,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-absl::StatusOr<std::string> Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
+absl::StatusOr<std::string> Slurp(const std::string& path) { return ReadFileToString(path); }
 
 // Parses "<0xAB>"; returns −1 when `s` is not a byte piece.
 int BytePiece(const std::string& s) {

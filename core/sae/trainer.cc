@@ -1,5 +1,7 @@
 #include "core/sae/trainer.h"
 
+#include <unistd.h>
+
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/util/Exception.h>
 
@@ -138,6 +140,21 @@ absl::StatusOr<std::unique_ptr<SaeTrainer>> SaeTrainer::Create(const TrainerOpti
     return absl::FailedPreconditionError("train.device: cuda: no CUDA in this LibTorch build or no GPU visible");
   if (opts.float64 && (opts.bf16 || opts.device != "cpu" || opts.comm != nullptr))
     return absl::InvalidArgumentError("float64 training is for one CPU process without bf16");
+  const double need = EstimateTrainingBytes(opts.latents, opts.d_in);
+  const double have = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
+  if (have > 0 && need > have)
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "sae.latents: ", opts.latents, " latents x d_in ", opts.d_in, " need about ",
+        static_cast<int64_t>(need / (1 << 20)), " MiB of training state; this machine has ",
+        static_cast<int64_t>(have / (1 << 20)), " MiB"));
+  try {
+    return CreateChecked(opts);
+  } catch (const std::exception& e) {  // c10::Error or std::bad_alloc from an allocation
+    return absl::ResourceExhaustedError(absl::StrCat("creating the SAE (", opts.latents, " x ", opts.d_in, "): ", e.what()));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<SaeTrainer>> SaeTrainer::CreateChecked(const TrainerOptions& opts) {
   std::unique_ptr<SaeTrainer> t(new SaeTrainer(opts));
   t->device_ = opts.device == "cuda" ? at::Device(at::kCUDA) : at::Device(at::kCPU);
   t->lr_ = opts.lr > 0 ? opts.lr : 2e-4 / std::sqrt(static_cast<double>(opts.latents) / (1 << 14));

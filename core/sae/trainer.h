@@ -117,6 +117,7 @@ class SaeTrainer {
   absl::Status ExportSae(const std::string& dir, const std::string& provenance_json) const;
 
  private:
+  static absl::StatusOr<std::unique_ptr<SaeTrainer>> CreateChecked(const TrainerOptions& opts);
   explicit SaeTrainer(const TrainerOptions& opts);
   absl::Status Initialize(const at::Tensor& x);
   int world() const { return opts_.comm ? opts_.comm->world_size() : 1; }

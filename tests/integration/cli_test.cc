@@ -181,6 +181,11 @@ TEST_F(Cli, BadJobFilesNameTheFileAndField) {
       {"bad_remedy", "data: {kind: synthetic}\nsae: {latents: 64, k: 8, dead_remedy: magic}\ntrain: {tokens: 1000}\noutput: o\n", "sae.dead_remedy"},
       {"cuda_device", "data: {kind: synthetic}\nsae: {latents: 64, k: 8}\ntrain: {tokens: 1000, device: cuda}\noutput: o\n", "train.device"},
       {"bad_type", "data: {kind: synthetic}\nsae: {latents: many, k: 8}\ntrain: {tokens: 1000}\noutput: o\n", "sae.latents"},
+      // Sizes that cannot run are refused before anything is allocated.
+      {"huge_latents", "data: {kind: synthetic}\nsae: {latents: 3000000000, k: 8}\ntrain: {tokens: 1000}\noutput: o\n", "sae.latents"},
+      {"huge_d_in", "data: {kind: synthetic, d_in: 1000000000}\nsae: {latents: 64, k: 8}\ntrain: {tokens: 1000}\noutput: o\n", "data.d_in"},
+      {"huge_state", "data: {kind: synthetic, d_in: 65536}\nsae: {latents: 100000000, k: 8}\ntrain: {tokens: 1000}\noutput: o\n", "sae.latents"},
+      {"threads", "data: {kind: synthetic}\nsae: {latents: 64, k: 8}\ntrain: {tokens: 1000, threads: 1000000}\noutput: o\n", "train.threads"},
   };
   for (const BadJob& c : cases) {
     fs::path job = Job(std::string(c.name) + ".yaml", c.yaml);
@@ -194,6 +199,21 @@ TEST_F(Cli, BadJobFilesNameTheFileAndField) {
   Result missing = Sh(Bin("sae") + " train " + (dir_ / "nope.yaml").string());
   EXPECT_EQ(missing.code, 1);
   EXPECT_NE(missing.out.find("nope.yaml"), std::string::npos);
+  // A directory where a file is expected: an error naming it, not an abort.
+  for (const std::string& cmd : {Bin("sae") + " train " + dir_.string(), Bin("sae-worker") + " --job " + dir_.string()}) {
+    Result r = Sh(cmd);
+    EXPECT_EQ(r.code, 1) << cmd << ": " << r.out;
+    EXPECT_FALSE(r.signaled) << cmd;
+    EXPECT_NE(r.out.find("is a directory"), std::string::npos) << cmd << ": " << r.out;
+  }
+  // A machine too small for the SAE (d_in known only once the data is open):
+  // refused by the trainer with the sizes, before it allocates.
+  fs::path big = Job("big.yaml", "data: {kind: synthetic, d_in: 4096, latents: 64, k: 2}\nsae: {latents: 20000000, k: 8}\n"
+                                 "train: {tokens: 1000}\noutput: big_out\n");
+  Result r = Sh("cd " + dir_.string() + " && " + Bin("sae") + " train " + big.string());
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_FALSE(r.signaled);
+  EXPECT_NE(r.out.find("sae.latents"), std::string::npos) << r.out;
 }
 
 // Corrupts `shard` with `how`, runs the job, expects a failure naming the shard.

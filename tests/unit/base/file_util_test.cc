@@ -110,6 +110,17 @@ TEST_F(FileUtilTest, ReadFileToStringMissingIsNotFound) {
   EXPECT_NE(text.status().message().find(path), absl::string_view::npos);
 }
 
+TEST_F(FileUtilTest, ReadFileToStringOfADirectoryIsAnError) {
+  absl::StatusOr<std::string> text = ReadFileToString(dir_);
+  ASSERT_FALSE(text.ok());
+  EXPECT_TRUE(absl::IsInvalidArgument(text.status())) << text.status();
+  EXPECT_NE(text.status().message().find("is a directory"), absl::string_view::npos) << text.status();
+  EXPECT_FALSE(CheckRegularFile(dir_).ok());
+  ASSERT_TRUE(AtomicWriteFile(dir_ + "/f", "abc").ok());
+  EXPECT_TRUE(CheckRegularFile(dir_ + "/f").ok());
+  EXPECT_EQ(*ReadFileToString(dir_ + "/f"), "abc");
+}
+
 TEST_F(FileUtilTest, DurableRenameMovesTheFile) {
   const std::string from = dir_ + "/a.tmp";
   const std::string to = dir_ + "/a";

@@ -266,5 +266,29 @@ TEST(ResolveUnderRoot, KeepsPathsUnderTheRoot) {
   EXPECT_NE(e.status().message().find("data.path"), std::string::npos);
 }
 
+// A symbolic link inside the root that points out of it does not let a job
+// read or write outside: the real path is checked (for an output that does
+// not exist yet, its existing parent). Links that stay inside are fine.
+TEST(ResolveUnderRoot, SymbolicLinksOutOfTheRootAreRefused) {
+  namespace fs = std::filesystem;
+  const fs::path base = fs::path(::testing::TempDir()) / "sae_root_links";
+  fs::remove_all(base);
+  fs::create_directories(base / "root" / "inside");
+  fs::create_directories(base / "elsewhere");
+  fs::create_directory_symlink(base / "elsewhere", base / "root" / "escape");
+  fs::create_directory_symlink(base / "root" / "inside", base / "root" / "alias");
+  const std::string root = (base / "root").string();
+  auto out = ResolveUnderRoot("output", "escape/run", root);  // does not exist yet
+  ASSERT_FALSE(out.ok());
+  EXPECT_NE(out.status().message().find("symbolic link"), std::string::npos) << out.status();
+  EXPECT_FALSE(ResolveUnderRoot("data.path", root + "/escape", root).ok());
+  EXPECT_TRUE(ResolveUnderRoot("output", "alias/run", root).ok());
+  EXPECT_TRUE(ResolveUnderRoot("output", "inside/new/run", root).ok());
+  // The root itself is not a run directory.
+  EXPECT_FALSE(ResolveUnderRoot("output", root, root).ok());
+  EXPECT_FALSE(ResolveUnderRoot("output", ".", root).ok());
+  fs::remove_all(base);
+}
+
 }  // namespace
 }  // namespace sae
