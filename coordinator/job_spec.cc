@@ -224,7 +224,7 @@ absl::StatusOr<std::string> ResolveUnderRoot(const std::string& field, const std
     return absl::InvalidArgumentError(absl::StrCat(field, ": '", path, "' is outside the configured root ", root));
   };
   if (!under(n, r)) return outside();
-  if (field == "output" && n == r)
+  if (field == "output" && n.lexically_relative(r) == ".")
     return absl::InvalidArgumentError(absl::StrCat(field, ": '", path, "' is the output root itself; name a directory under it"));
   std::error_code ec1, ec2;
   const fs::path real_root = fs::weakly_canonical(r, ec1), real = fs::weakly_canonical(n, ec2);
