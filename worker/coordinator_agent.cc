@@ -8,6 +8,9 @@
 
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <deque>
+#include <functional>
 #include <fstream>
 #include <memory>
 #include <mutex>
@@ -50,6 +53,78 @@ int FreePort(const std::string& host) {
   ::close(fd);
   return port;
 }
+
+// Sends an attempt's progress and checkpoint reports from its own thread, so
+// a slow or unreachable coordinator never stalls training: the step loop
+// only hands over the newest progress and queues checkpoint reports. The
+// destructor sends what is still queued (for up to `flush_s`), so the
+// coordinator learns of the last checkpoint before the attempt's result.
+class Reporter {
+ public:
+  using SendProgress = std::function<void(const v1::ProgressReport&)>;
+  using SendCheckpoint = std::function<bool(const v1::CheckpointReport&)>;  // true: delivered
+  Reporter(SendProgress p, SendCheckpoint c, double flush_s)
+      : send_progress_(std::move(p)), send_checkpoint_(std::move(c)), flush_s_(flush_s), thread_([this] { Loop(); }) {}
+  ~Reporter() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  void Progress(const v1::ProgressReport& r) {
+    std::lock_guard<std::mutex> l(mu_);
+    progress_ = r;
+    have_progress_ = true;
+  }
+  void Checkpoint(const v1::CheckpointReport& r) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      checkpoints_.push_back(r);
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock<std::mutex> l(mu_);
+    double flush_deadline = -1;
+    while (true) {
+      cv_.wait_for(l, std::chrono::milliseconds(500), [this] { return done_ || !checkpoints_.empty(); });
+      if (done_ && flush_deadline < 0) flush_deadline = Now() + flush_s_;
+      if (have_progress_ && !done_) {
+        v1::ProgressReport r = progress_;
+        have_progress_ = false;
+        l.unlock();
+        send_progress_(r);  // best effort
+        l.lock();
+      }
+      while (!checkpoints_.empty()) {
+        v1::CheckpointReport r = checkpoints_.front();
+        l.unlock();
+        const bool sent = send_checkpoint_(r);
+        l.lock();
+        if (sent || (flush_deadline >= 0 && Now() > flush_deadline)) {
+          checkpoints_.pop_front();
+        } else {
+          break;  // retry on the next round
+        }
+      }
+      if (done_ && (checkpoints_.empty() || Now() > flush_deadline)) return;
+    }
+  }
+
+  SendProgress send_progress_;
+  SendCheckpoint send_checkpoint_;
+  double flush_s_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false, have_progress_ = false;
+  v1::ProgressReport progress_;
+  std::deque<v1::CheckpointReport> checkpoints_;
+  std::thread thread_;
+};
 
 class Agent {
  public:
@@ -102,10 +177,8 @@ class Agent {
     auto ctx = MakeContext(client_, 5);
     grpc::Status s = stub_->Register(ctx.get(), req, &resp);
     if (!s.ok()) {
-      if (!warned_) {
+      if (!warned_.exchange(true))
         SAE_LOG(kWarn) << "register at " << opts_.coordinator << ": " << s.error_message() << " (retrying)";
-      }
-      warned_ = true;
       if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED || s.error_code() == grpc::StatusCode::INVALID_ARGUMENT)
         Sleep(2);
       return false;
@@ -284,6 +357,7 @@ class Agent {
     RunOptions ro;
     ro.progress = ProgressMode::kQuiet;
     ro.stop = &c->stop;
+    ro.attempt = a.attempt();
     ro.resume = PathExists(cfg.output + kPartialSuffix + "/" + kCheckpointDir + "/" + kLatestFile);
     if (a.world_size() > 1) {
       ro.rank = a.rank();
@@ -293,10 +367,23 @@ class Agent {
     ro.metrics_listen = opts_.metrics_listen;
     ro.metrics_port_per_rank = false;
     const double t0 = Now();
-    double last_sent = 0;
     int64_t start_tokens = -1, trained = 0, prev_tokens = 0;
     v1::Progress last;
     last.set_total_tokens(cfg.train.tokens);
+    auto reporter = std::make_unique<Reporter>(
+        [this](const v1::ProgressReport& r) {
+          v1::Ack ack;
+          auto ctx = MakeContext(client_, 2);
+          stub_->ReportProgress(ctx.get(), r, &ack);
+        },
+        [this](const v1::CheckpointReport& r) {
+          v1::Ack ack;
+          auto ctx = MakeContext(client_, 5);
+          grpc::Status st = stub_->ReportCheckpoint(ctx.get(), r, &ack);
+          if (st.error_code() == grpc::StatusCode::NOT_FOUND) Register();
+          return st.ok();
+        },
+        stop_->load() ? 2 : 30);
     ro.on_step = [&](const StepMetrics& m) {
       if (start_tokens < 0) {
         start_tokens = std::max<int64_t>(0, m.tokens - cfg.train.batch_tokens);
@@ -314,17 +401,13 @@ class Agent {
       last.set_k(m.k);
       last.set_aux_loss(m.aux_loss);
       last.set_tokens_trained(trained);
-      if (Now() - last_sent < 0.5) return;
-      last_sent = Now();
       v1::ProgressReport r;
       r.set_worker_id(opts_.worker_id);
       r.set_job_id(a.job_id());
       r.set_attempt(a.attempt());
       r.set_rank(a.rank());
       *r.mutable_progress() = last;
-      v1::Ack ack;
-      auto ctx = MakeContext(client_, 2);
-      stub_->ReportProgress(ctx.get(), r, &ack);  // best effort
+      reporter->Progress(r);
     };
     ro.on_checkpoint = [&](int64_t step, int64_t tokens, const std::string& dir) {
       v1::CheckpointReport r;
@@ -334,9 +417,7 @@ class Agent {
       r.set_step(step);
       r.set_tokens(tokens);
       r.set_path(dir);
-      SendWithRetry(r, [this](grpc::ClientContext* ctx, const v1::CheckpointReport& q, v1::Ack* k) {
-        return stub_->ReportCheckpoint(ctx, q, k);
-      }, 3);  // short: training waits meanwhile
+      reporter->Checkpoint(r);
     };
     ServeIdleMetrics(false);  // the training process serves this port now
     absl::StatusOr<RunSummary> sum = absl::InternalError("not run");
@@ -352,6 +433,7 @@ class Agent {
       }
     }
     ServeIdleMetrics(true);
+    reporter.reset();  // delivers the queued checkpoint reports first
     if (sum.ok()) {
       res.set_finished(sum->finished);
       res.set_output(sum->output);
@@ -406,7 +488,7 @@ class Agent {
   std::unique_ptr<Current> cur_;  // guarded by mu_
   grpc::ClientContext* stream_ctx_ = nullptr;  // guarded by mu_
   std::atomic<double> heartbeat_s_{1.0};
-  bool warned_ = false;
+  std::atomic<bool> warned_{false};  // Register runs on the heartbeat, training and reporter threads
 };
 
 }  // namespace

@@ -15,12 +15,14 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "core/base/file_util.h"
 #include "core/base/logging.h"
 #include "core/comm/communicator.h"
 #include "core/telemetry/metrics.h"
 #include "core/data/synthetic.h"
 #include "worker/batch_source.h"
+#include "worker/run_fence.h"
 
 namespace sae {
 namespace {
@@ -94,7 +96,7 @@ absl::Status TruncateMetrics(const std::string& path, int64_t step) {
   std::string line, kept;
   while (std::getline(in, line)) {
     json j = json::parse(line, nullptr, false);
-    if (j.is_discarded() || !j.contains("step")) continue;
+    if (j.is_discarded() || !j.is_object() || !j.contains("step") || !j["step"].is_number_integer()) continue;
     if (j["step"].get<int64_t>() <= step) kept += line + "\n";
   }
   return AtomicWriteFile(path, kept);
@@ -285,18 +287,26 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
       auto it = extra->find("data_position");
       if (it == extra->end())
         return absl::DataLossError(absl::StrCat(state_path, ": no data_position in the state"));
-      data_pos = std::stoll(it->second);
+      if (!absl::SimpleAtoi(it->second, &data_pos) || data_pos < 0)
+        return absl::DataLossError(absl::StrCat(state_path, ": data_position '", it->second, "' is not a row number"));
       source.reset();
       SAE_ASSIGN_OR_RETURN(source, OpenBatchSource(job, data_pos, share));
-      SAE_RETURN_IF_ERROR(TruncateMetrics(metrics_path, trainer->step()));
       SAE_LOG(kInfo) << "resuming " << state_path << " at step " << trainer->step() << ", "
                      << trainer->tokens_seen() << " tokens";
     }
   }
-  // Rank 0 writes every file; all ranks take part in the replica check.
+  // Rank 0 writes every file, each write under the attempt fence; all ranks
+  // take part in the replica check.
+  RunFence fence(work_dir, leader ? opts.attempt : 0);
   std::ofstream metrics;
   if (leader) {
     SAE_RETURN_IF_ERROR(MakeDirs(work_dir));
+    SAE_RETURN_IF_ERROR(fence.Claim());
+    SAE_ASSIGN_OR_RETURN(RunFence::Held held, fence.Hold());
+    // Lines after the checkpoint resumed from (or every line, when starting
+    // afresh after an attempt that died before its first checkpoint) are
+    // written again by this attempt.
+    SAE_RETURN_IF_ERROR(TruncateMetrics(metrics_path, opts.resume ? trainer->step() : 0));
     SAE_RETURN_IF_ERROR(AtomicWriteFile(work_dir + "/job.yaml", JobConfigToYaml(job)));
     metrics.open(metrics_path, std::ios::app);
     if (!metrics) return absl::InternalError(absl::StrCat(metrics_path, ": cannot open for writing"));
@@ -304,6 +314,7 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
   auto checkpoint = [&]() -> absl::Status {
     SAE_RETURN_IF_ERROR(trainer->CheckReplicasAgree());
     if (!leader) return absl::OkStatus();
+    SAE_ASSIGN_OR_RETURN(RunFence::Held held, fence.Hold());
     SAE_RETURN_IF_ERROR(WriteCheckpoint(ckpt_root, *trainer, source->position(), 2));
     if (opts.on_checkpoint)
       opts.on_checkpoint(trainer->step(), trainer->tokens_seen(), ckpt_root + "/" + StepDirName(trainer->step()));
@@ -383,8 +394,10 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
                 {"step_seconds", m->seconds}, {"tokens_per_second", tok_s},
                 {"data_wait_seconds", data_wait}, {"allreduce_seconds", m->allreduce_seconds},
                 {"allreduce_bytes", m->allreduce_bytes}, {"ranks", world}, {"time", static_cast<int64_t>(std::time(nullptr))}};
+      SAE_ASSIGN_OR_RETURN(RunFence::Held held, fence.Hold());
       metrics << j.dump() << "\n";
       metrics.flush();
+      if (!metrics) return absl::InternalError(absl::StrCat(metrics_path, ": write failed (disk full?)"));
     }
     progress.Update(*m, tok_s, log_now);
     if (opts.on_step) opts.on_step(*m);
@@ -425,6 +438,7 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
   sum.remedy = RemedyName(trainer->options().remedy);
   sum.planted_recovered = PlantedRecovery(job, trainer->params());
   if (!leader) return sum;  // rank 0 writes the outputs
+  SAE_ASSIGN_OR_RETURN(RunFence::Held held, fence.Hold());
   json prov = {{"job", job.name}, {"data", json::parse(source->DescribeJson())}, {"ranks", world}};
   SAE_RETURN_IF_ERROR(trainer->ExportSae(work_dir, prov.dump()));
   json summary = {{"name", job.name}, {"tokens", sum.tokens}, {"steps", sum.steps},
@@ -435,6 +449,11 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
                   {"k", sum.k}, {"dead_remedy", sum.remedy}};
   if (sum.planted_recovered >= 0) summary["planted_atoms_recovered"] = sum.planted_recovered;
   SAE_RETURN_IF_ERROR(AtomicWriteFile(work_dir + "/summary.json", summary.dump(2) + "\n"));
+  // The fence's files do not belong to the output; a stale attempt that
+  // looks now finds no owner (or no directory) and stops.
+  std::error_code ec;
+  fs::remove(work_dir + "/attempt", ec);
+  fs::remove(work_dir + "/.lock", ec);
   SAE_RETURN_IF_ERROR(DurableRename(work_dir, final_dir));
   return sum;
 }

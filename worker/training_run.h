@@ -39,6 +39,10 @@ struct RunOptions {
   // false: serve metrics at exactly metrics_listen on every rank (a worker
   // under a coordinator owns its port).
   bool metrics_port_per_rank = true;
+  // The coordinator's attempt number (0: not run by a coordinator). Rank 0
+  // fences the run directory with it (worker/run_fence.h): once a later
+  // attempt owns OUTPUT.partial/, this one writes nothing and ends Aborted.
+  int attempt = 0;
   // Rank 0, after each checkpoint is in place: its step, tokens and directory.
   std::function<void(int64_t step, int64_t tokens, const std::string& dir)> on_checkpoint;
 };

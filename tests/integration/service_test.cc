@@ -6,6 +6,8 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <gtest/gtest.h>
+
+#include <sstream>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -293,6 +295,60 @@ TEST_F(Service, KilledWorkerRestartsTheJobFromItsCheckpoint) {
   EXPECT_TRUE(fs::exists(dir_ / "run" / "summary.json"));
   EXPECT_NE(HttpGet("/metrics").find("sae_job_restarts_total{role=\"coordinator\"} 1"), std::string::npos)
       << HttpGet("/metrics");
+}
+
+// Drill: a worker frozen (SIGSTOP) past its lease while training, resumed
+// (SIGCONT) after the job restarted on another worker. The stale attempt
+// must write nothing into the run directory (the attempt fence): the job
+// succeeds, metrics.jsonl has each step once and in order, no stray
+// .partial is left, and the frozen worker says why it stopped.
+TEST_F(Service, FrozenWorkerPastItsLeaseWritesNothingAfterTheRestart) {
+  Proc& coord = StartCoordinator({});
+  Proc& w1 = StartWorker("w1");
+  const int64_t total = 600000, every = 40000;
+  const std::string id = Submit(SynthJob("run", 1, total, every));
+  json st = WaitFor(id, [&](const json& j) { return Num(j["progress"], "checkpoint_step") > 0; }, 120);
+  ASSERT_FALSE(Terminal(st)) << "the job finished before the freeze: make it longer";
+  ::kill(w1.pid, SIGSTOP);
+  st = WaitFor(id, [](const json& j) { return StateIs(j, "RESTARTING") || Terminal(j); }, 60);
+  ASSERT_TRUE(StateIs(st, "RESTARTING")) << st.dump();
+  StartWorker("w2");
+  st = WaitFor(id, [](const json& j) { return StateIs(j, "RUNNING") && j.value("attempt", 0) >= 2; }, 60);
+  // The old attempt wakes up in the middle of a step while it cannot reach
+  // the coordinator (frozen too, for less than a lease): nothing tells it to
+  // stop, and it trains on (without the fence, it finishes first and renames
+  // the run directory away from under the new attempt).
+  ::kill(coord.pid, SIGSTOP);
+  ::kill(w1.pid, SIGCONT);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  ::kill(coord.pid, SIGCONT);
+  st = WaitFor(id, Terminal, 240);
+  ASSERT_TRUE(StateIs(st, "SUCCEEDED")) << st.dump();
+  EXPECT_FALSE(fs::exists(dir_ / "run.partial"));
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "summary.json"));
+  EXPECT_FALSE(fs::exists(dir_ / "run" / "attempt"));
+  std::istringstream lines(ReadAll(dir_ / "run" / "metrics.jsonl"));
+  std::string line;
+  int64_t prev = 0, n = 0;
+  while (std::getline(lines, line)) {
+    const int64_t step = json::parse(line)["step"].get<int64_t>();
+    EXPECT_GT(step, prev) << "metrics.jsonl line " << n + 1 << ": step " << step << " after " << prev;
+    prev = step;
+    ++n;
+  }
+  EXPECT_EQ(prev, (total + 255) / 256) << "the last step is logged";
+  // The stale attempt found the fence at its first write (a metrics line,
+  // or the checkpoint a stop writes) and wrote nothing: without the fence it
+  // writes a checkpoint and flips `latest` back to its own, older step.
+  const auto deadline = Clock::now() + std::chrono::seconds(20);
+  std::string log;
+  while (Clock::now() < deadline) {
+    log = ReadAll(w1.log);
+    if (log.find("stale attempt") != std::string::npos || log.find("checkpoint written") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_NE(log.find("stale attempt 1"), std::string::npos) << log;
+  EXPECT_EQ(log.find("checkpoint written"), std::string::npos) << log;
 }
 
 TEST_F(Service, CoordinatorRestartKeepsTheJob) {
