@@ -361,11 +361,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerFor(const std::string& m
   };
   auto by_file = [&](const fs::path& p) -> absl::StatusOr<std::unique_ptr<Tokenizer>> {
     if (p.extension() == ".model") return check(LoadSentencePieceTokenizer(p.string()), p.string());
+    if (p.extension() == ".json") return check(LoadHfTokenizer(p.string()), p.string());
     return LoadLlama2cTokenizer(p.string(), vocab_size);
   };
   auto in_dir = [&](const fs::path& d) -> absl::StatusOr<std::unique_ptr<Tokenizer>> {
     for (const std::string& name : {std::string("tokenizer.bin"), absl::StrCat("tok", vocab_size, ".bin"),
-                                   std::string("tokenizer.model")})
+                                   std::string("tokenizer.json"), std::string("tokenizer.model")})
       if (fs::exists(d / name, ec)) return by_file(d / name);
     if (fs::exists(d / "encoder.json", ec) && fs::exists(d / "vocab.bpe", ec))
       return check(LoadGpt2Tokenizer((d / "encoder.json").string(), (d / "vocab.bpe").string()),
@@ -374,7 +375,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerFor(const std::string& m
       return check(LoadGpt2Tokenizer((d / "vocab.json").string(), (d / "merges.txt").string()),
                    (d / "vocab.json").string());
     return absl::NotFoundError(absl::StrCat(d.string(), ": no tokenizer found (tokenizer.bin, tok", vocab_size,
-                                            ".bin, tokenizer.model, encoder.json+vocab.bpe, vocab.json+merges.txt); "
+                                            ".bin, tokenizer.json, tokenizer.model, encoder.json+vocab.bpe, vocab.json+merges.txt); "
                                             "give --tokenizer"));
   };
   if (!explicit_path.empty()) {

@@ -36,10 +36,17 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePieceTokenizer(const std:
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGpt2Tokenizer(const std::string& encoder_json,
                                                              const std::string& vocab_bpe);
 
+// A Hugging Face tokenizer.json with a BPE model (byte-level or
+// SentencePiece-style with byte fallback), its added tokens, normalizers,
+// pre-tokenizers, post-processor template (BOS/EOS) and decoder. Parts it
+// does not implement are refused by name.
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizer(const std::string& tokenizer_json);
+
 // Finds and loads the tokenizer that goes with a model: `explicit_path` if
-// given (.bin llama2.c, .model SentencePiece, or a directory), else in the
-// model's directory: tokenizer.bin, tok<vocab>.bin, tokenizer.model,
-// encoder.json + vocab.bpe, vocab.json + merges.txt. Its vocabulary size
+// given (.bin llama2.c, .model SentencePiece, .json Hugging Face, or a
+// directory), else in the model's directory: tokenizer.bin, tok<vocab>.bin,
+// tokenizer.json, tokenizer.model, encoder.json + vocab.bpe, vocab.json +
+// merges.txt. Its vocabulary size
 // must equal `vocab_size`; errors name the tokenizer file.
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerFor(const std::string& model_path, int64_t vocab_size,
                                                             const std::string& explicit_path = "");
