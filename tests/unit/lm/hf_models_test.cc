@@ -735,5 +735,49 @@ TEST(HfLoaderErrors, UnknownTensorsAndSettingsAreNamed) {
   EXPECT_NE(std::string(d.status().message()).find("qwen3"), std::string::npos) << d.status();
 }
 
+// ---------- transformers' own fixtures, where a machine with transformers made them ----------
+// `python3 ../shared/tools/make_hf_fixtures.py tests/data/hf-tiny` (needs torch +
+// transformers, e.g. on a GPU machine) writes NAME/{config.json,
+// model.safetensors, reference.safetensors}; each test skips until its files exist.
+
+std::string FixtureDir(const std::string& name) {
+  const char* src = std::getenv("SAE_SOURCE_DIR");
+#ifdef SAE_TEST_SOURCE_DIR
+  if (src == nullptr) src = SAE_TEST_SOURCE_DIR;
+#endif
+  const std::string in_repo = std::string(src ? src : ".") + "/tests/data/hf-tiny/" + name;
+  return fs::exists(in_repo) ? in_repo : DataDir() + "/hf-tiny/" + name;
+}
+
+void CheckFixture(const std::string& name, bool cached_steps) {
+  const std::string dir = FixtureDir(name);
+  SAE_REQUIRE_FILE(dir + "/reference.safetensors");
+  auto m = LoadModel(dir);
+  ASSERT_TRUE(m.ok()) << m.status();
+  const Tensors ref = ReadAll(dir + "/reference.safetensors");
+  const at::Tensor ids = ref.at("input_ids");
+  const int64_t L = m->config().n_layers;
+  std::vector<at::Tensor> hidden(L + 1);
+  ForwardOptions o;
+  for (int64_t l = -1; l < L - 1; ++l)
+    o.hooks.push_back({l, HookPoint::kResidPost, [&hidden, l](at::Tensor& x) { hidden[l + 1] = x.clone(); }});
+  o.hooks.push_back({0, HookPoint::kFinalNorm, [&hidden, L](at::Tensor& x) { hidden[L] = x.clone(); }});
+  auto logits = m->Forward(ids, nullptr, o);
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  EXPECT_LE(MaxRelErr(*logits, ref.at("logits")), 1e-4) << name;
+  for (int64_t i = 0; i <= L; ++i)
+    EXPECT_LE(MaxRelErr(hidden[i], ref.at("hidden_states." + std::to_string(i))), 1e-4) << name << " hidden_states." << i;
+  if (cached_steps) ExpectCacheMatchesFullPass(*m, ids);
+}
+
+TEST(HfTransformersFixtures, Llama3Tiny) { CheckFixture("llama3-tiny", true); }
+TEST(HfTransformersFixtures, MistralSlidingWindowTiny) { CheckFixture("mistral-sw-tiny", true); }
+TEST(HfTransformersFixtures, Phi3Tiny) { CheckFixture("phi3-tiny", true); }
+// (longrope switches tables with the sequence length, as transformers does,
+// so a token-by-token run differs from one pass once past the original length.)
+TEST(HfTransformersFixtures, Phi3LongRopeTiny) { CheckFixture("phi3-longrope-tiny", false); }
+TEST(HfTransformersFixtures, Gemma2Tiny) { CheckFixture("gemma2-tiny", true); }
+TEST(HfTransformersFixtures, Qwen2Tiny) { CheckFixture("qwen2-tiny", true); }
+
 }  // namespace
 }  // namespace sae

@@ -73,6 +73,27 @@ TEST(TokenizerJsonNpm, MistralMetaspaceMatchesHfJs) { CompareWithNpm("mistral-me
 TEST(TokenizerJsonNpm, Qwen2StyleNfcMatchesHfJs) { CompareWithNpm("qwen2-style", false); }
 TEST(TokenizerJsonNpm, GemmaStyleMatchesHfJs) { CompareWithNpm("gemma-style", false); }
 
+// tokenizer.json files trained by the Python `tokenizers` library with its
+// reference encodings (../shared/tools/make_hf_fixtures.py, where a machine
+// has it; kept under tests/data/hf-tiny/tokenizers/). Skips until they exist.
+TEST(TokenizerJsonPython, MatchesTheTokenizersLibrary) {
+  const char* src = std::getenv("SAE_SOURCE_DIR");
+#ifdef SAE_TEST_SOURCE_DIR
+  if (src == nullptr) src = SAE_TEST_SOURCE_DIR;
+#endif
+  std::string dir = std::string(src ? src : ".") + "/tests/data/hf-tiny/tokenizers";
+  if (!std::filesystem::exists(dir)) dir = lm_test::DataDir() + "/hf-tiny/tokenizers";
+  SAE_REQUIRE_FILE(dir + "/reference.json");
+  json refs = json::parse(ReadFile(dir + "/reference.json"));
+  for (auto& [name, cases] : refs.items()) {
+    auto tok = LoadHfTokenizer(dir + "/" + name + ".tokenizer.json");
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    for (const json& c : cases)
+      EXPECT_EQ(Ids((*tok)->Encode(c["text"].get<std::string>(), false, false)), Ids(c["ids"].get<std::vector<int32_t>>()))
+          << name << " " << c["text"].dump();
+  }
+}
+
 // --- small hand-made files ---
 
 // SentencePiece-style: ▁ pieces, byte fallback, Llama 2's normalizer and template.
