@@ -19,6 +19,8 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <queue>
+#include <tuple>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <unordered_map>
@@ -581,23 +583,40 @@ class HfTokenizer : public Tokenizer {
         last_unk = true;
       }
     }
-    // Lowest merge rank first, leftmost among equals.
-    while (sym.size() > 1) {
-      int best = INT_MAX;
-      size_t bi = 0;
-      int32_t merged = -1;
-      for (size_t i = 0; i + 1 < sym.size(); ++i) {
-        auto it = merges_.find(Key(sym[i], sym[i + 1]));
-        if (it != merges_.end() && it->second.first < best) {
-          best = it->second.first;
-          bi = i;
-          merged = it->second.second;
-        }
-      }
-      if (merged < 0) break;
-      sym[bi] = merged;
-      sym.erase(sym.begin() + bi + 1);
+    // Lowest merge rank first, leftmost among equals (a heap over a linked
+    // list of symbols, O(n log n), as `tokenizers` does).
+    const int n = static_cast<int>(sym.size());
+    std::vector<int> prev(n), next(n);
+    std::vector<bool> alive(n, true);
+    for (int i = 0; i < n; ++i) {
+      prev[i] = i - 1;
+      next[i] = i + 1 < n ? i + 1 : -1;
     }
+    using Cand = std::tuple<int, int, int32_t>;  // (rank, left position, merged id)
+    std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
+    auto push = [&](int i) {
+      if (i < 0 || next[i] < 0) return;
+      auto it = merges_.find(Key(sym[i], sym[next[i]]));
+      if (it != merges_.end()) heap.emplace(it->second.first, i, it->second.second);
+    };
+    for (int i = 0; i + 1 < n; ++i) push(i);
+    while (!heap.empty()) {
+      const auto [rank, i, merged] = heap.top();
+      heap.pop();
+      if (!alive[i] || next[i] < 0) continue;
+      auto it = merges_.find(Key(sym[i], sym[next[i]]));
+      if (it == merges_.end() || it->second.first != rank || it->second.second != merged) continue;  // stale
+      const int j = next[i];
+      sym[i] = merged;
+      alive[j] = false;
+      next[i] = next[j];
+      if (next[j] >= 0) prev[next[j]] = i;
+      push(prev[i]);
+      push(i);
+    }
+    std::vector<int32_t> merged_syms;
+    for (int i = 0; i >= 0 && i < n; i = next[i]) merged_syms.push_back(sym[i]);
+    sym.swap(merged_syms);
     out->insert(out->end(), sym.begin(), sym.end());
   }
 

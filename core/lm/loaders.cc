@@ -216,8 +216,22 @@ absl::Status ParseRope(const json& cfg, const std::string& cfg_path, ModelConfig
   std::string type = "default";
   if (rp->contains("rope_type") && (*rp)["rope_type"].is_string()) type = (*rp)["rope_type"].get<std::string>();
   else if (rp->contains("type") && (*rp)["type"].is_string()) type = (*rp)["type"].get<std::string>();
+  if (type == "su") type = "longrope";  // Phi-3's earlier name for it
   ModelConfig::RopeScaling& r = c->rope_scaling;
   r.type = type;
+  {
+    std::set<std::string> known = {"rope_type", "type", "rope_theta", "partial_rotary_factor"};
+    if (type == "linear" || type == "dynamic") known.insert({"factor", "original_max_position_embeddings"});
+    if (type == "llama3")
+      known.insert({"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"});
+    if (type == "longrope")
+      known.insert({"short_factor", "long_factor", "factor", "attention_factor", "original_max_position_embeddings"});
+    const bool supported = type == "default" || type == "linear" || type == "dynamic" || type == "llama3" || type == "longrope";
+    for (auto it = rp->begin(); supported && it != rp->end(); ++it)
+      if (!known.count(it.key()))
+        return absl::UnimplementedError(absl::StrCat(where, ": field \"", it.key(), "\" is not supported for rope_type \"",
+                                                     type, "\""));
+  }
   auto orig = [&]() -> int64_t {
     if (rp->contains("original_max_position_embeddings") && (*rp)["original_max_position_embeddings"].is_number_integer())
       return (*rp)["original_max_position_embeddings"].get<int64_t>();

@@ -557,6 +557,24 @@ TEST(HfPhi3, LongRopeShortAndLongFactorsWithAttentionScaling) {
   ASSERT_TRUE(m4k.ok()) << m4k.status();
   ref.rope = [](int64_t) { return std::make_pair(DefaultInvFreq(10000.0, 8), 1.0); };
   ExpectMatchesReference(*m4k, ref, Ids(2, 24, s.V, 5));
+  // Phi-3's older name "su" is longrope; a field longrope does not know is refused by name.
+  cfg["rope_scaling"]["type"] = "su";
+  WriteCheckpoint(tmp.Sub("su"), cfg, w);
+  auto su = LoadModel(tmp.Sub("su"));
+  ASSERT_TRUE(su.ok()) << su.status();
+  ref.rope = [&](int64_t T) {
+    std::vector<double> f = DefaultInvFreq(10000.0, 8);
+    const std::vector<double>& ext = T > 16 ? longf : shortf;
+    for (int i = 0; i < 4; ++i) f[i] /= ext[i];
+    return std::make_pair(f, attn);
+  };
+  ExpectMatchesReference(*su, ref, Ids(2, 24, s.V, 5));
+  cfg["rope_scaling"]["long_mscale"] = 1.2;
+  WriteCheckpoint(tmp.Sub("mscale"), cfg, w);
+  auto ms = LoadModel(tmp.Sub("mscale"));
+  ASSERT_FALSE(ms.ok());
+  EXPECT_NE(std::string(ms.status().message()).find("long_mscale"), std::string::npos) << ms.status();
+  cfg["rope_scaling"].erase("long_mscale");
   // Wrong factor count: refused naming the fields.
   cfg["rope_scaling"]["short_factor"] = {1.0, 1.0};
   WriteCheckpoint(tmp.Sub("bad"), cfg, w);
