@@ -649,7 +649,11 @@ class HfTokenizer : public Tokenizer {
 
 absl::Status HfTokenizer::ParseModel(const json& m, const std::string& where) {
   if (!m.is_object()) return absl::InvalidArgumentError(absl::StrCat(where, ": not an object"));
-  SAE_ASSIGN_OR_RETURN(std::string type, Str(m, "type", where));
+  // Files from early `tokenizers` versions (GPT-2's on the Hub) leave out a BPE model's type.
+  std::string type = "BPE";
+  if (m.contains("type") || !m.contains("merges")) {
+    SAE_ASSIGN_OR_RETURN(type, Str(m, "type", where));
+  }
   if (type != "BPE") return Unknown(where, absl::StrCat("model type \"", type, "\" (BPE only)"));
   SAE_RETURN_IF_ERROR(OnlyKeys(m, {"type", "dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix",
                                    "fuse_unk", "byte_fallback", "ignore_merges", "vocab", "merges"}, where));

@@ -145,6 +145,16 @@ TEST(TokenizerJson, SentencePieceStyleMergesByteFallbackAndBos) {
   EXPECT_EQ((*t)->Encode("a<s>ab", false, false), split);
 }
 
+TEST(TokenizerJson, BpeModelWithoutTypeAsEarlyFilesHaveIt) {
+  json j = SpJson();
+  j["model"].erase("type");
+  TempDir tmp;
+  WriteFile(tmp.Sub("t.json"), j.dump());
+  auto t = LoadHfTokenizer(tmp.Sub("t.json"));
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ((*t)->Encode("ab", false, false), (std::vector<int32_t>{264}));
+}
+
 TEST(TokenizerJson, FoundInModelDirectory) {
   TempDir tmp;
   WriteFile(tmp.Sub("tokenizer.json"), SpJson().dump());
