@@ -413,6 +413,7 @@ struct AddedToken {
 class HfTokenizer : public Tokenizer {
  public:
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& path);
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromText(const std::string& text, const std::string& path);
 
   int64_t vocab_size() const override { return static_cast<int64_t>(pieces_.size()); }
   int32_t bos_id() const override { return bos_; }
@@ -797,6 +798,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::Load(const std::string& 
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return FromText(text, path);
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::FromText(const std::string& text, const std::string& path) {
   json j = json::parse(text, nullptr, false);
   if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
   std::unique_ptr<HfTokenizer> t(new HfTokenizer());
@@ -886,5 +891,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::Load(const std::string& 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizer(const std::string& path) { return HfTokenizer::Load(path); }
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizerFromText(const std::string& json_text, const std::string& name) {
+  return HfTokenizer::FromText(json_text, name);
+}
 
 }  // namespace sae

@@ -68,6 +68,30 @@ void CompareWithNpm(const std::string& name, bool bytes_round_trip) {
 
 TEST(TokenizerJsonNpm, Llama3MatchesLlama3TokenizerJs) { CompareWithNpm("llama3", true); }
 TEST(TokenizerJsonNpm, Gpt2MatchesGptTokenizer) { CompareWithNpm("gpt2", true); }
+
+// The same vocabulary as GPT-2's original encoder.json + vocab.bpe files.
+TEST(TokenizerJsonNpm, Gpt2EncoderJsonAndVocabBpeMatchGptTokenizer) {
+  const char* dir = std::getenv("SAE_TOKENIZER_FIXTURES");
+  if (dir == nullptr) GTEST_SKIP() << "SAE_TOKENIZER_FIXTURES not set (ctest lm_tokenizer_json_npm sets it)";
+  const json tj = json::parse(ReadFile(std::string(dir) + "/gpt2.tokenizer.json"));
+  TempDir tmp;
+  WriteFile(tmp.Sub("encoder.json"), tj["model"]["vocab"].dump());
+  std::string bpe = "#version: 0.2\n";
+  for (const json& m : tj["model"]["merges"]) bpe += m[0].get<std::string>() + " " + m[1].get<std::string>() + "\n";
+  WriteFile(tmp.Sub("vocab.bpe"), bpe);
+  auto tok = LoadTokenizerFor(tmp.path(), 50257);
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  int64_t bad = 0, n = 0;
+  for (const json& c : json::parse(ReadFile(std::string(dir) + "/gpt2.cases.json"))) {
+    if (!c.contains("ref")) continue;
+    ++n;
+    const std::string text = c["text"].get<std::string>();
+    if ((*tok)->Encode(text, false, false) != c["ref"].get<std::vector<int32_t>>() && ++bad <= 5)
+      ADD_FAILURE() << "differs for " << json(text).dump();
+  }
+  EXPECT_GE(n, 3000);
+  EXPECT_EQ(bad, 0);
+}
 TEST(TokenizerJsonNpm, MistralLlama2StyleMatchesMistralTokenizerJs) { CompareWithNpm("mistral-llama2", true); }
 TEST(TokenizerJsonNpm, MistralMetaspaceMatchesHfJs) { CompareWithNpm("mistral-metaspace", false); }
 TEST(TokenizerJsonNpm, Qwen2StyleNfcMatchesHfJs) { CompareWithNpm("qwen2-style", false); }
