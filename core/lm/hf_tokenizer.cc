@@ -407,7 +407,7 @@ std::vector<std::string> SplitBy(const std::string& s, const std::vector<std::pa
 struct AddedToken {
   int32_t id;
   std::string content;
-  bool lstrip = false, rstrip = false, special = false;
+  bool lstrip = false, rstrip = false, special = false, normalized = false;
 };
 
 class HfTokenizer : public Tokenizer {
@@ -422,34 +422,16 @@ class HfTokenizer : public Tokenizer {
   std::vector<int32_t> Encode(const std::string& text, bool bos, bool eos) const override {
     std::vector<int32_t> out;
     if (bos) out.insert(out.end(), prefix_.begin(), prefix_.end());
-    // Added tokens first, on the raw text; then every segment between them.
-    size_t pos = 0, seg = 0;
-    auto flush = [&](size_t b, size_t e) {
-      if (e > b) EncodeSegment(text.substr(b, e - b), b == 0, &out);
-    };
-    while (pos < text.size()) {
-      const AddedToken* hit = nullptr;
-      auto it = added_by_byte_.find(static_cast<unsigned char>(text[pos]));
-      if (it != added_by_byte_.end())
-        for (const AddedToken* a : it->second)
-          if (text.compare(pos, a->content.size(), a->content) == 0) {
-            hit = a;  // longest first
-            break;
-          }
-      if (hit == nullptr) {
-        ++pos;
-        continue;
-      }
-      size_t b = pos, e = pos + hit->content.size();
-      if (hit->lstrip)
-        while (b > seg && std::isspace(static_cast<unsigned char>(text[b - 1]))) --b;
-      if (hit->rstrip)
-        while (e < text.size() && std::isspace(static_cast<unsigned char>(text[e]))) ++e;
-      flush(seg, b);
-      out.push_back(hit->id);
-      pos = seg = e;
-    }
-    flush(seg, text.size());
+    // As `tokenizers` does: added tokens with normalized false are cut out of
+    // the raw text; each segment between them is normalized, and those with
+    // normalized true are cut out of that (as their normalized form); what
+    // remains is pre-tokenized and run through the model.
+    SplitOnAdded(text, raw_added_, &out, [&](const std::string& seg, bool at_start) {
+      const std::string norm = Normalize(normalizers_, seg);
+      SplitOnAdded(norm, norm_added_, &out, [&](const std::string& piece, bool first) {
+        EncodeNormalized(piece, at_start && first, &out);
+      });
+    });
     if (eos) out.insert(out.end(), suffix_.begin(), suffix_.end());
     return out;
   }
@@ -481,8 +463,42 @@ class HfTokenizer : public Tokenizer {
   }
 
  private:
-  void EncodeSegment(const std::string& raw, bool at_start, std::vector<int32_t>* out) const {
-    const std::string norm = Normalize(normalizers_, raw);
+  using AddedIndex = std::map<unsigned char, std::vector<std::pair<std::string, const AddedToken*>>>;
+
+  // Cuts the leftmost-longest matches of `index` out of `s`: their ids go to
+  // `out`, the text between them to `text(piece, starts_at_0)`.
+  template <typename F>
+  static void SplitOnAdded(const std::string& s, const AddedIndex& index, std::vector<int32_t>* out, F text) {
+    size_t pos = 0, seg = 0;
+    auto flush = [&](size_t b, size_t e) {
+      if (e > b) text(s.substr(b, e - b), b == 0);
+    };
+    while (!index.empty() && pos < s.size()) {
+      const std::pair<std::string, const AddedToken*>* hit = nullptr;
+      auto it = index.find(static_cast<unsigned char>(s[pos]));
+      if (it != index.end())
+        for (const auto& cand : it->second)
+          if (s.compare(pos, cand.first.size(), cand.first) == 0) {
+            hit = &cand;  // longest first
+            break;
+          }
+      if (hit == nullptr) {
+        ++pos;
+        continue;
+      }
+      size_t b = pos, e = pos + hit->first.size();
+      if (hit->second->lstrip)
+        while (b > seg && std::isspace(static_cast<unsigned char>(s[b - 1]))) --b;
+      if (hit->second->rstrip)
+        while (e < s.size() && std::isspace(static_cast<unsigned char>(s[e]))) ++e;
+      flush(seg, b);
+      out->push_back(hit->second->id);
+      pos = seg = e;
+    }
+    flush(seg, s.size());
+  }
+
+  void EncodeNormalized(const std::string& norm, bool at_start, std::vector<int32_t>* out) const {
     std::vector<Piece> pieces{{norm, at_start}};
     for (const PreTokenizer& p : pre_) {
       std::vector<Piece> next;
@@ -627,7 +643,7 @@ class HfTokenizer : public Tokenizer {
   std::vector<std::string> pieces_;  // id → token string
   std::unordered_map<uint64_t, std::pair<int, int32_t>> merges_;  // (a, b) → (rank, merged id)
   std::vector<AddedToken> added_;
-  std::map<unsigned char, std::vector<const AddedToken*>> added_by_byte_;
+  AddedIndex raw_added_, norm_added_;  // by first byte, longest first
   std::set<int32_t> added_ids_, special_;
   std::vector<Normalizer> normalizers_;
   std::vector<PreTokenizer> pre_;
@@ -841,10 +857,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::FromText(const std::stri
     SAE_ASSIGN_OR_RETURN(tok.content, Str(a, "content", w));
     if (tok.content.empty()) return absl::InvalidArgumentError(absl::StrCat(w, ": empty content"));
     if (a.value("single_word", false)) return Unknown(w, "single_word true");
-    // A normalized added token is matched on normalized text; without a
-    // normalizer (or when normalizing it changes nothing) that is the raw text.
-    if (a.value("normalized", false) && Normalize(t->normalizers_, tok.content) != tok.content)
-      return Unknown(w, "normalized true for a token the normalizer changes");
+    tok.normalized = a.value("normalized", !a.value("special", false));
     tok.lstrip = a.value("lstrip", false);
     tok.rstrip = a.value("rstrip", false);
     tok.special = a.value("special", false);
@@ -856,10 +869,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::FromText(const std::stri
     t->added_ids_.insert(a.id);
     if (a.special) t->special_.insert(a.id);
   }
-  for (const AddedToken& a : t->added_) t->added_by_byte_[static_cast<unsigned char>(a.content[0])].push_back(&a);
-  for (auto& [b, list] : t->added_by_byte_)
-    std::stable_sort(list.begin(), list.end(),
-                     [](const AddedToken* x, const AddedToken* y) { return x->content.size() > y->content.size(); });
+  for (const AddedToken& a : t->added_) {
+    const std::string key = a.normalized ? Normalize(t->normalizers_, a.content) : a.content;
+    if (key.empty()) continue;
+    (a.normalized ? t->norm_added_ : t->raw_added_)[static_cast<unsigned char>(key[0])].emplace_back(key, &a);
+  }
+  for (AddedIndex* ix : {&t->raw_added_, &t->norm_added_})
+    for (auto& [b, list] : *ix)
+      std::stable_sort(list.begin(), list.end(), [](const auto& x, const auto& y) { return x.first.size() > y.first.size(); });
   int32_t max_id = -1;
   for (const auto& [s, id] : t->vocab_) max_id = std::max(max_id, id);
   for (const AddedToken& a : t->added_) max_id = std::max(max_id, a.id);

@@ -169,6 +169,24 @@ TEST(TokenizerJson, SentencePieceStyleMergesByteFallbackAndBos) {
   EXPECT_EQ((*t)->Encode("a<s>ab", false, false), split);
 }
 
+// Llama 2's file marks <s> normalized: `tokenizers` then matches it in the
+// normalized text as its normalized form ("▁<s>" after Prepend).
+TEST(TokenizerJson, NormalizedAddedTokensMatchTheirNormalizedForm) {
+  json j = SpJson();
+  j["added_tokens"][0]["normalized"] = true;
+  TempDir tmp;
+  WriteFile(tmp.Sub("t.json"), j.dump());
+  auto t = LoadHfTokenizer(tmp.Sub("t.json"));
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ((*t)->Encode("<s>ab", false, false), (std::vector<int32_t>{1, 263}));  // "▁<s>" | "ab"
+  // Not normalized: cut from the raw text, and "ab" is normalized alone to "▁ab".
+  j["added_tokens"][0]["normalized"] = false;
+  WriteFile(tmp.Sub("u.json"), j.dump());
+  auto u = LoadHfTokenizer(tmp.Sub("u.json"));
+  ASSERT_TRUE(u.ok()) << u.status();
+  EXPECT_EQ((*u)->Encode("<s>ab", false, false), (std::vector<int32_t>{1, 264}));
+}
+
 TEST(TokenizerJson, BpeModelWithoutTypeAsEarlyFilesHaveIt) {
   json j = SpJson();
   j["model"].erase("type");
