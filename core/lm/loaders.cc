@@ -728,6 +728,8 @@ absl::Status SaveHfLlama(const Transformer& m, const std::string& dir, int shard
   const ModelConfig& c = m.config();
   const ModelWeights& w = m.weights();
   if (c.arch != Arch::kLlama) return absl::InvalidArgumentError("SaveHfLlama: Llama-family models only");
+  if (!c.sliding_window.empty())
+    return absl::UnimplementedError("SaveHfLlama: sliding-window models are not written (Llama layout has no window)");
   std::error_code ec;
   fs::create_directories(dir, ec);
   const bool to_halves = c.rope == RopeStyle::kInterleaved;
@@ -745,6 +747,10 @@ absl::Status SaveHfLlama(const Transformer& m, const std::string& dir, int shard
     tensors.emplace_back(p + "mlp.gate_proj.weight", b.w1);
     tensors.emplace_back(p + "mlp.down_proj.weight", b.w2);
     tensors.emplace_back(p + "mlp.up_proj.weight", b.w3);
+    if (b.bq.defined()) tensors.emplace_back(p + "self_attn.q_proj.bias", b.bq);
+    if (b.bk.defined()) tensors.emplace_back(p + "self_attn.k_proj.bias", b.bk);
+    if (b.bv.defined()) tensors.emplace_back(p + "self_attn.v_proj.bias", b.bv);
+    if (b.bo.defined()) tensors.emplace_back(p + "self_attn.o_proj.bias", b.bo);
   }
   tensors.emplace_back("model.norm.weight", w.final_norm);
   const bool tied = w.lm_head.is_same(w.tok_emb);
@@ -775,6 +781,25 @@ absl::Status SaveHfLlama(const Transformer& m, const std::string& dir, int shard
               {"vocab_size", c.vocab_size}, {"max_position_embeddings", c.max_seq_len},
               {"rms_norm_eps", c.norm_eps}, {"rope_theta", c.rope_theta}, {"tie_word_embeddings", tied},
               {"bos_token_id", c.bos_id}, {"eos_token_id", c.eos_id}, {"hidden_act", "silu"}};
+  if (c.explicit_head_dim > 0) cfg["head_dim"] = c.explicit_head_dim;
+  const ModelConfig::RopeScaling& r = c.rope_scaling;
+  if (r.type != "default") {
+    json rs = {{"rope_type", r.type}};
+    if (r.type == "linear" || r.type == "dynamic" || r.type == "llama3") rs["factor"] = r.factor;
+    if (r.type == "llama3") {
+      rs["low_freq_factor"] = r.low_freq_factor;
+      rs["high_freq_factor"] = r.high_freq_factor;
+    }
+    if (r.type == "longrope") {
+      rs["short_factor"] = r.short_factor;
+      rs["long_factor"] = r.long_factor;
+      rs["factor"] = r.factor;
+      rs["attention_factor"] = r.attention_factor;
+    }
+    if (r.original_max_position > 0) rs["original_max_position_embeddings"] = r.original_max_position;
+    cfg["rope_scaling"] = rs;
+  }
+  // Biases (Qwen2-style) are written too.
   return AtomicWriteFile((fs::path(dir) / "config.json").string(), cfg.dump(2));
 }
 

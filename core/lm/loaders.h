@@ -42,7 +42,9 @@ absl::StatusOr<std::string> ResolveModelPath(const std::string& path);
 // Only Llama-family models with interleaved RoPE can be written as llama2.c.
 absl::Status SaveLlama2c(const Transformer& m, const std::string& path, int version);
 // Writes config.json + model.safetensors (or `shards` > 1 files with the
-// index) in HF Llama layout: q/k rows permuted from interleaved to rotate-half.
+// index) in HF Llama layout: q/k rows permuted from interleaved to rotate-half;
+// head_dim, rope scaling and q/k/v/o biases are kept (float32 tensors).
+// Sliding-window models are refused.
 absl::Status SaveHfLlama(const Transformer& m, const std::string& dir, int shards = 1);
 
 }  // namespace sae

@@ -485,6 +485,32 @@ TEST(HfLlama3, RopeScalingLlama3AndOwnHeadDim) {
   ExpectMatchesReference(*m2, ref, ids);
 }
 
+TEST(HfLlama3, ResavedKeepsHeadDimRopeScalingAndBiases) {
+  Spec s;
+  s.d = 64, s.H = 4, s.KV = 2, s.hd = 32, s.biases = true;
+  auto [w, ref] = RandomModel(s);
+  json cfg = BaseConfig(s);
+  cfg["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+                         {"original_max_position_embeddings", 16}};
+  TempDir tmp;
+  WriteCheckpoint(tmp.Sub("a"), cfg, w);
+  auto a = LoadModel(tmp.Sub("a"));
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(SaveHfLlama(*a, tmp.Sub("b"), 2).ok());
+  auto b = LoadModel(tmp.Sub("b"));
+  ASSERT_TRUE(b.ok()) << b.status();
+  const at::Tensor ids = Ids(2, 20, s.V, 11);
+  EXPECT_TRUE(at::equal(*a->Forward(ids), *b->Forward(ids)));
+  // A sliding-window model is refused rather than written without its window.
+  json mc = BaseConfig(s);
+  mc["model_type"] = "mistral";
+  mc["sliding_window"] = 4;
+  WriteCheckpoint(tmp.Sub("m"), mc, w);
+  auto m = LoadModel(tmp.Sub("m"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_FALSE(SaveHfLlama(*m, tmp.Sub("m2")).ok());
+}
+
 TEST(HfLlama3, LinearAndDynamicScaling) {
   Spec s;
   auto [w, ref] = RandomModel(s);
