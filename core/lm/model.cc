@@ -70,7 +70,6 @@ std::vector<float> RopeInvFreq(const ModelConfig& c, bool long_factors) {
   return f;
 }
 
-
 absl::StatusOr<Transformer> Transformer::Create(ModelConfig c, ModelWeights w) {
   if (c.dim <= 0 || c.n_layers <= 0 || c.n_heads <= 0 || c.vocab_size <= 0 || c.max_seq_len <= 0)
     return absl::InvalidArgumentError(absl::StrCat(c.source, ": invalid model dimensions (dim ", c.dim,
@@ -150,17 +149,14 @@ absl::StatusOr<Transformer> Transformer::Create(ModelConfig c, ModelWeights w) {
       *sin_t = at::empty({t.cfg_.max_seq_len, half}, at::kFloat);
       float* pc = cos_t->data_ptr<float>();
       float* ps = sin_t->data_ptr<float>();
-      const bool plain = t.cfg_.rope_scaling.type == "default" || t.cfg_.rope_scaling.type == "dynamic";
       const std::vector<float> inv = RopeInvFreq(t.cfg_, long_factors);
       const float scale = t.cfg_.rope_scaling.type == "longrope"
                               ? static_cast<float>(t.cfg_.rope_scaling.attention_factor) : 1.0f;
       for (int64_t pos = 0; pos < t.cfg_.max_seq_len; ++pos)
         for (int64_t i = 0; i < half; ++i) {
-          // Unscaled: the tables as llama2.c computes them (float32
-          // powf/cosf/sinf); Hugging Face's inv_freq is the same number.
-          const float freq = plain ? 1.0f / std::pow(t.cfg_.rope_theta, static_cast<float>(2 * i) / static_cast<float>(hd))
-                                   : inv[i];
-          const float val = static_cast<float>(pos) * freq;
+          // Unscaled, these are the tables llama2.c computes (float32
+          // powf/cosf/sinf); Hugging Face's float32 inv_freq is the same number.
+          const float val = static_cast<float>(pos) * inv[i];
           pc[pos * half + i] = std::cos(val) * scale;
           ps[pos * half + i] = std::sin(val) * scale;
         }
