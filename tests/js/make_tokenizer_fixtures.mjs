@@ -178,6 +178,10 @@ function mistralJson(style) {
   } else if (style === 'metaspace') {  // newer Mistral / Llama files
     j.pre_tokenizer = { type: 'Metaspace', replacement: sp, prepend_scheme: 'first', split: false };
     j.decoder = { type: 'Metaspace', replacement: sp, prepend_scheme: 'first', split: false };
+  } else if (style === 'llama2-normalized') {  // Llama 2's own file marks <unk>, <s>, </s> normalized
+    j.normalizer = { type: 'Sequence', normalizers: [{ type: 'Prepend', prepend: sp },
+                                                     { type: 'Replace', pattern: { String: ' ' }, content: sp }] };
+    for (const a of j.added_tokens) a.normalized = true;
   } else if (style === 'gemma') {  // Gemma: spaces replaced, no prefix
     j.normalizer = { type: 'Replace', pattern: { String: ' ' }, content: sp };
   }
@@ -221,6 +225,9 @@ const fixtures = [
   // (Metaspace does not prepend ▁ to text that starts with a space, unlike
   // mistral-tokenizer-js: only @huggingface/tokenizers is the reference.)
   { name: 'mistral-metaspace', json: () => mistralJson('metaspace'), ref: null, extra: [] },
+  { name: 'mistral-llama2-normalized', json: () => mistralJson('llama2-normalized'), ref: null,
+    extra: ['<s>ab', 'a <s>b', 'x</s>', 'hello <s> world', '<s> <s><s>x</s></s>', ' </s>end', '<unk>?<s>',
+            'Once upon a time <s>there</s> was'] },
   { name: 'gemma-style', json: () => mistralJson('gemma'), ref: null, extra: [specialsText[3]] },
 ];
 for (const f of fixtures) {

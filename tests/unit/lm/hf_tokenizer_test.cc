@@ -93,6 +93,7 @@ TEST(TokenizerJsonNpm, Gpt2EncoderJsonAndVocabBpeMatchGptTokenizer) {
   EXPECT_EQ(bad, 0);
 }
 TEST(TokenizerJsonNpm, MistralLlama2StyleMatchesMistralTokenizerJs) { CompareWithNpm("mistral-llama2", true); }
+TEST(TokenizerJsonNpm, MistralNormalizedSpecialTokensMatchHfJs) { CompareWithNpm("mistral-llama2-normalized", false); }
 TEST(TokenizerJsonNpm, MistralMetaspaceMatchesHfJs) { CompareWithNpm("mistral-metaspace", false); }
 TEST(TokenizerJsonNpm, Qwen2StyleNfcMatchesHfJs) { CompareWithNpm("qwen2-style", false); }
 TEST(TokenizerJsonNpm, GemmaStyleMatchesHfJs) { CompareWithNpm("gemma-style", false); }
