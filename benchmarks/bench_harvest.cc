@@ -34,7 +34,9 @@ int main(int argc, char** argv) {
   std::string model_path;
   int64_t layer = 2, context = 256, batch = 64, windows = 128, single_tokens = 512, reps = 3;
   int threads = 0;
+  std::string dtype;
   app.add_option("--model", model_path, "checkpoint (e.g. ../shared/data/stories260K)")->required();
+  app.add_option("--dtype", dtype, "float32|bfloat16|float16: weights and compute (default: weights as stored, float32 compute)");
   app.add_option("--layer", layer, "harvest layer");
   app.add_option("--context", context, "tokens per window");
   app.add_option("--batch", batch, "windows per forward pass");
@@ -43,7 +45,7 @@ int main(int argc, char** argv) {
   app.add_option("--reps", reps, "repetitions (median reported)");
   app.add_option("--threads", threads, "intra-op threads (0: LibTorch default)");
   CLI11_PARSE(app, argc, argv);
-  auto model = sae::LoadModel(model_path);
+  auto model = sae::LoadModel(model_path, sae::LoadOptions{dtype});
   if (!model.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(model.status().message()).c_str());
     return 1;
@@ -56,8 +58,9 @@ int main(int argc, char** argv) {
   std::printf("machine: %s, %u hardware threads, %s %s; LibTorch threads %d\n", CpuModel().c_str(),
               std::thread::hardware_concurrency(), u.sysname, u.release, at::get_num_threads());
   std::printf("build: %s, commit %s\n", SAE_BUILD_TYPE, Commit().c_str());
-  std::printf("model: %s (%s; dim %ld, %ld layers, %ld heads / %ld kv, vocab %ld)\n", c.source.c_str(), c.format.c_str(),
-              c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size);
+  std::printf("model: %s (%s; dim %ld, %ld layers, %ld heads / %ld kv, vocab %ld; weights %s, compute %s)\n",
+              c.source.c_str(), c.format.c_str(), c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size,
+              c10::toString(model->weights().blocks[0].wq.scalar_type()), c10::toString(c.compute_dtype));
   std::printf("config: layer %ld, context %ld, batch %ld windows, %ld windows per run, %ld reps\n\n", layer, context,
               batch, windows, reps);
 

@@ -22,13 +22,13 @@ int Fail(const absl::Status& s) {
 }
 
 struct GenerateArgs {
-  std::string model, tokenizer;
+  std::string model, tokenizer, dtype;
   GenerateOptions opts;
   int64_t seed = 0;
 };
 
 int RunGenerate(const GenerateArgs& a) {
-  auto model = LoadModel(a.model);
+  auto model = LoadModel(a.model, LoadOptions{a.dtype});
   if (!model.ok()) return Fail(model.status());
   auto tok = LoadTokenizerFor(a.model, model->config().vocab_size, a.tokenizer);
   if (!tok.ok()) return Fail(tok.status());
@@ -54,7 +54,7 @@ absl::StatusOr<HookPoint> ParseHook(const std::string& s) {
 }
 
 struct HarvestArgs {
-  std::string model, tokenizer, out, hook = "resid_post";
+  std::string model, tokenizer, dtype, out, hook = "resid_post";
   HarvestOptions opts;
   int64_t tokens = 100000;
   int64_t rows_per_shard = 65536;
@@ -68,7 +68,7 @@ int RunHarvest(HarvestArgs a) {
   if (!hook.ok()) return Fail(hook.status());
   a.opts.hook = *hook;
   if (a.tokens <= 0) return Fail(absl::InvalidArgumentError("--tokens must be > 0"));
-  auto model = LoadModel(a.model);
+  auto model = LoadModel(a.model, LoadOptions{a.dtype});
   if (!model.ok()) return Fail(model.status());
   std::unique_ptr<Tokenizer> tok;
   if (a.opts.corpus != "generate") {
@@ -100,7 +100,7 @@ int RunHarvest(HarvestArgs a) {
 }
 
 struct EvalArgs {
-  std::string model, tokenizer, sae, hook = "resid_post";
+  std::string model, tokenizer, dtype, sae, hook = "resid_post";
   SaeEvalOptions opts;
   bool json = false;
 };
@@ -109,7 +109,7 @@ int RunEval(EvalArgs a) {
   auto hook = ParseHook(a.hook);
   if (!hook.ok()) return Fail(hook.status());
   a.opts.windows.hook = *hook;
-  auto model = LoadModel(a.model);
+  auto model = LoadModel(a.model, LoadOptions{a.dtype});
   if (!model.ok()) return Fail(model.status());
   auto sae = LoadSae(a.sae);
   if (!sae.ok()) return Fail(sae.status());
@@ -149,6 +149,7 @@ std::function<int()> AddLmCommands(CLI::App* app) {
   CLI::App* gen = app->add_subcommand("generate", "generate text with a language model (llama2.c's sampler)");
   gen->add_option("--model", ga->model, "checkpoint file, or a directory with it and its tokenizer")->required();
   gen->add_option("--tokenizer", ga->tokenizer, "tokenizer file (default: found beside the model)");
+  gen->add_option("--dtype", ga->dtype, "weights and compute dtype: float32|bfloat16|float16 (default: weights as stored, float32 compute)");
   gen->add_option("--prompt,-i", ga->opts.prompt, "prompt text");
   gen->add_option("--steps,-n", ga->opts.steps, "positions to run, prompt included (0 = context length)");
   gen->add_option("--temperature,-t", ga->opts.temperature, "0 = greedy");
@@ -159,6 +160,7 @@ std::function<int()> AddLmCommands(CLI::App* app) {
   CLI::App* harvest = app->add_subcommand("harvest", "write a model's activations at a layer as shards");
   harvest->add_option("--model", ha->model, "checkpoint file or directory")->required();
   harvest->add_option("--tokenizer", ha->tokenizer, "tokenizer file (default: found beside the model)");
+  harvest->add_option("--dtype", ha->dtype, "weights and compute dtype: float32|bfloat16|float16 (default: weights as stored, float32 compute)");
   harvest->add_option("--layer", ha->opts.layer, "block whose output is read (0-based)")->required();
   harvest->add_option("--hook", ha->hook, "resid_post (after the block) or mlp_out");
   harvest->add_option("--corpus", ha->opts.corpus, "text file, or 'generate' (the model samples its own)");
@@ -184,6 +186,7 @@ std::function<int()> AddLmCommands(CLI::App* app) {
   CLI::App* ev = app->add_subcommand("eval", "evaluate an SAE spliced into a model: fvu, L0, dead/dense, CE recovered, KL");
   ev->add_option("--model", ea->model, "checkpoint file or directory")->required();
   ev->add_option("--tokenizer", ea->tokenizer, "tokenizer file (default: found beside the model)");
+  ev->add_option("--dtype", ea->dtype, "weights and compute dtype: float32|bfloat16|float16 (default: weights as stored, float32 compute)");
   ev->add_option("--sae", ea->sae, "trained SAE directory (sae.safetensors + cfg.json)")->required();
   ev->add_option("--layer", ea->opts.windows.layer, "block whose output the SAE reads")->required();
   ev->add_option("--hook", ea->hook, "resid_post or mlp_out");

@@ -29,6 +29,24 @@ if [ -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 ]; then
   esac
 fi
 
+# Independent JavaScript tokenizers for the tokenizer.json comparison test
+# (ctest lm_tokenizer_json_npm), pinned by tests/js/package-lock.json.
+# Debian's nodejs comes without npm (the NodeSource build bundles it).
+if ! command -v npm >/dev/null && command -v apt-get >/dev/null; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm || true
+fi
+if command -v npm >/dev/null; then
+  if [ ! -d tests/js/node_modules/@huggingface/tokenizers ] || [ tests/js/package-lock.json -nt tests/js/node_modules ]; then
+    echo "setup: installing the npm test tokenizers into tests/js/node_modules"
+    (cd tests/js && npm ci --no-audit --no-fund --loglevel=error) ||
+      echo "setup: npm ci failed; ctest lm_tokenizer_json_npm will fail until tests/js/node_modules exists" >&2
+  fi
+else
+  echo "setup: npm not found (Debian: nodejs + npm); ctest lm_tokenizer_json_npm needs it" >&2
+fi
+
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 if [ ! -f build/CMakeCache.txt ]; then

@@ -102,8 +102,17 @@ class HfTensors {
     return t;
   }
   bool Has(const std::string& name) const { return where_.count(name) > 0; }
-  // The tensor as float32 with the expected shape.
-  absl::StatusOr<at::Tensor> Get(const std::string& name, std::vector<int64_t> shape) const {
+  void MarkUsed(const std::string& name) const { used_.insert(name); }
+  // Tensors never read by Get (rotary_emb.inv_freq buffers excepted).
+  std::vector<std::string> Unused() const {
+    std::vector<std::string> r;
+    for (const auto& [name, f] : where_)
+      if (!used_.count(name) && name.find("rotary_emb.inv_freq") == std::string::npos) r.push_back(name);
+    return r;
+  }
+  // The tensor with the expected shape, as float32 (`keep_stored`: as
+  // stored, F32/BF16/F16; F64 becomes float32).
+  absl::StatusOr<at::Tensor> Get(const std::string& name, std::vector<int64_t> shape, bool keep_stored = false) const {
     auto it = where_.find(name);
     if (it == where_.end())
       return absl::InvalidArgumentError(absl::StrCat(files_.empty() ? "" : files_[0].path(), ": missing tensor ", name));
@@ -118,6 +127,13 @@ class HfTensors {
       return absl::InvalidArgumentError(absl::StrCat(f.path(), ": tensor ", name, " has shape ", str(info.shape),
                                                      ", expected ", str(shape)));
     }
+    used_.insert(name);
+    if (keep_stored && (info.dtype == DType::kBF16 || info.dtype == DType::kF16 || info.dtype == DType::kF32)) {
+      at::Tensor t = at::empty(shape, info.dtype == DType::kBF16 ? at::kBFloat16
+                                      : info.dtype == DType::kF16 ? at::kHalf : at::kFloat);
+      SAE_RETURN_IF_ERROR(f.ReadRaw(name, t.data_ptr(), t.numel() * t.element_size()));
+      return t;
+    }
     SAE_ASSIGN_OR_RETURN(std::vector<float> v, f.ReadFloat(name));
     at::Tensor t = at::empty(shape, at::kFloat);
     std::memcpy(t.data_ptr<float>(), v.data(), v.size() * sizeof(float));
@@ -127,6 +143,7 @@ class HfTensors {
  private:
   std::vector<SafetensorsFile> files_;
   std::map<std::string, size_t> where_;
+  mutable std::set<std::string> used_;
 };
 
 // Rows of each head from interleaved pairs (2i, 2i+1) to halves (i, i+hd/2), and back.
@@ -135,12 +152,188 @@ at::Tensor InterleavedToHalves(const at::Tensor& w, int64_t heads) {
   return w.reshape({heads, hd / 2, 2, in}).transpose(1, 2).reshape({out, in}).contiguous();
 }
 
-absl::StatusOr<Transformer> LoadHfLlama(const std::string& dir, const json& cfg, const std::string& cfg_path) {
+// --dtype: every weight converted to it and compute in it; none: weights as
+// loaded, compute in float32.
+absl::Status ApplyDType(const LoadOptions& o, ModelConfig* c, ModelWeights* w) {
+  if (o.dtype.empty()) return absl::OkStatus();
+  at::ScalarType dt;
+  if (o.dtype == "float32" || o.dtype == "f32") dt = at::kFloat;
+  else if (o.dtype == "bfloat16" || o.dtype == "bf16") dt = at::kBFloat16;
+  else if (o.dtype == "float16" || o.dtype == "f16") dt = at::kHalf;
+  else return absl::InvalidArgumentError(absl::StrCat("--dtype: '", o.dtype, "' is not float32, bfloat16 or float16"));
+  c->compute_dtype = dt;
+  auto cv = [&](at::Tensor& t) {
+    if (t.defined() && t.scalar_type() != dt) t = t.to(dt);
+  };
+  const bool tied = w->lm_head.is_same(w->tok_emb);
+  cv(w->tok_emb);
+  cv(w->pos_emb);
+  cv(w->final_norm);
+  cv(w->final_norm_b);
+  if (tied) w->lm_head = w->tok_emb; else cv(w->lm_head);
+  for (BlockWeights& b : w->blocks)
+    for (at::Tensor* t : {&b.attn_norm, &b.attn_norm_b, &b.ffn_norm, &b.ffn_norm_b, &b.post_attn_norm, &b.post_ffn_norm,
+                          &b.wq, &b.wk, &b.wv, &b.wo, &b.bq, &b.bk, &b.bv, &b.bo, &b.w1, &b.w2, &b.w3, &b.b1, &b.b2})
+      cv(*t);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<double> NumField(const json& j, const std::string& name, const std::string& where) {
+  auto it = j.find(name);
+  if (it == j.end() || !it->is_number())
+    return absl::InvalidArgumentError(absl::StrCat(where, ": field \"", name, "\" missing or not a number"));
+  return it->get<double>();
+}
+
+// rope_parameters (transformers 5) or rope_theta + rope_scaling (earlier).
+absl::Status ParseRope(const json& cfg, const std::string& cfg_path, ModelConfig* c) {
+  if (cfg.contains("rope_theta") && cfg["rope_theta"].is_number()) c->rope_theta = cfg["rope_theta"].get<float>();
+  const json* rp = nullptr;
+  std::string where;
+  for (const char* key : {"rope_parameters", "rope_scaling"}) {
+    if (!cfg.contains(key) || cfg[key].is_null()) continue;
+    if (!cfg[key].is_object())
+      return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": field \"", key, "\" is not an object"));
+    if (rp != nullptr && std::string(key) == "rope_scaling" && !cfg[key].empty()) {
+      // Both given: rope_parameters wins unless it is only the default.
+      const std::string t0 = rp->value("rope_type", rp->value("type", std::string("default")));
+      if (t0 != "default") continue;
+    }
+    rp = &cfg[key];
+    where = absl::StrCat(cfg_path, ": ", key);
+  }
+  if (rp == nullptr) return absl::OkStatus();
+  if (rp->contains("rope_theta") && (*rp)["rope_theta"].is_number()) c->rope_theta = (*rp)["rope_theta"].get<float>();
+  if (rp->contains("partial_rotary_factor") && (*rp)["partial_rotary_factor"].is_number() &&
+      (*rp)["partial_rotary_factor"].get<double>() != 1.0)
+    return absl::UnimplementedError(absl::StrCat(where, ".partial_rotary_factor ", (*rp)["partial_rotary_factor"].dump(),
+                                                 " is not supported (1.0 only)"));
+  std::string type = "default";
+  if (rp->contains("rope_type") && (*rp)["rope_type"].is_string()) type = (*rp)["rope_type"].get<std::string>();
+  else if (rp->contains("type") && (*rp)["type"].is_string()) type = (*rp)["type"].get<std::string>();
+  if (type == "su") type = "longrope";  // Phi-3's earlier name for it
+  ModelConfig::RopeScaling& r = c->rope_scaling;
+  r.type = type;
+  {
+    std::set<std::string> known = {"rope_type", "type", "rope_theta", "partial_rotary_factor"};
+    if (type == "linear" || type == "dynamic") known.insert({"factor", "original_max_position_embeddings"});
+    if (type == "llama3")
+      known.insert({"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"});
+    if (type == "longrope")
+      known.insert({"short_factor", "long_factor", "factor", "attention_factor", "original_max_position_embeddings"});
+    const bool supported = type == "default" || type == "linear" || type == "dynamic" || type == "llama3" || type == "longrope";
+    for (auto it = rp->begin(); supported && it != rp->end(); ++it)
+      if (!known.count(it.key()))
+        return absl::UnimplementedError(absl::StrCat(where, ": field \"", it.key(), "\" is not supported for rope_type \"",
+                                                     type, "\""));
+  }
+  auto orig = [&]() -> int64_t {
+    if (rp->contains("original_max_position_embeddings") && (*rp)["original_max_position_embeddings"].is_number_integer())
+      return (*rp)["original_max_position_embeddings"].get<int64_t>();
+    if (cfg.contains("original_max_position_embeddings") && cfg["original_max_position_embeddings"].is_number_integer())
+      return cfg["original_max_position_embeddings"].get<int64_t>();
+    return 0;
+  };
+  if (type == "default") return absl::OkStatus();
+  if (type == "linear" || type == "dynamic") {
+    SAE_ASSIGN_OR_RETURN(r.factor, NumField(*rp, "factor", where));
+    r.original_max_position = orig();
+    return absl::OkStatus();
+  }
+  if (type == "llama3") {
+    SAE_ASSIGN_OR_RETURN(r.factor, NumField(*rp, "factor", where));
+    SAE_ASSIGN_OR_RETURN(r.low_freq_factor, NumField(*rp, "low_freq_factor", where));
+    SAE_ASSIGN_OR_RETURN(r.high_freq_factor, NumField(*rp, "high_freq_factor", where));
+    r.original_max_position = orig();
+    if (r.original_max_position <= 0)
+      return absl::InvalidArgumentError(absl::StrCat(where, ": llama3 needs original_max_position_embeddings"));
+    return absl::OkStatus();
+  }
+  if (type == "longrope") {
+    for (const char* k : {"short_factor", "long_factor"}) {
+      if (!rp->contains(k) || !(*rp)[k].is_array())
+        return absl::InvalidArgumentError(absl::StrCat(where, ": longrope needs \"", k, "\" (an array)"));
+      std::vector<double>& dst = std::string(k) == "short_factor" ? r.short_factor : r.long_factor;
+      for (const json& v : (*rp)[k]) {
+        if (!v.is_number()) return absl::InvalidArgumentError(absl::StrCat(where, ".", k, ": not all numbers"));
+        dst.push_back(v.get<double>());
+      }
+    }
+    r.original_max_position = orig();
+    if (r.original_max_position <= 0) r.original_max_position = c->max_seq_len;
+    double factor = 0;
+    if (rp->contains("factor") && (*rp)["factor"].is_number()) factor = (*rp)["factor"].get<double>();
+    if (factor <= 0) factor = static_cast<double>(c->max_seq_len) / static_cast<double>(r.original_max_position);
+    r.factor = factor;
+    if (rp->contains("attention_factor") && (*rp)["attention_factor"].is_number())
+      r.attention_factor = (*rp)["attention_factor"].get<double>();
+    else
+      r.attention_factor = factor <= 1.0 ? 1.0
+                                         : std::sqrt(1.0 + std::log(factor) / std::log(static_cast<double>(r.original_max_position)));
+    return absl::OkStatus();
+  }
+  return absl::UnimplementedError(absl::StrCat(where, ": rope_type \"", type,
+                                               "\" is not supported (default, linear, dynamic, llama3, longrope)"));
+}
+
+// Which layers use a sliding window: config.layer_types when given, else
+// each family's rule (Mistral, Phi-3: all; Qwen2: use_sliding_window from
+// max_window_layers on; Gemma 2: even layers).
+absl::Status ParseSlidingWindow(const json& cfg, const std::string& cfg_path, const std::string& type, ModelConfig* c) {
+  int64_t window = 0;
+  if (cfg.contains("sliding_window") && !cfg["sliding_window"].is_null()) {
+    if (!cfg["sliding_window"].is_number_integer() || cfg["sliding_window"].get<int64_t>() <= 0)
+      return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": field \"sliding_window\" is not a positive integer"));
+    window = cfg["sliding_window"].get<int64_t>();
+  }
+  std::vector<int64_t> w(c->n_layers, 0);
+  if (cfg.contains("layer_types") && cfg["layer_types"].is_array()) {
+    const json& lt = cfg["layer_types"];
+    if (static_cast<int64_t>(lt.size()) != c->n_layers)
+      return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": layer_types has ", lt.size(), " entries for ",
+                                                     c->n_layers, " layers"));
+    for (int64_t l = 0; l < c->n_layers; ++l) {
+      const std::string t = lt[l].is_string() ? lt[l].get<std::string>() : lt[l].dump();
+      if (t == "sliding_attention") {
+        if (window <= 0)
+          return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": layer_types[", l, "] is sliding_attention but sliding_window is not set"));
+        w[l] = window;
+      } else if (t != "full_attention") {
+        return absl::UnimplementedError(absl::StrCat(cfg_path, ": layer_types[", l, "] \"", t,
+                                                     "\" is not supported (full_attention, sliding_attention)"));
+      }
+    }
+  } else if (window > 0) {
+    if (type == "mistral" || type == "phi3") {
+      std::fill(w.begin(), w.end(), window);
+    } else if (type == "qwen2") {
+      if (cfg.value("use_sliding_window", false)) {
+        const int64_t from = cfg.value("max_window_layers", int64_t{0});
+        for (int64_t l = from; l < c->n_layers; ++l) w[l] = window;
+      }
+    } else if (type == "gemma2") {
+      for (int64_t l = 0; l < c->n_layers; l += 2) w[l] = window;
+    }
+  }
+  // A window as long as the context changes nothing.
+  bool any = false;
+  for (int64_t& x : w) {
+    if (x >= c->max_seq_len) x = 0;
+    any = any || x > 0;
+  }
+  if (any) c->sliding_window = std::move(w);
+  return absl::OkStatus();
+}
+
+// Llama, Mistral, Qwen2, Phi-3 and Gemma 2: RMSNorm decoders in one layout.
+absl::StatusOr<Transformer> LoadHfDecoder(const std::string& dir, const json& cfg, const std::string& cfg_path,
+                                          const std::string& type, const LoadOptions& opts) {
   ModelConfig c;
-  c.arch = Arch::kLlama;
+  const bool gemma = type == "gemma2", phi3 = type == "phi3";
+  c.arch = gemma ? Arch::kGemma2 : Arch::kLlama;
   c.rope = RopeStyle::kRotateHalf;
   c.source = dir;
-  c.format = "hf-llama";
+  c.format = "hf-" + type;
   SAE_ASSIGN_OR_RETURN(c.dim, IntField(cfg, "hidden_size", cfg_path));
   SAE_ASSIGN_OR_RETURN(c.hidden_dim, IntField(cfg, "intermediate_size", cfg_path));
   SAE_ASSIGN_OR_RETURN(c.n_layers, IntField(cfg, "num_hidden_layers", cfg_path));
@@ -149,57 +342,121 @@ absl::StatusOr<Transformer> LoadHfLlama(const std::string& dir, const json& cfg,
   SAE_ASSIGN_OR_RETURN(c.max_seq_len, IntField(cfg, "max_position_embeddings", cfg_path));
   c.n_kv_heads = cfg.contains("num_key_value_heads") && !cfg["num_key_value_heads"].is_null()
                      ? cfg["num_key_value_heads"].get<int64_t>() : c.n_heads;
-  if (cfg.contains("head_dim") && cfg["head_dim"].is_number_integer() && c.n_heads > 0 &&
-      cfg["head_dim"].get<int64_t>() * c.n_heads != c.dim)
-    return absl::UnimplementedError(absl::StrCat(cfg_path, ": head_dim * num_attention_heads != hidden_size is not supported"));
-  if (cfg.contains("rms_norm_eps") && cfg["rms_norm_eps"].is_number()) c.norm_eps = cfg["rms_norm_eps"].get<float>();
-  if (cfg.contains("rope_theta") && cfg["rope_theta"].is_number()) c.rope_theta = cfg["rope_theta"].get<float>();
-  if (cfg.contains("rope_parameters") && cfg["rope_parameters"].is_object()) {
-    const json& rp = cfg["rope_parameters"];
-    if (rp.contains("rope_theta") && rp["rope_theta"].is_number()) c.rope_theta = rp["rope_theta"].get<float>();
-    if (rp.contains("rope_type") && rp["rope_type"] != "default")
-      return absl::UnimplementedError(absl::StrCat(cfg_path, ": rope_type ", rp["rope_type"].dump(), " is not supported"));
+  if (c.n_heads <= 0 || c.n_kv_heads <= 0 || c.dim <= 0 || c.n_layers <= 0 || c.hidden_dim <= 0)
+    return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": hidden_size, intermediate_size, num_hidden_layers and "
+                                                   "attention heads must be > 0"));
+  if (cfg.contains("head_dim") && !cfg["head_dim"].is_null()) {
+    if (!cfg["head_dim"].is_number_integer() || cfg["head_dim"].get<int64_t>() <= 0)
+      return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": field \"head_dim\" is not a positive integer"));
+    c.explicit_head_dim = cfg["head_dim"].get<int64_t>();
+  } else if (c.dim % c.n_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": hidden_size ", c.dim, " not divisible by num_attention_heads ",
+                                                   c.n_heads, " and no head_dim"));
   }
-  if (cfg.contains("rope_scaling") && !cfg["rope_scaling"].is_null())
-    return absl::UnimplementedError(absl::StrCat(cfg_path, ": rope_scaling is not supported"));
+  if (cfg.contains("rms_norm_eps") && cfg["rms_norm_eps"].is_number()) c.norm_eps = cfg["rms_norm_eps"].get<float>();
+  SAE_RETURN_IF_ERROR(ParseRope(cfg, cfg_path, &c));
+  if (cfg.contains("partial_rotary_factor") && cfg["partial_rotary_factor"].is_number() &&
+      cfg["partial_rotary_factor"].get<double>() != 1.0)
+    return absl::UnimplementedError(absl::StrCat(cfg_path, ": partial_rotary_factor ", cfg["partial_rotary_factor"].dump(),
+                                                 " is not supported (1.0 only)"));
+  SAE_RETURN_IF_ERROR(ParseSlidingWindow(cfg, cfg_path, type, &c));
+  // The MLP's activation.
+  std::string act = gemma ? "gelu_pytorch_tanh" : "silu";
+  for (const char* k : {"hidden_act", "hidden_activation"})
+    if (cfg.contains(k) && cfg[k].is_string()) act = cfg[k].get<std::string>();
+  if (gemma && cfg.contains("hidden_activation") && cfg["hidden_activation"].is_string())
+    act = cfg["hidden_activation"].get<std::string>();
+  if (act == "gelu_pytorch_tanh" || act == "gelu_new" || act == "gelu_tanh") {
+    c.gelu_mlp = true;
+  } else if (act != "silu" && act != "swish") {
+    return absl::UnimplementedError(absl::StrCat(cfg_path, ": activation \"", act,
+                                                 "\" is not supported (silu, gelu_pytorch_tanh)"));
+  }
+  if (cfg.value("mlp_bias", false))
+    return absl::UnimplementedError(absl::StrCat(cfg_path, ": mlp_bias true is not supported"));
+  if (gemma) {
+    c.embed_scale = std::sqrt(static_cast<double>(c.dim));
+    if (cfg.contains("query_pre_attn_scalar") && cfg["query_pre_attn_scalar"].is_number()) {
+      const double s = cfg["query_pre_attn_scalar"].get<double>();
+      if (s <= 0) return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": query_pre_attn_scalar must be > 0"));
+      c.attn_scale = 1.0 / std::sqrt(s);
+    }
+    for (auto [k, dst] : {std::pair<const char*, double*>{"attn_logit_softcapping", &c.attn_softcap},
+                          {"final_logit_softcapping", &c.final_softcap}})
+      if (cfg.contains(k) && !cfg[k].is_null()) {
+        if (!cfg[k].is_number()) return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": field \"", k, "\" is not a number"));
+        *dst = cfg[k].get<double>();
+      }
+  }
   if (cfg.contains("bos_token_id") && cfg["bos_token_id"].is_number_integer()) c.bos_id = cfg["bos_token_id"].get<int64_t>();
   if (cfg.contains("eos_token_id") && cfg["eos_token_id"].is_number_integer()) c.eos_id = cfg["eos_token_id"].get<int64_t>();
-  const bool tied = cfg.value("tie_word_embeddings", false);
-  if (c.n_heads <= 0 || c.n_kv_heads <= 0 || c.dim % c.n_heads != 0)
-    return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": hidden_size ", c.dim, " not divisible by num_attention_heads ", c.n_heads));
+  if (cfg.contains("eos_token_id") && cfg["eos_token_id"].is_array() && !cfg["eos_token_id"].empty() &&
+      cfg["eos_token_id"][0].is_number_integer())
+    c.eos_id = cfg["eos_token_id"][0].get<int64_t>();
+  const bool tied = cfg.value("tie_word_embeddings", gemma);
+  // Weights in their stored dtype unless --dtype converts them.
+  const bool keep = true;
   SAE_ASSIGN_OR_RETURN(HfTensors t, HfTensors::Open(dir));
-  const int64_t d = c.dim, kv = c.n_kv_heads * (d / c.n_heads), h = c.hidden_dim, V = c.vocab_size;
+  const int64_t d = c.dim, hd = c.head_dim(), qd = c.n_heads * hd, kv = c.n_kv_heads * hd, h = c.hidden_dim,
+                V = c.vocab_size;
   ModelWeights w;
-  SAE_ASSIGN_OR_RETURN(w.tok_emb, t.Get("model.embed_tokens.weight", {V, d}));
-  SAE_ASSIGN_OR_RETURN(w.final_norm, t.Get("model.norm.weight", {d}));
+  SAE_ASSIGN_OR_RETURN(w.tok_emb, t.Get("model.embed_tokens.weight", {V, d}, keep));
+  SAE_ASSIGN_OR_RETURN(w.final_norm, t.Get("model.norm.weight", {d}, keep));
   if (tied || !t.Has("lm_head.weight")) {
     w.lm_head = w.tok_emb;
   } else {
-    SAE_ASSIGN_OR_RETURN(w.lm_head, t.Get("lm_head.weight", {V, d}));
+    SAE_ASSIGN_OR_RETURN(w.lm_head, t.Get("lm_head.weight", {V, d}, keep));
   }
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const std::string p = absl::StrCat("model.layers.", l, ".");
     BlockWeights b;
-    SAE_ASSIGN_OR_RETURN(b.attn_norm, t.Get(p + "input_layernorm.weight", {d}));
-    SAE_ASSIGN_OR_RETURN(b.ffn_norm, t.Get(p + "post_attention_layernorm.weight", {d}));
-    SAE_ASSIGN_OR_RETURN(b.wq, t.Get(p + "self_attn.q_proj.weight", {d, d}));
-    SAE_ASSIGN_OR_RETURN(b.wk, t.Get(p + "self_attn.k_proj.weight", {kv, d}));
-    SAE_ASSIGN_OR_RETURN(b.wv, t.Get(p + "self_attn.v_proj.weight", {kv, d}));
-    SAE_ASSIGN_OR_RETURN(b.wo, t.Get(p + "self_attn.o_proj.weight", {d, d}));
-    SAE_ASSIGN_OR_RETURN(b.w1, t.Get(p + "mlp.gate_proj.weight", {h, d}));
-    SAE_ASSIGN_OR_RETURN(b.w2, t.Get(p + "mlp.down_proj.weight", {d, h}));
-    SAE_ASSIGN_OR_RETURN(b.w3, t.Get(p + "mlp.up_proj.weight", {h, d}));
-    if (t.Has(p + "self_attn.q_proj.bias")) {  // Qwen-style biases
-      SAE_ASSIGN_OR_RETURN(b.bq, t.Get(p + "self_attn.q_proj.bias", {d}));
-      SAE_ASSIGN_OR_RETURN(b.bk, t.Get(p + "self_attn.k_proj.bias", {kv}));
-      SAE_ASSIGN_OR_RETURN(b.bv, t.Get(p + "self_attn.v_proj.bias", {kv}));
+    SAE_ASSIGN_OR_RETURN(b.attn_norm, t.Get(p + "input_layernorm.weight", {d}, keep));
+    if (gemma) {
+      SAE_ASSIGN_OR_RETURN(b.post_attn_norm, t.Get(p + "post_attention_layernorm.weight", {d}, keep));
+      SAE_ASSIGN_OR_RETURN(b.ffn_norm, t.Get(p + "pre_feedforward_layernorm.weight", {d}, keep));
+      SAE_ASSIGN_OR_RETURN(b.post_ffn_norm, t.Get(p + "post_feedforward_layernorm.weight", {d}, keep));
+    } else {
+      SAE_ASSIGN_OR_RETURN(b.ffn_norm, t.Get(p + "post_attention_layernorm.weight", {d}, keep));
+    }
+    if (phi3) {  // fused: rows q, k, v and gate, up (views, no copy)
+      SAE_ASSIGN_OR_RETURN(at::Tensor qkv, t.Get(p + "self_attn.qkv_proj.weight", {qd + 2 * kv, d}, keep));
+      b.wq = qkv.narrow(0, 0, qd);
+      b.wk = qkv.narrow(0, qd, kv);
+      b.wv = qkv.narrow(0, qd + kv, kv);
+      SAE_ASSIGN_OR_RETURN(at::Tensor gu, t.Get(p + "mlp.gate_up_proj.weight", {2 * h, d}, keep));
+      b.w1 = gu.narrow(0, 0, h);
+      b.w3 = gu.narrow(0, h, h);
+    } else {
+      SAE_ASSIGN_OR_RETURN(b.wq, t.Get(p + "self_attn.q_proj.weight", {qd, d}, keep));
+      SAE_ASSIGN_OR_RETURN(b.wk, t.Get(p + "self_attn.k_proj.weight", {kv, d}, keep));
+      SAE_ASSIGN_OR_RETURN(b.wv, t.Get(p + "self_attn.v_proj.weight", {kv, d}, keep));
+      SAE_ASSIGN_OR_RETURN(b.w1, t.Get(p + "mlp.gate_proj.weight", {h, d}, keep));
+      SAE_ASSIGN_OR_RETURN(b.w3, t.Get(p + "mlp.up_proj.weight", {h, d}, keep));
+    }
+    SAE_ASSIGN_OR_RETURN(b.wo, t.Get(p + "self_attn.o_proj.weight", {d, qd}, keep));
+    SAE_ASSIGN_OR_RETURN(b.w2, t.Get(p + "mlp.down_proj.weight", {d, h}, keep));
+    if (t.Has(p + "self_attn.q_proj.bias")) {  // Qwen2 (and attention_bias) biases
+      SAE_ASSIGN_OR_RETURN(b.bq, t.Get(p + "self_attn.q_proj.bias", {qd}, keep));
+      SAE_ASSIGN_OR_RETURN(b.bk, t.Get(p + "self_attn.k_proj.bias", {kv}, keep));
+      SAE_ASSIGN_OR_RETURN(b.bv, t.Get(p + "self_attn.v_proj.bias", {kv}, keep));
+    }
+    if (t.Has(p + "self_attn.o_proj.bias")) {
+      SAE_ASSIGN_OR_RETURN(b.bo, t.Get(p + "self_attn.o_proj.bias", {d}, keep));
     }
     w.blocks.push_back(std::move(b));
   }
+  if (tied) t.MarkUsed("lm_head.weight");  // a tied checkpoint may carry a copy of the head
+  const std::vector<std::string> unused = t.Unused();
+  if (!unused.empty())
+    return absl::UnimplementedError(absl::StrCat(dir, ": tensor ", unused[0], " (and ", unused.size() - 1,
+                                                 " more) is not used by the ", type,
+                                                 " loader; this checkpoint has parts saeforge does not implement"));
+  SAE_RETURN_IF_ERROR(ApplyDType(opts, &c, &w));
   return Transformer::Create(std::move(c), std::move(w));
 }
 
-absl::StatusOr<Transformer> LoadHfGpt2(const std::string& dir, const json& cfg, const std::string& cfg_path) {
+absl::StatusOr<Transformer> LoadHfGpt2(const std::string& dir, const json& cfg, const std::string& cfg_path,
+                                       const LoadOptions& opts) {
   ModelConfig c;
   c.arch = Arch::kGpt2;
   c.source = dir;
@@ -254,6 +511,7 @@ absl::StatusOr<Transformer> LoadHfGpt2(const std::string& dir, const json& cfg, 
     SAE_ASSIGN_OR_RETURN(b.b2, t.Get(p + "mlp.c_proj.bias", {d}));
     w.blocks.push_back(std::move(b));
   }
+  SAE_RETURN_IF_ERROR(ApplyDType(opts, &c, &w));
   return Transformer::Create(std::move(c), std::move(w));
 }
 
@@ -266,7 +524,7 @@ void AppendI32(std::string* out, int32_t v) { out->append(reinterpret_cast<const
 
 }  // namespace
 
-absl::StatusOr<Transformer> LoadLlama2c(const std::string& path) {
+absl::StatusOr<Transformer> LoadLlama2c(const std::string& path, const LoadOptions& opts) {
   SAE_ASSIGN_OR_RETURN(std::string bytes, ReadFileBytes(path));
   auto i32 = [&](size_t off) {
     int32_t v;
@@ -364,10 +622,11 @@ absl::StatusOr<Transformer> LoadLlama2c(const std::string& path) {
   if (cur.offset() != bytes.size())
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", bytes.size() - cur.offset(),
                                                    " bytes after the last tensor (header and size disagree)"));
+  SAE_RETURN_IF_ERROR(ApplyDType(opts, &c, &w));
   return Transformer::Create(std::move(c), std::move(w));
 }
 
-absl::StatusOr<Transformer> LoadHfModel(const std::string& dir) {
+absl::StatusOr<Transformer> LoadHfModel(const std::string& dir, const LoadOptions& opts) {
   const std::string cfg_path = (fs::path(dir) / "config.json").string();
   SAE_ASSIGN_OR_RETURN(std::string text, ReadFileBytes(cfg_path));
   json cfg = json::parse(text, nullptr, false);
@@ -375,15 +634,16 @@ absl::StatusOr<Transformer> LoadHfModel(const std::string& dir) {
   SAE_ASSIGN_OR_RETURN(const json* mt, Field(cfg, "model_type", cfg_path));
   const std::string type = mt->is_string() ? mt->get<std::string>() : "";
   try {
-    if (type == "llama" || type == "mistral") return LoadHfLlama(dir, cfg, cfg_path);
-    if (type == "gpt2") return LoadHfGpt2(dir, cfg, cfg_path);
+    if (type == "llama" || type == "mistral" || type == "qwen2" || type == "phi3" || type == "gemma2")
+      return LoadHfDecoder(dir, cfg, cfg_path, type, opts);
+    if (type == "gpt2") return LoadHfGpt2(dir, cfg, cfg_path, opts);
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat(dir, ": ", e.what_without_backtrace()));
   } catch (const json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": ", e.what()));
   }
   return absl::UnimplementedError(absl::StrCat(cfg_path, ": model_type \"", type,
-                                               "\" is not supported (llama, mistral, gpt2)"));
+                                               "\" is not supported (llama, mistral, qwen2, phi3, gemma2, gpt2)"));
 }
 
 absl::StatusOr<std::string> ResolveModelPath(const std::string& path) {
@@ -401,10 +661,10 @@ absl::StatusOr<std::string> ResolveModelPath(const std::string& path) {
                                                  bins.size(), " .bin files"));
 }
 
-absl::StatusOr<Transformer> LoadModel(const std::string& path) {
+absl::StatusOr<Transformer> LoadModel(const std::string& path, const LoadOptions& opts) {
   SAE_ASSIGN_OR_RETURN(std::string p, ResolveModelPath(path));
-  if (fs::is_directory(p)) return LoadHfModel(p);
-  return LoadLlama2c(p);
+  if (fs::is_directory(p)) return LoadHfModel(p, opts);
+  return LoadLlama2c(p, opts);
 }
 
 absl::Status SaveLlama2c(const Transformer& m, const std::string& path, int version) {
@@ -463,6 +723,8 @@ absl::Status SaveHfLlama(const Transformer& m, const std::string& dir, int shard
   const ModelConfig& c = m.config();
   const ModelWeights& w = m.weights();
   if (c.arch != Arch::kLlama) return absl::InvalidArgumentError("SaveHfLlama: Llama-family models only");
+  if (!c.sliding_window.empty())
+    return absl::UnimplementedError("SaveHfLlama: sliding-window models are not written (Llama layout has no window)");
   std::error_code ec;
   fs::create_directories(dir, ec);
   const bool to_halves = c.rope == RopeStyle::kInterleaved;
@@ -480,6 +742,10 @@ absl::Status SaveHfLlama(const Transformer& m, const std::string& dir, int shard
     tensors.emplace_back(p + "mlp.gate_proj.weight", b.w1);
     tensors.emplace_back(p + "mlp.down_proj.weight", b.w2);
     tensors.emplace_back(p + "mlp.up_proj.weight", b.w3);
+    if (b.bq.defined()) tensors.emplace_back(p + "self_attn.q_proj.bias", b.bq);
+    if (b.bk.defined()) tensors.emplace_back(p + "self_attn.k_proj.bias", b.bk);
+    if (b.bv.defined()) tensors.emplace_back(p + "self_attn.v_proj.bias", b.bv);
+    if (b.bo.defined()) tensors.emplace_back(p + "self_attn.o_proj.bias", b.bo);
   }
   tensors.emplace_back("model.norm.weight", w.final_norm);
   const bool tied = w.lm_head.is_same(w.tok_emb);
@@ -510,6 +776,25 @@ absl::Status SaveHfLlama(const Transformer& m, const std::string& dir, int shard
               {"vocab_size", c.vocab_size}, {"max_position_embeddings", c.max_seq_len},
               {"rms_norm_eps", c.norm_eps}, {"rope_theta", c.rope_theta}, {"tie_word_embeddings", tied},
               {"bos_token_id", c.bos_id}, {"eos_token_id", c.eos_id}, {"hidden_act", "silu"}};
+  if (c.explicit_head_dim > 0) cfg["head_dim"] = c.explicit_head_dim;
+  const ModelConfig::RopeScaling& r = c.rope_scaling;
+  if (r.type != "default") {
+    json rs = {{"rope_type", r.type}};
+    if (r.type == "linear" || r.type == "dynamic" || r.type == "llama3") rs["factor"] = r.factor;
+    if (r.type == "llama3") {
+      rs["low_freq_factor"] = r.low_freq_factor;
+      rs["high_freq_factor"] = r.high_freq_factor;
+    }
+    if (r.type == "longrope") {
+      rs["short_factor"] = r.short_factor;
+      rs["long_factor"] = r.long_factor;
+      rs["factor"] = r.factor;
+      rs["attention_factor"] = r.attention_factor;
+    }
+    if (r.original_max_position > 0) rs["original_max_position_embeddings"] = r.original_max_position;
+    cfg["rope_scaling"] = rs;
+  }
+  // Biases (Qwen2-style) are written too.
   return AtomicWriteFile((fs::path(dir) / "config.json").string(), cfg.dump(2));
 }
 

@@ -27,8 +27,10 @@ absl::Status Check(const ModelConfig& c, const at::Tensor& t, const std::string&
                                                  ", expected ", want, "]"));
 }
 
-at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, float eps) {
-  return x * at::rsqrt(x.pow(2).mean({-1}, /*keepdim=*/true) + eps) * w;
+// Hugging Face's RMSNorm: x·rsqrt(mean(x²) + eps)·w, or ·(1 + w) for Gemma.
+at::Tensor RmsNorm(const at::Tensor& x, const at::Tensor& w, float eps, bool plus_one = false) {
+  at::Tensor n = x * at::rsqrt(x.pow(2).mean({-1}, /*keepdim=*/true) + eps);
+  return plus_one ? n * (w.to(x.scalar_type()) + 1.0) : n * w.to(x.scalar_type());
 }
 
 at::Tensor GeluTanh(const at::Tensor& x) {
@@ -38,16 +40,64 @@ at::Tensor GeluTanh(const at::Tensor& x) {
 
 }  // namespace
 
+std::vector<float> RopeInvFreq(const ModelConfig& c, bool long_factors) {
+  const int64_t hd = c.head_dim(), half = hd / 2;
+  const ModelConfig::RopeScaling& r = c.rope_scaling;
+  std::vector<float> f(half);
+  for (int64_t i = 0; i < half; ++i) {
+    // float32 as transformers computes it (and llama2.c: powf).
+    const float base_pow = std::pow(c.rope_theta, static_cast<float>(2 * i) / static_cast<float>(hd));
+    float inv = 1.0f / base_pow;
+    if (r.type == "linear") {
+      inv = static_cast<float>(inv / r.factor);
+    } else if (r.type == "llama3") {
+      const double old_len = static_cast<double>(r.original_max_position);
+      const double low_wavelen = old_len / r.low_freq_factor, high_wavelen = old_len / r.high_freq_factor;
+      const double wavelen = 2.0 * M_PI / inv;
+      double v = wavelen > low_wavelen ? inv / r.factor : inv;
+      if (!(wavelen < high_wavelen) && !(wavelen > low_wavelen)) {
+        const double smooth = (old_len / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+        v = (1.0 - smooth) * v / r.factor + smooth * v;
+      }
+      inv = static_cast<float>(v);
+    } else if (r.type == "longrope") {
+      const std::vector<double>& ext = long_factors ? r.long_factor : r.short_factor;
+      inv = 1.0f / (static_cast<float>(ext[i]) * base_pow);
+    }
+    // "dynamic" changes the base only past max_position_embeddings, which Forward refuses.
+    f[i] = inv;
+  }
+  return f;
+}
+
 absl::StatusOr<Transformer> Transformer::Create(ModelConfig c, ModelWeights w) {
   if (c.dim <= 0 || c.n_layers <= 0 || c.n_heads <= 0 || c.vocab_size <= 0 || c.max_seq_len <= 0)
     return absl::InvalidArgumentError(absl::StrCat(c.source, ": invalid model dimensions (dim ", c.dim,
                                                    ", layers ", c.n_layers, ", heads ", c.n_heads,
                                                    ", vocab ", c.vocab_size, ", seq_len ", c.max_seq_len, ")"));
   if (c.n_kv_heads <= 0) c.n_kv_heads = c.n_heads;
-  if (c.dim % c.n_heads != 0 || c.n_heads % c.n_kv_heads != 0 || c.head_dim() % 2 != 0)
+  if ((c.explicit_head_dim <= 0 && c.dim % c.n_heads != 0) || c.n_heads % c.n_kv_heads != 0 || c.head_dim() % 2 != 0)
     return absl::InvalidArgumentError(absl::StrCat(c.source, ": dim ", c.dim, " / heads ", c.n_heads,
                                                    " / kv heads ", c.n_kv_heads, " do not divide"));
-  const int64_t d = c.dim, hd = c.head_dim(), kv = c.n_kv_heads * hd, h = c.hidden_dim, V = c.vocab_size;
+  if (!c.sliding_window.empty() && static_cast<int64_t>(c.sliding_window.size()) != c.n_layers)
+    return absl::InvalidArgumentError(absl::StrCat(c.source, ": ", c.sliding_window.size(),
+                                                   " sliding-window entries for ", c.n_layers, " layers"));
+  const std::string& rt = c.rope_scaling.type;
+  if (rt != "default" && rt != "linear" && rt != "dynamic" && rt != "llama3" && rt != "longrope")
+    return absl::UnimplementedError(absl::StrCat(c.source, ": rope scaling \"", rt, "\" is not supported"));
+  if (rt == "longrope" && (static_cast<int64_t>(c.rope_scaling.short_factor.size()) != c.head_dim() / 2 ||
+                           static_cast<int64_t>(c.rope_scaling.long_factor.size()) != c.head_dim() / 2))
+    return absl::InvalidArgumentError(absl::StrCat(c.source, ": longrope short_factor/long_factor need ",
+                                                   c.head_dim() / 2, " values each (head_dim / 2)"));
+  if ((rt == "llama3" || rt == "longrope") && c.rope_scaling.original_max_position <= 0)
+    return absl::InvalidArgumentError(absl::StrCat(c.source, ": rope scaling \"", rt,
+                                                   "\" needs original_max_position_embeddings > 0"));
+  if (rt == "llama3" && !(c.rope_scaling.high_freq_factor > c.rope_scaling.low_freq_factor))
+    return absl::InvalidArgumentError(absl::StrCat(c.source, ": llama3 rope scaling needs high_freq_factor > low_freq_factor"));
+  if ((rt == "linear" || rt == "llama3") && !(c.rope_scaling.factor > 0))
+    return absl::InvalidArgumentError(absl::StrCat(c.source, ": rope scaling factor must be > 0"));
+  const int64_t d = c.dim, hd = c.head_dim(), kv = c.n_kv_heads * hd, qd = c.n_heads * hd, h = c.hidden_dim,
+                V = c.vocab_size;
   SAE_RETURN_IF_ERROR(Check(c, w.tok_emb, "token embedding", {V, d}));
   SAE_RETURN_IF_ERROR(Check(c, w.lm_head, "lm head", {V, d}));
   SAE_RETURN_IF_ERROR(Check(c, w.final_norm, "final norm", {d}));
@@ -63,10 +113,10 @@ absl::StatusOr<Transformer> Transformer::Create(ModelConfig c, ModelWeights w) {
     const std::string p = absl::StrCat("layer ", l, " ");
     SAE_RETURN_IF_ERROR(Check(c, b.attn_norm, p + "attention norm", {d}));
     SAE_RETURN_IF_ERROR(Check(c, b.ffn_norm, p + "ffn norm", {d}));
-    SAE_RETURN_IF_ERROR(Check(c, b.wq, p + "wq", {d, d}));
+    SAE_RETURN_IF_ERROR(Check(c, b.wq, p + "wq", {qd, d}));
     SAE_RETURN_IF_ERROR(Check(c, b.wk, p + "wk", {kv, d}));
     SAE_RETURN_IF_ERROR(Check(c, b.wv, p + "wv", {kv, d}));
-    SAE_RETURN_IF_ERROR(Check(c, b.wo, p + "wo", {d, d}));
+    SAE_RETURN_IF_ERROR(Check(c, b.wo, p + "wo", {d, qd}));
     SAE_RETURN_IF_ERROR(Check(c, b.w1, p + "w1", {h, d}));
     SAE_RETURN_IF_ERROR(Check(c, b.w2, p + "w2", {d, h}));
     if (gpt2) {
@@ -80,26 +130,39 @@ absl::StatusOr<Transformer> Transformer::Create(ModelConfig c, ModelWeights w) {
       SAE_RETURN_IF_ERROR(Check(c, b.b2, p + "b2", {d}));
     } else {
       SAE_RETURN_IF_ERROR(Check(c, b.w3, p + "w3", {h, d}));
+      if (b.bq.defined()) SAE_RETURN_IF_ERROR(Check(c, b.bq, p + "bq", {qd}));
+      if (b.bk.defined()) SAE_RETURN_IF_ERROR(Check(c, b.bk, p + "bk", {kv}));
+      if (b.bv.defined()) SAE_RETURN_IF_ERROR(Check(c, b.bv, p + "bv", {kv}));
+    }
+    if (c.arch == Arch::kGemma2) {
+      SAE_RETURN_IF_ERROR(Check(c, b.post_attn_norm, p + "post-attention norm", {d}));
+      SAE_RETURN_IF_ERROR(Check(c, b.post_ffn_norm, p + "post-feedforward norm", {d}));
     }
   }
   Transformer t;
   t.cfg_ = std::move(c);
   t.w_ = std::move(w);
   if (!gpt2) {
-    // The rotation tables as llama2.c computes them (float32 powf/cosf/sinf);
-    // Hugging Face's inv_freq = 1/theta^(2i/hd) is the same number.
     const int64_t half = hd / 2;
-    t.rope_cos_ = at::empty({t.cfg_.max_seq_len, half}, at::kFloat);
-    t.rope_sin_ = at::empty({t.cfg_.max_seq_len, half}, at::kFloat);
-    float* pc = t.rope_cos_.data_ptr<float>();
-    float* ps = t.rope_sin_.data_ptr<float>();
-    for (int64_t pos = 0; pos < t.cfg_.max_seq_len; ++pos)
-      for (int64_t i = 0; i < half; ++i) {
-        const float freq = 1.0f / std::pow(t.cfg_.rope_theta, static_cast<float>(2 * i) / static_cast<float>(hd));
-        const float val = static_cast<float>(pos) * freq;
-        pc[pos * half + i] = std::cos(val);
-        ps[pos * half + i] = std::sin(val);
-      }
+    auto tables = [&](bool long_factors, at::Tensor* cos_t, at::Tensor* sin_t) {
+      *cos_t = at::empty({t.cfg_.max_seq_len, half}, at::kFloat);
+      *sin_t = at::empty({t.cfg_.max_seq_len, half}, at::kFloat);
+      float* pc = cos_t->data_ptr<float>();
+      float* ps = sin_t->data_ptr<float>();
+      const std::vector<float> inv = RopeInvFreq(t.cfg_, long_factors);
+      const float scale = t.cfg_.rope_scaling.type == "longrope"
+                              ? static_cast<float>(t.cfg_.rope_scaling.attention_factor) : 1.0f;
+      for (int64_t pos = 0; pos < t.cfg_.max_seq_len; ++pos)
+        for (int64_t i = 0; i < half; ++i) {
+          // Unscaled, these are the tables llama2.c computes (float32
+          // powf/cosf/sinf); Hugging Face's float32 inv_freq is the same number.
+          const float val = static_cast<float>(pos) * inv[i];
+          pc[pos * half + i] = std::cos(val) * scale;
+          ps[pos * half + i] = std::sin(val) * scale;
+        }
+    };
+    tables(false, &t.rope_cos_, &t.rope_sin_);
+    if (t.cfg_.rope_scaling.type == "longrope") tables(true, &t.rope_cos_long_, &t.rope_sin_long_);
   }
   return t;
 }
@@ -115,16 +178,19 @@ void Transformer::To(const at::Device& device) {
   mv(w_.final_norm_b);
   if (tied) w_.lm_head = w_.tok_emb; else mv(w_.lm_head);
   for (BlockWeights& b : w_.blocks)
-    for (at::Tensor* t : {&b.attn_norm, &b.attn_norm_b, &b.ffn_norm, &b.ffn_norm_b, &b.wq, &b.wk, &b.wv, &b.wo,
+    for (at::Tensor* t : {&b.attn_norm, &b.attn_norm_b, &b.ffn_norm, &b.ffn_norm_b, &b.post_attn_norm,
+                          &b.post_ffn_norm, &b.wq, &b.wk, &b.wv, &b.wo,
                           &b.bq, &b.bk, &b.bv, &b.bo, &b.w1, &b.w2, &b.w3, &b.b1, &b.b2})
       mv(*t);
   mv(rope_cos_);
   mv(rope_sin_);
+  mv(rope_cos_long_);
+  mv(rope_sin_long_);
 }
 
 KvCache Transformer::NewCache(int64_t batch, int64_t capacity) const {
   KvCache c;
-  const auto opts = w_.tok_emb.options();
+  const auto opts = w_.tok_emb.options().dtype(cfg_.compute_dtype);
   for (int64_t l = 0; l < cfg_.n_layers; ++l) {
     c.k.push_back(at::zeros({batch, cfg_.n_kv_heads, capacity, cfg_.head_dim()}, opts));
     c.v.push_back(at::zeros({batch, cfg_.n_kv_heads, capacity, cfg_.head_dim()}, opts));
@@ -132,9 +198,11 @@ KvCache Transformer::NewCache(int64_t batch, int64_t capacity) const {
   return c;
 }
 
-at::Tensor Transformer::ApplyRope(const at::Tensor& x, int64_t pos0) const {
+at::Tensor Transformer::ApplyRope(const at::Tensor& x, int64_t pos0, bool long_rope) const {
   const int64_t T = x.size(2), hd = x.size(3), half = hd / 2;
-  at::Tensor cos = rope_cos_.narrow(0, pos0, T), sin = rope_sin_.narrow(0, pos0, T);  // [T, half]
+  const at::Tensor& ct = long_rope ? rope_cos_long_ : rope_cos_;
+  const at::Tensor& st = long_rope ? rope_sin_long_ : rope_sin_;
+  at::Tensor cos = ct.narrow(0, pos0, T).to(x.scalar_type()), sin = st.narrow(0, pos0, T).to(x.scalar_type());  // [T, half]
   if (cfg_.rope == RopeStyle::kInterleaved) {
     at::Tensor xp = x.reshape({x.size(0), x.size(1), T, half, 2});
     at::Tensor x0 = xp.select(-1, 0), x1 = xp.select(-1, 1);
@@ -144,35 +212,58 @@ at::Tensor Transformer::ApplyRope(const at::Tensor& x, int64_t pos0) const {
   return at::cat({x0 * cos - x1 * sin, x1 * cos + x0 * sin}, -1);
 }
 
+namespace {
+// A weight (or bias) in the compute dtype; undefined stays undefined.
+at::Tensor W(const at::Tensor& t, at::ScalarType dt) {
+  return !t.defined() || t.scalar_type() == dt ? t : t.to(dt);
+}
+}  // namespace
+
 at::Tensor Transformer::Attention(const BlockWeights& b, const at::Tensor& h, int64_t layer, int64_t pos0,
                                   KvCache* cache) const {
   const int64_t B = h.size(0), T = h.size(1), H = cfg_.n_heads, KV = cfg_.n_kv_heads, hd = cfg_.head_dim();
-  at::Tensor q = at::linear(h, b.wq, b.bq).view({B, T, H, hd}).transpose(1, 2);
-  at::Tensor k = at::linear(h, b.wk, b.bk).view({B, T, KV, hd}).transpose(1, 2);
-  at::Tensor v = at::linear(h, b.wv, b.bv).view({B, T, KV, hd}).transpose(1, 2);
-  if (cfg_.arch == Arch::kLlama) {
-    q = ApplyRope(q, pos0);
-    k = ApplyRope(k, pos0);
+  const at::ScalarType dt = cfg_.compute_dtype;
+  at::Tensor q = at::linear(h, W(b.wq, dt), W(b.bq, dt)).view({B, T, H, hd}).transpose(1, 2);
+  at::Tensor k = at::linear(h, W(b.wk, dt), W(b.bk, dt)).view({B, T, KV, hd}).transpose(1, 2);
+  at::Tensor v = at::linear(h, W(b.wv, dt), W(b.bv, dt)).view({B, T, KV, hd}).transpose(1, 2);
+  if (cfg_.arch != Arch::kGpt2) {
+    // longrope: transformers switches to the long factors once the sequence
+    // seen so far is longer than original_max_position_embeddings.
+    const bool long_rope = rope_cos_long_.defined() && pos0 + T > cfg_.rope_scaling.original_max_position;
+    q = ApplyRope(q, pos0, long_rope);
+    k = ApplyRope(k, pos0, long_rope);
   }
+  const int64_t window = cfg_.window(layer);
+  int64_t start = 0;  // absolute position of the first key
   if (cache != nullptr) {
     cache->k[layer].narrow(2, pos0, T).copy_(k);
     cache->v[layer].narrow(2, pos0, T).copy_(v);
-    k = cache->k[layer].narrow(2, 0, pos0 + T);
-    v = cache->v[layer].narrow(2, 0, pos0 + T);
+    // A sliding window reads only the keys the first query can still see.
+    if (window > 0) start = std::max<int64_t>(0, pos0 - window + 1);
+    k = cache->k[layer].narrow(2, start, pos0 + T - start);
+    v = cache->v[layer].narrow(2, start, pos0 + T - start);
+  } else if (pos0 != 0) {
+    start = pos0;
   }
   if (KV != H) {
     k = k.repeat_interleave(H / KV, 1);
     v = v.repeat_interleave(H / KV, 1);
   }
   const int64_t S = k.size(2);
-  at::Tensor scores = at::matmul(q, k.transpose(2, 3)) * (1.0 / std::sqrt(static_cast<double>(hd)));
-  if (T > 1) {
-    at::Tensor mask = at::ones({T, S}, scores.options().dtype(at::kBool)).triu(pos0 + 1);
+  const double scale = cfg_.attn_scale > 0 ? cfg_.attn_scale : 1.0 / std::sqrt(static_cast<double>(hd));
+  at::Tensor scores = at::matmul(q, k.transpose(2, 3)) * scale;
+  if (cfg_.attn_softcap > 0) scores = at::tanh(scores / cfg_.attn_softcap) * cfg_.attn_softcap;
+  if (T > 1 || window > 0) {
+    // Key s is visible to query p iff s <= p and p − s < window.
+    const auto iopt = scores.options().dtype(at::kLong);
+    at::Tensor qp = at::arange(pos0, pos0 + T, iopt).unsqueeze(1), kp = at::arange(start, start + S, iopt).unsqueeze(0);
+    at::Tensor mask = kp > qp;
+    if (window > 0) mask = mask.logical_or(qp - kp >= window);
     scores = scores.masked_fill(mask, -std::numeric_limits<float>::infinity());
   }
-  at::Tensor out = at::matmul(at::softmax(scores, -1), v);  // [B, H, T, hd]
+  at::Tensor out = at::matmul(at::softmax(scores, -1, at::kFloat).to(v.scalar_type()), v);  // [B, H, T, hd]
   out = out.transpose(1, 2).reshape({B, T, H * hd});
-  return at::linear(out, b.wo, b.bo);
+  return at::linear(out, W(b.wo, dt), W(b.bo, dt));
 }
 
 at::Tensor Transformer::ForwardImpl(const at::Tensor& tokens, KvCache* cache, const ForwardOptions& opts) const {
@@ -186,19 +277,31 @@ at::Tensor Transformer::ForwardImpl(const at::Tensor& tokens, KvCache* cache, co
         TORCH_CHECK(x.sizes().vec() == sizes, "a hook changed the activation's shape");
       }
   };
-  const bool gpt2 = cfg_.arch == Arch::kGpt2;
-  at::Tensor x = at::embedding(w_.tok_emb, tokens.to(w_.tok_emb.device(), at::kLong));
-  if (gpt2) x = x + w_.pos_emb.narrow(0, pos0, T).unsqueeze(0);
+  const at::ScalarType dt = cfg_.compute_dtype;
+  const bool gpt2 = cfg_.arch == Arch::kGpt2, gemma = cfg_.arch == Arch::kGemma2;
+  auto norm = [&](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+    return gpt2 ? at::layer_norm(x, {cfg_.dim}, W(w, dt), W(b, dt), cfg_.norm_eps) : RmsNorm(x, w, cfg_.norm_eps, gemma);
+  };
+  at::Tensor x = at::embedding(w_.tok_emb, tokens.to(w_.tok_emb.device(), at::kLong)).to(dt);
+  if (gpt2) x = x + W(w_.pos_emb.narrow(0, pos0, T), dt).unsqueeze(0);
+  // Gemma multiplies by √dim rounded to the activations' dtype.
+  if (cfg_.embed_scale > 0) x = x * at::scalar_tensor(cfg_.embed_scale, x.options());
   run_hooks(-1, HookPoint::kResidPost, x);
   for (int64_t l = 0; l < cfg_.n_layers; ++l) {
     const BlockWeights& b = w_.blocks[l];
-    at::Tensor h = gpt2 ? at::layer_norm(x, {cfg_.dim}, b.attn_norm, b.attn_norm_b, cfg_.norm_eps)
-                        : RmsNorm(x, b.attn_norm, cfg_.norm_eps);
-    x = x + Attention(b, h, l, pos0, cache);
-    h = gpt2 ? at::layer_norm(x, {cfg_.dim}, b.ffn_norm, b.ffn_norm_b, cfg_.norm_eps)
-             : RmsNorm(x, b.ffn_norm, cfg_.norm_eps);
-    at::Tensor m = gpt2 ? at::linear(GeluTanh(at::linear(h, b.w1, b.b1)), b.w2, b.b2)
-                        : at::linear(at::silu(at::linear(h, b.w1)) * at::linear(h, b.w3), b.w2);
+    at::Tensor a = Attention(b, norm(x, b.attn_norm, b.attn_norm_b), l, pos0, cache);
+    if (b.post_attn_norm.defined()) a = norm(a, b.post_attn_norm, at::Tensor());
+    x = x + a;
+    at::Tensor h = norm(x, b.ffn_norm, b.ffn_norm_b);
+    at::Tensor m;
+    if (gpt2) {
+      m = at::linear(GeluTanh(at::linear(h, W(b.w1, dt), W(b.b1, dt))), W(b.w2, dt), W(b.b2, dt));
+    } else {
+      at::Tensor g = at::linear(h, W(b.w1, dt));
+      g = cfg_.gelu_mlp ? GeluTanh(g) : at::silu(g);
+      m = at::linear(g * at::linear(h, W(b.w3, dt)), W(b.w2, dt));
+    }
+    if (b.post_ffn_norm.defined()) m = norm(m, b.post_ffn_norm, at::Tensor());
     run_hooks(l, HookPoint::kMlpOut, m);
     x = x + m;
     run_hooks(l, HookPoint::kResidPost, x);
@@ -207,11 +310,21 @@ at::Tensor Transformer::ForwardImpl(const at::Tensor& tokens, KvCache* cache, co
       return at::Tensor();
     }
   }
-  x = gpt2 ? at::layer_norm(x, {cfg_.dim}, w_.final_norm, w_.final_norm_b, cfg_.norm_eps)
-           : RmsNorm(x, w_.final_norm, cfg_.norm_eps);
+  x = norm(x, w_.final_norm, w_.final_norm_b);
   run_hooks(-1, HookPoint::kFinalNorm, x);
   if (cache) cache->len += T;
-  return at::linear(x, w_.lm_head);
+  at::Tensor logits;
+  if (w_.lm_head.scalar_type() == dt) {
+    logits = at::linear(x, w_.lm_head);
+  } else {  // cast the head a slice at a time (a 128k × 4096 head is 2 GB in float32)
+    std::vector<at::Tensor> parts;
+    const int64_t V = w_.lm_head.size(0), chunk = 16384;
+    for (int64_t r = 0; r < V; r += chunk)
+      parts.push_back(at::linear(x, w_.lm_head.narrow(0, r, std::min(chunk, V - r)).to(dt)));
+    logits = at::cat(parts, -1);
+  }
+  if (cfg_.final_softcap > 0) logits = at::tanh(logits / cfg_.final_softcap) * cfg_.final_softcap;
+  return logits.to(at::kFloat);
 }
 
 absl::StatusOr<at::Tensor> Transformer::Forward(const at::Tensor& tokens, KvCache* cache,

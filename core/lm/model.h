@@ -1,7 +1,13 @@
 // A decoder-only transformer on LibTorch (CPU or CUDA tensors): the Llama
 // family (RMSNorm, RoPE in llama2.c's interleaved-pair or Hugging Face's
-// rotate-half convention, grouped-query attention, SwiGLU) and GPT-2
-// (LayerNorm, learned positions, GELU-tanh MLP). Forward runs a batch of
+// rotate-half convention, grouped-query attention, SwiGLU; with RoPE scaling
+// (llama3, linear, dynamic, longrope), a head_dim of its own, sliding-window
+// layers and q/k/v biases it covers Llama 3.x, Mistral, Qwen2 and Phi-3),
+// Gemma 2 ((1 + w) RMSNorm before and after each sublayer, GeGLU, scaled
+// embeddings, soft-capped attention and logits, alternating sliding windows)
+// and GPT-2 (LayerNorm, learned positions, GELU-tanh MLP). Weights stay in
+// the dtype they were loaded in (e.g. bf16); compute runs in
+// ModelConfig::compute_dtype (float32 unless asked otherwise). Forward runs a batch of
 // equal-length sequences with an optional KV cache; hooks read or replace the
 // residual stream. A Transformer is immutable after loading and Forward is
 // safe from several threads with separate caches. Loaders: see loaders.h.
@@ -18,7 +24,7 @@
 
 namespace sae {
 
-enum class Arch { kLlama, kGpt2 };
+enum class Arch { kLlama, kGpt2, kGemma2 };
 enum class RopeStyle { kInterleaved, kRotateHalf };
 
 struct ModelConfig {
@@ -30,13 +36,39 @@ struct ModelConfig {
   RopeStyle rope = RopeStyle::kInterleaved;
   int64_t bos_id = 1, eos_id = 2;
   std::string source;  // file or directory it was loaded from
-  std::string format;  // "llama2c-legacy", "llama2c-v1", "hf-llama", "hf-gpt2"
-  int64_t head_dim() const { return n_heads ? dim / n_heads : 0; }
+  std::string format;  // "llama2c-legacy", "llama2c-v1", "hf-llama", "hf-mistral", "hf-qwen2", "hf-phi3", "hf-gemma2", "hf-gpt2"
+  // Per-head width; 0: dim / n_heads (Gemma, Qwen3, Mistral-Nemo set their own).
+  int64_t explicit_head_dim = 0;
+  // RoPE frequency scaling (Hugging Face rope_scaling / rope_parameters).
+  struct RopeScaling {
+    std::string type = "default";  // default, linear, dynamic, llama3, longrope
+    double factor = 1.0;
+    double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
+    int64_t original_max_position = 0;                     // llama3, longrope, dynamic
+    std::vector<double> short_factor, long_factor;         // longrope, head_dim/2 each
+    double attention_factor = 1.0;                         // longrope: cos/sin scale
+  } rope_scaling;
+  // Per layer: attend to the last `window` positions only (query − key <
+  // window); 0 or an empty vector: full causal attention.
+  std::vector<int64_t> sliding_window;
+  bool gelu_mlp = false;         // gated MLP with tanh-GELU (GeGLU) instead of SiLU
+  double embed_scale = 0.0;      // > 0: embeddings multiplied by it (Gemma: √dim)
+  double attn_scale = 0.0;       // > 0: score scale (Gemma: query_pre_attn_scalar^−½); else 1/√head_dim
+  double attn_softcap = 0.0;     // > 0: scores = cap·tanh(scores/cap)
+  double final_softcap = 0.0;    // > 0: logits = cap·tanh(logits/cap)
+  at::ScalarType compute_dtype = at::kFloat;  // activations; weights are cast to it per use
+  int64_t head_dim() const { return explicit_head_dim > 0 ? explicit_head_dim : (n_heads ? dim / n_heads : 0); }
+  int64_t window(int64_t layer) const {
+    return layer >= 0 && layer < static_cast<int64_t>(sliding_window.size()) ? sliding_window[layer] : 0;
+  }
 };
 
-// Weights of one block. GPT-2 uses the *_b biases and w1/w2 only.
+// Weights of one block. GPT-2 uses the *_b biases and w1/w2 only; Gemma 2
+// adds the norms after attention and after the MLP. wq is [heads·head_dim,
+// dim], wo [dim, heads·head_dim].
 struct BlockWeights {
   at::Tensor attn_norm, attn_norm_b, ffn_norm, ffn_norm_b;
+  at::Tensor post_attn_norm, post_ffn_norm;  // Gemma 2
   at::Tensor wq, wk, wv, wo, bq, bk, bv, bo;  // [out, in] (at::linear layout)
   at::Tensor w1, w2, w3, b1, b2;              // w1 gate/fc, w3 up, w2 down/proj
 };
@@ -51,7 +83,7 @@ struct ModelWeights {
 
 // Where a hook sits. kResidPost: residual stream after block `layer` (layer
 // −1: the embeddings); kMlpOut: the MLP's output of block `layer` before it
-// is added; kFinalNorm: after the final norm (layer ignored).
+// is added (Gemma 2: after its post-MLP norm); kFinalNorm: after the final norm (layer ignored).
 enum class HookPoint { kResidPost, kMlpOut, kFinalNorm };
 
 // A hook sees the activation [B, T, dim] and may replace it (assign a tensor
@@ -98,11 +130,16 @@ class Transformer {
   at::Tensor ForwardImpl(const at::Tensor& tokens, KvCache* cache, const ForwardOptions& opts) const;
   at::Tensor Attention(const BlockWeights& b, const at::Tensor& h, int64_t layer, int64_t pos0,
                        KvCache* cache) const;
-  at::Tensor ApplyRope(const at::Tensor& x, int64_t pos0) const;  // x [B, H, T, hd]
+  at::Tensor ApplyRope(const at::Tensor& x, int64_t pos0, bool long_rope) const;  // x [B, H, T, hd]
   ModelConfig cfg_;
   ModelWeights w_;
   at::Tensor rope_cos_, rope_sin_;  // [max_seq_len, head_dim/2]
+  at::Tensor rope_cos_long_, rope_sin_long_;  // longrope's tables past original_max_position
 };
+
+// RoPE inverse frequencies (head_dim/2 values) of `c` as Hugging Face
+// computes them; `long_factors` picks longrope's long table.
+std::vector<float> RopeInvFreq(const ModelConfig& c, bool long_factors = false);
 
 // Intra-op threads for a model's forward passes: small models (dim ≤ 1024)
 // run single-threaded, since their kernels are too small to share and

@@ -105,173 +105,6 @@ class Llama2cTokenizer : public Tokenizer {
   std::unordered_map<std::string, int32_t> lookup_;
 };
 
-// GPT-2's reversible byte → printable code point map.
-std::vector<int> ByteToCodePoint() {
-  std::vector<int> m(256, -1);
-  for (int b = 0; b < 256; ++b)
-    if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF)) m[b] = b;
-  int n = 0;
-  for (int b = 0; b < 256; ++b)
-    if (m[b] < 0) m[b] = 256 + n++;
-  return m;
-}
-
-std::string Utf8(int cp) {
-  std::string s;
-  if (cp < 0x80) {
-    s.push_back(static_cast<char>(cp));
-  } else if (cp < 0x800) {
-    s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-    s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  } else {
-    s.push_back(static_cast<char>(0xE0 | (cp >> 12)));
-    s.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-    s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-  }
-  return s;
-}
-
-class Gpt2Tokenizer : public Tokenizer {
- public:
-  Gpt2Tokenizer(std::unordered_map<std::string, int32_t> enc, std::map<std::pair<std::string, std::string>, int> ranks)
-      : enc_(std::move(enc)), ranks_(std::move(ranks)) {
-    const std::vector<int> m = ByteToCodePoint();
-    for (int b = 0; b < 256; ++b) {
-      byte_str_[b] = Utf8(m[b]);
-      unbyte_[byte_str_[b]] = static_cast<char>(b);
-    }
-    int32_t max_id = -1;
-    for (const auto& [s, id] : enc_) max_id = std::max(max_id, id);
-    dec_.resize(max_id + 1);
-    for (const auto& [s, id] : enc_) dec_[id] = s;
-    auto it = enc_.find("<|endoftext|>");
-    eot_ = it == enc_.end() ? -1 : it->second;
-  }
-  int64_t vocab_size() const override { return static_cast<int64_t>(dec_.size()); }
-  int32_t bos_id() const override { return eot_; }
-  int32_t eos_id() const override { return eot_; }
-
-  std::vector<int32_t> Encode(const std::string& text, bool bos, bool eos) const override {
-    std::vector<int32_t> out;
-    if (bos && eot_ >= 0) out.push_back(eot_);
-    for (const std::string& word : PreTokenize(text)) {
-      std::vector<std::string> sym;
-      for (unsigned char c : word) sym.push_back(byte_str_[c]);
-      while (sym.size() > 1) {
-        int best = std::numeric_limits<int>::max();
-        size_t bi = 0;
-        for (size_t i = 0; i + 1 < sym.size(); ++i) {
-          auto it = ranks_.find({sym[i], sym[i + 1]});
-          if (it != ranks_.end() && it->second < best) {
-            best = it->second;
-            bi = i;
-          }
-        }
-        if (best == std::numeric_limits<int>::max()) break;
-        // Merge every occurrence of the best pair, left to right.
-        const std::string a = sym[bi], b = sym[bi + 1];
-        std::vector<std::string> next;
-        for (size_t i = 0; i < sym.size(); ++i) {
-          if (i + 1 < sym.size() && sym[i] == a && sym[i + 1] == b) {
-            next.push_back(a + b);
-            ++i;
-          } else {
-            next.push_back(sym[i]);
-          }
-        }
-        sym.swap(next);
-      }
-      for (const std::string& s : sym) {
-        auto it = enc_.find(s);
-        if (it != enc_.end()) {
-          out.push_back(it->second);
-        } else {  // not in the vocabulary: fall back to its single-byte symbols
-          for (size_t i = 0; i < s.size();) {
-            size_t len = (static_cast<unsigned char>(s[i]) < 0x80) ? 1 : (static_cast<unsigned char>(s[i]) < 0xE0 ? 2 : 3);
-            auto jt = enc_.find(s.substr(i, len));
-            if (jt != enc_.end()) out.push_back(jt->second);
-            i += len;
-          }
-        }
-      }
-    }
-    if (eos && eot_ >= 0) out.push_back(eot_);
-    return out;
-  }
-
-  std::string DecodePiece(int32_t, int32_t token) const override {
-    if (token < 0 || token >= vocab_size() || token == eot_) return "";
-    const std::string& s = dec_[token];
-    std::string out;
-    for (size_t i = 0; i < s.size();) {
-      size_t len = (static_cast<unsigned char>(s[i]) < 0x80) ? 1 : (static_cast<unsigned char>(s[i]) < 0xE0 ? 2 : 3);
-      auto it = unbyte_.find(s.substr(i, len));
-      if (it != unbyte_.end()) out.push_back(it->second);
-      i += len;
-    }
-    return out;
-  }
-
- private:
-  enum Cls { kSpace, kLetter, kDigit, kOther };
-  static Cls Classify(unsigned char c) {
-    if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f') return kSpace;
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c >= 0x80) return kLetter;  // non-ASCII as letters
-    if (c >= '0' && c <= '9') return kDigit;
-    return kOther;
-  }
-  // GPT-2's pattern 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-  // (letters approximated as ASCII letters plus every non-ASCII byte).
-  static std::vector<std::string> PreTokenize(const std::string& s) {
-    std::vector<std::string> out;
-    size_t i = 0;
-    const size_t n = s.size();
-    auto cls = [&](size_t j) { return Classify(static_cast<unsigned char>(s[j])); };
-    while (i < n) {
-      if (s[i] == '\'') {
-        bool hit = false;
-        for (const char* c : {"'s", "'t", "'re", "'ve", "'m", "'ll", "'d"}) {
-          const size_t len = std::strlen(c);
-          if (s.compare(i, len, c) == 0) {
-            out.push_back(s.substr(i, len));
-            i += len;
-            hit = true;
-            break;
-          }
-        }
-        if (hit) continue;
-      }
-      size_t j = i;
-      if (s[j] == ' ' && j + 1 < n && cls(j + 1) != kSpace) ++j;
-      if (cls(j) != kSpace) {
-        const Cls c = cls(j);
-        size_t k = j;
-        while (k < n && cls(k) == c) {
-          // Contractions end an "other" run before them? GPT-2's regex lets
-          // [^\s\p{L}\p{N}]+ swallow apostrophes, so no special case here.
-          ++k;
-        }
-        out.push_back(s.substr(i, k - i));
-        i = k;
-        continue;
-      }
-      size_t k = i;
-      while (k < n && cls(k) == kSpace) ++k;
-      if (k < n && k - i >= 2) k -= 1;  // \s+(?!\S): leave the last space to the next word
-      out.push_back(s.substr(i, k - i));
-      i = k;
-    }
-    return out;
-  }
-
-  std::unordered_map<std::string, int32_t> enc_;
-  std::map<std::pair<std::string, std::string>, int> ranks_;
-  std::vector<std::string> dec_;
-  std::string byte_str_[256];
-  std::unordered_map<std::string, char> unbyte_;
-  int32_t eot_ = -1;
-};
-
 }  // namespace
 
 std::string Tokenizer::Decode(const std::vector<int32_t>& ids) const {
@@ -317,18 +150,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGpt2Tokenizer(const std::string& 
                                                              const std::string& vocab_bpe) {
   SAE_ASSIGN_OR_RETURN(std::string ej, Slurp(encoder_json));
   SAE_ASSIGN_OR_RETURN(std::string vb, Slurp(vocab_bpe));
-  nlohmann::json j = nlohmann::json::parse(ej, nullptr, false);
-  if (j.is_discarded() || !j.is_object())
+  nlohmann::json vocab = nlohmann::json::parse(ej, nullptr, false);
+  if (vocab.is_discarded() || !vocab.is_object())
     return absl::InvalidArgumentError(absl::StrCat(encoder_json, ": not a JSON object of token ids"));
-  std::unordered_map<std::string, int32_t> enc;
-  for (auto& [k, v] : j.items()) {
+  for (auto& [k, v] : vocab.items())
     if (!v.is_number_integer() || v.get<int64_t>() < 0)
       return absl::InvalidArgumentError(absl::StrCat(encoder_json, ": id of \"", k, "\" is not a non-negative integer"));
-    enc[k] = v.get<int32_t>();
-  }
-  std::map<std::pair<std::string, std::string>, int> ranks;
+  nlohmann::json merges = nlohmann::json::array();
   size_t pos = 0;
-  int line_no = 0, rank = 0;
+  int line_no = 0;
   while (pos < vb.size()) {
     size_t e = vb.find('\n', pos);
     if (e == std::string::npos) e = vb.size();
@@ -340,9 +170,19 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGpt2Tokenizer(const std::string& 
     const size_t sp = line.find(' ');
     if (sp == std::string::npos || sp == 0 || sp + 1 >= line.size())
       return absl::InvalidArgumentError(absl::StrCat(vocab_bpe, ":", line_no, ": not a merge \"A B\""));
-    ranks[{line.substr(0, sp), line.substr(sp + 1)}] = rank++;
+    merges.push_back({line.substr(0, sp), line.substr(sp + 1)});
   }
-  return std::unique_ptr<Tokenizer>(new Gpt2Tokenizer(std::move(enc), std::move(ranks)));
+  nlohmann::json added = nlohmann::json::array();
+  if (vocab.contains("<|endoftext|>"))
+    added.push_back({{"id", vocab["<|endoftext|>"]}, {"content", "<|endoftext|>"}, {"single_word", false},
+                     {"lstrip", false}, {"rstrip", false}, {"normalized", false}, {"special", true}});
+  const nlohmann::json j = {
+      {"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}, {"added_tokens", added},
+      {"normalizer", nullptr},
+      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
+      {"post_processor", nullptr}, {"decoder", {{"type", "ByteLevel"}}},
+      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", merges}}}};
+  return LoadHfTokenizerFromText(j.dump(), absl::StrCat(encoder_json, " + ", vocab_bpe));
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerFor(const std::string& model_path, int64_t vocab_size,
@@ -359,11 +199,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerFor(const std::string& m
   };
   auto by_file = [&](const fs::path& p) -> absl::StatusOr<std::unique_ptr<Tokenizer>> {
     if (p.extension() == ".model") return check(LoadSentencePieceTokenizer(p.string()), p.string());
+    if (p.extension() == ".json") return check(LoadHfTokenizer(p.string()), p.string());
     return LoadLlama2cTokenizer(p.string(), vocab_size);
   };
   auto in_dir = [&](const fs::path& d) -> absl::StatusOr<std::unique_ptr<Tokenizer>> {
     for (const std::string& name : {std::string("tokenizer.bin"), absl::StrCat("tok", vocab_size, ".bin"),
-                                   std::string("tokenizer.model")})
+                                   std::string("tokenizer.json"), std::string("tokenizer.model")})
       if (fs::exists(d / name, ec)) return by_file(d / name);
     if (fs::exists(d / "encoder.json", ec) && fs::exists(d / "vocab.bpe", ec))
       return check(LoadGpt2Tokenizer((d / "encoder.json").string(), (d / "vocab.bpe").string()),
@@ -372,7 +213,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerFor(const std::string& m
       return check(LoadGpt2Tokenizer((d / "vocab.json").string(), (d / "merges.txt").string()),
                    (d / "vocab.json").string());
     return absl::NotFoundError(absl::StrCat(d.string(), ": no tokenizer found (tokenizer.bin, tok", vocab_size,
-                                            ".bin, tokenizer.model, encoder.json+vocab.bpe, vocab.json+merges.txt); "
+                                            ".bin, tokenizer.json, tokenizer.model, encoder.json+vocab.bpe, vocab.json+merges.txt); "
                                             "give --tokenizer"));
   };
   if (!explicit_path.empty()) {

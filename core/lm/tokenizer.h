@@ -1,6 +1,6 @@
 // Tokenizers of the supported model families: llama2.c tokenizer.bin,
-// SentencePiece .model files, and GPT-2 byte-level BPE (encoder.json +
-// vocab.bpe). Immutable after loading; safe to use from several threads.
+// SentencePiece .model files, GPT-2 byte-level BPE (encoder.json +
+// vocab.bpe) and Hugging Face tokenizer.json. Immutable after loading; safe to use from several threads.
 #pragma once
 
 #include <cstdint>
@@ -32,14 +32,25 @@ class Tokenizer {
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadLlama2cTokenizer(const std::string& path, int64_t vocab_size);
 // A SentencePiece model (.model protobuf).
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePieceTokenizer(const std::string& path);
-// GPT-2 byte-level BPE: encoder.json (token → id) and vocab.bpe (merges).
+// GPT-2 byte-level BPE: encoder.json (token → id) and vocab.bpe (merges),
+// run as the equivalent tokenizer.json (GPT-2's regex pre-tokenizer through
+// Oniguruma, <|endoftext|> special).
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGpt2Tokenizer(const std::string& encoder_json,
                                                              const std::string& vocab_bpe);
 
+// A Hugging Face tokenizer.json with a BPE model (byte-level or
+// SentencePiece-style with byte fallback), its added tokens, normalizers,
+// pre-tokenizers, post-processor template (BOS/EOS) and decoder. Parts it
+// does not implement are refused by name.
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizer(const std::string& tokenizer_json);
+// The same from the file's text (`name` is used in errors).
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizerFromText(const std::string& json_text, const std::string& name);
+
 // Finds and loads the tokenizer that goes with a model: `explicit_path` if
-// given (.bin llama2.c, .model SentencePiece, or a directory), else in the
-// model's directory: tokenizer.bin, tok<vocab>.bin, tokenizer.model,
-// encoder.json + vocab.bpe, vocab.json + merges.txt. Its vocabulary size
+// given (.bin llama2.c, .model SentencePiece, .json Hugging Face, or a
+// directory), else in the model's directory: tokenizer.bin, tok<vocab>.bin,
+// tokenizer.json, tokenizer.model, encoder.json + vocab.bpe, vocab.json +
+// merges.txt. Its vocabulary size
 // must equal `vocab_size`; errors name the tokenizer file.
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerFor(const std::string& model_path, int64_t vocab_size,
                                                             const std::string& explicit_path = "");

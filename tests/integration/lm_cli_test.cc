@@ -217,3 +217,77 @@ TEST_F(LmCli, EvalReportsTheMeasures) {
 }
 
 }  // namespace
+
+namespace {
+
+std::string DataRoot() {
+  if (const char* d = std::getenv("SAE_DATA_DIR")) return d;
+  const char* src = std::getenv("SAE_SOURCE_DIR");
+  return std::string(src ? src : ".") + "/../shared/data";
+}
+
+// A byte-level tokenizer.json: the 256 byte symbols, no merges, <|endoftext|>.
+std::string ByteTokenizerJson() {
+  nlohmann::json vocab = nlohmann::json::object();
+  std::vector<int> m(256, -1);
+  for (int b = 0; b < 256; ++b)
+    if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF)) m[b] = b;
+  int n = 0;
+  for (int b = 0; b < 256; ++b)
+    if (m[b] < 0) m[b] = 256 + n++;
+  for (int b = 0; b < 256; ++b) {
+    std::string s;
+    const int cp = m[b];
+    if (cp < 0x80) {
+      s.push_back(static_cast<char>(cp));
+    } else {
+      s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+      s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    }
+    vocab[s] = b;
+  }
+  nlohmann::json j = {
+      {"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr},
+      {"added_tokens", {{{"id", 256}, {"content", "<|endoftext|>"}, {"single_word", false}, {"lstrip", false},
+                         {"rstrip", false}, {"normalized", false}, {"special", true}}}},
+      {"normalizer", nullptr}, {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
+      {"post_processor", nullptr}, {"decoder", {{"type", "ByteLevel"}}},
+      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
+  return j.dump();
+}
+
+}  // namespace
+
+// A Hugging Face Mistral directory (llama-tiny's weights, a sliding window)
+// with a tokenizer.json: generate (also --dtype bfloat16) and an mlp_out harvest.
+TEST_F(LmCli, HfMistralWithTokenizerJson) {
+  const std::string tiny = DataRoot() + "/hf-tiny/llama-tiny";
+  if (!fs::exists(tiny + "/model.safetensors")) GTEST_SKIP() << "llama-tiny not found in " << tiny;
+  const fs::path m = dir_ / "mistral";
+  fs::create_directories(m);
+  fs::copy_file(tiny + "/model.safetensors", m / "model.safetensors");
+  auto cfg = nlohmann::json::parse(ReadAll(tiny + "/config.json"));
+  cfg["model_type"] = "mistral";
+  cfg["sliding_window"] = 8;
+  cfg["bos_token_id"] = 256;
+  cfg["eos_token_id"] = 256;
+  std::ofstream(m / "config.json") << cfg.dump();
+  std::ofstream(m / "tokenizer.json") << ByteTokenizerJson();
+  for (const std::string dtype : {"", " --dtype bfloat16"}) {
+    Result g = ShOut(Bin("sae") + " generate --model " + m.string() + " --prompt 'Once upon' --steps 24 --temperature 0" + dtype);
+    ASSERT_EQ(g.code, 0) << g.out;
+    EXPECT_EQ(g.out.rfind("Once upon", 0), 0u) << g.out;
+  }
+  const std::string sample = DataRoot() + "/stories260K/tinystories_sample.txt";
+  if (!fs::exists(sample)) return;
+  Result h = ShOut(Bin("sae") + " harvest --model " + m.string() + " --corpus " + sample +
+                   " --layer 1 --hook mlp_out --context 32 --tokens 500 --out " + (dir_ / "acts").string());
+  ASSERT_EQ(h.code, 0) << h.out;
+  const auto man = nlohmann::json::parse(ReadAll(dir_ / "acts" / "manifest.json"));
+  EXPECT_EQ(man["rows"], 500);
+  EXPECT_EQ(man["d_in"], 64);
+  EXPECT_EQ(man["source"]["hook"], "mlp_out");
+  Result bad = Sh(Bin("sae") + " generate --model " + m.string() + " --dtype int8 --steps 4");
+  EXPECT_EQ(bad.code, 1);
+  EXPECT_NE(bad.out.find("int8"), std::string::npos) << bad.out;
+}
