@@ -322,6 +322,7 @@ void Coordinator::StopGroup(JobRec* j, const std::string& reason) {
     a.set_attempt(j->job.attempt());
     a.set_reason(reason);
     w.outbox.push_back(a);
+    if (!w.stopping) w.stop_since = SteadyNow();
     w.stopping = true;
   }
   j->job.clear_workers();
@@ -588,6 +589,17 @@ void Coordinator::Tick() {
     if (j != jobs_.end() && j->second.job.attempt() == attempt)
       GroupFailed(&j->second, absl::StrCat("worker ", id, " lost (no heartbeat for ", opts_.lease_seconds, " s)"));
     cv_.notify_all();
+  }
+  // Stopping workers that never report the end of the stopped attempt (a
+  // rank stuck on a lost peer, a lost report) are free again after a grace.
+  for (auto& [id, w] : workers_) {
+    if (!w.alive || !w.stopping || now - w.stop_since <= opts_.stop_grace_seconds) continue;
+    SAE_LOG(kWarn) << "worker " << id << " still stopping " << w.job_id << " attempt " << w.attempt << " after "
+                   << opts_.stop_grace_seconds << " s: free for new work";
+    w.job_id.clear();
+    w.stopping = false;
+    w.rank = -1;
+    SaveWorker(w);
   }
   // Placement: priority, then submission order; a job that does not fit
   // leaves the idle workers to later ones.

@@ -30,6 +30,10 @@ namespace sae {
 struct CoordinatorOptions {
   std::string db = ":memory:";
   double lease_seconds = 10;      // a worker silent this long is dead
+  // A worker told to stop an attempt counts as busy until it reports the
+  // attempt over, but no longer than this: then it may be given new work
+  // (the worker agent ends the old attempt before it starts the new one).
+  double stop_grace_seconds = 30;
   double heartbeat_seconds = 1;   // what workers are told to use
   std::string data_root, output_root;  // "" = no restriction (".." still refused)
   int default_max_restarts = 3;
@@ -96,6 +100,7 @@ class Coordinator {
     int attempt = 0;
     int rank = -1;
     bool stopping = false;
+    double stop_since = 0;  // when `stopping` was set (steady clock)
     std::deque<v1::Assignment> outbox;
     int64_t stream_generation = 0;
   };

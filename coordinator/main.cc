@@ -37,6 +37,8 @@ int main(int argc, char** argv) {
   app.add_option("--metrics-listen", so.metrics_listen, "HTTP HOST:PORT for /metrics and /sd (\"\" = off)")
       ->capture_default_str();
   app.add_option("--lease-seconds", co.lease_seconds, "a worker silent this long is dead")->capture_default_str();
+  app.add_option("--stop-grace-seconds", co.stop_grace_seconds,
+                 "a worker told to stop counts as busy at most this long")->capture_default_str();
   app.add_option("--heartbeat-seconds", co.heartbeat_seconds, "heartbeat interval told to workers")
       ->capture_default_str();
   app.add_option("--max-restarts", co.default_max_restarts, "default restarts of a job before it FAILS")

@@ -217,6 +217,7 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
   co.world_size = opts.world_size;
   co.rendezvous = opts.rendezvous;
   co.timeout = absl::Seconds(job.world.timeout_seconds);
+  co.abort = opts.stop;  // a stop ends a wait on lost ranks within about a second
   auto comm_or = CreateCommunicator(backend, co);
   if (!comm_or.ok()) return Annotate(comm_or.status(), origin);
   std::unique_ptr<Communicator> comm = std::move(*comm_or);

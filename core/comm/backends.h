@@ -9,7 +9,7 @@ namespace sae::internal {
 
 std::unique_ptr<Communicator> NewLocalCommunicator();
 #ifdef SAE_HAVE_MPI
-absl::StatusOr<std::unique_ptr<Communicator>> NewMpiCommunicator();
+absl::StatusOr<std::unique_ptr<Communicator>> NewMpiCommunicator(const std::atomic<bool>* abort = nullptr);
 #endif
 #ifdef SAE_HAVE_GLOO
 absl::StatusOr<std::unique_ptr<Communicator>> NewGlooCommunicator(const CommOptions& opts);

@@ -62,7 +62,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateCommunicator(const std::stri
     c = internal::NewLocalCommunicator();
   } else if (backend == "mpi") {
 #ifdef SAE_HAVE_MPI
-    SAE_ASSIGN_OR_RETURN(c, internal::NewMpiCommunicator());
+    SAE_ASSIGN_OR_RETURN(c, internal::NewMpiCommunicator(opts.abort));
     (void)by_mpirun;
 #else
     return absl::UnimplementedError("world.backend: mpi is not built in (Open MPI was not found)");

@@ -6,6 +6,8 @@
 // include vendor headers. A Communicator is used from one thread at a time.
 #pragma once
 
+#include <atomic>
+
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -51,6 +53,13 @@ struct CommOptions {
   int world_size = 0;
   std::string rendezvous;
   absl::Duration timeout = absl::Seconds(300);
+  // When set, a rendezvous or collective that is waiting for other ranks
+  // checks it about every half second; a rendezvous returns Cancelled once it
+  // is true, a collective 3 s after (time for the ranks' stop agreement and
+  // checkpoint), so a stop or cancel reaches a rank stuck on a lost peer
+  // within seconds, not after `timeout`. The communicator is unusable after
+  // a Cancelled. mpi and gloo honour it.
+  const std::atomic<bool>* abort = nullptr;
 };
 
 // Rendezvous key-value store (c10d's TCPStore; rank 0 serves it). Every call

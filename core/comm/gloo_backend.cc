@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <future>
+#include <memory>
 #include <mutex>
 #include <cstring>
 #include <thread>
@@ -103,6 +105,13 @@ absl::StatusOr<c10::intrusive_ptr<c10d::TCPStore>> MakeTcpStore(const std::strin
 constexpr std::chrono::milliseconds kBeat(200);
 constexpr std::chrono::milliseconds kSlice(500);
 constexpr std::chrono::milliseconds kLivenessWindow(2000);
+// A stop does not abandon a collective at once: the ranks' stop agreement
+// and a checkpoint's collectives get this long to complete first.
+constexpr double kStopGraceSeconds = 3;
+
+double NowSeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 class Heartbeat {
  public:
@@ -142,13 +151,22 @@ class Heartbeat {
 class GlooCommunicator : public Communicator {
  public:
   GlooCommunicator(c10::intrusive_ptr<c10d::ProcessGroupGloo> pg, c10::intrusive_ptr<c10d::Store> store,
-                   std::unique_ptr<Heartbeat> heartbeat, int rank, int world, absl::Duration timeout)
-      : pg_(std::move(pg)),
+                   std::unique_ptr<Heartbeat> heartbeat, int rank, int world, absl::Duration timeout,
+                   const std::atomic<bool>* abort)
+      : abort_(abort),
+        pg_(std::move(pg)),
         store_(std::move(store)),
         heartbeat_(std::move(heartbeat)),
         rank_(rank),
         world_(world),
         timeout_(timeout) {}
+  ~GlooCommunicator() override {
+    // A collective left pending (stop, timeout, a peer's failure) keeps one
+    // of Gloo's threads waiting on a peer, and destroying the process group
+    // would wait for it up to the timeout: leave it to end on its own (the
+    // process is about to report the failure and usually to exit).
+    if (abandoned_) (void)pg_.release();
+  }
   int rank() const override { return rank_; }
   int world_size() const override { return world_; }
   std::string backend() const override { return "gloo"; }
@@ -222,6 +240,7 @@ class GlooCommunicator : public Communicator {
     try {
       c10::intrusive_ptr<c10d::Work> w = start();
       const auto deadline = std::chrono::steady_clock::now() + Ms(timeout);
+      double stop_seen = -1;  // when this wait first saw the stop flag
       while (true) {
         bool done = false;
         try {
@@ -234,12 +253,22 @@ class GlooCommunicator : public Communicator {
           w->wait();  // rethrows the collective's error, if any
           return absl::OkStatus();
         }
-        if (std::chrono::steady_clock::now() >= deadline)
+        if (std::chrono::steady_clock::now() >= deadline) {
+          abandoned_ = true;
           return absl::DeadlineExceededError(absl::StrCat(
               what, " (rank ", rank_, " of ", world_, "): not every rank joined in time; ", LostRanks()));
-        if (AnotherRankFailed())
+        }
+        if (abort_ != nullptr && abort_->load() && stop_seen < 0) stop_seen = NowSeconds();
+        if (stop_seen >= 0 && NowSeconds() - stop_seen > kStopGraceSeconds) {
+          abandoned_ = true;
+          return absl::CancelledError(absl::StrCat(what, " (rank ", rank_, " of ", world_,
+                                                   "): stopped while waiting for the other ranks"));
+        }
+        if (AnotherRankFailed()) {
+          abandoned_ = true;
           return absl::UnavailableError(absl::StrCat(what, " (rank ", rank_, " of ", world_,
                                                      "): another rank's collective failed; ", LostRanks()));
+        }
       }
     } catch (const std::exception& e) {
       std::string msg = e.what();
@@ -290,6 +319,8 @@ class GlooCommunicator : public Communicator {
     }
   }
 
+  const std::atomic<bool>* abort_;
+  bool abandoned_ = false;  // a collective was left pending (see the destructor)
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg_;
   c10::intrusive_ptr<c10d::Store> store_;
   std::unique_ptr<Heartbeat> heartbeat_;
@@ -307,12 +338,9 @@ absl::StatusOr<std::unique_ptr<Store>> CreateTcpStore(const std::string& address
 
 namespace internal {
 
-absl::StatusOr<std::unique_ptr<Communicator>> NewGlooCommunicator(const CommOptions& opts) {
-  if (opts.world_size < 1 || opts.rank < 0 || opts.rank >= opts.world_size)
-    return absl::InvalidArgumentError(absl::StrCat("gloo: rank ", opts.rank, " of world size ",
-                                                   opts.world_size, " (give --rank and --world-size)"));
-  if (opts.rendezvous.empty())
-    return absl::InvalidArgumentError("gloo: no rendezvous address (--rendezvous HOST:PORT)");
+namespace {
+
+absl::StatusOr<std::unique_ptr<Communicator>> ConnectGloo(const CommOptions& opts) {
   SAE_ASSIGN_OR_RETURN(auto store, MakeTcpStore(opts.rendezvous, opts.rank == 0, opts.world_size, opts.timeout));
   try {
     auto o = c10d::ProcessGroupGloo::Options::create(Ms(opts.timeout));
@@ -328,7 +356,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> NewGlooCommunicator(const CommOpti
         c10::make_intrusive<c10d::PrefixStore>("saeforge-status/", beat_conn), opts.rank);
     return std::unique_ptr<Communicator>(new GlooCommunicator(std::move(pg), std::move(status_store),
                                                               std::move(heartbeat), opts.rank,
-                                                              opts.world_size, opts.timeout));
+                                                              opts.world_size, opts.timeout, opts.abort));
   } catch (const std::exception& e) {
     std::string msg = e.what();
     const size_t nl = msg.find('\n');
@@ -336,6 +364,31 @@ absl::StatusOr<std::unique_ptr<Communicator>> NewGlooCommunicator(const CommOpti
     return absl::UnavailableError(absl::StrCat("gloo rendezvous at ", opts.rendezvous, " (rank ", opts.rank,
                                                " of ", opts.world_size, "): ", msg));
   }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Communicator>> NewGlooCommunicator(const CommOptions& opts) {
+  if (opts.world_size < 1 || opts.rank < 0 || opts.rank >= opts.world_size)
+    return absl::InvalidArgumentError(absl::StrCat("gloo: rank ", opts.rank, " of world size ",
+                                                   opts.world_size, " (give --rank and --world-size)"));
+  if (opts.rendezvous.empty())
+    return absl::InvalidArgumentError("gloo: no rendezvous address (--rendezvous HOST:PORT)");
+  if (opts.abort == nullptr) return ConnectGloo(opts);
+  // The rendezvous (store connect, Gloo's full mesh) blocks until every rank
+  // is there or the timeout passes; it runs in its own thread so a stop can
+  // end the wait. An abandoned rendezvous thread ends by itself at the
+  // timeout; it owns everything it touches.
+  using Result = absl::StatusOr<std::unique_ptr<Communicator>>;
+  auto task = std::make_shared<std::packaged_task<Result()>>([opts] { return ConnectGloo(opts); });
+  std::future<Result> done = task->get_future();
+  std::thread([task] { (*task)(); }).detach();
+  while (done.wait_for(std::chrono::milliseconds(250)) != std::future_status::ready) {
+    if (opts.abort->load())
+      return absl::CancelledError(absl::StrCat("gloo rendezvous at ", opts.rendezvous, " (rank ", opts.rank, " of ",
+                                               opts.world_size, "): stopped while waiting for the other ranks"));
+  }
+  return done.get();
 }
 
 }  // namespace internal

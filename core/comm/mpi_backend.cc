@@ -68,7 +68,8 @@ std::string MpiError(int code) {
 
 class MpiCommunicator : public Communicator {
  public:
-  MpiCommunicator(MPI_Comm comm, MpiGlobals* g) : comm_(comm), g_(g) {
+  MpiCommunicator(MPI_Comm comm, MpiGlobals* g, const std::atomic<bool>* abort)
+      : comm_(comm), g_(g), abort_(abort) {
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
   }
@@ -165,6 +166,7 @@ class MpiCommunicator : public Communicator {
   // Polls `req` until done; backs off from spinning to 1 ms sleeps.
   absl::Status Wait(MPI_Request* req, absl::Time deadline, absl::Duration timeout, const char* what) {
     int spins = 0;
+    absl::Time stop_seen = absl::InfinitePast();
     while (true) {
       int done = 0;
       int rc = MPI_Test(req, &done, MPI_STATUS_IGNORE);
@@ -175,24 +177,32 @@ class MpiCommunicator : public Communicator {
         return absl::DeadlineExceededError(absl::StrCat(
             what, " (rank ", rank_, " of ", size_, "): not every rank joined within ",
             absl::FormatDuration(timeout), "; a rank is lost or stuck"));
-      if (++spins > 1000) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      if (++spins > 1000) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        if (abort_ != nullptr && abort_->load() && stop_seen == absl::InfinitePast()) stop_seen = absl::Now();
+        // A grace first: the ranks' stop agreement and a checkpoint's collectives.
+        if (stop_seen != absl::InfinitePast() && absl::Now() - stop_seen > absl::Seconds(3))
+          return absl::CancelledError(absl::StrCat(what, " (rank ", rank_, " of ", size_,
+                                                   "): stopped while waiting for the other ranks"));
+      }
     }
   }
 
   MPI_Comm comm_;
   MpiGlobals* g_;
+  const std::atomic<bool>* abort_;
   int rank_ = 0, size_ = 1;
 };
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Communicator>> NewMpiCommunicator() {
+absl::StatusOr<std::unique_ptr<Communicator>> NewMpiCommunicator(const std::atomic<bool>* abort) {
   SAE_ASSIGN_OR_RETURN(MpiGlobals * g, InitMpi());
   MPI_Comm dup;
   int rc = MPI_Comm_dup(MPI_COMM_WORLD, &dup);
   if (rc != MPI_SUCCESS) return absl::UnavailableError("MPI_Comm_dup: " + MpiError(rc));
   MPI_Comm_set_errhandler(dup, MPI_ERRORS_RETURN);
-  return std::unique_ptr<Communicator>(new MpiCommunicator(dup, g));
+  return std::unique_ptr<Communicator>(new MpiCommunicator(dup, g, abort));
 }
 
 }  // namespace sae::internal

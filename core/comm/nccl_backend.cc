@@ -264,7 +264,7 @@ absl::StatusOr<std::unique_ptr<Communicator>> NewNcclCommunicator(const CommOpti
   std::unique_ptr<Communicator> mpi;
   if (LaunchedByMpirun()) {
 #ifdef SAE_HAVE_MPI
-    SAE_ASSIGN_OR_RETURN(mpi, NewMpiCommunicator());
+    SAE_ASSIGN_OR_RETURN(mpi, NewMpiCommunicator(opts.abort));
     rank = mpi->rank();
     world = mpi->world_size();
 #else

@@ -173,6 +173,49 @@ TEST_F(CoordinatorTest, ALostWorkerRestartsItsJobAndAPermanentErrorFailsIt) {
   EXPECT_NE(j->reason().find("shard-00001"), std::string::npos);
 }
 
+// A worker told to stop that never reports the attempt over (its rank is
+// stuck on a lost peer, or the report was lost) is busy only for the stop
+// grace; then the next job is placed on it.
+TEST_F(CoordinatorTest, AStoppingWorkerIsFreeAgainAfterTheGrace) {
+  opts_.stop_grace_seconds = 1.0;
+  auto c = Coordinator::Create(opts_);
+  ASSERT_TRUE(c.ok());
+  Join(c->get(), "a");
+  auto first = (*c)->Submit(Req(1, "one"));
+  ASSERT_TRUE(first.ok());
+  v1::Assignment run = Next(c->get(), "a");
+  ASSERT_EQ(run.kind(), v1::Assignment::RUN);
+  ASSERT_TRUE((*c)->Cancel(first->id(), "test").ok());
+  auto second = (*c)->Submit(Req(1, "two"));
+  ASSERT_TRUE(second.ok());
+  // "a" keeps saying it runs the cancelled attempt: it gets the STOP, and
+  // after the grace the second job.
+  auto gen = (*c)->ConnectAssignments("a");
+  ASSERT_TRUE(gen.ok());
+  bool stopped = false, placed = false;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 50 && !placed; ++i) {
+    v1::HeartbeatRequest hb;
+    hb.set_worker_id("a");
+    hb.set_running_job_id(first->id());
+    hb.set_running_attempt(run.attempt());
+    ASSERT_TRUE((*c)->Heartbeat(hb).ok());
+    v1::Assignment a;
+    auto got = (*c)->NextAssignment("a", *gen, &a, 0.1);
+    ASSERT_TRUE(got.ok());
+    if (!*got) continue;
+    if (a.kind() == v1::Assignment::STOP) stopped = true;
+    if (a.kind() == v1::Assignment::RUN) {
+      EXPECT_EQ(a.job_id(), second->id());
+      placed = true;
+    }
+  }
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_TRUE(stopped);
+  EXPECT_TRUE(placed) << "the second job never reached the stopping worker";
+  EXPECT_GE(waited, 0.9) << "placed before the grace was over";
+}
+
 TEST_F(CoordinatorTest, StateSurvivesARestartAndSubmitIsIdempotent) {
   std::string id;
   {
