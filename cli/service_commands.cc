@@ -36,6 +36,7 @@ struct ServiceCli {
   int priority = 0, max_restarts = -1;
   // jobs
   bool all = false;
+  int page_size = 100;  // jobs per List call
   // status / watch / cancel
   std::string id, reason;
 };
@@ -223,10 +224,16 @@ int DoJobs(const ServiceCli& a) {
   if (!c.ok()) return Fail(c.status());
   v1::ListJobsRequest req;
   req.set_include_children(a.all);
-  v1::ListJobsResponse resp;
-  auto ctx = MakeContext(c->opts, 30);
-  grpc::Status s = c->stub->List(ctx.get(), req, &resp);
-  if (!s.ok()) return Fail(Annotated(s, "jobs", c->opts.address));
+  req.set_page_size(a.page_size);
+  v1::ListJobsResponse resp;  // every page, in submission order
+  do {
+    v1::ListJobsResponse page;
+    auto ctx = MakeContext(c->opts, 30);
+    grpc::Status s = c->stub->List(ctx.get(), req, &page);
+    if (!s.ok()) return Fail(Annotated(s, "jobs", c->opts.address));
+    for (auto& j : *page.mutable_jobs()) *resp.add_jobs() = std::move(j);
+    req.set_page_token(page.next_page_token());
+  } while (!req.page_token().empty());
   if (a.json) {
     std::printf("%s\n", ToJson(resp).c_str());
     return 0;
@@ -319,6 +326,7 @@ std::shared_ptr<ServiceCli> AddServiceCommands(CLI::App* app) {
   Common(s->submit, s.get());
   s->jobs = app->add_subcommand("jobs", "list the coordinator's jobs");
   s->jobs->add_flag("--all", s->all, "include sweep variants");
+  s->jobs->add_option("--page-size", s->page_size, "jobs per request (1 to 1000)")->capture_default_str();
   Common(s->jobs, s.get());
   s->status = app->add_subcommand("status", "a job's state, history, metrics and output");
   s->status->add_option("id", s->id, "job id")->required();

@@ -543,10 +543,20 @@ absl::Status Coordinator::ReportResult(const v1::AttemptResult& r) {
   if (r.attempt() != j.job.attempt()) return absl::OkStatus();
   if (j.job.state() != v1::SCHEDULED && j.job.state() != v1::RUNNING) return absl::OkStatus();
   const std::string who = absl::StrCat("rank ", r.rank(), " on worker ", r.worker_id());
+  if (r.rank() == 0 && r.has_progress()) {
+    // The result carries the attempt's last progress, newer than the last
+    // report: tokens trained count up to it whether the attempt finished or
+    // failed; the checkpoint fields stay those the checkpoint reports set.
+    const int64_t ck_step = j.job.progress().checkpoint_step(), ck_tok = j.job.progress().checkpoint_tokens();
+    if (r.code() == 0 && r.finished()) {
+      *j.job.mutable_progress() = r.progress();
+      j.job.mutable_progress()->set_checkpoint_step(ck_step);
+      j.job.mutable_progress()->set_checkpoint_tokens(ck_tok);
+    }
+    j.job.mutable_progress()->set_tokens_trained(j.job.tokens_trained_before() + r.progress().tokens_trained());
+  }
   if (r.code() == 0) {
     if (r.finished() && r.rank() == 0) {
-      *j.job.mutable_progress() = r.progress();
-      j.job.mutable_progress()->set_tokens_trained(j.job.tokens_trained_before() + r.progress().tokens_trained());
       j.job.set_output(r.output());
       StopGroup(&j, "finished");
       Transition(&j, v1::SUCCEEDED, absl::StrCat("trained ", r.progress().tokens(), " tokens; output ", r.output()));

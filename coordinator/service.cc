@@ -67,7 +67,19 @@ class JobServiceImpl final : public v1::JobService::Service {
   }
   grpc::Status List(grpc::ServerContext* ctx, const v1::ListJobsRequest* req, v1::ListJobsResponse* resp) override {
     if (auto s = CheckToken(ctx, token_, "client"); !s.ok()) return s;
-    for (auto& j : c_->List(req->include_children())) *resp->add_jobs() = std::move(j);
+    if (req->page_size() < 0 || req->page_size() > 1000)
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "page_size: 0 (default 100) to 1000");
+    const size_t page = req->page_size() > 0 ? static_cast<size_t>(req->page_size()) : 100;
+    std::vector<v1::Job> all = c_->List(req->include_children());
+    size_t first = 0;
+    if (!req->page_token().empty()) {
+      while (first < all.size() && all[first].id() != req->page_token()) ++first;
+      if (first == all.size())
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "page_token: no job " + req->page_token().substr(0, 64));
+      ++first;
+    }
+    for (size_t i = first; i < all.size() && i < first + page; ++i) *resp->add_jobs() = std::move(all[i]);
+    if (first + page < all.size()) resp->set_next_page_token(resp->jobs(resp->jobs_size() - 1).id());
     return grpc::Status::OK;
   }
   grpc::Status Watch(grpc::ServerContext* ctx, const v1::WatchJobRequest* req,

@@ -1,5 +1,7 @@
 #include "core/base/config.h"
 
+#include <algorithm>
+
 #include <yaml-cpp/yaml.h>
 
 #include <cmath>
@@ -543,6 +545,19 @@ absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin) 
   const SaeConfig& s = cfg.sae;
   const TrainConfig& t = cfg.train;
   const WorldConfig& w = cfg.world;
+
+  // Free-text fields: bounded, and no control characters (a name is shown in
+  // listings and logs, a path is passed to the file system).
+  auto text = [&](const std::string& v, const char* field, size_t max) {
+    c.Check(v.size() <= max, field, absl::StrCat(v.size(), " characters, more than ", max));
+    c.Check(std::none_of(v.begin(), v.end(), [](char ch) { return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f; }),
+            field, "contains a control character (NUL, newline, tab, ...)");
+  };
+  text(cfg.name, "name", kMaxNameLength);
+  text(d.path, "data.path", kMaxPathLength);
+  text(d.model, "data.model", kMaxPathLength);
+  text(d.corpus, "data.corpus", kMaxPathLength);
+  text(cfg.output, "output", kMaxPathLength);
 
   c.Choice(d.kind, kDataKinds, "data.kind");
   if (d.kind == "shards") {

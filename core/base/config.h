@@ -92,6 +92,8 @@ constexpr int64_t kMaxDIn = 131072;
 constexpr int64_t kMaxLatents = int64_t{1} << 28;
 constexpr int64_t kMaxThreads = 1024;
 constexpr int64_t kMaxTrainingGiB = 4096;
+constexpr size_t kMaxNameLength = 256;   // name: no control characters
+constexpr size_t kMaxPathLength = 4096;  // data.path, data.model, data.corpus, output
 // Bytes of float32 training state of an n × d SAE: W_enc and W_dec with
 // their gradients and two Adam moments each (8·n·d floats), plus the biases.
 inline double EstimateTrainingBytes(int64_t latents, int64_t d_in) {

@@ -351,6 +351,29 @@ TEST_F(Service, FrozenWorkerPastItsLeaseWritesNothingAfterTheRestart) {
   EXPECT_EQ(log.find("checkpoint written"), std::string::npos) << log;
 }
 
+// One client cannot break `sae jobs` for everyone: names are bounded (and
+// free of control characters) at submit, and the listing comes in pages.
+TEST_F(Service, ListingPagesAndBoundedNames) {
+  StartCoordinator({});
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) ids.push_back(Submit(SynthJob("out" + std::to_string(i), 1, 1000, 0)));
+  Result r = Sae("jobs --json --page-size 2");
+  ASSERT_EQ(r.code, 0) << r.out;
+  json all = json::parse(r.out);
+  ASSERT_EQ(all["jobs"].size(), 5u) << r.out;
+  for (size_t i = 0; i < ids.size(); ++i) EXPECT_EQ(all["jobs"][i]["id"], ids[i]);
+  EXPECT_NE(Sae("jobs --page-size 5000").code, 0);
+  for (const std::string& name : {std::string(300, 'x'), std::string("two\nlines")}) {
+    const fs::path f = dir_ / "bad_name.yaml";
+    json quoted = name;
+    WriteAll(f, "name: " + quoted.dump() + "\n" + SynthJob("bad", 1, 1000, 0).substr(SynthJob("bad", 1, 1000, 0).find('\n') + 1));
+    Result b = Sae("submit " + f.string());
+    EXPECT_NE(b.code, 0) << b.out;
+    EXPECT_NE(b.out.find("name"), std::string::npos) << b.out;
+  }
+  EXPECT_EQ(json::parse(Sae("jobs --json").out)["jobs"].size(), 5u);
+}
+
 TEST_F(Service, CoordinatorRestartKeepsTheJob) {
   Proc* coord = &StartCoordinator({});
   const std::string listen = addr_;

@@ -216,6 +216,68 @@ TEST_F(CoordinatorTest, AStoppingWorkerIsFreeAgainAfterTheGrace) {
   EXPECT_GE(waited, 0.9) << "placed before the grace was over";
 }
 
+// The result of an attempt carries its last progress: a failure counts the
+// tokens trained up to it (not the last progress report's), and success
+// keeps the checkpoint the reports named.
+TEST_F(CoordinatorTest, ResultsKeepCheckpointAndCountTokensTrained) {
+  auto c = Coordinator::Create(opts_);
+  ASSERT_TRUE(c.ok());
+  Join(c->get(), "a");
+  auto job = (*c)->Submit(Req(1, "out"));
+  ASSERT_TRUE(job.ok());
+  v1::Assignment run = Next(c->get(), "a");
+  ASSERT_EQ(run.kind(), v1::Assignment::RUN);
+  auto report = [&](int64_t trained) {
+    v1::ProgressReport p;
+    p.set_worker_id("a");
+    p.set_job_id(job->id());
+    p.set_attempt(run.attempt());
+    p.mutable_progress()->set_tokens(trained);
+    p.mutable_progress()->set_tokens_trained(trained);
+    ASSERT_TRUE((*c)->ReportProgress(p).ok());
+  };
+  report(300);
+  v1::CheckpointReport ck;
+  ck.set_worker_id("a");
+  ck.set_job_id(job->id());
+  ck.set_attempt(run.attempt());
+  ck.set_step(2);
+  ck.set_tokens(200);
+  ASSERT_TRUE((*c)->ReportCheckpoint(ck).ok());
+  v1::AttemptResult fail;
+  fail.set_worker_id("a");
+  fail.set_job_id(job->id());
+  fail.set_attempt(run.attempt());
+  fail.set_code(static_cast<int>(absl::StatusCode::kUnavailable));
+  fail.set_message("peer reset");
+  fail.mutable_progress()->set_tokens(450);
+  fail.mutable_progress()->set_tokens_trained(450);
+  ASSERT_TRUE((*c)->ReportResult(fail).ok());
+  EXPECT_EQ((*c)->Get(job->id())->progress().tokens_trained(), 450);
+  EXPECT_EQ(State(c->get(), job->id()), v1::RESTARTING);
+
+  run = Next(c->get(), "a");  // attempt 2 resumes at 200 tokens and finishes
+  ASSERT_EQ(run.attempt(), 2);
+  ck.set_attempt(2);
+  ck.set_step(10);
+  ck.set_tokens(1000);
+  ASSERT_TRUE((*c)->ReportCheckpoint(ck).ok());
+  v1::AttemptResult done;
+  done.set_worker_id("a");
+  done.set_job_id(job->id());
+  done.set_attempt(2);
+  done.set_finished(true);
+  done.set_output("out");
+  done.mutable_progress()->set_tokens(1000);
+  done.mutable_progress()->set_tokens_trained(800);
+  ASSERT_TRUE((*c)->ReportResult(done).ok());
+  auto got = (*c)->Get(job->id());
+  EXPECT_EQ(got->state(), v1::SUCCEEDED);
+  EXPECT_EQ(got->progress().checkpoint_tokens(), 1000);
+  EXPECT_EQ(got->progress().checkpoint_step(), 10);
+  EXPECT_EQ(got->progress().tokens_trained(), 450 + 800);
+}
+
 TEST_F(CoordinatorTest, StateSurvivesARestartAndSubmitIsIdempotent) {
   std::string id;
   {
