@@ -84,11 +84,24 @@ absl::StatusOr<c10::intrusive_ptr<c10d::TCPStore>> MakeTcpStore(const std::strin
   o.numWorkers = static_cast<size_t>(world);
   o.waitWorkers = false;
   o.timeout = Ms(timeout);
-  try {
-    return c10::make_intrusive<c10d::TCPStore>(host, o);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("rendezvous at ", address, serve ? " (serving)" : "", ": ", e.what()));
+  // The previous attempt's store on this port may still be closing (its
+  // last collective ending): a server retries the bind for a while.
+  const auto bind_deadline = std::chrono::steady_clock::now() + std::min(Ms(timeout), std::chrono::milliseconds(30000));
+  while (true) {
+    try {
+      return c10::make_intrusive<c10d::TCPStore>(host, o);
+    } catch (const std::exception& e) {
+      const bool in_use = std::string(e.what()).find("Address already in use") != std::string::npos;
+      if (serve && in_use && std::chrono::steady_clock::now() < bind_deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(250));
+        continue;
+      }
+      std::string msg = e.what();
+      const size_t nl = msg.find('\n');
+      if (nl != std::string::npos) msg.resize(nl);
+      return absl::UnavailableError(
+          absl::StrCat("rendezvous at ", address, serve ? " (serving)" : "", ": ", msg));
+    }
   }
 }
 
@@ -162,10 +175,17 @@ class GlooCommunicator : public Communicator {
         timeout_(timeout) {}
   ~GlooCommunicator() override {
     // A collective left pending (stop, timeout, a peer's failure) keeps one
-    // of Gloo's threads waiting on a peer, and destroying the process group
-    // would wait for it up to the timeout: leave it to end on its own (the
-    // process is about to report the failure and usually to exit).
-    if (abandoned_) (void)pg_.release();
+    // of Gloo's threads waiting on a peer until it errors or times out, and
+    // destroying the process group waits for it. Destroy it in a thread of
+    // its own: the caller goes on at once, and the store (rank 0 serves its
+    // port) closes as soon as the pending collective ends.
+    if (abandoned_) {
+      heartbeat_.reset();
+      std::thread([pg = std::move(pg_), store = std::move(store_)]() mutable {
+        pg.reset();
+        store.reset();
+      }).detach();
+    }
   }
   int rank() const override { return rank_; }
   int world_size() const override { return world_; }

@@ -1,0 +1,209 @@
+// Failure drills against the built binaries on loopback: workers killed at
+// start, mid-step and mid-checkpoint, a worker frozen past its lease, the
+// coordinator killed while a job is RESTARTING, a rank of a 3-worker job
+// lost, a disk that fills up during a checkpoint. docs/reliability.md lists
+// what each proves.
+#include <sys/mount.h>
+
+#include <random>
+
+#include "tests/integration/service_fixture.h"
+
+namespace {
+
+// Every logged step once and in order, ending at the last step.
+void ExpectCleanMetrics(const fs::path& run, int64_t last_step) {
+  std::istringstream lines(ReadAll(run / "metrics.jsonl"));
+  std::string line;
+  int64_t prev = 0, n = 0;
+  while (std::getline(lines, line)) {
+    const int64_t step = json::parse(line)["step"].get<int64_t>();
+    EXPECT_GT(step, prev) << run << " metrics.jsonl line " << n + 1 << ": step " << step << " after " << prev;
+    prev = step;
+    ++n;
+  }
+  EXPECT_EQ(prev, last_step) << run;
+}
+
+// Drill: a worker frozen (SIGSTOP) past its lease while training, resumed
+// (SIGCONT) after the job restarted on another worker. The stale attempt
+// must write nothing into the run directory (the attempt fence): the job
+// succeeds, metrics.jsonl has each step once and in order, no stray
+// .partial is left, and the frozen worker says why it stopped.
+TEST_F(Service, FrozenWorkerPastItsLeaseWritesNothingAfterTheRestart) {
+  Proc& coord = StartCoordinator({});
+  Proc& w1 = StartWorker("w1");
+  const int64_t total = 600000, every = 40000;
+  const std::string id = Submit(SynthJob("run", 1, total, every));
+  json st = WaitFor(id, [&](const json& j) { return Num(j["progress"], "checkpoint_step") > 0; }, 120);
+  ASSERT_FALSE(Terminal(st)) << "the job finished before the freeze: make it longer";
+  ::kill(w1.pid, SIGSTOP);
+  st = WaitFor(id, [](const json& j) { return StateIs(j, "RESTARTING") || Terminal(j); }, 60);
+  ASSERT_TRUE(StateIs(st, "RESTARTING")) << st.dump();
+  StartWorker("w2");
+  st = WaitFor(id, [](const json& j) { return StateIs(j, "RUNNING") && j.value("attempt", 0) >= 2; }, 60);
+  // The old attempt wakes up in the middle of a step while it cannot reach
+  // the coordinator (frozen too, for less than a lease): nothing tells it to
+  // stop, and it trains on (without the fence, it finishes first and renames
+  // the run directory away from under the new attempt).
+  ::kill(coord.pid, SIGSTOP);
+  ::kill(w1.pid, SIGCONT);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+  ::kill(coord.pid, SIGCONT);
+  st = WaitFor(id, Terminal, 240);
+  ASSERT_TRUE(StateIs(st, "SUCCEEDED")) << st.dump();
+  EXPECT_FALSE(fs::exists(dir_ / "run.partial"));
+  EXPECT_TRUE(fs::exists(dir_ / "run" / "summary.json"));
+  EXPECT_FALSE(fs::exists(dir_ / "run" / "attempt"));
+  ExpectCleanMetrics(dir_ / "run", (total + 255) / 256);
+  // The stale attempt found the fence at its first write (a metrics line,
+  // or the checkpoint a stop writes) and wrote nothing: without the fence it
+  // writes a checkpoint and flips `latest` back to its own, older step.
+  const auto deadline = Clock::now() + std::chrono::seconds(20);
+  std::string log;
+  while (Clock::now() < deadline) {
+    log = ReadAll(w1.log);
+    if (log.find("stale attempt") != std::string::npos || log.find("checkpoint written") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  EXPECT_NE(log.find("stale attempt 1"), std::string::npos) << log;
+  EXPECT_EQ(log.find("checkpoint written"), std::string::npos) << log;
+}
+
+// Three kills of the training worker: as the job is placed (before a step),
+// at a random moment mid-run, and while a checkpoint is being written (its
+// .tmp directory exists). Each time a new worker takes over; the job ends
+// SUCCEEDED with the whole run, each step logged once.
+TEST_F(Service, WorkersKilledAtStartMidStepAndMidCheckpoint) {
+  StartCoordinator({});
+  std::deque<Proc*> workers;
+  workers.push_back(&StartWorker("w0"));
+  const int64_t total = 500000, every = 20000;
+  const std::string id = Submit(SynthJob("run", 1, total, every));
+  const fs::path ckpts = dir_ / "run.partial" / "checkpoints";
+  std::mt19937 rng(7);
+  for (int kill = 0; kill < 3; ++kill) {
+    json st = WaitFor(id, [](const json& j) { return StateIs(j, "SCHEDULED") || StateIs(j, "RUNNING") || Terminal(j); }, 60);
+    ASSERT_FALSE(Terminal(st)) << "finished before kill " << kill << ": make the job longer";
+    if (kill == 1) {
+      WaitFor(id, [](const json& j) { return Num(j["progress"], "tokens") > 0 || Terminal(j); }, 60);
+      std::this_thread::sleep_for(std::chrono::milliseconds(200 + rng() % 800));
+    } else if (kill == 2) {
+      const auto deadline = Clock::now() + std::chrono::seconds(30);
+      bool in_checkpoint = false;
+      while (!in_checkpoint && Clock::now() < deadline) {
+        std::error_code ec;
+        for (const auto& e : fs::directory_iterator(ckpts, ec))
+          in_checkpoint |= e.path().extension() == ".tmp";
+        if (!in_checkpoint) std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
+      std::printf("kill 3 %s a checkpoint was being written\n", in_checkpoint ? "while" : "(timed out waiting) before");
+    }
+    workers.back()->Kill(SIGKILL);
+    st = WaitFor(id, [](const json& j) { return StateIs(j, "RESTARTING") || Terminal(j); }, 60);
+    ASSERT_TRUE(StateIs(st, "RESTARTING")) << st.dump();
+    workers.push_back(&StartWorker("w" + std::to_string(kill + 1)));
+  }
+  json st = WaitFor(id, Terminal, 300);
+  ASSERT_TRUE(StateIs(st, "SUCCEEDED")) << st.dump();
+  EXPECT_EQ(st.value("restarts", 0), 3);
+  json summary = json::parse(ReadAll(dir_ / "run" / "summary.json"));
+  EXPECT_EQ(summary["tokens"].get<int64_t>(), total);
+  ExpectCleanMetrics(dir_ / "run", (total + 255) / 256);
+  EXPECT_FALSE(fs::exists(dir_ / "run.partial"));
+}
+
+// The coordinator is killed while a job waits to restart: the restarted
+// coordinator finds it RESTARTING in its database and places it on the
+// next worker, which resumes from the checkpoint.
+TEST_F(Service, CoordinatorKilledWhileAJobIsRestarting) {
+  Proc* coord = &StartCoordinator({});
+  const std::string listen = addr_;
+  Proc& w1 = StartWorker("w1");
+  const int64_t total = 300000, every = 20000;
+  const std::string id = Submit(SynthJob("run", 1, total, every));
+  json st = WaitFor(id, [](const json& j) { return Num(j["progress"], "checkpoint_step") > 0 || Terminal(j); }, 120);
+  ASSERT_FALSE(Terminal(st));
+  w1.Kill(SIGKILL);
+  st = WaitFor(id, [](const json& j) { return StateIs(j, "RESTARTING") || Terminal(j); }, 60);
+  ASSERT_TRUE(StateIs(st, "RESTARTING")) << st.dump();
+  const int64_t ck = Num(st["progress"], "checkpoint_tokens");
+  coord->Kill(SIGKILL);
+  coord = &StartCoordinator({}, listen);
+  st = Status(id);
+  EXPECT_TRUE(StateIs(st, "RESTARTING")) << st.dump();
+  const auto t0 = Clock::now();
+  StartWorker("w2");
+  st = WaitFor(id, Terminal, 240);
+  ASSERT_TRUE(StateIs(st, "SUCCEEDED")) << st.dump();
+  std::printf("recovered in %.1f s after the new worker started\n",
+              std::chrono::duration<double>(Clock::now() - t0).count());
+  EXPECT_EQ(st.value("restarts", 0), 1);
+  EXPECT_LE(Num(st["progress"], "tokens_trained"), total + (Num(st["progress"], "tokens") - ck) + every)
+      << "resumed from the checkpoint";
+  ExpectCleanMetrics(dir_ / "run", (total + 255) / 256);
+}
+
+// A 3-worker (gloo) job loses one rank: the others fail their collective
+// naming it, the job restarts from its checkpoint on the two survivors and
+// a replacement, and ends with the whole run.
+TEST_F(Service, AThreeWorkerJobLosesOneRank) {
+  StartCoordinator({});
+  StartWorker("w1");
+  StartWorker("w2");
+  Proc& w3 = StartWorker("w3");
+  const int64_t total = 3 * 256 * 600, every = 3 * 256 * 50;
+  std::string yaml = SynthJob("run", 3, total, every);
+  yaml.replace(yaml.find("batch_tokens: 256"), 17, "batch_tokens: 768");
+  const std::string id = Submit(yaml);
+  json st = WaitFor(id, [](const json& j) { return Num(j["progress"], "checkpoint_step") > 0 || Terminal(j); }, 120);
+  ASSERT_FALSE(Terminal(st));
+  ASSERT_EQ(st["workers"].size(), 3u);
+  w3.Kill(SIGKILL);
+  st = WaitFor(id, [](const json& j) { return StateIs(j, "RESTARTING") || Terminal(j); }, 60);
+  ASSERT_TRUE(StateIs(st, "RESTARTING")) << st.dump();
+  StartWorker("w4");
+  st = WaitFor(id, Terminal, 300);
+  ASSERT_TRUE(StateIs(st, "SUCCEEDED")) << st.dump();
+  json summary = json::parse(ReadAll(dir_ / "run" / "summary.json"));
+  EXPECT_EQ(summary["tokens"].get<int64_t>(), total);
+  ExpectCleanMetrics(dir_ / "run", total / 768);
+}
+
+// The disk fills up while a checkpoint is written (a small tmpfs the test
+// mounts): the run fails naming the write, `latest` still names a complete
+// checkpoint, and the run resumes from it once there is room.
+TEST_F(Service, DiskFullDuringACheckpointKeepsThePreviousOne) {
+  const fs::path mnt = dir_ / "small";
+  fs::create_directories(mnt);
+  // One checkpoint of this SAE is 0.8 MB (parameters and Adam moments of
+  // 512 x 64): two fit in 2 MiB, a third (written before the oldest is
+  // pruned) does not.
+  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=2m") != 0)
+    GTEST_SKIP() << "cannot mount a tmpfs here (" << std::strerror(errno) << "): needs root";
+  struct Unmount {
+    fs::path p;
+    ~Unmount() { ::umount2(p.c_str(), MNT_DETACH); }
+  } unmount{mnt};
+  std::string yaml = SynthJob("unused", 1, 256 * 400, 256 * 20);
+  yaml = yaml.substr(0, yaml.find("output: ")) + "output: " + (mnt / "run").string() + "\n";
+  const fs::path job = dir_ / "job.yaml";
+  WriteAll(job, yaml);
+  Result r = Sh(Bin("sae") + " train " + job.string() + " --quiet");
+  EXPECT_NE(r.code, 0) << r.out;
+  EXPECT_FALSE(r.signaled);
+  EXPECT_NE(r.out.find("No space left on device"), std::string::npos) << r.out;
+  const fs::path ckpts = mnt / "run.partial" / "checkpoints";
+  std::string latest = ReadAll(ckpts / "latest");
+  latest.erase(latest.find_last_not_of("\n") + 1);
+  ASSERT_FALSE(latest.empty()) << r.out;
+  ASSERT_TRUE(fs::exists(ckpts / latest / "state.safetensors"));
+  // Room again: move the run to a larger disk and resume it there.
+  fs::copy(mnt / "run.partial", dir_ / "run.partial", fs::copy_options::recursive);
+  Result resumed = Sh(Bin("sae") + " train " + job.string() + " --quiet --resume --output " + (dir_ / "run").string());
+  ASSERT_EQ(resumed.code, 0) << resumed.out;
+  json summary = json::parse(ReadAll(dir_ / "run" / "summary.json"));
+  EXPECT_EQ(summary["tokens"].get<int64_t>(), 256 * 400);
+}
+
+}  // namespace
