@@ -5,6 +5,7 @@
 // what each proves.
 #include <sys/mount.h>
 
+#include <functional>
 #include <random>
 
 #include "tests/integration/service_fixture.h"
@@ -168,6 +169,61 @@ TEST_F(Service, AThreeWorkerJobLosesOneRank) {
   json summary = json::parse(ReadAll(dir_ / "run" / "summary.json"));
   EXPECT_EQ(summary["tokens"].get<int64_t>(), total);
   ExpectCleanMetrics(dir_ / "run", total / 768);
+}
+
+// A network partition: w1 trains in a network namespace of its own (a veth
+// pair to the coordinator), the link is cut mid-job, the job restarts on w2,
+// and the link comes back while w1 still runs its old attempt. w1's attempt
+// must not corrupt the restarted job: it finds the fence at its next write.
+TEST_F(Service, APartitionedWorkerDoesNotCorruptTheRestartedJob) {
+  const std::string tag = std::to_string(::getpid() % 100000);
+  const std::string ns = "saens" + tag, host_if = "saeh" + tag, ns_if = "saen" + tag;
+  const std::string net = "10.231." + std::to_string(::getpid() % 250) + ".";
+  auto ip = [](const std::string& args) { return std::system(("ip " + args + " > /dev/null 2>&1").c_str()); };
+  struct Cleanup {
+    std::function<void()> f;
+    ~Cleanup() { f(); }
+  } cleanup{[&] {
+    ip("link del " + host_if);
+    ip("netns del " + ns);
+  }};
+  if (ip("netns add " + ns) != 0) GTEST_SKIP() << "cannot create a network namespace here (needs root and iproute2)";
+  ASSERT_EQ(ip("link add " + host_if + " type veth peer name " + ns_if), 0);
+  ASSERT_EQ(ip("link set " + ns_if + " netns " + ns), 0);
+  ASSERT_EQ(ip("addr add " + net + "1/24 dev " + host_if), 0);
+  ASSERT_EQ(ip("link set " + host_if + " up"), 0);
+  ASSERT_EQ(ip("netns exec " + ns + " ip addr add " + net + "2/24 dev " + ns_if), 0);
+  ASSERT_EQ(ip("netns exec " + ns + " ip link set " + ns_if + " up"), 0);
+  ASSERT_EQ(ip("netns exec " + ns + " ip link set lo up"), 0);
+
+  StartCoordinator({}, "0.0.0.0:0");
+  const std::string port = addr_.substr(addr_.rfind(':') + 1);
+  addr_ = "127.0.0.1:" + port;  // the client and w2 (this namespace)
+  Proc& w1 = Spawn({"/usr/sbin/ip", "netns", "exec", ns, Bin("sae-worker"), "--coordinator", net + "1:" + port,
+                    "--worker-id", "w1", "--advertise-host", net + "2"},
+                   "worker-w1");
+  const int64_t total = 600000, every = 20000;
+  const std::string id = Submit(SynthJob("run", 1, total, every));
+  json st = WaitFor(id, [](const json& j) { return Num(j["progress"], "checkpoint_step") > 0 || Terminal(j); }, 120);
+  ASSERT_FALSE(Terminal(st)) << st.dump();
+  ASSERT_EQ(st["workers"][0], "w1");
+  ASSERT_EQ(ip("link set " + host_if + " down"), 0);  // the partition
+  st = WaitFor(id, [](const json& j) { return StateIs(j, "RESTARTING") || Terminal(j); }, 60);
+  ASSERT_TRUE(StateIs(st, "RESTARTING")) << st.dump();
+  StartWorker("w2");
+  WaitFor(id, [](const json& j) { return StateIs(j, "RUNNING") && j.value("attempt", 0) >= 2; }, 60);
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // both attempts run, cut off from each other
+  ASSERT_EQ(ip("link set " + host_if + " up"), 0);  // healed
+  st = WaitFor(id, Terminal, 300);
+  ASSERT_TRUE(StateIs(st, "SUCCEEDED")) << st.dump();
+  ExpectCleanMetrics(dir_ / "run", (total + 255) / 256);
+  EXPECT_FALSE(fs::exists(dir_ / "run.partial"));
+  json summary = json::parse(ReadAll(dir_ / "run" / "summary.json"));
+  EXPECT_EQ(summary["tokens"].get<int64_t>(), total);
+  const auto deadline = Clock::now() + std::chrono::seconds(20);
+  while (Clock::now() < deadline && ReadAll(w1.log).find("stale attempt 1") == std::string::npos)
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_NE(ReadAll(w1.log).find("stale attempt 1"), std::string::npos) << ReadAll(w1.log);
 }
 
 // The disk fills up while a checkpoint is written (a small tmpfs the test
