@@ -1,6 +1,9 @@
 #include "core/data/activation_stream.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
@@ -109,6 +112,14 @@ struct ActivationStream::Impl {
   std::vector<size_t> order;    // shard visit order of order_epoch
   std::vector<int64_t> prefix;  // prefix[k] = rows of order[0..k)
   std::vector<bool> verified;
+  // Each shard's (inode, size, mtime) when first read: a shard changed during
+  // the run (after its checksum was verified) is an error, never read silently.
+  struct FileSig {
+    bool set = false;
+    uint64_t ino = 0;
+    int64_t size = 0, mtime_ns = 0;
+  };
+  std::vector<FileSig> sigs;
 
   std::thread thread;
   std::atomic<bool> stop_flag{false};
@@ -140,6 +151,19 @@ absl::Status ActivationStream::Impl::ReadSegment(
     size_t shard, int64_t row_begin, int64_t rows, const char* need, Window* win, int64_t out_row,
     std::vector<std::pair<int64_t, absl::Status>>* bad_rows) {
   const std::string& path = shard_paths[shard];
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0)
+    return absl::DataLossError(absl::StrCat("shard ", path, ": disappeared during the run: ", std::strerror(errno)));
+  FileSig now{true, static_cast<uint64_t>(st.st_ino), static_cast<int64_t>(st.st_size),
+              static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+  FileSig& was = sigs[shard];
+  if (!was.set) {
+    was = now;
+  } else if (was.ino != now.ino || was.size != now.size || was.mtime_ns != now.mtime_ns) {
+    return absl::DataLossError(absl::StrCat("shard ", path,
+                                            ": changed during the run (size, modification time or inode differ "
+                                            "from when it was first read); its checksum no longer holds"));
+  }
   const bool verifier = opts.world <= 1 || static_cast<int>(shard % opts.world) == opts.rank;
   if (opts.verify_checksums && verifier && !verified[shard]) {
     auto sha = Sha256File(path);
@@ -322,6 +346,7 @@ absl::StatusOr<std::unique_ptr<ActivationStream>> ActivationStream::Open(const s
     impl->shards.push_back(std::move(f));
   }
   impl->verified.assign(m.shards.size(), false);
+  impl->sigs.assign(m.shards.size(), {});
   if (opts.world > 1) {
     impl->share_lo = opts.batch_rows * opts.rank / opts.world;
     impl->share_hi = opts.batch_rows * (opts.rank + 1) / opts.world;
