@@ -44,6 +44,8 @@ v1::JobSpec JobSpecFromConfig(const JobConfig& c) {
   a->set_aux_coefficient(c.sae.aux_coefficient);
   a->set_normalize(c.sae.normalize);
   a->set_init_b_dec(c.sae.init_b_dec);
+  a->set_auxk_scale(c.sae.auxk_scale);
+  a->set_init_encoder_scale(c.sae.init_encoder_scale);
   auto* t = s.mutable_train();
   t->set_tokens(c.train.tokens);
   t->set_batch_tokens(c.train.batch_tokens);
@@ -97,6 +99,9 @@ JobConfig JobConfigFromSpec(const v1::JobSpec& s) {
   c.sae.aux_coefficient = a.aux_coefficient();
   c.sae.normalize = a.normalize();
   c.sae.init_b_dec = a.init_b_dec();
+  // Older clients leave the newer fields empty: their defaults apply.
+  if (!a.auxk_scale().empty()) c.sae.auxk_scale = a.auxk_scale();
+  if (!a.init_encoder_scale().empty()) c.sae.init_encoder_scale = a.init_encoder_scale();
   const auto& t = s.train();
   c.train.tokens = t.tokens();
   c.train.batch_tokens = t.batch_tokens();

@@ -25,6 +25,8 @@ const std::vector<std::string> kShapes = {"linear", "cosine", "exponential"};
 const std::vector<std::string> kDeadRemedies = {"none", "ghost_grads", "auxk"};
 const std::vector<std::string> kNormalizations = {"none", "layer_norm", "unit_mean_norm"};
 const std::vector<std::string> kInitBDec = {"mean", "geometric_median", "zero"};
+const std::vector<std::string> kAuxKScale = {"fit", "none"};
+const std::vector<std::string> kInitEncoderScale = {"match_norm", "none"};
 const std::vector<std::string> kLrDecays = {"none", "linear", "cosine"};
 const std::vector<std::string> kPrecisions = {"fp32", "bf16"};
 const std::vector<std::string> kDevices = {"auto", "cpu", "cuda"};
@@ -429,6 +431,8 @@ class Reader {
         DoubleField("aux_coefficient", &s.aux_coefficient),
         StringField("normalize", &s.normalize),
         StringField("init_b_dec", &s.init_b_dec),
+        StringField("auxk_scale", &s.auxk_scale),
+        StringField("init_encoder_scale", &s.init_encoder_scale),
     };
     SAE_RETURN_IF_ERROR(Map(node, field, fields));
     if (have_latents && have_ef) {
@@ -601,6 +605,8 @@ absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin) 
   c.NonNegative(s.aux_coefficient, "sae.aux_coefficient");
   c.Choice(s.normalize, kNormalizations, "sae.normalize");
   c.Choice(s.init_b_dec, kInitBDec, "sae.init_b_dec");
+  c.Choice(s.auxk_scale, kAuxKScale, "sae.auxk_scale");
+  c.Choice(s.init_encoder_scale, kInitEncoderScale, "sae.init_encoder_scale");
 
   c.Check(t.tokens > 0, "train.tokens", "must be > 0");
   c.Positive(t.batch_tokens, "train.batch_tokens");
@@ -723,6 +729,8 @@ std::string JobConfigToYaml(const JobConfig& cfg) {
   real("aux_coefficient", s.aux_coefficient);
   str("normalize", s.normalize);
   str("init_b_dec", s.init_b_dec);
+  str("auxk_scale", s.auxk_scale);
+  str("init_encoder_scale", s.init_encoder_scale);
   out << YAML::EndMap;
 
   const TrainConfig& t = cfg.train;

@@ -49,6 +49,12 @@ struct SaeConfig {
   double aux_coefficient = 0;        // weight of the AuxK / ghost term; 0 = the remedy's default
   std::string normalize = "none";    // none | layer_norm | unit_mean_norm
   std::string init_b_dec = "mean";   // mean | geometric_median | zero
+  // AuxK's dead-latent reconstruction compared after a closed-form scale
+  // (fit) or as published (none); docs/algorithms.md.
+  std::string auxk_scale = "fit";    // fit | none
+  // W_enc scaled at init so the reconstruction at k_start has the input's
+  // norm (match_norm), or left as drawn (none).
+  std::string init_encoder_scale = "match_norm";  // match_norm | none
 };
 
 struct TrainConfig {
