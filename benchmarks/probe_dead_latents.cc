@@ -57,6 +57,7 @@ int main(int argc, char** argv) {
   uint64_t seed = 0;
   int threads = 0;
   std::string fire_at_target, carry_scale, auxk_scale;
+  bool aten = false;
   app.add_option("--data", data, "activation shard directory (manifest.json)")->required();
   app.add_option("--latents", latents, "number of latents");
   app.add_option("--k", k, "target k");
@@ -75,6 +76,7 @@ int main(int argc, char** argv) {
   app.add_option("--fire-at-target", fire_at_target, "0|1: TrainerOptions::fire_at_target_k (empty = the default)");
   app.add_option("--carry-scale", carry_scale, "0|1: TrainerOptions::carry_scale (empty = the default)");
   app.add_option("--auxk-scale", auxk_scale, "fit|none: sae.auxk_scale (empty = the default)");
+  app.add_flag("--aten", aten, "the device-generic ATen step on CPU");
   app.add_option("--threads", threads, "LibTorch threads (0 = every core)");
   app.add_option("--out", out_path, "JSON lines file (default stdout)");
   CLI11_PARSE(app, argc, argv);
@@ -111,6 +113,7 @@ int main(int argc, char** argv) {
   if (!init_scale.empty()) o.init_encoder_scale = init_scale;
   if (!fire_at_target.empty()) o.fire_at_target_k = fire_at_target == "1";
   if (!carry_scale.empty()) o.carry_scale = carry_scale == "1";
+  o.aten_kernels = aten;
   if (!auxk_scale.empty()) o.auxk_fit = auxk_scale != "none";
   auto tr = sae::SaeTrainer::Create(o);
   if (!tr.ok()) return Fail(std::string(tr.status().message()));

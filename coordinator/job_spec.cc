@@ -101,7 +101,7 @@ JobConfig JobConfigFromSpec(const v1::JobSpec& s) {
   c.sae.init_b_dec = a.init_b_dec();
   // Older clients leave the newer fields empty: their defaults apply.
   if (!a.auxk_scale().empty()) c.sae.auxk_scale = a.auxk_scale();
-  if (!a.init_encoder_scale().empty()) c.sae.init_encoder_scale = a.init_encoder_scale();
+  if (!a.init_encoder_scale().empty()) c.sae.init_encoder_scale = a.init_encoder_scale();  // else auto
   const auto& t = s.train();
   c.train.tokens = t.tokens();
   c.train.batch_tokens = t.batch_tokens();

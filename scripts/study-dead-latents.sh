@@ -17,9 +17,12 @@
 #                 coordinator.db, the sweep's outputs, eval JSON
 #   --tokens N    training tokens per run (default 1000000)
 #   --quick       a smoke run: 2 schedules, 60k tokens, 512 latents (minutes)
+#   --report-only evaluate the finished runs in DIR (those without eval.json)
+#                 and rewrite the page and the plot; no harvest, no sweep
 # Environment: SAE_MODEL_DIR (default ../shared/data/stories260K), WORKERS
 # (default 2), NICE (default 10), LATENTS (4096), K (8), HIGH_LR (0.01),
 # ROWS (harvested rows, 1000000), ACTS (an existing shard directory to reuse),
+# SCHEDULES (the k_schedule list, YAML flow: a part of the grid),
 # EVAL_WINDOWS (32 windows of 128 tokens).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,11 +31,13 @@ root=$(pwd)
 out=runs/study-dead-latents
 tokens=1000000
 quick=0
+report_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out="$2"; shift 2 ;;
     --tokens) tokens="$2"; shift 2 ;;
     --quick) quick=1; shift ;;
+    --report-only) report_only=1; shift ;;
     -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "study-dead-latents: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -46,6 +51,7 @@ high_lr="${HIGH_LR:-0.01}"
 rows="${ROWS:-1000000}"
 eval_windows="${EVAL_WINDOWS:-32}"
 schedules="[null, {start: $((64 * k)), fraction: 0.25, shape: linear}, {start: $((64 * k)), fraction: 0.25, shape: cosine}, {start: $((64 * k)), fraction: 0.25, shape: exponential}, {start: 64, fraction: 0.25, shape: linear}]"
+[ -n "${SCHEDULES:-}" ] && schedules="$SCHEDULES"
 if [ "$quick" = 1 ]; then
   tokens=60000
   latents=512
@@ -71,9 +77,15 @@ if [ ! -f "$acts/manifest.json" ]; then
     --tokens "$rows" --context 256 --out "$acts"
 fi
 
-# 2. A local coordinator and workers (loopback, free ports).
 db="$out/coordinator.db"
 runs="$out/runs"
+t0=0
+t1=0
+if [ "$report_only" = 1 ]; then
+  t0=$(stat -c %Y "$out/study.yaml")
+  t1=$(stat -c %Y "$out/submit.log")
+else
+# 2. A local coordinator and workers (loopback, free ports).
 rm -f "$db" "$db-wal" "$db-shm"
 rm -rf "$runs"
 pids=()
@@ -132,14 +144,16 @@ build/bin/sae submit "$out/reference.yaml" --wait > "$out/submit-reference.log" 
   echo "study-dead-latents: the reference sweep did not succeed; see $out/submit-reference.log" >&2
   exit 1
 }
+fi
 
 # 4. Every SAE spliced into the model (held-out windows: another seed).
 for run in "$runs"/*/ "$runs-reference"/*/; do
   run=${run%/}
   [ -f "$run/summary.json" ] || continue
-  [ -f "$run/eval.json" ] && continue
+  [ -s "$run/eval.json" ] && continue
   nice -n "$nice_n" build/bin/sae eval --model "$model" --sae "$run" --layer 2 --corpus generate --seed 1000 \
-    --context 128 --windows "$eval_windows" --json > "$run/eval.json"
+    --context 128 --windows "$eval_windows" --json > "$run/eval.json.tmp"
+  mv "$run/eval.json.tmp" "$run/eval.json"
 done
 
 # 5. The table and the plot.

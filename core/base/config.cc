@@ -26,7 +26,7 @@ const std::vector<std::string> kDeadRemedies = {"none", "ghost_grads", "auxk"};
 const std::vector<std::string> kNormalizations = {"none", "layer_norm", "unit_mean_norm"};
 const std::vector<std::string> kInitBDec = {"mean", "geometric_median", "zero"};
 const std::vector<std::string> kAuxKScale = {"fit", "none"};
-const std::vector<std::string> kInitEncoderScale = {"match_norm", "none"};
+const std::vector<std::string> kInitEncoderScale = {"auto", "match_norm", "none"};
 const std::vector<std::string> kLrDecays = {"none", "linear", "cosine"};
 const std::vector<std::string> kPrecisions = {"fp32", "bf16"};
 const std::vector<std::string> kDevices = {"auto", "cpu", "cuda"};
@@ -458,9 +458,7 @@ class Reader {
     }
     if (have_ks) {
       s.k_schedule.enabled = true;
-      if (!have_start) {
-        return Error(field + ".k_schedule.start", "required when k_schedule is given", ks_node);
-      }
+      if (!have_start) s.k_schedule.start = 0;  // the input dimension d (resolved with the data)
       if (!have_end) s.k_schedule.end = s.k;
     }
     return absl::OkStatus();
@@ -591,8 +589,8 @@ absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin) 
     const KScheduleConfig& ks = s.k_schedule;
     c.CheckRelation(ks.end == s.k,
                     absl::StrCat("sae.k_schedule.end (", ks.end, ") must equal sae.k (", s.k, ")"));
-    c.CheckRelation(ks.start >= ks.end, absl::StrCat("sae.k_schedule.start (", ks.start,
-                                                     ") must be >= end (", ks.end, ")"));
+    c.CheckRelation(ks.start == 0 || ks.start >= ks.end, absl::StrCat("sae.k_schedule.start (", ks.start,
+                                                                      ") must be >= end (", ks.end, ")"));
     if (latents > 0) {
       c.Check(ks.start <= latents, "sae.k_schedule.start",
               absl::StrCat(ks.start, " exceeds sae.latents (", latents, ")"));

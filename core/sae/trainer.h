@@ -39,10 +39,11 @@ struct TrainerOptions {
   int64_t dead_window_tokens = 10000000;
   Normalize normalize = Normalize::kNone;
   std::string init_b_dec = "mean";  // mean | geometric_median | zero
-  // Encoder scale at initialisation: "none" (kaiming-uniform rows as drawn)
-  // or "match_norm" (ALGORITHMS.md §1: on the first batch, W_enc is scaled so
-  // that the reconstruction at k_start has the input's norm).
-  std::string init_encoder_scale = "match_norm";
+  // Encoder scale at initialisation: "none" (kaiming-uniform rows as drawn),
+  // "match_norm" (on the first batch, W_enc is scaled so that the
+  // reconstruction at k_start has the input's norm) or "auto" (match_norm
+  // when the schedule starts above k, none at constant k).
+  std::string init_encoder_scale = "auto";
   // A latent counts as fired for the dead-latent tracker only when it is
   // among a row's top `k` (the schedule's target) with a > 0, also while the
   // schedule's k is larger (ALGORITHMS.md §4). false: among the current k.

@@ -278,8 +278,18 @@ TEST(Trainer, AtenStepTrainsTheSameSaeAsCpuKernels) {
     }
     if (!schedule) EXPECT_GT(cpu.trainer->dead().NumDead(), 0) << "the remedy had no dead latents to act on";
     EXPECT_NEAR(cpu.final_fvu, aten.final_fvu, 1e-4) << RemedyName(remedy);
-    EXPECT_EQ(cpu.trainer->dead().since_fired(), aten.trainer->dead().since_fired())
-        << RemedyName(remedy);
+    if (remedy == Remedy::kGhostGrads) {
+      // Its amplified rounding differences (above) can move a latent across
+      // a top-k boundary: allow a few of the 1024 counters to differ.
+      const auto& a_sf = cpu.trainer->dead().since_fired();
+      const auto& b_sf = aten.trainer->dead().since_fired();
+      int64_t differ = 0;
+      for (size_t i = 0; i < a_sf.size(); ++i) differ += a_sf[i] != b_sf[i];
+      EXPECT_LE(differ, 10) << "dead-latent counters that differ, of 1024";
+    } else {
+      EXPECT_EQ(cpu.trainer->dead().since_fired(), aten.trainer->dead().since_fired())
+          << RemedyName(remedy);
+    }
   }
 }
 
@@ -358,6 +368,26 @@ TEST(Trainer, LearningRateWarmupAndDecay) {
   o.lr = 0;
   o.latents = 1 << 16;
   EXPECT_NEAR(SaeTrainer::Create(o).value()->base_lr(), 1e-4, 1e-12);  // 2e-4/sqrt(4)
+}
+
+}  // namespace
+}  // namespace sae
+
+namespace sae {
+namespace {
+
+// A k schedule without start begins at d_in (at least k, at most latents).
+TEST(Trainer, KScheduleStartDefaultsToDIn) {
+  auto job = ParseJobConfig("data: {kind: shards, path: a}\nsae: {latents: 1024, k: 8, k_schedule: {shape: cosine}}\n"
+                            "train: {tokens: 100000}\noutput: o\n", "j.yaml");
+  ASSERT_TRUE(job.ok()) << job.status();
+  auto o = TrainerOptionsFromJob(*job, 64);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->schedule.start(), 64);
+  EXPECT_EQ(o->schedule.end(), 8);
+  EXPECT_EQ(o->schedule.shape(), KShape::kCosine);
+  EXPECT_EQ(o->schedule.KAt(0), 64);
+  EXPECT_EQ(TrainerOptionsFromJob(*job, 4)->schedule.start(), 8) << "never below k";
 }
 
 }  // namespace
