@@ -16,13 +16,15 @@
 #   --out DIR     work directory (default runs/study-dead-latents): acts/,
 #                 coordinator.db, the sweep's outputs, eval JSON
 #   --tokens N    training tokens per run (default 1000000)
-#   --quick       a smoke run: 2 schedules, 60k tokens, 512 latents (minutes)
+#   --quick       a smoke run: 2 schedules, 60k tokens, 512 latents (minutes);
+#                 writes DIR/dead-latents.md, not docs/
 #   --report-only evaluate the finished runs in DIR (those without eval.json)
 #                 and rewrite the page and the plot; no harvest, no sweep
 # Environment: SAE_MODEL_DIR (default ../shared/data/stories260K), WORKERS
 # (default 2), NICE (default 10), LATENTS (4096), K (8), HIGH_LR (0.01),
 # ROWS (harvested rows, 1000000), ACTS (an existing shard directory to reuse),
-# SCHEDULES (the k_schedule list, YAML flow: a part of the grid),
+# SCHEDULES (the k_schedule list, YAML flow: a part of the grid; like --quick,
+# the page then goes to DIR/dead-latents.md, docs/ is left alone),
 # EVAL_WINDOWS (32 windows of 128 tokens).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -157,7 +159,10 @@ for run in "$runs"/*/ "$runs-reference"/*/; do
 done
 
 # 5. The table and the plot.
-python3 - "$out" "$root/docs" "$t1" "$t0" "$latents" "$k" "$tokens" "$window" "$high_lr" "$rows" "$eval_windows" <<'PY'
+# A partial grid (--quick, SCHEDULES) writes its page into DIR, not docs/.
+docs_dir="$root/docs"
+if [ "$quick" = 1 ] || [ -n "${SCHEDULES:-}" ]; then docs_dir="$out"; fi
+python3 - "$out" "$docs_dir" "$t1" "$t0" "$latents" "$k" "$tokens" "$window" "$high_lr" "$rows" "$eval_windows" <<'PY'
 import glob, json, os, sys, math
 out, docs, t1, t0, latents, k, tokens, window, high_lr, rows, eval_windows = sys.argv[1:]
 def load(pattern):
