@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "core/base/file_util.h"
 
 namespace sae {
@@ -43,6 +44,8 @@ v1::JobSpec JobSpecFromConfig(const JobConfig& c) {
   a->set_aux_coefficient(c.sae.aux_coefficient);
   a->set_normalize(c.sae.normalize);
   a->set_init_b_dec(c.sae.init_b_dec);
+  a->set_auxk_scale(c.sae.auxk_scale);
+  a->set_init_encoder_scale(c.sae.init_encoder_scale);
   auto* t = s.mutable_train();
   t->set_tokens(c.train.tokens);
   t->set_batch_tokens(c.train.batch_tokens);
@@ -96,6 +99,9 @@ JobConfig JobConfigFromSpec(const v1::JobSpec& s) {
   c.sae.aux_coefficient = a.aux_coefficient();
   c.sae.normalize = a.normalize();
   c.sae.init_b_dec = a.init_b_dec();
+  // Older clients leave the newer fields empty: their defaults apply.
+  if (!a.auxk_scale().empty()) c.sae.auxk_scale = a.auxk_scale();
+  if (!a.init_encoder_scale().empty()) c.sae.init_encoder_scale = a.init_encoder_scale();  // else auto
   const auto& t = s.train();
   c.train.tokens = t.tokens();
   c.train.batch_tokens = t.batch_tokens();
@@ -116,33 +122,113 @@ JobConfig JobConfigFromSpec(const v1::JobSpec& s) {
   return c;
 }
 
+namespace {
+
+// A sweep value as text: scalars as written, null as "~", maps and lists in
+// YAML flow style (e.g. "{start: 512, shape: linear}").
+std::string ValueText(const YAML::Node& v) {
+  if (v.IsNull()) return "~";
+  if (v.IsScalar()) return v.as<std::string>();
+  YAML::Emitter e;
+  e << YAML::Flow << v;
+  return e.c_str();
+}
+
+// The short label of a value in variant names: a scalar itself, "none" for
+// null, a map's values joined by '_' in order ({start: 512, shape: linear}
+// -> "512_linear").
+std::string ValueLabel(const YAML::Node& v) {
+  if (v.IsNull()) return "none";
+  if (v.IsScalar()) return v.as<std::string>();
+  std::vector<std::string> parts;
+  if (v.IsMap()) {
+    for (auto it = v.begin(); it != v.end(); ++it) parts.push_back(ValueLabel(it->second));
+  } else {
+    for (const auto& e : v) parts.push_back(ValueLabel(e));
+  }
+  return absl::StrJoin(parts, "_");
+}
+
+bool IsFieldName(const std::string& s) {
+  return !s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789_") == std::string::npos;
+}
+
+// An axis field is a dotted path: "train.lr", "sae.k_schedule.shape", or
+// relative to sae ("k", "k_schedule.start") as sweeps always were.
+std::vector<std::string> AxisPath(const std::string& field) {
+  std::vector<std::string> path = absl::StrSplit(field, '.');
+  if (path.empty() || (path[0] != "sae" && path[0] != "train")) path.insert(path.begin(), "sae");
+  return path;
+}
+
+// The name of an axis in variant suffixes and errors: the path without "sae.".
+std::string AxisName(const std::vector<std::string>& path) {
+  if (path.size() > 1 && path[0] == "sae")
+    return absl::StrJoin(std::vector<std::string>(path.begin() + 1, path.end()), ".");
+  return absl::StrJoin(path, ".");
+}
+
+// Collects every list under `node` (a map at `prefix`) as an axis and
+// replaces it by its first value. Maps recurse: a list anywhere below is an
+// axis of its dotted path.
+absl::Status CollectAxes(YAML::Node node, const std::string& prefix, const std::string& origin,
+                         std::vector<v1::SweepAxis>* axes) {
+  std::vector<std::pair<std::string, YAML::Node>> firsts;
+  for (auto it = node.begin(); it != node.end(); ++it) {
+    const std::string key = it->first.as<std::string>();
+    const std::string field = prefix.empty() ? key : absl::StrCat(prefix, ".", key);
+    YAML::Node value = it->second;
+    if (value.IsMap()) {
+      SAE_RETURN_IF_ERROR(CollectAxes(value, field, origin, axes));
+      continue;
+    }
+    if (!value.IsSequence()) continue;
+    const std::string shown = AxisName(AxisPath(field));
+    if (value.size() == 0)
+      return absl::InvalidArgumentError(absl::StrCat(origin, ": ", AxisPath(field)[0], ".", shown,
+                                                     ": an empty list of values"));
+    v1::SweepAxis axis;
+    axis.set_field(field);
+    for (const auto& v : value) {
+      if (v.IsSequence())
+        return absl::InvalidArgumentError(absl::StrCat(origin, ": ", AxisPath(field)[0], ".", shown,
+                                                       ": a sweep lists values, not lists"));
+      axis.add_values(ValueText(v));
+    }
+    axes->push_back(axis);
+    firsts.emplace_back(key, YAML::Clone(value[0]));
+  }
+  for (auto& [key, v] : firsts) {
+    if (v.IsNull()) {
+      node.remove(key);
+    } else {
+      node[key] = v;
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::pair<JobConfig, std::vector<v1::SweepAxis>>> ParseJobWithSweep(const std::string& yaml,
                                                                                    const std::string& origin) {
   std::vector<v1::SweepAxis> axes;
   std::string text = yaml;
   try {
     YAML::Node root = YAML::Load(yaml);
-    if (root.IsMap() && root["sae"] && root["sae"].IsMap()) {
-      YAML::Node sae = root["sae"];
-      for (auto it = sae.begin(); it != sae.end(); ++it) {
-        if (!it->second.IsSequence()) continue;
-        const std::string field = it->first.as<std::string>();
-        if (it->second.size() == 0)
-          return absl::InvalidArgumentError(absl::StrCat(origin, ": sae.", field, ": an empty list of values"));
-        v1::SweepAxis axis;
-        axis.set_field(field);
-        const YAML::Node values = it->second;
-        for (const auto& v : values) {
-          if (!v.IsScalar())
-            return absl::InvalidArgumentError(
-                absl::StrCat(origin, ": sae.", field, ": a sweep lists plain values"));
-          axis.add_values(v.as<std::string>());
-        }
-        axes.push_back(axis);
+    bool any = false;
+    if (root.IsMap()) {
+      // sae fields keep their historical names ("k", "k_schedule.shape");
+      // train fields are named from the root ("train.lr").
+      for (const char* section : {"sae", "train"}) {
+        if (!root[section] || !root[section].IsMap()) continue;
+        const size_t before = axes.size();
+        SAE_RETURN_IF_ERROR(CollectAxes(root[section], std::string(section) == "sae" ? "" : section,
+                                        origin, &axes));
+        any = any || axes.size() > before;
       }
-      for (const auto& axis : axes) sae[axis.field()] = axis.values(0);
-      text = YAML::Dump(root);
     }
+    if (any) text = YAML::Dump(root);
   } catch (const YAML::Exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(origin, ": invalid YAML: ", e.what()));
   }
@@ -162,30 +248,67 @@ absl::StatusOr<std::vector<SweepVariant>> ExpandSweep(const JobConfig& base,
   std::vector<SweepVariant> out;
   if (axes.empty()) return out;
   size_t combos = 1;
+  std::vector<std::vector<std::string>> paths;
   for (const auto& a : axes) {
+    std::vector<std::string> path = AxisPath(a.field());
+    for (const auto& part : path)
+      if (!IsFieldName(part))
+        return absl::InvalidArgumentError(absl::StrCat("sweep: ", path[0], ".", AxisName(path), ": not a field name"));
     if (a.values_size() == 0)
-      return absl::InvalidArgumentError(absl::StrCat("sweep: sae.", a.field(), ": no values"));
+      return absl::InvalidArgumentError(absl::StrCat("sweep: ", path[0], ".", AxisName(path), ": no values"));
     combos *= a.values_size();
     if (combos > 256) return absl::InvalidArgumentError("sweep: more than 256 variants");
+    paths.push_back(std::move(path));
   }
   const std::string base_yaml = JobConfigToYaml(base);
   try {
   for (size_t c = 0; c < combos; ++c) {
     YAML::Node root = YAML::Load(base_yaml);
+    // The schedule's end follows sae.k unless a variant sets it.
+    if (root["sae"]["k_schedule"] && root["sae"]["k_schedule"]["end"] &&
+        root["sae"]["k_schedule"]["end"].as<int64_t>() == base.sae.k)
+      root["sae"]["k_schedule"].remove("end");
     std::vector<std::string> parts;
     size_t rest = c;
-    for (const auto& a : axes) {
+    for (size_t ai = 0; ai < axes.size(); ++ai) {
+      const auto& a = axes[ai];
+      const std::vector<std::string>& path = paths[ai];
       const std::string& v = a.values(static_cast<int>(rest % a.values_size()));
       rest /= a.values_size();
-      if (a.field().empty() || a.field().find_first_not_of("abcdefghijklmnopqrstuvwxyz_") != std::string::npos)
-        return absl::InvalidArgumentError(absl::StrCat("sweep: sae.", a.field(), ": not a field name"));
-      if (a.field() == "latents") root["sae"].remove("expansion_factor");
-      if (a.field() == "expansion_factor") root["sae"].remove("latents");
-      root["sae"][a.field()] = v;
-      std::string vs = v;
+      const std::string name = AxisName(path);
+      YAML::Node value;
+      try {
+        value = YAML::Load(v);
+      } catch (const YAML::Exception& e) {
+        return absl::InvalidArgumentError(absl::StrCat("sweep: ", path[0], ".", name, ": value '", v, "': ", e.what()));
+      }
+      if (path == std::vector<std::string>{"sae", "latents"}) root["sae"].remove("expansion_factor");
+      if (path == std::vector<std::string>{"sae", "expansion_factor"}) root["sae"].remove("latents");
+      // Walk to the parent map (creating maps on the way), then set or,
+      // for null, remove the field (its default applies).
+      // (Node::reset rebinds; operator= would assign into the tree.)
+      YAML::Node parent = root;
+      bool reached = true;
+      for (size_t i = 0; i + 1 < path.size(); ++i) {
+        if (!parent[path[i]] || !parent[path[i]].IsMap()) {
+          if (value.IsNull()) {
+            reached = false;
+            break;
+          }
+          parent[path[i]] = YAML::Node(YAML::NodeType::Map);
+        }
+        YAML::Node child = parent[path[i]];
+        parent.reset(child);
+      }
+      if (value.IsNull()) {
+        if (reached && parent.IsMap()) parent.remove(path.back());
+      } else {
+        parent[path.back()] = value;
+      }
+      std::string vs = ValueLabel(value);
       for (char& ch : vs)
         if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '_') ch = '_';
-      parts.push_back(absl::StrCat(a.field(), "-", vs));
+      parts.push_back(absl::StrCat(name, "-", vs));
     }
     const std::string suffix = absl::StrJoin(parts, "_");
     root["name"] = absl::StrCat(base.name, "-", suffix);

@@ -392,6 +392,7 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
       json j = {{"step", m->step}, {"tokens", m->tokens}, {"k", m->k}, {"lr", m->lr},
                 {"loss", m->loss}, {"fvu", m->fvu}, {"mse", m->mse}, {"aux_loss", m->aux_loss},
                 {"l0", m->l0}, {"dead_ratio", m->dead_ratio}, {"grad_norm", m->grad_norm},
+                {"recon_norm_ratio", m->recon_norm_ratio},
                 {"step_seconds", m->seconds}, {"tokens_per_second", tok_s},
                 {"data_wait_seconds", data_wait}, {"allreduce_seconds", m->allreduce_seconds},
                 {"allreduce_bytes", m->allreduce_bytes}, {"ranks", world}, {"time", static_cast<int64_t>(std::time(nullptr))}};

@@ -27,6 +27,8 @@ const std::vector<std::string> kShapes = {"linear", "cosine", "exponential"};
 const std::vector<std::string> kDeadRemedies = {"none", "ghost_grads", "auxk"};
 const std::vector<std::string> kNormalizations = {"none", "layer_norm", "unit_mean_norm"};
 const std::vector<std::string> kInitBDec = {"mean", "geometric_median", "zero"};
+const std::vector<std::string> kAuxKScale = {"fit", "none"};
+const std::vector<std::string> kInitEncoderScale = {"auto", "match_norm", "none"};
 const std::vector<std::string> kLrDecays = {"none", "linear", "cosine"};
 const std::vector<std::string> kPrecisions = {"fp32", "bf16"};
 const std::vector<std::string> kDevices = {"auto", "cpu", "cuda"};
@@ -431,6 +433,8 @@ class Reader {
         DoubleField("aux_coefficient", &s.aux_coefficient),
         StringField("normalize", &s.normalize),
         StringField("init_b_dec", &s.init_b_dec),
+        StringField("auxk_scale", &s.auxk_scale),
+        StringField("init_encoder_scale", &s.init_encoder_scale),
     };
     SAE_RETURN_IF_ERROR(Map(node, field, fields));
     if (have_latents && have_ef) {
@@ -456,9 +460,7 @@ class Reader {
     }
     if (have_ks) {
       s.k_schedule.enabled = true;
-      if (!have_start) {
-        return Error(field + ".k_schedule.start", "required when k_schedule is given", ks_node);
-      }
+      if (!have_start) s.k_schedule.start = 0;  // the input dimension d (resolved with the data)
       if (!have_end) s.k_schedule.end = s.k;
     }
     return absl::OkStatus();
@@ -611,8 +613,8 @@ absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin) 
     const KScheduleConfig& ks = s.k_schedule;
     c.CheckRelation(ks.end == s.k,
                     absl::StrCat("sae.k_schedule.end (", ks.end, ") must equal sae.k (", s.k, ")"));
-    c.CheckRelation(ks.start >= ks.end, absl::StrCat("sae.k_schedule.start (", ks.start,
-                                                     ") must be >= end (", ks.end, ")"));
+    c.CheckRelation(ks.start == 0 || ks.start >= ks.end, absl::StrCat("sae.k_schedule.start (", ks.start,
+                                                                      ") must be >= end (", ks.end, ")"));
     if (latents > 0) {
       c.Check(ks.start <= latents, "sae.k_schedule.start",
               absl::StrCat(ks.start, " exceeds sae.latents (", latents, ")"));
@@ -625,6 +627,8 @@ absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin) 
   c.NonNegative(s.aux_coefficient, "sae.aux_coefficient");
   c.Choice(s.normalize, kNormalizations, "sae.normalize");
   c.Choice(s.init_b_dec, kInitBDec, "sae.init_b_dec");
+  c.Choice(s.auxk_scale, kAuxKScale, "sae.auxk_scale");
+  c.Choice(s.init_encoder_scale, kInitEncoderScale, "sae.init_encoder_scale");
 
   c.Check(t.tokens > 0, "train.tokens", "must be > 0");
   c.Positive(t.batch_tokens, "train.batch_tokens");
@@ -748,6 +752,8 @@ std::string JobConfigToYaml(const JobConfig& cfg) {
   real("aux_coefficient", s.aux_coefficient);
   str("normalize", s.normalize);
   str("init_b_dec", s.init_b_dec);
+  str("auxk_scale", s.auxk_scale);
+  str("init_encoder_scale", s.init_encoder_scale);
   out << YAML::EndMap;
 
   const TrainConfig& t = cfg.train;

@@ -14,7 +14,7 @@ namespace sae {
 
 struct KScheduleConfig {
   bool enabled = false;      // false: constant k
-  int64_t start = 0;         // k at the beginning
+  int64_t start = 0;         // k at the beginning; 0 (or absent) = d_in, at least end
   int64_t end = 0;           // the target k (must equal sae.k)
   double fraction = 0.25;    // share of train.tokens over which k anneals, (0, 1]
   std::string shape = "linear";  // linear | cosine | exponential
@@ -49,6 +49,13 @@ struct SaeConfig {
   double aux_coefficient = 0;        // weight of the AuxK / ghost term; 0 = the remedy's default
   std::string normalize = "none";    // none | layer_norm | unit_mean_norm
   std::string init_b_dec = "mean";   // mean | geometric_median | zero
+  // AuxK's dead-latent reconstruction compared after a closed-form scale
+  // (fit) or as published (none); docs/algorithms.md.
+  std::string auxk_scale = "fit";    // fit | none
+  // W_enc scaled at init so the reconstruction at k_start has the input's
+  // norm (match_norm), or left as drawn (none); auto: match_norm when a k
+  // schedule starts above k, none otherwise.
+  std::string init_encoder_scale = "auto";  // auto | match_norm | none
 };
 
 struct TrainConfig {

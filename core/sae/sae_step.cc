@@ -372,11 +372,14 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   std::vector<int64_t> offs(static_cast<size_t>(n) + 1, 0);
   int64_t active = 0;
   res->fired.assign(static_cast<size_t>(n), 0);
+  // Each row's top-k is in descending order: its first fire_k entries are
+  // the ones that would be selected at k = fire_k.
+  const int64_t fire_k = cfg.fire_k > 0 ? std::min(cfg.fire_k, k) : k;
   for (int64_t t = 0; t < B * k; ++t)
     if (VAL[t] > 0) {
       ++offs[IDX[t] + 1];
       ++active;
-      res->fired[IDX[t]] = 1;
+      if (t % k < fire_k) res->fired[IDX[t]] = 1;
     }
   for (int64_t t = 0; t < B * k_aux; ++t)
     if (AVAL[t] > 0) ++offs[AIDX[t] + 1];
@@ -427,6 +430,7 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
 
   // 4. Residuals and the gradients w.r.t. x̂ (fvu) and ê (AuxK), per row.
   std::vector<double> sse_row(static_cast<size_t>(B)), aux_row(static_cast<size_t>(B));
+  std::vector<double> rnorm_row(static_cast<size_t>(B)), xnorm_row(static_cast<size_t>(B));
   const T c_main = static_cast<T>(2.0 / denom);
   const T c_aux = static_cast<T>(2.0 * cfg.aux_coefficient * aux_scale / denom);
   at::parallel_for(0, B, 64, [&](int64_t lo, int64_t hi) {
@@ -434,30 +438,48 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
       const T* xh = XH + b * d;
       const T* xr = X + b * d;
       T* g = GX + b * d;
-      double sse = 0;
+      const T* xcr = XC + b * d;
+      double sse = 0, rn = 0, xn = 0;
       for (int64_t i = 0; i < d; ++i) {
         const T e = xh[i] - xr[i];
         sse += static_cast<double>(e) * e;
         g[i] = c_main * e;
+        const double r = static_cast<double>(xh[i]) - bdec[i];
+        rn += r * r;
+        xn += static_cast<double>(xcr[i]) * xcr[i];
       }
       sse_row[b] = sse;
+      rnorm_row[b] = std::sqrt(rn);
+      xnorm_row[b] = std::sqrt(xn);
       if (k_aux > 0) {
-        // target e = x − x̂ (stop-gradient)
+        // target e = x − x̂ (stop-gradient); with auxk_fit, ê is compared
+        // after scaling by α = clamp(⟨ê, e⟩ / ‖ê‖², 0, 1) (stop-gradient).
         const T* eh = EH + b * d;
         T* ga = GA + b * d;
+        T alpha = 1;
+        if (cfg.auxk_fit) {
+          double num = 0, den = 0;
+          for (int64_t i = 0; i < d; ++i) {
+            num += static_cast<double>(eh[i]) * (static_cast<double>(xr[i]) - xh[i]);
+            den += static_cast<double>(eh[i]) * eh[i];
+          }
+          if (den > 0) alpha = static_cast<T>(std::clamp(num / den, 0.0, 1.0));
+        }
         double s = 0;
         for (int64_t i = 0; i < d; ++i) {
-          const T diff = eh[i] - (xr[i] - xh[i]);
+          const T diff = alpha * eh[i] - (xr[i] - xh[i]);
           s += static_cast<double>(diff) * diff;
-          ga[i] = c_aux * diff;
+          ga[i] = c_aux * alpha * diff;
         }
         aux_row[b] = s;
       }
     }
   });
-  double sse = 0, aux_sum = 0;
+  double sse = 0, aux_sum = 0, recon_norm = 0, input_norm = 0;
   for (int64_t b = 0; b < B; ++b) {
     sse += sse_row[b];
+    recon_norm += rnorm_row[b];
+    input_norm += xnorm_row[b];
     if (k_aux > 0) aux_sum += aux_row[b];
   }
 
@@ -539,6 +561,8 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
 
   phase("project");
   res->sse = sse;
+  res->recon_norm = recon_norm;
+  res->input_norm = input_norm;
   res->active = active;
   res->total_var = total_var;
   res->mse = sse / static_cast<double>(B * d);

@@ -48,8 +48,20 @@ struct StepWorkspace {
 
 struct StepConfig {
   int64_t k = 32;
+  // Latents count as fired (StepResult::fired) only when among the first
+  // fire_k of a row's top-k with a > 0: with a k schedule, the target k, so
+  // that "dead" means the same while k is still large (ALGORITHMS.md §3-§4).
+  // 0 = k.
+  int64_t fire_k = 0;
   Remedy remedy = Remedy::kNone;
   double aux_coefficient = 0;          // weight of the remedy's loss term
+  // AuxK compares α·ê with the residual e, α = clamp(⟨ê, e⟩ / ‖ê‖², 0, 1)
+  // per row (stop-gradient; 1 when ê = 0): the magnitude of the dead
+  // latents' reconstruction is fitted in closed form, so the gradient ranks
+  // dead latents by direction instead of shrinking all of them
+  // (docs/algorithms.md, docs/dead-latents.md). false: Gao et al. as
+  // published (α = 1).
+  bool auxk_fit = true;
   const std::vector<int64_t>* dead = nullptr;  // dead latents, ascending
   bool project_decoder_grad = true;    // remove the component parallel to W_dec rows
   // bf16 encoder: when defined, the GEMM uses this (n×d, bf16-rounded values
@@ -70,7 +82,10 @@ struct StepResult {
   double sse = 0;        // Σ‖x − x̂‖²
   int64_t active = 0;    // Σ over rows of the latents with a > 0
   double total_var = 0;  // Σ‖x − x̄‖²
-  std::vector<uint8_t> fired;  // per latent: fired (a > 0) on some row
+  // Σ over rows of ‖x̂ − b_dec‖ and of ‖x − b_dec‖: their ratio says whether
+  // the reconstruction has the input's scale (ALGORITHMS.md §1, init).
+  double recon_norm = 0, input_norm = 0;
+  std::vector<uint8_t> fired;  // per latent: fired (a > 0, within fire_k) on some row
   // Wall time of each phase of the step, in order (for benchmarks).
   std::vector<std::pair<const char*, double>> phase_seconds;
 };

@@ -95,7 +95,8 @@ absl::Status ComputeGradientsATen(const SaeParams& p, const at::Tensor& x_in, co
     // Fired marks and L0.
     at::Tensor fired = at::zeros({p.latents()}, x.options().dtype(at::kByte));
     at::Tensor on = val > 0;
-    fired.index_fill_(0, idx.masked_select(on), 1);
+    const int64_t fire_k = cfg.fire_k > 0 ? std::min(cfg.fire_k, k) : k;
+    fired.index_fill_(0, idx.narrow(1, 0, fire_k).masked_select(on.narrow(1, 0, fire_k)), 1);
     const int64_t active = on.sum().item<int64_t>();
     res->fired.resize(static_cast<size_t>(p.latents()));
     at::Tensor fired_cpu = fired.cpu();
@@ -109,9 +110,17 @@ absl::Status ComputeGradientsATen(const SaeParams& p, const at::Tensor& x_in, co
     at::Tensor gaux;
     double aux_sum = 0;
     if (k_aux > 0) {
-      at::Tensor diff = Decode(p.W_dec, aux_idx, aux_acts) - (x - xhat);
+      at::Tensor ehat = Decode(p.W_dec, aux_idx, aux_acts);
+      at::Tensor e = x - xhat;
+      at::Tensor alpha = at::ones({B, 1}, x.options());
+      if (cfg.auxk_fit) {
+        at::Tensor num = (ehat.to(at::kDouble) * e.to(at::kDouble)).sum(1, true);
+        at::Tensor den = ehat.to(at::kDouble).pow(2).sum(1, true);
+        alpha = at::where(den > 0, (num / den.clamp_min(1e-300)).clamp(0, 1), at::ones_like(den)).to(x.scalar_type());
+      }
+      at::Tensor diff = alpha * ehat - e;
       aux_sum = diff.pow(2).sum(at::kDouble).item<double>();
-      gaux = diff * (2.0 * cfg.aux_coefficient * aux_scale / denom);
+      gaux = alpha * diff * (2.0 * cfg.aux_coefficient * aux_scale / denom);
     }
 
     // Weight gradients from the selected entries.
@@ -139,6 +148,8 @@ absl::Status ComputeGradientsATen(const SaeParams& p, const at::Tensor& x_in, co
 
     res->phase_seconds.clear();
     res->sse = sse;
+    res->recon_norm = (xhat - p.b_dec).norm(2, 1).sum(at::kDouble).item<double>();
+    res->input_norm = xc.norm(2, 1).sum(at::kDouble).item<double>();
     res->active = active;
     res->total_var = total_var;
     res->mse = sse / static_cast<double>(B * d);

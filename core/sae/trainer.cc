@@ -86,7 +86,10 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFromJob(const JobConfig& job, int64
   o.total_tokens = job.train.tokens;
   o.batch_tokens = job.train.batch_tokens;
   if (job.sae.k_schedule.enabled) {
-    const auto& ks = job.sae.k_schedule;
+    auto ks = job.sae.k_schedule;
+    // No start: the input dimension (dictionary_learning's choice; with a
+    // remedy the configuration that met issue 12's targets, docs/dead-latents.md).
+    if (ks.start == 0) ks.start = std::min(o.latents, std::max(d_in, o.k));
     if (ks.start > o.latents)
       return err(absl::StrCat("sae.k_schedule.start: ", ks.start, " exceeds sae.latents (", o.latents, ")"));
     auto shape = KShapeFromString(ks.shape);
@@ -106,6 +109,8 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFromJob(const JobConfig& job, int64
   if (!norm.ok()) return err(std::string(norm.status().message()));
   o.normalize = *norm;
   o.init_b_dec = job.sae.init_b_dec;
+  o.auxk_fit = job.sae.auxk_scale != "none";
+  o.init_encoder_scale = job.sae.init_encoder_scale;
   o.lr = job.train.lr;
   o.warmup_fraction = job.train.warmup_fraction;
   o.lr_decay = job.train.lr_decay;
@@ -132,6 +137,8 @@ absl::StatusOr<std::unique_ptr<SaeTrainer>> SaeTrainer::Create(const TrainerOpti
     return absl::InvalidArgumentError("sae.k_schedule.start: exceeds sae.latents");
   if (opts.total_tokens <= 0) return absl::InvalidArgumentError("train.tokens: must be > 0");
   if (opts.batch_tokens <= 0) return absl::InvalidArgumentError("train.batch_tokens: must be > 0");
+  if (opts.init_encoder_scale != "auto" && opts.init_encoder_scale != "none" && opts.init_encoder_scale != "match_norm")
+    return absl::InvalidArgumentError("sae.init_encoder_scale: must be auto, match_norm or none");
   if (opts.init_b_dec != "mean" && opts.init_b_dec != "geometric_median" && opts.init_b_dec != "zero")
     return absl::InvalidArgumentError("sae.init_b_dec: must be mean, geometric_median or zero");
   if (opts.device != "cpu" && opts.device != "cuda")
@@ -268,7 +275,79 @@ absl::Status SaeTrainer::Initialize(const at::Tensor& x) {
     }
     params_.b_dec.copy_(y.to(at::kFloat));
   }
+  // auto: only when a schedule starts above the target k (at constant k the
+  // drawn scale reconstructs within ~10% of the input's norm on real
+  // activations and trained to a lower fvu; docs/dead-latents.md).
+  const bool match = opts_.init_encoder_scale == "match_norm" ||
+                     (opts_.init_encoder_scale == "auto" && opts_.schedule.start() > opts_.k);
+  if (match) SAE_RETURN_IF_ERROR(MatchEncoderScale(xn));
   initialized_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status SaeTrainer::CarryScale(const at::Tensor& x, int64_t k_from, int64_t k_to) {
+  // The reconstruction of the first rows (at most 512) with the updated
+  // parameters at k_from and at k_to; the encoder (W_enc and b_enc, so that
+  // the selection is unchanged) is scaled by their ratio, summed over ranks.
+  const SaeParams& p = params_;
+  const int64_t rows = std::min<int64_t>(x.size(0), 512);
+  at::Tensor xc = x.narrow(0, 0, rows) - p.b_dec;
+  auto top = at::addmm(p.b_enc, xc, p.W_enc.t()).topk(k_from, 1);
+  at::Tensor acts = std::get<0>(top).clamp_min(0), idx = std::get<1>(top);
+  auto recon_norm = [&](int64_t k) {
+    at::Tensor a = acts.narrow(1, 0, k).contiguous(), i = idx.narrow(1, 0, k).contiguous();
+    at::Tensor offsets = at::arange(0, rows * k, k, i.options());
+    at::Tensor r = std::get<0>(at::embedding_bag(p.W_dec, i.reshape({-1}), offsets, false, 0, false,
+                                                 a.reshape({-1})));
+    return r.norm(2, 1).sum().item<double>();
+  };
+  float sums[2] = {static_cast<float>(recon_norm(k_from)), static_cast<float>(recon_norm(k_to))};
+  SAE_RETURN_IF_ERROR(SumAcrossRanks(sums, 2, "k schedule scale"));
+  if (!(sums[0] > 0) || !(sums[1] > 0)) return absl::OkStatus();
+  const double s = static_cast<double>(sums[0]) / sums[1];
+  params_.W_enc.mul_(s);
+  params_.b_enc.mul_(s);
+  if (opts_.bf16) {
+    w_enc_lowp_ = params_.W_enc.cpu().clone();
+    RoundToBF16InPlace(w_enc_lowp_);
+    w_enc_lowp_ = w_enc_lowp_.to(device_);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SaeTrainer::MatchEncoderScale(const at::Tensor& xn_cpu) {
+  // With b_enc = 0, scaling W_enc by s scales every pre-activation by s: the
+  // top-k selection is unchanged and x̂ − b_dec scales by s exactly. So one
+  // measurement on the first batch gives the s at which Σ‖x̂ − b_dec‖ =
+  // Σ‖x − b_dec‖ at k_start (summed over ranks, so every replica agrees).
+  const SaeParams& p = params_;
+  const int64_t k0 = opts_.schedule.KAt(0), n = opts_.latents;
+  at::Tensor x = xn_cpu.to(device_);
+  const int64_t B = x.size(0);
+  const int64_t block = std::max<int64_t>(1, std::min<int64_t>(B, (int64_t{32} << 20) / std::max<int64_t>(1, n)));
+  double num = 0, den = 0;
+  for (int64_t r0 = 0; r0 < B; r0 += block) {
+    at::Tensor xc = x.narrow(0, r0, std::min(block, B - r0)) - p.b_dec;
+    at::Tensor z = at::addmm(p.b_enc, xc, p.W_enc.t());
+    auto top = z.topk(k0, 1);
+    at::Tensor acts = std::get<0>(top).clamp_min(0);
+    const int64_t rows = xc.size(0);
+    at::Tensor offsets = at::arange(0, rows * k0, k0, std::get<1>(top).options());
+    at::Tensor recon = std::get<0>(at::embedding_bag(p.W_dec, std::get<1>(top).reshape({-1}), offsets, false,
+                                                     0, false, acts.reshape({-1}).contiguous()));
+    num += recon.norm(2, 1).sum().item<double>();
+    den += xc.norm(2, 1).sum().item<double>();
+  }
+  float sums[2] = {static_cast<float>(num), static_cast<float>(den)};
+  SAE_RETURN_IF_ERROR(SumAcrossRanks(sums, 2, "encoder scale"));
+  if (!(sums[0] > 0) || !(sums[1] > 0)) return absl::OkStatus();  // nothing fired: keep the draw
+  encoder_scale_ = static_cast<double>(sums[1]) / sums[0];
+  params_.W_enc.mul_(encoder_scale_);
+  if (opts_.bf16) {
+    w_enc_lowp_ = params_.W_enc.cpu().clone();
+    RoundToBF16InPlace(w_enc_lowp_);
+    w_enc_lowp_ = w_enc_lowp_.to(device_);
+  }
   return absl::OkStatus();
 }
 
@@ -297,8 +376,10 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
       cfg.total_var = var > 0 ? var : 1.0;
     }
     cfg.k = CurrentK();
+    if (opts_.fire_at_target_k) cfg.fire_k = opts_.k;  // dead means dead at the target k
     cfg.remedy = opts_.remedy;
     cfg.aux_coefficient = opts_.aux_coefficient;
+    cfg.auxk_fit = opts_.auxk_fit;
     std::vector<int64_t> dead_list;
     if (opts_.remedy != Remedy::kNone) dead_list = dead_.DeadList();
     cfg.dead = &dead_list;
@@ -323,9 +404,12 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
       allreduce_seconds_ += Now() - t0;
       allreduce_bytes_ += static_cast<int64_t>(res.fired.size());
       SAE_RETURN_IF_ERROR(Annotate(fs, absl::StrCat("all-reduce of fire marks, step ", step_ + 1)));
-      float stats[3] = {static_cast<float>(res.sse), static_cast<float>(res.aux_loss),
-                        static_cast<float>(res.active)};
-      SAE_RETURN_IF_ERROR(SumAcrossRanks(stats, 3, "metrics"));
+      float stats[5] = {static_cast<float>(res.sse), static_cast<float>(res.aux_loss),
+                        static_cast<float>(res.active), static_cast<float>(res.recon_norm),
+                        static_cast<float>(res.input_norm)};
+      SAE_RETURN_IF_ERROR(SumAcrossRanks(stats, 5, "metrics"));
+      res.recon_norm = stats[3];
+      res.input_norm = stats[4];
       res.sse = stats[0];
       res.aux_loss = stats[1];
       res.fvu = res.sse / cfg.total_var;
@@ -345,6 +429,8 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     dead_.Update(res.fired.data(), global_rows);
     ++step_;
     tokens_ += global_rows;
+    const int64_t k_next = CurrentK();
+    if (opts_.carry_scale && k_next < cfg.k) SAE_RETURN_IF_ERROR(CarryScale(x_dev, cfg.k, k_next));
 
     StepMetrics m;
     m.step = step_;
@@ -357,6 +443,7 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     m.aux_loss = res.aux_loss;
     m.l0 = res.l0;
     m.dead_ratio = dead_.DeadRatio();
+    m.recon_norm_ratio = res.input_norm > 0 ? res.recon_norm / res.input_norm : 0;
     m.grad_norm = norm;
     m.allreduce_seconds = allreduce_seconds_;
     m.allreduce_bytes = allreduce_bytes_;
@@ -501,6 +588,8 @@ absl::Status SaeTrainer::ExportSae(const std::string& dir, const std::string& pr
                        {"fraction", opts_.schedule.fraction()}};
   own["dead_remedy"] = RemedyName(opts_.remedy);
   own["aux_coefficient"] = opts_.aux_coefficient;
+  own["auxk_scale"] = opts_.auxk_fit ? "fit" : "none";
+  own["init_encoder_scale"] = opts_.init_encoder_scale;
   own["dead_window_tokens"] = opts_.dead_window_tokens;
   own["normalize"] = NormalizeName(opts_.normalize);
   own["input_scale"] = input_scale_;

@@ -35,9 +35,25 @@ struct TrainerOptions {
   KSchedule schedule = KSchedule::Constant(32);
   Remedy remedy = Remedy::kNone;
   double aux_coefficient = 0;  // 0 = the remedy's default
+  bool auxk_fit = true;        // StepConfig::auxk_fit (sae.auxk_scale: fit)
   int64_t dead_window_tokens = 10000000;
   Normalize normalize = Normalize::kNone;
   std::string init_b_dec = "mean";  // mean | geometric_median | zero
+  // Encoder scale at initialisation: "none" (kaiming-uniform rows as drawn),
+  // "match_norm" (on the first batch, W_enc is scaled so that the
+  // reconstruction at k_start has the input's norm) or "auto" (match_norm
+  // when the schedule starts above k, none at constant k).
+  std::string init_encoder_scale = "auto";
+  // A latent counts as fired for the dead-latent tracker only when it is
+  // among a row's top `k` (the schedule's target) with a > 0, also while the
+  // schedule's k is larger (ALGORITHMS.md §4). false: among the current k.
+  bool fire_at_target_k = true;
+  // When the schedule lowers k between two steps, scale the encoder (W_enc
+  // and b_enc) so that the reconstruction at the new k has the norm it had at
+  // the old one (measured on the batch just trained on): the SAE's scale
+  // carries across the schedule instead of collapsing as fewer latents add up
+  // (docs/dead-latents.md). No effect at constant k.
+  bool carry_scale = true;
   double lr = 0;                    // 0 = 2e-4 / sqrt(latents / 2^14)
   double warmup_fraction = 0.01;
   std::string lr_decay = "none";    // none | linear | cosine
@@ -73,6 +89,8 @@ struct StepMetrics {
   int64_t k = 0;
   double lr = 0, loss = 0, fvu = 0, mse = 0, aux_loss = 0, l0 = 0;
   double dead_ratio = 0, grad_norm = 0, seconds = 0;
+  // Σ‖x̂ − b_dec‖ / Σ‖x − b_dec‖ over the batch (1 = the input's scale).
+  double recon_norm_ratio = 0;
   double allreduce_seconds = 0;  // gradient and statistics all-reduces
   int64_t allreduce_bytes = 0;
   std::vector<std::pair<const char*, double>> phase_seconds;
@@ -101,6 +119,8 @@ class SaeTrainer {
   const SaeParams& params() const { return params_; }
   const DeadTracker& dead() const { return dead_; }
   double input_scale() const { return input_scale_; }
+  // The factor match_norm applied to W_enc at initialisation (1 otherwise).
+  double encoder_scale() const { return encoder_scale_; }
 
   // Applies the configured input normalisation to rows (in place) — what the
   // SAE sees. Call after initialisation.
@@ -120,6 +140,10 @@ class SaeTrainer {
   static absl::StatusOr<std::unique_ptr<SaeTrainer>> CreateChecked(const TrainerOptions& opts);
   explicit SaeTrainer(const TrainerOptions& opts);
   absl::Status Initialize(const at::Tensor& x);
+  // init_encoder_scale: match_norm, on the first (normalised) batch.
+  absl::Status MatchEncoderScale(const at::Tensor& xn);
+  // carry_scale: after a step at k_from whose successor runs at k_to < k_from.
+  absl::Status CarryScale(const at::Tensor& x, int64_t k_from, int64_t k_to);
   int world() const { return opts_.comm ? opts_.comm->world_size() : 1; }
   // Sum over ranks, in place (no-op alone); adds to allreduce_seconds_.
   absl::Status SumAcrossRanks(float* data, size_t n, const char* what);
@@ -135,6 +159,7 @@ class SaeTrainer {
   int64_t total_steps_ = 1;
   bool initialized_ = false;
   double input_scale_ = 1.0;  // unit_mean_norm constant
+  double encoder_scale_ = 1.0;
   SaeParams params_;
   SaeGrads grads_;
   StepWorkspace workspace_;

@@ -266,6 +266,26 @@ TEST(ConfigTest, DefaultsWhenOmitted) {
   EXPECT_EQ(cfg->world.backend, "auto");
   EXPECT_EQ(cfg->data.seed, 0u);
   EXPECT_DOUBLE_EQ(cfg->data.noise, 0.01);
+  EXPECT_EQ(cfg->sae.auxk_scale, "fit");
+  EXPECT_EQ(cfg->sae.init_encoder_scale, "auto");
+}
+
+// A schedule without start begins at the input dimension (resolved when the
+// data's d_in is known); the new sae fields are choices.
+TEST(ConfigTest, KScheduleStartDefaultsToTheInputDimension) {
+  const std::string base = "data: {kind: synthetic, d_in: 48}\nsae:\n  latents: 1024\n  k: 8\n";
+  auto cfg = ParseJobConfig(base + "  k_schedule: {fraction: 0.5}\ntrain: {tokens: 1000}\noutput: o\n", "s.yaml");
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_TRUE(cfg->sae.k_schedule.enabled);
+  EXPECT_EQ(cfg->sae.k_schedule.start, 0);
+  auto back = ParseJobConfig(JobConfigToYaml(*cfg), "round trip");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->sae.k_schedule.start, 0);
+  for (const char* bad : {"  auxk_scale: half\n", "  init_encoder_scale: big\n"}) {
+    auto err = ParseJobConfig(base + bad + "train: {tokens: 1000}\noutput: o\n", "s.yaml");
+    ASSERT_FALSE(err.ok()) << bad;
+    EXPECT_NE(err.status().message().find(std::string(bad).substr(2, 10)), std::string::npos) << err.status();
+  }
 }
 
 TEST(ConfigTest, ExpansionFactorForShardsIsResolvedLater) {
@@ -465,8 +485,6 @@ std::vector<ErrorCase> ErrorCases() {
        "exceeds sae.latents (4096)"},
       {"ks_end_not_k", Replace(b, "  k: 32\n", "  k: 32\n  k_schedule: {start: 64, end: 16}\n"),
        "sae.k_schedule.end", "must equal sae.k (32)"},
-      {"ks_missing_start", Replace(b, "  k: 32\n", "  k: 32\n  k_schedule: {fraction: 0.5}\n"),
-       "sae.k_schedule.start", "required"},
       {"ks_fraction_zero",
        Replace(b, "  k: 32\n", "  k: 32\n  k_schedule: {start: 64, fraction: 0}\n"),
        "sae.k_schedule.fraction", "(0, 1]"},

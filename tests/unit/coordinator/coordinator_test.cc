@@ -328,6 +328,75 @@ TEST_F(CoordinatorTest, SweepsBecomeChildJobs) {
   ASSERT_FALSE(err.ok());
   EXPECT_NE(err.status().message().find("sae.k"), std::string::npos) << err.status();
 
+  {
+    // Nested fields, whole maps (null: the field is left out), train fields,
+    // several axes at once: the dead-latent study's grid.
+    auto grid = ParseJobWithSweep(
+        "data: {kind: synthetic, d_in: 16}\n"
+        "sae:\n  latents: 64\n  k: 4\n  dead_remedy: [none, auxk]\n"
+        "  k_schedule: [null, {start: 32, fraction: 0.25, shape: linear}, {start: 16, shape: cosine}]\n"
+        "train: {tokens: 1000, lr: [0, 0.004]}\noutput: runs/g\n",
+        "g.yaml");
+    ASSERT_TRUE(grid.ok()) << grid.status();
+    ASSERT_EQ(grid->second.size(), 3u);
+    EXPECT_EQ(grid->second[1].field(), "k_schedule");
+    EXPECT_EQ(grid->second[2].field(), "train.lr");
+    EXPECT_FALSE(grid->first.sae.k_schedule.enabled) << "the base takes each axis's first value";
+    auto vs = ExpandSweep(grid->first, grid->second);
+    ASSERT_TRUE(vs.ok()) << vs.status();
+    ASSERT_EQ(vs->size(), 12u);
+    EXPECT_EQ((*vs)[0].suffix, "dead_remedy-none_k_schedule-none_train.lr-0");
+    const SweepVariant& v = (*vs)[2 + 1];  // auxk, the linear schedule, lr 0
+    EXPECT_EQ(v.suffix, "dead_remedy-auxk_k_schedule-32_0.25_linear_train.lr-0");
+    EXPECT_EQ(v.config.sae.dead_remedy, "auxk");
+    EXPECT_TRUE(v.config.sae.k_schedule.enabled);
+    EXPECT_EQ(v.config.sae.k_schedule.start, 32);
+    EXPECT_EQ(v.config.sae.k_schedule.end, 4);
+    EXPECT_EQ(v.config.sae.k_schedule.shape, "linear");
+    EXPECT_DOUBLE_EQ(v.config.train.lr, 0);
+    const SweepVariant& last = vs->back();
+    EXPECT_EQ(last.config.sae.k_schedule.shape, "cosine");
+    EXPECT_DOUBLE_EQ(last.config.sae.k_schedule.fraction, 0.25) << "a field the map leaves out keeps its default";
+    EXPECT_DOUBLE_EQ(last.config.train.lr, 0.004);
+    EXPECT_FALSE((*vs)[0].config.sae.k_schedule.enabled);
+
+    // One nested scalar: the schedule's shape alone.
+    auto shapes = ParseJobWithSweep(
+        "data: {kind: synthetic, d_in: 16}\nsae:\n  latents: 64\n  k: 4\n"
+        "  k_schedule: {start: 32, shape: [linear, exponential]}\ntrain: {tokens: 1000}\noutput: runs/h\n",
+        "h.yaml");
+    ASSERT_TRUE(shapes.ok()) << shapes.status();
+    auto sv = ExpandSweep(shapes->first, shapes->second);
+    ASSERT_TRUE(sv.ok()) << sv.status();
+    ASSERT_EQ(sv->size(), 2u);
+    EXPECT_EQ((*sv)[1].suffix, "k_schedule.shape-exponential");
+    EXPECT_EQ((*sv)[1].config.sae.k_schedule.shape, "exponential");
+    EXPECT_EQ((*sv)[1].config.sae.k_schedule.start, 32);
+
+    // Errors name the field.
+    auto bad_shape = ExpandSweep(shapes->first, [] {
+      v1::SweepAxis a;
+      a.set_field("k_schedule.shape");
+      a.add_values("square");
+      return std::vector<v1::SweepAxis>{a};
+    }());
+    ASSERT_FALSE(bad_shape.ok());
+    EXPECT_NE(bad_shape.status().message().find("shape"), std::string::npos) << bad_shape.status();
+    auto bad_name = ExpandSweep(shapes->first, [] {
+      v1::SweepAxis a;
+      a.set_field("train.Lr;");
+      a.add_values("1");
+      return std::vector<v1::SweepAxis>{a};
+    }());
+    ASSERT_FALSE(bad_name.ok());
+    EXPECT_NE(bad_name.status().message().find("not a field name"), std::string::npos) << bad_name.status();
+    auto nested_list = ParseJobWithSweep(
+        "data: {kind: synthetic, d_in: 16}\nsae: {latents: 64, k: [[4, 8]]}\ntrain: {tokens: 1000}\noutput: o\n",
+        "n.yaml");
+    ASSERT_FALSE(nested_list.ok());
+    EXPECT_NE(nested_list.status().message().find("sae.k"), std::string::npos) << nested_list.status();
+  }
+
   auto c = Coordinator::Create(opts_);
   v1::SubmitRequest req;
   *req.mutable_spec() = JobSpecFromConfig(parsed->first);

@@ -30,7 +30,7 @@ struct Reference {
 
 // Dense autograd reference of ALGORITHMS.md §1, §2, §4.
 Reference DenseReference(const SaeParams& p0, const at::Tensor& x, int64_t k, Remedy remedy,
-                         double coef, const std::vector<int64_t>& dead, bool project) {
+                         double coef, const std::vector<int64_t>& dead, bool project, bool auxk_fit) {
   SaeParams p = p0.Clone();
   for (at::Tensor* t : {&p.W_enc, &p.b_enc, &p.W_dec, &p.b_dec}) t->set_requires_grad(true);
   const int64_t B = x.size(0), n = p.W_enc.size(0), d = x.size(1);
@@ -56,6 +56,14 @@ Reference DenseReference(const SaeParams& p0, const at::Tensor& x, int64_t k, Re
       at::Tensor aa = at::relu(zD.gather(1, ia));
       at::Tensor Aa = at::zeros({B, nd}, x.options()).scatter(1, ia, aa);
       at::Tensor eh = at::matmul(Aa, WdD);
+      if (auxk_fit) {
+        // α = clamp(⟨ê, e⟩ / ‖ê‖², 0, 1) per row, a constant for the gradient.
+        at::Tensor ed = eh.detach();
+        at::Tensor den = ed.pow(2).sum(1, true);
+        at::Tensor alpha = at::where(den > 0, ((ed * r).sum(1, true) / den.clamp_min(1e-300)).clamp(0, 1),
+                                     at::ones_like(den));
+        eh = alpha * eh;
+      }
       aux = coef * scale * (eh - r).pow(2).sum() / denom;
     } else {
       at::Tensor g = at::matmul(at::exp(zD), WdD);
@@ -93,6 +101,7 @@ struct Case {
   Remedy remedy;
   int64_t dead;
   bool project;
+  bool auxk_fit = true;  // AuxK cases: sae.auxk_scale fit (true) or none
 };
 
 class StepVsAutograd : public ::testing::TestWithParam<Case> {};
@@ -106,7 +115,7 @@ TEST_P(StepVsAutograd, GradientsMatchDenseFloat64Reference) {
   for (int64_t i = 0; i < c.n; ++i)
     if (static_cast<int64_t>(dead.size()) < c.dead && rng() % 2 == 0) dead.push_back(i);
   const double coef = c.remedy == Remedy::kNone ? 0.0 : 0.37;
-  Reference ref = DenseReference(p, x, c.k, c.remedy, coef, dead, c.project);
+  Reference ref = DenseReference(p, x, c.k, c.remedy, coef, dead, c.project, c.auxk_fit);
 
   StepConfig cfg;
   cfg.k = c.k;
@@ -114,6 +123,7 @@ TEST_P(StepVsAutograd, GradientsMatchDenseFloat64Reference) {
   cfg.aux_coefficient = coef;
   cfg.dead = &dead;
   cfg.project_decoder_grad = c.project;
+  cfg.auxk_fit = c.auxk_fit;
   cfg.block_rows = 5;  // several blocks, a ragged last one
   std::vector<uint8_t> fired[2];
   double l0[2] = {0, 0};
@@ -151,6 +161,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{33, 24, 96, 7, Remedy::kAuxK, 30, true},
                       Case{20, 10, 64, 3, Remedy::kAuxK, 2, false},  // |D| < d/2
                       Case{64, 40, 200, 16, Remedy::kAuxK, 90, true},
+                      Case{33, 24, 96, 7, Remedy::kAuxK, 30, true, false},  // as published
+                      Case{64, 40, 200, 16, Remedy::kAuxK, 90, false, false},
                       Case{33, 24, 96, 7, Remedy::kGhostGrads, 30, true},
                       Case{64, 40, 200, 16, Remedy::kGhostGrads, 90, false},
                       Case{17, 12, 50, 5, Remedy::kGhostGrads, 1, true},

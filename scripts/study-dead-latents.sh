@@ -1,0 +1,302 @@
+#!/usr/bin/env bash
+# The dead-latent study (docs/dead-latents.md), reproducible by anyone:
+# harvests stories260K's residual stream after block 2 (d = 64) once, submits
+# the whole grid
+#     dead_remedy  none | auxk | ghost_grads
+#   × k_schedule   none | linear | cosine | exponential (k_start 64·k over the
+#                  first 25%) | linear from k_start = d
+#   × setting      the default learning rate | a high one (where constant k
+#                  leaves many latents dead)
+# as ONE sweep to a local sae-coordinator with $WORKERS workers, waits,
+# evaluates every SAE spliced into the model (`sae eval`: CE loss recovered,
+# dense ratios) and writes docs/dead-latents.md (table) with
+# docs/dead-latents.svg (dead ratio over tokens per remedy).
+#
+# Usage: scripts/study-dead-latents.sh [--out DIR] [--tokens N] [--quick]
+#   --out DIR     work directory (default runs/study-dead-latents): acts/,
+#                 coordinator.db, the sweep's outputs, eval JSON
+#   --tokens N    training tokens per run (default 1000000)
+#   --quick       a smoke run: 2 schedules, 60k tokens, 512 latents (minutes);
+#                 writes DIR/dead-latents.md, not docs/
+#   --report-only evaluate the finished runs in DIR (those without eval.json)
+#                 and rewrite the page and the plot; no harvest, no sweep
+# Environment: SAE_MODEL_DIR (default ../shared/data/stories260K), WORKERS
+# (default 2), NICE (default 10), LATENTS (4096), K (8), HIGH_LR (0.01),
+# ROWS (harvested rows, 1000000), ACTS (an existing shard directory to reuse),
+# SCHEDULES (the k_schedule list, YAML flow: a part of the grid; like --quick,
+# the page then goes to DIR/dead-latents.md, docs/ is left alone),
+# EVAL_WINDOWS (32 windows of 128 tokens).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+out=runs/study-dead-latents
+tokens=1000000
+quick=0
+report_only=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) out="$2"; shift 2 ;;
+    --tokens) tokens="$2"; shift 2 ;;
+    --quick) quick=1; shift ;;
+    --report-only) report_only=1; shift ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    *) echo "study-dead-latents: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+model="${SAE_MODEL_DIR:-../shared/data/stories260K}"
+workers="${WORKERS:-2}"
+nice_n="${NICE:-10}"
+latents="${LATENTS:-4096}"
+k="${K:-8}"
+high_lr="${HIGH_LR:-0.01}"
+rows="${ROWS:-1000000}"
+eval_windows="${EVAL_WINDOWS:-32}"
+schedules="[null, {start: $((64 * k)), fraction: 0.25, shape: linear}, {start: $((64 * k)), fraction: 0.25, shape: cosine}, {start: $((64 * k)), fraction: 0.25, shape: exponential}, {start: 64, fraction: 0.25, shape: linear}]"
+[ -n "${SCHEDULES:-}" ] && schedules="$SCHEDULES"
+if [ "$quick" = 1 ]; then
+  tokens=60000
+  latents=512
+  rows=65536
+  eval_windows=4
+  schedules="[null, {start: $((64 * k)), fraction: 0.25, shape: linear}]"
+fi
+window=$((tokens / 10))   # the dead window: a tenth of training (2M tokens / 200k in issue 12)
+
+for b in sae sae-coordinator sae-worker; do
+  [ -x "build/bin/$b" ] || { echo "study-dead-latents: build/bin/$b missing; build first (README)" >&2; exit 1; }
+done
+[ -f "$model/stories260K.bin" ] || { echo "study-dead-latents: no stories260K at $model (set SAE_MODEL_DIR)" >&2; exit 1; }
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+acts="${ACTS:-$out/acts}"   # ACTS: reuse an existing harvest
+
+# 1. The activations, harvested once and reused.
+if [ ! -f "$acts/manifest.json" ]; then
+  rm -rf "$acts"
+  echo "study: harvesting $rows rows of stories260K layer 2 into $acts"
+  nice -n "$nice_n" build/bin/sae harvest --model "$model" --layer 2 --corpus generate --seed 7 \
+    --tokens "$rows" --context 256 --out "$acts"
+fi
+
+db="$out/coordinator.db"
+runs="$out/runs"
+t0=0
+t1=0
+if [ "$report_only" = 1 ]; then
+  t0=$(stat -c %Y "$out/study.yaml")
+  t1=$(stat -c %Y "$out/submit.log")
+else
+# 2. A local coordinator and workers (loopback, free ports).
+rm -f "$db" "$db-wal" "$db-shm"
+rm -rf "$runs"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+nice -n "$nice_n" build/bin/sae-coordinator --listen 127.0.0.1:0 --metrics-listen "" --db "$db" \
+  --ready-file "$out/ready.json" > "$out/coordinator.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do [ -s "$out/ready.json" ] && break; sleep 0.1; done
+listen=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["listen"])' "$out/ready.json")
+export SAE_COORDINATOR="$listen"
+for w in $(seq "$workers"); do
+  nice -n "$nice_n" build/bin/sae-worker --coordinator "$listen" --worker-id "study-w$w" \
+    > "$out/worker-$w.log" 2>&1 &
+  pids+=($!)
+done
+
+# 3. The grid as one sweep.
+cat > "$out/study.yaml" <<JOB
+# Written by scripts/study-dead-latents.sh: the dead-latent grid (docs/dead-latents.md).
+name: dead-latents
+data: {kind: shards, path: $acts, shuffle_buffer_rows: 65536}
+sae:
+  latents: $latents
+  k: $k
+  dead_window_tokens: $window
+  dead_remedy: [none, auxk, ghost_grads]
+  k_schedule: $schedules
+train:
+  tokens: $tokens
+  batch_tokens: 4096
+  lr: [0, $high_lr]
+  seed: 0
+  threads: 1
+  checkpoint_every_tokens: $tokens
+  log_every_steps: 5
+output: $runs
+JOB
+echo "study: submitting $out/study.yaml to $listen ($workers workers)"
+t0=$(date +%s)
+build/bin/sae submit "$out/study.yaml" --wait > "$out/submit.log" 2>&1 || {
+  echo "study-dead-latents: the sweep did not succeed; see $out/submit.log and $out/worker-*.log" >&2
+  tail -20 "$out/submit.log" >&2
+  exit 1
+}
+t1=$(date +%s)
+echo "study: the sweep took $((t1 - t0)) s"
+
+# 3b. The reference: constant k with the encoder as drawn (no match_norm) and
+# AuxK as published (auxk_scale: none), the behaviour before issue 12.
+sed -e 's/^name: dead-latents/name: dead-latents-reference/' -e "s#^output: .*#output: $runs-reference#" \
+    -e 's/^  dead_remedy: .*/  dead_remedy: [none, auxk]\n  init_encoder_scale: none\n  auxk_scale: none/' \
+    -e '/^  k_schedule: /d' "$out/study.yaml" > "$out/reference.yaml"
+rm -rf "$runs-reference"
+build/bin/sae submit "$out/reference.yaml" --wait > "$out/submit-reference.log" 2>&1 || {
+  echo "study-dead-latents: the reference sweep did not succeed; see $out/submit-reference.log" >&2
+  exit 1
+}
+fi
+
+# 4. Every SAE spliced into the model (held-out windows: another seed).
+for run in "$runs"/*/ "$runs-reference"/*/; do
+  run=${run%/}
+  [ -f "$run/summary.json" ] || continue
+  [ -s "$run/eval.json" ] && continue
+  nice -n "$nice_n" build/bin/sae eval --model "$model" --sae "$run" --layer 2 --corpus generate --seed 1000 \
+    --context 128 --windows "$eval_windows" --json > "$run/eval.json.tmp"
+  mv "$run/eval.json.tmp" "$run/eval.json"
+done
+
+# 5. The table and the plot.
+# A partial grid (--quick, SCHEDULES) writes its page into DIR, not docs/.
+docs_dir="$root/docs"
+if [ "$quick" = 1 ] || [ -n "${SCHEDULES:-}" ]; then docs_dir="$out"; fi
+python3 - "$out" "$docs_dir" "$t1" "$t0" "$latents" "$k" "$tokens" "$window" "$high_lr" "$rows" "$eval_windows" <<'PY'
+import glob, json, os, sys, math
+out, docs, t1, t0, latents, k, tokens, window, high_lr, rows, eval_windows = sys.argv[1:]
+def load(pattern):
+    found = []
+    for d in sorted(glob.glob(pattern)):
+        if not os.path.isfile(os.path.join(d, "summary.json")):
+            continue
+        s = json.load(open(os.path.join(d, "summary.json")))
+        e = json.load(open(os.path.join(d, "eval.json")))
+        cfg = json.load(open(os.path.join(d, "cfg.json")))["saeforge"]
+        ks = cfg["k_schedule"]
+        sched = "none" if ks["shape"] == "constant" or ks["start"] == ks["end"] else f'{ks["shape"]} {ks["start"]}→{ks["end"]}'
+        curve = []
+        for line in open(os.path.join(d, "metrics.jsonl")):
+            m = json.loads(line)
+            curve.append((m["tokens"], m["dead_ratio"], m["k"]))
+        lr = float(os.path.basename(d).split("train.lr-")[-1])
+        found.append(dict(dir=os.path.basename(d), remedy=cfg["dead_remedy"], sched=sched, shape=ks["shape"],
+                          start=ks["start"], lr=lr, s=s, e=e, curve=curve))
+    return found
+runs = load(os.path.join(out, "runs", "*"))
+reference = load(os.path.join(out, "runs-reference", "*"))
+if not runs:
+    sys.exit("study: no finished runs")
+settings = sorted({r["lr"] for r in runs})
+def setting_name(lr):
+    return "default lr" if lr == 0 else f"lr {lr:g}"
+remedies = ["none", "auxk", "ghost_grads"]
+sched_order = []
+for r in runs:
+    if r["sched"] not in sched_order:
+        sched_order.append(r["sched"])
+shape_rank = {"linear": 0, "cosine": 1, "exponential": 2}
+def sched_key(name):
+    r = next(r for r in runs if r["sched"] == name)
+    return (name != "none", -r["start"], shape_rank.get(r["shape"], 9))
+sched_order.sort(key=sched_key)
+base = {lr: next(r for r in runs if r["lr"] == lr and r["remedy"] == "none" and r["sched"] == "none") for lr in settings}
+
+def fmt_pct(x): return f"{100 * x:.2f}%"
+rows_md = []
+for lr in settings:
+    b = base[lr]
+    for sched in sched_order:
+        for rem in remedies:
+            r = next((r for r in runs if r["lr"] == lr and r["sched"] == sched and r["remedy"] == rem), None)
+            if r is None:
+                continue
+            s, e = r["s"], r["e"]
+            fewer = s["dead_latents"] < b["s"]["dead_latents"]
+            fvu_ok = s["fvu"] <= 1.02 * b["s"]["fvu"]
+            same = s["dead_latents"] == b["s"]["dead_latents"]
+            verdict = "baseline" if r is b else ("✓" if fewer and fvu_ok else ("= dead" if same and fvu_ok else
+                      ("✗ fvu" if fewer else ("✗ dead" if fvu_ok else "✗ both"))))
+            rows_md.append(f'| {setting_name(lr)} | {sched} | {rem} | {s["dead_latents"]} ({fmt_pct(s["dead_ratio"])}) | '
+                           f'{fmt_pct(e["dense_1pct_ratio"])} / {fmt_pct(e["dense_10pct_ratio"])} | {s["fvu"]:.4f} | '
+                           f'{e["fvu"]:.4f} | {s["l0"]:.2f} | {e["ce_loss_recovered"]:.4f} | {verdict} |')
+
+# The plot: dead ratio over tokens, one panel per remedy (rows: settings), one line per schedule.
+W, H, pw, ph, ml, mt = 1080, 300 * len(settings) + 60, 300, 220, 70, 40
+colors = ["#222222", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
+svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+       f'<rect width="{W}" height="{H}" fill="white"/>']
+tmax = max(t for r in runs for t, _, _ in r["curve"])
+for si, lr in enumerate(settings):
+    ymax = max(0.05, max(d for r in runs if r["lr"] == lr for _, d, _ in r["curve"]))
+    ymax = math.ceil(ymax * 20) / 20
+    for ci, rem in enumerate(remedies):
+        x0, y0 = ml + ci * (pw + 50), mt + si * (ph + 80)
+        svg.append(f'<rect x="{x0}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
+        svg.append(f'<text x="{x0 + pw / 2}" y="{y0 - 8}" text-anchor="middle" font-weight="bold">{rem}, {setting_name(lr)}</text>')
+        for j in range(5):
+            yv = ymax * j / 4
+            yy = y0 + ph - ph * j / 4
+            svg.append(f'<line x1="{x0}" y1="{yy:.1f}" x2="{x0 + pw}" y2="{yy:.1f}" stroke="#eee"/>')
+            svg.append(f'<text x="{x0 - 4}" y="{yy + 4:.1f}" text-anchor="end">{100 * yv:.0f}%</text>')
+        for j in range(5):
+            xv = tmax * j / 4
+            xx = x0 + pw * j / 4
+            svg.append(f'<text x="{xx:.1f}" y="{y0 + ph + 14}" text-anchor="middle">{xv / 1e6:.2g}M</text>')
+        for li, sched in enumerate(sched_order):
+            r = next((r for r in runs if r["lr"] == lr and r["sched"] == sched and r["remedy"] == rem), None)
+            if r is None:
+                continue
+            pts = " ".join(f'{x0 + pw * t / tmax:.1f},{y0 + ph - ph * min(d, ymax) / ymax:.1f}' for t, d, _ in r["curve"])
+            svg.append(f'<polyline points="{pts}" fill="none" stroke="{colors[li % len(colors)]}" stroke-width="1.5"/>')
+for li, sched in enumerate(sched_order):
+    lx, ly = ml + li * 200, H - 16
+    svg.append(f'<line x1="{lx}" y1="{ly - 4}" x2="{lx + 24}" y2="{ly - 4}" stroke="{colors[li % len(colors)]}" stroke-width="2"/>')
+    svg.append(f'<text x="{lx + 30}" y="{ly}">k schedule: {sched}</text>')
+svg.append(f'<text x="{W / 2}" y="{H - 36}" text-anchor="middle">tokens; y: dead-latent ratio (dead at the target k = {k}, window {int(window) // 1000}k tokens)</text>')
+svg.append("</svg>")
+open(os.path.join(docs, "dead-latents.svg"), "w").write("\n".join(svg) + "\n")
+
+ref_md = []
+for r in reference:
+    s, e, b = r["s"], r["e"], base[r["lr"]]
+    what = "kaiming init, no remedy" if r["remedy"] == "none" else "kaiming init, AuxK as published"
+    ref_md.append(f'| {setting_name(r["lr"])} | {what} | {s["dead_latents"]} ({fmt_pct(s["dead_ratio"])}) | '
+                  f'{fmt_pct(e["dense_1pct_ratio"])} / {fmt_pct(e["dense_10pct_ratio"])} | {s["fvu"]:.4f} | '
+                  f'{e["fvu"]:.4f} | {e["ce_loss_recovered"]:.4f} |')
+ref_table = "\n".join(ref_md)
+table = "\n".join(rows_md)
+doc_path = os.path.join(docs, "dead-latents.md")
+text = open(doc_path).read() if os.path.exists(doc_path) else "<!-- study:begin -->\n<!-- study:end -->\n"
+block = f"""<!-- study:begin (written by scripts/study-dead-latents.sh; do not edit by hand) -->
+Grid: {latents} latents, k = {k}, {int(tokens):,} training tokens per run, batch 4096, dead window
+{int(window):,} tokens, on {int(rows):,} harvested rows of stories260K's residual stream after block 2
+(d = 64); the high-lr setting uses lr = {high_lr}. {len(runs)} runs as one sweep, {int(t1) - int(t0)} s
+wall time with the machine shared. "dead" is the trainer's count at the end (latents that did not fire
+within the target k in the last window); fvu and L0 are the training metrics of the last steps;
+"eval" columns come from `sae eval` on {eval_windows} held-out windows of 128 generated tokens
+(dense: latents firing on more than 1% / 10% of those tokens; CE recovered as in ALGORITHMS.md §7).
+Verdict: ✓ when the run ends with fewer dead latents than constant k without remedy in its setting
+at an fvu no worse than 1.02× that run's.
+
+| setting | k schedule | remedy | dead | dense >1% / >10% | fvu | eval fvu | L0 | CE recovered | verdict |
+|---|---|---|---|---|---|---|---|---|---|
+{table}
+
+Reference (constant k, the behaviour before issue 12: W_enc as drawn, AuxK with α = 1), same settings:
+
+| setting | run | dead | dense >1% / >10% | fvu | eval fvu | CE recovered |
+|---|---|---|---|---|---|---|
+{ref_table}
+
+![dead ratio over tokens per remedy](dead-latents.svg)
+<!-- study:end -->"""
+b0 = text.find("<!-- study:begin")
+b1 = text.find("<!-- study:end -->")
+if b0 < 0 or b1 < 0:
+    text = text.rstrip() + "\n\n" + block + "\n"
+else:
+    text = text[:b0] + block + text[b1 + len("<!-- study:end -->"):]
+open(doc_path, "w").write(text)
+print(f"study: wrote {doc_path} and {os.path.join(docs, 'dead-latents.svg')} ({len(runs)} runs)")
+PY
