@@ -654,7 +654,7 @@ TEST(ConfigTest, RoundTripSyntheticWithExpansionFactor) {
 
 TEST(ConfigTest, RoundTripEveryFieldChanged) {
   JobConfig cfg;
-  cfg.name = "weird: name # with \"quotes\" and 'ticks'\tand\nnewline ünïcode";
+  cfg.name = "weird: name # with \"quotes\" and 'ticks' and ünïcode";
   cfg.data.kind = "shards";
   cfg.data.path = "null";
   cfg.data.shuffle_buffer_rows = 1;
@@ -688,6 +688,15 @@ TEST(ConfigTest, RoundTripEveryFieldChanged) {
   cfg.output = "~";
   ASSERT_TRUE(ValidateJobConfig(cfg, "built").ok()) << ValidateJobConfig(cfg, "built");
   ExpectRoundTrip(cfg);
+  // Control characters (a newline, a tab, NUL) are refused in names and paths.
+  for (const std::string bad : {std::string("two\nlines"), std::string("tab\there"), std::string("nul\0x", 5)}) {
+    JobConfig b = cfg;
+    b.name = bad;
+    EXPECT_FALSE(ValidateJobConfig(b, "built").ok()) << bad;
+    b = cfg;
+    b.output = bad;
+    EXPECT_FALSE(ValidateJobConfig(b, "built").ok()) << bad;
+  }
 
   JobConfig lm = cfg;
   lm.data.kind = "lm";
