@@ -7,6 +7,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "cli/interp_commands.h"
 #include "core/interp/eval.h"
 #include "core/lm/generate.h"
 #include "core/lm/harvest.h"
@@ -25,9 +26,15 @@ struct GenerateArgs {
   std::string model, tokenizer;
   GenerateOptions opts;
   int64_t seed = 0;
+  SteerArgs steer;
 };
 
 int RunGenerate(const GenerateArgs& a) {
+  if (a.steer.active()) {
+    GenerateOptions o = a.opts;
+    o.seed = a.seed > 0 ? static_cast<uint64_t>(a.seed) : static_cast<uint64_t>(time(nullptr));
+    return RunSteeredGenerate(a.model, a.tokenizer, o, a.steer);
+  }
   auto model = LoadModel(a.model);
   if (!model.ok()) return Fail(model.status());
   auto tok = LoadTokenizerFor(a.model, model->config().vocab_size, a.tokenizer);
@@ -154,6 +161,7 @@ std::function<int()> AddLmCommands(CLI::App* app) {
   gen->add_option("--temperature,-t", ga->opts.temperature, "0 = greedy");
   gen->add_option("--top-p,-p", ga->opts.top_p, "nucleus sampling threshold (outside (0,1): plain sampling)");
   gen->add_option("--seed,-s", ga->seed, "RNG seed (<= 0: time)");
+  AddSteerFlags(gen, &ga->steer);
 
   auto ha = std::make_shared<HarvestArgs>();
   CLI::App* harvest = app->add_subcommand("harvest", "write a model's activations at a layer as shards");
