@@ -80,6 +80,7 @@ absl::StatusOr<SaeEvalResult> EvaluateReconstruction(const Transformer& model, c
       kl_zero += (pc * (lc - lz)).sum().item<double>();
       preds += B * (T - 1);
       r.tokens += B * (T - 1);
+      if (o.progress) o.progress(r.tokens, n_windows * (T - 1));
     }
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("eval: ", e.what_without_backtrace()));

@@ -30,10 +30,12 @@ absl::StatusOr<SaeRun> OpenSaeRun(const std::string& dir, int64_t layer_override
   const std::string cfg_path = dir + "/cfg.json";
   json cfg = json::parse(run.sae.cfg_json, nullptr, false);
   if (cfg.contains("saeforge") && cfg["saeforge"].contains("provenance")) {
-    const json& p = cfg["saeforge"]["provenance"];
+    // The trainer writes the data source under provenance.data; a flat provenance is read too.
+    const json& top = cfg["saeforge"]["provenance"];
+    const json& p = top.contains("data") && top["data"].is_object() ? top["data"] : top;
     if (p.contains("layer")) {
       if (!p["layer"].is_number_integer())
-        return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": saeforge.provenance.layer is not an integer"));
+        return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": saeforge.provenance.data.layer is not an integer"));
       run.layer = p["layer"].get<int64_t>();
     }
     if (p.contains("hook") && p["hook"].is_string()) {
@@ -46,7 +48,7 @@ absl::StatusOr<SaeRun> OpenSaeRun(const std::string& dir, int64_t layer_override
   if (layer_override >= 0) run.layer = layer_override;
   if (run.layer < 0)
     return absl::InvalidArgumentError(
-        absl::StrCat(cfg_path, ": no saeforge.provenance.layer; say which layer the SAE reads with --layer"));
+        absl::StrCat(cfg_path, ": no saeforge.provenance.data.layer; say which layer the SAE reads with --layer"));
   return run;
 }
 
