@@ -29,6 +29,14 @@ if [ -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 ]; then
   esac
 fi
 
+# The browser test of `sae serve` drives Debian's chromium with playwright-core
+# (npm; no browser download). Skipped without node/npm: the test then skips.
+if command -v npm >/dev/null && [ ! -f tests/e2e/node_modules/playwright-core/package.json ]; then
+  echo "setup: npm install playwright-core (tests/e2e)"
+  (cd tests/e2e && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --silent) ||
+    echo "setup: npm install failed; the browser test will be skipped"
+fi
+
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 if [ ! -f build/CMakeCache.txt ]; then

@@ -8,6 +8,8 @@ import { mkdirSync } from 'node:fs';
 
 const [url, out, latentArg] = process.argv.slice(2);
 const latent = latentArg ?? '3';
+// Optional overrides (README screenshots): E2E_TEXT (appended to the live text), E2E_SCALE, E2E_CONCEPTS.
+const env = process.env;
 mkdirSync(out, { recursive: true });
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
@@ -30,7 +32,7 @@ try {
   // Live visualizer: type, see coloured tokens appear; markup stays text.
   await page.click('#tab-live');
   await page.fill('#live-latent', latent);
-  await page.type('#live-text', 'Once upon a time, Lily saw a <script>window.pwned=1</script> dog.', { delay: 15 });
+  await page.type('#live-text', 'Once upon a time, Lily saw a <script>window.pwned=1</script> dog.' + (env.E2E_TEXT ?? ''), { delay: 15 });
   await page.waitForFunction(() => document.querySelectorAll('#live-tokens .tok').length > 10);
   const live = await page.evaluate(() => {
     const toks = [...document.querySelectorAll('#live-tokens .tok')];
@@ -63,7 +65,7 @@ try {
   // Steering playground: both columns.
   await page.click('#tab-steer');
   await page.fill('#gen-terms .term-latent', latent);
-  await page.fill('#gen-terms .term-scale', '30');
+  await page.fill('#gen-terms .term-scale', env.E2E_SCALE ?? '30');
   await page.fill('#gen-steps', '64');
   await page.click('#gen-run');
   await page.waitForFunction(() => document.getElementById('gen-steered').textContent.length > 20 &&
@@ -76,7 +78,7 @@ try {
 
   // Concept search.
   await page.click('#tab-concepts');
-  await page.fill('#concept-texts', 'Lily ran to her mom.\nTom hugged his mom.\nHer mom was happy.');
+  await page.fill('#concept-texts', env.E2E_CONCEPTS ?? 'Lily ran to her mom.\nTom hugged his mom.\nHer mom was happy.');
   await page.fill('#concept-contrast', 'The sun was warm.\nThe bird sang in the tree.');
   await page.click('#concept-run');
   await page.waitForSelector('#concept-table tr:nth-child(2)');
