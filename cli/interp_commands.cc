@@ -257,8 +257,11 @@ int RunConcepts(const ConceptArgs& a) {
     feats = std::make_unique<FeatureSet>(std::move(*f));
     maxes = feats->MaxActivations();
   }
-  TokenProgress progress("concepts", a.json);
-  auto rep = SearchConcepts(*l->model, l->tok.get(), *run, T, C, maxes, a.opts);
+  TokenProgress progress("concepts", a.json, "texts");
+  ConceptOptions opts = a.opts;
+  opts.progress = [&progress](int64_t done, int64_t total) { progress.Update(done, total); };
+  auto rep = SearchConcepts(*l->model, l->tok.get(), *run, T, C, maxes, opts);
+  progress.Finish();
   if (!rep.ok()) return Fail(rep.status());
   rep->contrast_source = source;
   if (a.json) {

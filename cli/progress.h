@@ -16,8 +16,8 @@ namespace sae {
 
 class TokenProgress {
  public:
-  TokenProgress(std::string what, bool quiet = false)
-      : what_(std::move(what)), quiet_(quiet), tty_(isatty(STDERR_FILENO) != 0), t0_(Now()) {}
+  TokenProgress(std::string what, bool quiet = false, std::string unit = "tok")
+      : what_(std::move(what)), unit_(std::move(unit)), quiet_(quiet), tty_(isatty(STDERR_FILENO) != 0), t0_(Now()) {}
   ~TokenProgress() { Finish(); }
   void Update(int64_t done, int64_t total) {
     if (quiet_ || total <= 0) return;
@@ -26,8 +26,8 @@ class TokenProgress {
     const double frac = std::clamp(static_cast<double>(done) / total, 0.0, 1.0);
     const double eta = rate > 0 ? (total - done) / rate : NAN;
     char stats[200];
-    std::snprintf(stats, sizeof(stats), "%s %s/%s tok  %s tok/s  ETA %s", what_.c_str(), Count(done).c_str(),
-                  Count(total).c_str(), Count(rate).c_str(), Duration(eta).c_str());
+    std::snprintf(stats, sizeof(stats), "%s %s/%s %s  %s %s/s  ETA %s", what_.c_str(), Count(done).c_str(),
+                  Count(total).c_str(), unit_.c_str(), Count(rate).c_str(), unit_.c_str(), Duration(eta).c_str());
     if (tty_) {
       if (now - last_ < 0.1 && done < total) return;
       last_ = now;
@@ -71,7 +71,7 @@ class TokenProgress {
     else std::snprintf(b, sizeof(b), "%lds", t);
     return b;
   }
-  std::string what_;
+  std::string what_, unit_;
   bool quiet_, tty_;
   double t0_, last_ = 0, next_frac_ = 0.1;
   bool drawn_ = false, logged_done_ = false;

@@ -64,11 +64,14 @@ absl::StatusOr<ConceptReport> SearchConcepts(const Transformer& model, const Tok
     if (!tc.ok()) return Annotate(tc.status(), absl::StrCat("concepts: text ", i + 1));
     tmax.push_back(TextMax(tc->codes, n));
     rep.texts.push_back(std::move(*tc));
+    if (o.progress) o.progress(static_cast<int64_t>(i + 1), static_cast<int64_t>(texts.size() + contrast.size()));
   }
   for (size_t i = 0; i < contrast.size(); ++i) {
     auto tc = EncodeTokens(model, tok, run, contrast[i]);
     if (!tc.ok()) return Annotate(tc.status(), absl::StrCat("concepts: contrast text ", i + 1));
     cmax.push_back(TextMax(tc->codes, n));
+    if (o.progress)
+      o.progress(static_cast<int64_t>(texts.size() + i + 1), static_cast<int64_t>(texts.size() + contrast.size()));
   }
   std::vector<double> norm(static_cast<size_t>(n), 0.0);
   for (int64_t j = 0; j < n; ++j) {

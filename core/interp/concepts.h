@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,8 @@ struct ConceptOptions {
   int64_t contrast_windows = 64;
   int64_t contrast_context = 64;
   uint64_t contrast_seed = 2000003;
+  // Called with texts done and texts to do (texts and contrast together); may be empty.
+  std::function<void(int64_t done, int64_t total)> progress;
 };
 
 struct ConceptHit {
