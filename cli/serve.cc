@@ -58,6 +58,7 @@ int RunServe(const ServeArgs& a) {
   if (colon == std::string::npos || !absl::SimpleAtoi(a.listen.substr(colon + 1), &port) || port < 0 || port > 65535)
     return Fail(absl::InvalidArgumentError(absl::StrCat("--listen '", a.listen, "' is not HOST:PORT")));
   if (!host.empty() && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.empty()) host = "127.0.0.1";
   std::string token;
   if (!a.token_file.empty()) {
     auto t = ReadFileToString(a.token_file);

@@ -232,10 +232,13 @@ ApiReply ServeApi::Concepts(const json& body) const {
   if (!enc(texts, "texts", &T) || !enc(contrast, "contrast", &C)) return err;
   std::string source = "given";
   if (C.empty()) {
-    o.contrast_windows = 32;
-    auto c = ModelContrastSet(*model_, o);
-    if (!c.ok()) return FromStatus(c.status(), "contrast");
-    C = std::move(*c);
+    std::call_once(contrast_once_, [&] {
+      ConceptOptions co;
+      co.contrast_windows = 32;
+      contrast_ = ModelContrastSet(*model_, co);
+    });
+    if (!contrast_.ok()) return FromStatus(contrast_.status(), "contrast");
+    C = *contrast_;
     source = absl::StrCat("model samples (", C.size(), " windows)");
   }
   std::vector<float> maxes;

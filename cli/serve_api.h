@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -50,6 +51,9 @@ class ServeApi {
   SaeRun run_;
   std::unique_ptr<FeatureSet> features_;
   ApiLimits limits_;
+  // The default contrast set (model samples), computed on first use.
+  mutable std::once_flag contrast_once_;
+  mutable absl::StatusOr<std::vector<std::vector<int32_t>>> contrast_;
 };
 
 ApiReply ApiError(int status, const std::string& field, const std::string& message);

@@ -30,7 +30,7 @@ sae:
   k_schedule: {start: 64, end: 16, fraction: 0.25, shape: linear}
   dead_window_tokens: 100000
   dead_remedy: ghost_grads
-train: {tokens: $tokens, batch_tokens: 2048, lr: 3e-3, checkpoint_every_tokens: 200000, log_every_steps: 1}
+train: {tokens: $tokens, batch_tokens: 2048, lr: 3e-3, checkpoint_every_tokens: 200000}
 output: $run/sae
 JOB
   build/bin/sae train "$run/job.yaml"

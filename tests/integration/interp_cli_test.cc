@@ -127,4 +127,26 @@ TEST_F(InterpCli, ConceptsRanksAgainstTheContrastSet) {
   EXPECT_NE(r.out.find("score"), std::string::npos);
 }
 
+TEST_F(InterpCli, LongCommandsPrintProgressLinesWithoutATty) {
+  // popen: stderr is a pipe, not a TTY, so each command logs plain progress lines.
+  auto r = Sh(Bin("sae") + " harvest --model " + model_ + " --layer 2 --corpus generate --tokens 3000 --context 64 "
+              "--batch 4 --out " + (dir_ / "acts").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("harvest"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("tok/s  ETA"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("100%"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("\r"), std::string::npos) << "no bar redraws off a TTY";
+  r = Sh(Build(""));
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("features"), std::string::npos);
+  EXPECT_EQ(r.out.find("tok/s  ETA"), std::string::npos) << "--quiet prints none";
+  r = Sh(Bin("sae") + " features build --model " + model_ + " --sae " + (dir_ / "sae").string() +
+         " --tokens 2000 --context 64 --batch 4 --out " + (dir_ / "f2").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("100% features"), std::string::npos) << r.out;
+  r = Sh(Bin("sae") + " eval --model " + model_ + " --sae " + (dir_ / "sae").string() + " --layer 2 --windows 8 --context 64");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("100% eval"), std::string::npos) << r.out;
+}
+
 }  // namespace
