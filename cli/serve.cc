@@ -79,7 +79,7 @@ int RunServe(const ServeArgs& a) {
   auto tok = LoadTokenizerFor(a.model, model->config().vocab_size, a.tokenizer);
   if (!tok.ok()) return Fail(tok.status());
   std::unique_ptr<FeatureSet> feats;
-  for (const std::string dir : {a.sae, a.sae + "/features"}) {
+  for (const std::string& dir : {a.sae, a.sae + "/features"}) {
     if (!std::filesystem::exists(dir + "/features.json")) continue;
     auto f = LoadFeatures(dir);
     if (!f.ok()) return Fail(f.status());
