@@ -98,6 +98,12 @@ int RunServe(const ServeArgs& a) {
   svr.new_task_queue = [n = a.threads] { return new httplib::ThreadPool(static_cast<size_t>(n)); };
   svr.set_payload_max_length(a.max_body);
   svr.set_read_timeout(10, 0);
+  // SO_REUSEADDR only (cpp-httplib's default adds SO_REUSEPORT: a second server
+  // could then bind a port already in use).
+  svr.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
   svr.set_error_handler([](const httplib::Request&, httplib::Response& res) {
     if (!res.body.empty()) return;
     const char* what = res.status == 413   ? "request body too large"

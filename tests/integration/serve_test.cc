@@ -242,6 +242,10 @@ TEST_F(Serve, OffLoopbackNeedsATokenAndTheApiChecksIt) {
   ServeProcess open({Bin("sae"), "serve", "--model", model_, "--sae", (dir_ / "sae").string(), "--listen",
                      "0.0.0.0:0"});
   EXPECT_NE(open.Wait(), 0);
+  // A port in use is an error, not a second listener on it.
+  ServeProcess twice({Bin("sae"), "serve", "--model", model_, "--sae", (dir_ / "sae").string(), "--listen",
+                      "127.0.0.1:" + std::to_string(server_->port())});
+  EXPECT_NE(twice.Wait(), 0);
   const std::string tf = (dir_ / "token").string();
   WriteAll(tf, "s3cret-token-0123456789\n");
   ServeProcess auth({Bin("sae"), "serve", "--model", model_, "--sae", (dir_ / "sae").string(), "--listen",
