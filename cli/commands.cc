@@ -1,4 +1,5 @@
 #include "cli/commands.h"
+#include "cli/interp_commands.h"
 #include "cli/lm_commands.h"
 
 #include <CLI/CLI.hpp>
@@ -139,6 +140,7 @@ int SaeMain(int argc, char** argv) {
   CLI::App* report = AddReportCommand(app, &ra);
   auto service = AddServiceCommands(&app);  // submit, jobs, status, watch, cancel
   std::function<int()> run_lm = AddLmCommands(&app);
+  std::function<int()> run_interp = AddInterpCommands(&app);  // features, concepts, serve
 
   try {
     app.parse(argc, argv);
@@ -148,6 +150,7 @@ int SaeMain(int argc, char** argv) {
 
   if (int rc = 0; RunServiceCommand(*service, &rc)) return rc;
   if (const int rc = run_lm(); rc >= 0) return rc;
+  if (const int rc = run_interp(); rc >= 0) return rc;
   if (train->parsed()) return RunTrain(ta);
   if (report->parsed()) return RunReport(ra);
   if (inspect->parsed()) {

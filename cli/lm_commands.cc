@@ -7,6 +7,8 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "cli/interp_commands.h"
+#include "cli/progress.h"
 #include "core/interp/eval.h"
 #include "core/lm/generate.h"
 #include "core/lm/harvest.h"
@@ -25,9 +27,15 @@ struct GenerateArgs {
   std::string model, tokenizer, dtype;
   GenerateOptions opts;
   int64_t seed = 0;
+  SteerArgs steer;
 };
 
 int RunGenerate(const GenerateArgs& a) {
+  if (a.steer.active()) {
+    GenerateOptions o = a.opts;
+    o.seed = a.seed > 0 ? static_cast<uint64_t>(a.seed) : static_cast<uint64_t>(time(nullptr));
+    return RunSteeredGenerate(a.model, a.tokenizer, o, a.steer);
+  }
   auto model = LoadModel(a.model, LoadOptions{a.dtype});
   if (!model.ok()) return Fail(model.status());
   auto tok = LoadTokenizerFor(a.model, model->config().vocab_size, a.tokenizer);
@@ -60,7 +68,7 @@ struct HarvestArgs {
   int64_t rows_per_shard = 65536;
   int rank = 0, world = 1;
   double timeout = 600;
-  bool json = false;
+  bool json = false, quiet = false;
 };
 
 int RunHarvest(HarvestArgs a) {
@@ -79,8 +87,11 @@ int RunHarvest(HarvestArgs a) {
   auto h = Harvester::Create(*model, tok.get(), a.opts);
   if (!h.ok()) return Fail(h.status());
   const auto t0 = std::chrono::steady_clock::now();
-  auto m = a.world > 1 ? HarvestRankToShards(h->get(), a.tokens, a.out, a.model, a.rank, a.world, a.timeout)
-                       : HarvestToShards(h->get(), a.tokens, a.out, a.model, a.rows_per_shard);
+  TokenProgress bar(a.world > 1 ? absl::StrCat("harvest rank ", a.rank) : "harvest", a.json || a.quiet);
+  auto progress = [&bar](int64_t done, int64_t total) { bar.Update(done, total); };
+  auto m = a.world > 1 ? HarvestRankToShards(h->get(), a.tokens, a.out, a.model, a.rank, a.world, a.timeout, progress)
+                       : HarvestToShards(h->get(), a.tokens, a.out, a.model, a.rows_per_shard, progress);
+  bar.Finish();
   if (!m.ok()) return Fail(m.status());
   if (a.rank != 0) {
     std::printf("rank %d of %d: shards written to %s\n", a.rank, a.world, a.out.c_str());
@@ -102,7 +113,7 @@ int RunHarvest(HarvestArgs a) {
 struct EvalArgs {
   std::string model, tokenizer, dtype, sae, hook = "resid_post";
   SaeEvalOptions opts;
-  bool json = false;
+  bool json = false, quiet = false;
 };
 
 int RunEval(EvalArgs a) {
@@ -119,7 +130,10 @@ int RunEval(EvalArgs a) {
     if (!t.ok()) return Fail(t.status());
     tok = std::move(*t);
   }
+  TokenProgress bar("eval", a.json || a.quiet);
+  a.opts.progress = [&bar](int64_t done, int64_t total) { bar.Update(done, total); };
   auto r = EvaluateSae(*model, tok.get(), a.opts, *sae);
+  bar.Finish();
   if (!r.ok()) return Fail(r.status());
   if (a.json) {
     nlohmann::json j = {{"tokens", r->tokens}, {"latents", r->latents}, {"fvu", r->fvu}, {"mse", r->mse},
@@ -155,6 +169,7 @@ std::function<int()> AddLmCommands(CLI::App* app) {
   gen->add_option("--temperature,-t", ga->opts.temperature, "0 = greedy");
   gen->add_option("--top-p,-p", ga->opts.top_p, "nucleus sampling threshold (outside (0,1): plain sampling)");
   gen->add_option("--seed,-s", ga->seed, "RNG seed (<= 0: time)");
+  AddSteerFlags(gen, &ga->steer);
 
   auto ha = std::make_shared<HarvestArgs>();
   CLI::App* harvest = app->add_subcommand("harvest", "write a model's activations at a layer as shards");
@@ -173,6 +188,7 @@ std::function<int()> AddLmCommands(CLI::App* app) {
   harvest->add_option("--rows-per-shard", ha->rows_per_shard, "rows per shard file");
   harvest->add_option("--out", ha->out, "output directory (must not hold a manifest)")->required();
   harvest->add_flag("--json", ha->json, "one JSON object");
+  harvest->add_flag("--quiet", ha->quiet, "no progress output");
   harvest->add_option("--rank", ha->rank, "this process's rank when the harvest is spread over processes (or SAE_RANK)")
       ->envname("SAE_RANK");
   harvest->add_option("--world-size", ha->world, "number of harvesting processes (or SAE_WORLD_SIZE); "
@@ -195,6 +211,7 @@ std::function<int()> AddLmCommands(CLI::App* app) {
   ev->add_option("--windows", ea->opts.num_windows, "windows evaluated");
   ev->add_option("--seed", ea->opts.windows.seed, "generate: seed of the evaluation windows");
   ev->add_flag("--json", ea->json, "one JSON object");
+  ev->add_flag("--quiet", ea->quiet, "no progress output");
 
   return [=]() -> int {
     if (gen->parsed()) return RunGenerate(*ga);

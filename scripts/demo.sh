@@ -30,7 +30,7 @@ sae:
   k_schedule: {start: 64, end: 16, fraction: 0.25, shape: linear}
   dead_window_tokens: 100000
   dead_remedy: ghost_grads
-train: {tokens: $tokens, batch_tokens: 2048, lr: 3e-3, checkpoint_every_tokens: 200000, log_every_steps: 50}
+train: {tokens: $tokens, batch_tokens: 2048, lr: 3e-3, checkpoint_every_tokens: 200000}
 output: $run/sae
 JOB
   build/bin/sae train "$run/job.yaml"
@@ -51,6 +51,15 @@ print(f"  CE clean / SAE / zero: {e['ce_clean']:.3f} / {e['ce_sae']:.3f} / {e['c
 PY
   echo "outputs in $run: acts/ (shards), sae/ (sae.safetensors, cfg.json, metrics.jsonl, summary.json), eval.json"
   build/bin/sae report "$run/sae"   # prints where the HTML report is
+  echo
+  # Feature dashboards of every latent in one pass over held-out model text.
+  build/bin/sae features build --model "$model_dir" --sae "$run/sae" --tokens 100000 --context 128
+  echo
+  echo "look inside the SAE:"
+  echo "  build/bin/sae features show $run/sae 0          # one latent's dashboard"
+  echo "  build/bin/sae features search $run/sae ' ball'  # latents whose top contexts hold a text"
+  echo "  build/bin/sae generate --model $model_dir --sae $run/sae --steer 0:4 --compare -i 'Once upon a time' -s 1"
+  echo "  build/bin/sae serve --model $model_dir --sae $run/sae   # then open http://127.0.0.1:8080/"
   exit 0
 fi
 

@@ -46,6 +46,13 @@ if command -v npm >/dev/null; then
 else
   echo "setup: npm not found (Debian: nodejs + npm); ctest lm_tokenizer_json_npm needs it" >&2
 fi
+# The browser test of `sae serve` drives Debian's chromium with playwright-core
+# (npm; no browser download). Skipped without node/npm: the test then skips.
+if command -v npm >/dev/null && [ ! -f tests/e2e/node_modules/playwright-core/package.json ]; then
+  echo "setup: npm install playwright-core (tests/e2e)"
+  (cd tests/e2e && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install --no-audit --no-fund --silent) ||
+    echo "setup: npm install failed; the browser test will be skipped"
+fi
 
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)

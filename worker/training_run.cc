@@ -387,7 +387,11 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
     recent.push_back(*m);
     if (recent.size() > 10) recent.pop_front();
     const bool last = total - trainer->tokens_seen() < world;
-    const bool log_now = m->step % job.train.log_every_steps == 0 || last;
+    // 0 (the default): about 100 records per run, enough for a readable curve.
+    const int64_t log_every = job.train.log_every_steps > 0
+                                  ? job.train.log_every_steps
+                                  : std::max<int64_t>(1, total / std::max<int64_t>(1, job.train.batch_tokens) / 100);
+    const bool log_now = m->step % log_every == 0 || last;
     if (log_now && leader) {
       json j = {{"step", m->step}, {"tokens", m->tokens}, {"k", m->k}, {"lr", m->lr},
                 {"loss", m->loss}, {"fvu", m->fvu}, {"mse", m->mse}, {"aux_loss", m->aux_loss},

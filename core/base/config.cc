@@ -650,7 +650,8 @@ absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin) 
   c.Choice(t.precision, kPrecisions, "train.precision");
   c.Check(t.checkpoint_every_tokens >= 0, "train.checkpoint_every_tokens",
           absl::StrCat("must be >= 0 (got ", t.checkpoint_every_tokens, ")"));
-  c.Positive(t.log_every_steps, "train.log_every_steps");
+  c.Check(t.log_every_steps >= 0, "train.log_every_steps",
+          absl::StrCat("must be >= 0 (0: about 100 records per run; got ", t.log_every_steps, ")"));
   c.Choice(t.device, kDevices, "train.device");
   c.Check(t.threads >= 0, "train.threads", absl::StrCat("must be >= 0 (got ", t.threads, ")"));
   c.Check(t.threads <= kMaxThreads, "train.threads", absl::StrCat(t.threads, " exceeds ", kMaxThreads));

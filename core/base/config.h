@@ -69,7 +69,7 @@ struct TrainConfig {
   uint64_t seed = 0;
   std::string precision = "fp32"; // fp32 | bf16
   int64_t checkpoint_every_tokens = 5000000;  // 0 = only at the end
-  int64_t log_every_steps = 10;
+  int64_t log_every_steps = 0;  // 0: about 100 records per run (total steps / 100)
   std::string device = "auto";    // auto | cpu | cuda
   int64_t threads = 0;            // 0 = every core
 };

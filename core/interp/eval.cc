@@ -1,5 +1,7 @@
 #include "core/interp/eval.h"
 
+#include "core/interp/sae_run.h"
+
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -8,24 +10,8 @@ namespace sae {
 
 Reconstructor SaeReconstructor(const LoadedSae& sae) {
   return [&sae](const at::Tensor& x_in) -> absl::StatusOr<Reconstruction> {
-    at::Tensor x = x_in.to(sae.params.W_enc.device(), at::kFloat);
-    at::Tensor mu, sd;
-    if (sae.normalize == Normalize::kUnitMeanNorm) {
-      x = x * sae.input_scale;
-    } else if (sae.normalize == Normalize::kLayerNorm) {
-      mu = x.mean({1}, true);
-      sd = at::sqrt((x - mu).pow(2).mean({1}, true) + 1e-5);
-      x = (x - mu) / sd;
-    }
-    SAE_ASSIGN_OR_RETURN(EncodeResult e, Encode(sae.params, x.contiguous(), sae.k));
-    Reconstruction r{e.x_hat, e.indices, e.acts};
-    if (sae.normalize == Normalize::kUnitMeanNorm) {
-      r.x_hat = r.x_hat / sae.input_scale;
-    } else if (sae.normalize == Normalize::kLayerNorm) {
-      r.x_hat = r.x_hat * sd + mu;
-    }
-    r.x_hat = r.x_hat.to(x_in.device(), x_in.scalar_type());
-    return r;
+    SAE_ASSIGN_OR_RETURN(SaeCodes c, EncodeRows(sae, x_in));
+    return Reconstruction{c.x_hat, c.indices, c.acts};
   };
 }
 
@@ -94,6 +80,7 @@ absl::StatusOr<SaeEvalResult> EvaluateReconstruction(const Transformer& model, c
       kl_zero += (pc * (lc - lz)).sum().item<double>();
       preds += B * (T - 1);
       r.tokens += B * (T - 1);
+      if (o.progress) o.progress(r.tokens, n_windows * (T - 1));
     }
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("eval: ", e.what_without_backtrace()));

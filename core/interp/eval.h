@@ -22,6 +22,8 @@ namespace sae {
 struct SaeEvalOptions {
   HarvestOptions windows;  // layer, hook, corpus ("generate" or a file), context, batch, seed
   int64_t num_windows = 16;
+  // Called with rows done and rows to do after each batch (may be empty).
+  std::function<void(int64_t done, int64_t total)> progress;
 };
 
 struct SaeEvalResult {

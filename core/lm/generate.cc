@@ -25,7 +25,10 @@ absl::StatusOr<GenerateResult> Generate(const Transformer& model, const Tokenize
   res.tokens.push_back(token);
   for (int64_t pos = 0; pos < steps;) {
     at::Tensor in = at::full({1, 1}, static_cast<int64_t>(token), at::kLong);
-    SAE_ASSIGN_OR_RETURN(at::Tensor logits, model.Forward(in, &cache));
+    ForwardOptions fo;
+    for (const PositionHook& h : o.hooks)
+      fo.hooks.push_back({h.layer, h.point, [&h, pos](at::Tensor& x) { h.fn(pos, x); }});
+    SAE_ASSIGN_OR_RETURN(at::Tensor logits, model.Forward(in, &cache, fo));
     int32_t next;
     if (pos < static_cast<int64_t>(prompt.size()) - 1) {
       next = prompt[pos + 1];

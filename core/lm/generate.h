@@ -14,12 +14,21 @@
 
 namespace sae {
 
+// A hook that also learns the position of the token it sees: Generate feeds
+// one token per forward step, so x is [1, 1, dim] for position `pos` (0: BOS).
+struct PositionHook {
+  int64_t layer = 0;
+  HookPoint point = HookPoint::kResidPost;
+  std::function<void(int64_t pos, at::Tensor& x)> fn;
+};
+
 struct GenerateOptions {
   std::string prompt;
   int64_t steps = 256;  // 0 or more than the context: the context length
   float temperature = 1.0f;
   float top_p = 0.9f;
   uint64_t seed = 1;
+  std::vector<PositionHook> hooks;  // e.g. steering (core/interp/steering.h)
 };
 
 struct GenerateResult {

@@ -142,7 +142,7 @@ absl::Status Harvester::Rows(int64_t start, int64_t n, float* acts, int32_t* tok
 
 absl::StatusOr<Manifest> HarvestRankToShards(Harvester* h, int64_t rows, const std::string& out_dir,
                                              const std::string& model_name, int rank, int world,
-                                             double timeout_seconds) {
+                                             double timeout_seconds, const HarvestProgress& progress) {
   namespace fs = std::filesystem;
   using json = nlohmann::json;
   if (world < 1 || rank < 0 || rank >= world)
@@ -154,6 +154,8 @@ absl::StatusOr<Manifest> HarvestRankToShards(Harvester* h, int64_t rows, const s
   const int64_t per_block = h->options().batch * h->rows_per_window(), d = h->d_in();
   const int64_t blocks = (rows + per_block - 1) / per_block;
   json mine = json::array();
+  int64_t mine_rows = 0, done = 0;
+  for (int64_t b = rank; b < blocks; b += world) mine_rows += std::min(per_block, rows - b * per_block);
   std::vector<float> acts;
   std::vector<int32_t> toks;
   for (int64_t b = rank; b < blocks; b += world) {
@@ -161,6 +163,8 @@ absl::StatusOr<Manifest> HarvestRankToShards(Harvester* h, int64_t rows, const s
     acts.resize(static_cast<size_t>(n * d));
     toks.resize(static_cast<size_t>(n));
     SAE_RETURN_IF_ERROR(h->Rows(b * per_block, n, acts.data(), toks.data()));
+    done += n;
+    if (progress) progress(done, mine_rows);
     SafetensorsWriter w;
     SAE_RETURN_IF_ERROR(w.AddFloat("activations", DType::kF32, {n, d}, acts.data()));
     SAE_RETURN_IF_ERROR(w.Add("tokens", DType::kI32, {n}, toks.data()));
@@ -208,7 +212,8 @@ absl::StatusOr<Manifest> HarvestRankToShards(Harvester* h, int64_t rows, const s
 }
 
 absl::StatusOr<Manifest> HarvestToShards(Harvester* h, int64_t rows, const std::string& out_dir,
-                                         const std::string& model_name, int64_t rows_per_shard) {
+                                         const std::string& model_name, int64_t rows_per_shard,
+                                         const HarvestProgress& progress) {
   ShardWriterOptions so;
   so.d_in = h->d_in();
   so.rows_per_shard = rows_per_shard;
@@ -227,6 +232,7 @@ absl::StatusOr<Manifest> HarvestToShards(Harvester* h, int64_t rows, const std::
     toks.resize(static_cast<size_t>(n));
     SAE_RETURN_IF_ERROR(h->Rows(r, n, acts.data(), toks.data()));
     SAE_RETURN_IF_ERROR(w.Append(acts.data(), n, toks.data()));
+    if (progress) progress(r + n, rows);
   }
   return w.Finish();
 }

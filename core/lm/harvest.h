@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -69,10 +70,14 @@ class Harvester {
   at::Tensor block_tokens_;  // [batch·(context−1)] int32
 };
 
+// Called with rows done and rows to do after each forward block (progress bars).
+using HarvestProgress = std::function<void(int64_t done, int64_t total)>;
+
 // Writes `rows` rows to a shard directory with token ids and a manifest
 // whose source names the model, layer, hook and corpus.
 absl::StatusOr<Manifest> HarvestToShards(Harvester* h, int64_t rows, const std::string& out_dir,
-                                         const std::string& model_name, int64_t rows_per_shard = 65536);
+                                         const std::string& model_name, int64_t rows_per_shard = 65536,
+                                         const HarvestProgress& progress = {});
 
 // One rank's part of a harvest spread over `world` processes: the rows are
 // cut into forward-pass blocks (batch · (context − 1) rows), rank r writes the
@@ -81,6 +86,6 @@ absl::StatusOr<Manifest> HarvestToShards(Harvester* h, int64_t rows, const std::
 // shards, in manifest order, hold exactly the rows of a one-process harvest.
 absl::StatusOr<Manifest> HarvestRankToShards(Harvester* h, int64_t rows, const std::string& out_dir,
                                              const std::string& model_name, int rank, int world,
-                                             double timeout_seconds = 600);
+                                             double timeout_seconds = 600, const HarvestProgress& progress = {});
 
 }  // namespace sae

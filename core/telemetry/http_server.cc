@@ -1,65 +1,21 @@
 #include "core/telemetry/http_server.h"
 
 #include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
+#include <httplib.h>
 
-#include <atomic>
-#include <cerrno>
-#include <cstring>
+#include <chrono>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 
 namespace sae {
 
+// Served by cpp-httplib (Debian libcpp-httplib-dev), as `sae serve` is.
 struct HttpServer::Impl {
   std::string host;
   int port = 0;
-  int fd = -1;
-  Handler handler;
-  std::atomic<bool> stop{false};
+  httplib::Server server;
   std::thread thread;
-
-  void Serve() {
-    while (!stop.load()) {
-      pollfd p{fd, POLLIN, 0};
-      if (::poll(&p, 1, 200) <= 0) continue;
-      const int c = ::accept4(fd, nullptr, nullptr, SOCK_CLOEXEC);
-      if (c < 0) continue;
-      timeval tv{2, 0};
-      ::setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-      ::setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-      std::string req;
-      char buf[2048];
-      while (req.find("\r\n\r\n") == std::string::npos && req.size() < 16384) {
-        const ssize_t n = ::recv(c, buf, sizeof(buf), 0);
-        if (n <= 0) break;
-        req.append(buf, static_cast<size_t>(n));
-      }
-      HttpResponse r;
-      if (req.rfind("GET ", 0) == 0) {
-        const size_t end = req.find_first_of(" ?", 4);
-        const std::string path = req.substr(4, end == std::string::npos ? std::string::npos : end - 4);
-        r = handler(path);
-      } else {
-        r.status = 405;
-        r.body = "only GET\n";
-      }
-      const char* reason = r.status == 200 ? "OK" : r.status == 404 ? "Not Found" : "Error";
-      const std::string resp = absl::StrCat("HTTP/1.1 ", r.status, " ", reason, "\r\nContent-Type: ", r.content_type,
-                                            "\r\nContent-Length: ", r.body.size(),
-                                            "\r\nConnection: close\r\n\r\n", r.body);
-      for (size_t off = 0; off < resp.size();) {
-        const ssize_t n = ::send(c, resp.data() + off, resp.size() - off, MSG_NOSIGNAL);
-        if (n <= 0) break;
-        off += static_cast<size_t>(n);
-      }
-      ::close(c);
-    }
-  }
 };
 
 absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string& listen, Handler handler) {
@@ -68,39 +24,54 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string&
     return absl::InvalidArgumentError(absl::StrCat("'", listen, "' is not HOST:PORT"));
   auto impl = std::make_unique<Impl>();
   impl->host = listen.substr(0, colon);
-  impl->handler = std::move(handler);
   const std::string port_text = listen.substr(colon + 1);
   if (port_text.empty() || port_text.size() > 5 || port_text.find_first_not_of("0123456789") != std::string::npos ||
       std::stol(port_text) > 65535)
     return absl::InvalidArgumentError(absl::StrCat("'", listen, "': bad port"));
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(std::stoi(port_text)));
   const std::string host = impl->host == "localhost" ? "127.0.0.1" : impl->host;
-  if (::inet_pton(AF_INET, host.c_str(), &a.sin_addr) != 1)
+  in_addr probe{};
+  if (::inet_pton(AF_INET, host.c_str(), &probe) != 1)
     return absl::InvalidArgumentError(absl::StrCat("'", listen, "': HOST must be an IPv4 address"));
-  impl->fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  const int one = 1;
-  if (impl->fd >= 0) ::setsockopt(impl->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  socklen_t len = sizeof(a);
-  if (impl->fd < 0 || ::bind(impl->fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
-      ::listen(impl->fd, 64) != 0 || ::getsockname(impl->fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-    const std::string err = std::strerror(errno);
-    if (impl->fd >= 0) ::close(impl->fd);
-    return absl::UnavailableError(absl::StrCat(listen, ": cannot listen: ", err));
-  }
-  impl->port = ntohs(a.sin_port);
+  httplib::Server& s = impl->server;
+  s.new_task_queue = [] { return new httplib::ThreadPool(1); };  // one handler thread, as before
+  s.set_read_timeout(2, 0);
+  s.set_write_timeout(2, 0);
+  s.set_keep_alive_max_count(1);
+  // SO_REUSEADDR only: cpp-httplib's default adds SO_REUSEPORT, which would let
+  // a second server bind a port that is in use.
+  s.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
+  auto respond = [handler = std::move(handler)](const httplib::Request& req, httplib::Response& res) {
+    const HttpResponse r = handler(req.path);
+    res.status = r.status;
+    res.set_content(r.body, r.content_type.c_str());
+  };
+  s.Get(R"(/.*)", respond);
+  auto only_get = [](const httplib::Request&, httplib::Response& res) {
+    res.status = 405;
+    res.set_content("only GET\n", "text/plain; charset=utf-8");
+  };
+  s.Post(R"(/.*)", only_get);
+  s.Put(R"(/.*)", only_get);
+  s.Delete(R"(/.*)", only_get);
+  const int want = std::stoi(port_text);
+  const int port = want == 0 ? s.bind_to_any_port(host) : (s.bind_to_port(host, want) ? want : -1);
+  if (port < 0) return absl::UnavailableError(absl::StrCat(listen, ": cannot listen (address in use?)"));
+  impl->port = port;
   Impl* raw = impl.get();
-  raw->thread = std::thread([raw] { raw->Serve(); });
+  raw->thread = std::thread([raw] { raw->server.listen_after_bind(); });
+  // stop() only works once the server runs: wait for it (the destructor may come at once).
+  for (int i = 0; i < 5000 && !raw->server.is_running(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   return std::unique_ptr<HttpServer>(new HttpServer(std::move(impl)));
 }
 
 HttpServer::HttpServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 HttpServer::~HttpServer() {
-  impl_->stop = true;
+  impl_->server.stop();
   if (impl_->thread.joinable()) impl_->thread.join();
-  ::close(impl_->fd);
 }
 
 std::string HttpServer::address() const { return absl::StrCat(impl_->host, ":", impl_->port); }

@@ -1,8 +1,8 @@
-// A minimal HTTP/1.1 server for metrics endpoints: one background thread
-// accepts connections on HOST:PORT and answers each GET with the handler's
-// response, then closes the connection. Enough for Prometheus scrapes and
-// service discovery; not a general web server. Thread-safe; the handler runs
-// on the server thread.
+// A small HTTP/1.1 server for metrics endpoints on cpp-httplib: a background
+// thread accepts connections on HOST:PORT and answers each GET with the
+// handler's response (other methods: 405). Enough for Prometheus scrapes and
+// service discovery; `sae serve` uses cpp-httplib directly. Thread-safe; the
+// handler runs on one server thread.
 #pragma once
 
 #include <functional>

@@ -261,7 +261,7 @@ TEST(ConfigTest, DefaultsWhenOmitted) {
   EXPECT_EQ(cfg->train.batch_tokens, 4096);
   EXPECT_DOUBLE_EQ(cfg->train.warmup_fraction, 0.01);
   EXPECT_DOUBLE_EQ(cfg->train.grad_clip, 1.0);
-  EXPECT_EQ(cfg->train.log_every_steps, 10);
+  EXPECT_EQ(cfg->train.log_every_steps, 0);  // 0: about 100 records per run
   EXPECT_EQ(cfg->world.workers, 1);
   EXPECT_EQ(cfg->world.backend, "auto");
   EXPECT_EQ(cfg->data.seed, 0u);
@@ -516,8 +516,8 @@ std::vector<ErrorCase> ErrorCases() {
       {"checkpoint_negative",
        Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  checkpoint_every_tokens: -1"),
        "train.checkpoint_every_tokens", ">= 0"},
-      {"log_every_zero",
-       Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  log_every_steps: 0"),
+      {"log_every_negative",
+       Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  log_every_steps: -1"),
        "train.log_every_steps", ""},
       {"dead_window_zero", Replace(b, "  k: 32", "  k: 32\n  dead_window_tokens: 0"),
        "sae.dead_window_tokens", "> 0"},

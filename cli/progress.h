@@ -1,0 +1,80 @@
+// Progress of a long command over tokens: a live bar on a TTY (redrawn at
+// most 10 times a second: tokens, tokens/s, ETA), plain log lines on stderr
+// otherwise (about every 10% or 10 s). Not thread-safe: one caller.
+#pragma once
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+namespace sae {
+
+class TokenProgress {
+ public:
+  TokenProgress(std::string what, bool quiet = false, std::string unit = "tok")
+      : what_(std::move(what)), unit_(std::move(unit)), quiet_(quiet), tty_(isatty(STDERR_FILENO) != 0), t0_(Now()) {}
+  ~TokenProgress() { Finish(); }
+  void Update(int64_t done, int64_t total) {
+    if (quiet_ || total <= 0) return;
+    const double now = Now(), secs = now - t0_;
+    const double rate = secs > 0 ? done / secs : 0;
+    const double frac = std::clamp(static_cast<double>(done) / total, 0.0, 1.0);
+    const double eta = rate > 0 ? (total - done) / rate : NAN;
+    char stats[200];
+    std::snprintf(stats, sizeof(stats), "%s %s/%s %s  %s %s/s  ETA %s", what_.c_str(), Count(done).c_str(),
+                  Count(total).c_str(), unit_.c_str(), Count(rate).c_str(), unit_.c_str(), Duration(eta).c_str());
+    if (tty_) {
+      if (now - last_ < 0.1 && done < total) return;
+      last_ = now;
+      const int width = 24, filled = static_cast<int>(frac * width);
+      std::string bar(filled, '=');
+      if (filled < width) bar += '>' + std::string(width - filled - 1, ' ');
+      std::fprintf(stderr, "\r[%s] %3.0f%% %s\x1b[K", bar.c_str(), 100 * frac, stats);
+      std::fflush(stderr);
+      drawn_ = true;
+    } else if (frac >= next_frac_ || now - last_ >= 10 || done >= total) {
+      if (done >= total && logged_done_) return;
+      logged_done_ = done >= total;
+      last_ = now;
+      next_frac_ = std::floor(frac * 10 + 1) / 10;
+      std::fprintf(stderr, "%3.0f%% %s\n", 100 * frac, stats);
+    }
+  }
+  void Finish() {
+    if (drawn_) std::fprintf(stderr, "\n");
+    drawn_ = false;
+  }
+
+ private:
+  static double Now() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  }
+  static std::string Count(double v) {
+    char b[32];
+    if (v >= 1e9) std::snprintf(b, sizeof(b), "%.2fG", v / 1e9);
+    else if (v >= 1e6) std::snprintf(b, sizeof(b), "%.2fM", v / 1e6);
+    else if (v >= 1e4) std::snprintf(b, sizeof(b), "%.1fk", v / 1e3);
+    else std::snprintf(b, sizeof(b), "%.0f", v);
+    return b;
+  }
+  static std::string Duration(double s) {
+    if (!std::isfinite(s)) return "?";
+    char b[32];
+    const int64_t t = static_cast<int64_t>(s + 0.5);
+    if (t >= 3600) std::snprintf(b, sizeof(b), "%ldh%02ldm", t / 3600, (t / 60) % 60);
+    else if (t >= 60) std::snprintf(b, sizeof(b), "%ldm%02lds", t / 60, t % 60);
+    else std::snprintf(b, sizeof(b), "%lds", t);
+    return b;
+  }
+  std::string what_, unit_;
+  bool quiet_, tty_;
+  double t0_, last_ = 0, next_frac_ = 0.1;
+  bool drawn_ = false, logged_done_ = false;
+};
+
+}  // namespace sae
