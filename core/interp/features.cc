@@ -349,7 +349,11 @@ absl::StatusOr<FeatureSet> FinalizeFeatures(const FeatureAccumulator& acc, const
     at::NoGradGuard ng;
     const ModelWeights& w = model.weights();
     at::Tensor dec = run.sae.params.W_dec.to(at::kCPU, at::kFloat);
-    if (w.final_norm.defined()) dec = dec * w.final_norm.to(at::kCPU, at::kFloat).reshape({1, -1});
+    if (w.final_norm.defined()) {
+      at::Tensor gain = w.final_norm.to(at::kCPU, at::kFloat).reshape({1, -1});
+      if (model.config().arch == Arch::kGemma2) gain = gain + 1;  // Gemma 2's RMSNorm scales by (1 + w)
+      dec = dec * gain;
+    }
     at::Tensor wu = w.lm_head.to(at::kCPU, at::kFloat);
     const int64_t m = std::min<int64_t>(o.logit_tokens, wu.size(0));
     for (int64_t j0 = 0; j0 < n; j0 += 256) {

@@ -34,7 +34,7 @@ void ExpectCleanMetrics(const fs::path& run, int64_t last_step) {
 TEST_F(Service, FrozenWorkerPastItsLeaseWritesNothingAfterTheRestart) {
   Proc& coord = StartCoordinator({});
   Proc& w1 = StartWorker("w1");
-  const int64_t total = 600000, every = 40000;
+  const int64_t total = 3000000, every = 40000;
   const std::string id = Submit(SynthJob("run", 1, total, every));
   json st = WaitFor(id, [&](const json& j) { return Num(j["progress"], "checkpoint_step") > 0; }, 120);
   ASSERT_FALSE(Terminal(st)) << "the job finished before the freeze: make it longer";
@@ -79,7 +79,7 @@ TEST_F(Service, WorkersKilledAtStartMidStepAndMidCheckpoint) {
   StartCoordinator({});
   std::deque<Proc*> workers;
   workers.push_back(&StartWorker("w0"));
-  const int64_t total = 500000, every = 20000;
+  const int64_t total = 3000000, every = 20000;
   const std::string id = Submit(SynthJob("run", 1, total, every));
   const fs::path ckpts = dir_ / "run.partial" / "checkpoints";
   std::mt19937 rng(7);
@@ -121,7 +121,7 @@ TEST_F(Service, CoordinatorKilledWhileAJobIsRestarting) {
   Proc* coord = &StartCoordinator({});
   const std::string listen = addr_;
   Proc& w1 = StartWorker("w1");
-  const int64_t total = 300000, every = 20000;
+  const int64_t total = 3000000, every = 20000;
   const std::string id = Submit(SynthJob("run", 1, total, every));
   json st = WaitFor(id, [](const json& j) { return Num(j["progress"], "checkpoint_step") > 0 || Terminal(j); }, 120);
   ASSERT_FALSE(Terminal(st));
@@ -129,6 +129,7 @@ TEST_F(Service, CoordinatorKilledWhileAJobIsRestarting) {
   st = WaitFor(id, [](const json& j) { return StateIs(j, "RESTARTING") || Terminal(j); }, 60);
   ASSERT_TRUE(StateIs(st, "RESTARTING")) << st.dump();
   const int64_t ck = Num(st["progress"], "checkpoint_tokens");
+  const int64_t before = Num(st["progress"], "tokens_trained");  // by attempt 1
   coord->Kill(SIGKILL);
   coord = &StartCoordinator({}, listen);
   st = Status(id);
@@ -137,11 +138,11 @@ TEST_F(Service, CoordinatorKilledWhileAJobIsRestarting) {
   StartWorker("w2");
   st = WaitFor(id, Terminal, 240);
   ASSERT_TRUE(StateIs(st, "SUCCEEDED")) << st.dump();
-  std::printf("recovered in %.1f s after the new worker started\n",
+  std::printf("finished %.1f s after the new worker started\n",
               std::chrono::duration<double>(Clock::now() - t0).count());
   EXPECT_EQ(st.value("restarts", 0), 1);
-  EXPECT_LE(Num(st["progress"], "tokens_trained"), total + (Num(st["progress"], "tokens") - ck) + every)
-      << "resumed from the checkpoint";
+  // Attempt 2 trained from the checkpoint to the end, not from the start.
+  EXPECT_EQ(Num(st["progress"], "tokens_trained"), before + total - ck) << "ck " << ck << ", before " << before;
   ExpectCleanMetrics(dir_ / "run", (total + 255) / 256);
 }
 
@@ -153,7 +154,7 @@ TEST_F(Service, AThreeWorkerJobLosesOneRank) {
   StartWorker("w1");
   StartWorker("w2");
   Proc& w3 = StartWorker("w3");
-  const int64_t total = 3 * 256 * 600, every = 3 * 256 * 50;
+  const int64_t total = 3 * 256 * 1500, every = 3 * 256 * 50;
   std::string yaml = SynthJob("run", 3, total, every);
   yaml.replace(yaml.find("batch_tokens: 256"), 17, "batch_tokens: 768");
   const std::string id = Submit(yaml);
@@ -202,7 +203,7 @@ TEST_F(Service, APartitionedWorkerDoesNotCorruptTheRestartedJob) {
   Proc& w1 = Spawn({"/usr/sbin/ip", "netns", "exec", ns, Bin("sae-worker"), "--coordinator", net + "1:" + port,
                     "--worker-id", "w1", "--advertise-host", net + "2"},
                    "worker-w1");
-  const int64_t total = 600000, every = 20000;
+  const int64_t total = 3000000, every = 20000;
   const std::string id = Submit(SynthJob("run", 1, total, every));
   json st = WaitFor(id, [](const json& j) { return Num(j["progress"], "checkpoint_step") > 0 || Terminal(j); }, 120);
   ASSERT_FALSE(Terminal(st)) << st.dump();

@@ -73,6 +73,51 @@ TEST_F(InterpCli, FeaturesBuildShowSearchAndTwoRanksEqualOne) {
   EXPECT_NE(r.out.find("features.json"), std::string::npos) << r.out;
 }
 
+// Dashboards and steering on Hugging Face architectures other than
+// llama2.c's: a Mistral (sliding window) and a Llama 3 (llama3 rope scaling)
+// directory made from llama-tiny's weights, through the same commands.
+TEST_F(InterpCli, DashboardsAndSteeringOnHuggingFaceArchitectures) {
+  const std::string tiny = fs::path(model_).parent_path().string() + "/hf-tiny/llama-tiny";
+  if (!fs::exists(tiny + "/model.safetensors")) GTEST_SKIP() << "llama-tiny not found in " << tiny;
+  for (const std::string arch : {"mistral", "llama3"}) {
+    const fs::path m = dir_ / arch;
+    fs::create_directories(m);
+    fs::copy_file(tiny + "/model.safetensors", m / "model.safetensors");
+    auto cfg = nlohmann::json::parse(ReadAll(tiny + "/config.json"));
+    if (arch == "mistral") {
+      cfg["model_type"] = "mistral";
+      cfg["sliding_window"] = 8;
+    } else {
+      cfg["rope_parameters"] = {{"rope_type", "llama3"}, {"rope_theta", 10000.0}, {"factor", 8.0},
+                                {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+                                {"original_max_position_embeddings", 16}};
+    }
+    cfg["bos_token_id"] = 256;
+    cfg["eos_token_id"] = 256;
+    WriteAll(m / "config.json", cfg.dump());
+    WriteAll(m / "tokenizer.json", ByteTokenizerJson());
+    const fs::path sae = dir_ / ("sae_" + arch);
+    WriteTiedSae(sae, 96, 64, 4, 1);
+    auto r = Sh(Bin("sae") + " features build --model " + m.string() + " --sae " + sae.string() +
+                " --corpus generate --tokens 600 --context 32 --batch 4 --quiet --json");
+    ASSERT_EQ(r.code, 0) << arch << ": " << r.out;
+    EXPECT_EQ(nlohmann::json::parse(r.out)["latents"], 96) << arch;
+    ASSERT_TRUE(fs::exists(sae / "features.safetensors")) << arch;
+    const std::string base = Bin("sae") + " generate --model " + m.string() + " --prompt 'Once upon' --steps 24 -s 3";
+    auto text = [](const Result& r) { return r.out.substr(0, r.out.find('\n')); };  // without the tok/s line
+    auto plain = Sh(base + " 2>/dev/null");
+    ASSERT_EQ(plain.code, 0) << arch << ": " << plain.out;
+    auto zero = Sh(base + " --sae " + sae.string() + " --steer 5:0 2>/dev/null");
+    ASSERT_EQ(zero.code, 0) << arch << ": " << zero.out;
+    EXPECT_EQ(text(zero), text(plain)) << arch << ": scale 0 must reproduce the unsteered text";
+    auto big = Sh(base + " --sae " + sae.string() + " --steer 5:40 2>/dev/null");
+    ASSERT_EQ(big.code, 0) << arch << ": " << big.out;
+    EXPECT_NE(text(big), text(plain)) << arch;
+    auto clamp = Sh(base + " --sae " + sae.string() + " --steer 5:1 --steer-mode clamp 2>/dev/null");
+    EXPECT_EQ(clamp.code, 0) << arch << ": " << clamp.out;  // relative clamp: the dashboards exist now
+  }
+}
+
 TEST_F(InterpCli, GenerateSteersAndComparesWithTheSameSeed) {
   const std::string base = Bin("sae") + " generate --model " + model_ + " -n 48 -s 3 -i 'Once upon a time'";
   auto plain = Sh("{ " + base + " 2>/dev/null; }");

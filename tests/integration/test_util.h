@@ -86,4 +86,35 @@ double RelDiff(const std::vector<float>& a, const std::vector<float>& b) {
   return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
 }
 
+// A byte-level tokenizer.json (for tiny Hugging Face model directories): the
+// 256 byte symbols, no merges, <|endoftext|>.
+inline std::string ByteTokenizerJson() {
+  nlohmann::json vocab = nlohmann::json::object();
+  std::vector<int> m(256, -1);
+  for (int b = 0; b < 256; ++b)
+    if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF)) m[b] = b;
+  int n = 0;
+  for (int b = 0; b < 256; ++b)
+    if (m[b] < 0) m[b] = 256 + n++;
+  for (int b = 0; b < 256; ++b) {
+    std::string s;
+    const int cp = m[b];
+    if (cp < 0x80) {
+      s.push_back(static_cast<char>(cp));
+    } else {
+      s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+      s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    }
+    vocab[s] = b;
+  }
+  nlohmann::json j = {
+      {"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr},
+      {"added_tokens", {{{"id", 256}, {"content", "<|endoftext|>"}, {"single_word", false}, {"lstrip", false},
+                         {"rstrip", false}, {"normalized", false}, {"special", true}}}},
+      {"normalizer", nullptr}, {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
+      {"post_processor", nullptr}, {"decoder", {{"type", "ByteLevel"}}},
+      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
+  return j.dump();
+}
+
 }  // namespace
