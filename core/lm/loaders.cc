@@ -67,6 +67,23 @@ absl::StatusOr<int64_t> IntField(const json& j, const std::string& name, const s
   return v->get<int64_t>();
 }
 
+// An optional integer field: `fallback` when absent or null, an error when
+// it is not an integer (a float such as 1e300 must not be cast).
+absl::StatusOr<int64_t> OptIntField(const json& j, const std::string& name, int64_t fallback,
+                                    const std::string& file) {
+  auto it = j.find(name);
+  if (it == j.end() || it->is_null()) return fallback;
+  if (!it->is_number_integer())
+    return absl::InvalidArgumentError(absl::StrCat(file, ": field \"", name, "\" is not an integer"));
+  return it->get<int64_t>();
+}
+
+// CheckModelDims with errors naming config.json.
+absl::Status CheckConfigDims(ModelConfig c, const std::string& cfg_path) {
+  c.source = cfg_path;
+  return CheckModelDims(c);
+}
+
 // Tensors of an HF checkpoint (single file or sharded with an index).
 class HfTensors {
  public:
@@ -147,10 +164,12 @@ absl::StatusOr<Transformer> LoadHfLlama(const std::string& dir, const json& cfg,
   SAE_ASSIGN_OR_RETURN(c.n_heads, IntField(cfg, "num_attention_heads", cfg_path));
   SAE_ASSIGN_OR_RETURN(c.vocab_size, IntField(cfg, "vocab_size", cfg_path));
   SAE_ASSIGN_OR_RETURN(c.max_seq_len, IntField(cfg, "max_position_embeddings", cfg_path));
-  c.n_kv_heads = cfg.contains("num_key_value_heads") && !cfg["num_key_value_heads"].is_null()
-                     ? cfg["num_key_value_heads"].get<int64_t>() : c.n_heads;
-  if (cfg.contains("head_dim") && cfg["head_dim"].is_number_integer() && c.n_heads > 0 &&
-      cfg["head_dim"].get<int64_t>() * c.n_heads != c.dim)
+  SAE_ASSIGN_OR_RETURN(c.n_kv_heads, OptIntField(cfg, "num_key_value_heads", c.n_heads, cfg_path));
+  if (c.n_kv_heads <= 0)
+    return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": num_key_value_heads ", c.n_kv_heads, " is not positive"));
+  SAE_RETURN_IF_ERROR(CheckConfigDims(c, cfg_path));
+  if (cfg.contains("head_dim") && cfg["head_dim"].is_number_integer() &&
+      cfg["head_dim"].get<int64_t>() != c.dim / c.n_heads)
     return absl::UnimplementedError(absl::StrCat(cfg_path, ": head_dim * num_attention_heads != hidden_size is not supported"));
   if (cfg.contains("rms_norm_eps") && cfg["rms_norm_eps"].is_number()) c.norm_eps = cfg["rms_norm_eps"].get<float>();
   if (cfg.contains("rope_theta") && cfg["rope_theta"].is_number()) c.rope_theta = cfg["rope_theta"].get<float>();
@@ -165,7 +184,7 @@ absl::StatusOr<Transformer> LoadHfLlama(const std::string& dir, const json& cfg,
   if (cfg.contains("bos_token_id") && cfg["bos_token_id"].is_number_integer()) c.bos_id = cfg["bos_token_id"].get<int64_t>();
   if (cfg.contains("eos_token_id") && cfg["eos_token_id"].is_number_integer()) c.eos_id = cfg["eos_token_id"].get<int64_t>();
   const bool tied = cfg.value("tie_word_embeddings", false);
-  if (c.n_heads <= 0 || c.n_kv_heads <= 0 || c.dim % c.n_heads != 0)
+  if (c.dim % c.n_heads != 0)
     return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": hidden_size ", c.dim, " not divisible by num_attention_heads ", c.n_heads));
   SAE_ASSIGN_OR_RETURN(HfTensors t, HfTensors::Open(dir));
   const int64_t d = c.dim, kv = c.n_kv_heads * (d / c.n_heads), h = c.hidden_dim, V = c.vocab_size;
@@ -210,14 +229,18 @@ absl::StatusOr<Transformer> LoadHfGpt2(const std::string& dir, const json& cfg, 
   SAE_ASSIGN_OR_RETURN(c.vocab_size, IntField(cfg, "vocab_size", cfg_path));
   SAE_ASSIGN_OR_RETURN(c.max_seq_len, IntField(cfg, "n_positions", cfg_path));
   c.n_kv_heads = c.n_heads;
-  c.hidden_dim = cfg.contains("n_inner") && cfg["n_inner"].is_number_integer() ? cfg["n_inner"].get<int64_t>() : 4 * c.dim;
+  c.hidden_dim = 1;  // n_inner defaults to 4 * n_embd: read once n_embd is known to be in range
+  SAE_RETURN_IF_ERROR(CheckConfigDims(c, cfg_path));
+  SAE_ASSIGN_OR_RETURN(c.hidden_dim, OptIntField(cfg, "n_inner", 4 * c.dim, cfg_path));
+  SAE_RETURN_IF_ERROR(CheckConfigDims(c, cfg_path));
   if (cfg.contains("layer_norm_epsilon") && cfg["layer_norm_epsilon"].is_number())
     c.norm_eps = cfg["layer_norm_epsilon"].get<float>();
   if (cfg.contains("activation_function") && cfg["activation_function"] != "gelu_new" &&
       cfg["activation_function"] != "gelu_pytorch_tanh")
     return absl::UnimplementedError(absl::StrCat(cfg_path, ": activation_function ", cfg["activation_function"].dump(),
                                                  " is not supported (gelu_new only)"));
-  c.bos_id = c.eos_id = cfg.value("bos_token_id", static_cast<int64_t>(c.vocab_size - 1));
+  SAE_ASSIGN_OR_RETURN(c.bos_id, OptIntField(cfg, "bos_token_id", c.vocab_size - 1, cfg_path));
+  c.eos_id = c.bos_id;
   SAE_ASSIGN_OR_RETURN(HfTensors t, HfTensors::Open(dir));
   const std::string pre = t.Has("transformer.wte.weight") ? "transformer." : "";
   const int64_t d = c.dim, h = c.hidden_dim, V = c.vocab_size;
@@ -315,6 +338,7 @@ absl::StatusOr<Transformer> LoadLlama2c(const std::string& path) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": not a llama2.c checkpoint (header dim ", d, ", hidden ", h,
                                                    ", layers ", L, ", heads ", c.n_heads, "/", c.n_kv_heads,
                                                    ", vocab ", V, ", seq_len ", c.max_seq_len, ")"));
+  SAE_RETURN_IF_ERROR(CheckModelDims(c));  // also bounds the rotary tables seq_len x head_dim/2
   const int64_t hd = d / c.n_heads, kv = c.n_kv_heads * hd;
   BinCursor cur(path, bytes, off);
   ModelWeights w;
