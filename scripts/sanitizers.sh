@@ -45,7 +45,13 @@ for kind in "${kinds[@]}"; do
   export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:report_signal_unsafe=0:suppressions=$S/tsan.supp"
   # (Sanitized code runs 2-15x slower: sae_add_test triples timeouts in these builds.)
   if [ "$kind" = asan ]; then
-    ctest --test-dir "$B" --output-on-failure -j"${SAE_TEST_JOBS:-$(nproc)}" || rc=$?
+    ctest --test-dir "$B" --output-on-failure -j"${SAE_TEST_JOBS:-$(nproc)}" -E '^test_comm_mpi$' || rc=$?
+    # Open MPI frees (or not) its plugins' allocations after dlclose-ing them,
+    # so LeakSanitizer cannot name or suppress them: the MPI test runs with
+    # ASan and UBSan but without leak checking.
+    if [ -n "$(ctest --test-dir "$B" -N -R '^test_comm_mpi$' | grep 'Test *#')" ]; then
+      ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0" ctest --test-dir "$B" --output-on-failure -R '^test_comm_mpi$' || rc=$?
+    fi
   else
     ctest --test-dir "$B" --output-on-failure -j"${SAE_TEST_JOBS:-$(nproc)}" -R "$TSAN_TESTS" || rc=$?
   fi
