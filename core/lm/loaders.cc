@@ -35,7 +35,7 @@ class BinCursor {
       return absl::InvalidArgumentError(absl::StrCat(path_, ": truncated: tensor ", name, " needs bytes [", off_,
                                                      ", ", off_ + need, ") but the file has ", bytes_.size()));
     at::Tensor t = at::empty(shape, at::kFloat);
-    std::memcpy(t.data_ptr<float>(), bytes_.data() + off_, need);
+    if (need > 0) std::memcpy(t.data_ptr<float>(), bytes_.data() + off_, need);  // an empty tensor has no data
     off_ += need;
     return t;
   }
@@ -137,7 +137,7 @@ class HfTensors {
     }
     SAE_ASSIGN_OR_RETURN(std::vector<float> v, f.ReadFloat(name));
     at::Tensor t = at::empty(shape, at::kFloat);
-    std::memcpy(t.data_ptr<float>(), v.data(), v.size() * sizeof(float));
+    if (!v.empty()) std::memcpy(t.data_ptr<float>(), v.data(), v.size() * sizeof(float));
     return t;
   }
 

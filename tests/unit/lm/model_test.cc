@@ -325,6 +325,23 @@ TEST(BadModelFiles, HugeDimensionsAreErrorsNamingTheField) {
   EXPECT_NE(m.status().message().find(tmp.Sub("rope.bin")), std::string::npos) << m.status();
 }
 
+// Found by fuzzing (tests/fuzz/corpus/llama2c/regress-empty-tensor-memcpy-null):
+// a head size of 1 makes the RoPE tables [seq_len, 0]; copying into an
+// empty tensor passed memcpy a null pointer (undefined behaviour; caught by
+// the UBSan build). The file is refused: head_dim must be even.
+TEST(BadModelFiles, OddHeadSizeWithEmptyTablesIsAnError) {
+  TempDir tmp;
+  const int32_t dim = 8, hidden = 1, layers = 1, heads = 8, kv = 1, vocab = 1, seq = 1;
+  std::string bin;
+  for (int32_t v : {dim, hidden, layers, heads, kv, vocab, seq}) bin.append(reinterpret_cast<const char*>(&v), 4);
+  const int64_t floats = vocab * dim + layers * (dim + 2 * dim * dim + 2 * kv * dim + dim + 3 * hidden * dim) + dim;
+  bin.resize(bin.size() + 4 * floats, '\0');  // then two [seq, 0] tables: no bytes
+  lm_test::WriteFile(tmp.Sub("odd.bin"), bin);
+  auto m = LoadLlama2c(tmp.Sub("odd.bin"));
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(m.status().message().find(tmp.Sub("odd.bin")), std::string::npos) << m.status();
+}
+
 TEST(BadModelFiles, MissingPathAndUnknownTypeAreErrors) {
   EXPECT_EQ(LoadModel("/nonexistent/model.bin").status().code(), absl::StatusCode::kNotFound);
   TempDir tmp;
