@@ -20,6 +20,9 @@ function(sae_add_test name)
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 600)
   endif()
+  if(SAE_SANITIZE OR SAE_TSAN)  # sanitized code runs 2-15x slower
+    math(EXPR ARG_TIMEOUT "${ARG_TIMEOUT} * 3")
+  endif()
   # Scratch files under this build tree (gtest's TempDir() reads TEST_TMPDIR),
   # so test runs of two checkouts on one machine do not share directories.
   set(tmp ${CMAKE_BINARY_DIR}/test-tmp/${name})

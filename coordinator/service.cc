@@ -253,6 +253,14 @@ class CoordinatorMetrics {
 
 }  // namespace
 
+CoordinatorServices MakeCoordinatorServices(Coordinator* coord, const ServiceOptions& opts) {
+  CoordinatorServices s;
+  s.jobs = std::make_unique<JobServiceImpl>(coord, opts.client_token);
+  s.workers = std::make_unique<WorkerServiceImpl>(coord, opts.worker_token);
+  s.data = std::make_unique<DataServiceImpl>(coord, opts.worker_token);
+  return s;
+}
+
 absl::StatusOr<std::string> ReadTokenFile(const std::string& flag, const std::string& path) {
   auto t = ReadFileToString(path);
   if (!t.ok()) return Annotate(t.status(), flag);
@@ -336,6 +344,11 @@ CoordinatorServer::~CoordinatorServer() { Shutdown(); }
 
 std::string CoordinatorServer::address() const { return impl_->address; }
 std::string CoordinatorServer::metrics_address() const { return impl_->http ? impl_->http->address() : ""; }
+std::shared_ptr<grpc::Channel> CoordinatorServer::InProcessChannel() const {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(8 << 20);
+  return impl_->server->InProcessChannel(args);
+}
 
 void CoordinatorServer::Shutdown() {
   if (!impl_->server) return;

@@ -12,6 +12,11 @@
 #include "coordinator/coordinator.h"
 #include "core/base/status.h"
 
+namespace grpc {
+class Channel;
+class Service;
+}  // namespace grpc
+
 namespace sae {
 
 struct ServiceOptions {
@@ -30,6 +35,9 @@ class CoordinatorServer {
 
   std::string address() const;          // gRPC HOST:PORT actually bound
   std::string metrics_address() const;  // "" when off
+  // A channel to this server inside the process (no socket; tests and
+  // fuzzing). Calls on it pass through the same handlers and token checks.
+  std::shared_ptr<grpc::Channel> InProcessChannel() const;
   void Shutdown();                      // ends streams, stops accepting
 
   struct Impl;
@@ -38,6 +46,15 @@ class CoordinatorServer {
   explicit CoordinatorServer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// The three services over `coord` without a server (tests and fuzzing call
+// their handlers directly): jobs is a v1::JobService::Service, workers a
+// v1::WorkerService::Service, data a v1::DataService::Service. Tokens as in
+// `opts` (a handler called without a ServerContext's metadata has none).
+struct CoordinatorServices {
+  std::unique_ptr<grpc::Service> jobs, workers, data;
+};
+CoordinatorServices MakeCoordinatorServices(Coordinator* coord, const ServiceOptions& opts);
 
 // Reads a bearer token from a file (trailing whitespace dropped; empty is an error).
 absl::StatusOr<std::string> ReadTokenFile(const std::string& flag, const std::string& path);

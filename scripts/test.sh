@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Runs setup, then every test through ctest; fails on any failure.
+# SAE_FULL_CHECKS=1 adds the sanitizer builds and their tests
+# (scripts/sanitizers.sh: ASan+UBSan, TSan) and a short fuzz pass
+# (scripts/fuzz.sh, SAE_FUZZ_SECONDS per target, default 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cd build
-ctest --output-on-failure -j"$(nproc)" "$@"
+(cd build && ctest --output-on-failure -j"$(nproc)" "$@")
+if [ "${SAE_FULL_CHECKS:-0}" = 1 ]; then
+  scripts/sanitizers.sh
+  scripts/fuzz.sh "${SAE_FUZZ_SECONDS:-20}"
+fi

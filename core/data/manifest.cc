@@ -1,5 +1,6 @@
 #include "core/data/manifest.h"
 
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_join.h"
@@ -136,6 +137,8 @@ absl::StatusOr<Manifest> LoadManifest(const std::string& dir) {
       return absl::InvalidArgumentError(
           absl::StrCat(where, ": field \"sha256\" is not 64 hex digits"));
     }
+    if (e.rows > std::numeric_limits<int64_t>::max() - sum)
+      return absl::InvalidArgumentError(absl::StrCat(where, ": field \"rows\": the shards' rows add up past 2^63"));
     sum += e.rows;
     m.shards.push_back(std::move(e));
   }

@@ -35,7 +35,7 @@ class BinCursor {
       return absl::InvalidArgumentError(absl::StrCat(path_, ": truncated: tensor ", name, " needs bytes [", off_,
                                                      ", ", off_ + need, ") but the file has ", bytes_.size()));
     at::Tensor t = at::empty(shape, at::kFloat);
-    std::memcpy(t.data_ptr<float>(), bytes_.data() + off_, need);
+    if (need > 0) std::memcpy(t.data_ptr<float>(), bytes_.data() + off_, need);  // an empty tensor has no data
     off_ += need;
     return t;
   }
@@ -65,6 +65,23 @@ absl::StatusOr<int64_t> IntField(const json& j, const std::string& name, const s
   if (!v->is_number_integer())
     return absl::InvalidArgumentError(absl::StrCat(file, ": field \"", name, "\" is not an integer"));
   return v->get<int64_t>();
+}
+
+// An optional integer field: `fallback` when absent or null, an error when
+// it is not an integer (a float such as 1e300 must not be cast).
+absl::StatusOr<int64_t> OptIntField(const json& j, const std::string& name, int64_t fallback,
+                                    const std::string& file) {
+  auto it = j.find(name);
+  if (it == j.end() || it->is_null()) return fallback;
+  if (!it->is_number_integer())
+    return absl::InvalidArgumentError(absl::StrCat(file, ": field \"", name, "\" is not an integer"));
+  return it->get<int64_t>();
+}
+
+// CheckModelDims with errors naming config.json.
+absl::Status CheckConfigDims(ModelConfig c, const std::string& cfg_path) {
+  c.source = cfg_path;
+  return CheckModelDims(c);
 }
 
 // Tensors of an HF checkpoint (single file or sharded with an index).
@@ -136,7 +153,7 @@ class HfTensors {
     }
     SAE_ASSIGN_OR_RETURN(std::vector<float> v, f.ReadFloat(name));
     at::Tensor t = at::empty(shape, at::kFloat);
-    std::memcpy(t.data_ptr<float>(), v.data(), v.size() * sizeof(float));
+    if (!v.empty()) std::memcpy(t.data_ptr<float>(), v.data(), v.size() * sizeof(float));
     return t;
   }
 
@@ -340,11 +357,11 @@ absl::StatusOr<Transformer> LoadHfDecoder(const std::string& dir, const json& cf
   SAE_ASSIGN_OR_RETURN(c.n_heads, IntField(cfg, "num_attention_heads", cfg_path));
   SAE_ASSIGN_OR_RETURN(c.vocab_size, IntField(cfg, "vocab_size", cfg_path));
   SAE_ASSIGN_OR_RETURN(c.max_seq_len, IntField(cfg, "max_position_embeddings", cfg_path));
-  c.n_kv_heads = cfg.contains("num_key_value_heads") && !cfg["num_key_value_heads"].is_null()
-                     ? cfg["num_key_value_heads"].get<int64_t>() : c.n_heads;
+  SAE_ASSIGN_OR_RETURN(c.n_kv_heads, OptIntField(cfg, "num_key_value_heads", c.n_heads, cfg_path));
   if (c.n_heads <= 0 || c.n_kv_heads <= 0 || c.dim <= 0 || c.n_layers <= 0 || c.hidden_dim <= 0)
     return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": hidden_size, intermediate_size, num_hidden_layers and "
                                                    "attention heads must be > 0"));
+  SAE_RETURN_IF_ERROR(CheckConfigDims(c, cfg_path));
   if (cfg.contains("head_dim") && !cfg["head_dim"].is_null()) {
     if (!cfg["head_dim"].is_number_integer() || cfg["head_dim"].get<int64_t>() <= 0)
       return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": field \"head_dim\" is not a positive integer"));
@@ -467,14 +484,18 @@ absl::StatusOr<Transformer> LoadHfGpt2(const std::string& dir, const json& cfg, 
   SAE_ASSIGN_OR_RETURN(c.vocab_size, IntField(cfg, "vocab_size", cfg_path));
   SAE_ASSIGN_OR_RETURN(c.max_seq_len, IntField(cfg, "n_positions", cfg_path));
   c.n_kv_heads = c.n_heads;
-  c.hidden_dim = cfg.contains("n_inner") && cfg["n_inner"].is_number_integer() ? cfg["n_inner"].get<int64_t>() : 4 * c.dim;
+  c.hidden_dim = 1;  // n_inner defaults to 4 * n_embd: read once n_embd is known to be in range
+  SAE_RETURN_IF_ERROR(CheckConfigDims(c, cfg_path));
+  SAE_ASSIGN_OR_RETURN(c.hidden_dim, OptIntField(cfg, "n_inner", 4 * c.dim, cfg_path));
+  SAE_RETURN_IF_ERROR(CheckConfigDims(c, cfg_path));
   if (cfg.contains("layer_norm_epsilon") && cfg["layer_norm_epsilon"].is_number())
     c.norm_eps = cfg["layer_norm_epsilon"].get<float>();
   if (cfg.contains("activation_function") && cfg["activation_function"] != "gelu_new" &&
       cfg["activation_function"] != "gelu_pytorch_tanh")
     return absl::UnimplementedError(absl::StrCat(cfg_path, ": activation_function ", cfg["activation_function"].dump(),
                                                  " is not supported (gelu_new only)"));
-  c.bos_id = c.eos_id = cfg.value("bos_token_id", static_cast<int64_t>(c.vocab_size - 1));
+  SAE_ASSIGN_OR_RETURN(c.bos_id, OptIntField(cfg, "bos_token_id", c.vocab_size - 1, cfg_path));
+  c.eos_id = c.bos_id;
   SAE_ASSIGN_OR_RETURN(HfTensors t, HfTensors::Open(dir));
   const std::string pre = t.Has("transformer.wte.weight") ? "transformer." : "";
   const int64_t d = c.dim, h = c.hidden_dim, V = c.vocab_size;
@@ -573,6 +594,7 @@ absl::StatusOr<Transformer> LoadLlama2c(const std::string& path, const LoadOptio
     return absl::InvalidArgumentError(absl::StrCat(path, ": not a llama2.c checkpoint (header dim ", d, ", hidden ", h,
                                                    ", layers ", L, ", heads ", c.n_heads, "/", c.n_kv_heads,
                                                    ", vocab ", V, ", seq_len ", c.max_seq_len, ")"));
+  SAE_RETURN_IF_ERROR(CheckModelDims(c));  // also bounds the rotary tables seq_len x head_dim/2
   const int64_t hd = d / c.n_heads, kv = c.n_kv_heads * hd;
   BinCursor cur(path, bytes, off);
   ModelWeights w;

@@ -70,7 +70,31 @@ std::vector<float> RopeInvFreq(const ModelConfig& c, bool long_factors) {
   return f;
 }
 
+absl::Status CheckModelDims(const ModelConfig& c) {
+  constexpr int64_t kMaxDim = int64_t{1} << 20, kMaxHidden = int64_t{1} << 22, kMaxLayers = 4096,
+                    kMaxVocab = int64_t{1} << 24, kMaxSeq = int64_t{1} << 20, kMaxRope = int64_t{1} << 26;
+  auto bad = [&](const char* field, int64_t v, const std::string& rule) {
+    return absl::InvalidArgumentError(absl::StrCat(c.source, ": ", field, " ", v, " ", rule));
+  };
+  auto range = [&](const char* field, int64_t v, int64_t hi) -> absl::Status {
+    if (v < 1 || v > hi) return bad(field, v, absl::StrCat("is outside [1, ", hi, "]"));
+    return absl::OkStatus();
+  };
+  SAE_RETURN_IF_ERROR(range("dim", c.dim, kMaxDim));
+  SAE_RETURN_IF_ERROR(range("hidden_dim", c.hidden_dim, kMaxHidden));
+  SAE_RETURN_IF_ERROR(range("n_layers", c.n_layers, kMaxLayers));
+  SAE_RETURN_IF_ERROR(range("n_heads", c.n_heads, c.dim));
+  if (c.n_kv_heads != 0) SAE_RETURN_IF_ERROR(range("n_kv_heads", c.n_kv_heads, c.n_heads));
+  SAE_RETURN_IF_ERROR(range("vocab_size", c.vocab_size, kMaxVocab));
+  SAE_RETURN_IF_ERROR(range("max_seq_len", c.max_seq_len, kMaxSeq));
+  if (c.arch != Arch::kGpt2 && c.max_seq_len * (c.head_dim() / 2) > kMaxRope)
+    return bad("max_seq_len", c.max_seq_len,
+               absl::StrCat("x head_dim/2 (", c.head_dim() / 2, ") exceeds 2^26 rotary table entries"));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Transformer> Transformer::Create(ModelConfig c, ModelWeights w) {
+  SAE_RETURN_IF_ERROR(CheckModelDims(c));
   if (c.dim <= 0 || c.n_layers <= 0 || c.n_heads <= 0 || c.vocab_size <= 0 || c.max_seq_len <= 0)
     return absl::InvalidArgumentError(absl::StrCat(c.source, ": invalid model dimensions (dim ", c.dim,
                                                    ", layers ", c.n_layers, ", heads ", c.n_heads,

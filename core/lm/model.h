@@ -63,6 +63,15 @@ struct ModelConfig {
   }
 };
 
+// Bounds on a model's dimensions, beyond any released model, checked before
+// any size is computed from them (a header or config.json could otherwise
+// overflow sizes or ask for terabytes): dim <= 2^20, hidden <= 2^22,
+// layers <= 4096, vocab <= 2^24, max_seq_len <= 2^20, heads <= dim, kv heads
+// <= heads, and the rotary tables (max_seq_len x head_dim/2) <= 2^26 entries.
+// InvalidArgument naming `cfg.source` and the field; Transformer::Create and
+// the loaders call it.
+absl::Status CheckModelDims(const ModelConfig& cfg);
+
 // Weights of one block. GPT-2 uses the *_b biases and w1/w2 only; Gemma 2
 // adds the norms after attention and after the MLP. wq is [heads·head_dim,
 // dim], wo [dim, heads·head_dim].

@@ -16,10 +16,25 @@ std::string g_error;
 
 // Opens libsae_sp.so once: $SAE_SP_MODULE, then ../lib beside the running
 // executable, then the build tree's lib directory.
+// ASan and TSan refuse dlopen with RTLD_DEEPBIND (they abort the process),
+// so sanitizer builds report SentencePiece as unavailable instead.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SAE_SP_UNDER_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define SAE_SP_UNDER_SANITIZER 1
+#endif
+#endif
+
 const SpApi* Api() {
   static std::once_flag once;
   static const SpApi* api = nullptr;
   std::call_once(once, [] {
+#ifdef SAE_SP_UNDER_SANITIZER
+    g_error = "SentencePiece is not available in sanitizer (ASan/TSan) builds: libsae_sp.so is opened with "
+              "RTLD_DEEPBIND, which the sanitizer runtimes refuse";
+    return;
+#endif
     std::vector<std::string> candidates;
     if (const char* e = std::getenv("SAE_SP_MODULE")) candidates.push_back(e);
     char exe[PATH_MAX];

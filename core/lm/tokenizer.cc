@@ -65,7 +65,12 @@ class Llama2cTokenizer : public Tokenizer {
       if (id >= 0) {
         t.push_back(id);
       } else {
-        for (char b : buf) t.push_back(static_cast<int32_t>(static_cast<unsigned char>(b)) + 3);
+        // Byte tokens <0x00>..<0xFF> are ids 3..258; a vocabulary without
+        // them gets <unk> (id 0), never an id outside it.
+        for (char b : buf) {
+          const int32_t byte_id = static_cast<int32_t>(static_cast<unsigned char>(b)) + 3;
+          t.push_back(byte_id < vocab_size() ? byte_id : 0);
+        }
       }
       buf.clear();
     }
@@ -143,6 +148,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadLlama2cTokenizer(const std::strin
   if (static_cast<int64_t>(vocab.size()) != vocab_size)
     return absl::InvalidArgumentError(absl::StrCat(path, ": tokenizer vocabulary has ", vocab.size(),
                                                    " tokens but the model's has ", vocab_size));
+  if (vocab.size() < 3)
+    return absl::InvalidArgumentError(absl::StrCat(path, ": a llama2.c tokenizer has at least 3 tokens (<unk>, BOS, "
+                                                   "EOS), this one ", vocab.size()));
   return std::unique_ptr<Tokenizer>(new Llama2cTokenizer(std::move(vocab), std::move(scores)));
 }
 
@@ -153,9 +161,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGpt2Tokenizer(const std::string& 
   nlohmann::json vocab = nlohmann::json::parse(ej, nullptr, false);
   if (vocab.is_discarded() || !vocab.is_object())
     return absl::InvalidArgumentError(absl::StrCat(encoder_json, ": not a JSON object of token ids"));
-  for (auto& [k, v] : vocab.items())
+  // The decoder is a table indexed by id: bound it (GPT-2 has 50257 ids).
+  constexpr int64_t kMaxId = (int64_t{1} << 22) - 1;
+  for (auto& [k, v] : vocab.items()) {
     if (!v.is_number_integer() || v.get<int64_t>() < 0)
       return absl::InvalidArgumentError(absl::StrCat(encoder_json, ": id of \"", k, "\" is not a non-negative integer"));
+    if (v.get<int64_t>() > kMaxId)
+      return absl::InvalidArgumentError(absl::StrCat(encoder_json, ": id ", v.get<int64_t>(), " of \"", k,
+                                                     "\" exceeds ", kMaxId));
+  }
   nlohmann::json merges = nlohmann::json::array();
   size_t pos = 0;
   int line_no = 0;

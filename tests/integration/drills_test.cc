@@ -36,7 +36,7 @@ TEST_F(Service, FrozenWorkerPastItsLeaseWritesNothingAfterTheRestart) {
   Proc& w1 = StartWorker("w1");
   const int64_t total = 3000000, every = 40000;
   const std::string id = Submit(SynthJob("run", 1, total, every));
-  json st = WaitFor(id, [&](const json& j) { return Num(j["progress"], "checkpoint_step") > 0; }, 120);
+  json st = WaitFor(id, [&](const json& j) { return Prog(j, "checkpoint_step") > 0; }, 120);
   ASSERT_FALSE(Terminal(st)) << "the job finished before the freeze: make it longer";
   ::kill(w1.pid, SIGSTOP);
   st = WaitFor(id, [](const json& j) { return StateIs(j, "RESTARTING") || Terminal(j); }, 60);
@@ -87,7 +87,7 @@ TEST_F(Service, WorkersKilledAtStartMidStepAndMidCheckpoint) {
     json st = WaitFor(id, [](const json& j) { return StateIs(j, "SCHEDULED") || StateIs(j, "RUNNING") || Terminal(j); }, 60);
     ASSERT_FALSE(Terminal(st)) << "finished before kill " << kill << ": make the job longer";
     if (kill == 1) {
-      WaitFor(id, [](const json& j) { return Num(j["progress"], "tokens") > 0 || Terminal(j); }, 60);
+      WaitFor(id, [](const json& j) { return Prog(j, "tokens") > 0 || Terminal(j); }, 60);
       std::this_thread::sleep_for(std::chrono::milliseconds(200 + rng() % 800));
     } else if (kill == 2) {
       const auto deadline = Clock::now() + std::chrono::seconds(30);
@@ -123,7 +123,7 @@ TEST_F(Service, CoordinatorKilledWhileAJobIsRestarting) {
   Proc& w1 = StartWorker("w1");
   const int64_t total = 3000000, every = 20000;
   const std::string id = Submit(SynthJob("run", 1, total, every));
-  json st = WaitFor(id, [](const json& j) { return Num(j["progress"], "checkpoint_step") > 0 || Terminal(j); }, 120);
+  json st = WaitFor(id, [](const json& j) { return Prog(j, "checkpoint_step") > 0 || Terminal(j); }, 120);
   ASSERT_FALSE(Terminal(st));
   w1.Kill(SIGKILL);
   st = WaitFor(id, [](const json& j) { return StateIs(j, "RESTARTING") || Terminal(j); }, 60);
@@ -158,7 +158,7 @@ TEST_F(Service, AThreeWorkerJobLosesOneRank) {
   std::string yaml = SynthJob("run", 3, total, every);
   yaml.replace(yaml.find("batch_tokens: 256"), 17, "batch_tokens: 768");
   const std::string id = Submit(yaml);
-  json st = WaitFor(id, [](const json& j) { return Num(j["progress"], "checkpoint_step") > 0 || Terminal(j); }, 120);
+  json st = WaitFor(id, [](const json& j) { return Prog(j, "checkpoint_step") > 0 || Terminal(j); }, 120);
   ASSERT_FALSE(Terminal(st));
   ASSERT_EQ(st["workers"].size(), 3u);
   w3.Kill(SIGKILL);
@@ -205,7 +205,7 @@ TEST_F(Service, APartitionedWorkerDoesNotCorruptTheRestartedJob) {
                    "worker-w1");
   const int64_t total = 3000000, every = 20000;
   const std::string id = Submit(SynthJob("run", 1, total, every));
-  json st = WaitFor(id, [](const json& j) { return Num(j["progress"], "checkpoint_step") > 0 || Terminal(j); }, 120);
+  json st = WaitFor(id, [](const json& j) { return Prog(j, "checkpoint_step") > 0 || Terminal(j); }, 120);
   ASSERT_FALSE(Terminal(st)) << st.dump();
   ASSERT_EQ(st["workers"][0], "w1");
   ASSERT_EQ(ip("link set " + host_if + " down"), 0);  // the partition

@@ -39,6 +39,14 @@ int64_t Num(const json& j, const char* key) {
   return 0;
 }
 
+// Num of j["progress"][key], for a const j that may lack "progress" (const
+// operator[] on a missing key is undefined behaviour; TSan saw it as a
+// use-after-free when a job's status came back empty).
+int64_t Prog(const json& j, const char* key) {
+  auto it = j.find("progress");
+  return it == j.end() ? 0 : Num(*it, key);
+}
+
 // A child process whose output goes to a log file; killed at destruction.
 struct Proc {
   pid_t pid = -1;

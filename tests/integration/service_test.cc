@@ -88,7 +88,7 @@ TEST_F(Service, KilledWorkerRestartsTheJobFromItsCheckpoint) {
   const int64_t total = 400000, every = 40000;
   const std::string id = Submit(SynthJob("run", 2, total, every));
   json st = WaitFor(id, [&](const json& j) {
-    return Num(j["progress"], "checkpoint_step") > 0 && Num(j["progress"], "tokens") > Num(j["progress"], "checkpoint_tokens");
+    return Prog(j, "checkpoint_step") > 0 && Prog(j, "tokens") > Prog(j, "checkpoint_tokens");
   }, 120);
   ASSERT_FALSE(Terminal(st)) << "the job finished before the kill: make it longer";
   ASSERT_EQ(st["workers"].size(), 2u);
@@ -139,7 +139,7 @@ TEST_F(Service, CoordinatorRestartKeepsTheJob) {
   const std::string listen = addr_;
   StartWorker("w1");
   const std::string id = Submit(SynthJob("run", 1, 300000, 30000));
-  json st = WaitFor(id, [](const json& j) { return Num(j["progress"], "checkpoint_step") > 0 || Terminal(j); }, 120);
+  json st = WaitFor(id, [](const json& j) { return Prog(j, "checkpoint_step") > 0 || Terminal(j); }, 120);
   ASSERT_TRUE(StateIs(st, "RUNNING")) << st.dump();
   coord->Kill(SIGKILL);
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
@@ -253,7 +253,7 @@ TEST_F(Service, CancelStopsTheJobWithinSecondsKeepingItsCheckpoint) {
   StartCoordinator({});
   StartWorker("w1");
   const std::string id = Submit(SynthJob("run", 1, 5000000, 20000));
-  json st = WaitFor(id, [](const json& j) { return Num(j["progress"], "checkpoint_step") > 0 || Terminal(j); }, 120);
+  json st = WaitFor(id, [](const json& j) { return Prog(j, "checkpoint_step") > 0 || Terminal(j); }, 120);
   ASSERT_TRUE(StateIs(st, "RUNNING")) << st.dump();
   Result c = Sae("cancel " + id + " --reason 'enough for today'");
   ASSERT_EQ(c.code, 0) << c.out;

@@ -182,6 +182,27 @@ TEST(ManifestTest, LoadsAndRejectsFieldByField) {
   EXPECT_EQ(LoadManifest(dir.Sub("nowhere")).status().code(), absl::StatusCode::kNotFound);
 }
 
+// Found by fuzzing (tests/fuzz/corpus/manifest/regress-rows-sum-overflow):
+// shard rows that add up past 2^63 overflowed the sum (undefined behaviour).
+TEST(ManifestTest, RowsAddingUpPastInt64AreAnError) {
+  ScratchDir dir;
+  nlohmann::json j = GoodManifest();
+  j["rows"] = 0;
+  const nlohmann::json shard = j["shards"][0];
+  j["shards"] = nlohmann::json::array();
+  for (int i = 0; i < 4; ++i) {
+    nlohmann::json s = shard;
+    s["file"] = "s" + std::to_string(i);
+    s["rows"] = int64_t{1} << 62;
+    j["shards"].push_back(s);
+  }
+  WriteBytes(dir.Sub("manifest.json"), j.dump());
+  auto bad = LoadManifest(dir.path());
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("2^63"), std::string::npos) << bad.status();
+  EXPECT_NE(bad.status().message().find("shards[1]"), std::string::npos) << bad.status();
+}
+
 TEST(ManifestTest, SaveLoadRoundTrip) {
   ScratchDir dir;
   Manifest m;

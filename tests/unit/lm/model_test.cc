@@ -1,6 +1,8 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "core/data/safetensors.h"
 #include "core/lm/loaders.h"
@@ -280,6 +282,64 @@ TEST(BadModelFiles, WrongShapeTensorNamesFileAndTensor) {
   EXPECT_NE(m.status().message().find(dir + "/model.safetensors"), std::string::npos) << m.status();
   EXPECT_NE(m.status().message().find(bad), std::string::npos) << m.status();
   EXPECT_NE(m.status().message().find("[16x64]"), std::string::npos) << m.status();
+}
+
+// Found by fuzzing (tests/fuzz/corpus/hf_model/regress-*, llama2c/regress-*):
+// sizes from a header or config.json were used before any bound: a huge
+// max_position_embeddings allocated rotary tables of gigabytes, a huge
+// num_key_value_heads overflowed kv * head_dim (undefined behaviour).
+TEST(BadModelFiles, HugeDimensionsAreErrorsNamingTheField) {
+  const std::string src = DataDir() + "/hf-tiny/llama-tiny";
+  SAE_REQUIRE_FILE(src + "/config.json");
+  TempDir tmp;
+  const std::string dir = CopyHfDir(src, tmp.Sub("m"));
+  std::filesystem::permissions(dir + "/config.json", std::filesystem::perms::owner_write, std::filesystem::perm_options::add);
+  const nlohmann::json orig = nlohmann::json::parse(lm_test::ReadFile(src + "/config.json"));
+  for (const auto& [field, value, says] :
+       std::vector<std::tuple<std::string, int64_t, std::string>>{{"max_position_embeddings", 1000000000, "max_seq_len"},
+                                                                  {"num_key_value_heads", int64_t{1} << 62, "n_kv_heads"},
+                                                                  {"hidden_size", int64_t{1} << 40, "dim"},
+                                                                  {"vocab_size", -5, "vocab_size"}}) {
+    nlohmann::json cfg = orig;
+    cfg[field] = value;
+    lm_test::WriteFile(dir + "/config.json", cfg.dump());
+    auto m = LoadModel(dir);
+    ASSERT_FALSE(m.ok()) << field;
+    EXPECT_NE(m.status().message().find(dir + "/config.json"), std::string::npos) << m.status();
+    EXPECT_NE(m.status().message().find(says), std::string::npos) << m.status();
+  }
+  // llama2.c v1 (no rotary tables in the file): 136-wide single-head model
+  // with seq_len 2^20 would need 2^20 x 68 table entries; refused by name.
+  std::string bin;
+  auto i32 = [&](int32_t v) { bin.append(reinterpret_cast<const char*>(&v), 4); };
+  i32(0x616b3432);
+  i32(1);
+  for (int32_t v : {136, 1, 1, 1, 1, 1, 1 << 20}) i32(v);
+  bin.push_back(1);
+  bin.resize(256, '\0');
+  bin.resize(256 + 4 * (2 * 136 + 136 + 136 + 4 * 136 * 136 + 3 * 136), '\0');
+  lm_test::WriteFile(tmp.Sub("rope.bin"), bin);
+  auto m = LoadLlama2c(tmp.Sub("rope.bin"));
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(m.status().message().find("rotary"), std::string::npos) << m.status();
+  EXPECT_NE(m.status().message().find(tmp.Sub("rope.bin")), std::string::npos) << m.status();
+}
+
+// Found by fuzzing (tests/fuzz/corpus/llama2c/regress-empty-tensor-memcpy-null):
+// a head size of 1 makes the RoPE tables [seq_len, 0]; copying into an
+// empty tensor passed memcpy a null pointer (undefined behaviour; caught by
+// the UBSan build). The file is refused: head_dim must be even.
+TEST(BadModelFiles, OddHeadSizeWithEmptyTablesIsAnError) {
+  TempDir tmp;
+  const int32_t dim = 8, hidden = 1, layers = 1, heads = 8, kv = 1, vocab = 1, seq = 1;
+  std::string bin;
+  for (int32_t v : {dim, hidden, layers, heads, kv, vocab, seq}) bin.append(reinterpret_cast<const char*>(&v), 4);
+  const int64_t floats = vocab * dim + layers * (dim + 2 * dim * dim + 2 * kv * dim + dim + 3 * hidden * dim) + dim;
+  bin.resize(bin.size() + 4 * floats, '\0');  // then two [seq, 0] tables: no bytes
+  lm_test::WriteFile(tmp.Sub("odd.bin"), bin);
+  auto m = LoadLlama2c(tmp.Sub("odd.bin"));
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(m.status().message().find(tmp.Sub("odd.bin")), std::string::npos) << m.status();
 }
 
 TEST(BadModelFiles, MissingPathAndUnknownTypeAreErrors) {
