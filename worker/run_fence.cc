@@ -5,10 +5,13 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "core/base/file_util.h"
+#include "core/base/logging.h"
 
 namespace sae {
 
@@ -29,11 +32,24 @@ absl::StatusOr<int> RunFence::Lock() const {
   const std::string path = dir_ + "/.lock";
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0) return absl::InternalError(absl::StrCat(path, ": cannot open: ", std::strerror(errno)));
-  while (::flock(fd, LOCK_EX) != 0) {
-    if (errno == EINTR) continue;
-    const int e = errno;
-    ::close(fd);
-    return absl::InternalError(absl::StrCat(path, ": flock: ", std::strerror(e)));
+  // Writes under the lock take milliseconds. A holder that keeps it for
+  // kStalledSeconds is a stale attempt that was frozen or cut off in the
+  // middle of one: go on without the lock (the number in `attempt` still
+  // decides who may write, and the stalled holder stops at its next write).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(kStalledSeconds);
+  while (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK && errno != EINTR) {
+      const int e = errno;
+      ::close(fd);
+      return absl::InternalError(absl::StrCat(path, ": flock: ", std::strerror(e)));
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::close(fd);
+      SAE_LOG(kWarn) << path << ": held by a stalled writer for " << kStalledSeconds
+                     << " s; attempt " << attempt_ << " goes on without it";
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return fd;
 }

@@ -5,7 +5,10 @@
 // number in OUTPUT.partial/attempt, and every write of an attempt (metrics
 // line, checkpoint, final files and the rename into place) happens while
 // holding OUTPUT.partial/.lock (flock) after checking that number. A stale
-// attempt finds a larger number, writes nothing and stops (Aborted).
+// attempt finds a larger number, writes nothing and stops (Aborted). A lock
+// held for more than kStalledSeconds (a stale attempt frozen or cut off in
+// the middle of a write) is not waited for: the owner goes on without it;
+// the stalled writer may finish that one write, then stops at its next.
 // Not thread-safe; one per attempt (rank 0, the only rank that writes).
 #pragma once
 
@@ -44,9 +47,10 @@ class RunFence {
   absl::StatusOr<Held> Hold() const;
 
   int attempt() const { return attempt_; }
+  static constexpr int kStalledSeconds = 10;
 
  private:
-  absl::StatusOr<int> Lock() const;  // the locked fd of .lock
+  absl::StatusOr<int> Lock() const;  // the locked fd of .lock (-1: a stalled holder; not locked)
   absl::StatusOr<int> Owner() const;  // the number in `attempt` (0 if none)
 
   std::string dir_;

@@ -104,7 +104,9 @@ TEST_F(InterpCli, DashboardsAndSteeringOnHuggingFaceArchitectures) {
     EXPECT_EQ(nlohmann::json::parse(r.out)["latents"], 96) << arch;
     ASSERT_TRUE(fs::exists(sae / "features.safetensors")) << arch;
     const std::string base = Bin("sae") + " generate --model " + m.string() + " --prompt 'Once upon' --steps 24 -s 3";
-    auto text = [](const Result& r) { return r.out.substr(0, r.out.find('\n')); };  // without the tok/s line
+    auto text = [](const Result& r) {  // the text, without the tok/s report that may follow it on its line
+      return r.out.substr(0, std::min(r.out.find('\n'), r.out.find("achieved tok/s")));
+    };
     auto plain = Sh(base + " 2>/dev/null");
     ASSERT_EQ(plain.code, 0) << arch << ": " << plain.out;
     auto zero = Sh(base + " --sae " + sae.string() + " --steer 5:0 2>/dev/null");
