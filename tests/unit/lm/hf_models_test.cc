@@ -6,6 +6,7 @@
 // here from the formulas of the model cards and transformers' code, with
 // brute-force masked attention.
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
 #include <filesystem>
@@ -873,7 +874,8 @@ std::string ByteTokenizer() {
 // An SAE whose decoder rows are its encoder rows (random unit rows), at `layer`.
 void WriteTiedSae(const std::string& dir, int64_t n, int64_t d, int64_t layer) {
   fs::create_directories(dir);
-  at::Tensor w = at::randn({n, d}, at::TensorOptions().dtype(at::kFloat));
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
+  at::Tensor w = at::empty({n, d}, at::kFloat).normal_(0, 1, gen);
   w = (w / w.norm(2, 1, true)).contiguous();
   at::Tensor zn = at::zeros({n}), zd = at::zeros({d});
   SafetensorsWriter wr;
@@ -901,7 +903,7 @@ TEST(HfArchitecturesCli, DashboardsAndSteeringRunOnPhi3Gemma2AndQwen2) {
   for (const std::string type : {"phi3", "gemma2", "qwen2"}) {
     Spec s;
     s.type = type;
-    s.V = 512;
+    s.V = 257;  // the tokenizer's 256 bytes and <|endoftext|>: every sampled id decodes to text
     if (type == "gemma2") s.d = 48, s.H = 4, s.KV = 2, s.hd = 16, s.L = 3, s.tied = true;
     if (type == "qwen2") s.biases = true;
     if (type == "phi3") s.fused = true;
