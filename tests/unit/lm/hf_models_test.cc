@@ -6,22 +6,20 @@
 // here from the formulas of the model cards and transformers' code, with
 // brute-force masked attention.
 #include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
 #include <filesystem>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <cstdio>
 #include <fstream>
-#include <sys/wait.h>
 
 #include "core/data/safetensors.h"
 #include "core/lm/harvest.h"
 #include "core/lm/loaders.h"
 #include "core/lm/model.h"
 #include "gtest/gtest.h"
+#include "tests/integration/interp_test_util.h"  // Sh, Bin, ByteTokenizerJson, WriteTiedSae
 #include "tests/unit/lm/lm_test_util.h"
 
 namespace sae {
@@ -833,72 +831,13 @@ TEST(HfTransformersFixtures, Qwen2Tiny) { CheckFixture("qwen2-tiny", true); }
 namespace sae {
 namespace {
 
-// Runs a shell command; its exit status and output (stdout and stderr).
-std::pair<int, std::string> RunCommand(const std::string& cmd) {
-  std::string out;
-  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
-  if (p == nullptr) return {-1, ""};
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int st = ::pclose(p);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -1, out};
-}
-
-// A byte-level tokenizer.json (256 byte symbols, no merges, <|endoftext|> = 256).
-std::string ByteTokenizer() {
-  json vocab = json::object();
-  std::vector<int> m(256, -1);
-  for (int b = 0; b < 256; ++b)
-    if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF)) m[b] = b;
-  int next = 256;
-  for (int b = 0; b < 256; ++b) {
-    if (m[b] < 0) m[b] = next++;
-    std::string u;
-    const int cp = m[b];
-    if (cp < 0x80) u.push_back(static_cast<char>(cp));
-    else { u.push_back(static_cast<char>(0xC0 | (cp >> 6))); u.push_back(static_cast<char>(0x80 | (cp & 0x3F))); }
-    vocab[u] = b;
-  }
-  vocab["<|endoftext|>"] = 256;
-  return json{{"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr},
-              {"added_tokens", {{{"id", 256}, {"content", "<|endoftext|>"}, {"single_word", false}, {"lstrip", false},
-                                 {"rstrip", false}, {"normalized", false}, {"special", true}}}},
-              {"normalizer", nullptr},
-              {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
-              {"post_processor", nullptr}, {"decoder", {{"type", "ByteLevel"}}},
-              {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", json::array()}}}}
-      .dump();
-}
-
-// An SAE whose decoder rows are its encoder rows (random unit rows), at `layer`.
-void WriteTiedSae(const std::string& dir, int64_t n, int64_t d, int64_t layer) {
-  fs::create_directories(dir);
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
-  at::Tensor w = at::empty({n, d}, at::kFloat).normal_(0, 1, gen);
-  w = (w / w.norm(2, 1, true)).contiguous();
-  at::Tensor zn = at::zeros({n}), zd = at::zeros({d});
-  SafetensorsWriter wr;
-  ASSERT_TRUE(wr.Add("encoder.weight", DType::kF32, {n, d}, w.data_ptr<float>()).ok());
-  ASSERT_TRUE(wr.Add("encoder.bias", DType::kF32, {n}, zn.data_ptr<float>()).ok());
-  ASSERT_TRUE(wr.Add("W_dec", DType::kF32, {n, d}, w.data_ptr<float>()).ok());
-  ASSERT_TRUE(wr.Add("b_dec", DType::kF32, {d}, zd.data_ptr<float>()).ok());
-  ASSERT_TRUE(wr.Write(dir + "/sae.safetensors").ok());
-  json cfg = {{"d_in", d}, {"num_latents", n}, {"k", 4}, {"activation", "topk"}, {"normalize_decoder", true},
-              {"expansion_factor", n / d},
-              {"saeforge", {{"format", "saeforge.sae.v1"},
-                            {"provenance", {{"data", {{"kind", "lm"}, {"layer", layer}, {"hook", "resid_post"}}}}}}}};
-  std::ofstream(dir + "/cfg.json") << cfg.dump(2);
-}
-
 // `sae features build` and `sae generate --steer` on Phi-3 (fused weights),
 // Gemma 2 and Qwen2 directories, as a user runs them: the dashboards are
 // written, steering at scale 0 reproduces the unsteered text and a large
 // scale changes it.
 TEST(HfArchitecturesCli, DashboardsAndSteeringRunOnPhi3Gemma2AndQwen2) {
-  const char* bin = std::getenv("SAE_BIN_DIR");
-  if (bin == nullptr || !fs::exists(std::string(bin) + "/sae")) GTEST_SKIP() << "SAE_BIN_DIR/sae not built";
-  const std::string sae_bin = std::string(bin) + "/sae";
+  const std::string sae_bin = Bin("sae");
+  if (!fs::exists(sae_bin)) GTEST_SKIP() << sae_bin << " not built";
   TempDir tmp;
   for (const std::string type : {"phi3", "gemma2", "qwen2"}) {
     Spec s;
@@ -915,27 +854,27 @@ TEST(HfArchitecturesCli, DashboardsAndSteeringRunOnPhi3Gemma2AndQwen2) {
     cfg["eos_token_id"] = 256;
     const std::string dir = tmp.Sub(type);
     WriteCheckpoint(dir, cfg, w);
-    std::ofstream(dir + "/tokenizer.json") << ByteTokenizer();
+    std::ofstream(dir + "/tokenizer.json") << ByteTokenizerJson();
     ASSERT_TRUE(LoadModel(dir).ok()) << type << ": " << LoadModel(dir).status();
     const std::string sae = tmp.Sub("sae_" + type);
-    WriteTiedSae(sae, 2 * s.d, s.d, 1);
-    auto [rc, out] = RunCommand(sae_bin + " features build --model " + dir + " --sae " + sae +
-                         " --corpus generate --tokens 400 --context 24 --batch 4 --quiet --json");
-    ASSERT_EQ(rc, 0) << type << ": " << out;
-    EXPECT_EQ(json::parse(out)["latents"], 2 * s.d) << type;
+    WriteTiedSae(sae, 2 * s.d, s.d, 4, 1);
+    Result built = Sh(sae_bin + " features build --model " + dir + " --sae " + sae +
+                      " --corpus generate --tokens 400 --context 24 --batch 4 --quiet --json");
+    ASSERT_EQ(built.code, 0) << type << ": " << built.out;
+    EXPECT_EQ(json::parse(built.out)["latents"], 2 * s.d) << type;
     EXPECT_TRUE(fs::exists(sae + "/features.safetensors")) << type;
     const std::string base = sae_bin + " generate --model " + dir + " --prompt 'Once upon' --steps 16 -s 3";
     auto first = [](const std::string& t) { return t.substr(0, std::min(t.find('\n'), t.find("achieved tok/s"))); };
-    auto plain = RunCommand(base + " 2>/dev/null");
-    ASSERT_EQ(plain.first, 0) << type << ": " << plain.second;
-    auto zero = RunCommand(base + " --sae " + sae + " --steer 3:0 2>/dev/null");
-    ASSERT_EQ(zero.first, 0) << type << ": " << zero.second;
-    EXPECT_EQ(first(zero.second), first(plain.second)) << type << ": scale 0 must reproduce the unsteered text";
-    auto big = RunCommand(base + " --sae " + sae + " --steer 3:60 2>/dev/null");
-    ASSERT_EQ(big.first, 0) << type << ": " << big.second;
-    EXPECT_NE(first(big.second), first(plain.second)) << type;
-    auto clamp = RunCommand(base + " --sae " + sae + " --steer 3:1 --steer-mode clamp 2>/dev/null");
-    EXPECT_EQ(clamp.first, 0) << type << ": " << clamp.second;
+    auto plain = Sh(base + " 2>/dev/null");
+    ASSERT_EQ(plain.code, 0) << type << ": " << plain.out;
+    auto zero = Sh(base + " --sae " + sae + " --steer 3:0 2>/dev/null");
+    ASSERT_EQ(zero.code, 0) << type << ": " << zero.out;
+    EXPECT_EQ(first(zero.out), first(plain.out)) << type << ": scale 0 must reproduce the unsteered text";
+    auto big = Sh(base + " --sae " + sae + " --steer 3:60 2>/dev/null");
+    ASSERT_EQ(big.code, 0) << type << ": " << big.out;
+    EXPECT_NE(first(big.out), first(plain.out)) << type;
+    auto clamp = Sh(base + " --sae " + sae + " --steer 3:1 --steer-mode clamp 2>/dev/null");
+    EXPECT_EQ(clamp.code, 0) << type << ": " << clamp.out;
   }
 }
 
