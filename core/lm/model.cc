@@ -337,6 +337,11 @@ at::Tensor Transformer::ForwardImpl(const at::Tensor& tokens, KvCache* cache, co
   x = norm(x, w_.final_norm, w_.final_norm_b);
   run_hooks(-1, HookPoint::kFinalNorm, x);
   if (cache) cache->len += T;
+  return LmHead(x);
+}
+
+at::Tensor Transformer::LmHead(const at::Tensor& x) const {
+  const at::ScalarType dt = cfg_.compute_dtype;
   at::Tensor logits;
   if (w_.lm_head.scalar_type() == dt) {
     logits = at::linear(x, w_.lm_head);
@@ -370,6 +375,7 @@ absl::StatusOr<at::Tensor> Transformer::Forward(const at::Tensor& tokens, KvCach
   }
   try {
     at::NoGradGuard no_grad;
+    if (CanUseFused(cache, opts)) return ForwardFused(tokens, cache, opts);
     return ForwardImpl(tokens, cache, opts);
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("Forward: ", e.what_without_backtrace()));

@@ -114,6 +114,9 @@ struct ForwardOptions {
   std::vector<Hook> hooks;
   // ≥ 0: stop after this block (hooks up to it run) and return no logits.
   int64_t stop_after_layer = -1;
+  // Run the op-by-op ATen path even where the fused CPU path applies (the
+  // reference the fused path is tested against).
+  bool reference = false;
 };
 
 class Transformer {
@@ -137,6 +140,13 @@ class Transformer {
  private:
   Transformer() = default;
   at::Tensor ForwardImpl(const at::Tensor& tokens, KvCache* cache, const ForwardOptions& opts) const;
+  // The fused CPU path (fused_forward.cc): Llama-family blocks in float32 on
+  // the CPU, one GEMM per projection over all B·T positions into a reused
+  // per-thread workspace and hand-written loops for norms, RoPE and
+  // attention. Same results as ForwardImpl to float rounding.
+  bool CanUseFused(const KvCache* cache, const ForwardOptions& opts) const;
+  at::Tensor ForwardFused(const at::Tensor& tokens, KvCache* cache, const ForwardOptions& opts) const;
+  at::Tensor LmHead(const at::Tensor& x) const;  // x [B, T, dim] after the final norm -> float32 logits
   at::Tensor Attention(const BlockWeights& b, const at::Tensor& h, int64_t layer, int64_t pos0,
                        KvCache* cache) const;
   at::Tensor ApplyRope(const at::Tensor& x, int64_t pos0, bool long_rope) const;  // x [B, H, T, hd]
