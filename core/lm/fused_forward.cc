@@ -72,6 +72,8 @@ inline float Dot(const float* a, const float* b, int64_t d) {
   int64_t j = 0;
   for (; j + 16 <= d; j += 16)
     for (int u = 0; u < 16; ++u) acc[u] += a[j + u] * b[j + u];
+  for (; j + 8 <= d; j += 8)
+    for (int u = 0; u < 8; ++u) acc[u] += a[j + u] * b[j + u];
   float s = 0;
   for (; j < d; ++j) s += a[j] * b[j];
   for (int u = 0; u < 16; ++u) s += acc[u];
@@ -119,12 +121,15 @@ void RopeRows(float* x, int64_t n, int64_t T, int64_t heads, int64_t hd, int64_t
   });
 }
 
-// Keys and values of one layer: element (b, kv head, position s, j) at
-// base + b·b_stride + h·h_stride + s·s_stride + j.
+// Keys and values of one layer. Either row-major, element (b, kv head h,
+// position s, j) at base + b·b_stride + h·h_stride + s·s_stride + j (the
+// projections' output), or transposed (the KV cache): element at
+// base + b·b_stride + h·h_stride + j·s_stride + s.
 struct KvView {
   const float* k;
   const float* v;
   int64_t b_stride, h_stride, s_stride;
+  bool transposed;
 };
 
 struct AttnShape {
@@ -135,24 +140,32 @@ struct AttnShape {
 // Causal grouped-query attention: q and out are [B, T, H, hd]; query t of
 // sequence b sits at position pos0 + t and sees keys s ≤ pos0 + t (within the
 // window when one is set); query head h reads key/value head h / (H / KV).
-// Per (sequence, key/value head) the keys and values are transposed once to
-// [hd, S], so that scores and weighted sums run along the keys (vectorised
-// for any head width, hd = 8 included).
+// Keys and values are used transposed ([hd, S] per sequence and head: row-major
+// ones are transposed once per call), so that scores and weighted sums run
+// along the keys, vectorised for any head width (hd = 8 included).
 void Attend(const float* q, const KvView& kv, float* out, const AttnShape& a) {
   const int64_t rep = a.H / a.KV, S = a.pos0 + a.T, hd = a.hd;
   at::parallel_for(0, a.B * a.KV, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> kt(static_cast<size_t>(hd * S)), vt(static_cast<size_t>(hd * S)), p(static_cast<size_t>(S));
+    std::vector<float> scratch(kv.transposed ? 0 : static_cast<size_t>(2 * hd * S)), p(static_cast<size_t>(S));
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / a.KV, g = i % a.KV;
       const float* kb = kv.k + b * kv.b_stride + g * kv.h_stride;
       const float* vb = kv.v + b * kv.b_stride + g * kv.h_stride;
-      // Keys the earliest query can see onwards.
-      const int64_t first = a.window > 0 ? std::max<int64_t>(0, a.pos0 - a.window + 1) : 0;
-      for (int64_t s = first; s < S; ++s)
-        for (int64_t j = 0; j < hd; ++j) {
-          kt[j * S + s] = kb[s * kv.s_stride + j];
-          vt[j * S + s] = vb[s * kv.s_stride + j];
-        }
+      const float *kt = kb, *vt = vb;
+      int64_t ld = kv.s_stride;
+      if (!kv.transposed) {
+        // Keys the earliest query can see onwards.
+        const int64_t first = a.window > 0 ? std::max<int64_t>(0, a.pos0 - a.window + 1) : 0;
+        float *ks = scratch.data(), *vs = ks + hd * S;
+        for (int64_t s = first; s < S; ++s)
+          for (int64_t j = 0; j < hd; ++j) {
+            ks[j * S + s] = kb[s * kv.s_stride + j];
+            vs[j * S + s] = vb[s * kv.s_stride + j];
+          }
+        kt = ks;
+        vt = vs;
+        ld = S;
+      }
       for (int64_t t = 0; t < a.T; ++t) {
         const int64_t pos = a.pos0 + t;
         const int64_t s0 = a.window > 0 ? std::max<int64_t>(0, pos - a.window + 1) : 0, n = pos - s0 + 1;
@@ -163,7 +176,7 @@ void Attend(const float* q, const KvView& kv, float* out, const AttnShape& a) {
           for (int64_t s = 0; s < n; ++s) sc[s] = 0;
           for (int64_t j = 0; j < hd; ++j) {
             const float qj = qv[j];
-            const float* kr = kt.data() + j * S + s0;
+            const float* kr = kt + j * ld + s0;
             for (int64_t s = 0; s < n; ++s) sc[s] += qj * kr[s];
           }
           for (int64_t s = 0; s < n; ++s) sc[s] *= a.scale;
@@ -180,7 +193,7 @@ void Attend(const float* q, const KvView& kv, float* out, const AttnShape& a) {
           for (int u = 0; u < 16; ++u) sum += acc[u];
           const float inv = 1.0f / sum;
           float* o = out + ((b * a.T + t) * a.H + h) * hd;
-          for (int64_t j = 0; j < hd; ++j) o[j] = Dot(sc, vt.data() + j * S + s0, n) * inv;
+          for (int64_t j = 0; j < hd; ++j) o[j] = Dot(sc, vt + j * ld + s0, n) * inv;
         }
       }
     }
@@ -318,20 +331,23 @@ at::Tensor Transformer::ForwardFused(const at::Tensor& tokens, KvCache* cache, c
     Gemm(h2, bw.wv, bw.bv, v);
     RopeRows(q, N, T, H, hd, pos0, cos_t, sin_t, interleaved);
     RopeRows(k, N, T, KV, hd, pos0, cos_t, sin_t, interleaved);
-    KvView kv{k, v, T * kvd, hd, kvd};
+    KvView kv{k, v, T * kvd, hd, kvd, false};
     if (cache != nullptr) {
-      // Cache layout [B, KV, capacity, hd].
+      // Cache layout [B, KV, hd, capacity].
       float* ck = cache->k[l].data_ptr<float>();
       float* cv = cache->v[l].data_ptr<float>();
       const int64_t cap = cache->capacity();
       for (int64_t b = 0; b < B; ++b)
-        for (int64_t t = 0; t < T; ++t)
-          for (int64_t j = 0; j < KV; ++j) {
-            const int64_t src = ((b * T + t) * KV + j) * hd, dst = ((b * KV + j) * cap + pos0 + t) * hd;
-            std::memcpy(ck + dst, k + src, static_cast<size_t>(hd) * sizeof(float));
-            std::memcpy(cv + dst, v + src, static_cast<size_t>(hd) * sizeof(float));
+        for (int64_t g = 0; g < KV; ++g)
+          for (int64_t j = 0; j < hd; ++j) {
+            float* dk = ck + ((b * KV + g) * hd + j) * cap + pos0;
+            float* dv = cv + ((b * KV + g) * hd + j) * cap + pos0;
+            for (int64_t t = 0; t < T; ++t) {
+              dk[t] = k[((b * T + t) * KV + g) * hd + j];
+              dv[t] = v[((b * T + t) * KV + g) * hd + j];
+            }
           }
-      kv = KvView{ck, cv, KV * cap * hd, cap * hd, hd};
+      kv = KvView{ck, cv, KV * hd * cap, hd * cap, cap, true};
     }
     Attend(q, kv, att, AttnShape{B, T, H, KV, hd, pos0, cfg_.window(l), scale, static_cast<float>(cfg_.attn_softcap)});
     Gemm(att2, bw.wo, bw.bo, a);

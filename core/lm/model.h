@@ -103,11 +103,13 @@ struct Hook {
   std::function<void(at::Tensor& x)> fn;
 };
 
-// Per-sequence keys and values of every layer for positions [0, len).
+// Per-sequence keys and values of every layer for positions [0, len),
+// positions along the last axis (decoding reads them as rows of
+// consecutive positions).
 struct KvCache {
-  std::vector<at::Tensor> k, v;  // [B, n_kv_heads, capacity, head_dim] per layer
+  std::vector<at::Tensor> k, v;  // [B, n_kv_heads, head_dim, capacity] per layer
   int64_t len = 0;
-  int64_t capacity() const { return k.empty() ? 0 : k[0].size(2); }
+  int64_t capacity() const { return k.empty() ? 0 : k[0].size(3); }
 };
 
 struct ForwardOptions {
@@ -166,8 +168,9 @@ std::vector<float> RopeInvFreq(const ModelConfig& c, bool long_factors = false);
 // stories260K). 0 = leave LibTorch's setting.
 int PreferredThreads(const ModelConfig& c);
 
-// Sets LibTorch's intra-op thread count for a scope (n ≤ 0: no change).
-// The setting is process-wide: use it where one thread drives LibTorch.
+// Sets LibTorch's intra-op thread count, and OpenBLAS's own pool where
+// OpenBLAS is the BLAS, for a scope (n ≤ 0: no change). The setting is
+// process-wide: use it where one thread drives LibTorch.
 class ScopedThreads {
  public:
   explicit ScopedThreads(int n);
@@ -176,7 +179,7 @@ class ScopedThreads {
   ScopedThreads& operator=(const ScopedThreads&) = delete;
 
  private:
-  int saved_ = 0;
+  int saved_ = 0, saved_blas_ = 0;
 };
 
 }  // namespace sae
