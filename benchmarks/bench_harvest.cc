@@ -327,7 +327,8 @@ int main(int argc, char** argv) {
   const int64_t blocks = layer + 1;
   auto blocks_of = [&](const std::string& m) { return m == "single" ? c.n_layers : blocks; };
   const double runc_block = runc * 5;  // run.c: tokens/s through stories260K's 5 blocks
-  std::printf("%-58s %11s %11s %13s %9s\n", "mode", "tokens/s", "cpu tok/s", "block-tok/s", "vs run.c");
+  std::printf("%-58s %11s %11s %13s %10s %10s\n", "mode", "tokens/s", "cpu tok/s", "block-tok/s", "vs run.c",
+              "(cpu)");
   const std::map<std::string, std::string> label = {
       {"single", "single stream (1 token/forward, KV cache, all blocks)"},
       {"text", "harvest, text corpus (batched, fused path)"},
@@ -337,12 +338,15 @@ int main(int argc, char** argv) {
     const double t = Median(series[m].rate), cpu = Median(series[m].cpu_rate);
     // generate: the sampling pass runs every block and the harvest pass `blocks` more.
     const double per_block = m == "generate" ? t : t * blocks_of(m);
-    std::printf("%-58s %11.0f %11.0f %13.0f %8.2fx\n", label.at(m).c_str(), t, cpu, per_block,
-                m == "generate" ? t / runc : per_block / runc_block);
+    const double cpu_block = m == "generate" ? cpu : cpu * blocks_of(m);
+    std::printf("%-58s %11.0f %11.0f %13.0f %9.2fx %9.2fx\n", label.at(m).c_str(), t, cpu, per_block,
+                m == "generate" ? t / runc : per_block / runc_block,
+                m == "generate" ? cpu / runc : cpu_block / runc_block);
   }
   std::printf("\nrun.c reference: %.0f tokens/s through all 5 blocks = %.0f block-tokens/s (issue 14; "
               "--runc-tokens-per-s). 'vs run.c': block-tokens/s over run.c's (generate: tokens/s over run.c's "
-              "tokens/s). cpu tok/s: rows over this process's user+system seconds.\n",
+              "tokens/s). cpu tok/s: rows over this process's user+system seconds, and (cpu) the same ratio on them: "
+              "on a loaded machine the wall rate is this process's share of the cores.\n",
               runc, runc_block);
   return 0;
 }
