@@ -18,7 +18,7 @@ std::string ChooseBackend(const std::string& configured, const BackendFacts& f) 
 
 BackendFacts BackendFactsFor(const JobConfig& job, const RunOptions& opts) {
   BackendFacts f;
-  f.gpu = job.train.device == "cuda" || (job.train.device == "auto" && at::hasCUDA());
+  f.gpu = job.train.device == Device::kCuda || (job.train.device == Device::kAuto && at::hasCUDA());
   const auto built = AvailableBackends();
   f.nccl_built = std::find(built.begin(), built.end(), "nccl") != built.end();
   f.mpirun = LaunchedByMpirun();
@@ -29,8 +29,8 @@ BackendFacts BackendFactsFor(const JobConfig& job, const RunOptions& opts) {
 absl::StatusOr<RunWorld> OpenRunWorld(const JobConfig& job, const RunOptions& opts,
                                       const std::string& origin) {
   RunWorld w;
-  w.backend = job.world.backend == "auto" ? ChooseBackend("auto", BackendFactsFor(job, opts))
-                                          : job.world.backend;
+  const std::string configured = OptionName(job.world.backend);
+  w.backend = configured == "auto" ? ChooseBackend(configured, BackendFactsFor(job, opts)) : configured;
   if (w.backend == "local" && job.world.workers != 1)
     return absl::FailedPreconditionError(absl::StrCat(
         origin, ": world.workers: ", job.world.workers, " workers need `mpirun -np ", job.world.workers,

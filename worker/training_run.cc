@@ -70,7 +70,7 @@ class Progress {
 // For a planted dictionary: the share of true atoms that some decoder row
 // matches with cosine >= 0.9 (-1 for other data).
 double PlantedRecovery(const JobConfig& job, const SaeParams& p) {
-  if (job.data.kind != "synthetic") return -1;
+  if (job.data.kind != DataKind::kSynthetic) return -1;
   const SyntheticOptions o = SyntheticOptionsFromJob(job);
   auto dict = PlantedDictionary::Create(o);
   if (!dict.ok()) return -1;
@@ -90,7 +90,7 @@ absl::StatusOr<std::unique_ptr<TrainingMetrics>> StartTelemetry(const JobConfig&
   labels.job = job.name;
   labels.sae = job.name;
   labels.rank = std::to_string(rank);
-  labels.remedy = job.sae.dead_remedy;
+  labels.remedy = OptionName(job.sae.dead_remedy);
   SAE_ASSIGN_OR_RETURN(auto telemetry, TrainingMetrics::Start(listen, labels));
   SAE_LOG(kInfo) << "rank " << rank << " metrics at http://" << telemetry->address() << "/metrics";
   return telemetry;
@@ -182,7 +182,7 @@ RunSummary Summarize(const JobConfig& job, const SaeTrainer& t, const StepLoop& 
   sum.k = t.CurrentK();
   sum.latents = t.options().latents;
   sum.d_in = t.options().d_in;
-  sum.remedy = RemedyName(t.options().remedy);
+  sum.remedy = OptionName(t.options().remedy);
   sum.planted_recovered = PlantedRecovery(job, t.params());
   return sum;
 }

@@ -104,7 +104,7 @@ struct LoopRig {
 
   LoopRig() {
     JobConfig job;
-    job.data.kind = "synthetic";
+    job.data.kind = DataKind::kSynthetic;
     job.data.d_in = 8;
     job.data.latents = 16;
     job.data.k = 2;
