@@ -403,6 +403,8 @@ TEST_F(CoordinatorTest, AFailedStoreWriteIsAnErrorAndChangesNothing) {
   EXPECT_EQ(State(again->get(), id), v1::SCHEDULED);
   EXPECT_EQ((*again)->Get(id)->history_size(), 2);
   EXPECT_EQ((*again)->Snapshot().workers_by_state.at("idle") + (*again)->Snapshot().workers_by_state.at("busy"), 1);
+}
+
 // The assignment carries the submitted job as its YAML text: the worker
 // reads back the same config, field by field; a stored job whose spec does
 // not read (e.g. written before the spec was YAML) fails on load, by name.
