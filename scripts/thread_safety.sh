@@ -2,7 +2,7 @@
 # Compiles the code that uses locks with clang++ -Wthread-safety -Werror
 # (build-tsa, SAE_THREAD_SAFETY=ON): every .cc that names absl::Mutex or a
 # lock annotation, or includes a header that does; tests and benchmarks
-# excluded. Compile only (no linking), so it takes about a minute.
+# excluded. Compile only (no linking): six files today.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${SAE_TSA_BUILD_DIR:-build-tsa}
