@@ -296,6 +296,11 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   const int64_t half_d = std::max<int64_t>(1, d / 2);
   const int64_t k_aux = auxk ? std::min(half_d, nd) : 0;
   const double aux_scale = auxk ? std::min(1.0, static_cast<double>(nd) / half_d) : 0.0;
+  // Multi-TopK: the first kt of each row's top-k form the target-k
+  // reconstruction (items "head"), the rest only the current-k one ("tail").
+  const int64_t kt = cfg.target_k > 0 && cfg.target_k < k ? cfg.target_k : k;
+  const bool multi = kt < k;
+  const double w_cur = multi ? cfg.current_k_weight : 0.0;
 
   res->phase_seconds.clear();
   double t_phase = NowSeconds();
@@ -366,7 +371,7 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   //    of streaming bandwidth here.
   struct Item {
     int32_t row;
-    int32_t src;  // 0 main, 1 AuxK
+    int32_t src;  // 0 main (with Multi-TopK: the first target_k), 1 AuxK, 2 Multi-TopK's tail
     T a;          // the activation relu(z)
   };
   std::vector<int64_t> offs(static_cast<size_t>(n) + 1, 0);
@@ -390,7 +395,7 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
     for (int64_t b = 0; b < B; ++b) {
       for (int64_t j = 0; j < k; ++j) {
         const int64_t t = b * k + j;
-        if (VAL[t] > 0) items[fill[IDX[t]]++] = {static_cast<int32_t>(b), 0, VAL[t]};
+        if (VAL[t] > 0) items[fill[IDX[t]]++] = {static_cast<int32_t>(b), j < kt ? 0 : 2, VAL[t]};
       }
       for (int64_t j = 0; j < k_aux; ++j) {
         const int64_t t = b * k_aux + j;
@@ -406,10 +411,17 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   at::Tensor gx = Reuse(ws ? &ws->gx : nullptr, {B, d}, st);
   at::Tensor ehat = auxk ? at::zeros({B, d}, st) : at::Tensor();
   at::Tensor gaux = auxk ? at::empty({B, d}, st) : at::Tensor();
+  // Multi-TopK: the tail's sum (x̂ at k = x̂ at target_k + tail) and its gradient.
+  at::Tensor tail = multi ? at::zeros({B, d}, st) : at::Tensor();
+  at::Tensor gtail = multi ? at::empty({B, d}, st) : at::Tensor();
   T* XH = xhat.data_ptr<T>();
   T* EH = auxk ? ehat.data_ptr<T>() : nullptr;
   T* GX = gx.data_ptr<T>();
   T* GA = auxk ? gaux.data_ptr<T>() : nullptr;
+  T* TH = multi ? tail.data_ptr<T>() : nullptr;
+  T* GT = multi ? gtail.data_ptr<T>() : nullptr;
+  T* const dst_of[3] = {XH, EH, TH};
+  const T* const grad_of[3] = {GX, GA, GT};
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B));
   at::parallel_for(0, parts, 1, [&](int64_t plo, int64_t phi) {
     for (int64_t part = plo; part < phi; ++part) {
@@ -421,7 +433,7 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
           const Item& it = items[t];
           if (it.row < rlo) continue;
           if (it.row >= rhi) break;
-          Axpy(d, it.a, w, (it.src == 0 ? XH : EH) + int64_t{it.row} * d);
+          Axpy(d, it.a, w, dst_of[it.src] + int64_t{it.row} * d);
         }
       }
     }
@@ -430,8 +442,10 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
 
   // 4. Residuals and the gradients w.r.t. x̂ (fvu) and ê (AuxK), per row.
   std::vector<double> sse_row(static_cast<size_t>(B)), aux_row(static_cast<size_t>(B));
+  std::vector<double> sse_t_row(static_cast<size_t>(multi ? B : 0));
   std::vector<double> rnorm_row(static_cast<size_t>(B)), xnorm_row(static_cast<size_t>(B));
   const T c_main = static_cast<T>(2.0 / denom);
+  const T c_cur = static_cast<T>(2.0 * w_cur / denom);
   const T c_aux = static_cast<T>(2.0 * cfg.aux_coefficient * aux_scale / denom);
   at::parallel_for(0, B, 64, [&](int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b) {
@@ -440,19 +454,41 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
       T* g = GX + b * d;
       const T* xcr = XC + b * d;
       double sse = 0, rn = 0, xn = 0;
-      for (int64_t i = 0; i < d; ++i) {
-        const T e = xh[i] - xr[i];
-        sse += static_cast<double>(e) * e;
-        g[i] = c_main * e;
-        const double r = static_cast<double>(xh[i]) - bdec[i];
-        rn += r * r;
-        xn += static_cast<double>(xcr[i]) * xcr[i];
+      if (multi) {
+        // xh = x̂ at target_k; x̂ at k = xh + tail. Head entries get both
+        // terms' gradients, tail entries only the current-k one.
+        const T* th = TH + b * d;
+        T* gt = GT + b * d;
+        double sse_t = 0;
+        for (int64_t i = 0; i < d; ++i) {
+          const T et = xh[i] - xr[i];
+          const T xk = xh[i] + th[i];
+          const T e = xk - xr[i];
+          sse_t += static_cast<double>(et) * et;
+          sse += static_cast<double>(e) * e;
+          gt[i] = c_cur * e;
+          g[i] = c_main * et + gt[i];
+          const double r = static_cast<double>(xk) - bdec[i];
+          rn += r * r;
+          xn += static_cast<double>(xcr[i]) * xcr[i];
+        }
+        sse_t_row[b] = sse_t;
+      } else {
+        for (int64_t i = 0; i < d; ++i) {
+          const T e = xh[i] - xr[i];
+          sse += static_cast<double>(e) * e;
+          g[i] = c_main * e;
+          const double r = static_cast<double>(xh[i]) - bdec[i];
+          rn += r * r;
+          xn += static_cast<double>(xcr[i]) * xcr[i];
+        }
       }
       sse_row[b] = sse;
       rnorm_row[b] = std::sqrt(rn);
       xnorm_row[b] = std::sqrt(xn);
       if (k_aux > 0) {
-        // target e = x − x̂ (stop-gradient); with auxk_fit, ê is compared
+        // target e = x − x̂ (stop-gradient; with Multi-TopK x̂ at target_k,
+        // the reconstruction trained for); with auxk_fit, ê is compared
         // after scaling by α = clamp(⟨ê, e⟩ / ‖ê‖², 0, 1) (stop-gradient).
         const T* eh = EH + b * d;
         T* ga = GA + b * d;
@@ -475,9 +511,10 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
       }
     }
   });
-  double sse = 0, aux_sum = 0, recon_norm = 0, input_norm = 0;
+  double sse = 0, sse_t = 0, aux_sum = 0, recon_norm = 0, input_norm = 0;
   for (int64_t b = 0; b < B; ++b) {
     sse += sse_row[b];
+    if (multi) sse_t += sse_t_row[b];
     recon_norm += rnorm_row[b];
     input_norm += xnorm_row[b];
     if (k_aux > 0) aux_sum += aux_row[b];
@@ -504,10 +541,10 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
       T gb = 0;
       for (int64_t t = offs[l]; t < offs[l + 1]; ++t) {
         const Item& it = items[t];
-        const T* g = (it.src == 0 ? GX : GA) + int64_t{it.row} * d;
+        const T* g = grad_of[it.src] + int64_t{it.row} * d;
         // The rows of the next entry are random: start fetching them now.
         const int64_t tn = t + 1 < n_items ? t + 1 : t;
-        const char* gn = reinterpret_cast<const char*>((items[tn].src == 0 ? GX : GA) + int64_t{items[tn].row} * d);
+        const char* gn = reinterpret_cast<const char*>(grad_of[items[tn].src] + int64_t{items[tn].row} * d);
         const char* xn = reinterpret_cast<const char*>(XC + int64_t{items[tn].row} * d);
         for (int64_t off = 0; off < d * static_cast<int64_t>(sizeof(T)); off += 64) {
           __builtin_prefetch(gn + off);
@@ -567,11 +604,12 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   res->total_var = total_var;
   res->mse = sse / static_cast<double>(B * d);
   res->fvu = sse / denom;
+  res->fvu_target = multi ? sse_t / denom : res->fvu;
   res->l0 = static_cast<double>(active) / static_cast<double>(B);
   if (auxk) res->aux_loss = cfg.aux_coefficient * aux_scale * aux_sum / denom;
   if (ghost) res->aux_loss = ghost_loss;
   if (!auxk && !ghost) res->aux_loss = 0;
-  res->loss = res->fvu + res->aux_loss;
+  res->loss = (multi ? res->fvu_target + w_cur * res->fvu : res->fvu) + res->aux_loss;
   return absl::OkStatus();
 }
 

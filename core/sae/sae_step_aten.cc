@@ -102,11 +102,26 @@ absl::Status ComputeGradientsATen(const SaeParams& p, const at::Tensor& x_in, co
     at::Tensor fired_cpu = fired.cpu();
     std::memcpy(res->fired.data(), fired_cpu.data_ptr<uint8_t>(), res->fired.size());
 
-    // Decode and residual gradients.
-    at::Tensor xhat = Decode(p.W_dec, idx, acts).add_(p.b_dec);
-    at::Tensor e = xhat - x;
+    // Decode and residual gradients. Multi-TopK: xhat is the reconstruction
+    // from the first kt entries (the target k), xk the one at k; the first kt
+    // entries get both terms' gradients (gx), the others the current-k one (gt).
+    const int64_t kt = cfg.target_k > 0 && cfg.target_k < k ? cfg.target_k : k;
+    const bool multi = kt < k;
+    const double w_cur = multi ? cfg.current_k_weight : 0.0;
+    at::Tensor xhat = Decode(p.W_dec, idx.narrow(1, 0, kt), acts.narrow(1, 0, kt)).add_(p.b_dec);
+    at::Tensor xk = multi ? xhat + Decode(p.W_dec, idx.narrow(1, kt, k - kt), acts.narrow(1, kt, k - kt)) : xhat;
+    at::Tensor e = xk - x;
     const double sse = e.pow(2).sum(at::kDouble).item<double>();
-    at::Tensor gx = e * (2.0 / denom);
+    at::Tensor gx, gt;
+    double sse_t = sse;
+    if (multi) {
+      at::Tensor et = xhat - x;
+      sse_t = et.pow(2).sum(at::kDouble).item<double>();
+      gt = e * (2.0 * w_cur / denom);
+      gx = et * (2.0 / denom) + gt;
+    } else {
+      gx = e * (2.0 / denom);
+    }
     at::Tensor gaux;
     double aux_sum = 0;
     if (k_aux > 0) {
@@ -127,10 +142,17 @@ absl::Status ComputeGradientsATen(const SaeParams& p, const at::Tensor& x_in, co
     grads->W_enc.zero_();
     grads->W_dec.zero_();
     grads->b_enc.zero_();
-    at::Tensor ga = ActGrad(p.W_dec, idx, gx, mask);
-    ScatterRows(grads->W_dec, idx, acts, gx);
-    ScatterRows(grads->W_enc, idx, ga, xc);
-    grads->b_enc.index_add_(0, idx.reshape({-1}), ga.reshape({-1}));
+    auto add_entries = [&](const at::Tensor& i, const at::Tensor& a, const at::Tensor& m, const at::Tensor& g) {
+      at::Tensor ga = ActGrad(p.W_dec, i, g, m);
+      ScatterRows(grads->W_dec, i, a, g);
+      ScatterRows(grads->W_enc, i, ga, xc);
+      grads->b_enc.index_add_(0, i.reshape({-1}), ga.reshape({-1}));
+    };
+    add_entries(idx.narrow(1, 0, kt).contiguous(), acts.narrow(1, 0, kt).contiguous(),
+                mask.narrow(1, 0, kt).contiguous(), gx);
+    if (multi)
+      add_entries(idx.narrow(1, kt, k - kt).contiguous(), acts.narrow(1, kt, k - kt).contiguous(),
+                  mask.narrow(1, kt, k - kt).contiguous(), gt);
     if (k_aux > 0) {
       at::Tensor gaa = ActGrad(p.W_dec, aux_idx, gaux, aux_mask);
       ScatterRows(grads->W_dec, aux_idx, aux_acts, gaux);
@@ -148,15 +170,16 @@ absl::Status ComputeGradientsATen(const SaeParams& p, const at::Tensor& x_in, co
 
     res->phase_seconds.clear();
     res->sse = sse;
-    res->recon_norm = (xhat - p.b_dec).norm(2, 1).sum(at::kDouble).item<double>();
+    res->recon_norm = (xk - p.b_dec).norm(2, 1).sum(at::kDouble).item<double>();
     res->input_norm = xc.norm(2, 1).sum(at::kDouble).item<double>();
     res->active = active;
     res->total_var = total_var;
     res->mse = sse / static_cast<double>(B * d);
     res->fvu = sse / denom;
+    res->fvu_target = sse_t / denom;
     res->l0 = static_cast<double>(active) / static_cast<double>(B);
     res->aux_loss = auxk ? cfg.aux_coefficient * aux_scale * aux_sum / denom : ghost ? ghost_loss : 0;
-    res->loss = res->fvu + res->aux_loss;
+    res->loss = (multi ? res->fvu_target + w_cur * res->fvu : res->fvu) + res->aux_loss;
     return absl::OkStatus();
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("sae step (ATen): ", e.what_without_backtrace()));

@@ -377,6 +377,10 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     }
     cfg.k = CurrentK();
     if (opts_.fire_at_target_k) cfg.fire_k = opts_.k;  // dead means dead at the target k
+    if (opts_.multi_topk) {
+      cfg.target_k = opts_.k;
+      cfg.current_k_weight = opts_.current_k_weight;
+    }
     cfg.remedy = opts_.remedy;
     cfg.aux_coefficient = opts_.aux_coefficient;
     cfg.auxk_fit = opts_.auxk_fit;
@@ -404,18 +408,21 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
       allreduce_seconds_ += Now() - t0;
       allreduce_bytes_ += static_cast<int64_t>(res.fired.size());
       SAE_RETURN_IF_ERROR(Annotate(fs, absl::StrCat("all-reduce of fire marks, step ", step_ + 1)));
-      float stats[5] = {static_cast<float>(res.sse), static_cast<float>(res.aux_loss),
+      float stats[6] = {static_cast<float>(res.sse), static_cast<float>(res.aux_loss),
                         static_cast<float>(res.active), static_cast<float>(res.recon_norm),
-                        static_cast<float>(res.input_norm)};
-      SAE_RETURN_IF_ERROR(SumAcrossRanks(stats, 5, "metrics"));
+                        static_cast<float>(res.input_norm),
+                        static_cast<float>(res.fvu_target * res.total_var)};
+      SAE_RETURN_IF_ERROR(SumAcrossRanks(stats, 6, "metrics"));
       res.recon_norm = stats[3];
       res.input_norm = stats[4];
       res.sse = stats[0];
       res.aux_loss = stats[1];
       res.fvu = res.sse / cfg.total_var;
+      res.fvu_target = stats[5] / cfg.total_var;
       res.mse = res.sse / (static_cast<double>(global_rows) * opts_.d_in);
       res.l0 = stats[2] / static_cast<double>(global_rows);
-      res.loss = res.fvu + res.aux_loss;
+      const bool multi = cfg.target_k > 0 && cfg.target_k < cfg.k;
+      res.loss = (multi ? res.fvu_target + cfg.current_k_weight * res.fvu : res.fvu) + res.aux_loss;
     }
     if (!std::isfinite(res.loss))
       return absl::InternalError(absl::StrCat("step ", step_, ": loss is not finite"));
@@ -439,6 +446,7 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     m.lr = ac.lr;
     m.loss = res.loss;
     m.fvu = res.fvu;
+    m.fvu_target = res.fvu_target;
     m.mse = res.mse;
     m.aux_loss = res.aux_loss;
     m.l0 = res.l0;

@@ -54,6 +54,13 @@ struct TrainerOptions {
   // carries across the schedule instead of collapsing as fewer latents add up
   // (docs/dead-latents.md). No effect at constant k.
   bool carry_scale = true;
+  // Multi-TopK while the schedule's k is above the target (StepConfig::
+  // target_k): the loss is fvu at the target k (the first k of each row's
+  // top-k) + current_k_weight · fvu at the schedule's k, so the high-k phase
+  // trains the reconstruction the SAE ends with (docs/algorithms.md). false:
+  // fvu at the schedule's k alone. No effect at constant k.
+  bool multi_topk = false;
+  double current_k_weight = 0.125;
   double lr = 0;                    // 0 = 2e-4 / sqrt(latents / 2^14)
   double warmup_fraction = 0.01;
   std::string lr_decay = "none";    // none | linear | cosine
@@ -88,6 +95,7 @@ struct StepMetrics {
   int64_t tokens = 0;  // tokens seen after this step
   int64_t k = 0;
   double lr = 0, loss = 0, fvu = 0, mse = 0, aux_loss = 0, l0 = 0;
+  double fvu_target = 0;  // fvu at the target k (= fvu unless Multi-TopK is on above it)
   double dead_ratio = 0, grad_norm = 0, seconds = 0;
   // Σ‖x̂ − b_dec‖ / Σ‖x − b_dec‖ over the batch (1 = the input's scale).
   double recon_norm_ratio = 0;
