@@ -58,6 +58,7 @@ int main(int argc, char** argv) {
   int threads = 0;
   std::string fire_at_target, carry_scale, auxk_scale, multi_topk;
   double current_k_weight = -1;
+  std::string current_k_fit;
   bool aten = false;
   app.add_option("--data", data, "activation shard directory (manifest.json)")->required();
   app.add_option("--latents", latents, "number of latents");
@@ -79,6 +80,7 @@ int main(int argc, char** argv) {
   app.add_option("--auxk-scale", auxk_scale, "fit|none: sae.auxk_scale (empty = the default)");
   app.add_option("--multi-topk", multi_topk, "0|1: TrainerOptions::multi_topk (empty = the default)");
   app.add_option("--current-k-weight", current_k_weight, "Multi-TopK's weight of the current-k term (< 0 = the default)");
+  app.add_option("--current-k-fit", current_k_fit, "0|1: TrainerOptions::current_k_fit (empty = the default)");
   app.add_flag("--aten", aten, "the device-generic ATen step on CPU");
   app.add_option("--threads", threads, "LibTorch threads (0 = every core)");
   app.add_option("--out", out_path, "JSON lines file (default stdout)");
@@ -119,6 +121,7 @@ int main(int argc, char** argv) {
   o.aten_kernels = aten;
   if (!multi_topk.empty()) o.multi_topk = multi_topk == "1";
   if (current_k_weight >= 0) o.current_k_weight = current_k_weight;
+  if (!current_k_fit.empty()) o.current_k_fit = current_k_fit == "1";
   if (!auxk_scale.empty()) o.auxk_fit = auxk_scale != "none";
   auto tr = sae::SaeTrainer::Create(o);
   if (!tr.ok()) return Fail(std::string(tr.status().message()));

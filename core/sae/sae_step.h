@@ -60,6 +60,12 @@ struct StepConfig {
   // ends with. 0 (or >= k): the loss is fvu at k alone.
   int64_t target_k = 0;
   double current_k_weight = 0.125;
+  // Multi-TopK's current-k term compares x̂ − b_dec after scaling by
+  // β = clamp(⟨x̂ − b_dec, x − b_dec⟩ / ‖x̂ − b_dec‖², 0, 1) per row
+  // (stop-gradient): at a k far above the target the sum of k latents
+  // overshoots the input, and the term then trains directions, leaving the
+  // scale to the target-k term (docs/algorithms.md). false: β = 1.
+  bool current_k_fit = true;
   Remedy remedy = Remedy::kNone;
   double aux_coefficient = 0;          // weight of the remedy's loss term
   // AuxK compares α·ê with the residual e, α = clamp(⟨ê, e⟩ / ‖ê‖², 0, 1)
@@ -78,8 +84,9 @@ struct StepConfig {
   // Σ‖x − x̄‖² over the global batch (all ranks); <= 0: this batch's own.
   double total_var = 0;
   StepWorkspace* workspace = nullptr;  // reuse buffers across calls when set
-  // Use the device-generic ATen step (sae_step_aten.cc) on CPU tensors too;
-  // tensors on another device (CUDA) always use it.
+  // Use the device-generic ATen step (sae_step_aten.cc, declared in
+  // sae_step_internal.h) on CPU tensors too; tensors on another device
+  // (CUDA) always use it.
   bool aten = false;
 };
 
@@ -103,21 +110,6 @@ struct StepResult {
 // gradients into `grads` (overwritten) and the metrics into `result`.
 absl::Status ComputeGradients(const SaeParams& params, const at::Tensor& x,
                               const StepConfig& cfg, SaeGrads* grads, StepResult* result);
-
-// Ghost Grads (ALGORITHMS.md §4) over the dead latents `dead_t` (int64, on
-// the parameters' device): adds its gradients into the dead rows of W_dec and
-// W_enc, into b_enc, and (through x − b_dec) into b_dec, which must already
-// hold the rest of its gradient. zD: the dead latents' pre-activations (B×|D|),
-// xc = x − b_dec, c = coefficient / Σ‖x − x̄‖². Returns the loss term. Used by
-// both step implementations; the decoder rows are not projected here.
-double AddGhostGrads(const SaeParams& p, const at::Tensor& x, const at::Tensor& xc,
-                     const at::Tensor& xhat, const at::Tensor& zD, const at::Tensor& dead_t,
-                     double c, SaeGrads* grads);
-
-// The same step in device-generic ATen operations (what CUDA tensors use).
-// It materialises the B×n pre-activations and B·k×d gradient temporaries.
-absl::Status ComputeGradientsATen(const SaeParams& params, const at::Tensor& x,
-                                  const StepConfig& cfg, SaeGrads* grads, StepResult* result);
 
 // Inference: top-k indices (B×k, int64), activations (B×k, relu'd) and x̂.
 struct EncodeResult {
@@ -147,10 +139,6 @@ double ClipScale(double norm, double max_norm);
 // decoder rows renormalised to unit norm; refreshes `W_enc_lowp` if defined.
 void AdamUpdate(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg,
                 AdamState* state, at::Tensor* W_enc_lowp);
-
-// AdamUpdate in ATen operations (non-CPU tensors).
-void AdamUpdateATen(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg,
-                    AdamState* state, at::Tensor* W_enc_lowp);
 
 // Rounds every element to the nearest bfloat16 value (kept in float32).
 void RoundToBF16InPlace(at::Tensor t);

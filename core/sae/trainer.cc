@@ -380,6 +380,7 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     if (opts_.multi_topk) {
       cfg.target_k = opts_.k;
       cfg.current_k_weight = opts_.current_k_weight;
+      cfg.current_k_fit = opts_.current_k_fit;
     }
     cfg.remedy = opts_.remedy;
     cfg.aux_coefficient = opts_.aux_coefficient;

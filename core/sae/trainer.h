@@ -61,6 +61,7 @@ struct TrainerOptions {
   // fvu at the schedule's k alone. No effect at constant k.
   bool multi_topk = false;
   double current_k_weight = 0.125;
+  bool current_k_fit = true;  // StepConfig::current_k_fit
   double lr = 0;                    // 0 = 2e-4 / sqrt(latents / 2^14)
   double warmup_fraction = 0.01;
   std::string lr_decay = "none";    // none | linear | cosine

@@ -1,5 +1,6 @@
 // The sparse step against LibTorch autograd on a dense float64 reference.
 #include "core/sae/sae_step.h"
+#include "core/sae/sae_step_internal.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -31,7 +32,7 @@ struct Reference {
 // Dense autograd reference of ALGORITHMS.md §1, §2, §4.
 Reference DenseReference(const SaeParams& p0, const at::Tensor& x, int64_t k, Remedy remedy,
                          double coef, const std::vector<int64_t>& dead, bool project, bool auxk_fit,
-                         int64_t target_k = 0, double current_k_weight = 0) {
+                         int64_t target_k = 0, double current_k_weight = 0, bool current_k_fit = true) {
   SaeParams p = p0.Clone();
   for (at::Tensor* t : {&p.W_enc, &p.b_enc, &p.W_dec, &p.b_dec}) t->set_requires_grad(true);
   const int64_t B = x.size(0), n = p.W_enc.size(0), d = x.size(1);
@@ -85,7 +86,17 @@ Reference DenseReference(const SaeParams& p0, const at::Tensor& x, int64_t k, Re
       aux = coef * (w * m).sum() / denom;
     }
   }
-  at::Tensor loss = (multi ? fvu_target + current_k_weight * fvu : fvu) + aux;
+  at::Tensor cur = fvu;
+  if (multi && current_k_fit) {
+    // β = clamp(⟨x̂ − b_dec, x − b_dec⟩ / ‖x̂ − b_dec‖², 0, 1) per row, a constant for the gradient.
+    at::Tensor rk = xhat - p.b_dec, xc = x - p.b_dec;
+    at::Tensor rd = rk.detach(), xd = xc.detach();
+    at::Tensor den = rd.pow(2).sum(1, true);
+    at::Tensor beta = at::where(den > 0, ((rd * xd).sum(1, true) / den.clamp_min(1e-300)).clamp(0, 1),
+                                at::ones_like(den));
+    cur = (beta * rk - xc).pow(2).sum() / denom;
+  }
+  at::Tensor loss = (multi ? fvu_target + current_k_weight * cur : fvu) + aux;
   loss.backward();
   Reference ref;
   ref.gW_enc = p.W_enc.grad();
@@ -115,6 +126,7 @@ struct Case {
   bool project;
   bool auxk_fit = true;  // AuxK cases: sae.auxk_scale fit (true) or none
   int64_t target_k = 0;  // Multi-TopK's target k (0: off)
+  bool current_k_fit = true;
 };
 
 class StepVsAutograd : public ::testing::TestWithParam<Case> {};
@@ -129,7 +141,7 @@ TEST_P(StepVsAutograd, GradientsMatchDenseFloat64Reference) {
     if (static_cast<int64_t>(dead.size()) < c.dead && rng() % 2 == 0) dead.push_back(i);
   const double coef = c.remedy == Remedy::kNone ? 0.0 : 0.37;
   const double w_cur = 0.3;
-  Reference ref = DenseReference(p, x, c.k, c.remedy, coef, dead, c.project, c.auxk_fit, c.target_k, w_cur);
+  Reference ref = DenseReference(p, x, c.k, c.remedy, coef, dead, c.project, c.auxk_fit, c.target_k, w_cur, c.current_k_fit);
 
   StepConfig cfg;
   cfg.k = c.k;
@@ -141,6 +153,7 @@ TEST_P(StepVsAutograd, GradientsMatchDenseFloat64Reference) {
   cfg.block_rows = 5;  // several blocks, a ragged last one
   cfg.target_k = c.target_k;
   cfg.current_k_weight = w_cur;
+  cfg.current_k_fit = c.current_k_fit;
   std::vector<uint8_t> fired[2];
   double l0[2] = {0, 0};
   // The CPU kernels and the device-generic ATen step (what CUDA runs).
@@ -188,6 +201,7 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{12, 8, 2000, 4, Remedy::kGhostGrads, 300, true},
                       // Multi-TopK: loss at target_k + 0.3 x loss at k (all remedies).
                       Case{33, 24, 96, 12, Remedy::kNone, 0, true, true, 3},
+                      Case{33, 24, 96, 12, Remedy::kNone, 0, true, true, 3, false},  // β = 1
                       Case{64, 40, 200, 32, Remedy::kNone, 0, false, true, 8},
                       Case{33, 24, 96, 12, Remedy::kAuxK, 30, true, true, 4},
                       Case{33, 24, 96, 12, Remedy::kGhostGrads, 30, true, true, 4}));
@@ -235,7 +249,7 @@ TEST(Adam, MatchesTorchFormulaAndRenormalisesDecoder) {
     SaeGrads g{at::randn({10, 6}, at::kDouble), at::randn({10}, at::kDouble),
                at::randn({10, 6}, at::kDouble), at::randn({6}, at::kDouble)};
     AdamUpdate(&p, g, cfg, &s, nullptr);
-    AdamUpdateATen(&r, g, cfg, &sr, nullptr);
+    internal::AdamUpdateATen(&r, g, cfg, &sr, nullptr);
     at::Tensor* qs[] = {&q.W_enc, &q.b_enc, &q.W_dec, &q.b_dec};
     const at::Tensor gs[] = {g.W_enc, g.b_enc, g.W_dec, g.b_dec};
     for (int i = 0; i < 4; ++i) {
