@@ -39,6 +39,8 @@ v1::JobSpec JobSpecFromConfig(const JobConfig& c) {
   ks->set_end(c.sae.k_schedule.end);
   ks->set_fraction(c.sae.k_schedule.fraction);
   ks->set_shape(c.sae.k_schedule.shape);
+  ks->set_loss(c.sae.k_schedule.loss);
+  ks->set_current_k_weight(c.sae.k_schedule.current_k_weight);
   a->set_dead_window_tokens(c.sae.dead_window_tokens);
   a->set_dead_remedy(c.sae.dead_remedy);
   a->set_aux_coefficient(c.sae.aux_coefficient);
@@ -94,6 +96,9 @@ JobConfig JobConfigFromSpec(const v1::JobSpec& s) {
   c.sae.k_schedule.end = a.k_schedule().end();
   c.sae.k_schedule.fraction = a.k_schedule().fraction();
   c.sae.k_schedule.shape = a.k_schedule().shape();
+  // Older clients leave these unset: their defaults apply.
+  if (!a.k_schedule().loss().empty()) c.sae.k_schedule.loss = a.k_schedule().loss();
+  if (a.k_schedule().has_current_k_weight()) c.sae.k_schedule.current_k_weight = a.k_schedule().current_k_weight();
   c.sae.dead_window_tokens = a.dead_window_tokens();
   c.sae.dead_remedy = a.dead_remedy();
   c.sae.aux_coefficient = a.aux_coefficient();

@@ -28,6 +28,7 @@ const std::vector<std::string> kDeadRemedies = {"none", "ghost_grads", "auxk"};
 const std::vector<std::string> kNormalizations = {"none", "layer_norm", "unit_mean_norm"};
 const std::vector<std::string> kInitBDec = {"mean", "geometric_median", "zero"};
 const std::vector<std::string> kAuxKScale = {"fit", "none"};
+const std::vector<std::string> kScheduleLosses = {"multi_topk", "current_k"};
 const std::vector<std::string> kInitEncoderScale = {"auto", "match_norm", "none"};
 const std::vector<std::string> kLrDecays = {"none", "linear", "cosine"};
 const std::vector<std::string> kPrecisions = {"fp32", "bf16"};
@@ -426,7 +427,9 @@ class Reader {
                       {IntField("start", &s.k_schedule.start, &have_start),
                        IntField("end", &s.k_schedule.end, &have_end),
                        DoubleField("fraction", &s.k_schedule.fraction),
-                       StringField("shape", &s.k_schedule.shape)});
+                       StringField("shape", &s.k_schedule.shape),
+                       StringField("loss", &s.k_schedule.loss),
+                       DoubleField("current_k_weight", &s.k_schedule.current_k_weight)});
          }},
         IntField("dead_window_tokens", &s.dead_window_tokens),
         StringField("dead_remedy", &s.dead_remedy),
@@ -621,6 +624,8 @@ absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin) 
     }
     c.Fraction(ks.fraction, "sae.k_schedule.fraction", /*zero_ok=*/false);
     c.Choice(ks.shape, kShapes, "sae.k_schedule.shape");
+    c.Choice(ks.loss, kScheduleLosses, "sae.k_schedule.loss");
+    c.NonNegative(ks.current_k_weight, "sae.k_schedule.current_k_weight");
   }
   c.Positive(s.dead_window_tokens, "sae.dead_window_tokens");
   c.Choice(s.dead_remedy, kDeadRemedies, "sae.dead_remedy");
@@ -746,6 +751,8 @@ std::string JobConfigToYaml(const JobConfig& cfg) {
     num("end", s.k_schedule.end);
     real("fraction", s.k_schedule.fraction);
     str("shape", s.k_schedule.shape);
+    str("loss", s.k_schedule.loss);
+    real("current_k_weight", s.k_schedule.current_k_weight);
     out << YAML::EndMap;
   }
   num("dead_window_tokens", s.dead_window_tokens);

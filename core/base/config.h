@@ -18,6 +18,12 @@ struct KScheduleConfig {
   int64_t end = 0;           // the target k (must equal sae.k)
   double fraction = 0.25;    // share of train.tokens over which k anneals, (0, 1]
   std::string shape = "linear";  // linear | cosine | exponential
+  // The loss while k is above its end: multi_topk (fvu at the end k, from
+  // the first `end` of each row's top-k, + current_k_weight x the fitted fvu
+  // at the schedule's k; docs/algorithms.md) or current_k (fvu at the
+  // schedule's k alone, the study's kScheduler as published).
+  std::string loss = "multi_topk";  // multi_topk | current_k
+  double current_k_weight = 0.125;
 };
 
 struct DataConfig {

@@ -97,6 +97,8 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFromJob(const JobConfig& job, int64
     auto sched = KSchedule::Create(*shape, ks.start, o.k, ks.fraction, o.total_tokens);
     if (!sched.ok()) return err(absl::StrCat("sae.", sched.status().message()));
     o.schedule = *sched;
+    o.multi_topk = ks.loss != "current_k";
+    o.current_k_weight = ks.current_k_weight;
   } else {
     o.schedule = KSchedule::Constant(o.k);
   }
@@ -278,8 +280,10 @@ absl::Status SaeTrainer::Initialize(const at::Tensor& x) {
   // auto: only when a schedule starts above the target k (at constant k the
   // drawn scale reconstructs within ~10% of the input's norm on real
   // activations and trained to a lower fvu; docs/dead-latents.md).
+  // With Multi-TopK the reconstruction trained for is the target k's, whose
+  // drawn scale is the constant-k one: auto leaves it as drawn there too.
   const bool match = opts_.init_encoder_scale == "match_norm" ||
-                     (opts_.init_encoder_scale == "auto" && opts_.schedule.start() > opts_.k);
+                     (opts_.init_encoder_scale == "auto" && opts_.schedule.start() > opts_.k && !opts_.multi_topk);
   if (match) SAE_RETURN_IF_ERROR(MatchEncoderScale(xn));
   initialized_ = true;
   return absl::OkStatus();
@@ -409,11 +413,14 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
       allreduce_seconds_ += Now() - t0;
       allreduce_bytes_ += static_cast<int64_t>(res.fired.size());
       SAE_RETURN_IF_ERROR(Annotate(fs, absl::StrCat("all-reduce of fire marks, step ", step_ + 1)));
-      float stats[6] = {static_cast<float>(res.sse), static_cast<float>(res.aux_loss),
+      // (The reconstruction terms of each rank's loss are over the global
+      // Σ‖x − x̄‖² already: they add up across ranks.)
+      float stats[7] = {static_cast<float>(res.sse), static_cast<float>(res.aux_loss),
                         static_cast<float>(res.active), static_cast<float>(res.recon_norm),
                         static_cast<float>(res.input_norm),
-                        static_cast<float>(res.fvu_target * res.total_var)};
-      SAE_RETURN_IF_ERROR(SumAcrossRanks(stats, 6, "metrics"));
+                        static_cast<float>(res.fvu_target * res.total_var),
+                        static_cast<float>(res.loss - res.aux_loss)};
+      SAE_RETURN_IF_ERROR(SumAcrossRanks(stats, 7, "metrics"));
       res.recon_norm = stats[3];
       res.input_norm = stats[4];
       res.sse = stats[0];
@@ -422,8 +429,7 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
       res.fvu_target = stats[5] / cfg.total_var;
       res.mse = res.sse / (static_cast<double>(global_rows) * opts_.d_in);
       res.l0 = stats[2] / static_cast<double>(global_rows);
-      const bool multi = cfg.target_k > 0 && cfg.target_k < cfg.k;
-      res.loss = (multi ? res.fvu_target + cfg.current_k_weight * res.fvu : res.fvu) + res.aux_loss;
+      res.loss = stats[6] + res.aux_loss;
     }
     if (!std::isfinite(res.loss))
       return absl::InternalError(absl::StrCat("step ", step_, ": loss is not finite"));
@@ -438,7 +444,9 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     ++step_;
     tokens_ += global_rows;
     const int64_t k_next = CurrentK();
-    if (opts_.carry_scale && k_next < cfg.k) SAE_RETURN_IF_ERROR(CarryScale(x_dev, cfg.k, k_next));
+    // (With Multi-TopK the target-k reconstruction does not change with k: nothing to carry.)
+    if (opts_.carry_scale && !opts_.multi_topk && k_next < cfg.k)
+      SAE_RETURN_IF_ERROR(CarryScale(x_dev, cfg.k, k_next));
 
     StepMetrics m;
     m.step = step_;
@@ -598,6 +606,10 @@ absl::Status SaeTrainer::ExportSae(const std::string& dir, const std::string& pr
   own["dead_remedy"] = RemedyName(opts_.remedy);
   own["aux_coefficient"] = opts_.aux_coefficient;
   own["auxk_scale"] = opts_.auxk_fit ? "fit" : "none";
+  if (opts_.schedule.start() > opts_.k) {
+    own["k_schedule"]["loss"] = opts_.multi_topk ? "multi_topk" : "current_k";
+    if (opts_.multi_topk) own["k_schedule"]["current_k_weight"] = opts_.current_k_weight;
+  }
   own["init_encoder_scale"] = opts_.init_encoder_scale;
   own["dead_window_tokens"] = opts_.dead_window_tokens;
   own["normalize"] = NormalizeName(opts_.normalize);

@@ -413,6 +413,23 @@ TEST_F(CoordinatorTest, SweepsBecomeChildJobs) {
     EXPECT_EQ(big.config.sae.dead_window_tokens, 50);
     EXPECT_EQ(big.config.sae.dead_remedy, "auxk");
     EXPECT_NE((*tv)[0].config.sae.dead_window_tokens, 50) << "a field only one value sets keeps its default elsewhere";
+    {
+      // The schedule's loss crosses the wire (JobSpec) unchanged; unset fields keep their defaults.
+      JobConfig c = big.config;
+      c.sae.k_schedule.enabled = true;
+      c.sae.k_schedule.start = 64;
+      c.sae.k_schedule.loss = "current_k";
+      c.sae.k_schedule.current_k_weight = 0.0;
+      const JobConfig back = JobConfigFromSpec(JobSpecFromConfig(c));
+      EXPECT_EQ(back.sae.k_schedule.loss, "current_k");
+      EXPECT_DOUBLE_EQ(back.sae.k_schedule.current_k_weight, 0.0);
+      v1::JobSpec old = JobSpecFromConfig(c);
+      old.mutable_sae()->mutable_k_schedule()->clear_loss();
+      old.mutable_sae()->mutable_k_schedule()->clear_current_k_weight();
+      const JobConfig from_old = JobConfigFromSpec(old);
+      EXPECT_EQ(from_old.sae.k_schedule.loss, "multi_topk");
+      EXPECT_DOUBLE_EQ(from_old.sae.k_schedule.current_k_weight, 0.125);
+    }
     auto tog_bad = ParseJobWithSweep(
         "data: {kind: synthetic, d_in: 16}\nsae: {latents: 64, k: 4}\ntrain: {tokens: 1000}\noutput: o\n"
         "together: [{latents: [64, 128]}]\n",
