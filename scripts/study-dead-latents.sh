@@ -26,7 +26,7 @@
 #                 and rewrite the page and the plot; no harvest, no sweep
 # Environment: SAE_MODEL_DIR (default ../shared/data/stories260K), WORKERS
 # (default 2), NICE (default 10), LATENTS (4096), LATENTS_LARGE (32768),
-# TOKENS_LARGE (400000), K (8), LR (0 = the default learning rate),
+# TOKENS_LARGE (200000), K (8), LR (0 = the default learning rate),
 # ROWS (harvested rows, 1000000), ACTS (an existing shard directory to reuse),
 # SCHEDULES (the k_schedule list, YAML flow: a part of the grid; like --quick,
 # the page then goes to DIR/dead-latents.md, docs/ is left alone),
@@ -54,7 +54,7 @@ workers="${WORKERS:-2}"
 nice_n="${NICE:-10}"
 latents="${LATENTS:-4096}"
 latents_large="${LATENTS_LARGE:-32768}"
-tokens_large="${TOKENS_LARGE:-400000}"
+tokens_large="${TOKENS_LARGE:-200000}"
 k="${K:-8}"
 lr="${LR:-0}"
 rows="${ROWS:-1000000}"
@@ -98,7 +98,7 @@ if [ "$report_only" = 1 ]; then
   t1=$(stat -c %Y "$out/submit.log")  # (the grid's end: its log's last write)
 else
 # 2. A local coordinator and workers (loopback, free ports).
-rm -f "$db" "$db-wal" "$db-shm"
+rm -f "$db" "$db-wal" "$db-shm" "$out/ready.json"  # (a stale ready file names a dead coordinator)
 rm -rf "$runs"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -141,9 +141,21 @@ output: $runs
 JOB
 # The coordinator answers once it serves (a loaded machine can take seconds).
 for _ in $(seq 60); do build/bin/sae jobs > /dev/null 2>&1 && break; sleep 1; done
+# sae submit --wait, again when the connection failed before anything was
+# submitted (on a loaded machine the handshake can miss the client's deadline).
+submit() {
+  local file=$1 log=$2
+  for _ in 1 2 3 4 5; do
+    build/bin/sae submit "$file" --wait > "$log" 2>&1 && return 0
+    grep -q '^job-' "$log" && return 1
+    grep -q 'unavailable: failed to connect' "$log" || return 1
+    sleep 2
+  done
+  return 1
+}
 echo "study: submitting $out/study.yaml to $listen ($workers workers)"
 t0=$(date +%s)
-build/bin/sae submit "$out/study.yaml" --wait > "$out/submit.log" 2>&1 &
+submit "$out/study.yaml" "$out/submit.log" &
 grid_pid=$!
 sleep 2  # the grid is queued first; the reference runs after it
 
@@ -169,7 +181,7 @@ together:
   - {dead_remedy: none, k_schedule: {start: $((64 * k)), fraction: 0.25, shape: linear, loss: current_k}}
 output: $runs-reference/latents-$n_lat
 JOB
-  build/bin/sae submit "$out/reference-$n_lat.yaml" --wait > "$out/submit-reference-$n_lat.log" 2>&1 &
+  submit "$out/reference-$n_lat.yaml" "$out/submit-reference-$n_lat.log" &
   ref_pids+=($!)
 done
 wait "$grid_pid" || {
