@@ -56,7 +56,9 @@ int main(int argc, char** argv) {
   double lr = 0, fraction = 0.25, coef = 0;
   uint64_t seed = 0;
   int threads = 0;
-  std::string fire_at_target, carry_scale, auxk_scale;
+  std::string fire_at_target, carry_scale, auxk_scale, multi_topk;
+  double current_k_weight = -1;
+  std::string current_k_fit;
   bool aten = false;
   app.add_option("--data", data, "activation shard directory (manifest.json)")->required();
   app.add_option("--latents", latents, "number of latents");
@@ -76,6 +78,9 @@ int main(int argc, char** argv) {
   app.add_option("--fire-at-target", fire_at_target, "0|1: TrainerOptions::fire_at_target_k (empty = the default)");
   app.add_option("--carry-scale", carry_scale, "0|1: TrainerOptions::carry_scale (empty = the default)");
   app.add_option("--auxk-scale", auxk_scale, "fit|none: sae.auxk_scale (empty = the default)");
+  app.add_option("--multi-topk", multi_topk, "0|1: TrainerOptions::multi_topk (empty = the default)");
+  app.add_option("--current-k-weight", current_k_weight, "Multi-TopK's weight of the current-k term (< 0 = the default)");
+  app.add_option("--current-k-fit", current_k_fit, "0|1: TrainerOptions::current_k_fit (empty = the default)");
   app.add_flag("--aten", aten, "the device-generic ATen step on CPU");
   app.add_option("--threads", threads, "LibTorch threads (0 = every core)");
   app.add_option("--out", out_path, "JSON lines file (default stdout)");
@@ -119,6 +124,9 @@ int main(int argc, char** argv) {
   if (!fire_at_target.empty()) o.fire_at_target_k = fire_at_target == "1";
   if (!carry_scale.empty()) o.carry_scale = carry_scale == "1";
   o.aten_kernels = aten;
+  if (!multi_topk.empty()) o.multi_topk = multi_topk == "1";
+  if (current_k_weight >= 0) o.current_k_weight = current_k_weight;
+  if (!current_k_fit.empty()) o.current_k_fit = current_k_fit == "1";
   if (!auxk_scale.empty()) o.auxk_fit = auxk_scale != "none";
   auto tr = sae::SaeTrainer::Create(o);
   if (!tr.ok()) return Fail(std::string(tr.status().message()));
@@ -215,6 +223,7 @@ int main(int argc, char** argv) {
     j["tokens"] = m->tokens;
     j["k"] = m->k;
     j["fvu"] = m->fvu;
+    j["fvu_target"] = m->fvu_target;
     j["aux_loss"] = m->aux_loss;
     j["l0"] = m->l0;
     j["dead"] = t.dead().NumDead();

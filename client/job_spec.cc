@@ -152,6 +152,49 @@ absl::Status CollectAxes(YAML::Node node, const std::string& prefix, const std::
   return absl::OkStatus();
 }
 
+// The axis of `together:` (values that vary together: each value a map of
+// dotted fields set at once, e.g. {sae.latents: 32768, train.tokens: 500000}).
+constexpr char kTogether[] = "together";
+
+// Sets `path` (["sae", "k_schedule", "start"]) in root to value, creating
+// maps on the way; null removes the field (its default applies).
+void SetPath(YAML::Node root, const std::vector<std::string>& path, const YAML::Node& value) {
+  if (path == std::vector<std::string>{"sae", "latents"}) root["sae"].remove("expansion_factor");
+  if (path == std::vector<std::string>{"sae", "expansion_factor"}) root["sae"].remove("latents");
+  // (Node::reset rebinds; operator= would assign into the tree.)
+  YAML::Node parent = root;
+  for (size_t i = 0; i + 1 < path.size(); ++i) {
+    if (!parent[path[i]] || !parent[path[i]].IsMap()) {
+      if (value.IsNull()) return;
+      parent[path[i]] = YAML::Node(YAML::NodeType::Map);
+    }
+    YAML::Node child = parent[path[i]];
+    parent.reset(child);
+  }
+  if (value.IsNull()) {
+    if (parent.IsMap()) parent.remove(path.back());
+  } else {
+    parent[path.back()] = value;
+  }
+}
+
+// Checks one `together:` value: a map of field paths to values (no lists).
+absl::Status CheckTogether(const YAML::Node& v, const std::string& origin) {
+  if (!v.IsMap() || v.size() == 0)
+    return absl::InvalidArgumentError(absl::StrCat(
+        origin, ": together: each value is a map of fields set together ({sae.latents: 4096, train.tokens: 1000})"));
+  for (auto it = v.begin(); it != v.end(); ++it) {
+    const std::string key = it->first.as<std::string>();
+    const std::vector<std::string> path = AxisPath(key);
+    for (const auto& part : path)
+      if (!IsFieldName(part))
+        return absl::InvalidArgumentError(absl::StrCat(origin, ": together: ", key, ": not a field name"));
+    if (it->second.IsSequence())
+      return absl::InvalidArgumentError(absl::StrCat(origin, ": together: ", key, ": a value, not a list"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 std::string MessageToJson(const google::protobuf::Message& m) {
@@ -183,6 +226,23 @@ absl::StatusOr<std::pair<JobConfig, std::vector<v1::SweepAxis>>> ParseJobWithSwe
                                         origin, &axes));
         any = any || axes.size() > before;
       }
+      if (root[kTogether]) {
+        const YAML::Node list = root[kTogether];
+        if (!list.IsSequence() || list.size() == 0)
+          return absl::InvalidArgumentError(absl::StrCat(origin, ": together: a list of maps"));
+        v1::SweepAxis axis;
+        axis.set_field(kTogether);
+        for (const auto& v : list) {
+          SAE_RETURN_IF_ERROR(CheckTogether(v, origin));
+          axis.add_values(ValueText(v));
+        }
+        // The base takes the first value, like every other axis.
+        for (auto it = list[0].begin(); it != list[0].end(); ++it)
+          SetPath(root, AxisPath(it->first.as<std::string>()), YAML::Clone(it->second));
+        root.remove(kTogether);
+        axes.push_back(axis);
+        any = true;
+      }
     }
     if (any) text = YAML::Dump(root);
   } catch (const YAML::Exception& e) {
@@ -206,7 +266,7 @@ absl::StatusOr<std::vector<SweepVariant>> ExpandSweep(const JobConfig& base,
   size_t combos = 1;
   std::vector<std::vector<std::string>> paths;
   for (const auto& a : axes) {
-    std::vector<std::string> path = AxisPath(a.field());
+    std::vector<std::string> path = a.field() == kTogether ? std::vector<std::string>{kTogether} : AxisPath(a.field());
     for (const auto& part : path)
       if (!IsFieldName(part))
         return absl::InvalidArgumentError(absl::StrCat("sweep: ", path[0], ".", AxisName(path), ": not a field name"));
@@ -238,28 +298,13 @@ absl::StatusOr<std::vector<SweepVariant>> ExpandSweep(const JobConfig& base,
       } catch (const YAML::Exception& e) {
         return absl::InvalidArgumentError(absl::StrCat("sweep: ", path[0], ".", name, ": value '", v, "': ", e.what()));
       }
-      if (path == std::vector<std::string>{"sae", "latents"}) root["sae"].remove("expansion_factor");
-      if (path == std::vector<std::string>{"sae", "expansion_factor"}) root["sae"].remove("latents");
-      // Walk to the parent map (creating maps on the way), then set or,
-      // for null, remove the field (its default applies).
-      // (Node::reset rebinds; operator= would assign into the tree.)
-      YAML::Node parent = root;
-      bool reached = true;
-      for (size_t i = 0; i + 1 < path.size(); ++i) {
-        if (!parent[path[i]] || !parent[path[i]].IsMap()) {
-          if (value.IsNull()) {
-            reached = false;
-            break;
-          }
-          parent[path[i]] = YAML::Node(YAML::NodeType::Map);
-        }
-        YAML::Node child = parent[path[i]];
-        parent.reset(child);
-      }
-      if (value.IsNull()) {
-        if (reached && parent.IsMap()) parent.remove(path.back());
+      if (a.field() == kTogether) {
+        // Several fields at once (checked again: the axis may come from a client).
+        SAE_RETURN_IF_ERROR(CheckTogether(value, "sweep"));
+        for (auto it = value.begin(); it != value.end(); ++it)
+          SetPath(root, AxisPath(it->first.as<std::string>()), it->second);
       } else {
-        parent[path.back()] = value;
+        SetPath(root, path, value);
       }
       std::string vs = ValueLabel(value);
       for (char& ch : vs)

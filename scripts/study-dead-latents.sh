@@ -4,24 +4,29 @@
 # the whole grid
 #     dead_remedy  none | auxk | ghost_grads
 #   × k_schedule   none | linear | cosine | exponential (k_start 64·k over the
-#                  first 25%) | linear from k_start = d
-#   × setting      the default learning rate | a high one (where constant k
-#                  leaves many latents dead)
+#                  first 25%; SCHEDULES: another list, e.g. with {start: 64} = d)
+#   × dictionary   LATENTS (4096) latents for TOKENS training tokens |
+#                  LATENTS_LARGE (32768) for TOKENS_LARGE (where constant k
+#                  leaves many latents dead), each with a dead window of a
+#                  tenth of its training (sweep `together:`)
 # as ONE sweep to a local sae-coordinator with $WORKERS workers, waits,
 # evaluates every SAE spliced into the model (`sae eval`: CE loss recovered,
 # dense ratios) and writes docs/dead-latents.md (table) with
-# docs/dead-latents.svg (dead ratio over tokens per remedy).
+# docs/dead-latents.svg (dead ratio over tokens per remedy). A second, small
+# sweep runs the reference: the behaviour before issue 12 (AuxK as
+# published; the schedule with the loss at its current k alone).
 #
 # Usage: scripts/study-dead-latents.sh [--out DIR] [--tokens N] [--quick]
 #   --out DIR     work directory (default runs/study-dead-latents): acts/,
 #                 coordinator.db, the sweep's outputs, eval JSON
-#   --tokens N    training tokens per run (default 1000000)
-#   --quick       a smoke run: 2 schedules, 60k tokens, 512 latents (minutes);
-#                 writes DIR/dead-latents.md, not docs/
+#   --tokens N    training tokens per run of the small dictionary (default 1000000)
+#   --quick       a smoke run: 2 schedules, 60k / 20k tokens, 512 / 1024 latents
+#                 (minutes); writes DIR/dead-latents.md, not docs/
 #   --report-only evaluate the finished runs in DIR (those without eval.json)
 #                 and rewrite the page and the plot; no harvest, no sweep
 # Environment: SAE_MODEL_DIR (default ../shared/data/stories260K), WORKERS
-# (default 2), NICE (default 10), LATENTS (4096), K (8), HIGH_LR (0.01),
+# (default 2), NICE (default 10), LATENTS (4096), LATENTS_LARGE (32768),
+# TOKENS_LARGE (200000), K (8), LR (0 = the default learning rate),
 # ROWS (harvested rows, 1000000), ACTS (an existing shard directory to reuse),
 # SCHEDULES (the k_schedule list, YAML flow: a part of the grid; like --quick,
 # the page then goes to DIR/dead-latents.md, docs/ is left alone),
@@ -40,7 +45,7 @@ while [ $# -gt 0 ]; do
     --tokens) tokens="$2"; shift 2 ;;
     --quick) quick=1; shift ;;
     --report-only) report_only=1; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
     *) echo "study-dead-latents: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -48,20 +53,25 @@ model="${SAE_MODEL_DIR:-../shared/data/stories260K}"
 workers="${WORKERS:-2}"
 nice_n="${NICE:-10}"
 latents="${LATENTS:-4096}"
+latents_large="${LATENTS_LARGE:-32768}"
+tokens_large="${TOKENS_LARGE:-200000}"
 k="${K:-8}"
-high_lr="${HIGH_LR:-0.01}"
+lr="${LR:-0}"
 rows="${ROWS:-1000000}"
 eval_windows="${EVAL_WINDOWS:-32}"
-schedules="[null, {start: $((64 * k)), fraction: 0.25, shape: linear}, {start: $((64 * k)), fraction: 0.25, shape: cosine}, {start: $((64 * k)), fraction: 0.25, shape: exponential}, {start: 64, fraction: 0.25, shape: linear}]"
+schedules="[null, {start: $((64 * k)), fraction: 0.25, shape: linear}, {start: $((64 * k)), fraction: 0.25, shape: cosine}, {start: $((64 * k)), fraction: 0.25, shape: exponential}]"
 [ -n "${SCHEDULES:-}" ] && schedules="$SCHEDULES"
 if [ "$quick" = 1 ]; then
   tokens=60000
   latents=512
+  latents_large=1024
+  tokens_large=20000
   rows=65536
   eval_windows=4
   schedules="[null, {start: $((64 * k)), fraction: 0.25, shape: linear}]"
 fi
 window=$((tokens / 10))   # the dead window: a tenth of training (2M tokens / 200k in issue 12)
+window_large=$((tokens_large / 10))
 
 for b in sae sae-coordinator sae-worker; do
   [ -x "build/bin/$b" ] || { echo "study-dead-latents: build/bin/$b missing; build first (README)" >&2; exit 1; }
@@ -85,10 +95,10 @@ t0=0
 t1=0
 if [ "$report_only" = 1 ]; then
   t0=$(stat -c %Y "$out/study.yaml")
-  t1=$(stat -c %Y "$out/submit.log")
+  t1=$(stat -c %Y "$out/submit.log")  # (the grid's end: its log's last write)
 else
 # 2. A local coordinator and workers (loopback, free ports).
-rm -f "$db" "$db-wal" "$db-shm"
+rm -f "$db" "$db-wal" "$db-shm" "$out/ready.json"  # (a stale ready file names a dead coordinator)
 rm -rf "$runs"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -119,37 +129,75 @@ sae:
 train:
   tokens: $tokens
   batch_tokens: 4096
-  lr: [0, $high_lr]
+  lr: $lr
   seed: 0
   threads: 1
   checkpoint_every_tokens: $tokens
   log_every_steps: 5
+together:
+  - {latents: $latents, train.tokens: $tokens, dead_window_tokens: $window, train.checkpoint_every_tokens: $tokens}
+  - {latents: $latents_large, train.tokens: $tokens_large, dead_window_tokens: $window_large, train.checkpoint_every_tokens: $tokens_large}
 output: $runs
 JOB
+# The coordinator answers once it serves (a loaded machine can take seconds).
+for _ in $(seq 60); do build/bin/sae jobs > /dev/null 2>&1 && break; sleep 1; done
+# sae submit --wait, again when the connection failed before anything was
+# submitted (on a loaded machine the handshake can miss the client's deadline).
+submit() {
+  local file=$1 log=$2
+  for _ in 1 2 3 4 5; do
+    build/bin/sae submit "$file" --wait > "$log" 2>&1 && return 0
+    grep -q '^job-' "$log" && return 1
+    grep -q 'unavailable: failed to connect' "$log" || return 1
+    sleep 2
+  done
+  return 1
+}
 echo "study: submitting $out/study.yaml to $listen ($workers workers)"
 t0=$(date +%s)
-build/bin/sae submit "$out/study.yaml" --wait > "$out/submit.log" 2>&1 || {
+submit "$out/study.yaml" "$out/submit.log" &
+grid_pid=$!
+sleep 2  # the grid is queued first; the reference runs after it
+
+# 3b. The reference, the behaviour before issue 12, for the small dictionary
+# (REFERENCE_LARGE=1: for both):
+# constant k with AuxK as published (auxk_scale: none), and the study's
+# schedule with the loss at its current k alone (k_schedule.loss: current_k,
+# no remedy). One small sweep per dictionary (`together:` pairs the fields).
+rm -rf "$runs-reference"
+ref_pids=()
+ref_sizes=("$latents:$tokens:$window")
+[ "${REFERENCE_LARGE:-0}" = 1 ] && ref_sizes+=("$latents_large:$tokens_large:$window_large")
+for size in "${ref_sizes[@]}"; do
+  IFS=: read -r n_lat n_tok n_win <<< "$size"
+  cat > "$out/reference-$n_lat.yaml" <<JOB
+# Written by scripts/study-dead-latents.sh: the reference runs (docs/dead-latents.md).
+name: dead-latents-reference-$n_lat
+data: {kind: shards, path: $acts, shuffle_buffer_rows: 65536}
+sae: {latents: $n_lat, k: $k, dead_window_tokens: $n_win}
+train: {tokens: $n_tok, batch_tokens: 4096, lr: $lr, seed: 0, threads: 1, checkpoint_every_tokens: $n_tok, log_every_steps: 5}
+together:
+  - {dead_remedy: auxk, auxk_scale: none}
+  - {dead_remedy: none, k_schedule: {start: $((64 * k)), fraction: 0.25, shape: linear, loss: current_k}}
+output: $runs-reference/latents-$n_lat
+JOB
+  submit "$out/reference-$n_lat.yaml" "$out/submit-reference-$n_lat.log" &
+  ref_pids+=($!)
+done
+wait "$grid_pid" || {
   echo "study-dead-latents: the sweep did not succeed; see $out/submit.log and $out/worker-*.log" >&2
   tail -20 "$out/submit.log" >&2
   exit 1
 }
 t1=$(date +%s)
 echo "study: the sweep took $((t1 - t0)) s"
-
-# 3b. The reference: constant k with the encoder as drawn (no match_norm) and
-# AuxK as published (auxk_scale: none), the behaviour before issue 12.
-sed -e 's/^name: dead-latents/name: dead-latents-reference/' -e "s#^output: .*#output: $runs-reference#" \
-    -e 's/^  dead_remedy: .*/  dead_remedy: [none, auxk]\n  init_encoder_scale: none\n  auxk_scale: none/' \
-    -e '/^  k_schedule: /d' "$out/study.yaml" > "$out/reference.yaml"
-rm -rf "$runs-reference"
-build/bin/sae submit "$out/reference.yaml" --wait > "$out/submit-reference.log" 2>&1 || {
-  echo "study-dead-latents: the reference sweep did not succeed; see $out/submit-reference.log" >&2
-  exit 1
-}
+for p in "${ref_pids[@]}"; do
+  wait "$p" || { echo "study-dead-latents: a reference sweep did not succeed; see $out/submit-reference-*.log" >&2; exit 1; }
+done
 fi
 
 # 4. Every SAE spliced into the model (held-out windows: another seed).
-for run in "$runs"/*/ "$runs-reference"/*/; do
+for run in "$runs"/*/ "$runs-reference"/*/*/; do
   run=${run%/}
   [ -f "$run/summary.json" ] || continue
   [ -s "$run/eval.json" ] && continue
@@ -162,9 +210,9 @@ done
 # A partial grid (--quick, SCHEDULES) writes its page into DIR, not docs/.
 docs_dir="$root/docs"
 if [ "$quick" = 1 ] || [ -n "${SCHEDULES:-}" ]; then docs_dir="$out"; fi
-python3 - "$out" "$docs_dir" "$t1" "$t0" "$latents" "$k" "$tokens" "$window" "$high_lr" "$rows" "$eval_windows" <<'PY'
+python3 - "$out" "$docs_dir" "$t1" "$t0" "$k" "$lr" "$rows" "$eval_windows" <<'PY'
 import glob, json, os, sys, math
-out, docs, t1, t0, latents, k, tokens, window, high_lr, rows, eval_windows = sys.argv[1:]
+out, docs, t1, t0, k, lr, rows, eval_windows = sys.argv[1:]
 def load(pattern):
     found = []
     for d in sorted(glob.glob(pattern)):
@@ -174,22 +222,25 @@ def load(pattern):
         e = json.load(open(os.path.join(d, "eval.json")))
         cfg = json.load(open(os.path.join(d, "cfg.json")))["saeforge"]
         ks = cfg["k_schedule"]
-        sched = "none" if ks["shape"] == "constant" or ks["start"] == ks["end"] else f'{ks["shape"]} {ks["start"]}→{ks["end"]}'
+        const = ks["shape"] == "constant" or ks["start"] == ks["end"]
+        sched = "none" if const else f'{ks["shape"]} {ks["start"]}→{ks["end"]}'
         curve = []
         for line in open(os.path.join(d, "metrics.jsonl")):
             m = json.loads(line)
             curve.append((m["tokens"], m["dead_ratio"], m["k"]))
-        lr = float(os.path.basename(d).split("train.lr-")[-1])
         found.append(dict(dir=os.path.basename(d), remedy=cfg["dead_remedy"], sched=sched, shape=ks["shape"],
-                          start=ks["start"], lr=lr, s=s, e=e, curve=curve))
+                          start=ks["start"], loss=ks.get("loss", "current_k"), auxk_scale=cfg.get("auxk_scale", "fit"),
+                          latents=s["latents"], tokens=s["tokens"], window=cfg["dead_window_tokens"],
+                          s=s, e=e, curve=curve))
     return found
 runs = load(os.path.join(out, "runs", "*"))
-reference = load(os.path.join(out, "runs-reference", "*"))
+reference = load(os.path.join(out, "runs-reference", "*", "*"))
 if not runs:
     sys.exit("study: no finished runs")
-settings = sorted({r["lr"] for r in runs})
-def setting_name(lr):
-    return "default lr" if lr == 0 else f"lr {lr:g}"
+settings = sorted({r["latents"] for r in runs})
+info = {n: next(r for r in runs if r["latents"] == n) for n in settings}
+def setting_name(n):
+    return f"{n} latents"
 remedies = ["none", "auxk", "ghost_grads"]
 sched_order = []
 for r in runs:
@@ -200,40 +251,48 @@ def sched_key(name):
     r = next(r for r in runs if r["sched"] == name)
     return (name != "none", -r["start"], shape_rank.get(r["shape"], 9))
 sched_order.sort(key=sched_key)
-base = {lr: next(r for r in runs if r["lr"] == lr and r["remedy"] == "none" and r["sched"] == "none") for lr in settings}
+base = {n: next(r for r in runs if r["latents"] == n and r["remedy"] == "none" and r["sched"] == "none") for n in settings}
 
 def fmt_pct(x): return f"{100 * x:.2f}%"
+def verdict(r, b):
+    s = r["s"]
+    fewer = s["dead_latents"] < b["s"]["dead_latents"]
+    fvu_ok = s["fvu"] <= 1.02 * b["s"]["fvu"]
+    same = s["dead_latents"] == b["s"]["dead_latents"]
+    if r is b:
+        return "baseline"
+    if fewer and fvu_ok:
+        return "✓"
+    if same and fvu_ok:
+        return "= dead"
+    return "✗ fvu" if fewer else ("✗ dead" if fvu_ok else "✗ both")
 rows_md = []
-for lr in settings:
-    b = base[lr]
+for n in settings:
+    b = base[n]
     for sched in sched_order:
         for rem in remedies:
-            r = next((r for r in runs if r["lr"] == lr and r["sched"] == sched and r["remedy"] == rem), None)
+            r = next((r for r in runs if r["latents"] == n and r["sched"] == sched and r["remedy"] == rem), None)
             if r is None:
                 continue
             s, e = r["s"], r["e"]
-            fewer = s["dead_latents"] < b["s"]["dead_latents"]
-            fvu_ok = s["fvu"] <= 1.02 * b["s"]["fvu"]
-            same = s["dead_latents"] == b["s"]["dead_latents"]
-            verdict = "baseline" if r is b else ("✓" if fewer and fvu_ok else ("= dead" if same and fvu_ok else
-                      ("✗ fvu" if fewer else ("✗ dead" if fvu_ok else "✗ both"))))
-            rows_md.append(f'| {setting_name(lr)} | {sched} | {rem} | {s["dead_latents"]} ({fmt_pct(s["dead_ratio"])}) | '
+            rows_md.append(f'| {setting_name(n)} | {sched} | {rem} | {s["dead_latents"]} ({fmt_pct(s["dead_ratio"])}) | '
                            f'{fmt_pct(e["dense_1pct_ratio"])} / {fmt_pct(e["dense_10pct_ratio"])} | {s["fvu"]:.4f} | '
-                           f'{e["fvu"]:.4f} | {s["l0"]:.2f} | {e["ce_loss_recovered"]:.4f} | {verdict} |')
+                           f'{s["fvu"] / b["s"]["fvu"]:.3f} | {e["fvu"]:.4f} | {s["l0"]:.2f} | '
+                           f'{e["ce_loss_recovered"]:.4f} | {verdict(r, b)} |')
 
-# The plot: dead ratio over tokens, one panel per remedy (rows: settings), one line per schedule.
+# The plot: dead ratio over tokens, one panel per remedy (rows: dictionaries), one line per schedule.
 W, H, pw, ph, ml, mt = 1080, 300 * len(settings) + 60, 300, 220, 70, 40
 colors = ["#222222", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
        f'<rect width="{W}" height="{H}" fill="white"/>']
-tmax = max(t for r in runs for t, _, _ in r["curve"])
-for si, lr in enumerate(settings):
-    ymax = max(0.05, max(d for r in runs if r["lr"] == lr for _, d, _ in r["curve"]))
+for si, n in enumerate(settings):
+    tmax = max(t for r in runs if r["latents"] == n for t, _, _ in r["curve"])
+    ymax = max(0.05, max(d for r in runs if r["latents"] == n for _, d, _ in r["curve"]))
     ymax = math.ceil(ymax * 20) / 20
     for ci, rem in enumerate(remedies):
         x0, y0 = ml + ci * (pw + 50), mt + si * (ph + 80)
         svg.append(f'<rect x="{x0}" y="{y0}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
-        svg.append(f'<text x="{x0 + pw / 2}" y="{y0 - 8}" text-anchor="middle" font-weight="bold">{rem}, {setting_name(lr)}</text>')
+        svg.append(f'<text x="{x0 + pw / 2}" y="{y0 - 8}" text-anchor="middle" font-weight="bold">{rem}, {setting_name(n)}</text>')
         for j in range(5):
             yv = ymax * j / 4
             yy = y0 + ph - ph * j / 4
@@ -244,7 +303,7 @@ for si, lr in enumerate(settings):
             xx = x0 + pw * j / 4
             svg.append(f'<text x="{xx:.1f}" y="{y0 + ph + 14}" text-anchor="middle">{xv / 1e6:.2g}M</text>')
         for li, sched in enumerate(sched_order):
-            r = next((r for r in runs if r["lr"] == lr and r["sched"] == sched and r["remedy"] == rem), None)
+            r = next((r for r in runs if r["latents"] == n and r["sched"] == sched and r["remedy"] == rem), None)
             if r is None:
                 continue
             pts = " ".join(f'{x0 + pw * t / tmax:.1f},{y0 + ph - ph * min(d, ymax) / ymax:.1f}' for t, d, _ in r["curve"])
@@ -253,40 +312,48 @@ for li, sched in enumerate(sched_order):
     lx, ly = ml + li * 200, H - 16
     svg.append(f'<line x1="{lx}" y1="{ly - 4}" x2="{lx + 24}" y2="{ly - 4}" stroke="{colors[li % len(colors)]}" stroke-width="2"/>')
     svg.append(f'<text x="{lx + 30}" y="{ly}">k schedule: {sched}</text>')
-svg.append(f'<text x="{W / 2}" y="{H - 36}" text-anchor="middle">tokens; y: dead-latent ratio (dead at the target k = {k}, window {int(window) // 1000}k tokens)</text>')
+svg.append(f'<text x="{W / 2}" y="{H - 36}" text-anchor="middle">tokens; y: dead-latent ratio (dead at the target k = {k}, window a tenth of training)</text>')
 svg.append("</svg>")
 open(os.path.join(docs, "dead-latents.svg"), "w").write("\n".join(svg) + "\n")
 
 ref_md = []
-for r in reference:
-    s, e, b = r["s"], r["e"], base[r["lr"]]
-    what = "kaiming init, no remedy" if r["remedy"] == "none" else "kaiming init, AuxK as published"
-    ref_md.append(f'| {setting_name(r["lr"])} | {what} | {s["dead_latents"]} ({fmt_pct(s["dead_ratio"])}) | '
-                  f'{fmt_pct(e["dense_1pct_ratio"])} / {fmt_pct(e["dense_10pct_ratio"])} | {s["fvu"]:.4f} | '
-                  f'{e["fvu"]:.4f} | {e["ce_loss_recovered"]:.4f} |')
+for r in sorted(reference, key=lambda r: (r["latents"], r["sched"] != "none")):
+    s, e, b = r["s"], r["e"], base.get(r["latents"])
+    if r["sched"] == "none":
+        what = "constant k, AuxK as published (α = 1)" if r["auxk_scale"] == "none" else f'constant k, {r["remedy"]}'
+    else:
+        what = f'k schedule {r["sched"]}, loss at the current k alone (no Multi-TopK), {r["remedy"]}'
+    rel = f'{s["fvu"] / b["s"]["fvu"]:.3f}' if b else "–"
+    ref_md.append(f'| {setting_name(r["latents"])} | {what} | {s["dead_latents"]} ({fmt_pct(s["dead_ratio"])}) | '
+                  f'{fmt_pct(e["dense_1pct_ratio"])} / {fmt_pct(e["dense_10pct_ratio"])} | {s["fvu"]:.4f} | {rel} | '
+                  f'{e["fvu"]:.4f} | {e["ce_loss_recovered"]:.4f} | {verdict(r, b) if b else "–"} |')
 ref_table = "\n".join(ref_md)
 table = "\n".join(rows_md)
+sizes = "; ".join(f'{n} latents: {info[n]["tokens"]:,} training tokens ({info[n]["tokens"] // 4096} steps), '
+                  f'dead window {info[n]["window"]:,} tokens' for n in settings)
+lr_text = "the default learning rate (2e-4 / sqrt(latents / 2^14))" if float(lr) == 0 else f"lr = {lr}"
 doc_path = os.path.join(docs, "dead-latents.md")
 text = open(doc_path).read() if os.path.exists(doc_path) else "<!-- study:begin -->\n<!-- study:end -->\n"
 block = f"""<!-- study:begin (written by scripts/study-dead-latents.sh; do not edit by hand) -->
-Grid: {latents} latents, k = {k}, {int(tokens):,} training tokens per run, batch 4096, dead window
-{int(window):,} tokens, on {int(rows):,} harvested rows of stories260K's residual stream after block 2
-(d = 64); the high-lr setting uses lr = {high_lr}. {len(runs)} runs as one sweep, {int(t1) - int(t0)} s
-wall time with the machine shared. "dead" is the trainer's count at the end (latents that did not fire
-within the target k in the last window); fvu and L0 are the training metrics of the last steps;
+Grid: k = {k}, batch 4096, {lr_text}, on {int(rows):,} harvested rows of stories260K's residual
+stream after block 2 (d = 64); {sizes}. {len(runs)} runs as one sweep, {int(t1) - int(t0)} s wall time
+with the machine shared. "dead" is the trainer's count at the end (latents that did not fire
+within the target k in the last window); fvu and L0 are the training metrics of the last steps
+("× base": fvu over constant k without remedy of the same dictionary);
 "eval" columns come from `sae eval` on {eval_windows} held-out windows of 128 generated tokens
 (dense: latents firing on more than 1% / 10% of those tokens; CE recovered as in ALGORITHMS.md §7).
-Verdict: ✓ when the run ends with fewer dead latents than constant k without remedy in its setting
-at an fvu no worse than 1.02× that run's.
+The schedules use the default `k_schedule.loss: multi_topk` (docs/algorithms.md).
+Verdict: ✓ when the run ends with fewer dead latents than constant k without remedy of its
+dictionary at an fvu no worse than 1.02× that run's.
 
-| setting | k schedule | remedy | dead | dense >1% / >10% | fvu | eval fvu | L0 | CE recovered | verdict |
-|---|---|---|---|---|---|---|---|---|---|
+| dictionary | k schedule | remedy | dead | dense >1% / >10% | fvu | × base | eval fvu | L0 | CE recovered | verdict |
+|---|---|---|---|---|---|---|---|---|---|---|
 {table}
 
-Reference (constant k, the behaviour before issue 12: W_enc as drawn, AuxK with α = 1), same settings:
+Reference (the behaviour before issue 12), same settings:
 
-| setting | run | dead | dense >1% / >10% | fvu | eval fvu | CE recovered |
-|---|---|---|---|---|---|---|
+| dictionary | run | dead | dense >1% / >10% | fvu | × base | eval fvu | CE recovered | verdict |
+|---|---|---|---|---|---|---|---|---|
 {ref_table}
 
 ![dead ratio over tokens per remedy](dead-latents.svg)

@@ -542,6 +542,7 @@ absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin) 
     c.CheckRelation(ks.start == 0 || ks.start >= ks.end, absl::StrCat("sae.k_schedule.start (", ks.start,
                                                                       ") must be >= end (", ks.end, ")"));
     c.Fraction(ks.fraction, "sae.k_schedule.fraction", /*zero_ok=*/false);
+    c.NonNegative(ks.current_k_weight, "sae.k_schedule.current_k_weight");
   }
   c.Positive(s.dead_window_tokens, "sae.dead_window_tokens");
   c.NonNegative(s.aux_coefficient, "sae.aux_coefficient");

@@ -37,6 +37,12 @@ struct KScheduleConfig {
   int64_t end = 0;           // the target k (must equal sae.k)
   double fraction = 0.25;    // share of train.tokens over which k anneals, (0, 1]
   KShape shape = KShape::kLinear;  // linear | cosine | exponential
+  // The loss while k is above its end: multi_topk (fvu at the end k, from
+  // the first `end` of each row's top-k, + current_k_weight x the fitted fvu
+  // at the schedule's k; docs/algorithms.md) or current_k (fvu at the
+  // schedule's k alone, the study's kScheduler as published).
+  KScheduleLoss loss = KScheduleLoss::kMultiTopK;  // multi_topk | current_k
+  double current_k_weight = 0.125;
 
   template <class S, class V>
   static void Fields(S& s, V&& v) {
@@ -45,6 +51,8 @@ struct KScheduleConfig {
     v("end", s.end);
     v("fraction", s.fraction);
     v("shape", s.shape);
+    v("loss", s.loss);
+    v("current_k_weight", s.current_k_weight);
   }
 };
 

@@ -22,6 +22,7 @@ enum class Normalize { kNone, kLayerNorm, kUnitMeanNorm };
 enum class InitBDec { kMean, kGeometricMedian, kZero };
 enum class AuxKScale { kFit, kNone };
 enum class InitEncoderScale { kAuto, kMatchNorm, kNone };
+enum class KScheduleLoss { kMultiTopK, kCurrentK };
 enum class LrDecay { kNone, kLinear, kCosine };
 enum class Precision { kFp32, kBf16 };
 enum class Device { kAuto, kCpu, kCuda };
@@ -57,6 +58,7 @@ SAE_OPTION_TABLE(InitBDec, {InitBDec::kMean, "mean"}, {InitBDec::kGeometricMedia
 SAE_OPTION_TABLE(AuxKScale, {AuxKScale::kFit, "fit"}, {AuxKScale::kNone, "none"});
 SAE_OPTION_TABLE(InitEncoderScale, {InitEncoderScale::kAuto, "auto"},
                  {InitEncoderScale::kMatchNorm, "match_norm"}, {InitEncoderScale::kNone, "none"});
+SAE_OPTION_TABLE(KScheduleLoss, {KScheduleLoss::kMultiTopK, "multi_topk"}, {KScheduleLoss::kCurrentK, "current_k"});
 SAE_OPTION_TABLE(LrDecay, {LrDecay::kNone, "none"}, {LrDecay::kLinear, "linear"}, {LrDecay::kCosine, "cosine"});
 SAE_OPTION_TABLE(Precision, {Precision::kFp32, "fp32"}, {Precision::kBf16, "bf16"});
 SAE_OPTION_TABLE(Device, {Device::kAuto, "auto"}, {Device::kCpu, "cpu"}, {Device::kCuda, "cuda"});

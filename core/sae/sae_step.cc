@@ -175,7 +175,7 @@ template <typename T>
 struct FiredByLatent {
   struct Item {
     int32_t row;
-    int32_t src;  // 0 main, 1 AuxK
+    int32_t src;  // 0 main (with Multi-TopK: within the target k), 1 AuxK, 2 Multi-TopK's tail
     T a;          // the activation relu(z)
   };
   std::vector<int64_t> offs;
@@ -187,9 +187,11 @@ struct FiredByLatent {
 // passes below walk latents in order, so each decoder row is read once,
 // sequentially, instead of once per (token, slot): random row gathers run at
 // a third of streaming bandwidth here. Also marks the fired latents: those
-// within the first fire_k of a row's (descending) top-k with a > 0.
+// within the first fire_k of a row's (descending) top-k with a > 0. Entries
+// past the first kt of a row are Multi-TopK's tail (src 2).
 template <typename T>
-FiredByLatent<T> SortByLatent(const Selection& s, int64_t n, int64_t fire_k, std::vector<uint8_t>* fired) {
+FiredByLatent<T> SortByLatent(const Selection& s, int64_t n, int64_t fire_k, int64_t kt,
+                              std::vector<uint8_t>* fired) {
   const int64_t B = s.idx.size(0), k = s.idx.size(1), k_aux = s.aux_idx.size(1);
   const int64_t* IDX = s.idx.data_ptr<int64_t>();
   const T* VAL = s.val.data_ptr<T>();
@@ -212,7 +214,7 @@ FiredByLatent<T> SortByLatent(const Selection& s, int64_t n, int64_t fire_k, std
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t j = 0; j < k; ++j) {
       const int64_t t = b * k + j;
-      if (VAL[t] > 0) f.items[fill[IDX[t]]++] = {static_cast<int32_t>(b), 0, VAL[t]};
+      if (VAL[t] > 0) f.items[fill[IDX[t]]++] = {static_cast<int32_t>(b), j < kt ? 0 : 2, VAL[t]};
     }
     for (int64_t j = 0; j < k_aux; ++j) {
       const int64_t t = b * k_aux + j;
@@ -222,15 +224,16 @@ FiredByLatent<T> SortByLatent(const Selection& s, int64_t n, int64_t fire_k, std
   return f;
 }
 
-// Step 3. Decode x̂ = b_dec + Σ a W_dec[i] and AuxK's ê = Σ a W_dec[i] (no
-// b_dec; ehat null without AuxK): each thread owns a range of rows and
-// streams the decoder once.
+// Step 3. Decode x̂ = b_dec + Σ a W_dec[i], AuxK's ê = Σ a W_dec[i] (no
+// b_dec; EH null without AuxK) and Multi-TopK's tail (TH, no b_dec; null
+// without): each thread owns a range of rows and streams the decoder once.
 template <typename T>
-void Decode(const SaeParams& p, const FiredByLatent<T>& f, int64_t B, T* XH, T* EH) {
+void Decode(const SaeParams& p, const FiredByLatent<T>& f, int64_t B, T* XH, T* EH, T* TH) {
   const int64_t d = p.d_in(), n = p.latents();
   const T* Wdec = p.W_dec.data_ptr<T>();
   const T* bdec = p.b_dec.data_ptr<T>();
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B));
+  T* const dst_of[3] = {XH, EH, TH};
   at::parallel_for(0, parts, 1, [&](int64_t plo, int64_t phi) {
     for (int64_t part = plo; part < phi; ++part) {
       const int64_t rlo = B * part / parts, rhi = B * (part + 1) / parts;
@@ -241,7 +244,7 @@ void Decode(const SaeParams& p, const FiredByLatent<T>& f, int64_t B, T* XH, T* 
           const auto& it = f.items[t];
           if (it.row < rlo) continue;
           if (it.row >= rhi) break;
-          Axpy(d, it.a, w, (it.src == 0 ? XH : EH) + int64_t{it.row} * d);
+          Axpy(d, it.a, w, dst_of[it.src] + int64_t{it.row} * d);
         }
       }
     }
@@ -250,7 +253,9 @@ void Decode(const SaeParams& p, const FiredByLatent<T>& f, int64_t B, T* XH, T* 
 
 // Sums over the batch from step 4.
 struct ResidualSums {
-  double sse = 0;         // Σ‖x − x̂‖²
+  double sse = 0;         // Σ‖x − x̂‖² (x̂ at the step's k)
+  double sse_target = 0;  // Multi-TopK: Σ‖x − x̂_t‖² (x̂_t at the target k)
+  double sse_cur = 0;     // Multi-TopK: Σ‖x − b_dec − β(x̂ − b_dec)‖²
   double aux = 0;         // Σ‖α ê − e‖² (AuxK)
   double recon_norm = 0;  // Σ‖x̂ − b_dec‖
   double input_norm = 0;  // Σ‖x − b_dec‖
@@ -279,15 +284,32 @@ double AuxKRow(const T* eh, const T* xr, const T* xh, int64_t d, bool fit, T c_a
   return s;
 }
 
+// Multi-TopK's buffers (step 4): the tail's sum TH (x̂ at k = x̂_t + TH), the
+// tail entries' gradient GT and b_dec's direct gradient GB, all B×d.
+template <typename T>
+struct MultiTopKRows {
+  const T* TH = nullptr;
+  T* GT = nullptr;
+  T* GB = nullptr;
+  double c_cur = 0;  // 2 · current_k_weight / Σ‖x − x̄‖²
+  bool fit = true;   // StepConfig::current_k_fit
+};
+
 // Step 4. Residuals and the gradients w.r.t. x̂ (fvu, into GX) and ê (AuxK,
-// into GA when EH is set), per row.
+// into GA when EH is set), per row. With Multi-TopK (mt.TH set) XH is the
+// reconstruction at the target k, x̂_k = XH + TH the one at k: the loss
+// ‖x̂_t − x‖² + w‖b_dec + β(x̂_k − b_dec) − x‖² (over Σ‖x − x̄‖²) gives the
+// entries within the target k GX = g_t + β g_k, the tail GT = β g_k, and
+// b_dec directly GB = g_t + g_k.
 template <typename T>
 ResidualSums ResidualGradients(const T* X, const T* XC, const T* XH, const T* EH, const T* bdec,
                                int64_t B, int64_t d, double c_main_d, double c_aux_d, bool auxk_fit,
-                               T* GX, T* GA) {
+                               const MultiTopKRows<T>& mt, T* GX, T* GA) {
+  const bool multi = mt.TH != nullptr;
   std::vector<double> sse_row(static_cast<size_t>(B)), aux_row(static_cast<size_t>(B), 0.0);
   std::vector<double> rnorm_row(static_cast<size_t>(B)), xnorm_row(static_cast<size_t>(B));
-  const T c_main = static_cast<T>(c_main_d), c_aux = static_cast<T>(c_aux_d);
+  std::vector<double> sse_t_row(multi ? static_cast<size_t>(B) : 0), sse_c_row(multi ? static_cast<size_t>(B) : 0);
+  const T c_main = static_cast<T>(c_main_d), c_aux = static_cast<T>(c_aux_d), c_cur = static_cast<T>(mt.c_cur);
   at::parallel_for(0, B, 64, [&](int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b) {
       const T* xh = XH + b * d;
@@ -295,17 +317,50 @@ ResidualSums ResidualGradients(const T* X, const T* XC, const T* XH, const T* EH
       const T* xcr = XC + b * d;
       T* g = GX + b * d;
       double sse = 0, rn = 0, xn = 0;
-      for (int64_t i = 0; i < d; ++i) {
-        const T e = xh[i] - xr[i];
-        sse += static_cast<double>(e) * e;
-        g[i] = c_main * e;
-        const double r = static_cast<double>(xh[i]) - bdec[i];
-        rn += r * r;
-        xn += static_cast<double>(xcr[i]) * xcr[i];
+      if (multi) {
+        const T* th = mt.TH + b * d;
+        T* gt = mt.GT + b * d;
+        T* gb = mt.GB + b * d;
+        // x̂_k − b_dec = xh − b_dec + th; β fitted against x − b_dec.
+        double num = 0, den = 0, sse_t = 0, sse_c = 0;
+        for (int64_t i = 0; i < d; ++i) {
+          const double r = static_cast<double>(xh[i]) - bdec[i] + th[i];
+          num += r * xcr[i];
+          den += r * r;
+        }
+        T beta = 1;
+        if (mt.fit && den > 0) beta = static_cast<T>(std::clamp(num / den, 0.0, 1.0));
+        for (int64_t i = 0; i < d; ++i) {
+          const T et = xh[i] - xr[i];
+          const T rk = xh[i] - bdec[i] + th[i];  // x̂_k − b_dec
+          const T e = rk - xcr[i];               // x̂_k − x
+          const T ec = beta * rk - xcr[i];       // the fitted current-k residual
+          sse_t += static_cast<double>(et) * et;
+          sse += static_cast<double>(e) * e;
+          sse_c += static_cast<double>(ec) * ec;
+          const T gk = c_cur * ec;
+          gt[i] = beta * gk;
+          g[i] = c_main * et + gt[i];
+          gb[i] = c_main * et + gk;
+          rn += static_cast<double>(rk) * rk;
+          xn += static_cast<double>(xcr[i]) * xcr[i];
+        }
+        sse_t_row[b] = sse_t;
+        sse_c_row[b] = sse_c;
+      } else {
+        for (int64_t i = 0; i < d; ++i) {
+          const T e = xh[i] - xr[i];
+          sse += static_cast<double>(e) * e;
+          g[i] = c_main * e;
+          const double r = static_cast<double>(xh[i]) - bdec[i];
+          rn += r * r;
+          xn += static_cast<double>(xcr[i]) * xcr[i];
+        }
       }
       sse_row[b] = sse;
       rnorm_row[b] = std::sqrt(rn);
       xnorm_row[b] = std::sqrt(xn);
+      // AuxK's target: the residual of XH (with Multi-TopK, of the target k).
       if (EH != nullptr) aux_row[b] = AuxKRow(EH + b * d, xr, xh, d, auxk_fit, c_aux, GA + b * d);
     }
   });
@@ -315,6 +370,10 @@ ResidualSums ResidualGradients(const T* X, const T* XC, const T* XH, const T* EH
     s.recon_norm += rnorm_row[b];
     s.input_norm += xnorm_row[b];
     s.aux += aux_row[b];
+    if (multi) {
+      s.sse_target += sse_t_row[b];
+      s.sse_cur += sse_c_row[b];
+    }
   }
   return s;
 }
@@ -325,13 +384,14 @@ ResidualSums ResidualGradients(const T* X, const T* XC, const T* XH, const T* EH
 // decoder gradient is projected off the (unit) row while both are in cache.
 template <typename T>
 void LatentGradients(const SaeParams& p, const FiredByLatent<T>& f, const T* XC, const T* GX,
-                     const T* GA, bool project, SaeGrads* grads) {
+                     const T* GA, const T* GT, bool project, SaeGrads* grads) {
   const int64_t d = p.d_in(), n = p.latents();
   const T* Wdec = p.W_dec.data_ptr<T>();
   T* gWenc = grads->W_enc.data_ptr<T>();
   T* gWdec = grads->W_dec.data_ptr<T>();
   T* gbenc = grads->b_enc.data_ptr<T>();
   const int64_t n_items = static_cast<int64_t>(f.items.size());
+  const T* const grad_of[3] = {GX, GA, GT};  // by Item::src
   at::parallel_for(0, n, 64, [&](int64_t lo, int64_t hi) {
     // Rows accumulate in thread-local buffers and are written once with
     // streaming stores, so the 2·n·d gradient bytes do not evict the
@@ -346,10 +406,10 @@ void LatentGradients(const SaeParams& p, const FiredByLatent<T>& f, const T* XC,
       T gb = 0;
       for (int64_t t = f.offs[l]; t < f.offs[l + 1]; ++t) {
         const auto& it = f.items[t];
-        const T* g = (it.src == 0 ? GX : GA) + int64_t{it.row} * d;
+        const T* g = grad_of[it.src] + int64_t{it.row} * d;
         // The rows of the next entry are random: start fetching them now.
         const auto& next = f.items[t + 1 < n_items ? t + 1 : t];
-        const char* gn = reinterpret_cast<const char*>((next.src == 0 ? GX : GA) + int64_t{next.row} * d);
+        const char* gn = reinterpret_cast<const char*>(grad_of[next.src] + int64_t{next.row} * d);
         const char* xn = reinterpret_cast<const char*>(XC + int64_t{next.row} * d);
         for (int64_t off = 0; off < d * static_cast<int64_t>(sizeof(T)); off += 64) {
           __builtin_prefetch(gn + off);
@@ -415,7 +475,11 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   res->phase_seconds.back().second -= sel.gemm_seconds;
   res->phase_seconds.insert(res->phase_seconds.end() - 1, {"encode_gemm", sel.gemm_seconds});
 
-  const FiredByLatent<T> f = SortByLatent<T>(sel, p.latents(), internal::FireK(cfg), &res->fired);
+  // Multi-TopK: the first kt entries of each row form the target-k reconstruction.
+  const int64_t kt = cfg.target_k > 0 && cfg.target_k < cfg.k ? cfg.target_k : cfg.k;
+  const bool multi = kt < cfg.k;
+  const double w_cur = multi ? cfg.current_k_weight : 0.0;
+  const FiredByLatent<T> f = SortByLatent<T>(sel, p.latents(), internal::FireK(cfg), kt, &res->fired);
   clock.End("sort");
 
   StepWorkspace* ws = cfg.workspace;
@@ -425,18 +489,30 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   at::Tensor gaux = rp.auxk ? at::empty({B, d}, st) : at::Tensor();
   T* EH = rp.auxk ? ehat.data_ptr<T>() : nullptr;
   T* GA = rp.auxk ? gaux.data_ptr<T>() : nullptr;
-  Decode<T>(p, f, B, xhat.data_ptr<T>(), EH);
+  at::Tensor tail = multi ? at::zeros({B, d}, st) : at::Tensor();
+  at::Tensor gtail = multi ? at::empty({B, d}, st) : at::Tensor();
+  at::Tensor gbdec = multi ? at::empty({B, d}, st) : at::Tensor();
+  MultiTopKRows<T> mt;
+  if (multi) {
+    mt.TH = tail.data_ptr<T>();
+    mt.GT = gtail.data_ptr<T>();
+    mt.GB = gbdec.data_ptr<T>();
+    mt.c_cur = 2.0 * w_cur / denom;
+    mt.fit = cfg.current_k_fit;
+  }
+  Decode<T>(p, f, B, xhat.data_ptr<T>(), EH, multi ? tail.data_ptr<T>() : nullptr);
   clock.End("decode");
 
   const ResidualSums sums =
       ResidualGradients<T>(X, XC, xhat.data_ptr<T>(), EH, p.b_dec.data_ptr<T>(), B, d, 2.0 / denom,
-                           2.0 * cfg.aux_coefficient * rp.aux_scale / denom, cfg.auxk_fit, gx.data_ptr<T>(), GA);
-  LatentGradients<T>(p, f, XC, gx.data_ptr<T>(), GA, cfg.project_decoder_grad, grads);
+                           2.0 * cfg.aux_coefficient * rp.aux_scale / denom, cfg.auxk_fit, mt, gx.data_ptr<T>(), GA);
+  LatentGradients<T>(p, f, XC, gx.data_ptr<T>(), GA, mt.GT, cfg.project_decoder_grad, grads);
   clock.End("scatter");
 
   // 6. b_dec: Σ_rows ∂/∂x̂ from the decode, minus Σ_l (∂/∂b_enc[l]) W_enc[l]
   //    from the encoder input x − b_dec.
-  grads->b_dec.copy_(gx.sum(0));
+  //    (Multi-TopK: its direct gradient GB, which the fit makes differ from gx.)
+  grads->b_dec.copy_(multi ? gbdec.sum(0) : gx.sum(0));
   grads->b_dec.sub_(at::mv(p.W_enc.t(), grads->b_enc));
   // 7. Ghost Grads: dense over the dead set only (ALGORITHMS.md §4). It adds
   //    to dead decoder rows already projected in step 5, so those are
@@ -458,9 +534,10 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   res->total_var = total_var;
   res->mse = sums.sse / static_cast<double>(B * d);
   res->fvu = sums.sse / denom;
+  res->fvu_target = multi ? sums.sse_target / denom : res->fvu;
   res->l0 = static_cast<double>(f.active) / static_cast<double>(B);
   res->aux_loss = rp.auxk ? cfg.aux_coefficient * rp.aux_scale * sums.aux / denom : rp.ghost ? ghost_loss : 0;
-  res->loss = res->fvu + res->aux_loss;
+  res->loss = (multi ? res->fvu_target + w_cur * sums.sse_cur / denom : res->fvu) + res->aux_loss;
   return absl::OkStatus();
 }
 

@@ -51,6 +51,19 @@ struct StepConfig {
   // that "dead" means the same while k is still large (ALGORITHMS.md §3-§4).
   // 0 = k.
   int64_t fire_k = 0;
+  // Multi-TopK (Gao et al. §A.4, docs/algorithms.md): when 0 < target_k < k,
+  // the loss is fvu(x̂ at target_k) + current_k_weight · fvu(x̂ at k), where
+  // x̂ at target_k uses only the first target_k of each row's top-k: the
+  // steps of a k schedule's high-k phase train the reconstruction the SAE
+  // ends with. 0 (or >= k): the loss is fvu at k alone.
+  int64_t target_k = 0;
+  double current_k_weight = 0.125;
+  // Multi-TopK's current-k term compares x̂ − b_dec after scaling by
+  // β = clamp(⟨x̂ − b_dec, x − b_dec⟩ / ‖x̂ − b_dec‖², 0, 1) per row
+  // (stop-gradient): at a k far above the target the sum of k latents
+  // overshoots the input, and the term then trains directions, leaving the
+  // scale to the target-k term (docs/algorithms.md). false: β = 1.
+  bool current_k_fit = true;
   Remedy remedy = Remedy::kNone;
   double aux_coefficient = 0;          // weight of the remedy's loss term
   // AuxK compares α·ê with the residual e, α = clamp(⟨ê, e⟩ / ‖ê‖², 0, 1)
@@ -76,7 +89,9 @@ struct StepConfig {
 };
 
 struct StepResult {
-  double loss = 0;       // fvu + aux term (what the gradients are of)
+  double loss = 0;       // fvu (+ Multi-TopK's target-k term) + aux term (what the gradients are of)
+  // fvu: at the step's k. fvu_target: at target_k with Multi-TopK (= fvu otherwise).
+  double fvu_target = 0;
   double fvu = 0, mse = 0, aux_loss = 0, l0 = 0;
   double sse = 0;        // Σ‖x − x̂‖²
   int64_t active = 0;    // Σ over rows of the latents with a > 0

@@ -138,16 +138,48 @@ absl::Status ComputeGradientsATen(const SaeParams& p, const at::Tensor& x_in, co
     const AtenSelection s = EncodeAndSelect(p, xc, cfg, rp, dead_t);
     const int64_t active = MarkFired(s, p.latents(), FireK(cfg), &res->fired);
 
-    // Decode and residual gradients.
-    at::Tensor xhat = Decode(p.W_dec, s.idx, s.acts).add_(p.b_dec);
-    at::Tensor e = xhat - x;
+    // Decode and residual gradients. Multi-TopK (kt < k): xhat is the
+    // reconstruction from the first kt entries (the target k), xk the one at
+    // k; the loss ‖xhat − x‖² + w‖b_dec + β(xk − b_dec) − x‖² gives the first
+    // kt entries gx = g_t + β g_k, the others gt = β g_k, b_dec g_t + g_k.
+    const int64_t k = cfg.k;
+    const int64_t kt = cfg.target_k > 0 && cfg.target_k < k ? cfg.target_k : k;
+    const bool multi = kt < k;
+    const double w_cur = multi ? cfg.current_k_weight : 0.0;
+    auto head = [&](const at::Tensor& t) { return t.narrow(1, 0, kt).contiguous(); };
+    auto tail = [&](const at::Tensor& t) { return t.narrow(1, kt, k - kt).contiguous(); };
+    at::Tensor xhat = Decode(p.W_dec, head(s.idx), head(s.acts)).add_(p.b_dec);
+    at::Tensor xk = multi ? xhat + Decode(p.W_dec, tail(s.idx), tail(s.acts)) : xhat;
+    at::Tensor e = xk - x;
     const double sse = e.pow(2).sum(at::kDouble).item<double>();
-    at::Tensor gx = e * (2.0 / denom);
+    at::Tensor gx, gt, gb;
+    double sse_t = sse, sse_c = 0;
+    if (multi) {
+      at::Tensor et = xhat - x;
+      sse_t = et.pow(2).sum(at::kDouble).item<double>();
+      at::Tensor rk = xk - p.b_dec;
+      at::Tensor beta = at::ones({B, 1}, x.options());
+      if (cfg.current_k_fit) {
+        at::Tensor num = (rk.to(at::kDouble) * xc.to(at::kDouble)).sum(1, true);
+        at::Tensor den = rk.to(at::kDouble).pow(2).sum(1, true);
+        beta = at::where(den > 0, (num / den.clamp_min(1e-300)).clamp(0, 1), at::ones_like(den)).to(x.scalar_type());
+      }
+      at::Tensor ec = beta * rk - xc;
+      sse_c = ec.pow(2).sum(at::kDouble).item<double>();
+      at::Tensor gk = ec * (2.0 * w_cur / denom);
+      gt = beta * gk;
+      gx = et * (2.0 / denom) + gt;
+      gb = et * (2.0 / denom) + gk;
+    } else {
+      gx = e * (2.0 / denom);
+      gb = gx;
+    }
     double aux_sum = 0;
     grads->W_enc.zero_();
     grads->W_dec.zero_();
     grads->b_enc.zero_();
-    AddEntryGradients(p, xc, s.idx, s.acts, s.mask, gx, grads);
+    AddEntryGradients(p, xc, head(s.idx), head(s.acts), head(s.mask), gx, grads);
+    if (multi) AddEntryGradients(p, xc, tail(s.idx), tail(s.acts), tail(s.mask), gt, grads);
     if (rp.k_aux > 0) {
       at::Tensor gaux = AuxKGradient(p, x, xhat, s, cfg, 2.0 * cfg.aux_coefficient * rp.aux_scale / denom, &aux_sum);
       AddEntryGradients(p, xc, s.aux_idx, s.aux_acts, s.aux_mask, gaux, grads);
@@ -155,7 +187,7 @@ absl::Status ComputeGradientsATen(const SaeParams& p, const at::Tensor& x_in, co
 
     // b_dec: the decode's Σ ∂/∂x̂ minus W_encᵀ ∂b_enc from the input x − b_dec;
     // then Ghost Grads over the dead set adds its own terms.
-    grads->b_dec.copy_(gx.sum(0));
+    grads->b_dec.copy_(gb.sum(0));
     grads->b_dec.sub_(at::mv(p.W_enc.t(), grads->b_enc));
     double ghost_loss = 0;
     if (rp.ghost) ghost_loss = AddGhostGrads(p, x, xc, xhat, s.zD, dead_t, cfg.aux_coefficient / denom, grads);
@@ -163,15 +195,16 @@ absl::Status ComputeGradientsATen(const SaeParams& p, const at::Tensor& x_in, co
 
     res->phase_seconds.clear();
     res->sse = sse;
-    res->recon_norm = (xhat - p.b_dec).norm(2, 1).sum(at::kDouble).item<double>();
+    res->recon_norm = (xk - p.b_dec).norm(2, 1).sum(at::kDouble).item<double>();
     res->input_norm = xc.norm(2, 1).sum(at::kDouble).item<double>();
     res->active = active;
     res->total_var = total_var;
     res->mse = sse / static_cast<double>(B * d);
     res->fvu = sse / denom;
+    res->fvu_target = sse_t / denom;
     res->l0 = static_cast<double>(active) / static_cast<double>(B);
     res->aux_loss = rp.auxk ? cfg.aux_coefficient * rp.aux_scale * aux_sum / denom : rp.ghost ? ghost_loss : 0;
-    res->loss = res->fvu + res->aux_loss;
+    res->loss = (multi ? res->fvu_target + w_cur * sse_c / denom : res->fvu) + res->aux_loss;
     return absl::OkStatus();
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("sae step (ATen): ", e.what_without_backtrace()));

@@ -77,6 +77,8 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFromJob(const JobConfig& job, int64
     auto sched = KSchedule::Create(ks.shape, start, o.k, ks.fraction, o.total_tokens);
     if (!sched.ok()) return err(absl::StrCat("sae.", sched.status().message()));
     o.schedule = *sched;
+    o.multi_topk = ks.loss == KScheduleLoss::kMultiTopK;
+    o.current_k_weight = ks.current_k_weight;
   } else {
     o.schedule = KSchedule::Constant(o.k);
   }
@@ -245,8 +247,11 @@ absl::Status SaeTrainer::Initialize(const at::Tensor& x) {
   // auto: only when a schedule starts above the target k (at constant k the
   // drawn scale reconstructs within ~10% of the input's norm on real
   // activations and trained to a lower fvu; docs/dead-latents.md).
+  // With Multi-TopK the reconstruction trained for is the target k's, whose
+  // drawn scale is the constant-k one: auto leaves it as drawn there too.
   const bool match = opts_.init_encoder_scale == InitEncoderScale::kMatchNorm ||
-                     (opts_.init_encoder_scale == InitEncoderScale::kAuto && opts_.schedule.start() > opts_.k);
+                     (opts_.init_encoder_scale == InitEncoderScale::kAuto && opts_.schedule.start() > opts_.k &&
+                      !opts_.multi_topk);
   if (match) SAE_RETURN_IF_ERROR(MatchEncoderScale(xn));
   initialized_ = true;
   return absl::OkStatus();
@@ -344,6 +349,11 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     }
     cfg.k = CurrentK();
     if (opts_.fire_at_target_k) cfg.fire_k = opts_.k;  // dead means dead at the target k
+    if (opts_.multi_topk) {
+      cfg.target_k = opts_.k;
+      cfg.current_k_weight = opts_.current_k_weight;
+      cfg.current_k_fit = opts_.current_k_fit;
+    }
     cfg.remedy = opts_.remedy;
     cfg.aux_coefficient = opts_.aux_coefficient;
     cfg.auxk_fit = opts_.auxk_fit;
@@ -371,18 +381,23 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
       allreduce_seconds_ += Now() - t0;
       allreduce_bytes_ += static_cast<int64_t>(res.fired.size());
       SAE_RETURN_IF_ERROR(Annotate(fs, absl::StrCat("all-reduce of fire marks, step ", step_ + 1)));
-      float stats[5] = {static_cast<float>(res.sse), static_cast<float>(res.aux_loss),
+      // (The reconstruction terms of each rank's loss are over the global
+      // Σ‖x − x̄‖² already: they add up across ranks.)
+      float stats[7] = {static_cast<float>(res.sse), static_cast<float>(res.aux_loss),
                         static_cast<float>(res.active), static_cast<float>(res.recon_norm),
-                        static_cast<float>(res.input_norm)};
-      SAE_RETURN_IF_ERROR(SumAcrossRanks(stats, 5, "metrics"));
+                        static_cast<float>(res.input_norm),
+                        static_cast<float>(res.fvu_target * res.total_var),
+                        static_cast<float>(res.loss - res.aux_loss)};
+      SAE_RETURN_IF_ERROR(SumAcrossRanks(stats, 7, "metrics"));
       res.recon_norm = stats[3];
       res.input_norm = stats[4];
       res.sse = stats[0];
       res.aux_loss = stats[1];
       res.fvu = res.sse / cfg.total_var;
+      res.fvu_target = stats[5] / cfg.total_var;
       res.mse = res.sse / (static_cast<double>(global_rows) * opts_.d_in);
       res.l0 = stats[2] / static_cast<double>(global_rows);
-      res.loss = res.fvu + res.aux_loss;
+      res.loss = stats[6] + res.aux_loss;
     }
     if (!std::isfinite(res.loss))
       return absl::InternalError(absl::StrCat("step ", step_, ": loss is not finite"));
@@ -397,7 +412,9 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     ++step_;
     tokens_ += global_rows;
     const int64_t k_next = CurrentK();
-    if (opts_.carry_scale && k_next < cfg.k) SAE_RETURN_IF_ERROR(CarryScale(x_dev, cfg.k, k_next));
+    // (With Multi-TopK the target-k reconstruction does not change with k: nothing to carry.)
+    if (opts_.carry_scale && !opts_.multi_topk && k_next < cfg.k)
+      SAE_RETURN_IF_ERROR(CarryScale(x_dev, cfg.k, k_next));
 
     StepMetrics m;
     m.step = step_;
@@ -406,6 +423,7 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     m.lr = ac.lr;
     m.loss = res.loss;
     m.fvu = res.fvu;
+    m.fvu_target = res.fvu_target;
     m.mse = res.mse;
     m.aux_loss = res.aux_loss;
     m.l0 = res.l0;
@@ -566,6 +584,10 @@ absl::Status SaeTrainer::ExportSae(const std::string& dir, const std::string& pr
   own["dead_remedy"] = OptionName(opts_.remedy);
   own["aux_coefficient"] = opts_.aux_coefficient;
   own["auxk_scale"] = opts_.auxk_fit ? "fit" : "none";
+  if (opts_.schedule.start() > opts_.k) {
+    own["k_schedule"]["loss"] = opts_.multi_topk ? "multi_topk" : "current_k";
+    if (opts_.multi_topk) own["k_schedule"]["current_k_weight"] = opts_.current_k_weight;
+  }
   own["init_encoder_scale"] = OptionName(opts_.init_encoder_scale);
   own["dead_window_tokens"] = opts_.dead_window_tokens;
   own["normalize"] = OptionName(opts_.normalize);

@@ -40,7 +40,7 @@ struct TrainerOptions {
   // Encoder scale at initialisation: kNone (kaiming-uniform rows as drawn),
   // kMatchNorm (on the first batch, W_enc is scaled so that the
   // reconstruction at k_start has the input's norm) or kAuto (match_norm
-  // when the schedule starts above k, none at constant k).
+  // when the schedule starts above k without multi_topk, none otherwise).
   InitEncoderScale init_encoder_scale = InitEncoderScale::kAuto;
   // A latent counts as fired for the dead-latent tracker only when it is
   // among a row's top `k` (the schedule's target) with a > 0, also while the
@@ -50,8 +50,18 @@ struct TrainerOptions {
   // and b_enc) so that the reconstruction at the new k has the norm it had at
   // the old one (measured on the batch just trained on): the SAE's scale
   // carries across the schedule instead of collapsing as fewer latents add up
-  // (docs/dead-latents.md). No effect at constant k.
+  // (docs/dead-latents.md). No effect at constant k, nor with multi_topk
+  // (the target-k reconstruction it trains does not depend on k).
   bool carry_scale = true;
+  // Multi-TopK while the schedule's k is above the target (StepConfig::
+  // target_k): the loss is fvu at the target k (the first k of each row's
+  // top-k) + current_k_weight · fvu at the schedule's k, so the high-k phase
+  // trains the reconstruction the SAE ends with (docs/algorithms.md). false:
+  // fvu at the schedule's k alone (sae.k_schedule.loss: current_k). No
+  // effect at constant k.
+  bool multi_topk = true;
+  double current_k_weight = 0.125;
+  bool current_k_fit = true;  // StepConfig::current_k_fit
   double lr = 0;                    // 0 = 2e-4 / sqrt(latents / 2^14)
   double warmup_fraction = 0.01;
   LrDecay lr_decay = LrDecay::kNone;

@@ -5,9 +5,9 @@
 // the study's proportions (k_start 64·k over the first 25%) and from k_start
 // = d (with Ghost Grads). The setting is one where constant k leaves many
 // latents dead (a high learning rate; docs/dead-latents.md). Asserted: every
-// one ends with fewer dead latents than constant k; the remedies at an fvu
-// within 2% of it (the schedules' fvu is printed: see below). Skips when the
-// model is absent.
+// one ends with fewer dead latents than constant k at an fvu within 2% of
+// it (issue 12's target; the schedules with their default loss, Multi-TopK).
+// Skips when the model is absent.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -104,17 +104,16 @@ TEST(DeadLatents, ScheduleAndRemediesBeatConstantKOnRealActivations) {
     EXPECT_LT(got.dead, none.dead) << r.name;
     EXPECT_LE(got.fvu, 1.02 * none.fvu) << r.name;
   }
-  // The k schedules (from k_start = d with Ghost Grads, and the study's
-  // 512 -> 8) end with far fewer dead latents. Their fvu does NOT meet the 2%
-  // target in a run this short (measured 2.4x and 4x: the high-k phase
-  // teaches a dense code the remaining 96 steps do not unlearn; in the
-  // study's 244-step runs k_start = d came within 1-3%, docs/dead-latents.md),
-  // so it is printed, not asserted.
-  for (const Run& r : {Run{"k schedule 64 (= d) -> 8 + Ghost Grads", with(Remedy::kGhostGrads, 64)},
+  // The k schedules, from k_start = d and with the study's proportions
+  // (512 -> 8), with the default loss (Multi-TopK: the target k's fvu plus
+  // 1/8 of the fitted one at the schedule's k). With the loss at the current
+  // k alone they ended at 2.4x and 4x the fvu here (docs/dead-latents.md).
+  for (const Run& r : {Run{"k schedule 64 (= d) -> 8", with(Remedy::kNone, 64)},
                        Run{"k schedule 512 -> 8", with(Remedy::kNone, 64 * base.k)}}) {
     const Outcome got = Train(acts, r.o);
     std::printf("%s: %ld dead, fvu %.4f (%.3f x constant k's)\n", r.name, got.dead, got.fvu, got.fvu / none.fvu);
-    EXPECT_LT(got.dead, none.dead * 9 / 10) << r.name;
+    EXPECT_LT(got.dead, none.dead) << r.name;
+    EXPECT_LE(got.fvu, 1.02 * none.fvu) << r.name;
   }
   fs::remove_all(dir);
 }

@@ -247,6 +247,22 @@ TEST(ConfigTest, KScheduleStartDefaultsToTheInputDimension) {
   auto back = ParseJobConfig(JobConfigToYaml(*cfg), "round trip");
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(back->sae.k_schedule.start, 0);
+  // The schedule's loss: Multi-TopK with weight 1/8 unless given; round trip.
+  EXPECT_EQ(cfg->sae.k_schedule.loss, KScheduleLoss::kMultiTopK);
+  EXPECT_DOUBLE_EQ(cfg->sae.k_schedule.current_k_weight, 0.125);
+  auto cur = ParseJobConfig(
+      base + "  k_schedule: {start: 64, loss: current_k, current_k_weight: 0.5}\ntrain: {tokens: 1000}\noutput: o\n",
+      "c.yaml");
+  ASSERT_TRUE(cur.ok()) << cur.status();
+  auto cur_back = ParseJobConfig(JobConfigToYaml(*cur), "round trip");
+  ASSERT_TRUE(cur_back.ok()) << cur_back.status();
+  EXPECT_EQ(cur_back->sae.k_schedule.loss, KScheduleLoss::kCurrentK);
+  EXPECT_DOUBLE_EQ(cur_back->sae.k_schedule.current_k_weight, 0.5);
+  for (const char* bad_ks : {"{loss: dense}", "{current_k_weight: -1}"}) {
+    auto err = ParseJobConfig(base + "  k_schedule: " + bad_ks + "\ntrain: {tokens: 1000}\noutput: o\n", "b.yaml");
+    ASSERT_FALSE(err.ok()) << bad_ks;
+    EXPECT_NE(err.status().message().find("sae.k_schedule."), std::string::npos) << err.status();
+  }
   for (const char* bad : {"  auxk_scale: half\n", "  init_encoder_scale: big\n"}) {
     auto err = ParseJobConfig(base + bad + "train: {tokens: 1000}\noutput: o\n", "s.yaml");
     ASSERT_FALSE(err.ok()) << bad;
@@ -755,6 +771,8 @@ void SetNonDefaultModel(JobConfig* c, int variant) {
   c->sae.k_schedule.end = 17;
   c->sae.k_schedule.fraction = 1.0 / 3;
   c->sae.k_schedule.shape = variant == 1 ? KShape::kExponential : KShape::kCosine;
+  c->sae.k_schedule.loss = KScheduleLoss::kCurrentK;
+  c->sae.k_schedule.current_k_weight = variant == 1 ? 0.0 : 0.75;
   c->sae.dead_window_tokens = 123456789012;
   c->sae.dead_remedy = variant == 1 ? Remedy::kAuxK : Remedy::kGhostGrads;
   c->sae.aux_coefficient = 0.1;

@@ -532,6 +532,42 @@ TEST_F(CoordinatorTest, SweepsBecomeChildJobs) {
     }());
     ASSERT_FALSE(bad_name.ok());
     EXPECT_NE(bad_name.status().message().find("not a field name"), std::string::npos) << bad_name.status();
+    // together: fields that vary together (one axis), with the other axes.
+    auto tog = ParseJobWithSweep(
+        "data: {kind: synthetic, d_in: 16}\nsae: {latents: 64, k: 4, dead_remedy: [none, auxk]}\n"
+        "train: {tokens: 1000}\noutput: runs/t\n"
+        "together:\n  - {latents: 64, train.tokens: 2000}\n"
+        "  - {sae.latents: 256, train.tokens: 500, sae.dead_window_tokens: 50}\n",
+        "t.yaml");
+    ASSERT_TRUE(tog.ok()) << tog.status();
+    ASSERT_EQ(tog->second.size(), 2u);
+    EXPECT_EQ(tog->second[1].field(), "together");
+    EXPECT_EQ(tog->first.train.tokens, 2000) << "the base takes the first value";
+    auto tv = ExpandSweep(tog->first, tog->second);
+    ASSERT_TRUE(tv.ok()) << tv.status();
+    ASSERT_EQ(tv->size(), 4u);
+    EXPECT_EQ((*tv)[0].suffix, "dead_remedy-none_together-64_2000");
+    EXPECT_EQ((*tv)[0].config.train.tokens, 2000);
+    const SweepVariant& big = (*tv)[3];
+    EXPECT_EQ(big.suffix, "dead_remedy-auxk_together-256_500_50");
+    EXPECT_EQ(big.config.sae.latents, 256);
+    EXPECT_EQ(big.config.train.tokens, 500);
+    EXPECT_EQ(big.config.sae.dead_window_tokens, 50);
+    EXPECT_EQ(big.config.sae.dead_remedy, Remedy::kAuxK);
+    EXPECT_NE((*tv)[0].config.sae.dead_window_tokens, 50) << "a field only one value sets keeps its default elsewhere";
+    auto tog_bad = ParseJobWithSweep(
+        "data: {kind: synthetic, d_in: 16}\nsae: {latents: 64, k: 4}\ntrain: {tokens: 1000}\noutput: o\n"
+        "together: [{latents: [64, 128]}]\n",
+        "tb.yaml");
+    ASSERT_FALSE(tog_bad.ok());
+    EXPECT_NE(tog_bad.status().message().find("together: latents"), std::string::npos) << tog_bad.status();
+    auto tog_scalar = ParseJobWithSweep(
+        "data: {kind: synthetic, d_in: 16}\nsae: {latents: 64, k: 4}\ntrain: {tokens: 1000}\noutput: o\n"
+        "together: [64]\n",
+        "ts.yaml");
+    ASSERT_FALSE(tog_scalar.ok());
+    EXPECT_NE(tog_scalar.status().message().find("together"), std::string::npos) << tog_scalar.status();
+
     auto nested_list = ParseJobWithSweep(
         "data: {kind: synthetic, d_in: 16}\nsae: {latents: 64, k: [[4, 8]]}\ntrain: {tokens: 1000}\noutput: o\n",
         "n.yaml");

@@ -26,12 +26,13 @@ SaeParams RandomParams(int64_t n, int64_t d, uint64_t seed) {
 
 struct Reference {
   at::Tensor gW_enc, gb_enc, gW_dec, gb_dec;
-  double loss, fvu, aux;
+  double loss, fvu, fvu_target, aux;
 };
 
 // Dense autograd reference of ALGORITHMS.md §1, §2, §4.
 Reference DenseReference(const SaeParams& p0, const at::Tensor& x, int64_t k, Remedy remedy,
-                         double coef, const std::vector<int64_t>& dead, bool project, bool auxk_fit) {
+                         double coef, const std::vector<int64_t>& dead, bool project, bool auxk_fit,
+                         int64_t target_k = 0, double current_k_weight = 0, bool current_k_fit = true) {
   SaeParams p = p0.Clone();
   for (at::Tensor* t : {&p.W_enc, &p.b_enc, &p.W_dec, &p.b_dec}) t->set_requires_grad(true);
   const int64_t B = x.size(0), n = p.W_enc.size(0), d = x.size(1);
@@ -42,13 +43,23 @@ Reference DenseReference(const SaeParams& p0, const at::Tensor& x, int64_t k, Re
   at::Tensor xhat = at::matmul(A, p.W_dec) + p.b_dec;
   at::Tensor denom = (x - x.mean(0, true)).pow(2).sum();
   at::Tensor fvu = (x - xhat).pow(2).sum() / denom;
+  // Multi-TopK: the reconstruction from the row's target_k largest entries
+  // (topk returns them in descending order) is the one trained for.
+  at::Tensor fvu_target = fvu, xhat_target = xhat;
+  const bool multi = target_k > 0 && target_k < k;
+  if (multi) {
+    at::Tensor it = idx.narrow(1, 0, target_k);
+    at::Tensor At = at::zeros({B, n}, x.options()).scatter(1, it, at::relu(z.gather(1, it)));
+    xhat_target = at::matmul(At, p.W_dec) + p.b_dec;
+    fvu_target = (x - xhat_target).pow(2).sum() / denom;
+  }
   at::Tensor aux = at::zeros({}, x.options());
   const int64_t nd = static_cast<int64_t>(dead.size());
   if (nd > 0 && remedy != Remedy::kNone) {
     at::Tensor D = at::tensor(std::vector<int64_t>(dead.begin(), dead.end()), at::kLong);
     at::Tensor zD = z.index_select(1, D);
     at::Tensor WdD = p.W_dec.index_select(0, D);
-    at::Tensor r = (x - xhat).detach();
+    at::Tensor r = (x - xhat_target).detach();
     if (remedy == Remedy::kAuxK) {
       const int64_t half = d / 2;
       const int64_t ka = std::min(half, nd);
@@ -75,7 +86,17 @@ Reference DenseReference(const SaeParams& p0, const at::Tensor& x, int64_t k, Re
       aux = coef * (w * m).sum() / denom;
     }
   }
-  at::Tensor loss = fvu + aux;
+  at::Tensor cur = fvu;
+  if (multi && current_k_fit) {
+    // β = clamp(⟨x̂ − b_dec, x − b_dec⟩ / ‖x̂ − b_dec‖², 0, 1) per row, a constant for the gradient.
+    at::Tensor rk = xhat - p.b_dec, xc = x - p.b_dec;
+    at::Tensor rd = rk.detach(), xd = xc.detach();
+    at::Tensor den = rd.pow(2).sum(1, true);
+    at::Tensor beta = at::where(den > 0, ((rd * xd).sum(1, true) / den.clamp_min(1e-300)).clamp(0, 1),
+                                at::ones_like(den));
+    cur = (beta * rk - xc).pow(2).sum() / denom;
+  }
+  at::Tensor loss = (multi ? fvu_target + current_k_weight * cur : fvu) + aux;
   loss.backward();
   Reference ref;
   ref.gW_enc = p.W_enc.grad();
@@ -88,6 +109,7 @@ Reference DenseReference(const SaeParams& p0, const at::Tensor& x, int64_t k, Re
   }
   ref.loss = loss.item<double>();
   ref.fvu = fvu.item<double>();
+  ref.fvu_target = fvu_target.item<double>();
   ref.aux = aux.item<double>();
   return ref;
 }
@@ -103,6 +125,8 @@ struct Case {
   int64_t dead;
   bool project;
   bool auxk_fit = true;  // AuxK cases: sae.auxk_scale fit (true) or none
+  int64_t target_k = 0;  // Multi-TopK's target k (0: off)
+  bool current_k_fit = true;
 };
 
 class StepVsAutograd : public ::testing::TestWithParam<Case> {};
@@ -116,7 +140,8 @@ TEST_P(StepVsAutograd, GradientsMatchDenseFloat64Reference) {
   for (int64_t i = 0; i < c.n; ++i)
     if (static_cast<int64_t>(dead.size()) < c.dead && rng() % 2 == 0) dead.push_back(i);
   const double coef = c.remedy == Remedy::kNone ? 0.0 : 0.37;
-  Reference ref = DenseReference(p, x, c.k, c.remedy, coef, dead, c.project, c.auxk_fit);
+  const double w_cur = 0.3;
+  Reference ref = DenseReference(p, x, c.k, c.remedy, coef, dead, c.project, c.auxk_fit, c.target_k, w_cur, c.current_k_fit);
 
   StepConfig cfg;
   cfg.k = c.k;
@@ -126,6 +151,9 @@ TEST_P(StepVsAutograd, GradientsMatchDenseFloat64Reference) {
   cfg.project_decoder_grad = c.project;
   cfg.auxk_fit = c.auxk_fit;
   cfg.block_rows = 5;  // several blocks, a ragged last one
+  cfg.target_k = c.target_k;
+  cfg.current_k_weight = w_cur;
+  cfg.current_k_fit = c.current_k_fit;
   std::vector<uint8_t> fired[2];
   double l0[2] = {0, 0};
   // The CPU kernels and the device-generic ATen step (what CUDA runs).
@@ -141,6 +169,7 @@ TEST_P(StepVsAutograd, GradientsMatchDenseFloat64Reference) {
     EXPECT_LT(RelErr(g.W_dec, ref.gW_dec), 1e-6);
     EXPECT_LT(RelErr(g.b_dec, ref.gb_dec), 1e-6);
     EXPECT_NEAR(res.fvu, ref.fvu, 1e-9 * std::max(1.0, ref.fvu));
+    EXPECT_NEAR(res.fvu_target, ref.fvu_target, 1e-9 * std::max(1.0, ref.fvu_target));
     EXPECT_NEAR(res.aux_loss, ref.aux, 1e-9 * std::max(1.0, std::abs(ref.aux)));
     EXPECT_NEAR(res.loss, ref.loss, 1e-9 * std::max(1.0, ref.loss));
     fired[aten] = res.fired;
@@ -149,6 +178,7 @@ TEST_P(StepVsAutograd, GradientsMatchDenseFloat64Reference) {
   EXPECT_EQ(fired[0], fired[1]);
   EXPECT_EQ(l0[0], l0[1]);
   if (c.remedy != Remedy::kNone && c.dead > 0) EXPECT_GT(ref.aux, 0);
+  if (c.target_k > 0) EXPECT_GT(std::abs(ref.fvu_target - ref.fvu), 0.01 * ref.fvu);  // the two terms differ
   // The reference gradients are not trivially zero.
   EXPECT_GT(ref.gW_enc.norm().item<double>(), 0);
   EXPECT_GT(ref.gW_dec.norm().item<double>(), 0);
@@ -168,7 +198,13 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{64, 40, 200, 16, Remedy::kGhostGrads, 90, false},
                       Case{17, 12, 50, 5, Remedy::kGhostGrads, 1, true},
                       Case{12, 8, 2000, 4, Remedy::kAuxK, 700, true},  // block-threshold top-k
-                      Case{12, 8, 2000, 4, Remedy::kGhostGrads, 300, true}));
+                      Case{12, 8, 2000, 4, Remedy::kGhostGrads, 300, true},
+                      // Multi-TopK: loss at target_k + 0.3 x loss at k (all remedies).
+                      Case{33, 24, 96, 12, Remedy::kNone, 0, true, true, 3},
+                      Case{33, 24, 96, 12, Remedy::kNone, 0, true, true, 3, false},  // β = 1
+                      Case{64, 40, 200, 32, Remedy::kNone, 0, false, true, 8},
+                      Case{33, 24, 96, 12, Remedy::kAuxK, 30, true, true, 4},
+                      Case{33, 24, 96, 12, Remedy::kGhostGrads, 30, true, true, 4}));
 
 TEST(SaeStep, MetricsFollowTheirDefinitions) {
   SaeParams p = RandomParams(64, 16, 3);

@@ -131,9 +131,14 @@ double ReconNormRatio(const SaeTrainer& t, const at::Tensor& x, int64_t k) {
 }
 
 // The schedule's first step (issue 12): with W_enc as drawn, the sum of
-// k_start unit decoder rows overshoots the input many times over; with
-// init_encoder_scale match_norm (the default) the reconstruction at k_start
-// has the input's norm, within a factor of 2, on data with a large mean.
+// k_start unit decoder rows overshoots the input many times over. With the
+// loss at the current k (k_schedule.loss: current_k) init_encoder_scale
+// match_norm (what auto picks there) gives the reconstruction at k_start the
+// input's norm, within a factor of 2, on data with a large mean. With
+// Multi-TopK (the default loss) the reconstruction trained for is the target
+// k's: auto keeps the draw, whose reconstruction at the target k is within 2x
+// of the input, and the current-k term compares β·(x̂ − b_dec) with β <= 1
+// fitted, so the overshoot at k_start does not enter the loss.
 TEST(Trainer, ReconstructionNormAtKStartMatchesTheInput) {
   SyntheticOptions so;
   so.d_in = 64;
@@ -145,8 +150,10 @@ TEST(Trainer, ReconstructionNormAtKStartMatchesTheInput) {
   dict.Rows(0, 4096, rows.data());
   for (size_t i = 0; i < rows.size(); ++i) rows[i] += (i % 64 < 8) ? 3.0f : 0.0f;  // a mean b_dec removes
   at::Tensor x = at::from_blob(rows.data(), {4096, 64}, at::kFloat).clone();
-  for (InitEncoderScale init : {InitEncoderScale::kMatchNorm, InitEncoderScale::kNone}) {
+  for (InitEncoderScale init : {InitEncoderScale::kMatchNorm, InitEncoderScale::kNone, InitEncoderScale::kAuto}) {
+    const bool multi = init == InitEncoderScale::kAuto;  // auto with Multi-TopK, the default
     TrainerOptions o;
+    o.multi_topk = multi;
     o.d_in = 64;
     o.latents = 4096;
     o.k = 8;
@@ -162,7 +169,16 @@ TEST(Trainer, ReconstructionNormAtKStartMatchesTheInput) {
     std::printf("init_encoder_scale %s: reconstruction norm / input norm at k 512: %.3f (step 1), "
                 "%.3f after it; encoder scale %.4f\n", OptionName(init), m->recon_norm_ratio, ReconNormRatio(*t, x, 512),
                 t->encoder_scale());
-    if (init == InitEncoderScale::kMatchNorm) {
+    if (multi) {
+      const double at_target = ReconNormRatio(*t, x, 8);
+      std::printf("Multi-TopK: reconstruction norm / input norm at the target k 8 after step 1: %.3f; "
+                  "loss %.3f, fvu at k 512 %.1f\n", at_target, m->loss, m->fvu);
+      EXPECT_EQ(t->encoder_scale(), 1.0) << "auto keeps the draw with Multi-TopK";
+      EXPECT_GT(at_target, 0.5);
+      EXPECT_LT(at_target, 2.0);
+      EXPECT_GT(m->fvu, 10.0) << "the unfitted reconstruction at k 512 overshoots";
+      EXPECT_LT(m->loss, 1.0 + 0.125 * 1.0) << "the fitted current-k term is at most fvu 1";
+    } else if (init == InitEncoderScale::kMatchNorm) {
       EXPECT_GT(m->recon_norm_ratio, 0.5);
       EXPECT_LT(m->recon_norm_ratio, 2.0);
       EXPECT_LT(t->encoder_scale(), 0.5) << "the drawn encoder overshoots at k 512";
@@ -193,6 +209,7 @@ TEST(Trainer, KScheduleCarriesTheReconstructionScale) {
     o.lr = 1e-5;  // the optimizer barely moves: what changes the scale is the schedule
     o.warmup_fraction = 0;
     o.schedule = KSchedule::Create(KShape::kLinear, 256, 4, 0.5, o.total_tokens).value();
+    o.multi_topk = false;  // carrying is for the loss at the current k
     o.carry_scale = carry;
     auto t = SaeTrainer::Create(o).value();
     std::vector<float> rows(1024 * 32);
