@@ -19,6 +19,7 @@
 #include "benchmarks/bench_util.h"
 #include "core/lm/harvest.h"
 #include "core/lm/loaders.h"
+#include "core/base/blas_kernel.h"
 
 namespace {
 
@@ -30,6 +31,7 @@ using sae::bench::Now;
 }  // namespace
 
 int main(int argc, char** argv) {
+  sae::ChooseBlasKernel(argc, argv);  // first: it may re-exec (core/base/blas_kernel.h)
   CLI::App app{"bench_harvest: batched harvest vs single-stream tokens/s"};
   std::string model_path;
   int64_t layer = 2, context = 256, batch = 64, windows = 128, single_tokens = 512, reps = 3;
