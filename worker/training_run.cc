@@ -378,6 +378,8 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
       sample.step_seconds = m->seconds;
       sample.allreduce_seconds = m->allreduce_seconds;
       sample.data_wait_seconds = waited;
+      sample.screen_fallback_rows = m->screen_fallback_rows;
+      sample.screen_candidates = m->screen_candidates;
       telemetry->Record(sample);
     }
     const double elapsed = Now() - t_start;

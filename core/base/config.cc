@@ -31,6 +31,7 @@ const std::vector<std::string> kAuxKScale = {"fit", "none"};
 const std::vector<std::string> kInitEncoderScale = {"auto", "match_norm", "none"};
 const std::vector<std::string> kLrDecays = {"none", "linear", "cosine"};
 const std::vector<std::string> kPrecisions = {"fp32", "bf16"};
+const std::vector<std::string> kEncoders = {"dense", "int8_screened"};
 const std::vector<std::string> kDevices = {"auto", "cpu", "cuda"};
 const std::vector<std::string> kBackends = {"auto", "local", "gloo", "mpi", "nccl"};
 
@@ -478,6 +479,7 @@ class Reader {
         DoubleField("grad_clip", &t->grad_clip),
         UIntField("seed", &t->seed),
         StringField("precision", &t->precision),
+        StringField("encoder", &t->encoder),
         IntField("checkpoint_every_tokens", &t->checkpoint_every_tokens),
         IntField("log_every_steps", &t->log_every_steps),
         StringField("device", &t->device),
@@ -648,6 +650,11 @@ absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin) 
   c.Fraction(t.decay_start_fraction, "train.decay_start_fraction", /*zero_ok=*/true);
   c.NonNegative(t.grad_clip, "train.grad_clip");
   c.Choice(t.precision, kPrecisions, "train.precision");
+  c.Choice(t.encoder, kEncoders, "train.encoder");
+  c.Check(t.encoder != "int8_screened" || t.precision == "fp32", "train.encoder",
+          "int8_screened certifies the fp32 top-k: it needs train.precision: fp32");
+  c.Check(t.encoder != "int8_screened" || t.device != "cuda", "train.encoder",
+          "int8_screened is implemented on CPU only, not for train.device: cuda");
   c.Check(t.checkpoint_every_tokens >= 0, "train.checkpoint_every_tokens",
           absl::StrCat("must be >= 0 (got ", t.checkpoint_every_tokens, ")"));
   c.Check(t.log_every_steps >= 0, "train.log_every_steps",
@@ -768,6 +775,7 @@ std::string JobConfigToYaml(const JobConfig& cfg) {
   real("grad_clip", t.grad_clip);
   unum("seed", t.seed);
   str("precision", t.precision);
+  str("encoder", t.encoder);
   num("checkpoint_every_tokens", t.checkpoint_every_tokens);
   num("log_every_steps", t.log_every_steps);
   str("device", t.device);

@@ -68,6 +68,10 @@ struct TrainConfig {
   double grad_clip = 1.0;         // global-norm clip; 0 disables
   uint64_t seed = 0;
   std::string precision = "fp32"; // fp32 | bf16
+  // dense: the encoder GEMM in train.precision; int8_screened: an int8 GEMM
+  // screens candidates whose fp32 top-k is certified exact (CPU, fp32;
+  // docs/algorithms.md "int8 screening").
+  std::string encoder = "dense";
   int64_t checkpoint_every_tokens = 5000000;  // 0 = only at the end
   int64_t log_every_steps = 0;  // 0: about 100 records per run (total steps / 100)
   std::string device = "auto";    // auto | cpu | cuda

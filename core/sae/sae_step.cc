@@ -1,6 +1,7 @@
 #include "core/sae/sae_step.h"
 
 #include "core/base/bf16.h"
+#include "core/sae/int8_screen.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -333,7 +334,16 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   at::Tensor zbuf = Reuse(ws ? &ws->zbuf : nullptr, {R, n}, st);
   at::Tensor enc_wt = enc_w.t();
   double gemm_s = 0;
-  for (int64_t r0 = 0; r0 < B; r0 += R) {
+  if (cfg.screen != nullptr) {
+    if constexpr (std::is_same_v<T, float>) {
+      SAE_RETURN_IF_ERROR(ScreenedEncode(cfg.screen, p, xc, k, dead, k_aux, IDX, VAL, AIDX, AVAL, ZD,
+                                         &res->phase_seconds));
+      t_phase = NowSeconds();  // the screen recorded its own phases
+    } else {
+      return absl::InvalidArgumentError("train.encoder: int8_screened is for float32 parameters");
+    }
+  }
+  for (int64_t r0 = 0; cfg.screen == nullptr && r0 < B; r0 += R) {
     const int64_t rows = std::min(R, B - r0);
     at::Tensor zb = zbuf.narrow(0, 0, rows);
     const double tg = NowSeconds();
@@ -355,9 +365,11 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
       }
     });
   }
-  phase("encode_topk");
-  res->phase_seconds.back().second -= gemm_s;
-  res->phase_seconds.insert(res->phase_seconds.end() - 1, {"encode_gemm", gemm_s});
+  if (cfg.screen == nullptr) {
+    phase("encode_topk");
+    res->phase_seconds.back().second -= gemm_s;
+    res->phase_seconds.insert(res->phase_seconds.end() - 1, {"encode_gemm", gemm_s});
+  }
 
   // 2. The fired entries (a > 0) of every row, sorted by latent with rows
   //    ascending within a latent (a counting sort). Both sparse passes below
@@ -595,6 +607,10 @@ absl::Status CheckShapes(const SaeParams& p, const at::Tensor& x, int64_t k) {
 absl::Status ComputeGradients(const SaeParams& params, const at::Tensor& x, const StepConfig& cfg,
                               SaeGrads* grads, StepResult* result) {
   SAE_RETURN_IF_ERROR(CheckShapes(params, x, cfg.k));
+  if ((cfg.aten || !params.W_enc.device().is_cpu()) && cfg.screen != nullptr)
+    return absl::UnimplementedError(absl::StrCat(
+        "train.encoder: int8_screened is implemented for the CPU step only, not for ",
+        params.W_enc.device().is_cpu() ? std::string("the ATen step") : params.W_enc.device().str()));
   if (cfg.aten || !params.W_enc.device().is_cpu())
     return ComputeGradientsATen(params, x, cfg, grads, result);
   try {

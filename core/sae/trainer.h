@@ -61,6 +61,11 @@ struct TrainerOptions {
   double grad_clip = 1.0;
   uint64_t seed = 0;
   bool bf16 = false;
+  // train.encoder: int8_screened (core/sae/int8_screen.h): the top-k through
+  // a certified int8 screen; fp32, CPU step only (refused otherwise by name).
+  // The selection and values are the exact fp32 ones, so training follows
+  // the dense fp32 run to float rounding.
+  bool int8_screened = false;
   // Where parameters and the step live: "cpu" (hand-written kernels) or
   // "cuda" (the ATen step, sae_step_aten.cc). aten_kernels forces the ATen
   // step on CPU too (tests; it must agree with the CPU kernels).
@@ -93,6 +98,9 @@ struct StepMetrics {
   double recon_norm_ratio = 0;
   double allreduce_seconds = 0;  // gradient and statistics all-reduces
   int64_t allreduce_bytes = 0;
+  // int8_screened: rows of this step recomputed exactly (not certified) and
+  // the candidates per row C that the screen used (both 0 otherwise).
+  int64_t screen_fallback_rows = 0, screen_candidates = 0;
   std::vector<std::pair<const char*, double>> phase_seconds;
 };
 
@@ -165,6 +173,7 @@ class SaeTrainer {
   StepWorkspace workspace_;
   AdamState adam_;
   at::Tensor w_enc_lowp_;
+  std::shared_ptr<Int8Screen> screen_;  // int8_screened only
   DeadTracker dead_;
   int64_t step_ = 0;
   int64_t tokens_ = 0;
