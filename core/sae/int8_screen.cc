@@ -42,6 +42,72 @@ inline bool Better(float va, int32_t ia, float vb, int32_t ib) {
   return va > vb || (va == vb && ia < ib);
 }
 
+
+float AbsMax(const float* v, int64_t d) {
+  float mx = 0;
+#pragma omp simd reduction(max : mx)
+  for (int64_t i = 0; i < d; ++i) mx = std::max(mx, std::fabs(v[i]));
+  return mx;
+}
+
+// q = round(v·inv) (|q| <= 127), with Σv², Σ(v − s·q)² and Σ(s·q)² in double.
+void Quantize(const float* v, int64_t d, float inv, float s, int8_t* q, double* sum_v2, double* sum_e2,
+              double* sum_q2 = nullptr) {
+  double v2 = 0, e2 = 0, q2 = 0;
+#pragma omp simd reduction(+ : v2, e2, q2)
+  for (int64_t i = 0; i < d; ++i) {
+    const float r = std::clamp(std::nearbyint(v[i] * inv), -127.0f, 127.0f);
+    q[i] = static_cast<int8_t>(static_cast<int>(r));
+    const double xq = static_cast<double>(s) * static_cast<double>(r);
+    const double e = static_cast<double>(v[i]) - xq;
+    v2 += static_cast<double>(v[i]) * v[i];
+    e2 += e * e;
+    q2 += xq * xq;
+  }
+  *sum_v2 = v2;
+  *sum_e2 = e2;
+  if (sum_q2 != nullptr) *sum_q2 = q2;
+}
+
+// The bound u_j = ẑ_j + ε_j(x) for j in [0, cnt) from the int32 products:
+// (s_x·s_j)·acc_j + (b_j + 2ρ|b_j|) + ‖w_j‖·α + ‖w_j − w̃_j‖·β, evaluated
+// with the same fused operations in every path (the vector and scalar
+// versions give the same bits).
+struct BoundTerms {
+  const float *sw, *cb, *wn, *we;
+  float s, al, be;
+};
+inline float BoundAt(const BoundTerms& t, const int32_t* a, int64_t j) {
+  float r = std::fma(t.s * t.sw[j], static_cast<float>(a[j]), t.cb[j]);
+  r = std::fma(t.wn[j], t.al, r);
+  return std::fma(t.we[j], t.be, r);
+}
+// u[lo, hi) into out (may be null) and their maximum.
+inline float Bounds(const BoundTerms& t, const int32_t* a, int64_t lo, int64_t hi, float* out) {
+  float mx = -std::numeric_limits<float>::infinity();
+  int64_t j = lo;
+#if defined(__AVX512F__)
+  const __m512 s = _mm512_set1_ps(t.s), al = _mm512_set1_ps(t.al), be = _mm512_set1_ps(t.be);
+  __m512 vmx = _mm512_set1_ps(mx);
+  for (; j < hi; j += 16) {
+    const __mmask16 m = hi - j >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (hi - j)) - 1);
+    const __m512 av = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, a + j));
+    __m512 r = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, t.sw + j)), av, _mm512_maskz_loadu_ps(m, t.cb + j));
+    r = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, t.wn + j), al, r);
+    r = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, t.we + j), be, r);
+    vmx = _mm512_mask_max_ps(vmx, m, vmx, r);
+    if (out != nullptr) _mm512_mask_storeu_ps(out + (j - lo), m, r);
+  }
+  return _mm512_reduce_max_ps(vmx);
+#else
+  for (; j < hi; ++j) {
+    const float u = BoundAt(t, a, j);
+    mx = u > mx ? u : mx;
+    if (out != nullptr) out[j - lo] = u;
+  }
+  return mx;
+#endif
+}
 }  // namespace
 
 __attribute__((noinline)) float ExactPreactivation(const float* x, const float* w, float b, int64_t d) {
@@ -108,7 +174,7 @@ struct Int8Screen::Impl {
   std::vector<int8_t> qw;     // quantised W, n×d (= d×n "ba")
   std::vector<float> sw, wn, we, cb;
   std::vector<int8_t> qx;     // R×d
-  std::vector<int32_t> acc;   // R×n (the epilogue overwrites it with the bounds u, as float)
+  std::vector<int32_t> acc;   // R×n int32 products
   std::vector<float> sx, alpha, beta, thr, max_excl;
   std::vector<std::vector<int32_t>> cand_i;
   std::vector<std::vector<float>> cand_v;
@@ -194,22 +260,13 @@ absl::Status Int8Screen::TopK(const SaeParams& p, const at::Tensor& xc_t, int64_
     for (int64_t j = lo; j < hi; ++j) {
       const float* w = W + j * d;
       int8_t* q = m.qw.data() + j * d;
-      float mx = 0;
-      for (int64_t i = 0; i < d; ++i) mx = std::max(mx, std::fabs(w[i]));
+      const float mx = AbsMax(w, d);
       double wn2 = 0, we2 = 0;
       const float s = mx / 127.0f;
       if (mx == 0) {
         std::memset(q, 0, static_cast<size_t>(d));
       } else {
-        const float inv = 127.0f / mx;
-        for (int64_t i = 0; i < d; ++i) {
-          const float r = std::nearbyint(w[i] * inv);
-          const int v = static_cast<int>(std::clamp(r, -127.0f, 127.0f));
-          q[i] = static_cast<int8_t>(v);
-          const double e = static_cast<double>(w[i]) - static_cast<double>(s) * v;
-          we2 += e * e;
-          wn2 += static_cast<double>(w[i]) * w[i];
-        }
+        Quantize(w, d, 127.0f / mx, s, q, &wn2, &we2);
       }
       m.sw[j] = mx == 0 ? 0.0f : s;
       m.wn[j] = RoundUp(std::sqrt(wn2));
@@ -237,24 +294,13 @@ absl::Status Int8Screen::TopK(const SaeParams& p, const at::Tensor& xc_t, int64_
       for (int64_t r = lo; r < hi; ++r) {
         const float* x = XC + (r0 + r) * d;
         int8_t* q = m.qx.data() + r * d;
-        float mx = 0;
-        for (int64_t i = 0; i < d; ++i) mx = std::max(mx, std::fabs(x[i]));
+        const float mx = AbsMax(x, d);
         const float s = mx / 127.0f;
         double ex2 = 0, nq2 = 0, nx2 = 0;
         if (mx == 0) {
           std::memset(q, 0, static_cast<size_t>(d));
         } else {
-          const float inv = 127.0f / mx;
-          for (int64_t i = 0; i < d; ++i) {
-            const float rr = std::nearbyint(x[i] * inv);
-            const int v = static_cast<int>(std::clamp(rr, -127.0f, 127.0f));
-            q[i] = static_cast<int8_t>(v);
-            const double xq = static_cast<double>(s) * v;
-            const double e = static_cast<double>(x[i]) - xq;
-            ex2 += e * e;
-            nq2 += xq * xq;
-            nx2 += static_cast<double>(x[i]) * x[i];
-          }
+          Quantize(x, d, 127.0f / mx, s, q, &nx2, &ex2, &nq2);
         }
         m.sx[r] = mx == 0 ? 0.0f : s;
         const float ex = RoundUp(std::sqrt(ex2)), nq = RoundUp(std::sqrt(nq2)), nx = RoundUp(std::sqrt(nx2));
@@ -276,28 +322,19 @@ absl::Status Int8Screen::TopK(const SaeParams& p, const at::Tensor& xc_t, int64_
     }
     t_gemm += NowSeconds() - t;
     t = NowSeconds();
-    // 4. Epilogue: the bounds u_j, in place, and the candidates of each row:
-    //    every latent with u >= thr, thr the C-th largest maximum of blocks
-    //    of G latents (so at least C candidates); max_excl = the largest u
+    // 4. Epilogue: the bounds u_j (never stored: recomputed from the int32
+    //    products where needed) and the candidates of each row: every latent
+    //    with u >= thr, thr the C-th largest maximum over blocks of G
+    //    latents (so at least C candidates); max_excl = the largest u
     //    outside them.
-    int64_t G = 1;
-    while (G < 64 && n / (2 * G) >= 2 * C) G *= 2;
+    int64_t G = 16;
+    while (G < 256 && n / (2 * G) >= 2 * C) G *= 2;
     const int64_t nb = (n + G - 1) / G;
     at::parallel_for(0, rows, 1, [&](int64_t lo, int64_t hi) {
-      std::vector<float> bmax(static_cast<size_t>(nb)), tmp;
+      std::vector<float> bmax(static_cast<size_t>(nb)), tmp, ub(static_cast<size_t>(G));
       for (int64_t r = lo; r < hi; ++r) {
-        int32_t* a = m.acc.data() + r * n;
-        float* u = reinterpret_cast<float*>(a);
-        const float s = m.sx[r], al = m.alpha[r], be = m.beta[r];
-        const float* __restrict sw = m.sw.data();
-        const float* __restrict wn = m.wn.data();
-        const float* __restrict we = m.we.data();
-        const float* __restrict cb = m.cb.data();
-#pragma omp simd
-        for (int64_t j = 0; j < n; ++j) {
-          const float av = static_cast<float>(a[j]);
-          u[j] = (s * sw[j]) * av + cb[j] + wn[j] * al + we[j] * be;
-        }
+        const int32_t* a = m.acc.data() + r * n;
+        const BoundTerms bt{m.sw.data(), m.cb.data(), m.wn.data(), m.we.data(), m.sx[r], m.alpha[r], m.beta[r]};
         std::vector<int32_t>& ci = m.cand_i[r];
         ci.clear();
         float thr = -std::numeric_limits<float>::infinity();
@@ -305,12 +342,7 @@ absl::Status Int8Screen::TopK(const SaeParams& p, const at::Tensor& xc_t, int64_
         if (nb <= C) {
           for (int64_t j = 0; j < n; ++j) ci.push_back(static_cast<int32_t>(j));
         } else {
-          for (int64_t b = 0; b < nb; ++b) {
-            const int64_t e = std::min(n, (b + 1) * G);
-            float mx = u[b * G];
-            for (int64_t j = b * G + 1; j < e; ++j) mx = u[j] > mx ? u[j] : mx;
-            bmax[b] = mx;
-          }
+          for (int64_t b = 0; b < nb; ++b) bmax[b] = Bounds(bt, a, b * G, std::min(n, (b + 1) * G), nullptr);
           tmp.assign(bmax.begin(), bmax.end());
           std::nth_element(tmp.begin(), tmp.begin() + (nb - C), tmp.end());
           thr = tmp[nb - C];
@@ -320,11 +352,13 @@ absl::Status Int8Screen::TopK(const SaeParams& p, const at::Tensor& xc_t, int64_
               continue;
             }
             const int64_t e = std::min(n, (b + 1) * G);
+            Bounds(bt, a, b * G, e, ub.data());
             for (int64_t j = b * G; j < e; ++j) {
-              if (u[j] >= thr)
+              const float u = ub[j - b * G];
+              if (u >= thr)
                 ci.push_back(static_cast<int32_t>(j));
               else
-                mex = std::max(mex, u[j]);
+                mex = std::max(mex, u);
             }
           }
         }
@@ -374,6 +408,7 @@ absl::Status Int8Screen::TopK(const SaeParams& p, const at::Tensor& xc_t, int64_
     std::vector<int64_t> fb_rows(static_cast<size_t>(rows), 0), extra(static_cast<size_t>(rows), 0);
     at::parallel_for(0, rows, 1, [&](int64_t lo, int64_t hi) {
       std::vector<int32_t> order;
+      std::vector<float> urow;
       for (int64_t r = lo; r < hi; ++r) {
         std::vector<int32_t>& ci = m.cand_i[r];
         std::vector<float>& cv = m.cand_v[r];
@@ -390,7 +425,10 @@ absl::Status Int8Screen::TopK(const SaeParams& p, const at::Tensor& xc_t, int64_
         const bool certified = mex < tau || (tau <= 0 && mex <= 0);
         if (!certified) {
           fb_rows[r] = 1;
-          const float* u = reinterpret_cast<const float*>(m.acc.data() + r * n);
+          const BoundTerms bt{m.sw.data(), m.cb.data(), m.wn.data(), m.we.data(), m.sx[r], m.alpha[r], m.beta[r]};
+          urow.resize(static_cast<size_t>(n));
+          Bounds(bt, m.acc.data() + r * n, 0, n, urow.data());
+          const float* u = urow.data();
           const float lim = m.thr[r];
           const float* x = XC + (r0 + r) * d;
           const size_t before = ci.size();
