@@ -347,8 +347,9 @@ absl::Status Int8Screen::TopK(const SaeParams& p, const at::Tensor& xc_t, int64_
           std::nth_element(tmp.begin(), tmp.begin() + (nb - C), tmp.end());
           thr = tmp[nb - C];
           for (int64_t b = 0; b < nb; ++b) {
-            if (bmax[b] < thr) {
-              mex = std::max(mex, bmax[b]);
+            const float bv = bmax[b];
+            if (bv < thr) {
+              mex = bv > mex ? bv : mex;
               continue;
             }
             const int64_t e = std::min(n, (b + 1) * G);
@@ -358,7 +359,7 @@ absl::Status Int8Screen::TopK(const SaeParams& p, const at::Tensor& xc_t, int64_
               if (u >= thr)
                 ci.push_back(static_cast<int32_t>(j));
               else
-                mex = std::max(mex, u);
+                mex = u > mex ? u : mex;
             }
           }
         }
