@@ -106,9 +106,9 @@ int main(int argc, char** argv) {
     o.warmup_fraction = 0;
     o.bf16 = enc == "bf16";
     o.int8_screened = enc == "int8_screened";
-    o.remedy = sae::RemedyFromString(remedy).value();
+    o.remedy = sae::ParseOption<sae::Remedy>(remedy).value();
     o.dead_window_tokens = dead_window;
-    o.device = device;
+    o.device = sae::ParseOption<sae::Device>(device).value();
     o.aten_kernels = aten;
     auto trainer = sae::SaeTrainer::Create(o);
     if (!trainer.ok()) {

@@ -19,23 +19,6 @@
 
 namespace sae {
 
-absl::StatusOr<Remedy> RemedyFromString(const std::string& s) {
-  if (s == "none") return Remedy::kNone;
-  if (s == "auxk") return Remedy::kAuxK;
-  if (s == "ghost_grads") return Remedy::kGhostGrads;
-  return absl::InvalidArgumentError(
-      absl::StrCat("sae.dead_remedy: '", s, "' is not one of none, ghost_grads, auxk"));
-}
-
-const char* RemedyName(Remedy r) {
-  switch (r) {
-    case Remedy::kNone: return "none";
-    case Remedy::kAuxK: return "auxk";
-    case Remedy::kGhostGrads: return "ghost_grads";
-  }
-  return "?";
-}
-
 double DefaultAuxCoefficient(Remedy r) {
   switch (r) {
     case Remedy::kNone: return 0.0;
@@ -204,7 +187,16 @@ absl::Status ScreenedSelect(const SaeParams& p, const at::Tensor& xc, const Step
     s->aux_idx = at::empty({B, rp.k_aux}, at::kLong);
     s->aux_val = at::empty({B, rp.k_aux}, at::kFloat);
     if (rp.ghost) s->zD = at::empty({B, rp.nd}, at::kFloat);
-    return ScreenedEncode(cfg.screen, p, xc, k, *rp.dead, rp.k_aux, s->idx.data_ptr<int64_t>(),
+    // With bf16 (cfg.W_enc_lowp) the screen certifies the top-k of the
+    // bf16-rounded encoder and inputs, what the dense bf16 step selects.
+    SaeParams q = p;
+    at::Tensor in = xc;
+    if (cfg.W_enc_lowp.defined()) {
+      q.W_enc = cfg.W_enc_lowp;
+      in = xc.clone();
+      RoundToBF16InPlace(in);
+    }
+    return ScreenedEncode(cfg.screen, q, in, k, *rp.dead, rp.k_aux, s->idx.data_ptr<int64_t>(),
                           s->val.data_ptr<float>(), s->aux_idx.data_ptr<int64_t>(),
                           s->aux_val.data_ptr<float>(), rp.ghost ? s->zD.data_ptr<float>() : nullptr,
                           &res->phase_seconds);

@@ -227,8 +227,10 @@ TEST_F(Int8ScreenTest, TrainingRunMatchesDenseFp32) {
   so.seed = 21;
   so.noise = 0.02;
   auto dict = PlantedDictionary::Create(so).value();
-  for (Remedy remedy : {Remedy::kNone, Remedy::kAuxK}) {
+  for (auto [remedy, bf16] : {std::pair{Remedy::kNone, false}, {Remedy::kAuxK, false}, {Remedy::kAuxK, true}}) {
+    SCOPED_TRACE(bf16 ? "bf16" : "fp32");
     TrainerOptions o;
+    o.bf16 = bf16;  // with bf16: the top-k of the bf16-rounded encoder, screened the same way
     o.d_in = 32;
     o.latents = 1024;
     o.k = 4;
@@ -250,8 +252,8 @@ TEST_F(Int8ScreenTest, TrainingRunMatchesDenseFp32) {
       fallback += b->screen_fallback_rows;
       max_dead = std::max(max_dead, dense->dead().NumDead());
       ASSERT_EQ(dense->dead().since_fired(), screened->dead().since_fired())
-          << RemedyName(remedy) << " step " << step;
-      EXPECT_NEAR(a->fvu, b->fvu, 1e-5 * a->fvu) << RemedyName(remedy) << " step " << step;
+          << OptionName(remedy) << " step " << step;
+      EXPECT_NEAR(a->fvu, b->fvu, 1e-5 * a->fvu) << OptionName(remedy) << " step " << step;
     }
     if (remedy != Remedy::kNone) EXPECT_GT(max_dead, 0) << "no dead latents for the remedy";
     const SaeParams& p = dense->params();
@@ -259,9 +261,9 @@ TEST_F(Int8ScreenTest, TrainingRunMatchesDenseFp32) {
     for (auto [u, v] : {std::pair{&p.W_enc, &q.W_enc}, {&p.W_dec, &q.W_dec}, {&p.b_enc, &q.b_enc},
                         {&p.b_dec, &q.b_dec}}) {
       const double rel = ((*u - *v).norm() / u->norm().clamp_min(1e-30)).item<double>();
-      EXPECT_LT(rel, 1e-5) << RemedyName(remedy);
+      EXPECT_LT(rel, 1e-5) << OptionName(remedy);
     }
-    RecordProperty(std::string("fallback_rows_") + RemedyName(remedy), std::to_string(fallback));
+    RecordProperty(std::string("fallback_rows_") + OptionName(remedy), std::to_string(fallback));
   }
 }
 
@@ -285,10 +287,10 @@ TEST_F(Int8ScreenTest, StepWithEachRemedyMatchesDenseFp32) {
     ASSERT_TRUE(ComputeGradients(p, x, cfg, &g1, &r1).ok());
     cfg.screen = screen.get();
     ASSERT_TRUE(ComputeGradients(p, x, cfg, &g2, &r2).ok());
-    EXPECT_EQ(r1.fired, r2.fired) << RemedyName(remedy);
-    EXPECT_EQ(r1.active, r2.active) << RemedyName(remedy);
-    EXPECT_NEAR(r1.loss, r2.loss, 1e-6 * r1.loss) << RemedyName(remedy);
-    EXPECT_NEAR(r1.aux_loss, r2.aux_loss, 1e-5 * std::fabs(r1.aux_loss) + 1e-12) << RemedyName(remedy);
+    EXPECT_EQ(r1.fired, r2.fired) << OptionName(remedy);
+    EXPECT_EQ(r1.active, r2.active) << OptionName(remedy);
+    EXPECT_NEAR(r1.loss, r2.loss, 1e-6 * r1.loss) << OptionName(remedy);
+    EXPECT_NEAR(r1.aux_loss, r2.aux_loss, 1e-5 * std::fabs(r1.aux_loss) + 1e-12) << OptionName(remedy);
     // Ghost Grads' weights r²/((ĝs − r)² + 1e-8) make its gradients
     // ill-conditioned: the dense step against itself on inputs scaled by
     // 1 + 1.2e-7 sets the scale of what rounding alone changes.
@@ -301,9 +303,9 @@ TEST_F(Int8ScreenTest, StepWithEachRemedyMatchesDenseFp32) {
       const double rel = ((*u - *v).norm() / u->norm().clamp_min(1e-30)).item<double>();
       const double rounding = ((*u - *w).norm() / u->norm().clamp_min(1e-30)).item<double>();
       if (remedy == Remedy::kGhostGrads)
-        EXPECT_LT(rel, 1e-5 + 10 * rounding) << RemedyName(remedy) << " (rounding alone: " << rounding << ")";
+        EXPECT_LT(rel, 1e-5 + 10 * rounding) << OptionName(remedy) << " (rounding alone: " << rounding << ")";
       else
-        EXPECT_LT(rel, 1e-5) << RemedyName(remedy);
+        EXPECT_LT(rel, 1e-5) << OptionName(remedy);
     }
   }
 }
@@ -322,12 +324,12 @@ TEST(Int8ScreenRefusals, UnimplementedSettingsAreRefusedByName) {
   ASSERT_FALSE(a.ok());
   EXPECT_NE(std::string(a.status().message()).find("int8_screened"), std::string::npos) << a.status();
   o.aten_kernels = false;
-  o.bf16 = true;
+  o.float64 = true;
   auto b = SaeTrainer::Create(o);
   ASSERT_FALSE(b.ok());
   EXPECT_NE(std::string(b.status().message()).find("int8_screened"), std::string::npos) << b.status();
-  o.bf16 = false;
-  o.device = "cuda";
+  o.float64 = false;
+  o.device = Device::kCuda;
   auto c = SaeTrainer::Create(o);
   ASSERT_FALSE(c.ok());
   // The step itself refuses the screen on the ATen (CUDA) path.
