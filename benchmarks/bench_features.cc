@@ -18,6 +18,7 @@
 #include "core/interp/features.h"
 #include "core/interp/sae_run.h"
 #include "core/lm/loaders.h"
+#include "core/base/blas_kernel.h"
 
 using sae::bench::Commit;
 using sae::bench::CpuModel;
@@ -25,6 +26,7 @@ using sae::bench::Median;
 using sae::bench::Now;
 
 int main(int argc, char** argv) {
+  sae::ChooseBlasKernel(argc, argv);  // first: it may re-exec (core/base/blas_kernel.h)
   CLI::App app{"bench_features: dashboard pass vs harvest alone, tokens/s"};
   std::string model_path, sae_dir;
   int64_t context = 128, batch = 16, windows = 256, reps = 3;

@@ -41,6 +41,7 @@
 #include "core/lm/generate.h"
 #include "core/lm/harvest.h"
 #include "core/lm/loaders.h"
+#include "core/base/blas_kernel.h"
 
 namespace {
 
@@ -214,6 +215,7 @@ int RunLarge(int64_t dim, int64_t layers, int64_t heads, int64_t kv_heads, int64
 }  // namespace
 
 int main(int argc, char** argv) {
+  sae::ChooseBlasKernel(argc, argv);  // first: it may re-exec (core/base/blas_kernel.h)
   CLI::App app{"bench_harvest: harvest tokens/s against single stream, run.c and the GEMM"};
   std::string model_path, corpus, dtype;
   int64_t layer = 2, context = 128, batch = 32, rows = 65536, gen_rows = 16384, single_tokens = 512, reps = 5;

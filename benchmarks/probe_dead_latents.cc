@@ -31,6 +31,7 @@
 #include "core/data/activation_stream.h"
 #include "core/sae/sae_step.h"
 #include "core/sae/trainer.h"
+#include "core/base/blas_kernel.h"
 
 namespace {
 
@@ -49,6 +50,7 @@ at::Tensor PreActs(const sae::SaeParams& p, const at::Tensor& x) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  sae::ChooseBlasKernel(argc, argv);  // first: it may re-exec (core/base/blas_kernel.h)
   CLI::App app{"probe_dead_latents: where latents die during SAE training"};
   std::string data, out_path, remedy = "none", shape = "constant", init_scale = "";
   int64_t latents = 4096, k = 8, tokens = 2000000, batch = 4096, window = 200000, k_start = 0;

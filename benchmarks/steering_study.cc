@@ -17,8 +17,10 @@
 #include "core/interp/features.h"
 #include "core/interp/steering.h"
 #include "core/lm/loaders.h"
+#include "core/base/blas_kernel.h"
 
 int main(int argc, char** argv) {
+  sae::ChooseBlasKernel(argc, argv);  // first: it may re-exec (core/base/blas_kernel.h)
   CLI::App app{"steering_study: concept mentions and fluency under add/clamp steering"};
   std::string model_path, sae_dir, prompt = "Once upon a time";
   std::vector<std::string> concepts;

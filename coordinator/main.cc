@@ -13,6 +13,7 @@
 #include "coordinator/service.h"
 #include "core/base/file_util.h"
 #include "core/base/logging.h"
+#include "core/base/blas_kernel.h"
 
 namespace {
 
@@ -27,6 +28,7 @@ int Fail(const absl::Status& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  sae::ChooseBlasKernel(argc, argv);  // first: it may re-exec (core/base/blas_kernel.h)
   CLI::App app{"sae-coordinator: schedules SAE training jobs onto sae-worker processes"};
   sae::CoordinatorOptions co;
   sae::ServiceOptions so;

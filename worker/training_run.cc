@@ -109,6 +109,8 @@ StepSample SampleOf(const StepReport& r) {
   sample.step_seconds = m.seconds;
   sample.allreduce_seconds = m.allreduce_seconds;
   sample.data_wait_seconds = r.data_wait_seconds;
+  sample.screen_fallback_rows = m.screen_fallback_rows;
+  sample.screen_candidates = m.screen_candidates;
   return sample;
 }
 

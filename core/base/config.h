@@ -144,6 +144,7 @@ struct TrainConfig {
   double grad_clip = 1.0;         // global-norm clip; 0 disables
   uint64_t seed = 0;
   Precision precision = Precision::kFp32;  // fp32 | bf16
+  Encoder encoder = Encoder::kDense;       // dense | int8_screened (docs/algorithms.md)
   int64_t checkpoint_every_tokens = 5000000;  // 0 = only at the end
   int64_t log_every_steps = 0;  // 0: about 100 records per run (total steps / 100)
   Device device = Device::kAuto;  // auto | cpu | cuda
@@ -160,6 +161,7 @@ struct TrainConfig {
     v("grad_clip", t.grad_clip);
     v("seed", t.seed);
     v("precision", t.precision);
+    v("encoder", t.encoder);
     v("checkpoint_every_tokens", t.checkpoint_every_tokens);
     v("log_every_steps", t.log_every_steps);
     v("device", t.device);

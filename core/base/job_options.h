@@ -25,6 +25,10 @@ enum class InitEncoderScale { kAuto, kMatchNorm, kNone };
 enum class KScheduleLoss { kMultiTopK, kCurrentK };
 enum class LrDecay { kNone, kLinear, kCosine };
 enum class Precision { kFp32, kBf16 };
+// train.encoder: kDense (the encoder GEMM in train.precision) or
+// kInt8Screened (core/sae/int8_screen.h: an int8 GEMM screens candidates,
+// the fp32 top-k is certified exact; CPU, fp32).
+enum class Encoder { kDense, kInt8Screened };
 enum class Device { kAuto, kCpu, kCuda };
 enum class Backend { kAuto, kLocal, kGloo, kMpi, kNccl };
 
@@ -61,6 +65,7 @@ SAE_OPTION_TABLE(InitEncoderScale, {InitEncoderScale::kAuto, "auto"},
 SAE_OPTION_TABLE(KScheduleLoss, {KScheduleLoss::kMultiTopK, "multi_topk"}, {KScheduleLoss::kCurrentK, "current_k"});
 SAE_OPTION_TABLE(LrDecay, {LrDecay::kNone, "none"}, {LrDecay::kLinear, "linear"}, {LrDecay::kCosine, "cosine"});
 SAE_OPTION_TABLE(Precision, {Precision::kFp32, "fp32"}, {Precision::kBf16, "bf16"});
+SAE_OPTION_TABLE(Encoder, {Encoder::kDense, "dense"}, {Encoder::kInt8Screened, "int8_screened"});
 SAE_OPTION_TABLE(Device, {Device::kAuto, "auto"}, {Device::kCpu, "cpu"}, {Device::kCuda, "cuda"});
 SAE_OPTION_TABLE(Backend, {Backend::kAuto, "auto"}, {Backend::kLocal, "local"}, {Backend::kGloo, "gloo"},
                  {Backend::kMpi, "mpi"}, {Backend::kNccl, "nccl"});

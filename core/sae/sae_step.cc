@@ -1,6 +1,7 @@
 #include "core/sae/sae_step.h"
 
 #include "core/base/bf16.h"
+#include "core/sae/int8_screen.h"
 #include "core/sae/sae_step_internal.h"
 
 #include <ATen/Parallel.h>
@@ -99,6 +100,7 @@ class PhaseClock {
     res_->phase_seconds.emplace_back(name, t - t_);
     t_ = t;
   }
+  void Restart() { t_ = NowSeconds(); }  // after a callee recorded its own phases
 
  private:
   StepResult* res_;
@@ -167,6 +169,38 @@ Selection EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const StepCo
     });
   }
   return s;
+}
+
+// Step 1 with train.encoder: int8_screened (core/sae/int8_screen.h): the
+// same Selection from the certified int8 screen; the screen records its
+// phases (screen_quantize, screen_gemm, screen_select, screen_rescore,
+// screen_dead) itself.
+template <typename T>
+absl::Status ScreenedSelect(const SaeParams& p, const at::Tensor& xc, const StepConfig& cfg,
+                            const RemedyPlan& rp, Selection* s, StepResult* res) {
+  if constexpr (!std::is_same_v<T, float>) {
+    return absl::InvalidArgumentError("train.encoder: int8_screened is for float32 parameters");
+  } else {
+    const int64_t B = xc.size(0), k = cfg.k;
+    s->idx = at::empty({B, k}, at::kLong);
+    s->val = at::empty({B, k}, at::kFloat);
+    s->aux_idx = at::empty({B, rp.k_aux}, at::kLong);
+    s->aux_val = at::empty({B, rp.k_aux}, at::kFloat);
+    if (rp.ghost) s->zD = at::empty({B, rp.nd}, at::kFloat);
+    // With bf16 (cfg.W_enc_lowp) the screen certifies the top-k of the
+    // bf16-rounded encoder and inputs, what the dense bf16 step selects.
+    SaeParams q = p;
+    at::Tensor in = xc;
+    if (cfg.W_enc_lowp.defined()) {
+      q.W_enc = cfg.W_enc_lowp;
+      in = xc.clone();
+      RoundToBF16InPlace(in);
+    }
+    return ScreenedEncode(cfg.screen, q, in, k, *rp.dead, rp.k_aux, s->idx.data_ptr<int64_t>(),
+                          s->val.data_ptr<float>(), s->aux_idx.data_ptr<int64_t>(),
+                          s->aux_val.data_ptr<float>(), rp.ghost ? s->zD.data_ptr<float>() : nullptr,
+                          &res->phase_seconds);
+  }
 }
 
 // The fired entries (a > 0) of every row, grouped by latent with rows
@@ -470,10 +504,16 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   const T* XC = xc.data_ptr<T>();
   clock.End("prepare");
 
-  Selection sel = EncodeAndSelect<T>(p, xc, cfg, rp);
-  clock.End("encode_topk");
-  res->phase_seconds.back().second -= sel.gemm_seconds;
-  res->phase_seconds.insert(res->phase_seconds.end() - 1, {"encode_gemm", sel.gemm_seconds});
+  Selection sel;
+  if (cfg.screen != nullptr) {
+    SAE_RETURN_IF_ERROR(ScreenedSelect<T>(p, xc, cfg, rp, &sel, res));
+    clock.Restart();
+  } else {
+    sel = EncodeAndSelect<T>(p, xc, cfg, rp);
+    clock.End("encode_topk");
+    res->phase_seconds.back().second -= sel.gemm_seconds;
+    res->phase_seconds.insert(res->phase_seconds.end() - 1, {"encode_gemm", sel.gemm_seconds});
+  }
 
   // Multi-TopK: the first kt entries of each row form the target-k reconstruction.
   const int64_t kt = cfg.target_k > 0 && cfg.target_k < cfg.k ? cfg.target_k : cfg.k;
@@ -606,6 +646,10 @@ double AddGhostGrads(const SaeParams& p, const at::Tensor& x, const at::Tensor& 
 absl::Status ComputeGradients(const SaeParams& params, const at::Tensor& x, const StepConfig& cfg,
                               SaeGrads* grads, StepResult* result) {
   SAE_RETURN_IF_ERROR(internal::CheckShapes(params, x, cfg.k));
+  if ((cfg.aten || !params.W_enc.device().is_cpu()) && cfg.screen != nullptr)
+    return absl::UnimplementedError(absl::StrCat(
+        "train.encoder: int8_screened is implemented for the CPU step only, not for ",
+        params.W_enc.device().is_cpu() ? std::string("the ATen step") : params.W_enc.device().str()));
   if (cfg.aten || !params.W_enc.device().is_cpu())
     return internal::ComputeGradientsATen(params, x, cfg, grads, result);
   try {

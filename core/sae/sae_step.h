@@ -18,6 +18,7 @@
 
 namespace sae {
 
+class Int8Screen;  // core/sae/int8_screen.h
 double DefaultAuxCoefficient(Remedy r);  // Remedy: core/base/job_options.h
 
 // The parameters: encoder (n×d, n), decoder rows (n×d) and b_dec (d). All
@@ -78,6 +79,10 @@ struct StepConfig {
   // bf16 encoder: when defined, the GEMM uses this (n×d, bf16-rounded values
   // of W_enc) and inputs rounded to bf16; everything else stays in fp32.
   at::Tensor W_enc_lowp;
+  // train.encoder: int8_screened (core/sae/int8_screen.h): when set, the
+  // top-k comes from the certified int8 screen instead of the fp32 GEMM
+  // (float32 parameters on CPU only; the ATen step refuses it).
+  Int8Screen* screen = nullptr;
   int64_t block_rows = 0;              // encoder GEMM row block; 0 = automatic
   // Σ‖x − x̄‖² over the global batch (all ranks); <= 0: this batch's own.
   double total_var = 0;

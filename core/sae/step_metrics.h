@@ -15,6 +15,9 @@ struct StepMetrics {
   int64_t k = 0;
   double lr = 0, loss = 0, fvu = 0, mse = 0, aux_loss = 0, l0 = 0;
   double fvu_target = 0;  // fvu at the target k (= fvu unless Multi-TopK is on above it)
+  // int8_screened: rows of this step recomputed exactly (not certified) and
+  // the candidates per row C that the screen used (both 0 otherwise).
+  int64_t screen_fallback_rows = 0, screen_candidates = 0;
   double dead_ratio = 0, grad_norm = 0, seconds = 0;
   // Σ‖x̂ − b_dec‖ / Σ‖x − b_dec‖ over the batch (1 = the input's scale).
   double recon_norm_ratio = 0;

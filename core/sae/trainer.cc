@@ -14,6 +14,7 @@
 #include "core/base/file_util.h"
 #include "core/base/parse.h"
 #include "core/data/safetensors.h"
+#include "core/sae/int8_screen.h"
 
 namespace sae {
 namespace {
@@ -96,6 +97,7 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFromJob(const JobConfig& job, int64
   o.grad_clip = job.train.grad_clip;
   o.seed = job.train.seed;
   o.bf16 = job.train.precision == Precision::kBf16;
+  o.int8_screened = job.train.encoder == Encoder::kInt8Screened;
   o.device = job.train.device == Device::kAuto ? (at::hasCUDA() ? Device::kCuda : Device::kCpu) : job.train.device;
   if (o.device == Device::kCuda && !at::hasCUDA())
     return err("train.device: cuda: this build's LibTorch has no CUDA (or no GPU is visible); use cpu or auto");
@@ -116,6 +118,14 @@ absl::StatusOr<std::unique_ptr<SaeTrainer>> SaeTrainer::Create(const TrainerOpti
     return absl::FailedPreconditionError("train.device: cuda: no CUDA in this LibTorch build or no GPU visible");
   if (opts.float64 && (opts.bf16 || opts.device != Device::kCpu || opts.comm != nullptr))
     return absl::InvalidArgumentError("float64 training is for one CPU process without bf16");
+  if (opts.int8_screened) {
+    if (opts.device != Device::kCpu)
+      return absl::UnimplementedError(absl::StrCat("train.encoder: int8_screened is not implemented for train.device: ",
+                                                   OptionName(opts.device), " (CPU only)"));
+    if (opts.aten_kernels) return absl::UnimplementedError("train.encoder: int8_screened is not implemented for the ATen step");
+    if (opts.float64) return absl::InvalidArgumentError("train.encoder: int8_screened is float32 only");
+    SAE_RETURN_IF_ERROR(Int8ScreenAvailable());
+  }
   const double need = EstimateTrainingBytes(opts.latents, opts.d_in);
   const double have = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
   if (have > 0 && need > have)
@@ -157,6 +167,11 @@ absl::StatusOr<std::unique_ptr<SaeTrainer>> SaeTrainer::CreateChecked(const Trai
     *x = x->to(t->device_, opts.float64 ? at::kDouble : at::kFloat);
   t->grads_ = SaeGrads::ZerosLike(p);
   t->adam_ = AdamState::ZerosLike(p);
+  if (opts.int8_screened) {
+    auto screen = Int8Screen::Create();
+    if (!screen.ok()) throw std::runtime_error(std::string(screen.status().message()));
+    t->screen_ = std::move(*screen);
+  }
   return t;
 }
 
@@ -363,6 +378,7 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     if (opts_.bf16) cfg.W_enc_lowp = w_enc_lowp_;
     cfg.workspace = &workspace_;
     cfg.aten = opts_.aten_kernels;
+    cfg.screen = screen_.get();
     StepResult res;
     SAE_RETURN_IF_ERROR(ComputeGradients(params_, x_dev, cfg, &grads_, &res));
     if (world() > 1) {
@@ -433,6 +449,10 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     m.allreduce_seconds = allreduce_seconds_;
     m.allreduce_bytes = allreduce_bytes_;
     m.phase_seconds = std::move(res.phase_seconds);
+    if (screen_) {
+      m.screen_fallback_rows = screen_->last().fallback_rows;
+      m.screen_candidates = screen_->last().candidates;
+    }
     // On a GPU the update is queued: wait for it so the step time is real.
     if (!device_.is_cpu()) params_.b_dec.select(0, 0).item<float>();
     const double t_end = Now();

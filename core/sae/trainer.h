@@ -69,6 +69,12 @@ struct TrainerOptions {
   double grad_clip = 1.0;
   uint64_t seed = 0;
   bool bf16 = false;
+  // train.encoder: int8_screened (core/sae/int8_screen.h): the top-k through
+  // a certified int8 screen; CPU step only (refused otherwise by name). The
+  // selection and values are the exact ones of the dense encoder (fp32, or
+  // with bf16 the bf16-rounded one), so training follows the dense run to
+  // float rounding.
+  bool int8_screened = false;
   // Where parameters and the step live: kCpu (hand-written kernels) or
   // kCuda (the ATen step, sae_step_aten.cc); TrainerOptionsFromJob resolves
   // kAuto. aten_kernels forces the ATen step on CPU too (tests; it must
@@ -161,6 +167,7 @@ class SaeTrainer {
   StepWorkspace workspace_;
   AdamState adam_;
   at::Tensor w_enc_lowp_;
+  std::shared_ptr<Int8Screen> screen_;  // int8_screened only
   DeadTracker dead_;
   int64_t step_ = 0;
   int64_t tokens_ = 0;

@@ -8,6 +8,7 @@
 
 #include <map>
 
+#include "core/base/blas_kernel.h"
 #include "core/telemetry/http_server.h"
 
 namespace sae {
@@ -26,6 +27,8 @@ struct TrainingMetrics::Impl {
   prometheus::Counter* data_wait = nullptr;
   prometheus::Histogram* step_time = nullptr;
   prometheus::Histogram* allreduce_time = nullptr;
+  prometheus::Counter* screen_fallback = nullptr;
+  prometheus::Gauge* screen_candidates = nullptr;
 };
 
 namespace {
@@ -68,6 +71,17 @@ absl::StatusOr<std::unique_ptr<TrainingMetrics>> TrainingMetrics::Start(const st
   impl->data_wait = counter("sae_data_wait_seconds_total", "Time steps waited for activation data.");
   impl->step_time = histogram("sae_step_duration_seconds", "Wall time of one optimizer step.");
   impl->allreduce_time = histogram("sae_allreduce_duration_seconds", "All-reduce time within one step.");
+  // train.encoder: int8_screened (docs/algorithms.md): rows whose screened
+  // top-k could not be certified and were recomputed exactly, and the
+  // current candidate count C. Zero with the dense encoder.
+  impl->screen_fallback = counter("sae_screen_fallback_rows_total",
+                                  "Rows of the int8-screened encoder recomputed exactly (not certified).");
+  impl->screen_candidates = gauge("sae_screen_candidates", "Candidates per row of the int8-screened encoder (0: dense encoder).");
+  // The BLAS kernel this process runs its GEMMs on (core/base/blas_kernel.h).
+  const BlasKernel& blas = CurrentBlasKernel();
+  gauge("sae_build_info", "Constant 1; labels say how this process was built and runs.",
+        {{"blas", blas.library}, {"blas_core", blas.core}, {"blas_core_source", blas.source}})
+      ->Set(1);
   // The registry outlives the server: the handler holds a reference.
   std::shared_ptr<prometheus::Registry> registry = impl->registry;
   auto server = HttpServer::Start(listen, [registry](const std::string& path) {
@@ -102,6 +116,8 @@ void TrainingMetrics::Record(const StepSample& s) {
   impl_->data_wait->Increment(s.data_wait_seconds);
   impl_->step_time->Observe(s.step_seconds);
   impl_->allreduce_time->Observe(s.allreduce_seconds);
+  impl_->screen_fallback->Increment(static_cast<double>(s.screen_fallback_rows));
+  impl_->screen_candidates->Set(static_cast<double>(s.screen_candidates));
 }
 
 }  // namespace sae

@@ -20,6 +20,8 @@ struct StepSample {
   int64_t k = 0;
   double fvu = 0, mse = 0, l0 = 0, dead_ratio = 0, aux_loss = 0;
   double step_seconds = 0, allreduce_seconds = 0, data_wait_seconds = 0;
+  // train.encoder: int8_screened: rows recomputed exactly, candidates per row.
+  int64_t screen_fallback_rows = 0, screen_candidates = 0;
 };
 
 struct MetricLabels {

@@ -789,6 +789,7 @@ void SetNonDefaultModel(JobConfig* c, int variant) {
   c->train.grad_clip = 2.5;
   c->train.seed = 18446744073709551615u;
   c->train.precision = Precision::kBf16;
+  c->train.encoder = Encoder::kInt8Screened;  // valid here; the trainer refuses it with bf16
   c->train.checkpoint_every_tokens = 777;
   c->train.log_every_steps = 1;
   c->train.device = variant == 1 ? Device::kCpu : Device::kCuda;

@@ -57,6 +57,8 @@ TEST(TrainingMetrics, ServesContractNamesAndRecordedValues) {
   s.step_seconds = 0.3;
   s.allreduce_seconds = 0.01;
   s.data_wait_seconds = 0.002;
+  s.screen_fallback_rows = 3;
+  s.screen_candidates = 135;
   (*m)->Record(s);
   (*m)->Record(s);
   const std::string resp = HttpGet((*m)->address(), "/metrics");
@@ -69,7 +71,9 @@ TEST(TrainingMetrics, ServesContractNamesAndRecordedValues) {
         "sae_dead_latents_ratio{" + lab + "} 0.0625",
         std::string("sae_auxiliary_loss{job=\"j1\",rank=\"3\",remedy=\"ghost_grads\",role=\"worker\",sae=\"s1\"} 0.5"),
         "sae_data_wait_seconds_total{" + lab + "} 0.004", "sae_step_duration_seconds_count{" + lab + "} 2",
-        "sae_allreduce_duration_seconds_count{" + lab + "} 2"})
+        "sae_allreduce_duration_seconds_count{" + lab + "} 2",
+        "sae_screen_fallback_rows_total{" + lab + "} 6", "sae_screen_candidates{" + lab + "} 135",
+        "sae_build_info{blas=\"", "blas_core_source=\""})
     EXPECT_NE(resp.find(want), std::string::npos) << want << "\n" << resp;
   EXPECT_NE(HttpGet((*m)->address(), "/other").find("404"), std::string::npos);
 
