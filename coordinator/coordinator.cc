@@ -8,6 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "coordinator/job_spec.h"
 #include "core/base/logging.h"
+#include "core/data/manifest.h"
 
 namespace sae {
 namespace {
@@ -213,6 +214,8 @@ absl::StatusOr<JobConfig> Coordinator::CheckSpec(const v1::JobSpec& spec, const 
     auto p = ResolveUnderRoot("data.path", cfg.data.path, opts_.data_root);
     if (!p.ok()) return Annotate(p.status(), origin);
     cfg.data.path = *p;
+    // d_in is known from the manifest: refuse an SAE that cannot be trained on it.
+    SAE_RETURN_IF_ERROR(CheckJobAgainstManifest(cfg, origin));
   } else if (cfg.data.kind == "lm") {
     for (auto* f : {&cfg.data.model, &cfg.data.corpus}) {
       if (f->empty() || *f == "generate") continue;
