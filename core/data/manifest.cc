@@ -238,7 +238,7 @@ absl::StatusOr<SafetensorsFile> OpenShard(const std::string& dir, const Manifest
 }
 
 absl::Status CheckJobAgainstManifest(const JobConfig& cfg, const std::string& origin) {
-  if (cfg.data.kind != "shards" || cfg.data.path.empty()) return absl::OkStatus();
+  if (cfg.data.kind != DataKind::kShards || cfg.data.path.empty()) return absl::OkStatus();
   const std::string file = JoinPath(cfg.data.path, "manifest.json");
   std::error_code ec;
   if (!std::filesystem::exists(file, ec)) return absl::OkStatus();
@@ -261,15 +261,9 @@ absl::Status CheckJobAgainstManifest(const JobConfig& cfg, const std::string& or
   if (s.latents > 0 && s.expansion_factor > 0 && (s.latents % d != 0 || s.latents / d != s.expansion_factor))
     return absl::InvalidArgumentError(absl::StrCat(origin, ": sae.latents: ", s.latents, " is not sae.expansion_factor (",
                                                    s.expansion_factor, ") x ", from));
-  if (s.k > latents)
-    return absl::InvalidArgumentError(absl::StrCat(origin, ": sae.k: ", s.k, " exceeds the ", latents, " latents (",
-                                                   s.latents > 0 ? "sae.latents" : "sae.expansion_factor x " + from, ")"));
-  const double gib = EstimateTrainingBytes(latents, d) / double(int64_t{1} << 30);
-  if (gib > kMaxTrainingGiB)
-    return absl::InvalidArgumentError(absl::StrCat(
-        origin, ": ", s.latents > 0 ? "sae.latents" : "sae.expansion_factor", ": ", latents, " latents x ", from,
-        " need about ", static_cast<int64_t>(gib), " GiB (parameters, gradients, Adam state), more than ",
-        kMaxTrainingGiB));
+  const absl::Status shape = CheckSaeShape(d, latents, s.k, s.k_schedule.enabled ? s.k_schedule.start : 0);
+  if (!shape.ok())
+    return absl::Status(shape.code(), absl::StrCat(origin, ": ", shape.message(), " (", from, ")"));
   return absl::OkStatus();
 }
 

@@ -13,14 +13,12 @@
 #include <utility>
 #include <vector>
 
+#include "core/base/job_options.h"
 #include "core/base/status.h"
 
 namespace sae {
 
-enum class Remedy { kNone, kAuxK, kGhostGrads };
-absl::StatusOr<Remedy> RemedyFromString(const std::string& s);
-const char* RemedyName(Remedy r);
-double DefaultAuxCoefficient(Remedy r);
+double DefaultAuxCoefficient(Remedy r);  // Remedy: core/base/job_options.h
 
 // The parameters: encoder (n×d, n), decoder rows (n×d) and b_dec (d). All
 // contiguous CPU tensors of one dtype (float32 for training, float64 in tests).
@@ -71,8 +69,9 @@ struct StepConfig {
   // Σ‖x − x̄‖² over the global batch (all ranks); <= 0: this batch's own.
   double total_var = 0;
   StepWorkspace* workspace = nullptr;  // reuse buffers across calls when set
-  // Use the device-generic ATen step (sae_step_aten.cc) on CPU tensors too;
-  // tensors on another device (CUDA) always use it.
+  // Use the device-generic ATen step (sae_step_aten.cc, declared in
+  // sae_step_internal.h) on CPU tensors too; tensors on another device
+  // (CUDA) always use it.
   bool aten = false;
 };
 
@@ -94,21 +93,6 @@ struct StepResult {
 // gradients into `grads` (overwritten) and the metrics into `result`.
 absl::Status ComputeGradients(const SaeParams& params, const at::Tensor& x,
                               const StepConfig& cfg, SaeGrads* grads, StepResult* result);
-
-// Ghost Grads (ALGORITHMS.md §4) over the dead latents `dead_t` (int64, on
-// the parameters' device): adds its gradients into the dead rows of W_dec and
-// W_enc, into b_enc, and (through x − b_dec) into b_dec, which must already
-// hold the rest of its gradient. zD: the dead latents' pre-activations (B×|D|),
-// xc = x − b_dec, c = coefficient / Σ‖x − x̄‖². Returns the loss term. Used by
-// both step implementations; the decoder rows are not projected here.
-double AddGhostGrads(const SaeParams& p, const at::Tensor& x, const at::Tensor& xc,
-                     const at::Tensor& xhat, const at::Tensor& zD, const at::Tensor& dead_t,
-                     double c, SaeGrads* grads);
-
-// The same step in device-generic ATen operations (what CUDA tensors use).
-// It materialises the B×n pre-activations and B·k×d gradient temporaries.
-absl::Status ComputeGradientsATen(const SaeParams& params, const at::Tensor& x,
-                                  const StepConfig& cfg, SaeGrads* grads, StepResult* result);
 
 // Inference: top-k indices (B×k, int64), activations (B×k, relu'd) and x̂.
 struct EncodeResult {
@@ -138,10 +122,6 @@ double ClipScale(double norm, double max_norm);
 // decoder rows renormalised to unit norm; refreshes `W_enc_lowp` if defined.
 void AdamUpdate(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg,
                 AdamState* state, at::Tensor* W_enc_lowp);
-
-// AdamUpdate in ATen operations (non-CPU tensors).
-void AdamUpdateATen(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg,
-                    AdamState* state, at::Tensor* W_enc_lowp);
 
 // Rounds every element to the nearest bfloat16 value (kept in float32).
 void RoundToBF16InPlace(at::Tensor t);

@@ -7,6 +7,7 @@
 #include <c10/util/Exception.h>
 
 #include "core/sae/sae_step.h"
+#include "core/sae/sae_step_internal.h"
 
 namespace sae {
 namespace {
@@ -42,26 +43,90 @@ void ProjectRows(at::Tensor& gd, const at::Tensor& W) {
   gd.sub_((gd * W).sum(1, true) * W);
 }
 
+// The encoder's top-k (and the remedies' selections) as dense ATen tensors.
+struct AtenSelection {
+  at::Tensor idx, acts, mask;              // B×k: indices, relu(z), 1 where z > 0
+  at::Tensor aux_idx, aux_acts, aux_mask;  // B×k_aux (AuxK)
+  at::Tensor zD;                           // B×|D| (Ghost Grads)
+};
+
+AtenSelection EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const StepConfig& cfg,
+                              const internal::RemedyPlan& rp, const at::Tensor& dead_t) {
+  const int64_t B = xc.size(0);
+  at::Tensor z;
+  if (cfg.W_enc_lowp.defined()) {
+    at::Tensor in = xc.to(at::kBFloat16).to(xc.scalar_type());
+    z = at::addmm(p.b_enc, in, cfg.W_enc_lowp.t());
+  } else {
+    z = at::addmm(p.b_enc, xc, p.W_enc.t());
+  }
+  AtenSelection s;
+  auto top = z.topk(cfg.k, 1);
+  s.idx = std::get<1>(top);
+  s.mask = (std::get<0>(top) > 0).to(xc.scalar_type());
+  s.acts = std::get<0>(top).clamp_min(0);
+  if (rp.k_aux > 0) {
+    auto atop = z.index_select(1, dead_t).topk(rp.k_aux, 1);
+    s.aux_idx = dead_t.index_select(0, std::get<1>(atop).reshape({-1})).view({B, rp.k_aux});
+    s.aux_mask = (std::get<0>(atop) > 0).to(xc.scalar_type());
+    s.aux_acts = std::get<0>(atop).clamp_min(0);
+  }
+  if (rp.ghost) s.zD = z.index_select(1, dead_t);
+  return s;  // z (B×n) is freed here, before the backward
+}
+
+// Fired marks (within the first fire_k with a > 0) into `fired`; returns L0's numerator.
+int64_t MarkFired(const AtenSelection& s, int64_t n, int64_t fire_k, std::vector<uint8_t>* fired) {
+  at::Tensor on = s.mask > 0;
+  at::Tensor marks = at::zeros({n}, s.idx.options().dtype(at::kByte));
+  marks.index_fill_(0, s.idx.narrow(1, 0, fire_k).masked_select(on.narrow(1, 0, fire_k)), 1);
+  fired->resize(static_cast<size_t>(n));
+  at::Tensor marks_cpu = marks.cpu();
+  std::memcpy(fired->data(), marks_cpu.data_ptr<uint8_t>(), fired->size());
+  return on.sum().item<int64_t>();
+}
+
+// AuxK's gradient w.r.t. ê (ALGORITHMS.md §4, with the fitted α when
+// cfg.auxk_fit); *aux_sum = Σ‖α ê − e‖².
+at::Tensor AuxKGradient(const SaeParams& p, const at::Tensor& x, const at::Tensor& xhat,
+                        const AtenSelection& s, const StepConfig& cfg, double c, double* aux_sum) {
+  at::Tensor ehat = Decode(p.W_dec, s.aux_idx, s.aux_acts);
+  at::Tensor e = x - xhat;
+  at::Tensor alpha = at::ones({x.size(0), 1}, x.options());
+  if (cfg.auxk_fit) {
+    at::Tensor num = (ehat.to(at::kDouble) * e.to(at::kDouble)).sum(1, true);
+    at::Tensor den = ehat.to(at::kDouble).pow(2).sum(1, true);
+    alpha = at::where(den > 0, (num / den.clamp_min(1e-300)).clamp(0, 1), at::ones_like(den)).to(x.scalar_type());
+  }
+  at::Tensor diff = alpha * ehat - e;
+  *aux_sum = diff.pow(2).sum(at::kDouble).item<double>();
+  return alpha * diff * c;
+}
+
+// W_dec, W_enc and b_enc gradients of the entries (idx, acts) given ∂/∂x̂-like rows g.
+void AddEntryGradients(const SaeParams& p, const at::Tensor& xc, const at::Tensor& idx,
+                       const at::Tensor& acts, const at::Tensor& mask, const at::Tensor& g,
+                       SaeGrads* grads) {
+  at::Tensor ga = ActGrad(p.W_dec, idx, g, mask);
+  ScatterRows(grads->W_dec, idx, acts, g);
+  ScatterRows(grads->W_enc, idx, ga, xc);
+  grads->b_enc.index_add_(0, idx.reshape({-1}), ga.reshape({-1}));
+}
+
 }  // namespace
+
+namespace internal {
 
 absl::Status ComputeGradientsATen(const SaeParams& p, const at::Tensor& x_in, const StepConfig& cfg,
                                   SaeGrads* grads, StepResult* res) {
   try {
     at::NoGradGuard no_grad;
-    const int64_t B = x_in.size(0), d = p.d_in(), k = cfg.k;
+    const int64_t B = x_in.size(0), d = p.d_in();
     const at::Tensor x = x_in.contiguous();
-    static const std::vector<int64_t> kNoDead;
-    const std::vector<int64_t>& dead = cfg.dead ? *cfg.dead : kNoDead;
-    const int64_t nd = static_cast<int64_t>(dead.size());
-    const bool auxk = cfg.remedy == Remedy::kAuxK && nd > 0 && cfg.aux_coefficient != 0;
-    const bool ghost = cfg.remedy == Remedy::kGhostGrads && nd > 0 && cfg.aux_coefficient != 0;
-    const int64_t half_d = std::max<int64_t>(1, d / 2);
-    const int64_t k_aux = auxk ? std::min(half_d, nd) : 0;
-    const double aux_scale = auxk ? std::min(1.0, static_cast<double>(nd) / half_d) : 0.0;
+    const RemedyPlan rp = PlanRemedy(cfg, d);
     at::Tensor dead_t;
-    if (nd > 0)
-      dead_t = at::from_blob(const_cast<int64_t*>(dead.data()), {nd}, at::kLong).to(x.device());
-
+    if (rp.nd > 0)
+      dead_t = at::from_blob(const_cast<int64_t*>(rp.dead->data()), {rp.nd}, at::kLong).to(x.device());
     double total_var = cfg.total_var;
     if (total_var <= 0) {
       at::Tensor xd = x.to(at::kDouble);
@@ -69,73 +134,23 @@ absl::Status ComputeGradientsATen(const SaeParams& p, const at::Tensor& x_in, co
     }
     const double denom = total_var > 0 ? total_var : 1.0;
 
-    // Encoder: dense pre-activations, then the top-k of each row.
     at::Tensor xc = x - p.b_dec;
-    at::Tensor z;
-    if (cfg.W_enc_lowp.defined()) {
-      at::Tensor in = xc.to(at::kBFloat16).to(xc.scalar_type());
-      z = at::addmm(p.b_enc, in, cfg.W_enc_lowp.t());
-    } else {
-      z = at::addmm(p.b_enc, xc, p.W_enc.t());
-    }
-    auto top = z.topk(k, 1);
-    at::Tensor val = std::get<0>(top), idx = std::get<1>(top);
-    at::Tensor mask = (val > 0).to(x.scalar_type());
-    at::Tensor acts = val.clamp_min(0);
-    at::Tensor aux_idx, aux_acts, aux_mask, zD;
-    if (k_aux > 0) {
-      auto atop = z.index_select(1, dead_t).topk(k_aux, 1);
-      aux_idx = dead_t.index_select(0, std::get<1>(atop).reshape({-1})).view({B, k_aux});
-      aux_mask = (std::get<0>(atop) > 0).to(x.scalar_type());
-      aux_acts = std::get<0>(atop).clamp_min(0);
-    }
-    if (ghost) zD = z.index_select(1, dead_t);
-    z = at::Tensor();  // free B×n before the backward
-
-    // Fired marks and L0.
-    at::Tensor fired = at::zeros({p.latents()}, x.options().dtype(at::kByte));
-    at::Tensor on = val > 0;
-    const int64_t fire_k = cfg.fire_k > 0 ? std::min(cfg.fire_k, k) : k;
-    fired.index_fill_(0, idx.narrow(1, 0, fire_k).masked_select(on.narrow(1, 0, fire_k)), 1);
-    const int64_t active = on.sum().item<int64_t>();
-    res->fired.resize(static_cast<size_t>(p.latents()));
-    at::Tensor fired_cpu = fired.cpu();
-    std::memcpy(res->fired.data(), fired_cpu.data_ptr<uint8_t>(), res->fired.size());
+    const AtenSelection s = EncodeAndSelect(p, xc, cfg, rp, dead_t);
+    const int64_t active = MarkFired(s, p.latents(), FireK(cfg), &res->fired);
 
     // Decode and residual gradients.
-    at::Tensor xhat = Decode(p.W_dec, idx, acts).add_(p.b_dec);
+    at::Tensor xhat = Decode(p.W_dec, s.idx, s.acts).add_(p.b_dec);
     at::Tensor e = xhat - x;
     const double sse = e.pow(2).sum(at::kDouble).item<double>();
     at::Tensor gx = e * (2.0 / denom);
-    at::Tensor gaux;
     double aux_sum = 0;
-    if (k_aux > 0) {
-      at::Tensor ehat = Decode(p.W_dec, aux_idx, aux_acts);
-      at::Tensor e = x - xhat;
-      at::Tensor alpha = at::ones({B, 1}, x.options());
-      if (cfg.auxk_fit) {
-        at::Tensor num = (ehat.to(at::kDouble) * e.to(at::kDouble)).sum(1, true);
-        at::Tensor den = ehat.to(at::kDouble).pow(2).sum(1, true);
-        alpha = at::where(den > 0, (num / den.clamp_min(1e-300)).clamp(0, 1), at::ones_like(den)).to(x.scalar_type());
-      }
-      at::Tensor diff = alpha * ehat - e;
-      aux_sum = diff.pow(2).sum(at::kDouble).item<double>();
-      gaux = alpha * diff * (2.0 * cfg.aux_coefficient * aux_scale / denom);
-    }
-
-    // Weight gradients from the selected entries.
     grads->W_enc.zero_();
     grads->W_dec.zero_();
     grads->b_enc.zero_();
-    at::Tensor ga = ActGrad(p.W_dec, idx, gx, mask);
-    ScatterRows(grads->W_dec, idx, acts, gx);
-    ScatterRows(grads->W_enc, idx, ga, xc);
-    grads->b_enc.index_add_(0, idx.reshape({-1}), ga.reshape({-1}));
-    if (k_aux > 0) {
-      at::Tensor gaa = ActGrad(p.W_dec, aux_idx, gaux, aux_mask);
-      ScatterRows(grads->W_dec, aux_idx, aux_acts, gaux);
-      ScatterRows(grads->W_enc, aux_idx, gaa, xc);
-      grads->b_enc.index_add_(0, aux_idx.reshape({-1}), gaa.reshape({-1}));
+    AddEntryGradients(p, xc, s.idx, s.acts, s.mask, gx, grads);
+    if (rp.k_aux > 0) {
+      at::Tensor gaux = AuxKGradient(p, x, xhat, s, cfg, 2.0 * cfg.aux_coefficient * rp.aux_scale / denom, &aux_sum);
+      AddEntryGradients(p, xc, s.aux_idx, s.aux_acts, s.aux_mask, gaux, grads);
     }
 
     // b_dec: the decode's Σ ∂/∂x̂ minus W_encᵀ ∂b_enc from the input x − b_dec;
@@ -143,7 +158,7 @@ absl::Status ComputeGradientsATen(const SaeParams& p, const at::Tensor& x_in, co
     grads->b_dec.copy_(gx.sum(0));
     grads->b_dec.sub_(at::mv(p.W_enc.t(), grads->b_enc));
     double ghost_loss = 0;
-    if (ghost) ghost_loss = AddGhostGrads(p, x, xc, xhat, zD, dead_t, cfg.aux_coefficient / denom, grads);
+    if (rp.ghost) ghost_loss = AddGhostGrads(p, x, xc, xhat, s.zD, dead_t, cfg.aux_coefficient / denom, grads);
     if (cfg.project_decoder_grad) ProjectRows(grads->W_dec, p.W_dec);
 
     res->phase_seconds.clear();
@@ -155,7 +170,7 @@ absl::Status ComputeGradientsATen(const SaeParams& p, const at::Tensor& x_in, co
     res->mse = sse / static_cast<double>(B * d);
     res->fvu = sse / denom;
     res->l0 = static_cast<double>(active) / static_cast<double>(B);
-    res->aux_loss = auxk ? cfg.aux_coefficient * aux_scale * aux_sum / denom : ghost ? ghost_loss : 0;
+    res->aux_loss = rp.auxk ? cfg.aux_coefficient * rp.aux_scale * aux_sum / denom : rp.ghost ? ghost_loss : 0;
     res->loss = res->fvu + res->aux_loss;
     return absl::OkStatus();
   } catch (const c10::Error& e) {
@@ -188,4 +203,5 @@ void AdamUpdateATen(SaeParams* p, const SaeGrads& g, const AdamConfig& cfg, Adam
     W_enc_lowp->copy_(p->W_enc.to(at::kBFloat16).to(p->W_enc.scalar_type()));
 }
 
+}  // namespace internal
 }  // namespace sae

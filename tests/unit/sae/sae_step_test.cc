@@ -1,5 +1,6 @@
 // The sparse step against LibTorch autograd on a dense float64 reference.
 #include "core/sae/sae_step.h"
+#include "core/sae/sae_step_internal.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -212,7 +213,7 @@ TEST(Adam, MatchesTorchFormulaAndRenormalisesDecoder) {
     SaeGrads g{at::randn({10, 6}, at::kDouble), at::randn({10}, at::kDouble),
                at::randn({10, 6}, at::kDouble), at::randn({6}, at::kDouble)};
     AdamUpdate(&p, g, cfg, &s, nullptr);
-    AdamUpdateATen(&r, g, cfg, &sr, nullptr);
+    internal::AdamUpdateATen(&r, g, cfg, &sr, nullptr);
     at::Tensor* qs[] = {&q.W_enc, &q.b_enc, &q.W_dec, &q.b_dec};
     const at::Tensor gs[] = {g.W_enc, g.b_enc, g.W_dec, g.b_dec};
     for (int i = 0; i < 4; ++i) {

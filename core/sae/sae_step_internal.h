@@ -1,0 +1,200 @@
+// Internals of the training step shared by its implementations (sae_step.cc,
+// sae_step_aten.cc) and by the encoders that reuse its top-k selection:
+// not part of the core/sae interface (tests may include it).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "core/sae/sae_step.h"
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace sae::internal {
+
+// What the remedy adds to this step (ALGORITHMS.md §4): the dead set, and for
+// AuxK k_aux = min(d/2, |dead|) with its scale min(1, |dead| / (d/2)).
+struct RemedyPlan {
+  const std::vector<int64_t>* dead = nullptr;  // never null after PlanRemedy
+  int64_t nd = 0;
+  bool auxk = false, ghost = false;
+  int64_t k_aux = 0;
+  double aux_scale = 0;
+};
+RemedyPlan PlanRemedy(const StepConfig& cfg, int64_t d);
+
+// Shapes, dtypes and devices of a step's or an encode's inputs.
+absl::Status CheckShapes(const SaeParams& p, const at::Tensor& x, int64_t k);
+
+// The latent counted as fired within the first fire_k of a row's top-k:
+// cfg.fire_k clamped to [1, k] (0 = k).
+inline int64_t FireK(const StepConfig& cfg) { return cfg.fire_k > 0 ? std::min(cfg.fire_k, cfg.k) : cfg.k; }
+
+// Ghost Grads (ALGORITHMS.md §4) over the dead latents `dead_t` (int64, on
+// the parameters' device): adds its gradients into the dead rows of W_dec and
+// W_enc, into b_enc, and (through x − b_dec) into b_dec, which must already
+// hold the rest of its gradient. zD: the dead latents' pre-activations (B×|D|),
+// xc = x − b_dec, c = coefficient / Σ‖x − x̄‖². Returns the loss term. Used by
+// both step implementations; the decoder rows are not projected here.
+double AddGhostGrads(const SaeParams& p, const at::Tensor& x, const at::Tensor& xc,
+                     const at::Tensor& xhat, const at::Tensor& zD, const at::Tensor& dead_t,
+                     double c, SaeGrads* grads);
+
+// The step in device-generic ATen operations (CUDA tensors; CPU with
+// StepConfig::aten). It materialises the B×n pre-activations and B·k×d
+// gradient temporaries.
+absl::Status ComputeGradientsATen(const SaeParams& params, const at::Tensor& x,
+                                  const StepConfig& cfg, SaeGrads* grads, StepResult* result);
+
+// AdamUpdate in ATen operations (non-CPU tensors).
+void AdamUpdateATen(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg,
+                    AdamState* state, at::Tensor* W_enc_lowp);
+
+// ---- small vector helpers (the compiler vectorises these loops) ----
+template <typename T>
+inline void Axpy(int64_t n, T a, const T* __restrict x, T* __restrict y) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+template <typename T>
+inline T Dot(int64_t n, const T* __restrict x, const T* __restrict y) {
+  T s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += x[i] * y[i];
+  return s;
+}
+
+// dst[0..n) = src, bypassing the cache where the CPU allows it.
+template <typename T>
+inline void StoreRow(int64_t n, const T* src, T* dst) {
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (n % 8 == 0 && reinterpret_cast<uintptr_t>(dst) % 32 == 0) {
+      for (int64_t i = 0; i < n; i += 8) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+      return;
+    }
+  }
+#endif
+  std::memcpy(dst, src, sizeof(T) * n);
+}
+
+// Top-k of z[0..n) by value (ties: lower index wins), written in descending
+// order, with a min-heap of the best k so far: the reference method, used for
+// short rows and for the candidates of SelectTopK.
+template <typename T>
+void SelectTopKHeap(const T* z, const int64_t* ids, int64_t n, int64_t k, int64_t* idx_out,
+                    T* val_out) {
+  struct Entry {
+    T v;
+    int64_t i;
+  };
+  // "a is better than b"
+  auto better = [](const Entry& a, const Entry& b) { return a.v > b.v || (a.v == b.v && a.i < b.i); };
+  std::vector<Entry> heap(static_cast<size_t>(k));
+  for (int64_t j = 0; j < k; ++j) heap[j] = {z[j], ids ? ids[j] : j};
+  std::make_heap(heap.begin(), heap.end(), better);  // front = worst kept
+  for (int64_t j = k; j < n; ++j) {
+    Entry e{z[j], ids ? ids[j] : j};
+    if (!better(e, heap.front())) continue;
+    std::pop_heap(heap.begin(), heap.end(), better);
+    heap.back() = e;
+    std::push_heap(heap.begin(), heap.end(), better);
+  }
+  std::sort_heap(heap.begin(), heap.end(), better);  // best first
+  for (int64_t t = 0; t < k; ++t) {
+    idx_out[t] = heap[t].i;
+    val_out[t] = heap[t].v;
+  }
+}
+
+// Top-k of z[0..n) in two vectorised passes: the maxima of 64-element blocks
+// give a threshold (the k-th largest block maximum is <= the k-th largest
+// element), then only elements >= it are collected and ranked. Same result
+// as SelectTopKHeap, ties included.
+template <typename T>
+void SelectTopK(const T* z, int64_t n, int64_t k, int64_t* idx_out, T* val_out) {
+  constexpr int64_t kBlock = 64;
+  const int64_t nb = n / kBlock;
+  if (nb < 2 * k) {
+    SelectTopKHeap<T>(z, nullptr, n, k, idx_out, val_out);
+    return;
+  }
+  thread_local std::vector<T> bmax, tmp, cand_v;
+  thread_local std::vector<int64_t> cand_i;
+  bmax.resize(static_cast<size_t>(nb));
+  int64_t b0 = 0;
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    // GCC leaves the float max reduction scalar (NaN rules); 8 lanes by hand.
+    for (; b0 < nb; ++b0) {
+      const float* c = z + b0 * kBlock;
+      __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_loadu_ps(c), _mm256_loadu_ps(c + 8)),
+                               _mm256_max_ps(_mm256_loadu_ps(c + 16), _mm256_loadu_ps(c + 24)));
+      m = _mm256_max_ps(m, _mm256_max_ps(_mm256_max_ps(_mm256_loadu_ps(c + 32), _mm256_loadu_ps(c + 40)),
+                                         _mm256_max_ps(_mm256_loadu_ps(c + 48), _mm256_loadu_ps(c + 56))));
+      __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+      h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+      h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+      bmax[b0] = _mm_cvtss_f32(h);
+    }
+  }
+#endif
+  for (int64_t b = b0; b < nb; ++b) {
+    const T* c = z + b * kBlock;
+    T mx = c[0];
+    for (int64_t t = 1; t < kBlock; ++t) mx = c[t] > mx ? c[t] : mx;
+    bmax[b] = mx;
+  }
+  tmp.assign(bmax.begin(), bmax.end());
+  std::nth_element(tmp.begin(), tmp.begin() + (nb - k), tmp.end());
+  const T thr = tmp[nb - k];
+  cand_v.clear();
+  cand_i.clear();
+  auto collect = [&](int64_t lo, int64_t hi) {
+    for (int64_t j = lo; j < hi; ++j)
+      if (z[j] >= thr) {
+        cand_v.push_back(z[j]);
+        cand_i.push_back(j);
+      }
+  };
+  for (int64_t b = 0; b < nb; ++b)
+    if (bmax[b] >= thr) collect(b * kBlock, (b + 1) * kBlock);
+  collect(nb * kBlock, n);  // the ragged tail
+  SelectTopKHeap<T>(cand_v.data(), cand_i.data(), static_cast<int64_t>(cand_v.size()), k, idx_out,
+                    val_out);
+}
+
+// Top-k over the values z[cand[0..m)] (cand ascending), k <= m.
+template <typename T>
+void SelectTopKAmong(const T* z, const int64_t* cand, int64_t m, int64_t k, std::vector<T>* scratch,
+                     std::vector<int64_t>* scratch_idx, int64_t* idx_out, T* val_out) {
+  scratch->resize(static_cast<size_t>(m));
+  for (int64_t t = 0; t < m; ++t) (*scratch)[t] = z[cand[t]];
+  scratch_idx->resize(static_cast<size_t>(k));
+  SelectTopK(scratch->data(), m, k, scratch_idx->data(), val_out);
+  for (int64_t t = 0; t < k; ++t) idx_out[t] = cand[(*scratch_idx)[t]];
+}
+
+inline int64_t AutoBlockRows(int64_t B, int64_t n, size_t elem) {
+  // Blocks of at most 128 MiB of pre-activations, so memory stays bounded for
+  // millions of latents, while the GEMM keeps enough rows to run at full
+  // speed (measured on 2 cores, d 768, n 16384: 78 GFLOP/s with 256-row
+  // blocks, 124 with 1024, 137 with 2048).
+  int64_t rows = static_cast<int64_t>((size_t{128} << 20) / (static_cast<size_t>(n) * elem));
+  rows = std::max<int64_t>(rows, 64);
+  return std::min(rows, B);
+}
+
+// A tensor of `shape` and `st`, reused from `slot` when it already fits.
+inline at::Tensor Reuse(at::Tensor* slot, at::IntArrayRef shape, at::ScalarType st) {
+  if (slot == nullptr) return at::empty(shape, st);
+  if (!slot->defined() || slot->sizes() != shape || slot->scalar_type() != st) *slot = at::empty(shape, st);
+  return *slot;
+}
+
+}  // namespace sae::internal
