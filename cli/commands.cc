@@ -14,7 +14,7 @@
 #include "core/base/config.h"
 #include "core/base/logging.h"
 #include "core/data/inspect.h"
-#include "core/data/manifest.h"
+#include "core/data/manifest_check.h"
 #include "core/data/shard_writer.h"
 #include "core/data/synthetic.h"
 #include "cli/report_command.h"

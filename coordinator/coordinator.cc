@@ -8,7 +8,7 @@
 #include "absl/strings/str_join.h"
 #include "coordinator/job_spec.h"
 #include "core/base/logging.h"
-#include "core/data/manifest.h"
+#include "core/data/manifest_check.h"
 
 namespace sae {
 namespace {

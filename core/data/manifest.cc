@@ -1,4 +1,5 @@
 #include "core/data/manifest.h"
+#include "core/data/manifest_check.h"
 
 #include <filesystem>
 #include <limits>

@@ -6,7 +6,6 @@
 #include <string>
 #include <vector>
 
-#include "core/base/config.h"
 #include "core/base/status.h"
 #include "core/data/safetensors.h"
 
@@ -46,16 +45,5 @@ absl::StatusOr<DType> ManifestDTypeFromString(const std::string& s);
 // exists, holds a 2-D "activations" tensor of the manifest's dtype and shape
 // [rows, d_in]. Errors start with "shard DIR/FILE: ".
 absl::StatusOr<SafetensorsFile> OpenShard(const std::string& dir, const Manifest& m, size_t index);
-
-// The size checks of ValidateJobConfig that need d_in, for a job on
-// activation shards, with d_in read from data.path's manifest.json:
-// sae.latents (or sae.expansion_factor x d_in) within kMaxLatents, sae.k
-// within the latents, and the training state (EstimateTrainingBytes) within
-// kMaxTrainingGiB. Run at submit by the coordinator (on the resolved
-// data.path) and by `sae train` before it starts. Errors start with `origin`
-// and name the field and the manifest. Passes for other data kinds and when
-// data.path has no manifest.json yet (the trainer reports that when it opens
-// the data); a malformed manifest is LoadManifest's error.
-absl::Status CheckJobAgainstManifest(const JobConfig& cfg, const std::string& origin);
 
 }  // namespace sae

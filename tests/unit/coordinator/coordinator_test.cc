@@ -11,6 +11,7 @@
 #include "coordinator/job_spec.h"
 #include "coordinator/store.h"
 #include "core/data/manifest.h"
+#include "core/data/manifest_check.h"
 
 namespace sae {
 namespace {
