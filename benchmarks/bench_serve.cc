@@ -12,10 +12,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
-#include <mutex>
 #include <thread>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "benchmarks/bench_util.h"
 
 using sae::bench::Commit;
@@ -52,7 +52,7 @@ int main(int argc, char** argv) {
                     {"steer", {{{"latent", latent}, {"scale", 4}}}}};
   auto bench = [&](const char* path, const std::string& body) {
     std::vector<double> lat;
-    std::mutex mu;
+    absl::Mutex mu;
     std::atomic<int> errors{0};
     const double t0 = Now();
     std::vector<std::thread> ts;
@@ -67,7 +67,7 @@ int main(int argc, char** argv) {
           if (!r || r->status != 200) ++errors;
           mine.push_back(Now() - s);
         }
-        std::lock_guard<std::mutex> l(mu);
+        absl::MutexLock l(&mu);
         lat.insert(lat.end(), mine.begin(), mine.end());
       });
     for (auto& t : ts) t.join();

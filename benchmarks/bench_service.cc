@@ -14,10 +14,10 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <mutex>
 #include <thread>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "client/client.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/service.h"
@@ -31,15 +31,15 @@ using Clock = std::chrono::steady_clock;
 double Now() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
 
 struct Latencies {
-  std::mutex mu;
-  std::vector<double> v;
+  absl::Mutex mu;
+  std::vector<double> v ABSL_GUARDED_BY(mu);
   std::atomic<int64_t> errors{0};
   void Add(double s) {
-    std::lock_guard<std::mutex> l(mu);
+    absl::MutexLock l(&mu);
     v.push_back(s);
   }
   double Pct(double p) {
-    std::lock_guard<std::mutex> l(mu);
+    absl::MutexLock l(&mu);
     if (v.empty()) return 0;
     std::sort(v.begin(), v.end());
     return v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
@@ -130,7 +130,7 @@ int main(int argc, char** argv) {
       reg.set_rendezvous_port(20000 + w);
       sae::v1::RegisterResponse rr;
       { auto ctx = sae::MakeContext(cl, 5); stub->Register(ctx.get(), reg, &rr); }
-      std::mutex mu;
+      absl::Mutex mu;
       std::string job;
       int attempt = 0;
       auto actx = sae::MakeContext(cl, 0);
@@ -140,7 +140,7 @@ int main(int argc, char** argv) {
         auto rd = stub->Assignments(actx.get(), ar);
         sae::v1::Assignment a;
         while (rd->Read(&a)) {
-          std::lock_guard<std::mutex> l(mu);
+          absl::MutexLock l(&mu);
           if (a.kind() == sae::v1::Assignment::RUN) {
             job = a.job_id();
             attempt = a.attempt();
@@ -157,7 +157,7 @@ int main(int argc, char** argv) {
           sae::v1::HeartbeatRequest h;
           h.set_worker_id(id);
           {
-            std::lock_guard<std::mutex> l(mu);
+            absl::MutexLock l(&mu);
             h.set_running_job_id(job);
             h.set_running_attempt(attempt);
           }
@@ -171,7 +171,7 @@ int main(int argc, char** argv) {
         std::string j;
         int at;
         {
-          std::lock_guard<std::mutex> l(mu);
+          absl::MutexLock l(&mu);
           j = job;
           at = attempt;
         }

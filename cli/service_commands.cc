@@ -17,6 +17,7 @@
 #include "client/client.h"
 #include "client/job_spec.h"
 #include "core/base/file_util.h"
+#include "core/base/human_format.h"
 #include "sae/v1/job.grpc.pb.h"
 
 namespace sae {
@@ -56,25 +57,6 @@ JobConfig JobOf(const v1::Job& j) {
   return c.ok() ? *c : JobConfig();
 }
 
-std::string Human(double v) {
-  char b[32];
-  if (v >= 1e9) std::snprintf(b, sizeof(b), "%.2fG", v / 1e9);
-  else if (v >= 1e6) std::snprintf(b, sizeof(b), "%.2fM", v / 1e6);
-  else if (v >= 1e3) std::snprintf(b, sizeof(b), "%.1fk", v / 1e3);
-  else std::snprintf(b, sizeof(b), "%.0f", v);
-  return b;
-}
-
-std::string Duration(double s) {
-  if (!std::isfinite(s) || s < 0) return "?";
-  char b[32];
-  const long t = static_cast<long>(s);
-  if (t >= 3600) std::snprintf(b, sizeof(b), "%ldh%02ldm", t / 3600, (t % 3600) / 60);
-  else if (t >= 60) std::snprintf(b, sizeof(b), "%ldm%02lds", t / 60, t % 60);
-  else std::snprintf(b, sizeof(b), "%lds", t);
-  return b;
-}
-
 std::string TimeText(int64_t ms) {
   const time_t t = static_cast<time_t>(ms / 1000);
   tm g;
@@ -91,15 +73,9 @@ std::string ProgressLine(const v1::Job& j) {
   const v1::Progress& p = j.progress();
   const double total = p.total_tokens() > 0 ? p.total_tokens() : JobOf(j).train.tokens;
   const double frac = total > 0 ? std::min(1.0, p.tokens() / total) : 0;
-  const int width = 20, filled = static_cast<int>(frac * width);
-  std::string bar(filled, '=');
-  if (filled < width) bar += '>' + std::string(width - filled - 1, ' ');
-  const double eta = p.tokens_per_second() > 0 ? (total - p.tokens()) / p.tokens_per_second() : NAN;
   char b[320];
-  std::snprintf(b, sizeof(b), "%-10s [%s] %3.0f%% %s/%s tok  %s tok/s  fvu %.4f  dead %.2f%%  k %ld  ETA %s",
-                StateName(j.state()).c_str(), bar.c_str(), 100 * frac, Human(p.tokens()).c_str(),
-                Human(total).c_str(), Human(p.tokens_per_second()).c_str(), p.fvu(), 100 * p.dead_ratio(),
-                static_cast<long>(p.k()), Duration(eta).c_str());
+  std::snprintf(b, sizeof(b), "%-10s [%s] %3.0f%% %s", StateName(j.state()).c_str(), ProgressBar(frac, 20).c_str(),
+                100 * frac, ProgressStats(p.tokens(), total, p.tokens_per_second(), p.fvu(), p.dead_ratio(), p.k()).c_str());
   return b;
 }
 
@@ -279,7 +255,7 @@ int DoStatus(const ServiceCli& a) {
               static_cast<long>(p.step()));
   if (p.checkpoint_step() > 0)
     std::printf("checkpoint step %ld (%s tokens)\n", static_cast<long>(p.checkpoint_step()),
-                Human(p.checkpoint_tokens()).c_str());
+                HumanCount(p.checkpoint_tokens()).c_str());
   std::printf("output     %s\nhistory\n", j.output().c_str());
   for (const auto& t : j.history())
     std::printf("  %s  %-10s -> %-10s %s\n", TimeText(t.time_unix_ms()).c_str(), StateName(t.from()).c_str(),

@@ -72,13 +72,13 @@ Coordinator::~Coordinator() {
 }
 
 void Coordinator::Shutdown() {
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
   shutdown_ = true;
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 absl::Status Coordinator::Load() {
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
   SAE_ASSIGN_OR_RETURN(auto jobs, store_->LoadJobs());
   for (auto& [job, rid] : jobs) {
     JobRec r;
@@ -127,14 +127,92 @@ std::string Coordinator::NewId() {
   return buf;
 }
 
+void Coordinator::BeginChange() {
+  undo_ = Undo();
+  undo_.active = true;
+  undo_.order_size = order_.size();
+  undo_.next_id = next_id_;
+}
+
+void Coordinator::TouchJob(const std::string& id) {
+  if (!undo_.active || undo_.jobs.count(id)) return;
+  auto it = jobs_.find(id);
+  undo_.jobs[id] = it == jobs_.end() ? std::nullopt : std::optional<JobRec>(it->second);
+}
+
+void Coordinator::TouchWorker(const std::string& id) {
+  if (!undo_.active || undo_.workers.count(id)) return;
+  auto it = workers_.find(id);
+  undo_.workers[id] = it == workers_.end() ? std::nullopt : std::optional<WorkerRec>(it->second);
+}
+
+bool Coordinator::Writable() {
+  if (!undo_.error.ok()) return false;  // the change fails as a whole
+  if (undo_.active && !store_->in_transaction()) undo_.error = store_->Begin();
+  return undo_.error.ok();
+}
+
+void Coordinator::Wrote(const absl::Status& s) {
+  if (s.ok()) return;
+  if (undo_.active) {
+    undo_.error = s;
+  } else {  // not reached: every write is part of a change
+    SAE_LOG(kError) << "job store " << opts_.db << ": " << s.message();
+  }
+}
+
+void Coordinator::Note(LogLevel level, std::string line) {
+  if (undo_.active) {
+    undo_.notes.emplace_back(level, std::move(line));
+  } else if (level >= GetLogLevel()) {
+    LogLine(level, line);
+  }
+}
+
+absl::Status Coordinator::EndChange(absl::Status result) {
+  if (undo_.error.ok() && store_->in_transaction()) undo_.error = store_->Commit();
+  absl::Status error = undo_.error;
+  if (error.ok()) {
+    for (const auto& [level, line] : undo_.notes)
+      if (level >= GetLogLevel()) LogLine(level, line);
+  }
+  if (!error.ok()) {
+    store_->Rollback();
+    UndoChange();
+    error = absl::Status(error.code(), absl::StrCat("job store ", opts_.db, ": ", error.message(),
+                                                    " (the change was not made)"));
+    // Ticks retry every 100 ms: at most one line per 10 s while the store fails.
+    const double now = SteadyNow();
+    if (now - last_store_error_log_ >= 10) {
+      last_store_error_log_ = now;
+      SAE_LOG(kError) << error.message();
+    }
+  }
+  undo_ = Undo();
+  return error.ok() ? result : error;
+}
+
+void Coordinator::UndoChange() {
+  for (auto& [id, rec] : undo_.jobs) {
+    if (rec) jobs_[id] = std::move(*rec);
+    else jobs_.erase(id);
+  }
+  for (auto& [id, rec] : undo_.workers) {
+    if (rec) workers_[id] = std::move(*rec);
+    else workers_.erase(id);
+  }
+  order_.resize(undo_.order_size);
+  next_id_ = undo_.next_id;
+  if (!undo_.request_id.empty()) by_request_.erase(undo_.request_id);
+  cv_.SignalAll();
+}
+
 void Coordinator::SaveJob(JobRec* j) {
+  TouchJob(j->job.id());
   j->version++;
   j->job.set_updated_unix_ms(UnixMs());
-  absl::Status s = store_->PutJob(j->job, j->request_id);
-  if (!s.ok()) {
-    SAE_LOG(kError) << "saving " << j->job.id() << ": " << s.message();
-  }
-  cv_.notify_all();
+  if (Writable()) Wrote(store_->PutJob(j->job, j->request_id));
+  cv_.SignalAll();
 }
 
 void Coordinator::SaveWorker(const WorkerRec& w) {
@@ -144,27 +222,22 @@ void Coordinator::SaveWorker(const WorkerRec& w) {
   sw.job_id = w.job_id;
   sw.attempt = w.attempt;
   sw.rank = w.rank;
-  absl::Status s = store_->PutWorker(sw);
-  if (!s.ok()) {
-    SAE_LOG(kError) << "saving worker " << w.info.worker_id() << ": " << s.message();
-  }
+  if (Writable()) Wrote(store_->PutWorker(sw));
 }
 
 void Coordinator::Transition(JobRec* j, v1::JobState to, const std::string& reason) {
+  TouchJob(j->job.id());
   v1::Transition* t = j->job.add_history();
   t->set_from(j->job.state());
   t->set_to(to);
   t->set_time_unix_ms(UnixMs());
   t->set_reason(reason);
-  SAE_LOG(kInfo) << j->job.id() << ": " << JobStateName(j->job.state()) << " -> " << JobStateName(to)
-                 << (reason.empty() ? "" : ": ") << reason;
+  Note(LogLevel::kInfo, absl::StrCat(j->job.id(), ": ", JobStateName(j->job.state()), " -> ", JobStateName(to),
+                                     reason.empty() ? "" : ": ", reason));
   j->job.set_state(to);
   j->job.set_reason(reason);
   if (to == v1::RESTARTING) j->restart_at = SteadyNow();
-  absl::Status s = store_->AddTransition(j->job.id(), *t);
-  if (!s.ok()) {
-    SAE_LOG(kError) << s.message();
-  }
+  if (Writable()) Wrote(store_->AddTransition(j->job.id(), *t));
   SaveJob(j);
   if (!j->job.parent_id().empty()) UpdateParent(j->job.parent_id());
 }
@@ -172,6 +245,7 @@ void Coordinator::Transition(JobRec* j, v1::JobState to, const std::string& reas
 void Coordinator::UpdateParent(const std::string& parent_id) {
   auto it = jobs_.find(parent_id);
   if (it == jobs_.end()) return;
+  TouchJob(parent_id);
   JobRec& p = it->second;
   int done = 0, ok = 0, failed = 0, cancelled = 0, running = 0;
   // A sweep's progress is its variants' together (tokens, rates); the
@@ -241,7 +315,7 @@ absl::StatusOr<JobConfig> Coordinator::CheckConfig(JobConfig cfg, const std::str
 
 absl::StatusOr<v1::SubmitResponse> Coordinator::Submit(const v1::SubmitRequest& req) {
   {
-    std::lock_guard<std::mutex> l(mu_);
+    absl::MutexLock l(&mu_);
     if (!req.request_id().empty()) {
       auto it = by_request_.find(req.request_id());
       if (it != by_request_.end()) {
@@ -257,66 +331,83 @@ absl::StatusOr<v1::SubmitResponse> Coordinator::Submit(const v1::SubmitRequest& 
   // Read and validated as a job file (a missing name becomes "job").
   SAE_ASSIGN_OR_RETURN(const JobConfig submitted, JobConfigFromSpec(req.spec(), "job"));
   SAE_ASSIGN_OR_RETURN(JobConfig base, CheckConfig(submitted, "job"));
-  std::vector<SweepVariant> variants;
+  std::vector<JobConfig> variants;
   if (req.sweep_size() > 0) {
     std::vector<v1::SweepAxis> axes(req.sweep().begin(), req.sweep().end());
-    SAE_ASSIGN_OR_RETURN(variants, ExpandSweep(submitted, axes));
-    for (auto& v : variants) {
-      SAE_ASSIGN_OR_RETURN(v.config, CheckConfig(v.config, absl::StrCat("job (sweep ", v.suffix, ")")));
+    SAE_ASSIGN_OR_RETURN(std::vector<SweepVariant> expanded, ExpandSweep(submitted, axes));
+    for (auto& v : expanded) {
+      SAE_ASSIGN_OR_RETURN(JobConfig checked, CheckConfig(v.config, absl::StrCat("job (sweep ", v.suffix, ")")));
+      variants.push_back(std::move(checked));
     }
   }
   if (req.has_max_restarts() && (req.max_restarts() < 0 || req.max_restarts() > 100))
     return absl::InvalidArgumentError("max_restarts: must be in [0, 100]");
   const int max_restarts = req.has_max_restarts() ? req.max_restarts() : opts_.default_max_restarts;
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
+  BeginChange();
+  auto resp = SubmitLocked(req, base, variants, max_restarts);
+  absl::Status s = EndChange(resp.status());
+  if (!s.ok()) return s;
+  return resp;
+}
+
+absl::StatusOr<v1::SubmitResponse> Coordinator::SubmitLocked(const v1::SubmitRequest& req, const JobConfig& base,
+                                                             const std::vector<JobConfig>& variants,
+                                                             int max_restarts) {
   if (!req.request_id().empty() && by_request_.count(req.request_id())) {  // raced with a twin
     v1::SubmitResponse r;
     r.set_id(by_request_[req.request_id()]);
     r.set_existing(true);
     return r;
   }
-  auto make = [&](const JobConfig& cfg, const std::string& rid) -> JobRec& {
-    const std::string id = NewId();
-    JobRec& r = jobs_[id];
-    r.request_id = rid;
-    r.job.set_id(id);
-    r.config = cfg;
-    *r.job.mutable_spec() = JobSpecFromConfig(cfg);
-    r.job.set_priority(req.priority());
-    r.job.set_max_restarts(max_restarts);
-    r.job.set_created_unix_ms(UnixMs());
-    r.job.set_output(cfg.output);
-    order_.push_back(id);
-    return r;
-  };
   v1::SubmitResponse resp;
-  JobRec& top = make(base, req.request_id());
+  JobRec& top = NewJob(base, req.request_id(), req.priority(), max_restarts);
   resp.set_id(top.job.id());
   std::vector<std::string> children;
-  for (const auto& v : variants) {
-    JobRec& c = make(v.config, "");
+  for (const JobConfig& v : variants) {
+    JobRec& c = NewJob(v, "", req.priority(), max_restarts);
     c.job.set_parent_id(top.job.id());
     children.push_back(c.job.id());
     resp.add_child_ids(c.job.id());
   }
   JobRec& parent = jobs_[resp.id()];
   for (const auto& c : children) parent.job.add_child_ids(c);
-  if (!req.request_id().empty()) by_request_[req.request_id()] = resp.id();
+  if (!req.request_id().empty()) {
+    by_request_[req.request_id()] = resp.id();
+    undo_.request_id = req.request_id();
+  }
   Transition(&parent, v1::PENDING,
              children.empty() ? "submitted" : absl::StrCat("sweep of ", children.size(), " variants"));
   for (const auto& c : children) Transition(&jobs_[c], v1::PENDING, "submitted as a sweep variant");
   return resp;
 }
 
+Coordinator::JobRec& Coordinator::NewJob(const JobConfig& cfg, const std::string& request_id, int priority,
+                                         int max_restarts) {
+  const std::string id = NewId();
+  TouchJob(id);
+  JobRec& r = jobs_[id];
+  r.request_id = request_id;
+  r.job.set_id(id);
+  r.config = cfg;
+  *r.job.mutable_spec() = JobSpecFromConfig(cfg);
+  r.job.set_priority(priority);
+  r.job.set_max_restarts(max_restarts);
+  r.job.set_created_unix_ms(UnixMs());
+  r.job.set_output(cfg.output);
+  order_.push_back(id);
+  return r;
+}
+
 absl::StatusOr<v1::Job> Coordinator::Get(const std::string& id) {
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job ", id, ": no such job"));
   return it->second.job;
 }
 
 std::vector<v1::Job> Coordinator::List(bool include_children) {
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
   std::vector<v1::Job> out;
   for (const auto& id : order_) {
     const v1::Job& j = jobs_[id].job;
@@ -329,8 +420,10 @@ std::vector<v1::Job> Coordinator::List(bool include_children) {
 }
 
 void Coordinator::StopGroup(JobRec* j, const std::string& reason) {
+  TouchJob(j->job.id());
   for (auto& [id, w] : workers_) {
     if (w.job_id != j->job.id() || w.attempt != j->job.attempt()) continue;
+    TouchWorker(id);
     v1::Assignment a;
     a.set_kind(v1::Assignment::STOP);
     a.set_job_id(j->job.id());
@@ -341,11 +434,19 @@ void Coordinator::StopGroup(JobRec* j, const std::string& reason) {
     w.stopping = true;
   }
   j->job.clear_workers();
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 absl::StatusOr<v1::Job> Coordinator::Cancel(const std::string& id, const std::string& reason) {
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
+  BeginChange();
+  auto job = CancelLocked(id, reason);
+  absl::Status s = EndChange(job.status());
+  if (!s.ok()) return s;
+  return job;
+}
+
+absl::StatusOr<v1::Job> Coordinator::CancelLocked(const std::string& id, const std::string& reason) {
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job ", id, ": no such job"));
   JobRec& j = it->second;
@@ -368,8 +469,8 @@ absl::StatusOr<v1::Job> Coordinator::Cancel(const std::string& id, const std::st
 
 absl::StatusOr<bool> Coordinator::WaitForJob(const std::string& id, int64_t* version, v1::Job* job,
                                              double timeout_s) {
-  std::unique_lock<std::mutex> l(mu_);
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  absl::MutexLock l(&mu_);
+  const absl::Time deadline = absl::Now() + absl::Seconds(timeout_s);
   while (true) {
     auto it = jobs_.find(id);
     if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job ", id, ": no such job"));
@@ -379,7 +480,7 @@ absl::StatusOr<bool> Coordinator::WaitForJob(const std::string& id, int64_t* ver
       return true;
     }
     if (shutdown_) return absl::UnavailableError("coordinator shutting down");
-    if (cv_.wait_until(l, deadline) == std::cv_status::timeout) return false;
+    if (cv_.WaitWithDeadline(&mu_, deadline)) return false;
   }
 }
 
@@ -387,18 +488,21 @@ absl::StatusOr<v1::RegisterResponse> Coordinator::Register(const v1::RegisterReq
   if (req.worker_id().empty() || req.worker_id().size() > 128)
     return absl::InvalidArgumentError("worker_id: 1 to 128 characters");
   if (req.host().empty()) return absl::InvalidArgumentError("host: empty");
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
+  BeginChange();
+  TouchWorker(req.worker_id());
   WorkerRec& w = workers_[req.worker_id()];
   const bool known = w.info.worker_id() == req.worker_id();
   w.info = req;
   w.alive = true;
   w.last_heartbeat = SteadyNow();
   if (!known) {
-    SAE_LOG(kInfo) << "worker " << req.worker_id() << " registered (" << req.host() << ", "
-                   << req.resources().cpus() << " cpus)";
+    Note(LogLevel::kInfo, absl::StrCat("worker ", req.worker_id(), " registered (", req.host(), ", ",
+                                       req.resources().cpus(), " cpus)"));
   }
   SaveWorker(w);
-  cv_.notify_all();
+  cv_.SignalAll();
+  SAE_RETURN_IF_ERROR(EndChange());
   v1::RegisterResponse r;
   r.set_lease_seconds(opts_.lease_seconds);
   r.set_heartbeat_seconds(opts_.heartbeat_seconds);
@@ -406,10 +510,16 @@ absl::StatusOr<v1::RegisterResponse> Coordinator::Register(const v1::RegisterReq
 }
 
 absl::Status Coordinator::Heartbeat(const v1::HeartbeatRequest& req) {
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
+  BeginChange();
+  return EndChange(HeartbeatLocked(req));
+}
+
+absl::Status Coordinator::HeartbeatLocked(const v1::HeartbeatRequest& req) {
   auto it = workers_.find(req.worker_id());
   if (it == workers_.end() || !it->second.alive)
     return absl::NotFoundError(absl::StrCat("worker ", req.worker_id(), ": not registered (register again)"));
+  TouchWorker(req.worker_id());
   WorkerRec& w = it->second;
   w.last_heartbeat = SteadyNow();
   if (req.running_job_id().empty()) {
@@ -418,7 +528,7 @@ absl::Status Coordinator::Heartbeat(const v1::HeartbeatRequest& req) {
       w.stopping = false;
       w.rank = -1;
       SaveWorker(w);
-      cv_.notify_all();
+      cv_.SignalAll();
     }
   } else if (req.running_job_id() != w.job_id || req.running_attempt() != w.attempt) {
     // Running something we did not (or no longer) assign: stop it once.
@@ -431,7 +541,7 @@ absl::Status Coordinator::Heartbeat(const v1::HeartbeatRequest& req) {
       a.set_attempt(req.running_attempt());
       a.set_reason("not assigned to this worker");
       w.outbox.push_back(a);
-      cv_.notify_all();
+      cv_.SignalAll();
     }
   }
   return absl::OkStatus();
@@ -450,7 +560,7 @@ v1::Assignment Coordinator::BuildRun(const JobRec& j, int rank) {
 }
 
 absl::StatusOr<int64_t> Coordinator::ConnectAssignments(const std::string& worker_id) {
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
   auto it = workers_.find(worker_id);
   if (it == workers_.end()) return absl::NotFoundError(absl::StrCat("worker ", worker_id, ": not registered"));
   WorkerRec& w = it->second;
@@ -465,14 +575,14 @@ absl::StatusOr<int64_t> Coordinator::ConnectAssignments(const std::string& worke
         (j->second.job.state() == v1::SCHEDULED || j->second.job.state() == v1::RUNNING))
       w.outbox.push_back(BuildRun(j->second, w.rank));
   }
-  cv_.notify_all();
+  cv_.SignalAll();
   return w.stream_generation;
 }
 
 absl::StatusOr<bool> Coordinator::NextAssignment(const std::string& worker_id, int64_t generation,
                                                  v1::Assignment* out, double timeout_s) {
-  std::unique_lock<std::mutex> l(mu_);
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  absl::MutexLock l(&mu_);
+  const absl::Time deadline = absl::Now() + absl::Seconds(timeout_s);
   while (true) {
     auto it = workers_.find(worker_id);
     if (it == workers_.end()) return absl::NotFoundError("worker gone");
@@ -484,16 +594,25 @@ absl::StatusOr<bool> Coordinator::NextAssignment(const std::string& worker_id, i
       w.outbox.pop_front();
       return true;
     }
-    if (cv_.wait_until(l, deadline) == std::cv_status::timeout) return false;
+    if (cv_.WaitWithDeadline(&mu_, deadline)) return false;
   }
 }
 
 absl::Status Coordinator::ReportProgress(const v1::ProgressReport& r) {
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
+  BeginChange();
+  return EndChange(ReportProgressLocked(r));
+}
+
+absl::Status Coordinator::ReportProgressLocked(const v1::ProgressReport& r) {
   auto it = jobs_.find(r.job_id());
   if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job ", r.job_id(), ": no such job"));
   auto w = workers_.find(r.worker_id());
-  if (w != workers_.end()) w->second.last_heartbeat = SteadyNow();
+  if (w != workers_.end()) {
+    TouchWorker(r.worker_id());
+    w->second.last_heartbeat = SteadyNow();
+  }
+  TouchJob(r.job_id());
   JobRec& j = it->second;
   if (r.attempt() != j.job.attempt()) return absl::OkStatus();  // a stale attempt
   if (j.job.state() == v1::SCHEDULED)
@@ -506,19 +625,22 @@ absl::Status Coordinator::ReportProgress(const v1::ProgressReport& r) {
   j.job.mutable_progress()->set_checkpoint_tokens(ck_tok);
   j.version++;  // progress is not persisted on every report; state changes are
   if (!j.job.parent_id().empty()) UpdateParent(j.job.parent_id());
-  cv_.notify_all();
+  cv_.SignalAll();
   return absl::OkStatus();
 }
 
 absl::Status Coordinator::ReportCheckpoint(const v1::CheckpointReport& r) {
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
+  BeginChange();
+  return EndChange(ReportCheckpointLocked(r));
+}
+
+absl::Status Coordinator::ReportCheckpointLocked(const v1::CheckpointReport& r) {
   auto it = jobs_.find(r.job_id());
   if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job ", r.job_id(), ": no such job"));
+  TouchJob(r.job_id());
   JobRec& j = it->second;
-  absl::Status s = store_->AddCheckpoint(r.job_id(), r.attempt(), r.step(), r.tokens(), r.path());
-  if (!s.ok()) {
-    SAE_LOG(kError) << s.message();
-  }
+  if (Writable()) Wrote(store_->AddCheckpoint(r.job_id(), r.attempt(), r.step(), r.tokens(), r.path()));
   if (r.attempt() == j.job.attempt()) {
     j.job.mutable_progress()->set_checkpoint_step(r.step());
     j.job.mutable_progress()->set_checkpoint_tokens(r.tokens());
@@ -529,6 +651,7 @@ absl::Status Coordinator::ReportCheckpoint(const v1::CheckpointReport& r) {
 
 void Coordinator::GroupFailed(JobRec* j, const std::string& reason) {
   if (j->job.state() != v1::SCHEDULED && j->job.state() != v1::RUNNING) return;
+  TouchJob(j->job.id());
   StopGroup(j, reason);
   j->job.set_tokens_trained_before(j->job.progress().tokens_trained());
   if (j->job.restarts() >= j->job.max_restarts()) {
@@ -542,18 +665,25 @@ void Coordinator::GroupFailed(JobRec* j, const std::string& reason) {
 }
 
 absl::Status Coordinator::ReportResult(const v1::AttemptResult& r) {
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
+  BeginChange();
+  return EndChange(ReportResultLocked(r));
+}
+
+absl::Status Coordinator::ReportResultLocked(const v1::AttemptResult& r) {
   auto w = workers_.find(r.worker_id());
   if (w != workers_.end() && w->second.job_id == r.job_id() && w->second.attempt == r.attempt()) {
+    TouchWorker(r.worker_id());
     w->second.job_id.clear();
     w->second.stopping = false;
     w->second.rank = -1;
     w->second.last_heartbeat = SteadyNow();
     SaveWorker(w->second);
-    cv_.notify_all();
+    cv_.SignalAll();
   }
   auto it = jobs_.find(r.job_id());
   if (it == jobs_.end()) return absl::OkStatus();
+  TouchJob(r.job_id());
   JobRec& j = it->second;
   if (r.attempt() != j.job.attempt()) return absl::OkStatus();
   if (j.job.state() != v1::SCHEDULED && j.job.state() != v1::RUNNING) return absl::OkStatus();
@@ -590,20 +720,29 @@ absl::Status Coordinator::ReportResult(const v1::AttemptResult& r) {
 }
 
 void Coordinator::Loop() {
-  std::unique_lock<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
   while (!shutdown_) {
+    // A tick is one change: when a store write fails, its changes are
+    // undone and the next tick tries again.
+    BeginChange();
     Tick();
-    cv_.wait_for(l, std::chrono::milliseconds(100));
+    EndChange().IgnoreError();  // logged by EndChange
+    cv_.WaitWithTimeout(&mu_, absl::Milliseconds(100));
   }
 }
 
 void Coordinator::Tick() {
   const double now = SteadyNow();
-  // Leases.
+  ExpireLeases(now);
+  Place(now);
+}
+
+void Coordinator::ExpireLeases(double now) {
   for (auto& [id, w] : workers_) {
     if (!w.alive || now - w.last_heartbeat <= opts_.lease_seconds) continue;
+    TouchWorker(id);
     w.alive = false;
-    SAE_LOG(kWarn) << "worker " << id << " lost: no heartbeat for " << opts_.lease_seconds << " s";
+    Note(LogLevel::kWarn, absl::StrCat("worker ", id, " lost: no heartbeat for ", opts_.lease_seconds, " s"));
     const std::string job_id = w.job_id;
     const int attempt = w.attempt;
     w.job_id.clear();
@@ -613,21 +752,25 @@ void Coordinator::Tick() {
     auto j = jobs_.find(job_id);
     if (j != jobs_.end() && j->second.job.attempt() == attempt)
       GroupFailed(&j->second, absl::StrCat("worker ", id, " lost (no heartbeat for ", opts_.lease_seconds, " s)"));
-    cv_.notify_all();
+    cv_.SignalAll();
   }
   // Stopping workers that never report the end of the stopped attempt (a
   // rank stuck on a lost peer, a lost report) are free again after a grace.
   for (auto& [id, w] : workers_) {
     if (!w.alive || !w.stopping || now - w.stop_since <= opts_.stop_grace_seconds) continue;
-    SAE_LOG(kWarn) << "worker " << id << " still stopping " << w.job_id << " attempt " << w.attempt << " after "
-                   << opts_.stop_grace_seconds << " s: free for new work";
+    Note(LogLevel::kWarn, absl::StrCat("worker ", id, " still stopping ", w.job_id, " attempt ", w.attempt, " after ",
+                                       opts_.stop_grace_seconds, " s: free for new work"));
+    TouchWorker(id);
     w.job_id.clear();
     w.stopping = false;
     w.rank = -1;
     SaveWorker(w);
   }
-  // Placement: priority, then submission order; a job that does not fit
-  // leaves the idle workers to later ones.
+}
+
+// Placement: priority, then submission order; a job that does not fit
+// leaves the idle workers to later ones.
+void Coordinator::Place(double now) {
   std::vector<JobRec*> ready;
   const double settle = 2.5 * opts_.heartbeat_seconds;
   for (const auto& id : order_) {
@@ -647,6 +790,7 @@ void Coordinator::Tick() {
     if (n == 0 || idle.size() < n) continue;
     std::vector<WorkerRec*> group(idle.begin(), idle.begin() + static_cast<long>(n));
     idle.erase(idle.begin(), idle.begin() + static_cast<long>(n));
+    TouchJob(j->job.id());
     j->job.set_attempt(j->job.attempt() + 1);
     j->job.clear_workers();
     std::vector<std::string> names;
@@ -657,6 +801,7 @@ void Coordinator::Tick() {
     j->job.set_rendezvous(n > 1 ? absl::StrCat(group[0]->info.host(), ":", group[0]->info.rendezvous_port()) : "");
     for (size_t r = 0; r < n; ++r) {
       WorkerRec* w = group[r];
+      TouchWorker(w->info.worker_id());
       w->job_id = j->job.id();
       w->attempt = j->job.attempt();
       w->rank = static_cast<int>(r);
@@ -671,7 +816,7 @@ void Coordinator::Tick() {
 }
 
 CoordinatorSnapshot Coordinator::Snapshot() {
-  std::lock_guard<std::mutex> l(mu_);
+  absl::MutexLock l(&mu_);
   CoordinatorSnapshot s;
   for (auto st : {v1::PENDING, v1::SCHEDULED, v1::RUNNING, v1::RESTARTING, v1::SUCCEEDED, v1::FAILED, v1::CANCELLED}) {
     std::string name = JobStateName(st);

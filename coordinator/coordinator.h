@@ -3,24 +3,28 @@
 // the scheduler that places a job needing world.workers workers on that many
 // idle ones (priority first, then FIFO; later jobs fill workers an earlier
 // job cannot use), sweeps, and restarts from the last checkpoint. Every
-// change is written to the JobStore before it is visible. The gRPC services
-// (service.h) are thin adapters over this class.
+// change is written to the JobStore before it is visible: the writes of one
+// call (or one scheduler tick) are one store transaction, and when one of
+// them fails the call returns that error and its changes are undone in the
+// store and in memory. The gRPC services (service.h) are thin adapters over
+// this class.
 // Thread-safe: one mutex guards all state; one background thread expires
 // leases and schedules.
 #pragma once
 
-#include <condition_variable>
 #include <deque>
 #include <map>
 #include <memory>
-#include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "coordinator/store.h"
 #include "core/base/config.h"
+#include "core/base/logging.h"
 #include "core/base/status.h"
 #include "sae/v1/job.pb.h"
 #include "sae/v1/worker.pb.h"
@@ -106,10 +110,53 @@ class Coordinator {
     int64_t stream_generation = 0;
   };
 
+  // The undo log of the change in progress (BeginChange .. EndChange): the
+  // records as they were before it touched them (nullopt: created by it).
+  struct Undo {
+    bool active = false;
+    absl::Status error;  // the first failed store write
+    std::map<std::string, std::optional<JobRec>> jobs;
+    std::map<std::string, std::optional<WorkerRec>> workers;
+    size_t order_size = 0;
+    int64_t next_id = 0;
+    std::string request_id;  // added to by_request_ by this change
+    std::vector<std::pair<LogLevel, std::string>> notes;  // logged once committed
+  };
+
   explicit Coordinator(const CoordinatorOptions& opts) : opts_(opts) {}
   absl::Status Load();
   void Loop();
   void Tick() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ExpireLeases(double now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Place(double now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Changes: every mutation of a job or worker record happens between
+  // BeginChange and EndChange, after TouchJob/TouchWorker of the record.
+  void BeginChange() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void TouchJob(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void TouchWorker(const std::string& id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Commits the change's store writes, or when one failed (or the commit
+  // fails) rolls the store and the touched records back and returns the
+  // error; else returns `result`.
+  absl::Status EndChange(absl::Status result = absl::OkStatus()) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UndoChange() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A log line about the change, written once it is committed.
+  void Note(LogLevel level, std::string line) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Store writes within a change: `if (Writable()) Wrote(store_->Put...)`.
+  // Writable begins the store transaction; false once a write failed (the
+  // change fails as a whole). Wrote records a failure.
+  bool Writable() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Wrote(const absl::Status& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  JobRec& NewJob(const JobConfig& cfg, const std::string& request_id, int priority, int max_restarts)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<v1::SubmitResponse> SubmitLocked(const v1::SubmitRequest& req, const JobConfig& base,
+                                                  const std::vector<JobConfig>& variants, int max_restarts)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<v1::Job> CancelLocked(const std::string& id, const std::string& reason)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status HeartbeatLocked(const v1::HeartbeatRequest& req) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ReportProgressLocked(const v1::ProgressReport& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ReportCheckpointLocked(const v1::CheckpointReport& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ReportResultLocked(const v1::AttemptResult& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Transition(JobRec* j, v1::JobState to, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SaveJob(JobRec* j) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SaveWorker(const WorkerRec& w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -123,15 +170,17 @@ class Coordinator {
   std::string NewId() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const CoordinatorOptions opts_;
-  std::unique_ptr<JobStore> store_;
-  std::mutex mu_;
-  std::condition_variable cv_;  // notified on every change
+  absl::Mutex mu_;
+  std::unique_ptr<JobStore> store_ ABSL_PT_GUARDED_BY(mu_);
+  absl::CondVar cv_;  // signalled on every change
   std::map<std::string, JobRec> jobs_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> order_ ABSL_GUARDED_BY(mu_);  // submission order
   std::map<std::string, std::string> by_request_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, WorkerRec> workers_ ABSL_GUARDED_BY(mu_);
   int64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  Undo undo_ ABSL_GUARDED_BY(mu_);
+  double last_store_error_log_ ABSL_GUARDED_BY(mu_) = -1e9;
   std::thread loop_;
 };
 

@@ -7,11 +7,12 @@
 #include <prometheus/text_serializer.h>
 
 #include <fstream>
-#include <mutex>
 #include <nlohmann/json.hpp>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "client/job_spec.h"
 #include "coordinator/roots.h"
 #include "core/base/file_util.h"
@@ -235,7 +236,7 @@ class CoordinatorMetrics {
                      .Add({{"role", "coordinator"}});
   }
   std::string Render(const CoordinatorSnapshot& s) {
-    std::lock_guard<std::mutex> l(mu_);
+    absl::MutexLock l(&mu_);
     for (const auto& [state, n] : s.jobs_by_state) jobs_->Add({{"state", state}, {"role", "coordinator"}}).Set(n);
     for (const auto& [state, n] : s.workers_by_state)
       workers_->Add({{"state", state}, {"role", "coordinator"}}).Set(n);
@@ -245,11 +246,11 @@ class CoordinatorMetrics {
   }
 
  private:
-  std::mutex mu_;
+  absl::Mutex mu_;  // Render: the gauges are set, then collected, as one
   prometheus::Registry reg_;
-  prometheus::Family<prometheus::Gauge>* jobs_;
-  prometheus::Family<prometheus::Gauge>* workers_;
-  prometheus::Counter* restarts_;
+  prometheus::Family<prometheus::Gauge>* jobs_ ABSL_PT_GUARDED_BY(mu_);
+  prometheus::Family<prometheus::Gauge>* workers_ ABSL_PT_GUARDED_BY(mu_);
+  prometheus::Counter* restarts_ ABSL_PT_GUARDED_BY(mu_);
 };
 
 }  // namespace

@@ -124,6 +124,17 @@ absl::Status JobStore::AddCheckpoint(const std::string& job_id, int attempt, int
   return absl::OkStatus();
 }
 
+absl::Status JobStore::Begin() { return Exec("BEGIN IMMEDIATE"); }
+
+absl::Status JobStore::Commit() { return Exec("COMMIT"); }
+
+void JobStore::Rollback() {
+  // SQLite may already have rolled back (a full disk, an I/O error).
+  if (in_transaction()) Exec("ROLLBACK").IgnoreError();
+}
+
+bool JobStore::in_transaction() const { return sqlite3_get_autocommit(db_) == 0; }
+
 absl::StatusOr<std::vector<std::pair<v1::Job, std::string>>> JobStore::LoadJobs() {
   std::vector<std::pair<v1::Job, std::string>> out;
   Stmt st(db_, "SELECT job, request_id FROM jobs ORDER BY created_ms, id");

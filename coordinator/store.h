@@ -2,7 +2,7 @@
 // message and its idempotency key), state transitions with time and reason,
 // workers with their current assignment, and reported checkpoints. Every
 // write is one transaction, so a killed coordinator restarts from the last
-// completed change. Not thread-safe: the Coordinator serializes calls.
+// completed change (or group, Begin..Commit). Not thread-safe: the Coordinator serializes calls.
 #pragma once
 
 #include <memory>
@@ -38,6 +38,13 @@ class JobStore {
                              const std::string& path);
   absl::StatusOr<std::vector<std::pair<v1::Job, std::string>>> LoadJobs();  // with request ids
   absl::StatusOr<std::vector<StoredWorker>> LoadWorkers();
+
+  // Groups the writes that follow into one transaction: Commit makes them
+  // durable together, Rollback discards them (also after a failed write).
+  absl::Status Begin();
+  absl::Status Commit();
+  void Rollback();
+  bool in_transaction() const;
 
  private:
   explicit JobStore(sqlite3* db) : db_(db) {}

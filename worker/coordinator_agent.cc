@@ -8,17 +8,17 @@
 
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <deque>
 #include <functional>
 #include <fstream>
 #include <memory>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "client/client.h"
 #include "client/job_spec.h"
 #include "core/base/file_util.h"
@@ -67,62 +67,61 @@ class Reporter {
       : send_progress_(std::move(p)), send_checkpoint_(std::move(c)), flush_s_(flush_s), thread_([this] { Loop(); }) {}
   ~Reporter() {
     {
-      std::lock_guard<std::mutex> l(mu_);
+      absl::MutexLock l(&mu_);
       done_ = true;
     }
-    cv_.notify_all();
     thread_.join();
   }
   void Progress(const v1::ProgressReport& r) {
-    std::lock_guard<std::mutex> l(mu_);
+    absl::MutexLock l(&mu_);
     progress_ = r;
     have_progress_ = true;
   }
   void Checkpoint(const v1::CheckpointReport& r) {
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      checkpoints_.push_back(r);
-    }
-    cv_.notify_all();
+    absl::MutexLock l(&mu_);
+    checkpoints_.push_back(r);
   }
 
  private:
+  bool HasWork() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return done_ || !checkpoints_.empty(); }
+
   void Loop() {
-    std::unique_lock<std::mutex> l(mu_);
+    mu_.Lock();
     double flush_deadline = -1;
     while (true) {
-      cv_.wait_for(l, std::chrono::milliseconds(500), [this] { return done_ || !checkpoints_.empty(); });
+      mu_.AwaitWithTimeout(absl::Condition(this, &Reporter::HasWork), absl::Milliseconds(500));
       if (done_ && flush_deadline < 0) flush_deadline = Now() + flush_s_;
       if (have_progress_ && !done_) {
         v1::ProgressReport r = progress_;
         have_progress_ = false;
-        l.unlock();
+        mu_.Unlock();
         send_progress_(r);  // best effort
-        l.lock();
+        mu_.Lock();
       }
       while (!checkpoints_.empty()) {
         v1::CheckpointReport r = checkpoints_.front();
-        l.unlock();
+        mu_.Unlock();
         const bool sent = send_checkpoint_(r);
-        l.lock();
+        mu_.Lock();
         if (sent || (flush_deadline >= 0 && Now() > flush_deadline)) {
           checkpoints_.pop_front();
         } else {
           break;  // retry on the next round
         }
       }
-      if (done_ && (checkpoints_.empty() || Now() > flush_deadline)) return;
+      if (done_ && (checkpoints_.empty() || Now() > flush_deadline)) break;
     }
+    mu_.Unlock();
   }
 
   SendProgress send_progress_;
   SendCheckpoint send_checkpoint_;
   double flush_s_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool done_ = false, have_progress_ = false;
-  v1::ProgressReport progress_;
-  std::deque<v1::CheckpointReport> checkpoints_;
+  absl::Mutex mu_;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  bool have_progress_ ABSL_GUARDED_BY(mu_) = false;
+  v1::ProgressReport progress_ ABSL_GUARDED_BY(mu_);
+  std::deque<v1::CheckpointReport> checkpoints_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
 };
 
@@ -141,7 +140,7 @@ class Agent {
     StopCurrent("worker shutting down");
     JoinFinished(true);
     {
-      std::lock_guard<std::mutex> l(mu_);
+      absl::MutexLock l(&mu_);
       if (stream_ctx_) stream_ctx_->TryCancel();
     }
     as.join();
@@ -167,7 +166,7 @@ class Agent {
     req.set_metrics_address(opts_.metrics_listen);
     req.set_rendezvous_port(opts_.rendezvous_port);
     {
-      std::lock_guard<std::mutex> l(mu_);
+      absl::MutexLock l(&mu_);
       if (cur_ && !cur_->done) {
         req.set_running_job_id(cur_->job_id);
         req.set_running_attempt(cur_->attempt);
@@ -177,8 +176,9 @@ class Agent {
     auto ctx = MakeContext(client_, 5);
     grpc::Status s = stub_->Register(ctx.get(), req, &resp);
     if (!s.ok()) {
-      if (!warned_.exchange(true))
+      if (!warned_.exchange(true)) {
         SAE_LOG(kWarn) << "register at " << opts_.coordinator << ": " << s.error_message() << " (retrying)";
+      }
       if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED || s.error_code() == grpc::StatusCode::INVALID_ARGUMENT)
         Sleep(2);
       return false;
@@ -197,7 +197,7 @@ class Agent {
       v1::HeartbeatRequest req;
       req.set_worker_id(opts_.worker_id);
       {
-        std::lock_guard<std::mutex> l(mu_);
+        absl::MutexLock l(&mu_);
         if (cur_ && !cur_->done) {
           req.set_running_job_id(cur_->job_id);
           req.set_running_attempt(cur_->attempt);
@@ -214,7 +214,7 @@ class Agent {
     while (!stop_->load()) {
       auto ctx = MakeContext(client_, 0);
       {
-        std::lock_guard<std::mutex> l(mu_);
+        absl::MutexLock l(&mu_);
         stream_ctx_ = ctx.get();
       }
       v1::AssignmentsRequest req;
@@ -224,7 +224,7 @@ class Agent {
       while (!stop_->load() && reader->Read(&a)) Handle(a);
       grpc::Status s = reader->Finish();
       {
-        std::lock_guard<std::mutex> l(mu_);
+        absl::MutexLock l(&mu_);
         stream_ctx_ = nullptr;
       }
       if (stop_->load()) break;
@@ -235,7 +235,7 @@ class Agent {
 
   void Handle(const v1::Assignment& a) {
     if (a.kind() == v1::Assignment::STOP) {
-      std::lock_guard<std::mutex> l(mu_);
+      absl::MutexLock l(&mu_);
       if (cur_ && cur_->job_id == a.job_id() && !cur_->done) {
         SAE_LOG(kInfo) << "stopping " << a.job_id() << " attempt " << cur_->attempt << ": " << a.reason();
         cur_->stop = true;
@@ -244,12 +244,12 @@ class Agent {
     }
     if (a.kind() != v1::Assignment::RUN) return;
     {
-      std::lock_guard<std::mutex> l(mu_);
+      absl::MutexLock l(&mu_);
       if (cur_ && cur_->job_id == a.job_id() && cur_->attempt == a.attempt()) return;  // already ours
     }
     StopCurrent("replaced by a new assignment");
     JoinFinished(true);
-    std::lock_guard<std::mutex> l(mu_);
+    absl::MutexLock l(&mu_);
     cur_ = std::make_unique<Current>();
     cur_->job_id = a.job_id();
     cur_->attempt = a.attempt();
@@ -261,7 +261,7 @@ class Agent {
   }
 
   void StopCurrent(const std::string& why) {
-    std::lock_guard<std::mutex> l(mu_);
+    absl::MutexLock l(&mu_);
     if (cur_ && !cur_->done) {
       SAE_LOG(kInfo) << "stopping " << cur_->job_id << ": " << why;
       cur_->stop = true;
@@ -272,7 +272,7 @@ class Agent {
   void JoinFinished(bool wait) {
     std::unique_ptr<Current> old;
     {
-      std::lock_guard<std::mutex> l(mu_);
+      absl::MutexLock l(&mu_);
       if (!cur_ || (!wait && !cur_->done)) return;
       old = std::move(cur_);
     }
@@ -361,7 +361,7 @@ class Agent {
     ro.progress = ProgressMode::kQuiet;
     ro.stop = &c->stop;
     ro.attempt = a.attempt();
-    ro.resume = PathExists(cfg.output + kPartialSuffix + "/" + kCheckpointDir + "/" + kLatestFile);
+    ro.resume = HasResumableCheckpoint(cfg.output);
     if (a.world_size() > 1) {
       ro.rank = a.rank();
       ro.world_size = a.world_size();
@@ -465,7 +465,7 @@ class Agent {
   // Between jobs the metrics port answers with an empty exposition, so the
   // target /sd lists stays up for Prometheus.
   void ServeIdleMetrics(bool on) {
-    std::lock_guard<std::mutex> l(idle_mu_);
+    absl::MutexLock l(&idle_mu_);
     idle_http_.reset();
     if (!on || opts_.metrics_listen.empty()) return;
     auto h = HttpServer::Start(opts_.metrics_listen, [](const std::string& path) {
@@ -482,14 +482,14 @@ class Agent {
 
   WorkerAgentOptions opts_;
   ClientOptions client_;
-  std::mutex idle_mu_;
-  std::unique_ptr<HttpServer> idle_http_;  // guarded by idle_mu_
+  absl::Mutex idle_mu_;
+  std::unique_ptr<HttpServer> idle_http_ ABSL_GUARDED_BY(idle_mu_);
   std::unique_ptr<v1::WorkerService::Stub> stub_;
   std::unique_ptr<v1::DataService::Stub> data_;
   const std::atomic<bool>* stop_;
-  std::mutex mu_;
-  std::unique_ptr<Current> cur_;  // guarded by mu_
-  grpc::ClientContext* stream_ctx_ = nullptr;  // guarded by mu_
+  absl::Mutex mu_;
+  std::unique_ptr<Current> cur_ ABSL_GUARDED_BY(mu_);
+  grpc::ClientContext* stream_ctx_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::atomic<double> heartbeat_s_{1.0};
   std::atomic<bool> warned_{false};  // Register runs on the heartbeat, training and reporter threads
 };

@@ -1,5 +1,6 @@
 #include "worker/training_run.h"
 
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <unistd.h>
 
@@ -7,22 +8,23 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <ctime>
-#include <deque>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <thread>
 
-#include "absl/strings/numbers.h"
 #include "core/base/file_util.h"
+#include "core/base/human_format.h"
 #include "core/base/logging.h"
-#include "core/comm/communicator.h"
-#include "core/telemetry/metrics.h"
+#include "core/base/parse.h"
 #include "core/data/synthetic.h"
+#include "core/sae/checkpoint.h"
+#include "core/sae/trainer.h"
+#include "core/telemetry/metrics.h"
 #include "worker/batch_source.h"
+#include "worker/metrics_sink.h"
 #include "worker/run_fence.h"
+#include "worker/run_world.h"
+#include "worker/step_loop.h"
 
 namespace sae {
 namespace {
@@ -34,74 +36,6 @@ double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-std::string HumanCount(double v) {
-  char buf[32];
-  if (v >= 1e9) std::snprintf(buf, sizeof(buf), "%.2fG", v / 1e9);
-  else if (v >= 1e6) std::snprintf(buf, sizeof(buf), "%.2fM", v / 1e6);
-  else if (v >= 1e3) std::snprintf(buf, sizeof(buf), "%.1fk", v / 1e3);
-  else std::snprintf(buf, sizeof(buf), "%.0f", v);
-  return buf;
-}
-
-std::string HumanDuration(double s) {
-  if (!std::isfinite(s) || s < 0) return "?";
-  char buf[32];
-  const int64_t t = static_cast<int64_t>(s);
-  if (t >= 3600) std::snprintf(buf, sizeof(buf), "%ldh%02ldm", t / 3600, (t % 3600) / 60);
-  else if (t >= 60) std::snprintf(buf, sizeof(buf), "%ldm%02lds", t / 60, t % 60);
-  else std::snprintf(buf, sizeof(buf), "%lds", t);
-  return buf;
-}
-
-std::string StepDirName(int64_t step) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "step-%09ld", step);
-  return buf;
-}
-
-// Writes a checkpoint atomically: state into step-N.tmp/, renamed to step-N/,
-// then the `latest` pointer replaced; keeps the newest `keep` checkpoints.
-absl::Status WriteCheckpoint(const std::string& ckpt_root, const SaeTrainer& t, int64_t data_pos,
-                             int keep) {
-  SAE_RETURN_IF_ERROR(MakeDirs(ckpt_root));
-  const std::string name = StepDirName(t.step());
-  const std::string final_dir = ckpt_root + "/" + name;
-  const std::string tmp_dir = final_dir + ".tmp";
-  SAE_RETURN_IF_ERROR(RemoveAll(tmp_dir));
-  SAE_RETURN_IF_ERROR(MakeDirs(tmp_dir));
-  SAE_RETURN_IF_ERROR(t.SaveState(tmp_dir + "/state.safetensors",
-                                  {{"data_position", std::to_string(data_pos)}}));
-  SAE_RETURN_IF_ERROR(RemoveAll(final_dir));
-  SAE_RETURN_IF_ERROR(DurableRename(tmp_dir, final_dir));
-  SAE_RETURN_IF_ERROR(AtomicWriteFile(ckpt_root + "/" + kLatestFile, name + "\n"));
-  // Prune older checkpoints (never the one `latest` names).
-  std::vector<std::string> steps;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(ckpt_root, ec)) {
-    const std::string n = e.path().filename().string();
-    if (e.is_directory() && n.rfind("step-", 0) == 0 && n.find(".tmp") == std::string::npos)
-      steps.push_back(n);
-  }
-  std::sort(steps.begin(), steps.end());
-  for (size_t i = 0; i + keep < steps.size(); ++i)
-    if (steps[i] != name) RemoveAll(ckpt_root + "/" + steps[i]).IgnoreError();
-  return absl::OkStatus();
-}
-
-// Keeps only metrics lines up to `step` (a resumed run rewrites the rest).
-absl::Status TruncateMetrics(const std::string& path, int64_t step) {
-  if (!PathExists(path)) return absl::OkStatus();
-  SAE_ASSIGN_OR_RETURN(std::string text, ReadFileToString(path));
-  std::istringstream in(text);
-  std::string line, kept;
-  while (std::getline(in, line)) {
-    json j = json::parse(line, nullptr, false);
-    if (j.is_discarded() || !j.is_object() || !j.contains("step") || !j["step"].is_number_integer()) continue;
-    if (j["step"].get<int64_t>() <= step) kept += line + "\n";
-  }
-  return AtomicWriteFile(path, kept);
-}
-
 class Progress {
  public:
   Progress(ProgressMode mode, int64_t total) : total_(total) {
@@ -111,20 +45,12 @@ class Progress {
   void Update(const StepMetrics& m, double tok_s, bool log_line) {
     if (mode_ == ProgressMode::kQuiet) return;
     const double frac = static_cast<double>(m.tokens) / total_;
-    const double eta = tok_s > 0 ? (total_ - m.tokens) / tok_s : NAN;
-    char stats[256];
-    std::snprintf(stats, sizeof(stats), "%s/%s tok  %s tok/s  fvu %.4f  dead %.2f%%  k %ld  ETA %s",
-                  HumanCount(m.tokens).c_str(), HumanCount(total_).c_str(), HumanCount(tok_s).c_str(),
-                  m.fvu, 100 * m.dead_ratio, m.k, HumanDuration(eta).c_str());
+    const std::string stats = ProgressStats(m.tokens, total_, tok_s, m.fvu, m.dead_ratio, m.k);
     if (mode_ == ProgressMode::kBar) {
       const double now = Now();
       if (now - last_draw_ < 0.1 && m.tokens < total_) return;
       last_draw_ = now;
-      const int width = 24;
-      const int filled = static_cast<int>(std::clamp(frac, 0.0, 1.0) * width);
-      std::string bar(filled, '=');
-      if (filled < width) bar += '>' + std::string(width - filled - 1, ' ');
-      std::fprintf(stderr, "\r[%s] %3.0f%% %s\x1b[K", bar.c_str(), 100 * frac, stats);
+      std::fprintf(stderr, "\r[%s] %3.0f%% %s\x1b[K", ProgressBar(frac, 24).c_str(), 100 * frac, stats.c_str());
       if (m.tokens >= total_) std::fprintf(stderr, "\n");
       std::fflush(stderr);
     } else if (log_line) {
@@ -153,6 +79,155 @@ double PlantedRecovery(const JobConfig& job, const SaeParams& p) {
   at::Tensor W = Wd / Wd.norm(2, 1, true).clamp_min(1e-12);
   at::Tensor best = std::get<0>(at::mm(D, W.t()).max(1));
   return (best >= 0.9).to(at::kFloat).mean().item<double>();
+}
+
+// Serves this rank's Prometheus metrics when asked to (null otherwise).
+absl::StatusOr<std::unique_ptr<TrainingMetrics>> StartTelemetry(const JobConfig& job, const RunOptions& opts,
+                                                                 int rank, int world) {
+  if (opts.metrics_listen.empty()) return std::unique_ptr<TrainingMetrics>();
+  const std::string listen = MetricsListenFor(opts.metrics_listen, rank, world, opts.metrics_port_per_rank);
+  MetricLabels labels;
+  labels.job = job.name;
+  labels.sae = job.name;
+  labels.rank = std::to_string(rank);
+  labels.remedy = OptionName(job.sae.dead_remedy);
+  SAE_ASSIGN_OR_RETURN(auto telemetry, TrainingMetrics::Start(listen, labels));
+  SAE_LOG(kInfo) << "rank " << rank << " metrics at http://" << telemetry->address() << "/metrics";
+  return telemetry;
+}
+
+StepSample SampleOf(const StepReport& r) {
+  const StepMetrics& m = r.metrics;
+  StepSample sample;
+  sample.tokens = r.rank_rows;  // this rank's share: a sum over ranks is the job's tokens
+  sample.k = m.k;
+  sample.fvu = m.fvu;
+  sample.mse = m.mse;
+  sample.l0 = m.l0;
+  sample.dead_ratio = m.dead_ratio;
+  sample.aux_loss = m.aux_loss;
+  sample.step_seconds = m.seconds;
+  sample.allreduce_seconds = m.allreduce_seconds;
+  sample.data_wait_seconds = r.data_wait_seconds;
+  return sample;
+}
+
+// The trainer and its data source, positioned at the checkpoint when resuming.
+struct Prepared {
+  std::unique_ptr<SaeTrainer> trainer;
+  std::unique_ptr<BatchSource> source;
+};
+
+absl::StatusOr<Prepared> PrepareTrainer(const JobConfig& job, const RunOptions& opts, const RunDir& dir,
+                                        Communicator* comm) {
+  // Resume: the state file tells the data position, read after creating the
+  // trainer; the source opened at 0 gives d_in first.
+  std::string state_path;
+  if (opts.resume) {
+    SAE_ASSIGN_OR_RETURN(state_path, LatestStatePath(dir));
+  }
+  DataShare share;
+  share.rank = comm->rank();
+  share.world = comm->world_size();
+  share.batch_rows = job.train.batch_tokens - job.train.batch_tokens % share.world;
+  Prepared p;
+  SAE_ASSIGN_OR_RETURN(p.source, OpenBatchSource(job, 0, share));
+  SAE_ASSIGN_OR_RETURN(TrainerOptions topts, TrainerOptionsFromJob(job, p.source->d_in()));
+  topts.comm = comm;
+  topts.comm_timeout = absl::Seconds(job.world.timeout_seconds);
+  SAE_ASSIGN_OR_RETURN(p.trainer, SaeTrainer::Create(topts));
+  if (!opts.resume) return p;
+  auto extra = p.trainer->LoadState(state_path);
+  if (!extra.ok()) return Annotate(extra.status(), "--resume");
+  SAE_ASSIGN_OR_RETURN(const int64_t data_pos, DataPositionOf(*extra, state_path));
+  p.source.reset();
+  SAE_ASSIGN_OR_RETURN(p.source, OpenBatchSource(job, data_pos, share));
+  SAE_LOG(kInfo) << "resuming " << state_path << " at step " << p.trainer->step() << ", "
+                 << p.trainer->tokens_seen() << " tokens";
+  return p;
+}
+
+// Rank 0 claims the run directory for its attempt and starts metrics.jsonl:
+// lines after the checkpoint resumed from (or every line, when starting
+// afresh after an attempt that died before its first checkpoint) are
+// written again by this attempt.
+absl::Status StartRunDir(const JobConfig& job, const RunDir& dir, RunFence& fence, MetricsSink& metrics,
+                         int64_t resumed_step) {
+  SAE_RETURN_IF_ERROR(MakeDirs(dir.work_dir));
+  SAE_RETURN_IF_ERROR(fence.Claim());
+  SAE_ASSIGN_OR_RETURN(RunFence::Held held, fence.Hold());
+  SAE_RETURN_IF_ERROR(metrics.Open(resumed_step));
+  return AtomicWriteFile(dir.work_dir + "/job.yaml", JobConfigToYaml(job));
+}
+
+// The numbers of a finished run (averages over the last steps at final k).
+RunSummary Summarize(const JobConfig& job, const SaeTrainer& t, const StepLoop& loop, int rank, int world) {
+  RunSummary sum;
+  sum.rank = rank;
+  sum.world = world;
+  sum.finished = true;
+  sum.output = job.output;
+  sum.tokens = t.tokens_seen();
+  sum.steps = t.step();
+  const auto& recent = loop.recent();
+  for (const StepMetrics& m : recent) {
+    sum.fvu += m.fvu / recent.size();
+    sum.mse += m.mse / recent.size();
+    sum.l0 += m.l0 / recent.size();
+    sum.aux_loss += m.aux_loss / recent.size();
+  }
+  sum.dead_ratio = t.dead().DeadRatio();
+  sum.seconds = loop.seconds();
+  sum.tokens_per_second = (sum.tokens - loop.tokens_at_start()) / std::max(sum.seconds, 1e-9);
+  sum.k = t.CurrentK();
+  sum.latents = t.options().latents;
+  sum.d_in = t.options().d_in;
+  sum.remedy = OptionName(t.options().remedy);
+  sum.planted_recovered = PlantedRecovery(job, t.params());
+  return sum;
+}
+
+// Rank 0: the final SAE and summary.json, then OUTPUT.partial/ renamed to OUTPUT.
+absl::Status WriteFinalOutputs(const JobConfig& job, const RunDir& dir, const RunFence& fence,
+                               const SaeTrainer& t, const BatchSource& source, const RunSummary& sum) {
+  SAE_ASSIGN_OR_RETURN(RunFence::Held held, fence.Hold());
+  SAE_ASSIGN_OR_RETURN(json data, ParseJson(source.DescribeJson(), "data source description"));
+  json prov = {{"job", job.name}, {"data", data}, {"ranks", sum.world}};
+  SAE_RETURN_IF_ERROR(t.ExportSae(dir.work_dir, prov.dump()));
+  json summary = {{"name", job.name}, {"tokens", sum.tokens}, {"steps", sum.steps},
+                  {"fvu", sum.fvu}, {"mse", sum.mse}, {"l0", sum.l0},
+                  {"dead_ratio", sum.dead_ratio}, {"dead_latents", t.dead().NumDead()},
+                  {"aux_loss", sum.aux_loss}, {"tokens_per_second", sum.tokens_per_second},
+                  {"seconds", sum.seconds}, {"d_in", sum.d_in}, {"latents", sum.latents},
+                  {"k", sum.k}, {"dead_remedy", sum.remedy}};
+  if (sum.planted_recovered >= 0) summary["planted_atoms_recovered"] = sum.planted_recovered;
+  SAE_RETURN_IF_ERROR(AtomicWriteFile(dir.work_dir + "/" + kSummaryFile, summary.dump(2) + "\n"));
+  // The fence's files do not belong to the output; a stale attempt that
+  // looks now finds no owner (or no directory) and stops.
+  std::error_code ec;
+  fs::remove(dir.work_dir + "/attempt", ec);
+  fs::remove(dir.work_dir + "/.lock", ec);
+  return DurableRename(dir.work_dir, dir.final_dir);
+}
+
+StepLoopConfig LoopConfigOf(const JobConfig& job, const RunOptions& opts) {
+  StepLoopConfig c;
+  c.total_tokens = job.train.tokens;
+  c.batch_tokens = job.train.batch_tokens;
+  c.checkpoint_every_tokens = job.train.checkpoint_every_tokens;
+  // 0 (the default): about 100 records per run, enough for a readable curve.
+  c.log_every_steps = job.train.log_every_steps > 0
+                          ? job.train.log_every_steps
+                          : std::max<int64_t>(1, job.train.tokens / std::max<int64_t>(1, job.train.batch_tokens) / 100);
+  c.max_steps = opts.max_steps;
+  c.timeout = absl::Seconds(job.world.timeout_seconds);
+  c.stop = opts.stop;
+  return c;
+}
+
+void SetThreads(const JobConfig& job) {
+  at::set_num_threads(job.train.threads > 0 ? static_cast<int>(job.train.threads)
+                                            : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
 }
 
 }  // namespace
@@ -188,279 +263,70 @@ std::string FormatSummaryTable(const RunSummary& s) {
   return out;
 }
 
+bool HasResumableCheckpoint(const std::string& output) { return RunDir(output).HasCheckpoint(); }
+
 absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions& opts) {
   const std::string origin = job.source_path.empty() ? "job" : job.source_path;
   SAE_RETURN_IF_ERROR(ValidateJobConfig(job, origin));
-  // The world: mpirun-started ranks use MPI, a lone process trains alone.
-  std::string backend = OptionName(job.world.backend);
-  if (backend == "auto") {
-    // NCCL when the SAE trains on GPUs and NCCL is built in; else MPI under
-    // mpirun, Gloo with a rendezvous address, or this process alone.
-    const bool gpu = job.train.device == Device::kCuda || (job.train.device == Device::kAuto && at::hasCUDA());
-    const auto built = AvailableBackends();
-    const bool nccl = std::find(built.begin(), built.end(), "nccl") != built.end();
-    const bool multi = LaunchedByMpirun() || !opts.rendezvous.empty();
-    if (gpu && nccl && multi) {
-      backend = "nccl";
-    } else {
-      backend = LaunchedByMpirun() ? "mpi" : !opts.rendezvous.empty() ? "gloo" : "local";
-    }
-  }
-  if (backend == "local" && job.world.workers != 1)
-    return absl::FailedPreconditionError(absl::StrCat(
-        origin, ": world.workers: ", job.world.workers,
-        " workers need `mpirun -np ", job.world.workers,
-        " sae-worker --job FILE` (or a coordinator); this process trains alone"));
-  CommOptions co;
-  co.expected_world_size = static_cast<int>(job.world.workers);
-  co.rank = opts.rank;
-  co.world_size = opts.world_size;
-  co.rendezvous = opts.rendezvous;
-  co.timeout = absl::Seconds(job.world.timeout_seconds);
-  co.abort = opts.stop;  // a stop ends a wait on lost ranks within about a second
-  auto comm_or = CreateCommunicator(backend, co);
-  if (!comm_or.ok()) return Annotate(comm_or.status(), origin);
-  std::unique_ptr<Communicator> comm = std::move(*comm_or);
+  SAE_ASSIGN_OR_RETURN(RunWorld w, OpenRunWorld(job, opts, origin));
+  Communicator* comm = w.comm.get();
   const int rank = comm->rank(), world = comm->world_size();
   const bool leader = rank == 0;
-
-  std::unique_ptr<TrainingMetrics> telemetry;
-  if (!opts.metrics_listen.empty()) {
-    std::string listen = opts.metrics_listen;
-    const size_t colon = listen.rfind(':');
-    if (colon != std::string::npos && world > 1 && opts.metrics_port_per_rank) {
-      const int port = std::atoi(listen.c_str() + colon + 1);
-      if (port > 0) listen = absl::StrCat(listen.substr(0, colon), ":", port + rank);
-    }
-    MetricLabels labels;
-    labels.job = job.name;
-    labels.sae = job.name;
-    labels.rank = std::to_string(rank);
-    labels.remedy = OptionName(job.sae.dead_remedy);
-    auto t = TrainingMetrics::Start(listen, labels);
-    if (!t.ok()) return t.status();
-    telemetry = std::move(*t);
-    SAE_LOG(kInfo) << "rank " << rank << " metrics at http://" << telemetry->address() << "/metrics";
-  }
-  at::set_num_threads(job.train.threads > 0 ? static_cast<int>(job.train.threads)
-                                            : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
-
-  const std::string final_dir = job.output;
-  const std::string work_dir = final_dir + kPartialSuffix;
-  const std::string ckpt_root = work_dir + "/" + kCheckpointDir;
-  const std::string metrics_path = work_dir + "/metrics.jsonl";
-  if (PathExists(final_dir))
-    return absl::AlreadyExistsError(absl::StrCat(
-        origin, ": output: ", final_dir, " already exists (a finished run); choose another output"));
-  const bool have_ckpt = PathExists(ckpt_root + "/" + kLatestFile);
-  if (!opts.resume && have_ckpt)
-    return absl::FailedPreconditionError(absl::StrCat(
-        work_dir, " holds checkpoints of an unfinished run: pass --resume to continue it, or remove it"));
-  if (opts.resume && !have_ckpt)
-    return absl::NotFoundError(absl::StrCat("--resume: no checkpoint under ", ckpt_root));
-
-  // Resume: the state file first tells the data position.
-  std::string state_path;
-  if (opts.resume) {
-    SAE_ASSIGN_OR_RETURN(std::string latest, ReadFileToString(ckpt_root + "/" + kLatestFile));
-    latest.erase(latest.find_last_not_of(" \n\r\t") + 1);
-    state_path = ckpt_root + "/" + latest + "/state.safetensors";
-  }
-  // The data position is read from the state after creating the trainer; the
-  // source needs it, so peek at d_in first with a source at 0 only if needed.
-  int64_t data_pos = 0;
-  std::unique_ptr<SaeTrainer> trainer;
-  std::unique_ptr<BatchSource> source;
-  DataShare share;
-  share.rank = rank;
-  share.world = world;
-  share.batch_rows = job.train.batch_tokens - job.train.batch_tokens % world;
-  {
-    SAE_ASSIGN_OR_RETURN(source, OpenBatchSource(job, 0, share));
-    auto topts = TrainerOptionsFromJob(job, source->d_in());
-    if (!topts.ok()) return topts.status();
-    topts->comm = comm.get();
-    topts->comm_timeout = absl::Seconds(job.world.timeout_seconds);
-    SAE_ASSIGN_OR_RETURN(trainer, SaeTrainer::Create(*topts));
-    if (opts.resume) {
-      auto extra = trainer->LoadState(state_path);
-      if (!extra.ok()) return Annotate(extra.status(), "--resume");
-      auto it = extra->find("data_position");
-      if (it == extra->end())
-        return absl::DataLossError(absl::StrCat(state_path, ": no data_position in the state"));
-      if (!absl::SimpleAtoi(it->second, &data_pos) || data_pos < 0)
-        return absl::DataLossError(absl::StrCat(state_path, ": data_position '", it->second, "' is not a row number"));
-      source.reset();
-      SAE_ASSIGN_OR_RETURN(source, OpenBatchSource(job, data_pos, share));
-      SAE_LOG(kInfo) << "resuming " << state_path << " at step " << trainer->step() << ", "
-                     << trainer->tokens_seen() << " tokens";
-    }
-  }
+  SAE_ASSIGN_OR_RETURN(std::unique_ptr<TrainingMetrics> telemetry, StartTelemetry(job, opts, rank, world));
+  SetThreads(job);
+  const RunDir dir(job.output);
+  SAE_RETURN_IF_ERROR(CheckRunDirPolicy(dir, opts.resume, origin));
+  SAE_ASSIGN_OR_RETURN(Prepared p, PrepareTrainer(job, opts, dir, comm));
+  SaeTrainer& trainer = *p.trainer;
   // Rank 0 writes every file, each write under the attempt fence; all ranks
   // take part in the replica check.
-  RunFence fence(work_dir, leader ? opts.attempt : 0);
-  std::ofstream metrics;
-  if (leader) {
-    SAE_RETURN_IF_ERROR(MakeDirs(work_dir));
-    SAE_RETURN_IF_ERROR(fence.Claim());
-    SAE_ASSIGN_OR_RETURN(RunFence::Held held, fence.Hold());
-    // Lines after the checkpoint resumed from (or every line, when starting
-    // afresh after an attempt that died before its first checkpoint) are
-    // written again by this attempt.
-    SAE_RETURN_IF_ERROR(TruncateMetrics(metrics_path, opts.resume ? trainer->step() : 0));
-    SAE_RETURN_IF_ERROR(AtomicWriteFile(work_dir + "/job.yaml", JobConfigToYaml(job)));
-    metrics.open(metrics_path, std::ios::app);
-    if (!metrics) return absl::InternalError(absl::StrCat(metrics_path, ": cannot open for writing"));
-  }
-  auto checkpoint = [&]() -> absl::Status {
-    SAE_RETURN_IF_ERROR(trainer->CheckReplicasAgree());
+  RunFence fence(dir.work_dir, leader ? opts.attempt : 0);
+  MetricsSink metrics(dir.metrics, &fence);
+  if (leader) SAE_RETURN_IF_ERROR(StartRunDir(job, dir, fence, metrics, opts.resume ? trainer.step() : 0));
+  StepLoop loop(LoopConfigOf(job, opts), &trainer, p.source.get(), comm);
+  loop.checkpoint = [&]() -> absl::Status {
+    SAE_RETURN_IF_ERROR(trainer.CheckReplicasAgree());
     if (!leader) return absl::OkStatus();
     SAE_ASSIGN_OR_RETURN(RunFence::Held held, fence.Hold());
-    SAE_RETURN_IF_ERROR(WriteCheckpoint(ckpt_root, *trainer, source->position(), 2));
-    if (opts.on_checkpoint)
-      opts.on_checkpoint(trainer->step(), trainer->tokens_seen(), ckpt_root + "/" + StepDirName(trainer->step()));
+    SAE_RETURN_IF_ERROR(WriteCheckpoint(dir, trainer, p.source->position(), 2));
+    if (opts.on_checkpoint) opts.on_checkpoint(trainer.step(), trainer.tokens_seen(), dir.CheckpointPath(trainer.step()));
     return absl::OkStatus();
   };
-
-  const int64_t total = job.train.tokens;
-  const int64_t batch = job.train.batch_tokens;
-  const int64_t every = job.train.checkpoint_every_tokens;
-  Progress progress(leader ? opts.progress : ProgressMode::kQuiet, total);
-  std::vector<float> rows;
-  std::deque<StepMetrics> recent;
-  const double t_start = Now();
-  const int64_t tokens_at_start = trainer->tokens_seen();
-  double data_wait = 0;
-  int64_t steps_here = 0;
+  Progress progress(leader ? opts.progress : ProgressMode::kQuiet, job.train.tokens);
+  loop.on_step = [&](const StepReport& r) -> absl::Status {
+    if (telemetry) telemetry->Record(SampleOf(r));
+    if (r.log_now && leader)
+      SAE_RETURN_IF_ERROR(metrics.Write(r.metrics, {r.tokens_per_second, r.total_data_wait, world}));
+    progress.Update(r.metrics, r.tokens_per_second, r.log_now);
+    if (opts.on_step) opts.on_step(r.metrics);
+    return absl::OkStatus();
+  };
   if (leader) {
-    SAE_LOG(kInfo) << "training " << (job.name.empty() ? origin : job.name) << " on " << world << " rank(s) (" << backend << "): d_in "
-                 << source->d_in() << ", latents " << trainer->options().latents << ", k "
-                 << trainer->options().k << ", " << total << " tokens, batch " << batch << ", lr "
-                 << trainer->base_lr() << ", " << at::get_num_threads() << " threads";
+    SAE_LOG(kInfo) << "training " << (job.name.empty() ? origin : job.name) << " on " << world << " rank(s) ("
+                   << w.backend << "): d_in " << p.source->d_in() << ", latents " << trainer.options().latents
+                   << ", k " << trainer.options().k << ", " << job.train.tokens << " tokens, batch "
+                   << job.train.batch_tokens << ", lr " << trainer.base_lr() << ", " << at::get_num_threads()
+                   << " threads";
   }
-
-  while (trainer->tokens_seen() < total) {
-    uint8_t stop_now = opts.stop != nullptr && opts.stop->load() ? 1 : 0;
-    if (world > 1) {
-      // A signal reaches the ranks at different moments: agree on the step to
-      // stop at, or one rank would checkpoint while another steps (and both
-      // would wait on mismatched collectives until the timeout).
-      SAE_RETURN_IF_ERROR(Annotate(comm->AllReduce(&stop_now, 1, CommDType::kU8, ReduceOp::kMax,
-                                                   absl::Seconds(job.world.timeout_seconds)),
-                                   "agreeing on a stop"));
-    }
-    if (stop_now) {
-      SAE_RETURN_IF_ERROR(checkpoint());
-      progress.Finish();
-      return absl::CancelledError(absl::StrCat("stopped at step ", trainer->step(),
-                                               "; checkpoint written, continue with --resume"));
-    }
-    int64_t n = std::min(batch, total - trainer->tokens_seen());
-    n -= n % world;  // every rank takes an equal share
-    if (n == 0) break;
-    const double t0 = Now();
-    absl::Status s = source->NextSlice(n, rank, world, &rows);
-    const double waited = Now() - t0;
-    data_wait += waited;
-    if (!s.ok()) return Annotate(s, absl::StrCat("step ", trainer->step() + 1));
-    auto m = trainer->Step(rows.data(), n / world);
-    if (!m.ok()) return Annotate(m.status(), absl::StrCat("step ", trainer->step() + 1));
-    ++steps_here;
-    if (telemetry) {
-      StepSample sample;
-      sample.tokens = n / world;  // this rank's share: a sum over ranks is the job's tokens
-      sample.k = m->k;
-      sample.fvu = m->fvu;
-      sample.mse = m->mse;
-      sample.l0 = m->l0;
-      sample.dead_ratio = m->dead_ratio;
-      sample.aux_loss = m->aux_loss;
-      sample.step_seconds = m->seconds;
-      sample.allreduce_seconds = m->allreduce_seconds;
-      sample.data_wait_seconds = waited;
-      telemetry->Record(sample);
-    }
-    const double elapsed = Now() - t_start;
-    const double tok_s = (trainer->tokens_seen() - tokens_at_start) / std::max(elapsed, 1e-9);
-    // The summary averages the last steps at the final k of the schedule.
-    if (!recent.empty() && recent.back().k != m->k) recent.clear();
-    recent.push_back(*m);
-    if (recent.size() > 10) recent.pop_front();
-    const bool last = total - trainer->tokens_seen() < world;
-    // 0 (the default): about 100 records per run, enough for a readable curve.
-    const int64_t log_every = job.train.log_every_steps > 0
-                                  ? job.train.log_every_steps
-                                  : std::max<int64_t>(1, total / std::max<int64_t>(1, job.train.batch_tokens) / 100);
-    const bool log_now = m->step % log_every == 0 || last;
-    if (log_now && leader) {
-      json j = {{"step", m->step}, {"tokens", m->tokens}, {"k", m->k}, {"lr", m->lr},
-                {"loss", m->loss}, {"fvu", m->fvu}, {"mse", m->mse}, {"aux_loss", m->aux_loss},
-                {"l0", m->l0}, {"dead_ratio", m->dead_ratio}, {"grad_norm", m->grad_norm},
-                {"recon_norm_ratio", m->recon_norm_ratio},
-                {"step_seconds", m->seconds}, {"tokens_per_second", tok_s},
-                {"data_wait_seconds", data_wait}, {"allreduce_seconds", m->allreduce_seconds},
-                {"allreduce_bytes", m->allreduce_bytes}, {"ranks", world}, {"time", static_cast<int64_t>(std::time(nullptr))}};
-      SAE_ASSIGN_OR_RETURN(RunFence::Held held, fence.Hold());
-      metrics << j.dump() << "\n";
-      metrics.flush();
-      if (!metrics) return absl::InternalError(absl::StrCat(metrics_path, ": write failed (disk full?)"));
-    }
-    progress.Update(*m, tok_s, log_now);
-    if (opts.on_step) opts.on_step(*m);
-    const bool crossed = every > 0 && (trainer->tokens_seen() / every) != ((trainer->tokens_seen() - n) / every);
-    if (crossed && !last) SAE_RETURN_IF_ERROR(checkpoint());
-    if (opts.max_steps >= 0 && steps_here >= opts.max_steps && !last) {
-      SAE_RETURN_IF_ERROR(checkpoint());
-      progress.Finish();
-      RunSummary partial;
-      partial.tokens = trainer->tokens_seen();
-      partial.steps = trainer->step();
-      return partial;
-    }
+  SAE_ASSIGN_OR_RETURN(const LoopEnd end, loop.Run());
+  if (end == LoopEnd::kStopped) {
+    progress.Finish();
+    return absl::CancelledError(
+        absl::StrCat("stopped at step ", trainer.step(), "; checkpoint written, continue with --resume"));
   }
-  if (leader) metrics.close();
-
+  if (end == LoopEnd::kPaused) {
+    progress.Finish();
+    RunSummary partial;
+    partial.tokens = trainer.tokens_seen();
+    partial.steps = trainer.step();
+    return partial;
+  }
+  if (leader) metrics.Close();
   // Finished: final checkpoint, SAE, summary; then rename into place.
-  SAE_RETURN_IF_ERROR(checkpoint());
-  RunSummary sum;
-  sum.rank = rank;
-  sum.world = world;
-  sum.finished = true;
-  sum.output = final_dir;
-  sum.tokens = trainer->tokens_seen();
-  sum.steps = trainer->step();
-  for (const StepMetrics& m : recent) {
-    sum.fvu += m.fvu / recent.size();
-    sum.mse += m.mse / recent.size();
-    sum.l0 += m.l0 / recent.size();
-    sum.aux_loss += m.aux_loss / recent.size();
-  }
-  sum.dead_ratio = trainer->dead().DeadRatio();
-  sum.seconds = Now() - t_start;
-  sum.tokens_per_second = (sum.tokens - tokens_at_start) / std::max(sum.seconds, 1e-9);
-  sum.k = trainer->CurrentK();
-  sum.latents = trainer->options().latents;
-  sum.d_in = trainer->options().d_in;
-  sum.remedy = OptionName(trainer->options().remedy);
-  sum.planted_recovered = PlantedRecovery(job, trainer->params());
+  SAE_RETURN_IF_ERROR(loop.checkpoint());
+  RunSummary sum = Summarize(job, trainer, loop, rank, world);
   if (!leader) return sum;  // rank 0 writes the outputs
-  SAE_ASSIGN_OR_RETURN(RunFence::Held held, fence.Hold());
-  json prov = {{"job", job.name}, {"data", json::parse(source->DescribeJson())}, {"ranks", world}};
-  SAE_RETURN_IF_ERROR(trainer->ExportSae(work_dir, prov.dump()));
-  json summary = {{"name", job.name}, {"tokens", sum.tokens}, {"steps", sum.steps},
-                  {"fvu", sum.fvu}, {"mse", sum.mse}, {"l0", sum.l0},
-                  {"dead_ratio", sum.dead_ratio}, {"dead_latents", trainer->dead().NumDead()},
-                  {"aux_loss", sum.aux_loss}, {"tokens_per_second", sum.tokens_per_second},
-                  {"seconds", sum.seconds}, {"d_in", sum.d_in}, {"latents", sum.latents},
-                  {"k", sum.k}, {"dead_remedy", sum.remedy}};
-  if (sum.planted_recovered >= 0) summary["planted_atoms_recovered"] = sum.planted_recovered;
-  SAE_RETURN_IF_ERROR(AtomicWriteFile(work_dir + "/summary.json", summary.dump(2) + "\n"));
-  // The fence's files do not belong to the output; a stale attempt that
-  // looks now finds no owner (or no directory) and stops.
-  std::error_code ec;
-  fs::remove(work_dir + "/attempt", ec);
-  fs::remove(work_dir + "/.lock", ec);
-  SAE_RETURN_IF_ERROR(DurableRename(work_dir, final_dir));
+  SAE_RETURN_IF_ERROR(WriteFinalOutputs(job, dir, fence, trainer, *p.source, sum));
   return sum;
 }
 

@@ -3,7 +3,10 @@
 // and summary.json. Everything is written under OUTPUT.partial/ and renamed to
 // OUTPUT only when training finished, so a failed run never leaves a
 // summary.json or a final SAE, and its checkpoints stay for --resume.
-// The same code path serves `sae train` and `sae-worker --job`.
+// The same code path serves `sae train` and `sae-worker --job`. The run
+// directory's layout is core/sae/checkpoint.h; the pieces of a run are
+// worker/run_world.h (backend), worker/step_loop.h and worker/metrics_sink.h.
+// Torch-free: the CLI and the coordinator agent include it.
 #pragma once
 
 #include <atomic>
@@ -13,7 +16,8 @@
 
 #include "core/base/config.h"
 #include "core/base/status.h"
-#include "core/sae/trainer.h"
+#include "core/sae/checkpoint.h"
+#include "core/sae/step_metrics.h"
 
 namespace sae {
 
@@ -64,9 +68,7 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
 // Formats a summary as an aligned two-column table.
 std::string FormatSummaryTable(const RunSummary& s);
 
-// Names of the files in OUTPUT (contract).
-inline constexpr char kPartialSuffix[] = ".partial";
-inline constexpr char kCheckpointDir[] = "checkpoints";
-inline constexpr char kLatestFile[] = "latest";
+// Whether OUTPUT.partial/ holds a checkpoint to resume from (RunDir).
+bool HasResumableCheckpoint(const std::string& output);
 
 }  // namespace sae

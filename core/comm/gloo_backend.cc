@@ -9,14 +9,15 @@
 
 #include <algorithm>
 #include <chrono>
-#include <condition_variable>
 #include <future>
 #include <memory>
-#include <mutex>
 #include <cstring>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "core/comm/backends.h"
 
 namespace sae {
@@ -132,32 +133,31 @@ class Heartbeat {
       : store_(std::move(store)), key_("alive/" + std::to_string(rank)), thread_([this] { Loop(); }) {}
   ~Heartbeat() {
     {
-      std::lock_guard<std::mutex> l(mu_);
+      absl::MutexLock l(&mu_);
       stop_ = true;
     }
-    cv_.notify_all();
     thread_.join();
   }
 
  private:
   void Loop() {
-    std::unique_lock<std::mutex> l(mu_);
+    mu_.Lock();
     while (!stop_) {
-      l.unlock();
+      mu_.Unlock();
       try {
         store_->add(key_, 1);
       } catch (const std::exception&) {
         // The store is gone (rank 0 exited): nothing left to tell.
       }
-      l.lock();
-      cv_.wait_for(l, kBeat, [this] { return stop_; });
+      mu_.Lock();
+      mu_.AwaitWithTimeout(absl::Condition(&stop_), absl::FromChrono(kBeat));
     }
+    mu_.Unlock();
   }
   c10::intrusive_ptr<c10d::Store> store_;
   std::string key_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;
+  absl::Mutex mu_;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
 

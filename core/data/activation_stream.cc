@@ -5,15 +5,14 @@
 #include <algorithm>
 #include <cerrno>
 #include <atomic>
-#include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <exception>
-#include <mutex>
 #include <thread>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "core/base/file_util.h"
 #include "core/data/prng.h"
 
@@ -63,12 +62,10 @@ struct Window {
 struct ActivationStream::Impl {
   ~Impl() {
     {
-      std::lock_guard<std::mutex> lock(mu);
+      absl::MutexLock lock(&mu);
       stop = true;
     }
     stop_flag.store(true);
-    space_cv.notify_all();
-    data_cv.notify_all();
     if (thread.joinable()) thread.join();
   }
 
@@ -123,9 +120,13 @@ struct ActivationStream::Impl {
 
   std::thread thread;
   std::atomic<bool> stop_flag{false};
-  std::mutex mu;
-  std::condition_variable data_cv;   // queue became non-empty
-  std::condition_variable space_cv;  // queue has room, or stop
+  // The prefetch queue: the producer waits for room (or stop), the consumer
+  // for a window (absl::Mutex conditions, no condition variables).
+  absl::Mutex mu;
+  bool HasRoom() const ABSL_SHARED_LOCKS_REQUIRED(mu) {
+    return stop || static_cast<int64_t>(queue.size()) < opts.prefetch_windows;
+  }
+  bool HasWindow() const ABSL_SHARED_LOCKS_REQUIRED(mu) { return !queue.empty(); }
   std::deque<std::unique_ptr<Window>> queue ABSL_GUARDED_BY(mu);
   bool stop ABSL_GUARDED_BY(mu) = false;
 };
@@ -275,9 +276,7 @@ std::unique_ptr<Window> ActivationStream::Impl::BuildWindow(int64_t epoch, int64
 void ActivationStream::Impl::ProducerLoop(int64_t epoch, int64_t window) {
   while (true) {
     {
-      std::unique_lock<std::mutex> lock(mu);
-      space_cv.wait(
-          lock, [&] { return stop || static_cast<int64_t>(queue.size()) < opts.prefetch_windows; });
+      absl::MutexLock lock(&mu, absl::Condition(this, &Impl::HasRoom));
       if (stop) return;
     }
     std::unique_ptr<Window> win;
@@ -290,11 +289,10 @@ void ActivationStream::Impl::ProducerLoop(int64_t epoch, int64_t window) {
     }
     const bool fatal = !win->error.ok();
     {
-      std::lock_guard<std::mutex> lock(mu);
+      absl::MutexLock lock(&mu);
       if (stop) return;
       queue.push_back(std::move(win));
     }
-    data_cv.notify_one();
     if (fatal) return;
     if (++window == windows_per_epoch) {
       window = 0;
@@ -380,12 +378,10 @@ absl::Status ActivationStream::Impl::Consume(int64_t n, float* dst) {
   while (filled < n) {
     if (!cur || cur_pos == cur->rows) {
       {
-        std::unique_lock<std::mutex> lock(mu);
-        data_cv.wait(lock, [&] { return !queue.empty(); });
+        absl::MutexLock lock(&mu, absl::Condition(this, &Impl::HasWindow));
         cur = std::move(queue.front());
         queue.pop_front();
       }
-      space_cv.notify_one();
       cur_pos = skip;
       skip = 0;
     }

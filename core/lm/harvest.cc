@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "core/base/file_util.h"
+#include "core/base/parse.h"
 
 #include "core/data/safetensors.h"
 #include "core/data/shard_writer.h"
@@ -198,8 +199,12 @@ absl::StatusOr<Manifest> HarvestRankToShards(Harvester* h, int64_t rows, const s
     std::ifstream in(part);
     json j = json::parse(in, nullptr, false);
     if (j.is_discarded() || !j.is_array()) return absl::DataLossError(absl::StrCat(part, ": unreadable rank list"));
-    for (const json& e : j) entries.push_back({e["file"].get<std::string>(), e["rows"].get<int64_t>(),
-                                               e["sha256"].get<std::string>()});
+    for (const json& e : j) {
+      SAE_ASSIGN_OR_RETURN(std::string file, JsonField<std::string>(e, "file", part));
+      SAE_ASSIGN_OR_RETURN(int64_t rows, JsonField<int64_t>(e, "rows", part));
+      SAE_ASSIGN_OR_RETURN(std::string sha, JsonField<std::string>(e, "sha256", part));
+      entries.push_back({file, rows, sha});
+    }
   }
   std::sort(entries.begin(), entries.end(), [](const ShardEntry& a, const ShardEntry& b) { return a.file < b.file; });
   for (const ShardEntry& e : entries) m.rows += e.rows;

@@ -25,6 +25,7 @@
 #include <set>
 #include <unordered_map>
 
+#include "core/base/parse.h"
 #include "core/lm/tokenizer.h"
 
 namespace sae {
@@ -498,9 +499,10 @@ class HfTokenizer : public Tokenizer {
       }
       return out;
     }
+    uint8_t byte = 0;
     if (byte_fallback_decoder_ && s.size() == 6 && s.compare(0, 3, "<0x") == 0 && s[5] == '>' &&
-        std::isxdigit(static_cast<unsigned char>(s[3])) && std::isxdigit(static_cast<unsigned char>(s[4])))
-      return std::string(1, static_cast<char>(std::stoi(s.substr(3, 2), nullptr, 16)));
+        ParseHexByte(absl::string_view(s).substr(3, 2), &byte))
+      return std::string(1, static_cast<char>(byte));
     for (const auto& [from, to] : decode_replace_) ReplaceAll(&s, from, to);
     const bool first = prev < 0 || prev == bos_;
     if (first)

@@ -1,4 +1,5 @@
 // SentencePiece models through the system libsentencepiece.
+#include "core/base/parse.h"
 #include "core/lm/sp_processor.h"
 #include "core/lm/tokenizer.h"
 
@@ -26,7 +27,10 @@ class SentencePieceTokenizer : public Tokenizer {
     if (token < 0 || token >= vocab_size() || sp_->IsControl(token)) return "";
     if (sp_->IsByte(token)) {
       const std::string p = sp_->IdToPiece(token);  // "<0xAB>"
-      return std::string(1, static_cast<char>(std::stoi(p.substr(3, 2), nullptr, 16)));
+      uint8_t byte = 0;
+      if (p.size() == 6 && ParseHexByte(absl::string_view(p).substr(3, 2), &byte))
+        return std::string(1, static_cast<char>(byte));
+      return "";
     }
     std::string piece = sp_->IdToPiece(token);
     std::string out;

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/base/file_util.h"
+#include "core/base/parse.h"
 #include "core/data/safetensors.h"
 
 namespace sae {
@@ -479,15 +480,30 @@ absl::StatusOr<std::map<std::string, std::string>> SaeTrainer::LoadState(const s
       return absl::DataLossError(absl::StrCat(path, ": metadata field '", key, "' missing"));
     return it->second;
   };
+  auto get_int = [&](const std::string& key) -> absl::StatusOr<int64_t> {
+    SAE_ASSIGN_OR_RETURN(std::string text, get(key));
+    auto v = ParseInt64(text, absl::StrCat(path, ": metadata field '", key, "'"));
+    if (!v.ok()) return absl::DataLossError(v.status().message());
+    return *v;
+  };
   SAE_ASSIGN_OR_RETURN(std::string fmt, get("format"));
   if (fmt != "saeforge.train_state.v1")
     return absl::InvalidArgumentError(absl::StrCat(path, ": not a saeforge training state"));
-  SAE_ASSIGN_OR_RETURN(std::string d_in, get("d_in"));
-  SAE_ASSIGN_OR_RETURN(std::string latents, get("latents"));
-  if (std::stoll(d_in) != opts_.d_in || std::stoll(latents) != opts_.latents)
+  SAE_ASSIGN_OR_RETURN(const int64_t d_in, get_int("d_in"));
+  SAE_ASSIGN_OR_RETURN(const int64_t latents, get_int("latents"));
+  if (d_in != opts_.d_in || latents != opts_.latents)
     return absl::FailedPreconditionError(absl::StrCat(
         path, ": checkpoint has d_in ", d_in, ", latents ", latents, "; the job has d_in ",
         opts_.d_in, ", latents ", opts_.latents));
+  // Every scalar is parsed before any tensor is copied: a corrupt state
+  // leaves the trainer as it was.
+  SAE_ASSIGN_OR_RETURN(const int64_t step, get_int("step"));
+  SAE_ASSIGN_OR_RETURN(const int64_t tokens, get_int("tokens"));
+  SAE_ASSIGN_OR_RETURN(const int64_t adam_step, get_int("adam_step"));
+  SAE_ASSIGN_OR_RETURN(std::string init, get("initialized"));
+  SAE_ASSIGN_OR_RETURN(std::string scale_text, get("input_scale"));
+  auto scale = ParseDouble(scale_text, absl::StrCat(path, ": metadata field 'input_scale'"));
+  if (!scale.ok()) return absl::DataLossError(scale.status().message());
   for (auto& [name, t] : StateTensors(&params_, &adam_)) {
     SAE_ASSIGN_OR_RETURN(TensorInfo info, f.Info(name));
     if (info.dtype != DType::kF32 ||
@@ -502,16 +518,11 @@ absl::StatusOr<std::map<std::string, std::string>> SaeTrainer::LoadState(const s
   if (dinfo.dtype != DType::kI64 || dinfo.numel() != static_cast<int64_t>(sf.size()))
     return absl::DataLossError(absl::StrCat(path, ": tensor 'dead.since_fired' has the wrong shape"));
   SAE_RETURN_IF_ERROR(f.ReadRaw("dead.since_fired", sf.data(), sf.size() * sizeof(int64_t)));
-  SAE_ASSIGN_OR_RETURN(std::string step, get("step"));
-  SAE_ASSIGN_OR_RETURN(std::string tokens, get("tokens"));
-  SAE_ASSIGN_OR_RETURN(std::string adam_step, get("adam_step"));
-  SAE_ASSIGN_OR_RETURN(std::string init, get("initialized"));
-  SAE_ASSIGN_OR_RETURN(std::string scale, get("input_scale"));
-  step_ = std::stoll(step);
-  tokens_ = std::stoll(tokens);
-  adam_.step = std::stoll(adam_step);
+  step_ = step;
+  tokens_ = tokens;
+  adam_.step = adam_step;
   initialized_ = init == "1";
-  input_scale_ = std::stod(scale);
+  input_scale_ = *scale;
   if (opts_.bf16) {
     w_enc_lowp_ = params_.W_enc.cpu().clone();
     RoundToBF16InPlace(w_enc_lowp_);
@@ -573,24 +584,22 @@ absl::Status SaeTrainer::ExportSae(const std::string& dir, const std::string& pr
 absl::StatusOr<LoadedSae> LoadSae(const std::string& dir) {
   const std::string cfg_path = dir + "/cfg.json";
   SAE_ASSIGN_OR_RETURN(std::string text, ReadFileToString(cfg_path));
-  json cfg = json::parse(text, nullptr, false);
-  if (cfg.is_discarded() || !cfg.is_object())
-    return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": not valid JSON"));
+  SAE_ASSIGN_OR_RETURN(json cfg, ParseJson(text, cfg_path));
+  if (!cfg.is_object()) return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": not a JSON object"));
   LoadedSae out;
   out.cfg_json = text;
-  for (const char* key : {"d_in", "num_latents", "k"})
-    if (!cfg.contains(key) || !cfg[key].is_number_integer())
-      return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": field '", key, "' missing or not an integer"));
-  const int64_t d = cfg["d_in"], n = cfg["num_latents"];
-  out.k = cfg["k"];
+  SAE_ASSIGN_OR_RETURN(const int64_t d, JsonField<int64_t>(cfg, "d_in", cfg_path));
+  SAE_ASSIGN_OR_RETURN(const int64_t n, JsonField<int64_t>(cfg, "num_latents", cfg_path));
+  SAE_ASSIGN_OR_RETURN(out.k, JsonField<int64_t>(cfg, "k", cfg_path));
   if (cfg.contains("saeforge")) {
     const json& own = cfg["saeforge"];
-    if (own.contains("normalize")) {
-      auto nm = ParseOption<Normalize>(own["normalize"].get<std::string>());
-      if (!nm.ok()) return Annotate(Annotate(nm.status(), "saeforge.normalize"), cfg_path);
-      out.normalize = *nm;
-    }
-    if (own.contains("input_scale")) out.input_scale = own["input_scale"].get<double>();
+    const std::string where = cfg_path + ": saeforge";
+    if (!own.is_object()) return absl::InvalidArgumentError(absl::StrCat(where, ": not a JSON object"));
+    SAE_ASSIGN_OR_RETURN(std::string normalize, JsonFieldOr<std::string>(own, "normalize", "none", where));
+    auto nm = ParseOption<Normalize>(normalize);
+    if (!nm.ok()) return Annotate(Annotate(nm.status(), "saeforge.normalize"), cfg_path);
+    out.normalize = *nm;
+    SAE_ASSIGN_OR_RETURN(out.input_scale, JsonFieldOr<double>(own, "input_scale", 1.0, where));
   }
   const std::string st_path = dir + "/sae.safetensors";
   SAE_ASSIGN_OR_RETURN(SafetensorsFile f, SafetensorsFile::Open(st_path));

@@ -22,6 +22,7 @@
 #include "core/sae/dead_tracker.h"
 #include "core/sae/k_schedule.h"
 #include "core/sae/sae_step.h"
+#include "core/sae/step_metrics.h"
 
 namespace sae {
 
@@ -80,19 +81,6 @@ struct TrainerOptions {
 
 // Builds trainer options from a validated job (d_in from the data source).
 absl::StatusOr<TrainerOptions> TrainerOptionsFromJob(const JobConfig& job, int64_t d_in);
-
-struct StepMetrics {
-  int64_t step = 0;    // optimizer steps done, including this one
-  int64_t tokens = 0;  // tokens seen after this step
-  int64_t k = 0;
-  double lr = 0, loss = 0, fvu = 0, mse = 0, aux_loss = 0, l0 = 0;
-  double dead_ratio = 0, grad_norm = 0, seconds = 0;
-  // Σ‖x̂ − b_dec‖ / Σ‖x − b_dec‖ over the batch (1 = the input's scale).
-  double recon_norm_ratio = 0;
-  double allreduce_seconds = 0;  // gradient and statistics all-reduces
-  int64_t allreduce_bytes = 0;
-  std::vector<std::pair<const char*, double>> phase_seconds;
-};
 
 class SaeTrainer {
  public:

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "core/base/parse.h"
 
 namespace sae {
 
@@ -25,8 +26,9 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string&
   auto impl = std::make_unique<Impl>();
   impl->host = listen.substr(0, colon);
   const std::string port_text = listen.substr(colon + 1);
-  if (port_text.empty() || port_text.size() > 5 || port_text.find_first_not_of("0123456789") != std::string::npos ||
-      std::stol(port_text) > 65535)
+  auto port_number = ParseInt64(port_text, listen);
+  if (port_text.size() > 5 || port_text.find_first_not_of("0123456789") != std::string::npos || !port_number.ok() ||
+      *port_number > 65535)
     return absl::InvalidArgumentError(absl::StrCat("'", listen, "': bad port"));
   const std::string host = impl->host == "localhost" ? "127.0.0.1" : impl->host;
   in_addr probe{};
@@ -56,7 +58,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(const std::string&
   s.Post(R"(/.*)", only_get);
   s.Put(R"(/.*)", only_get);
   s.Delete(R"(/.*)", only_get);
-  const int want = std::stoi(port_text);
+  const int want = static_cast<int>(*port_number);
   const int port = want == 0 ? s.bind_to_any_port(host) : (s.bind_to_port(host, want) ? want : -1);
   if (port < 0) return absl::UnavailableError(absl::StrCat(listen, ": cannot listen (address in use?)"));
   impl->port = port;

@@ -3,6 +3,7 @@
 #include "coordinator/coordinator.h"
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 
 #include <chrono>
 #include <filesystem>
@@ -309,6 +310,102 @@ TEST_F(CoordinatorTest, StateSurvivesARestartAndSubmitIsIdempotent) {
   EXPECT_EQ((*c)->Submit(req)->id(), id);
   auto next = (*c)->Submit(Req(1, "other"));
   EXPECT_NE(next->id(), id) << "ids are not reused after a restart";
+}
+
+// Makes every write to a coordinator's database fail until Heal(): a second
+// connection adds triggers that abort each insert (a real failing write of
+// the real store; file permissions would not stop a root test run).
+class BrokenStore {
+ public:
+  explicit BrokenStore(const std::string& path) {
+    EXPECT_EQ(sqlite3_open(path.c_str(), &db_), SQLITE_OK);
+    sqlite3_busy_timeout(db_, 5000);
+  }
+  ~BrokenStore() { sqlite3_close(db_); }
+  void Break() {
+    for (const char* t : kTables)
+      Exec(std::string("CREATE TRIGGER fail_") + t + " BEFORE INSERT ON " + t +
+           " BEGIN SELECT RAISE(ABORT, 'the disk says no'); END;");
+  }
+  void Heal() {
+    for (const char* t : kTables) Exec(std::string("DROP TRIGGER fail_") + t);
+  }
+
+ private:
+  void Exec(const std::string& sql) {
+    char* err = nullptr;
+    EXPECT_EQ(sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err), SQLITE_OK) << (err ? err : "");
+    sqlite3_free(err);
+  }
+  static constexpr const char* kTables[] = {"jobs", "transitions", "workers", "checkpoints"};
+  sqlite3* db_ = nullptr;
+};
+
+TEST_F(CoordinatorTest, AFailedStoreWriteIsAnErrorAndChangesNothing) {
+  auto c = Coordinator::Create(opts_);
+  ASSERT_TRUE(c.ok()) << c.status();
+  Coordinator* co = c->get();
+  // w1 registers, then stays silent: it is not placed on (its heartbeat is
+  // older than the settle time) until the store is broken below.
+  Join(co, "w1");
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  const std::string id = co->Submit(Req(1, "a"))->id();
+  BrokenStore store(opts_.db);
+  store.Break();
+
+  v1::SubmitRequest req = Req(1, "b");
+  req.set_request_id("r-2");
+  auto sub = co->Submit(req);
+  ASSERT_FALSE(sub.ok());
+  EXPECT_NE(std::string(sub.status().message()).find("the disk says no"), std::string::npos) << sub.status();
+  EXPECT_NE(std::string(sub.status().message()).find("job store " + opts_.db), std::string::npos) << sub.status();
+  EXPECT_EQ(co->List(true).size(), 1u);
+
+  EXPECT_FALSE(co->Cancel(id, "test").ok());
+  EXPECT_EQ(State(co, id), v1::PENDING);
+  EXPECT_EQ(co->Get(id)->history_size(), 1);
+
+  v1::RegisterRequest w2;
+  w2.set_worker_id("w2");
+  w2.set_host("127.0.0.1");
+  EXPECT_FALSE(co->Register(w2).ok());
+  v1::HeartbeatRequest hb2;
+  hb2.set_worker_id("w2");
+  EXPECT_EQ(co->Heartbeat(hb2).code(), absl::StatusCode::kNotFound) << "w2 was not registered";
+
+  // Placing the job cannot be recorded: each scheduler tick is undone (and
+  // tried again), so w1 is given nothing.
+  auto gen = co->ConnectAssignments("w1");
+  ASSERT_TRUE(gen.ok());
+  for (int i = 0; i < 10; ++i) {
+    v1::HeartbeatRequest hb;
+    hb.set_worker_id("w1");
+    ASSERT_TRUE(co->Heartbeat(hb).ok());
+    v1::Assignment a;
+    auto got = co->NextAssignment("w1", *gen, &a, 0.1);
+    ASSERT_TRUE(got.ok());
+    EXPECT_FALSE(*got) << "assigned " << a.job_id() << " although the store could not record it";
+  }
+  EXPECT_EQ(State(co, id), v1::PENDING);
+  EXPECT_EQ(co->Snapshot().workers_by_state["idle"], 1);
+  EXPECT_EQ(co->Snapshot().workers_by_state["busy"], 0);
+
+  store.Heal();
+  EXPECT_EQ(Next(co, "w1").job_id(), id);
+  EXPECT_EQ(State(co, id), v1::SCHEDULED);
+  sub = co->Submit(req);
+  ASSERT_TRUE(sub.ok()) << sub.status();
+  EXPECT_FALSE(sub->existing()) << "the failed submit left no request id behind";
+  EXPECT_EQ(sub->id(), "job-000002") << "the failed submit used no id";
+
+  // What the store holds is what the coordinator showed.
+  c->reset();
+  auto again = Coordinator::Create(opts_);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ((*again)->List(true).size(), 2u);
+  EXPECT_EQ(State(again->get(), id), v1::SCHEDULED);
+  EXPECT_EQ((*again)->Get(id)->history_size(), 2);
+  EXPECT_EQ((*again)->Snapshot().workers_by_state.at("idle") + (*again)->Snapshot().workers_by_state.at("busy"), 1);
 }
 
 // The assignment carries the submitted job as its YAML text: the worker
