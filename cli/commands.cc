@@ -14,6 +14,7 @@
 #include "core/base/config.h"
 #include "core/base/logging.h"
 #include "core/data/inspect.h"
+#include "core/data/manifest_check.h"
 #include "core/data/shard_writer.h"
 #include "core/data/synthetic.h"
 #include "cli/report_command.h"
@@ -60,6 +61,7 @@ int RunTrain(const TrainArgs& a) {
     absl::Status v = ValidateJobConfig(*job, a.job);
     if (!v.ok()) return Fail(v);
   }
+  if (absl::Status v = CheckJobAgainstManifest(*job, a.job); !v.ok()) return Fail(v);
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
   RunOptions ro;

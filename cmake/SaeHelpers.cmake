@@ -28,8 +28,14 @@ function(sae_add_test name)
   # so test runs of two checkouts on one machine do not share directories.
   set(tmp ${CMAKE_BINARY_DIR}/test-tmp/${name})
   file(MAKE_DIRECTORY ${tmp})
+  # SAE_TEST_TIME_SCALE: how much longer tests wait for jobs (deadlines,
+  # never assertions) in sanitized builds.
+  set(scale 1)
+  if(SAE_SANITIZE OR SAE_TSAN)
+    set(scale 3)
+  endif()
   set_tests_properties(${name} PROPERTIES TIMEOUT ${ARG_TIMEOUT}
-    ENVIRONMENT "SAE_BIN_DIR=${CMAKE_BINARY_DIR}/bin;SAE_SOURCE_DIR=${PROJECT_SOURCE_DIR};TEST_TMPDIR=${tmp}")
+    ENVIRONMENT "SAE_BIN_DIR=${CMAKE_BINARY_DIR}/bin;SAE_SOURCE_DIR=${PROJECT_SOURCE_DIR};TEST_TMPDIR=${tmp};SAE_TEST_TIME_SCALE=${scale}")
   if(ARG_LABELS)
     set_tests_properties(${name} PROPERTIES LABELS "${ARG_LABELS}")
   endif()

@@ -9,6 +9,7 @@
 #include "client/job_spec.h"
 #include "coordinator/roots.h"
 #include "core/base/logging.h"
+#include "core/data/manifest_check.h"
 
 namespace sae {
 namespace {
@@ -296,6 +297,8 @@ absl::StatusOr<JobConfig> Coordinator::CheckConfig(JobConfig cfg, const std::str
     auto p = ResolveUnderRoot("data.path", cfg.data.path, opts_.data_root);
     if (!p.ok()) return Annotate(p.status(), origin);
     cfg.data.path = *p;
+    // d_in is known from the manifest: refuse an SAE that cannot be trained on it.
+    SAE_RETURN_IF_ERROR(CheckJobAgainstManifest(cfg, origin));
   } else if (cfg.data.kind == DataKind::kLm) {
     for (auto* f : {&cfg.data.model, &cfg.data.corpus}) {
       if (f->empty() || *f == "generate") continue;

@@ -11,7 +11,8 @@
 # runs found (build-fuzz/fuzz-corpus/TARGET, not committed). A crashing input
 # is saved as build-fuzz/fuzz-artifacts/TARGET/crash-*; reproduce it with
 # build-fuzz/fuzz/fuzz_TARGET FILE. Environment: SAE_FUZZ_NICE (niceness,
-# default 0), SAE_FUZZ_JOBS (build jobs, default nproc).
+# default 0), SAE_FUZZ_JOBS (build jobs, default nproc), SAE_FUZZ_BUILD=0
+# (run the targets already built, do not build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -52,7 +53,7 @@ shift
 targets=("$@")
 ((${#targets[@]})) || mapfile -t targets < <(all_targets)
 
-build
+[ "${SAE_FUZZ_BUILD:-1}" = 0 ] || build
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}

@@ -5,12 +5,26 @@
 # SAE_FULL_CHECKS=1 adds the sanitizer builds and their tests
 # (scripts/sanitizers.sh: ASan+UBSan, TSan) and a short fuzz pass
 # (scripts/fuzz.sh, SAE_FUZZ_SECONDS per target, default 20).
+# SAE_FULL_CHECKS=ci adds the subset that fits CI's 90 minutes (.ci/run sets
+# it; docs/reliability.md has the measurements): ASan+UBSan of the unit tests
+# without LibTorch, the TSan tests (coordinator, communicators, test_service
+# with the worker agent), and the same fuzz pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 (cd build && ctest --output-on-failure -j"$(nproc)" "$@")
 scripts/thread_safety.sh
-if [ "${SAE_FULL_CHECKS:-0}" = 1 ]; then
-  scripts/sanitizers.sh
-  scripts/fuzz.sh "${SAE_FUZZ_SECONDS:-20}"
-fi
+case "${SAE_FULL_CHECKS:-0}" in
+  0) ;;
+  1)
+    scripts/sanitizers.sh
+    scripts/fuzz.sh "${SAE_FUZZ_SECONDS:-20}"
+    ;;
+  ci)
+    SAE_ASAN_TARGETS="test_base test_data test_coordinator test_telemetry test_report test_comm" \
+      SAE_ASAN_TESTS='^(test_base|test_data|test_coordinator|test_telemetry|test_report|test_comm|test_comm_gloo|test_comm_mpi)$' \
+      scripts/sanitizers.sh asan tsan
+    scripts/fuzz.sh "${SAE_FUZZ_SECONDS:-20}"
+    ;;
+  *) echo "test.sh: SAE_FULL_CHECKS=${SAE_FULL_CHECKS} (0, 1 or ci)"; exit 2 ;;
+esac

@@ -1,5 +1,7 @@
 #include "core/data/manifest.h"
+#include "core/data/manifest_check.h"
 
+#include <filesystem>
 #include <limits>
 #include <nlohmann/json.hpp>
 
@@ -234,6 +236,36 @@ absl::StatusOr<SafetensorsFile> OpenShard(const std::string& dir, const Manifest
     }
   }
   return file;
+}
+
+absl::Status CheckJobAgainstManifest(const JobConfig& cfg, const std::string& origin) {
+  if (cfg.data.kind != DataKind::kShards || cfg.data.path.empty()) return absl::OkStatus();
+  const std::string file = JoinPath(cfg.data.path, "manifest.json");
+  std::error_code ec;
+  if (!std::filesystem::exists(file, ec)) return absl::OkStatus();
+  auto m = LoadManifest(cfg.data.path);
+  if (!m.ok()) return Annotate(m.status(), absl::StrCat(origin, ": data.path"));
+  const int64_t d = m->d_in;
+  const std::string from = absl::StrCat("d_in ", d, " of ", file);
+  if (d > kMaxDIn)
+    return absl::InvalidArgumentError(absl::StrCat(origin, ": data.path: ", file, ": field \"d_in\": ", d,
+                                                   " exceeds the largest supported width ", kMaxDIn));
+  const SaeConfig& s = cfg.sae;
+  int64_t latents = s.latents;
+  if (latents == 0 && s.expansion_factor > 0) {
+    if (s.expansion_factor > kMaxLatents / d)
+      return absl::InvalidArgumentError(absl::StrCat(origin, ": sae.expansion_factor: ", s.expansion_factor, " x ",
+                                                     from, " exceeds ", kMaxLatents, " latents"));
+    latents = s.expansion_factor * d;
+  }
+  if (latents <= 0) return absl::OkStatus();  // ValidateJobConfig names the missing field
+  if (s.latents > 0 && s.expansion_factor > 0 && (s.latents % d != 0 || s.latents / d != s.expansion_factor))
+    return absl::InvalidArgumentError(absl::StrCat(origin, ": sae.latents: ", s.latents, " is not sae.expansion_factor (",
+                                                   s.expansion_factor, ") x ", from));
+  const absl::Status shape = CheckSaeShape(d, latents, s.k, s.k_schedule.enabled ? s.k_schedule.start : 0);
+  if (!shape.ok())
+    return absl::Status(shape.code(), absl::StrCat(origin, ": ", shape.message(), " (", from, ")"));
+  return absl::OkStatus();
 }
 
 }  // namespace sae

@@ -155,6 +155,51 @@ absl::StatusOr<std::string> Str(const json& j, const char* key, const std::strin
   return j[key].get<std::string>();
 }
 
+// An optional boolean field (absent or null: `def`); anything else is an error naming it.
+absl::StatusOr<bool> Bool(const json& j, const char* key, bool def, const std::string& where) {
+  if (!j.contains(key) || j[key].is_null()) return def;
+  if (!j[key].is_boolean())
+    return absl::InvalidArgumentError(absl::StrCat(where, ": field \"", key, "\" is not true or false"));
+  return j[key].get<bool>();
+}
+
+// An optional integer field in [0, max] (absent or null: `def`).
+absl::StatusOr<int64_t> Int(const json& j, const char* key, int64_t def, int64_t max, const std::string& where) {
+  if (!j.contains(key) || j[key].is_null()) return def;
+  if (!j[key].is_number_integer() || j[key].get<int64_t>() < 0 || j[key].get<int64_t>() > max ||
+      (j[key].is_number_unsigned() && j[key].get<uint64_t>() > static_cast<uint64_t>(max)))
+    return absl::InvalidArgumentError(absl::StrCat(where, ": field \"", key, "\" is not an integer in [0, ", max, "]"));
+  return j[key].get<int64_t>();
+}
+
+// A field holding exactly one character (the `tokenizers` library's `char`
+// fields: Metaspace's replacement, Strip's content).
+absl::StatusOr<std::string> Char(const json& j, const char* key, const std::string& where) {
+  SAE_ASSIGN_OR_RETURN(std::string s, Str(j, key, where));
+  if (s.empty() || Utf8Len(static_cast<unsigned char>(s[0])) != s.size())
+    return absl::InvalidArgumentError(absl::StrCat(where, ": field \"", key, "\" is not one character"));
+  return s;
+}
+
+// How deeply `j` nests (iteratively: the input may be deep).
+constexpr int kMaxDepth = 64;
+int Depth(const json& j) {
+  int max = 0;
+  std::vector<std::pair<const json*, int>> todo{{&j, 1}};
+  while (!todo.empty()) {
+    const auto [v, d] = todo.back();
+    todo.pop_back();
+    max = std::max(max, d);
+    if (max > kMaxDepth) break;
+    if (v->is_structured())
+      for (const json& c : *v) todo.emplace_back(&c, d + 1);
+  }
+  return max;
+}
+
+// Ids and token strings are at most 2^24 (as the vocabulary's).
+constexpr int64_t kMaxId = 1 << 24;
+
 absl::StatusOr<Pattern> ParsePattern(const json& j, const std::string& where) {
   Pattern p;
   if (j.is_object() && j.size() == 1 && j.contains("String") && j["String"].is_string()) {
@@ -311,12 +356,12 @@ absl::Status ParsePreTokenizer(const json& j, const std::string& where, std::vec
     if (j.contains("behavior")) {
       SAE_ASSIGN_OR_RETURN(p.behavior, ParseBehavior(j["behavior"], w));
     }
-    p.invert = j.value("invert", false);
+    SAE_ASSIGN_OR_RETURN(p.invert, Bool(j, "invert", false, w));
   } else if (type == "ByteLevel") {
     SAE_RETURN_IF_ERROR(OnlyKeys(j, {"type", "add_prefix_space", "trim_offsets", "use_regex"}, w));
     p.kind = PreTokenizer::kByteLevel;
-    p.add_prefix_space = j.value("add_prefix_space", false);
-    p.use_regex = j.value("use_regex", true);
+    SAE_ASSIGN_OR_RETURN(p.add_prefix_space, Bool(j, "add_prefix_space", false, w));
+    SAE_ASSIGN_OR_RETURN(p.use_regex, Bool(j, "use_regex", true, w));
     if (p.use_regex) {
       SAE_ASSIGN_OR_RETURN(p.pattern.regex, Regex::Compile(kGpt2Pattern, w));
     }
@@ -325,20 +370,21 @@ absl::Status ParsePreTokenizer(const json& j, const std::string& where, std::vec
                                      "str_rep"}, w));
     p.kind = PreTokenizer::kMetaspace;
     if (j.contains("replacement")) {
-      SAE_ASSIGN_OR_RETURN(p.replacement, Str(j, "replacement", w));
+      SAE_ASSIGN_OR_RETURN(p.replacement, Char(j, "replacement", w));
     }
     if (j.contains("prepend_scheme") && j["prepend_scheme"].is_string()) {
       p.prepend_scheme = j["prepend_scheme"].get<std::string>();
     } else if (j.contains("add_prefix_space")) {  // older files
-      p.prepend_scheme = j.value("add_prefix_space", true) ? "always" : "never";
+      SAE_ASSIGN_OR_RETURN(const bool prefix, Bool(j, "add_prefix_space", true, w));
+      p.prepend_scheme = prefix ? "always" : "never";
     }
     if (p.prepend_scheme != "always" && p.prepend_scheme != "first" && p.prepend_scheme != "never")
       return Unknown(w, absl::StrCat("prepend_scheme \"", p.prepend_scheme, "\""));
-    p.split = j.value("split", true);
+    SAE_ASSIGN_OR_RETURN(p.split, Bool(j, "split", true, w));
   } else if (type == "Digits") {
     SAE_RETURN_IF_ERROR(OnlyKeys(j, {"type", "individual_digits"}, w));
     p.kind = PreTokenizer::kDigits;
-    p.individual_digits = j.value("individual_digits", false);
+    SAE_ASSIGN_OR_RETURN(p.individual_digits, Bool(j, "individual_digits", false, w));
   } else {
     return Unknown(where, absl::StrCat("pre_tokenizer type \"", type, "\""));
   }
@@ -662,6 +708,11 @@ class HfTokenizer : public Tokenizer {
   size_t strip_left_ = 0;
   std::string strip_content_ = " ";
 
+  absl::Status CheckId(int32_t id, const std::string& path) const {
+    if (id >= 0 && id < vocab_size()) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(path, ": post_processor: special token id ", id,
+                                                   " is not in the vocabulary (", vocab_size(), " tokens)"));
+  }
   absl::Status ParseModel(const json& m, const std::string& where);
   absl::Status ParsePostProcessor(const json& p, const std::string& where);
   absl::Status ParseDecoder(const json& d, const std::string& where);
@@ -682,13 +733,14 @@ absl::Status HfTokenizer::ParseModel(const json& m, const std::string& where) {
   for (const char* k : {"continuing_subword_prefix", "end_of_word_suffix"})
     if (m.contains(k) && !m[k].is_null() && !(m[k].is_string() && m[k].get<std::string>().empty()))
       return Unknown(where, absl::StrCat("field \"", k, "\" ", m[k].dump()));
-  byte_fallback_ = m.value("byte_fallback", false);
-  fuse_unk_ = m.value("fuse_unk", false);
-  ignore_merges_ = m.value("ignore_merges", false);
+  SAE_ASSIGN_OR_RETURN(byte_fallback_, Bool(m, "byte_fallback", false, where));
+  SAE_ASSIGN_OR_RETURN(fuse_unk_, Bool(m, "fuse_unk", false, where));
+  SAE_ASSIGN_OR_RETURN(ignore_merges_, Bool(m, "ignore_merges", false, where));
   if (!m.contains("vocab") || !m["vocab"].is_object())
     return absl::InvalidArgumentError(absl::StrCat(where, ": \"vocab\" is not an object"));
   for (auto& [k, v] : m["vocab"].items()) {
-    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > (1 << 24))
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > kMaxId ||
+        (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(kMaxId)))
       return absl::InvalidArgumentError(absl::StrCat(where, ".vocab[", json(k).dump(), "]: id is not an integer in [0, 2^24]"));
     vocab_[k] = v.get<int32_t>();
   }
@@ -750,13 +802,15 @@ absl::Status HfTokenizer::ParsePostProcessor(const json& p, const std::string& w
       seen_seq = true;
       continue;
     }
-    if (!item.contains("SpecialToken") || !item["SpecialToken"].contains("id"))
+    if (!item.contains("SpecialToken") || !item["SpecialToken"].contains("id") || !item["SpecialToken"]["id"].is_string())
       return Unknown(wi, absl::StrCat("template item ", item.dump()));
     const std::string name = item["SpecialToken"]["id"].get<std::string>();
     if (!specials.contains(name) || !specials[name].contains("ids") || !specials[name]["ids"].is_array())
       return absl::InvalidArgumentError(absl::StrCat(wi, ": special token \"", name, "\" has no ids in special_tokens"));
     for (const json& id : specials[name]["ids"]) {
-      if (!id.is_number_integer()) return absl::InvalidArgumentError(absl::StrCat(wi, ": ids of \"", name, "\" are not integers"));
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > kMaxId ||
+          (id.is_number_unsigned() && id.get<uint64_t>() > static_cast<uint64_t>(kMaxId)))
+        return absl::InvalidArgumentError(absl::StrCat(wi, ": ids of \"", name, "\" are not integers in [0, 2^24]"));
       (seen_seq ? suffix_ : prefix_).push_back(id.get<int32_t>());
     }
   }
@@ -786,7 +840,7 @@ absl::Status HfTokenizer::ParseDecoder(const json& d, const std::string& where) 
   if (type == "Fuse") return OnlyKeys(d, {"type"}, w);
   if (type == "Replace") {
     SAE_RETURN_IF_ERROR(OnlyKeys(d, {"type", "pattern", "content"}, w));
-    if (!d.contains("pattern") || !d["pattern"].contains("String"))
+    if (!d.contains("pattern") || !d["pattern"].contains("String") || !d["pattern"]["String"].is_string())
       return Unknown(w, "a pattern other than {\"String\": …}");
     SAE_ASSIGN_OR_RETURN(std::string content, Str(d, "content", w));
     decode_replace_.emplace_back(d["pattern"]["String"].get<std::string>(), content);
@@ -794,19 +848,25 @@ absl::Status HfTokenizer::ParseDecoder(const json& d, const std::string& where) 
   }
   if (type == "Strip") {
     SAE_RETURN_IF_ERROR(OnlyKeys(d, {"type", "content", "start", "stop"}, w));
-    SAE_ASSIGN_OR_RETURN(strip_content_, Str(d, "content", w));
-    strip_left_ = d.value("start", 0);
-    if (d.value("stop", 0) != 0) return Unknown(w, "stop > 0");
+    SAE_ASSIGN_OR_RETURN(strip_content_, Char(d, "content", w));
+    SAE_ASSIGN_OR_RETURN(const int64_t start, Int(d, "start", 0, kMaxId, w));
+    strip_left_ = static_cast<size_t>(start);
+    SAE_ASSIGN_OR_RETURN(const int64_t stop, Int(d, "stop", 0, kMaxId, w));
+    if (stop != 0) return Unknown(w, "stop > 0");
     return absl::OkStatus();
   }
   if (type == "Metaspace") {
     SAE_RETURN_IF_ERROR(OnlyKeys(d, {"type", "replacement", "prepend_scheme", "split", "add_prefix_space", "str_rep"}, w));
     std::string rep = kSpaceMark;
     if (d.contains("replacement")) {
-      SAE_ASSIGN_OR_RETURN(rep, Str(d, "replacement", w));
+      SAE_ASSIGN_OR_RETURN(rep, Char(d, "replacement", w));
     }
     decode_replace_.emplace_back(rep, " ");
-    const std::string scheme = d.value("prepend_scheme", std::string(d.value("add_prefix_space", true) ? "always" : "never"));
+    SAE_ASSIGN_OR_RETURN(const bool prefix, Bool(d, "add_prefix_space", true, w));
+    std::string scheme = prefix ? "always" : "never";
+    if (d.contains("prepend_scheme") && !d["prepend_scheme"].is_null()) {
+      SAE_ASSIGN_OR_RETURN(scheme, Str(d, "prepend_scheme", w));
+    }
     if (scheme != "never") strip_left_ = 1;
     return absl::OkStatus();
   }
@@ -823,6 +883,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::Load(const std::string& 
 absl::StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::FromText(const std::string& text, const std::string& path) {
   json j = json::parse(text, nullptr, false);
   if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
+  // Sequences nest by recursion here (and in error messages): real files nest 3 deep.
+  if (Depth(j) > kMaxDepth)
+    return absl::InvalidArgumentError(absl::StrCat(path, ": nested deeper than ", kMaxDepth, " levels"));
   std::unique_ptr<HfTokenizer> t(new HfTokenizer());
   SAE_RETURN_IF_ERROR(OnlyKeys(j, {"version", "truncation", "padding", "added_tokens", "normalizer", "pre_tokenizer",
                                    "model", "post_processor", "decoder"}, path));
@@ -852,18 +915,20 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::FromText(const std::stri
   for (size_t i = 0; i < added.size(); ++i) {
     const json& a = added[i];
     const std::string w = absl::StrCat(path, ": added_tokens[", i, "]");
+    if (!a.is_object()) return absl::InvalidArgumentError(absl::StrCat(w, ": not an object"));
     SAE_RETURN_IF_ERROR(OnlyKeys(a, {"id", "content", "single_word", "lstrip", "rstrip", "normalized", "special"}, w));
-    if (!a.contains("id") || !a["id"].is_number_integer() || a["id"].get<int64_t>() < 0)
-      return absl::InvalidArgumentError(absl::StrCat(w, ": \"id\" is not a non-negative integer"));
+    SAE_ASSIGN_OR_RETURN(const int64_t id, Int(a, "id", -1, kMaxId, w));
+    if (id < 0) return absl::InvalidArgumentError(absl::StrCat(w, ": field \"id\" missing"));
     AddedToken tok;
-    tok.id = a["id"].get<int32_t>();
+    tok.id = static_cast<int32_t>(id);
     SAE_ASSIGN_OR_RETURN(tok.content, Str(a, "content", w));
     if (tok.content.empty()) return absl::InvalidArgumentError(absl::StrCat(w, ": empty content"));
-    if (a.value("single_word", false)) return Unknown(w, "single_word true");
-    tok.normalized = a.value("normalized", !a.value("special", false));
-    tok.lstrip = a.value("lstrip", false);
-    tok.rstrip = a.value("rstrip", false);
-    tok.special = a.value("special", false);
+    SAE_ASSIGN_OR_RETURN(const bool single_word, Bool(a, "single_word", false, w));
+    if (single_word) return Unknown(w, "single_word true");
+    SAE_ASSIGN_OR_RETURN(tok.special, Bool(a, "special", false, w));
+    SAE_ASSIGN_OR_RETURN(tok.normalized, Bool(a, "normalized", !tok.special, w));
+    SAE_ASSIGN_OR_RETURN(tok.lstrip, Bool(a, "lstrip", false, w));
+    SAE_ASSIGN_OR_RETURN(tok.rstrip, Bool(a, "rstrip", false, w));
     t->added_.push_back(tok);
   }
   std::unordered_map<std::string, int32_t> added_ix;
@@ -886,6 +951,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::FromText(const std::stri
   t->pieces_.assign(max_id + 1, "");
   for (const auto& [s, id] : t->vocab_) t->pieces_[id] = s;
   for (const AddedToken& a : t->added_) t->pieces_[a.id] = a.content;
+  for (const int32_t id : t->prefix_) SAE_RETURN_IF_ERROR(t->CheckId(id, path));
+  for (const int32_t id : t->suffix_) SAE_RETURN_IF_ERROR(t->CheckId(id, path));
+  if (t->pieces_.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": model: the vocabulary is empty"));
   for (int b = 0; b < 256; ++b) {
     char name[8];
     std::snprintf(name, sizeof(name), "<0x%02X>", b);

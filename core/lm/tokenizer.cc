@@ -184,6 +184,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGpt2Tokenizer(const std::string& 
     const size_t sp = line.find(' ');
     if (sp == std::string::npos || sp == 0 || sp + 1 >= line.size())
       return absl::InvalidArgumentError(absl::StrCat(vocab_bpe, ":", line_no, ": not a merge \"A B\""));
+    // Merges become JSON strings: bytes that are not UTF-8 would make the
+    // dump below throw (nlohmann's type_error 316), and no token of
+    // encoder.json (JSON, so UTF-8) could match them.
+    try {
+      (void)nlohmann::json(line).dump();
+    } catch (const nlohmann::json::exception&) {
+      return absl::InvalidArgumentError(absl::StrCat(vocab_bpe, ":", line_no, ": not UTF-8 text"));
+    }
     merges.push_back({line.substr(0, sp), line.substr(sp + 1)});
   }
   nlohmann::json added = nlohmann::json::array();

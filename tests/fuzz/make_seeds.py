@@ -245,4 +245,152 @@ idx = lambda ns: json.dumps({"metadata": {"total_size": 0}, "weight_map": {n: wh
 put("hf_model", "llama_sharded", json.dumps(llama_cfg).encode() + SPLIT + idx(names).encode())
 put("hf_model", "gpt2_sharded", json.dumps(gpt2_cfg).encode() + SPLIT + idx(gnames).encode())
 put("hf_model", "unsupported", json.dumps(dict(llama_cfg, rope_scaling={"type": "linear", "factor": 2.0})))
+# --- Hugging Face tokenizer.json: tokenizer.json SPLIT text -------------------
+# Small files with the structure of real ones (GPT-2, Llama 3, Qwen2, Llama 2 /
+# Mistral, Mistral with Metaspace, Gemma: normalizers, pre-tokenizers,
+# templates, decoders and added tokens as those files have them) and a
+# vocabulary learned here by a few BPE merges over a sample text.
+SAMPLE = "Once upon a time, there was a little girl named Lily. She liked 123 apples!\n  The end's near"
+TEXTS = [SAMPLE, "Hello  world\n\n<s> x</s> 2024 caf\u00e9 \u2581tab\tend", "\u65e5\u672c\u8a9e \U0001F600 ok"]
+
+
+def byte_chars():
+    bs = [b for b in range(256) if 33 <= b <= 126 or 161 <= b <= 172 or 174 <= b <= 255]
+    m, n = {}, 0
+    for b in range(256):
+        if b in bs:
+            m[b] = chr(b)
+        else:
+            m[b] = chr(256 + n)
+            n += 1
+    return m
+
+
+def learn_bpe(words, vocab, n_merges):
+    """words: lists of symbols; adds merged symbols to vocab, returns merges."""
+    merges = []
+    for _ in range(n_merges):
+        counts = {}
+        for w in words:
+            for a, b in zip(w, w[1:]):
+                counts[(a, b)] = counts.get((a, b), 0) + 1
+        if not counts:
+            break
+        (a, b), c = max(counts.items(), key=lambda kv: (kv[1], kv[0]))
+        if c < 2:
+            break
+        merges.append([a, b])
+        if a + b not in vocab:
+            vocab[a + b] = len(vocab)
+        nw = []
+        for w in words:
+            out, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and w[i] == a and w[i + 1] == b:
+                    out.append(a + b)
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            nw.append(out)
+        words = nw
+    return merges
+
+
+def added(i, content, special=True, normalized=False):
+    return {"id": i, "content": content, "single_word": False, "lstrip": False, "rstrip": False,
+            "normalized": normalized, "special": special}
+
+
+def template(name, tid):
+    return {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": name, "type_id": 0}},
+                                                     {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": name, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": name, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {name: {"id": name, "ids": [tid], "tokens": [name]}}}
+
+
+def tokjson(model, normalizer=None, pre=None, post=None, decoder=None, added_tokens=()):
+    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": list(added_tokens),
+            "normalizer": normalizer, "pre_tokenizer": pre, "post_processor": post, "decoder": decoder,
+            "model": dict({"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                           "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                           "ignore_merges": False}, **model)}
+
+
+def byte_level_model(merge_pairs=True, n=40):
+    bc = byte_chars()
+    vocab = {bc[b]: i for i, b in enumerate(range(256))}
+    words = [[bc[b] for b in w.encode()] for w in (" " + SAMPLE).replace(" ", "\n ").split("\n") if w]
+    merges = learn_bpe(words, vocab, n)
+    return vocab, (merges if merge_pairs else [a + " " + b for a, b in merges])
+
+
+def sp_model(n=40, byte_tokens=True):
+    sp = "\u2581"
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    if byte_tokens:
+        for b in range(256):
+            vocab["<0x%02X>" % b] = len(vocab)
+    for ch in sorted(set(SAMPLE.replace(" ", sp))) + [sp]:
+        vocab.setdefault(ch, len(vocab))
+    words = [list(sp + w) for w in SAMPLE.split(" ")]
+    merges = learn_bpe(words, vocab, n)
+    return vocab, merges
+
+
+def put_tok(name, j, text=SAMPLE):
+    put("hf_tokenizer", name, json.dumps(j, indent=1, ensure_ascii=False).encode() + SPLIT + text.encode())
+
+
+LLAMA3_RE = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+             "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+BL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+v, m = byte_level_model(merge_pairs=False)
+v["<|endoftext|>"] = len(v)
+put_tok("gpt2", tokjson({"vocab": v, "merges": m}, pre=BL, post=dict(BL, add_prefix_space=True, trim_offsets=False),
+                        decoder=BL, added_tokens=[added(v["<|endoftext|>"], "<|endoftext|>", normalized=True)]),
+        TEXTS[1] + "<|endoftext|>")
+v, m = byte_level_model()
+n = len(v)
+split = {"type": "Split", "pattern": {"Regex": LLAMA3_RE}, "behavior": "Isolated", "invert": False}
+seq = {"type": "Sequence", "pretokenizers": [split, dict(BL, use_regex=False)]}
+put_tok("llama3", tokjson({"vocab": v, "merges": m, "ignore_merges": True}, pre=seq,
+                          post={"type": "Sequence", "processors": [dict(BL, add_prefix_space=True, trim_offsets=False),
+                                                                   template("<|begin_of_text|>", n)]},
+                          decoder=BL, added_tokens=[added(n, "<|begin_of_text|>"), added(n + 1, "<|end_of_text|>")]),
+        TEXTS[2] + "<|end_of_text|>")
+split_q = dict(split, pattern={"Regex": LLAMA3_RE.replace("\\p{N}{1,3}", "\\p{N}")})
+put_tok("qwen2", tokjson({"vocab": v, "merges": m}, normalizer={"type": "NFC"},
+                         pre={"type": "Sequence", "pretokenizers": [split_q, dict(BL, use_regex=False)]},
+                         post=dict(BL, use_regex=False), decoder=BL,
+                         added_tokens=[added(n, "<|endoftext|>"), added(n + 1, "<|im_start|>")]),
+        "cafe\u0301 " + TEXTS[1])
+v, m = sp_model()
+sp = "\u2581"
+sp_added = [added(0, "<unk>"), added(1, "<s>"), added(2, "</s>")]
+sp_decoder = {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": sp}, "content": " "},
+                                               {"type": "ByteFallback"}, {"type": "Fuse"},
+                                               {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+sp_model_fields = {"vocab": v, "merges": m, "unk_token": "<unk>", "fuse_unk": True, "byte_fallback": True}
+put_tok("llama2", tokjson(sp_model_fields, normalizer={"type": "Sequence", "normalizers": [
+    {"type": "Prepend", "prepend": sp}, {"type": "Replace", "pattern": {"String": " "}, "content": sp}]},
+    post=template("<s>", 1), decoder=sp_decoder, added_tokens=sp_added), TEXTS[1])
+put_tok("mistral_metaspace", tokjson(sp_model_fields,
+                                     pre={"type": "Metaspace", "replacement": sp, "prepend_scheme": "first", "split": False},
+                                     post=template("<s>", 1), added_tokens=sp_added,
+                                     decoder={"type": "Metaspace", "replacement": sp, "prepend_scheme": "first",
+                                              "split": False}), TEXTS[2])
+put_tok("gemma", tokjson(sp_model_fields, normalizer={"type": "Replace", "pattern": {"String": " "}, "content": sp},
+                         post=template("<s>", 1), decoder=sp_decoder, added_tokens=sp_added + [
+                             added(len(v), "<start_of_turn>", normalized=True)]), "<start_of_turn>" + SAMPLE)
+v, m = sp_model(byte_tokens=False)
+put_tok("metaspace_split_digits", tokjson(dict(sp_model_fields, vocab=v, merges=m, byte_fallback=False, fuse_unk=False),
+                                          normalizer={"type": "Sequence", "normalizers": [{"type": "NFKC"}, {"type": "Lowercase"}]},
+                                          pre={"type": "Sequence", "pretokenizers": [
+                                              {"type": "Digits", "individual_digits": True},
+                                              {"type": "Metaspace", "replacement": sp, "prepend_scheme": "always",
+                                               "split": True}]},
+                                          decoder={"type": "Metaspace", "replacement": sp, "add_prefix_space": True},
+                                          added_tokens=sp_added), TEXTS[0] + " 2024")
 print("seeds written under", OUT)

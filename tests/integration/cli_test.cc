@@ -214,6 +214,21 @@ TEST_F(Cli, BadJobFilesNameTheFileAndField) {
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_FALSE(r.signaled);
   EXPECT_NE(r.out.find("sae.latents"), std::string::npos) << r.out;
+  // Shard data: d_in is read from the manifest before training starts; an SAE
+  // whose training state cannot exist anywhere is refused naming the field
+  // and the manifest (the shard itself is never opened).
+  fs::create_directories(dir_ / "wide");
+  WriteAll(dir_ / "wide" / "manifest.json",
+            R"({"format": "saeforge.activations.v1", "d_in": 131072, "dtype": "float32", "rows": 10,)"
+            R"( "shards": [{"file": "shard-00000.safetensors", "rows": 10, "sha256": ")" + std::string(64, '0') + "\"}]}");
+  fs::path wide = Job("wide.yaml", "data: {kind: shards, path: " + (dir_ / "wide").string() +
+                                       "}\nsae: {latents: 268435456, k: 8}\ntrain: {tokens: 1000}\noutput: wide_out\n");
+  Result w = Sh("cd " + dir_.string() + " && " + Bin("sae") + " train " + wide.string());
+  EXPECT_EQ(w.code, 1) << w.out;
+  EXPECT_FALSE(w.signaled);
+  EXPECT_NE(w.out.find("sae.latents"), std::string::npos) << w.out;
+  EXPECT_NE(w.out.find("wide/manifest.json"), std::string::npos) << w.out;
+  EXPECT_FALSE(fs::exists(dir_ / "wide_out.partial"));
 }
 
 // Corrupts `shard` with `how`, runs the job, expects a failure naming the shard.

@@ -12,6 +12,8 @@
 #include "client/job_spec.h"
 #include "coordinator/roots.h"
 #include "coordinator/store.h"
+#include "core/data/manifest.h"
+#include "core/data/manifest_check.h"
 
 namespace sae {
 namespace {
@@ -604,6 +606,54 @@ TEST_F(CoordinatorTest, SweepsBecomeChildJobs) {
   EXPECT_EQ(parent->progress().tokens_per_second(), 50);
   ASSERT_TRUE((*c)->Cancel(sub->id(), "").ok());
   for (const auto& id : sub->child_ids()) EXPECT_EQ(State(c->get(), id), v1::CANCELLED);
+}
+
+// For shard data d_in is in the manifest under --data-root: an SAE whose
+// training state cannot exist is refused at submit, naming the field and
+// the manifest, and the coordinator serves on.
+TEST_F(CoordinatorTest, AnSaeTooLargeForItsShardsIsRefusedAtSubmit) {
+  const fs::path acts = dir_ / "data" / "acts";
+  fs::create_directories(acts);
+  Manifest m;
+  m.d_in = kMaxDIn;
+  m.rows = 10;
+  m.shards.push_back({"shard-00000.safetensors", 10, std::string(64, '0')});
+  ASSERT_TRUE(SaveManifest(acts.string(), m).ok());
+  opts_.data_root = (dir_ / "data").string();
+  opts_.output_root = (dir_ / "out").string();
+  auto c = Coordinator::Create(opts_);
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto submit = [&](const std::string& sae) {
+    auto cfg = ParseJobConfig("data: {kind: shards, path: acts}\nsae: " + sae +
+                                  "\ntrain: {tokens: 1000, batch_tokens: 100}\noutput: run\n",
+                              "big.yaml");
+    EXPECT_TRUE(cfg.ok()) << cfg.status();
+    v1::SubmitRequest r;
+    *r.mutable_spec() = JobSpecFromConfig(*cfg);
+    return (*c)->Submit(r);
+  };
+  const std::string manifest = (acts / "manifest.json").string();
+  // 2^28 latents x 131072: 8·n·d floats = 1 PiB of training state.
+  auto huge = submit("{latents: 268435456, k: 32}");
+  ASSERT_FALSE(huge.ok());
+  EXPECT_EQ(huge.status().code(), absl::StatusCode::kInvalidArgument);
+  const std::string msg(huge.status().message());
+  EXPECT_NE(msg.find("sae.latents"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("d_in 131072"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(manifest), std::string::npos) << msg;
+  EXPECT_NE(msg.find("GiB"), std::string::npos) << msg;
+  // expansion_factor x d_in past 2^28 latents, and k past the latents.
+  auto wide = submit("{expansion_factor: 4096, k: 32}");
+  ASSERT_FALSE(wide.ok());
+  EXPECT_NE(wide.status().message().find("sae.expansion_factor"), std::string::npos) << wide.status();
+  auto k = submit("{expansion_factor: 1, k: 200000}");
+  ASSERT_FALSE(k.ok());
+  EXPECT_NE(k.status().message().find("sae.k"), std::string::npos) << k.status();
+  // Nothing was stored; a job that fits is accepted by the same coordinator.
+  EXPECT_TRUE((*c)->List(true).empty());
+  auto ok = submit("{latents: 1024, k: 32}");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(State(c->get(), ok->id()), v1::PENDING);
 }
 
 TEST(ResolveUnderRoot, KeepsPathsUnderTheRoot) {

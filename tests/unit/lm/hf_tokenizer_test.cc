@@ -256,6 +256,66 @@ TEST(TokenizerJson, RefusesWhatItDoesNotImplementByName) {
   ExpectRefused(j, "single_word");
 }
 
+// Malformed fields the fuzzer (fuzz_hf_tokenizer) or a reading of the loader
+// found: each was a hang, an uncaught exception, an out-of-memory or ids
+// outside the vocabulary; each is now an error naming the field.
+TEST(TokenizerJson, MalformedFieldsAreErrorsNamingThem) {
+  json j = SpJson();  // an empty replacement: Encode looped forever
+  j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", ""}, {"prepend_scheme", "always"}, {"split", true}};
+  ExpectRefused(j, "replacement");
+  j = SpJson();  // an empty Strip content: decoding looped 2^40 times
+  j["decoder"]["decoders"][3] = {{"type", "Strip"}, {"content", ""}, {"start", int64_t{1} << 40}, {"stop", 0}};
+  ExpectRefused(j, "content");
+  j = SpJson();
+  j["decoder"]["decoders"][3]["start"] = -1;
+  ExpectRefused(j, "start");
+  j = SpJson();  // a string where a boolean belongs: nlohmann's type_error escaped
+  j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"String", " "}}}, {"behavior", "Isolated"}, {"invert", "yes"}};
+  ExpectRefused(j, "invert");
+  j = SpJson();
+  j["model"]["byte_fallback"] = 1;
+  ExpectRefused(j, "byte_fallback");
+  j = SpJson();
+  j["added_tokens"][0]["special"] = "true";
+  ExpectRefused(j, "special");
+  j = SpJson();  // an id past int32 was truncated; 2^31 - 1 sized a 64 GB table
+  j["added_tokens"][0]["id"] = int64_t{1} << 40;
+  ExpectRefused(j, "added_tokens[0]: field \"id\"");
+  j = SpJson();
+  j["added_tokens"][0]["id"] = 2147483647;
+  ExpectRefused(j, "added_tokens[0]: field \"id\"");
+  j = SpJson();  // the template's BOS id outside the vocabulary went into every Encode
+  j["post_processor"]["special_tokens"]["<s>"]["ids"] = {100000};
+  ExpectRefused(j, "special token id 100000");
+  j = SpJson();
+  j["post_processor"]["special_tokens"]["<s>"]["ids"] = {-1};
+  ExpectRefused(j, "ids of \"<s>\"");
+  j = SpJson();  // a template item whose id is not a string threw
+  j["post_processor"]["single"][0]["SpecialToken"]["id"] = 5;
+  ExpectRefused(j, "single[0]");
+  j = SpJson();
+  j["decoder"]["decoders"][0]["pattern"]["String"] = 7;
+  ExpectRefused(j, "pattern");
+  j = SpJson();  // nesting is bounded: Sequences are parsed by recursion
+  json deep = {{"type", "Lowercase"}};
+  for (int i = 0; i < 100; ++i) deep = {{"type", "Sequence"}, {"normalizers", json::array({deep})}};
+  j["normalizer"] = deep;
+  ExpectRefused(j, "nested deeper than 64");
+}
+
+// A vocabulary piece that looks like a byte token but is not hex decodes as
+// text (std::stoi threw std::invalid_argument).
+TEST(TokenizerJson, NonHexBytePiecesDecodeAsText) {
+  json j = SpJson();
+  j["model"]["vocab"]["<0xZZ>"] = 265;
+  TempDir tmp;
+  WriteFile(tmp.Sub("tokenizer.json"), j.dump());
+  auto t = LoadHfTokenizer(tmp.Sub("tokenizer.json"));
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ((*t)->DecodePiece(259, 265), "<0xZZ>");
+  EXPECT_EQ((*t)->DecodePiece(259, 3 + 0x41), "A");
+}
+
 TEST(TokenizerJson, SplitBehaviorsAndByteLevel) {
   // Byte-level vocabulary of single bytes only: ids show where words were cut.
   json vocab = json::object();

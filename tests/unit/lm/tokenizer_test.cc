@@ -194,5 +194,17 @@ TEST(Gpt2Tokenizer, HugeIdIsAnErrorNamingTheFile) {
   EXPECT_NE(t.status().message().find("2000000000"), std::string::npos) << t.status();
 }
 
+// Found by fuzzing (tests/fuzz/corpus/gpt2_tokenizer/regress-merge-not-utf8):
+// a vocab.bpe line with a byte that is not UTF-8 (0xFF) made the JSON dump
+// of the equivalent tokenizer.json throw, an abort in `sae`.
+TEST(Gpt2Tokenizer, MergeThatIsNotUtf8IsAnErrorNamingTheLine) {
+  TempDir tmp;
+  lm_test::WriteFile(tmp.Sub("encoder.json"), "{\"a\": 0, \"b\": 1, \"ab\": 2}");
+  lm_test::WriteFile(tmp.Sub("vocab.bpe"), "#version: 0.2\na b\n\xff b\n");
+  auto t = LoadGpt2Tokenizer(tmp.Sub("encoder.json"), tmp.Sub("vocab.bpe"));
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find(tmp.Sub("vocab.bpe") + ":3: not UTF-8"), std::string::npos) << t.status();
+}
+
 }  // namespace
 }  // namespace sae
