@@ -5,8 +5,8 @@
 # SAE_FULL_CHECKS=1 adds the sanitizer builds and their tests
 # (scripts/sanitizers.sh: ASan+UBSan, TSan) and a short fuzz pass
 # (scripts/fuzz.sh, SAE_FUZZ_SECONDS per target, default 20).
-# SAE_FULL_CHECKS=ci adds the subset that fits CI's 90 minutes (.ci/run sets
-# it; docs/reliability.md has the measurements): ASan+UBSan of the unit tests
+# SAE_FULL_CHECKS=ci adds the subset meant to fit CI's 90 minutes (.ci/run
+# does not set it yet; docs/reliability.md has the measurements): ASan+UBSan of the unit tests
 # without LibTorch, the TSan tests (coordinator, communicators, test_service
 # with the worker agent), and the same fuzz pass.
 set -euo pipefail
