@@ -125,7 +125,7 @@ TEST_F(Service, EveryJobFieldReachesTheWorkerUnchanged) {
   const bool kInt8Cpu = __builtin_cpu_supports("avx512vnni") || __builtin_cpu_supports("avxvnni");
   const std::string model_and_training =
       "  k: 6\n"
-      "  k_schedule: {start: 12, end: 6, fraction: 0.5, shape: cosine}\n"
+      "  k_schedule: {start: 12, end: 6, fraction: 0.5, shape: cosine, loss: current_k, current_k_weight: 0.5}\n"
       "  dead_window_tokens: 5000\n"
       "  dead_remedy: auxk\n"
       "  aux_coefficient: 0.05\n"
