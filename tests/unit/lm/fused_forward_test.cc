@@ -24,32 +24,19 @@
 #include "core/lm/loaders.h"
 #include "core/lm/model.h"
 #include "gtest/gtest.h"
+#include "tests/unit/lm/lm_tensor_util.h"
 #include "tests/unit/lm/lm_test_util.h"
 
 namespace sae {
 namespace {
 
+using lm_test::MaxRelErr;
+using lm_test::StoriesBin;
 using lm_test::StoriesDir;
+using lm_test::StoryTokens;
 
 constexpr double kBound = 2e-5;
 
-double MaxRelErr(const at::Tensor& a, const at::Tensor& b) {
-  EXPECT_EQ(a.sizes(), b.sizes());
-  if (a.sizes() != b.sizes()) return 1e30;
-  return (a - b).abs().max().item<double>() / std::max(1e-30, b.abs().max().item<double>());
-}
-
-at::Tensor Tokens(int64_t batch, int64_t T, int64_t vocab, uint64_t seed) {
-  at::Tensor t = at::empty({batch, T}, at::kLong);
-  uint64_t s = seed;
-  for (int64_t i = 0; i < batch * T; ++i) {
-    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
-    t.data_ptr<int64_t>()[i] = i % T == 0 ? 1 : static_cast<int64_t>((s >> 33) % vocab);
-  }
-  return t;
-}
-
-std::string StoriesBin() { return StoriesDir() + "/stories260K.bin"; }
 
 // Logits and every block's residual stream and MLP output of one forward.
 struct Trace {
@@ -78,7 +65,7 @@ TEST(FusedForward, StoriesMatchesTheAtenPathEveryBlock) {
   SAE_REQUIRE_FILE(StoriesBin());
   auto m = LoadLlama2c(StoriesBin());
   ASSERT_TRUE(m.ok()) << m.status();
-  const at::Tensor toks = Tokens(3, 70, 512, 11);
+  const at::Tensor toks = StoryTokens(3, 70, 512, 11);
   const Trace fused = TraceForward(*m, toks, false), ref = TraceForward(*m, toks, true);
   double worst = 0;
   for (int64_t l = 0; l < m->config().n_layers; ++l) {
@@ -98,7 +85,7 @@ TEST(FusedForward, KvCacheStepsMatchTheAtenFullSequence) {
   SAE_REQUIRE_FILE(StoriesBin());
   auto m = LoadLlama2c(StoriesBin());
   ASSERT_TRUE(m.ok()) << m.status();
-  const at::Tensor toks = Tokens(4, 20, 512, 12);
+  const at::Tensor toks = StoryTokens(4, 20, 512, 12);
   const Trace ref = TraceForward(*m, toks, true);
   KvCache cache = m->NewCache(4, 20);
   std::vector<at::Tensor> logits = {TraceForward(*m, toks.narrow(1, 0, 7), false, &cache).logits};
@@ -114,14 +101,14 @@ TEST(FusedForward, HooksKeepTheirTensorsAndSteer) {
   SAE_REQUIRE_FILE(StoriesBin());
   auto m = LoadLlama2c(StoriesBin());
   ASSERT_TRUE(m.ok()) << m.status();
-  const at::Tensor toks = Tokens(2, 16, 512, 13);
+  const at::Tensor toks = StoryTokens(2, 16, 512, 13);
   // A tensor a hook keeps (without cloning) is not overwritten by later blocks or calls.
   at::Tensor kept;
   ForwardOptions keep;
   keep.hooks.push_back({1, HookPoint::kResidPost, [&kept](at::Tensor& x) { kept = x; }});
   ASSERT_TRUE(m->Forward(toks, nullptr, keep).ok());
   const at::Tensor copy = kept.clone();
-  ASSERT_TRUE(m->Forward(Tokens(2, 16, 512, 14), nullptr, {}).ok());
+  ASSERT_TRUE(m->Forward(StoryTokens(2, 16, 512, 14), nullptr, {}).ok());
   EXPECT_TRUE(at::equal(kept, copy));
   // Steering through the fused path equals steering through the ATen path.
   const at::Tensor dir = m->weights().tok_emb[42];

@@ -20,6 +20,7 @@
 #include "core/lm/model.h"
 #include "gtest/gtest.h"
 #include "tests/integration/interp_test_util.h"  // Sh, Bin, ByteTokenizerJson, WriteTiedSae
+#include "tests/unit/lm/lm_tensor_util.h"
 #include "tests/unit/lm/lm_test_util.h"
 
 namespace sae {
@@ -28,16 +29,10 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 using lm_test::DataDir;
+using lm_test::MaxRelErr;
 using lm_test::TempDir;
 using lm_test::WriteFile;
 using Tensors = std::map<std::string, at::Tensor>;
-
-double MaxRelErr(const at::Tensor& a, const at::Tensor& b) {
-  EXPECT_EQ(a.sizes(), b.sizes());
-  if (a.sizes() != b.sizes()) return 1e30;
-  at::Tensor x = a.to(at::kDouble), y = b.to(at::kDouble);
-  return (x - y).abs().max().item<double>() / std::max(1e-30, y.abs().max().item<double>());
-}
 
 Tensors ReadAll(const std::string& path) {
   Tensors out;

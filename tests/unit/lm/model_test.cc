@@ -8,33 +8,19 @@
 #include "core/lm/loaders.h"
 #include "core/lm/model.h"
 #include "gtest/gtest.h"
+#include "tests/unit/lm/lm_tensor_util.h"
 #include "tests/unit/lm/lm_test_util.h"
 
 namespace sae {
 namespace {
 
 using lm_test::DataDir;
+using lm_test::MaxRelErr;
+using lm_test::StoriesBin;
 using lm_test::StoriesDir;
+using lm_test::StoryTokens;
 using lm_test::TempDir;
 
-// max |a − b| / max |b|
-double MaxRelErr(const at::Tensor& a, const at::Tensor& b) {
-  EXPECT_EQ(a.sizes(), b.sizes());
-  if (a.sizes() != b.sizes()) return 1e30;
-  return (a - b).abs().max().item<double>() / std::max(1e-30, b.abs().max().item<double>());
-}
-
-at::Tensor StoryTokens(int64_t batch, int64_t T, int64_t vocab, uint64_t seed) {
-  at::Tensor t = at::empty({batch, T}, at::kLong);
-  uint64_t s = seed;
-  for (int64_t i = 0; i < batch * T; ++i) {
-    s = s * 6364136223846793005ULL + 1442695040888963407ULL;
-    t.data_ptr<int64_t>()[i] = i % T == 0 ? 1 : static_cast<int64_t>((s >> 33) % vocab);
-  }
-  return t;
-}
-
-std::string StoriesBin() { return StoriesDir() + "/stories260K.bin"; }
 
 TEST(Llama2cLoader, ReadsStoriesHeader) {
   SAE_REQUIRE_FILE(StoriesBin());
