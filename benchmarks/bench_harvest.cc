@@ -25,7 +25,7 @@ namespace {
 using sae::bench::Commit;
 using sae::bench::CpuModel;
 using sae::bench::Median;
-using sae::bench::Now;
+using sae::bench::SteadyNow;
 
 }  // namespace
 
@@ -68,14 +68,14 @@ int main(int argc, char** argv) {
   std::vector<double> single;
   for (int64_t r = 0; r < reps; ++r) {
     sae::KvCache cache = model->NewCache(1, single_tokens);
-    const double t0 = Now();
+    const double t0 = SteadyNow();
     int64_t tok = c.bos_id;
     for (int64_t p = 0; p < single_tokens; ++p) {
       auto l = model->Forward(at::full({1, 1}, tok, at::kLong), &cache);
       if (!l.ok()) return 1;
       tok = l->reshape({-1}).argmax().item<int64_t>();
     }
-    single.push_back(single_tokens / (Now() - t0));
+    single.push_back(single_tokens / (SteadyNow() - t0));
   }
   // Batched harvest of a text-like token stream (windows of sampled-free ids:
   // the corpus path; throughput does not depend on the ids).
@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
     for (int64_t r = 0; r < reps; ++r) {
       at::Tensor toks = at::randint(3, c.vocab_size, {batch, context}, at::kLong);
       toks.select(1, 0).fill_(c.bos_id);
-      const double t0 = Now();
+      const double t0 = SteadyNow();
       int64_t rows = 0;
       for (int64_t w = 0; w < windows; w += batch) {
         at::Tensor acts;
@@ -95,7 +95,7 @@ int main(int argc, char** argv) {
         at::Tensor rowsT = acts.narrow(1, 1, context - 1).reshape({-1, c.dim}).contiguous();
         rows += rowsT.size(0);
       }
-      v.push_back(rows / (Now() - t0));
+      v.push_back(rows / (SteadyNow() - t0));
     }
     return v;
   };

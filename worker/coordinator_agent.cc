@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "coordinator/client.h"
 #include "coordinator/job_spec.h"
+#include "core/base/clock.h"
 #include "core/base/file_util.h"
 #include "core/base/logging.h"
 #include "core/telemetry/http_server.h"
@@ -29,10 +30,6 @@
 
 namespace sae {
 namespace {
-
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 void Sleep(double s) { std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int64_t>(s * 1000))); }
 
@@ -92,7 +89,7 @@ class Reporter {
     double flush_deadline = -1;
     while (true) {
       cv_.wait_for(l, std::chrono::milliseconds(500), [this] { return done_ || !checkpoints_.empty(); });
-      if (done_ && flush_deadline < 0) flush_deadline = Now() + flush_s_;
+      if (done_ && flush_deadline < 0) flush_deadline = SteadyNow() + flush_s_;
       if (have_progress_ && !done_) {
         v1::ProgressReport r = progress_;
         have_progress_ = false;
@@ -105,13 +102,13 @@ class Reporter {
         l.unlock();
         const bool sent = send_checkpoint_(r);
         l.lock();
-        if (sent || (flush_deadline >= 0 && Now() > flush_deadline)) {
+        if (sent || (flush_deadline >= 0 && SteadyNow() > flush_deadline)) {
           checkpoints_.pop_front();
         } else {
           break;  // retry on the next round
         }
       }
-      if (done_ && (checkpoints_.empty() || Now() > flush_deadline)) return;
+      if (done_ && (checkpoints_.empty() || SteadyNow() > flush_deadline)) return;
     }
   }
 
@@ -281,14 +278,14 @@ class Agent {
 
   template <typename Req, typename Call>
   void SendWithRetry(const Req& req, Call call, double give_up_s) {
-    const double t0 = Now();
+    const double t0 = SteadyNow();
     while (true) {
       v1::Ack ack;
       auto ctx = MakeContext(client_, 5);
       grpc::Status s = call(ctx.get(), req, &ack);
       if (s.ok()) return;
       if (s.error_code() == grpc::StatusCode::NOT_FOUND) Register();
-      if (Now() - t0 > give_up_s) {
+      if (SteadyNow() - t0 > give_up_s) {
         SAE_LOG(kWarn) << "report to the coordinator failed: " << s.error_message();
         return;
       }
@@ -366,7 +363,7 @@ class Agent {
     }
     ro.metrics_listen = opts_.metrics_listen;
     ro.metrics_port_per_rank = false;
-    const double t0 = Now();
+    const double t0 = SteadyNow();
     int64_t start_tokens = -1, trained = 0, prev_tokens = 0;
     v1::Progress last;
     last.set_total_tokens(cfg.train.tokens);
@@ -393,7 +390,7 @@ class Agent {
       prev_tokens = m.tokens;
       last.set_step(m.step);
       last.set_tokens(m.tokens);
-      last.set_tokens_per_second((m.tokens - start_tokens) / std::max(Now() - t0, 1e-9));
+      last.set_tokens_per_second((m.tokens - start_tokens) / std::max(SteadyNow() - t0, 1e-9));
       last.set_fvu(m.fvu);
       last.set_mse(m.mse);
       last.set_l0(m.l0);

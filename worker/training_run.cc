@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "absl/strings/numbers.h"
+#include "core/base/clock.h"
 #include "core/base/file_util.h"
 #include "core/base/logging.h"
 #include "core/comm/communicator.h"
@@ -29,10 +30,6 @@ namespace {
 
 using json = nlohmann::json;
 namespace fs = std::filesystem;
-
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 std::string HumanCount(double v) {
   char buf[32];
@@ -117,7 +114,7 @@ class Progress {
                   HumanCount(m.tokens).c_str(), HumanCount(total_).c_str(), HumanCount(tok_s).c_str(),
                   m.fvu, 100 * m.dead_ratio, m.k, HumanDuration(eta).c_str());
     if (mode_ == ProgressMode::kBar) {
-      const double now = Now();
+      const double now = SteadyNow();
       if (now - last_draw_ < 0.1 && m.tokens < total_) return;
       last_draw_ = now;
       const int width = 24;
@@ -328,7 +325,7 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
   Progress progress(leader ? opts.progress : ProgressMode::kQuiet, total);
   std::vector<float> rows;
   std::deque<StepMetrics> recent;
-  const double t_start = Now();
+  const double t_start = SteadyNow();
   const int64_t tokens_at_start = trainer->tokens_seen();
   double data_wait = 0;
   int64_t steps_here = 0;
@@ -358,9 +355,9 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
     int64_t n = std::min(batch, total - trainer->tokens_seen());
     n -= n % world;  // every rank takes an equal share
     if (n == 0) break;
-    const double t0 = Now();
+    const double t0 = SteadyNow();
     absl::Status s = source->NextSlice(n, rank, world, &rows);
-    const double waited = Now() - t0;
+    const double waited = SteadyNow() - t0;
     data_wait += waited;
     if (!s.ok()) return Annotate(s, absl::StrCat("step ", trainer->step() + 1));
     auto m = trainer->Step(rows.data(), n / world);
@@ -380,7 +377,7 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
       sample.data_wait_seconds = waited;
       telemetry->Record(sample);
     }
-    const double elapsed = Now() - t_start;
+    const double elapsed = SteadyNow() - t_start;
     const double tok_s = (trainer->tokens_seen() - tokens_at_start) / std::max(elapsed, 1e-9);
     // The summary averages the last steps at the final k of the schedule.
     if (!recent.empty() && recent.back().k != m->k) recent.clear();
@@ -436,7 +433,7 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
     sum.aux_loss += m.aux_loss / recent.size();
   }
   sum.dead_ratio = trainer->dead().DeadRatio();
-  sum.seconds = Now() - t_start;
+  sum.seconds = SteadyNow() - t_start;
   sum.tokens_per_second = (sum.tokens - tokens_at_start) / std::max(sum.seconds, 1e-9);
   sum.k = trainer->CurrentK();
   sum.latents = trainer->options().latents;

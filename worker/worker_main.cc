@@ -1,9 +1,58 @@
+// sae-worker: trains jobs for sae-coordinator (--coordinator HOST:PORT) or
+// one job file in this process (--job). Its own main and flags: it links the
+// training runtime and the coordinator agent, not the `sae` command library.
+#include <CLI/CLI.hpp>
+
 #include <cstdio>
 #include <exception>
+#include <string>
 
-#include "cli/commands.h"
+#include "worker/coordinator_agent.h"
+#include "worker/train_command.h"
 
-// As in sae_main.cc: an escaped exception ends the worker with a message
+namespace sae {
+namespace {
+
+int WorkerMain(int argc, char** argv) {
+  CLI::App app{"sae-worker: trains SAE jobs for sae-coordinator (--coordinator HOST:PORT) or one job file (--job)"};
+  TrainCommandArgs ta;
+  std::string coordinator;
+  app.add_option("--job", ta.job, "train this job file in this process");
+  app.add_flag("--resume", ta.resume, "continue from the job's latest checkpoint");
+  app.add_flag("--json", ta.json, "print the summary as one JSON object");
+  app.add_option("--coordinator", coordinator, "HOST:PORT of sae-coordinator");
+  app.add_option("--max-steps", ta.max_steps, "stop after this many steps, with a checkpoint");
+  app.add_option("--metrics-listen", ta.metrics_listen,
+                 "serve Prometheus metrics at HOST:PORT/metrics (rank r adds r to PORT)");
+  app.add_option("--rank", ta.rank, "gloo: this worker's rank (or SAE_RANK)")->envname("SAE_RANK");
+  app.add_option("--world-size", ta.world_size, "gloo: number of ranks (or SAE_WORLD_SIZE)")
+      ->envname("SAE_WORLD_SIZE");
+  app.add_option("--rendezvous", ta.rendezvous, "gloo: HOST:PORT of the store rank 0 serves (or SAE_RENDEZVOUS)")
+      ->envname("SAE_RENDEZVOUS");
+  WorkerAgentOptions agent;
+  AddWorkerAgentFlags(&app, &agent);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  if (!coordinator.empty()) {
+    const std::atomic<bool>* stop = StopOnSignals();
+    agent.coordinator = coordinator;
+    agent.metrics_listen = ta.metrics_listen;
+    return RunWorkerAgent(agent, stop);
+  }
+  if (ta.job.empty()) {
+    std::fprintf(stderr, "error: give --job FILE\n%s", app.help().c_str());
+    return 2;
+  }
+  return RunTrainCommand(ta);
+}
+
+}  // namespace
+}  // namespace sae
+
+// As in cli/sae_main.cc: an escaped exception ends the worker with a message
 // and exit status 1 (jobs from a coordinator are caught per attempt).
 int main(int argc, char** argv) {
   try {
