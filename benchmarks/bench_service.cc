@@ -45,39 +45,15 @@ struct Latencies {
   }
 };
 
+// A job's spec is its YAML text (the coordinator reads it as a job file).
 sae::v1::JobSpec Spec(int i) {
+  const std::string n = std::to_string(i);
   sae::v1::JobSpec s;
-  s.set_name("bench-" + std::to_string(i));
-  s.set_output("bench/out-" + std::to_string(i));
-  auto* d = s.mutable_data();
-  d->set_kind("synthetic");
-  d->set_d_in(16);
-  d->set_latents(32);
-  d->set_k(2);
-  d->set_noise(0.01);
-  d->set_shuffle_buffer_rows(1);
-  auto* a = s.mutable_sae();
-  a->set_latents(64);
-  a->set_k(4);
-  a->set_dead_window_tokens(1000);
-  a->set_dead_remedy("none");
-  a->set_normalize("none");
-  a->set_init_b_dec("mean");
-  a->mutable_k_schedule()->set_fraction(0.25);
-  a->mutable_k_schedule()->set_shape("linear");
-  auto* t = s.mutable_train();
-  t->set_tokens(1000000000);
-  t->set_batch_tokens(100);
-  t->set_warmup_fraction(0.01);
-  t->set_lr_decay("none");
-  t->set_decay_start_fraction(0.8);
-  t->set_grad_clip(1);
-  t->set_precision("fp32");
-  t->set_log_every_steps(10);
-  t->set_device("auto");
-  s.mutable_world()->set_workers(1);
-  s.mutable_world()->set_backend("auto");
-  s.mutable_world()->set_timeout_seconds(30);
+  s.set_yaml("name: bench-" + n +
+             "\ndata: {kind: synthetic, d_in: 16, latents: 32, k: 2, noise: 0.01}\n"
+             "sae: {latents: 64, k: 4, dead_window_tokens: 1000}\n"
+             "train: {tokens: 1000000000, batch_tokens: 100, log_every_steps: 10}\n"
+             "world: {workers: 1, timeout_seconds: 30}\noutput: bench/out-" + n + "\n");
   return s;
 }
 

@@ -66,9 +66,9 @@ int main(int argc, char** argv) {
   o.batch_tokens = batch;
   o.warmup_fraction = 0;
   o.bf16 = precision == "bf16";
-  o.remedy = sae::RemedyFromString(remedy).value();
+  o.remedy = sae::ParseOption<sae::Remedy>(remedy).value();
   o.dead_window_tokens = dead_window;
-  o.device = device;
+  o.device = sae::ParseOption<sae::Device>(device).value();
   o.aten_kernels = aten;
   auto trainer = sae::SaeTrainer::Create(o);
   if (!trainer.ok()) {

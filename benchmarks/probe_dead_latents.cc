@@ -98,11 +98,12 @@ int main(int argc, char** argv) {
   o.seed = seed;
   o.dead_window_tokens = window;
   o.aux_coefficient = coef;
-  auto rem = sae::RemedyFromString(remedy);
-  if (!rem.ok()) return Fail(std::string(rem.status().message()));
+  auto rem = sae::ParseOption<sae::Remedy>(remedy);
+  if (!rem.ok()) return Fail("--remedy: " + std::string(rem.status().message()));
   o.remedy = *rem;
-  auto ks = sae::KShapeFromString(shape);
-  if (!ks.ok()) return Fail(std::string(ks.status().message()));
+  auto ks = shape == "constant" ? absl::StatusOr<sae::KShape>(sae::KShape::kConstant)
+                                : sae::ParseOption<sae::KShape>(shape);
+  if (!ks.ok()) return Fail("--shape: " + std::string(ks.status().message()));
   if (*ks == sae::KShape::kConstant) {
     o.schedule = sae::KSchedule::Constant(k);
   } else {
@@ -110,7 +111,11 @@ int main(int argc, char** argv) {
     if (!s.ok()) return Fail(std::string(s.status().message()));
     o.schedule = *s;
   }
-  if (!init_scale.empty()) o.init_encoder_scale = init_scale;
+  if (!init_scale.empty()) {
+    auto is = sae::ParseOption<sae::InitEncoderScale>(init_scale);
+    if (!is.ok()) return Fail("--init-encoder-scale: " + std::string(is.status().message()));
+    o.init_encoder_scale = *is;
+  }
   if (!fire_at_target.empty()) o.fire_at_target_k = fire_at_target == "1";
   if (!carry_scale.empty()) o.carry_scale = carry_scale == "1";
   o.aten_kernels = aten;

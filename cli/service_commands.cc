@@ -44,13 +44,12 @@ struct ServiceCli {
 
 namespace {
 
-std::string ToJson(const google::protobuf::Message& m) {
-  std::string out;
-  google::protobuf::util::JsonPrintOptions o;
-  o.preserve_proto_field_names = true;
-  o.always_print_primitive_fields = true;
-  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
-  return out;
+std::string ToJson(const google::protobuf::Message& m) { return MessageToJson(m); }
+
+// The job a Job message carries (an empty config when it does not read).
+JobConfig JobOf(const v1::Job& j) {
+  auto c = JobConfigFromSpec(j.spec(), j.id());
+  return c.ok() ? *c : JobConfig();
 }
 
 std::string Human(double v) {
@@ -86,7 +85,7 @@ std::string StateName(v1::JobState s) { return v1::JobState_Name(s); }
 // One line: state, bar, tokens, tokens/s, fvu, dead ratio, k, ETA.
 std::string ProgressLine(const v1::Job& j) {
   const v1::Progress& p = j.progress();
-  const double total = p.total_tokens() > 0 ? p.total_tokens() : j.spec().train().tokens();
+  const double total = p.total_tokens() > 0 ? p.total_tokens() : JobOf(j).train.tokens;
   const double frac = total > 0 ? std::min(1.0, p.tokens() / total) : 0;
   const int width = 20, filled = static_cast<int>(frac * width);
   std::string bar(filled, '=');
@@ -236,12 +235,13 @@ int DoJobs(const ServiceCli& a) {
   }
   std::printf("%-12s %-11s %-24s %8s %9s %s\n", "ID", "STATE", "NAME", "PROGRESS", "RESTARTS", "WORKERS");
   for (const auto& j : resp.jobs()) {
-    const double total = j.progress().total_tokens() > 0 ? j.progress().total_tokens() : j.spec().train().tokens();
+    const JobConfig job = JobOf(j);
+    const double total = j.progress().total_tokens() > 0 ? j.progress().total_tokens() : job.train.tokens;
     std::string workers;
     for (const auto& w : j.workers()) workers += (workers.empty() ? "" : ",") + w;
     if (j.child_ids_size() > 0) workers = absl::StrCat("sweep of ", j.child_ids_size());
     std::printf("%-12s %-11s %-24s %7.0f%% %9d %s\n", j.id().c_str(), StateName(j.state()).c_str(),
-                j.spec().name().c_str(), total > 0 ? 100.0 * j.progress().tokens() / total : 0.0, j.restarts(),
+                job.name.c_str(), total > 0 ? 100.0 * j.progress().tokens() / total : 0.0, j.restarts(),
                 workers.c_str());
   }
   return 0;
@@ -262,7 +262,7 @@ int DoStatus(const ServiceCli& a) {
   }
   const v1::Progress& p = j.progress();
   std::printf("job        %s (%s)\nstate      %s%s%s\nattempt    %d, restarts %d of %d\n", j.id().c_str(),
-              j.spec().name().c_str(), StateName(j.state()).c_str(), j.reason().empty() ? "" : ": ",
+              JobOf(j).name.c_str(), StateName(j.state()).c_str(), j.reason().empty() ? "" : ": ",
               j.reason().c_str(), j.attempt(), j.restarts(), j.max_restarts());
   if (j.workers_size() > 0) {
     std::string w;

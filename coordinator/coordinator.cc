@@ -86,7 +86,17 @@ absl::Status Coordinator::Load() {
     int64_t n = 0;
     if (std::sscanf(job.id().c_str(), "job-%ld", &n) == 1) next_id_ = std::max(next_id_, n + 1);
     order_.push_back(job.id());
-    jobs_[job.id()] = std::move(r);
+    auto cfg = JobConfigFromSpec(job.spec(), job.id());
+    if (cfg.ok()) r.config = *cfg;
+    JobRec& stored = jobs_[job.id()] = std::move(r);
+    if (!cfg.ok()) {
+      // E.g. written by a coordinator older than the YAML spec: it cannot be
+      // scheduled; say so instead of running a default job.
+      SAE_LOG(kWarn) << "store: " << cfg.status().message();
+      if (!IsTerminal(stored.job.state()) && stored.job.child_ids_size() == 0)
+        Transition(&stored, v1::FAILED, absl::StrCat("its stored spec does not read: ", cfg.status().message(),
+                                                     "; submit it again"));
+    }
   }
   SAE_ASSIGN_OR_RETURN(auto workers, store_->LoadWorkers());
   const double now = SteadyNow();
@@ -170,7 +180,7 @@ void Coordinator::UpdateParent(const std::string& parent_id) {
     const v1::JobState s = c->second.job.state();
     const v1::Progress& cp = c->second.job.progress();
     tokens += cp.tokens();
-    total += cp.total_tokens() > 0 ? cp.total_tokens() : c->second.job.spec().train().tokens();
+    total += cp.total_tokens() > 0 ? cp.total_tokens() : c->second.config.train.tokens;
     trained += cp.tokens_trained();
     if (s == v1::RUNNING) rate += cp.tokens_per_second();
     if (IsTerminal(s)) ++done;
@@ -198,20 +208,18 @@ void Coordinator::UpdateParent(const std::string& parent_id) {
   if (to != p.job.state()) Transition(&p, to, reason);
 }
 
-absl::StatusOr<JobConfig> Coordinator::CheckSpec(const v1::JobSpec& spec, const std::string& origin) {
-  JobConfig cfg = JobConfigFromSpec(spec);
-  if (cfg.name.empty()) cfg.name = "job";
-  SAE_RETURN_IF_ERROR(ValidateJobConfig(cfg, origin));
-  if (cfg.world.backend != "auto" && cfg.world.backend != "gloo" && cfg.world.backend != "local")
-    return absl::InvalidArgumentError(absl::StrCat(origin, ": world.backend: '", cfg.world.backend,
+absl::StatusOr<JobConfig> Coordinator::CheckConfig(JobConfig cfg, const std::string& origin) {
+  if (cfg.world.backend != Backend::kAuto && cfg.world.backend != Backend::kGloo &&
+      cfg.world.backend != Backend::kLocal)
+    return absl::InvalidArgumentError(absl::StrCat(origin, ": world.backend: '", OptionName(cfg.world.backend),
                                                    "': coordinator groups run gloo (or local for one worker)"));
-  if (cfg.world.backend == "local" && cfg.world.workers > 1)
+  if (cfg.world.backend == Backend::kLocal && cfg.world.workers > 1)
     return absl::InvalidArgumentError(absl::StrCat(origin, ": world.backend: local needs world.workers 1"));
-  if (cfg.data.kind == "shards") {
+  if (cfg.data.kind == DataKind::kShards) {
     auto p = ResolveUnderRoot("data.path", cfg.data.path, opts_.data_root);
     if (!p.ok()) return Annotate(p.status(), origin);
     cfg.data.path = *p;
-  } else if (cfg.data.kind == "lm") {
+  } else if (cfg.data.kind == DataKind::kLm) {
     for (auto* f : {&cfg.data.model, &cfg.data.corpus}) {
       if (f->empty() || *f == "generate") continue;
       auto p = ResolveUnderRoot(f == &cfg.data.model ? "data.model" : "data.corpus", *f, opts_.data_root);
@@ -240,13 +248,15 @@ absl::StatusOr<v1::SubmitResponse> Coordinator::Submit(const v1::SubmitRequest& 
     }
   }
   if (req.request_id().size() > 256) return absl::InvalidArgumentError("request_id: longer than 256 bytes");
-  SAE_ASSIGN_OR_RETURN(JobConfig base, CheckSpec(req.spec(), "job"));
+  // Read and validated as a job file (a missing name becomes "job").
+  SAE_ASSIGN_OR_RETURN(const JobConfig submitted, JobConfigFromSpec(req.spec(), "job"));
+  SAE_ASSIGN_OR_RETURN(JobConfig base, CheckConfig(submitted, "job"));
   std::vector<SweepVariant> variants;
   if (req.sweep_size() > 0) {
     std::vector<v1::SweepAxis> axes(req.sweep().begin(), req.sweep().end());
-    SAE_ASSIGN_OR_RETURN(variants, ExpandSweep(JobConfigFromSpec(req.spec()), axes));
+    SAE_ASSIGN_OR_RETURN(variants, ExpandSweep(submitted, axes));
     for (auto& v : variants) {
-      SAE_ASSIGN_OR_RETURN(v.config, CheckSpec(JobSpecFromConfig(v.config), absl::StrCat("job (sweep ", v.suffix, ")")));
+      SAE_ASSIGN_OR_RETURN(v.config, CheckConfig(v.config, absl::StrCat("job (sweep ", v.suffix, ")")));
     }
   }
   if (req.has_max_restarts() && (req.max_restarts() < 0 || req.max_restarts() > 100))
@@ -264,6 +274,7 @@ absl::StatusOr<v1::SubmitResponse> Coordinator::Submit(const v1::SubmitRequest& 
     JobRec& r = jobs_[id];
     r.request_id = rid;
     r.job.set_id(id);
+    r.config = cfg;
     *r.job.mutable_spec() = JobSpecFromConfig(cfg);
     r.job.set_priority(req.priority());
     r.job.set_max_restarts(max_restarts);
@@ -626,7 +637,7 @@ void Coordinator::Tick() {
   for (auto& [id, w] : workers_)
     if (w.alive && w.job_id.empty() && w.last_heartbeat <= now && now - w.last_heartbeat < settle) idle.push_back(&w);
   for (JobRec* j : ready) {
-    const size_t n = static_cast<size_t>(j->job.spec().world().workers());
+    const size_t n = static_cast<size_t>(j->config.world.workers);
     if (n == 0 || idle.size() < n) continue;
     std::vector<WorkerRec*> group(idle.begin(), idle.begin() + static_cast<long>(n));
     idle.erase(idle.begin(), idle.begin() + static_cast<long>(n));

@@ -88,6 +88,7 @@ class Coordinator {
  private:
   struct JobRec {
     v1::Job job;
+    JobConfig config;  // job.spec() parsed (at submit, or when loaded from the store)
     std::string request_id;
     int64_t version = 0;
     double restart_at = 0;  // steady seconds when it went RESTARTING
@@ -116,7 +117,9 @@ class Coordinator {
   void GroupFailed(JobRec* j, const std::string& reason) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UpdateParent(const std::string& parent_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::Assignment BuildRun(const JobRec& j, int rank) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::StatusOr<JobConfig> CheckSpec(const v1::JobSpec& spec, const std::string& origin);
+  // The coordinator's own rules on a parsed job (backends it can group, data
+  // and output under its roots); returns it with the paths resolved.
+  absl::StatusOr<JobConfig> CheckConfig(JobConfig cfg, const std::string& origin);
   std::string NewId() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const CoordinatorOptions opts_;

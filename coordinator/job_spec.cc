@@ -1,8 +1,11 @@
 #include "coordinator/job_spec.h"
 
+#include <google/protobuf/util/json_util.h>
 #include <yaml-cpp/yaml.h>
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -13,116 +16,58 @@ namespace sae {
 
 v1::JobSpec JobSpecFromConfig(const JobConfig& c) {
   v1::JobSpec s;
-  s.set_name(c.name);
-  s.set_output(c.output);
-  auto* d = s.mutable_data();
-  d->set_kind(c.data.kind);
-  d->set_path(c.data.path);
-  d->set_shuffle_buffer_rows(c.data.shuffle_buffer_rows);
-  d->set_d_in(c.data.d_in);
-  d->set_latents(c.data.latents);
-  d->set_k(c.data.k);
-  d->set_seed(c.data.seed);
-  d->set_noise(c.data.noise);
-  d->set_frequency_decay(c.data.frequency_decay);
-  d->set_model(c.data.model);
-  d->set_layer(c.data.layer);
-  d->set_corpus(c.data.corpus);
-  d->set_context(c.data.context);
-  auto* a = s.mutable_sae();
-  a->set_latents(c.sae.latents);
-  a->set_expansion_factor(c.sae.expansion_factor);
-  a->set_k(c.sae.k);
-  auto* ks = a->mutable_k_schedule();
-  ks->set_enabled(c.sae.k_schedule.enabled);
-  ks->set_start(c.sae.k_schedule.start);
-  ks->set_end(c.sae.k_schedule.end);
-  ks->set_fraction(c.sae.k_schedule.fraction);
-  ks->set_shape(c.sae.k_schedule.shape);
-  a->set_dead_window_tokens(c.sae.dead_window_tokens);
-  a->set_dead_remedy(c.sae.dead_remedy);
-  a->set_aux_coefficient(c.sae.aux_coefficient);
-  a->set_normalize(c.sae.normalize);
-  a->set_init_b_dec(c.sae.init_b_dec);
-  a->set_auxk_scale(c.sae.auxk_scale);
-  a->set_init_encoder_scale(c.sae.init_encoder_scale);
-  auto* t = s.mutable_train();
-  t->set_tokens(c.train.tokens);
-  t->set_batch_tokens(c.train.batch_tokens);
-  t->set_lr(c.train.lr);
-  t->set_warmup_fraction(c.train.warmup_fraction);
-  t->set_lr_decay(c.train.lr_decay);
-  t->set_decay_start_fraction(c.train.decay_start_fraction);
-  t->set_grad_clip(c.train.grad_clip);
-  t->set_seed(c.train.seed);
-  t->set_precision(c.train.precision);
-  t->set_checkpoint_every_tokens(c.train.checkpoint_every_tokens);
-  t->set_log_every_steps(c.train.log_every_steps);
-  t->set_device(c.train.device);
-  t->set_threads(c.train.threads);
-  auto* w = s.mutable_world();
-  w->set_workers(c.world.workers);
-  w->set_backend(c.world.backend);
-  w->set_timeout_seconds(c.world.timeout_seconds);
+  s.set_yaml(JobConfigToYaml(c));
   return s;
 }
 
-JobConfig JobConfigFromSpec(const v1::JobSpec& s) {
-  JobConfig c;
-  c.name = s.name();
-  c.output = s.output();
-  const auto& d = s.data();
-  c.data.kind = d.kind();
-  c.data.path = d.path();
-  c.data.shuffle_buffer_rows = d.shuffle_buffer_rows();
-  c.data.d_in = d.d_in();
-  c.data.latents = d.latents();
-  c.data.k = d.k();
-  c.data.seed = d.seed();
-  c.data.noise = d.noise();
-  c.data.frequency_decay = d.frequency_decay();
-  c.data.model = d.model();
-  c.data.layer = d.layer();
-  c.data.corpus = d.corpus();
-  c.data.context = d.context();
-  const auto& a = s.sae();
-  c.sae.latents = a.latents();
-  c.sae.expansion_factor = a.expansion_factor();
-  c.sae.k = a.k();
-  c.sae.k_schedule.enabled = a.k_schedule().enabled();
-  c.sae.k_schedule.start = a.k_schedule().start();
-  c.sae.k_schedule.end = a.k_schedule().end();
-  c.sae.k_schedule.fraction = a.k_schedule().fraction();
-  c.sae.k_schedule.shape = a.k_schedule().shape();
-  c.sae.dead_window_tokens = a.dead_window_tokens();
-  c.sae.dead_remedy = a.dead_remedy();
-  c.sae.aux_coefficient = a.aux_coefficient();
-  c.sae.normalize = a.normalize();
-  c.sae.init_b_dec = a.init_b_dec();
-  // Older clients leave the newer fields empty: their defaults apply.
-  if (!a.auxk_scale().empty()) c.sae.auxk_scale = a.auxk_scale();
-  if (!a.init_encoder_scale().empty()) c.sae.init_encoder_scale = a.init_encoder_scale();  // else auto
-  const auto& t = s.train();
-  c.train.tokens = t.tokens();
-  c.train.batch_tokens = t.batch_tokens();
-  c.train.lr = t.lr();
-  c.train.warmup_fraction = t.warmup_fraction();
-  c.train.lr_decay = t.lr_decay();
-  c.train.decay_start_fraction = t.decay_start_fraction();
-  c.train.grad_clip = t.grad_clip();
-  c.train.seed = t.seed();
-  c.train.precision = t.precision();
-  c.train.checkpoint_every_tokens = t.checkpoint_every_tokens();
-  c.train.log_every_steps = t.log_every_steps();
-  c.train.device = t.device();
-  c.train.threads = t.threads();
-  c.world.workers = s.world().workers();
-  c.world.backend = s.world().backend();
-  c.world.timeout_seconds = s.world().timeout_seconds();
-  return c;
+absl::StatusOr<JobConfig> JobConfigFromSpec(const v1::JobSpec& s, const std::string& origin) {
+  if (s.yaml().empty())
+    return absl::InvalidArgumentError(absl::StrCat(origin, ": the job spec carries no job (an empty yaml)"));
+  return ParseJobConfig(s.yaml(), origin);
 }
 
 namespace {
+
+using ordered_json = nlohmann::ordered_json;
+
+// A config section as the JSON object of the former field-by-field message.
+struct SpecJsonWriter {
+  ordered_json* out;
+  template <class M>
+  void operator()(const char* key, const M& v, FieldUse use = FieldUse::kKey) {
+    if (use == FieldUse::kNotInFile) return;
+    if constexpr (IsConfigSection<M>::value) {
+      ordered_json sub = ordered_json::object();
+      M::Fields(v, SpecJsonWriter{&sub});
+      (*out)[key] = std::move(sub);
+    } else if constexpr (std::is_enum_v<M>) {
+      (*out)[key] = OptionName(v);
+    } else if constexpr (std::is_same_v<M, int64_t> || std::is_same_v<M, uint64_t>) {
+      (*out)[key] = absl::StrCat(v);  // protobuf's JSON mapping of 64-bit integers
+    } else {
+      (*out)[key] = v;
+    }
+  }
+};
+
+void ExpandSpecs(ordered_json& j) {
+  if (j.is_array()) {
+    for (auto& e : j) ExpandSpecs(e);
+    return;
+  }
+  if (!j.is_object()) return;
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    if (it.key() == "spec" && it->is_object() && it->contains("yaml") && (*it)["yaml"].is_string()) {
+      auto cfg = ParseJobConfig((*it)["yaml"].get<std::string>(), "spec");
+      if (!cfg.ok()) continue;  // shown as it came
+      ordered_json spec = ordered_json::object();
+      JobConfig::Fields(*cfg, SpecJsonWriter{&spec});
+      *it = std::move(spec);
+    } else {
+      ExpandSpecs(*it);
+    }
+  }
+}
 
 // A sweep value as text: scalars as written, null as "~", maps and lists in
 // YAML flow style (e.g. "{start: 512, shape: linear}").
@@ -209,6 +154,18 @@ absl::Status CollectAxes(YAML::Node node, const std::string& prefix, const std::
 }
 
 }  // namespace
+
+std::string MessageToJson(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions o;
+  o.preserve_proto_field_names = true;
+  o.always_print_primitive_fields = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
+  ordered_json j = ordered_json::parse(out, nullptr, false);
+  if (j.is_discarded()) return out;
+  ExpandSpecs(j);
+  return j.dump();
+}
 
 absl::StatusOr<std::pair<JobConfig, std::vector<v1::SweepAxis>>> ParseJobWithSweep(const std::string& yaml,
                                                                                    const std::string& origin) {

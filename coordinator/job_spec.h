@@ -1,5 +1,6 @@
-// The job file as the service sees it: conversion between JobConfig (the
-// parsed YAML) and the sae.v1.JobSpec message, sweep expansion (`k: [32, 64]`
+// The job file as the service sees it: JobConfig (the parsed YAML) to and
+// from the sae.v1.JobSpec message (the canonical YAML text, so no field is
+// named here), sweep expansion (`k: [32, 64]`
 // in a job file becomes one job per value), and the path policy that keeps a
 // job's data and output under the operator's roots. Pure functions.
 #pragma once
@@ -14,8 +15,18 @@
 
 namespace sae {
 
+// The message of a config: JobConfigToYaml(cfg).
 v1::JobSpec JobSpecFromConfig(const JobConfig& cfg);
-JobConfig JobConfigFromSpec(const v1::JobSpec& spec);
+// The config of a message, read and validated as a job file would be;
+// errors name `origin` (e.g. the job id) and the field.
+absl::StatusOr<JobConfig> JobConfigFromSpec(const v1::JobSpec& spec, const std::string& origin);
+
+// A message as `sae ... --json` prints it: protobuf's JSON mapping (field
+// names as in the .proto, defaults printed), with every JobSpec shown as the
+// fields of its job ({"name": .., "data": {"kind": "synthetic", "d_in": "64",
+// ..}, ..}: int64 as strings, enums by name), the shape it had when the
+// message mirrored the file field by field.
+std::string MessageToJson(const google::protobuf::Message& m);
 
 // One job of a sweep: the name suffix ("k-32") and its validated config.
 struct SweepVariant {

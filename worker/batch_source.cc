@@ -160,7 +160,7 @@ SyntheticOptions SyntheticOptionsFromJob(const JobConfig& job) {
 absl::StatusOr<std::unique_ptr<BatchSource>> OpenBatchSource(const JobConfig& job, int64_t start_row,
                                                              const DataShare& share) {
   const std::string origin = job.source_path.empty() ? "job" : job.source_path;
-  if (job.data.kind == "shards") {
+  if (job.data.kind == DataKind::kShards) {
     StreamOptions so;
     so.shuffle_window_rows = job.data.shuffle_buffer_rows;
     so.seed = job.train.seed;
@@ -175,17 +175,15 @@ absl::StatusOr<std::unique_ptr<BatchSource>> OpenBatchSource(const JobConfig& jo
     if (!s.ok()) return Annotate(s.status(), absl::StrCat(origin, ": data.path"));
     return std::unique_ptr<BatchSource>(new ShardSource(std::move(*s), job.data.path, so));
   }
-  if (job.data.kind == "synthetic") {
+  if (job.data.kind == DataKind::kSynthetic) {
     auto d = PlantedDictionary::Create(SyntheticOptionsFromJob(job));
     if (!d.ok()) return Annotate(d.status(), origin);
     return std::unique_ptr<BatchSource>(new SyntheticSource(std::move(*d), start_row));
   }
-  if (job.data.kind == "lm") {
-    auto s = LmSource::Open(job, start_row);
-    if (!s.ok()) return Annotate(s.status(), absl::StrCat(origin, ": data (lm)"));
-    return s;
-  }
-  return absl::InvalidArgumentError(absl::StrCat(origin, ": data.kind: '", job.data.kind, "' is not one of shards, lm, synthetic"));
+  // DataKind::kLm
+  auto s = LmSource::Open(job, start_row);
+  if (!s.ok()) return Annotate(s.status(), absl::StrCat(origin, ": data (lm)"));
+  return s;
 }
 
 }  // namespace sae

@@ -339,14 +339,17 @@ class Agent {
   void RunAttempt(const v1::Assignment& a, Current* c) {
     SAE_LOG(kInfo) << "running " << a.job_id() << " attempt " << a.attempt() << " as rank " << a.rank() << " of "
                    << a.world_size();
-    JobConfig cfg = JobConfigFromSpec(a.spec());
+    // The job as the coordinator resolved it, read like a job file (an
+    // unreadable spec fails the attempt below with the reader's message).
+    absl::StatusOr<JobConfig> parsed = JobConfigFromSpec(a.spec(), a.job_id());
+    JobConfig cfg = parsed.ok() ? *parsed : JobConfig();
     v1::AttemptResult res;
     res.set_worker_id(opts_.worker_id);
     res.set_job_id(a.job_id());
     res.set_attempt(a.attempt());
     res.set_rank(a.rank());
-    absl::Status fetched = absl::OkStatus();
-    if (cfg.data.kind == "shards" && (opts_.fetch_data || !PathExists(cfg.data.path + "/manifest.json"))) {
+    absl::Status fetched = parsed.status();
+    if (fetched.ok() && cfg.data.kind == DataKind::kShards && (opts_.fetch_data || !PathExists(cfg.data.path + "/manifest.json"))) {
       auto local = FetchShards(cfg.data.path);
       if (local.ok()) cfg.data.path = *local;
       else fetched = local.status();

@@ -141,7 +141,7 @@ class Progress {
 // For a planted dictionary: the share of true atoms that some decoder row
 // matches with cosine >= 0.9 (-1 for other data).
 double PlantedRecovery(const JobConfig& job, const SaeParams& p) {
-  if (job.data.kind != "synthetic") return -1;
+  if (job.data.kind != DataKind::kSynthetic) return -1;
   const SyntheticOptions o = SyntheticOptionsFromJob(job);
   auto dict = PlantedDictionary::Create(o);
   if (!dict.ok()) return -1;
@@ -189,11 +189,11 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
   const std::string origin = job.source_path.empty() ? "job" : job.source_path;
   SAE_RETURN_IF_ERROR(ValidateJobConfig(job, origin));
   // The world: mpirun-started ranks use MPI, a lone process trains alone.
-  std::string backend = job.world.backend;
+  std::string backend = OptionName(job.world.backend);
   if (backend == "auto") {
     // NCCL when the SAE trains on GPUs and NCCL is built in; else MPI under
     // mpirun, Gloo with a rendezvous address, or this process alone.
-    const bool gpu = job.train.device == "cuda" || (job.train.device == "auto" && at::hasCUDA());
+    const bool gpu = job.train.device == Device::kCuda || (job.train.device == Device::kAuto && at::hasCUDA());
     const auto built = AvailableBackends();
     const bool nccl = std::find(built.begin(), built.end(), "nccl") != built.end();
     const bool multi = LaunchedByMpirun() || !opts.rendezvous.empty();
@@ -233,7 +233,7 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
     labels.job = job.name;
     labels.sae = job.name;
     labels.rank = std::to_string(rank);
-    labels.remedy = job.sae.dead_remedy;
+    labels.remedy = OptionName(job.sae.dead_remedy);
     auto t = TrainingMetrics::Start(listen, labels);
     if (!t.ok()) return t.status();
     telemetry = std::move(*t);
@@ -438,7 +438,7 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
   sum.k = trainer->CurrentK();
   sum.latents = trainer->options().latents;
   sum.d_in = trainer->options().d_in;
-  sum.remedy = RemedyName(trainer->options().remedy);
+  sum.remedy = OptionName(trainer->options().remedy);
   sum.planted_recovered = PlantedRecovery(job, trainer->params());
   if (!leader) return sum;  // rank 0 writes the outputs
   SAE_ASSIGN_OR_RETURN(RunFence::Held held, fence.Hold());

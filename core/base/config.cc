@@ -8,8 +8,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <functional>
 #include <limits>
+#include <map>
 #include <set>
 #include <utility>
 
@@ -22,25 +22,6 @@
 
 namespace sae {
 namespace {
-
-const std::vector<std::string> kDataKinds = {"shards", "lm", "synthetic"};
-const std::vector<std::string> kShapes = {"linear", "cosine", "exponential"};
-const std::vector<std::string> kDeadRemedies = {"none", "ghost_grads", "auxk"};
-const std::vector<std::string> kNormalizations = {"none", "layer_norm", "unit_mean_norm"};
-const std::vector<std::string> kInitBDec = {"mean", "geometric_median", "zero"};
-const std::vector<std::string> kAuxKScale = {"fit", "none"};
-const std::vector<std::string> kInitEncoderScale = {"auto", "match_norm", "none"};
-const std::vector<std::string> kLrDecays = {"none", "linear", "cosine"};
-const std::vector<std::string> kPrecisions = {"fp32", "bf16"};
-const std::vector<std::string> kDevices = {"auto", "cpu", "cuda"};
-const std::vector<std::string> kBackends = {"auto", "local", "gloo", "mpi", "nccl"};
-
-bool OneOf(const std::string& value, const std::vector<std::string>& choices) {
-  for (const auto& c : choices) {
-    if (value == c) return true;
-  }
-  return false;
-}
 
 std::string Location(const YAML::Mark& mark) {
   if (mark.is_null()) return "";
@@ -172,140 +153,27 @@ bool ParseHumanInt(const std::string& text, bool* negative, uint64_t* magnitude,
   return true;
 }
 
-// Reads one job file's YAML tree into a JobConfig. Every error is an
-// InvalidArgument "<origin>: <field>: <problem>".
+std::string Describe(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Null:
+      return "null";
+    case YAML::NodeType::Map:
+      return "a mapping";
+    case YAML::NodeType::Sequence:
+      return "a list";
+    case YAML::NodeType::Scalar:
+      return absl::StrCat("'", node.Scalar(), "'");
+    default:
+      return "nothing";
+  }
+}
+
+// Reads one job file's YAML tree into a JobConfig by walking the structs'
+// Fields lists. Every error is an InvalidArgument
+// "<origin>: <field>: <problem> (line L, column C)"; the first one wins.
 class Reader {
  public:
-  using Handler = std::function<absl::Status(const YAML::Node&, const std::string&)>;
-  struct Field {
-    std::string key;
-    Handler handle;
-  };
-
   explicit Reader(std::string origin) : origin_(std::move(origin)) {}
-
-  absl::Status Error(const std::string& field, const std::string& problem,
-                     const YAML::Node& node) const {
-    return absl::InvalidArgumentError(
-        absl::StrCat(origin_, ": ", field, ": ", problem, Location(node.Mark())));
-  }
-
-  static std::string Describe(const YAML::Node& node) {
-    switch (node.Type()) {
-      case YAML::NodeType::Null:
-        return "null";
-      case YAML::NodeType::Map:
-        return "a mapping";
-      case YAML::NodeType::Sequence:
-        return "a list";
-      case YAML::NodeType::Scalar:
-        return absl::StrCat("'", node.Scalar(), "'");
-      default:
-        return "nothing";
-    }
-  }
-
-  // Walks a mapping, rejecting duplicate and unknown keys. A null node (the
-  // key given with no value) counts as an empty mapping.
-  absl::Status Map(const YAML::Node& node, const std::string& field,
-                   const std::vector<Field>& fields) const {
-    if (node.IsNull()) return absl::OkStatus();
-    if (!node.IsMap()) {
-      return Error(field, absl::StrCat("expected a mapping, got ", Describe(node)), node);
-    }
-    std::set<std::string> seen;
-    for (const auto& kv : node) {
-      const YAML::Node& key = kv.first;
-      if (!key.IsScalar()) {
-        return Error(field, absl::StrCat("keys must be plain names, got ", Describe(key)), key);
-      }
-      const std::string name = key.Scalar();
-      const std::string path = field.empty() ? name : absl::StrCat(field, ".", name);
-      if (!seen.insert(name).second) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(origin_, ": duplicate key '", path, "'", Location(key.Mark())));
-      }
-      const Field* match = nullptr;
-      for (const auto& f : fields) {
-        if (f.key == name) match = &f;
-      }
-      if (match == nullptr) {
-        std::vector<std::string> valid;
-        for (const auto& f : fields) valid.push_back(f.key);
-        return absl::InvalidArgumentError(
-            absl::StrCat(origin_, ": unknown key '", path, "'", Location(key.Mark()),
-                         "; valid keys", field.empty() ? "" : absl::StrCat(" under '", field, "'"),
-                         ": ", absl::StrJoin(valid, ", ")));
-      }
-      SAE_RETURN_IF_ERROR(match->handle(kv.second, path));
-    }
-    return absl::OkStatus();
-  }
-
-  absl::Status Int(const YAML::Node& node, const std::string& field, int64_t* out) const {
-    bool negative = false;
-    uint64_t magnitude = 0;
-    SAE_RETURN_IF_ERROR(Integer(node, field, &negative, &magnitude));
-    const uint64_t max = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
-    if (magnitude > max + (negative ? 1 : 0)) {
-      return Error(field, absl::StrCat(Describe(node), " is out of range"), node);
-    }
-    *out = negative ? static_cast<int64_t>(0 - magnitude) : static_cast<int64_t>(magnitude);
-    return absl::OkStatus();
-  }
-
-  absl::Status UInt(const YAML::Node& node, const std::string& field, uint64_t* out) const {
-    bool negative = false;
-    uint64_t magnitude = 0;
-    SAE_RETURN_IF_ERROR(Integer(node, field, &negative, &magnitude));
-    if (negative) return Error(field, absl::StrCat(Describe(node), " must be >= 0"), node);
-    *out = magnitude;
-    return absl::OkStatus();
-  }
-
-  absl::Status Double(const YAML::Node& node, const std::string& field, double* out) const {
-    if (!node.IsScalar()) {
-      return Error(field, absl::StrCat("expected a number, got ", Describe(node)), node);
-    }
-    double v = 0;
-    if (!absl::SimpleAtod(node.Scalar(), &v) || !std::isfinite(v)) {
-      return Error(field, absl::StrCat("expected a finite number, got ", Describe(node)), node);
-    }
-    *out = v;
-    return absl::OkStatus();
-  }
-
-  // A string; a null value (the key with nothing after it) reads as "".
-  absl::Status String(const YAML::Node& node, const std::string& field, std::string* out) const {
-    if (node.IsNull()) {
-      out->clear();
-      return absl::OkStatus();
-    }
-    if (!node.IsScalar()) {
-      return Error(field, absl::StrCat("expected a string, got ", Describe(node)), node);
-    }
-    *out = node.Scalar();
-    return absl::OkStatus();
-  }
-
-  Field IntField(const std::string& key, int64_t* out, bool* given = nullptr) const {
-    return {key, [this, out, given](const YAML::Node& n, const std::string& f) {
-              if (given != nullptr) *given = true;
-              return Int(n, f, out);
-            }};
-  }
-  Field UIntField(const std::string& key, uint64_t* out) const {
-    return {key,
-            [this, out](const YAML::Node& n, const std::string& f) { return UInt(n, f, out); }};
-  }
-  Field DoubleField(const std::string& key, double* out) const {
-    return {key,
-            [this, out](const YAML::Node& n, const std::string& f) { return Double(n, f, out); }};
-  }
-  Field StringField(const std::string& key, std::string* out) const {
-    return {key,
-            [this, out](const YAML::Node& n, const std::string& f) { return String(n, f, out); }};
-  }
 
   absl::Status Read(const YAML::Node& root, JobConfig* cfg) {
     if (root.IsNull()) {
@@ -313,176 +181,238 @@ class Reader {
     }
     if (!root.IsMap()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          origin_,
-          ": the job file must be a mapping of name, data, sae, train, world, output; got ",
+          origin_, ": the job file must be a mapping of name, data, sae, train, world, output; got ",
           Describe(root), Location(root.Mark())));
     }
-    bool have_sae = false, have_train = false;
-    const std::vector<Field> top = {
-        StringField("name", &cfg->name),
-        {"data", [&](const YAML::Node& n, const std::string& f) { return ReadData(n, f, cfg); }},
-        {"sae",
-         [&](const YAML::Node& n, const std::string& f) {
-           have_sae = true;
-           return ReadSae(n, f, cfg);
-         }},
-        {"train",
-         [&](const YAML::Node& n, const std::string& f) {
-           have_train = true;
-           return ReadTrain(n, f, &cfg->train);
-         }},
-        {"world",
-         [&](const YAML::Node& n, const std::string& f) {
-           return Map(n, f,
-                      {IntField("workers", &cfg->world.workers),
-                       StringField("backend", &cfg->world.backend),
-                       DoubleField("timeout_seconds", &cfg->world.timeout_seconds)});
-         }},
-        StringField("output", &cfg->output),
-    };
-    SAE_RETURN_IF_ERROR(Map(root, "", top));
-    if (!have_sae) SAE_RETURN_IF_ERROR(ReadSae(YAML::Node(), "sae", cfg));
-    if (!have_train) SAE_RETURN_IF_ERROR(ReadTrain(YAML::Node(), "train", &cfg->train));
-    if (cfg->output.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(origin_, ": output: required (a directory)"));
+    SAE_RETURN_IF_ERROR(Section(root, "", *cfg));
+    // What the file leaves out: rules on the presence of keys (values are
+    // checked by ValidateJobConfig).
+    if (!Given("train.tokens")) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          origin_, ": train.tokens: required (the number of tokens to train on)", Location(At("train").Mark())));
     }
+    SaeConfig& s = cfg->sae;
+    if (Given("sae.latents") && Given("sae.expansion_factor")) {
+      return Error("sae", "give one of latents and expansion_factor, not both", At("sae"));
+    }
+    if (Given("sae.expansion_factor")) {
+      // Resolved here for synthetic data (its width is in the file), by the
+      // trainer from the data otherwise.
+      s.latents = 0;
+      const int64_t d_in = cfg->data.d_in;
+      if (cfg->data.kind == DataKind::kSynthetic && d_in > 0 && s.expansion_factor > 0 &&
+          s.expansion_factor <= std::numeric_limits<int64_t>::max() / d_in) {
+        s.latents = s.expansion_factor * d_in;
+      }
+    }
+    // k_schedule without end: the schedule ends at sae.k.
+    if (s.k_schedule.enabled && !Given("sae.k_schedule.end")) s.k_schedule.end = s.k;
     return absl::OkStatus();
   }
 
  private:
-  absl::Status Integer(const YAML::Node& node, const std::string& field, bool* negative,
-                       uint64_t* magnitude) const {
-    if (!node.IsScalar()) {
-      return Error(field, absl::StrCat("expected an integer, got ", Describe(node)), node);
-    }
-    std::string why;
-    if (!ParseHumanInt(node.Scalar(), negative, magnitude, &why)) {
-      return Error(field,
-                   absl::StrCat("expected an integer (like 4096, 50_000_000, 5e7, 50M), got ",
-                                Describe(node), ": ", why),
-                   node);
-    }
-    return absl::OkStatus();
+  absl::Status Error(const std::string& field, const std::string& problem, const YAML::Node& node) const {
+    return absl::InvalidArgumentError(absl::StrCat(origin_, ": ", field, ": ", problem, Location(node.Mark())));
+  }
+  bool Given(const std::string& field) const { return given_.count(field) > 0; }
+  YAML::Node At(const std::string& field) const {
+    auto it = nodes_.find(field);
+    return it == nodes_.end() ? YAML::Node() : it->second;
   }
 
-  absl::Status ReadData(const YAML::Node& node, const std::string& field, JobConfig* cfg) const {
-    DataConfig& d = cfg->data;
-    if (node.IsMap() && node["kind"]) {
-      const YAML::Node kind = node["kind"];
-      SAE_RETURN_IF_ERROR(String(kind, field + ".kind", &d.kind));
-      if (!OneOf(d.kind, kDataKinds)) {
-        return Error(field + ".kind",
-                     absl::StrCat("'", d.kind, "' is not one of ", absl::StrJoin(kDataKinds, ", ")),
-                     kind);
-      }
-    }
-    std::vector<Field> fields = {{"kind", [](const YAML::Node&, const std::string&) {
-                                    return absl::OkStatus();  // read above
-                                  }}};
-    if (d.kind == "shards") {
-      fields.push_back(StringField("path", &d.path));
-      fields.push_back(IntField("shuffle_buffer_rows", &d.shuffle_buffer_rows));
-    } else if (d.kind == "synthetic") {
-      fields.push_back(IntField("d_in", &d.d_in));
-      fields.push_back(IntField("latents", &d.latents));
-      fields.push_back(IntField("k", &d.k));
-      fields.push_back(UIntField("seed", &d.seed));
-      fields.push_back(DoubleField("noise", &d.noise));
-      fields.push_back(DoubleField("frequency_decay", &d.frequency_decay));
-    } else {  // lm
-      fields.push_back(StringField("model", &d.model));
-      fields.push_back(IntField("layer", &d.layer));
-      fields.push_back(StringField("corpus", &d.corpus));
-      fields.push_back(IntField("context", &d.context));
-      fields.push_back(UIntField("seed", &d.seed));  // corpus: generate
-    }
-    return Map(node, field, fields);
-  }
+  // The visitor of one mapping: reads each listed key that the mapping has.
+  template <class T>
+  struct SectionVisitor {
+    Reader* r;
+    const YAML::Node& node;
+    const std::string& field;
+    std::set<std::string>* accepted;  // keys valid here
+    absl::Status* status;
 
-  absl::Status ReadSae(const YAML::Node& node, const std::string& field, JobConfig* cfg) const {
-    SaeConfig& s = cfg->sae;
-    bool have_latents = false, have_ef = false, have_ks = false, have_start = false,
-         have_end = false;
-    YAML::Node ks_node;
-    const std::vector<Field> fields = {
-        IntField("latents", &s.latents, &have_latents),
-        IntField("expansion_factor", &s.expansion_factor, &have_ef),
-        IntField("k", &s.k),
-        {"k_schedule",
-         [&](const YAML::Node& n, const std::string& f) {
-           have_ks = true;
-           ks_node = n;
-           return Map(n, f,
-                      {IntField("start", &s.k_schedule.start, &have_start),
-                       IntField("end", &s.k_schedule.end, &have_end),
-                       DoubleField("fraction", &s.k_schedule.fraction),
-                       StringField("shape", &s.k_schedule.shape)});
-         }},
-        IntField("dead_window_tokens", &s.dead_window_tokens),
-        StringField("dead_remedy", &s.dead_remedy),
-        DoubleField("aux_coefficient", &s.aux_coefficient),
-        StringField("normalize", &s.normalize),
-        StringField("init_b_dec", &s.init_b_dec),
-        StringField("auxk_scale", &s.auxk_scale),
-        StringField("init_encoder_scale", &s.init_encoder_scale),
-    };
-    SAE_RETURN_IF_ERROR(Map(node, field, fields));
-    if (have_latents && have_ef) {
-      return Error(field, "give one of latents and expansion_factor, not both", node);
-    }
-    if (!have_latents && !have_ef) {
-      return absl::InvalidArgumentError(absl::StrCat(origin_, ": ", field,
-                                                     ".latents: required (or ", field,
-                                                     ".expansion_factor)", Location(node.Mark())));
-    }
-    if (have_ef) {
-      if (s.expansion_factor <= 0) {
-        return Error(field + ".expansion_factor", "must be > 0", node["expansion_factor"]);
+    template <class M>
+    void operator()(const char* key, M& member, FieldUse use = FieldUse::kKey) {
+      if (use == FieldUse::kPresence) {
+        if constexpr (std::is_same_v<M, bool>) member = true;  // visited: the section is given
+        return;
       }
-      s.latents = 0;  // resolved below for synthetic data, by the trainer otherwise
-      if (cfg->data.kind == "synthetic" && cfg->data.d_in > 0) {
-        if (s.expansion_factor > std::numeric_limits<int64_t>::max() / cfg->data.d_in) {
-          return Error(field + ".expansion_factor", "expansion_factor * data.d_in overflows",
-                       node["expansion_factor"]);
+      if (use != FieldUse::kKey && use != FieldUse::kReadOnly) return;
+      accepted->insert(key);
+      if (!status->ok()) return;
+      const YAML::Node value = node[key];
+      if (!value) return;
+      const std::string path = field.empty() ? key : absl::StrCat(field, ".", key);
+      r->given_.insert(path);
+      r->nodes_[path] = value;
+      *status = r->Value(value, path, member);
+    }
+  };
+
+  // Reads the mapping `node` (null = empty) at dotted path `field` into `s`,
+  // refusing duplicate and unknown keys.
+  template <class T>
+  absl::Status Section(const YAML::Node& node, const std::string& field, T& s) {
+    if (!node.IsNull() && !node.IsMap()) {
+      return Error(field, absl::StrCat("expected a mapping, got ", Describe(node)), node);
+    }
+    std::set<std::string> seen;
+    if (node.IsMap()) {
+      for (const auto& kv : node) {
+        const YAML::Node& key = kv.first;
+        if (!key.IsScalar()) {
+          return Error(field, absl::StrCat("keys must be plain names, got ", Describe(key)), key);
         }
-        s.latents = s.expansion_factor * cfg->data.d_in;
+        const std::string path = field.empty() ? key.Scalar() : absl::StrCat(field, ".", key.Scalar());
+        if (!seen.insert(key.Scalar()).second) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(origin_, ": duplicate key '", path, "'", Location(key.Mark())));
+        }
       }
     }
-    if (have_ks) {
-      s.k_schedule.enabled = true;
-      if (!have_start) s.k_schedule.start = 0;  // the input dimension d (resolved with the data)
-      if (!have_end) s.k_schedule.end = s.k;
+    std::set<std::string> accepted;
+    absl::Status status;
+    T::Fields(s, SectionVisitor<T>{this, node, field, &accepted, &status});
+    SAE_RETURN_IF_ERROR(status);
+    if (!node.IsMap()) return absl::OkStatus();
+    for (const auto& kv : node) {
+      const std::string name = kv.first.Scalar();
+      if (accepted.count(name)) continue;
+      std::vector<std::string> valid;
+      T::Fields(s, [&valid](const char* key, auto&, FieldUse use = FieldUse::kKey) {
+        if (use == FieldUse::kKey || use == FieldUse::kReadOnly) valid.push_back(key);
+      });
+      const std::string path = field.empty() ? name : absl::StrCat(field, ".", name);
+      return absl::InvalidArgumentError(absl::StrCat(
+          origin_, ": unknown key '", path, "'", Location(kv.first.Mark()), "; valid keys",
+          field.empty() ? "" : absl::StrCat(" under '", field, "'"), ": ", absl::StrJoin(valid, ", ")));
     }
     return absl::OkStatus();
   }
 
-  absl::Status ReadTrain(const YAML::Node& node, const std::string& field, TrainConfig* t) const {
-    bool have_tokens = false;
-    const std::vector<Field> fields = {
-        IntField("tokens", &t->tokens, &have_tokens),
-        IntField("batch_tokens", &t->batch_tokens),
-        DoubleField("lr", &t->lr),
-        DoubleField("warmup_fraction", &t->warmup_fraction),
-        StringField("lr_decay", &t->lr_decay),
-        DoubleField("decay_start_fraction", &t->decay_start_fraction),
-        DoubleField("grad_clip", &t->grad_clip),
-        UIntField("seed", &t->seed),
-        StringField("precision", &t->precision),
-        IntField("checkpoint_every_tokens", &t->checkpoint_every_tokens),
-        IntField("log_every_steps", &t->log_every_steps),
-        StringField("device", &t->device),
-        IntField("threads", &t->threads),
-    };
-    SAE_RETURN_IF_ERROR(Map(node, field, fields));
-    if (!have_tokens) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(origin_, ": ", field, ".tokens: required (the number of tokens to train on)",
-                       Location(node.Mark())));
+  template <class M>
+  absl::Status Value(const YAML::Node& node, const std::string& field, M& out) {
+    if constexpr (IsConfigSection<M>::value) {
+      return Section(node, field, out);
+    } else if constexpr (std::is_enum_v<M>) {
+      std::string name;
+      SAE_RETURN_IF_ERROR(Value(node, field, name));
+      auto v = ParseOption<M>(name);
+      if (!v.ok()) return Error(field, std::string(v.status().message()), node);
+      out = *v;
+      return absl::OkStatus();
+    } else if constexpr (std::is_same_v<M, std::string>) {
+      // A null value (the key with nothing after it) reads as "".
+      if (node.IsNull()) {
+        out.clear();
+        return absl::OkStatus();
+      }
+      if (!node.IsScalar()) return Error(field, absl::StrCat("expected a string, got ", Describe(node)), node);
+      out = node.Scalar();
+      return absl::OkStatus();
+    } else if constexpr (std::is_same_v<M, bool>) {
+      if (!node.IsScalar() || (node.Scalar() != "true" && node.Scalar() != "false"))
+        return Error(field, absl::StrCat("expected true or false, got ", Describe(node)), node);
+      out = node.Scalar() == "true";
+      return absl::OkStatus();
+    } else if constexpr (std::is_same_v<M, double>) {
+      if (!node.IsScalar()) return Error(field, absl::StrCat("expected a number, got ", Describe(node)), node);
+      double v = 0;
+      if (!absl::SimpleAtod(node.Scalar(), &v) || !std::isfinite(v)) {
+        return Error(field, absl::StrCat("expected a finite number, got ", Describe(node)), node);
+      }
+      out = v;
+      return absl::OkStatus();
+    } else {
+      static_assert(std::is_same_v<M, int64_t> || std::is_same_v<M, uint64_t>,
+                    "a job field of a type the reader does not know: add it here and to the writer");
+      if (!node.IsScalar()) return Error(field, absl::StrCat("expected an integer, got ", Describe(node)), node);
+      bool negative = false;
+      uint64_t magnitude = 0;
+      std::string why;
+      if (!ParseHumanInt(node.Scalar(), &negative, &magnitude, &why)) {
+        return Error(field,
+                     absl::StrCat("expected an integer (like 4096, 50_000_000, 5e7, 50M), got ", Describe(node),
+                                  ": ", why),
+                     node);
+      }
+      if constexpr (std::is_same_v<M, uint64_t>) {
+        if (negative) return Error(field, absl::StrCat(Describe(node), " must be >= 0"), node);
+        out = magnitude;
+      } else {
+        const uint64_t max = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+        if (magnitude > max + (negative ? 1 : 0)) {
+          return Error(field, absl::StrCat(Describe(node), " is out of range"), node);
+        }
+        out = negative ? static_cast<int64_t>(0 - magnitude) : static_cast<int64_t>(magnitude);
+      }
+      return absl::OkStatus();
     }
-    return absl::OkStatus();
   }
 
   std::string origin_;
+  std::set<std::string> given_;              // dotted paths of the keys the file gives
+  std::map<std::string, YAML::Node> nodes_;  // and their nodes (for error locations)
+};
+
+// Writes the keys of a section (FieldUse::kKey) in Fields order.
+struct Writer {
+  YAML::Emitter& out;
+
+  template <class T>
+  static bool Present(const T& s) {
+    bool present = true;
+    T::Fields(s, [&present](const char*, const auto& m, FieldUse use = FieldUse::kKey) {
+      if constexpr (std::is_same_v<std::decay_t<decltype(m)>, bool>) {
+        if (use == FieldUse::kPresence) present = m;
+      }
+    });
+    return present;
+  }
+
+  template <class M>
+  void operator()(const char* key, const M& v, FieldUse use = FieldUse::kKey) {
+    if (use != FieldUse::kKey) return;
+    if constexpr (IsConfigSection<M>::value) {
+      if (!Present(v)) return;
+      out << YAML::Key << key << YAML::Value << YAML::BeginMap;
+      M::Fields(v, *this);
+      out << YAML::EndMap;
+    } else {
+      out << YAML::Key << key << YAML::Value << Text(v);
+    }
+  }
+
+  template <class M>
+  static std::string Text(const M& v) {
+    if constexpr (std::is_enum_v<M>) {
+      return OptionName(v);
+    } else if constexpr (std::is_same_v<M, std::string>) {
+      return v;
+    } else if constexpr (std::is_same_v<M, double>) {
+      return FormatDouble(v);
+    } else if constexpr (std::is_same_v<M, bool>) {
+      return v ? "true" : "false";
+    } else {
+      static_assert(std::is_same_v<M, int64_t> || std::is_same_v<M, uint64_t>,
+                    "a job field of a type the writer does not know");
+      return absl::StrCat(v);
+    }
+  }
+};
+
+// Flattens a section into JobFields.
+struct Lister {
+  std::vector<JobField>* out;
+  std::string prefix;
+
+  template <class M>
+  void operator()(const char* key, const M& v, FieldUse use = FieldUse::kKey) {
+    const std::string name = prefix.empty() ? key : absl::StrCat(prefix, ".", key);
+    if constexpr (IsConfigSection<M>::value) {
+      M::Fields(v, Lister{out, name});
+    } else {
+      out->push_back({name, Writer::Text(v), use});
+    }
+  }
 };
 
 // Collects the first problem found by ValidateJobConfig.
@@ -504,11 +434,9 @@ class Checker {
       status_ = absl::InvalidArgumentError(absl::StrCat(origin_, ": ", message));
     }
   }
-  void Choice(const std::string& value, const std::vector<std::string>& choices,
-              const std::string& field) {
-    if (!OneOf(value, choices)) {
-      Fail(field, absl::StrCat("'", value, "' is not one of ", absl::StrJoin(choices, ", ")));
-    }
+  // A status whose message names its field already.
+  void Merge(const absl::Status& s) {
+    if (!s.ok() && status_.ok()) status_ = Annotate(s, origin_);
   }
   void Positive(int64_t v, const std::string& field) {
     Check(v > 0, field, absl::StrCat("must be > 0 (got ", v, ")"));
@@ -551,11 +479,10 @@ absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin) 
   text(d.corpus, "data.corpus", kMaxPathLength);
   text(cfg.output, "output", kMaxPathLength);
 
-  c.Choice(d.kind, kDataKinds, "data.kind");
-  if (d.kind == "shards") {
+  if (d.kind == DataKind::kShards) {
     c.Check(!d.path.empty(), "data.path", "required for data.kind shards");
     c.Positive(d.shuffle_buffer_rows, "data.shuffle_buffer_rows");
-  } else if (d.kind == "synthetic") {
+  } else if (d.kind == DataKind::kSynthetic) {
     c.Positive(d.d_in, "data.d_in");
     c.Check(d.d_in <= kMaxDIn, "data.d_in", absl::StrCat(d.d_in, " exceeds the largest supported width ", kMaxDIn));
     c.Positive(d.latents, "data.latents");
@@ -565,7 +492,7 @@ absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin) 
             absl::StrCat(d.k, " exceeds data.latents (", d.latents, ")"));
     c.NonNegative(d.noise, "data.noise");
     c.NonNegative(d.frequency_decay, "data.frequency_decay");
-  } else if (d.kind == "lm") {
+  } else if (d.kind == DataKind::kLm) {
     c.Check(!d.model.empty(), "data.model", "required for data.kind lm");
     c.Check(d.layer >= 0, "data.layer", absl::StrCat("must be >= 0 (got ", d.layer, ")"));
     c.Check(!d.corpus.empty(), "data.corpus", "required for data.kind lm");
@@ -578,26 +505,25 @@ absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin) 
           absl::StrCat("must be > 0 (got ", s.expansion_factor, ")"));
   c.Check(s.latents > 0 || s.expansion_factor > 0, "sae.latents",
           "required (or sae.expansion_factor)");
+  // The data's width where the file gives it (synthetic); 0 = known later.
+  const int64_t d_in = d.kind == DataKind::kSynthetic && d.d_in > 0 && d.d_in <= kMaxDIn ? d.d_in : 0;
   int64_t latents = s.latents;
-  if (latents == 0 && s.expansion_factor > 0 && d.kind == "synthetic" && d.d_in > 0 &&
-      s.expansion_factor <= std::numeric_limits<int64_t>::max() / d.d_in) {
-    latents = s.expansion_factor * d.d_in;
-  }
-  if (s.latents > 0 && s.expansion_factor > 0 && d.kind == "synthetic" && d.d_in > 0) {
-    c.Check(s.latents / d.d_in == s.expansion_factor && s.latents % d.d_in == 0, "sae.latents",
-            absl::StrCat(s.latents, " is not sae.expansion_factor (", s.expansion_factor,
-                         ") * data.d_in (", d.d_in, ")"));
-  }
-  c.Positive(s.k, "sae.k");
-  c.Check(latents <= kMaxLatents, "sae.latents", absl::StrCat(latents, " exceeds ", kMaxLatents));
-  if (latents > 0 && d.kind == "synthetic" && d.d_in > 0 && latents <= kMaxLatents && d.d_in <= kMaxDIn) {
-    const double gib = EstimateTrainingBytes(latents, d.d_in) / double(int64_t{1} << 30);
-    c.Check(gib <= kMaxTrainingGiB, "sae.latents",
-            absl::StrCat(latents, " latents x d_in ", d.d_in, " need about ", static_cast<int64_t>(gib),
-                         " GiB (parameters, gradients, Adam state), more than ", kMaxTrainingGiB));
+  if (s.expansion_factor > 0 && d_in > 0) {
+    c.Check(s.expansion_factor <= std::numeric_limits<int64_t>::max() / d_in, "sae.expansion_factor",
+            "expansion_factor * data.d_in overflows");
+    if (latents == 0 && s.expansion_factor <= std::numeric_limits<int64_t>::max() / d_in) {
+      latents = s.expansion_factor * d_in;
+    }
+    if (s.latents > 0) {
+      c.Check(s.latents / d_in == s.expansion_factor && s.latents % d_in == 0, "sae.latents",
+              absl::StrCat(s.latents, " is not sae.expansion_factor (", s.expansion_factor, ") * data.d_in (",
+                           d_in, ")"));
+    }
   }
   if (latents > 0) {
-    c.Check(s.k <= latents, "sae.k", absl::StrCat(s.k, " exceeds sae.latents (", latents, ")"));
+    c.Merge(CheckSaeShape(d_in, latents, s.k, s.k_schedule.enabled ? s.k_schedule.start : 0));
+  } else {
+    c.Positive(s.k, "sae.k");
   }
   if (s.k_schedule.enabled) {
     const KScheduleConfig& ks = s.k_schedule;
@@ -605,20 +531,10 @@ absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin) 
                     absl::StrCat("sae.k_schedule.end (", ks.end, ") must equal sae.k (", s.k, ")"));
     c.CheckRelation(ks.start == 0 || ks.start >= ks.end, absl::StrCat("sae.k_schedule.start (", ks.start,
                                                                       ") must be >= end (", ks.end, ")"));
-    if (latents > 0) {
-      c.Check(ks.start <= latents, "sae.k_schedule.start",
-              absl::StrCat(ks.start, " exceeds sae.latents (", latents, ")"));
-    }
     c.Fraction(ks.fraction, "sae.k_schedule.fraction", /*zero_ok=*/false);
-    c.Choice(ks.shape, kShapes, "sae.k_schedule.shape");
   }
   c.Positive(s.dead_window_tokens, "sae.dead_window_tokens");
-  c.Choice(s.dead_remedy, kDeadRemedies, "sae.dead_remedy");
   c.NonNegative(s.aux_coefficient, "sae.aux_coefficient");
-  c.Choice(s.normalize, kNormalizations, "sae.normalize");
-  c.Choice(s.init_b_dec, kInitBDec, "sae.init_b_dec");
-  c.Choice(s.auxk_scale, kAuxKScale, "sae.auxk_scale");
-  c.Choice(s.init_encoder_scale, kInitEncoderScale, "sae.init_encoder_scale");
 
   c.Check(t.tokens > 0, "train.tokens", "must be > 0");
   c.Positive(t.batch_tokens, "train.batch_tokens");
@@ -634,21 +550,38 @@ absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin) 
   }
   c.NonNegative(t.lr, "train.lr");
   c.Fraction(t.warmup_fraction, "train.warmup_fraction", /*zero_ok=*/true);
-  c.Choice(t.lr_decay, kLrDecays, "train.lr_decay");
   c.Fraction(t.decay_start_fraction, "train.decay_start_fraction", /*zero_ok=*/true);
   c.NonNegative(t.grad_clip, "train.grad_clip");
-  c.Choice(t.precision, kPrecisions, "train.precision");
   c.Check(t.checkpoint_every_tokens >= 0, "train.checkpoint_every_tokens",
           absl::StrCat("must be >= 0 (got ", t.checkpoint_every_tokens, ")"));
   c.Check(t.log_every_steps >= 0, "train.log_every_steps",
           absl::StrCat("must be >= 0 (0: about 100 records per run; got ", t.log_every_steps, ")"));
-  c.Choice(t.device, kDevices, "train.device");
   c.Check(t.threads >= 0, "train.threads", absl::StrCat("must be >= 0 (got ", t.threads, ")"));
   c.Check(t.threads <= kMaxThreads, "train.threads", absl::StrCat(t.threads, " exceeds ", kMaxThreads));
 
-  c.Choice(w.backend, kBackends, "world.backend");
   c.Check(!cfg.output.empty(), "output", "required (a directory)");
   return c.status();
+}
+
+absl::Status CheckSaeShape(int64_t d_in, int64_t latents, int64_t k, int64_t k_schedule_start) {
+  auto fail = [](const std::string& field, const std::string& problem) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": ", problem));
+  };
+  if (latents <= 0) return fail("sae.latents", absl::StrCat("must be > 0 (got ", latents, ")"));
+  if (latents > kMaxLatents) return fail("sae.latents", absl::StrCat(latents, " exceeds ", kMaxLatents));
+  if (d_in > 0 && d_in <= kMaxDIn) {
+    const double gib = EstimateTrainingBytes(latents, d_in) / double(int64_t{1} << 30);
+    if (gib > kMaxTrainingGiB)
+      return fail("sae.latents", absl::StrCat(latents, " latents x d_in ", d_in, " need about ",
+                                              static_cast<int64_t>(gib),
+                                              " GiB (parameters, gradients, Adam state), more than ",
+                                              kMaxTrainingGiB));
+  }
+  if (k < 1) return fail("sae.k", absl::StrCat("must be > 0 (got ", k, ")"));
+  if (k > latents) return fail("sae.k", absl::StrCat(k, " exceeds sae.latents (", latents, ")"));
+  if (k_schedule_start > latents)
+    return fail("sae.k_schedule.start", absl::StrCat(k_schedule_start, " exceeds sae.latents (", latents, ")"));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<JobConfig> ParseJobConfig(const std::string& yaml, const std::string& origin) {
@@ -683,96 +616,16 @@ absl::StatusOr<JobConfig> LoadJobConfig(const std::string& path) {
 
 std::string JobConfigToYaml(const JobConfig& cfg) {
   YAML::Emitter out;
-  auto str = [&out](const char* key, const std::string& v) {
-    out << YAML::Key << key << YAML::Value << v;
-  };
-  auto num = [&out](const char* key, int64_t v) {
-    out << YAML::Key << key << YAML::Value << absl::StrCat(v);
-  };
-  auto unum = [&out](const char* key, uint64_t v) {
-    out << YAML::Key << key << YAML::Value << absl::StrCat(v);
-  };
-  auto real = [&out](const char* key, double v) {
-    out << YAML::Key << key << YAML::Value << FormatDouble(v);
-  };
-
   out << YAML::BeginMap;
-  str("name", cfg.name);
-
-  const DataConfig& d = cfg.data;
-  out << YAML::Key << "data" << YAML::Value << YAML::BeginMap;
-  str("kind", d.kind);
-  if (d.kind == "shards") {
-    str("path", d.path);
-    num("shuffle_buffer_rows", d.shuffle_buffer_rows);
-  } else if (d.kind == "synthetic") {
-    num("d_in", d.d_in);
-    num("latents", d.latents);
-    num("k", d.k);
-    unum("seed", d.seed);
-    real("noise", d.noise);
-    real("frequency_decay", d.frequency_decay);
-  } else {
-    str("model", d.model);
-    num("layer", d.layer);
-    str("corpus", d.corpus);
-    num("context", d.context);
-    unum("seed", d.seed);
-  }
-  out << YAML::EndMap;
-
-  const SaeConfig& s = cfg.sae;
-  out << YAML::Key << "sae" << YAML::Value << YAML::BeginMap;
-  // expansion_factor wins: latents is derived from it when the data is read.
-  if (s.expansion_factor > 0) {
-    num("expansion_factor", s.expansion_factor);
-  } else {
-    num("latents", s.latents);
-  }
-  num("k", s.k);
-  if (s.k_schedule.enabled) {
-    out << YAML::Key << "k_schedule" << YAML::Value << YAML::BeginMap;
-    num("start", s.k_schedule.start);
-    num("end", s.k_schedule.end);
-    real("fraction", s.k_schedule.fraction);
-    str("shape", s.k_schedule.shape);
-    out << YAML::EndMap;
-  }
-  num("dead_window_tokens", s.dead_window_tokens);
-  str("dead_remedy", s.dead_remedy);
-  real("aux_coefficient", s.aux_coefficient);
-  str("normalize", s.normalize);
-  str("init_b_dec", s.init_b_dec);
-  str("auxk_scale", s.auxk_scale);
-  str("init_encoder_scale", s.init_encoder_scale);
-  out << YAML::EndMap;
-
-  const TrainConfig& t = cfg.train;
-  out << YAML::Key << "train" << YAML::Value << YAML::BeginMap;
-  num("tokens", t.tokens);
-  num("batch_tokens", t.batch_tokens);
-  real("lr", t.lr);
-  real("warmup_fraction", t.warmup_fraction);
-  str("lr_decay", t.lr_decay);
-  real("decay_start_fraction", t.decay_start_fraction);
-  real("grad_clip", t.grad_clip);
-  unum("seed", t.seed);
-  str("precision", t.precision);
-  num("checkpoint_every_tokens", t.checkpoint_every_tokens);
-  num("log_every_steps", t.log_every_steps);
-  str("device", t.device);
-  num("threads", t.threads);
-  out << YAML::EndMap;
-
-  out << YAML::Key << "world" << YAML::Value << YAML::BeginMap;
-  num("workers", cfg.world.workers);
-  str("backend", cfg.world.backend);
-  real("timeout_seconds", cfg.world.timeout_seconds);
-  out << YAML::EndMap;
-
-  str("output", cfg.output);
+  JobConfig::Fields(cfg, Writer{out});
   out << YAML::EndMap;
   return std::string(out.c_str()) + "\n";
+}
+
+std::vector<JobField> ListJobFields(const JobConfig& cfg) {
+  std::vector<JobField> out;
+  JobConfig::Fields(cfg, Lister{&out, ""});
+  return out;
 }
 
 }  // namespace sae

@@ -5,23 +5,51 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
+#include "core/base/job_options.h"
 #include "core/base/status.h"
 
 namespace sae {
+
+// How a struct member appears in the job file. Each config struct lists every
+// member once, in file order, in its static Fields(self, visitor): the reader,
+// the writer, the field listing (ListJobFields) and the tests walk that list,
+// so a new field is one member plus one Fields line (plus its validation in
+// ValidateJobConfig). See docs/formats.md "Adding a job field".
+enum class FieldUse {
+  kKey,        // a key: read and written
+  kReadOnly,   // a key that is read but not written: another key determines it
+               // (sae.latents when sae.expansion_factor is given)
+  kNotHere,    // a key of another variant (data.path when data.kind is synthetic):
+               // refused as an unknown key, not written
+  kPresence,   // not a key: true when the enclosing section is in the file
+  kNotInFile,  // not a key: set by the program (source_path)
+};
 
 struct KScheduleConfig {
   bool enabled = false;      // false: constant k
   int64_t start = 0;         // k at the beginning; 0 (or absent) = d_in, at least end
   int64_t end = 0;           // the target k (must equal sae.k)
   double fraction = 0.25;    // share of train.tokens over which k anneals, (0, 1]
-  std::string shape = "linear";  // linear | cosine | exponential
+  KShape shape = KShape::kLinear;  // linear | cosine | exponential
+
+  template <class S, class V>
+  static void Fields(S& s, V&& v) {
+    v("enabled", s.enabled, FieldUse::kPresence);
+    v("start", s.start);
+    v("end", s.end);
+    v("fraction", s.fraction);
+    v("shape", s.shape);
+  }
 };
 
 struct DataConfig {
-  std::string kind = "synthetic";  // shards | lm | synthetic
+  DataKind kind = DataKind::kSynthetic;  // shards | lm | synthetic
   // shards
   std::string path;
   int64_t shuffle_buffer_rows = 65536;  // bounded shuffle window (rows); 1 = no shuffle
@@ -29,14 +57,37 @@ struct DataConfig {
   int64_t d_in = 64;
   int64_t latents = 256;        // number of true atoms
   int64_t k = 4;                // atoms active per row
-  uint64_t seed = 0;
+  uint64_t seed = 0;            // synthetic; lm with corpus: generate
   double noise = 0.01;          // std of the Gaussian noise added per element
   double frequency_decay = 0.0; // atom i is chosen with weight (i+1)^-decay (0 = uniform)
-  // lm (reserved for the LM issue; parsed and rejected by the trainer for now)
+  // lm: activations computed on the fly
   std::string model;
   int64_t layer = -1;
   std::string corpus;
   int64_t context = 256;
+
+  template <class S, class V>
+  static void Fields(S& d, V&& v) {
+    // `kind` comes first: the reader has read it when the later lines ask.
+    auto only = [&d](std::initializer_list<DataKind> kinds) {
+      for (DataKind k : kinds)
+        if (d.kind == k) return FieldUse::kKey;
+      return FieldUse::kNotHere;
+    };
+    v("kind", d.kind);
+    v("path", d.path, only({DataKind::kShards}));
+    v("shuffle_buffer_rows", d.shuffle_buffer_rows, only({DataKind::kShards}));
+    v("d_in", d.d_in, only({DataKind::kSynthetic}));
+    v("latents", d.latents, only({DataKind::kSynthetic}));
+    v("k", d.k, only({DataKind::kSynthetic}));
+    v("seed", d.seed, only({DataKind::kSynthetic, DataKind::kLm}));
+    v("noise", d.noise, only({DataKind::kSynthetic}));
+    v("frequency_decay", d.frequency_decay, only({DataKind::kSynthetic}));
+    v("model", d.model, only({DataKind::kLm}));
+    v("layer", d.layer, only({DataKind::kLm}));
+    v("corpus", d.corpus, only({DataKind::kLm}));
+    v("context", d.context, only({DataKind::kLm}));
+  }
 };
 
 struct SaeConfig {
@@ -45,39 +96,80 @@ struct SaeConfig {
   int64_t k = 32;
   KScheduleConfig k_schedule;
   int64_t dead_window_tokens = 10000000;
-  std::string dead_remedy = "none";  // none | ghost_grads | auxk
-  double aux_coefficient = 0;        // weight of the AuxK / ghost term; 0 = the remedy's default
-  std::string normalize = "none";    // none | layer_norm | unit_mean_norm
-  std::string init_b_dec = "mean";   // mean | geometric_median | zero
+  Remedy dead_remedy = Remedy::kNone;  // none | ghost_grads | auxk
+  double aux_coefficient = 0;          // weight of the AuxK / ghost term; 0 = the remedy's default
+  Normalize normalize = Normalize::kNone;  // none | layer_norm | unit_mean_norm
+  InitBDec init_b_dec = InitBDec::kMean;   // mean | geometric_median | zero
   // AuxK's dead-latent reconstruction compared after a closed-form scale
   // (fit) or as published (none); docs/algorithms.md.
-  std::string auxk_scale = "fit";    // fit | none
+  AuxKScale auxk_scale = AuxKScale::kFit;  // fit | none
   // W_enc scaled at init so the reconstruction at k_start has the input's
   // norm (match_norm), or left as drawn (none); auto: match_norm when a k
   // schedule starts above k, none otherwise.
-  std::string init_encoder_scale = "auto";  // auto | match_norm | none
+  InitEncoderScale init_encoder_scale = InitEncoderScale::kAuto;  // auto | match_norm | none
+
+  template <class S, class V>
+  static void Fields(S& s, V&& v) {
+    // One of latents and expansion_factor is written: expansion_factor when
+    // given (latents is then derived from it with the data's width).
+    v("latents", s.latents, s.expansion_factor > 0 ? FieldUse::kReadOnly : FieldUse::kKey);
+    v("expansion_factor", s.expansion_factor, s.expansion_factor > 0 ? FieldUse::kKey : FieldUse::kReadOnly);
+    v("k", s.k);
+    v("k_schedule", s.k_schedule);
+    v("dead_window_tokens", s.dead_window_tokens);
+    v("dead_remedy", s.dead_remedy);
+    v("aux_coefficient", s.aux_coefficient);
+    v("normalize", s.normalize);
+    v("init_b_dec", s.init_b_dec);
+    v("auxk_scale", s.auxk_scale);
+    v("init_encoder_scale", s.init_encoder_scale);
+  }
 };
 
 struct TrainConfig {
-  int64_t tokens = 0;
+  int64_t tokens = 0;             // required
   int64_t batch_tokens = 4096;
   double lr = 0;                  // 0 = 2e-4 / sqrt(latents / 2^14)
   double warmup_fraction = 0.01;  // share of steps with linear warm-up
-  std::string lr_decay = "none";  // none | linear | cosine
+  LrDecay lr_decay = LrDecay::kNone;  // none | linear | cosine
   double decay_start_fraction = 0.8;  // decay runs from here to the end
   double grad_clip = 1.0;         // global-norm clip; 0 disables
   uint64_t seed = 0;
-  std::string precision = "fp32"; // fp32 | bf16
+  Precision precision = Precision::kFp32;  // fp32 | bf16
   int64_t checkpoint_every_tokens = 5000000;  // 0 = only at the end
   int64_t log_every_steps = 0;  // 0: about 100 records per run (total steps / 100)
-  std::string device = "auto";    // auto | cpu | cuda
+  Device device = Device::kAuto;  // auto | cpu | cuda
   int64_t threads = 0;            // 0 = every core
+
+  template <class S, class V>
+  static void Fields(S& t, V&& v) {
+    v("tokens", t.tokens);
+    v("batch_tokens", t.batch_tokens);
+    v("lr", t.lr);
+    v("warmup_fraction", t.warmup_fraction);
+    v("lr_decay", t.lr_decay);
+    v("decay_start_fraction", t.decay_start_fraction);
+    v("grad_clip", t.grad_clip);
+    v("seed", t.seed);
+    v("precision", t.precision);
+    v("checkpoint_every_tokens", t.checkpoint_every_tokens);
+    v("log_every_steps", t.log_every_steps);
+    v("device", t.device);
+    v("threads", t.threads);
+  }
 };
 
 struct WorldConfig {
   int64_t workers = 1;
-  std::string backend = "auto";   // auto | local | gloo | mpi | nccl
-  double timeout_seconds = 300;   // a collective that takes longer fails the job
+  Backend backend = Backend::kAuto;  // auto | local | gloo | mpi | nccl
+  double timeout_seconds = 300;      // a collective that takes longer fails the job
+
+  template <class S, class V>
+  static void Fields(S& w, V&& v) {
+    v("workers", w.workers);
+    v("backend", w.backend);
+    v("timeout_seconds", w.timeout_seconds);
+  }
 };
 
 struct JobConfig {
@@ -88,7 +180,24 @@ struct JobConfig {
   WorldConfig world;
   std::string output;
   std::string source_path;  // file it was read from ("" for strings)
+
+  template <class S, class V>
+  static void Fields(S& c, V&& v) {
+    v("name", c.name);
+    v("data", c.data);
+    v("sae", c.sae);
+    v("train", c.train);
+    v("world", c.world);
+    v("output", c.output);
+    v("source_path", c.source_path, FieldUse::kNotInFile);
+  }
 };
+
+// True for the config structs above (they have Fields).
+template <class T, class = void>
+struct IsConfigSection : std::false_type {};
+template <class T>
+struct IsConfigSection<T, std::void_t<decltype(T::Fields(std::declval<T&>(), 0))>> : std::true_type {};
 
 // Limits a job must stay within (refused at load and submit, naming the
 // field): a width beyond any model's (and §9's int8 bound), a dictionary of
@@ -115,7 +224,28 @@ absl::StatusOr<JobConfig> ParseJobConfig(const std::string& yaml, const std::str
 // command-line override). d_in is only known for synthetic data here; the
 // trainer checks latents against d_in of shards once it has opened them.
 absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin);
-// YAML text that ParseJobConfig reads back to an equal config.
+// The canonical YAML of a config: every key of its FieldUse::kKey fields in
+// Fields order. ParseJobConfig reads it back to an equal config (equal
+// ListJobFields), and writing that again gives the same text. This is what
+// the service carries (sae.v1.JobSpec.yaml) and what a run writes as
+// OUTPUT/job.yaml.
 std::string JobConfigToYaml(const JobConfig& cfg);
+
+// Every member of the config structs, sections flattened: dotted name
+// ("sae.k_schedule.shape"), the value as text (numbers exactly, enums by
+// name) and its use. For comparisons that name the field that differs.
+struct JobField {
+  std::string name;
+  std::string value;
+  FieldUse use;
+};
+std::vector<JobField> ListJobFields(const JobConfig& cfg);
+
+// The one check of the rules between the SAE's shape and the data's width:
+// latents in (0, kMaxLatents], k in [1, latents], k_schedule_start (0 = no
+// schedule) at most latents, and the training state within kMaxTrainingGiB.
+// ValidateJobConfig applies it where d_in is known from the file, the
+// trainer once it opened the data. Errors name the field, not the file.
+absl::Status CheckSaeShape(int64_t d_in, int64_t latents, int64_t k, int64_t k_schedule_start);
 
 }  // namespace sae

@@ -5,25 +5,6 @@
 
 namespace sae {
 
-absl::StatusOr<KShape> KShapeFromString(const std::string& s) {
-  if (s == "constant") return KShape::kConstant;
-  if (s == "linear") return KShape::kLinear;
-  if (s == "cosine") return KShape::kCosine;
-  if (s == "exponential") return KShape::kExponential;
-  return absl::InvalidArgumentError(
-      absl::StrCat("k_schedule.shape: '", s, "' is not one of linear, cosine, exponential"));
-}
-
-const char* KShapeName(KShape s) {
-  switch (s) {
-    case KShape::kConstant: return "constant";
-    case KShape::kLinear: return "linear";
-    case KShape::kCosine: return "cosine";
-    case KShape::kExponential: return "exponential";
-  }
-  return "?";
-}
-
 KSchedule KSchedule::Constant(int64_t k) {
   KSchedule s;
   s.start_ = s.end_ = k;

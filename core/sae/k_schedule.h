@@ -6,14 +6,10 @@
 #include <cstdint>
 #include <string>
 
+#include "core/base/job_options.h"  // KShape
 #include "core/base/status.h"
 
 namespace sae {
-
-enum class KShape { kConstant, kLinear, kCosine, kExponential };
-
-absl::StatusOr<KShape> KShapeFromString(const std::string& s);
-const char* KShapeName(KShape s);
 
 class KSchedule {
  public:

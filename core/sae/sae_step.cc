@@ -18,23 +18,6 @@
 
 namespace sae {
 
-absl::StatusOr<Remedy> RemedyFromString(const std::string& s) {
-  if (s == "none") return Remedy::kNone;
-  if (s == "auxk") return Remedy::kAuxK;
-  if (s == "ghost_grads") return Remedy::kGhostGrads;
-  return absl::InvalidArgumentError(
-      absl::StrCat("sae.dead_remedy: '", s, "' is not one of none, ghost_grads, auxk"));
-}
-
-const char* RemedyName(Remedy r) {
-  switch (r) {
-    case Remedy::kNone: return "none";
-    case Remedy::kAuxK: return "auxk";
-    case Remedy::kGhostGrads: return "ghost_grads";
-  }
-  return "?";
-}
-
 double DefaultAuxCoefficient(Remedy r) {
   switch (r) {
     case Remedy::kNone: return 0.0;

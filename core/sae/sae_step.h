@@ -13,14 +13,12 @@
 #include <utility>
 #include <vector>
 
+#include "core/base/job_options.h"
 #include "core/base/status.h"
 
 namespace sae {
 
-enum class Remedy { kNone, kAuxK, kGhostGrads };
-absl::StatusOr<Remedy> RemedyFromString(const std::string& s);
-const char* RemedyName(Remedy r);
-double DefaultAuxCoefficient(Remedy r);
+double DefaultAuxCoefficient(Remedy r);  // Remedy: core/base/job_options.h
 
 // The parameters: encoder (n×d, n), decoder rows (n×d) and b_dec (d). All
 // contiguous CPU tensors of one dtype (float32 for training, float64 in tests).

@@ -47,60 +47,35 @@ absl::Status CheckFinite(const float* x, int64_t rows, int64_t d) {
 
 }  // namespace
 
-absl::StatusOr<Normalize> NormalizeFromString(const std::string& s) {
-  if (s == "none") return Normalize::kNone;
-  if (s == "layer_norm") return Normalize::kLayerNorm;
-  if (s == "unit_mean_norm") return Normalize::kUnitMeanNorm;
-  return absl::InvalidArgumentError(
-      absl::StrCat("sae.normalize: '", s, "' is not one of none, layer_norm, unit_mean_norm"));
-}
-
-const char* NormalizeName(Normalize n) {
-  switch (n) {
-    case Normalize::kNone: return "none";
-    case Normalize::kLayerNorm: return "layer_norm";
-    case Normalize::kUnitMeanNorm: return "unit_mean_norm";
-  }
-  return "?";
-}
-
 absl::StatusOr<TrainerOptions> TrainerOptionsFromJob(const JobConfig& job, int64_t d_in) {
   TrainerOptions o;
   const std::string& origin = job.source_path.empty() ? std::string("job") : job.source_path;
   auto err = [&](const std::string& m) { return absl::InvalidArgumentError(absl::StrCat(origin, ": ", m)); };
   o.d_in = d_in;
   o.latents = job.sae.latents > 0 ? job.sae.latents : job.sae.expansion_factor * d_in;
-  if (o.latents <= 0) return err("sae.latents: must be > 0 (or give sae.expansion_factor)");
   o.k = job.sae.k;
-  if (o.k < 1 || o.k > o.latents)
-    return err(absl::StrCat("sae.k: ", o.k, " exceeds sae.latents (", o.latents, ")"));
   o.total_tokens = job.train.tokens;
   o.batch_tokens = job.train.batch_tokens;
-  if (job.sae.k_schedule.enabled) {
-    auto ks = job.sae.k_schedule;
-    // No start: the input dimension (dictionary_learning's choice; with a
-    // remedy the configuration that met issue 12's targets, docs/dead-latents.md).
-    if (ks.start == 0) ks.start = std::min(o.latents, std::max(d_in, o.k));
-    if (ks.start > o.latents)
-      return err(absl::StrCat("sae.k_schedule.start: ", ks.start, " exceeds sae.latents (", o.latents, ")"));
-    auto shape = KShapeFromString(ks.shape);
-    if (!shape.ok()) return err(absl::StrCat("sae.", shape.status().message()));
-    auto sched = KSchedule::Create(*shape, ks.start, o.k, ks.fraction, o.total_tokens);
+  // No start: the input dimension (dictionary_learning's choice; with a
+  // remedy the configuration that met issue 12's targets, docs/dead-latents.md).
+  const KScheduleConfig& ks = job.sae.k_schedule;
+  const int64_t start = !ks.enabled ? 0 : ks.start > 0 ? ks.start : std::min(o.latents, std::max(d_in, o.k));
+  // The shape rules once d_in is known (the job's validation knew it only
+  // for synthetic data).
+  SAE_RETURN_IF_ERROR(Annotate(CheckSaeShape(d_in, o.latents, o.k, start), origin));
+  if (ks.enabled) {
+    auto sched = KSchedule::Create(ks.shape, start, o.k, ks.fraction, o.total_tokens);
     if (!sched.ok()) return err(absl::StrCat("sae.", sched.status().message()));
     o.schedule = *sched;
   } else {
     o.schedule = KSchedule::Constant(o.k);
   }
-  auto remedy = RemedyFromString(job.sae.dead_remedy);
-  if (!remedy.ok()) return err(std::string(remedy.status().message()));
-  o.remedy = *remedy;
+  o.remedy = job.sae.dead_remedy;
   o.aux_coefficient = job.sae.aux_coefficient;
   o.dead_window_tokens = job.sae.dead_window_tokens;
-  auto norm = NormalizeFromString(job.sae.normalize);
-  if (!norm.ok()) return err(std::string(norm.status().message()));
-  o.normalize = *norm;
+  o.normalize = job.sae.normalize;
   o.init_b_dec = job.sae.init_b_dec;
-  o.auxk_fit = job.sae.auxk_scale != "none";
+  o.auxk_fit = job.sae.auxk_scale == AuxKScale::kFit;
   o.init_encoder_scale = job.sae.init_encoder_scale;
   o.lr = job.train.lr;
   o.warmup_fraction = job.train.warmup_fraction;
@@ -108,9 +83,9 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFromJob(const JobConfig& job, int64
   o.decay_start_fraction = job.train.decay_start_fraction;
   o.grad_clip = job.train.grad_clip;
   o.seed = job.train.seed;
-  o.bf16 = job.train.precision == "bf16";
-  o.device = job.train.device == "auto" ? (at::hasCUDA() ? "cuda" : "cpu") : job.train.device;
-  if (o.device == "cuda" && !at::hasCUDA())
+  o.bf16 = job.train.precision == Precision::kBf16;
+  o.device = job.train.device == Device::kAuto ? (at::hasCUDA() ? Device::kCuda : Device::kCpu) : job.train.device;
+  if (o.device == Device::kCuda && !at::hasCUDA())
     return err("train.device: cuda: this build's LibTorch has no CUDA (or no GPU is visible); use cpu or auto");
   return o;
 }
@@ -120,23 +95,14 @@ SaeTrainer::SaeTrainer(const TrainerOptions& opts)
 
 absl::StatusOr<std::unique_ptr<SaeTrainer>> SaeTrainer::Create(const TrainerOptions& opts) {
   if (opts.d_in <= 0) return absl::InvalidArgumentError("d_in must be > 0");
-  if (opts.latents <= 0) return absl::InvalidArgumentError("sae.latents: must be > 0");
-  if (opts.k < 1 || opts.k > opts.latents)
-    return absl::InvalidArgumentError(
-        absl::StrCat("sae.k: ", opts.k, " exceeds sae.latents (", opts.latents, ")"));
-  if (opts.schedule.start() > opts.latents)
-    return absl::InvalidArgumentError("sae.k_schedule.start: exceeds sae.latents");
+  SAE_RETURN_IF_ERROR(CheckSaeShape(opts.d_in, opts.latents, opts.k, opts.schedule.start()));
   if (opts.total_tokens <= 0) return absl::InvalidArgumentError("train.tokens: must be > 0");
   if (opts.batch_tokens <= 0) return absl::InvalidArgumentError("train.batch_tokens: must be > 0");
-  if (opts.init_encoder_scale != "auto" && opts.init_encoder_scale != "none" && opts.init_encoder_scale != "match_norm")
-    return absl::InvalidArgumentError("sae.init_encoder_scale: must be auto, match_norm or none");
-  if (opts.init_b_dec != "mean" && opts.init_b_dec != "geometric_median" && opts.init_b_dec != "zero")
-    return absl::InvalidArgumentError("sae.init_b_dec: must be mean, geometric_median or zero");
-  if (opts.device != "cpu" && opts.device != "cuda")
-    return absl::InvalidArgumentError(absl::StrCat("train.device: '", opts.device, "' is not cpu or cuda"));
-  if (opts.device == "cuda" && !at::hasCUDA())
+  if (opts.device == Device::kAuto)
+    return absl::InvalidArgumentError("train.device: auto is resolved by TrainerOptionsFromJob; give cpu or cuda");
+  if (opts.device == Device::kCuda && !at::hasCUDA())
     return absl::FailedPreconditionError("train.device: cuda: no CUDA in this LibTorch build or no GPU visible");
-  if (opts.float64 && (opts.bf16 || opts.device != "cpu" || opts.comm != nullptr))
+  if (opts.float64 && (opts.bf16 || opts.device != Device::kCpu || opts.comm != nullptr))
     return absl::InvalidArgumentError("float64 training is for one CPU process without bf16");
   const double need = EstimateTrainingBytes(opts.latents, opts.d_in);
   const double have = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
@@ -154,7 +120,7 @@ absl::StatusOr<std::unique_ptr<SaeTrainer>> SaeTrainer::Create(const TrainerOpti
 
 absl::StatusOr<std::unique_ptr<SaeTrainer>> SaeTrainer::CreateChecked(const TrainerOptions& opts) {
   std::unique_ptr<SaeTrainer> t(new SaeTrainer(opts));
-  t->device_ = opts.device == "cuda" ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+  t->device_ = opts.device == Device::kCuda ? at::Device(at::kCUDA) : at::Device(at::kCPU);
   t->lr_ = opts.lr > 0 ? opts.lr : 2e-4 / std::sqrt(static_cast<double>(opts.latents) / (1 << 14));
   t->total_steps_ = std::max<int64_t>(1, (opts.total_tokens + opts.batch_tokens - 1) / opts.batch_tokens);
   if (t->opts_.aux_coefficient == 0) t->opts_.aux_coefficient = DefaultAuxCoefficient(opts.remedy);
@@ -186,11 +152,11 @@ double SaeTrainer::LearningRateAt(int64_t step) const {
   double f = 1.0;
   const int64_t warm = static_cast<int64_t>(std::llround(opts_.warmup_fraction * total_steps_));
   if (warm > 0) f = std::min(1.0, static_cast<double>(step + 1) / warm);
-  if (opts_.lr_decay != "none") {
+  if (opts_.lr_decay != LrDecay::kNone) {
     const int64_t ds = static_cast<int64_t>(opts_.decay_start_fraction * total_steps_);
     if (step >= ds && total_steps_ > ds) {
       const double p = std::min(1.0, static_cast<double>(step - ds) / (total_steps_ - ds));
-      f *= opts_.lr_decay == "cosine" ? (1 + std::cos(M_PI * p)) / 2 : 1 - p;
+      f *= opts_.lr_decay == LrDecay::kCosine ? (1 + std::cos(M_PI * p)) / 2 : 1 - p;
     }
   }
   return lr_ * f;
@@ -243,7 +209,7 @@ absl::Status SaeTrainer::Initialize(const at::Tensor& x) {
   }
   at::Tensor xn = x.clone();
   NormalizeRows(xn.data_ptr<float>(), xn.size(0));
-  if (opts_.init_b_dec == "mean") {
+  if (opts_.init_b_dec == InitBDec::kMean) {
     if (world() == 1) {
       params_.b_dec.copy_(xn.mean(0));
     } else {
@@ -251,7 +217,7 @@ absl::Status SaeTrainer::Initialize(const at::Tensor& x) {
       SAE_RETURN_IF_ERROR(SumAcrossRanks(sum.data_ptr<float>(), sum.numel(), "batch mean"));
       params_.b_dec.copy_(sum / global_rows);
     }
-  } else if (opts_.init_b_dec == "geometric_median") {
+  } else if (opts_.init_b_dec == InitBDec::kGeometricMedian) {
     if (world() > 1)
       return absl::UnimplementedError("sae.init_b_dec: geometric_median is not available with several ranks; use mean");
     // Weiszfeld iterations from the mean.
@@ -269,8 +235,8 @@ absl::Status SaeTrainer::Initialize(const at::Tensor& x) {
   // auto: only when a schedule starts above the target k (at constant k the
   // drawn scale reconstructs within ~10% of the input's norm on real
   // activations and trained to a lower fvu; docs/dead-latents.md).
-  const bool match = opts_.init_encoder_scale == "match_norm" ||
-                     (opts_.init_encoder_scale == "auto" && opts_.schedule.start() > opts_.k);
+  const bool match = opts_.init_encoder_scale == InitEncoderScale::kMatchNorm ||
+                     (opts_.init_encoder_scale == InitEncoderScale::kAuto && opts_.schedule.start() > opts_.k);
   if (match) SAE_RETURN_IF_ERROR(MatchEncoderScale(xn));
   initialized_ = true;
   return absl::OkStatus();
@@ -573,16 +539,16 @@ absl::Status SaeTrainer::ExportSae(const std::string& dir, const std::string& pr
   cfg["skip_connection"] = false;
   json own;
   own["format"] = "saeforge.sae.v1";
-  own["k_schedule"] = {{"shape", KShapeName(opts_.schedule.shape())},
+  own["k_schedule"] = {{"shape", OptionName(opts_.schedule.shape())},
                        {"start", opts_.schedule.start()},
                        {"end", opts_.schedule.end()},
                        {"fraction", opts_.schedule.fraction()}};
-  own["dead_remedy"] = RemedyName(opts_.remedy);
+  own["dead_remedy"] = OptionName(opts_.remedy);
   own["aux_coefficient"] = opts_.aux_coefficient;
   own["auxk_scale"] = opts_.auxk_fit ? "fit" : "none";
-  own["init_encoder_scale"] = opts_.init_encoder_scale;
+  own["init_encoder_scale"] = OptionName(opts_.init_encoder_scale);
   own["dead_window_tokens"] = opts_.dead_window_tokens;
-  own["normalize"] = NormalizeName(opts_.normalize);
+  own["normalize"] = OptionName(opts_.normalize);
   own["input_scale"] = input_scale_;
   own["precision"] = opts_.bf16 ? "bf16" : "fp32";
   own["tokens"] = tokens_;
@@ -611,8 +577,8 @@ absl::StatusOr<LoadedSae> LoadSae(const std::string& dir) {
   if (cfg.contains("saeforge")) {
     const json& own = cfg["saeforge"];
     if (own.contains("normalize")) {
-      auto nm = NormalizeFromString(own["normalize"].get<std::string>());
-      if (!nm.ok()) return Annotate(nm.status(), cfg_path);
+      auto nm = ParseOption<Normalize>(own["normalize"].get<std::string>());
+      if (!nm.ok()) return Annotate(Annotate(nm.status(), "saeforge.normalize"), cfg_path);
       out.normalize = *nm;
     }
     if (own.contains("input_scale")) out.input_scale = own["input_scale"].get<double>();

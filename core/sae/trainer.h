@@ -14,8 +14,9 @@
 #include <utility>
 #include <vector>
 
-#include "core/base/config.h"
 #include "absl/time/time.h"
+#include "core/base/config.h"
+#include "core/base/job_options.h"
 #include "core/base/status.h"
 #include "core/comm/communicator.h"
 #include "core/sae/dead_tracker.h"
@@ -23,10 +24,6 @@
 #include "core/sae/sae_step.h"
 
 namespace sae {
-
-enum class Normalize { kNone, kLayerNorm, kUnitMeanNorm };
-absl::StatusOr<Normalize> NormalizeFromString(const std::string& s);
-const char* NormalizeName(Normalize n);
 
 struct TrainerOptions {
   int64_t d_in = 0;
@@ -38,12 +35,12 @@ struct TrainerOptions {
   bool auxk_fit = true;        // StepConfig::auxk_fit (sae.auxk_scale: fit)
   int64_t dead_window_tokens = 10000000;
   Normalize normalize = Normalize::kNone;
-  std::string init_b_dec = "mean";  // mean | geometric_median | zero
-  // Encoder scale at initialisation: "none" (kaiming-uniform rows as drawn),
-  // "match_norm" (on the first batch, W_enc is scaled so that the
-  // reconstruction at k_start has the input's norm) or "auto" (match_norm
+  InitBDec init_b_dec = InitBDec::kMean;
+  // Encoder scale at initialisation: kNone (kaiming-uniform rows as drawn),
+  // kMatchNorm (on the first batch, W_enc is scaled so that the
+  // reconstruction at k_start has the input's norm) or kAuto (match_norm
   // when the schedule starts above k, none at constant k).
-  std::string init_encoder_scale = "auto";
+  InitEncoderScale init_encoder_scale = InitEncoderScale::kAuto;
   // A latent counts as fired for the dead-latent tracker only when it is
   // among a row's top `k` (the schedule's target) with a > 0, also while the
   // schedule's k is larger (ALGORITHMS.md §4). false: among the current k.
@@ -56,15 +53,16 @@ struct TrainerOptions {
   bool carry_scale = true;
   double lr = 0;                    // 0 = 2e-4 / sqrt(latents / 2^14)
   double warmup_fraction = 0.01;
-  std::string lr_decay = "none";    // none | linear | cosine
+  LrDecay lr_decay = LrDecay::kNone;
   double decay_start_fraction = 0.8;
   double grad_clip = 1.0;
   uint64_t seed = 0;
   bool bf16 = false;
-  // Where parameters and the step live: "cpu" (hand-written kernels) or
-  // "cuda" (the ATen step, sae_step_aten.cc). aten_kernels forces the ATen
-  // step on CPU too (tests; it must agree with the CPU kernels).
-  std::string device = "cpu";
+  // Where parameters and the step live: kCpu (hand-written kernels) or
+  // kCuda (the ATen step, sae_step_aten.cc); TrainerOptionsFromJob resolves
+  // kAuto. aten_kernels forces the ATen step on CPU too (tests; it must
+  // agree with the CPU kernels).
+  Device device = Device::kCpu;
   bool aten_kernels = false;
   // Tests only: parameters and the step in float64 (rows arrive as float32
   // and are widened after normalisation), so that two step implementations

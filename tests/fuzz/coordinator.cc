@@ -252,39 +252,15 @@ void Settle(std::string* out) {
   out->append({static_cast<char>(kSettle), 0, 3, 0, 'x', 'x', 'x'});
 }
 
-v1::JobSpec SyntheticSpec(const std::string& name, int workers) {
+// A job's spec is its YAML text (the coordinator reads it as a job file).
+v1::JobSpec SyntheticSpec(const std::string& name, int workers,
+                          const std::string& data = "{kind: synthetic, d_in: 16, latents: 32, k: 2, noise: 0.01}") {
   v1::JobSpec s;
-  s.set_name(name);
-  s.mutable_data()->set_kind("synthetic");
-  s.mutable_data()->set_d_in(16);
-  s.mutable_data()->set_latents(32);
-  s.mutable_data()->set_k(2);
-  s.mutable_data()->set_noise(0.01);
-  s.mutable_data()->set_shuffle_buffer_rows(1024);
-  s.mutable_data()->set_context(256);
-  s.mutable_data()->set_layer(-1);
-  s.mutable_sae()->set_latents(64);
-  s.mutable_sae()->set_k(4);
-  s.mutable_sae()->set_dead_window_tokens(100000);
-  s.mutable_sae()->set_dead_remedy("none");
-  s.mutable_sae()->set_normalize("none");
-  s.mutable_sae()->set_init_b_dec("mean");
-  s.mutable_sae()->mutable_k_schedule()->set_fraction(0.25);
-  s.mutable_sae()->mutable_k_schedule()->set_shape("linear");
-  s.mutable_train()->set_tokens(4096);
-  s.mutable_train()->set_batch_tokens(256);
-  s.mutable_train()->set_warmup_fraction(0.01);
-  s.mutable_train()->set_lr_decay("none");
-  s.mutable_train()->set_decay_start_fraction(0.8);
-  s.mutable_train()->set_grad_clip(1);
-  s.mutable_train()->set_precision("fp32");
-  s.mutable_train()->set_checkpoint_every_tokens(1024);
-  s.mutable_train()->set_log_every_steps(10);
-  s.mutable_train()->set_device("cpu");
-  s.mutable_world()->set_workers(workers);
-  s.mutable_world()->set_backend("auto");
-  s.mutable_world()->set_timeout_seconds(30);
-  s.set_output(name);
+  s.set_yaml("name: " + name + "\ndata: " + data +
+             "\nsae: {latents: 64, k: 4, dead_window_tokens: 100000}\n"
+             "train: {tokens: 4096, batch_tokens: 256, checkpoint_every_tokens: 1024, log_every_steps: 10, "
+             "device: cpu}\n"
+             "world: {workers: " + std::to_string(workers) + ", timeout_seconds: 30}\noutput: " + name + "\n");
   return s;
 }
 
@@ -412,9 +388,7 @@ void WriteSeeds(const std::string& dir) {
   {  // A shards job under --data-root; DataService streams its files.
     std::string s;
     v1::SubmitRequest sub;
-    *sub.mutable_spec() = SyntheticSpec("shards", 1);
-    sub.mutable_spec()->mutable_data()->set_kind("shards");
-    sub.mutable_spec()->mutable_data()->set_path("acts");
+    *sub.mutable_spec() = SyntheticSpec("shards", 1, "{kind: shards, path: acts}");
     Add(&s, kSubmit, sub);
     v1::ShardRequest sr;
     sr.set_path("acts");

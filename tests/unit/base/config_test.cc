@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <ostream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/base/file_util.h"
@@ -80,50 +81,15 @@ std::string Replace(std::string text, const std::string& from, const std::string
   return text;
 }
 
+// Field by field, every member (the list is generated from the structs'
+// Fields, so a new field is compared without an edit here).
 void ExpectConfigsEqual(const JobConfig& a, const JobConfig& b) {
-  EXPECT_EQ(a.name, b.name);
-  EXPECT_EQ(a.data.kind, b.data.kind);
-  EXPECT_EQ(a.data.path, b.data.path);
-  EXPECT_EQ(a.data.shuffle_buffer_rows, b.data.shuffle_buffer_rows);
-  EXPECT_EQ(a.data.d_in, b.data.d_in);
-  EXPECT_EQ(a.data.latents, b.data.latents);
-  EXPECT_EQ(a.data.k, b.data.k);
-  EXPECT_EQ(a.data.seed, b.data.seed);
-  EXPECT_EQ(a.data.noise, b.data.noise);
-  EXPECT_EQ(a.data.frequency_decay, b.data.frequency_decay);
-  EXPECT_EQ(a.data.model, b.data.model);
-  EXPECT_EQ(a.data.layer, b.data.layer);
-  EXPECT_EQ(a.data.corpus, b.data.corpus);
-  EXPECT_EQ(a.data.context, b.data.context);
-  EXPECT_EQ(a.sae.latents, b.sae.latents);
-  EXPECT_EQ(a.sae.expansion_factor, b.sae.expansion_factor);
-  EXPECT_EQ(a.sae.k, b.sae.k);
-  EXPECT_EQ(a.sae.k_schedule.enabled, b.sae.k_schedule.enabled);
-  EXPECT_EQ(a.sae.k_schedule.start, b.sae.k_schedule.start);
-  EXPECT_EQ(a.sae.k_schedule.end, b.sae.k_schedule.end);
-  EXPECT_EQ(a.sae.k_schedule.fraction, b.sae.k_schedule.fraction);
-  EXPECT_EQ(a.sae.k_schedule.shape, b.sae.k_schedule.shape);
-  EXPECT_EQ(a.sae.dead_window_tokens, b.sae.dead_window_tokens);
-  EXPECT_EQ(a.sae.dead_remedy, b.sae.dead_remedy);
-  EXPECT_EQ(a.sae.aux_coefficient, b.sae.aux_coefficient);
-  EXPECT_EQ(a.sae.normalize, b.sae.normalize);
-  EXPECT_EQ(a.sae.init_b_dec, b.sae.init_b_dec);
-  EXPECT_EQ(a.train.tokens, b.train.tokens);
-  EXPECT_EQ(a.train.batch_tokens, b.train.batch_tokens);
-  EXPECT_EQ(a.train.lr, b.train.lr);
-  EXPECT_EQ(a.train.warmup_fraction, b.train.warmup_fraction);
-  EXPECT_EQ(a.train.lr_decay, b.train.lr_decay);
-  EXPECT_EQ(a.train.decay_start_fraction, b.train.decay_start_fraction);
-  EXPECT_EQ(a.train.grad_clip, b.train.grad_clip);
-  EXPECT_EQ(a.train.seed, b.train.seed);
-  EXPECT_EQ(a.train.precision, b.train.precision);
-  EXPECT_EQ(a.train.checkpoint_every_tokens, b.train.checkpoint_every_tokens);
-  EXPECT_EQ(a.train.log_every_steps, b.train.log_every_steps);
-  EXPECT_EQ(a.train.device, b.train.device);
-  EXPECT_EQ(a.train.threads, b.train.threads);
-  EXPECT_EQ(a.world.workers, b.world.workers);
-  EXPECT_EQ(a.world.backend, b.world.backend);
-  EXPECT_EQ(a.output, b.output);
+  const std::vector<JobField> fa = ListJobFields(a), fb = ListJobFields(b);
+  ASSERT_EQ(fa.size(), fb.size());
+  for (size_t i = 0; i < fa.size(); ++i) {
+    EXPECT_EQ(fa[i].name, fb[i].name);
+    EXPECT_EQ(fa[i].value, fb[i].value) << fa[i].name;
+  }
 }
 
 class TempDir : public testing::ScratchDir {
@@ -138,7 +104,7 @@ TEST(ConfigTest, ArchitectureExampleParses) {
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   EXPECT_EQ(cfg->name, "demo");
   EXPECT_EQ(cfg->source_path, path);
-  EXPECT_EQ(cfg->data.kind, "shards");
+  EXPECT_EQ(cfg->data.kind, DataKind::kShards);
   EXPECT_EQ(cfg->data.path, "runs/acts");
   EXPECT_EQ(cfg->data.shuffle_buffer_rows, 65536);
   EXPECT_EQ(cfg->sae.latents, 4096);
@@ -148,22 +114,22 @@ TEST(ConfigTest, ArchitectureExampleParses) {
   EXPECT_EQ(cfg->sae.k_schedule.start, 512);
   EXPECT_EQ(cfg->sae.k_schedule.end, 32);
   EXPECT_DOUBLE_EQ(cfg->sae.k_schedule.fraction, 0.25);
-  EXPECT_EQ(cfg->sae.k_schedule.shape, "linear");
+  EXPECT_EQ(cfg->sae.k_schedule.shape, KShape::kLinear);
   EXPECT_EQ(cfg->sae.dead_window_tokens, 10000000);
-  EXPECT_EQ(cfg->sae.dead_remedy, "ghost_grads");
-  EXPECT_EQ(cfg->sae.normalize, "none");
-  EXPECT_EQ(cfg->sae.init_b_dec, "mean");
+  EXPECT_EQ(cfg->sae.dead_remedy, Remedy::kGhostGrads);
+  EXPECT_EQ(cfg->sae.normalize, Normalize::kNone);
+  EXPECT_EQ(cfg->sae.init_b_dec, InitBDec::kMean);
   EXPECT_EQ(cfg->sae.aux_coefficient, SaeConfig().aux_coefficient);
   EXPECT_EQ(cfg->train.tokens, 50000000);
   EXPECT_EQ(cfg->train.batch_tokens, 4096);
   EXPECT_EQ(cfg->train.lr, 0.0);
   EXPECT_EQ(cfg->train.seed, 0u);
-  EXPECT_EQ(cfg->train.precision, "fp32");
+  EXPECT_EQ(cfg->train.precision, Precision::kFp32);
   EXPECT_EQ(cfg->train.checkpoint_every_tokens, 5000000);
-  EXPECT_EQ(cfg->train.lr_decay, "none");
-  EXPECT_EQ(cfg->train.device, "auto");
+  EXPECT_EQ(cfg->train.lr_decay, LrDecay::kNone);
+  EXPECT_EQ(cfg->train.device, Device::kAuto);
   EXPECT_EQ(cfg->world.workers, 2);
-  EXPECT_EQ(cfg->world.backend, "auto");
+  EXPECT_EQ(cfg->world.backend, Backend::kAuto);
   EXPECT_EQ(cfg->output, "runs/demo");
 }
 
@@ -200,7 +166,7 @@ output: runs/full
   absl::StatusOr<JobConfig> cfg = ParseJobConfig(yaml, "full.yaml");
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   EXPECT_EQ(cfg->source_path, "");
-  EXPECT_EQ(cfg->data.kind, "synthetic");
+  EXPECT_EQ(cfg->data.kind, DataKind::kSynthetic);
   EXPECT_EQ(cfg->data.d_in, 48);
   EXPECT_EQ(cfg->data.latents, 300);
   EXPECT_EQ(cfg->data.k, 5);
@@ -214,27 +180,27 @@ output: runs/full
   EXPECT_EQ(cfg->sae.k_schedule.start, 128);
   EXPECT_EQ(cfg->sae.k_schedule.end, 16);  // defaults to sae.k
   EXPECT_DOUBLE_EQ(cfg->sae.k_schedule.fraction, 0.5);
-  EXPECT_EQ(cfg->sae.k_schedule.shape, "exponential");
+  EXPECT_EQ(cfg->sae.k_schedule.shape, KShape::kExponential);
   EXPECT_EQ(cfg->sae.dead_window_tokens, 1000000);
-  EXPECT_EQ(cfg->sae.dead_remedy, "auxk");
+  EXPECT_EQ(cfg->sae.dead_remedy, Remedy::kAuxK);
   EXPECT_DOUBLE_EQ(cfg->sae.aux_coefficient, 0.125);
-  EXPECT_EQ(cfg->sae.normalize, "unit_mean_norm");
-  EXPECT_EQ(cfg->sae.init_b_dec, "geometric_median");
+  EXPECT_EQ(cfg->sae.normalize, Normalize::kUnitMeanNorm);
+  EXPECT_EQ(cfg->sae.init_b_dec, InitBDec::kGeometricMedian);
   EXPECT_EQ(cfg->train.tokens, 2000000);
   EXPECT_EQ(cfg->train.batch_tokens, 1024);
   EXPECT_DOUBLE_EQ(cfg->train.lr, 3e-4);
   EXPECT_DOUBLE_EQ(cfg->train.warmup_fraction, 0.05);
-  EXPECT_EQ(cfg->train.lr_decay, "cosine");
+  EXPECT_EQ(cfg->train.lr_decay, LrDecay::kCosine);
   EXPECT_DOUBLE_EQ(cfg->train.decay_start_fraction, 0.6);
   EXPECT_EQ(cfg->train.grad_clip, 0.0);
   EXPECT_EQ(cfg->train.seed, UINT64_MAX);
-  EXPECT_EQ(cfg->train.precision, "bf16");
+  EXPECT_EQ(cfg->train.precision, Precision::kBf16);
   EXPECT_EQ(cfg->train.checkpoint_every_tokens, 0);
   EXPECT_EQ(cfg->train.log_every_steps, 5);
-  EXPECT_EQ(cfg->train.device, "cpu");
+  EXPECT_EQ(cfg->train.device, Device::kCpu);
   EXPECT_EQ(cfg->train.threads, 3);
   EXPECT_EQ(cfg->world.workers, 4);
-  EXPECT_EQ(cfg->world.backend, "gloo");
+  EXPECT_EQ(cfg->world.backend, Backend::kGloo);
 }
 
 TEST(ConfigTest, DefaultsWhenOmitted) {
@@ -243,17 +209,17 @@ TEST(ConfigTest, DefaultsWhenOmitted) {
   const JobConfig defaults;
   EXPECT_FALSE(cfg->sae.k_schedule.enabled);
   EXPECT_EQ(cfg->sae.dead_window_tokens, defaults.sae.dead_window_tokens);
-  EXPECT_EQ(cfg->sae.dead_remedy, "none");
+  EXPECT_EQ(cfg->sae.dead_remedy, Remedy::kNone);
   EXPECT_EQ(cfg->train.batch_tokens, 4096);
   EXPECT_DOUBLE_EQ(cfg->train.warmup_fraction, 0.01);
   EXPECT_DOUBLE_EQ(cfg->train.grad_clip, 1.0);
   EXPECT_EQ(cfg->train.log_every_steps, 0);  // 0: about 100 records per run
   EXPECT_EQ(cfg->world.workers, 1);
-  EXPECT_EQ(cfg->world.backend, "auto");
+  EXPECT_EQ(cfg->world.backend, Backend::kAuto);
   EXPECT_EQ(cfg->data.seed, 0u);
   EXPECT_DOUBLE_EQ(cfg->data.noise, 0.01);
-  EXPECT_EQ(cfg->sae.auxk_scale, "fit");
-  EXPECT_EQ(cfg->sae.init_encoder_scale, "auto");
+  EXPECT_EQ(cfg->sae.auxk_scale, AuxKScale::kFit);
+  EXPECT_EQ(cfg->sae.init_encoder_scale, InitEncoderScale::kAuto);
 }
 
 // A schedule without start begins at the input dimension (resolved when the
@@ -288,7 +254,7 @@ TEST(ConfigTest, LmDataParses) {
                              "  context: 128\n");
   absl::StatusOr<JobConfig> cfg = ParseJobConfig(yaml, "lm.yaml");
   ASSERT_TRUE(cfg.ok()) << cfg.status();
-  EXPECT_EQ(cfg->data.kind, "lm");
+  EXPECT_EQ(cfg->data.kind, DataKind::kLm);
   EXPECT_EQ(cfg->data.model, "models/tiny");
   EXPECT_EQ(cfg->data.layer, 3);
   EXPECT_EQ(cfg->data.corpus, "generate");
@@ -641,7 +607,7 @@ TEST(ConfigTest, RoundTripSyntheticWithExpansionFactor) {
 TEST(ConfigTest, RoundTripEveryFieldChanged) {
   JobConfig cfg;
   cfg.name = "weird: name # with \"quotes\" and 'ticks' and ünïcode";
-  cfg.data.kind = "shards";
+  cfg.data.kind = DataKind::kShards;
   cfg.data.path = "null";
   cfg.data.shuffle_buffer_rows = 1;
   cfg.sae.latents = 12345;
@@ -650,27 +616,27 @@ TEST(ConfigTest, RoundTripEveryFieldChanged) {
   cfg.sae.k_schedule.start = 999;
   cfg.sae.k_schedule.end = 17;
   cfg.sae.k_schedule.fraction = 1.0 / 3;
-  cfg.sae.k_schedule.shape = "cosine";
+  cfg.sae.k_schedule.shape = KShape::kCosine;
   cfg.sae.dead_window_tokens = 123456789012;
-  cfg.sae.dead_remedy = "ghost_grads";
+  cfg.sae.dead_remedy = Remedy::kGhostGrads;
   cfg.sae.aux_coefficient = 0.1;
-  cfg.sae.normalize = "layer_norm";
-  cfg.sae.init_b_dec = "zero";
+  cfg.sae.normalize = Normalize::kLayerNorm;
+  cfg.sae.init_b_dec = InitBDec::kZero;
   cfg.train.tokens = 9000000000000000000;
   cfg.train.batch_tokens = 3 * 1024;
   cfg.train.lr = 1.2345678901234567e-5;
   cfg.train.warmup_fraction = 0;
-  cfg.train.lr_decay = "linear";
+  cfg.train.lr_decay = LrDecay::kLinear;
   cfg.train.decay_start_fraction = 0.7;
   cfg.train.grad_clip = 2.5;
   cfg.train.seed = 18446744073709551615u;
-  cfg.train.precision = "bf16";
+  cfg.train.precision = Precision::kBf16;
   cfg.train.checkpoint_every_tokens = 777;
   cfg.train.log_every_steps = 1;
-  cfg.train.device = "cuda";
+  cfg.train.device = Device::kCuda;
   cfg.train.threads = 12;
   cfg.world.workers = 3;
-  cfg.world.backend = "nccl";
+  cfg.world.backend = Backend::kNccl;
   cfg.output = "~";
   ASSERT_TRUE(ValidateJobConfig(cfg, "built").ok()) << ValidateJobConfig(cfg, "built");
   ExpectRoundTrip(cfg);
@@ -685,7 +651,7 @@ TEST(ConfigTest, RoundTripEveryFieldChanged) {
   }
 
   JobConfig lm = cfg;
-  lm.data.kind = "lm";
+  lm.data.kind = DataKind::kLm;
   lm.data.path = "";
   lm.data.shuffle_buffer_rows = 65536;
   lm.data.model = "models/gpt #2";
@@ -697,7 +663,7 @@ TEST(ConfigTest, RoundTripEveryFieldChanged) {
 
   JobConfig syn;
   syn.name = "syn";
-  syn.data.kind = "synthetic";
+  syn.data.kind = DataKind::kSynthetic;
   syn.data.d_in = 7;
   syn.data.latents = 9;
   syn.data.k = 9;
@@ -710,6 +676,197 @@ TEST(ConfigTest, RoundTripEveryFieldChanged) {
   syn.train.batch_tokens = 1;
   syn.output = "o";
   ExpectRoundTrip(syn);
+}
+
+
+// --- The schema: every member of the config structs is in its Fields list,
+// and a config that sets every field to a non-default value survives the
+// writer and the reader (docs/formats.md "Adding a job field").
+
+// The number of members of an aggregate: the most initializers T{...} takes.
+struct AnyMember {
+  template <class T>
+  operator T() const;  // never defined: only used in unevaluated contexts
+};
+template <class T, class... A>
+constexpr auto Takes(int) -> decltype(T{std::declval<A>()...}, true) {
+  return true;
+}
+template <class T, class... A>
+constexpr bool Takes(...) {
+  return false;
+}
+template <class T, class... A>
+constexpr size_t MemberCount() {
+  if constexpr (Takes<T, A..., AnyMember>(0)) {
+    return MemberCount<T, A..., AnyMember>();
+  } else {
+    return sizeof...(A);
+  }
+}
+
+template <class T>
+size_t ListedCount() {
+  T t{};
+  size_t n = 0;
+  T::Fields(t, [&n](const char*, auto&, FieldUse = FieldUse::kKey) { ++n; });
+  return n;
+}
+
+TEST(ConfigSchema, EveryMemberIsInItsFieldsList) {
+  // A member added to a struct but not to its Fields fails here (and would
+  // be dropped by the writer, the service and OUTPUT/job.yaml).
+  EXPECT_EQ(ListedCount<KScheduleConfig>(), MemberCount<KScheduleConfig>());
+  EXPECT_EQ(ListedCount<DataConfig>(), MemberCount<DataConfig>());
+  EXPECT_EQ(ListedCount<SaeConfig>(), MemberCount<SaeConfig>());
+  EXPECT_EQ(ListedCount<TrainConfig>(), MemberCount<TrainConfig>());
+  EXPECT_EQ(ListedCount<WorldConfig>(), MemberCount<WorldConfig>());
+  EXPECT_EQ(ListedCount<JobConfig>(), MemberCount<JobConfig>());
+  // The counter itself counts (a broken one would pass the lines above).
+  struct Three {
+    int a = 0;
+    std::string b;
+    KScheduleConfig c;
+  };
+  EXPECT_EQ(MemberCount<Three>(), 3u);
+}
+
+// The sae, train and world fields away from their defaults (valid with
+// `latents` latents and a k of 17).
+void SetNonDefaultModel(JobConfig* c, int variant) {
+  c->name = variant == 0 ? "weird: name # with \"quotes\" and 'ticks' and \u00fcn\u00efcode" : "every-field";
+  c->sae.k = 17;
+  c->sae.k_schedule.enabled = true;
+  c->sae.k_schedule.start = 60;
+  c->sae.k_schedule.end = 17;
+  c->sae.k_schedule.fraction = 1.0 / 3;
+  c->sae.k_schedule.shape = variant == 1 ? KShape::kExponential : KShape::kCosine;
+  c->sae.dead_window_tokens = 123456789012;
+  c->sae.dead_remedy = variant == 1 ? Remedy::kAuxK : Remedy::kGhostGrads;
+  c->sae.aux_coefficient = 0.1;
+  c->sae.normalize = variant == 1 ? Normalize::kUnitMeanNorm : Normalize::kLayerNorm;
+  c->sae.init_b_dec = variant == 1 ? InitBDec::kGeometricMedian : InitBDec::kZero;
+  c->sae.auxk_scale = AuxKScale::kNone;
+  c->sae.init_encoder_scale = variant == 1 ? InitEncoderScale::kNone : InitEncoderScale::kMatchNorm;
+  c->train.tokens = 9000000000000000000;
+  c->train.batch_tokens = 3 * 1024;
+  c->train.lr = 1.2345678901234567e-5;
+  c->train.warmup_fraction = 0;
+  c->train.lr_decay = variant == 1 ? LrDecay::kCosine : LrDecay::kLinear;
+  c->train.decay_start_fraction = 0.7;
+  c->train.grad_clip = 2.5;
+  c->train.seed = 18446744073709551615u;
+  c->train.precision = Precision::kBf16;
+  c->train.checkpoint_every_tokens = 777;
+  c->train.log_every_steps = 1;
+  c->train.device = variant == 1 ? Device::kCpu : Device::kCuda;
+  c->train.threads = 12;
+  c->world.workers = 3;
+  c->world.backend = variant == 0 ? Backend::kNccl : variant == 1 ? Backend::kGloo : Backend::kMpi;
+  c->world.timeout_seconds = 12.5;
+  c->output = variant == 0 ? "~" : "runs/every field";
+}
+
+// One config per data kind, together setting every field to a non-default
+// value.
+std::vector<JobConfig> NonDefaultConfigs() {
+  JobConfig shards;
+  shards.data.kind = DataKind::kShards;
+  shards.data.path = "null";
+  shards.data.shuffle_buffer_rows = 1;
+  shards.sae.latents = 12345;
+  SetNonDefaultModel(&shards, 0);
+
+  JobConfig syn;
+  syn.data.kind = DataKind::kSynthetic;
+  syn.data.d_in = 30;
+  syn.data.latents = 90;
+  syn.data.k = 9;
+  syn.data.seed = 42;
+  syn.data.noise = 0;
+  syn.data.frequency_decay = 2.75;
+  syn.sae.expansion_factor = 3;
+  syn.sae.latents = 90;  // what the reader derives: expansion_factor * d_in
+  SetNonDefaultModel(&syn, 1);
+
+  JobConfig lm;
+  lm.data.kind = DataKind::kLm;
+  lm.data.seed = 7;
+  lm.data.model = "models/gpt #2";
+  lm.data.layer = 0;
+  lm.data.corpus = "generate";
+  lm.data.context = 1024;
+  lm.sae.latents = 4096;
+  SetNonDefaultModel(&lm, 2);
+  return {shards, syn, lm};
+}
+
+TEST(ConfigSchema, EveryFieldSurvivesTheWriterAndTheReader) {
+  const std::vector<JobField> defaults = ListJobFields(JobConfig());
+  std::vector<bool> changed(defaults.size(), false);
+  for (const JobConfig& cfg : NonDefaultConfigs()) {
+    ASSERT_TRUE(ValidateJobConfig(cfg, "built").ok()) << ValidateJobConfig(cfg, "built");
+    const std::vector<JobField> fields = ListJobFields(cfg);
+    ASSERT_EQ(fields.size(), defaults.size());
+    for (size_t i = 0; i < fields.size(); ++i) {
+      if (fields[i].value != defaults[i].value) changed[i] = true;
+      // Every key this config writes is away from its default, so the round
+      // trip below would notice a key the reader drops.
+      if (fields[i].use == FieldUse::kKey && fields[i].name != "data.kind")
+        EXPECT_NE(fields[i].value, defaults[i].value) << fields[i].name << " keeps its default";
+    }
+    ExpectRoundTrip(cfg);
+  }
+  for (size_t i = 0; i < defaults.size(); ++i) {
+    if (defaults[i].use == FieldUse::kNotInFile) continue;
+    EXPECT_TRUE(changed[i]) << defaults[i].name << ": no config here sets it; add it to NonDefaultConfigs";
+  }
+}
+
+TEST(ConfigSchema, FieldsAreListedWithDottedNames) {
+  const std::vector<JobField> f = ListJobFields(NonDefaultConfigs()[1]);
+  auto find = [&](const std::string& name) -> const JobField* {
+    for (const auto& x : f)
+      if (x.name == name) return &x;
+    return nullptr;
+  };
+  ASSERT_NE(find("sae.k_schedule.shape"), nullptr);
+  EXPECT_EQ(find("sae.k_schedule.shape")->value, "exponential");
+  EXPECT_EQ(find("sae.k_schedule.enabled")->use, FieldUse::kPresence);
+  EXPECT_EQ(find("data.path")->use, FieldUse::kNotHere);
+  EXPECT_EQ(find("sae.latents")->use, FieldUse::kReadOnly);
+  EXPECT_EQ(find("train.seed")->value, "18446744073709551615");
+  EXPECT_EQ(find("source_path")->use, FieldUse::kNotInFile);
+}
+
+// Each option's values come from one table: the reader accepts exactly its
+// names and the writer prints them back.
+TEST(ConfigSchema, OptionValuesComeFromOneTable) {
+  for (const auto& o : OptionTable<Remedy>::kValues) {
+    auto cfg = ParseJobConfig(Replace(kBase, "  k: 32\n", std::string("  k: 32\n  dead_remedy: ") + o.name + "\n"),
+                              "opt.yaml");
+    ASSERT_TRUE(cfg.ok()) << cfg.status();
+    EXPECT_EQ(cfg->sae.dead_remedy, o.value);
+    EXPECT_NE(JobConfigToYaml(*cfg).find(std::string("dead_remedy: ") + o.name), std::string::npos);
+  }
+  auto bad = ParseJobConfig(Replace(kBase, "  k: 32\n", "  k: 32\n  k_schedule: {shape: constant}\n"), "opt.yaml");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("opt.yaml: sae.k_schedule.shape: 'constant' is not one of linear, cosine, "
+                                        "exponential"),
+            absl::string_view::npos)
+      << bad.status();
+  EXPECT_EQ(OptionName(KShape::kConstant), std::string("constant"));  // cfg.json of a run without a schedule
+  EXPECT_EQ(OptionChoices<Backend>(), "auto, local, gloo, mpi, nccl");
+}
+
+// One check of k against latents, used by the job's validation and by the
+// trainer: the same message from both.
+TEST(ConfigSchema, OneCheckOfKAgainstLatents) {
+  EXPECT_EQ(CheckSaeShape(64, 4096, 5000, 0).message(), "sae.k: 5000 exceeds sae.latents (4096)");
+  EXPECT_EQ(CheckSaeShape(64, 4096, 32, 5000).message(), "sae.k_schedule.start: 5000 exceeds sae.latents (4096)");
+  EXPECT_EQ(CheckSaeShape(64, 4096, 0, 0).message(), "sae.k: must be > 0 (got 0)");
+  EXPECT_TRUE(CheckSaeShape(0, 4096, 32, 4096).ok());
+  EXPECT_FALSE(CheckSaeShape(kMaxDIn, kMaxLatents, 32, 0).ok()) << "beyond kMaxTrainingGiB";
 }
 
 }  // namespace

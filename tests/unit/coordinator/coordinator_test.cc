@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "coordinator/job_spec.h"
+#include "coordinator/store.h"
 #include "tests/testing/scratch_dir.h"
 
 namespace sae {
@@ -306,6 +307,49 @@ TEST_F(CoordinatorTest, StateSurvivesARestartAndSubmitIsIdempotent) {
   EXPECT_NE(next->id(), id) << "ids are not reused after a restart";
 }
 
+// The assignment carries the submitted job as its YAML text: the worker
+// reads back the same config, field by field; a stored job whose spec does
+// not read (e.g. written before the spec was YAML) fails on load, by name.
+TEST_F(CoordinatorTest, TheAssignmentCarriesTheJobAndAnUnreadableStoredSpecFails) {
+  const JobConfig sent = SmallJob(1, "out");
+  std::string stale_id;
+  {
+    auto c = Coordinator::Create(opts_);
+    ASSERT_TRUE(c.ok());
+    auto sub = (*c)->Submit(Req(1, "out"));
+    ASSERT_TRUE(sub.ok()) << sub.status();
+    Join(c->get(), "a");
+    v1::Assignment a = Next(c->get(), "a");
+    ASSERT_EQ(a.kind(), v1::Assignment::RUN);
+    auto got = JobConfigFromSpec(a.spec(), a.job_id());
+    ASSERT_TRUE(got.ok()) << got.status();
+    const auto fa = ListJobFields(sent), fb = ListJobFields(*got);
+    ASSERT_EQ(fa.size(), fb.size());
+    for (size_t i = 0; i < fa.size(); ++i)
+      if (fa[i].use != FieldUse::kNotInFile) EXPECT_EQ(fa[i].value, fb[i].value) << fa[i].name;
+    auto second = (*c)->Submit(Req(1, "out2"));
+    ASSERT_TRUE(second.ok());
+    stale_id = second->id();
+  }
+  {  // The second job's stored spec, as an older coordinator wrote it.
+    auto store = JobStore::Open(opts_.db);
+    ASSERT_TRUE(store.ok());
+    auto jobs = (*store)->LoadJobs();
+    ASSERT_TRUE(jobs.ok());
+    for (auto& [job, rid] : *jobs) {
+      if (job.id() != stale_id) continue;
+      job.mutable_spec()->clear_yaml();
+      ASSERT_TRUE((*store)->PutJob(job, rid).ok());
+    }
+  }
+  auto c = Coordinator::Create(opts_);
+  ASSERT_TRUE(c.ok());
+  auto j = (*c)->Get(stale_id);
+  ASSERT_TRUE(j.ok());
+  EXPECT_EQ(j->state(), v1::FAILED);
+  EXPECT_NE(j->reason().find("submit it again"), std::string::npos) << j->reason();
+}
+
 TEST_F(CoordinatorTest, SweepsBecomeChildJobs) {
   auto parsed = ParseJobWithSweep(
       "data: {kind: synthetic, d_in: 16}\nsae: {latents: [64, 128], k: [4, 8, 16]}\ntrain: {tokens: 1000}\n"
@@ -347,14 +391,14 @@ TEST_F(CoordinatorTest, SweepsBecomeChildJobs) {
     EXPECT_EQ((*vs)[0].suffix, "dead_remedy-none_k_schedule-none_train.lr-0");
     const SweepVariant& v = (*vs)[2 + 1];  // auxk, the linear schedule, lr 0
     EXPECT_EQ(v.suffix, "dead_remedy-auxk_k_schedule-32_0.25_linear_train.lr-0");
-    EXPECT_EQ(v.config.sae.dead_remedy, "auxk");
+    EXPECT_EQ(v.config.sae.dead_remedy, Remedy::kAuxK);
     EXPECT_TRUE(v.config.sae.k_schedule.enabled);
     EXPECT_EQ(v.config.sae.k_schedule.start, 32);
     EXPECT_EQ(v.config.sae.k_schedule.end, 4);
-    EXPECT_EQ(v.config.sae.k_schedule.shape, "linear");
+    EXPECT_EQ(v.config.sae.k_schedule.shape, KShape::kLinear);
     EXPECT_DOUBLE_EQ(v.config.train.lr, 0);
     const SweepVariant& last = vs->back();
-    EXPECT_EQ(last.config.sae.k_schedule.shape, "cosine");
+    EXPECT_EQ(last.config.sae.k_schedule.shape, KShape::kCosine);
     EXPECT_DOUBLE_EQ(last.config.sae.k_schedule.fraction, 0.25) << "a field the map leaves out keeps its default";
     EXPECT_DOUBLE_EQ(last.config.train.lr, 0.004);
     EXPECT_FALSE((*vs)[0].config.sae.k_schedule.enabled);
@@ -369,7 +413,7 @@ TEST_F(CoordinatorTest, SweepsBecomeChildJobs) {
     ASSERT_TRUE(sv.ok()) << sv.status();
     ASSERT_EQ(sv->size(), 2u);
     EXPECT_EQ((*sv)[1].suffix, "k_schedule.shape-exponential");
-    EXPECT_EQ((*sv)[1].config.sae.k_schedule.shape, "exponential");
+    EXPECT_EQ((*sv)[1].config.sae.k_schedule.shape, KShape::kExponential);
     EXPECT_EQ((*sv)[1].config.sae.k_schedule.start, 32);
 
     // Errors name the field.

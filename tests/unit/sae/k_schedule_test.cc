@@ -34,7 +34,7 @@ TEST(KSchedule, MonotoneNonIncreasing) {
     auto ks = KSchedule::Create(s, 300, 7, 0.3, 10000).value();
     int64_t prev = ks.KAt(0);
     for (int64_t t = 0; t <= 10000; t += 37) {
-      EXPECT_LE(ks.KAt(t), prev) << KShapeName(s);
+      EXPECT_LE(ks.KAt(t), prev) << OptionName(s);
       prev = ks.KAt(t);
     }
     EXPECT_EQ(prev, 7);
@@ -46,7 +46,8 @@ TEST(KSchedule, RejectsImpossibleSettings) {
   EXPECT_FALSE(KSchedule::Create(KShape::kLinear, 64, 32, 0.0, 100).ok());
   EXPECT_FALSE(KSchedule::Create(KShape::kLinear, 64, 32, 1.5, 100).ok());
   EXPECT_FALSE(KSchedule::Create(KShape::kLinear, 64, 32, 0.5, 0).ok());
-  EXPECT_FALSE(KShapeFromString("quadratic").ok());
+  EXPECT_FALSE(ParseOption<KShape>("quadratic").ok());
+  EXPECT_FALSE(ParseOption<KShape>("constant").ok()) << "not a value of sae.k_schedule.shape";
   EXPECT_EQ(KSchedule::Constant(17).KAt(123456), 17);
 }
 

@@ -145,7 +145,7 @@ TEST(Trainer, ReconstructionNormAtKStartMatchesTheInput) {
   dict.Rows(0, 4096, rows.data());
   for (size_t i = 0; i < rows.size(); ++i) rows[i] += (i % 64 < 8) ? 3.0f : 0.0f;  // a mean b_dec removes
   at::Tensor x = at::from_blob(rows.data(), {4096, 64}, at::kFloat).clone();
-  for (const char* init : {"match_norm", "none"}) {
+  for (InitEncoderScale init : {InitEncoderScale::kMatchNorm, InitEncoderScale::kNone}) {
     TrainerOptions o;
     o.d_in = 64;
     o.latents = 4096;
@@ -160,9 +160,9 @@ TEST(Trainer, ReconstructionNormAtKStartMatchesTheInput) {
     EXPECT_EQ(m->k, 512);
     // The step's own measurement (before its update) and a fresh one after it.
     std::printf("init_encoder_scale %s: reconstruction norm / input norm at k 512: %.3f (step 1), "
-                "%.3f after it; encoder scale %.4f\n", init, m->recon_norm_ratio, ReconNormRatio(*t, x, 512),
+                "%.3f after it; encoder scale %.4f\n", OptionName(init), m->recon_norm_ratio, ReconNormRatio(*t, x, 512),
                 t->encoder_scale());
-    if (std::string(init) == "match_norm") {
+    if (init == InitEncoderScale::kMatchNorm) {
       EXPECT_GT(m->recon_norm_ratio, 0.5);
       EXPECT_LT(m->recon_norm_ratio, 2.0);
       EXPECT_LT(t->encoder_scale(), 0.5) << "the drawn encoder overshoots at k 512";
@@ -279,12 +279,12 @@ TEST(Trainer, AtenStepTrainsTheSameSaeAsCpuKernels) {
     for (auto [x, y] : {std::pair{&a.W_enc, &b.W_enc}, {&a.W_dec, &b.W_dec}, {&a.b_enc, &b.b_enc},
                         {&a.b_dec, &b.b_dec}}) {
       const double rel = ((*x - *y).norm() / x->norm()).item<double>();
-      EXPECT_LT(rel, 1e-8) << RemedyName(remedy);
+      EXPECT_LT(rel, 1e-8) << OptionName(remedy);
     }
     if (!schedule) EXPECT_GT(cpu.trainer->dead().NumDead(), 0) << "the remedy had no dead latents to act on";
-    EXPECT_NEAR(cpu.final_fvu, aten.final_fvu, 1e-9) << RemedyName(remedy);
+    EXPECT_NEAR(cpu.final_fvu, aten.final_fvu, 1e-9) << OptionName(remedy);
     EXPECT_EQ(cpu.trainer->dead().since_fired(), aten.trainer->dead().since_fired())
-        << RemedyName(remedy);
+        << OptionName(remedy);
   }
 }
 
@@ -353,7 +353,7 @@ TEST(Trainer, LearningRateWarmupAndDecay) {
   o.total_tokens = 100 * 1024;  // 100 steps
   o.lr = 1e-3;
   o.warmup_fraction = 0.1;
-  o.lr_decay = "linear";
+  o.lr_decay = LrDecay::kLinear;
   o.decay_start_fraction = 0.5;
   auto t = SaeTrainer::Create(o).value();
   EXPECT_NEAR(t->LearningRateAt(0), 1e-4, 1e-12);
