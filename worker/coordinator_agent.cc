@@ -1,6 +1,5 @@
 #include "worker/coordinator_agent.h"
 
-#include <CLI/CLI.hpp>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -492,18 +491,6 @@ class Agent {
 };
 
 }  // namespace
-
-void AddWorkerAgentFlags(CLI::App* app, WorkerAgentOptions* o) {
-  app->add_option("--worker-token-file", o->token_file, "coordinator mode: file with the worker bearer token");
-  app->add_option("--tls-ca", o->tls_ca, "coordinator mode: PEM CA of the coordinator's certificate (TLS)");
-  app->add_option("--worker-id", o->worker_id, "coordinator mode: this worker's id (default HOST-PID)");
-  app->add_option("--advertise-host", o->host, "coordinator mode: address other ranks reach this worker at")
-      ->capture_default_str();
-  app->add_option("--rendezvous-port", o->rendezvous_port, "coordinator mode: gloo store port as rank 0 (0: free)");
-  app->add_option("--data-cache", o->data_cache, "coordinator mode: directory for shards fetched via DataService");
-  app->add_flag("--fetch-data", o->fetch_data,
-                "coordinator mode: always read shards through DataService (no shared filesystem)");
-}
 
 int RunWorkerAgent(WorkerAgentOptions opts, const std::atomic<bool>* stop) {
   ClientOptions c;

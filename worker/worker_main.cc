@@ -13,6 +13,19 @@
 namespace sae {
 namespace {
 
+// The coordinator-mode flags (WorkerAgentOptions).
+void AddWorkerAgentFlags(CLI::App* app, WorkerAgentOptions* o) {
+  app->add_option("--worker-token-file", o->token_file, "coordinator mode: file with the worker bearer token");
+  app->add_option("--tls-ca", o->tls_ca, "coordinator mode: PEM CA of the coordinator's certificate (TLS)");
+  app->add_option("--worker-id", o->worker_id, "coordinator mode: this worker's id (default HOST-PID)");
+  app->add_option("--advertise-host", o->host, "coordinator mode: address other ranks reach this worker at")
+      ->capture_default_str();
+  app->add_option("--rendezvous-port", o->rendezvous_port, "coordinator mode: gloo store port as rank 0 (0: free)");
+  app->add_option("--data-cache", o->data_cache, "coordinator mode: directory for shards fetched via DataService");
+  app->add_flag("--fetch-data", o->fetch_data,
+                "coordinator mode: always read shards through DataService (no shared filesystem)");
+}
+
 int WorkerMain(int argc, char** argv) {
   CLI::App app{"sae-worker: trains SAE jobs for sae-coordinator (--coordinator HOST:PORT) or one job file (--job)"};
   TrainCommandArgs ta;
