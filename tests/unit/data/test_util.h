@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "core/base/file_util.h"  // the data tests use MakeDirs, PathExists, Sha256File
 #include "gtest/gtest.h"
 #include "tests/testing/files.h"
 #include "tests/testing/scratch_dir.h"
