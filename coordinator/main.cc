@@ -17,6 +17,8 @@
 
 namespace {
 
+using sae::Fail;
+
 std::atomic<bool> g_stop{false};
 void OnSignal(int) { g_stop = true; }
 
