@@ -50,21 +50,24 @@ function(sae_expose_headers target scope dir)
   target_include_directories(${target} ${scope} ${dir})
 endfunction()
 
-# sae_add_test(NAME SRCS ... DEPS ... [TORCH] [LABELS ...] [TIMEOUT s] [ENVIRONMENT VAR=VALUE ...])
+# sae_add_test(NAME SRCS ... DEPS ... [TORCH | NO_PCH] [LABELS ...] [TIMEOUT s]
+#              [ENVIRONMENT VAR=VALUE ...])
 # A GoogleTest binary in build/tests and its ctest entry. Its sources see the
 # headers of DEPS and of sae::testing (tests/testing/ and the test folders'
 # helper headers), which every test links. Precompiled: gtest, nlohmann/json
 # and the standard headers tests use (sae_test_pch); with TORCH, ATen too
-# (sae_test_pch_torch), for the tests whose files use tensors. ENVIRONMENT is
+# (sae_test_pch_torch), for the tests whose files use tensors or that link a
+# LibTorch library (its -D_GLIBCXX_USE_CXX11_ABI must match the PCH's);
+# NO_PCH for tests whose flags match neither (gRPC's -pthread). ENVIRONMENT is
 # added to the variables every test gets (SAE_BIN_DIR, SAE_SOURCE_DIR,
 # TEST_TMPDIR); for more later, sae_test_environment, which appends too.
 function(sae_add_test name)
-  cmake_parse_arguments(ARG "TORCH" "TIMEOUT" "SRCS;DEPS;LABELS;ENVIRONMENT" ${ARGN})
+  cmake_parse_arguments(ARG "TORCH;NO_PCH" "TIMEOUT" "SRCS;DEPS;LABELS;ENVIRONMENT" ${ARGN})
   add_executable(${name} ${ARG_SRCS})
   target_link_libraries(${name} PRIVATE ${ARG_DEPS} sae::testing GTest::gtest GTest::gtest_main)
   if(ARG_TORCH)
     target_precompile_headers(${name} REUSE_FROM sae_test_pch_torch)
-  else()
+  elseif(NOT ARG_NO_PCH)
     target_precompile_headers(${name} REUSE_FROM sae_test_pch)
   endif()
   set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
