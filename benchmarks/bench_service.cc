@@ -18,7 +18,7 @@
 #include <thread>
 #include <vector>
 
-#include "coordinator/client.h"
+#include "client/client.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/service.h"
 #include "core/base/clock.h"

@@ -14,8 +14,8 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "coordinator/client.h"
-#include "coordinator/job_spec.h"
+#include "client/client.h"
+#include "client/job_spec.h"
 #include "core/base/exit_code.h"
 #include "core/base/file_util.h"
 #include "sae/v1/job.grpc.pb.h"

@@ -6,7 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "coordinator/job_spec.h"
+#include "client/job_spec.h"
+#include "coordinator/roots.h"
 #include "core/base/clock.h"
 #include "core/base/logging.h"
 

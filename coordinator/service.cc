@@ -12,7 +12,8 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "coordinator/job_spec.h"
+#include "client/job_spec.h"
+#include "coordinator/roots.h"
 #include "core/base/file_util.h"
 #include "core/base/logging.h"
 #include "core/telemetry/http_server.h"

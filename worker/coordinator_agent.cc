@@ -18,8 +18,8 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "coordinator/client.h"
-#include "coordinator/job_spec.h"
+#include "client/client.h"
+#include "client/job_spec.h"
 #include "core/base/clock.h"
 #include "core/base/file_util.h"
 #include "core/base/logging.h"

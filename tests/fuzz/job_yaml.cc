@@ -6,7 +6,8 @@
 #include <cstdint>
 #include <string>
 
-#include "coordinator/job_spec.h"
+#include "client/job_spec.h"
+#include "coordinator/roots.h"
 #include "core/base/config.h"
 #include "tests/fuzz/fuzz_util.h"
 

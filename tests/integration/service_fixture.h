@@ -21,7 +21,7 @@
 #include <set>
 #include <thread>
 
-#include "coordinator/client.h"
+#include "client/client.h"
 #include "sae/v1/job.grpc.pb.h"
 #include "sae/v1/worker.grpc.pb.h"
 #include "tests/integration/test_util.h"

@@ -8,7 +8,8 @@
 #include <filesystem>
 #include <thread>
 
-#include "coordinator/job_spec.h"
+#include "client/job_spec.h"
+#include "coordinator/roots.h"
 #include "coordinator/store.h"
 #include "tests/testing/scratch_dir.h"
 

@@ -1,8 +1,8 @@
 // The job file as the service sees it: JobConfig (the parsed YAML) to and
 // from the sae.v1.JobSpec message (the canonical YAML text, so no field is
-// named here), sweep expansion (`k: [32, 64]`
-// in a job file becomes one job per value), and the path policy that keeps a
-// job's data and output under the operator's roots. Pure functions.
+// named here), sweep expansion (`k: [32, 64]` in a job file becomes one job
+// per value) and the JSON the clients print. Used by the clients (cli/,
+// worker/) and by the coordinator. Pure functions.
 #pragma once
 
 #include <string>
@@ -44,12 +44,5 @@ absl::StatusOr<std::pair<JobConfig, std::vector<v1::SweepAxis>>> ParseJobWithSwe
 // become OUTPUT/<suffix>, names NAME-<suffix>. Errors name the axis.
 absl::StatusOr<std::vector<SweepVariant>> ExpandSweep(const JobConfig& base,
                                                       const std::vector<v1::SweepAxis>& axes);
-
-// Checks that `path` (a job field, named `field` in errors) lies under `root`
-// and returns it resolved: relative paths are taken under the root, absolute
-// ones must be inside it, and no component may be "..". An empty root allows
-// any path without "..".
-absl::StatusOr<std::string> ResolveUnderRoot(const std::string& field, const std::string& path,
-                                             const std::string& root);
 
 }  // namespace sae
