@@ -56,7 +56,7 @@ absl::StatusOr<GenerateResult> Generate(const Transformer& model, const Tokenize
 }
 
 absl::StatusOr<std::vector<int32_t>> SampleBatch(const Transformer& model, int64_t n, int64_t length,
-                                                 float temperature, float top_p, uint64_t seed) {
+                                                 float temperature, float top_p, uint64_t seed, bool reference) {
   const ModelConfig& c = model.config();
   if (length > c.max_seq_len || length < 1)
     return absl::InvalidArgumentError(absl::StrCat("sample: length ", length, " outside [1, ", c.max_seq_len, "]"));
@@ -69,7 +69,9 @@ absl::StatusOr<std::vector<int32_t>> SampleBatch(const Transformer& model, int64
     for (int64_t i = 0; i < n; ++i) out[i * length + t] = static_cast<int32_t>(cur[i]);
     if (t + 1 == length) break;
     at::Tensor in = at::from_blob(cur.data(), {n, 1}, at::kLong).clone();
-    SAE_ASSIGN_OR_RETURN(at::Tensor logits, model.Forward(in, &cache));
+    ForwardOptions fo;
+    fo.reference = reference;
+    SAE_ASSIGN_OR_RETURN(at::Tensor logits, model.Forward(in, &cache, fo));
     at::Tensor l = logits.reshape({n, -1}).to(at::kCPU).contiguous();
     for (int64_t i = 0; i < n; ++i) {
       cur[i] = samplers[i].Sample(l.data_ptr<float>() + i * c.vocab_size);

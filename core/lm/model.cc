@@ -2,6 +2,7 @@
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
+#include <dlfcn.h>
 
 #include <cmath>
 #include <limits>
@@ -216,8 +217,8 @@ KvCache Transformer::NewCache(int64_t batch, int64_t capacity) const {
   KvCache c;
   const auto opts = w_.tok_emb.options().dtype(cfg_.compute_dtype);
   for (int64_t l = 0; l < cfg_.n_layers; ++l) {
-    c.k.push_back(at::zeros({batch, cfg_.n_kv_heads, capacity, cfg_.head_dim()}, opts));
-    c.v.push_back(at::zeros({batch, cfg_.n_kv_heads, capacity, cfg_.head_dim()}, opts));
+    c.k.push_back(at::zeros({batch, cfg_.n_kv_heads, cfg_.head_dim(), capacity}, opts));
+    c.v.push_back(at::zeros({batch, cfg_.n_kv_heads, cfg_.head_dim(), capacity}, opts));
   }
   return c;
 }
@@ -260,12 +261,14 @@ at::Tensor Transformer::Attention(const BlockWeights& b, const at::Tensor& h, in
   const int64_t window = cfg_.window(layer);
   int64_t start = 0;  // absolute position of the first key
   if (cache != nullptr) {
-    cache->k[layer].narrow(2, pos0, T).copy_(k);
-    cache->v[layer].narrow(2, pos0, T).copy_(v);
+    // The cache holds [B, KV, hd, capacity]: seen as [B, KV, capacity, hd].
+    const at::Tensor ck = cache->k[layer].transpose(2, 3), cv = cache->v[layer].transpose(2, 3);
+    ck.narrow(2, pos0, T).copy_(k);
+    cv.narrow(2, pos0, T).copy_(v);
     // A sliding window reads only the keys the first query can still see.
     if (window > 0) start = std::max<int64_t>(0, pos0 - window + 1);
-    k = cache->k[layer].narrow(2, start, pos0 + T - start);
-    v = cache->v[layer].narrow(2, start, pos0 + T - start);
+    k = ck.narrow(2, start, pos0 + T - start);
+    v = cv.narrow(2, start, pos0 + T - start);
   } else if (pos0 != 0) {
     start = pos0;
   }
@@ -337,6 +340,11 @@ at::Tensor Transformer::ForwardImpl(const at::Tensor& tokens, KvCache* cache, co
   x = norm(x, w_.final_norm, w_.final_norm_b);
   run_hooks(-1, HookPoint::kFinalNorm, x);
   if (cache) cache->len += T;
+  return LmHead(x);
+}
+
+at::Tensor Transformer::LmHead(const at::Tensor& x) const {
+  const at::ScalarType dt = cfg_.compute_dtype;
   at::Tensor logits;
   if (w_.lm_head.scalar_type() == dt) {
     logits = at::linear(x, w_.lm_head);
@@ -370,6 +378,7 @@ absl::StatusOr<at::Tensor> Transformer::Forward(const at::Tensor& tokens, KvCach
   }
   try {
     at::NoGradGuard no_grad;
+    if (CanUseFused(cache, opts)) return ForwardFused(tokens, cache, opts);
     return ForwardImpl(tokens, cache, opts);
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("Forward: ", e.what_without_backtrace()));
@@ -378,15 +387,39 @@ absl::StatusOr<at::Tensor> Transformer::Forward(const at::Tensor& tokens, KvCach
 
 int PreferredThreads(const ModelConfig& c) { return c.dim <= 1024 ? 1 : 0; }
 
+namespace {
+// OpenBLAS (pthreads build) keeps a thread pool of its own that
+// at::set_num_threads does not size; its idle workers spin in sched_yield.
+// Looked up at run time: absent with another BLAS.
+struct OpenBlasThreads {
+  int (*get)() = nullptr;
+  void (*set)(int) = nullptr;
+  OpenBlasThreads() {
+    get = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+    set = reinterpret_cast<void (*)(int)>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+    if (get == nullptr || set == nullptr) get = nullptr, set = nullptr;
+  }
+};
+const OpenBlasThreads& Blas() {
+  static const OpenBlasThreads b;
+  return b;
+}
+}  // namespace
+
 ScopedThreads::ScopedThreads(int n) {
   if (n > 0 && n != at::get_num_threads()) {
     saved_ = at::get_num_threads();
     at::set_num_threads(n);
   }
+  if (n > 0 && Blas().get != nullptr && Blas().get() != n) {
+    saved_blas_ = Blas().get();
+    Blas().set(n);
+  }
 }
 
 ScopedThreads::~ScopedThreads() {
   if (saved_ > 0) at::set_num_threads(saved_);
+  if (saved_blas_ > 0) Blas().set(saved_blas_);
 }
 
 }  // namespace sae

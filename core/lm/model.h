@@ -103,17 +103,22 @@ struct Hook {
   std::function<void(at::Tensor& x)> fn;
 };
 
-// Per-sequence keys and values of every layer for positions [0, len).
+// Per-sequence keys and values of every layer for positions [0, len),
+// positions along the last axis (decoding reads them as rows of
+// consecutive positions).
 struct KvCache {
-  std::vector<at::Tensor> k, v;  // [B, n_kv_heads, capacity, head_dim] per layer
+  std::vector<at::Tensor> k, v;  // [B, n_kv_heads, head_dim, capacity] per layer
   int64_t len = 0;
-  int64_t capacity() const { return k.empty() ? 0 : k[0].size(2); }
+  int64_t capacity() const { return k.empty() ? 0 : k[0].size(3); }
 };
 
 struct ForwardOptions {
   std::vector<Hook> hooks;
   // ≥ 0: stop after this block (hooks up to it run) and return no logits.
   int64_t stop_after_layer = -1;
+  // Run the op-by-op ATen path even where the fused CPU path applies (the
+  // reference the fused path is tested against).
+  bool reference = false;
 };
 
 class Transformer {
@@ -137,6 +142,13 @@ class Transformer {
  private:
   Transformer() = default;
   at::Tensor ForwardImpl(const at::Tensor& tokens, KvCache* cache, const ForwardOptions& opts) const;
+  // The fused CPU path (fused_forward.cc): Llama-family blocks in float32 on
+  // the CPU, one GEMM per projection over all B·T positions into a reused
+  // per-thread workspace and hand-written loops for norms, RoPE and
+  // attention. Same results as ForwardImpl to float rounding.
+  bool CanUseFused(const KvCache* cache, const ForwardOptions& opts) const;
+  at::Tensor ForwardFused(const at::Tensor& tokens, KvCache* cache, const ForwardOptions& opts) const;
+  at::Tensor LmHead(const at::Tensor& x) const;  // x [B, T, dim] after the final norm -> float32 logits
   at::Tensor Attention(const BlockWeights& b, const at::Tensor& h, int64_t layer, int64_t pos0,
                        KvCache* cache) const;
   at::Tensor ApplyRope(const at::Tensor& x, int64_t pos0, bool long_rope) const;  // x [B, H, T, hd]
@@ -156,8 +168,9 @@ std::vector<float> RopeInvFreq(const ModelConfig& c, bool long_factors = false);
 // stories260K). 0 = leave LibTorch's setting.
 int PreferredThreads(const ModelConfig& c);
 
-// Sets LibTorch's intra-op thread count for a scope (n ≤ 0: no change).
-// The setting is process-wide: use it where one thread drives LibTorch.
+// Sets LibTorch's intra-op thread count, and OpenBLAS's own pool where
+// OpenBLAS is the BLAS, for a scope (n ≤ 0: no change). The setting is
+// process-wide: use it where one thread drives LibTorch.
 class ScopedThreads {
  public:
   explicit ScopedThreads(int n);
@@ -166,7 +179,7 @@ class ScopedThreads {
   ScopedThreads& operator=(const ScopedThreads&) = delete;
 
  private:
-  int saved_ = 0;
+  int saved_ = 0, saved_blas_ = 0;
 };
 
 }  // namespace sae
