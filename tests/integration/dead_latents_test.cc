@@ -21,13 +21,6 @@
 namespace sae {
 namespace {
 
-std::string StoriesDir() {
-  if (const char* d = std::getenv("SAE_MODEL_DIR")) return d;
-  if (const char* d = std::getenv("SAE_DATA_DIR")) return std::string(d) + "/stories260K";
-  const char* src = std::getenv("SAE_SOURCE_DIR");
-  return std::string(src ? src : ".") + "/../shared/data/stories260K";
-}
-
 constexpr int64_t kRows = 524288;    // harvested once per test run (~1.5 min of CPU)
 constexpr int64_t kTokens = 524288;  // one epoch, 128 steps: repeated rows would be memorised
 constexpr int64_t kBatch = 4096;
