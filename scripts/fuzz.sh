@@ -10,7 +10,8 @@
 # inputs included, so every past crash is replayed first) plus what earlier
 # runs found (build-fuzz/fuzz-corpus/TARGET, not committed). A crashing input
 # is saved as build-fuzz/fuzz-artifacts/TARGET/crash-*; reproduce it with
-# build-fuzz/fuzz/fuzz_TARGET FILE. Environment: SAE_FUZZ_NICE (niceness,
+# build-fuzz/fuzz/fuzz_TARGET FILE. Leaks are checked after every input,
+# except for the coordinator target (at exit only; see below). Environment: SAE_FUZZ_NICE (niceness,
 # default 0), SAE_FUZZ_JOBS (build jobs, default nproc), SAE_FUZZ_BUILD=0
 # (run the targets already built, do not build).
 set -euo pipefail
@@ -69,10 +70,19 @@ for t in "${targets[@]}"; do
   art=$B/fuzz-artifacts/$t
   log=$B/fuzz-logs/$t.log
   mkdir -p "$work" "$art" "$(dirname "$log")"
+  # The coordinator target runs a gRPC server whose threads are still
+  # finishing the last StreamShard call when an input returns. libFuzzer's
+  # check after each input (__lsan_do_recoverable_leak_check, taken while
+  # those threads run) then reports objects of that call as leaked about once
+  # in 100,000 inputs (google/sanitizers#757; docs/reliability.md, Fuzzing).
+  # That target is leak-checked once, at exit, instead: memory really lost
+  # during the run is still lost then and fails the run.
+  leaks=()
+  [ "$t" = coordinator ] && leaks=(-detect_leaks=0)
   echo "== fuzz_$t: ${SECONDS_EACH}s"
   set +e
   nice -n "${SAE_FUZZ_NICE:-0}" "$bin" -max_total_time="$SECONDS_EACH" -print_final_stats=1 -timeout=30 \
-    -rss_limit_mb=2048 -artifact_prefix="$art/" -close_fd_mask=1 \
+    -rss_limit_mb=2048 -artifact_prefix="$art/" -close_fd_mask=1 "${leaks[@]}" \
     "$work" "$ROOT/tests/fuzz/corpus/$t" >"$log" 2>&1
   rc=$?
   set -e
