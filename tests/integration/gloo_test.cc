@@ -4,6 +4,9 @@
 #include <signal.h>
 
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
 #include <thread>
 
 #include "tests/integration/float64_reference.h"
@@ -195,13 +198,21 @@ TEST(Gloo, StopReachesARankWaitingForALostPeer) {
   EXPECT_LT(in_collective, 10) << ReadAll(log);
   EXPECT_NE(ReadAll(log).find("stopped while waiting for the other ranks"), std::string::npos) << ReadAll(log);
 
-  // Rendezvous: rank 0 alone, its peer never comes; SIGTERM after 2 s.
-  const std::string alone = "SAE_RANK=0 SAE_WORLD_SIZE=2 SAE_RENDEZVOUS=127.0.0.1:$((20000 + RANDOM % 30000)) " +
-                            Bin("sae-worker") + " --job " + job.string() + " > " + (dir / "alone.log").string() +
-                            " 2>&1 & pid=$!; sleep 2; kill -TERM $pid; wait $pid";
-  t0 = std::chrono::steady_clock::now();
+  // Rendezvous: rank 0 alone, its peer never comes. SIGTERM once it serves
+  // the store (its port listens: it is then waiting for rank 1), not after a
+  // fixed time: a sanitizer-built worker takes seconds to get there.
+  const int port = 20000 + static_cast<int>(std::random_device{}() % 30000);
+  char hex[8];
+  std::snprintf(hex, sizeof hex, "%04X", port);
+  const fs::path ms = dir / "alone.ms";
+  const std::string alone =
+      "SAE_RANK=0 SAE_WORLD_SIZE=2 SAE_RENDEZVOUS=127.0.0.1:" + std::to_string(port) + " " + Bin("sae-worker") +
+      " --job " + job.string() + " > " + (dir / "alone.log").string() + " 2>&1 & pid=$!; " +
+      "for i in $(seq 1200); do grep -qE ':" + hex + " [0-9A-F]+:0000 0A' /proc/net/tcp /proc/net/tcp6 && break; " +
+      "sleep 0.1; done; sleep 0.5; s=$(date +%s%N); kill -TERM $pid; wait $pid; rc=$?; " +
+      "echo $(( ($(date +%s%N) - s) / 1000000 )) > " + ms.string() + "; exit $rc";
   const int alone_rc = std::system(alone.c_str());
-  const double in_rendezvous = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - 2;
+  const double in_rendezvous = std::atof(ReadAll(ms).c_str()) / 1000;
   std::printf("stop to exit: %.1f s inside a collective, %.1f s inside the rendezvous\n", in_collective, in_rendezvous);
   EXPECT_NE(alone_rc, 0);
   EXPECT_LT(in_rendezvous, 8) << ReadAll(dir / "alone.log");
