@@ -38,10 +38,11 @@ struct HumanNumber {
 };
 
 // Reads the text of a human-friendly integer left to right, one part at a
-// time. Each step returns false and sets *why on a malformed part.
+// time (the text must outlive the scanner). Each step returns false and sets
+// *why on a malformed part.
 class HumanIntScanner {
  public:
-  explicit HumanIntScanner(std::string text) : s_(std::move(text)) {}
+  explicit HumanIntScanner(absl::string_view text) : s_(text) {}
 
   void ReadSign(HumanNumber* n) {
     if (i_ < s_.size() && (s_[i_] == '+' || s_[i_] == '-')) {
@@ -142,7 +143,7 @@ class HumanIntScanner {
     return prev != '_';
   }
 
-  std::string s_;
+  absl::string_view s_;
   size_t i_ = 0;
 };
 
@@ -180,7 +181,7 @@ bool ExactMagnitude(std::string digits, int64_t exponent, uint64_t* magnitude, s
 // must be integral; it is computed exactly, not through a double. On failure
 // returns false and sets *why.
 bool ParseHumanInt(const std::string& text, bool* negative, uint64_t* magnitude, std::string* why) {
-  HumanIntScanner scan{std::string(absl::StripAsciiWhitespace(text))};
+  HumanIntScanner scan(absl::StripAsciiWhitespace(text));
   HumanNumber n;
   scan.ReadSign(&n);
   *negative = n.negative;
