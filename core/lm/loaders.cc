@@ -638,49 +638,74 @@ absl::Status ParseLlama2cHeader(const std::string& path, const std::string& byte
   return CheckModelDims(*c);  // also bounds the rotary tables seq_len x head_dim/2
 }
 
-// The tensors after a llama2.c header, in the order of its format version:
-// each weight for all layers at once, split into the blocks.
-absl::Status ReadLlama2cWeights(BinCursor& cur, const ModelConfig& c, int version, bool shared, ModelWeights* w) {
-  const int64_t d = c.dim, L = c.n_layers, h = c.hidden_dim, V = c.vocab_size;
+// One tensor of a llama2.c file after its header, in file order: a
+// model-wide weight (`model`), one weight of every block stored for all
+// layers at once (`layer`; `shape` without the layer dimension), or neither:
+// the legacy format's rotary tables, which the reader skips (the model
+// computes its own) and the writer fills with zeros.
+struct Llama2cTensor {
+  const char* name;
+  std::vector<int64_t> shape;
+  at::Tensor ModelWeights::*model = nullptr;
+  at::Tensor BlockWeights::*layer = nullptr;
+};
+
+// The layout of format `version` (0: legacy float32, 1), read by
+// ReadLlama2cWeights and written by SaveLlama2c; the classifier (wcls, only
+// when not shared with the embedding) follows it.
+std::vector<Llama2cTensor> Llama2cLayout(const ModelConfig& c, int version) {
+  using B = BlockWeights;
+  using M = ModelWeights;
+  const int64_t d = c.dim, h = c.hidden_dim, V = c.vocab_size;
   const int64_t hd = d / c.n_heads, kv = c.n_kv_heads * hd;
-  w->blocks.resize(L);
-  auto take_layers = [&](const std::string& name, std::vector<int64_t> shape,
-                         at::Tensor BlockWeights::*field) -> absl::Status {
-    shape.insert(shape.begin(), L);
-    SAE_ASSIGN_OR_RETURN(at::Tensor all, cur.Take(name, shape));
-    return Unbind(all, &w->blocks, field);
-  };
   if (version == 0) {
-    SAE_ASSIGN_OR_RETURN(w->tok_emb, cur.Take("token_embedding", {V, d}));
-    SAE_RETURN_IF_ERROR(take_layers("rms_att", {d}, &BlockWeights::attn_norm));
-    SAE_RETURN_IF_ERROR(take_layers("wq", {d, d}, &BlockWeights::wq));
-    SAE_RETURN_IF_ERROR(take_layers("wk", {kv, d}, &BlockWeights::wk));
-    SAE_RETURN_IF_ERROR(take_layers("wv", {kv, d}, &BlockWeights::wv));
-    SAE_RETURN_IF_ERROR(take_layers("wo", {d, d}, &BlockWeights::wo));
-    SAE_RETURN_IF_ERROR(take_layers("rms_ffn", {d}, &BlockWeights::ffn_norm));
-    SAE_RETURN_IF_ERROR(take_layers("w1", {h, d}, &BlockWeights::w1));
-    SAE_RETURN_IF_ERROR(take_layers("w2", {d, h}, &BlockWeights::w2));
-    SAE_RETURN_IF_ERROR(take_layers("w3", {h, d}, &BlockWeights::w3));
-    SAE_ASSIGN_OR_RETURN(w->final_norm, cur.Take("rms_final", {d}));
-    SAE_RETURN_IF_ERROR(cur.Take("freq_cis_real", {c.max_seq_len, hd / 2}).status());
-    SAE_RETURN_IF_ERROR(cur.Take("freq_cis_imag", {c.max_seq_len, hd / 2}).status());
-  } else {
-    SAE_RETURN_IF_ERROR(take_layers("attention_norm", {d}, &BlockWeights::attn_norm));
-    SAE_RETURN_IF_ERROR(take_layers("ffn_norm", {d}, &BlockWeights::ffn_norm));
-    SAE_ASSIGN_OR_RETURN(w->final_norm, cur.Take("norm", {d}));
-    SAE_ASSIGN_OR_RETURN(w->tok_emb, cur.Take("tok_embeddings", {V, d}));
-    SAE_RETURN_IF_ERROR(take_layers("wq", {d, d}, &BlockWeights::wq));
-    SAE_RETURN_IF_ERROR(take_layers("wk", {kv, d}, &BlockWeights::wk));
-    SAE_RETURN_IF_ERROR(take_layers("wv", {kv, d}, &BlockWeights::wv));
-    SAE_RETURN_IF_ERROR(take_layers("wo", {d, d}, &BlockWeights::wo));
-    SAE_RETURN_IF_ERROR(take_layers("w1", {h, d}, &BlockWeights::w1));
-    SAE_RETURN_IF_ERROR(take_layers("w2", {d, h}, &BlockWeights::w2));
-    SAE_RETURN_IF_ERROR(take_layers("w3", {h, d}, &BlockWeights::w3));
+    return {{"token_embedding", {V, d}, &M::tok_emb},
+            {"rms_att", {d}, nullptr, &B::attn_norm},
+            {"wq", {d, d}, nullptr, &B::wq},
+            {"wk", {kv, d}, nullptr, &B::wk},
+            {"wv", {kv, d}, nullptr, &B::wv},
+            {"wo", {d, d}, nullptr, &B::wo},
+            {"rms_ffn", {d}, nullptr, &B::ffn_norm},
+            {"w1", {h, d}, nullptr, &B::w1},
+            {"w2", {d, h}, nullptr, &B::w2},
+            {"w3", {h, d}, nullptr, &B::w3},
+            {"rms_final", {d}, &M::final_norm},
+            {"freq_cis_real", {c.max_seq_len, hd / 2}},
+            {"freq_cis_imag", {c.max_seq_len, hd / 2}}};
+  }
+  return {{"attention_norm", {d}, nullptr, &B::attn_norm},
+          {"ffn_norm", {d}, nullptr, &B::ffn_norm},
+          {"norm", {d}, &M::final_norm},
+          {"tok_embeddings", {V, d}, &M::tok_emb},
+          {"wq", {d, d}, nullptr, &B::wq},
+          {"wk", {kv, d}, nullptr, &B::wk},
+          {"wv", {kv, d}, nullptr, &B::wv},
+          {"wo", {d, d}, nullptr, &B::wo},
+          {"w1", {h, d}, nullptr, &B::w1},
+          {"w2", {d, h}, nullptr, &B::w2},
+          {"w3", {h, d}, nullptr, &B::w3}};
+}
+
+// The tensors after a llama2.c header (Llama2cLayout), each weight of the
+// blocks split into them.
+absl::Status ReadLlama2cWeights(BinCursor& cur, const ModelConfig& c, int version, bool shared, ModelWeights* w) {
+  w->blocks.resize(c.n_layers);
+  for (const Llama2cTensor& t : Llama2cLayout(c, version)) {
+    if (t.layer != nullptr) {
+      std::vector<int64_t> shape = t.shape;
+      shape.insert(shape.begin(), c.n_layers);
+      SAE_ASSIGN_OR_RETURN(at::Tensor all, cur.Take(t.name, shape));
+      SAE_RETURN_IF_ERROR(Unbind(all, &w->blocks, t.layer));
+    } else if (t.model != nullptr) {
+      SAE_ASSIGN_OR_RETURN(w->*t.model, cur.Take(t.name, t.shape));
+    } else {
+      SAE_RETURN_IF_ERROR(cur.Take(t.name, t.shape).status());
+    }
   }
   if (shared) {
     w->lm_head = w->tok_emb;
   } else {
-    SAE_ASSIGN_OR_RETURN(w->lm_head, cur.Take("wcls", {V, d}));
+    SAE_ASSIGN_OR_RETURN(w->lm_head, cur.Take("wcls", {c.vocab_size, c.dim}));
   }
   return absl::OkStatus();
 }
@@ -763,42 +788,25 @@ absl::Status SaveLlama2c(const Transformer& m, const std::string& path, int vers
                           static_cast<int32_t>(c.n_layers), static_cast<int32_t>(c.n_heads),
                           static_cast<int32_t>(c.n_kv_heads), static_cast<int32_t>(c.vocab_size),
                           static_cast<int32_t>(c.max_seq_len)};
-  auto layers = [&](at::Tensor BlockWeights::*f) {
-    for (const BlockWeights& b : w.blocks) AppendFloats(&out, b.*f);
-  };
   if (version == 0) {
     for (int i = 0; i < 7; ++i) AppendI32(&out, i == 5 && !shared ? -hdr[i] : hdr[i]);
-    AppendFloats(&out, w.tok_emb);
-    layers(&BlockWeights::attn_norm);
-    layers(&BlockWeights::wq);
-    layers(&BlockWeights::wk);
-    layers(&BlockWeights::wv);
-    layers(&BlockWeights::wo);
-    layers(&BlockWeights::ffn_norm);
-    layers(&BlockWeights::w1);
-    layers(&BlockWeights::w2);
-    layers(&BlockWeights::w3);
-    AppendFloats(&out, w.final_norm);
-    AppendFloats(&out, at::zeros({2 * c.max_seq_len * c.head_dim() / 2}));  // unused RoPE tables
   } else if (version == 1) {
     AppendI32(&out, static_cast<int32_t>(kLlama2cMagic));
     AppendI32(&out, 1);
     for (int i = 0; i < 7; ++i) AppendI32(&out, hdr[i]);
     out.push_back(shared ? 1 : 0);
     out.resize(256, '\0');
-    layers(&BlockWeights::attn_norm);
-    layers(&BlockWeights::ffn_norm);
-    AppendFloats(&out, w.final_norm);
-    AppendFloats(&out, w.tok_emb);
-    layers(&BlockWeights::wq);
-    layers(&BlockWeights::wk);
-    layers(&BlockWeights::wv);
-    layers(&BlockWeights::wo);
-    layers(&BlockWeights::w1);
-    layers(&BlockWeights::w2);
-    layers(&BlockWeights::w3);
   } else {
     return absl::InvalidArgumentError(absl::StrCat("SaveLlama2c: version ", version, " (0 or 1)"));
+  }
+  for (const Llama2cTensor& t : Llama2cLayout(c, version)) {
+    if (t.layer != nullptr) {
+      for (const BlockWeights& b : w.blocks) AppendFloats(&out, b.*t.layer);
+    } else if (t.model != nullptr) {
+      AppendFloats(&out, w.*t.model);
+    } else {
+      AppendFloats(&out, at::zeros(t.shape));  // the rotary tables: not read back
+    }
   }
   if (!shared) AppendFloats(&out, w.lm_head);
   return AtomicWriteFile(path, out);
