@@ -11,6 +11,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <utility>
 
 #include "absl/strings/str_join.h"
 #include "core/base/file_util.h"
@@ -101,32 +102,25 @@ struct SafetensorsFile::Fd {
   int fd;
 };
 
+namespace {
+
+// The safetensors names of the dtypes, for both directions.
+constexpr std::pair<const char*, DType> kDTypeNames[] = {
+    {"F32", DType::kF32}, {"BF16", DType::kBF16}, {"F16", DType::kF16}, {"F64", DType::kF64},
+    {"I32", DType::kI32}, {"I64", DType::kI64},   {"U8", DType::kU8}};
+
+}  // namespace
+
 absl::StatusOr<DType> DTypeFromString(const std::string& s) {
-  static const std::pair<const char*, DType> kNames[] = {
-      {"F32", DType::kF32}, {"BF16", DType::kBF16}, {"F16", DType::kF16}, {"F64", DType::kF64},
-      {"I32", DType::kI32}, {"I64", DType::kI64},   {"U8", DType::kU8}};
-  for (const auto& [name, d] : kNames) {
+  for (const auto& [name, d] : kDTypeNames) {
     if (s == name) return d;
   }
   return absl::InvalidArgumentError(absl::StrCat("unknown dtype \"", s, "\""));
 }
 
 const char* DTypeName(DType d) {
-  switch (d) {
-    case DType::kF32:
-      return "F32";
-    case DType::kBF16:
-      return "BF16";
-    case DType::kF16:
-      return "F16";
-    case DType::kF64:
-      return "F64";
-    case DType::kI32:
-      return "I32";
-    case DType::kI64:
-      return "I64";
-    case DType::kU8:
-      return "U8";
+  for (const auto& [name, value] : kDTypeNames) {
+    if (value == d) return name;
   }
   return "?";
 }
