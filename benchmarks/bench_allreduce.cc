@@ -18,7 +18,7 @@
 #include "core/comm/communicator.h"
 
 using sae::bench::Median;
-using sae::bench::Now;
+using sae::bench::SteadyNow;
 
 int main(int argc, char** argv) {
   CLI::App app{"bench_allreduce: all-reduce bandwidth of a saeforge communicator backend"};
@@ -53,9 +53,9 @@ int main(int argc, char** argv) {
     std::vector<double> ts;
     for (int i = 0; i < warmup + iters; ++i) {
       comm.Barrier(timeout).IgnoreError();
-      const double t0 = Now();
+      const double t0 = SteadyNow();
       fn();
-      if (i >= warmup) ts.push_back(Now() - t0);
+      if (i >= warmup) ts.push_back(SteadyNow() - t0);
     }
     return Median(ts);
   };

@@ -23,7 +23,7 @@
 using sae::bench::Commit;
 using sae::bench::CpuModel;
 using sae::bench::Median;
-using sae::bench::Now;
+using sae::bench::SteadyNow;
 
 int main(int argc, char** argv) {
   sae::ChooseBlasKernel(argc, argv);  // first: it may re-exec (core/base/blas_kernel.h)
@@ -67,7 +67,7 @@ int main(int argc, char** argv) {
     std::vector<double> v;
     for (int64_t r = 0; r < reps; ++r) {
       sae::FeatureAccumulator acc(run->latents(), fo);
-      const double t0 = Now();
+      const double t0 = SteadyNow();
       int64_t rows = 0;
       for (size_t b = 0; b < blocks.size(); ++b) {
         auto x = sae::HookActivations(*model, blocks[b], run->layer, run->hook);
@@ -80,7 +80,7 @@ int main(int argc, char** argv) {
         if (level < 2) continue;
         if (!acc.Add(static_cast<int64_t>(b) * batch, blocks[b], codes->indices, codes->acts).ok()) return std::vector<double>{};
       }
-      v.push_back(rows / (Now() - t0));
+      v.push_back(rows / (SteadyNow() - t0));
     }
     return v;
   };

@@ -48,7 +48,7 @@ namespace {
 using sae::bench::Commit;
 using sae::bench::CpuModel;
 using sae::bench::Median;
-using sae::bench::Now;
+using sae::bench::SteadyNow;
 
 std::string LoadAverage() {
   std::ifstream in("/proc/loadavg");
@@ -98,9 +98,9 @@ struct Series {
 
 template <typename F>
 Sample Time(F&& f) {
-  const double w0 = Now(), c0 = CpuSeconds();
+  const double w0 = SteadyNow(), c0 = CpuSeconds();
   const double rows = f();
-  return {rows, Now() - w0, CpuSeconds() - c0};
+  return {rows, SteadyNow() - w0, CpuSeconds() - c0};
 }
 
 // A randomly initialised Llama (normal(0, 0.02) weights, unit norms).
@@ -185,17 +185,17 @@ int RunLarge(int64_t dim, int64_t layers, int64_t heads, int64_t kv_heads, int64
   at::Tensor out = at::empty({N, hidden});
   std::vector<double> harvest, gemm;
   for (int64_t r = 0; r <= reps; ++r) {  // r = 0: warm-up
-    const double t0 = Now();
+    const double t0 = SteadyNow();
     sae::ForwardOptions fo;
     fo.stop_after_layer = layers - 1;
     at::Tensor acts;
     fo.hooks.push_back({layers - 1, sae::HookPoint::kResidPost, [&acts](at::Tensor& x) { acts = x; }});
     auto st = m->Forward(toks, nullptr, fo);
     if (!st.ok()) return Die(st.status());
-    const double t1 = Now();
+    const double t1 = SteadyNow();
     const int gemm_reps = 3;
     for (int i = 0; i < gemm_reps; ++i) at::mm_out(out, a, wt.t());
-    const double t2 = Now();
+    const double t2 = SteadyNow();
     if (r == 0) continue;
     harvest.push_back((t1 - t0));
     gemm.push_back((t2 - t1) / gemm_reps);

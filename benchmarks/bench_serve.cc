@@ -20,7 +20,7 @@
 
 using sae::bench::Commit;
 using sae::bench::CpuModel;
-using sae::bench::Now;
+using sae::bench::SteadyNow;
 using json = nlohmann::json;
 
 int main(int argc, char** argv) {
@@ -54,7 +54,7 @@ int main(int argc, char** argv) {
     std::vector<double> lat;
     absl::Mutex mu;
     std::atomic<int> errors{0};
-    const double t0 = Now();
+    const double t0 = SteadyNow();
     std::vector<std::thread> ts;
     for (int c = 0; c < clients; ++c)
       ts.emplace_back([&] {
@@ -62,16 +62,16 @@ int main(int argc, char** argv) {
         cl.set_read_timeout(120, 0);
         std::vector<double> mine;
         for (int i = 0; i < requests; ++i) {
-          const double s = Now();
+          const double s = SteadyNow();
           auto r = cl.Post(path, body, "application/json");
           if (!r || r->status != 200) ++errors;
-          mine.push_back(Now() - s);
+          mine.push_back(SteadyNow() - s);
         }
         absl::MutexLock l(&mu);
         lat.insert(lat.end(), mine.begin(), mine.end());
       });
     for (auto& t : ts) t.join();
-    const double wall = Now() - t0;
+    const double wall = SteadyNow() - t0;
     std::sort(lat.begin(), lat.end());
     auto q = [&](double p) { return 1e3 * lat[std::min(lat.size() - 1, static_cast<size_t>(p * lat.size()))]; };
     std::printf("%-44s %8.1f %8.1f %8.1f %9.1f %6d\n", path, q(0.5), q(0.99), 1e3 * lat.back(), lat.size() / wall,

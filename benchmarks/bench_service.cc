@@ -21,14 +21,13 @@
 #include "client/client.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/service.h"
+#include "core/base/clock.h"
 #include "sae/v1/job.grpc.pb.h"
 #include "sae/v1/worker.grpc.pb.h"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double Now() { return std::chrono::duration<double>(Clock::now().time_since_epoch()).count(); }
+using sae::SteadyNow;
 
 struct Latencies {
   absl::Mutex mu;
@@ -107,9 +106,9 @@ int main(int argc, char** argv) {
       *r.mutable_spec() = Spec(i);
       sae::v1::SubmitResponse resp;
       auto ctx = sae::MakeContext(cl, 5);
-      const double t0 = Now();
+      const double t0 = SteadyNow();
       grpc::Status s = stub->Submit(ctx.get(), r, &resp);
-      submit.Add(Now() - t0);
+      submit.Add(SteadyNow() - t0);
       if (!s.ok()) {
         std::fprintf(stderr, "submit: %s\n", s.error_message().c_str());
         return 1;
@@ -148,10 +147,10 @@ int main(int argc, char** argv) {
         }
         rd->Finish();
       });
-      double next_hb = Now(), next_prog = Now();
+      double next_hb = SteadyNow(), next_prog = SteadyNow();
       int64_t tokens = 0;
       while (!stop) {
-        const double now = Now();
+        const double now = SteadyNow();
         if (now >= next_hb) {
           next_hb += heartbeat;
           sae::v1::HeartbeatRequest h;
@@ -163,9 +162,9 @@ int main(int argc, char** argv) {
           }
           sae::v1::HeartbeatResponse hr;
           auto ctx = sae::MakeContext(cl, 5);
-          const double t0 = Now();
+          const double t0 = SteadyNow();
           grpc::Status s = stub->Heartbeat(ctx.get(), h, &hr);
-          hb.Add(Now() - t0);
+          hb.Add(SteadyNow() - t0);
           if (!s.ok()) hb.errors++;
         }
         std::string j;
@@ -186,9 +185,9 @@ int main(int argc, char** argv) {
           p.mutable_progress()->set_fvu(0.1);
           sae::v1::Ack ack;
           auto ctx = sae::MakeContext(cl, 5);
-          const double t0 = Now();
+          const double t0 = SteadyNow();
           grpc::Status s = stub->ReportProgress(ctx.get(), p, &ack);
-          prog.Add(Now() - t0);
+          prog.Add(SteadyNow() - t0);
           if (!s.ok()) prog.errors++;
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -224,16 +223,16 @@ int main(int argc, char** argv) {
       r.set_id(job_ids[0]);
       sae::v1::Job j;
       auto ctx = sae::MakeContext(cl, 5);
-      const double t0 = Now();
+      const double t0 = SteadyNow();
       grpc::Status s = stub->Get(ctx.get(), r, &j);
-      get.Add(Now() - t0);
+      get.Add(SteadyNow() - t0);
       if (!s.ok()) get.errors++;
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
   });
-  const double t_end = Now() + seconds;
+  const double t_end = SteadyNow() + seconds;
   int64_t max_dead = 0;
-  while (Now() < t_end) {
+  while (SteadyNow() < t_end) {
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
     max_dead = std::max<int64_t>(max_dead, (*coord)->Snapshot().workers_by_state["dead"]);
   }

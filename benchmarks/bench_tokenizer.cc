@@ -46,10 +46,10 @@ int main(int argc, char** argv) {
   std::vector<double> secs;
   size_t tokens = 0;
   for (int64_t r = 0; r < reps; ++r) {
-    const double t0 = sae::bench::Now();
+    const double t0 = sae::bench::SteadyNow();
     tokens = 0;
     for (const std::string& d : docs) tokens += (*tok)->Encode(d, true, false).size();
-    secs.push_back(sae::bench::Now() - t0);
+    secs.push_back(sae::bench::SteadyNow() - t0);
   }
   const double s = sae::bench::Median(secs);
   std::printf("encode: %.3f ms per pass, %.2f MB/s, %.0f tokens/s (%zu tokens)\n", s * 1e3, text.size() / s / 1e6,

@@ -26,7 +26,7 @@
 
 namespace {
 
-using sae::bench::Now;
+using sae::bench::SteadyNow;
 using sae::bench::Median;
 using sae::bench::Commit;
 using sae::bench::CpuModel;
@@ -160,10 +160,10 @@ int main(int argc, char** argv) {
     at::Tensor z = at::empty({batch, n}, W.options());
     std::vector<double> gemm_s;
     for (int64_t i = 0; i < warmup + steps; ++i) {
-      const double t0 = Now();
+      const double t0 = SteadyNow();
       at::addmm_out(z, b, xin, W.t());
       if (!dev.is_cpu()) z.select(0, 0).select(0, 0).item<float>();
-      if (i >= warmup) gemm_s.push_back(Now() - t0);
+      if (i >= warmup) gemm_s.push_back(SteadyNow() - t0);
     }
     return Median(gemm_s);
   };

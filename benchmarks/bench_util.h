@@ -1,13 +1,14 @@
-// Small helpers every benchmark binary shares: a monotonic clock, the median,
+// Small helpers every benchmark binary shares: the median,
 // and the provenance printed with results (source commit, CPU model).
 #pragma once
 
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <string>
 #include <vector>
+
+#include "core/base/clock.h"
 
 // Provenance the build passes in (CMake compile definitions); defaults otherwise.
 #ifndef SAE_GIT_COMMIT
@@ -19,9 +20,7 @@
 
 namespace sae::bench {
 
-inline double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+using ::sae::SteadyNow;  // the monotonic clock (core/base/clock.h)
 
 inline double Median(std::vector<double> v) {
   if (v.empty()) return 0;

@@ -14,6 +14,7 @@
 
 #include "cli/progress.h"
 #include "cli/serve.h"
+#include "core/base/exit_code.h"
 #include "core/base/file_util.h"
 #include "core/interp/concepts.h"
 #include "core/interp/features.h"
@@ -27,11 +28,6 @@ namespace {
 
 using json = nlohmann::json;
 namespace fs = std::filesystem;
-
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
-  return 1;
-}
 
 // Where a run's dashboards are: RUN (beside the SAE) or RUN/features.
 std::string FeaturesDir(const std::string& run) {
@@ -375,7 +371,7 @@ int RunSteeredGenerate(const std::string& model, const std::string& tokenizer, c
   return 0;
 }
 
-std::function<int()> AddInterpCommands(CLI::App* app) {
+CommandRunner AddInterpCommands(CLI::App* app) {
   CLI::App* feat = app->add_subcommand("features", "feature dashboards of an SAE: build, show, search");
   feat->require_subcommand(1);
   auto ba = std::make_shared<BuildArgs>();
@@ -429,7 +425,7 @@ std::function<int()> AddInterpCommands(CLI::App* app) {
   con->add_option("--contrast-windows", ca->opts.contrast_windows, "default contrast: windows sampled");
   con->add_flag("--json", ca->json, "one JSON object (as POST /api/concepts)");
 
-  std::function<int()> serve = AddServeCommand(app);
+  CommandRunner serve = AddServeCommand(app);
 
   return [=]() -> int {
     if (build->parsed()) return RunBuild(*ba);

@@ -3,18 +3,16 @@
 // commands.cc like lm_commands.h.
 #pragma once
 
-#include <functional>
+#include <cstdint>
 #include <string>
 
-#include "core/lm/generate.h"
-
-namespace CLI {
-class App;
-}
+#include "cli/subcommand.h"
 
 namespace sae {
 
-std::function<int()> AddInterpCommands(CLI::App* app);
+struct GenerateOptions;  // core/lm/generate.h (this header stays torch-free)
+
+CommandRunner AddInterpCommands(CLI::App* app);
 
 // `sae generate --sae RUN --steer J:S ...`.
 struct SteerArgs {

@@ -9,6 +9,7 @@
 
 #include "cli/interp_commands.h"
 #include "cli/progress.h"
+#include "core/base/exit_code.h"
 #include "core/interp/eval.h"
 #include "core/lm/generate.h"
 #include "core/lm/harvest.h"
@@ -17,11 +18,6 @@
 
 namespace sae {
 namespace {
-
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
-  return 1;
-}
 
 struct GenerateArgs {
   std::string model, tokenizer, dtype;
@@ -158,7 +154,7 @@ int RunEval(EvalArgs a) {
 
 }  // namespace
 
-std::function<int()> AddLmCommands(CLI::App* app) {
+CommandRunner AddLmCommands(CLI::App* app) {
   auto ga = std::make_shared<GenerateArgs>();
   CLI::App* gen = app->add_subcommand("generate", "generate text with a language model (llama2.c's sampler)");
   gen->add_option("--model", ga->model, "checkpoint file, or a directory with it and its tokenizer")->required();
@@ -217,7 +213,7 @@ std::function<int()> AddLmCommands(CLI::App* app) {
     if (gen->parsed()) return RunGenerate(*ga);
     if (harvest->parsed()) return RunHarvest(*ha);
     if (ev->parsed()) return RunEval(*ea);
-    return -1;
+    return kNotParsed;
   };
 }
 

@@ -1,16 +1,12 @@
 // The language-model subcommands of `sae` (generate, harvest, eval), kept
 // apart from commands.cc. AddLmCommands registers them on `app` and returns
-// a function that runs whichever was parsed: its exit code, or −1 if none was.
+// their runner (cli/subcommand.h).
 #pragma once
 
-#include <functional>
-
-namespace CLI {
-class App;
-}
+#include "cli/subcommand.h"
 
 namespace sae {
 
-std::function<int()> AddLmCommands(CLI::App* app);
+CommandRunner AddLmCommands(CLI::App* app);
 
 }  // namespace sae

@@ -6,22 +6,23 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <string>
+
+#include "core/base/clock.h"
 
 namespace sae {
 
 class TokenProgress {
  public:
   TokenProgress(std::string what, bool quiet = false, std::string unit = "tok")
-      : what_(std::move(what)), unit_(std::move(unit)), quiet_(quiet), tty_(isatty(STDERR_FILENO) != 0), t0_(Now()) {}
+      : what_(std::move(what)), unit_(std::move(unit)), quiet_(quiet), tty_(isatty(STDERR_FILENO) != 0), t0_(SteadyNow()) {}
   ~TokenProgress() { Finish(); }
   void Update(int64_t done, int64_t total) {
     if (quiet_ || total <= 0) return;
-    const double now = Now(), secs = now - t0_;
+    const double now = SteadyNow(), secs = now - t0_;
     const double rate = secs > 0 ? done / secs : 0;
     const double frac = std::clamp(static_cast<double>(done) / total, 0.0, 1.0);
     const double eta = rate > 0 ? (total - done) / rate : NAN;
@@ -51,9 +52,6 @@ class TokenProgress {
   }
 
  private:
-  static double Now() {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-  }
   static std::string Count(double v) {
     char b[32];
     if (v >= 1e9) std::snprintf(b, sizeof(b), "%.2fG", v / 1e9);

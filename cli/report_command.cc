@@ -4,28 +4,25 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <string>
 
+#include "core/base/exit_code.h"
 #include "core/telemetry/report.h"
 
 namespace sae {
+namespace {
 
-CLI::App* AddReportCommand(CLI::App& app, ReportArgs* args) {
-  CLI::App* report = app.add_subcommand(
-      "report", "write one self-contained HTML page of a run's metrics (FVU, MSE, dead ratio, k, L0, "
-                "auxiliary loss, tokens/s over tokens)");
-  report->add_option("run_dir", args->run_dir, "training output directory (or one still training)")->required();
-  report->add_option("--out", args->out, "HTML file to write (default RUN_DIR/report.html)");
-  report->add_flag("--json", args->json, "print {\"report\": PATH} instead of a sentence");
-  return report;
-}
+struct ReportArgs {
+  std::string run_dir;
+  std::string out;
+  bool json = false;
+};
 
 int RunReport(const ReportArgs& args) {
   auto path = WriteRunReport(args.run_dir, args.out);
-  if (!path.ok()) {
-    std::fprintf(stderr, "error: %s\n", std::string(path.status().message()).c_str());
-    return 1;
-  }
+  if (!path.ok()) return Fail(path.status());
   if (args.json) {
     std::printf("%s\n", nlohmann::json({{"report", *path}}).dump().c_str());
   } else {
@@ -34,6 +31,19 @@ int RunReport(const ReportArgs& args) {
     std::printf("report: %s (open it in a browser: file://%s)\n", path->c_str(), ec ? path->c_str() : abs.c_str());
   }
   return 0;
+}
+
+}  // namespace
+
+CommandRunner AddReportCommand(CLI::App* app) {
+  auto args = std::make_shared<ReportArgs>();
+  CLI::App* report = app->add_subcommand(
+      "report", "write one self-contained HTML page of a run's metrics (FVU, MSE, dead ratio, k, L0, "
+                "auxiliary loss, tokens/s over tokens)");
+  report->add_option("run_dir", args->run_dir, "training output directory (or one still training)")->required();
+  report->add_option("--out", args->out, "HTML file to write (default RUN_DIR/report.html)");
+  report->add_flag("--json", args->json, "print {\"report\": PATH} instead of a sentence");
+  return [=]() { return report->parsed() ? RunReport(*args) : kNotParsed; };
 }
 
 }  // namespace sae

@@ -2,23 +2,12 @@
 // report (core/telemetry/report.h) and prints where it is.
 #pragma once
 
-#include <string>
-
-namespace CLI {
-class App;
-}
+#include "cli/subcommand.h"
 
 namespace sae {
 
-struct ReportArgs {
-  std::string run_dir;
-  std::string out;
-  bool json = false;
-};
-
-// Adds the `report` subcommand to `app`, parsing into `args` (which must outlive `app`).
-CLI::App* AddReportCommand(CLI::App& app, ReportArgs* args);
-// Runs it: 0 ok, 1 error (message on stderr naming the file and line).
-int RunReport(const ReportArgs& args);
+// Adds `report` to `app` (cli/subcommand.h); it exits 0 ok, 1 error (the
+// message on stderr names the file and line).
+CommandRunner AddReportCommand(CLI::App* app);
 
 }  // namespace sae

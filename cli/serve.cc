@@ -16,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "cli/serve_api.h"
 #include "cli/web_assets.h"
+#include "core/base/exit_code.h"
 #include "core/base/file_util.h"
 #include "core/interp/interp_json.h"
 #include "core/lm/loaders.h"
@@ -31,11 +32,6 @@ struct ServeArgs {
   size_t max_body = 256 * 1024;
   int threads = 8;
 };
-
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
-  return 1;
-}
 
 bool IsLoopback(const std::string& host) {
   return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
@@ -190,7 +186,7 @@ int RunServe(const ServeArgs& a) {
 
 }  // namespace
 
-std::function<int()> AddServeCommand(CLI::App* app) {
+CommandRunner AddServeCommand(CLI::App* app) {
   auto a = std::make_shared<ServeArgs>();
   CLI::App* s = app->add_subcommand("serve", "web visualizer: feature browser, live activations, steering, concepts");
   s->add_option("--model", a->model, "checkpoint file or directory")->required();
@@ -201,7 +197,7 @@ std::function<int()> AddServeCommand(CLI::App* app) {
   s->add_option("--token-file", a->token_file, "file holding the bearer token; required off loopback");
   s->add_option("--max-body", a->max_body, "largest request body in bytes");
   s->add_option("--threads", a->threads, "requests served at once");
-  return [=]() -> int { return s->parsed() ? RunServe(*a) : -1; };
+  return [=]() -> int { return s->parsed() ? RunServe(*a) : kNotParsed; };
 }
 
 }  // namespace sae

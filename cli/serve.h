@@ -5,14 +5,10 @@
 // served.
 #pragma once
 
-#include <functional>
-
-namespace CLI {
-class App;
-}
+#include "cli/subcommand.h"
 
 namespace sae {
 
-std::function<int()> AddServeCommand(CLI::App* app);  // returns −1 when `serve` was not parsed
+CommandRunner AddServeCommand(CLI::App* app);  // cli/subcommand.h
 
 }  // namespace sae

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
 #include "client/job_spec.h"
+#include "core/base/exit_code.h"
 #include "core/base/file_util.h"
 #include "core/base/human_format.h"
 #include "sae/v1/job.grpc.pb.h"
@@ -43,11 +44,6 @@ struct ServiceCli {
 };
 
 namespace {
-
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
-  return 1;
-}
 
 std::string ToJson(const google::protobuf::Message& m) { return MessageToJson(m); }
 
@@ -289,9 +285,21 @@ void Common(CLI::App* sub, ServiceCli* s) {
   sub->add_flag("--json", s->json, "JSON output");
 }
 
+int RunServiceCommand(const ServiceCli& s) {
+  if (s.submit->parsed()) return DoSubmit(s);
+  if (s.jobs->parsed()) return DoJobs(s);
+  if (s.status->parsed()) return DoStatus(s);
+  if (s.watch->parsed()) {
+    auto c = Client::Make(s);
+    return c.ok() ? Watch(*c, s.id, s.json, false) : Fail(c.status());
+  }
+  if (s.cancel->parsed()) return DoCancel(s);
+  return kNotParsed;
+}
+
 }  // namespace
 
-std::shared_ptr<ServiceCli> AddServiceCommands(CLI::App* app) {
+CommandRunner AddServiceCommands(CLI::App* app) {
   auto s = std::make_shared<ServiceCli>();
   s->submit = app->add_subcommand("submit", "submit a job file to the coordinator; prints the job id");
   s->submit->add_option("file", s->file, "job file (YAML; sae fields may list values: a sweep)")->required();
@@ -314,25 +322,7 @@ std::shared_ptr<ServiceCli> AddServiceCommands(CLI::App* app) {
   s->cancel->add_option("id", s->id, "job id")->required();
   s->cancel->add_option("--reason", s->reason, "recorded in the job's history");
   Common(s->cancel, s.get());
-  return s;
-}
-
-bool RunServiceCommand(const ServiceCli& s, int* rc) {
-  if (s.submit->parsed()) {
-    *rc = DoSubmit(s);
-  } else if (s.jobs->parsed()) {
-    *rc = DoJobs(s);
-  } else if (s.status->parsed()) {
-    *rc = DoStatus(s);
-  } else if (s.watch->parsed()) {
-    auto c = Client::Make(s);
-    *rc = c.ok() ? Watch(*c, s.id, s.json, false) : Fail(c.status());
-  } else if (s.cancel->parsed()) {
-    *rc = DoCancel(s);
-  } else {
-    return false;
-  }
-  return true;
+  return [s]() { return RunServiceCommand(*s); };
 }
 
 }  // namespace sae

@@ -3,18 +3,10 @@
 // --coordinator or SAE_COORDINATOR; --json on each.
 #pragma once
 
-#include <memory>
-
-namespace CLI {
-class App;
-}
+#include "cli/subcommand.h"
 
 namespace sae {
 
-struct ServiceCli;
-
-std::shared_ptr<ServiceCli> AddServiceCommands(CLI::App* app);
-// True when one of the service subcommands was parsed; *rc is its exit code.
-bool RunServiceCommand(const ServiceCli& cli, int* rc);
+CommandRunner AddServiceCommands(CLI::App* app);
 
 }  // namespace sae

@@ -1,21 +1,76 @@
-# sae_add_library(NAME SRCS ... [PUBLIC_DEPS ...] [PRIVATE_DEPS ...])
-# Creates sae_NAME with the alias sae::NAME; the include root is the repository.
+# sae_add_library(NAME SRCS ... [HEADERS ...] [INTERNAL_HEADERS ...] [EXCLUDE_HEADERS ...]
+#                 [PUBLIC_DEPS ...] [PRIVATE_DEPS ...])
+# Creates sae_NAME with the alias sae::NAME.
+#
+# Include paths: every library exposes only its own headers. HEADERS (default:
+# the *.h files of this directory that are not INTERNAL_HEADERS or
+# EXCLUDE_HEADERS, those of another library in the same folder) are linked,
+# at their repository paths, into build/include/NAME, its PUBLIC include
+# directory; INTERNAL_HEADERS into build/include-internal/NAME, seen by its own
+# sources only. `#include "core/base/config.h"` keeps its spelling, and a
+# target that includes a header of a library it does not link (directly or
+# through PUBLIC_DEPS) fails to compile. Dependencies whose headers appear in
+# this library's public headers go in PUBLIC_DEPS, the others in PRIVATE_DEPS.
 function(sae_add_library name)
-  cmake_parse_arguments(ARG "" "" "SRCS;PUBLIC_DEPS;PRIVATE_DEPS" ${ARGN})
+  cmake_parse_arguments(ARG "" "" "SRCS;HEADERS;INTERNAL_HEADERS;EXCLUDE_HEADERS;PUBLIC_DEPS;PRIVATE_DEPS" ${ARGN})
+  if(NOT ARG_HEADERS)
+    file(GLOB ARG_HEADERS CONFIGURE_DEPENDS RELATIVE ${CMAKE_CURRENT_SOURCE_DIR} ${CMAKE_CURRENT_SOURCE_DIR}/*.h)
+    if(ARG_INTERNAL_HEADERS OR ARG_EXCLUDE_HEADERS)
+      list(REMOVE_ITEM ARG_HEADERS ${ARG_INTERNAL_HEADERS} ${ARG_EXCLUDE_HEADERS})
+    endif()
+  endif()
   add_library(sae_${name} STATIC ${ARG_SRCS})
   add_library(sae::${name} ALIAS sae_${name})
-  target_include_directories(sae_${name} PUBLIC ${PROJECT_SOURCE_DIR})
+  sae_expose_headers(sae_${name} PUBLIC ${CMAKE_BINARY_DIR}/include/${name} ${ARG_HEADERS})
+  if(ARG_INTERNAL_HEADERS)
+    sae_expose_headers(sae_${name} PRIVATE ${CMAKE_BINARY_DIR}/include-internal/${name} ${ARG_INTERNAL_HEADERS})
+  endif()
   target_link_libraries(sae_${name} PUBLIC ${ARG_PUBLIC_DEPS} PRIVATE ${ARG_PRIVATE_DEPS})
   target_compile_options(sae_${name} PRIVATE -Wall -Wextra)
 endfunction()
 
-# sae_add_test(NAME SRCS ... DEPS ... [LABELS ...] [TIMEOUT s])
+# sae_expose_headers(TARGET PUBLIC|PRIVATE|INTERFACE DIR HEADER...): a fresh DIR
+# holding a symbolic link per header (paths relative to this source
+# directory) at its path in the repository, added to TARGET's include path.
+# Links, not copies: an edited header is seen at once; the folder is rebuilt
+# at every configure, so a header moved to another library leaves no trace.
+function(sae_expose_headers target scope dir)
+  file(REMOVE_RECURSE ${dir})
+  foreach(h ${ARGN})
+    get_filename_component(abs ${h} ABSOLUTE BASE_DIR ${CMAKE_CURRENT_SOURCE_DIR})
+    if(NOT EXISTS ${abs})
+      message(FATAL_ERROR "${target}: header ${h} not found in ${CMAKE_CURRENT_SOURCE_DIR}")
+    endif()
+    file(RELATIVE_PATH rel ${PROJECT_SOURCE_DIR} ${abs})
+    get_filename_component(sub ${dir}/${rel} DIRECTORY)
+    file(MAKE_DIRECTORY ${sub})
+    file(CREATE_LINK ${abs} ${dir}/${rel} SYMBOLIC)
+  endforeach()
+  file(MAKE_DIRECTORY ${dir})
+  target_include_directories(${target} ${scope} ${dir})
+endfunction()
+
+# sae_add_test(NAME SRCS ... DEPS ... [TORCH | NO_PCH] [LABELS ...] [TIMEOUT s]
+#              [ENVIRONMENT VAR=VALUE ...])
+# A GoogleTest binary in build/tests and its ctest entry. Its sources see the
+# headers of DEPS and of sae::testing (tests/testing/ and the test folders'
+# helper headers), which every test links. Precompiled: gtest, nlohmann/json
+# and the standard headers tests use (sae_test_pch); with TORCH, ATen too
+# (sae_test_pch_torch), for the tests whose files use tensors or that link a
+# LibTorch library (its -D_GLIBCXX_USE_CXX11_ABI must match the PCH's);
+# NO_PCH for tests whose flags match neither (gRPC's -pthread). ENVIRONMENT is
+# added to the variables every test gets (SAE_BIN_DIR, SAE_SOURCE_DIR,
+# TEST_TMPDIR); for more later, sae_test_environment, which appends too.
 function(sae_add_test name)
-  cmake_parse_arguments(ARG "" "TIMEOUT" "SRCS;DEPS;LABELS" ${ARGN})
+  cmake_parse_arguments(ARG "TORCH;NO_PCH" "TIMEOUT" "SRCS;DEPS;LABELS;ENVIRONMENT" ${ARGN})
   # blas_kernel_init.cc: the test runs on the BLAS kernel saeforge's binaries choose.
   add_executable(${name} ${ARG_SRCS} ${PROJECT_SOURCE_DIR}/tests/blas_kernel_init.cc)
-  target_link_libraries(${name} PRIVATE ${ARG_DEPS} sae::base GTest::gtest GTest::gtest_main)
-  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR})
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS} sae::testing sae::base GTest::gtest GTest::gtest_main)
+  if(ARG_TORCH)
+    target_precompile_headers(${name} REUSE_FROM sae_test_pch_torch)
+  elseif(NOT ARG_NO_PCH)
+    target_precompile_headers(${name} REUSE_FROM sae_test_pch)
+  endif()
   set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
   add_test(NAME ${name} COMMAND ${name})
   if(NOT ARG_TIMEOUT)
@@ -24,9 +79,20 @@ function(sae_add_test name)
   if(SAE_SANITIZE OR SAE_TSAN)  # sanitized code runs 2-15x slower
     math(EXPR ARG_TIMEOUT "${ARG_TIMEOUT} * 3")
   endif()
-  # Scratch files under this build tree (gtest's TempDir() reads TEST_TMPDIR),
-  # so test runs of two checkouts on one machine do not share directories.
-  set(tmp ${CMAKE_BINARY_DIR}/test-tmp/${name})
+  set_tests_properties(${name} PROPERTIES TIMEOUT ${ARG_TIMEOUT})
+  sae_test_environment(${name} ${ARG_ENVIRONMENT})
+  if(ARG_LABELS)
+    set_tests_properties(${name} PROPERTIES LABELS "${ARG_LABELS}")
+  endif()
+endfunction()
+
+# sae_test_environment(TEST [VAR=VALUE ...]): appends to TEST's ENVIRONMENT the
+# variables every saeforge test gets, then the given ones (a later value of
+# the same variable wins). Scratch files go under this build tree (gtest's
+# TempDir() reads TEST_TMPDIR), so test runs of two checkouts on one machine
+# do not share directories. For add_test entries of their own, too.
+function(sae_test_environment test)
+  set(tmp ${CMAKE_BINARY_DIR}/test-tmp/${test})
   file(MAKE_DIRECTORY ${tmp})
   # SAE_TEST_TIME_SCALE: how much longer tests wait for jobs (deadlines,
   # never assertions) in sanitized builds.
@@ -34,9 +100,27 @@ function(sae_add_test name)
   if(SAE_SANITIZE OR SAE_TSAN)
     set(scale 3)
   endif()
-  set_tests_properties(${name} PROPERTIES TIMEOUT ${ARG_TIMEOUT}
-    ENVIRONMENT "SAE_BIN_DIR=${CMAKE_BINARY_DIR}/bin;SAE_SOURCE_DIR=${PROJECT_SOURCE_DIR};TEST_TMPDIR=${tmp};SAE_TEST_TIME_SCALE=${scale}")
-  if(ARG_LABELS)
-    set_tests_properties(${name} PROPERTIES LABELS "${ARG_LABELS}")
+  set_property(TEST ${test} APPEND PROPERTY ENVIRONMENT
+    "SAE_BIN_DIR=${CMAKE_BINARY_DIR}/bin" "SAE_SOURCE_DIR=${PROJECT_SOURCE_DIR}" "TEST_TMPDIR=${tmp}"
+    "SAE_TEST_TIME_SCALE=${scale}" ${ARGN})
+endfunction()
+
+# sae_exe_pch(NAME HEADERS ... [DEPS ...]): a precompiled header for
+# executables (tests, benchmarks) to share with
+# target_precompile_headers(EXE REUSE_FROM NAME). Executables compile with
+# -fPIE and the libraries with -fPIC, and GCC refuses a PCH made with the
+# other, so the libraries' ATen PCH (core/sae) cannot serve them. NAME is an
+# object library of one empty file, compiled as executables are; DEPS give it
+# their compile definitions (a PCH is used only when they match).
+function(sae_exe_pch name)
+  cmake_parse_arguments(ARG "" "" "HEADERS;DEPS" ${ARGN})
+  set(src ${CMAKE_BINARY_DIR}/pch/${name}.cc)
+  if(NOT EXISTS ${src})
+    file(WRITE ${src} "// The translation unit that carries ${name}'s precompiled header.\n")
   endif()
+  add_library(${name} OBJECT ${src})
+  set_target_properties(${name} PROPERTIES POSITION_INDEPENDENT_CODE OFF)
+  target_compile_options(${name} PRIVATE ${CMAKE_CXX_COMPILE_OPTIONS_PIE})
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS})
+  target_precompile_headers(${name} PRIVATE ${ARG_HEADERS})
 endfunction()

@@ -8,15 +8,13 @@
 #include "absl/strings/str_join.h"
 #include "client/job_spec.h"
 #include "coordinator/roots.h"
+#include "core/base/clock.h"
 #include "core/base/logging.h"
 #include "core/data/manifest_check.h"
 
 namespace sae {
 namespace {
 
-double SteadyNow() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 int64_t UnixMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();

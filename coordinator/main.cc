@@ -11,19 +11,17 @@
 
 #include "coordinator/coordinator.h"
 #include "coordinator/service.h"
+#include "core/base/exit_code.h"
 #include "core/base/file_util.h"
 #include "core/base/logging.h"
 #include "core/base/blas_kernel.h"
 
 namespace {
 
+using sae::Fail;
+
 std::atomic<bool> g_stop{false};
 void OnSignal(int) { g_stop = true; }
-
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "error: %s\n", std::string(s.message()).c_str());
-  return 1;
-}
 
 }  // namespace
 

@@ -11,7 +11,7 @@ prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
 echo "gpu-check: torch $(python3 -c 'import torch; print(torch.__version__, torch.version.cuda)'), $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
 cmake -S . -B "$b" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" \
-  -DSAE_WITH_CUDA=ON -DSAE_BUILD_TESTS=ON -DSAE_BUILD_BENCHMARKS=ON 2>&1 | grep -E "saeforge|Error|error" || true
+  -DSAE_WITH_CUDA=ON -DSAE_WITH_NCCL=ON -DSAE_BUILD_TESTS=ON -DSAE_BUILD_BENCHMARKS=ON 2>&1 | grep -E "saeforge|Error|error" || true
 cmake --build "$b" -j"$(nproc)" --target test_comm bench_allreduce bench_train_step
 gpus=$(nvidia-smi -L | wc -l)
 echo "gpu-check: conformance suite on nccl, $gpus rank(s)"

@@ -1,6 +1,5 @@
 #include "worker/coordinator_agent.h"
 
-#include <CLI/CLI.hpp>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -21,6 +20,7 @@
 #include "absl/synchronization/mutex.h"
 #include "client/client.h"
 #include "client/job_spec.h"
+#include "core/base/clock.h"
 #include "core/base/file_util.h"
 #include "core/base/logging.h"
 #include "core/telemetry/http_server.h"
@@ -29,10 +29,6 @@
 
 namespace sae {
 namespace {
-
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 void Sleep(double s) { std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int64_t>(s * 1000))); }
 
@@ -90,7 +86,7 @@ class Reporter {
     double flush_deadline = -1;
     while (true) {
       mu_.AwaitWithTimeout(absl::Condition(this, &Reporter::HasWork), absl::Milliseconds(500));
-      if (done_ && flush_deadline < 0) flush_deadline = Now() + flush_s_;
+      if (done_ && flush_deadline < 0) flush_deadline = SteadyNow() + flush_s_;
       if (have_progress_ && !done_) {
         v1::ProgressReport r = progress_;
         have_progress_ = false;
@@ -103,13 +99,13 @@ class Reporter {
         mu_.Unlock();
         const bool sent = send_checkpoint_(r);
         mu_.Lock();
-        if (sent || (flush_deadline >= 0 && Now() > flush_deadline)) {
+        if (sent || (flush_deadline >= 0 && SteadyNow() > flush_deadline)) {
           checkpoints_.pop_front();
         } else {
           break;  // retry on the next round
         }
       }
-      if (done_ && (checkpoints_.empty() || Now() > flush_deadline)) break;
+      if (done_ && (checkpoints_.empty() || SteadyNow() > flush_deadline)) break;
     }
     mu_.Unlock();
   }
@@ -281,14 +277,14 @@ class Agent {
 
   template <typename Req, typename Call>
   void SendWithRetry(const Req& req, Call call, double give_up_s) {
-    const double t0 = Now();
+    const double t0 = SteadyNow();
     while (true) {
       v1::Ack ack;
       auto ctx = MakeContext(client_, 5);
       grpc::Status s = call(ctx.get(), req, &ack);
       if (s.ok()) return;
       if (s.error_code() == grpc::StatusCode::NOT_FOUND) Register();
-      if (Now() - t0 > give_up_s) {
+      if (SteadyNow() - t0 > give_up_s) {
         SAE_LOG(kWarn) << "report to the coordinator failed: " << s.error_message();
         return;
       }
@@ -369,7 +365,7 @@ class Agent {
     }
     ro.metrics_listen = opts_.metrics_listen;
     ro.metrics_port_per_rank = false;
-    const double t0 = Now();
+    const double t0 = SteadyNow();
     int64_t start_tokens = -1, trained = 0, prev_tokens = 0;
     v1::Progress last;
     last.set_total_tokens(cfg.train.tokens);
@@ -396,7 +392,7 @@ class Agent {
       prev_tokens = m.tokens;
       last.set_step(m.step);
       last.set_tokens(m.tokens);
-      last.set_tokens_per_second((m.tokens - start_tokens) / std::max(Now() - t0, 1e-9));
+      last.set_tokens_per_second((m.tokens - start_tokens) / std::max(SteadyNow() - t0, 1e-9));
       last.set_fvu(m.fvu);
       last.set_mse(m.mse);
       last.set_l0(m.l0);
@@ -495,18 +491,6 @@ class Agent {
 };
 
 }  // namespace
-
-void AddWorkerAgentFlags(CLI::App* app, WorkerAgentOptions* o) {
-  app->add_option("--worker-token-file", o->token_file, "coordinator mode: file with the worker bearer token");
-  app->add_option("--tls-ca", o->tls_ca, "coordinator mode: PEM CA of the coordinator's certificate (TLS)");
-  app->add_option("--worker-id", o->worker_id, "coordinator mode: this worker's id (default HOST-PID)");
-  app->add_option("--advertise-host", o->host, "coordinator mode: address other ranks reach this worker at")
-      ->capture_default_str();
-  app->add_option("--rendezvous-port", o->rendezvous_port, "coordinator mode: gloo store port as rank 0 (0: free)");
-  app->add_option("--data-cache", o->data_cache, "coordinator mode: directory for shards fetched via DataService");
-  app->add_flag("--fetch-data", o->fetch_data,
-                "coordinator mode: always read shards through DataService (no shared filesystem)");
-}
 
 int RunWorkerAgent(WorkerAgentOptions opts, const std::atomic<bool>* stop) {
   ClientOptions c;

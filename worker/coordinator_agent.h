@@ -9,10 +9,6 @@
 #include <atomic>
 #include <string>
 
-namespace CLI {
-class App;
-}
-
 namespace sae {
 
 struct WorkerAgentOptions {
@@ -26,9 +22,6 @@ struct WorkerAgentOptions {
   std::string data_cache;       // where DataService downloads go ("" = temp dir)
   bool fetch_data = false;      // always use DataService, even if the path exists here
 };
-
-// Adds the coordinator-mode flags to sae-worker's command line.
-void AddWorkerAgentFlags(CLI::App* app, WorkerAgentOptions* opts);
 
 // Returns the process exit code (0 after a clean stop).
 int RunWorkerAgent(WorkerAgentOptions opts, const std::atomic<bool>* stop);

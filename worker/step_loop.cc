@@ -1,21 +1,14 @@
 #include "worker/step_loop.h"
 
 #include <algorithm>
-#include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "core/base/clock.h"
 #include "core/comm/communicator.h"
 #include "core/sae/trainer.h"
 #include "worker/batch_source.h"
 
 namespace sae {
-namespace {
-
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-}  // namespace
 
 absl::StatusOr<bool> AgreeOnStop(Communicator* comm, bool local, absl::Duration timeout) {
   uint8_t stop = local ? 1 : 0;
@@ -32,11 +25,11 @@ StepLoop::StepLoop(const StepLoopConfig& cfg, SaeTrainer* trainer, BatchSource* 
     rank_ = comm_->rank();
     world_ = comm_->world_size();
   }
-  t_start_ = Now();
+  t_start_ = SteadyNow();
   tokens_at_start_ = trainer_->tokens_seen();
 }
 
-double StepLoop::seconds() const { return Now() - t_start_; }
+double StepLoop::seconds() const { return SteadyNow() - t_start_; }
 
 bool StepLoop::Crossed(int64_t n) const {
   const int64_t every = cfg_.checkpoint_every_tokens;
@@ -68,15 +61,15 @@ absl::StatusOr<LoopEnd> StepLoop::Run() {
 }
 
 absl::Status StepLoop::StepOn(int64_t n) {
-  const double t0 = Now();
+  const double t0 = SteadyNow();
   absl::Status s = source_->NextSlice(n, rank_, world_, &rows_);
-  const double waited = Now() - t0;
+  const double waited = SteadyNow() - t0;
   data_wait_ += waited;
   if (!s.ok()) return Annotate(s, absl::StrCat("step ", trainer_->step() + 1));
   auto m = trainer_->Step(rows_.data(), n / world_);
   if (!m.ok()) return Annotate(m.status(), absl::StrCat("step ", trainer_->step() + 1));
   ++steps_here_;
-  const double elapsed = Now() - t_start_;
+  const double elapsed = SteadyNow() - t_start_;
   // The summary averages the last steps at the final k of the schedule.
   if (!recent_.empty() && recent_.back().k != m->k) recent_.clear();
   recent_.push_back(*m);

@@ -5,13 +5,13 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "core/base/clock.h"
 #include "core/base/file_util.h"
 #include "core/base/human_format.h"
 #include "core/base/logging.h"
@@ -32,10 +32,6 @@ namespace {
 using json = nlohmann::json;
 namespace fs = std::filesystem;
 
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
 class Progress {
  public:
   Progress(ProgressMode mode, int64_t total) : total_(total) {
@@ -47,7 +43,7 @@ class Progress {
     const double frac = static_cast<double>(m.tokens) / total_;
     const std::string stats = ProgressStats(m.tokens, total_, tok_s, m.fvu, m.dead_ratio, m.k);
     if (mode_ == ProgressMode::kBar) {
-      const double now = Now();
+      const double now = SteadyNow();
       if (now - last_draw_ < 0.1 && m.tokens < total_) return;
       last_draw_ = now;
       std::fprintf(stderr, "\r[%s] %3.0f%% %s\x1b[K", ProgressBar(frac, 24).c_str(), 100 * frac, stats.c_str());

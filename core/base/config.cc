@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/base/file_util.h"
+#include "core/base/format_double.h"
 
 namespace sae {
 namespace {
@@ -150,17 +151,6 @@ bool ParseHumanInt(const std::string& text, bool* negative, uint64_t* magnitude,
   }
   *magnitude = v;
   return true;
-}
-
-std::string FormatDouble(double v) {
-  // The shortest %g form that reads back to the same double.
-  char buf[64];
-  for (int precision = 1; precision <= 17; ++precision) {
-    std::snprintf(buf, sizeof(buf), "%.*g", precision, v);
-    double back = 0;
-    if (absl::SimpleAtod(buf, &back) && back == v) break;
-  }
-  return buf;
 }
 
 std::string Describe(const YAML::Node& node) {

@@ -168,4 +168,10 @@ std::string Sha256Hex(const void* data, size_t size) {
   return HexDigest(md, len);
 }
 
+std::string JoinPath(const std::string& dir, const std::string& file) {
+  if (dir.empty()) return file;
+  if (dir.back() == '/') return dir + file;
+  return absl::StrCat(dir, "/", file);
+}
+
 }  // namespace sae

@@ -31,6 +31,9 @@ absl::Status RemoveAll(const std::string& path);
 
 bool PathExists(const std::string& path);
 
+// `dir`/`file` with one slash between them; `file` alone when `dir` is empty.
+std::string JoinPath(const std::string& dir, const std::string& file);
+
 // Lowercase hex SHA-256 of a file's bytes (streamed) or of a buffer.
 absl::StatusOr<std::string> Sha256File(const std::string& path);
 std::string Sha256Hex(const void* data, size_t size);

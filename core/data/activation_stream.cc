@@ -31,11 +31,6 @@ constexpr uint64_t kWindowTag = 0x57494e444fULL;      // "WINDO"
 constexpr int64_t kReadChunkFloats = int64_t{4} << 20;
 constexpr int64_t kMaxReadRows = 8192;
 
-std::string JoinPath(const std::string& dir, const std::string& file) {
-  if (!dir.empty() && dir.back() == '/') return dir + file;
-  return absl::StrCat(dir, "/", file);
-}
-
 // "shard <message>"; SafetensorsFile errors already start with the path.
 absl::Status ShardError(const absl::Status& s) {
   return absl::Status(s.code(), absl::StrCat("shard ", s.message()));

@@ -14,12 +14,6 @@ namespace {
 
 using json = nlohmann::json;
 
-std::string JoinPath(const std::string& dir, const std::string& file) {
-  if (dir.empty()) return file;
-  if (dir.back() == '/') return dir + file;
-  return absl::StrCat(dir, "/", file);
-}
-
 // Lowercases `s` in place; false unless it is 64 hex digits.
 bool NormalizeHex64(std::string* s) {
   if (s->size() != 64) return false;

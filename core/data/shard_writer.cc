@@ -13,14 +13,6 @@
 #include "core/base/file_util.h"
 
 namespace sae {
-namespace {
-
-std::string JoinPath(const std::string& dir, const std::string& file) {
-  if (!dir.empty() && dir.back() == '/') return dir + file;
-  return absl::StrCat(dir, "/", file);
-}
-
-}  // namespace
 
 absl::StatusOr<ShardWriter> ShardWriter::Create(const std::string& dir, ShardWriterOptions opts) {
   if (opts.d_in <= 0) {

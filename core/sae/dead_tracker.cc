@@ -1,5 +1,7 @@
 #include "core/sae/dead_tracker.h"
 
+#include <cstddef>
+
 namespace sae {
 
 DeadTracker::DeadTracker(int64_t latents, int64_t window_tokens)

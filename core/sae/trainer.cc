@@ -5,14 +5,15 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/util/Exception.h>
 
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "core/base/clock.h"
 #include "core/base/file_util.h"
 #include "core/base/parse.h"
+#include "core/base/format_double.h"
 #include "core/data/safetensors.h"
 #include "core/sae/int8_screen.h"
 
@@ -20,16 +21,6 @@ namespace sae {
 namespace {
 
 using json = nlohmann::json;
-
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-std::string FormatDouble(double v) {
-  char buf[40];
-  std::snprintf(buf, sizeof(buf), "%.17g", v);
-  return buf;
-}
 
 // Named tensors of the resumable state, in a fixed order.
 std::vector<std::pair<std::string, at::Tensor*>> StateTensors(SaeParams* p, AdamState* a) {
@@ -215,9 +206,9 @@ void SaeTrainer::NormalizeRows(float* x, int64_t rows) const {
 
 absl::Status SaeTrainer::SumAcrossRanks(float* data, size_t n, const char* what) {
   if (world() == 1) return absl::OkStatus();
-  const double t0 = Now();
+  const double t0 = SteadyNow();
   absl::Status s = opts_.comm->AllReduce(data, n, CommDType::kF32, ReduceOp::kSum, opts_.comm_timeout);
-  allreduce_seconds_ += Now() - t0;
+  allreduce_seconds_ += SteadyNow() - t0;
   allreduce_bytes_ += static_cast<int64_t>(n * sizeof(float));
   return Annotate(s, absl::StrCat("all-reduce of ", what, ", step ", step_ + 1));
 }
@@ -345,7 +336,7 @@ absl::Status SaeTrainer::MatchEncoderScale(const at::Tensor& xn_cpu) {
 }
 
 absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) {
-  const double t0 = Now();
+  const double t0 = SteadyNow();
   if (rows <= 0) return absl::InvalidArgumentError("empty batch");
   SAE_RETURN_IF_ERROR(CheckFinite(x_rows, rows, opts_.d_in));
   try {
@@ -397,10 +388,10 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
         at::Tensor bucket = grads_.flat.narrow(0, off, n);
         SAE_RETURN_IF_ERROR(SumTensorAcrossRanks(bucket, "gradients"));
       }
-      const double t0 = Now();
+      const double t0 = SteadyNow();
       absl::Status fs = opts_.comm->AllReduce(res.fired.data(), res.fired.size(), CommDType::kU8,
                                               ReduceOp::kOr, opts_.comm_timeout);
-      allreduce_seconds_ += Now() - t0;
+      allreduce_seconds_ += SteadyNow() - t0;
       allreduce_bytes_ += static_cast<int64_t>(res.fired.size());
       SAE_RETURN_IF_ERROR(Annotate(fs, absl::StrCat("all-reduce of fire marks, step ", step_ + 1)));
       // (The reconstruction terms of each rank's loss are over the global
@@ -424,7 +415,7 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     if (!std::isfinite(res.loss))
       return absl::InternalError(absl::StrCat("step ", step_, ": loss is not finite"));
 
-    const double t_norm = Now();
+    const double t_norm = SteadyNow();
     const double norm = GlobalGradNorm(grads_);
     AdamConfig ac;
     ac.lr = LearningRateAt(step_);
@@ -461,7 +452,7 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     }
     // On a GPU the update is queued: wait for it so the step time is real.
     if (!device_.is_cpu()) params_.b_dec.select(0, 0).item<float>();
-    const double t_end = Now();
+    const double t_end = SteadyNow();
     m.phase_seconds.emplace_back("optimizer", t_end - t_norm);
     m.seconds = t_end - t0;
     return m;
@@ -508,7 +499,7 @@ absl::Status SaeTrainer::SaveState(const std::string& path,
   w.SetMetadata("tokens", std::to_string(tokens_));
   w.SetMetadata("adam_step", std::to_string(adam_.step));
   w.SetMetadata("initialized", initialized_ ? "1" : "0");
-  w.SetMetadata("input_scale", FormatDouble(input_scale_));
+  w.SetMetadata("input_scale", FormatDouble17(input_scale_));
   w.SetMetadata("d_in", std::to_string(opts_.d_in));
   w.SetMetadata("latents", std::to_string(opts_.latents));
   for (const auto& [k, v] : extra) w.SetMetadata("extra." + k, v);

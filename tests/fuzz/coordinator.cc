@@ -25,6 +25,7 @@
 #include "client/client.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/service.h"
+#include "core/base/clock.h"
 #include "core/base/file_util.h"
 #include "core/base/logging.h"
 #include "core/data/manifest.h"
@@ -77,10 +78,6 @@ const Roots& TheRoots() {
 template <typename Req>
 bool Decode(const std::string& bytes, Req* r) {
   return r->ParseFromArray(bytes.data(), static_cast<int>(bytes.size()));
-}
-
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 // DataService only reads the coordinator's options: one server for the
@@ -136,7 +133,7 @@ void RunOne(const uint8_t* data, size_t size) {
     const std::string msg(reinterpret_cast<const char*>(data + pos + 4), len);
     pos += 4 + len;
     grpc::ServerContext ctx;
-    const double t0 = Now();
+    const double t0 = SteadyNow();
     switch (op) {
       case kSubmit: {
         v1::SubmitRequest r;
@@ -233,7 +230,7 @@ void RunOne(const uint8_t* data, size_t size) {
         if (++settles <= 4) std::this_thread::sleep_for(std::chrono::milliseconds(3));
         break;
     }
-    SAE_FUZZ_CHECK(Now() - t0 < kUnaryDeadline, std::string(kNames[op]) + " took over 10 s (a hang)");
+    SAE_FUZZ_CHECK(SteadyNow() - t0 < kUnaryDeadline, std::string(kNames[op]) + " took over 10 s (a hang)");
   }
   services = CoordinatorServices{};
   created->reset();

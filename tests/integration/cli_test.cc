@@ -30,12 +30,6 @@ using json = nlohmann::json;
 
 class Cli : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) /
-           ("sae_cli_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
   // Writes 3 shards of 2000 rows, d_in 16, from a planted dictionary.
   fs::path MakeShards(const std::string& name = "acts", const std::string& dtype = "float32") {
     fs::path d = dir_ / name;
@@ -57,7 +51,9 @@ class Cli : public ::testing::Test {
            ", batch_tokens: 250, checkpoint_every_tokens: 1000, log_every_steps: 2, lr: 0.002}\noutput: " +
            (dir_ / out).string() + "\n";
   }
-  fs::path dir_;
+  // A fresh directory per test (tests/testing), removed after a passing test.
+  sae::testing::ScratchDir scratch_{"sae_cli"};
+  fs::path dir_ = scratch_.fs_path();
 };
 
 TEST_F(Cli, TrainsFromShardsAndWritesTheOutputContract) {

@@ -21,13 +21,6 @@
 namespace sae {
 namespace {
 
-std::string StoriesDir() {
-  if (const char* d = std::getenv("SAE_MODEL_DIR")) return d;
-  if (const char* d = std::getenv("SAE_DATA_DIR")) return std::string(d) + "/stories260K";
-  const char* src = std::getenv("SAE_SOURCE_DIR");
-  return std::string(src ? src : ".") + "/../shared/data/stories260K";
-}
-
 // 262,144 rows, harvested once per test run (~12 s of one core), trained on
 // for one epoch (64 steps; repeated rows would be memorised). Five trainings
 // of 64 steps: about 20 s of one core; the whole test well under a minute on

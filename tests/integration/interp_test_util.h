@@ -20,12 +20,6 @@
 
 namespace {
 
-std::string StoriesDir() {
-  if (const char* d = std::getenv("SAE_MODEL_DIR")) return d;
-  const char* src = std::getenv("SAE_SOURCE_DIR");
-  return std::string(src ? src : ".") + "/../shared/data/stories260K";
-}
-
 // W_enc = W_dec = random unit rows (seeded), zero biases, cfg.json naming `layer`.
 void WriteTiedSae(const fs::path& dir, int64_t n, int64_t d, int64_t k, int64_t layer, uint64_t seed = 7) {
   fs::create_directories(dir);

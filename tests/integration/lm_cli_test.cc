@@ -5,13 +5,6 @@
 
 namespace {
 
-std::string StoriesDir() {
-  if (const char* d = std::getenv("SAE_MODEL_DIR")) return d;
-  if (const char* d = std::getenv("SAE_DATA_DIR")) return std::string(d) + "/stories260K";
-  const char* src = std::getenv("SAE_SOURCE_DIR");
-  return std::string(src ? src : ".") + "/../shared/data/stories260K";
-}
-
 // stdout only (Sh merges stderr).
 Result ShOut(const std::string& cmd) { return Sh("{ " + cmd + " 2>/dev/null; }"); }
 
@@ -220,19 +213,14 @@ TEST_F(LmCli, EvalReportsTheMeasures) {
 
 namespace {
 
-std::string DataRoot() {
-  if (const char* d = std::getenv("SAE_DATA_DIR")) return d;
-  const char* src = std::getenv("SAE_SOURCE_DIR");
-  return std::string(src ? src : ".") + "/../shared/data";
-}
-
+using sae::testing::DataDir;
 
 }  // namespace
 
 // A Hugging Face Mistral directory (llama-tiny's weights, a sliding window)
 // with a tokenizer.json: generate (also --dtype bfloat16) and an mlp_out harvest.
 TEST_F(LmCli, HfMistralWithTokenizerJson) {
-  const std::string tiny = DataRoot() + "/hf-tiny/llama-tiny";
+  const std::string tiny = DataDir() + "/hf-tiny/llama-tiny";
   if (!fs::exists(tiny + "/model.safetensors")) GTEST_SKIP() << "llama-tiny not found in " << tiny;
   const fs::path m = dir_ / "mistral";
   fs::create_directories(m);
@@ -249,7 +237,7 @@ TEST_F(LmCli, HfMistralWithTokenizerJson) {
     ASSERT_EQ(g.code, 0) << g.out;
     EXPECT_EQ(g.out.rfind("Once upon", 0), 0u) << g.out;
   }
-  const std::string sample = DataRoot() + "/stories260K/tinystories_sample.txt";
+  const std::string sample = DataDir() + "/stories260K/tinystories_sample.txt";
   if (!fs::exists(sample)) return;
   Result h = ShOut(Bin("sae") + " harvest --model " + m.string() + " --corpus " + sample +
                    " --layer 1 --hook mlp_out --context 32 --tokens 500 --out " + (dir_ / "acts").string());

@@ -20,12 +20,6 @@ std::string Mpirun(int np) {
 
 class Mpi : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) /
-           ("sae_mpi_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
   fs::path Job(const std::string& name, int workers, const std::string& data, const std::string& sae,
                int64_t tokens = 12800) {
     fs::path p = dir_ / (name + ".yaml");
@@ -67,7 +61,9 @@ class Mpi : public ::testing::Test {
     EXPECT_EQ(sa["dead_latents"], sb["dead_latents"]);
     EXPECT_NEAR(sa["fvu"].get<double>(), sb["fvu"].get<double>(), 1e-5);
   }
-  fs::path dir_;
+  // A fresh directory per test (tests/testing), removed after a passing test.
+  sae::testing::ScratchDir scratch_{"sae_mpi"};
+  fs::path dir_ = scratch_.fs_path();
 };
 
 const char* kSynthetic = "{kind: synthetic, d_in: 32, latents: 64, k: 3, seed: 2}";

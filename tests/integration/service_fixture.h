@@ -64,12 +64,6 @@ struct Proc {
 
 class Service : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) /
-           ("sae_svc_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
   void TearDown() override {
     for (auto& p : procs_) p.Kill(SIGKILL);
     if (HasFailure()) {
@@ -199,7 +193,9 @@ class Service : public ::testing::Test {
     return body == std::string::npos ? "" : resp.substr(body + 4);
   }
 
-  fs::path dir_;
+  // A fresh directory per test (tests/testing), removed after a passing test.
+  sae::testing::ScratchDir scratch_{"sae_svc"};
+  fs::path dir_ = scratch_.fs_path();
   std::string addr_, metrics_;
   bool last_http_ok_ = false;
   std::deque<Proc> procs_;

@@ -1,4 +1,5 @@
-// Helpers for tests that run saeforge's executables as real processes.
+// Helpers for tests that run saeforge's executables as real processes (and
+// the helpers of tests/testing: data paths, files, scratch directories).
 #pragma once
 
 #include <sys/wait.h>
@@ -15,6 +16,10 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include "tests/testing/data_dir.h"
+#include "tests/testing/files.h"
+#include "tests/testing/scratch_dir.h"
 
 namespace {
 
@@ -44,17 +49,9 @@ Result Sh(const std::string& cmd) {
   return r;
 }
 
-std::string ReadAll(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-void WriteAll(const fs::path& p, const std::string& s) {
-  std::ofstream out(p, std::ios::binary);
-  out << s;
-}
+std::string ReadAll(const fs::path& p) { return sae::testing::ReadFile(p.string()); }
+void WriteAll(const fs::path& p, const std::string& s) { sae::testing::WriteFile(p.string(), s); }
+using sae::testing::StoriesDir;
 
 // The float32 tensors of a safetensors file, read without saeforge's code.
 std::map<std::string, std::vector<float>> ReadF32Tensors(const fs::path& p) {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/base/file_util.h"
+#include "tests/testing/scratch_dir.h"
 
 namespace sae {
 namespace {
@@ -91,24 +92,9 @@ void ExpectConfigsEqual(const JobConfig& a, const JobConfig& b) {
   }
 }
 
-class TempDir {
+class TempDir : public testing::ScratchDir {
  public:
-  TempDir() {
-    std::string tmpl = ::testing::TempDir() + "/sae_config_test.XXXXXX";
-    char* made = ::mkdtemp(tmpl.data());
-    EXPECT_NE(made, nullptr);
-    path_ = tmpl;
-  }
-  ~TempDir() { (void)RemoveAll(path_); }
-  const std::string& path() const { return path_; }
-  std::string Write(const std::string& name, const std::string& text) const {
-    std::string file = path_ + "/" + name;
-    EXPECT_TRUE(AtomicWriteFile(file, text).ok());
-    return file;
-  }
-
- private:
-  std::string path_;
+  TempDir() : testing::ScratchDir("sae_config_test") {}
 };
 
 TEST(ConfigTest, ArchitectureExampleParses) {

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "tests/testing/scratch_dir.h"
+
 namespace sae {
 namespace {
 
@@ -17,12 +19,7 @@ constexpr char kEmptySha256[] = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934
 
 class FileUtilTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    std::string tmpl = ::testing::TempDir() + "/sae_file_util_test.XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
+  testing::ScratchDir scratch_{"sae_file_util_test"};
 
   std::vector<std::string> Entries() const {
     std::vector<std::string> names;
@@ -30,7 +27,7 @@ class FileUtilTest : public ::testing::Test {
     return names;
   }
 
-  std::string dir_;
+  std::string dir_ = scratch_.path();
 };
 
 TEST_F(FileUtilTest, Sha256HexKnownVectors) {
@@ -144,6 +141,14 @@ TEST_F(FileUtilTest, MakeDirsAndRemoveAll) {
   ASSERT_TRUE(RemoveAll(dir_ + "/x").ok());
   EXPECT_FALSE(PathExists(dir_ + "/x"));
   EXPECT_TRUE(RemoveAll(dir_ + "/x").ok());  // missing is fine
+}
+
+TEST(JoinPath, OneSlashBetweenAndEmptyDirIsTheFileAlone) {
+  EXPECT_EQ(JoinPath("a/b", "c.json"), "a/b/c.json");
+  EXPECT_EQ(JoinPath("a/b/", "c.json"), "a/b/c.json");
+  EXPECT_EQ(JoinPath("/", "c.json"), "/c.json");
+  EXPECT_EQ(JoinPath("", "c.json"), "c.json");
+  EXPECT_EQ(JoinPath("a", "sub/c.json"), "a/sub/c.json");
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include "coordinator/store.h"
 #include "core/data/manifest.h"
 #include "core/data/manifest_check.h"
+#include "tests/testing/scratch_dir.h"
 
 namespace sae {
 namespace {
@@ -66,15 +67,13 @@ v1::JobState State(Coordinator* c, const std::string& id) { return c->Get(id)->s
 class CoordinatorTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) /
-           ("sae_coord_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
     opts_.db = (dir_ / "c.db").string();
     opts_.lease_seconds = 1.0;
     opts_.heartbeat_seconds = 0.2;
   }
-  fs::path dir_;
+  // A fresh directory per test (tests/testing), removed after a passing test.
+  sae::testing::ScratchDir scratch_{"sae_coord"};
+  fs::path dir_ = scratch_.fs_path();
   CoordinatorOptions opts_;
 };
 
