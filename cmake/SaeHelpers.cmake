@@ -58,14 +58,18 @@ endfunction()
 # and the standard headers tests use (sae_test_pch); with TORCH, ATen too
 # (sae_test_pch_torch), for the tests whose files use tensors or that link a
 # LibTorch library (its -D_GLIBCXX_USE_CXX11_ABI must match the PCH's);
-# NO_PCH for tests whose flags match neither (gRPC's -pthread). ENVIRONMENT is
+# NO_PCH for tests whose flags match neither (gRPC's -pthread). The test's
+# own files compile at SAE_TEST_OPTIMIZE (-O1): they run once per test, while
+# the libraries they link keep the build type's flags. ENVIRONMENT is
 # added to the variables every test gets (SAE_BIN_DIR, SAE_SOURCE_DIR,
 # TEST_TMPDIR); for more later, sae_test_environment, which appends too.
 function(sae_add_test name)
   cmake_parse_arguments(ARG "TORCH;NO_PCH" "TIMEOUT" "SRCS;DEPS;LABELS;ENVIRONMENT" ${ARGN})
-  # blas_kernel_init.cc: the test runs on the BLAS kernel saeforge's binaries choose.
-  add_executable(${name} ${ARG_SRCS} ${PROJECT_SOURCE_DIR}/tests/blas_kernel_init.cc)
-  target_link_libraries(${name} PRIVATE ${ARG_DEPS} sae::testing sae::base GTest::gtest GTest::gtest_main)
+  add_executable(${name} ${ARG_SRCS})
+  # sae_blas_kernel_init (tests/testing): the test runs on the BLAS kernel
+  # saeforge's binaries choose.
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS} sae::testing sae_blas_kernel_init GTest::gtest GTest::gtest_main)
+  target_compile_options(${name} PRIVATE ${SAE_TEST_OPTIMIZE})
   if(ARG_TORCH)
     target_precompile_headers(${name} REUSE_FROM sae_test_pch_torch)
   elseif(NOT ARG_NO_PCH)
@@ -112,15 +116,18 @@ endfunction()
 # other, so the libraries' ATen PCH (core/sae) cannot serve them. NAME is an
 # object library of one empty file, compiled as executables are; DEPS give it
 # their compile definitions (a PCH is used only when they match).
+#
+# OPTIONS: compile options the executables using it also have (a PCH made at
+# another -O is ignored).
 function(sae_exe_pch name)
-  cmake_parse_arguments(ARG "" "" "HEADERS;DEPS" ${ARGN})
+  cmake_parse_arguments(ARG "" "" "HEADERS;DEPS;OPTIONS" ${ARGN})
   set(src ${CMAKE_BINARY_DIR}/pch/${name}.cc)
   if(NOT EXISTS ${src})
     file(WRITE ${src} "// The translation unit that carries ${name}'s precompiled header.\n")
   endif()
   add_library(${name} OBJECT ${src})
   set_target_properties(${name} PROPERTIES POSITION_INDEPENDENT_CODE OFF)
-  target_compile_options(${name} PRIVATE ${CMAKE_CXX_COMPILE_OPTIONS_PIE})
+  target_compile_options(${name} PRIVATE ${CMAKE_CXX_COMPILE_OPTIONS_PIE} ${ARG_OPTIONS})
   target_link_libraries(${name} PRIVATE ${ARG_DEPS})
   target_precompile_headers(${name} PRIVATE ${ARG_HEADERS})
 endfunction()
