@@ -89,7 +89,7 @@ out=$(cd "$out" && pwd)
 acts="${ACTS:-$out/acts}"   # ACTS: reuse an existing harvest
 
 # 1. The activations, harvested once and reused.
-if [ ! -f "$acts/manifest.json" ]; then
+if [ "$report_only" = 0 ] && [ ! -f "$acts/manifest.json" ]; then
   rm -rf "$acts"
   echo "study: harvesting $rows rows of stories260K layer 2 into $acts"
   nice -n "$nice_n" "$bin"/sae harvest --model "$model" --layer 2 --corpus generate --seed 7 \
@@ -218,8 +218,11 @@ done
 docs_dir="$root/docs"
 if [ "$quick" = 1 ] || [ -n "${SCHEDULES:-}" ]; then docs_dir="$out"; fi
 python3 - "$out" "$docs_dir" "$t1" "$t0" "$k" "$lr" "$rows" "$eval_windows" <<'PY'
-import glob, json, os, sys, math
-import yaml
+import glob, json, os, re, sys, math
+def job_lr(path):
+    # train.lr of the child job.yaml the coordinator wrote (block style; no YAML library needed)
+    m = re.search(r"^train:\n(?:[ ].*\n)*?[ ]+lr: (\S+)$", open(path).read(), re.M)
+    return float(m.group(1)) if m else 0.0
 out, docs, t1, t0, k, lr, rows, eval_windows = sys.argv[1:]
 def load(pattern):
     found = []
@@ -229,7 +232,7 @@ def load(pattern):
         s = json.load(open(os.path.join(d, "summary.json")))
         e = json.load(open(os.path.join(d, "eval.json")))
         cfg = json.load(open(os.path.join(d, "cfg.json")))["saeforge"]
-        lr_run = float(yaml.safe_load(open(os.path.join(d, "job.yaml")))["train"]["lr"])
+        lr_run = job_lr(os.path.join(d, "job.yaml"))
         ks = cfg["k_schedule"]
         const = ks["shape"] == "constant" or ks["start"] == ks["end"]
         sched = "none" if const else f'{ks["shape"]} {ks["start"]}→{ks["end"]}'
