@@ -364,5 +364,23 @@ TEST(Trainer, KScheduleStartDefaultsToDIn) {
   EXPECT_EQ(TrainerOptionsFromJob(*job, 4)->schedule.start(), 8) << "never below k";
 }
 
+// A schedule that does not end at k is refused by name (the default schedule
+// is constant at 32: setting k alone once trained at 32 with a target of k).
+TEST(Trainer, RefusesAScheduleThatDoesNotEndAtK) {
+  TrainerOptions o;
+  o.d_in = 16;
+  o.latents = 64;
+  o.k = 8;
+  o.total_tokens = 1000;
+  o.batch_tokens = 10;
+  o.device = Device::kCpu;
+  auto t = SaeTrainer::Create(o);
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(std::string(t.status().message()).find("sae.k_schedule: ends at k = 32 but sae.k is 8"), std::string::npos)
+      << t.status();
+  o.schedule = KSchedule::Constant(8);
+  EXPECT_TRUE(SaeTrainer::Create(o).ok());
+}
+
 }  // namespace
 }  // namespace sae
