@@ -209,7 +209,7 @@ TEST(ConfigTest, DefaultsWhenOmitted) {
   const JobConfig defaults;
   EXPECT_FALSE(cfg->sae.k_schedule.enabled);
   EXPECT_EQ(cfg->sae.dead_window_tokens, defaults.sae.dead_window_tokens);
-  EXPECT_EQ(cfg->sae.dead_remedy, Remedy::kNone);
+  EXPECT_EQ(cfg->sae.dead_remedy, Remedy::kAuxK);
   EXPECT_EQ(cfg->train.batch_tokens, 4096);
   EXPECT_DOUBLE_EQ(cfg->train.warmup_fraction, 0.01);
   EXPECT_DOUBLE_EQ(cfg->train.grad_clip, 1.0);
@@ -685,7 +685,7 @@ void SetNonDefaultModel(JobConfig* c, int variant) {
   c->sae.k_schedule.loss = KScheduleLoss::kCurrentK;
   c->sae.k_schedule.current_k_weight = variant == 1 ? 0.0 : 0.75;
   c->sae.dead_window_tokens = 123456789012;
-  c->sae.dead_remedy = variant == 1 ? Remedy::kAuxK : Remedy::kGhostGrads;
+  c->sae.dead_remedy = variant == 1 ? Remedy::kNone : Remedy::kGhostGrads;
   c->sae.aux_coefficient = 0.1;
   c->sae.normalize = variant == 1 ? Normalize::kUnitMeanNorm : Normalize::kLayerNorm;
   c->sae.init_b_dec = variant == 1 ? InitBDec::kGeometricMedian : InitBDec::kZero;
