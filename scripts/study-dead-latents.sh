@@ -3,40 +3,45 @@
 # harvests stories260K's residual stream after block 2 (d = 64) once, submits
 # the whole grid
 #     dead_remedy  none | auxk | ghost_grads
-#   × k_schedule   none | linear | cosine | exponential (k_start 64·k over the
-#                  first 25%; SCHEDULES: another list, e.g. with {start: 64} = d)
-#   × dictionary   LATENTS (4096) latents for TOKENS training tokens |
-#                  LATENTS_LARGE (32768) for TOKENS_LARGE (where constant k
-#                  leaves many latents dead), each with a dead window of a
-#                  tenth of its training (sweep `together:`)
+#   × k_schedule   none | linear | cosine | exponential from k_start 64·k, and
+#                  linear from k_start = d (64), each over the first 25%
+#                  (SCHEDULES: another list)
+#   × setting      LATENTS (4096) latents at LR for TOKENS training tokens (the
+#                  issue's setting) | LATENTS_LARGE (4096) latents at LR_LARGE
+#                  (0.01) for TOKENS_LARGE (2M): one where constant k leaves
+#                  many latents dead; each with a dead window of a tenth of its
+#                  training (sweep `together:`)
 # as ONE sweep to a local sae-coordinator with $WORKERS workers, waits,
 # evaluates every SAE spliced into the model (`sae eval`: CE loss recovered,
 # dense ratios) and writes docs/dead-latents.md (table) with
 # docs/dead-latents.svg (dead ratio over tokens per remedy). A second, small
-# sweep runs the reference: the behaviour before issue 12 (AuxK as
-# published; the schedule with the loss at its current k alone).
+# sweep per setting runs the reference: the behaviour before issue 12 (AuxK
+# as published; the schedule with the loss at its current k alone).
 #
 # Usage: scripts/study-dead-latents.sh [--out DIR] [--tokens N] [--quick]
 #   --out DIR     work directory (default runs/study-dead-latents): acts/,
 #                 coordinator.db, the sweep's outputs, eval JSON
-#   --tokens N    training tokens per run of the small dictionary (default 1000000)
+#   --tokens N    training tokens per run of the first setting (default 2000000)
 #   --quick       a smoke run: 2 schedules, 60k / 20k tokens, 512 / 1024 latents
 #                 (minutes); writes DIR/dead-latents.md, not docs/
 #   --report-only evaluate the finished runs in DIR (those without eval.json)
 #                 and rewrite the page and the plot; no harvest, no sweep
-# Environment: SAE_MODEL_DIR (default ../shared/data/stories260K), WORKERS
-# (default 2), NICE (default 10), LATENTS (4096), LATENTS_LARGE (32768),
-# TOKENS_LARGE (200000), K (8), LR (0 = the default learning rate),
+# Environment: SAE_MODEL_DIR (default ../shared/data/stories260K), SAE_BIN
+# (the directory with sae, sae-coordinator, sae-worker; default build/bin:
+# copy them elsewhere to rebuild while the grid runs), WORKERS (default 2),
+# NICE (default 10), LATENTS (4096), LR (0 = the default learning rate),
+# LATENTS_LARGE (4096), TOKENS_LARGE (2000000), LR_LARGE (0.01), K (8),
 # ROWS (harvested rows, 1000000), ACTS (an existing shard directory to reuse),
 # SCHEDULES (the k_schedule list, YAML flow: a part of the grid; like --quick,
 # the page then goes to DIR/dead-latents.md, docs/ is left alone),
-# EVAL_WINDOWS (32 windows of 128 tokens).
+# REFERENCE_LARGE (1: the reference for the second setting too; 0: only the
+# first), EVAL_WINDOWS (32 windows of 128 tokens).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
 out=runs/study-dead-latents
-tokens=1000000
+tokens=2000000
 quick=0
 report_only=0
 while [ $# -gt 0 ]; do
@@ -45,7 +50,7 @@ while [ $# -gt 0 ]; do
     --tokens) tokens="$2"; shift 2 ;;
     --quick) quick=1; shift ;;
     --report-only) report_only=1; shift ;;
-    -h|--help) sed -n '2,33p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
     *) echo "study-dead-latents: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -53,13 +58,15 @@ model="${SAE_MODEL_DIR:-../shared/data/stories260K}"
 workers="${WORKERS:-2}"
 nice_n="${NICE:-10}"
 latents="${LATENTS:-4096}"
-latents_large="${LATENTS_LARGE:-32768}"
-tokens_large="${TOKENS_LARGE:-200000}"
+latents_large="${LATENTS_LARGE:-4096}"
+tokens_large="${TOKENS_LARGE:-2000000}"
+lr_large="${LR_LARGE:-0.01}"
+bin="${SAE_BIN:-build/bin}"
 k="${K:-8}"
 lr="${LR:-0}"
 rows="${ROWS:-1000000}"
 eval_windows="${EVAL_WINDOWS:-32}"
-schedules="[null, {start: $((64 * k)), fraction: 0.25, shape: linear}, {start: $((64 * k)), fraction: 0.25, shape: cosine}, {start: $((64 * k)), fraction: 0.25, shape: exponential}]"
+schedules="[null, {start: $((64 * k)), fraction: 0.25, shape: linear}, {start: $((64 * k)), fraction: 0.25, shape: cosine}, {start: $((64 * k)), fraction: 0.25, shape: exponential}, {start: 64, fraction: 0.25, shape: linear}]"
 [ -n "${SCHEDULES:-}" ] && schedules="$SCHEDULES"
 if [ "$quick" = 1 ]; then
   tokens=60000
@@ -74,7 +81,7 @@ window=$((tokens / 10))   # the dead window: a tenth of training (2M tokens / 20
 window_large=$((tokens_large / 10))
 
 for b in sae sae-coordinator sae-worker; do
-  [ -x "build/bin/$b" ] || { echo "study-dead-latents: build/bin/$b missing; build first (README)" >&2; exit 1; }
+  [ -x "$bin/$b" ] || { echo "study-dead-latents: $bin/$b missing; build first (README)" >&2; exit 1; }
 done
 [ -f "$model/stories260K.bin" ] || { echo "study-dead-latents: no stories260K at $model (set SAE_MODEL_DIR)" >&2; exit 1; }
 mkdir -p "$out"
@@ -82,10 +89,10 @@ out=$(cd "$out" && pwd)
 acts="${ACTS:-$out/acts}"   # ACTS: reuse an existing harvest
 
 # 1. The activations, harvested once and reused.
-if [ ! -f "$acts/manifest.json" ]; then
+if [ "$report_only" = 0 ] && [ ! -f "$acts/manifest.json" ]; then
   rm -rf "$acts"
   echo "study: harvesting $rows rows of stories260K layer 2 into $acts"
-  nice -n "$nice_n" build/bin/sae harvest --model "$model" --layer 2 --corpus generate --seed 7 \
+  nice -n "$nice_n" "$bin"/sae harvest --model "$model" --layer 2 --corpus generate --seed 7 \
     --tokens "$rows" --context 256 --out "$acts"
 fi
 
@@ -103,14 +110,14 @@ rm -rf "$runs"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
-nice -n "$nice_n" build/bin/sae-coordinator --listen 127.0.0.1:0 --metrics-listen "" --db "$db" \
+nice -n "$nice_n" "$bin"/sae-coordinator --listen 127.0.0.1:0 --metrics-listen "" --db "$db" \
   --ready-file "$out/ready.json" > "$out/coordinator.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do [ -s "$out/ready.json" ] && break; sleep 0.1; done
 listen=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["listen"])' "$out/ready.json")
 export SAE_COORDINATOR="$listen"
 for w in $(seq "$workers"); do
-  nice -n "$nice_n" build/bin/sae-worker --coordinator "$listen" --worker-id "study-w$w" \
+  nice -n "$nice_n" "$bin"/sae-worker --coordinator "$listen" --worker-id "study-w$w" \
     > "$out/worker-$w.log" 2>&1 &
   pids+=($!)
 done
@@ -135,18 +142,18 @@ train:
   checkpoint_every_tokens: $tokens
   log_every_steps: 5
 together:
-  - {latents: $latents, train.tokens: $tokens, dead_window_tokens: $window, train.checkpoint_every_tokens: $tokens}
-  - {latents: $latents_large, train.tokens: $tokens_large, dead_window_tokens: $window_large, train.checkpoint_every_tokens: $tokens_large}
+  - {latents: $latents, train.lr: $lr, train.tokens: $tokens, dead_window_tokens: $window, train.checkpoint_every_tokens: $tokens}
+  - {latents: $latents_large, train.lr: $lr_large, train.tokens: $tokens_large, dead_window_tokens: $window_large, train.checkpoint_every_tokens: $tokens_large}
 output: $runs
 JOB
 # The coordinator answers once it serves (a loaded machine can take seconds).
-for _ in $(seq 60); do build/bin/sae jobs > /dev/null 2>&1 && break; sleep 1; done
+for _ in $(seq 60); do "$bin"/sae jobs > /dev/null 2>&1 && break; sleep 1; done
 # sae submit --wait, again when the connection failed before anything was
 # submitted (on a loaded machine the handshake can miss the client's deadline).
 submit() {
   local file=$1 log=$2
   for _ in 1 2 3 4 5; do
-    build/bin/sae submit "$file" --wait > "$log" 2>&1 && return 0
+    "$bin"/sae submit "$file" --wait > "$log" 2>&1 && return 0
     grep -q '^job-' "$log" && return 1
     grep -q 'unavailable: failed to connect' "$log" || return 1
     sleep 2
@@ -159,29 +166,29 @@ submit "$out/study.yaml" "$out/submit.log" &
 grid_pid=$!
 sleep 2  # the grid is queued first; the reference runs after it
 
-# 3b. The reference, the behaviour before issue 12, for the small dictionary
-# (REFERENCE_LARGE=1: for both):
-# constant k with AuxK as published (auxk_scale: none), and the study's
-# schedule with the loss at its current k alone (k_schedule.loss: current_k,
-# no remedy). One small sweep per dictionary (`together:` pairs the fields).
+# 3b. The reference, the behaviour before issue 12, for both settings
+# (REFERENCE_LARGE=0: for the first only): constant k with AuxK as published
+# (auxk_scale: none), and the study's schedule with the loss at its current k
+# alone (k_schedule.loss: current_k, no remedy). One small sweep per setting
+# (`together:` pairs the fields).
 rm -rf "$runs-reference"
 ref_pids=()
-ref_sizes=("$latents:$tokens:$window")
-[ "${REFERENCE_LARGE:-0}" = 1 ] && ref_sizes+=("$latents_large:$tokens_large:$window_large")
+ref_sizes=("1:$latents:$tokens:$window:$lr")
+[ "${REFERENCE_LARGE:-1}" = 1 ] && ref_sizes+=("2:$latents_large:$tokens_large:$window_large:$lr_large")
 for size in "${ref_sizes[@]}"; do
-  IFS=: read -r n_lat n_tok n_win <<< "$size"
-  cat > "$out/reference-$n_lat.yaml" <<JOB
+  IFS=: read -r n_set n_lat n_tok n_win n_lr <<< "$size"
+  cat > "$out/reference-$n_set.yaml" <<JOB
 # Written by scripts/study-dead-latents.sh: the reference runs (docs/dead-latents.md).
-name: dead-latents-reference-$n_lat
+name: dead-latents-reference-$n_set
 data: {kind: shards, path: $acts, shuffle_buffer_rows: 65536}
 sae: {latents: $n_lat, k: $k, dead_window_tokens: $n_win}
-train: {tokens: $n_tok, batch_tokens: 4096, lr: $lr, seed: 0, threads: 1, checkpoint_every_tokens: $n_tok, log_every_steps: 5}
+train: {tokens: $n_tok, batch_tokens: 4096, lr: $n_lr, seed: 0, threads: 1, checkpoint_every_tokens: $n_tok, log_every_steps: 5}
 together:
   - {dead_remedy: auxk, auxk_scale: none}
   - {dead_remedy: none, k_schedule: {start: $((64 * k)), fraction: 0.25, shape: linear, loss: current_k}}
-output: $runs-reference/latents-$n_lat
+output: $runs-reference/setting-$n_set
 JOB
-  submit "$out/reference-$n_lat.yaml" "$out/submit-reference-$n_lat.log" &
+  submit "$out/reference-$n_set.yaml" "$out/submit-reference-$n_set.log" &
   ref_pids+=($!)
 done
 wait "$grid_pid" || {
@@ -201,7 +208,7 @@ for run in "$runs"/*/ "$runs-reference"/*/*/; do
   run=${run%/}
   [ -f "$run/summary.json" ] || continue
   [ -s "$run/eval.json" ] && continue
-  nice -n "$nice_n" build/bin/sae eval --model "$model" --sae "$run" --layer 2 --corpus generate --seed 1000 \
+  nice -n "$nice_n" "$bin"/sae eval --model "$model" --sae "$run" --layer 2 --corpus generate --seed 1000 \
     --context 128 --windows "$eval_windows" --json > "$run/eval.json.tmp"
   mv "$run/eval.json.tmp" "$run/eval.json"
 done
@@ -211,7 +218,11 @@ done
 docs_dir="$root/docs"
 if [ "$quick" = 1 ] || [ -n "${SCHEDULES:-}" ]; then docs_dir="$out"; fi
 python3 - "$out" "$docs_dir" "$t1" "$t0" "$k" "$lr" "$rows" "$eval_windows" <<'PY'
-import glob, json, os, sys, math
+import glob, json, os, re, sys, math
+def job_lr(path):
+    # train.lr of the child job.yaml the coordinator wrote (block style; no YAML library needed)
+    m = re.search(r"^train:\n(?:[ ].*\n)*?[ ]+lr: (\S+)$", open(path).read(), re.M)
+    return float(m.group(1)) if m else 0.0
 out, docs, t1, t0, k, lr, rows, eval_windows = sys.argv[1:]
 def load(pattern):
     found = []
@@ -221,6 +232,7 @@ def load(pattern):
         s = json.load(open(os.path.join(d, "summary.json")))
         e = json.load(open(os.path.join(d, "eval.json")))
         cfg = json.load(open(os.path.join(d, "cfg.json")))["saeforge"]
+        lr_run = job_lr(os.path.join(d, "job.yaml"))
         ks = cfg["k_schedule"]
         const = ks["shape"] == "constant" or ks["start"] == ks["end"]
         sched = "none" if const else f'{ks["shape"]} {ks["start"]}→{ks["end"]}'
@@ -230,17 +242,19 @@ def load(pattern):
             curve.append((m["tokens"], m["dead_ratio"], m["k"]))
         found.append(dict(dir=os.path.basename(d), remedy=cfg["dead_remedy"], sched=sched, shape=ks["shape"],
                           start=ks["start"], loss=ks.get("loss", "current_k"), auxk_scale=cfg.get("auxk_scale", "fit"),
-                          latents=s["latents"], tokens=s["tokens"], window=cfg["dead_window_tokens"],
+                          latents=s["latents"], lr=lr_run, set=(s["latents"], lr_run),
+                          tokens=s["tokens"], window=cfg["dead_window_tokens"],
                           s=s, e=e, curve=curve))
     return found
 runs = load(os.path.join(out, "runs", "*"))
 reference = load(os.path.join(out, "runs-reference", "*", "*"))
 if not runs:
     sys.exit("study: no finished runs")
-settings = sorted({r["latents"] for r in runs})
-info = {n: next(r for r in runs if r["latents"] == n) for n in settings}
+# A setting: (dictionary size, learning rate); the default lr (0) first.
+settings = sorted({r["set"] for r in runs}, key=lambda n: (n[1], n[0]))
+info = {n: next(r for r in runs if r["set"] == n) for n in settings}
 def setting_name(n):
-    return f"{n} latents"
+    return f"{n[0]} latents" + (f", lr {n[1]:g}" if n[1] else "")
 remedies = ["none", "auxk", "ghost_grads"]
 sched_order = []
 for r in runs:
@@ -251,7 +265,7 @@ def sched_key(name):
     r = next(r for r in runs if r["sched"] == name)
     return (name != "none", -r["start"], shape_rank.get(r["shape"], 9))
 sched_order.sort(key=sched_key)
-base = {n: next(r for r in runs if r["latents"] == n and r["remedy"] == "none" and r["sched"] == "none") for n in settings}
+base = {n: next(r for r in runs if r["set"] == n and r["remedy"] == "none" and r["sched"] == "none") for n in settings}
 
 def fmt_pct(x): return f"{100 * x:.2f}%"
 def verdict(r, b):
@@ -271,7 +285,7 @@ for n in settings:
     b = base[n]
     for sched in sched_order:
         for rem in remedies:
-            r = next((r for r in runs if r["latents"] == n and r["sched"] == sched and r["remedy"] == rem), None)
+            r = next((r for r in runs if r["set"] == n and r["sched"] == sched and r["remedy"] == rem), None)
             if r is None:
                 continue
             s, e = r["s"], r["e"]
@@ -286,8 +300,8 @@ colors = ["#222222", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
        f'<rect width="{W}" height="{H}" fill="white"/>']
 for si, n in enumerate(settings):
-    tmax = max(t for r in runs if r["latents"] == n for t, _, _ in r["curve"])
-    ymax = max(0.05, max(d for r in runs if r["latents"] == n for _, d, _ in r["curve"]))
+    tmax = max(t for r in runs if r["set"] == n for t, _, _ in r["curve"])
+    ymax = max(0.05, max(d for r in runs if r["set"] == n for _, d, _ in r["curve"]))
     ymax = math.ceil(ymax * 20) / 20
     for ci, rem in enumerate(remedies):
         x0, y0 = ml + ci * (pw + 50), mt + si * (ph + 80)
@@ -303,7 +317,7 @@ for si, n in enumerate(settings):
             xx = x0 + pw * j / 4
             svg.append(f'<text x="{xx:.1f}" y="{y0 + ph + 14}" text-anchor="middle">{xv / 1e6:.2g}M</text>')
         for li, sched in enumerate(sched_order):
-            r = next((r for r in runs if r["latents"] == n and r["sched"] == sched and r["remedy"] == rem), None)
+            r = next((r for r in runs if r["set"] == n and r["sched"] == sched and r["remedy"] == rem), None)
             if r is None:
                 continue
             pts = " ".join(f'{x0 + pw * t / tmax:.1f},{y0 + ph - ph * min(d, ymax) / ymax:.1f}' for t, d, _ in r["curve"])
@@ -317,42 +331,43 @@ svg.append("</svg>")
 open(os.path.join(docs, "dead-latents.svg"), "w").write("\n".join(svg) + "\n")
 
 ref_md = []
-for r in sorted(reference, key=lambda r: (r["latents"], r["sched"] != "none")):
-    s, e, b = r["s"], r["e"], base.get(r["latents"])
+for r in sorted(reference, key=lambda r: (r["lr"], r["latents"], r["sched"] != "none")):
+    s, e, b = r["s"], r["e"], base.get(r["set"])
     if r["sched"] == "none":
         what = "constant k, AuxK as published (α = 1)" if r["auxk_scale"] == "none" else f'constant k, {r["remedy"]}'
     else:
         what = f'k schedule {r["sched"]}, loss at the current k alone (no Multi-TopK), {r["remedy"]}'
     rel = f'{s["fvu"] / b["s"]["fvu"]:.3f}' if b else "–"
-    ref_md.append(f'| {setting_name(r["latents"])} | {what} | {s["dead_latents"]} ({fmt_pct(s["dead_ratio"])}) | '
+    ref_md.append(f'| {setting_name(r["set"])} | {what} | {s["dead_latents"]} ({fmt_pct(s["dead_ratio"])}) | '
                   f'{fmt_pct(e["dense_1pct_ratio"])} / {fmt_pct(e["dense_10pct_ratio"])} | {s["fvu"]:.4f} | {rel} | '
                   f'{e["fvu"]:.4f} | {e["ce_loss_recovered"]:.4f} | {verdict(r, b) if b else "–"} |')
 ref_table = "\n".join(ref_md)
 table = "\n".join(rows_md)
-sizes = "; ".join(f'{n} latents: {info[n]["tokens"]:,} training tokens ({info[n]["tokens"] // 4096} steps), '
+def lr_name(n):
+    return "the default lr (2e-4 / sqrt(latents / 2^14))" if n[1] == 0 else f"lr {n[1]:g}"
+sizes = "; ".join(f'{n[0]} latents at {lr_name(n)}: {info[n]["tokens"]:,} training tokens ({info[n]["tokens"] // 4096} steps), '
                   f'dead window {info[n]["window"]:,} tokens' for n in settings)
-lr_text = "the default learning rate (2e-4 / sqrt(latents / 2^14))" if float(lr) == 0 else f"lr = {lr}"
 doc_path = os.path.join(docs, "dead-latents.md")
 text = open(doc_path).read() if os.path.exists(doc_path) else "<!-- study:begin -->\n<!-- study:end -->\n"
 block = f"""<!-- study:begin (written by scripts/study-dead-latents.sh; do not edit by hand) -->
-Grid: k = {k}, batch 4096, {lr_text}, on {int(rows):,} harvested rows of stories260K's residual
+Grid: k = {k}, batch 4096, on {int(rows):,} harvested rows of stories260K's residual
 stream after block 2 (d = 64); {sizes}. {len(runs)} runs as one sweep, {int(t1) - int(t0)} s wall time
 with the machine shared. "dead" is the trainer's count at the end (latents that did not fire
 within the target k in the last window); fvu and L0 are the training metrics of the last steps
-("× base": fvu over constant k without remedy of the same dictionary);
+("× base": fvu over constant k without remedy of the same setting);
 "eval" columns come from `sae eval` on {eval_windows} held-out windows of 128 generated tokens
 (dense: latents firing on more than 1% / 10% of those tokens; CE recovered as in ALGORITHMS.md §7).
 The schedules use the default `k_schedule.loss: multi_topk` (docs/algorithms.md).
 Verdict: ✓ when the run ends with fewer dead latents than constant k without remedy of its
-dictionary at an fvu no worse than 1.02× that run's.
+setting at an fvu no worse than 1.02× that run's.
 
-| dictionary | k schedule | remedy | dead | dense >1% / >10% | fvu | × base | eval fvu | L0 | CE recovered | verdict |
+| setting | k schedule | remedy | dead | dense >1% / >10% | fvu | × base | eval fvu | L0 | CE recovered | verdict |
 |---|---|---|---|---|---|---|---|---|---|---|
 {table}
 
 Reference (the behaviour before issue 12), same settings:
 
-| dictionary | run | dead | dense >1% / >10% | fvu | × base | eval fvu | CE recovered | verdict |
+| setting | run | dead | dense >1% / >10% | fvu | × base | eval fvu | CE recovered | verdict |
 |---|---|---|---|---|---|---|---|---|
 {ref_table}
 

@@ -104,7 +104,10 @@ struct SaeConfig {
   int64_t k = 32;
   KScheduleConfig k_schedule;
   int64_t dead_window_tokens = 10000000;
-  Remedy dead_remedy = Remedy::kNone;  // none | ghost_grads | auxk
+  // none | ghost_grads | auxk. AuxK by default: the remedy that, alone or with
+  // any k schedule, left fewer dead latents than none in every cell of the
+  // study (docs/dead-latents.md), at the lowest cost.
+  Remedy dead_remedy = Remedy::kAuxK;
   double aux_coefficient = 0;          // weight of the AuxK / ghost term; 0 = the remedy's default
   Normalize normalize = Normalize::kNone;  // none | layer_norm | unit_mean_norm
   InitBDec init_b_dec = InitBDec::kMean;   // mean | geometric_median | zero

@@ -101,6 +101,12 @@ SaeTrainer::SaeTrainer(const TrainerOptions& opts)
 absl::StatusOr<std::unique_ptr<SaeTrainer>> SaeTrainer::Create(const TrainerOptions& opts) {
   if (opts.d_in <= 0) return absl::InvalidArgumentError("d_in must be > 0");
   SAE_RETURN_IF_ERROR(CheckSaeShape(opts.d_in, opts.latents, opts.k, opts.schedule.start()));
+  // (TrainerOptions' default schedule is constant at 32: a caller that sets k
+  // alone would otherwise train at 32 with a target of k.)
+  if (opts.schedule.end() != opts.k)
+    return absl::InvalidArgumentError("sae.k_schedule: ends at k = " + std::to_string(opts.schedule.end()) +
+                                      " but sae.k is " + std::to_string(opts.k) +
+                                      " (TrainerOptions::schedule must end at k; constant: KSchedule::Constant(k))");
   if (opts.total_tokens <= 0) return absl::InvalidArgumentError("train.tokens: must be > 0");
   if (opts.batch_tokens <= 0) return absl::InvalidArgumentError("train.batch_tokens: must be > 0");
   if (opts.device == Device::kAuto)

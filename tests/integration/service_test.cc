@@ -127,7 +127,7 @@ TEST_F(Service, EveryJobFieldReachesTheWorkerUnchanged) {
       "  k: 6\n"
       "  k_schedule: {start: 12, end: 6, fraction: 0.5, shape: cosine, loss: current_k, current_k_weight: 0.5}\n"
       "  dead_window_tokens: 5000\n"
-      "  dead_remedy: auxk\n"
+      "  dead_remedy: ghost_grads\n"
       "  aux_coefficient: 0.05\n"
       "  normalize: layer_norm\n"
       "  init_b_dec: zero\n"
