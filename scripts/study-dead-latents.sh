@@ -260,7 +260,7 @@ out, docs, k, rows, eval_windows = sys.argv[1:]
 def sweeps():
     # Each sweep: its job file's write (the start) to its --wait log's last write (the end).
     found = []
-    for y in sorted(glob.glob(os.path.join(out, "study*.yaml"))):
+    for y in sorted(glob.glob(os.path.join(out, "study*.yaml")), key=os.path.getmtime):  # in the order they ran
         tag = os.path.basename(y)[len("study"):-len(".yaml")]
         log = os.path.join(out, f"submit{tag}.log")
         if not os.path.isfile(log):
