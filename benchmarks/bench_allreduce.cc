@@ -17,100 +17,122 @@
 #include "benchmarks/bench_util.h"
 #include "core/comm/communicator.h"
 
+namespace {
+
 using sae::bench::Median;
 using sae::bench::SteadyNow;
 
-int main(int argc, char** argv) {
-  CLI::App app{"bench_allreduce: all-reduce bandwidth of a saeforge communicator backend"};
+struct Flags {
   std::string backend = "mpi";
   int64_t min_bytes = 1 << 10, max_bytes = 256 << 20, d = 768, n = 16384, bucket = int64_t{1} << 23;
   int iters = 10, warmup = 2;
   bool as_json = false;
-  app.add_option("--backend", backend, "local|mpi|gloo|nccl");
-  app.add_option("--min-bytes", min_bytes, "smallest message");
-  app.add_option("--max-bytes", max_bytes, "largest message");
-  app.add_option("--iters", iters, "timed repetitions (median)");
-  app.add_option("--d", d, "SAE gradient test: input dimension");
-  app.add_option("--latents", n, "SAE gradient test: latents");
-  app.add_option("--bucket", bucket, "SAE gradient test: bucket size in float32 elements");
-  app.add_flag("--json", as_json, "JSON lines");
-  CLI11_PARSE(app, argc, argv);
+};
 
-  sae::CommOptions o;
-  if (const char* r = std::getenv("SAE_RANK")) o.rank = std::atoi(r);
-  if (const char* w = std::getenv("SAE_WORLD_SIZE")) o.world_size = std::atoi(w);
-  if (const char* a = std::getenv("SAE_RENDEZVOUS")) o.rendezvous = a;
-  auto comm_or = sae::CreateCommunicator(backend, o);
-  if (!comm_or.ok()) {
-    std::fprintf(stderr, "error: %s\n", std::string(comm_or.status().message()).c_str());
-    return 1;
+const absl::Duration kTimeout = absl::Seconds(120);
+
+// The median time of fn over `iters` calls after `warmup`, every rank
+// starting each call together.
+template <typename F>
+double Timed(sae::Communicator& comm, const Flags& f, F&& fn) {
+  std::vector<double> ts;
+  for (int i = 0; i < f.warmup + f.iters; ++i) {
+    comm.Barrier(kTimeout).IgnoreError();
+    const double t0 = SteadyNow();
+    fn();
+    if (i >= f.warmup) ts.push_back(SteadyNow() - t0);
   }
-  sae::Communicator& comm = **comm_or;
+  return Median(ts);
+}
+
+// Time, algbw and busbw of one float32 sum all-reduce per message size
+// (min_bytes to max_bytes, times 4).
+void MessageSweep(sae::Communicator& comm, const Flags& f) {
   const int world = comm.world_size();
   const bool leader = comm.rank() == 0;
-  const absl::Duration timeout = absl::Seconds(120);
-  auto timed = [&](auto&& fn) {
-    std::vector<double> ts;
-    for (int i = 0; i < warmup + iters; ++i) {
-      comm.Barrier(timeout).IgnoreError();
-      const double t0 = SteadyNow();
-      fn();
-      if (i >= warmup) ts.push_back(SteadyNow() - t0);
-    }
-    return Median(ts);
-  };
-  if (leader && !as_json) {
-    std::printf("backend %s, %d ranks, float32 sum, median of %d after %d warm-up\n", backend.c_str(), world,
-                iters, warmup);
+  if (leader && !f.as_json) {
+    std::printf("backend %s, %d ranks, float32 sum, median of %d after %d warm-up\n", f.backend.c_str(), world,
+                f.iters, f.warmup);
     std::printf("%12s %12s %12s %12s\n", "bytes", "time_us", "algbw_GB/s", "busbw_GB/s");
   }
-  std::vector<float> buf(static_cast<size_t>(max_bytes / 4) + 1, 1.0f);
-  for (int64_t bytes = min_bytes; bytes <= max_bytes; bytes *= 4) {
+  std::vector<float> buf(static_cast<size_t>(f.max_bytes / 4) + 1, 1.0f);
+  for (int64_t bytes = f.min_bytes; bytes <= f.max_bytes; bytes *= 4) {
     const size_t count = static_cast<size_t>(bytes / 4);
-    const double t = timed([&] {
-      comm.AllReduce(buf.data(), count, sae::CommDType::kF32, sae::ReduceOp::kSum, timeout).IgnoreError();
+    const double t = Timed(comm, f, [&] {
+      comm.AllReduce(buf.data(), count, sae::CommDType::kF32, sae::ReduceOp::kSum, kTimeout).IgnoreError();
     });
     const double algbw = bytes / t / 1e9, busbw = algbw * 2.0 * (world - 1) / world;
     if (!leader) continue;
-    if (as_json)
-      std::printf("%s\n", nlohmann::json({{"backend", backend}, {"ranks", world}, {"bytes", bytes},
+    if (f.as_json)
+      std::printf("%s\n", nlohmann::json({{"backend", f.backend}, {"ranks", world}, {"bytes", bytes},
                                           {"seconds", t}, {"algbw", algbw}, {"busbw", busbw}})
                               .dump()
                               .c_str());
     else
       std::printf("%12ld %12.1f %12.3f %12.3f\n", bytes, t * 1e6, algbw, busbw);
   }
+}
 
-  // The gradient all-reduce of one SAE step: W_enc, b_enc, W_dec, b_dec.
+// The gradient all-reduce of one SAE step: W_enc, b_enc, W_dec, b_dec, one
+// call per tensor against buckets of f.bucket floats.
+void SaeGradients(sae::Communicator& comm, const Flags& f) {
+  const int64_t n = f.n, d = f.d, bucket = f.bucket;
   const std::vector<int64_t> sizes = {n * d, n, n * d, d};
   int64_t total = 0;
   for (int64_t s : sizes) total += s;
   std::vector<float> grads(static_cast<size_t>(total), 0.5f);
-  const double per_tensor = timed([&] {
+  const double per_tensor = Timed(comm, f, [&] {
     int64_t off = 0;
     for (int64_t s : sizes) {
       comm.AllReduce(grads.data() + off, static_cast<size_t>(s), sae::CommDType::kF32, sae::ReduceOp::kSum,
-                     timeout).IgnoreError();
+                     kTimeout).IgnoreError();
       off += s;
     }
   });
-  const double bucketed = timed([&] {
+  const double bucketed = Timed(comm, f, [&] {
     for (int64_t off = 0; off < total; off += bucket)
       comm.AllReduce(grads.data() + off, static_cast<size_t>(std::min(bucket, total - off)), sae::CommDType::kF32,
-                     sae::ReduceOp::kSum, timeout).IgnoreError();
+                     sae::ReduceOp::kSum, kTimeout).IgnoreError();
   });
-  if (leader) {
-    const double mb = total * 4.0 / 1e6;
-    if (as_json)
-      std::printf("%s\n", nlohmann::json({{"backend", backend}, {"ranks", world}, {"sae_grad_bytes", total * 4},
-                                          {"per_tensor_seconds", per_tensor}, {"bucketed_seconds", bucketed},
-                                          {"bucket_elems", bucket}})
-                              .dump()
-                              .c_str());
-    else
-      std::printf("SAE gradients d %ld x latents %ld: %.1f MB per step; one call per tensor %.4f s, "
-                  "buckets of %ld floats %.4f s\n",
-                  d, n, mb, per_tensor, bucket, bucketed);
+  if (comm.rank() != 0) return;
+  const double mb = total * 4.0 / 1e6;
+  if (f.as_json)
+    std::printf("%s\n", nlohmann::json({{"backend", f.backend}, {"ranks", comm.world_size()},
+                                        {"sae_grad_bytes", total * 4}, {"per_tensor_seconds", per_tensor},
+                                        {"bucketed_seconds", bucketed}, {"bucket_elems", bucket}})
+                            .dump()
+                            .c_str());
+  else
+    std::printf("SAE gradients d %ld x latents %ld: %.1f MB per step; one call per tensor %.4f s, "
+                "buckets of %ld floats %.4f s\n",
+                d, n, mb, per_tensor, bucket, bucketed);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"bench_allreduce: all-reduce bandwidth of a saeforge communicator backend"};
+  Flags f;
+  app.add_option("--backend", f.backend, "local|mpi|gloo|nccl");
+  app.add_option("--min-bytes", f.min_bytes, "smallest message");
+  app.add_option("--max-bytes", f.max_bytes, "largest message");
+  app.add_option("--iters", f.iters, "timed repetitions (median)");
+  app.add_option("--d", f.d, "SAE gradient test: input dimension");
+  app.add_option("--latents", f.n, "SAE gradient test: latents");
+  app.add_option("--bucket", f.bucket, "SAE gradient test: bucket size in float32 elements");
+  app.add_flag("--json", f.as_json, "JSON lines");
+  CLI11_PARSE(app, argc, argv);
+
+  sae::CommOptions o;
+  if (const char* r = std::getenv("SAE_RANK")) o.rank = std::atoi(r);
+  if (const char* w = std::getenv("SAE_WORLD_SIZE")) o.world_size = std::atoi(w);
+  if (const char* a = std::getenv("SAE_RENDEZVOUS")) o.rendezvous = a;
+  auto comm = sae::CreateCommunicator(f.backend, o);
+  if (!comm.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(comm.status().message()).c_str());
+    return 1;
   }
+  MessageSweep(**comm, f);
+  SaeGradients(**comm, f);
   return 0;
 }

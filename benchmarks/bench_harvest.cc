@@ -212,123 +212,118 @@ int RunLarge(int64_t dim, int64_t layers, int64_t heads, int64_t kv_heads, int64
   return 0;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  sae::ChooseBlasKernel(argc, argv);  // first: it may re-exec (core/base/blas_kernel.h)
-  CLI::App app{"bench_harvest: harvest tokens/s against single stream, run.c and the GEMM"};
+// The command line.
+struct Flags {
   std::string model_path, corpus, dtype;
   int64_t layer = 2, context = 128, batch = 32, rows = 65536, gen_rows = 16384, single_tokens = 512, reps = 5;
   double runc = 11000;
   int threads = 0;
   bool large = false;
   int64_t l_dim = 1024, l_layers = 24, l_heads = 16, l_kv = 16, l_hidden = 2816, l_context = 128, l_batch = 4;
-  app.add_option("--model", model_path, "checkpoint (e.g. ../shared/data/stories260K)");
-  app.add_option("--corpus", corpus, "text corpus (default: tinystories_sample.txt beside the model)");
-  app.add_option("--dtype", dtype, "float32|bfloat16|float16: weights and compute (default: as stored, float32 compute)");
-  app.add_option("--layer", layer, "harvest layer");
-  app.add_option("--context", context, "tokens per window");
-  app.add_option("--batch", batch, "windows per forward pass");
-  app.add_option("--rows", rows, "rows per text harvest run");
-  app.add_option("--gen-rows", gen_rows, "rows per generate harvest run");
-  app.add_option("--single-tokens", single_tokens, "tokens per single-stream run");
-  app.add_option("--reps", reps, "repetitions (median reported)");
-  app.add_option("--threads", threads, "intra-op threads (0: the runtime's rule, 1 for small models)");
-  app.add_option("--runc-tokens-per-s", runc, "llama2.c run.c's single-stream tokens/s through all blocks (the issue's: 11000)");
-  app.add_flag("--large", large, "the ~300M-parameter random Llama against the GEMM rate instead");
-  app.add_option("--large-dim", l_dim, "large: dim");
-  app.add_option("--large-layers", l_layers, "large: layers");
-  app.add_option("--large-heads", l_heads, "large: heads");
-  app.add_option("--large-kv-heads", l_kv, "large: key/value heads");
-  app.add_option("--large-hidden", l_hidden, "large: MLP hidden size");
-  app.add_option("--large-context", l_context, "large: tokens per window");
-  app.add_option("--large-batch", l_batch, "large: windows per forward pass");
-  CLI11_PARSE(app, argc, argv);
-  if (large) return RunLarge(l_dim, l_layers, l_heads, l_kv, l_hidden, l_context, l_batch, reps, threads);
-  if (model_path.empty()) {
-    std::fprintf(stderr, "error: --model is required (or --large)\n");
-    return 1;
-  }
-  auto model = sae::LoadModel(model_path, sae::LoadOptions{dtype});
-  if (!model.ok()) return Die(model.status());
-  const sae::ModelConfig& c = model->config();
-  if (corpus.empty()) corpus = model_path + "/tinystories_sample.txt";
-  auto tok = sae::LoadTokenizerFor(model_path, c.vocab_size, "");
-  if (!tok.ok()) return Die(tok.status());
-  sae::ScopedThreads scoped(threads > 0 ? threads : sae::PreferredThreads(c));
+};
+
+void AddFlags(CLI::App& app, Flags& f) {
+  app.add_option("--model", f.model_path, "checkpoint (e.g. ../shared/data/stories260K)");
+  app.add_option("--corpus", f.corpus, "text corpus (default: tinystories_sample.txt beside the model)");
+  app.add_option("--dtype", f.dtype, "float32|bfloat16|float16: weights and compute (default: as stored, float32 compute)");
+  app.add_option("--layer", f.layer, "harvest layer");
+  app.add_option("--context", f.context, "tokens per window");
+  app.add_option("--batch", f.batch, "windows per forward pass");
+  app.add_option("--rows", f.rows, "rows per text harvest run");
+  app.add_option("--gen-rows", f.gen_rows, "rows per generate harvest run");
+  app.add_option("--single-tokens", f.single_tokens, "tokens per single-stream run");
+  app.add_option("--reps", f.reps, "repetitions (median reported)");
+  app.add_option("--threads", f.threads, "intra-op threads (0: the runtime's rule, 1 for small models)");
+  app.add_option("--runc-tokens-per-s", f.runc, "llama2.c run.c's single-stream tokens/s through all blocks (the issue's: 11000)");
+  app.add_flag("--large", f.large, "the ~300M-parameter random Llama against the GEMM rate instead");
+  app.add_option("--large-dim", f.l_dim, "large: dim");
+  app.add_option("--large-layers", f.l_layers, "large: layers");
+  app.add_option("--large-heads", f.l_heads, "large: heads");
+  app.add_option("--large-kv-heads", f.l_kv, "large: key/value heads");
+  app.add_option("--large-hidden", f.l_hidden, "large: MLP hidden size");
+  app.add_option("--large-context", f.l_context, "large: tokens per window");
+  app.add_option("--large-batch", f.l_batch, "large: windows per forward pass");
+}
+
+void PrintSmallHeader(const Flags& f, const sae::Transformer& model) {
+  const sae::ModelConfig& c = model.config();
   char cfg[768];
   std::snprintf(cfg, sizeof(cfg),
                 "model: %s (%s; dim %ld, %ld layers, %ld heads / %ld kv, vocab %ld; weights %s, compute %s)\n"
                 "config: layer %ld (%ld blocks run), context %ld, batch %ld windows; %ld text rows, %ld generate rows, "
                 "%ld single-stream tokens per run; %ld reps, modes interleaved; corpus %s",
                 c.source.c_str(), c.format.c_str(), c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size,
-                c10::toString(model->weights().blocks[0].wq.scalar_type()), c10::toString(c.compute_dtype), layer,
-                layer + 1, context, batch, rows, gen_rows, single_tokens, reps, corpus.c_str());
+                c10::toString(model.weights().blocks[0].wq.scalar_type()), c10::toString(c.compute_dtype), f.layer,
+                f.layer + 1, f.context, f.batch, f.rows, f.gen_rows, f.single_tokens, f.reps, f.corpus.c_str());
   Header(cfg);
+}
 
+// Greedy single-stream decoding, one token per forward with a KV cache.
+double SingleStream(const sae::Transformer& model, int64_t tokens) {
+  sae::KvCache cache = model.NewCache(1, tokens);
+  int64_t t = model.config().bos_id;
+  for (int64_t p = 0; p < tokens; ++p) {
+    auto l = model.Forward(at::full({1, 1}, t, at::kLong), &cache);
+    if (!l.ok()) std::exit(Die(l.status()));
+    t = l->reshape({-1}).argmax().item<int64_t>();
+  }
+  return static_cast<double>(tokens);
+}
+
+// The text harvest's windows from first_row on, one forward pass of `batch`
+// windows each, op by op (the reference path); rows made.
+double ReferenceHarvest(const sae::Transformer& model, sae::WindowSource& src, const Flags& f, int64_t first_row) {
+  const int64_t per = (f.context - 1) * f.batch;
+  double done = 0;
+  for (int64_t b = first_row / per; done < f.rows; ++b) {
+    auto w = src.Windows(b * f.batch, f.batch);
+    sae::ForwardOptions fo;
+    fo.reference = true;
+    fo.stop_after_layer = f.layer;
+    at::Tensor acts;
+    fo.hooks.push_back({f.layer, sae::HookPoint::kResidPost, [&acts](at::Tensor& x) { acts = x; }});
+    if (!model.Forward(*w, nullptr, fo).ok()) std::exit(1);
+    at::Tensor out = acts.narrow(1, 1, f.context - 1).reshape({-1, model.config().dim}).contiguous();
+    done += static_cast<double>(out.size(0));
+  }
+  return done;
+}
+
+// The four modes' rates, one repetition of each in turn (the first a warm-up).
+absl::StatusOr<std::map<std::string, Series>> MeasureModes(const sae::Transformer& model, const sae::Tokenizer* tok,
+                                                           const Flags& f) {
   sae::HarvestOptions ho;
-  ho.layer = layer;
-  ho.context = context;
-  ho.batch = batch;
-  ho.corpus = corpus;
-  auto text = sae::Harvester::Create(*model, tok->get(), ho);
-  if (!text.ok()) return Die(text.status());
+  ho.layer = f.layer;
+  ho.context = f.context;
+  ho.batch = f.batch;
+  ho.corpus = f.corpus;
+  SAE_ASSIGN_OR_RETURN(std::unique_ptr<sae::Harvester> text, sae::Harvester::Create(model, tok, ho));
   ho.corpus = "generate";
-  auto gen = sae::Harvester::Create(*model, nullptr, ho);
-  if (!gen.ok()) return Die(gen.status());
-
+  SAE_ASSIGN_OR_RETURN(std::unique_ptr<sae::Harvester> gen, sae::Harvester::Create(model, nullptr, ho));
   sae::HarvestOptions ro = ho;
-  ro.corpus = corpus;
-  auto src = sae::WindowSource::Create(*model, tok->get(), ro);
-  if (!src.ok()) return Die(src.status());
+  ro.corpus = f.corpus;
+  SAE_ASSIGN_OR_RETURN(std::unique_ptr<sae::WindowSource> src, sae::WindowSource::Create(model, tok, ro));
   std::map<std::string, Series> series;
-  const std::vector<std::string> order = {"single", "text", "text-ref", "generate"};
   int64_t next_row = 0, next_gen = 0;
-  for (int64_t r = 0; r <= reps; ++r) {  // r = 0: warm-up
+  for (int64_t r = 0; r <= f.reps; ++r) {  // r = 0: warm-up
     std::map<std::string, Sample> s;
-    s["single"] = Time([&] {
-      sae::KvCache cache = model->NewCache(1, single_tokens);
-      int64_t t = c.bos_id;
-      for (int64_t p = 0; p < single_tokens; ++p) {
-        auto l = model->Forward(at::full({1, 1}, t, at::kLong), &cache);
-        if (!l.ok()) std::exit(Die(l.status()));
-        t = l->reshape({-1}).argmax().item<int64_t>();
-      }
-      return static_cast<double>(single_tokens);
-    });
-    s["text"] = Time([&] {
-      const double n = HarvestRows(text->get(), next_row, rows);
-      return n;
-    });
-    s["text-ref"] = Time([&] {
-      // The same windows, one forward pass of `batch` windows each, op by op.
-      const int64_t per = (context - 1) * batch;
-      double done = 0;
-      for (int64_t b = next_row / per; done < rows; ++b) {
-        auto w = (*src)->Windows(b * batch, batch);
-        sae::ForwardOptions fo;
-        fo.reference = true;
-        fo.stop_after_layer = layer;
-        at::Tensor acts;
-        fo.hooks.push_back({layer, sae::HookPoint::kResidPost, [&acts](at::Tensor& x) { acts = x; }});
-        if (!model->Forward(*w, nullptr, fo).ok()) std::exit(1);
-        at::Tensor out = acts.narrow(1, 1, context - 1).reshape({-1, c.dim}).contiguous();
-        done += static_cast<double>(out.size(0));
-      }
-      return done;
-    });
-    s["generate"] = Time([&] {
-      const double n = HarvestRows(gen->get(), next_gen, gen_rows);
-      return n;
-    });
-    next_row += rows;
-    next_gen += gen_rows;
+    s["single"] = Time([&] { return SingleStream(model, f.single_tokens); });
+    s["text"] = Time([&] { return HarvestRows(text.get(), next_row, f.rows); });
+    s["text-ref"] = Time([&] { return ReferenceHarvest(model, *src, f, next_row); });
+    s["generate"] = Time([&] { return HarvestRows(gen.get(), next_gen, f.gen_rows); });
+    next_row += f.rows;
+    next_gen += f.gen_rows;
     if (r == 0) continue;
     for (auto& [name, smp] : s) series[name].Add(smp);
   }
-  const int64_t blocks = layer + 1;
+  return series;
+}
+
+void PrintModes(const Flags& f, const sae::ModelConfig& c, std::map<std::string, Series>& series) {
+  const std::vector<std::string> order = {"single", "text", "text-ref", "generate"};
+  const int64_t blocks = f.layer + 1;
   auto blocks_of = [&](const std::string& m) { return m == "single" ? c.n_layers : blocks; };
-  const double runc_block = runc * 5;  // run.c: tokens/s through stories260K's 5 blocks
+  const double runc_block = f.runc * 5;  // run.c: tokens/s through stories260K's 5 blocks
   std::printf("%-58s %11s %11s %13s %10s %10s\n", "mode", "tokens/s", "cpu tok/s", "block-tok/s", "vs run.c",
               "(cpu)");
   const std::map<std::string, std::string> label = {
@@ -342,13 +337,40 @@ int main(int argc, char** argv) {
     const double per_block = m == "generate" ? t : t * blocks_of(m);
     const double cpu_block = m == "generate" ? cpu : cpu * blocks_of(m);
     std::printf("%-58s %11.0f %11.0f %13.0f %9.2fx %9.2fx\n", label.at(m).c_str(), t, cpu, per_block,
-                m == "generate" ? t / runc : per_block / runc_block,
-                m == "generate" ? cpu / runc : cpu_block / runc_block);
+                m == "generate" ? t / f.runc : per_block / runc_block,
+                m == "generate" ? cpu / f.runc : cpu_block / runc_block);
   }
   std::printf("\nrun.c reference: %.0f tokens/s through all 5 blocks = %.0f block-tokens/s (issue 14; "
               "--runc-tokens-per-s). 'vs run.c': block-tokens/s over run.c's (generate: tokens/s over run.c's "
               "tokens/s). cpu tok/s: rows over this process's user+system seconds, and (cpu) the same ratio on them: "
               "on a loaded machine the wall rate is this process's share of the cores.\n",
-              runc, runc_block);
+              f.runc, runc_block);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  sae::ChooseBlasKernel(argc, argv);  // first: it may re-exec (core/base/blas_kernel.h)
+  CLI::App app{"bench_harvest: harvest tokens/s against single stream, run.c and the GEMM"};
+  Flags f;
+  AddFlags(app, f);
+  CLI11_PARSE(app, argc, argv);
+  if (f.large)
+    return RunLarge(f.l_dim, f.l_layers, f.l_heads, f.l_kv, f.l_hidden, f.l_context, f.l_batch, f.reps, f.threads);
+  if (f.model_path.empty()) {
+    std::fprintf(stderr, "error: --model is required (or --large)\n");
+    return 1;
+  }
+  auto model = sae::LoadModel(f.model_path, sae::LoadOptions{f.dtype});
+  if (!model.ok()) return Die(model.status());
+  const sae::ModelConfig& c = model->config();
+  if (f.corpus.empty()) f.corpus = f.model_path + "/tinystories_sample.txt";
+  auto tok = sae::LoadTokenizerFor(f.model_path, c.vocab_size, "");
+  if (!tok.ok()) return Die(tok.status());
+  sae::ScopedThreads scoped(f.threads > 0 ? f.threads : sae::PreferredThreads(c));
+  PrintSmallHeader(f, *model);
+  auto series = MeasureModes(*model, tok->get(), f);
+  if (!series.ok()) return Die(series.status());
+  PrintModes(f, c, *series);
   return 0;
 }

@@ -19,92 +19,121 @@
 #include "core/lm/loaders.h"
 #include "core/base/blas_kernel.h"
 
-int main(int argc, char** argv) {
-  sae::ChooseBlasKernel(argc, argv);  // first: it may re-exec (core/base/blas_kernel.h)
-  CLI::App app{"steering_study: concept mentions and fluency under add/clamp steering"};
+namespace {
+
+struct Flags {
   std::string model_path, sae_dir, prompt = "Once upon a time";
   std::vector<std::string> concepts;
   std::vector<double> scales = {2, 5, 10};
   int64_t seeds = 50, steps = 128;
-  app.add_option("--model", model_path)->required();
-  app.add_option("--sae", sae_dir)->required();
-  app.add_option("--concept", concepts, "WORD:LATENT (the word is matched as a regex, case-insensitive)")->required();
-  app.add_option("--scales", scales, "multiples of the latent's dashboard max");
-  app.add_option("--seeds", seeds);
-  app.add_option("--steps", steps);
-  app.add_option("--prompt", prompt);
-  CLI11_PARSE(app, argc, argv);
-  auto model = sae::LoadModel(model_path);
-  if (!model.ok()) return std::fprintf(stderr, "%s\n", std::string(model.status().message()).c_str()), 1;
-  auto tok = sae::LoadTokenizerFor(model_path, model->config().vocab_size);
-  auto run = sae::OpenSaeRun(sae_dir);
-  auto feats = sae::LoadFeatures(sae_dir);
-  if (!tok.ok() || !run.ok() || !feats.ok()) return std::fprintf(stderr, "cannot load tokenizer/SAE/dashboards\n"), 1;
-  sae::ScopedThreads threads(sae::PreferredThreads(model->config()));
-  const std::vector<float> maxes = feats->MaxActivations();
-  auto gen_opts = [&](int64_t seed) {
-    sae::GenerateOptions g;
-    g.prompt = prompt;
-    g.steps = steps;
-    g.seed = static_cast<uint64_t>(seed);
-    return g;
-  };
-  struct Sample {
-    std::string text;
-    double loss;
-  };
-  auto run_all = [&](const sae::Steerer* st) {
+};
+
+// One generation: its generated text and the unsteered model's mean
+// per-token loss on it.
+struct Sample {
+  std::string text;
+  double loss;
+};
+
+// What every generation of the study shares.
+struct Study {
+  const Flags& f;
+  const sae::Transformer& model;
+  const sae::Tokenizer& tok;
+  const sae::SaeRun& run;
+  std::vector<float> maxes;  // dashboard max of each latent
+
+  // Generations with seeds 1..f.seeds, steered by st (null: unsteered).
+  std::vector<Sample> GenerateAll(const sae::Steerer* st) const {
     std::vector<Sample> out;
-    for (int64_t s = 1; s <= seeds; ++s) {
-      auto r = sae::GenerateSteered(*model, **tok, *run, gen_opts(s), st);
+    for (int64_t s = 1; s <= f.seeds; ++s) {
+      sae::GenerateOptions g;
+      g.prompt = f.prompt;
+      g.steps = f.steps;
+      g.seed = static_cast<uint64_t>(s);
+      auto r = sae::GenerateSteered(model, tok, run, g, st);
       if (!r.ok()) {
         std::fprintf(stderr, "%s\n", std::string(r.status().message()).c_str());
         std::exit(1);
       }
       std::vector<int32_t> gen(r->tokens.begin() + r->prompt_tokens, r->tokens.end());
-      auto loss = sae::MeanTokenLoss(*model, r->tokens, r->prompt_tokens);
-      out.push_back({(**tok).Decode(gen), loss.ok() ? *loss : NAN});
+      auto loss = sae::MeanTokenLoss(model, r->tokens, r->prompt_tokens);
+      out.push_back({tok.Decode(gen), loss.ok() ? *loss : NAN});
     }
     return out;
-  };
-  auto share = [](const std::vector<Sample>& v, const std::regex& re) {
-    int64_t n = 0;
-    for (const auto& s : v) n += std::regex_search(s.text, re);
-    return static_cast<double>(n) / v.size();
-  };
-  auto mean_loss = [](const std::vector<Sample>& v) {
-    double s = 0;
-    for (const auto& x : v) s += x.loss;
-    return s / v.size();
-  };
-  const std::vector<Sample> plain = run_all(nullptr);
-  std::printf("prompt \"%s\", %ld positions, seeds 1..%ld, temperature 1, top-p 0.9; SAE %s (layer %ld, %ld latents)\n",
-              prompt.c_str(), steps, seeds, sae_dir.c_str(), run->layer, run->latents());
-  std::printf("unsteered fluency (mean per-token loss of the model on its own generations): %.3f\n\n",
-              mean_loss(plain));
-  std::printf("| concept | latent | max_j | mode | scale | mentions unsteered | mentions steered | fluency (loss) |\n");
-  std::printf("|---|---|---|---|---|---|---|---|\n");
-  for (const std::string& c : concepts) {
-    const size_t colon = c.rfind(':');
-    const std::string word = c.substr(0, colon);
-    const int64_t latent = std::stoll(c.substr(colon + 1));
-    const std::regex re("\\b" + word + "\\b", std::regex::icase);
-    const double base = share(plain, re);
-    for (sae::SteerMode mode : {sae::SteerMode::kAdd, sae::SteerMode::kClamp}) {
-      for (double s : scales) {
-        sae::SteerOptions so;
-        so.mode = mode;
-        so.terms = {{latent, mode == sae::SteerMode::kAdd ? s * maxes[latent] : s}};
-        auto st = sae::Steerer::Create(*run, so, maxes);
-        if (!st.ok()) return std::fprintf(stderr, "%s\n", std::string(st.status().message()).c_str()), 1;
-        const std::vector<Sample> v = run_all(&*st);
-        std::printf("| %s | %ld | %.2f | %s | %g×max | %.0f%% | %.0f%% | %.3f |\n", word.c_str(), latent, maxes[latent],
-                    sae::SteerModeName(mode), s, 100 * base, 100 * share(v, re), mean_loss(v));
-        std::fflush(stdout);
-        if (s == scales.back() && mode == sae::SteerMode::kClamp)
-          std::fprintf(stderr, "example (%s, clamp %g×, seed 1): %s\n", word.c_str(), s, v[0].text.c_str());
-      }
+  }
+};
+
+double Share(const std::vector<Sample>& v, const std::regex& re) {
+  int64_t n = 0;
+  for (const auto& s : v) n += std::regex_search(s.text, re);
+  return static_cast<double>(n) / v.size();
+}
+
+double MeanLoss(const std::vector<Sample>& v) {
+  double s = 0;
+  for (const auto& x : v) s += x.loss;
+  return s / v.size();
+}
+
+// The table rows of one concept ("WORD:LATENT"): each mode and scale against
+// the unsteered generations `plain`. Returns 1 where a steerer is refused.
+int StudyConcept(const Study& study, const std::string& c, const std::vector<Sample>& plain) {
+  const size_t colon = c.rfind(':');
+  const std::string word = c.substr(0, colon);
+  const int64_t latent = std::stoll(c.substr(colon + 1));
+  const std::regex re("\\b" + word + "\\b", std::regex::icase);
+  const double base = Share(plain, re);
+  const std::vector<double>& scales = study.f.scales;
+  const std::vector<float>& maxes = study.maxes;
+  for (sae::SteerMode mode : {sae::SteerMode::kAdd, sae::SteerMode::kClamp}) {
+    for (double s : scales) {
+      sae::SteerOptions so;
+      so.mode = mode;
+      so.terms = {{latent, mode == sae::SteerMode::kAdd ? s * maxes[latent] : s}};
+      auto st = sae::Steerer::Create(study.run, so, maxes);
+      if (!st.ok()) return std::fprintf(stderr, "%s\n", std::string(st.status().message()).c_str()), 1;
+      const std::vector<Sample> v = study.GenerateAll(&*st);
+      std::printf("| %s | %ld | %.2f | %s | %g×max | %.0f%% | %.0f%% | %.3f |\n", word.c_str(), latent, maxes[latent],
+                  sae::SteerModeName(mode), s, 100 * base, 100 * Share(v, re), MeanLoss(v));
+      std::fflush(stdout);
+      if (s == scales.back() && mode == sae::SteerMode::kClamp)
+        std::fprintf(stderr, "example (%s, clamp %g×, seed 1): %s\n", word.c_str(), s, v[0].text.c_str());
     }
   }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  sae::ChooseBlasKernel(argc, argv);  // first: it may re-exec (core/base/blas_kernel.h)
+  CLI::App app{"steering_study: concept mentions and fluency under add/clamp steering"};
+  Flags f;
+  app.add_option("--model", f.model_path)->required();
+  app.add_option("--sae", f.sae_dir)->required();
+  app.add_option("--concept", f.concepts, "WORD:LATENT (the word is matched as a regex, case-insensitive)")->required();
+  app.add_option("--scales", f.scales, "multiples of the latent's dashboard max");
+  app.add_option("--seeds", f.seeds);
+  app.add_option("--steps", f.steps);
+  app.add_option("--prompt", f.prompt);
+  CLI11_PARSE(app, argc, argv);
+  auto model = sae::LoadModel(f.model_path);
+  if (!model.ok()) return std::fprintf(stderr, "%s\n", std::string(model.status().message()).c_str()), 1;
+  auto tok = sae::LoadTokenizerFor(f.model_path, model->config().vocab_size);
+  auto run = sae::OpenSaeRun(f.sae_dir);
+  auto feats = sae::LoadFeatures(f.sae_dir);
+  if (!tok.ok() || !run.ok() || !feats.ok()) return std::fprintf(stderr, "cannot load tokenizer/SAE/dashboards\n"), 1;
+  sae::ScopedThreads threads(sae::PreferredThreads(model->config()));
+  const Study study{f, *model, **tok, *run, feats->MaxActivations()};
+  const std::vector<Sample> plain = study.GenerateAll(nullptr);
+  std::printf("prompt \"%s\", %ld positions, seeds 1..%ld, temperature 1, top-p 0.9; SAE %s (layer %ld, %ld latents)\n",
+              f.prompt.c_str(), f.steps, f.seeds, f.sae_dir.c_str(), run->layer, run->latents());
+  std::printf("unsteered fluency (mean per-token loss of the model on its own generations): %.3f\n\n",
+              MeanLoss(plain));
+  std::printf("| concept | latent | max_j | mode | scale | mentions unsteered | mentions steered | fluency (loss) |\n");
+  std::printf("|---|---|---|---|---|---|---|---|\n");
+  for (const std::string& c : f.concepts)
+    if (StudyConcept(study, c, plain) != 0) return 1;
   return 0;
 }

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "cli/model_flags.h"
 #include "cli/progress.h"
 #include "cli/serve.h"
 #include "core/base/exit_code.h"
@@ -378,8 +379,7 @@ CommandRunner AddInterpCommands(CLI::App* app) {
   ba->opts.windows.seed = 1000003;  // held out from harvests with small seeds
   ba->opts.windows.batch = 16;
   CLI::App* build = feat->add_subcommand("build", "one streaming pass over text computing every latent's dashboard");
-  build->add_option("--model", ba->model, "checkpoint file or directory")->required();
-  build->add_option("--tokenizer", ba->tokenizer, "tokenizer file (default: found beside the model)");
+  AddModelFlags(build, &ba->model, &ba->tokenizer);
   build->add_option("--sae", ba->sae, "SAE run directory (sae.safetensors + cfg.json)")->required();
   build->add_option("--layer", ba->layer, "block the SAE reads (default: cfg.json's provenance)");
   build->add_option("--hook", ba->hook, "resid_post or mlp_out (default: provenance)");
@@ -414,8 +414,7 @@ CommandRunner AddInterpCommands(CLI::App* app) {
 
   auto ca = std::make_shared<ConceptArgs>();
   CLI::App* con = app->add_subcommand("concepts", "latents that fire on a set of texts and not on a contrast set");
-  con->add_option("--model", ca->model, "checkpoint file or directory")->required();
-  con->add_option("--tokenizer", ca->tokenizer, "tokenizer file (default: found beside the model)");
+  AddModelFlags(con, &ca->model, &ca->tokenizer);
   con->add_option("--sae", ca->sae, "SAE run directory")->required();
   con->add_option("--layer", ca->layer, "block the SAE reads (default: provenance)");
   con->add_option("--texts", ca->texts, "file: one text per line")->required();

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/interp_commands.h"
+#include "cli/model_flags.h"
 #include "cli/progress.h"
 #include "core/base/exit_code.h"
 #include "core/interp/eval.h"
@@ -157,9 +158,8 @@ int RunEval(EvalArgs a) {
 CommandRunner AddLmCommands(CLI::App* app) {
   auto ga = std::make_shared<GenerateArgs>();
   CLI::App* gen = app->add_subcommand("generate", "generate text with a language model (llama2.c's sampler)");
-  gen->add_option("--model", ga->model, "checkpoint file, or a directory with it and its tokenizer")->required();
-  gen->add_option("--tokenizer", ga->tokenizer, "tokenizer file (default: found beside the model)");
-  gen->add_option("--dtype", ga->dtype, "weights and compute dtype: float32|bfloat16|float16 (default: weights as stored, float32 compute)");
+  AddModelFlags(gen, &ga->model, &ga->tokenizer, "checkpoint file, or a directory with it and its tokenizer");
+  AddDTypeFlag(gen, &ga->dtype);
   gen->add_option("--prompt,-i", ga->opts.prompt, "prompt text");
   gen->add_option("--steps,-n", ga->opts.steps, "positions to run, prompt included (0 = context length)");
   gen->add_option("--temperature,-t", ga->opts.temperature, "0 = greedy");
@@ -169,9 +169,8 @@ CommandRunner AddLmCommands(CLI::App* app) {
 
   auto ha = std::make_shared<HarvestArgs>();
   CLI::App* harvest = app->add_subcommand("harvest", "write a model's activations at a layer as shards");
-  harvest->add_option("--model", ha->model, "checkpoint file or directory")->required();
-  harvest->add_option("--tokenizer", ha->tokenizer, "tokenizer file (default: found beside the model)");
-  harvest->add_option("--dtype", ha->dtype, "weights and compute dtype: float32|bfloat16|float16 (default: weights as stored, float32 compute)");
+  AddModelFlags(harvest, &ha->model, &ha->tokenizer);
+  AddDTypeFlag(harvest, &ha->dtype);
   harvest->add_option("--layer", ha->opts.layer, "block whose output is read (0-based)")->required();
   harvest->add_option("--hook", ha->hook, "resid_post (after the block) or mlp_out");
   harvest->add_option("--corpus", ha->opts.corpus, "text file, or 'generate' (the model samples its own)");
@@ -196,9 +195,8 @@ CommandRunner AddLmCommands(CLI::App* app) {
   ea->opts.windows.seed = 1000003;  // held out from harvests with small seeds
   ea->opts.windows.batch = 8;
   CLI::App* ev = app->add_subcommand("eval", "evaluate an SAE spliced into a model: fvu, L0, dead/dense, CE recovered, KL");
-  ev->add_option("--model", ea->model, "checkpoint file or directory")->required();
-  ev->add_option("--tokenizer", ea->tokenizer, "tokenizer file (default: found beside the model)");
-  ev->add_option("--dtype", ea->dtype, "weights and compute dtype: float32|bfloat16|float16 (default: weights as stored, float32 compute)");
+  AddModelFlags(ev, &ea->model, &ea->tokenizer);
+  AddDTypeFlag(ev, &ea->dtype);
   ev->add_option("--sae", ea->sae, "trained SAE directory (sae.safetensors + cfg.json)")->required();
   ev->add_option("--layer", ea->opts.windows.layer, "block whose output the SAE reads")->required();
   ev->add_option("--hook", ea->hook, "resid_post or mlp_out");

@@ -1,6 +1,7 @@
 // Progress of a long command over tokens: a live bar on a TTY (redrawn at
 // most 10 times a second: tokens, tokens/s, ETA), plain log lines on stderr
-// otherwise (about every 10% or 10 s). Not thread-safe: one caller.
+// otherwise (about every 10% or 10 s), numbers formatted as `sae train`
+// prints them (core/base/human_format.h). Not thread-safe: one caller.
 #pragma once
 
 #include <unistd.h>
@@ -12,6 +13,7 @@
 #include <string>
 
 #include "core/base/clock.h"
+#include "core/base/human_format.h"
 
 namespace sae {
 
@@ -27,15 +29,13 @@ class TokenProgress {
     const double frac = std::clamp(static_cast<double>(done) / total, 0.0, 1.0);
     const double eta = rate > 0 ? (total - done) / rate : NAN;
     char stats[200];
-    std::snprintf(stats, sizeof(stats), "%s %s/%s %s  %s %s/s  ETA %s", what_.c_str(), Count(done).c_str(),
-                  Count(total).c_str(), unit_.c_str(), Count(rate).c_str(), unit_.c_str(), Duration(eta).c_str());
+    std::snprintf(stats, sizeof(stats), "%s %s/%s %s  %s %s/s  ETA %s", what_.c_str(), HumanCount(done).c_str(),
+                  HumanCount(total).c_str(), unit_.c_str(), HumanCount(rate).c_str(), unit_.c_str(),
+                  HumanDuration(eta).c_str());
     if (tty_) {
       if (now - last_ < 0.1 && done < total) return;
       last_ = now;
-      const int width = 24, filled = static_cast<int>(frac * width);
-      std::string bar(filled, '=');
-      if (filled < width) bar += '>' + std::string(width - filled - 1, ' ');
-      std::fprintf(stderr, "\r[%s] %3.0f%% %s\x1b[K", bar.c_str(), 100 * frac, stats);
+      std::fprintf(stderr, "\r[%s] %3.0f%% %s\x1b[K", ProgressBar(frac, 24).c_str(), 100 * frac, stats);
       std::fflush(stderr);
       drawn_ = true;
     } else if (frac >= next_frac_ || now - last_ >= 10 || done >= total) {
@@ -52,23 +52,6 @@ class TokenProgress {
   }
 
  private:
-  static std::string Count(double v) {
-    char b[32];
-    if (v >= 1e9) std::snprintf(b, sizeof(b), "%.2fG", v / 1e9);
-    else if (v >= 1e6) std::snprintf(b, sizeof(b), "%.2fM", v / 1e6);
-    else if (v >= 1e4) std::snprintf(b, sizeof(b), "%.1fk", v / 1e3);
-    else std::snprintf(b, sizeof(b), "%.0f", v);
-    return b;
-  }
-  static std::string Duration(double s) {
-    if (!std::isfinite(s)) return "?";
-    char b[32];
-    const int64_t t = static_cast<int64_t>(s + 0.5);
-    if (t >= 3600) std::snprintf(b, sizeof(b), "%ldh%02ldm", t / 3600, (t / 60) % 60);
-    else if (t >= 60) std::snprintf(b, sizeof(b), "%ldm%02lds", t / 60, t % 60);
-    else std::snprintf(b, sizeof(b), "%lds", t);
-    return b;
-  }
   std::string what_, unit_;
   bool quiet_, tty_;
   double t0_, last_ = 0, next_frac_ = 0.1;

@@ -14,6 +14,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "cli/model_flags.h"
 #include "cli/serve_api.h"
 #include "cli/web_assets.h"
 #include "core/base/exit_code.h"
@@ -47,50 +48,54 @@ void OnSignal(int) {
   if (g_server) g_server->stop();
 }
 
-int RunServe(const ServeArgs& a) {
-  const size_t colon = a.listen.rfind(':');
-  int port = -1;
-  std::string host = colon == std::string::npos ? "" : a.listen.substr(0, colon);
-  if (colon == std::string::npos || !absl::SimpleAtoi(a.listen.substr(colon + 1), &port) || port < 0 || port > 65535)
-    return Fail(absl::InvalidArgumentError(absl::StrCat("--listen '", a.listen, "' is not HOST:PORT")));
-  if (!host.empty() && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  if (host.empty()) host = "127.0.0.1";
+// Splits --listen HOST:PORT (HOST may be [v6]; empty means 127.0.0.1).
+absl::Status ParseListen(const std::string& listen, std::string* host, int* port) {
+  const size_t colon = listen.rfind(':');
+  *port = -1;
+  *host = colon == std::string::npos ? "" : listen.substr(0, colon);
+  if (colon == std::string::npos || !absl::SimpleAtoi(listen.substr(colon + 1), port) || *port < 0 || *port > 65535)
+    return absl::InvalidArgumentError(absl::StrCat("--listen '", listen, "' is not HOST:PORT"));
+  if (!host->empty() && host->front() == '[' && host->back() == ']') *host = host->substr(1, host->size() - 2);
+  if (host->empty()) *host = "127.0.0.1";
+  return absl::OkStatus();
+}
+
+// The bearer token from --token-file ("" when none is given); off loopback
+// one is required.
+absl::StatusOr<std::string> ReadToken(const ServeArgs& a, const std::string& host) {
   std::string token;
   if (!a.token_file.empty()) {
     auto t = ReadFileToString(a.token_file);
-    if (!t.ok()) return Fail(t.status());
+    if (!t.ok()) return t.status();
     token = std::string(absl::StripAsciiWhitespace(*t));
-    if (token.size() < 16) return Fail(absl::InvalidArgumentError(a.token_file + ": the token must have >= 16 characters"));
+    if (token.size() < 16) return absl::InvalidArgumentError(a.token_file + ": the token must have >= 16 characters");
   }
   if (!IsLoopback(host) && token.empty())
-    return Fail(absl::InvalidArgumentError(absl::StrCat(
+    return absl::InvalidArgumentError(absl::StrCat(
         "--listen ", a.listen, " is not a loopback address: give --token-file so that only holders of the token "
-        "can use the API")));
-  auto run = OpenSaeRun(a.sae, a.layer);
-  if (!run.ok()) return Fail(run.status());
-  auto m = LoadModel(a.model);
-  if (!m.ok()) return Fail(m.status());
-  auto model = std::make_unique<Transformer>(std::move(*m));
-  if (auto s = CheckSaeFitsModel(*run, *model); !s.ok()) return Fail(s);
-  auto tok = LoadTokenizerFor(a.model, model->config().vocab_size, a.tokenizer);
-  if (!tok.ok()) return Fail(tok.status());
-  std::unique_ptr<FeatureSet> feats;
-  for (const std::string& dir : {a.sae, a.sae + "/features"}) {
+        "can use the API"));
+  return token;
+}
+
+// The dashboards built for the SAE run (in the run directory or its
+// features/ folder); null when there are none.
+absl::StatusOr<std::unique_ptr<FeatureSet>> LoadDashboardsFor(const std::string& sae_dir, const SaeRun& run) {
+  for (const std::string& dir : {sae_dir, sae_dir + "/features"}) {
     if (!std::filesystem::exists(dir + "/features.json")) continue;
     auto f = LoadFeatures(dir);
-    if (!f.ok()) return Fail(f.status());
-    if (f->latents != run->latents())
-      return Fail(absl::InvalidArgumentError(dir + "/features.json: its latent count differs from the SAE's"));
-    feats = std::make_unique<FeatureSet>(std::move(*f));
-    break;
+    if (!f.ok()) return f.status();
+    if (f->latents != run.latents())
+      return absl::InvalidArgumentError(dir + "/features.json: its latent count differs from the SAE's");
+    return std::make_unique<FeatureSet>(std::move(*f));
   }
-  if (!feats)
-    std::fprintf(stderr, "note: %s has no dashboards (sae features build); the feature browser is empty\n", a.sae.c_str());
-  // One LibTorch thread per request: requests run in parallel instead.
-  ScopedThreads threads(PreferredThreads(model->config()) > 0 ? 1 : 0);
-  const ServeApi api(a.model, std::move(model), std::move(*tok), std::move(*run), std::move(feats));
+  std::fprintf(stderr, "note: %s has no dashboards (sae features build); the feature browser is empty\n",
+               sae_dir.c_str());
+  return std::unique_ptr<FeatureSet>();
+}
 
-  httplib::Server svr;
+// Thread pool, limits, socket options, and JSON replies for errors and
+// exceptions.
+void ConfigureServer(httplib::Server& svr, const ServeArgs& a) {
   svr.new_task_queue = [n = a.threads] { return new httplib::ThreadPool(static_cast<size_t>(n)); };
   svr.set_payload_max_length(a.max_body);
   svr.set_read_timeout(10, 0);
@@ -118,7 +123,10 @@ int RunServe(const ServeArgs& a) {
     }
     Reply(res, ApiError(500, "", msg));
   });
-  // Bearer token check for the API (when configured).
+}
+
+// Bearer token check for the API (when configured). `token` must outlive svr.
+void RequireToken(httplib::Server& svr, const std::string& token) {
   svr.set_pre_routing_handler([&token](const httplib::Request& req, httplib::Response& res) {
     if (token.empty() || req.path.rfind("/api/", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
     const std::string want = "Bearer " + token;
@@ -129,7 +137,10 @@ int RunServe(const ServeArgs& a) {
     Reply(res, ApiError(401, "Authorization", "missing or wrong bearer token"));
     return httplib::Server::HandlerResponse::Handled;
   });
-  // Static files: only the embedded ones, looked up by exact path.
+}
+
+// Static files: only the embedded ones, looked up by exact path.
+void AddStaticRoutes(httplib::Server& svr) {
   for (size_t i = 0; i < kWebAssetCount; ++i) {
     const WebAsset* w = &kWebAssets[i];
     auto handler = [w](const httplib::Request&, httplib::Response& res) {
@@ -140,6 +151,10 @@ int RunServe(const ServeArgs& a) {
     svr.Get(w->path, handler);
     if (std::string(w->path) == "/index.html") svr.Get("/", handler);
   }
+}
+
+// The JSON API, answered by `api` (which must outlive svr).
+void AddApiRoutes(httplib::Server& svr, const ServeApi& api) {
   auto body_of = [](const httplib::Request& req, json* out) -> std::optional<ApiReply> {
     if (req.body.empty()) return ApiError(400, "body", "the request has no JSON body");
     *out = json::parse(req.body, nullptr, false);
@@ -155,7 +170,7 @@ int RunServe(const ServeArgs& a) {
     Reply(res, api.Search(req.get_param_value("q"), req.get_param_value("limit")));
   });
   auto post = [&](const char* path, ApiReply (ServeApi::*fn)(const json&) const) {
-    svr.Post(path, [&, fn](const httplib::Request& req, httplib::Response& res) {
+    svr.Post(path, [&api, body_of, fn](const httplib::Request& req, httplib::Response& res) {
       json body;
       if (auto e = body_of(req, &body)) return Reply(res, *e);
       Reply(res, (api.*fn)(body));
@@ -164,7 +179,11 @@ int RunServe(const ServeArgs& a) {
   post("/api/activations", &ServeApi::Activations);
   post("/api/generate", &ServeApi::Generate);
   post("/api/concepts", &ServeApi::Concepts);
+}
 
+// Binds host:port (port 0: any free port), prints the address and serves
+// until SIGINT/SIGTERM.
+int BindAndListen(httplib::Server& svr, const std::string& host, int port, const ServeArgs& a, const ServeApi& api) {
   const std::string bind_host = host.empty() ? "127.0.0.1" : host;
   if (port == 0) {
     port = svr.bind_to_any_port(bind_host);
@@ -184,13 +203,40 @@ int RunServe(const ServeArgs& a) {
   return ok ? 0 : 1;
 }
 
+int RunServe(const ServeArgs& a) {
+  std::string host;
+  int port = -1;
+  if (auto s = ParseListen(a.listen, &host, &port); !s.ok()) return Fail(s);
+  auto token = ReadToken(a, host);
+  if (!token.ok()) return Fail(token.status());
+  auto run = OpenSaeRun(a.sae, a.layer);
+  if (!run.ok()) return Fail(run.status());
+  auto m = LoadModel(a.model);
+  if (!m.ok()) return Fail(m.status());
+  auto model = std::make_unique<Transformer>(std::move(*m));
+  if (auto s = CheckSaeFitsModel(*run, *model); !s.ok()) return Fail(s);
+  auto tok = LoadTokenizerFor(a.model, model->config().vocab_size, a.tokenizer);
+  if (!tok.ok()) return Fail(tok.status());
+  auto feats = LoadDashboardsFor(a.sae, *run);
+  if (!feats.ok()) return Fail(feats.status());
+  // One LibTorch thread per request: requests run in parallel instead.
+  ScopedThreads threads(PreferredThreads(model->config()) > 0 ? 1 : 0);
+  const ServeApi api(a.model, std::move(model), std::move(*tok), std::move(*run), std::move(*feats));
+
+  httplib::Server svr;
+  ConfigureServer(svr, a);
+  RequireToken(svr, *token);
+  AddStaticRoutes(svr);
+  AddApiRoutes(svr, api);
+  return BindAndListen(svr, host, port, a, api);
+}
+
 }  // namespace
 
 CommandRunner AddServeCommand(CLI::App* app) {
   auto a = std::make_shared<ServeArgs>();
   CLI::App* s = app->add_subcommand("serve", "web visualizer: feature browser, live activations, steering, concepts");
-  s->add_option("--model", a->model, "checkpoint file or directory")->required();
-  s->add_option("--tokenizer", a->tokenizer, "tokenizer file (default: found beside the model)");
+  AddModelFlags(s, &a->model, &a->tokenizer);
   s->add_option("--sae", a->sae, "SAE run directory (its dashboards are read from it when built)")->required();
   s->add_option("--layer", a->layer, "block the SAE reads (default: cfg.json's provenance)");
   s->add_option("--listen", a->listen, "HOST:PORT (port 0: any free port, printed)");

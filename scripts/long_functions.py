@@ -130,7 +130,7 @@ def functions(path):
             if not in_func and (not stack or stack[-1] in ("ns", "class")):
                 head = text[head_start:i]
                 hs = head.strip()
-                if re.match(r"^(namespace\b|extern\b)", hs) or hs == "":
+                if re.match(r"^namespace\b", hs) or (re.match(r"^extern\b", hs) and "(" not in hs) or hs == "":
                     kind = "ns" if hs else "other"
                 elif re.match(r"^(template\s*<.*>\s*)?(class|struct|union|enum)\b", hs, re.S) and "(" not in hs.split("{")[0]:
                     kind = "class"

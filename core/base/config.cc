@@ -28,105 +28,128 @@ std::string Location(const YAML::Mark& mark) {
   return absl::StrCat(" (line ", mark.line + 1, ", column ", mark.column + 1, ")");
 }
 
-// Parses a human-friendly integer: 4096, -1, 50_000_000, 5e7, 1.5M, 10k, 1G,
-// 2B (K = 1e3, M = 1e6, G = B = 1e9, T = 1e12, case-insensitive). The value
-// must be integral; it is computed exactly, not through a double. On failure
-// returns false and sets *why.
-bool ParseHumanInt(const std::string& text, bool* negative, uint64_t* magnitude, std::string* why) {
-  std::string s(absl::StripAsciiWhitespace(text));
-  size_t i = 0;
-  *negative = false;
-  if (i < s.size() && (s[i] == '+' || s[i] == '-')) {
-    *negative = s[i] == '-';
-    ++i;
-  }
-  // Mantissa digits (underscores allowed between digits) and an optional
-  // fraction; collected into one digit string with a decimal exponent.
+// The pieces of a human-friendly integer as written: sign, the mantissa's
+// digits (fraction included) and a decimal exponent, so that the value is
+// digits * 10^exponent.
+struct HumanNumber {
+  bool negative = false;
   std::string digits;
   int64_t exponent = 0;
-  bool any_digit = false;
-  auto read_digits = [&](bool fraction) {
-    char prev = 0;
-    while (i < s.size() && (absl::ascii_isdigit(s[i]) || s[i] == '_')) {
-      if (s[i] == '_') {
-        if (!absl::ascii_isdigit(prev)) return false;
-      } else {
-        digits.push_back(s[i]);
-        any_digit = true;
-        if (fraction) --exponent;
-      }
-      prev = s[i];
-      ++i;
+};
+
+// Reads the text of a human-friendly integer left to right, one part at a
+// time (the text must outlive the scanner). Each step returns false and sets
+// *why on a malformed part.
+class HumanIntScanner {
+ public:
+  explicit HumanIntScanner(absl::string_view text) : s_(text) {}
+
+  void ReadSign(HumanNumber* n) {
+    if (i_ < s_.size() && (s_[i_] == '+' || s_[i_] == '-')) {
+      n->negative = s_[i_] == '-';
+      ++i_;
     }
-    return prev != '_';
-  };
-  if (!read_digits(false)) {
-    *why = "misplaced '_'";
-    return false;
   }
-  if (i < s.size() && s[i] == '.') {
-    ++i;
-    if (!read_digits(true)) {
+
+  // Mantissa digits (underscores allowed between digits) and an optional
+  // fraction, collected into n->digits with the fraction in n->exponent.
+  bool ReadMantissa(HumanNumber* n, std::string* why) {
+    bool any_digit = false;
+    if (!ReadDigits(/*fraction=*/false, n, &any_digit)) {
       *why = "misplaced '_'";
       return false;
     }
+    if (i_ < s_.size() && s_[i_] == '.') {
+      ++i_;
+      if (!ReadDigits(/*fraction=*/true, n, &any_digit)) {
+        *why = "misplaced '_'";
+        return false;
+      }
+    }
+    if (!any_digit) {
+      *why = "not a number";
+      return false;
+    }
+    return true;
   }
-  if (!any_digit) {
-    *why = "not a number";
-    return false;
-  }
-  if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
-    ++i;
+
+  // An optional exponent: e7, E+3, e-2.
+  bool ReadExponent(HumanNumber* n, std::string* why) {
+    if (i_ >= s_.size() || (s_[i_] != 'e' && s_[i_] != 'E')) return true;
+    ++i_;
     bool neg_exp = false;
-    if (i < s.size() && (s[i] == '+' || s[i] == '-')) {
-      neg_exp = s[i] == '-';
-      ++i;
+    if (i_ < s_.size() && (s_[i_] == '+' || s_[i_] == '-')) {
+      neg_exp = s_[i_] == '-';
+      ++i_;
     }
-    size_t start = i;
+    size_t start = i_;
     int64_t e = 0;
-    while (i < s.size() && absl::ascii_isdigit(s[i])) {
-      if (e < 100000) e = e * 10 + (s[i] - '0');
-      ++i;
+    while (i_ < s_.size() && absl::ascii_isdigit(s_[i_])) {
+      if (e < 100000) e = e * 10 + (s_[i_] - '0');
+      ++i_;
     }
-    if (i == start) {
+    if (i_ == start) {
       *why = "malformed exponent";
       return false;
     }
-    exponent += neg_exp ? -e : e;
-  }
-  if (i < s.size()) {
-    switch (absl::ascii_tolower(s[i])) {
-      case 'k':
-        exponent += 3;
-        break;
-      case 'm':
-        exponent += 6;
-        break;
-      case 'g':
-      case 'b':
-        exponent += 9;
-        break;
-      case 't':
-        exponent += 12;
-        break;
-      default:
-        *why = "not a number";
-        return false;
-    }
-    ++i;
-  }
-  if (i != s.size()) {
-    *why = "not a number";
-    return false;
-  }
-  // value = digits * 10^exponent, exactly.
-  size_t first = digits.find_first_not_of('0');
-  if (first == std::string::npos) {
-    *magnitude = 0;
-    *negative = false;
+    n->exponent += neg_exp ? -e : e;
     return true;
   }
-  digits = digits.substr(first);
+
+  // An optional suffix (K, M, G or B, T), which must end the text.
+  bool ReadSuffixAndEnd(HumanNumber* n, std::string* why) {
+    if (i_ < s_.size()) {
+      switch (absl::ascii_tolower(s_[i_])) {
+        case 'k':
+          n->exponent += 3;
+          break;
+        case 'm':
+          n->exponent += 6;
+          break;
+        case 'g':
+        case 'b':
+          n->exponent += 9;
+          break;
+        case 't':
+          n->exponent += 12;
+          break;
+        default:
+          *why = "not a number";
+          return false;
+      }
+      ++i_;
+    }
+    if (i_ != s_.size()) {
+      *why = "not a number";
+      return false;
+    }
+    return true;
+  }
+
+ private:
+  bool ReadDigits(bool fraction, HumanNumber* n, bool* any_digit) {
+    char prev = 0;
+    while (i_ < s_.size() && (absl::ascii_isdigit(s_[i_]) || s_[i_] == '_')) {
+      if (s_[i_] == '_') {
+        if (!absl::ascii_isdigit(prev)) return false;
+      } else {
+        n->digits.push_back(s_[i_]);
+        *any_digit = true;
+        if (fraction) --n->exponent;
+      }
+      prev = s_[i_];
+      ++i_;
+    }
+    return prev != '_';
+  }
+
+  absl::string_view s_;
+  size_t i_ = 0;
+};
+
+// digits * 10^exponent as an exact unsigned integer; false (and *why) when
+// the value has a fraction or does not fit in 64 bits.
+bool ExactMagnitude(std::string digits, int64_t exponent, uint64_t* magnitude, std::string* why) {
   while (exponent < 0 && digits.back() == '0') {
     digits.pop_back();
     ++exponent;
@@ -151,6 +174,27 @@ bool ParseHumanInt(const std::string& text, bool* negative, uint64_t* magnitude,
   }
   *magnitude = v;
   return true;
+}
+
+// Parses a human-friendly integer: 4096, -1, 50_000_000, 5e7, 1.5M, 10k, 1G,
+// 2B (K = 1e3, M = 1e6, G = B = 1e9, T = 1e12, case-insensitive). The value
+// must be integral; it is computed exactly, not through a double. On failure
+// returns false and sets *why.
+bool ParseHumanInt(const std::string& text, bool* negative, uint64_t* magnitude, std::string* why) {
+  HumanIntScanner scan(absl::StripAsciiWhitespace(text));
+  HumanNumber n;
+  scan.ReadSign(&n);
+  *negative = n.negative;
+  if (!scan.ReadMantissa(&n, why) || !scan.ReadExponent(&n, why) || !scan.ReadSuffixAndEnd(&n, why)) {
+    return false;
+  }
+  size_t first = n.digits.find_first_not_of('0');
+  if (first == std::string::npos) {
+    *magnitude = 0;
+    *negative = false;
+    return true;
+  }
+  return ExactMagnitude(n.digits.substr(first), n.exponent, magnitude, why);
 }
 
 std::string Describe(const YAML::Node& node) {
@@ -457,28 +501,23 @@ class Checker {
   absl::Status status_;
 };
 
-}  // namespace
-
-absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin) {
-  Checker c(origin);
-  const DataConfig& d = cfg.data;
-  const SaeConfig& s = cfg.sae;
-  const TrainConfig& t = cfg.train;
-  const WorldConfig& w = cfg.world;
-
-  // Free-text fields: bounded, and no control characters (a name is shown in
-  // listings and logs, a path is passed to the file system).
+// Free-text fields: bounded, and no control characters (a name is shown in
+// listings and logs, a path is passed to the file system).
+void CheckTextFields(const JobConfig& cfg, Checker& c) {
   auto text = [&](const std::string& v, const char* field, size_t max) {
     c.Check(v.size() <= max, field, absl::StrCat(v.size(), " characters, more than ", max));
     c.Check(std::none_of(v.begin(), v.end(), [](char ch) { return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f; }),
             field, "contains a control character (NUL, newline, tab, ...)");
   };
   text(cfg.name, "name", kMaxNameLength);
-  text(d.path, "data.path", kMaxPathLength);
-  text(d.model, "data.model", kMaxPathLength);
-  text(d.corpus, "data.corpus", kMaxPathLength);
+  text(cfg.data.path, "data.path", kMaxPathLength);
+  text(cfg.data.model, "data.model", kMaxPathLength);
+  text(cfg.data.corpus, "data.corpus", kMaxPathLength);
   text(cfg.output, "output", kMaxPathLength);
+}
 
+// The fields each data.kind requires.
+void CheckData(const DataConfig& d, Checker& c) {
   if (d.kind == DataKind::kShards) {
     c.Check(!d.path.empty(), "data.path", "required for data.kind shards");
     c.Positive(d.shuffle_buffer_rows, "data.shuffle_buffer_rows");
@@ -498,7 +537,10 @@ absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin) 
     c.Check(!d.corpus.empty(), "data.corpus", "required for data.kind lm");
     c.Positive(d.context, "data.context");
   }
+}
 
+// The dictionary's shape and the sae.* coefficients.
+void CheckSae(const DataConfig& d, const SaeConfig& s, Checker& c) {
   // latents: given, or expansion_factor * d_in where d_in is known here.
   c.Check(s.latents >= 0, "sae.latents", absl::StrCat("must be > 0 (got ", s.latents, ")"));
   c.Check(s.expansion_factor >= 0, "sae.expansion_factor",
@@ -536,7 +578,10 @@ absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin) 
   }
   c.Positive(s.dead_window_tokens, "sae.dead_window_tokens");
   c.NonNegative(s.aux_coefficient, "sae.aux_coefficient");
+}
 
+// train.* and world.*, and how the batch divides among the workers.
+void CheckTrainAndWorld(const TrainConfig& t, const WorldConfig& w, Checker& c) {
   c.Check(t.tokens > 0, "train.tokens", "must be > 0");
   c.Positive(t.batch_tokens, "train.batch_tokens");
   c.Check(w.workers >= 1, "world.workers", absl::StrCat("must be >= 1 (got ", w.workers, ")"));
@@ -559,7 +604,16 @@ absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin) 
           absl::StrCat("must be >= 0 (0: about 100 records per run; got ", t.log_every_steps, ")"));
   c.Check(t.threads >= 0, "train.threads", absl::StrCat("must be >= 0 (got ", t.threads, ")"));
   c.Check(t.threads <= kMaxThreads, "train.threads", absl::StrCat(t.threads, " exceeds ", kMaxThreads));
+}
 
+}  // namespace
+
+absl::Status ValidateJobConfig(const JobConfig& cfg, const std::string& origin) {
+  Checker c(origin);
+  CheckTextFields(cfg, c);
+  CheckData(cfg.data, c);
+  CheckSae(cfg.data, cfg.sae, c);
+  CheckTrainAndWorld(cfg.train, cfg.world, c);
   c.Check(!cfg.output.empty(), "output", "required (a directory)");
   return c.status();
 }

@@ -76,34 +76,29 @@ std::string Num(double v) {
   return buf;
 }
 
-}  // namespace
-
-absl::StatusOr<std::string> InspectShards(const std::string& dir, const InspectOptions& opts) {
-  SAE_ASSIGN_OR_RETURN(Manifest m, LoadManifest(dir));
-  std::vector<SafetensorsFile> shards;
-  for (size_t i = 0; i < m.shards.size(); ++i) {
-    SAE_ASSIGN_OR_RETURN(SafetensorsFile f, OpenShard(dir, m, i));
-    shards.push_back(std::move(f));
-  }
+// Checks each shard's sha256 against the manifest; returns the files checked.
+absl::StatusOr<std::vector<std::string>> VerifyShards(const Manifest& m, const std::vector<SafetensorsFile>& shards) {
   std::vector<std::string> verified;
-  if (opts.verify) {
-    for (size_t i = 0; i < shards.size(); ++i) {
-      auto sha = Sha256File(shards[i].path());
-      if (!sha.ok()) return Annotate(sha.status(), "shard checksum");
-      if (*sha != m.shards[i].sha256) {
-        return absl::DataLossError(absl::StrCat("shard ", shards[i].path(),
-                                                ": sha256 mismatch: manifest has ",
-                                                m.shards[i].sha256, ", file has ", *sha));
-      }
-      verified.push_back(m.shards[i].file);
+  for (size_t i = 0; i < shards.size(); ++i) {
+    auto sha = Sha256File(shards[i].path());
+    if (!sha.ok()) return Annotate(sha.status(), "shard checksum");
+    if (*sha != m.shards[i].sha256) {
+      return absl::DataLossError(absl::StrCat("shard ", shards[i].path(),
+                                              ": sha256 mismatch: manifest has ",
+                                              m.shards[i].sha256, ", file has ", *sha));
     }
+    verified.push_back(m.shards[i].file);
   }
+  return verified;
+}
 
+// Statistics over the first max_rows rows, read in chunks of about 4 MB.
+absl::StatusOr<Stats> ScanRows(const Manifest& m, std::vector<SafetensorsFile>& shards, int64_t max_rows) {
   Stats st;
   const int64_t d = m.d_in;
   const int64_t chunk = std::clamp<int64_t>((int64_t{1} << 20) / d, 1, 4096);
   std::vector<float> buf;
-  int64_t budget = std::max<int64_t>(0, opts.max_rows);
+  int64_t budget = std::max<int64_t>(0, max_rows);
   for (size_t i = 0; i < shards.size() && budget > 0; ++i) {
     const int64_t shard_rows = std::min(m.shards[i].rows, budget);
     for (int64_t r = 0; r < shard_rows; r += chunk) {
@@ -115,39 +110,44 @@ absl::StatusOr<std::string> InspectShards(const std::string& dir, const InspectO
     }
     budget -= shard_rows;
   }
+  return st;
+}
 
-  if (opts.json) {
-    nlohmann::ordered_json j;
-    j["dir"] = dir;
-    j["format"] = m.format;
-    j["d_in"] = m.d_in;
-    j["dtype"] = ManifestDTypeName(m.dtype);
-    j["rows"] = m.rows;
-    j["shard_count"] = m.shards.size();
-    j["source"] = {{"model", m.source.model},
-                   {"layer", m.source.layer},
-                   {"hook", m.source.hook},
-                   {"corpus", m.source.corpus},
-                   {"tokens", m.source.tokens}};
-    nlohmann::ordered_json s;
-    s["rows"] = st.rows;
-    s["elements"] = st.elements;
-    s["mean"] = st.mean;
-    s["std"] = st.Std();
-    s["mean_row_norm"] = st.MeanNorm();
-    s["min"] = st.elements > 0 ? nlohmann::ordered_json(st.min) : nlohmann::ordered_json();
-    s["max"] = st.elements > 0 ? nlohmann::ordered_json(st.max) : nlohmann::ordered_json();
-    s["nan"] = st.nan;
-    s["inf"] = st.inf;
-    j["stats"] = std::move(s);
-    if (opts.verify) {
-      nlohmann::ordered_json v = nlohmann::ordered_json::object();
-      for (const std::string& f : verified) v[f] = "ok";
-      j["verify"] = std::move(v);
-    }
-    return j.dump();
+std::string ReportJson(const std::string& dir, const Manifest& m, const Stats& st, const InspectOptions& opts,
+                       const std::vector<std::string>& verified) {
+  nlohmann::ordered_json j;
+  j["dir"] = dir;
+  j["format"] = m.format;
+  j["d_in"] = m.d_in;
+  j["dtype"] = ManifestDTypeName(m.dtype);
+  j["rows"] = m.rows;
+  j["shard_count"] = m.shards.size();
+  j["source"] = {{"model", m.source.model},
+                 {"layer", m.source.layer},
+                 {"hook", m.source.hook},
+                 {"corpus", m.source.corpus},
+                 {"tokens", m.source.tokens}};
+  nlohmann::ordered_json s;
+  s["rows"] = st.rows;
+  s["elements"] = st.elements;
+  s["mean"] = st.mean;
+  s["std"] = st.Std();
+  s["mean_row_norm"] = st.MeanNorm();
+  s["min"] = st.elements > 0 ? nlohmann::ordered_json(st.min) : nlohmann::ordered_json();
+  s["max"] = st.elements > 0 ? nlohmann::ordered_json(st.max) : nlohmann::ordered_json();
+  s["nan"] = st.nan;
+  s["inf"] = st.inf;
+  j["stats"] = std::move(s);
+  if (opts.verify) {
+    nlohmann::ordered_json v = nlohmann::ordered_json::object();
+    for (const std::string& f : verified) v[f] = "ok";
+    j["verify"] = std::move(v);
   }
+  return j.dump();
+}
 
+std::string ReportText(const std::string& dir, const Manifest& m, const Stats& st, const InspectOptions& opts,
+                       const std::vector<std::string>& verified) {
   std::string out;
   absl::StrAppend(&out, "directory: ", dir, "\n");
   absl::StrAppend(&out, "format:    ", m.format, "\n");
@@ -172,6 +172,23 @@ absl::StatusOr<std::string> InspectShards(const std::string& dir, const InspectO
     for (const std::string& f : verified) absl::StrAppend(&out, "  ", f, " ok\n");
   }
   return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> InspectShards(const std::string& dir, const InspectOptions& opts) {
+  SAE_ASSIGN_OR_RETURN(Manifest m, LoadManifest(dir));
+  std::vector<SafetensorsFile> shards;
+  for (size_t i = 0; i < m.shards.size(); ++i) {
+    SAE_ASSIGN_OR_RETURN(SafetensorsFile f, OpenShard(dir, m, i));
+    shards.push_back(std::move(f));
+  }
+  std::vector<std::string> verified;
+  if (opts.verify) {
+    SAE_ASSIGN_OR_RETURN(verified, VerifyShards(m, shards));
+  }
+  SAE_ASSIGN_OR_RETURN(Stats st, ScanRows(m, shards, opts.max_rows));
+  return opts.json ? ReportJson(dir, m, st, opts, verified) : ReportText(dir, m, st, opts, verified);
 }
 
 }  // namespace sae

@@ -11,6 +11,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <utility>
 
 #include "absl/strings/str_join.h"
 #include "core/base/file_util.h"
@@ -101,32 +102,25 @@ struct SafetensorsFile::Fd {
   int fd;
 };
 
+namespace {
+
+// The safetensors names of the dtypes, for both directions.
+constexpr std::pair<const char*, DType> kDTypeNames[] = {
+    {"F32", DType::kF32}, {"BF16", DType::kBF16}, {"F16", DType::kF16}, {"F64", DType::kF64},
+    {"I32", DType::kI32}, {"I64", DType::kI64},   {"U8", DType::kU8}};
+
+}  // namespace
+
 absl::StatusOr<DType> DTypeFromString(const std::string& s) {
-  static const std::pair<const char*, DType> kNames[] = {
-      {"F32", DType::kF32}, {"BF16", DType::kBF16}, {"F16", DType::kF16}, {"F64", DType::kF64},
-      {"I32", DType::kI32}, {"I64", DType::kI64},   {"U8", DType::kU8}};
-  for (const auto& [name, d] : kNames) {
+  for (const auto& [name, d] : kDTypeNames) {
     if (s == name) return d;
   }
   return absl::InvalidArgumentError(absl::StrCat("unknown dtype \"", s, "\""));
 }
 
 const char* DTypeName(DType d) {
-  switch (d) {
-    case DType::kF32:
-      return "F32";
-    case DType::kBF16:
-      return "BF16";
-    case DType::kF16:
-      return "F16";
-    case DType::kF64:
-      return "F64";
-    case DType::kI32:
-      return "I32";
-    case DType::kI64:
-      return "I64";
-    case DType::kU8:
-      return "U8";
+  for (const auto& [name, value] : kDTypeNames) {
+    if (value == d) return name;
   }
   return "?";
 }
@@ -200,6 +194,91 @@ uint16_t FloatToF16(float f) {
 // ---------------------------------------------------------------------------
 // SafetensorsFile.
 
+namespace {
+
+// The header's __metadata__: an object of strings.
+absl::Status ParseSafetensorsMetadata(const json& v, const std::string& path,
+                                      std::map<std::string, std::string>* metadata) {
+  if (!v.is_object()) {
+    return absl::DataLossError(absl::StrCat(path, ": __metadata__ is not an object"));
+  }
+  for (auto m = v.begin(); m != v.end(); ++m) {
+    if (!m.value().is_string()) {
+      return absl::DataLossError(
+          absl::StrCat(path, ": __metadata__ value \"", m.key(), "\" is not a string"));
+    }
+    (*metadata)[m.key()] = m.value().get<std::string>();
+  }
+  return absl::OkStatus();
+}
+
+// One tensor's header entry: dtype, shape and data_offsets, which must lie
+// in the data section and match the shape's byte size.
+absl::StatusOr<TensorInfo> ParseTensorEntry(const std::string& name, const json& v, const std::string& path,
+                                            uint64_t data_size) {
+  const std::string where = absl::StrCat(path, ": tensor \"", name, "\"");
+  if (!v.is_object()) return absl::DataLossError(absl::StrCat(where, ": entry is not an object"));
+  auto dt = v.find("dtype");
+  auto sh = v.find("shape");
+  auto off = v.find("data_offsets");
+  if (dt == v.end() || !dt->is_string()) {
+    return absl::DataLossError(absl::StrCat(where, ": missing or non-string dtype"));
+  }
+  TensorInfo info;
+  info.name = name;
+  auto dtype = DTypeFromString(dt->get<std::string>());
+  if (!dtype.ok())
+    return absl::InvalidArgumentError(absl::StrCat(where, ": ", dtype.status().message()));
+  info.dtype = *dtype;
+  if (sh == v.end() || !sh->is_array()) {
+    return absl::DataLossError(absl::StrCat(where, ": missing or non-array shape"));
+  }
+  for (const json& d : *sh) {
+    if (!d.is_number_integer() || d.get<int64_t>() < 0) {
+      return absl::DataLossError(
+          absl::StrCat(where, ": shape has a non-integer or negative dim"));
+    }
+    info.shape.push_back(d.get<int64_t>());
+  }
+  if (off == v.end() || !off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() ||
+      !(*off)[1].is_number_unsigned()) {
+    return absl::DataLossError(
+        absl::StrCat(where, ": data_offsets must be two non-negative integers"));
+  }
+  info.begin = (*off)[0].get<uint64_t>();
+  info.end = (*off)[1].get<uint64_t>();
+  if (info.begin > info.end || info.end > data_size) {
+    return absl::DataLossError(absl::StrCat(where, ": data_offsets [", info.begin, ", ", info.end,
+                                            "] out of range of the ", data_size,
+                                            "-byte data section"));
+  }
+  const int64_t numel = CheckedNumel(info.shape);
+  if (numel < 0 || static_cast<uint64_t>(numel) > data_size ||
+      info.end - info.begin != static_cast<uint64_t>(numel) * DTypeSize(info.dtype)) {
+    return absl::DataLossError(absl::StrCat(
+        where, ": byte size ", info.end - info.begin, " != numel of shape ",
+        ShapeString(info.shape), " * ", DTypeSize(info.dtype), " (", DTypeName(info.dtype), ")"));
+  }
+  return info;
+}
+
+// No two tensors may share bytes.
+absl::Status CheckNoOverlap(const std::map<std::string, TensorInfo>& tensors, const std::string& path) {
+  std::vector<const TensorInfo*> by_offset;
+  for (const auto& [name, info] : tensors) by_offset.push_back(&info);
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const TensorInfo* a, const TensorInfo* b) { return a->begin < b->begin; });
+  for (size_t i = 1; i < by_offset.size(); ++i) {
+    if (by_offset[i]->begin < by_offset[i - 1]->end) {
+      return absl::DataLossError(absl::StrCat(path, ": tensors \"", by_offset[i - 1]->name,
+                                              "\" and \"", by_offset[i]->name, "\" overlap"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
   SafetensorsFile file;
   file.path_ = path;
@@ -243,77 +322,14 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
     return absl::DataLossError(absl::StrCat(path, ": header is not a valid JSON object"));
   }
   for (auto it = j.begin(); it != j.end(); ++it) {
-    const std::string& name = it.key();
-    const json& v = it.value();
-    if (name == "__metadata__") {
-      if (!v.is_object()) {
-        return absl::DataLossError(absl::StrCat(path, ": __metadata__ is not an object"));
-      }
-      for (auto m = v.begin(); m != v.end(); ++m) {
-        if (!m.value().is_string()) {
-          return absl::DataLossError(
-              absl::StrCat(path, ": __metadata__ value \"", m.key(), "\" is not a string"));
-        }
-        file.metadata_[m.key()] = m.value().get<std::string>();
-      }
+    if (it.key() == "__metadata__") {
+      SAE_RETURN_IF_ERROR(ParseSafetensorsMetadata(it.value(), path, &file.metadata_));
       continue;
     }
-    const std::string where = absl::StrCat(path, ": tensor \"", name, "\"");
-    if (!v.is_object()) return absl::DataLossError(absl::StrCat(where, ": entry is not an object"));
-    auto dt = v.find("dtype");
-    auto sh = v.find("shape");
-    auto off = v.find("data_offsets");
-    if (dt == v.end() || !dt->is_string()) {
-      return absl::DataLossError(absl::StrCat(where, ": missing or non-string dtype"));
-    }
-    TensorInfo info;
-    info.name = name;
-    auto dtype = DTypeFromString(dt->get<std::string>());
-    if (!dtype.ok())
-      return absl::InvalidArgumentError(absl::StrCat(where, ": ", dtype.status().message()));
-    info.dtype = *dtype;
-    if (sh == v.end() || !sh->is_array()) {
-      return absl::DataLossError(absl::StrCat(where, ": missing or non-array shape"));
-    }
-    for (const json& d : *sh) {
-      if (!d.is_number_integer() || d.get<int64_t>() < 0) {
-        return absl::DataLossError(
-            absl::StrCat(where, ": shape has a non-integer or negative dim"));
-      }
-      info.shape.push_back(d.get<int64_t>());
-    }
-    if (off == v.end() || !off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() ||
-        !(*off)[1].is_number_unsigned()) {
-      return absl::DataLossError(
-          absl::StrCat(where, ": data_offsets must be two non-negative integers"));
-    }
-    info.begin = (*off)[0].get<uint64_t>();
-    info.end = (*off)[1].get<uint64_t>();
-    if (info.begin > info.end || info.end > data_size) {
-      return absl::DataLossError(absl::StrCat(where, ": data_offsets [", info.begin, ", ", info.end,
-                                              "] out of range of the ", data_size,
-                                              "-byte data section"));
-    }
-    const int64_t numel = CheckedNumel(info.shape);
-    if (numel < 0 || static_cast<uint64_t>(numel) > data_size ||
-        info.end - info.begin != static_cast<uint64_t>(numel) * DTypeSize(info.dtype)) {
-      return absl::DataLossError(absl::StrCat(
-          where, ": byte size ", info.end - info.begin, " != numel of shape ",
-          ShapeString(info.shape), " * ", DTypeSize(info.dtype), " (", DTypeName(info.dtype), ")"));
-    }
-    file.tensors_[name] = std::move(info);
+    SAE_ASSIGN_OR_RETURN(TensorInfo info, ParseTensorEntry(it.key(), it.value(), path, data_size));
+    file.tensors_[it.key()] = std::move(info);
   }
-  // No two tensors may share bytes.
-  std::vector<const TensorInfo*> by_offset;
-  for (const auto& [name, info] : file.tensors_) by_offset.push_back(&info);
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](const TensorInfo* a, const TensorInfo* b) { return a->begin < b->begin; });
-  for (size_t i = 1; i < by_offset.size(); ++i) {
-    if (by_offset[i]->begin < by_offset[i - 1]->end) {
-      return absl::DataLossError(absl::StrCat(path, ": tensors \"", by_offset[i - 1]->name,
-                                              "\" and \"", by_offset[i]->name, "\" overlap"));
-    }
-  }
+  SAE_RETURN_IF_ERROR(CheckNoOverlap(file.tensors_, path));
   return file;
 }
 

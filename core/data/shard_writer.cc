@@ -231,20 +231,8 @@ struct FdCloser {
   }
 };
 
-}  // namespace
-
-absl::StatusOr<Manifest> ImportNpy(const std::string& npy_path, const std::string& out_dir,
-                                   DType dtype, int64_t rows_per_shard) {
-  int fd = ::open(npy_path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    std::string msg = absl::StrCat(npy_path, ": cannot open: ", std::strerror(errno));
-    return errno == ENOENT ? absl::NotFoundError(msg) : absl::InternalError(msg);
-  }
-  FdCloser closer{fd};
-  struct stat st;
-  if (::fstat(fd, &st) != 0) return absl::InternalError(absl::StrCat(npy_path, ": fstat failed"));
-  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
-
+// Reads the .npy preamble and header dictionary (versions 1 to 3).
+absl::StatusOr<NpyHeader> ReadNpyHeader(int fd, uint64_t file_size, const std::string& npy_path) {
   unsigned char pre[12];
   if (file_size < 10)
     return absl::InvalidArgumentError(absl::StrCat(npy_path, ": too short for a .npy file"));
@@ -276,24 +264,57 @@ absl::StatusOr<Manifest> ImportNpy(const std::string& npy_path, const std::strin
   NpyHeader h;
   h.data_offset = header_start + header_len;
   SAE_RETURN_IF_ERROR(NpyDictParser(text, npy_path).Parse(&h));
+  return h;
+}
 
-  size_t item = 0;
-  DType src_dtype = DType::kF32;
-  if (h.descr == "<f4") {
-    item = 4;
-  } else if (h.descr == "<f2") {
-    item = 2;
-    src_dtype = DType::kF16;
-  } else if (h.descr == "<f8") {
-    item = 8;
-    src_dtype = DType::kF64;
-  } else if (!h.descr.empty() && h.descr[0] == '>') {
+// The element type of a .npy array; only little-endian floats are read.
+absl::StatusOr<DType> NpyElementType(const NpyHeader& h, const std::string& npy_path) {
+  if (h.descr == "<f4") return DType::kF32;
+  if (h.descr == "<f2") return DType::kF16;
+  if (h.descr == "<f8") return DType::kF64;
+  if (!h.descr.empty() && h.descr[0] == '>') {
     return absl::InvalidArgumentError(absl::StrCat(npy_path, ": field 'descr' is '", h.descr,
                                                    "': big-endian data is not supported"));
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat(npy_path, ": field 'descr' is '", h.descr,
-                                                   "'; supported: '<f4', '<f2', '<f8'"));
   }
+  return absl::InvalidArgumentError(absl::StrCat(npy_path, ": field 'descr' is '", h.descr,
+                                                 "'; supported: '<f4', '<f2', '<f8'"));
+}
+
+// Widens `numel` stored values (F32, F16 or F64) to float32.
+void NpyToFloat(const char* raw, DType src_dtype, int64_t numel, float* f) {
+  if (src_dtype == DType::kF32) {
+    std::memcpy(f, raw, static_cast<size_t>(numel) * 4);
+  } else if (src_dtype == DType::kF16) {
+    for (int64_t i = 0; i < numel; ++i) {
+      uint16_t v;
+      std::memcpy(&v, raw + 2 * i, 2);
+      f[i] = F16ToFloat(v);
+    }
+  } else {
+    for (int64_t i = 0; i < numel; ++i) {
+      double v;
+      std::memcpy(&v, raw + 8 * i, 8);
+      f[i] = static_cast<float>(v);
+    }
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<Manifest> ImportNpy(const std::string& npy_path, const std::string& out_dir,
+                                   DType dtype, int64_t rows_per_shard) {
+  int fd = ::open(npy_path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    std::string msg = absl::StrCat(npy_path, ": cannot open: ", std::strerror(errno));
+    return errno == ENOENT ? absl::NotFoundError(msg) : absl::InternalError(msg);
+  }
+  FdCloser closer{fd};
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return absl::InternalError(absl::StrCat(npy_path, ": fstat failed"));
+  const uint64_t file_size = static_cast<uint64_t>(st.st_size);
+  SAE_ASSIGN_OR_RETURN(NpyHeader h, ReadNpyHeader(fd, file_size, npy_path));
+  SAE_ASSIGN_OR_RETURN(DType src_dtype, NpyElementType(h, npy_path));
+  const size_t item = DTypeSize(src_dtype);
   if (h.fortran_order) {
     return absl::InvalidArgumentError(absl::StrCat(
         npy_path, ": field 'fortran_order' is True; only C-order arrays are supported"));
@@ -331,21 +352,7 @@ absl::StatusOr<Manifest> ImportNpy(const std::string& npy_path, const std::strin
     f.resize(static_cast<size_t>(numel));
     SAE_RETURN_IF_ERROR(ReadAt(fd, raw.data(), raw.size(),
                                h.data_offset + static_cast<uint64_t>(r) * d_in * item, npy_path));
-    if (src_dtype == DType::kF32) {
-      std::memcpy(f.data(), raw.data(), raw.size());
-    } else if (src_dtype == DType::kF16) {
-      for (int64_t i = 0; i < numel; ++i) {
-        uint16_t v;
-        std::memcpy(&v, raw.data() + 2 * i, 2);
-        f[i] = F16ToFloat(v);
-      }
-    } else {
-      for (int64_t i = 0; i < numel; ++i) {
-        double v;
-        std::memcpy(&v, raw.data() + 8 * i, 8);
-        f[i] = static_cast<float>(v);
-      }
-    }
+    NpyToFloat(raw.data(), src_dtype, numel, f.data());
     SAE_RETURN_IF_ERROR(writer.Append(f.data(), n));
   }
   return writer.Finish();

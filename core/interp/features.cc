@@ -301,50 +301,48 @@ std::vector<std::pair<int64_t, int64_t>> FeatureSet::Search(const std::string& t
   return hits;
 }
 
-absl::StatusOr<FeatureSet> FinalizeFeatures(const FeatureAccumulator& acc, const Transformer& model,
-                                            const Tokenizer& tok, const SaeRun& run) {
-  const FeatureOptions& o = acc.options();
-  const int64_t n = acc.latents();
-  FeatureSet fs;
-  fs.latents = n;
-  fs.tokens = acc.tokens();
-  fs.radius = o.radius;
-  for (int64_t id = 0; id < tok.vocab_size(); ++id) fs.vocab.push_back(tok.DecodePiece(0, static_cast<int32_t>(id)));
-  fs.features.resize(static_cast<size_t>(n));
-  const double N = static_cast<double>(acc.tokens());
-  for (int64_t j = 0; j < n; ++j) {
-    const auto& L = acc.latent(j);
-    FeatureDashboard& d = fs.features[j];
-    d.latent = j;
-    d.count = L.count;
-    d.density = N > 0 ? L.count / N : 0;
-    d.mean = L.count > 0 ? Unfix(L.sum) / L.count : 0;
-    d.max = L.max;
-    d.hist = L.hist;
-    d.top = L.top;
-    std::sort(d.top.begin(), d.top.end(), Better);
-    // Quantile groups on bin edges: bin b joins group ⌊G·(tokens below b)/count⌋.
-    const int64_t G = std::max<int64_t>(1, o.intervals);
-    int64_t below = 0, cur = -1;
-    for (int b = 0; b < kHistBins; ++b) {
-      if (L.hist[b] == 0) continue;
-      const int64_t grp = std::min(G - 1, G * below / std::max<int64_t>(1, L.count));
-      if (grp != cur) {
-        FeatureInterval iv;
-        iv.lo = b == 0 ? 0.0 : HistEdge(b);
-        d.intervals.push_back(iv);
-        cur = grp;
-      }
-      FeatureInterval& iv = d.intervals.back();
-      iv.hi = std::min(HistEdge(b + 1), static_cast<double>(L.max));
-      iv.count += L.hist[b];
-      auto it = L.samples.find(b);
-      if (it != L.samples.end()) iv.samples.insert(iv.samples.end(), it->second.begin(), it->second.end());
-      below += L.hist[b];
+namespace {
+
+// One latent's dashboard from its accumulated statistics: counts, top
+// contexts (best first), and the activation range cut into quantile groups.
+FeatureDashboard DashboardOf(int64_t j, const FeatureAccumulator::Latent& L, double total_tokens,
+                             const FeatureOptions& o) {
+  FeatureDashboard d;
+  d.latent = j;
+  d.count = L.count;
+  d.density = total_tokens > 0 ? L.count / total_tokens : 0;
+  d.mean = L.count > 0 ? Unfix(L.sum) / L.count : 0;
+  d.max = L.max;
+  d.hist = L.hist;
+  d.top = L.top;
+  std::sort(d.top.begin(), d.top.end(), Better);
+  // Quantile groups on bin edges: bin b joins group ⌊G·(tokens below b)/count⌋.
+  const int64_t G = std::max<int64_t>(1, o.intervals);
+  int64_t below = 0, cur = -1;
+  for (int b = 0; b < kHistBins; ++b) {
+    if (L.hist[b] == 0) continue;
+    const int64_t grp = std::min(G - 1, G * below / std::max<int64_t>(1, L.count));
+    if (grp != cur) {
+      FeatureInterval iv;
+      iv.lo = b == 0 ? 0.0 : HistEdge(b);
+      d.intervals.push_back(iv);
+      cur = grp;
     }
-    for (auto& iv : d.intervals) KeepSmallestKeys(&iv.samples, static_cast<size_t>(o.interval_samples));
+    FeatureInterval& iv = d.intervals.back();
+    iv.hi = std::min(HistEdge(b + 1), static_cast<double>(L.max));
+    iv.count += L.hist[b];
+    auto it = L.samples.find(b);
+    if (it != L.samples.end()) iv.samples.insert(iv.samples.end(), it->second.begin(), it->second.end());
+    below += L.hist[b];
   }
-  // Logit effect: the unembedding of the decoder row after the final norm's gain.
+  for (auto& iv : d.intervals) KeepSmallestKeys(&iv.samples, static_cast<size_t>(o.interval_samples));
+  return d;
+}
+
+// Logit effect: the unembedding of the decoder row after the final norm's
+// gain; the o.logit_tokens most raised and most lowered tokens per latent.
+absl::Status AddLogitEffects(const Transformer& model, const SaeRun& run, const FeatureOptions& o, FeatureSet* fs) {
+  const int64_t n = fs->latents;
   try {
     at::NoGradGuard ng;
     const ModelWeights& w = model.weights();
@@ -364,60 +362,88 @@ absl::StatusOr<FeatureSet> FinalizeFeatures(const FeatureAccumulator& acc, const
       at::Tensor bv = std::get<0>(bot).contiguous(), bi = std::get<1>(bot).contiguous();
       for (int64_t r = 0; r < cnt; ++r)
         for (int64_t i = 0; i < m; ++i) {
-          fs.features[j0 + r].logit_top.emplace_back(static_cast<int32_t>(ti[r][i].item<int64_t>()), tv[r][i].item<float>());
-          fs.features[j0 + r].logit_bottom.emplace_back(static_cast<int32_t>(bi[r][i].item<int64_t>()),
-                                                        bv[r][i].item<float>());
+          fs->features[j0 + r].logit_top.emplace_back(static_cast<int32_t>(ti[r][i].item<int64_t>()), tv[r][i].item<float>());
+          fs->features[j0 + r].logit_bottom.emplace_back(static_cast<int32_t>(bi[r][i].item<int64_t>()),
+                                                         bv[r][i].item<float>());
         }
     }
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("features: logit effect: ", e.what_without_backtrace()));
   }
-  // Co-firing: Pearson correlation over all tokens (a = 0 where a latent is off).
-  if (o.cofire > 0 && N > 0) {
-    std::vector<long double> S(n), V(n);
-    for (int64_t j = 0; j < n; ++j) {
-      const long double s = static_cast<long double>(acc.latent(j).sum) / kFix;
-      const long double ss = static_cast<long double>(acc.latent(j).sumsq) / kFix;
-      S[j] = s;
-      V[j] = N * ss - s * s;
-    }
-    std::vector<std::vector<std::pair<float, int32_t>>> cand(n);
-    for (const auto& [key, v] : acc.pair_sums()) {
-      const int64_t i = static_cast<int64_t>(key / n), j = static_cast<int64_t>(key % n);
-      if (V[i] <= 0 || V[j] <= 0) continue;
-      const long double sij = static_cast<long double>(v) / kFix;
-      const float c = static_cast<float>((N * sij - S[i] * S[j]) / std::sqrt(V[i] * V[j]));
-      cand[i].emplace_back(c, static_cast<int32_t>(j));
-      cand[j].emplace_back(c, static_cast<int32_t>(i));
-    }
-    for (int64_t j = 0; j < n; ++j) {
-      auto& c = cand[j];
-      std::sort(c.begin(), c.end(), [](const auto& a, const auto& b) {
-        return a.first > b.first || (a.first == b.first && a.second < b.second);
-      });
-      for (size_t i = 0; i < c.size() && static_cast<int64_t>(i) < o.cofire; ++i)
-        fs.features[j].cofire.emplace_back(c[i].second, c[i].first);
-    }
+  return absl::OkStatus();
+}
+
+// Co-firing: Pearson correlation over all tokens (a = 0 where a latent is
+// off); the o.cofire most correlated latents per latent.
+void AddCofiring(const FeatureAccumulator& acc, const FeatureOptions& o, FeatureSet* fs) {
+  const int64_t n = acc.latents();
+  const double N = static_cast<double>(acc.tokens());
+  std::vector<long double> S(n), V(n);
+  for (int64_t j = 0; j < n; ++j) {
+    const long double s = static_cast<long double>(acc.latent(j).sum) / kFix;
+    const long double ss = static_cast<long double>(acc.latent(j).sumsq) / kFix;
+    S[j] = s;
+    V[j] = N * ss - s * s;
   }
-  json meta = {{"format", "saeforge.features.v1"},
-               {"latents", n},
-               {"tokens", acc.tokens()},
-               {"radius", o.radius},
-               {"top_contexts", o.top_contexts},
-               {"intervals", o.intervals},
-               {"interval_samples", o.interval_samples},
-               {"sample_seed", o.sample_seed},
-               {"cofire", o.cofire},
-               {"logit_tokens", o.logit_tokens},
-               {"histogram", {{"bins", kHistBins}, {"lo", HistEdge(0)}, {"hi", HistEdge(kHistBins)}, {"spacing", "log10, 10 per decade"}}},
-               {"logit_effect", model.weights().final_norm.defined() ? "lm_head · (final_norm gain ⊙ W_dec[j])"
-                                                                     : "lm_head · W_dec[j]"},
-               {"sae", run.dir},
-               {"layer", run.layer},
-               {"hook", HookPointName(run.hook)},
-               {"context", o.windows.context},
-               {"corpus", o.windows.corpus}};
-  fs.meta_json = meta.dump();
+  std::vector<std::vector<std::pair<float, int32_t>>> cand(n);
+  for (const auto& [key, v] : acc.pair_sums()) {
+    const int64_t i = static_cast<int64_t>(key / n), j = static_cast<int64_t>(key % n);
+    if (V[i] <= 0 || V[j] <= 0) continue;
+    const long double sij = static_cast<long double>(v) / kFix;
+    const float c = static_cast<float>((N * sij - S[i] * S[j]) / std::sqrt(V[i] * V[j]));
+    cand[i].emplace_back(c, static_cast<int32_t>(j));
+    cand[j].emplace_back(c, static_cast<int32_t>(i));
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    auto& c = cand[j];
+    std::sort(c.begin(), c.end(), [](const auto& a, const auto& b) {
+      return a.first > b.first || (a.first == b.first && a.second < b.second);
+    });
+    for (size_t i = 0; i < c.size() && static_cast<int64_t>(i) < o.cofire; ++i)
+      fs->features[j].cofire.emplace_back(c[i].second, c[i].first);
+  }
+}
+
+// features.json's fields, the vocabulary aside.
+json FeaturesMeta(const FeatureAccumulator& acc, const Transformer& model, const SaeRun& run) {
+  const FeatureOptions& o = acc.options();
+  return {{"format", "saeforge.features.v1"},
+          {"latents", acc.latents()},
+          {"tokens", acc.tokens()},
+          {"radius", o.radius},
+          {"top_contexts", o.top_contexts},
+          {"intervals", o.intervals},
+          {"interval_samples", o.interval_samples},
+          {"sample_seed", o.sample_seed},
+          {"cofire", o.cofire},
+          {"logit_tokens", o.logit_tokens},
+          {"histogram", {{"bins", kHistBins}, {"lo", HistEdge(0)}, {"hi", HistEdge(kHistBins)}, {"spacing", "log10, 10 per decade"}}},
+          {"logit_effect", model.weights().final_norm.defined() ? "lm_head · (final_norm gain ⊙ W_dec[j])"
+                                                                : "lm_head · W_dec[j]"},
+          {"sae", run.dir},
+          {"layer", run.layer},
+          {"hook", HookPointName(run.hook)},
+          {"context", o.windows.context},
+          {"corpus", o.windows.corpus}};
+}
+
+}  // namespace
+
+absl::StatusOr<FeatureSet> FinalizeFeatures(const FeatureAccumulator& acc, const Transformer& model,
+                                            const Tokenizer& tok, const SaeRun& run) {
+  const FeatureOptions& o = acc.options();
+  const int64_t n = acc.latents();
+  FeatureSet fs;
+  fs.latents = n;
+  fs.tokens = acc.tokens();
+  fs.radius = o.radius;
+  for (int64_t id = 0; id < tok.vocab_size(); ++id) fs.vocab.push_back(tok.DecodePiece(0, static_cast<int32_t>(id)));
+  const double N = static_cast<double>(acc.tokens());
+  fs.features.reserve(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) fs.features.push_back(DashboardOf(j, acc.latent(j), N, o));
+  SAE_RETURN_IF_ERROR(AddLogitEffects(model, run, o, &fs));
+  if (o.cofire > 0 && N > 0) AddCofiring(acc, o, &fs);
+  fs.meta_json = FeaturesMeta(acc, model, run).dump();
   return fs;
 }
 
@@ -550,6 +576,98 @@ absl::Status WriteFeatures(const FeatureSet& fs, const std::string& dir, const s
                          meta.dump(1, ' ', false, json::error_handler_t::replace) + "\n");
 }
 
+namespace {
+
+// features.safetensors as read: one flat array per tensor, and the sizes
+// that shape them (C top contexts, G intervals of S samples, L logit
+// tokens, F co-firing latents, windows of W tokens).
+struct FeatureArrays {
+  int64_t n = 0, W = 0, C = 0, G = 0, S = 0, L = 0, F = 0;
+  std::vector<int64_t> count, hist, top_index, iv_count, iv_index;
+  std::vector<double> density;
+  std::vector<float> mean, mx, top_acts, iv_bounds, iv_acts, lt, lb, cf;
+  std::vector<int32_t> top_tokens, iv_tokens, lt_id, lb_id, cf_id;
+};
+
+// Reads every tensor of features.safetensors, checking its shape.
+absl::Status ReadFeatureArrays(const std::string& spath, FeatureArrays* a) {
+  SAE_ASSIGN_OR_RETURN(SafetensorsFile f, SafetensorsFile::Open(spath));
+  auto read = [&](const char* name, std::vector<int64_t> shape, auto* out) -> absl::Status {
+    SAE_ASSIGN_OR_RETURN(TensorInfo info, f.Info(name));
+    if (info.shape != shape)
+      return absl::InvalidArgumentError(absl::StrCat(spath, ": tensor '", name, "' has the wrong shape"));
+    int64_t cnt = 1;
+    for (int64_t s : shape) cnt *= s;
+    out->resize(static_cast<size_t>(cnt));
+    return f.ReadRaw(name, out->data(), out->size() * sizeof((*out)[0]));
+  };
+  const int64_t n = a->n, W = a->W, C = a->C, G = a->G, S = a->S, L = a->L, F = a->F;
+  SAE_RETURN_IF_ERROR(read("count", {n}, &a->count));
+  SAE_RETURN_IF_ERROR(read("density", {n}, &a->density));
+  SAE_RETURN_IF_ERROR(read("mean", {n}, &a->mean));
+  SAE_RETURN_IF_ERROR(read("max", {n}, &a->mx));
+  SAE_RETURN_IF_ERROR(read("hist", {n, kHistBins}, &a->hist));
+  SAE_RETURN_IF_ERROR(read("top_index", {n, C}, &a->top_index));
+  SAE_RETURN_IF_ERROR(read("top_tokens", {n, C, W}, &a->top_tokens));
+  SAE_RETURN_IF_ERROR(read("top_acts", {n, C, W}, &a->top_acts));
+  SAE_RETURN_IF_ERROR(read("interval_bounds", {n, G, 2}, &a->iv_bounds));
+  SAE_RETURN_IF_ERROR(read("interval_count", {n, G}, &a->iv_count));
+  SAE_RETURN_IF_ERROR(read("interval_index", {n, G, S}, &a->iv_index));
+  SAE_RETURN_IF_ERROR(read("interval_tokens", {n, G, S, W}, &a->iv_tokens));
+  SAE_RETURN_IF_ERROR(read("interval_acts", {n, G, S, W}, &a->iv_acts));
+  SAE_RETURN_IF_ERROR(read("logit_top_ids", {n, L}, &a->lt_id));
+  SAE_RETURN_IF_ERROR(read("logit_top", {n, L}, &a->lt));
+  SAE_RETURN_IF_ERROR(read("logit_bottom_ids", {n, L}, &a->lb_id));
+  SAE_RETURN_IF_ERROR(read("logit_bottom", {n, L}, &a->lb));
+  SAE_RETURN_IF_ERROR(read("cofire_ids", {n, F}, &a->cf_id));
+  SAE_RETURN_IF_ERROR(read("cofire_corr", {n, F}, &a->cf));
+  return absl::OkStatus();
+}
+
+// Latent j's dashboard from the arrays (slots marked -1 are empty).
+FeatureDashboard DashboardFromArrays(const FeatureArrays& a, int64_t j, int64_t radius) {
+  const int64_t W = a.W, C = a.C, G = a.G, S = a.S, L = a.L, F = a.F;
+  auto ctx = [&](int64_t index, const int32_t* t, const float* acts) {
+    FeatureContext c;
+    c.token_index = index;
+    c.tokens.assign(t, t + W);
+    c.acts.assign(acts, acts + W);
+    c.act = c.acts[radius];
+    return c;
+  };
+  FeatureDashboard d;
+  d.latent = j;
+  d.count = a.count[j];
+  d.density = a.density[j];
+  d.mean = a.mean[j];
+  d.max = a.mx[j];
+  d.hist.assign(a.hist.begin() + j * kHistBins, a.hist.begin() + (j + 1) * kHistBins);
+  for (int64_t c = 0; c < C; ++c)
+    if (a.top_index[j * C + c] >= 0)
+      d.top.push_back(ctx(a.top_index[j * C + c], &a.top_tokens[(j * C + c) * W], &a.top_acts[(j * C + c) * W]));
+  for (int64_t g = 0; g < G; ++g) {
+    if (a.iv_count[j * G + g] == 0) continue;
+    FeatureInterval iv;
+    iv.lo = a.iv_bounds[(j * G + g) * 2];
+    iv.hi = a.iv_bounds[(j * G + g) * 2 + 1];
+    iv.count = a.iv_count[j * G + g];
+    for (int64_t s = 0; s < S; ++s) {
+      const int64_t base = (j * G + g) * S + s;
+      if (a.iv_index[base] >= 0) iv.samples.push_back(ctx(a.iv_index[base], &a.iv_tokens[base * W], &a.iv_acts[base * W]));
+    }
+    d.intervals.push_back(std::move(iv));
+  }
+  for (int64_t i = 0; i < L; ++i) {
+    if (a.lt_id[j * L + i] >= 0) d.logit_top.emplace_back(a.lt_id[j * L + i], a.lt[j * L + i]);
+    if (a.lb_id[j * L + i] >= 0) d.logit_bottom.emplace_back(a.lb_id[j * L + i], a.lb[j * L + i]);
+  }
+  for (int64_t i = 0; i < F; ++i)
+    if (a.cf_id[j * F + i] >= 0) d.cofire.emplace_back(a.cf_id[j * F + i], a.cf[j * F + i]);
+  return d;
+}
+
+}  // namespace
+
 absl::StatusOr<FeatureSet> LoadFeatures(const std::string& dir) {
   const std::string jpath = dir + "/features.json", spath = dir + "/features.safetensors";
   SAE_ASSIGN_OR_RETURN(std::string text, ReadFileToString(jpath));
@@ -567,81 +685,17 @@ absl::StatusOr<FeatureSet> LoadFeatures(const std::string& dir) {
   }
   meta.erase("vocab");
   fs.meta_json = meta.dump();
-  const int64_t n = fs.latents, W = 2 * fs.radius + 1;
-  const int64_t C = meta.value("top_contexts", 0), G = meta.value("intervals", 1), S = meta.value("interval_samples", 0);
-  const int64_t L = meta.value("logit_tokens", 0), F = meta.value("cofire", 0);
-  SAE_ASSIGN_OR_RETURN(SafetensorsFile f, SafetensorsFile::Open(spath));
-  auto read = [&](const char* name, std::vector<int64_t> shape, auto* out) -> absl::Status {
-    SAE_ASSIGN_OR_RETURN(TensorInfo info, f.Info(name));
-    if (info.shape != shape)
-      return absl::InvalidArgumentError(absl::StrCat(spath, ": tensor '", name, "' has the wrong shape"));
-    int64_t cnt = 1;
-    for (int64_t s : shape) cnt *= s;
-    out->resize(static_cast<size_t>(cnt));
-    return f.ReadRaw(name, out->data(), out->size() * sizeof((*out)[0]));
-  };
-  std::vector<int64_t> count, hist, top_index, iv_count, iv_index;
-  std::vector<double> density;
-  std::vector<float> mean, mx, top_acts, iv_bounds, iv_acts, lt, lb, cf;
-  std::vector<int32_t> top_tokens, iv_tokens, lt_id, lb_id, cf_id;
-  SAE_RETURN_IF_ERROR(read("count", {n}, &count));
-  SAE_RETURN_IF_ERROR(read("density", {n}, &density));
-  SAE_RETURN_IF_ERROR(read("mean", {n}, &mean));
-  SAE_RETURN_IF_ERROR(read("max", {n}, &mx));
-  SAE_RETURN_IF_ERROR(read("hist", {n, kHistBins}, &hist));
-  SAE_RETURN_IF_ERROR(read("top_index", {n, C}, &top_index));
-  SAE_RETURN_IF_ERROR(read("top_tokens", {n, C, W}, &top_tokens));
-  SAE_RETURN_IF_ERROR(read("top_acts", {n, C, W}, &top_acts));
-  SAE_RETURN_IF_ERROR(read("interval_bounds", {n, G, 2}, &iv_bounds));
-  SAE_RETURN_IF_ERROR(read("interval_count", {n, G}, &iv_count));
-  SAE_RETURN_IF_ERROR(read("interval_index", {n, G, S}, &iv_index));
-  SAE_RETURN_IF_ERROR(read("interval_tokens", {n, G, S, W}, &iv_tokens));
-  SAE_RETURN_IF_ERROR(read("interval_acts", {n, G, S, W}, &iv_acts));
-  SAE_RETURN_IF_ERROR(read("logit_top_ids", {n, L}, &lt_id));
-  SAE_RETURN_IF_ERROR(read("logit_top", {n, L}, &lt));
-  SAE_RETURN_IF_ERROR(read("logit_bottom_ids", {n, L}, &lb_id));
-  SAE_RETURN_IF_ERROR(read("logit_bottom", {n, L}, &lb));
-  SAE_RETURN_IF_ERROR(read("cofire_ids", {n, F}, &cf_id));
-  SAE_RETURN_IF_ERROR(read("cofire_corr", {n, F}, &cf));
-  auto ctx = [&](int64_t index, const int32_t* t, const float* a) {
-    FeatureContext c;
-    c.token_index = index;
-    c.tokens.assign(t, t + W);
-    c.acts.assign(a, a + W);
-    c.act = c.acts[fs.radius];
-    return c;
-  };
-  fs.features.resize(static_cast<size_t>(n));
-  for (int64_t j = 0; j < n; ++j) {
-    FeatureDashboard& d = fs.features[j];
-    d.latent = j;
-    d.count = count[j];
-    d.density = density[j];
-    d.mean = mean[j];
-    d.max = mx[j];
-    d.hist.assign(hist.begin() + j * kHistBins, hist.begin() + (j + 1) * kHistBins);
-    for (int64_t c = 0; c < C; ++c)
-      if (top_index[j * C + c] >= 0)
-        d.top.push_back(ctx(top_index[j * C + c], &top_tokens[(j * C + c) * W], &top_acts[(j * C + c) * W]));
-    for (int64_t g = 0; g < G; ++g) {
-      if (iv_count[j * G + g] == 0) continue;
-      FeatureInterval iv;
-      iv.lo = iv_bounds[(j * G + g) * 2];
-      iv.hi = iv_bounds[(j * G + g) * 2 + 1];
-      iv.count = iv_count[j * G + g];
-      for (int64_t s = 0; s < S; ++s) {
-        const int64_t base = (j * G + g) * S + s;
-        if (iv_index[base] >= 0) iv.samples.push_back(ctx(iv_index[base], &iv_tokens[base * W], &iv_acts[base * W]));
-      }
-      d.intervals.push_back(std::move(iv));
-    }
-    for (int64_t i = 0; i < L; ++i) {
-      if (lt_id[j * L + i] >= 0) d.logit_top.emplace_back(lt_id[j * L + i], lt[j * L + i]);
-      if (lb_id[j * L + i] >= 0) d.logit_bottom.emplace_back(lb_id[j * L + i], lb[j * L + i]);
-    }
-    for (int64_t i = 0; i < F; ++i)
-      if (cf_id[j * F + i] >= 0) d.cofire.emplace_back(cf_id[j * F + i], cf[j * F + i]);
-  }
+  FeatureArrays a;
+  a.n = fs.latents;
+  a.W = 2 * fs.radius + 1;
+  a.C = meta.value("top_contexts", 0);
+  a.G = meta.value("intervals", 1);
+  a.S = meta.value("interval_samples", 0);
+  a.L = meta.value("logit_tokens", 0);
+  a.F = meta.value("cofire", 0);
+  SAE_RETURN_IF_ERROR(ReadFeatureArrays(spath, &a));
+  fs.features.reserve(static_cast<size_t>(a.n));
+  for (int64_t j = 0; j < a.n; ++j) fs.features.push_back(DashboardFromArrays(a, j, fs.radius));
   return fs;
 }
 

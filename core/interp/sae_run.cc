@@ -8,21 +8,6 @@ namespace sae {
 
 using json = nlohmann::json;
 
-absl::StatusOr<HookPoint> HookPointFromString(const std::string& s) {
-  if (s == "resid_post" || s == "resid") return HookPoint::kResidPost;
-  if (s == "mlp_out" || s == "mlp") return HookPoint::kMlpOut;
-  return absl::InvalidArgumentError(absl::StrCat("hook '", s, "' is not resid_post or mlp_out"));
-}
-
-const char* HookPointName(HookPoint h) {
-  switch (h) {
-    case HookPoint::kResidPost: return "resid_post";
-    case HookPoint::kMlpOut: return "mlp_out";
-    case HookPoint::kFinalNorm: return "final_norm";
-  }
-  return "?";
-}
-
 absl::StatusOr<SaeRun> OpenSaeRun(const std::string& dir, int64_t layer_override) {
   SaeRun run;
   run.dir = dir;

@@ -32,9 +32,6 @@ struct SaeRun {
 // provenance layer. Fails (InvalidArgument naming cfg.json) when neither gives one.
 absl::StatusOr<SaeRun> OpenSaeRun(const std::string& dir, int64_t layer_override = -1);
 
-absl::StatusOr<HookPoint> HookPointFromString(const std::string& s);  // resid_post | mlp_out
-const char* HookPointName(HookPoint h);
-
 // Checks that the SAE fits the model (width, layer range); errors name both.
 absl::Status CheckSaeFitsModel(const SaeRun& run, const Transformer& model);
 

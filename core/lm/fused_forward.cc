@@ -258,6 +258,59 @@ void Gemm(const at::Tensor& in, const at::Tensor& w, const at::Tensor& bias, flo
   }
 }
 
+// The calling thread's workspace while a forward pass runs; a nested pass
+// (a hook that runs the model) gets one of its own.
+class WorkspaceLease {
+ public:
+  WorkspaceLease() : nested_(tls_workspace_busy) { tls_workspace_busy = true; }
+  ~WorkspaceLease() {
+    if (!nested_) tls_workspace_busy = false;
+  }
+  WorkspaceLease(const WorkspaceLease&) = delete;
+  WorkspaceLease& operator=(const WorkspaceLease&) = delete;
+  float* Get(int64_t floats) { return (nested_ ? local_ : tls_workspace).Get(floats); }
+
+ private:
+  const bool nested_;
+  Workspace local_;
+};
+
+// Runs the hooks at (layer, point) on the [B, T, d] activation in buf. Hooks
+// get a tensor of their own (they may keep it); what they leave in it is
+// copied back into the workspace.
+void RunHooks(const std::vector<Hook>& hooks, int64_t layer, HookPoint point, float* buf, int64_t B, int64_t T,
+              int64_t d) {
+  at::Tensor t;
+  for (const Hook& hk : hooks)
+    if (hk.point == point && (point == HookPoint::kFinalNorm || hk.layer == layer)) {
+      if (!t.defined()) t = Blob(buf, {B, T, d}).clone();
+      hk.fn(t);
+      TORCH_CHECK(t.sizes() == at::IntArrayRef({B, T, d}), "a hook changed the activation's shape");
+    }
+  if (t.defined()) Blob(buf, {B, T, d}).copy_(t);
+}
+
+// Appends the T new keys and values of layer l ([B·T, KV·hd] rows) to the
+// cache (layout [B, KV, hd, capacity]) at position pos0; returns the view
+// attention reads them through.
+KvView AppendToCache(KvCache* cache, int64_t l, const float* k, const float* v, int64_t B, int64_t T, int64_t KV,
+                     int64_t hd, int64_t pos0) {
+  float* ck = cache->k[l].data_ptr<float>();
+  float* cv = cache->v[l].data_ptr<float>();
+  const int64_t cap = cache->capacity();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t g = 0; g < KV; ++g)
+      for (int64_t j = 0; j < hd; ++j) {
+        float* dk = ck + ((b * KV + g) * hd + j) * cap + pos0;
+        float* dv = cv + ((b * KV + g) * hd + j) * cap + pos0;
+        for (int64_t t = 0; t < T; ++t) {
+          dk[t] = k[((b * T + t) * KV + g) * hd + j];
+          dv[t] = v[((b * T + t) * KV + g) * hd + j];
+        }
+      }
+  return KvView{ck, cv, KV * hd * cap, hd * cap, cap, true};
+}
+
 }  // namespace
 
 bool Transformer::CanUseFused(const KvCache* cache, const ForwardOptions& opts) const {
@@ -281,32 +334,12 @@ at::Tensor Transformer::ForwardFused(const at::Tensor& tokens, KvCache* cache, c
 
   // Workspace: x, h, a [N, d]; q, att [N, qd]; k, v [N, kvd]; g, u [N, hid].
   const int64_t floats = N * (3 * d + 2 * qd + 2 * kvd + 2 * hid);
-  Workspace local;
-  const bool nested = tls_workspace_busy;
-  Workspace& ws = nested ? local : tls_workspace;
-  tls_workspace_busy = true;
-  struct Release {
-    bool nested;
-    ~Release() {
-      if (!nested) tls_workspace_busy = false;
-    }
-  } release{nested};
+  WorkspaceLease ws;
   float* base = ws.Get(floats);
   float *x = base, *h = x + N * d, *a = h + N * d, *q = a + N * d, *att = q + N * qd, *k = att + N * qd,
         *v = k + N * kvd, *g = v + N * kvd, *u = g + N * hid;
 
-  // Hooks get a tensor of their own (they may keep it); what they leave in
-  // it is copied back into the workspace.
-  auto run_hooks = [&](int64_t layer, HookPoint point, float* buf) {
-    at::Tensor t;
-    for (const Hook& hk : opts.hooks)
-      if (hk.point == point && (point == HookPoint::kFinalNorm || hk.layer == layer)) {
-        if (!t.defined()) t = Blob(buf, {B, T, d}).clone();
-        hk.fn(t);
-        TORCH_CHECK(t.sizes() == at::IntArrayRef({B, T, d}), "a hook changed the activation's shape");
-      }
-    if (t.defined()) Blob(buf, {B, T, d}).copy_(t);
-  };
+  auto run_hooks = [&](int64_t layer, HookPoint point, float* buf) { RunHooks(opts.hooks, layer, point, buf, B, T, d); };
 
   {
     at::Tensor e = at::embedding(w_.tok_emb, tokens.to(w_.tok_emb.device(), at::kLong)).to(at::kFloat);
@@ -332,23 +365,7 @@ at::Tensor Transformer::ForwardFused(const at::Tensor& tokens, KvCache* cache, c
     RopeRows(q, N, T, H, hd, pos0, cos_t, sin_t, interleaved);
     RopeRows(k, N, T, KV, hd, pos0, cos_t, sin_t, interleaved);
     KvView kv{k, v, T * kvd, hd, kvd, false};
-    if (cache != nullptr) {
-      // Cache layout [B, KV, hd, capacity].
-      float* ck = cache->k[l].data_ptr<float>();
-      float* cv = cache->v[l].data_ptr<float>();
-      const int64_t cap = cache->capacity();
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t g = 0; g < KV; ++g)
-          for (int64_t j = 0; j < hd; ++j) {
-            float* dk = ck + ((b * KV + g) * hd + j) * cap + pos0;
-            float* dv = cv + ((b * KV + g) * hd + j) * cap + pos0;
-            for (int64_t t = 0; t < T; ++t) {
-              dk[t] = k[((b * T + t) * KV + g) * hd + j];
-              dv[t] = v[((b * T + t) * KV + g) * hd + j];
-            }
-          }
-      kv = KvView{ck, cv, KV * hd * cap, hd * cap, cap, true};
-    }
+    if (cache != nullptr) kv = AppendToCache(cache, l, k, v, B, T, KV, hd, pos0);
     Attend(q, kv, att, AttnShape{B, T, H, KV, hd, pos0, cfg_.window(l), scale, static_cast<float>(cfg_.attn_softcap)});
     Gemm(att2, bw.wo, bw.bo, a);
     AddInPlace(x, a, N * d);

@@ -34,15 +34,6 @@ std::vector<std::string> SplitDocuments(const std::string& text) {
   return docs;
 }
 
-const char* HookName(HookPoint h) {
-  switch (h) {
-    case HookPoint::kResidPost: return "resid_post";
-    case HookPoint::kMlpOut: return "mlp_out";
-    case HookPoint::kFinalNorm: return "final_norm";
-  }
-  return "?";
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<WindowSource>> WindowSource::Create(const Transformer& model, const Tokenizer* tok,
@@ -182,7 +173,7 @@ absl::StatusOr<Manifest> HarvestRankToShards(Harvester* h, int64_t rows, const s
   m.dtype = DType::kF32;
   m.source.model = model_name;
   m.source.layer = h->options().layer;
-  m.source.hook = HookName(h->options().hook);
+  m.source.hook = HookPointName(h->options().hook);
   m.source.corpus = h->options().corpus;
   m.source.tokens = rows;
   if (rank != 0) return m;  // rank 0 writes the manifest
@@ -224,7 +215,7 @@ absl::StatusOr<Manifest> HarvestToShards(Harvester* h, int64_t rows, const std::
   so.rows_per_shard = rows_per_shard;
   so.source.model = model_name;
   so.source.layer = h->options().layer;
-  so.source.hook = HookName(h->options().hook);
+  so.source.hook = HookPointName(h->options().hook);
   so.source.corpus = h->options().corpus;
   so.source.tokens = rows;
   SAE_ASSIGN_OR_RETURN(ShardWriter w, ShardWriter::Create(out_dir, so));

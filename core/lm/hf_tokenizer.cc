@@ -149,6 +149,19 @@ absl::Status OnlyKeys(const json& j, std::initializer_list<const char*> known, c
   return absl::OkStatus();
 }
 
+// A part of type "Sequence": the parts listed under `key` (an array), each
+// read by part(json, where) in order. `w` names the Sequence in errors.
+template <typename F>
+absl::Status ForEachInSequence(const json& j, const char* key, const std::string& where, const std::string& w,
+                               F part) {
+  SAE_RETURN_IF_ERROR(OnlyKeys(j, {"type", key}, w));
+  if (!j.contains(key) || !j[key].is_array())
+    return absl::InvalidArgumentError(absl::StrCat(w, ": \"", key, "\" is not an array"));
+  for (size_t i = 0; i < j[key].size(); ++i)
+    SAE_RETURN_IF_ERROR(part(j[key][i], absl::StrCat(where, ".", key, "[", i, "]")));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::string> Str(const json& j, const char* key, const std::string& where) {
   if (!j.contains(key) || !j[key].is_string())
     return absl::InvalidArgumentError(absl::StrCat(where, ": field \"", key, "\" missing or not a string"));
@@ -227,12 +240,8 @@ absl::Status ParseNormalizer(const json& j, const std::string& where, std::vecto
   SAE_ASSIGN_OR_RETURN(std::string type, Str(j, "type", where));
   const std::string w = absl::StrCat(where, " (", type, ")");
   if (type == "Sequence") {
-    SAE_RETURN_IF_ERROR(OnlyKeys(j, {"type", "normalizers"}, w));
-    if (!j.contains("normalizers") || !j["normalizers"].is_array())
-      return absl::InvalidArgumentError(absl::StrCat(w, ": \"normalizers\" is not an array"));
-    for (size_t i = 0; i < j["normalizers"].size(); ++i)
-      SAE_RETURN_IF_ERROR(ParseNormalizer(j["normalizers"][i], absl::StrCat(where, ".normalizers[", i, "]"), out));
-    return absl::OkStatus();
+    return ForEachInSequence(j, "normalizers", where, w,
+                             [&](const json& part, const std::string& at) { return ParseNormalizer(part, at, out); });
   }
   Normalizer n;
   if (type == "Prepend") {
@@ -340,12 +349,8 @@ absl::Status ParsePreTokenizer(const json& j, const std::string& where, std::vec
   SAE_ASSIGN_OR_RETURN(std::string type, Str(j, "type", where));
   const std::string w = absl::StrCat(where, " (", type, ")");
   if (type == "Sequence") {
-    SAE_RETURN_IF_ERROR(OnlyKeys(j, {"type", "pretokenizers"}, w));
-    if (!j.contains("pretokenizers") || !j["pretokenizers"].is_array())
-      return absl::InvalidArgumentError(absl::StrCat(w, ": \"pretokenizers\" is not an array"));
-    for (size_t i = 0; i < j["pretokenizers"].size(); ++i)
-      SAE_RETURN_IF_ERROR(ParsePreTokenizer(j["pretokenizers"][i], absl::StrCat(where, ".pretokenizers[", i, "]"), out));
-    return absl::OkStatus();
+    return ForEachInSequence(j, "pretokenizers", where, w,
+                             [&](const json& part, const std::string& at) { return ParsePreTokenizer(part, at, out); });
   }
   PreTokenizer p;
   if (type == "Split") {
@@ -716,6 +721,12 @@ class HfTokenizer : public Tokenizer {
   absl::Status ParseModel(const json& m, const std::string& where);
   absl::Status ParsePostProcessor(const json& p, const std::string& where);
   absl::Status ParseDecoder(const json& d, const std::string& where);
+  // The steps of FromText after the parts of the pipeline are parsed.
+  void InitByteLevelAlphabet();
+  absl::Status ParseAddedTokens(const json& added, const std::string& path);
+  std::unordered_map<std::string, int32_t> IndexAddedTokens();
+  absl::Status BuildPieces(const std::string& path);
+  void ChooseBosEos(const std::unordered_map<std::string, int32_t>& added_ix);
 };
 
 absl::Status HfTokenizer::ParseModel(const json& m, const std::string& where) {
@@ -778,12 +789,8 @@ absl::Status HfTokenizer::ParsePostProcessor(const json& p, const std::string& w
   SAE_ASSIGN_OR_RETURN(std::string type, Str(p, "type", where));
   const std::string w = absl::StrCat(where, " (", type, ")");
   if (type == "Sequence") {
-    SAE_RETURN_IF_ERROR(OnlyKeys(p, {"type", "processors"}, w));
-    if (!p.contains("processors") || !p["processors"].is_array())
-      return absl::InvalidArgumentError(absl::StrCat(w, ": \"processors\" is not an array"));
-    for (size_t i = 0; i < p["processors"].size(); ++i)
-      SAE_RETURN_IF_ERROR(ParsePostProcessor(p["processors"][i], absl::StrCat(where, ".processors[", i, "]")));
-    return absl::OkStatus();
+    return ForEachInSequence(p, "processors", where, w,
+                             [&](const json& part, const std::string& at) { return ParsePostProcessor(part, at); });
   }
   if (type == "ByteLevel") {  // offsets only; ids unchanged
     return OnlyKeys(p, {"type", "add_prefix_space", "trim_offsets", "use_regex"}, w);
@@ -822,12 +829,8 @@ absl::Status HfTokenizer::ParseDecoder(const json& d, const std::string& where) 
   SAE_ASSIGN_OR_RETURN(std::string type, Str(d, "type", where));
   const std::string w = absl::StrCat(where, " (", type, ")");
   if (type == "Sequence") {
-    SAE_RETURN_IF_ERROR(OnlyKeys(d, {"type", "decoders"}, w));
-    if (!d.contains("decoders") || !d["decoders"].is_array())
-      return absl::InvalidArgumentError(absl::StrCat(w, ": \"decoders\" is not an array"));
-    for (size_t i = 0; i < d["decoders"].size(); ++i)
-      SAE_RETURN_IF_ERROR(ParseDecoder(d["decoders"][i], absl::StrCat(where, ".decoders[", i, "]")));
-    return absl::OkStatus();
+    return ForEachInSequence(d, "decoders", where, w,
+                             [&](const json& part, const std::string& at) { return ParseDecoder(part, at); });
   }
   if (type == "ByteLevel") {
     byte_level_decoder_ = true;
@@ -880,37 +883,22 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::Load(const std::string& 
   return FromText(text, path);
 }
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::FromText(const std::string& text, const std::string& path) {
-  json j = json::parse(text, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
-  // Sequences nest by recursion here (and in error messages): real files nest 3 deep.
-  if (Depth(j) > kMaxDepth)
-    return absl::InvalidArgumentError(absl::StrCat(path, ": nested deeper than ", kMaxDepth, " levels"));
-  std::unique_ptr<HfTokenizer> t(new HfTokenizer());
-  SAE_RETURN_IF_ERROR(OnlyKeys(j, {"version", "truncation", "padding", "added_tokens", "normalizer", "pre_tokenizer",
-                                   "model", "post_processor", "decoder"}, path));
-  for (const char* k : {"truncation", "padding"})
-    if (j.contains(k) && !j[k].is_null()) return Unknown(path, absl::StrCat("field \"", k, "\" (not null)"));
-  const std::vector<int> m = [] {
-    std::vector<int> v(256, -1);
-    for (int b = 0; b < 256; ++b)
-      if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF)) v[b] = b;
-    int n = 0;
-    for (int b = 0; b < 256; ++b)
-      if (v[b] < 0) v[b] = 256 + n++;
-    return v;
-  }();
+// GPT-2's byte-level alphabet: each byte as a printable code point (the
+// printable Latin-1 bytes as themselves, the others from U+0100 on).
+void HfTokenizer::InitByteLevelAlphabet() {
+  std::vector<int> m(256, -1);
+  for (int b = 0; b < 256; ++b)
+    if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF)) m[b] = b;
+  int n = 0;
+  for (int b = 0; b < 256; ++b)
+    if (m[b] < 0) m[b] = 256 + n++;
   for (int b = 0; b < 256; ++b) {
-    t->byte_str_[b] = Utf8(m[b]);
-    t->unbyte_[t->byte_str_[b]] = static_cast<char>(b);
+    byte_str_[b] = Utf8(m[b]);
+    unbyte_[byte_str_[b]] = static_cast<char>(b);
   }
-  if (!j.contains("model")) return absl::InvalidArgumentError(absl::StrCat(path, ": field \"model\" missing"));
-  SAE_RETURN_IF_ERROR(t->ParseModel(j["model"], path + ": model"));
-  SAE_RETURN_IF_ERROR(ParseNormalizer(j.value("normalizer", json()), path + ": normalizer", &t->normalizers_));
-  SAE_RETURN_IF_ERROR(ParsePreTokenizer(j.value("pre_tokenizer", json()), path + ": pre_tokenizer", &t->pre_));
-  SAE_RETURN_IF_ERROR(t->ParsePostProcessor(j.value("post_processor", json()), path + ": post_processor"));
-  SAE_RETURN_IF_ERROR(t->ParseDecoder(j.value("decoder", json()), path + ": decoder"));
-  const json added = j.value("added_tokens", json::array());
+}
+
+absl::Status HfTokenizer::ParseAddedTokens(const json& added, const std::string& path) {
   if (!added.is_array()) return absl::InvalidArgumentError(absl::StrCat(path, ": \"added_tokens\" is not an array"));
   for (size_t i = 0; i < added.size(); ++i) {
     const json& a = added[i];
@@ -929,50 +917,90 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::FromText(const std::stri
     SAE_ASSIGN_OR_RETURN(tok.normalized, Bool(a, "normalized", !tok.special, w));
     SAE_ASSIGN_OR_RETURN(tok.lstrip, Bool(a, "lstrip", false, w));
     SAE_ASSIGN_OR_RETURN(tok.rstrip, Bool(a, "rstrip", false, w));
-    t->added_.push_back(tok);
+    added_.push_back(tok);
   }
+  return absl::OkStatus();
+}
+
+// The added tokens' id sets and match indexes (by first byte, longest
+// first); returns content -> id.
+std::unordered_map<std::string, int32_t> HfTokenizer::IndexAddedTokens() {
   std::unordered_map<std::string, int32_t> added_ix;
-  for (const AddedToken& a : t->added_) {
+  for (const AddedToken& a : added_) {
     added_ix[a.content] = a.id;
-    t->added_ids_.insert(a.id);
-    if (a.special) t->special_.insert(a.id);
+    added_ids_.insert(a.id);
+    if (a.special) special_.insert(a.id);
   }
-  for (const AddedToken& a : t->added_) {
-    const std::string key = a.normalized ? Normalize(t->normalizers_, a.content) : a.content;
+  for (const AddedToken& a : added_) {
+    const std::string key = a.normalized ? Normalize(normalizers_, a.content) : a.content;
     if (key.empty()) continue;
-    (a.normalized ? t->norm_added_ : t->raw_added_)[static_cast<unsigned char>(key[0])].emplace_back(key, &a);
+    (a.normalized ? norm_added_ : raw_added_)[static_cast<unsigned char>(key[0])].emplace_back(key, &a);
   }
-  for (AddedIndex* ix : {&t->raw_added_, &t->norm_added_})
+  for (AddedIndex* ix : {&raw_added_, &norm_added_})
     for (auto& [b, list] : *ix)
       std::stable_sort(list.begin(), list.end(), [](const auto& x, const auto& y) { return x.first.size() > y.first.size(); });
+  return added_ix;
+}
+
+// The piece of every id (vocabulary and added tokens), the byte-fallback
+// ids, and the template's special ids checked against them.
+absl::Status HfTokenizer::BuildPieces(const std::string& path) {
   int32_t max_id = -1;
-  for (const auto& [s, id] : t->vocab_) max_id = std::max(max_id, id);
-  for (const AddedToken& a : t->added_) max_id = std::max(max_id, a.id);
-  t->pieces_.assign(max_id + 1, "");
-  for (const auto& [s, id] : t->vocab_) t->pieces_[id] = s;
-  for (const AddedToken& a : t->added_) t->pieces_[a.id] = a.content;
-  for (const int32_t id : t->prefix_) SAE_RETURN_IF_ERROR(t->CheckId(id, path));
-  for (const int32_t id : t->suffix_) SAE_RETURN_IF_ERROR(t->CheckId(id, path));
-  if (t->pieces_.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": model: the vocabulary is empty"));
+  for (const auto& [s, id] : vocab_) max_id = std::max(max_id, id);
+  for (const AddedToken& a : added_) max_id = std::max(max_id, a.id);
+  pieces_.assign(max_id + 1, "");
+  for (const auto& [s, id] : vocab_) pieces_[id] = s;
+  for (const AddedToken& a : added_) pieces_[a.id] = a.content;
+  for (const int32_t id : prefix_) SAE_RETURN_IF_ERROR(CheckId(id, path));
+  for (const int32_t id : suffix_) SAE_RETURN_IF_ERROR(CheckId(id, path));
+  if (pieces_.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": model: the vocabulary is empty"));
   for (int b = 0; b < 256; ++b) {
     char name[8];
     std::snprintf(name, sizeof(name), "<0x%02X>", b);
-    t->byte_ids_[b] = t->Find(name);
+    byte_ids_[b] = Find(name);
   }
-  // BOS/EOS: the template's tokens around the sequence, else special tokens by their usual names.
+  return absl::OkStatus();
+}
+
+// BOS/EOS: the template's tokens around the sequence, else special tokens by their usual names.
+void HfTokenizer::ChooseBosEos(const std::unordered_map<std::string, int32_t>& added_ix) {
   auto named = [&](std::initializer_list<const char*> names) {
     for (const char* n : names) {
       auto it = added_ix.find(n);
       if (it != added_ix.end()) return it->second;
-      const int32_t id = t->Find(n);
+      const int32_t id = Find(n);
       if (id >= 0) return id;
     }
     return -1;
   };
-  t->bos_ = !t->prefix_.empty() ? t->prefix_[0] : named({"<|begin_of_text|>", "<s>", "<bos>", "<|endoftext|>"});
-  t->eos_ = !t->suffix_.empty() ? t->suffix_.back() : named({"<|end_of_text|>", "</s>", "<eos>", "<|endoftext|>"});
-  if (t->prefix_.empty() && t->bos_ >= 0) t->prefix_ = {t->bos_};
-  if (t->suffix_.empty() && t->eos_ >= 0) t->suffix_ = {t->eos_};
+  bos_ = !prefix_.empty() ? prefix_[0] : named({"<|begin_of_text|>", "<s>", "<bos>", "<|endoftext|>"});
+  eos_ = !suffix_.empty() ? suffix_.back() : named({"<|end_of_text|>", "</s>", "<eos>", "<|endoftext|>"});
+  if (prefix_.empty() && bos_ >= 0) prefix_ = {bos_};
+  if (suffix_.empty() && eos_ >= 0) suffix_ = {eos_};
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::FromText(const std::string& text, const std::string& path) {
+  json j = json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
+  // Sequences nest by recursion here (and in error messages): real files nest 3 deep.
+  if (Depth(j) > kMaxDepth)
+    return absl::InvalidArgumentError(absl::StrCat(path, ": nested deeper than ", kMaxDepth, " levels"));
+  std::unique_ptr<HfTokenizer> t(new HfTokenizer());
+  SAE_RETURN_IF_ERROR(OnlyKeys(j, {"version", "truncation", "padding", "added_tokens", "normalizer", "pre_tokenizer",
+                                   "model", "post_processor", "decoder"}, path));
+  for (const char* k : {"truncation", "padding"})
+    if (j.contains(k) && !j[k].is_null()) return Unknown(path, absl::StrCat("field \"", k, "\" (not null)"));
+  t->InitByteLevelAlphabet();
+  if (!j.contains("model")) return absl::InvalidArgumentError(absl::StrCat(path, ": field \"model\" missing"));
+  SAE_RETURN_IF_ERROR(t->ParseModel(j["model"], path + ": model"));
+  SAE_RETURN_IF_ERROR(ParseNormalizer(j.value("normalizer", json()), path + ": normalizer", &t->normalizers_));
+  SAE_RETURN_IF_ERROR(ParsePreTokenizer(j.value("pre_tokenizer", json()), path + ": pre_tokenizer", &t->pre_));
+  SAE_RETURN_IF_ERROR(t->ParsePostProcessor(j.value("post_processor", json()), path + ": post_processor"));
+  SAE_RETURN_IF_ERROR(t->ParseDecoder(j.value("decoder", json()), path + ": decoder"));
+  SAE_RETURN_IF_ERROR(t->ParseAddedTokens(j.value("added_tokens", json::array()), path));
+  const std::unordered_map<std::string, int32_t> added_ix = t->IndexAddedTokens();
+  SAE_RETURN_IF_ERROR(t->BuildPieces(path));
+  t->ChooseBosEos(added_ix);
   return std::unique_ptr<Tokenizer>(std::move(t));
 }
 

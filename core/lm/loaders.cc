@@ -202,11 +202,10 @@ absl::StatusOr<double> NumField(const json& j, const std::string& name, const st
   return it->get<double>();
 }
 
-// rope_parameters (transformers 5) or rope_theta + rope_scaling (earlier).
-absl::Status ParseRope(const json& cfg, const std::string& cfg_path, ModelConfig* c) {
-  if (cfg.contains("rope_theta") && cfg["rope_theta"].is_number()) c->rope_theta = cfg["rope_theta"].get<float>();
+// The rope parameters object: rope_parameters (transformers 5) or
+// rope_scaling (earlier); null when neither is given. *where names it.
+absl::StatusOr<const json*> FindRopeParameters(const json& cfg, const std::string& cfg_path, std::string* where) {
   const json* rp = nullptr;
-  std::string where;
   for (const char* key : {"rope_parameters", "rope_scaling"}) {
     if (!cfg.contains(key) || cfg[key].is_null()) continue;
     if (!cfg[key].is_object())
@@ -217,8 +216,59 @@ absl::Status ParseRope(const json& cfg, const std::string& cfg_path, ModelConfig
       if (t0 != "default") continue;
     }
     rp = &cfg[key];
-    where = absl::StrCat(cfg_path, ": ", key);
+    *where = absl::StrCat(cfg_path, ": ", key);
   }
+  return rp;
+}
+
+// Refuses a field that a supported rope_type does not read.
+absl::Status CheckRopeFieldsKnown(const json& rp, const std::string& type, const std::string& where) {
+  std::set<std::string> known = {"rope_type", "type", "rope_theta", "partial_rotary_factor"};
+  if (type == "linear" || type == "dynamic") known.insert({"factor", "original_max_position_embeddings"});
+  if (type == "llama3")
+    known.insert({"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"});
+  if (type == "longrope")
+    known.insert({"short_factor", "long_factor", "factor", "attention_factor", "original_max_position_embeddings"});
+  const bool supported = type == "default" || type == "linear" || type == "dynamic" || type == "llama3" || type == "longrope";
+  for (auto it = rp.begin(); supported && it != rp.end(); ++it)
+    if (!known.count(it.key()))
+      return absl::UnimplementedError(absl::StrCat(where, ": field \"", it.key(), "\" is not supported for rope_type \"",
+                                                   type, "\""));
+  return absl::OkStatus();
+}
+
+// longrope (Phi-3): the two factor arrays, and factor and attention_factor
+// derived from the context lengths where not given.
+absl::Status ParseLongRope(const json& rp, const std::string& where, int64_t original_max_position, ModelConfig* c) {
+  ModelConfig::RopeScaling& r = c->rope_scaling;
+  for (const char* k : {"short_factor", "long_factor"}) {
+    if (!rp.contains(k) || !rp[k].is_array())
+      return absl::InvalidArgumentError(absl::StrCat(where, ": longrope needs \"", k, "\" (an array)"));
+    std::vector<double>& dst = std::string(k) == "short_factor" ? r.short_factor : r.long_factor;
+    for (const json& v : rp[k]) {
+      if (!v.is_number()) return absl::InvalidArgumentError(absl::StrCat(where, ".", k, ": not all numbers"));
+      dst.push_back(v.get<double>());
+    }
+  }
+  r.original_max_position = original_max_position;
+  if (r.original_max_position <= 0) r.original_max_position = c->max_seq_len;
+  double factor = 0;
+  if (rp.contains("factor") && rp["factor"].is_number()) factor = rp["factor"].get<double>();
+  if (factor <= 0) factor = static_cast<double>(c->max_seq_len) / static_cast<double>(r.original_max_position);
+  r.factor = factor;
+  if (rp.contains("attention_factor") && rp["attention_factor"].is_number())
+    r.attention_factor = rp["attention_factor"].get<double>();
+  else
+    r.attention_factor = factor <= 1.0 ? 1.0
+                                       : std::sqrt(1.0 + std::log(factor) / std::log(static_cast<double>(r.original_max_position)));
+  return absl::OkStatus();
+}
+
+// rope_parameters (transformers 5) or rope_theta + rope_scaling (earlier).
+absl::Status ParseRope(const json& cfg, const std::string& cfg_path, ModelConfig* c) {
+  if (cfg.contains("rope_theta") && cfg["rope_theta"].is_number()) c->rope_theta = cfg["rope_theta"].get<float>();
+  std::string where;
+  SAE_ASSIGN_OR_RETURN(const json* rp, FindRopeParameters(cfg, cfg_path, &where));
   if (rp == nullptr) return absl::OkStatus();
   if (rp->contains("rope_theta") && (*rp)["rope_theta"].is_number()) c->rope_theta = (*rp)["rope_theta"].get<float>();
   if (rp->contains("partial_rotary_factor") && (*rp)["partial_rotary_factor"].is_number() &&
@@ -231,19 +281,7 @@ absl::Status ParseRope(const json& cfg, const std::string& cfg_path, ModelConfig
   if (type == "su") type = "longrope";  // Phi-3's earlier name for it
   ModelConfig::RopeScaling& r = c->rope_scaling;
   r.type = type;
-  {
-    std::set<std::string> known = {"rope_type", "type", "rope_theta", "partial_rotary_factor"};
-    if (type == "linear" || type == "dynamic") known.insert({"factor", "original_max_position_embeddings"});
-    if (type == "llama3")
-      known.insert({"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"});
-    if (type == "longrope")
-      known.insert({"short_factor", "long_factor", "factor", "attention_factor", "original_max_position_embeddings"});
-    const bool supported = type == "default" || type == "linear" || type == "dynamic" || type == "llama3" || type == "longrope";
-    for (auto it = rp->begin(); supported && it != rp->end(); ++it)
-      if (!known.count(it.key()))
-        return absl::UnimplementedError(absl::StrCat(where, ": field \"", it.key(), "\" is not supported for rope_type \"",
-                                                     type, "\""));
-  }
+  SAE_RETURN_IF_ERROR(CheckRopeFieldsKnown(*rp, type, where));
   auto orig = [&]() -> int64_t {
     if (rp->contains("original_max_position_embeddings") && (*rp)["original_max_position_embeddings"].is_number_integer())
       return (*rp)["original_max_position_embeddings"].get<int64_t>();
@@ -266,29 +304,7 @@ absl::Status ParseRope(const json& cfg, const std::string& cfg_path, ModelConfig
       return absl::InvalidArgumentError(absl::StrCat(where, ": llama3 needs original_max_position_embeddings"));
     return absl::OkStatus();
   }
-  if (type == "longrope") {
-    for (const char* k : {"short_factor", "long_factor"}) {
-      if (!rp->contains(k) || !(*rp)[k].is_array())
-        return absl::InvalidArgumentError(absl::StrCat(where, ": longrope needs \"", k, "\" (an array)"));
-      std::vector<double>& dst = std::string(k) == "short_factor" ? r.short_factor : r.long_factor;
-      for (const json& v : (*rp)[k]) {
-        if (!v.is_number()) return absl::InvalidArgumentError(absl::StrCat(where, ".", k, ": not all numbers"));
-        dst.push_back(v.get<double>());
-      }
-    }
-    r.original_max_position = orig();
-    if (r.original_max_position <= 0) r.original_max_position = c->max_seq_len;
-    double factor = 0;
-    if (rp->contains("factor") && (*rp)["factor"].is_number()) factor = (*rp)["factor"].get<double>();
-    if (factor <= 0) factor = static_cast<double>(c->max_seq_len) / static_cast<double>(r.original_max_position);
-    r.factor = factor;
-    if (rp->contains("attention_factor") && (*rp)["attention_factor"].is_number())
-      r.attention_factor = (*rp)["attention_factor"].get<double>();
-    else
-      r.attention_factor = factor <= 1.0 ? 1.0
-                                         : std::sqrt(1.0 + std::log(factor) / std::log(static_cast<double>(r.original_max_position)));
-    return absl::OkStatus();
-  }
+  if (type == "longrope") return ParseLongRope(*rp, where, orig(), c);
   return absl::UnimplementedError(absl::StrCat(where, ": rope_type \"", type,
                                                "\" is not supported (default, linear, dynamic, llama3, longrope)"));
 }
@@ -342,6 +358,118 @@ absl::Status ParseSlidingWindow(const json& cfg, const std::string& cfg_path, co
   return absl::OkStatus();
 }
 
+// The shape fields of an HF decoder's config.json: widths, layers, heads,
+// vocabulary, context, and head_dim where it is given.
+absl::Status ParseHfDecoderShape(const json& cfg, const std::string& cfg_path, ModelConfig* c) {
+  SAE_ASSIGN_OR_RETURN(c->dim, IntField(cfg, "hidden_size", cfg_path));
+  SAE_ASSIGN_OR_RETURN(c->hidden_dim, IntField(cfg, "intermediate_size", cfg_path));
+  SAE_ASSIGN_OR_RETURN(c->n_layers, IntField(cfg, "num_hidden_layers", cfg_path));
+  SAE_ASSIGN_OR_RETURN(c->n_heads, IntField(cfg, "num_attention_heads", cfg_path));
+  SAE_ASSIGN_OR_RETURN(c->vocab_size, IntField(cfg, "vocab_size", cfg_path));
+  SAE_ASSIGN_OR_RETURN(c->max_seq_len, IntField(cfg, "max_position_embeddings", cfg_path));
+  SAE_ASSIGN_OR_RETURN(c->n_kv_heads, OptIntField(cfg, "num_key_value_heads", c->n_heads, cfg_path));
+  if (c->n_heads <= 0 || c->n_kv_heads <= 0 || c->dim <= 0 || c->n_layers <= 0 || c->hidden_dim <= 0)
+    return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": hidden_size, intermediate_size, num_hidden_layers and "
+                                                   "attention heads must be > 0"));
+  SAE_RETURN_IF_ERROR(CheckConfigDims(*c, cfg_path));
+  if (cfg.contains("head_dim") && !cfg["head_dim"].is_null()) {
+    if (!cfg["head_dim"].is_number_integer() || cfg["head_dim"].get<int64_t>() <= 0)
+      return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": field \"head_dim\" is not a positive integer"));
+    c->explicit_head_dim = cfg["head_dim"].get<int64_t>();
+  } else if (c->dim % c->n_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": hidden_size ", c->dim, " not divisible by num_attention_heads ",
+                                                   c->n_heads, " and no head_dim"));
+  }
+  return absl::OkStatus();
+}
+
+// The MLP's activation (silu or a tanh GELU); mlp_bias is refused.
+absl::Status ParseHfActivation(const json& cfg, const std::string& cfg_path, bool gemma, ModelConfig* c) {
+  std::string act = gemma ? "gelu_pytorch_tanh" : "silu";
+  for (const char* k : {"hidden_act", "hidden_activation"})
+    if (cfg.contains(k) && cfg[k].is_string()) act = cfg[k].get<std::string>();
+  if (gemma && cfg.contains("hidden_activation") && cfg["hidden_activation"].is_string())
+    act = cfg["hidden_activation"].get<std::string>();
+  if (act == "gelu_pytorch_tanh" || act == "gelu_new" || act == "gelu_tanh") {
+    c->gelu_mlp = true;
+  } else if (act != "silu" && act != "swish") {
+    return absl::UnimplementedError(absl::StrCat(cfg_path, ": activation \"", act,
+                                                 "\" is not supported (silu, gelu_pytorch_tanh)"));
+  }
+  if (cfg.value("mlp_bias", false))
+    return absl::UnimplementedError(absl::StrCat(cfg_path, ": mlp_bias true is not supported"));
+  return absl::OkStatus();
+}
+
+// Gemma 2's embedding scale, attention scale and logit soft-caps.
+absl::Status ParseGemma2Extras(const json& cfg, const std::string& cfg_path, ModelConfig* c) {
+  c->embed_scale = std::sqrt(static_cast<double>(c->dim));
+  if (cfg.contains("query_pre_attn_scalar") && cfg["query_pre_attn_scalar"].is_number()) {
+    const double s = cfg["query_pre_attn_scalar"].get<double>();
+    if (s <= 0) return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": query_pre_attn_scalar must be > 0"));
+    c->attn_scale = 1.0 / std::sqrt(s);
+  }
+  for (auto [k, dst] : {std::pair<const char*, double*>{"attn_logit_softcapping", &c->attn_softcap},
+                        {"final_logit_softcapping", &c->final_softcap}})
+    if (cfg.contains(k) && !cfg[k].is_null()) {
+      if (!cfg[k].is_number()) return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": field \"", k, "\" is not a number"));
+      *dst = cfg[k].get<double>();
+    }
+  return absl::OkStatus();
+}
+
+// bos_token_id and eos_token_id (the first, where eos is a list).
+void ParseHfSpecialTokens(const json& cfg, ModelConfig* c) {
+  if (cfg.contains("bos_token_id") && cfg["bos_token_id"].is_number_integer()) c->bos_id = cfg["bos_token_id"].get<int64_t>();
+  if (cfg.contains("eos_token_id") && cfg["eos_token_id"].is_number_integer()) c->eos_id = cfg["eos_token_id"].get<int64_t>();
+  if (cfg.contains("eos_token_id") && cfg["eos_token_id"].is_array() && !cfg["eos_token_id"].empty() &&
+      cfg["eos_token_id"][0].is_number_integer())
+    c->eos_id = cfg["eos_token_id"][0].get<int64_t>();
+}
+
+// One decoder block's tensors under `p` ("model.layers.N."), in their stored
+// dtype. Phi-3 stores q/k/v and gate/up fused: they become row views.
+absl::StatusOr<BlockWeights> LoadHfDecoderBlock(const HfTensors& t, const std::string& p, const ModelConfig& c, bool gemma,
+                                                bool phi3) {
+  const bool keep = true;
+  const int64_t d = c.dim, hd = c.head_dim(), qd = c.n_heads * hd, kv = c.n_kv_heads * hd, h = c.hidden_dim;
+  BlockWeights b;
+  SAE_ASSIGN_OR_RETURN(b.attn_norm, t.Get(p + "input_layernorm.weight", {d}, keep));
+  if (gemma) {
+    SAE_ASSIGN_OR_RETURN(b.post_attn_norm, t.Get(p + "post_attention_layernorm.weight", {d}, keep));
+    SAE_ASSIGN_OR_RETURN(b.ffn_norm, t.Get(p + "pre_feedforward_layernorm.weight", {d}, keep));
+    SAE_ASSIGN_OR_RETURN(b.post_ffn_norm, t.Get(p + "post_feedforward_layernorm.weight", {d}, keep));
+  } else {
+    SAE_ASSIGN_OR_RETURN(b.ffn_norm, t.Get(p + "post_attention_layernorm.weight", {d}, keep));
+  }
+  if (phi3) {  // fused: rows q, k, v and gate, up (views, no copy)
+    SAE_ASSIGN_OR_RETURN(at::Tensor qkv, t.Get(p + "self_attn.qkv_proj.weight", {qd + 2 * kv, d}, keep));
+    b.wq = qkv.narrow(0, 0, qd);
+    b.wk = qkv.narrow(0, qd, kv);
+    b.wv = qkv.narrow(0, qd + kv, kv);
+    SAE_ASSIGN_OR_RETURN(at::Tensor gu, t.Get(p + "mlp.gate_up_proj.weight", {2 * h, d}, keep));
+    b.w1 = gu.narrow(0, 0, h);
+    b.w3 = gu.narrow(0, h, h);
+  } else {
+    SAE_ASSIGN_OR_RETURN(b.wq, t.Get(p + "self_attn.q_proj.weight", {qd, d}, keep));
+    SAE_ASSIGN_OR_RETURN(b.wk, t.Get(p + "self_attn.k_proj.weight", {kv, d}, keep));
+    SAE_ASSIGN_OR_RETURN(b.wv, t.Get(p + "self_attn.v_proj.weight", {kv, d}, keep));
+    SAE_ASSIGN_OR_RETURN(b.w1, t.Get(p + "mlp.gate_proj.weight", {h, d}, keep));
+    SAE_ASSIGN_OR_RETURN(b.w3, t.Get(p + "mlp.up_proj.weight", {h, d}, keep));
+  }
+  SAE_ASSIGN_OR_RETURN(b.wo, t.Get(p + "self_attn.o_proj.weight", {d, qd}, keep));
+  SAE_ASSIGN_OR_RETURN(b.w2, t.Get(p + "mlp.down_proj.weight", {d, h}, keep));
+  if (t.Has(p + "self_attn.q_proj.bias")) {  // Qwen2 (and attention_bias) biases
+    SAE_ASSIGN_OR_RETURN(b.bq, t.Get(p + "self_attn.q_proj.bias", {qd}, keep));
+    SAE_ASSIGN_OR_RETURN(b.bk, t.Get(p + "self_attn.k_proj.bias", {kv}, keep));
+    SAE_ASSIGN_OR_RETURN(b.bv, t.Get(p + "self_attn.v_proj.bias", {kv}, keep));
+  }
+  if (t.Has(p + "self_attn.o_proj.bias")) {
+    SAE_ASSIGN_OR_RETURN(b.bo, t.Get(p + "self_attn.o_proj.bias", {d}, keep));
+  }
+  return b;
+}
+
 // Llama, Mistral, Qwen2, Phi-3 and Gemma 2: RMSNorm decoders in one layout.
 absl::StatusOr<Transformer> LoadHfDecoder(const std::string& dir, const json& cfg, const std::string& cfg_path,
                                           const std::string& type, const LoadOptions& opts) {
@@ -351,25 +479,7 @@ absl::StatusOr<Transformer> LoadHfDecoder(const std::string& dir, const json& cf
   c.rope = RopeStyle::kRotateHalf;
   c.source = dir;
   c.format = "hf-" + type;
-  SAE_ASSIGN_OR_RETURN(c.dim, IntField(cfg, "hidden_size", cfg_path));
-  SAE_ASSIGN_OR_RETURN(c.hidden_dim, IntField(cfg, "intermediate_size", cfg_path));
-  SAE_ASSIGN_OR_RETURN(c.n_layers, IntField(cfg, "num_hidden_layers", cfg_path));
-  SAE_ASSIGN_OR_RETURN(c.n_heads, IntField(cfg, "num_attention_heads", cfg_path));
-  SAE_ASSIGN_OR_RETURN(c.vocab_size, IntField(cfg, "vocab_size", cfg_path));
-  SAE_ASSIGN_OR_RETURN(c.max_seq_len, IntField(cfg, "max_position_embeddings", cfg_path));
-  SAE_ASSIGN_OR_RETURN(c.n_kv_heads, OptIntField(cfg, "num_key_value_heads", c.n_heads, cfg_path));
-  if (c.n_heads <= 0 || c.n_kv_heads <= 0 || c.dim <= 0 || c.n_layers <= 0 || c.hidden_dim <= 0)
-    return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": hidden_size, intermediate_size, num_hidden_layers and "
-                                                   "attention heads must be > 0"));
-  SAE_RETURN_IF_ERROR(CheckConfigDims(c, cfg_path));
-  if (cfg.contains("head_dim") && !cfg["head_dim"].is_null()) {
-    if (!cfg["head_dim"].is_number_integer() || cfg["head_dim"].get<int64_t>() <= 0)
-      return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": field \"head_dim\" is not a positive integer"));
-    c.explicit_head_dim = cfg["head_dim"].get<int64_t>();
-  } else if (c.dim % c.n_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": hidden_size ", c.dim, " not divisible by num_attention_heads ",
-                                                   c.n_heads, " and no head_dim"));
-  }
+  SAE_RETURN_IF_ERROR(ParseHfDecoderShape(cfg, cfg_path, &c));
   if (cfg.contains("rms_norm_eps") && cfg["rms_norm_eps"].is_number()) c.norm_eps = cfg["rms_norm_eps"].get<float>();
   SAE_RETURN_IF_ERROR(ParseRope(cfg, cfg_path, &c));
   if (cfg.contains("partial_rotary_factor") && cfg["partial_rotary_factor"].is_number() &&
@@ -377,45 +487,14 @@ absl::StatusOr<Transformer> LoadHfDecoder(const std::string& dir, const json& cf
     return absl::UnimplementedError(absl::StrCat(cfg_path, ": partial_rotary_factor ", cfg["partial_rotary_factor"].dump(),
                                                  " is not supported (1.0 only)"));
   SAE_RETURN_IF_ERROR(ParseSlidingWindow(cfg, cfg_path, type, &c));
-  // The MLP's activation.
-  std::string act = gemma ? "gelu_pytorch_tanh" : "silu";
-  for (const char* k : {"hidden_act", "hidden_activation"})
-    if (cfg.contains(k) && cfg[k].is_string()) act = cfg[k].get<std::string>();
-  if (gemma && cfg.contains("hidden_activation") && cfg["hidden_activation"].is_string())
-    act = cfg["hidden_activation"].get<std::string>();
-  if (act == "gelu_pytorch_tanh" || act == "gelu_new" || act == "gelu_tanh") {
-    c.gelu_mlp = true;
-  } else if (act != "silu" && act != "swish") {
-    return absl::UnimplementedError(absl::StrCat(cfg_path, ": activation \"", act,
-                                                 "\" is not supported (silu, gelu_pytorch_tanh)"));
-  }
-  if (cfg.value("mlp_bias", false))
-    return absl::UnimplementedError(absl::StrCat(cfg_path, ": mlp_bias true is not supported"));
-  if (gemma) {
-    c.embed_scale = std::sqrt(static_cast<double>(c.dim));
-    if (cfg.contains("query_pre_attn_scalar") && cfg["query_pre_attn_scalar"].is_number()) {
-      const double s = cfg["query_pre_attn_scalar"].get<double>();
-      if (s <= 0) return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": query_pre_attn_scalar must be > 0"));
-      c.attn_scale = 1.0 / std::sqrt(s);
-    }
-    for (auto [k, dst] : {std::pair<const char*, double*>{"attn_logit_softcapping", &c.attn_softcap},
-                          {"final_logit_softcapping", &c.final_softcap}})
-      if (cfg.contains(k) && !cfg[k].is_null()) {
-        if (!cfg[k].is_number()) return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": field \"", k, "\" is not a number"));
-        *dst = cfg[k].get<double>();
-      }
-  }
-  if (cfg.contains("bos_token_id") && cfg["bos_token_id"].is_number_integer()) c.bos_id = cfg["bos_token_id"].get<int64_t>();
-  if (cfg.contains("eos_token_id") && cfg["eos_token_id"].is_number_integer()) c.eos_id = cfg["eos_token_id"].get<int64_t>();
-  if (cfg.contains("eos_token_id") && cfg["eos_token_id"].is_array() && !cfg["eos_token_id"].empty() &&
-      cfg["eos_token_id"][0].is_number_integer())
-    c.eos_id = cfg["eos_token_id"][0].get<int64_t>();
+  SAE_RETURN_IF_ERROR(ParseHfActivation(cfg, cfg_path, gemma, &c));
+  if (gemma) SAE_RETURN_IF_ERROR(ParseGemma2Extras(cfg, cfg_path, &c));
+  ParseHfSpecialTokens(cfg, &c);
   const bool tied = cfg.value("tie_word_embeddings", gemma);
   // Weights in their stored dtype unless --dtype converts them.
   const bool keep = true;
   SAE_ASSIGN_OR_RETURN(HfTensors t, HfTensors::Open(dir));
-  const int64_t d = c.dim, hd = c.head_dim(), qd = c.n_heads * hd, kv = c.n_kv_heads * hd, h = c.hidden_dim,
-                V = c.vocab_size;
+  const int64_t d = c.dim, V = c.vocab_size;
   ModelWeights w;
   SAE_ASSIGN_OR_RETURN(w.tok_emb, t.Get("model.embed_tokens.weight", {V, d}, keep));
   SAE_ASSIGN_OR_RETURN(w.final_norm, t.Get("model.norm.weight", {d}, keep));
@@ -425,41 +504,7 @@ absl::StatusOr<Transformer> LoadHfDecoder(const std::string& dir, const json& cf
     SAE_ASSIGN_OR_RETURN(w.lm_head, t.Get("lm_head.weight", {V, d}, keep));
   }
   for (int64_t l = 0; l < c.n_layers; ++l) {
-    const std::string p = absl::StrCat("model.layers.", l, ".");
-    BlockWeights b;
-    SAE_ASSIGN_OR_RETURN(b.attn_norm, t.Get(p + "input_layernorm.weight", {d}, keep));
-    if (gemma) {
-      SAE_ASSIGN_OR_RETURN(b.post_attn_norm, t.Get(p + "post_attention_layernorm.weight", {d}, keep));
-      SAE_ASSIGN_OR_RETURN(b.ffn_norm, t.Get(p + "pre_feedforward_layernorm.weight", {d}, keep));
-      SAE_ASSIGN_OR_RETURN(b.post_ffn_norm, t.Get(p + "post_feedforward_layernorm.weight", {d}, keep));
-    } else {
-      SAE_ASSIGN_OR_RETURN(b.ffn_norm, t.Get(p + "post_attention_layernorm.weight", {d}, keep));
-    }
-    if (phi3) {  // fused: rows q, k, v and gate, up (views, no copy)
-      SAE_ASSIGN_OR_RETURN(at::Tensor qkv, t.Get(p + "self_attn.qkv_proj.weight", {qd + 2 * kv, d}, keep));
-      b.wq = qkv.narrow(0, 0, qd);
-      b.wk = qkv.narrow(0, qd, kv);
-      b.wv = qkv.narrow(0, qd + kv, kv);
-      SAE_ASSIGN_OR_RETURN(at::Tensor gu, t.Get(p + "mlp.gate_up_proj.weight", {2 * h, d}, keep));
-      b.w1 = gu.narrow(0, 0, h);
-      b.w3 = gu.narrow(0, h, h);
-    } else {
-      SAE_ASSIGN_OR_RETURN(b.wq, t.Get(p + "self_attn.q_proj.weight", {qd, d}, keep));
-      SAE_ASSIGN_OR_RETURN(b.wk, t.Get(p + "self_attn.k_proj.weight", {kv, d}, keep));
-      SAE_ASSIGN_OR_RETURN(b.wv, t.Get(p + "self_attn.v_proj.weight", {kv, d}, keep));
-      SAE_ASSIGN_OR_RETURN(b.w1, t.Get(p + "mlp.gate_proj.weight", {h, d}, keep));
-      SAE_ASSIGN_OR_RETURN(b.w3, t.Get(p + "mlp.up_proj.weight", {h, d}, keep));
-    }
-    SAE_ASSIGN_OR_RETURN(b.wo, t.Get(p + "self_attn.o_proj.weight", {d, qd}, keep));
-    SAE_ASSIGN_OR_RETURN(b.w2, t.Get(p + "mlp.down_proj.weight", {d, h}, keep));
-    if (t.Has(p + "self_attn.q_proj.bias")) {  // Qwen2 (and attention_bias) biases
-      SAE_ASSIGN_OR_RETURN(b.bq, t.Get(p + "self_attn.q_proj.bias", {qd}, keep));
-      SAE_ASSIGN_OR_RETURN(b.bk, t.Get(p + "self_attn.k_proj.bias", {kv}, keep));
-      SAE_ASSIGN_OR_RETURN(b.bv, t.Get(p + "self_attn.v_proj.bias", {kv}, keep));
-    }
-    if (t.Has(p + "self_attn.o_proj.bias")) {
-      SAE_ASSIGN_OR_RETURN(b.bo, t.Get(p + "self_attn.o_proj.bias", {d}, keep));
-    }
+    SAE_ASSIGN_OR_RETURN(BlockWeights b, LoadHfDecoderBlock(t, absl::StrCat("model.layers.", l, "."), c, gemma, phi3));
     w.blocks.push_back(std::move(b));
   }
   if (tied) t.MarkUsed("lm_head.weight");  // a tied checkpoint may carry a copy of the head
@@ -543,15 +588,132 @@ void AppendFloats(std::string* out, const at::Tensor& t) {
 
 void AppendI32(std::string* out, int32_t v) { out->append(reinterpret_cast<const char*>(&v), 4); }
 
-}  // namespace
-
-absl::StatusOr<Transformer> LoadLlama2c(const std::string& path, const LoadOptions& opts) {
-  SAE_ASSIGN_OR_RETURN(std::string bytes, ReadFileBytes(path));
+// A llama2.c header: the config, where the tensors start (*offset), the
+// format version (0: legacy float32) and whether the classifier is the
+// token embedding (*shared).
+absl::Status ParseLlama2cHeader(const std::string& path, const std::string& bytes, ModelConfig* c, size_t* offset,
+                                int* version, bool* shared) {
   auto i32 = [&](size_t off) {
     int32_t v;
     std::memcpy(&v, bytes.data() + off, 4);
     return v;
   };
+  size_t off = 0;
+  *version = 0;
+  if (bytes.size() >= 8 && static_cast<uint32_t>(i32(0)) == kLlama2cMagic) {
+    *version = i32(4);
+    if (*version != 1)
+      return absl::UnimplementedError(absl::StrCat(path, ": llama2.c format version ", *version,
+                                                   " is not supported (float32 legacy and version 1 are)"));
+    if (bytes.size() < 256) return absl::InvalidArgumentError(absl::StrCat(path, ": truncated header (", bytes.size(), " bytes)"));
+    off = 8;
+    c->format = "llama2c-v1";
+  } else {
+    if (bytes.size() < 28) return absl::InvalidArgumentError(absl::StrCat(path, ": truncated header (", bytes.size(), " bytes)"));
+    c->format = "llama2c-legacy";
+  }
+  c->dim = i32(off);
+  c->hidden_dim = i32(off + 4);
+  c->n_layers = i32(off + 8);
+  c->n_heads = i32(off + 12);
+  c->n_kv_heads = i32(off + 16);
+  c->vocab_size = i32(off + 20);
+  c->max_seq_len = i32(off + 24);
+  if (*version == 0) {
+    *shared = c->vocab_size > 0;
+    c->vocab_size = std::abs(c->vocab_size);
+    *offset = 28;
+  } else {
+    *shared = bytes[off + 28] != 0;
+    *offset = 256;
+  }
+  const int64_t d = c->dim, L = c->n_layers, h = c->hidden_dim, V = c->vocab_size;
+  const int64_t limit = int64_t{1} << 20;
+  if (d <= 0 || h <= 0 || L <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 || V <= 0 || c->max_seq_len <= 0 ||
+      d > limit || h > 4 * limit || L > 4096 || V > 16 * limit || c->max_seq_len > limit || d % c->n_heads != 0 ||
+      c->n_heads % c->n_kv_heads != 0)
+    return absl::InvalidArgumentError(absl::StrCat(path, ": not a llama2.c checkpoint (header dim ", d, ", hidden ", h,
+                                                   ", layers ", L, ", heads ", c->n_heads, "/", c->n_kv_heads,
+                                                   ", vocab ", V, ", seq_len ", c->max_seq_len, ")"));
+  return CheckModelDims(*c);  // also bounds the rotary tables seq_len x head_dim/2
+}
+
+// One tensor of a llama2.c file after its header, in file order: a
+// model-wide weight (`model`), one weight of every block stored for all
+// layers at once (`layer`; `shape` without the layer dimension), or neither:
+// the legacy format's rotary tables, which the reader skips (the model
+// computes its own) and the writer fills with zeros.
+struct Llama2cTensor {
+  const char* name;
+  std::vector<int64_t> shape;
+  at::Tensor ModelWeights::*model = nullptr;
+  at::Tensor BlockWeights::*layer = nullptr;
+};
+
+// The layout of format `version` (0: legacy float32, 1), read by
+// ReadLlama2cWeights and written by SaveLlama2c; the classifier (wcls, only
+// when not shared with the embedding) follows it.
+std::vector<Llama2cTensor> Llama2cLayout(const ModelConfig& c, int version) {
+  using B = BlockWeights;
+  using M = ModelWeights;
+  const int64_t d = c.dim, h = c.hidden_dim, V = c.vocab_size;
+  const int64_t hd = d / c.n_heads, kv = c.n_kv_heads * hd;
+  if (version == 0) {
+    return {{"token_embedding", {V, d}, &M::tok_emb},
+            {"rms_att", {d}, nullptr, &B::attn_norm},
+            {"wq", {d, d}, nullptr, &B::wq},
+            {"wk", {kv, d}, nullptr, &B::wk},
+            {"wv", {kv, d}, nullptr, &B::wv},
+            {"wo", {d, d}, nullptr, &B::wo},
+            {"rms_ffn", {d}, nullptr, &B::ffn_norm},
+            {"w1", {h, d}, nullptr, &B::w1},
+            {"w2", {d, h}, nullptr, &B::w2},
+            {"w3", {h, d}, nullptr, &B::w3},
+            {"rms_final", {d}, &M::final_norm},
+            {"freq_cis_real", {c.max_seq_len, hd / 2}},
+            {"freq_cis_imag", {c.max_seq_len, hd / 2}}};
+  }
+  return {{"attention_norm", {d}, nullptr, &B::attn_norm},
+          {"ffn_norm", {d}, nullptr, &B::ffn_norm},
+          {"norm", {d}, &M::final_norm},
+          {"tok_embeddings", {V, d}, &M::tok_emb},
+          {"wq", {d, d}, nullptr, &B::wq},
+          {"wk", {kv, d}, nullptr, &B::wk},
+          {"wv", {kv, d}, nullptr, &B::wv},
+          {"wo", {d, d}, nullptr, &B::wo},
+          {"w1", {h, d}, nullptr, &B::w1},
+          {"w2", {d, h}, nullptr, &B::w2},
+          {"w3", {h, d}, nullptr, &B::w3}};
+}
+
+// The tensors after a llama2.c header (Llama2cLayout), each weight of the
+// blocks split into them.
+absl::Status ReadLlama2cWeights(BinCursor& cur, const ModelConfig& c, int version, bool shared, ModelWeights* w) {
+  w->blocks.resize(c.n_layers);
+  for (const Llama2cTensor& t : Llama2cLayout(c, version)) {
+    if (t.layer != nullptr) {
+      std::vector<int64_t> shape = t.shape;
+      shape.insert(shape.begin(), c.n_layers);
+      SAE_ASSIGN_OR_RETURN(at::Tensor all, cur.Take(t.name, shape));
+      SAE_RETURN_IF_ERROR(Unbind(all, &w->blocks, t.layer));
+    } else if (t.model != nullptr) {
+      SAE_ASSIGN_OR_RETURN(w->*t.model, cur.Take(t.name, t.shape));
+    } else {
+      SAE_RETURN_IF_ERROR(cur.Take(t.name, t.shape).status());
+    }
+  }
+  if (shared) {
+    w->lm_head = w->tok_emb;
+  } else {
+    SAE_ASSIGN_OR_RETURN(w->lm_head, cur.Take("wcls", {c.vocab_size, c.dim}));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<Transformer> LoadLlama2c(const std::string& path, const LoadOptions& opts) {
+  SAE_ASSIGN_OR_RETURN(std::string bytes, ReadFileBytes(path));
   ModelConfig c;
   c.arch = Arch::kLlama;
   c.rope = RopeStyle::kInterleaved;
@@ -559,85 +721,11 @@ absl::StatusOr<Transformer> LoadLlama2c(const std::string& path, const LoadOptio
   size_t off = 0;
   bool shared = true;
   int version = 0;
-  if (bytes.size() >= 8 && static_cast<uint32_t>(i32(0)) == kLlama2cMagic) {
-    version = i32(4);
-    if (version != 1)
-      return absl::UnimplementedError(absl::StrCat(path, ": llama2.c format version ", version,
-                                                   " is not supported (float32 legacy and version 1 are)"));
-    if (bytes.size() < 256) return absl::InvalidArgumentError(absl::StrCat(path, ": truncated header (", bytes.size(), " bytes)"));
-    off = 8;
-    c.format = "llama2c-v1";
-  } else {
-    if (bytes.size() < 28) return absl::InvalidArgumentError(absl::StrCat(path, ": truncated header (", bytes.size(), " bytes)"));
-    c.format = "llama2c-legacy";
-  }
-  c.dim = i32(off);
-  c.hidden_dim = i32(off + 4);
-  c.n_layers = i32(off + 8);
-  c.n_heads = i32(off + 12);
-  c.n_kv_heads = i32(off + 16);
-  c.vocab_size = i32(off + 20);
-  c.max_seq_len = i32(off + 24);
-  if (version == 0) {
-    shared = c.vocab_size > 0;
-    c.vocab_size = std::abs(c.vocab_size);
-    off = 28;
-  } else {
-    shared = bytes[off + 28] != 0;
-    off = 256;
-  }
-  const int64_t d = c.dim, L = c.n_layers, h = c.hidden_dim, V = c.vocab_size;
-  const int64_t limit = int64_t{1} << 20;
-  if (d <= 0 || h <= 0 || L <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 || V <= 0 || c.max_seq_len <= 0 ||
-      d > limit || h > 4 * limit || L > 4096 || V > 16 * limit || c.max_seq_len > limit || d % c.n_heads != 0 ||
-      c.n_heads % c.n_kv_heads != 0)
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not a llama2.c checkpoint (header dim ", d, ", hidden ", h,
-                                                   ", layers ", L, ", heads ", c.n_heads, "/", c.n_kv_heads,
-                                                   ", vocab ", V, ", seq_len ", c.max_seq_len, ")"));
-  SAE_RETURN_IF_ERROR(CheckModelDims(c));  // also bounds the rotary tables seq_len x head_dim/2
-  const int64_t hd = d / c.n_heads, kv = c.n_kv_heads * hd;
+  SAE_RETURN_IF_ERROR(ParseLlama2cHeader(path, bytes, &c, &off, &version, &shared));
   BinCursor cur(path, bytes, off);
   ModelWeights w;
-  w.blocks.resize(L);
   try {
-    auto take_layers = [&](const std::string& name, std::vector<int64_t> shape,
-                           at::Tensor BlockWeights::*field) -> absl::Status {
-      shape.insert(shape.begin(), L);
-      SAE_ASSIGN_OR_RETURN(at::Tensor all, cur.Take(name, shape));
-      return Unbind(all, &w.blocks, field);
-    };
-    if (version == 0) {
-      SAE_ASSIGN_OR_RETURN(w.tok_emb, cur.Take("token_embedding", {V, d}));
-      SAE_RETURN_IF_ERROR(take_layers("rms_att", {d}, &BlockWeights::attn_norm));
-      SAE_RETURN_IF_ERROR(take_layers("wq", {d, d}, &BlockWeights::wq));
-      SAE_RETURN_IF_ERROR(take_layers("wk", {kv, d}, &BlockWeights::wk));
-      SAE_RETURN_IF_ERROR(take_layers("wv", {kv, d}, &BlockWeights::wv));
-      SAE_RETURN_IF_ERROR(take_layers("wo", {d, d}, &BlockWeights::wo));
-      SAE_RETURN_IF_ERROR(take_layers("rms_ffn", {d}, &BlockWeights::ffn_norm));
-      SAE_RETURN_IF_ERROR(take_layers("w1", {h, d}, &BlockWeights::w1));
-      SAE_RETURN_IF_ERROR(take_layers("w2", {d, h}, &BlockWeights::w2));
-      SAE_RETURN_IF_ERROR(take_layers("w3", {h, d}, &BlockWeights::w3));
-      SAE_ASSIGN_OR_RETURN(w.final_norm, cur.Take("rms_final", {d}));
-      SAE_RETURN_IF_ERROR(cur.Take("freq_cis_real", {c.max_seq_len, hd / 2}).status());
-      SAE_RETURN_IF_ERROR(cur.Take("freq_cis_imag", {c.max_seq_len, hd / 2}).status());
-    } else {
-      SAE_RETURN_IF_ERROR(take_layers("attention_norm", {d}, &BlockWeights::attn_norm));
-      SAE_RETURN_IF_ERROR(take_layers("ffn_norm", {d}, &BlockWeights::ffn_norm));
-      SAE_ASSIGN_OR_RETURN(w.final_norm, cur.Take("norm", {d}));
-      SAE_ASSIGN_OR_RETURN(w.tok_emb, cur.Take("tok_embeddings", {V, d}));
-      SAE_RETURN_IF_ERROR(take_layers("wq", {d, d}, &BlockWeights::wq));
-      SAE_RETURN_IF_ERROR(take_layers("wk", {kv, d}, &BlockWeights::wk));
-      SAE_RETURN_IF_ERROR(take_layers("wv", {kv, d}, &BlockWeights::wv));
-      SAE_RETURN_IF_ERROR(take_layers("wo", {d, d}, &BlockWeights::wo));
-      SAE_RETURN_IF_ERROR(take_layers("w1", {h, d}, &BlockWeights::w1));
-      SAE_RETURN_IF_ERROR(take_layers("w2", {d, h}, &BlockWeights::w2));
-      SAE_RETURN_IF_ERROR(take_layers("w3", {h, d}, &BlockWeights::w3));
-    }
-    if (shared) {
-      w.lm_head = w.tok_emb;
-    } else {
-      SAE_ASSIGN_OR_RETURN(w.lm_head, cur.Take("wcls", {V, d}));
-    }
+    SAE_RETURN_IF_ERROR(ReadLlama2cWeights(cur, c, version, shared, &w));
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat(path, ": ", e.what_without_backtrace()));
   }
@@ -700,42 +788,25 @@ absl::Status SaveLlama2c(const Transformer& m, const std::string& path, int vers
                           static_cast<int32_t>(c.n_layers), static_cast<int32_t>(c.n_heads),
                           static_cast<int32_t>(c.n_kv_heads), static_cast<int32_t>(c.vocab_size),
                           static_cast<int32_t>(c.max_seq_len)};
-  auto layers = [&](at::Tensor BlockWeights::*f) {
-    for (const BlockWeights& b : w.blocks) AppendFloats(&out, b.*f);
-  };
   if (version == 0) {
     for (int i = 0; i < 7; ++i) AppendI32(&out, i == 5 && !shared ? -hdr[i] : hdr[i]);
-    AppendFloats(&out, w.tok_emb);
-    layers(&BlockWeights::attn_norm);
-    layers(&BlockWeights::wq);
-    layers(&BlockWeights::wk);
-    layers(&BlockWeights::wv);
-    layers(&BlockWeights::wo);
-    layers(&BlockWeights::ffn_norm);
-    layers(&BlockWeights::w1);
-    layers(&BlockWeights::w2);
-    layers(&BlockWeights::w3);
-    AppendFloats(&out, w.final_norm);
-    AppendFloats(&out, at::zeros({2 * c.max_seq_len * c.head_dim() / 2}));  // unused RoPE tables
   } else if (version == 1) {
     AppendI32(&out, static_cast<int32_t>(kLlama2cMagic));
     AppendI32(&out, 1);
     for (int i = 0; i < 7; ++i) AppendI32(&out, hdr[i]);
     out.push_back(shared ? 1 : 0);
     out.resize(256, '\0');
-    layers(&BlockWeights::attn_norm);
-    layers(&BlockWeights::ffn_norm);
-    AppendFloats(&out, w.final_norm);
-    AppendFloats(&out, w.tok_emb);
-    layers(&BlockWeights::wq);
-    layers(&BlockWeights::wk);
-    layers(&BlockWeights::wv);
-    layers(&BlockWeights::wo);
-    layers(&BlockWeights::w1);
-    layers(&BlockWeights::w2);
-    layers(&BlockWeights::w3);
   } else {
     return absl::InvalidArgumentError(absl::StrCat("SaveLlama2c: version ", version, " (0 or 1)"));
+  }
+  for (const Llama2cTensor& t : Llama2cLayout(c, version)) {
+    if (t.layer != nullptr) {
+      for (const BlockWeights& b : w.blocks) AppendFloats(&out, b.*t.layer);
+    } else if (t.model != nullptr) {
+      AppendFloats(&out, w.*t.model);
+    } else {
+      AppendFloats(&out, at::zeros(t.shape));  // the rotary tables: not read back
+    }
   }
   if (!shared) AppendFloats(&out, w.lm_head);
   return AtomicWriteFile(path, out);

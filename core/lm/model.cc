@@ -41,6 +41,21 @@ at::Tensor GeluTanh(const at::Tensor& x) {
 
 }  // namespace
 
+absl::StatusOr<HookPoint> HookPointFromString(const std::string& s) {
+  if (s == "resid_post" || s == "resid") return HookPoint::kResidPost;
+  if (s == "mlp_out" || s == "mlp") return HookPoint::kMlpOut;
+  return absl::InvalidArgumentError(absl::StrCat("hook '", s, "' is not resid_post or mlp_out"));
+}
+
+const char* HookPointName(HookPoint h) {
+  switch (h) {
+    case HookPoint::kResidPost: return "resid_post";
+    case HookPoint::kMlpOut: return "mlp_out";
+    case HookPoint::kFinalNorm: return "final_norm";
+  }
+  return "?";
+}
+
 std::vector<float> RopeInvFreq(const ModelConfig& c, bool long_factors) {
   const int64_t hd = c.head_dim(), half = hd / 2;
   const ModelConfig::RopeScaling& r = c.rope_scaling;
@@ -94,7 +109,11 @@ absl::Status CheckModelDims(const ModelConfig& c) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<Transformer> Transformer::Create(ModelConfig c, ModelWeights w) {
+namespace {
+
+// The config's dimensions and rope scaling, which the weights and the rotary
+// tables are then checked and built against. Fills n_kv_heads when unset.
+absl::Status CheckTransformerConfig(ModelConfig& c) {
   SAE_RETURN_IF_ERROR(CheckModelDims(c));
   if (c.dim <= 0 || c.n_layers <= 0 || c.n_heads <= 0 || c.vocab_size <= 0 || c.max_seq_len <= 0)
     return absl::InvalidArgumentError(absl::StrCat(c.source, ": invalid model dimensions (dim ", c.dim,
@@ -121,6 +140,11 @@ absl::StatusOr<Transformer> Transformer::Create(ModelConfig c, ModelWeights w) {
     return absl::InvalidArgumentError(absl::StrCat(c.source, ": llama3 rope scaling needs high_freq_factor > low_freq_factor"));
   if ((rt == "linear" || rt == "llama3") && !(c.rope_scaling.factor > 0))
     return absl::InvalidArgumentError(absl::StrCat(c.source, ": rope scaling factor must be > 0"));
+  return absl::OkStatus();
+}
+
+// Every tensor the architecture reads is there with the config's shape.
+absl::Status CheckWeightShapes(const ModelConfig& c, const ModelWeights& w) {
   const int64_t d = c.dim, hd = c.head_dim(), kv = c.n_kv_heads * hd, qd = c.n_heads * hd, h = c.hidden_dim,
                 V = c.vocab_size;
   SAE_RETURN_IF_ERROR(Check(c, w.tok_emb, "token embedding", {V, d}));
@@ -164,30 +188,40 @@ absl::StatusOr<Transformer> Transformer::Create(ModelConfig c, ModelWeights w) {
       SAE_RETURN_IF_ERROR(Check(c, b.post_ffn_norm, p + "post-feedforward norm", {d}));
     }
   }
+  return absl::OkStatus();
+}
+
+// The rotary cos/sin tables [max_seq_len, head_dim/2] (longrope: scaled by
+// its attention factor; `long_factors` picks its long-context factors).
+void RopeTables(const ModelConfig& c, bool long_factors, at::Tensor* cos_t, at::Tensor* sin_t) {
+  const int64_t half = c.head_dim() / 2;
+  *cos_t = at::empty({c.max_seq_len, half}, at::kFloat);
+  *sin_t = at::empty({c.max_seq_len, half}, at::kFloat);
+  float* pc = cos_t->data_ptr<float>();
+  float* ps = sin_t->data_ptr<float>();
+  const std::vector<float> inv = RopeInvFreq(c, long_factors);
+  const float scale = c.rope_scaling.type == "longrope" ? static_cast<float>(c.rope_scaling.attention_factor) : 1.0f;
+  for (int64_t pos = 0; pos < c.max_seq_len; ++pos)
+    for (int64_t i = 0; i < half; ++i) {
+      // Unscaled, these are the tables llama2.c computes (float32
+      // powf/cosf/sinf); Hugging Face's float32 inv_freq is the same number.
+      const float val = static_cast<float>(pos) * inv[i];
+      pc[pos * half + i] = std::cos(val) * scale;
+      ps[pos * half + i] = std::sin(val) * scale;
+    }
+}
+
+}  // namespace
+
+absl::StatusOr<Transformer> Transformer::Create(ModelConfig c, ModelWeights w) {
+  SAE_RETURN_IF_ERROR(CheckTransformerConfig(c));
+  SAE_RETURN_IF_ERROR(CheckWeightShapes(c, w));
   Transformer t;
   t.cfg_ = std::move(c);
   t.w_ = std::move(w);
-  if (!gpt2) {
-    const int64_t half = hd / 2;
-    auto tables = [&](bool long_factors, at::Tensor* cos_t, at::Tensor* sin_t) {
-      *cos_t = at::empty({t.cfg_.max_seq_len, half}, at::kFloat);
-      *sin_t = at::empty({t.cfg_.max_seq_len, half}, at::kFloat);
-      float* pc = cos_t->data_ptr<float>();
-      float* ps = sin_t->data_ptr<float>();
-      const std::vector<float> inv = RopeInvFreq(t.cfg_, long_factors);
-      const float scale = t.cfg_.rope_scaling.type == "longrope"
-                              ? static_cast<float>(t.cfg_.rope_scaling.attention_factor) : 1.0f;
-      for (int64_t pos = 0; pos < t.cfg_.max_seq_len; ++pos)
-        for (int64_t i = 0; i < half; ++i) {
-          // Unscaled, these are the tables llama2.c computes (float32
-          // powf/cosf/sinf); Hugging Face's float32 inv_freq is the same number.
-          const float val = static_cast<float>(pos) * inv[i];
-          pc[pos * half + i] = std::cos(val) * scale;
-          ps[pos * half + i] = std::sin(val) * scale;
-        }
-    };
-    tables(false, &t.rope_cos_, &t.rope_sin_);
-    if (t.cfg_.rope_scaling.type == "longrope") tables(true, &t.rope_cos_long_, &t.rope_sin_long_);
+  if (t.cfg_.arch != Arch::kGpt2) {
+    RopeTables(t.cfg_, /*long_factors=*/false, &t.rope_cos_, &t.rope_sin_);
+    if (t.cfg_.rope_scaling.type == "longrope") RopeTables(t.cfg_, /*long_factors=*/true, &t.rope_cos_long_, &t.rope_sin_long_);
   }
   return t;
 }

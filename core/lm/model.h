@@ -94,6 +94,8 @@ struct ModelWeights {
 // −1: the embeddings); kMlpOut: the MLP's output of block `layer` before it
 // is added (Gemma 2: after its post-MLP norm); kFinalNorm: after the final norm (layer ignored).
 enum class HookPoint { kResidPost, kMlpOut, kFinalNorm };
+absl::StatusOr<HookPoint> HookPointFromString(const std::string& s);  // resid_post | mlp_out
+const char* HookPointName(HookPoint h);  // resid_post | mlp_out | final_norm
 
 // A hook sees the activation [B, T, dim] and may replace it (assign a tensor
 // of the same shape) to steer or splice; leaving it untouched only reads.

@@ -229,33 +229,14 @@ absl::StatusOr<std::unique_ptr<Int8Screen>> Int8Screen::Create(int64_t candidate
   return s;
 }
 
-absl::Status Int8Screen::TopK(const SaeParams& p, const at::Tensor& xc_t, int64_t k, int64_t* IDX,
-                              float* VAL, std::vector<std::pair<const char*, double>>* phases) {
-  if (p.W_enc.scalar_type() != at::kFloat || xc_t.scalar_type() != at::kFloat || !xc_t.is_contiguous())
-    return absl::InvalidArgumentError("train.encoder: int8_screened is for float32 parameters on CPU");
-  const int64_t B = xc_t.size(0), d = p.d_in(), n = p.latents();
-  if (d >= kMaxD)
-    return absl::InvalidArgumentError(absl::StrCat("train.encoder: int8_screened needs d_in < ", kMaxD,
-                                                   " (exact int32 sums); d_in is ", d));
-  if (k < 1 || k > n) return absl::InvalidArgumentError("int8_screened: k out of range");
-  if (c_ <= 0) c_ = 8 * k;
-  c_ = std::clamp<int64_t>(c_, k + 1, n);
-  const int64_t C = c_;
-  const int64_t R = block_rows_ > 0 ? std::min(block_rows_, B) : AutoBlockRows(B, n);
-  Impl& m = *impl_;
-  SAE_RETURN_IF_ERROR(m.Prepare(R, d, n));
-  const float* XC = xc_t.data_ptr<float>();
-  at::Tensor W_t = p.W_enc.contiguous();
-  at::Tensor b_t = p.b_enc.contiguous();
-  const float* W = W_t.data_ptr<float>();
-  const float* bias = b_t.data_ptr<float>();
-  // fp32 rounding of the exact dot product (recursive summation bound
-  // d·2⁻²⁴ on Σ|w_i x_i| <= ‖w‖‖x‖) and of computing the bound itself.
-  const float rho = static_cast<float>((static_cast<double>(d) + 64) * std::ldexp(1.0, -24));
-  double t = NowSeconds();
-  double t_quant = 0, t_gemm = 0, t_select = 0, t_rescore = 0;
+namespace {
 
-  // 1. The encoder rows, quantised per row (re-done every step: W changes).
+// The steps of Int8Screen::TopK, on the screen's buffers.
+
+// 1. The encoder rows, quantised per row (re-done every step: W changes),
+//    reordered into the int8 matmul's weights layout.
+absl::Status QuantizeEncoder(Int8Screen::Impl& m, const float* W, const float* bias, float rho) {
+  const int64_t d = m.d, n = m.n;
   at::parallel_for(0, n, 64, [&](int64_t lo, int64_t hi) {
     for (int64_t j = lo; j < hi; ++j) {
       const float* w = W + j * d;
@@ -282,179 +263,240 @@ absl::Status Int8Screen::TopK(const SaeParams& p, const at::Tensor& xc_t, int64_
   } catch (const dnnl::error& e) {
     return absl::InternalError(absl::StrCat("int8_screened: oneDNN weights reorder: ", e.what()));
   }
+  return absl::OkStatus();
+}
+
+// 2. The block's input rows (r0 .. r0+rows-1), quantised per row, with the
+//    row's bound terms; the rest of the R-row buffer zeroed.
+void QuantizeInputBlock(Int8Screen::Impl& m, const float* XC, int64_t r0, int64_t rows, float rho) {
+  const int64_t d = m.d;
+  at::parallel_for(0, rows, 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const float* x = XC + (r0 + r) * d;
+      int8_t* q = m.qx.data() + r * d;
+      const float mx = AbsMax(x, d);
+      const float s = mx / 127.0f;
+      double ex2 = 0, nq2 = 0, nx2 = 0;
+      if (mx == 0) {
+        std::memset(q, 0, static_cast<size_t>(d));
+      } else {
+        Quantize(x, d, 127.0f / mx, s, q, &nx2, &ex2, &nq2);
+      }
+      m.sx[r] = mx == 0 ? 0.0f : s;
+      const float ex = RoundUp(std::sqrt(ex2)), nq = RoundUp(std::sqrt(nq2)), nx = RoundUp(std::sqrt(nx2));
+      m.alpha[r] = ex + rho * (nx + nq);
+      m.beta[r] = nq + rho * (nx + nq);
+    }
+  });
+  if (rows < m.R) std::memset(m.qx.data() + rows * d, 0, static_cast<size_t>((m.R - rows) * d));
+}
+
+// 3. ẑ in int32 (exact integer dot products).
+absl::Status Int32Products(Int8Screen::Impl& m) {
+  try {
+    dnnl::memory src({{m.R, m.d}, dnnl::memory::data_type::s8, dnnl::memory::format_tag::ab}, m.eng, m.qx.data());
+    dnnl::memory dst({{m.R, m.n}, dnnl::memory::data_type::s32, dnnl::memory::format_tag::ab}, m.eng, m.acc.data());
+    m.prim.execute(m.strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, m.w_mem}, {DNNL_ARG_DST, dst}});
+    m.strm.wait();
+  } catch (const dnnl::error& e) {
+    return absl::InternalError(absl::StrCat("int8_screened: oneDNN int8 matmul: ", e.what()));
+  }
+  return absl::OkStatus();
+}
+
+// 4. Epilogue: the bounds u_j (never stored: recomputed from the int32
+//    products where needed) and the candidates of each row: every latent
+//    with u >= thr, thr the C-th largest maximum over blocks of G
+//    latents (so at least C candidates); max_excl = the largest u
+//    outside them.
+void SelectCandidates(Int8Screen::Impl& m, int64_t rows, int64_t C) {
+  const int64_t n = m.n;
+  int64_t G = 16;
+  while (G < 256 && n / (2 * G) >= 2 * C) G *= 2;
+  const int64_t nb = (n + G - 1) / G;
+  at::parallel_for(0, rows, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<float> bmax(static_cast<size_t>(nb)), tmp, ub(static_cast<size_t>(G));
+    for (int64_t r = lo; r < hi; ++r) {
+      const int32_t* a = m.acc.data() + r * n;
+      const BoundTerms bt{m.sw.data(), m.cb.data(), m.wn.data(), m.we.data(), m.sx[r], m.alpha[r], m.beta[r]};
+      std::vector<int32_t>& ci = m.cand_i[r];
+      ci.clear();
+      float thr = -std::numeric_limits<float>::infinity();
+      float mex = -std::numeric_limits<float>::infinity();
+      if (nb <= C) {
+        for (int64_t j = 0; j < n; ++j) ci.push_back(static_cast<int32_t>(j));
+      } else {
+        for (int64_t b = 0; b < nb; ++b) bmax[b] = Bounds(bt, a, b * G, std::min(n, (b + 1) * G), nullptr);
+        tmp.assign(bmax.begin(), bmax.end());
+        std::nth_element(tmp.begin(), tmp.begin() + (nb - C), tmp.end());
+        thr = tmp[nb - C];
+        for (int64_t b = 0; b < nb; ++b) {
+          const float bv = bmax[b];
+          if (bv < thr) {
+            mex = bv > mex ? bv : mex;
+            continue;
+          }
+          const int64_t e = std::min(n, (b + 1) * G);
+          Bounds(bt, a, b * G, e, ub.data());
+          for (int64_t j = b * G; j < e; ++j) {
+            const float u = ub[j - b * G];
+            if (u >= thr)
+              ci.push_back(static_cast<int32_t>(j));
+            else
+              mex = u > mex ? u : mex;
+          }
+        }
+      }
+      m.thr[r] = thr;
+      m.max_excl[r] = mex;
+      m.cand_v[r].resize(ci.size());
+    }
+  });
+}
+
+// 5. Exact fp32 values of the candidates, latent by latent (each encoder
+//    row read once per block; this block's input rows stay in cache).
+//    Returns the number of candidates rescored.
+int64_t RescoreCandidates(Int8Screen::Impl& m, const float* XC, int64_t r0, int64_t rows, const float* W,
+                          const float* bias) {
+  const int64_t d = m.d, n = m.n;
+  m.offs.assign(static_cast<size_t>(n) + 1, 0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int32_t j : m.cand_i[r]) ++m.offs[j + 1];
+  for (int64_t j = 0; j < n; ++j) m.offs[j + 1] += m.offs[j];
+  m.pairs.resize(static_cast<size_t>(m.offs[n]));
+  {
+    std::vector<int64_t> fill(m.offs.begin(), m.offs.end() - 1);
+    for (int64_t r = 0; r < rows; ++r) {
+      const std::vector<int32_t>& ci = m.cand_i[r];
+      for (size_t s = 0; s < ci.size(); ++s)
+        m.pairs[fill[ci[s]]++] = {static_cast<int32_t>(r), static_cast<int32_t>(s)};
+    }
+  }
+  const int64_t parts = std::max<int64_t>(1, 4 * at::get_num_threads());
+  at::parallel_for(0, parts, 1, [&](int64_t plo, int64_t phi) {
+    for (int64_t part = plo; part < phi; ++part) {
+      // Latent ranges of about equal pair counts.
+      const int64_t want_lo = m.offs[n] * part / parts, want_hi = m.offs[n] * (part + 1) / parts;
+      const int64_t jlo = std::upper_bound(m.offs.begin(), m.offs.end(), want_lo) - m.offs.begin() - 1;
+      const int64_t jhi = part + 1 == parts
+                              ? n
+                              : std::upper_bound(m.offs.begin(), m.offs.end(), want_hi) - m.offs.begin() - 1;
+      for (int64_t j = jlo; j < jhi; ++j) {
+        const float* w = W + j * d;
+        for (int64_t tq = m.offs[j]; tq < m.offs[j + 1]; ++tq) {
+          const auto [r, s] = m.pairs[tq];
+          m.cand_v[r][s] = ExactPreactivation(XC + (r0 + r) * d, w, bias[j], d);
+        }
+      }
+    }
+  });
+  return m.offs[n];
+}
+
+// 6. Per row: the top-k among the candidates, the certificate, and when
+//    it fails, every latent whose bound reaches τ rescored as well. Writes
+//    rows r0.. of IDX/VAL; adds the uncertified rows to *fallback and the
+//    latents rescored for them to *rescored.
+void CertifiedTopK(Int8Screen::Impl& m, const float* XC, int64_t r0, int64_t rows, const float* W,
+                   const float* bias, int64_t k, int64_t* IDX, float* VAL, int64_t* fallback, int64_t* rescored) {
+  const int64_t d = m.d, n = m.n;
+  std::vector<int64_t> fb_rows(static_cast<size_t>(rows), 0), extra(static_cast<size_t>(rows), 0);
+  at::parallel_for(0, rows, 1, [&](int64_t lo, int64_t hi) {
+    std::vector<int32_t> order;
+    std::vector<float> urow;
+    for (int64_t r = lo; r < hi; ++r) {
+      std::vector<int32_t>& ci = m.cand_i[r];
+      std::vector<float>& cv = m.cand_v[r];
+      auto topk = [&]() {
+        order.resize(ci.size());
+        for (size_t s = 0; s < ci.size(); ++s) order[s] = static_cast<int32_t>(s);
+        std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+          return Better(cv[a], ci[a], cv[b], ci[b]);
+        });
+        return cv[order[k - 1]];
+      };
+      float tau = topk();
+      const float mex = m.max_excl[r];
+      const bool certified = mex < tau || (tau <= 0 && mex <= 0);
+      if (!certified) {
+        fb_rows[r] = 1;
+        const BoundTerms bt{m.sw.data(), m.cb.data(), m.wn.data(), m.we.data(), m.sx[r], m.alpha[r], m.beta[r]};
+        urow.resize(static_cast<size_t>(n));
+        Bounds(bt, m.acc.data() + r * n, 0, n, urow.data());
+        const float* u = urow.data();
+        const float lim = m.thr[r];
+        const float* x = XC + (r0 + r) * d;
+        const size_t before = ci.size();
+        for (int64_t j = 0; j < n; ++j) {
+          const float uj = u[j];
+          if (uj >= lim) continue;  // already a candidate
+          if (tau > 0 ? uj >= tau : uj > 0) {
+            ci.push_back(static_cast<int32_t>(j));
+            cv.push_back(ExactPreactivation(x, W + j * d, bias[j], d));
+          }
+        }
+        extra[r] = static_cast<int64_t>(ci.size() - before);
+        tau = topk();  // now exact: every latent left out has u < the old τ <= the new one
+      }
+      const int64_t b = r0 + r;
+      for (int64_t t2 = 0; t2 < k; ++t2) {
+        IDX[b * k + t2] = ci[order[t2]];
+        VAL[b * k + t2] = cv[order[t2]];
+      }
+    }
+  });
+  for (int64_t r = 0; r < rows; ++r) {
+    *fallback += fb_rows[r];
+    *rescored += extra[r];
+  }
+}
+
+}  // namespace
+
+absl::Status Int8Screen::TopK(const SaeParams& p, const at::Tensor& xc_t, int64_t k, int64_t* IDX,
+                              float* VAL, std::vector<std::pair<const char*, double>>* phases) {
+  if (p.W_enc.scalar_type() != at::kFloat || xc_t.scalar_type() != at::kFloat || !xc_t.is_contiguous())
+    return absl::InvalidArgumentError("train.encoder: int8_screened is for float32 parameters on CPU");
+  const int64_t B = xc_t.size(0), d = p.d_in(), n = p.latents();
+  if (d >= kMaxD)
+    return absl::InvalidArgumentError(absl::StrCat("train.encoder: int8_screened needs d_in < ", kMaxD,
+                                                   " (exact int32 sums); d_in is ", d));
+  if (k < 1 || k > n) return absl::InvalidArgumentError("int8_screened: k out of range");
+  if (c_ <= 0) c_ = 8 * k;
+  c_ = std::clamp<int64_t>(c_, k + 1, n);
+  const int64_t C = c_;
+  const int64_t R = block_rows_ > 0 ? std::min(block_rows_, B) : AutoBlockRows(B, n);
+  Impl& m = *impl_;
+  SAE_RETURN_IF_ERROR(m.Prepare(R, d, n));
+  const float* XC = xc_t.data_ptr<float>();
+  at::Tensor W_t = p.W_enc.contiguous();
+  at::Tensor b_t = p.b_enc.contiguous();
+  const float* W = W_t.data_ptr<float>();
+  const float* bias = b_t.data_ptr<float>();
+  // fp32 rounding of the exact dot product (recursive summation bound
+  // d·2⁻²⁴ on Σ|w_i x_i| <= ‖w‖‖x‖) and of computing the bound itself.
+  const float rho = static_cast<float>((static_cast<double>(d) + 64) * std::ldexp(1.0, -24));
+  double t = NowSeconds();
+  double t_quant = 0, t_gemm = 0, t_select = 0, t_rescore = 0;
+  SAE_RETURN_IF_ERROR(QuantizeEncoder(m, W, bias, rho));
   t_quant += NowSeconds() - t;
 
   int64_t fallback = 0, rescored = 0;
-  const int nthreads = at::get_num_threads();
   for (int64_t r0 = 0; r0 < B; r0 += R) {
     const int64_t rows = std::min(R, B - r0);
     t = NowSeconds();
-    // 2. The input rows, quantised per row, with the row's bound terms.
-    at::parallel_for(0, rows, 16, [&](int64_t lo, int64_t hi) {
-      for (int64_t r = lo; r < hi; ++r) {
-        const float* x = XC + (r0 + r) * d;
-        int8_t* q = m.qx.data() + r * d;
-        const float mx = AbsMax(x, d);
-        const float s = mx / 127.0f;
-        double ex2 = 0, nq2 = 0, nx2 = 0;
-        if (mx == 0) {
-          std::memset(q, 0, static_cast<size_t>(d));
-        } else {
-          Quantize(x, d, 127.0f / mx, s, q, &nx2, &ex2, &nq2);
-        }
-        m.sx[r] = mx == 0 ? 0.0f : s;
-        const float ex = RoundUp(std::sqrt(ex2)), nq = RoundUp(std::sqrt(nq2)), nx = RoundUp(std::sqrt(nx2));
-        m.alpha[r] = ex + rho * (nx + nq);
-        m.beta[r] = nq + rho * (nx + nq);
-      }
-    });
-    if (rows < R) std::memset(m.qx.data() + rows * d, 0, static_cast<size_t>((R - rows) * d));
+    QuantizeInputBlock(m, XC, r0, rows, rho);
     t_quant += NowSeconds() - t;
     t = NowSeconds();
-    // 3. ẑ in int32 (exact integer dot products).
-    try {
-      dnnl::memory src({{R, d}, dnnl::memory::data_type::s8, dnnl::memory::format_tag::ab}, m.eng, m.qx.data());
-      dnnl::memory dst({{R, n}, dnnl::memory::data_type::s32, dnnl::memory::format_tag::ab}, m.eng, m.acc.data());
-      m.prim.execute(m.strm, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, m.w_mem}, {DNNL_ARG_DST, dst}});
-      m.strm.wait();
-    } catch (const dnnl::error& e) {
-      return absl::InternalError(absl::StrCat("int8_screened: oneDNN int8 matmul: ", e.what()));
-    }
+    SAE_RETURN_IF_ERROR(Int32Products(m));
     t_gemm += NowSeconds() - t;
     t = NowSeconds();
-    // 4. Epilogue: the bounds u_j (never stored: recomputed from the int32
-    //    products where needed) and the candidates of each row: every latent
-    //    with u >= thr, thr the C-th largest maximum over blocks of G
-    //    latents (so at least C candidates); max_excl = the largest u
-    //    outside them.
-    int64_t G = 16;
-    while (G < 256 && n / (2 * G) >= 2 * C) G *= 2;
-    const int64_t nb = (n + G - 1) / G;
-    at::parallel_for(0, rows, 1, [&](int64_t lo, int64_t hi) {
-      std::vector<float> bmax(static_cast<size_t>(nb)), tmp, ub(static_cast<size_t>(G));
-      for (int64_t r = lo; r < hi; ++r) {
-        const int32_t* a = m.acc.data() + r * n;
-        const BoundTerms bt{m.sw.data(), m.cb.data(), m.wn.data(), m.we.data(), m.sx[r], m.alpha[r], m.beta[r]};
-        std::vector<int32_t>& ci = m.cand_i[r];
-        ci.clear();
-        float thr = -std::numeric_limits<float>::infinity();
-        float mex = -std::numeric_limits<float>::infinity();
-        if (nb <= C) {
-          for (int64_t j = 0; j < n; ++j) ci.push_back(static_cast<int32_t>(j));
-        } else {
-          for (int64_t b = 0; b < nb; ++b) bmax[b] = Bounds(bt, a, b * G, std::min(n, (b + 1) * G), nullptr);
-          tmp.assign(bmax.begin(), bmax.end());
-          std::nth_element(tmp.begin(), tmp.begin() + (nb - C), tmp.end());
-          thr = tmp[nb - C];
-          for (int64_t b = 0; b < nb; ++b) {
-            const float bv = bmax[b];
-            if (bv < thr) {
-              mex = bv > mex ? bv : mex;
-              continue;
-            }
-            const int64_t e = std::min(n, (b + 1) * G);
-            Bounds(bt, a, b * G, e, ub.data());
-            for (int64_t j = b * G; j < e; ++j) {
-              const float u = ub[j - b * G];
-              if (u >= thr)
-                ci.push_back(static_cast<int32_t>(j));
-              else
-                mex = u > mex ? u : mex;
-            }
-          }
-        }
-        m.thr[r] = thr;
-        m.max_excl[r] = mex;
-        m.cand_v[r].resize(ci.size());
-      }
-    });
+    SelectCandidates(m, rows, C);
     t_select += NowSeconds() - t;
     t = NowSeconds();
-    // 5. Exact fp32 values of the candidates, latent by latent (each encoder
-    //    row read once per block; this block's input rows stay in cache).
-    m.offs.assign(static_cast<size_t>(n) + 1, 0);
-    for (int64_t r = 0; r < rows; ++r)
-      for (int32_t j : m.cand_i[r]) ++m.offs[j + 1];
-    for (int64_t j = 0; j < n; ++j) m.offs[j + 1] += m.offs[j];
-    m.pairs.resize(static_cast<size_t>(m.offs[n]));
-    {
-      std::vector<int64_t> fill(m.offs.begin(), m.offs.end() - 1);
-      for (int64_t r = 0; r < rows; ++r) {
-        const std::vector<int32_t>& ci = m.cand_i[r];
-        for (size_t s = 0; s < ci.size(); ++s)
-          m.pairs[fill[ci[s]]++] = {static_cast<int32_t>(r), static_cast<int32_t>(s)};
-      }
-    }
-    rescored += m.offs[n];
-    const int64_t parts = std::max<int64_t>(1, 4 * nthreads);
-    at::parallel_for(0, parts, 1, [&](int64_t plo, int64_t phi) {
-      for (int64_t part = plo; part < phi; ++part) {
-        // Latent ranges of about equal pair counts.
-        const int64_t want_lo = m.offs[n] * part / parts, want_hi = m.offs[n] * (part + 1) / parts;
-        const int64_t jlo = std::upper_bound(m.offs.begin(), m.offs.end(), want_lo) - m.offs.begin() - 1;
-        const int64_t jhi = part + 1 == parts
-                                ? n
-                                : std::upper_bound(m.offs.begin(), m.offs.end(), want_hi) - m.offs.begin() - 1;
-        for (int64_t j = jlo; j < jhi; ++j) {
-          const float* w = W + j * d;
-          for (int64_t tq = m.offs[j]; tq < m.offs[j + 1]; ++tq) {
-            const auto [r, s] = m.pairs[tq];
-            m.cand_v[r][s] = ExactPreactivation(XC + (r0 + r) * d, w, bias[j], d);
-          }
-        }
-      }
-    });
-    // 6. Per row: the top-k among the candidates, the certificate, and when
-    //    it fails, every latent whose bound reaches τ rescored as well.
-    std::vector<int64_t> fb_rows(static_cast<size_t>(rows), 0), extra(static_cast<size_t>(rows), 0);
-    at::parallel_for(0, rows, 1, [&](int64_t lo, int64_t hi) {
-      std::vector<int32_t> order;
-      std::vector<float> urow;
-      for (int64_t r = lo; r < hi; ++r) {
-        std::vector<int32_t>& ci = m.cand_i[r];
-        std::vector<float>& cv = m.cand_v[r];
-        auto topk = [&]() {
-          order.resize(ci.size());
-          for (size_t s = 0; s < ci.size(); ++s) order[s] = static_cast<int32_t>(s);
-          std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
-            return Better(cv[a], ci[a], cv[b], ci[b]);
-          });
-          return cv[order[k - 1]];
-        };
-        float tau = topk();
-        const float mex = m.max_excl[r];
-        const bool certified = mex < tau || (tau <= 0 && mex <= 0);
-        if (!certified) {
-          fb_rows[r] = 1;
-          const BoundTerms bt{m.sw.data(), m.cb.data(), m.wn.data(), m.we.data(), m.sx[r], m.alpha[r], m.beta[r]};
-          urow.resize(static_cast<size_t>(n));
-          Bounds(bt, m.acc.data() + r * n, 0, n, urow.data());
-          const float* u = urow.data();
-          const float lim = m.thr[r];
-          const float* x = XC + (r0 + r) * d;
-          const size_t before = ci.size();
-          for (int64_t j = 0; j < n; ++j) {
-            const float uj = u[j];
-            if (uj >= lim) continue;  // already a candidate
-            if (tau > 0 ? uj >= tau : uj > 0) {
-              ci.push_back(static_cast<int32_t>(j));
-              cv.push_back(ExactPreactivation(x, W + j * d, bias[j], d));
-            }
-          }
-          extra[r] = static_cast<int64_t>(ci.size() - before);
-          tau = topk();  // now exact: every latent left out has u < the old τ <= the new one
-        }
-        const int64_t b = r0 + r;
-        for (int64_t t2 = 0; t2 < k; ++t2) {
-          IDX[b * k + t2] = ci[order[t2]];
-          VAL[b * k + t2] = cv[order[t2]];
-        }
-      }
-    });
-    for (int64_t r = 0; r < rows; ++r) {
-      fallback += fb_rows[r];
-      rescored += extra[r];
-    }
+    rescored += RescoreCandidates(m, XC, r0, rows, W, bias);
+    CertifiedTopK(m, XC, r0, rows, W, bias, k, IDX, VAL, &fallback, &rescored);
     t_rescore += NowSeconds() - t;
   }
   last_.rows = B;

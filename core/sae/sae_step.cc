@@ -65,6 +65,7 @@ using internal::Axpy;
 using internal::Dot;
 using internal::RemedyPlan;
 using internal::Reuse;
+using internal::StepSums;
 
 // Σ‖x − x̄‖² over the rows of x (B×d), x̄ the column mean, accumulated in
 // double in two passes (stable for activations with a large mean).
@@ -286,15 +287,6 @@ void Decode(const SaeParams& p, const FiredByLatent<T>& f, int64_t B, T* XH, T* 
 }
 
 // Sums over the batch from step 4.
-struct ResidualSums {
-  double sse = 0;         // Σ‖x − x̂‖² (x̂ at the step's k)
-  double sse_target = 0;  // Multi-TopK: Σ‖x − x̂_t‖² (x̂_t at the target k)
-  double sse_cur = 0;     // Multi-TopK: Σ‖x − b_dec − β(x̂ − b_dec)‖²
-  double aux = 0;         // Σ‖α ê − e‖² (AuxK)
-  double recon_norm = 0;  // Σ‖x̂ − b_dec‖
-  double input_norm = 0;  // Σ‖x − b_dec‖
-};
-
 // AuxK's row term: the target is e = x − x̂ (stop-gradient); with auxk_fit ê
 // is compared after scaling by α = clamp(⟨ê, e⟩ / ‖ê‖², 0, 1) (stop-gradient).
 // Writes ∂/∂ê scaled by c_aux into ga and returns ‖α ê − e‖².
@@ -336,7 +328,7 @@ struct MultiTopKRows {
 // entries within the target k GX = g_t + β g_k, the tail GT = β g_k, and
 // b_dec directly GB = g_t + g_k.
 template <typename T>
-ResidualSums ResidualGradients(const T* X, const T* XC, const T* XH, const T* EH, const T* bdec,
+StepSums ResidualGradients(const T* X, const T* XC, const T* XH, const T* EH, const T* bdec,
                                int64_t B, int64_t d, double c_main_d, double c_aux_d, bool auxk_fit,
                                const MultiTopKRows<T>& mt, T* GX, T* GA) {
   const bool multi = mt.TH != nullptr;
@@ -398,7 +390,7 @@ ResidualSums ResidualGradients(const T* X, const T* XC, const T* XH, const T* EH
       if (EH != nullptr) aux_row[b] = AuxKRow(EH + b * d, xr, xh, d, auxk_fit, c_aux, GA + b * d);
     }
   });
-  ResidualSums s;
+  StepSums s;
   for (int64_t b = 0; b < B; ++b) {
     s.sse += sse_row[b];
     s.recon_norm += rnorm_row[b];
@@ -516,9 +508,10 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   }
 
   // Multi-TopK: the first kt entries of each row form the target-k reconstruction.
-  const int64_t kt = cfg.target_k > 0 && cfg.target_k < cfg.k ? cfg.target_k : cfg.k;
-  const bool multi = kt < cfg.k;
-  const double w_cur = multi ? cfg.current_k_weight : 0.0;
+  const internal::MultiTopKPlan mp = internal::PlanMultiTopK(cfg);
+  const int64_t kt = mp.kt;
+  const bool multi = mp.multi;
+  const double w_cur = mp.w_cur;
   const FiredByLatent<T> f = SortByLatent<T>(sel, p.latents(), internal::FireK(cfg), kt, &res->fired);
   clock.End("sort");
 
@@ -543,7 +536,7 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   Decode<T>(p, f, B, xhat.data_ptr<T>(), EH, multi ? tail.data_ptr<T>() : nullptr);
   clock.End("decode");
 
-  const ResidualSums sums =
+  const StepSums sums =
       ResidualGradients<T>(X, XC, xhat.data_ptr<T>(), EH, p.b_dec.data_ptr<T>(), B, d, 2.0 / denom,
                            2.0 * cfg.aux_coefficient * rp.aux_scale / denom, cfg.auxk_fit, mt, gx.data_ptr<T>(), GA);
   LatentGradients<T>(p, f, XC, gx.data_ptr<T>(), GA, mt.GT, cfg.project_decoder_grad, grads);
@@ -567,23 +560,30 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   clock.End("project");
 
   // 8. Metrics.
-  res->sse = sums.sse;
-  res->recon_norm = sums.recon_norm;
-  res->input_norm = sums.input_norm;
-  res->active = f.active;
-  res->total_var = total_var;
-  res->mse = sums.sse / static_cast<double>(B * d);
-  res->fvu = sums.sse / denom;
-  res->fvu_target = multi ? sums.sse_target / denom : res->fvu;
-  res->l0 = static_cast<double>(f.active) / static_cast<double>(B);
-  res->aux_loss = rp.auxk ? cfg.aux_coefficient * rp.aux_scale * sums.aux / denom : rp.ghost ? ghost_loss : 0;
-  res->loss = (multi ? res->fvu_target + w_cur * sums.sse_cur / denom : res->fvu) + res->aux_loss;
+  internal::FillStepMetrics(sums, f.active, total_var, ghost_loss, cfg, rp, B, d, res);
   return absl::OkStatus();
 }
 
 }  // namespace
 
 namespace internal {
+
+void FillStepMetrics(const StepSums& s, int64_t active, double total_var, double ghost_loss, const StepConfig& cfg,
+                     const RemedyPlan& rp, int64_t B, int64_t d, StepResult* res) {
+  const double denom = total_var > 0 ? total_var : 1.0;
+  const MultiTopKPlan mp = PlanMultiTopK(cfg);
+  res->sse = s.sse;
+  res->recon_norm = s.recon_norm;
+  res->input_norm = s.input_norm;
+  res->active = active;
+  res->total_var = total_var;
+  res->mse = s.sse / static_cast<double>(B * d);
+  res->fvu = s.sse / denom;
+  res->fvu_target = mp.multi ? s.sse_target / denom : res->fvu;
+  res->l0 = static_cast<double>(active) / static_cast<double>(B);
+  res->aux_loss = rp.auxk ? cfg.aux_coefficient * rp.aux_scale * s.aux / denom : rp.ghost ? ghost_loss : 0;
+  res->loss = (mp.multi ? res->fvu_target + mp.w_cur * s.sse_cur / denom : res->fvu) + res->aux_loss;
+}
 
 RemedyPlan PlanRemedy(const StepConfig& cfg, int64_t d) {
   static const std::vector<int64_t> kNoDead;

@@ -143,9 +143,10 @@ absl::Status ComputeGradientsATen(const SaeParams& p, const at::Tensor& x_in, co
     // k; the loss ‖xhat − x‖² + w‖b_dec + β(xk − b_dec) − x‖² gives the first
     // kt entries gx = g_t + β g_k, the others gt = β g_k, b_dec g_t + g_k.
     const int64_t k = cfg.k;
-    const int64_t kt = cfg.target_k > 0 && cfg.target_k < k ? cfg.target_k : k;
-    const bool multi = kt < k;
-    const double w_cur = multi ? cfg.current_k_weight : 0.0;
+    const MultiTopKPlan mp = PlanMultiTopK(cfg);
+    const int64_t kt = mp.kt;
+    const bool multi = mp.multi;
+    const double w_cur = mp.w_cur;
     auto head = [&](const at::Tensor& t) { return t.narrow(1, 0, kt).contiguous(); };
     auto tail = [&](const at::Tensor& t) { return t.narrow(1, kt, k - kt).contiguous(); };
     at::Tensor xhat = Decode(p.W_dec, head(s.idx), head(s.acts)).add_(p.b_dec);
@@ -194,17 +195,14 @@ absl::Status ComputeGradientsATen(const SaeParams& p, const at::Tensor& x_in, co
     if (cfg.project_decoder_grad) ProjectRows(grads->W_dec, p.W_dec);
 
     res->phase_seconds.clear();
-    res->sse = sse;
-    res->recon_norm = (xk - p.b_dec).norm(2, 1).sum(at::kDouble).item<double>();
-    res->input_norm = xc.norm(2, 1).sum(at::kDouble).item<double>();
-    res->active = active;
-    res->total_var = total_var;
-    res->mse = sse / static_cast<double>(B * d);
-    res->fvu = sse / denom;
-    res->fvu_target = sse_t / denom;
-    res->l0 = static_cast<double>(active) / static_cast<double>(B);
-    res->aux_loss = rp.auxk ? cfg.aux_coefficient * rp.aux_scale * aux_sum / denom : rp.ghost ? ghost_loss : 0;
-    res->loss = (multi ? res->fvu_target + w_cur * sse_c / denom : res->fvu) + res->aux_loss;
+    StepSums sums;
+    sums.sse = sse;
+    sums.sse_target = sse_t;
+    sums.sse_cur = sse_c;
+    sums.aux = aux_sum;
+    sums.recon_norm = (xk - p.b_dec).norm(2, 1).sum(at::kDouble).item<double>();
+    sums.input_norm = xc.norm(2, 1).sum(at::kDouble).item<double>();
+    FillStepMetrics(sums, active, total_var, ghost_loss, cfg, rp, B, d, res);
     return absl::OkStatus();
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("sae step (ATen): ", e.what_without_backtrace()));

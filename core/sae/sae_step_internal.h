@@ -29,6 +29,38 @@ struct RemedyPlan {
 };
 RemedyPlan PlanRemedy(const StepConfig& cfg, int64_t d);
 
+// Multi-TopK (ALGORITHMS.md §4): with 0 < target_k < k the first kt entries
+// of each row form the target-k reconstruction and the current-k term weighs
+// w_cur; otherwise kt = k and w_cur = 0.
+struct MultiTopKPlan {
+  int64_t kt = 0;
+  bool multi = false;
+  double w_cur = 0;
+};
+inline MultiTopKPlan PlanMultiTopK(const StepConfig& cfg) {
+  MultiTopKPlan m;
+  m.kt = cfg.target_k > 0 && cfg.target_k < cfg.k ? cfg.target_k : cfg.k;
+  m.multi = m.kt < cfg.k;
+  m.w_cur = m.multi ? cfg.current_k_weight : 0.0;
+  return m;
+}
+
+// The sums over a batch that a step's metrics come from.
+struct StepSums {
+  double sse = 0;         // Σ‖x − x̂‖² (x̂ at the step's k)
+  double sse_target = 0;  // Multi-TopK: Σ‖x − x̂_t‖² (x̂_t at the target k)
+  double sse_cur = 0;     // Multi-TopK: Σ‖x − b_dec − β(x̂ − b_dec)‖²
+  double aux = 0;         // Σ‖α ê − e‖² (AuxK)
+  double recon_norm = 0;  // Σ‖x̂ − b_dec‖
+  double input_norm = 0;  // Σ‖x − b_dec‖
+};
+
+// StepResult's metrics and loss for B rows of width d from the sums, the
+// active entries, Σ‖x − x̄‖² and Ghost Grads' loss term (both step
+// implementations).
+void FillStepMetrics(const StepSums& s, int64_t active, double total_var, double ghost_loss, const StepConfig& cfg,
+                     const RemedyPlan& rp, int64_t B, int64_t d, StepResult* res);
+
 // Shapes, dtypes and devices of a step's or an encode's inputs.
 absl::Status CheckShapes(const SaeParams& p, const at::Tensor& x, int64_t k);
 

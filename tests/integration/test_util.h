@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/testing/byte_level.h"
 #include "tests/testing/data_dir.h"
 #include "tests/testing/files.h"
 #include "tests/testing/scratch_dir.h"
@@ -87,23 +88,8 @@ double RelDiff(const std::vector<float>& a, const std::vector<float>& b) {
 // 256 byte symbols, no merges, <|endoftext|>.
 inline std::string ByteTokenizerJson() {
   nlohmann::json vocab = nlohmann::json::object();
-  std::vector<int> m(256, -1);
-  for (int b = 0; b < 256; ++b)
-    if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF)) m[b] = b;
-  int n = 0;
-  for (int b = 0; b < 256; ++b)
-    if (m[b] < 0) m[b] = 256 + n++;
-  for (int b = 0; b < 256; ++b) {
-    std::string s;
-    const int cp = m[b];
-    if (cp < 0x80) {
-      s.push_back(static_cast<char>(cp));
-    } else {
-      s.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-      s.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-    }
-    vocab[s] = b;
-  }
+  const std::vector<std::string> sym = sae::testing::ByteLevelSymbols();
+  for (int b = 0; b < 256; ++b) vocab[sym[b]] = b;
   nlohmann::json j = {
       {"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr},
       {"added_tokens", {{{"id", 256}, {"content", "<|endoftext|>"}, {"single_word", false}, {"lstrip", false},

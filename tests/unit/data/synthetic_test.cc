@@ -75,6 +75,20 @@ std::vector<int64_t> AtomsOf(const PlantedDictionary& p, const float* x) {
   return used;
 }
 
+// How many of the first n rows use each atom (AtomsOf checks every row; it
+// stops at the first row that fails).
+std::vector<int64_t> AtomCounts(const PlantedDictionary& p, int64_t n) {
+  const SyntheticOptions& o = p.options();
+  std::vector<float> rows(n * o.d_in);
+  p.Rows(0, n, rows.data());
+  std::vector<int64_t> counts(o.atoms);
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t a : AtomsOf(p, rows.data() + r * o.d_in)) ++counts[a];
+    if (::testing::Test::HasFailure()) break;
+  }
+  return counts;
+}
+
 TEST(PlantedDictionaryTest, ValidatesOptionsNamingTheField) {
   struct Case {
     const char* field;
@@ -137,15 +151,8 @@ TEST(PlantedDictionaryTest, NoiselessRowIsNonNegativeCombinationOfExactlyKAtoms)
   o.k = 3;
   o.noise = 0;
   o.seed = 5;
-  PlantedDictionary p = MakeOrDie(o);
-  const int64_t n = 6000;
-  std::vector<float> rows(n * o.d_in);
-  p.Rows(0, n, rows.data());
-  std::vector<int64_t> counts(o.atoms);
-  for (int64_t r = 0; r < n; ++r) {
-    for (int64_t a : AtomsOf(p, rows.data() + r * o.d_in)) ++counts[a];
-    if (HasFailure()) return;
-  }
+  const std::vector<int64_t> counts = AtomCounts(MakeOrDie(o), 6000);
+  if (HasFailure()) return;
   // Uniform selection: each atom in about n * k / atoms = 1125 rows.
   for (int64_t a = 0; a < o.atoms; ++a) {
     EXPECT_GT(counts[a], 950) << a;
@@ -160,15 +167,8 @@ TEST(PlantedDictionaryTest, FrequencyDecayFavoursLowAtoms) {
   o.k = 2;
   o.noise = 0;
   o.frequency_decay = 1.5;
-  PlantedDictionary p = MakeOrDie(o);
-  const int64_t n = 3000;
-  std::vector<float> rows(n * o.d_in);
-  p.Rows(0, n, rows.data());
-  std::vector<int64_t> counts(o.atoms);
-  for (int64_t r = 0; r < n; ++r) {
-    for (int64_t a : AtomsOf(p, rows.data() + r * o.d_in)) ++counts[a];
-    if (HasFailure()) return;
-  }
+  const std::vector<int64_t> counts = AtomCounts(MakeOrDie(o), 3000);
+  if (HasFailure()) return;
   EXPECT_GT(counts[0], 5 * counts[15]);
   EXPECT_GT(counts[0], counts[3]);
   EXPECT_GT(counts[3], counts[12]);

@@ -8,6 +8,7 @@
 
 #include "core/lm/tokenizer.h"
 #include "gtest/gtest.h"
+#include "tests/testing/byte_level.h"
 #include "tests/unit/lm/lm_test_util.h"
 
 namespace sae {
@@ -319,31 +320,17 @@ TEST(TokenizerJson, NonHexBytePiecesDecodeAsText) {
 TEST(TokenizerJson, SplitBehaviorsAndByteLevel) {
   // Byte-level vocabulary of single bytes only: ids show where words were cut.
   json vocab = json::object();
-  const std::vector<int> m = [] {
-    std::vector<int> v(256, -1);
-    for (int b = 0; b < 256; ++b)
-      if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF)) v[b] = b;
-    int n = 0;
-    for (int b = 0; b < 256; ++b)
-      if (v[b] < 0) v[b] = 256 + n++;
-    return v;
-  }();
-  auto u8 = [](int cp) {
-    std::string s;
-    if (cp < 0x80) s.push_back(static_cast<char>(cp));
-    else { s.push_back(static_cast<char>(0xC0 | (cp >> 6))); s.push_back(static_cast<char>(0x80 | (cp & 0x3F))); }
-    return s;
-  };
-  for (int b = 0; b < 256; ++b) vocab[u8(m[b])] = b;
-  vocab[u8(m['a']) + u8(m['b'])] = 256;  // "ab"
-  vocab[u8(m[' ']) + u8(m['a'])] = 257;  // "Ġa"
+  const std::vector<std::string> sym = sae::testing::ByteLevelSymbols();
+  for (int b = 0; b < 256; ++b) vocab[sym[b]] = b;
+  vocab[sym['a'] + sym['b']] = 256;  // "ab"
+  vocab[sym[' '] + sym['a']] = 257;  // "Ġa"
   vocab["b-"] = 258;
   json j = {{"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}, {"added_tokens", json::array()},
             {"normalizer", nullptr},
             {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
             {"post_processor", nullptr}, {"decoder", {{"type", "ByteLevel"}}},
             {"model", {{"type", "BPE"}, {"vocab", vocab},
-                       {"merges", json::array({"b -", u8(m['a']) + " " + u8(m['b']), u8(m[' ']) + " " + u8(m['a'])})}}}};
+                       {"merges", json::array({"b -", sym['a'] + " " + sym['b'], sym[' '] + " " + sym['a']})}}}};
   TempDir tmp;
   WriteFile(tmp.Sub("t.json"), j.dump());
   auto t = LoadHfTokenizer(tmp.Sub("t.json"));

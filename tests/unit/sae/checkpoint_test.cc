@@ -13,31 +13,21 @@
 #include "core/base/file_util.h"
 #include "core/data/safetensors.h"
 #include "core/sae/trainer.h"
+#include "tests/testing/files.h"
+#include "tests/testing/scratch_dir.h"
+#include "tests/unit/sae/sae_test_util.h"
 
 namespace sae {
 namespace {
 
 namespace fs = std::filesystem;
 
-std::string Scratch(const std::string& name) {
-  const std::string d = ::testing::TempDir() + "/checkpoint_" + name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-void Write(const std::string& path, const std::string& text) {
-  std::ofstream(path, std::ios::binary) << text;
-}
+using ::sae::testing::ConstantKTrainer;
+using ::sae::testing::ScratchDir;
+using ::sae::testing::WriteFile;
 
 TrainerOptions Tiny() {
-  TrainerOptions o;
-  o.d_in = 8;
-  o.latents = 16;
-  o.k = 2;
-  o.schedule = KSchedule::Constant(2);
-  o.total_tokens = 640;
-  o.batch_tokens = 64;
+  TrainerOptions o = ConstantKTrainer(8, 16, 2, 640, 64);
   o.seed = 1;
   return o;
 }
@@ -68,12 +58,13 @@ TEST(RunDir, NamesTheContractPaths) {
 }
 
 TEST(RunDir, PolicyRefusesAFinishedOutputAndNeedsResumeForCheckpoints) {
-  const std::string root = Scratch("policy");
+  ScratchDir scratch("sae_checkpoint");
+  const std::string root = scratch.path();
   RunDir d(root + "/out");
   EXPECT_TRUE(CheckRunDirPolicy(d, false, "j.yaml").ok());
   EXPECT_EQ(CheckRunDirPolicy(d, true, "j.yaml").code(), absl::StatusCode::kNotFound);
   fs::create_directories(d.checkpoints);
-  Write(d.latest(), "step-000000001\n");
+  WriteFile(d.latest(), "step-000000001\n");
   EXPECT_EQ(CheckRunDirPolicy(d, false, "j.yaml").code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_TRUE(CheckRunDirPolicy(d, true, "j.yaml").ok());
   fs::create_directories(d.final_dir);
@@ -83,7 +74,8 @@ TEST(RunDir, PolicyRefusesAFinishedOutputAndNeedsResumeForCheckpoints) {
 }
 
 TEST(Checkpoint, WritesAtomicallyKeepsTheNewestAndResumes) {
-  const std::string root = Scratch("rotate");
+  ScratchDir scratch("sae_checkpoint");
+  const std::string root = scratch.path();
   RunDir d(root + "/out");
   auto t = Stepped(1);
   for (int i = 0; i < 3; ++i) {
@@ -110,14 +102,15 @@ TEST(Checkpoint, WritesAtomicallyKeepsTheNewestAndResumes) {
 }
 
 TEST(Checkpoint, ACorruptPointerOrDataPositionIsAnErrorNamingIt) {
-  const std::string root = Scratch("pointer");
+  ScratchDir scratch("sae_checkpoint");
+  const std::string root = scratch.path();
   RunDir d(root + "/out");
   fs::create_directories(d.checkpoints);
-  Write(d.latest(), "\n");
+  WriteFile(d.latest(), "\n");
   auto s = LatestStatePath(d);
   ASSERT_FALSE(s.ok());
   EXPECT_TRUE(Contains(s.status(), d.latest())) << s.status();
-  Write(d.latest(), "../../elsewhere\n");
+  WriteFile(d.latest(), "../../elsewhere\n");
   EXPECT_FALSE(LatestStatePath(d).ok());
 
   auto missing = DataPositionOf({}, "s.safetensors");
@@ -148,7 +141,8 @@ void RewriteMetadata(const std::string& from, const std::string& to, const std::
 }
 
 TEST(Checkpoint, ACorruptStateIsAnErrorNamingTheFileAndField) {
-  const std::string root = Scratch("state");
+  ScratchDir scratch("sae_checkpoint");
+  const std::string root = scratch.path();
   auto t = Stepped(2);
   const std::string good = root + "/good.safetensors";
   ASSERT_TRUE(t->SaveState(good, {{"data_position", "128"}}).ok());
@@ -173,12 +167,13 @@ TEST(Checkpoint, ACorruptStateIsAnErrorNamingTheFileAndField) {
   }
   // A truncated file is an error too (the safetensors reader's).
   std::string bytes = ReadFileToString(good).value();
-  Write(bad, bytes.substr(0, bytes.size() / 2));
+  WriteFile(bad, bytes.substr(0, bytes.size() / 2));
   EXPECT_FALSE(SaeTrainer::Create(Tiny()).value()->LoadState(bad).ok());
 }
 
 TEST(LoadSae, ACorruptCfgJsonIsAnErrorNamingTheFileAndField) {
-  const std::string root = Scratch("cfg");
+  ScratchDir scratch("sae_checkpoint");
+  const std::string root = scratch.path();
   auto t = Stepped(1);
   ASSERT_TRUE(t->ExportSae(root, "").ok());
   ASSERT_TRUE(LoadSae(root).ok());
@@ -200,7 +195,7 @@ TEST(LoadSae, ACorruptCfgJsonIsAnErrorNamingTheFileAndField) {
       {R"({"d_in": 8, "num_latents": 16, "k": 2, "saeforge": 7})", "cfg.json: saeforge: not a JSON object"},
   };
   for (const Case& c : cases) {
-    Write(cfg_path, c.text);
+    WriteFile(cfg_path, c.text);
     auto r = LoadSae(root);
     ASSERT_FALSE(r.ok()) << c.text;
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();

@@ -20,9 +20,13 @@
 #include "core/data/synthetic.h"
 #include "core/sae/sae_step.h"
 #include "core/sae/trainer.h"
+#include "tests/unit/sae/sae_test_util.h"
 
 namespace sae {
 namespace {
+
+using ::sae::testing::ConstantKTrainer;
+using ::sae::testing::Planted;
 
 struct TopK {
   std::vector<int64_t> idx;
@@ -110,20 +114,8 @@ TEST_F(Int8ScreenTest, RandomSaeSelectsTheExactTopKBitForBit) {
 }
 
 TEST_F(Int8ScreenTest, TrainedSaeSelectsTheExactTopKAndMatchesTheDenseStep) {
-  SyntheticOptions so;
-  so.d_in = 48;
-  so.atoms = 256;
-  so.k = 6;
-  so.seed = 5;
-  so.noise = 0.02;
-  auto dict = PlantedDictionary::Create(so).value();
-  TrainerOptions o;
-  o.d_in = 48;
-  o.latents = 512;
-  o.k = 8;
-  o.schedule = KSchedule::Constant(8);
-  o.total_tokens = 60 * 512;
-  o.batch_tokens = 512;
+  const PlantedDictionary dict = Planted(48, 256, 6, 5, 0.02);
+  TrainerOptions o = ConstantKTrainer(48, 512, 8, 60 * 512, 512);
   auto t = SaeTrainer::Create(o).value();
   std::vector<float> x(512 * 48);
   for (int64_t step = 0; step < 60; ++step) {
@@ -220,13 +212,7 @@ TEST_F(Int8ScreenTest, NearTiesWithinTheBoundAreRecomputedNotGuessed) {
 // after 5), so no two implementations that round differently agree to
 // 1e-5 after 50 steps.
 TEST_F(Int8ScreenTest, TrainingRunMatchesDenseFp32) {
-  SyntheticOptions so;
-  so.d_in = 32;
-  so.atoms = 128;
-  so.k = 4;
-  so.seed = 21;
-  so.noise = 0.02;
-  auto dict = PlantedDictionary::Create(so).value();
+  const PlantedDictionary dict = Planted(32, 128, 4, 21, 0.02);
   for (auto [remedy, bf16] : {std::pair{Remedy::kNone, false}, {Remedy::kAuxK, false}, {Remedy::kAuxK, true}}) {
     SCOPED_TRACE(bf16 ? "bf16" : "fp32");
     TrainerOptions o;
@@ -311,13 +297,7 @@ TEST_F(Int8ScreenTest, StepWithEachRemedyMatchesDenseFp32) {
 }
 
 TEST(Int8ScreenRefusals, UnimplementedSettingsAreRefusedByName) {
-  TrainerOptions o;
-  o.d_in = 16;
-  o.latents = 64;
-  o.k = 4;
-  o.schedule = KSchedule::Constant(4);
-  o.total_tokens = 1024;
-  o.batch_tokens = 256;
+  TrainerOptions o = ConstantKTrainer(16, 64, 4, 1024, 256);
   o.int8_screened = true;
   o.aten_kernels = true;
   auto a = SaeTrainer::Create(o);

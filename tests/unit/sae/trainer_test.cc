@@ -9,9 +9,13 @@
 #include <vector>
 
 #include "core/data/synthetic.h"
+#include "tests/unit/sae/sae_test_util.h"
 
 namespace sae {
 namespace {
+
+using ::sae::testing::ConstantKTrainer;
+using ::sae::testing::Planted;
 
 struct TrainRun {
   std::unique_ptr<SaeTrainer> trainer;
@@ -46,13 +50,7 @@ double Recovered(const SaeParams& p, const std::vector<float>& dict, int64_t ato
 }
 
 TEST(Trainer, RecoversPlantedDictionary) {
-  SyntheticOptions so;
-  so.d_in = 32;
-  so.atoms = 64;
-  so.k = 3;
-  so.seed = 11;
-  so.noise = 0.01;
-  auto dict = PlantedDictionary::Create(so).value();
+  const PlantedDictionary dict = Planted(32, 64, 3, 11, 0.01);
   TrainerOptions o;
   o.d_in = 32;
   o.latents = 128;
@@ -64,7 +62,7 @@ TEST(Trainer, RecoversPlantedDictionary) {
   o.dead_window_tokens = 50'000;
   o.lr = 2e-3;
   TrainRun r = Train(o, dict);
-  const double rec = Recovered(r.trainer->params(), dict.dictionary(), so.atoms, so.d_in, 0.9);
+  const double rec = Recovered(r.trainer->params(), dict.dictionary(), dict.options().atoms, dict.options().d_in, 0.9);
   std::printf("recovered %.3f of planted atoms at cos >= 0.9, final fvu %.4f\n", rec, r.final_fvu);
   EXPECT_GE(rec, 0.9);
   EXPECT_LT(r.final_fvu, 0.1);
@@ -75,12 +73,7 @@ TEST(Trainer, RecoversPlantedDictionary) {
 // Data built to leave latents dead: 256 planted atoms, an SAE four times
 // wider than the data needs, a short dead window.
 TrainerOptions DeadProneOptions(Remedy remedy, bool schedule) {
-  TrainerOptions o;
-  o.d_in = 64;
-  o.latents = 1024;
-  o.k = 4;
-  o.total_tokens = 300'000;
-  o.batch_tokens = 1024;
+  TrainerOptions o = ConstantKTrainer(64, 1024, 4, 300'000, 1024);
   o.schedule = schedule ? KSchedule::Create(KShape::kLinear, 16, 4, 0.25, o.total_tokens).value()
                         : KSchedule::Constant(4);
   o.remedy = remedy;
@@ -91,13 +84,7 @@ TrainerOptions DeadProneOptions(Remedy remedy, bool schedule) {
 }
 
 PlantedDictionary DeadProneData() {
-  SyntheticOptions so;
-  so.d_in = 64;
-  so.atoms = 256;
-  so.k = 4;
-  so.seed = 3;
-  so.noise = 0.02;
-  return PlantedDictionary::Create(so).value();
+  return Planted(64, 256, 4, 3, 0.02);
 }
 
 // Planted data with four times more latents than atoms: here latents beyond
@@ -140,12 +127,7 @@ double ReconNormRatio(const SaeTrainer& t, const at::Tensor& x, int64_t k) {
 // of the input, and the current-k term compares β·(x̂ − b_dec) with β <= 1
 // fitted, so the overshoot at k_start does not enter the loss.
 TEST(Trainer, ReconstructionNormAtKStartMatchesTheInput) {
-  SyntheticOptions so;
-  so.d_in = 64;
-  so.atoms = 512;
-  so.k = 6;
-  so.seed = 9;
-  auto dict = PlantedDictionary::Create(so).value();
+  const PlantedDictionary dict = Planted(64, 512, 6, 9);
   std::vector<float> rows(4096 * 64);
   dict.Rows(0, 4096, rows.data());
   for (size_t i = 0; i < rows.size(); ++i) rows[i] += (i % 64 < 8) ? 3.0f : 0.0f;  // a mean b_dec removes
@@ -192,20 +174,10 @@ TEST(Trainer, ReconstructionNormAtKStartMatchesTheInput) {
 // carry_scale: as the schedule lowers k, the encoder is rescaled so the
 // reconstruction keeps its norm; without it the norm collapses with k.
 TEST(Trainer, KScheduleCarriesTheReconstructionScale) {
-  SyntheticOptions so;
-  so.d_in = 32;
-  so.atoms = 256;
-  so.k = 4;
-  so.seed = 4;
-  auto dict = PlantedDictionary::Create(so).value();
+  const PlantedDictionary dict = Planted(32, 256, 4, 4);
   double last_ratio[2] = {0, 0};
   for (bool carry : {true, false}) {
-    TrainerOptions o;
-    o.d_in = 32;
-    o.latents = 1024;
-    o.k = 4;
-    o.total_tokens = 1024 * 24;
-    o.batch_tokens = 1024;
+    TrainerOptions o = ConstantKTrainer(32, 1024, 4, 1024 * 24, 1024);
     o.lr = 1e-5;  // the optimizer barely moves: what changes the scale is the schedule
     o.warmup_fraction = 0;
     o.schedule = KSchedule::Create(KShape::kLinear, 256, 4, 0.5, o.total_tokens).value();
@@ -235,19 +207,9 @@ TEST(Trainer, KScheduleCarriesTheReconstructionScale) {
 // first step of a 256 -> 4 schedule, at most 4 latents per row (and so at
 // most 4·B) can be marked, although the step selects 256.
 TEST(Trainer, DeadLatentsAreCountedAtTheTargetK) {
-  SyntheticOptions so;
-  so.d_in = 32;
-  so.atoms = 64;
-  so.k = 3;
-  so.seed = 5;
-  auto dict = PlantedDictionary::Create(so).value();
+  const PlantedDictionary dict = Planted(32, 64, 3, 5);
   for (bool at_target : {true, false}) {
-    TrainerOptions o;
-    o.d_in = 32;
-    o.latents = 2048;
-    o.k = 4;
-    o.total_tokens = 64 * 100;
-    o.batch_tokens = 64;
+    TrainerOptions o = ConstantKTrainer(32, 2048, 4, 64 * 100, 64);
     o.dead_window_tokens = 64;  // dead after one step without firing
     o.schedule = KSchedule::Create(KShape::kLinear, 256, 4, 0.5, o.total_tokens).value();
     o.fire_at_target_k = at_target;

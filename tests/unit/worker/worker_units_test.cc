@@ -15,18 +15,16 @@
 #include "worker/metrics_sink.h"
 #include "worker/run_world.h"
 #include "worker/step_loop.h"
+#include "tests/testing/scratch_dir.h"
+#include "tests/unit/sae/sae_test_util.h"
 
 namespace sae {
 namespace {
 
 namespace fs = std::filesystem;
 
-std::string Scratch(const std::string& name) {
-  const std::string d = ::testing::TempDir() + "/worker_" + name;
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+using ::sae::testing::ConstantKTrainer;
+using ::sae::testing::ScratchDir;
 
 TEST(RunWorld, ChoosesTheBackend) {
   EXPECT_EQ(ChooseBackend("mpi", {}), "mpi");
@@ -52,7 +50,8 @@ TEST(RunWorld, MetricsPortPerRank) {
 }
 
 TEST(MetricsSink, TruncationKeepsWholeLinesUpToTheStep) {
-  const std::string path = Scratch("truncate") + "/metrics.jsonl";
+  ScratchDir scratch("sae_worker");
+  const std::string path = scratch.Sub("metrics.jsonl");
   EXPECT_TRUE(TruncateMetrics(path, 3).ok());  // no file yet
   std::ofstream(path) << R"({"step": 1, "fvu": 0.5})" "\n"
                       << R"({"step": "two"})" "\n"
@@ -68,7 +67,8 @@ TEST(MetricsSink, TruncationKeepsWholeLinesUpToTheStep) {
 }
 
 TEST(MetricsSink, WritesOneLinePerStepUnderTheFence) {
-  const std::string dir = Scratch("sink");
+  ScratchDir scratch("sae_worker");
+  const std::string dir = scratch.path();
   RunFence fence(dir, 2);
   ASSERT_TRUE(fence.Claim().ok());
   MetricsSink sink(dir + "/metrics.jsonl", &fence);
@@ -110,13 +110,7 @@ struct LoopRig {
     job.data.k = 2;
     comm = CreateCommunicator("local").value();
     source = OpenBatchSource(job, 0).value();
-    TrainerOptions o;
-    o.d_in = 8;
-    o.latents = 32;
-    o.k = 2;
-    o.schedule = KSchedule::Constant(2);
-    o.total_tokens = 1000;
-    o.batch_tokens = 100;
+    TrainerOptions o = ConstantKTrainer(8, 32, 2, 1000, 100);
     trainer = SaeTrainer::Create(o).value();
     cfg.total_tokens = 1000;
     cfg.batch_tokens = 100;
