@@ -6,17 +6,23 @@
 #   × k_schedule   none | linear | cosine | exponential from k_start 64·k, and
 #                  linear from k_start = d (64), each over the first 25%
 #                  (SCHEDULES: another list)
-#   × setting      LATENTS (4096) latents at LR for TOKENS training tokens (the
-#                  issue's setting) | LATENTS_LARGE (4096) latents at LR_LARGE
-#                  (0.01) for TOKENS_LARGE (2M): one where constant k leaves
-#                  many latents dead; each with a dead window of a tenth of its
-#                  training (sweep `together:`)
+#   × setting      1: LATENTS (4096) latents at LR for TOKENS training tokens
+#                  (the issue's setting) | 2: LATENTS_LARGE (4096) latents at
+#                  LR_LARGE (0.01) for TOKENS_LARGE (2M): one where constant k
+#                  leaves many latents dead | 3: LATENTS_SECOND (8192) latents
+#                  at LR_SECOND (the default) for TOKENS_SECOND (2M): the
+#                  second dictionary size; each with a dead window of a tenth
+#                  of its training (sweep `together:`)
 # as ONE sweep to a local sae-coordinator with $WORKERS workers, waits,
 # evaluates every SAE spliced into the model (`sae eval`: CE loss recovered,
 # dense ratios) and writes docs/dead-latents.md (table) with
 # docs/dead-latents.svg (dead ratio over tokens per remedy). A second, small
 # sweep per setting runs the reference: the behaviour before issue 12 (AuxK
 # as published; the schedule with the loss at its current k alone).
+# SETTINGS="3" (a list of 1 2 3) submits only those settings into an existing
+# DIR: the other settings' runs stay, and the page is written from all
+# finished runs in DIR (each sweep's wall time from its own files:
+# study.yaml / submit.log for all three, study-3.yaml / submit-3.log, ...).
 #
 # Usage: scripts/study-dead-latents.sh [--out DIR] [--tokens N] [--quick]
 #   --out DIR     work directory (default runs/study-dead-latents): acts/,
@@ -31,11 +37,13 @@
 # copy them elsewhere to rebuild while the grid runs), WORKERS (default 2),
 # NICE (default 10), LATENTS (4096), LR (0 = the default learning rate),
 # LATENTS_LARGE (4096), TOKENS_LARGE (2000000), LR_LARGE (0.01), K (8),
+# LATENTS_SECOND (8192), LR_SECOND (0), TOKENS_SECOND (2000000), SETTINGS
+# (1 2 3: the settings to submit; see above),
 # ROWS (harvested rows, 1000000), ACTS (an existing shard directory to reuse),
 # SCHEDULES (the k_schedule list, YAML flow: a part of the grid; like --quick,
 # the page then goes to DIR/dead-latents.md, docs/ is left alone),
-# REFERENCE_LARGE (1: the reference for the second setting too; 0: only the
-# first), EVAL_WINDOWS (32 windows of 128 tokens).
+# REFERENCE (the settings that also get the reference runs; default all
+# submitted ones, "" none), EVAL_WINDOWS (32 windows of 128 tokens).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -50,7 +58,7 @@ while [ $# -gt 0 ]; do
     --tokens) tokens="$2"; shift 2 ;;
     --quick) quick=1; shift ;;
     --report-only) report_only=1; shift ;;
-    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,46p' "$0"; exit 0 ;;
     *) echo "study-dead-latents: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -61,6 +69,10 @@ latents="${LATENTS:-4096}"
 latents_large="${LATENTS_LARGE:-4096}"
 tokens_large="${TOKENS_LARGE:-2000000}"
 lr_large="${LR_LARGE:-0.01}"
+latents_second="${LATENTS_SECOND:-8192}"
+tokens_second="${TOKENS_SECOND:-2000000}"
+lr_second="${LR_SECOND:-0}"
+settings_sel="${SETTINGS:-1 2 3}"
 bin="${SAE_BIN:-build/bin}"
 k="${K:-8}"
 lr="${LR:-0}"
@@ -73,12 +85,29 @@ if [ "$quick" = 1 ]; then
   latents=512
   latents_large=1024
   tokens_large=20000
+  latents_second=1024
+  tokens_second=20000
   rows=65536
   eval_windows=4
   schedules="[null, {start: $((64 * k)), fraction: 0.25, shape: linear}]"
 fi
 window=$((tokens / 10))   # the dead window: a tenth of training (2M tokens / 200k in issue 12)
 window_large=$((tokens_large / 10))
+window_second=$((tokens_second / 10))
+# The settings, n:latents:tokens:window:lr; SETTINGS picks which ones to submit.
+setting_all=("1:$latents:$tokens:$window:$lr" "2:$latents_large:$tokens_large:$window_large:$lr_large"
+             "3:$latents_second:$tokens_second:$window_second:$lr_second")
+sel=()
+for n in $settings_sel; do
+  case "$n" in 1|2|3) sel+=("${setting_all[$((n - 1))]}") ;;
+    *) echo "study-dead-latents: SETTINGS: $n is not a setting (1, 2 or 3)" >&2; exit 2 ;; esac
+done
+[ "${#sel[@]}" -gt 0 ] || { echo "study-dead-latents: SETTINGS is empty" >&2; exit 2; }
+ref_sel="${REFERENCE-$settings_sel}"
+# This invocation's sweep files: study.yaml / submit.log when it submits all
+# three settings, study-2-3.yaml / submit-2-3.log for SETTINGS="2 3".
+tag=""
+[ "$(echo $settings_sel)" = "1 2 3" ] || tag="-$(echo $settings_sel | tr ' ' '-')"
 
 for b in sae sae-coordinator sae-worker; do
   [ -x "$bin/$b" ] || { echo "study-dead-latents: $bin/$b missing; build first (README)" >&2; exit 1; }
@@ -98,15 +127,17 @@ fi
 
 db="$out/coordinator.db"
 runs="$out/runs"
-t0=0
-t1=0
-if [ "$report_only" = 1 ]; then
-  t0=$(stat -c %Y "$out/study.yaml")
-  t1=$(stat -c %Y "$out/submit.log")  # (the grid's end: its log's last write)
-else
+if [ "$report_only" = 0 ]; then
 # 2. A local coordinator and workers (loopback, free ports).
 rm -f "$db" "$db-wal" "$db-shm" "$out/ready.json"  # (a stale ready file names a dead coordinator)
-rm -rf "$runs"
+# Only the submitted settings' runs are removed (a child's directory ends
+# with its `together:` values); the other settings' finished runs stay.
+together_lines=""
+for size in "${sel[@]}"; do
+  IFS=: read -r n_set n_lat n_tok n_win n_lr <<< "$size"
+  rm -rf "$runs"/*"_together-${n_lat}_${n_lr}_${n_tok}_${n_win}_${n_tok}"
+  together_lines+="  - {latents: $n_lat, train.lr: $n_lr, train.tokens: $n_tok, dead_window_tokens: $n_win, train.checkpoint_every_tokens: $n_tok}"$'\n'
+done
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -123,28 +154,27 @@ for w in $(seq "$workers"); do
 done
 
 # 3. The grid as one sweep.
-cat > "$out/study.yaml" <<JOB
+IFS=: read -r _ b_lat b_tok b_win b_lr <<< "${sel[0]}"
+cat > "$out/study$tag.yaml" <<JOB
 # Written by scripts/study-dead-latents.sh: the dead-latent grid (docs/dead-latents.md).
 name: dead-latents
 data: {kind: shards, path: $acts, shuffle_buffer_rows: 65536}
 sae:
-  latents: $latents
+  latents: $b_lat
   k: $k
-  dead_window_tokens: $window
+  dead_window_tokens: $b_win
   dead_remedy: [none, auxk, ghost_grads]
   k_schedule: $schedules
 train:
-  tokens: $tokens
+  tokens: $b_tok
   batch_tokens: 4096
-  lr: $lr
+  lr: $b_lr
   seed: 0
   threads: 1
-  checkpoint_every_tokens: $tokens
+  checkpoint_every_tokens: $b_tok
   log_every_steps: 5
 together:
-  - {latents: $latents, train.lr: $lr, train.tokens: $tokens, dead_window_tokens: $window, train.checkpoint_every_tokens: $tokens}
-  - {latents: $latents_large, train.lr: $lr_large, train.tokens: $tokens_large, dead_window_tokens: $window_large, train.checkpoint_every_tokens: $tokens_large}
-output: $runs
+${together_lines}output: $runs
 JOB
 # The coordinator answers once it serves (a loaded machine can take seconds).
 for _ in $(seq 60); do "$bin"/sae jobs > /dev/null 2>&1 && break; sleep 1; done
@@ -160,23 +190,26 @@ submit() {
   done
   return 1
 }
-echo "study: submitting $out/study.yaml to $listen ($workers workers)"
+echo "study: submitting $out/study$tag.yaml to $listen ($workers workers)"
 t0=$(date +%s)
-submit "$out/study.yaml" "$out/submit.log" &
+submit "$out/study$tag.yaml" "$out/submit$tag.log" &
 grid_pid=$!
 sleep 2  # the grid is queued first; the reference runs after it
 
-# 3b. The reference, the behaviour before issue 12, for both settings
-# (REFERENCE_LARGE=0: for the first only): constant k with AuxK as published
+# 3b. The reference, the behaviour before issue 12, for the settings in
+# REFERENCE (default: the submitted ones): constant k with AuxK as published
 # (auxk_scale: none), and the study's schedule with the loss at its current k
 # alone (k_schedule.loss: current_k, no remedy). One small sweep per setting
 # (`together:` pairs the fields).
-rm -rf "$runs-reference"
 ref_pids=()
-ref_sizes=("1:$latents:$tokens:$window:$lr")
-[ "${REFERENCE_LARGE:-1}" = 1 ] && ref_sizes+=("2:$latents_large:$tokens_large:$window_large:$lr_large")
+ref_sizes=()
+for n in $ref_sel; do
+  case "$n" in 1|2|3) ref_sizes+=("${setting_all[$((n - 1))]}") ;;
+    *) echo "study-dead-latents: REFERENCE: $n is not a setting (1, 2 or 3)" >&2; exit 2 ;; esac
+done
 for size in "${ref_sizes[@]}"; do
   IFS=: read -r n_set n_lat n_tok n_win n_lr <<< "$size"
+  rm -rf "$runs-reference/setting-$n_set"
   cat > "$out/reference-$n_set.yaml" <<JOB
 # Written by scripts/study-dead-latents.sh: the reference runs (docs/dead-latents.md).
 name: dead-latents-reference-$n_set
@@ -192,13 +225,13 @@ JOB
   ref_pids+=($!)
 done
 wait "$grid_pid" || {
-  echo "study-dead-latents: the sweep did not succeed; see $out/submit.log and $out/worker-*.log" >&2
-  tail -20 "$out/submit.log" >&2
+  echo "study-dead-latents: the sweep did not succeed; see $out/submit$tag.log and $out/worker-*.log" >&2
+  tail -20 "$out/submit$tag.log" >&2
   exit 1
 }
 t1=$(date +%s)
 echo "study: the sweep took $((t1 - t0)) s"
-for p in "${ref_pids[@]}"; do
+for p in ${ref_pids[@]+"${ref_pids[@]}"}; do
   wait "$p" || { echo "study-dead-latents: a reference sweep did not succeed; see $out/submit-reference-*.log" >&2; exit 1; }
 done
 fi
@@ -217,13 +250,25 @@ done
 # A partial grid (--quick, SCHEDULES) writes its page into DIR, not docs/.
 docs_dir="$root/docs"
 if [ "$quick" = 1 ] || [ -n "${SCHEDULES:-}" ]; then docs_dir="$out"; fi
-python3 - "$out" "$docs_dir" "$t1" "$t0" "$k" "$lr" "$rows" "$eval_windows" <<'PY'
+python3 - "$out" "$docs_dir" "$k" "$rows" "$eval_windows" <<'PY'
 import glob, json, os, re, sys, math
 def job_lr(path):
     # train.lr of the child job.yaml the coordinator wrote (block style; no YAML library needed)
     m = re.search(r"^train:\n(?:[ ].*\n)*?[ ]+lr: (\S+)$", open(path).read(), re.M)
     return float(m.group(1)) if m else 0.0
-out, docs, t1, t0, k, lr, rows, eval_windows = sys.argv[1:]
+out, docs, k, rows, eval_windows = sys.argv[1:]
+def sweeps():
+    # Each sweep: its job file's write (the start) to its --wait log's last write (the end).
+    found = []
+    for y in sorted(glob.glob(os.path.join(out, "study*.yaml")), key=os.path.getmtime):  # in the order they ran
+        tag = os.path.basename(y)[len("study"):-len(".yaml")]
+        log = os.path.join(out, f"submit{tag}.log")
+        if not os.path.isfile(log):
+            continue
+        m = re.search(r"SUCCEEDED: (\d+) of (\d+) variants", open(log).read())
+        if m:
+            found.append((int(m.group(1)), int(os.stat(log).st_mtime - os.stat(y).st_mtime)))
+    return found
 def load(pattern):
     found = []
     for d in sorted(glob.glob(pattern)):
@@ -347,11 +392,19 @@ def lr_name(n):
     return "the default lr (2e-4 / sqrt(latents / 2^14))" if n[1] == 0 else f"lr {n[1]:g}"
 sizes = "; ".join(f'{n[0]} latents at {lr_name(n)}: {info[n]["tokens"]:,} training tokens ({info[n]["tokens"] // 4096} steps), '
                   f'dead window {info[n]["window"]:,} tokens' for n in settings)
+sw = sweeps()
+if len(sw) == 1 and sw[0][0] == len(runs):
+    sweep_text = f"{len(runs)} runs as one sweep, {sw[0][1]} s wall time"
+elif sw:
+    sweep_text = (f"{len(runs)} runs in {len(sw)} sweeps (" +
+                  ", ".join(f"{n} runs in {t} s" for n, t in sw) + " wall time)")
+else:
+    sweep_text = f"{len(runs)} runs"
 doc_path = os.path.join(docs, "dead-latents.md")
 text = open(doc_path).read() if os.path.exists(doc_path) else "<!-- study:begin -->\n<!-- study:end -->\n"
 block = f"""<!-- study:begin (written by scripts/study-dead-latents.sh; do not edit by hand) -->
 Grid: k = {k}, batch 4096, on {int(rows):,} harvested rows of stories260K's residual
-stream after block 2 (d = 64); {sizes}. {len(runs)} runs as one sweep, {int(t1) - int(t0)} s wall time
+stream after block 2 (d = 64); {sizes}. {sweep_text}
 with the machine shared. "dead" is the trainer's count at the end (latents that did not fire
 within the target k in the last window); fvu and L0 are the training metrics of the last steps
 ("× base": fvu over constant k without remedy of the same setting);
