@@ -51,8 +51,8 @@ void MessageSweep(sae::Communicator& comm, const Flags& f) {
   const int world = comm.world_size();
   const bool leader = comm.rank() == 0;
   if (leader && !f.as_json) {
-    std::printf("backend %s, %d ranks, float32 sum, median of %d after %d warm-up\n", f.backend.c_str(), world,
-                f.iters, f.warmup);
+    std::printf("backend %s, %d ranks, float32 sum, median of %d after %d warm-up\n", f.backend.c_str(), world, f.iters,
+                f.warmup);
     std::printf("%12s %12s %12s %12s\n", "bytes", "time_us", "algbw_GB/s", "busbw_GB/s");
   }
   std::vector<float> buf(static_cast<size_t>(f.max_bytes / 4) + 1, 1.0f);
@@ -64,8 +64,12 @@ void MessageSweep(sae::Communicator& comm, const Flags& f) {
     const double algbw = bytes / t / 1e9, busbw = algbw * 2.0 * (world - 1) / world;
     if (!leader) continue;
     if (f.as_json)
-      std::printf("%s\n", nlohmann::json({{"backend", f.backend}, {"ranks", world}, {"bytes", bytes},
-                                          {"seconds", t}, {"algbw", algbw}, {"busbw", busbw}})
+      std::printf("%s\n", nlohmann::json({{"backend", f.backend},
+                                          {"ranks", world},
+                                          {"bytes", bytes},
+                                          {"seconds", t},
+                                          {"algbw", algbw},
+                                          {"busbw", busbw}})
                               .dump()
                               .c_str());
     else
@@ -84,28 +88,33 @@ void SaeGradients(sae::Communicator& comm, const Flags& f) {
   const double per_tensor = Timed(comm, f, [&] {
     int64_t off = 0;
     for (int64_t s : sizes) {
-      comm.AllReduce(grads.data() + off, static_cast<size_t>(s), sae::CommDType::kF32, sae::ReduceOp::kSum,
-                     kTimeout).IgnoreError();
+      comm.AllReduce(grads.data() + off, static_cast<size_t>(s), sae::CommDType::kF32, sae::ReduceOp::kSum, kTimeout)
+          .IgnoreError();
       off += s;
     }
   });
   const double bucketed = Timed(comm, f, [&] {
     for (int64_t off = 0; off < total; off += bucket)
       comm.AllReduce(grads.data() + off, static_cast<size_t>(std::min(bucket, total - off)), sae::CommDType::kF32,
-                     sae::ReduceOp::kSum, kTimeout).IgnoreError();
+                     sae::ReduceOp::kSum, kTimeout)
+          .IgnoreError();
   });
   if (comm.rank() != 0) return;
   const double mb = total * 4.0 / 1e6;
   if (f.as_json)
-    std::printf("%s\n", nlohmann::json({{"backend", f.backend}, {"ranks", comm.world_size()},
-                                        {"sae_grad_bytes", total * 4}, {"per_tensor_seconds", per_tensor},
-                                        {"bucketed_seconds", bucketed}, {"bucket_elems", bucket}})
+    std::printf("%s\n", nlohmann::json({{"backend", f.backend},
+                                        {"ranks", comm.world_size()},
+                                        {"sae_grad_bytes", total * 4},
+                                        {"per_tensor_seconds", per_tensor},
+                                        {"bucketed_seconds", bucketed},
+                                        {"bucket_elems", bucket}})
                             .dump()
                             .c_str());
   else
-    std::printf("SAE gradients d %ld x latents %ld: %.1f MB per step; one call per tensor %.4f s, "
-                "buckets of %ld floats %.4f s\n",
-                d, n, mb, per_tensor, bucket, bucketed);
+    std::printf(
+        "SAE gradients d %ld x latents %ld: %.1f MB per step; one call per tensor %.4f s, "
+        "buckets of %ld floats %.4f s\n",
+        d, n, mb, per_tensor, bucket, bucketed);
 }
 
 }  // namespace

@@ -7,18 +7,18 @@
 // The goal: the statistics add at most 30% to the forward pass.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <CLI/CLI.hpp>
 #include <sys/utsname.h>
+#include <CLI/CLI.hpp>
 
 #include <cstdio>
 #include <thread>
 #include <vector>
 
 #include "benchmarks/bench_util.h"
+#include "core/base/blas_kernel.h"
 #include "core/interp/features.h"
 #include "core/interp/sae_run.h"
 #include "core/lm/loaders.h"
-#include "core/base/blas_kernel.h"
 
 using sae::bench::Commit;
 using sae::bench::CpuModel;
@@ -78,7 +78,8 @@ int main(int argc, char** argv) {
         auto codes = sae::EncodeRows(run->sae, rowsT);
         if (!codes.ok()) return std::vector<double>{};
         if (level < 2) continue;
-        if (!acc.Add(static_cast<int64_t>(b) * batch, blocks[b], codes->indices, codes->acts).ok()) return std::vector<double>{};
+        if (!acc.Add(static_cast<int64_t>(b) * batch, blocks[b], codes->indices, codes->acts).ok())
+          return std::vector<double>{};
       }
       v.push_back(rows / (SteadyNow() - t0));
     }
@@ -89,7 +90,7 @@ int main(int argc, char** argv) {
   std::printf("%-40s %12.0f %13.2fx\n", "harvest (forward to the SAE's layer)", h, 1.0);
   std::printf("%-40s %12.0f %13.2fx\n", "harvest + SAE encode", e, h / e);
   std::printf("%-40s %12.0f %13.2fx\n", "harvest + encode + all statistics", s, h / s);
-  std::printf("\nstatistics alone add %.1f%% to harvest + encode, %.1f%% to the forward pass\n",
-              100 * (e / s - 1), 100 * (h / s - h / e));
+  std::printf("\nstatistics alone add %.1f%% to harvest + encode, %.1f%% to the forward pass\n", 100 * (e / s - 1),
+              100 * (h / s - h / e));
   return 0;
 }

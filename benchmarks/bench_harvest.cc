@@ -22,10 +22,10 @@
 // Prints machine, load, build and configuration first, then medians.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <CLI/CLI.hpp>
 #include <dlfcn.h>
 #include <sys/resource.h>
 #include <sys/utsname.h>
+#include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -38,10 +38,10 @@
 #include <vector>
 
 #include "benchmarks/bench_util.h"
+#include "core/base/blas_kernel.h"
 #include "core/lm/generate.h"
 #include "core/lm/harvest.h"
 #include "core/lm/loaders.h"
-#include "core/base/blas_kernel.h"
 
 namespace {
 
@@ -144,8 +144,8 @@ int64_t BlockParams(const sae::Transformer& m, int64_t blocks) {
   int64_t n = 0;
   for (int64_t l = 0; l < blocks; ++l) {
     const sae::BlockWeights& b = m.weights().blocks[l];
-    for (const at::Tensor* t : {&b.attn_norm, &b.ffn_norm, &b.wq, &b.wk, &b.wv, &b.wo, &b.w1, &b.w2, &b.w3, &b.bq,
-                                &b.bk, &b.bv})
+    for (const at::Tensor* t :
+         {&b.attn_norm, &b.ffn_norm, &b.wq, &b.wk, &b.wv, &b.wo, &b.w1, &b.w2, &b.w3, &b.bq, &b.bk, &b.bv})
       if (t->defined()) n += t->numel();
   }
   return n;
@@ -225,7 +225,8 @@ struct Flags {
 void AddFlags(CLI::App& app, Flags& f) {
   app.add_option("--model", f.model_path, "checkpoint (e.g. ../shared/data/stories260K)");
   app.add_option("--corpus", f.corpus, "text corpus (default: tinystories_sample.txt beside the model)");
-  app.add_option("--dtype", f.dtype, "float32|bfloat16|float16: weights and compute (default: as stored, float32 compute)");
+  app.add_option("--dtype", f.dtype,
+                 "float32|bfloat16|float16: weights and compute (default: as stored, float32 compute)");
   app.add_option("--layer", f.layer, "harvest layer");
   app.add_option("--context", f.context, "tokens per window");
   app.add_option("--batch", f.batch, "windows per forward pass");
@@ -234,7 +235,8 @@ void AddFlags(CLI::App& app, Flags& f) {
   app.add_option("--single-tokens", f.single_tokens, "tokens per single-stream run");
   app.add_option("--reps", f.reps, "repetitions (median reported)");
   app.add_option("--threads", f.threads, "intra-op threads (0: the runtime's rule, 1 for small models)");
-  app.add_option("--runc-tokens-per-s", f.runc, "llama2.c run.c's single-stream tokens/s through all blocks (the issue's: 11000)");
+  app.add_option("--runc-tokens-per-s", f.runc,
+                 "llama2.c run.c's single-stream tokens/s through all blocks (the issue's: 11000)");
   app.add_flag("--large", f.large, "the ~300M-parameter random Llama against the GEMM rate instead");
   app.add_option("--large-dim", f.l_dim, "large: dim");
   app.add_option("--large-layers", f.l_layers, "large: layers");
@@ -324,8 +326,7 @@ void PrintModes(const Flags& f, const sae::ModelConfig& c, std::map<std::string,
   const int64_t blocks = f.layer + 1;
   auto blocks_of = [&](const std::string& m) { return m == "single" ? c.n_layers : blocks; };
   const double runc_block = f.runc * 5;  // run.c: tokens/s through stories260K's 5 blocks
-  std::printf("%-58s %11s %11s %13s %10s %10s\n", "mode", "tokens/s", "cpu tok/s", "block-tok/s", "vs run.c",
-              "(cpu)");
+  std::printf("%-58s %11s %11s %13s %10s %10s\n", "mode", "tokens/s", "cpu tok/s", "block-tok/s", "vs run.c", "(cpu)");
   const std::map<std::string, std::string> label = {
       {"single", "single stream (1 token/forward, KV cache, all blocks)"},
       {"text", "harvest, text corpus (batched, fused path)"},
@@ -340,11 +341,12 @@ void PrintModes(const Flags& f, const sae::ModelConfig& c, std::map<std::string,
                 m == "generate" ? t / f.runc : per_block / runc_block,
                 m == "generate" ? cpu / f.runc : cpu_block / runc_block);
   }
-  std::printf("\nrun.c reference: %.0f tokens/s through all 5 blocks = %.0f block-tokens/s (issue 14; "
-              "--runc-tokens-per-s). 'vs run.c': block-tokens/s over run.c's (generate: tokens/s over run.c's "
-              "tokens/s). cpu tok/s: rows over this process's user+system seconds, and (cpu) the same ratio on them: "
-              "on a loaded machine the wall rate is this process's share of the cores.\n",
-              f.runc, runc_block);
+  std::printf(
+      "\nrun.c reference: %.0f tokens/s through all 5 blocks = %.0f block-tokens/s (issue 14; "
+      "--runc-tokens-per-s). 'vs run.c': block-tokens/s over run.c's (generate: tokens/s over run.c's "
+      "tokens/s). cpu tok/s: rows over this process's user+system seconds, and (cpu) the same ratio on them: "
+      "on a loaded machine the wall rate is this process's share of the cores.\n",
+      f.runc, runc_block);
 }
 
 }  // namespace

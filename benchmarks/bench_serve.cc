@@ -44,12 +44,13 @@ int main(int argc, char** argv) {
   std::printf("server: %s\nconfig: %d clients x %d requests per endpoint, loopback\n\n", info->body.c_str(), clients,
               requests);
   // A text of exactly 64 tokens is not needed to the token; report what the server saw.
-  std::string text = "Once upon a time, there was a little girl named Lily. She loved to play outside in the sun. "
-                     "One day, she saw a big red ball in the park and ran to get it. Her mom said it was time to go";
+  std::string text =
+      "Once upon a time, there was a little girl named Lily. She loved to play outside in the sun. "
+      "One day, she saw a big red ball in the park and ran to get it. Her mom said it was time to go";
   auto check = probe.Post("/api/activations", json{{"text", text}}.dump(), "application/json");
   const size_t text_tokens = check ? json::parse(check->body)["tokens"].size() : 0;
-  const json gen = {{"prompt", "Once upon a time"}, {"steps", 64}, {"seed", 1},
-                    {"steer", {{{"latent", latent}, {"scale", 4}}}}};
+  const json gen = {
+      {"prompt", "Once upon a time"}, {"steps", 64}, {"seed", 1}, {"steer", {{{"latent", latent}, {"scale", 4}}}}};
   auto bench = [&](const char* path, const std::string& body) {
     std::vector<double> lat;
     absl::Mutex mu;

@@ -6,8 +6,8 @@
 // each RPC kind, watch events delivered, and whether any lease expired
 // (none should: every simulated worker stays alive).
 //   build/bin/bench_service --workers 64 --watchers 100 --seconds 60
-#include <CLI/CLI.hpp>
 #include <unistd.h>
+#include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -56,7 +56,8 @@ sae::v1::JobSpec Spec(int i) {
              "\ndata: {kind: synthetic, d_in: 16, latents: 32, k: 2, noise: 0.01}\n"
              "sae: {latents: 64, k: 4, dead_window_tokens: 1000}\n"
              "train: {tokens: 1000000000, batch_tokens: 100, log_every_steps: 10}\n"
-             "world: {workers: 1, timeout_seconds: 30}\noutput: bench/out-" + n + "\n");
+             "world: {workers: 1, timeout_seconds: 30}\noutput: bench/out-" +
+             n + "\n");
   return s;
 }
 
@@ -110,7 +111,10 @@ void SimulatedWorker(Load& load, int w) {
   reg.set_host("127.0.0.1");
   reg.set_rendezvous_port(20000 + w);
   sae::v1::RegisterResponse rr;
-  { auto ctx = sae::MakeContext(cl, 5); stub->Register(ctx.get(), reg, &rr); }
+  {
+    auto ctx = sae::MakeContext(cl, 5);
+    stub->Register(ctx.get(), reg, &rr);
+  }
   absl::Mutex mu;
   std::string job;
   int attempt = 0;
@@ -224,7 +228,8 @@ bool Report(Load& load, sae::CoordinatorSnapshot snap, int64_t max_dead) {
   row("ReportProgress", load.prog);
   row("Get", load.get);
   row("Submit", load.submit);
-  std::printf("  watch events delivered: %ld over %d streams\n", static_cast<long>(load.events.load()), load.f.watchers);
+  std::printf("  watch events delivered: %ld over %d streams\n", static_cast<long>(load.events.load()),
+              load.f.watchers);
   std::printf("  workers: %d idle, %d busy, %d dead (max dead seen: %ld); running jobs: %d\n",
               snap.workers_by_state["idle"], snap.workers_by_state["busy"], snap.workers_by_state["dead"],
               static_cast<long>(max_dead), snap.jobs_by_state["running"]);
@@ -247,7 +252,8 @@ int main(int argc, char** argv) {
   app.add_option("--heartbeat-seconds", f.heartbeat, "heartbeat interval")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
-  const std::string db = (std::filesystem::temp_directory_path() / ("bench_service_" + std::to_string(::getpid()) + ".db")).string();
+  const std::string db =
+      (std::filesystem::temp_directory_path() / ("bench_service_" + std::to_string(::getpid()) + ".db")).string();
   sae::CoordinatorOptions co;
   co.db = db;
   co.lease_seconds = f.lease;
@@ -273,7 +279,8 @@ int main(int argc, char** argv) {
   if (job_ids.empty()) return 1;
   std::vector<std::thread> threads;
   for (int w = 0; w < f.workers; ++w) threads.emplace_back([&, w] { SimulatedWorker(load, w); });
-  for (int m = 0; m < f.watchers; ++m) threads.emplace_back([&, m] { Watcher(load, *channel, job_ids[m % job_ids.size()]); });
+  for (int m = 0; m < f.watchers; ++m)
+    threads.emplace_back([&, m] { Watcher(load, *channel, job_ids[m % job_ids.size()]); });
   threads.emplace_back([&] { GetPoller(load, *channel, job_ids[0]); });
   const double t_end = SteadyNow() + f.seconds;
   int64_t max_dead = 0;

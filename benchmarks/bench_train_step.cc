@@ -4,9 +4,9 @@
 // build first, then medians over repeated steps after warm-up.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <CLI/CLI.hpp>
 #include <sys/utsname.h>
 #include <unistd.h>
+#include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -26,10 +26,10 @@
 
 namespace {
 
-using sae::bench::SteadyNow;
-using sae::bench::Median;
 using sae::bench::Commit;
 using sae::bench::CpuModel;
+using sae::bench::Median;
+using sae::bench::SteadyNow;
 
 }  // namespace
 
@@ -80,7 +80,8 @@ void AddFlags(CLI::App& app, Flags& f) {
   app.add_option("--dead-window", f.dead_window,
                  "dead_window_tokens (default: none ever dead; 1 = every latent that did not fire in the last step)");
   app.add_flag("--json", f.as_json, "one JSON object");
-  app.add_flag("--aten", f.aten, "on CPU, time the device-generic ATen step (what CUDA runs) instead of the CPU kernels");
+  app.add_flag("--aten", f.aten,
+               "on CPU, time the device-generic ATen step (what CUDA runs) instead of the CPU kernels");
 }
 
 sae::TrainerOptions TrainerOptionsFor(const Flags& f, const std::string& enc) {
@@ -170,12 +171,21 @@ void PrintJson(const Flags& f, const std::vector<RunResult>& runs, const Floors&
   nlohmann::json all = nlohmann::json::array();
   for (const RunResult& r : runs) {
     const double g = floors.Of(r);
-    nlohmann::json j = {{"tokens_per_second", batch / r.step}, {"step_seconds", r.step},
-                        {"gemm_seconds", g}, {"ratio", r.step / g}, {"gemm_gflops", 2.0 * batch * d * n / g / 1e9},
-                        {"d", d}, {"latents", n}, {"k", f.k}, {"batch", batch},
-                        {"precision", r.encoder == "bf16" ? "bf16" : "fp32"}, {"encoder", r.encoder},
-                        {"device", f.device}, {"threads", at::get_num_threads()},
-                        {"commit", Commit()}, {"build_type", SAE_BUILD_TYPE},
+    nlohmann::json j = {{"tokens_per_second", batch / r.step},
+                        {"step_seconds", r.step},
+                        {"gemm_seconds", g},
+                        {"ratio", r.step / g},
+                        {"gemm_gflops", 2.0 * batch * d * n / g / 1e9},
+                        {"d", d},
+                        {"latents", n},
+                        {"k", f.k},
+                        {"batch", batch},
+                        {"precision", r.encoder == "bf16" ? "bf16" : "fp32"},
+                        {"encoder", r.encoder},
+                        {"device", f.device},
+                        {"threads", at::get_num_threads()},
+                        {"commit", Commit()},
+                        {"build_type", SAE_BUILD_TYPE},
                         {"blas", sae::CurrentBlasKernel().Describe()},
                         {"blas_core", sae::CurrentBlasKernel().core}};
     if (r.encoder == "int8_screened") {

@@ -28,10 +28,10 @@
 #include <thread>
 #include <vector>
 
+#include "core/base/blas_kernel.h"
 #include "core/data/activation_stream.h"
 #include "core/sae/sae_step.h"
 #include "core/sae/trainer.h"
-#include "core/base/blas_kernel.h"
 
 namespace {
 
@@ -81,7 +81,8 @@ int main(int argc, char** argv) {
   app.add_option("--carry-scale", carry_scale, "0|1: TrainerOptions::carry_scale (empty = the default)");
   app.add_option("--auxk-scale", auxk_scale, "fit|none: sae.auxk_scale (empty = the default)");
   app.add_option("--multi-topk", multi_topk, "0|1: TrainerOptions::multi_topk (empty = the default)");
-  app.add_option("--current-k-weight", current_k_weight, "Multi-TopK's weight of the current-k term (< 0 = the default)");
+  app.add_option("--current-k-weight", current_k_weight,
+                 "Multi-TopK's weight of the current-k term (< 0 = the default)");
   app.add_option("--current-k-fit", current_k_fit, "0|1: TrainerOptions::current_k_fit (empty = the default)");
   app.add_flag("--aten", aten, "the device-generic ATen step on CPU");
   app.add_option("--threads", threads, "LibTorch threads (0 = every core)");
@@ -108,8 +109,8 @@ int main(int argc, char** argv) {
   auto rem = sae::ParseOption<sae::Remedy>(remedy);
   if (!rem.ok()) return Fail("--remedy: " + std::string(rem.status().message()));
   o.remedy = *rem;
-  auto ks = shape == "constant" ? absl::StatusOr<sae::KShape>(sae::KShape::kConstant)
-                                : sae::ParseOption<sae::KShape>(shape);
+  auto ks =
+      shape == "constant" ? absl::StatusOr<sae::KShape>(sae::KShape::kConstant) : sae::ParseOption<sae::KShape>(shape);
   if (!ks.ok()) return Fail("--shape: " + std::string(ks.status().message()));
   if (*ks == sae::KShape::kConstant) {
     o.schedule = sae::KSchedule::Constant(k);
@@ -172,13 +173,13 @@ int main(int argc, char** argv) {
         auto top = zD.topk(ka, 1);
         at::Tensor aidx = dead_t.index_select(0, std::get<1>(top).reshape({-1})).view({n_rows, ka});
         at::Tensor aval = std::get<0>(top).clamp_min(0);
-        at::Tensor ehat = std::get<0>(at::embedding_bag(p.W_dec, aidx.reshape({-1}),
-                                                        at::arange(0, n_rows * ka, ka, at::kLong), false,
-                                                        0, false, aval.reshape({-1})));
+        at::Tensor ehat =
+            std::get<0>(at::embedding_bag(p.W_dec, aidx.reshape({-1}), at::arange(0, n_rows * ka, ka, at::kLong), false,
+                                          0, false, aval.reshape({-1})));
         if (enc.ok()) {
           at::Tensor e = x - enc->x_hat;
-          j["auxk_ehat_over_e"] = std::sqrt(ehat.pow(2).sum().item<double>() /
-                                            std::max(1e-30, e.pow(2).sum().item<double>()));
+          j["auxk_ehat_over_e"] =
+              std::sqrt(ehat.pow(2).sum().item<double>() / std::max(1e-30, e.pow(2).sum().item<double>()));
           // The remedy's gradient alone.
           if (o.remedy != sae::Remedy::kNone) {
             sae::StepConfig c;
@@ -190,13 +191,13 @@ int main(int argc, char** argv) {
             (void)sae::ComputeGradients(p, x, c, &g0, &r0);
             c.remedy = o.remedy;
             c.auxk_fit = o.auxk_fit;
-            c.aux_coefficient = t.options().aux_coefficient != 0 ? t.options().aux_coefficient
-                                                                  : sae::DefaultAuxCoefficient(o.remedy);
+            c.aux_coefficient =
+                t.options().aux_coefficient != 0 ? t.options().aux_coefficient : sae::DefaultAuxCoefficient(o.remedy);
             (void)sae::ComputeGradients(p, x, c, &g1, &r1);
             at::Tensor gWe = (g1.W_enc - g0.W_enc).index_select(0, dead_t);  // |D|×d
             at::Tensor gbe = (g1.b_enc - g0.b_enc).index_select(0, dead_t);
             // Gradient descent direction's effect on z_j(b): −(gW_j·xc_b + gb_j).
-            at::Tensor dz = -(at::mm(x - p.b_dec, gWe.t()) + gbe);  // B×|D|
+            at::Tensor dz = -(at::mm(x - p.b_dec, gWe.t()) + gbe);                  // B×|D|
             at::Tensor align = at::mm(e, p.W_dec.index_select(0, dead_t).t()) > 0;  // B×|D|
             at::Tensor reached = (gWe.norm(2, 1) > 0);
             j["aux_reached_dead"] = reached.to(at::kFloat).mean().item<double>();

@@ -14,10 +14,10 @@
 #include <string>
 #include <vector>
 
+#include "core/base/blas_kernel.h"
 #include "core/interp/features.h"
 #include "core/interp/steering.h"
 #include "core/lm/loaders.h"
-#include "core/base/blas_kernel.h"
 
 namespace {
 
@@ -129,8 +129,7 @@ int main(int argc, char** argv) {
   const std::vector<Sample> plain = study.GenerateAll(nullptr);
   std::printf("prompt \"%s\", %ld positions, seeds 1..%ld, temperature 1, top-p 0.9; SAE %s (layer %ld, %ld latents)\n",
               f.prompt.c_str(), f.steps, f.seeds, f.sae_dir.c_str(), run->layer, run->latents());
-  std::printf("unsteered fluency (mean per-token loss of the model on its own generations): %.3f\n\n",
-              MeanLoss(plain));
+  std::printf("unsteered fluency (mean per-token loss of the model on its own generations): %.3f\n\n", MeanLoss(plain));
   std::printf("| concept | latent | max_j | mode | scale | mentions unsteered | mentions steered | fluency (loss) |\n");
   std::printf("|---|---|---|---|---|---|---|---|\n");
   for (const std::string& c : f.concepts)

@@ -87,8 +87,8 @@ int RunSynth(const SynthArgs& a) {
   if (!dict.ok()) return Fail(dict.status());
   auto m = dict->WriteShards(a.out, a.rows, a.rows_per_shard, *dt);
   if (!m.ok()) return Fail(m.status());
-  std::printf("wrote %ld rows x %ld in %zu shards to %s (true dictionary: %s/dictionary.safetensors)\n",
-              m->rows, m->d_in, m->shards.size(), a.out.c_str(), a.out.c_str());
+  std::printf("wrote %ld rows x %ld in %zu shards to %s (true dictionary: %s/dictionary.safetensors)\n", m->rows,
+              m->d_in, m->shards.size(), a.out.c_str(), a.out.c_str());
   return 0;
 }
 
@@ -129,16 +129,18 @@ CommandRunner AddDataCommands(CLI::App* app) {
 }  // namespace
 
 int SaeMain(int argc, char** argv) {
-  CLI::App app{"sae: train and inspect sparse autoencoders on LLM activations (saeforge); submit and follow jobs on sae-coordinator"};
+  CLI::App app{
+      "sae: train and inspect sparse autoencoders on LLM activations (saeforge); submit and follow jobs on "
+      "sae-coordinator"};
   app.require_subcommand(1);
   // In the order of `sae --help`.
   const std::vector<CommandRunner> runners = {
       AddTrainCommand(&app),
-      AddDataCommands(&app),      // inspect, synth
+      AddDataCommands(&app),  // inspect, synth
       AddReportCommand(&app),
-      AddServiceCommands(&app),   // submit, jobs, status, watch, cancel
-      AddLmCommands(&app),        // generate, harvest, eval
-      AddInterpCommands(&app),    // features, concepts, serve
+      AddServiceCommands(&app),  // submit, jobs, status, watch, cancel
+      AddLmCommands(&app),       // generate, harvest, eval
+      AddInterpCommands(&app),   // features, concepts, serve
   };
   try {
     app.parse(argc, argv);

@@ -49,8 +49,10 @@ std::string ContextText(const FeatureSet& f, const FeatureContext& c) {
   for (size_t i = 0; i < c.tokens.size(); ++i) {
     if (c.tokens[i] < 0) continue;
     const std::string p = Printable(f.Piece(c.tokens[i]));
-    if (static_cast<int64_t>(i) == f.radius) s += "[[" + p + "]]";
-    else s += p;
+    if (static_cast<int64_t>(i) == f.radius)
+      s += "[[" + p + "]]";
+    else
+      s += p;
     if (c.acts[i] > 0 && static_cast<int64_t>(i) != f.radius) s += absl::StrCat("(", absl::SixDigits(c.acts[i]), ")");
   }
   return s;
@@ -91,7 +93,8 @@ int RunBuild(BuildArgs a) {
   if (a.out.empty()) a.out = a.sae;
   if (auto s = MakeDirs(a.out); !s.ok()) return Fail(s);
   const auto t0 = std::chrono::steady_clock::now();
-  TokenProgress progress(a.opts.world > 1 ? absl::StrCat("features rank ", a.opts.rank) : "features", a.quiet || a.json);
+  TokenProgress progress(a.opts.world > 1 ? absl::StrCat("features rank ", a.opts.rank) : "features",
+                         a.quiet || a.json);
   auto acc = AccumulateFeatures(*l->model, l->tok.get(), *run, a.opts,
                                 [&](int64_t done, int64_t total) { progress.Update(done, total); });
   progress.Finish();
@@ -110,8 +113,8 @@ int RunBuild(BuildArgs a) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(a.timeout);
     while (!fs::exists(partial(r))) {
       if (std::chrono::steady_clock::now() > deadline)
-        return Fail(absl::DeadlineExceededError(absl::StrCat("features: rank ", r, " wrote no ", partial(r), " within ",
-                                                             a.timeout, " s")));
+        return Fail(absl::DeadlineExceededError(
+            absl::StrCat("features: rank ", r, " wrote no ", partial(r), " within ", a.timeout, " s")));
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     }
     auto text = ReadFileToString(partial(r));
@@ -129,14 +132,18 @@ int RunBuild(BuildArgs a) {
   int64_t alive = 0;
   for (const auto& f : set->features) alive += f.count > 0;
   if (a.json) {
-    std::printf("%s\n", DumpJson(json{{"out", a.out}, {"latents", set->latents}, {"tokens", set->tokens},
-                                      {"alive", alive}, {"seconds", secs},
+    std::printf("%s\n", DumpJson(json{{"out", a.out},
+                                      {"latents", set->latents},
+                                      {"tokens", set->tokens},
+                                      {"alive", alive},
+                                      {"seconds", secs},
                                       {"tokens_per_second", acc->tokens() / std::max(pass_secs, 1e-9)}})
                             .c_str());
   } else {
-    std::printf("dashboards of %ld latents (%ld fired) over %ld tokens written to %s/features.{safetensors,json} "
-                "(%.0f tokens/s)\n",
-                set->latents, alive, set->tokens, a.out.c_str(), acc->tokens() / std::max(pass_secs, 1e-9));
+    std::printf(
+        "dashboards of %ld latents (%ld fired) over %ld tokens written to %s/features.{safetensors,json} "
+        "(%.0f tokens/s)\n",
+        set->latents, alive, set->tokens, a.out.c_str(), acc->tokens() / std::max(pass_secs, 1e-9));
     std::printf("look at one:  sae features show %s 0\n", a.sae.c_str());
   }
   return 0;
@@ -153,7 +160,8 @@ struct ShowArgs {
 void PrintDashboard(const FeatureSet& f, int64_t j) {
   const FeatureDashboard& d = f.features[j];
   std::printf("latent %ld\n", j);
-  std::printf("  density %.6f (%ld of %ld tokens)   mean %.4g   max %.4g\n", d.density, d.count, f.tokens, d.mean, d.max);
+  std::printf("  density %.6f (%ld of %ld tokens)   mean %.4g   max %.4g\n", d.density, d.count, f.tokens, d.mean,
+              d.max);
   int lo = kHistBins, hi = -1;
   int64_t peak = 0;
   for (int b = 0; b < kHistBins; ++b)
@@ -188,8 +196,10 @@ int RunShow(const ShowArgs& a) {
   if (!f.ok()) return Fail(f.status());
   if (a.latent < 0 || a.latent >= f->latents)
     return Fail(absl::InvalidArgumentError(absl::StrCat("latent ", a.latent, " outside [0, ", f->latents, ")")));
-  if (a.json) std::printf("%s\n", DumpJson(DashboardJson(*f, a.latent)).c_str());
-  else PrintDashboard(*f, a.latent);
+  if (a.json)
+    std::printf("%s\n", DumpJson(DashboardJson(*f, a.latent)).c_str());
+  else
+    PrintDashboard(*f, a.latent);
   return 0;
 }
 
@@ -206,8 +216,11 @@ int RunSearch(const SearchArgs& a) {
   if (a.json) {
     json arr = json::array();
     for (const auto& [l, m] : hits)
-      arr.push_back(json{{"latent", l}, {"matching_contexts", m}, {"max", f->features[l].max},
-                         {"density", f->features[l].density}, {"top", ContextJson(*f, f->features[l].top[0])}});
+      arr.push_back(json{{"latent", l},
+                         {"matching_contexts", m},
+                         {"max", f->features[l].max},
+                         {"density", f->features[l].density},
+                         {"top", ContextJson(*f, f->features[l].top[0])}});
     std::printf("%s\n", DumpJson(arr).c_str());
     return 0;
   }
@@ -392,8 +405,10 @@ CommandRunner AddInterpCommands(CLI::App* app) {
   build->add_option("--top", ba->opts.top_contexts, "top contexts kept per latent");
   build->add_option("--out", ba->out, "output directory (default: the SAE run directory)");
   build->add_option("--rank", ba->opts.rank, "this process's rank (or SAE_RANK)")->envname("SAE_RANK");
-  build->add_option("--world-size", ba->opts.world, "processes sharing the pass (or SAE_WORLD_SIZE); rank r reads "
-                                                    "blocks r mod W, rank 0 merges")
+  build
+      ->add_option("--world-size", ba->opts.world,
+                   "processes sharing the pass (or SAE_WORLD_SIZE); rank r reads "
+                   "blocks r mod W, rank 0 merges")
       ->envname("SAE_WORLD_SIZE");
   build->add_option("--timeout", ba->timeout, "rank 0: seconds to wait for the other ranks");
   build->add_flag("--json", ba->json, "one JSON object");

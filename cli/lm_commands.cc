@@ -96,9 +96,15 @@ int RunHarvest(HarvestArgs a) {
   }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (a.json) {
-    nlohmann::json j = {{"out", a.out}, {"rows", m->rows}, {"d_in", m->d_in}, {"shards", m->shards.size()},
-                        {"layer", a.opts.layer}, {"hook", a.hook}, {"corpus", a.opts.corpus},
-                        {"seconds", secs}, {"tokens_per_second", m->rows / std::max(secs, 1e-9)}};
+    nlohmann::json j = {{"out", a.out},
+                        {"rows", m->rows},
+                        {"d_in", m->d_in},
+                        {"shards", m->shards.size()},
+                        {"layer", a.opts.layer},
+                        {"hook", a.hook},
+                        {"corpus", a.opts.corpus},
+                        {"seconds", secs},
+                        {"tokens_per_second", m->rows / std::max(secs, 1e-9)}};
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("harvested %ld tokens x %ld (layer %ld %s) into %s (%zu shards, %.0f tokens/s)\n", m->rows, m->d_in,
@@ -133,12 +139,24 @@ int RunEval(EvalArgs a) {
   bar.Finish();
   if (!r.ok()) return Fail(r.status());
   if (a.json) {
-    nlohmann::json j = {{"tokens", r->tokens}, {"latents", r->latents}, {"fvu", r->fvu}, {"mse", r->mse},
-                        {"l0", r->l0}, {"dead_ratio", r->dead_ratio}, {"dense_1pct_ratio", r->dense_1pct_ratio},
-                        {"dense_10pct_ratio", r->dense_10pct_ratio}, {"ce_clean", r->ce_clean},
-                        {"ce_sae", r->ce_sae}, {"ce_zero", r->ce_zero}, {"ce_loss_recovered", r->ce_loss_recovered},
-                        {"kl_sae", r->kl_sae}, {"kl_zero", r->kl_zero}, {"kl_score", r->kl_score},
-                        {"layer", a.opts.windows.layer}, {"hook", a.hook}, {"corpus", a.opts.windows.corpus}};
+    nlohmann::json j = {{"tokens", r->tokens},
+                        {"latents", r->latents},
+                        {"fvu", r->fvu},
+                        {"mse", r->mse},
+                        {"l0", r->l0},
+                        {"dead_ratio", r->dead_ratio},
+                        {"dense_1pct_ratio", r->dense_1pct_ratio},
+                        {"dense_10pct_ratio", r->dense_10pct_ratio},
+                        {"ce_clean", r->ce_clean},
+                        {"ce_sae", r->ce_sae},
+                        {"ce_zero", r->ce_zero},
+                        {"ce_loss_recovered", r->ce_loss_recovered},
+                        {"kl_sae", r->kl_sae},
+                        {"kl_zero", r->kl_zero},
+                        {"kl_score", r->kl_score},
+                        {"layer", a.opts.windows.layer},
+                        {"hook", a.hook},
+                        {"corpus", a.opts.windows.corpus}};
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("evaluated %s at layer %ld (%s) on %ld tokens of %s\n", a.sae.c_str(), a.opts.windows.layer,
@@ -186,15 +204,18 @@ CommandRunner AddLmCommands(CLI::App* app) {
   harvest->add_flag("--quiet", ha->quiet, "no progress output");
   harvest->add_option("--rank", ha->rank, "this process's rank when the harvest is spread over processes (or SAE_RANK)")
       ->envname("SAE_RANK");
-  harvest->add_option("--world-size", ha->world, "number of harvesting processes (or SAE_WORLD_SIZE); "
-                                                 "each writes shards of one forward batch, rank 0 the manifest")
+  harvest
+      ->add_option("--world-size", ha->world,
+                   "number of harvesting processes (or SAE_WORLD_SIZE); "
+                   "each writes shards of one forward batch, rank 0 the manifest")
       ->envname("SAE_WORLD_SIZE");
   harvest->add_option("--timeout", ha->timeout, "rank 0: seconds to wait for the other ranks");
 
   auto ea = std::make_shared<EvalArgs>();
   ea->opts.windows.seed = 1000003;  // held out from harvests with small seeds
   ea->opts.windows.batch = 8;
-  CLI::App* ev = app->add_subcommand("eval", "evaluate an SAE spliced into a model: fvu, L0, dead/dense, CE recovered, KL");
+  CLI::App* ev =
+      app->add_subcommand("eval", "evaluate an SAE spliced into a model: fvu, L0, dead/dense, CE recovered, KL");
   AddModelFlags(ev, &ea->model, &ea->tokenizer);
   AddDTypeFlag(ev, &ea->dtype);
   ev->add_option("--sae", ea->sae, "trained SAE directory (sae.safetensors + cfg.json)")->required();

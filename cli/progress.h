@@ -20,7 +20,11 @@ namespace sae {
 class TokenProgress {
  public:
   TokenProgress(std::string what, bool quiet = false, std::string unit = "tok")
-      : what_(std::move(what)), unit_(std::move(unit)), quiet_(quiet), tty_(isatty(STDERR_FILENO) != 0), t0_(SteadyNow()) {}
+      : what_(std::move(what)),
+        unit_(std::move(unit)),
+        quiet_(quiet),
+        tty_(isatty(STDERR_FILENO) != 0),
+        t0_(SteadyNow()) {}
   ~TokenProgress() { Finish(); }
   void Update(int64_t done, int64_t total) {
     if (quiet_ || total <= 0) return;

@@ -37,9 +37,10 @@ int RunReport(const ReportArgs& args) {
 
 CommandRunner AddReportCommand(CLI::App* app) {
   auto args = std::make_shared<ReportArgs>();
-  CLI::App* report = app->add_subcommand(
-      "report", "write one self-contained HTML page of a run's metrics (FVU, MSE, dead ratio, k, L0, "
-                "auxiliary loss, tokens/s over tokens)");
+  CLI::App* report =
+      app->add_subcommand("report",
+                          "write one self-contained HTML page of a run's metrics (FVU, MSE, dead ratio, k, L0, "
+                          "auxiliary loss, tokens/s over tokens)");
   report->add_option("run_dir", args->run_dir, "training output directory (or one still training)")->required();
   report->add_option("--out", args->out, "HTML file to write (default RUN_DIR/report.html)");
   report->add_flag("--json", args->json, "print {\"report\": PATH} instead of a sentence");

@@ -34,9 +34,7 @@ struct ServeArgs {
   int threads = 8;
 };
 
-bool IsLoopback(const std::string& host) {
-  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
-}
+bool IsLoopback(const std::string& host) { return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0; }
 
 void Reply(httplib::Response& res, const ApiReply& r) {
   res.status = r.status;
@@ -71,9 +69,10 @@ absl::StatusOr<std::string> ReadToken(const ServeArgs& a, const std::string& hos
     if (token.size() < 16) return absl::InvalidArgumentError(a.token_file + ": the token must have >= 16 characters");
   }
   if (!IsLoopback(host) && token.empty())
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--listen ", a.listen, " is not a loopback address: give --token-file so that only holders of the token "
-        "can use the API"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--listen ", a.listen,
+                     " is not a loopback address: give --token-file so that only holders of the token "
+                     "can use the API"));
   return token;
 }
 

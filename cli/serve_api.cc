@@ -31,10 +31,14 @@ bool Field(const json& body, const char* name, T* out, ApiReply* err) {
   if (!body.contains(name) || body[name].is_null()) return true;
   const json& v = body[name];
   bool ok;
-  if constexpr (std::is_same_v<T, std::string>) ok = v.is_string();
-  else if constexpr (std::is_same_v<T, bool>) ok = v.is_boolean();
-  else if constexpr (std::is_integral_v<T>) ok = v.is_number_integer();
-  else ok = v.is_number();
+  if constexpr (std::is_same_v<T, std::string>)
+    ok = v.is_string();
+  else if constexpr (std::is_same_v<T, bool>)
+    ok = v.is_boolean();
+  else if constexpr (std::is_integral_v<T>)
+    ok = v.is_number_integer();
+  else
+    ok = v.is_number();
   if (!ok) {
     *err = ApiError(400, name, absl::StrCat("field '", name, "' has the wrong type"));
     return false;
@@ -90,8 +94,11 @@ ApiReply ServeApi::Info() const {
                             {"hook", HookPointName(run_.hook)},
                             {"features", features_ != nullptr},
                             {"feature_tokens", features_ ? features_->tokens : 0},
-                            {"limits", {{"max_texts", limits_.max_texts}, {"max_steps", limits_.max_steps},
-                                        {"max_terms", limits_.max_terms}, {"max_scale", limits_.max_scale}}}}};
+                            {"limits",
+                             {{"max_texts", limits_.max_texts},
+                              {"max_steps", limits_.max_steps},
+                              {"max_terms", limits_.max_terms},
+                              {"max_scale", limits_.max_scale}}}}};
 }
 
 ApiReply ServeApi::Feature(const std::string& latent) const {
@@ -114,7 +121,10 @@ ApiReply ServeApi::Search(const std::string& q, const std::string& limit_s) cons
   json arr = json::array();
   for (const auto& [l, m] : features_->Search(q, limit)) {
     const auto& f = features_->features[l];
-    arr.push_back(json{{"latent", l}, {"matching_contexts", m}, {"max", f.max}, {"density", f.density},
+    arr.push_back(json{{"latent", l},
+                       {"matching_contexts", m},
+                       {"max", f.max},
+                       {"density", f.density},
                        {"top", f.top.empty() ? json(nullptr) : ContextJson(*features_, f.top[0])}});
   }
   return ApiReply{200, json{{"query", q}, {"results", arr}}};
@@ -150,10 +160,12 @@ ApiReply ServeApi::Generate(const json& body) const {
       !Field(body, "units", &units, &err))
     return err;
   if (g.steps < 2 || g.steps > std::min(limits_.max_steps, model_->config().max_seq_len))
-    return ApiError(400, "steps", absl::StrCat("field 'steps' must be in [2, ",
-                                               std::min(limits_.max_steps, model_->config().max_seq_len), "]"));
+    return ApiError(
+        400, "steps",
+        absl::StrCat("field 'steps' must be in [2, ", std::min(limits_.max_steps, model_->config().max_seq_len), "]"));
   if (seed < 1) return ApiError(400, "seed", "field 'seed' must be >= 1");
-  if (!(g.temperature >= 0 && g.temperature <= 10)) return ApiError(400, "temperature", "field 'temperature' must be in [0, 10]");
+  if (!(g.temperature >= 0 && g.temperature <= 10))
+    return ApiError(400, "temperature", "field 'temperature' must be in [0, 10]");
   g.seed = static_cast<uint64_t>(seed);
   SteerOptions so;
   auto m = SteerModeFromString(mode);
@@ -217,8 +229,7 @@ ApiReply ServeApi::Concepts(const json& body) const {
   if (o.top < 1 || o.top > limits_.max_results)
     return ApiError(400, "top", absl::StrCat("field 'top' must be in [1, ", limits_.max_results, "]"));
   if (!(o.threshold > 0 && o.threshold <= 1)) return ApiError(400, "threshold", "field 'threshold' must be in (0, 1]");
-  auto enc = [&](const std::vector<std::string>& v, const char* field,
-                 std::vector<std::vector<int32_t>>* out) -> bool {
+  auto enc = [&](const std::vector<std::string>& v, const char* field, std::vector<std::vector<int32_t>>* out) -> bool {
     for (const auto& s : v) {
       out->push_back(tok_->Encode(s, true, false));
       if (static_cast<int64_t>(out->back().size()) > model_->config().max_seq_len) {

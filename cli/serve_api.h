@@ -24,11 +24,11 @@ struct ApiReply {
 };
 
 struct ApiLimits {
-  int64_t max_texts = 64;       // concepts: texts (and contrast texts) per request
-  int64_t max_steps = 256;      // generate: positions, prompt included
-  int64_t max_terms = 16;       // generate: steering terms
-  double max_scale = 1000;      // |scale|
-  int64_t max_results = 200;    // search/concepts results
+  int64_t max_texts = 64;     // concepts: texts (and contrast texts) per request
+  int64_t max_steps = 256;    // generate: positions, prompt included
+  int64_t max_terms = 16;     // generate: steering terms
+  double max_scale = 1000;    // |scale|
+  int64_t max_results = 200;  // search/concepts results
 };
 
 class ServeApi {
@@ -37,7 +37,7 @@ class ServeApi {
   ServeApi(std::string model_path, std::unique_ptr<Transformer> model, std::unique_ptr<Tokenizer> tok, SaeRun run,
            std::unique_ptr<FeatureSet> features, ApiLimits limits = {});
   ApiReply Info() const;
-  ApiReply Feature(const std::string& latent) const;                    // GET /api/feature?latent=J
+  ApiReply Feature(const std::string& latent) const;                      // GET /api/feature?latent=J
   ApiReply Search(const std::string& q, const std::string& limit) const;  // GET /api/search?q=TEXT
   ApiReply Activations(const nlohmann::json& body) const;                 // POST /api/activations
   ApiReply Generate(const nlohmann::json& body) const;                    // POST /api/generate

@@ -1,8 +1,8 @@
 #include "cli/service_commands.h"
 
-#include <CLI/CLI.hpp>
 #include <google/protobuf/util/json_util.h>
 #include <unistd.h>
+#include <CLI/CLI.hpp>
 
 #include <chrono>
 #include <cmath>
@@ -71,7 +71,8 @@ std::string ProgressLine(const v1::Job& j) {
   const double frac = total > 0 ? std::min(1.0, p.tokens() / total) : 0;
   char b[320];
   std::snprintf(b, sizeof(b), "%-10s [%s] %3.0f%% %s", StateName(j.state()).c_str(), ProgressBar(frac, 20).c_str(),
-                100 * frac, ProgressStats(p.tokens(), total, p.tokens_per_second(), p.fvu(), p.dead_ratio(), p.k()).c_str());
+                100 * frac,
+                ProgressStats(p.tokens(), total, p.tokens_per_second(), p.fvu(), p.dead_ratio(), p.k()).c_str());
   return b;
 }
 
@@ -126,16 +127,18 @@ int Watch(Client& c, const std::string& id, bool json, bool quiet) {
       if (json) {
         std::printf("%s\n", ToJson(ev).c_str());
       } else if (!quiet) {
-        if (tty) std::printf("\r%s\x1b[K", ProgressLine(last).c_str());
-        else std::printf("%s\n", ProgressLine(last).c_str());
+        if (tty)
+          std::printf("\r%s\x1b[K", ProgressLine(last).c_str());
+        else
+          std::printf("%s\n", ProgressLine(last).c_str());
         if (tty && ev.state_changed()) std::printf("\n");
       }
       std::fflush(stdout);
     }
     grpc::Status s = reader->Finish();
-    if (s.ok() && (last.state() == v1::SUCCEEDED || last.state() == v1::FAILED || last.state() == v1::CANCELLED))
-      break;
-    if (!s.ok() && s.error_code() != grpc::StatusCode::UNAVAILABLE) return Fail(Annotated(s, "watch " + id, c.opts.address));
+    if (s.ok() && (last.state() == v1::SUCCEEDED || last.state() == v1::FAILED || last.state() == v1::CANCELLED)) break;
+    if (!s.ok() && s.error_code() != grpc::StatusCode::UNAVAILABLE)
+      return Fail(Annotated(s, "watch " + id, c.opts.address));
     std::this_thread::sleep_for(std::chrono::seconds(1));  // coordinator restarting: reconnect
   }
   if (!json && !quiet) {
@@ -145,8 +148,7 @@ int Watch(Client& c, const std::string& id, bool json, bool quiet) {
     // The HTML report of the run (plots over tokens from metrics.jsonl). A
     // stopped run keeps its metrics in OUTPUT.partial, which `sae report
     // OUTPUT` finds as well.
-    const bool finished =
-        last.state() == v1::SUCCEEDED || last.state() == v1::FAILED || last.state() == v1::CANCELLED;
+    const bool finished = last.state() == v1::SUCCEEDED || last.state() == v1::FAILED || last.state() == v1::CANCELLED;
     if (finished && !last.output().empty() && last.child_ids_size() > 0) {
       // A sweep: every variant is a run of its own under OUTPUT.
       std::printf("report: sae report %s/VARIANT for each variant's run (sae status CHILD_ID gives each output)\n",
@@ -216,9 +218,8 @@ int DoJobs(const ServiceCli& a) {
     std::string workers;
     for (const auto& w : j.workers()) workers += (workers.empty() ? "" : ",") + w;
     if (j.child_ids_size() > 0) workers = absl::StrCat("sweep of ", j.child_ids_size());
-    std::printf("%-12s %-11s %-24s %7.0f%% %9d %s\n", j.id().c_str(), StateName(j.state()).c_str(),
-                job.name.c_str(), total > 0 ? 100.0 * j.progress().tokens() / total : 0.0, j.restarts(),
-                workers.c_str());
+    std::printf("%-12s %-11s %-24s %7.0f%% %9d %s\n", j.id().c_str(), StateName(j.state()).c_str(), job.name.c_str(),
+                total > 0 ? 100.0 * j.progress().tokens() / total : 0.0, j.restarts(), workers.c_str());
   }
   return 0;
 }
@@ -238,8 +239,8 @@ int DoStatus(const ServiceCli& a) {
   }
   const v1::Progress& p = j.progress();
   std::printf("job        %s (%s)\nstate      %s%s%s\nattempt    %d, restarts %d of %d\n", j.id().c_str(),
-              JobOf(j).name.c_str(), StateName(j.state()).c_str(), j.reason().empty() ? "" : ": ",
-              j.reason().c_str(), j.attempt(), j.restarts(), j.max_restarts());
+              JobOf(j).name.c_str(), StateName(j.state()).c_str(), j.reason().empty() ? "" : ": ", j.reason().c_str(),
+              j.attempt(), j.restarts(), j.max_restarts());
   if (j.workers_size() > 0) {
     std::string w;
     for (const auto& x : j.workers()) w += (w.empty() ? "" : ", ") + x;
@@ -269,8 +270,10 @@ int DoCancel(const ServiceCli& a) {
   auto ctx = MakeContext(c->opts, 30);
   grpc::Status s = c->stub->Cancel(ctx.get(), req, &resp);
   if (!s.ok()) return Fail(Annotated(s, "cancel " + a.id, c->opts.address));
-  if (a.json) std::printf("%s\n", ToJson(resp.job()).c_str());
-  else std::printf("%s %s\n", a.id.c_str(), StateName(resp.job().state()).c_str());
+  if (a.json)
+    std::printf("%s\n", ToJson(resp.job()).c_str());
+  else
+    std::printf("%s %s\n", a.id.c_str(), StateName(resp.job().state()).c_str());
   return 0;
 }
 

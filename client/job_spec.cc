@@ -129,14 +129,14 @@ absl::Status CollectAxes(YAML::Node node, const std::string& prefix, const std::
     if (!value.IsSequence()) continue;
     const std::string shown = AxisName(AxisPath(field));
     if (value.size() == 0)
-      return absl::InvalidArgumentError(absl::StrCat(origin, ": ", AxisPath(field)[0], ".", shown,
-                                                     ": an empty list of values"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(origin, ": ", AxisPath(field)[0], ".", shown, ": an empty list of values"));
     v1::SweepAxis axis;
     axis.set_field(field);
     for (const auto& v : value) {
       if (v.IsSequence())
-        return absl::InvalidArgumentError(absl::StrCat(origin, ": ", AxisPath(field)[0], ".", shown,
-                                                       ": a sweep lists values, not lists"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(origin, ": ", AxisPath(field)[0], ".", shown, ": a sweep lists values, not lists"));
       axis.add_values(ValueText(v));
     }
     axes->push_back(axis);
@@ -222,8 +222,7 @@ absl::StatusOr<std::pair<JobConfig, std::vector<v1::SweepAxis>>> ParseJobWithSwe
       for (const char* section : {"sae", "train"}) {
         if (!root[section] || !root[section].IsMap()) continue;
         const size_t before = axes.size();
-        SAE_RETURN_IF_ERROR(CollectAxes(root[section], std::string(section) == "sae" ? "" : section,
-                                        origin, &axes));
+        SAE_RETURN_IF_ERROR(CollectAxes(root[section], std::string(section) == "sae" ? "" : section, origin, &axes));
         any = any || axes.size() > before;
       }
       if (root[kTogether]) {
@@ -259,8 +258,7 @@ absl::StatusOr<std::pair<JobConfig, std::vector<v1::SweepAxis>>> LoadJobFileWith
   return r;
 }
 
-absl::StatusOr<std::vector<SweepVariant>> ExpandSweep(const JobConfig& base,
-                                                      const std::vector<v1::SweepAxis>& axes) {
+absl::StatusOr<std::vector<SweepVariant>> ExpandSweep(const JobConfig& base, const std::vector<v1::SweepAxis>& axes) {
   std::vector<SweepVariant> out;
   if (axes.empty()) return out;
   size_t combos = 1;
@@ -278,45 +276,46 @@ absl::StatusOr<std::vector<SweepVariant>> ExpandSweep(const JobConfig& base,
   }
   const std::string base_yaml = JobConfigToYaml(base);
   try {
-  for (size_t c = 0; c < combos; ++c) {
-    YAML::Node root = YAML::Load(base_yaml);
-    // The schedule's end follows sae.k unless a variant sets it.
-    if (root["sae"]["k_schedule"] && root["sae"]["k_schedule"]["end"] &&
-        root["sae"]["k_schedule"]["end"].as<int64_t>() == base.sae.k)
-      root["sae"]["k_schedule"].remove("end");
-    std::vector<std::string> parts;
-    size_t rest = c;
-    for (size_t ai = 0; ai < axes.size(); ++ai) {
-      const auto& a = axes[ai];
-      const std::vector<std::string>& path = paths[ai];
-      const std::string& v = a.values(static_cast<int>(rest % a.values_size()));
-      rest /= a.values_size();
-      const std::string name = AxisName(path);
-      YAML::Node value;
-      try {
-        value = YAML::Load(v);
-      } catch (const YAML::Exception& e) {
-        return absl::InvalidArgumentError(absl::StrCat("sweep: ", path[0], ".", name, ": value '", v, "': ", e.what()));
+    for (size_t c = 0; c < combos; ++c) {
+      YAML::Node root = YAML::Load(base_yaml);
+      // The schedule's end follows sae.k unless a variant sets it.
+      if (root["sae"]["k_schedule"] && root["sae"]["k_schedule"]["end"] &&
+          root["sae"]["k_schedule"]["end"].as<int64_t>() == base.sae.k)
+        root["sae"]["k_schedule"].remove("end");
+      std::vector<std::string> parts;
+      size_t rest = c;
+      for (size_t ai = 0; ai < axes.size(); ++ai) {
+        const auto& a = axes[ai];
+        const std::vector<std::string>& path = paths[ai];
+        const std::string& v = a.values(static_cast<int>(rest % a.values_size()));
+        rest /= a.values_size();
+        const std::string name = AxisName(path);
+        YAML::Node value;
+        try {
+          value = YAML::Load(v);
+        } catch (const YAML::Exception& e) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("sweep: ", path[0], ".", name, ": value '", v, "': ", e.what()));
+        }
+        if (a.field() == kTogether) {
+          // Several fields at once (checked again: the axis may come from a client).
+          SAE_RETURN_IF_ERROR(CheckTogether(value, "sweep"));
+          for (auto it = value.begin(); it != value.end(); ++it)
+            SetPath(root, AxisPath(it->first.as<std::string>()), it->second);
+        } else {
+          SetPath(root, path, value);
+        }
+        std::string vs = ValueLabel(value);
+        for (char& ch : vs)
+          if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '_') ch = '_';
+        parts.push_back(absl::StrCat(name, "-", vs));
       }
-      if (a.field() == kTogether) {
-        // Several fields at once (checked again: the axis may come from a client).
-        SAE_RETURN_IF_ERROR(CheckTogether(value, "sweep"));
-        for (auto it = value.begin(); it != value.end(); ++it)
-          SetPath(root, AxisPath(it->first.as<std::string>()), it->second);
-      } else {
-        SetPath(root, path, value);
-      }
-      std::string vs = ValueLabel(value);
-      for (char& ch : vs)
-        if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '_') ch = '_';
-      parts.push_back(absl::StrCat(name, "-", vs));
+      const std::string suffix = absl::StrJoin(parts, "_");
+      root["name"] = absl::StrCat(base.name, "-", suffix);
+      root["output"] = absl::StrCat(base.output, "/", suffix);
+      SAE_ASSIGN_OR_RETURN(JobConfig cfg, ParseJobConfig(YAML::Dump(root), absl::StrCat("sweep variant ", suffix)));
+      out.push_back({suffix, cfg});
     }
-    const std::string suffix = absl::StrJoin(parts, "_");
-    root["name"] = absl::StrCat(base.name, "-", suffix);
-    root["output"] = absl::StrCat(base.output, "/", suffix);
-    SAE_ASSIGN_OR_RETURN(JobConfig cfg, ParseJobConfig(YAML::Dump(root), absl::StrCat("sweep variant ", suffix)));
-    out.push_back({suffix, cfg});
-  }
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("sweep: ", e.what()));
   }

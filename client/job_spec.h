@@ -42,7 +42,6 @@ absl::StatusOr<std::pair<JobConfig, std::vector<v1::SweepAxis>>> ParseJobWithSwe
 
 // Every combination of the axes applied to `base`, each validated; outputs
 // become OUTPUT/<suffix>, names NAME-<suffix>. Errors name the axis.
-absl::StatusOr<std::vector<SweepVariant>> ExpandSweep(const JobConfig& base,
-                                                      const std::vector<v1::SweepAxis>& axes);
+absl::StatusOr<std::vector<SweepVariant>> ExpandSweep(const JobConfig& base, const std::vector<v1::SweepAxis>& axes);
 
 }  // namespace sae

@@ -30,10 +30,8 @@ bool IsPermanent(int code) {
     case absl::StatusCode::kAlreadyExists:
     case absl::StatusCode::kOutOfRange:
     case absl::StatusCode::kUnimplemented:
-    case absl::StatusCode::kPermissionDenied:
-      return true;
-    default:
-      return false;
+    case absl::StatusCode::kPermissionDenied: return true;
+    default: return false;
   }
 }
 
@@ -96,8 +94,8 @@ absl::Status Coordinator::Load() {
       // scheduled; say so instead of running a default job.
       SAE_LOG(kWarn) << "store: " << cfg.status().message();
       if (!IsTerminal(stored.job.state()) && stored.job.child_ids_size() == 0)
-        Transition(&stored, v1::FAILED, absl::StrCat("its stored spec does not read: ", cfg.status().message(),
-                                                     "; submit it again"));
+        Transition(&stored, v1::FAILED,
+                   absl::StrCat("its stored spec does not read: ", cfg.status().message(), "; submit it again"));
     }
   }
   SAE_ASSIGN_OR_RETURN(auto workers, store_->LoadWorkers());
@@ -113,8 +111,7 @@ absl::Status Coordinator::Load() {
     workers_[w.info.worker_id()] = std::move(r);
   }
   if (!jobs.empty() || !workers.empty()) {
-    SAE_LOG(kInfo) << "restored " << jobs.size() << " job(s) and " << workers.size() << " worker(s) from "
-                   << opts_.db;
+    SAE_LOG(kInfo) << "restored " << jobs.size() << " job(s) and " << workers.size() << " worker(s) from " << opts_.db;
   }
   return absl::OkStatus();
 }
@@ -177,8 +174,8 @@ absl::Status Coordinator::EndChange(absl::Status result) {
   if (!error.ok()) {
     store_->Rollback();
     UndoChange();
-    error = absl::Status(error.code(), absl::StrCat("job store ", opts_.db, ": ", error.message(),
-                                                    " (the change was not made)"));
+    error = absl::Status(error.code(),
+                         absl::StrCat("job store ", opts_.db, ": ", error.message(), " (the change was not made)"));
     // Ticks retry every 100 ms: at most one line per 10 s while the store fails.
     const double now = SteadyNow();
     if (now - last_store_error_log_ >= 10) {
@@ -192,12 +189,16 @@ absl::Status Coordinator::EndChange(absl::Status result) {
 
 void Coordinator::UndoChange() {
   for (auto& [id, rec] : undo_.jobs) {
-    if (rec) jobs_[id] = std::move(*rec);
-    else jobs_.erase(id);
+    if (rec)
+      jobs_[id] = std::move(*rec);
+    else
+      jobs_.erase(id);
   }
   for (auto& [id, rec] : undo_.workers) {
-    if (rec) workers_[id] = std::move(*rec);
-    else workers_.erase(id);
+    if (rec)
+      workers_[id] = std::move(*rec);
+    else
+      workers_.erase(id);
   }
   order_.resize(undo_.order_size);
   next_id_ = undo_.next_id;
@@ -350,8 +351,7 @@ absl::StatusOr<v1::SubmitResponse> Coordinator::Submit(const v1::SubmitRequest& 
 }
 
 absl::StatusOr<v1::SubmitResponse> Coordinator::SubmitLocked(const v1::SubmitRequest& req, const JobConfig& base,
-                                                             const std::vector<JobConfig>& variants,
-                                                             int max_restarts) {
+                                                             const std::vector<JobConfig>& variants, int max_restarts) {
   if (!req.request_id().empty() && by_request_.count(req.request_id())) {  // raced with a twin
     v1::SubmitResponse r;
     r.set_id(by_request_[req.request_id()]);
@@ -465,8 +465,7 @@ absl::StatusOr<v1::Job> Coordinator::CancelLocked(const std::string& id, const s
   return j.job;
 }
 
-absl::StatusOr<bool> Coordinator::WaitForJob(const std::string& id, int64_t* version, v1::Job* job,
-                                             double timeout_s) {
+absl::StatusOr<bool> Coordinator::WaitForJob(const std::string& id, int64_t* version, v1::Job* job, double timeout_s) {
   absl::MutexLock l(&mu_);
   const absl::Time deadline = absl::Now() + absl::Seconds(timeout_s);
   while (true) {
@@ -495,8 +494,8 @@ absl::StatusOr<v1::RegisterResponse> Coordinator::Register(const v1::RegisterReq
   w.alive = true;
   w.last_heartbeat = SteadyNow();
   if (!known) {
-    Note(LogLevel::kInfo, absl::StrCat("worker ", req.worker_id(), " registered (", req.host(), ", ",
-                                       req.resources().cpus(), " cpus)"));
+    Note(LogLevel::kInfo,
+         absl::StrCat("worker ", req.worker_id(), " registered (", req.host(), ", ", req.resources().cpus(), " cpus)"));
   }
   SaveWorker(w);
   cv_.SignalAll();
@@ -577,8 +576,8 @@ absl::StatusOr<int64_t> Coordinator::ConnectAssignments(const std::string& worke
   return w.stream_generation;
 }
 
-absl::StatusOr<bool> Coordinator::NextAssignment(const std::string& worker_id, int64_t generation,
-                                                 v1::Assignment* out, double timeout_s) {
+absl::StatusOr<bool> Coordinator::NextAssignment(const std::string& worker_id, int64_t generation, v1::Assignment* out,
+                                                 double timeout_s) {
   absl::MutexLock l(&mu_);
   const absl::Time deadline = absl::Now() + absl::Seconds(timeout_s);
   while (true) {
@@ -830,8 +829,7 @@ CoordinatorSnapshot Coordinator::Snapshot() {
   s.workers_by_state = {{"idle", 0}, {"busy", 0}, {"dead", 0}};
   for (const auto& [id, w] : workers_) {
     s.workers_by_state[!w.alive ? "dead" : w.job_id.empty() ? "idle" : "busy"]++;
-    if (w.alive && !w.info.metrics_address().empty())
-      s.targets.push_back({id, w.info.metrics_address(), w.job_id});
+    if (w.alive && !w.info.metrics_address().empty()) s.targets.push_back({id, w.info.metrics_address(), w.job_id});
   }
   return s;
 }

@@ -33,12 +33,12 @@ namespace sae {
 
 struct CoordinatorOptions {
   std::string db = ":memory:";
-  double lease_seconds = 10;      // a worker silent this long is dead
+  double lease_seconds = 10;  // a worker silent this long is dead
   // A worker told to stop an attempt counts as busy until it reports the
   // attempt over, but no longer than this: then it may be given new work
   // (the worker agent ends the old attempt before it starts the new one).
   double stop_grace_seconds = 30;
-  double heartbeat_seconds = 1;   // what workers are told to use
+  double heartbeat_seconds = 1;        // what workers are told to use
   std::string data_root, output_root;  // "" = no restriction (".." still refused)
   int default_max_restarts = 3;
 };
@@ -119,7 +119,7 @@ class Coordinator {
     std::map<std::string, std::optional<WorkerRec>> workers;
     size_t order_size = 0;
     int64_t next_id = 0;
-    std::string request_id;  // added to by_request_ by this change
+    std::string request_id;                               // added to by_request_ by this change
     std::vector<std::pair<LogLevel, std::string>> notes;  // logged once committed
   };
 

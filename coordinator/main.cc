@@ -11,10 +11,10 @@
 
 #include "coordinator/coordinator.h"
 #include "coordinator/service.h"
+#include "core/base/blas_kernel.h"
 #include "core/base/exit_code.h"
 #include "core/base/file_util.h"
 #include "core/base/logging.h"
-#include "core/base/blas_kernel.h"
 
 namespace {
 
@@ -38,7 +38,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--lease-seconds", co.lease_seconds, "a worker silent this long is dead")->capture_default_str();
   app.add_option("--stop-grace-seconds", co.stop_grace_seconds,
-                 "a worker told to stop counts as busy at most this long")->capture_default_str();
+                 "a worker told to stop counts as busy at most this long")
+      ->capture_default_str();
   app.add_option("--heartbeat-seconds", co.heartbeat_seconds, "heartbeat interval told to workers")
       ->capture_default_str();
   app.add_option("--max-restarts", co.default_max_restarts, "default restarts of a job before it FAILS")

@@ -12,8 +12,7 @@ absl::StatusOr<std::string> ResolveUnderRoot(const std::string& field, const std
   if (path.empty()) return absl::InvalidArgumentError(absl::StrCat(field, ": empty path"));
   const fs::path p(path);
   for (const auto& part : p)
-    if (part == "..")
-      return absl::InvalidArgumentError(absl::StrCat(field, ": '", path, "' contains '..'"));
+    if (part == "..") return absl::InvalidArgumentError(absl::StrCat(field, ": '", path, "' contains '..'"));
   if (root.empty()) return path;
   const fs::path r = fs::path(root).lexically_normal();
   const fs::path n = p.is_relative() ? (r / p).lexically_normal() : p.lexically_normal();
@@ -32,12 +31,13 @@ absl::StatusOr<std::string> ResolveUnderRoot(const std::string& field, const std
   };
   if (!under(n, r)) return outside();
   if (field == "output" && n.lexically_relative(r) == ".")
-    return absl::InvalidArgumentError(absl::StrCat(field, ": '", path, "' is the output root itself; name a directory under it"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": '", path, "' is the output root itself; name a directory under it"));
   std::error_code ec1, ec2;
   const fs::path real_root = fs::weakly_canonical(r, ec1), real = fs::weakly_canonical(n, ec2);
   if (ec1 || ec2)
-    return absl::InvalidArgumentError(absl::StrCat(field, ": '", path, "': cannot resolve: ",
-                                                   (ec1 ? ec1 : ec2).message()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": '", path, "': cannot resolve: ", (ec1 ? ec1 : ec2).message()));
   if (!under(real, real_root))
     return absl::InvalidArgumentError(absl::StrCat(field, ": '", path, "' resolves to ", real.string(),
                                                    ", outside the configured root ", root,

@@ -77,7 +77,8 @@ class JobServiceImpl final : public v1::JobService::Service {
     if (!req->page_token().empty()) {
       while (first < all.size() && all[first].id() != req->page_token()) ++first;
       if (first == all.size())
-        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "page_token: no job " + req->page_token().substr(0, 64));
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            "page_token: no job " + req->page_token().substr(0, 64));
       ++first;
     }
     for (size_t i = first; i < all.size() && i < first + page; ++i) *resp->add_jobs() = std::move(all[i]);
@@ -127,7 +128,8 @@ class WorkerServiceImpl final : public v1::WorkerService::Service {
     *resp = *r;
     return grpc::Status::OK;
   }
-  grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req, v1::HeartbeatResponse* resp) override {
+  grpc::Status Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req,
+                         v1::HeartbeatResponse* resp) override {
     if (auto s = CheckToken(ctx, token_, "worker"); !s.ok()) return s;
     resp->set_lease_seconds(c_->options().lease_seconds);
     return ToGrpc(c_->Heartbeat(*req));
@@ -185,10 +187,11 @@ class DataServiceImpl final : public v1::DataService::Service {
       bool listed = false;
       if (!j.is_discarded() && j.is_object() && j.contains("shards") && j["shards"].is_array())
         for (const auto& sh : j["shards"])
-          listed |= sh.is_object() && sh.contains("file") && sh["file"].is_string() && sh["file"].get<std::string>() == f;
+          listed |=
+              sh.is_object() && sh.contains("file") && sh["file"].is_string() && sh["file"].get<std::string>() == f;
       if (!listed)
-        return grpc::Status(grpc::StatusCode::NOT_FOUND, absl::StrCat("file: ", f, " is not listed in ", *dir,
-                                                                      "/manifest.json"));
+        return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                            absl::StrCat("file: ", f, " is not listed in ", *dir, "/manifest.json"));
     }
     const std::string path = *dir + "/" + f;
     auto sha = Sha256File(path);
@@ -228,7 +231,10 @@ class CoordinatorMetrics {
  public:
   CoordinatorMetrics() {
     jobs_ = &prometheus::BuildGauge().Name("sae_jobs").Help("Jobs known to the coordinator, by state.").Register(reg_);
-    workers_ = &prometheus::BuildGauge().Name("sae_workers").Help("Workers known to the coordinator, by state.").Register(reg_);
+    workers_ = &prometheus::BuildGauge()
+                    .Name("sae_workers")
+                    .Help("Workers known to the coordinator, by state.")
+                    .Register(reg_);
     restarts_ = &prometheus::BuildCounter()
                      .Name("sae_job_restarts_total")
                      .Help("Restarts of job groups after a worker or rank failed.")
@@ -238,8 +244,7 @@ class CoordinatorMetrics {
   std::string Render(const CoordinatorSnapshot& s) {
     absl::MutexLock l(&mu_);
     for (const auto& [state, n] : s.jobs_by_state) jobs_->Add({{"state", state}, {"role", "coordinator"}}).Set(n);
-    for (const auto& [state, n] : s.workers_by_state)
-      workers_->Add({{"state", state}, {"role", "coordinator"}}).Set(n);
+    for (const auto& [state, n] : s.workers_by_state) workers_->Add({{"state", state}, {"role", "coordinator"}}).Set(n);
     const double delta = static_cast<double>(s.restarts_total) - restarts_->Value();
     if (delta > 0) restarts_->Increment(delta);
     return prometheus::TextSerializer().Serialize(reg_.Collect());

@@ -38,7 +38,7 @@ class CoordinatorServer {
   // A channel to this server inside the process (no socket; tests and
   // fuzzing). Calls on it pass through the same handlers and token checks.
   std::shared_ptr<grpc::Channel> InProcessChannel() const;
-  void Shutdown();                      // ends streams, stops accepting
+  void Shutdown();  // ends streams, stops accepting
 
   struct Impl;
 

@@ -45,9 +45,9 @@ class ShardSource : public BatchSource {
   int64_t position() const override { return stream_->position(); }
   std::string DescribeJson() const override {
     const Manifest& m = stream_->manifest();
-    json j = {{"kind", "shards"}, {"path", path_}, {"rows", m.rows}, {"d_in", m.d_in},
-              {"model", m.source.model}, {"layer", m.source.layer}, {"hook", m.source.hook},
-              {"corpus", m.source.corpus}};
+    json j = {
+        {"kind", "shards"},        {"path", path_},           {"rows", m.rows},        {"d_in", m.d_in},
+        {"model", m.source.model}, {"layer", m.source.layer}, {"hook", m.source.hook}, {"corpus", m.source.corpus}};
     return j.dump();
   }
 
@@ -77,8 +77,13 @@ class SyntheticSource : public BatchSource {
   int64_t position() const override { return pos_; }
   std::string DescribeJson() const override {
     const SyntheticOptions& o = dict_.options();
-    json j = {{"kind", "synthetic"}, {"d_in", o.d_in}, {"atoms", o.atoms}, {"k", o.k},
-              {"seed", o.seed}, {"noise", o.noise}, {"frequency_decay", o.frequency_decay}};
+    json j = {{"kind", "synthetic"},
+              {"d_in", o.d_in},
+              {"atoms", o.atoms},
+              {"k", o.k},
+              {"seed", o.seed},
+              {"noise", o.noise},
+              {"frequency_decay", o.frequency_decay}};
     return j.dump();
   }
 
@@ -120,9 +125,9 @@ class LmSource : public BatchSource {
   }
   int64_t position() const override { return pos_; }
   std::string DescribeJson() const override {
-    json j = {{"kind", "lm"}, {"model", job_data_.model}, {"layer", job_data_.layer}, {"hook", "resid_post"},
-              {"corpus", job_data_.corpus}, {"context", job_data_.context}, {"d_in", d_in()},
-              {"seed", job_data_.seed}};
+    json j = {{"kind", "lm"},         {"model", job_data_.model},   {"layer", job_data_.layer},
+              {"hook", "resid_post"}, {"corpus", job_data_.corpus}, {"context", job_data_.context},
+              {"d_in", d_in()},       {"seed", job_data_.seed}};
     return j.dump();
   }
 

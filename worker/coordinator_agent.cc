@@ -8,8 +8,8 @@
 #include <chrono>
 #include <cmath>
 #include <deque>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -124,8 +124,11 @@ class Reporter {
 class Agent {
  public:
   Agent(WorkerAgentOptions o, ClientOptions c, std::shared_ptr<grpc::Channel> ch, const std::atomic<bool>* stop)
-      : opts_(std::move(o)), client_(std::move(c)), stub_(v1::WorkerService::NewStub(ch)),
-        data_(v1::DataService::NewStub(ch)), stop_(stop) {}
+      : opts_(std::move(o)),
+        client_(std::move(c)),
+        stub_(v1::WorkerService::NewStub(ch)),
+        data_(v1::DataService::NewStub(ch)),
+        stop_(stop) {}
 
   int Run() {
     ServeIdleMetrics(true);
@@ -348,10 +351,13 @@ class Agent {
     res.set_attempt(a.attempt());
     res.set_rank(a.rank());
     absl::Status fetched = parsed.status();
-    if (fetched.ok() && cfg.data.kind == DataKind::kShards && (opts_.fetch_data || !PathExists(cfg.data.path + "/manifest.json"))) {
+    if (fetched.ok() && cfg.data.kind == DataKind::kShards &&
+        (opts_.fetch_data || !PathExists(cfg.data.path + "/manifest.json"))) {
       auto local = FetchShards(cfg.data.path);
-      if (local.ok()) cfg.data.path = *local;
-      else fetched = local.status();
+      if (local.ok())
+        cfg.data.path = *local;
+      else
+        fetched = local.status();
     }
     RunOptions ro;
     ro.progress = ProgressMode::kQuiet;
@@ -453,9 +459,12 @@ class Agent {
       SAE_LOG(kWarn) << a.job_id() << " attempt " << a.attempt() << ": " << sum.status().message();
     }
     *res.mutable_progress() = last;
-    SendWithRetry(res, [this](grpc::ClientContext* ctx, const v1::AttemptResult& q, v1::Ack* k) {
-      return stub_->ReportResult(ctx, q, k);
-    }, stop_->load() ? 5 : 300);
+    SendWithRetry(
+        res,
+        [this](grpc::ClientContext* ctx, const v1::AttemptResult& q, v1::Ack* k) {
+          return stub_->ReportResult(ctx, q, k);
+        },
+        stop_->load() ? 5 : 300);
   }
 
   // Between jobs the metrics port answers with an empty exposition, so the
@@ -518,8 +527,8 @@ int RunWorkerAgent(WorkerAgentOptions opts, const std::atomic<bool>* stop) {
   if (!opts.metrics_listen.empty()) {
     const size_t colon = opts.metrics_listen.rfind(':');
     if (colon != std::string::npos && opts.metrics_listen.substr(colon + 1) == "0")
-      opts.metrics_listen = absl::StrCat(opts.metrics_listen.substr(0, colon), ":",
-                                         FreePort(opts.metrics_listen.substr(0, colon)));
+      opts.metrics_listen =
+          absl::StrCat(opts.metrics_listen.substr(0, colon), ":", FreePort(opts.metrics_listen.substr(0, colon)));
   }
   Agent agent(opts, c, *ch, stop);
   return agent.Run();

@@ -28,13 +28,25 @@ absl::Status TruncateMetrics(const std::string& path, int64_t step) {
 }
 
 std::string MetricsLine(const StepMetrics& m, const RunRates& r, int64_t unix_time) {
-  json j = {{"step", m.step}, {"tokens", m.tokens}, {"k", m.k}, {"lr", m.lr},
-            {"loss", m.loss}, {"fvu", m.fvu}, {"mse", m.mse}, {"aux_loss", m.aux_loss},
-            {"l0", m.l0}, {"dead_ratio", m.dead_ratio}, {"grad_norm", m.grad_norm},
+  json j = {{"step", m.step},
+            {"tokens", m.tokens},
+            {"k", m.k},
+            {"lr", m.lr},
+            {"loss", m.loss},
+            {"fvu", m.fvu},
+            {"mse", m.mse},
+            {"aux_loss", m.aux_loss},
+            {"l0", m.l0},
+            {"dead_ratio", m.dead_ratio},
+            {"grad_norm", m.grad_norm},
             {"recon_norm_ratio", m.recon_norm_ratio},
-            {"step_seconds", m.seconds}, {"tokens_per_second", r.tokens_per_second},
-            {"data_wait_seconds", r.data_wait_seconds}, {"allreduce_seconds", m.allreduce_seconds},
-            {"allreduce_bytes", m.allreduce_bytes}, {"ranks", r.ranks}, {"time", unix_time}};
+            {"step_seconds", m.seconds},
+            {"tokens_per_second", r.tokens_per_second},
+            {"data_wait_seconds", r.data_wait_seconds},
+            {"allreduce_seconds", m.allreduce_seconds},
+            {"allreduce_bytes", m.allreduce_bytes},
+            {"ranks", r.ranks},
+            {"time", unix_time}};
   return j.dump();
 }
 

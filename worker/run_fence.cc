@@ -45,8 +45,8 @@ absl::StatusOr<int> RunFence::Lock() const {
     }
     if (std::chrono::steady_clock::now() > deadline) {
       ::close(fd);
-      SAE_LOG(kWarn) << path << ": held by a stalled writer for " << kStalledSeconds
-                     << " s; attempt " << attempt_ << " goes on without it";
+      SAE_LOG(kWarn) << path << ": held by a stalled writer for " << kStalledSeconds << " s; attempt " << attempt_
+                     << " goes on without it";
       return -1;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -70,8 +70,8 @@ absl::Status RunFence::Claim() {
   Held held(fd);
   SAE_ASSIGN_OR_RETURN(int owner, Owner());
   if (owner > attempt_)
-    return absl::FailedPreconditionError(absl::StrCat("attempt ", attempt_, " is stale: attempt ", owner,
-                                                      " of this job owns ", dir_));
+    return absl::FailedPreconditionError(
+        absl::StrCat("attempt ", attempt_, " is stale: attempt ", owner, " of this job owns ", dir_));
   if (owner == attempt_) return absl::OkStatus();
   return AtomicWriteFile(dir_ + "/attempt", absl::StrCat(attempt_, "\n"));
 }
@@ -82,8 +82,8 @@ absl::StatusOr<RunFence::Held> RunFence::Hold() const {
   Held held(fd);
   SAE_ASSIGN_OR_RETURN(int owner, Owner());
   if (owner != attempt_)
-    return absl::AbortedError(absl::StrCat("stale attempt ", attempt_, ": attempt ", owner, " of this job owns ",
-                                           dir_, "; this attempt writes nothing more"));
+    return absl::AbortedError(absl::StrCat("stale attempt ", attempt_, ": attempt ", owner, " of this job owns ", dir_,
+                                           "; this attempt writes nothing more"));
   return held;
 }
 

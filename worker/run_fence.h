@@ -50,7 +50,7 @@ class RunFence {
   static constexpr int kStalledSeconds = 10;
 
  private:
-  absl::StatusOr<int> Lock() const;  // the locked fd of .lock (-1: a stalled holder; not locked)
+  absl::StatusOr<int> Lock() const;   // the locked fd of .lock (-1: a stalled holder; not locked)
   absl::StatusOr<int> Owner() const;  // the number in `attempt` (0 if none)
 
   std::string dir_;

@@ -26,15 +26,14 @@ BackendFacts BackendFactsFor(const JobConfig& job, const RunOptions& opts) {
   return f;
 }
 
-absl::StatusOr<RunWorld> OpenRunWorld(const JobConfig& job, const RunOptions& opts,
-                                      const std::string& origin) {
+absl::StatusOr<RunWorld> OpenRunWorld(const JobConfig& job, const RunOptions& opts, const std::string& origin) {
   RunWorld w;
   const std::string configured = OptionName(job.world.backend);
   w.backend = configured == "auto" ? ChooseBackend(configured, BackendFactsFor(job, opts)) : configured;
   if (w.backend == "local" && job.world.workers != 1)
-    return absl::FailedPreconditionError(absl::StrCat(
-        origin, ": world.workers: ", job.world.workers, " workers need `mpirun -np ", job.world.workers,
-        " sae-worker --job FILE` (or a coordinator); this process trains alone"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(origin, ": world.workers: ", job.world.workers, " workers need `mpirun -np ", job.world.workers,
+                     " sae-worker --job FILE` (or a coordinator); this process trains alone"));
   CommOptions co;
   co.expected_world_size = static_cast<int>(job.world.workers);
   co.rank = opts.rank;

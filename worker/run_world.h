@@ -36,8 +36,7 @@ struct RunWorld {
 
 // Chooses the backend and creates the communicator; errors name `origin`
 // (a world of several workers without a launcher is refused by name).
-absl::StatusOr<RunWorld> OpenRunWorld(const JobConfig& job, const RunOptions& opts,
-                                      const std::string& origin);
+absl::StatusOr<RunWorld> OpenRunWorld(const JobConfig& job, const RunOptions& opts, const std::string& origin);
 
 // HOST:PORT where `rank` serves metrics: `listen` itself, or with several
 // ranks on one host and per_rank, PORT + rank (a port of 0 stays 0).

@@ -13,8 +13,8 @@ namespace sae {
 absl::StatusOr<bool> AgreeOnStop(Communicator* comm, bool local, absl::Duration timeout) {
   uint8_t stop = local ? 1 : 0;
   if (comm != nullptr && comm->world_size() > 1) {
-    SAE_RETURN_IF_ERROR(Annotate(comm->AllReduce(&stop, 1, CommDType::kU8, ReduceOp::kMax, timeout),
-                                 "agreeing on a stop"));
+    SAE_RETURN_IF_ERROR(
+        Annotate(comm->AllReduce(&stop, 1, CommDType::kU8, ReduceOp::kMax, timeout), "agreeing on a stop"));
   }
   return stop != 0;
 }

@@ -34,11 +34,11 @@ struct StepLoopConfig {
 // What the loop hands over after each step.
 struct StepReport {
   const StepMetrics& metrics;
-  int64_t rank_rows = 0;          // rows this rank trained in the step
-  double data_wait_seconds = 0;   // waiting for this step's rows
-  double total_data_wait = 0;     // since the loop started
-  double tokens_per_second = 0;   // the job's, since the loop started
-  bool log_now = false;           // a step to log (log_every_steps, and the last)
+  int64_t rank_rows = 0;         // rows this rank trained in the step
+  double data_wait_seconds = 0;  // waiting for this step's rows
+  double total_data_wait = 0;    // since the loop started
+  double tokens_per_second = 0;  // the job's, since the loop started
+  bool log_now = false;          // a step to log (log_every_steps, and the last)
 };
 
 enum class LoopEnd {

@@ -49,9 +49,14 @@ int RunTrainCommand(const TrainCommandArgs& a) {
     return 0;
   }
   if (a.json) {
-    nlohmann::json j = {{"output", sum->output}, {"tokens", sum->tokens}, {"steps", sum->steps},
-                        {"fvu", sum->fvu}, {"mse", sum->mse}, {"l0", sum->l0},
-                        {"dead_ratio", sum->dead_ratio}, {"tokens_per_second", sum->tokens_per_second}};
+    nlohmann::json j = {{"output", sum->output},
+                        {"tokens", sum->tokens},
+                        {"steps", sum->steps},
+                        {"fvu", sum->fvu},
+                        {"mse", sum->mse},
+                        {"l0", sum->l0},
+                        {"dead_ratio", sum->dead_ratio},
+                        {"tokens_per_second", sum->tokens_per_second}};
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("trained %s\n%s", job->name.c_str(), FormatSummaryTable(*sum).c_str());

@@ -10,11 +10,11 @@
 namespace sae {
 
 struct TrainCommandArgs {
-  std::string job;            // job file (YAML)
+  std::string job;  // job file (YAML)
   bool resume = false;
-  bool json = false;          // summary as one JSON object
-  bool quiet = false;         // no progress output (also implied by json)
-  std::string output;         // overrides the job's output directory ("" = keep)
+  bool json = false;   // summary as one JSON object
+  bool quiet = false;  // no progress output (also implied by json)
+  std::string output;  // overrides the job's output directory ("" = keep)
   int64_t max_steps = -1;
   int rank = -1, world_size = 0;  // gloo ranks started without mpirun
   std::string rendezvous;

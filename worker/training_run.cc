@@ -78,8 +78,8 @@ double PlantedRecovery(const JobConfig& job, const SaeParams& p) {
 }
 
 // Serves this rank's Prometheus metrics when asked to (null otherwise).
-absl::StatusOr<std::unique_ptr<TrainingMetrics>> StartTelemetry(const JobConfig& job, const RunOptions& opts,
-                                                                 int rank, int world) {
+absl::StatusOr<std::unique_ptr<TrainingMetrics>> StartTelemetry(const JobConfig& job, const RunOptions& opts, int rank,
+                                                                int world) {
   if (opts.metrics_listen.empty()) return std::unique_ptr<TrainingMetrics>();
   const std::string listen = MetricsListenFor(opts.metrics_listen, rank, world, opts.metrics_port_per_rank);
   MetricLabels labels;
@@ -140,8 +140,8 @@ absl::StatusOr<Prepared> PrepareTrainer(const JobConfig& job, const RunOptions& 
   SAE_ASSIGN_OR_RETURN(const int64_t data_pos, DataPositionOf(*extra, state_path));
   p.source.reset();
   SAE_ASSIGN_OR_RETURN(p.source, OpenBatchSource(job, data_pos, share));
-  SAE_LOG(kInfo) << "resuming " << state_path << " at step " << p.trainer->step() << ", "
-                 << p.trainer->tokens_seen() << " tokens";
+  SAE_LOG(kInfo) << "resuming " << state_path << " at step " << p.trainer->step() << ", " << p.trainer->tokens_seen()
+                 << " tokens";
   return p;
 }
 
@@ -186,18 +186,27 @@ RunSummary Summarize(const JobConfig& job, const SaeTrainer& t, const StepLoop& 
 }
 
 // Rank 0: the final SAE and summary.json, then OUTPUT.partial/ renamed to OUTPUT.
-absl::Status WriteFinalOutputs(const JobConfig& job, const RunDir& dir, const RunFence& fence,
-                               const SaeTrainer& t, const BatchSource& source, const RunSummary& sum) {
+absl::Status WriteFinalOutputs(const JobConfig& job, const RunDir& dir, const RunFence& fence, const SaeTrainer& t,
+                               const BatchSource& source, const RunSummary& sum) {
   SAE_ASSIGN_OR_RETURN(RunFence::Held held, fence.Hold());
   SAE_ASSIGN_OR_RETURN(json data, ParseJson(source.DescribeJson(), "data source description"));
   json prov = {{"job", job.name}, {"data", data}, {"ranks", sum.world}};
   SAE_RETURN_IF_ERROR(t.ExportSae(dir.work_dir, prov.dump()));
-  json summary = {{"name", job.name}, {"tokens", sum.tokens}, {"steps", sum.steps},
-                  {"fvu", sum.fvu}, {"mse", sum.mse}, {"l0", sum.l0},
-                  {"dead_ratio", sum.dead_ratio}, {"dead_latents", t.dead().NumDead()},
-                  {"aux_loss", sum.aux_loss}, {"tokens_per_second", sum.tokens_per_second},
-                  {"seconds", sum.seconds}, {"d_in", sum.d_in}, {"latents", sum.latents},
-                  {"k", sum.k}, {"dead_remedy", sum.remedy}};
+  json summary = {{"name", job.name},
+                  {"tokens", sum.tokens},
+                  {"steps", sum.steps},
+                  {"fvu", sum.fvu},
+                  {"mse", sum.mse},
+                  {"l0", sum.l0},
+                  {"dead_ratio", sum.dead_ratio},
+                  {"dead_latents", t.dead().NumDead()},
+                  {"aux_loss", sum.aux_loss},
+                  {"tokens_per_second", sum.tokens_per_second},
+                  {"seconds", sum.seconds},
+                  {"d_in", sum.d_in},
+                  {"latents", sum.latents},
+                  {"k", sum.k},
+                  {"dead_remedy", sum.remedy}};
   if (sum.planted_recovered >= 0) summary["planted_atoms_recovered"] = sum.planted_recovered;
   SAE_RETURN_IF_ERROR(AtomicWriteFile(dir.work_dir + "/" + kSummaryFile, summary.dump(2) + "\n"));
   // The fence's files do not belong to the output; a stale attempt that
@@ -287,7 +296,8 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
     if (!leader) return absl::OkStatus();
     SAE_ASSIGN_OR_RETURN(RunFence::Held held, fence.Hold());
     SAE_RETURN_IF_ERROR(WriteCheckpoint(dir, trainer, p.source->position(), 2));
-    if (opts.on_checkpoint) opts.on_checkpoint(trainer.step(), trainer.tokens_seen(), dir.CheckpointPath(trainer.step()));
+    if (opts.on_checkpoint)
+      opts.on_checkpoint(trainer.step(), trainer.tokens_seen(), dir.CheckpointPath(trainer.step()));
     return absl::OkStatus();
   };
   Progress progress(leader ? opts.progress : ProgressMode::kQuiet, job.train.tokens);
@@ -301,10 +311,9 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
   };
   if (leader) {
     SAE_LOG(kInfo) << "training " << (job.name.empty() ? origin : job.name) << " on " << world << " rank(s) ("
-                   << w.backend << "): d_in " << p.source->d_in() << ", latents " << trainer.options().latents
-                   << ", k " << trainer.options().k << ", " << job.train.tokens << " tokens, batch "
-                   << job.train.batch_tokens << ", lr " << trainer.base_lr() << ", " << at::get_num_threads()
-                   << " threads";
+                   << w.backend << "): d_in " << p.source->d_in() << ", latents " << trainer.options().latents << ", k "
+                   << trainer.options().k << ", " << job.train.tokens << " tokens, batch " << job.train.batch_tokens
+                   << ", lr " << trainer.base_lr() << ", " << at::get_num_threads() << " threads";
   }
   SAE_ASSIGN_OR_RETURN(const LoopEnd end, loop.Run());
   if (end == LoopEnd::kStopped) {

@@ -52,7 +52,7 @@ struct RunOptions {
 };
 
 struct RunSummary {
-  std::string output;        // final directory ("" when stopped early)
+  std::string output;  // final directory ("" when stopped early)
   bool finished = false;
   int64_t tokens = 0, steps = 0;
   double fvu = 0, mse = 0, l0 = 0, dead_ratio = 0, aux_loss = 0;

@@ -39,8 +39,7 @@ int WorkerMain(int argc, char** argv) {
   app.add_option("--metrics-listen", ta.metrics_listen,
                  "serve Prometheus metrics at HOST:PORT/metrics (rank r adds r to PORT)");
   app.add_option("--rank", ta.rank, "gloo: this worker's rank (or SAE_RANK)")->envname("SAE_RANK");
-  app.add_option("--world-size", ta.world_size, "gloo: number of ranks (or SAE_WORLD_SIZE)")
-      ->envname("SAE_WORLD_SIZE");
+  app.add_option("--world-size", ta.world_size, "gloo: number of ranks (or SAE_WORLD_SIZE)")->envname("SAE_WORLD_SIZE");
   app.add_option("--rendezvous", ta.rendezvous, "gloo: HOST:PORT of the store rank 0 serves (or SAE_RENDEZVOUS)")
       ->envname("SAE_RENDEZVOUS");
   WorkerAgentOptions agent;

@@ -80,17 +80,15 @@ int BlasCoreLevel(const std::string& core) {
   const std::string c = Lower(core);
   if (c == "skylakex" || c == "cooperlake" || c == "sapphirerapids") return 3;
   if (c == "haswell" || c == "zen") return 2;
-  if (c == "sandybridge" || c == "bulldozer" || c == "piledriver" || c == "steamroller" ||
-      c == "excavator")
-    return 1;
+  if (c == "sandybridge" || c == "bulldozer" || c == "piledriver" || c == "steamroller" || c == "excavator") return 1;
   return 0;
 }
 
 std::string CpuBestBlasCore() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq"))
     return __builtin_cpu_supports("avx512bf16") ? "Cooperlake" : "SkylakeX";
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
   if (__builtin_cpu_supports("avx")) return "Sandybridge";
@@ -129,8 +127,8 @@ void ChooseBlasKernel(int argc, char** argv) {
   unsetenv(kChosenFrom);
   unsetenv(kReexecPid);
   SAE_LOG(kWarn) << "BLAS kernel: OpenBLAS chose " << core << " on a CPU that allows " << best
-                 << "; re-executing with OPENBLAS_CORETYPE=" << best << " failed: "
-                 << std::strerror(errno) << " (set OPENBLAS_CORETYPE yourself)";
+                 << "; re-executing with OPENBLAS_CORETYPE=" << best << " failed: " << std::strerror(errno)
+                 << " (set OPENBLAS_CORETYPE yourself)";
 }
 
 const BlasKernel& CurrentBlasKernel() { return Current(); }

@@ -100,22 +100,12 @@ class HumanIntScanner {
   bool ReadSuffixAndEnd(HumanNumber* n, std::string* why) {
     if (i_ < s_.size()) {
       switch (absl::ascii_tolower(s_[i_])) {
-        case 'k':
-          n->exponent += 3;
-          break;
-        case 'm':
-          n->exponent += 6;
-          break;
+        case 'k': n->exponent += 3; break;
+        case 'm': n->exponent += 6; break;
         case 'g':
-        case 'b':
-          n->exponent += 9;
-          break;
-        case 't':
-          n->exponent += 12;
-          break;
-        default:
-          *why = "not a number";
-          return false;
+        case 'b': n->exponent += 9; break;
+        case 't': n->exponent += 12; break;
+        default: *why = "not a number"; return false;
       }
       ++i_;
     }
@@ -199,16 +189,11 @@ bool ParseHumanInt(const std::string& text, bool* negative, uint64_t* magnitude,
 
 std::string Describe(const YAML::Node& node) {
   switch (node.Type()) {
-    case YAML::NodeType::Null:
-      return "null";
-    case YAML::NodeType::Map:
-      return "a mapping";
-    case YAML::NodeType::Sequence:
-      return "a list";
-    case YAML::NodeType::Scalar:
-      return absl::StrCat("'", node.Scalar(), "'");
-    default:
-      return "nothing";
+    case YAML::NodeType::Null: return "null";
+    case YAML::NodeType::Map: return "a mapping";
+    case YAML::NodeType::Sequence: return "a list";
+    case YAML::NodeType::Scalar: return absl::StrCat("'", node.Scalar(), "'");
+    default: return "nothing";
   }
 }
 
@@ -224,9 +209,9 @@ class Reader {
       return absl::InvalidArgumentError(absl::StrCat(origin_, ": the job file is empty"));
     }
     if (!root.IsMap()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          origin_, ": the job file must be a mapping of name, data, sae, train, world, output; got ",
-          Describe(root), Location(root.Mark())));
+      return absl::InvalidArgumentError(
+          absl::StrCat(origin_, ": the job file must be a mapping of name, data, sae, train, world, output; got ",
+                       Describe(root), Location(root.Mark())));
     }
     SAE_RETURN_IF_ERROR(Section(root, "", *cfg));
     // What the file leaves out: rules on the presence of keys (values are
@@ -325,9 +310,9 @@ class Reader {
         if (use == FieldUse::kKey || use == FieldUse::kReadOnly) valid.push_back(key);
       });
       const std::string path = field.empty() ? name : absl::StrCat(field, ".", name);
-      return absl::InvalidArgumentError(absl::StrCat(
-          origin_, ": unknown key '", path, "'", Location(kv.first.Mark()), "; valid keys",
-          field.empty() ? "" : absl::StrCat(" under '", field, "'"), ": ", absl::StrJoin(valid, ", ")));
+      return absl::InvalidArgumentError(
+          absl::StrCat(origin_, ": unknown key '", path, "'", Location(kv.first.Mark()), "; valid keys",
+                       field.empty() ? "" : absl::StrCat(" under '", field, "'"), ": ", absl::StrJoin(valid, ", ")));
     }
     return absl::OkStatus();
   }
@@ -373,10 +358,10 @@ class Reader {
       uint64_t magnitude = 0;
       std::string why;
       if (!ParseHumanInt(node.Scalar(), &negative, &magnitude, &why)) {
-        return Error(field,
-                     absl::StrCat("expected an integer (like 4096, 50_000_000, 5e7, 50M), got ", Describe(node),
-                                  ": ", why),
-                     node);
+        return Error(
+            field,
+            absl::StrCat("expected an integer (like 4096, 50_000_000, 5e7, 50M), got ", Describe(node), ": ", why),
+            node);
       }
       if constexpr (std::is_same_v<M, uint64_t>) {
         if (negative) return Error(field, absl::StrCat(Describe(node), " must be >= 0"), node);
@@ -482,17 +467,13 @@ class Checker {
   void Merge(const absl::Status& s) {
     if (!s.ok() && status_.ok()) status_ = Annotate(s, origin_);
   }
-  void Positive(int64_t v, const std::string& field) {
-    Check(v > 0, field, absl::StrCat("must be > 0 (got ", v, ")"));
-  }
+  void Positive(int64_t v, const std::string& field) { Check(v > 0, field, absl::StrCat("must be > 0 (got ", v, ")")); }
   void NonNegative(double v, const std::string& field) {
     Check(v >= 0, field, absl::StrCat("must be >= 0 (got ", FormatDouble(v), ")"));
   }
   void Fraction(double v, const std::string& field, bool zero_ok) {
     bool ok = (zero_ok ? v >= 0 : v > 0) && v <= 1;
-    Check(
-        ok, field,
-        absl::StrCat("must be in ", zero_ok ? "[0, 1]" : "(0, 1]", " (got ", FormatDouble(v), ")"));
+    Check(ok, field, absl::StrCat("must be in ", zero_ok ? "[0, 1]" : "(0, 1]", " (got ", FormatDouble(v), ")"));
   }
   absl::Status status() const { return status_; }
 
@@ -506,8 +487,9 @@ class Checker {
 void CheckTextFields(const JobConfig& cfg, Checker& c) {
   auto text = [&](const std::string& v, const char* field, size_t max) {
     c.Check(v.size() <= max, field, absl::StrCat(v.size(), " characters, more than ", max));
-    c.Check(std::none_of(v.begin(), v.end(), [](char ch) { return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f; }),
-            field, "contains a control character (NUL, newline, tab, ...)");
+    c.Check(
+        std::none_of(v.begin(), v.end(), [](char ch) { return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f; }),
+        field, "contains a control character (NUL, newline, tab, ...)");
   };
   text(cfg.name, "name", kMaxNameLength);
   text(cfg.data.path, "data.path", kMaxPathLength);
@@ -527,8 +509,7 @@ void CheckData(const DataConfig& d, Checker& c) {
     c.Positive(d.latents, "data.latents");
     c.Check(d.latents <= kMaxLatents, "data.latents", absl::StrCat(d.latents, " exceeds ", kMaxLatents));
     c.Positive(d.k, "data.k");
-    c.Check(d.k <= d.latents || d.latents <= 0, "data.k",
-            absl::StrCat(d.k, " exceeds data.latents (", d.latents, ")"));
+    c.Check(d.k <= d.latents || d.latents <= 0, "data.k", absl::StrCat(d.k, " exceeds data.latents (", d.latents, ")"));
     c.NonNegative(d.noise, "data.noise");
     c.NonNegative(d.frequency_decay, "data.frequency_decay");
   } else if (d.kind == DataKind::kLm) {
@@ -543,10 +524,8 @@ void CheckData(const DataConfig& d, Checker& c) {
 void CheckSae(const DataConfig& d, const SaeConfig& s, Checker& c) {
   // latents: given, or expansion_factor * d_in where d_in is known here.
   c.Check(s.latents >= 0, "sae.latents", absl::StrCat("must be > 0 (got ", s.latents, ")"));
-  c.Check(s.expansion_factor >= 0, "sae.expansion_factor",
-          absl::StrCat("must be > 0 (got ", s.expansion_factor, ")"));
-  c.Check(s.latents > 0 || s.expansion_factor > 0, "sae.latents",
-          "required (or sae.expansion_factor)");
+  c.Check(s.expansion_factor >= 0, "sae.expansion_factor", absl::StrCat("must be > 0 (got ", s.expansion_factor, ")"));
+  c.Check(s.latents > 0 || s.expansion_factor > 0, "sae.latents", "required (or sae.expansion_factor)");
   // The data's width where the file gives it (synthetic); 0 = known later.
   const int64_t d_in = d.kind == DataKind::kSynthetic && d.d_in > 0 && d.d_in <= kMaxDIn ? d.d_in : 0;
   int64_t latents = s.latents;
@@ -557,9 +536,9 @@ void CheckSae(const DataConfig& d, const SaeConfig& s, Checker& c) {
       latents = s.expansion_factor * d_in;
     }
     if (s.latents > 0) {
-      c.Check(s.latents / d_in == s.expansion_factor && s.latents % d_in == 0, "sae.latents",
-              absl::StrCat(s.latents, " is not sae.expansion_factor (", s.expansion_factor, ") * data.d_in (",
-                           d_in, ")"));
+      c.Check(
+          s.latents / d_in == s.expansion_factor && s.latents % d_in == 0, "sae.latents",
+          absl::StrCat(s.latents, " is not sae.expansion_factor (", s.expansion_factor, ") * data.d_in (", d_in, ")"));
     }
   }
   if (latents > 0) {
@@ -569,10 +548,9 @@ void CheckSae(const DataConfig& d, const SaeConfig& s, Checker& c) {
   }
   if (s.k_schedule.enabled) {
     const KScheduleConfig& ks = s.k_schedule;
-    c.CheckRelation(ks.end == s.k,
-                    absl::StrCat("sae.k_schedule.end (", ks.end, ") must equal sae.k (", s.k, ")"));
-    c.CheckRelation(ks.start == 0 || ks.start >= ks.end, absl::StrCat("sae.k_schedule.start (", ks.start,
-                                                                      ") must be >= end (", ks.end, ")"));
+    c.CheckRelation(ks.end == s.k, absl::StrCat("sae.k_schedule.end (", ks.end, ") must equal sae.k (", s.k, ")"));
+    c.CheckRelation(ks.start == 0 || ks.start >= ks.end,
+                    absl::StrCat("sae.k_schedule.start (", ks.start, ") must be >= end (", ks.end, ")"));
     c.Fraction(ks.fraction, "sae.k_schedule.fraction", /*zero_ok=*/false);
     c.NonNegative(ks.current_k_weight, "sae.k_schedule.current_k_weight");
   }
@@ -587,12 +565,11 @@ void CheckTrainAndWorld(const TrainConfig& t, const WorldConfig& w, Checker& c) 
   c.Check(w.workers >= 1, "world.workers", absl::StrCat("must be >= 1 (got ", w.workers, ")"));
   c.Check(w.timeout_seconds > 0, "world.timeout_seconds", "must be > 0");
   if (t.batch_tokens > 0 && w.workers >= 1) {
-    c.CheckRelation(t.batch_tokens >= w.workers,
-                    absl::StrCat("train.batch_tokens (", t.batch_tokens,
-                                 ") must be >= world.workers (", w.workers, ")"));
-    c.CheckRelation(t.batch_tokens % w.workers == 0,
-                    absl::StrCat("train.batch_tokens (", t.batch_tokens,
-                                 ") must be divisible by world.workers (", w.workers, ")"));
+    c.CheckRelation(t.batch_tokens >= w.workers, absl::StrCat("train.batch_tokens (", t.batch_tokens,
+                                                              ") must be >= world.workers (", w.workers, ")"));
+    c.CheckRelation(
+        t.batch_tokens % w.workers == 0,
+        absl::StrCat("train.batch_tokens (", t.batch_tokens, ") must be divisible by world.workers (", w.workers, ")"));
   }
   c.NonNegative(t.lr, "train.lr");
   c.Fraction(t.warmup_fraction, "train.warmup_fraction", /*zero_ok=*/true);
@@ -627,10 +604,9 @@ absl::Status CheckSaeShape(int64_t d_in, int64_t latents, int64_t k, int64_t k_s
   if (d_in > 0 && d_in <= kMaxDIn) {
     const double gib = EstimateTrainingBytes(latents, d_in) / double(int64_t{1} << 30);
     if (gib > kMaxTrainingGiB)
-      return fail("sae.latents", absl::StrCat(latents, " latents x d_in ", d_in, " need about ",
-                                              static_cast<int64_t>(gib),
-                                              " GiB (parameters, gradients, Adam state), more than ",
-                                              kMaxTrainingGiB));
+      return fail("sae.latents",
+                  absl::StrCat(latents, " latents x d_in ", d_in, " need about ", static_cast<int64_t>(gib),
+                               " GiB (parameters, gradients, Adam state), more than ", kMaxTrainingGiB));
   }
   if (k < 1) return fail("sae.k", absl::StrCat("must be > 0 (got ", k, ")"));
   if (k > latents) return fail("sae.k", absl::StrCat(k, " exceeds sae.latents (", latents, ")"));
@@ -646,8 +622,7 @@ absl::StatusOr<JobConfig> ParseJobConfig(const std::string& yaml, const std::str
     Reader reader(origin);
     SAE_RETURN_IF_ERROR(reader.Read(root, &cfg));
   } catch (const YAML::Exception& e) {
-    std::string where =
-        e.mark.is_null() ? "" : absl::StrCat(":", e.mark.line + 1, ":", e.mark.column + 1);
+    std::string where = e.mark.is_null() ? "" : absl::StrCat(":", e.mark.line + 1, ":", e.mark.column + 1);
     return absl::InvalidArgumentError(
         absl::StrCat(origin, where, ": invalid YAML: ", e.msg.empty() ? e.what() : e.msg));
   } catch (const std::exception& e) {

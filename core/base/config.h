@@ -32,10 +32,10 @@ enum class FieldUse {
 };
 
 struct KScheduleConfig {
-  bool enabled = false;      // false: constant k
-  int64_t start = 0;         // k at the beginning; 0 (or absent) = d_in, at least end
-  int64_t end = 0;           // the target k (must equal sae.k)
-  double fraction = 0.25;    // share of train.tokens over which k anneals, (0, 1]
+  bool enabled = false;            // false: constant k
+  int64_t start = 0;               // k at the beginning; 0 (or absent) = d_in, at least end
+  int64_t end = 0;                 // the target k (must equal sae.k)
+  double fraction = 0.25;          // share of train.tokens over which k anneals, (0, 1]
   KShape shape = KShape::kLinear;  // linear | cosine | exponential
   // The loss while k is above its end: multi_topk (fvu at the end k, from
   // the first `end` of each row's top-k, + current_k_weight x the fitted fvu
@@ -63,11 +63,11 @@ struct DataConfig {
   int64_t shuffle_buffer_rows = 65536;  // bounded shuffle window (rows); 1 = no shuffle
   // synthetic: planted sparse dictionary
   int64_t d_in = 64;
-  int64_t latents = 256;        // number of true atoms
-  int64_t k = 4;                // atoms active per row
-  uint64_t seed = 0;            // synthetic; lm with corpus: generate
-  double noise = 0.01;          // std of the Gaussian noise added per element
-  double frequency_decay = 0.0; // atom i is chosen with weight (i+1)^-decay (0 = uniform)
+  int64_t latents = 256;         // number of true atoms
+  int64_t k = 4;                 // atoms active per row
+  uint64_t seed = 0;             // synthetic; lm with corpus: generate
+  double noise = 0.01;           // std of the Gaussian noise added per element
+  double frequency_decay = 0.0;  // atom i is chosen with weight (i+1)^-decay (0 = uniform)
   // lm: activations computed on the fly
   std::string model;
   int64_t layer = -1;
@@ -99,8 +99,8 @@ struct DataConfig {
 };
 
 struct SaeConfig {
-  int64_t latents = 0;            // set directly or from expansion_factor * d_in
-  int64_t expansion_factor = 0;   // 0 = not given
+  int64_t latents = 0;           // set directly or from expansion_factor * d_in
+  int64_t expansion_factor = 0;  // 0 = not given
   int64_t k = 32;
   KScheduleConfig k_schedule;
   int64_t dead_window_tokens = 10000000;
@@ -108,7 +108,7 @@ struct SaeConfig {
   // any k schedule, left fewer dead latents than none in every cell of the
   // study (docs/dead-latents.md), at the lowest cost.
   Remedy dead_remedy = Remedy::kAuxK;
-  double aux_coefficient = 0;          // weight of the AuxK / ghost term; 0 = the remedy's default
+  double aux_coefficient = 0;              // weight of the AuxK / ghost term; 0 = the remedy's default
   Normalize normalize = Normalize::kNone;  // none | layer_norm | unit_mean_norm
   InitBDec init_b_dec = InitBDec::kMean;   // mean | geometric_median | zero
   // AuxK's dead-latent reconstruction compared after a closed-form scale
@@ -138,20 +138,20 @@ struct SaeConfig {
 };
 
 struct TrainConfig {
-  int64_t tokens = 0;             // required
+  int64_t tokens = 0;  // required
   int64_t batch_tokens = 4096;
-  double lr = 0;                  // 0 = 2e-4 / sqrt(latents / 2^14)
-  double warmup_fraction = 0.01;  // share of steps with linear warm-up
+  double lr = 0;                      // 0 = 2e-4 / sqrt(latents / 2^14)
+  double warmup_fraction = 0.01;      // share of steps with linear warm-up
   LrDecay lr_decay = LrDecay::kNone;  // none | linear | cosine
   double decay_start_fraction = 0.8;  // decay runs from here to the end
-  double grad_clip = 1.0;         // global-norm clip; 0 disables
+  double grad_clip = 1.0;             // global-norm clip; 0 disables
   uint64_t seed = 0;
-  Precision precision = Precision::kFp32;  // fp32 | bf16
-  Encoder encoder = Encoder::kDense;       // dense | int8_screened (docs/algorithms.md)
+  Precision precision = Precision::kFp32;     // fp32 | bf16
+  Encoder encoder = Encoder::kDense;          // dense | int8_screened (docs/algorithms.md)
   int64_t checkpoint_every_tokens = 5000000;  // 0 = only at the end
-  int64_t log_every_steps = 0;  // 0: about 100 records per run (total steps / 100)
-  Device device = Device::kAuto;  // auto | cpu | cuda
-  int64_t threads = 0;            // 0 = every core
+  int64_t log_every_steps = 0;                // 0: about 100 records per run (total steps / 100)
+  Device device = Device::kAuto;              // auto | cpu | cuda
+  int64_t threads = 0;                        // 0 = every core
 
   template <class S, class V>
   static void Fields(S& t, V&& v) {

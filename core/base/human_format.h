@@ -19,7 +19,6 @@ std::string ProgressBar(double frac, int width);
 
 // "1.23M/2.00M tok  45.6k tok/s  fvu 0.1234  dead 1.50%  k 32  ETA 3m07s":
 // the ETA from the rate (unknown while tok_s is 0).
-std::string ProgressStats(double tokens, double total, double tok_s, double fvu, double dead_ratio,
-                          int64_t k);
+std::string ProgressStats(double tokens, double total, double tok_s, double fvu, double dead_ratio, int64_t k);
 
 }  // namespace sae

@@ -43,25 +43,23 @@ struct OptionValue {
 template <class E>
 struct OptionTable;
 
-#define SAE_OPTION_TABLE(E, ...)                                 \
-  template <>                                                    \
-  struct OptionTable<E> {                                        \
-    static constexpr OptionValue<E> kValues[] = {__VA_ARGS__};   \
+#define SAE_OPTION_TABLE(E, ...)                               \
+  template <>                                                  \
+  struct OptionTable<E> {                                      \
+    static constexpr OptionValue<E> kValues[] = {__VA_ARGS__}; \
   }
 
-SAE_OPTION_TABLE(DataKind, {DataKind::kShards, "shards"}, {DataKind::kLm, "lm"},
-                 {DataKind::kSynthetic, "synthetic"});
+SAE_OPTION_TABLE(DataKind, {DataKind::kShards, "shards"}, {DataKind::kLm, "lm"}, {DataKind::kSynthetic, "synthetic"});
 SAE_OPTION_TABLE(KShape, {KShape::kLinear, "linear"}, {KShape::kCosine, "cosine"},
                  {KShape::kExponential, "exponential"});
-SAE_OPTION_TABLE(Remedy, {Remedy::kNone, "none"}, {Remedy::kGhostGrads, "ghost_grads"},
-                 {Remedy::kAuxK, "auxk"});
+SAE_OPTION_TABLE(Remedy, {Remedy::kNone, "none"}, {Remedy::kGhostGrads, "ghost_grads"}, {Remedy::kAuxK, "auxk"});
 SAE_OPTION_TABLE(Normalize, {Normalize::kNone, "none"}, {Normalize::kLayerNorm, "layer_norm"},
                  {Normalize::kUnitMeanNorm, "unit_mean_norm"});
 SAE_OPTION_TABLE(InitBDec, {InitBDec::kMean, "mean"}, {InitBDec::kGeometricMedian, "geometric_median"},
                  {InitBDec::kZero, "zero"});
 SAE_OPTION_TABLE(AuxKScale, {AuxKScale::kFit, "fit"}, {AuxKScale::kNone, "none"});
-SAE_OPTION_TABLE(InitEncoderScale, {InitEncoderScale::kAuto, "auto"},
-                 {InitEncoderScale::kMatchNorm, "match_norm"}, {InitEncoderScale::kNone, "none"});
+SAE_OPTION_TABLE(InitEncoderScale, {InitEncoderScale::kAuto, "auto"}, {InitEncoderScale::kMatchNorm, "match_norm"},
+                 {InitEncoderScale::kNone, "none"});
 SAE_OPTION_TABLE(KScheduleLoss, {KScheduleLoss::kMultiTopK, "multi_topk"}, {KScheduleLoss::kCurrentK, "current_k"});
 SAE_OPTION_TABLE(LrDecay, {LrDecay::kNone, "none"}, {LrDecay::kLinear, "linear"}, {LrDecay::kCosine, "cosine"});
 SAE_OPTION_TABLE(Precision, {Precision::kFp32, "fp32"}, {Precision::kBf16, "bf16"});

@@ -1,11 +1,11 @@
 #include "core/base/logging.h"
 
+#include <sys/time.h>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
-#include <sys/time.h>
 
 namespace sae {
 namespace {

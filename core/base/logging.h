@@ -27,7 +27,7 @@ class LogMessage {
 }  // namespace internal
 }  // namespace sae
 
-#define SAE_LOG(level)                                                  \
-  if (::sae::LogLevel::level < ::sae::GetLogLevel()) {                  \
-  } else                                                                \
+#define SAE_LOG(level)                                 \
+  if (::sae::LogLevel::level < ::sae::GetLogLevel()) { \
+  } else                                               \
     ::sae::internal::LogMessage(::sae::LogLevel::level).stream()

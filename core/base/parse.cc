@@ -17,16 +17,14 @@ std::string Excerpt(absl::string_view text) {
 absl::StatusOr<int64_t> ParseInt64(absl::string_view text, absl::string_view where) {
   int64_t v = 0;
   if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(text), &v))
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ": '", internal::Excerpt(text), "' is not an integer"));
+    return absl::InvalidArgumentError(absl::StrCat(where, ": '", internal::Excerpt(text), "' is not an integer"));
   return v;
 }
 
 absl::StatusOr<double> ParseDouble(absl::string_view text, absl::string_view where) {
   double v = 0;
   if (!absl::SimpleAtod(absl::StripAsciiWhitespace(text), &v))
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ": '", internal::Excerpt(text), "' is not a number"));
+    return absl::InvalidArgumentError(absl::StrCat(where, ": '", internal::Excerpt(text), "' is not a number"));
   return v;
 }
 
@@ -35,10 +33,14 @@ bool ParseHexByte(absl::string_view text, uint8_t* out) {
   int v = 0;
   for (char c : text) {
     int d;
-    if (c >= '0' && c <= '9') d = c - '0';
-    else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
-    else if (c >= 'A' && c <= 'F') d = c - 'A' + 10;
-    else return false;
+    if (c >= '0' && c <= '9')
+      d = c - '0';
+    else if (c >= 'a' && c <= 'f')
+      d = c - 'a' + 10;
+    else if (c >= 'A' && c <= 'F')
+      d = c - 'A' + 10;
+    else
+      return false;
     v = v * 16 + d;
   }
   *out = static_cast<uint8_t>(v);

@@ -34,19 +34,29 @@ namespace internal {
 std::string Excerpt(absl::string_view text);
 template <typename T>
 bool JsonHolds(const nlohmann::json& v) {
-  if constexpr (std::is_same_v<T, bool>) return v.is_boolean();
-  else if constexpr (std::is_same_v<T, std::string>) return v.is_string();
-  else if constexpr (std::is_integral_v<T> && std::is_unsigned_v<T>) return v.is_number_unsigned();
-  else if constexpr (std::is_integral_v<T>) return v.is_number_integer();
-  else if constexpr (std::is_floating_point_v<T>) return v.is_number();
-  else static_assert(sizeof(T) == 0, "JsonField: unsupported type");
+  if constexpr (std::is_same_v<T, bool>)
+    return v.is_boolean();
+  else if constexpr (std::is_same_v<T, std::string>)
+    return v.is_string();
+  else if constexpr (std::is_integral_v<T> && std::is_unsigned_v<T>)
+    return v.is_number_unsigned();
+  else if constexpr (std::is_integral_v<T>)
+    return v.is_number_integer();
+  else if constexpr (std::is_floating_point_v<T>)
+    return v.is_number();
+  else
+    static_assert(sizeof(T) == 0, "JsonField: unsupported type");
 }
 template <typename T>
 const char* JsonTypeName() {
-  if constexpr (std::is_same_v<T, bool>) return "a boolean";
-  else if constexpr (std::is_same_v<T, std::string>) return "a string";
-  else if constexpr (std::is_integral_v<T>) return "an integer";
-  else return "a number";
+  if constexpr (std::is_same_v<T, bool>)
+    return "a boolean";
+  else if constexpr (std::is_same_v<T, std::string>)
+    return "a string";
+  else if constexpr (std::is_integral_v<T>)
+    return "an integer";
+  else
+    return "a number";
 }
 }  // namespace internal
 
@@ -78,8 +88,7 @@ absl::StatusOr<T> JsonAs(const nlohmann::json& v, absl::string_view where) {
 // not fit T).
 template <typename T>
 absl::StatusOr<T> JsonField(const nlohmann::json& obj, absl::string_view key, absl::string_view where) {
-  if (!obj.is_object())
-    return absl::InvalidArgumentError(absl::StrCat(where, ": not a JSON object"));
+  if (!obj.is_object()) return absl::InvalidArgumentError(absl::StrCat(where, ": not a JSON object"));
   const auto it = obj.find(std::string(key));
   if (it == obj.end()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", key, ": missing"));
   return JsonAs<T>(*it, absl::StrCat(where, ": ", key));
@@ -87,8 +96,7 @@ absl::StatusOr<T> JsonField(const nlohmann::json& obj, absl::string_view key, ab
 
 // The same for an optional field: `fallback` when absent (or null).
 template <typename T>
-absl::StatusOr<T> JsonFieldOr(const nlohmann::json& obj, absl::string_view key, T fallback,
-                              absl::string_view where) {
+absl::StatusOr<T> JsonFieldOr(const nlohmann::json& obj, absl::string_view key, T fallback, absl::string_view where) {
   if (obj.is_object()) {
     const auto it = obj.find(std::string(key));
     if (it == obj.end() || it->is_null()) return fallback;

@@ -12,10 +12,10 @@
 #define SAE_STATUS_CONCAT_(a, b) SAE_STATUS_CONCAT_INNER_(a, b)
 
 // Returns the status from the enclosing function if `expr` is not OK.
-#define SAE_RETURN_IF_ERROR(expr)                  \
-  do {                                             \
-    ::absl::Status sae_status_ = (expr);           \
-    if (!sae_status_.ok()) return sae_status_;     \
+#define SAE_RETURN_IF_ERROR(expr)              \
+  do {                                         \
+    ::absl::Status sae_status_ = (expr);       \
+    if (!sae_status_.ok()) return sae_status_; \
   } while (0)
 
 // `lhs = value of expr`, or returns its status from the enclosing function.

@@ -31,8 +31,7 @@ absl::Status CheckAllReduceArgs(CommDType dtype, ReduceOp op) {
   const bool integral = dtype == CommDType::kI64 || dtype == CommDType::kU8;
   if (op == ReduceOp::kAvg && integral)
     return absl::InvalidArgumentError("allreduce: avg of integers is not defined; use sum");
-  if (op == ReduceOp::kOr && !integral)
-    return absl::InvalidArgumentError("allreduce: or needs int64 or uint8 data");
+  if (op == ReduceOp::kOr && !integral) return absl::InvalidArgumentError("allreduce: or needs int64 or uint8 data");
   return absl::OkStatus();
 }
 
@@ -54,8 +53,7 @@ std::vector<std::string> AvailableBackends() {
   return b;
 }
 
-absl::StatusOr<std::unique_ptr<Communicator>> CreateCommunicator(const std::string& backend,
-                                                                 const CommOptions& opts) {
+absl::StatusOr<std::unique_ptr<Communicator>> CreateCommunicator(const std::string& backend, const CommOptions& opts) {
   const bool by_mpirun = LaunchedByMpirun();  // before MPI_Init sets OMPI_* itself
   std::unique_ptr<Communicator> c;
   if (backend == "local") {
@@ -90,9 +88,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> CreateCommunicator(const std::stri
     std::string hint;
     if (backend == "mpi" && c->world_size() == 1 && !by_mpirun)
       hint = " (this process was not started by mpirun: every such process believes it is rank 0 of 1)";
-    return absl::FailedPreconditionError(
-        absl::StrCat("world.workers is ", opts.expected_world_size, " but the ", backend, " world has ",
-                     c->world_size(), " ranks", hint));
+    return absl::FailedPreconditionError(absl::StrCat("world.workers is ", opts.expected_world_size, " but the ",
+                                                      backend, " world has ", c->world_size(), " ranks", hint));
   }
   return c;
 }

@@ -35,13 +35,11 @@ class Communicator {
 
   // In place over `count` elements. kOr is for kU8 and kI64 (bitwise);
   // kAvg divides the sum by world_size (bf16: computed in float32).
-  virtual absl::Status AllReduce(void* data, size_t count, CommDType dtype, ReduceOp op,
-                                 absl::Duration timeout) = 0;
+  virtual absl::Status AllReduce(void* data, size_t count, CommDType dtype, ReduceOp op, absl::Duration timeout) = 0;
   // `bytes` from `root` to every rank, in place.
   virtual absl::Status Broadcast(void* data, size_t bytes, int root, absl::Duration timeout) = 0;
   // Each rank's `bytes` from `in` land at out[rank * bytes] on every rank.
-  virtual absl::Status AllGather(const void* in, size_t bytes, void* out,
-                                 absl::Duration timeout) = 0;
+  virtual absl::Status AllGather(const void* in, size_t bytes, void* out, absl::Duration timeout) = 0;
   virtual absl::Status Barrier(absl::Duration timeout) = 0;
 };
 
@@ -74,8 +72,8 @@ class Store {
 };
 
 // A TCP store at HOST:PORT; `serve` makes this process its server.
-absl::StatusOr<std::unique_ptr<Store>> CreateTcpStore(const std::string& address, bool serve,
-                                                      int world_size, absl::Duration timeout);
+absl::StatusOr<std::unique_ptr<Store>> CreateTcpStore(const std::string& address, bool serve, int world_size,
+                                                      absl::Duration timeout);
 
 // InvalidArgument for combinations no backend supports (avg of integers,
 // or of floats). Backends call it first.

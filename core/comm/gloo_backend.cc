@@ -3,14 +3,14 @@
 // size and the address of the TCP store rank 0 serves.
 #define USE_C10D_GLOO 1
 #include <ATen/ATen.h>
-#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <future>
 #include <memory>
-#include <cstring>
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
@@ -111,13 +111,13 @@ class GlooCommunicator : public Communicator {
   int world_size() const override { return world_; }
   std::string backend() const override { return "gloo"; }
 
-  absl::Status AllReduce(void* data, size_t count, CommDType dtype, ReduceOp op,
-                         absl::Duration timeout) override {
+  absl::Status AllReduce(void* data, size_t count, CommDType dtype, ReduceOp op, absl::Duration timeout) override {
     SAE_RETURN_IF_ERROR(CheckAllReduceArgs(dtype, op));
     if (count == 0) return absl::OkStatus();
     c10d::ReduceOp rop = c10d::ReduceOp::SUM;
     switch (op) {
-      case ReduceOp::kSum: case ReduceOp::kAvg: rop = c10d::ReduceOp::SUM; break;
+      case ReduceOp::kSum:
+      case ReduceOp::kAvg: rop = c10d::ReduceOp::SUM; break;
       case ReduceOp::kMin: rop = c10d::ReduceOp::MIN; break;
       case ReduceOp::kMax: rop = c10d::ReduceOp::MAX; break;
       case ReduceOp::kOr: rop = c10d::ReduceOp::BOR; break;
@@ -195,14 +195,14 @@ class GlooCommunicator : public Communicator {
         }
         if (std::chrono::steady_clock::now() >= deadline) {
           abandoned_ = true;
-          return absl::DeadlineExceededError(absl::StrCat(
-              what, " (rank ", rank_, " of ", world_, "): not every rank joined in time; ", LostRanks()));
+          return absl::DeadlineExceededError(
+              absl::StrCat(what, " (rank ", rank_, " of ", world_, "): not every rank joined in time; ", LostRanks()));
         }
         if (abort_ != nullptr && abort_->load() && stop_seen < 0) stop_seen = NowSeconds();
         if (stop_seen >= 0 && NowSeconds() - stop_seen > kStopGraceSeconds) {
           abandoned_ = true;
-          return absl::CancelledError(absl::StrCat(what, " (rank ", rank_, " of ", world_,
-                                                   "): stopped while waiting for the other ranks"));
+          return absl::CancelledError(
+              absl::StrCat(what, " (rank ", rank_, " of ", world_, "): stopped while waiting for the other ranks"));
         }
         if (AnotherRankFailed()) {
           abandoned_ = true;
@@ -247,8 +247,7 @@ class GlooCommunicator : public Communicator {
         const auto deadline = std::chrono::steady_clock::now() + Ms(timeout_) + kLivenessWindow;
         for (int r = 1; r < world_; ++r) {
           if (std::find(lost.begin(), lost.end(), r) != lost.end()) continue;
-          while (!store_->check({"reported/" + std::to_string(r)}) &&
-                 std::chrono::steady_clock::now() < deadline)
+          while (!store_->check({"reported/" + std::to_string(r)}) && std::chrono::steady_clock::now() < deadline)
             std::this_thread::sleep_for(std::chrono::milliseconds(50));
         }
       }
@@ -286,17 +285,17 @@ absl::StatusOr<std::unique_ptr<Communicator>> ConnectGloo(const CommOptions& opt
     auto status_store = c10::make_intrusive<c10d::PrefixStore>("saeforge-status/", store);
     // The heartbeat has its own connection: a TCPStore client is one socket.
     SAE_ASSIGN_OR_RETURN(auto beat_conn, MakeTcpStore(opts.rendezvous, false, opts.world_size, opts.timeout));
-    auto heartbeat = std::make_unique<Heartbeat>(
-        c10::make_intrusive<c10d::PrefixStore>("saeforge-status/", beat_conn), opts.rank);
+    auto heartbeat =
+        std::make_unique<Heartbeat>(c10::make_intrusive<c10d::PrefixStore>("saeforge-status/", beat_conn), opts.rank);
     return std::unique_ptr<Communicator>(new GlooCommunicator(std::move(pg), std::move(status_store),
-                                                              std::move(heartbeat), opts.rank,
-                                                              opts.world_size, opts.timeout, opts.abort));
+                                                              std::move(heartbeat), opts.rank, opts.world_size,
+                                                              opts.timeout, opts.abort));
   } catch (const std::exception& e) {
     std::string msg = e.what();
     const size_t nl = msg.find('\n');
     if (nl != std::string::npos) msg.resize(nl);
-    return absl::UnavailableError(absl::StrCat("gloo rendezvous at ", opts.rendezvous, " (rank ", opts.rank,
-                                               " of ", opts.world_size, "): ", msg));
+    return absl::UnavailableError(absl::StrCat("gloo rendezvous at ", opts.rendezvous, " (rank ", opts.rank, " of ",
+                                               opts.world_size, "): ", msg));
   }
 }
 
@@ -304,8 +303,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> ConnectGloo(const CommOptions& opt
 
 absl::StatusOr<std::unique_ptr<Communicator>> NewGlooCommunicator(const CommOptions& opts) {
   if (opts.world_size < 1 || opts.rank < 0 || opts.rank >= opts.world_size)
-    return absl::InvalidArgumentError(absl::StrCat("gloo: rank ", opts.rank, " of world size ",
-                                                   opts.world_size, " (give --rank and --world-size)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("gloo: rank ", opts.rank, " of world size ", opts.world_size, " (give --rank and --world-size)"));
   if (opts.rendezvous.empty())
     return absl::InvalidArgumentError("gloo: no rendezvous address (--rendezvous HOST:PORT)");
   if (opts.abort == nullptr) return ConnectGloo(opts);

@@ -68,8 +68,7 @@ std::string MpiError(int code) {
 
 class MpiCommunicator : public Communicator {
  public:
-  MpiCommunicator(MPI_Comm comm, MpiGlobals* g, const std::atomic<bool>* abort)
-      : comm_(comm), g_(g), abort_(abort) {
+  MpiCommunicator(MPI_Comm comm, MpiGlobals* g, const std::atomic<bool>* abort) : comm_(comm), g_(g), abort_(abort) {
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
   }
@@ -82,8 +81,7 @@ class MpiCommunicator : public Communicator {
   int world_size() const override { return size_; }
   std::string backend() const override { return "mpi"; }
 
-  absl::Status AllReduce(void* data, size_t count, CommDType dtype, ReduceOp op,
-                         absl::Duration timeout) override {
+  absl::Status AllReduce(void* data, size_t count, CommDType dtype, ReduceOp op, absl::Duration timeout) override {
     SAE_RETURN_IF_ERROR(CheckAllReduceArgs(dtype, op));
     MPI_Datatype type = MPI_BYTE;
     MPI_Op mop = MPI_SUM;
@@ -96,14 +94,10 @@ class MpiCommunicator : public Communicator {
     const bool bf16 = dtype == CommDType::kBF16;
     switch (op) {
       case ReduceOp::kSum:
-      case ReduceOp::kAvg:
-        mop = bf16 ? g_->bf16_sum : MPI_SUM;
-        break;
+      case ReduceOp::kAvg: mop = bf16 ? g_->bf16_sum : MPI_SUM; break;
       case ReduceOp::kMin: mop = bf16 ? g_->bf16_min : MPI_MIN; break;
       case ReduceOp::kMax: mop = bf16 ? g_->bf16_max : MPI_MAX; break;
-      case ReduceOp::kOr:
-        mop = MPI_BOR;
-        break;
+      case ReduceOp::kOr: mop = MPI_BOR; break;
     }
     const size_t esize = CommDTypeSize(dtype);
     const absl::Time deadline = absl::Now() + timeout;
@@ -146,11 +140,9 @@ class MpiCommunicator : public Communicator {
   }
 
   absl::Status AllGather(const void* in, size_t bytes, void* out, absl::Duration timeout) override {
-    if (bytes > static_cast<size_t>(INT_MAX))
-      return absl::InvalidArgumentError("allgather: more than 2 GiB per rank");
+    if (bytes > static_cast<size_t>(INT_MAX)) return absl::InvalidArgumentError("allgather: more than 2 GiB per rank");
     MPI_Request req;
-    int rc = MPI_Iallgather(in, static_cast<int>(bytes), MPI_BYTE, out, static_cast<int>(bytes), MPI_BYTE,
-                            comm_, &req);
+    int rc = MPI_Iallgather(in, static_cast<int>(bytes), MPI_BYTE, out, static_cast<int>(bytes), MPI_BYTE, comm_, &req);
     if (rc != MPI_SUCCESS) return absl::UnavailableError("allgather: " + MpiError(rc));
     return Wait(&req, absl::Now() + timeout, timeout, "allgather");
   }
@@ -174,16 +166,16 @@ class MpiCommunicator : public Communicator {
         return absl::UnavailableError(absl::StrCat(what, " (rank ", rank_, " of ", size_, "): ", MpiError(rc)));
       if (done) return absl::OkStatus();
       if (absl::Now() > deadline)
-        return absl::DeadlineExceededError(absl::StrCat(
-            what, " (rank ", rank_, " of ", size_, "): not every rank joined within ",
-            absl::FormatDuration(timeout), "; a rank is lost or stuck"));
+        return absl::DeadlineExceededError(absl::StrCat(what, " (rank ", rank_, " of ", size_,
+                                                        "): not every rank joined within ",
+                                                        absl::FormatDuration(timeout), "; a rank is lost or stuck"));
       if (++spins > 1000) {
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
         if (abort_ != nullptr && abort_->load() && stop_seen == absl::InfinitePast()) stop_seen = absl::Now();
         // A grace first: the ranks' stop agreement and a checkpoint's collectives.
         if (stop_seen != absl::InfinitePast() && absl::Now() - stop_seen > absl::Seconds(3))
-          return absl::CancelledError(absl::StrCat(what, " (rank ", rank_, " of ", size_,
-                                                   "): stopped while waiting for the other ranks"));
+          return absl::CancelledError(
+              absl::StrCat(what, " (rank ", rank_, " of ", size_, "): stopped while waiting for the other ranks"));
       }
     }
   }

@@ -57,8 +57,7 @@ class NcclCommunicator : public Communicator {
  public:
   NcclCommunicator(int rank, int world, int device, cudaStream_t stream, ncclComm_t comm,
                    std::unique_ptr<Communicator> boot)
-      : rank_(rank), world_(world), device_(device), stream_(stream), comm_(comm),
-        boot_(std::move(boot)) {}
+      : rank_(rank), world_(world), device_(device), stream_(stream), comm_(comm), boot_(std::move(boot)) {}
   ~NcclCommunicator() override {
     if (comm_ != nullptr) {
       if (broken_) {
@@ -76,15 +75,14 @@ class NcclCommunicator : public Communicator {
   int world_size() const override { return world_; }
   std::string backend() const override { return "nccl"; }
 
-  absl::Status AllReduce(void* data, size_t count, CommDType dtype, ReduceOp op,
-                         absl::Duration timeout) override {
+  absl::Status AllReduce(void* data, size_t count, CommDType dtype, ReduceOp op, absl::Duration timeout) override {
     SAE_RETURN_IF_ERROR(CheckAllReduceArgs(dtype, op));
     if (count == 0) return absl::OkStatus();
     const size_t bytes = count * CommDTypeSize(dtype);
     if (op == ReduceOp::kOr) return OrViaAllGather(data, bytes, dtype, timeout);
     SAE_ASSIGN_OR_RETURN(void* dev, Stage(data, bytes, bytes));
-    SAE_RETURN_IF_ERROR(Enqueue(ncclAllReduce(dev, dev, count, NcclType(dtype), NcclOp(op), comm_, stream_),
-                                "allreduce"));
+    SAE_RETURN_IF_ERROR(
+        Enqueue(ncclAllReduce(dev, dev, count, NcclType(dtype), NcclOp(op), comm_, stream_), "allreduce"));
     return Finish(data, dev, bytes, timeout, "allreduce");
   }
 
@@ -93,8 +91,7 @@ class NcclCommunicator : public Communicator {
       return absl::InvalidArgumentError(absl::StrCat("broadcast: root ", root, " is not a rank"));
     if (bytes == 0) return absl::OkStatus();
     SAE_ASSIGN_OR_RETURN(void* dev, Stage(data, bytes, bytes));
-    SAE_RETURN_IF_ERROR(
-        Enqueue(ncclBroadcast(dev, dev, bytes, ncclUint8, root, comm_, stream_), "broadcast"));
+    SAE_RETURN_IF_ERROR(Enqueue(ncclBroadcast(dev, dev, bytes, ncclUint8, root, comm_, stream_), "broadcast"));
     return Finish(data, dev, bytes, timeout, "broadcast");
   }
 
@@ -102,8 +99,7 @@ class NcclCommunicator : public Communicator {
     if (bytes == 0) return absl::OkStatus();
     const size_t total = bytes * static_cast<size_t>(world_);
     if (IsDevice(in) && IsDevice(out)) {
-      SAE_RETURN_IF_ERROR(
-          Enqueue(ncclAllGather(in, out, bytes, ncclUint8, comm_, stream_), "allgather"));
+      SAE_RETURN_IF_ERROR(Enqueue(ncclAllGather(in, out, bytes, ncclUint8, comm_, stream_), "allgather"));
       return Wait(timeout, "allgather");
     }
     SAE_RETURN_IF_ERROR(Reserve(total + bytes));
@@ -135,8 +131,7 @@ class NcclCommunicator : public Communicator {
     if (staging_ != nullptr) cudaFree(staging_);
     staging_ = nullptr;
     staging_bytes_ = 0;
-    if (cudaError_t e = cudaMalloc(&staging_, bytes); e != cudaSuccess)
-      return CudaError(e, "staging buffer");
+    if (cudaError_t e = cudaMalloc(&staging_, bytes); e != cudaSuccess) return CudaError(e, "staging buffer");
     staging_bytes_ = bytes;
     return absl::OkStatus();
   }
@@ -147,8 +142,7 @@ class NcclCommunicator : public Communicator {
     if (broken_) return absl::FailedPreconditionError("nccl backend: communicator aborted earlier");
     if (IsDevice(data)) return data;
     SAE_RETURN_IF_ERROR(Reserve(bytes));
-    if (cudaError_t e = cudaMemcpyAsync(staging_, data, copy, cudaMemcpyHostToDevice, stream_);
-        e != cudaSuccess)
+    if (cudaError_t e = cudaMemcpyAsync(staging_, data, copy, cudaMemcpyHostToDevice, stream_); e != cudaSuccess)
       return CudaError(e, "copy to device");
     return staging_;
   }
@@ -178,9 +172,9 @@ class NcclCommunicator : public Communicator {
       }
       if (std::chrono::steady_clock::now() > deadline) {
         broken_ = true;
-        return absl::DeadlineExceededError(absl::StrCat(
-            "nccl ", what, ": rank ", rank_, " waited ", absl::FormatDuration(timeout),
-            " for the other ranks (a rank was lost or stopped); communicator aborted"));
+        return absl::DeadlineExceededError(
+            absl::StrCat("nccl ", what, ": rank ", rank_, " waited ", absl::FormatDuration(timeout),
+                         " for the other ranks (a rank was lost or stopped); communicator aborted"));
       }
       if (++spins > 1000) std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
@@ -188,8 +182,7 @@ class NcclCommunicator : public Communicator {
 
   absl::Status Finish(void* host, void* dev, size_t bytes, absl::Duration timeout, const char* what) {
     if (host != dev) {
-      if (cudaError_t e = cudaMemcpyAsync(host, dev, bytes, cudaMemcpyDeviceToHost, stream_);
-          e != cudaSuccess)
+      if (cudaError_t e = cudaMemcpyAsync(host, dev, bytes, cudaMemcpyDeviceToHost, stream_); e != cudaSuccess)
         return CudaError(e, "copy to host");
     }
     return Wait(timeout, what);
@@ -227,8 +220,7 @@ class NcclCommunicator : public Communicator {
 };
 
 // Rank 0's unique id, known to every rank.
-absl::StatusOr<ncclUniqueId> ShareUniqueId(int rank, int world, const CommOptions& opts,
-                                           Communicator* mpi) {
+absl::StatusOr<ncclUniqueId> ShareUniqueId(int rank, int world, const CommOptions& opts, Communicator* mpi) {
   ncclUniqueId id;
   std::memset(&id, 0, sizeof(id));
   if (rank == 0) {
@@ -241,8 +233,8 @@ absl::StatusOr<ncclUniqueId> ShareUniqueId(int rank, int world, const CommOption
   }
   SAE_ASSIGN_OR_RETURN(auto store, CreateTcpStore(opts.rendezvous, rank == 0, world, opts.timeout));
   if (rank == 0) {
-    SAE_RETURN_IF_ERROR(store->Set("saeforge/nccl_unique_id",
-                                   std::string(reinterpret_cast<const char*>(&id), sizeof(id))));
+    SAE_RETURN_IF_ERROR(
+        store->Set("saeforge/nccl_unique_id", std::string(reinterpret_cast<const char*>(&id), sizeof(id))));
   } else {
     SAE_ASSIGN_OR_RETURN(std::string v, store->Get("saeforge/nccl_unique_id", opts.timeout));
     if (v.size() != sizeof(id))
@@ -272,9 +264,9 @@ absl::StatusOr<std::unique_ptr<Communicator>> NewNcclCommunicator(const CommOpti
 #endif
   } else if (opts.world_size > 1) {
     if (opts.rank < 0 || opts.rank >= opts.world_size || opts.rendezvous.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "world.backend: nccl outside mpirun needs --rank (0..", opts.world_size - 1,
-          "), --world-size and --rendezvous HOST:PORT; got rank ", opts.rank));
+      return absl::InvalidArgumentError(
+          absl::StrCat("world.backend: nccl outside mpirun needs --rank (0..", opts.world_size - 1,
+                       "), --world-size and --rendezvous HOST:PORT; got rank ", opts.rank));
     }
     rank = opts.rank;
     world = opts.world_size;
@@ -299,8 +291,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> NewNcclCommunicator(const CommOpti
     if (std::chrono::steady_clock::now() > deadline) {
       ncclCommAbort(comm);
       cudaStreamDestroy(stream);
-      return absl::DeadlineExceededError(absl::StrCat("nccl init: rank ", rank, " of ", world,
-                                                      " timed out waiting for the others"));
+      return absl::DeadlineExceededError(
+          absl::StrCat("nccl init: rank ", rank, " of ", world, " timed out waiting for the others"));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
     ncclCommGetAsyncError(comm, &r);

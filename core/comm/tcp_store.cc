@@ -61,8 +61,8 @@ class TcpStore : public Store {
 
 }  // namespace
 
-absl::StatusOr<c10::intrusive_ptr<c10d::TCPStore>> MakeTcpStore(const std::string& address, bool serve,
-                                                                int world, absl::Duration timeout) {
+absl::StatusOr<c10::intrusive_ptr<c10d::TCPStore>> MakeTcpStore(const std::string& address, bool serve, int world,
+                                                                absl::Duration timeout) {
   std::string host;
   uint16_t port = 0;
   SAE_RETURN_IF_ERROR(SplitAddress(address, &host, &port));
@@ -87,8 +87,7 @@ absl::StatusOr<c10::intrusive_ptr<c10d::TCPStore>> MakeTcpStore(const std::strin
       std::string msg = e.what();
       const size_t nl = msg.find('\n');
       if (nl != std::string::npos) msg.resize(nl);
-      return absl::UnavailableError(
-          absl::StrCat("rendezvous at ", address, serve ? " (serving)" : "", ": ", msg));
+      return absl::UnavailableError(absl::StrCat("rendezvous at ", address, serve ? " (serving)" : "", ": ", msg));
     }
   }
 }

@@ -20,7 +20,7 @@ inline std::chrono::milliseconds Ms(absl::Duration d) {
 
 // A c10d TCPStore client of HOST:PORT (`serve`: this process also serves it;
 // a busy port is retried for up to 30 s while a previous store closes).
-absl::StatusOr<c10::intrusive_ptr<c10d::TCPStore>> MakeTcpStore(const std::string& address, bool serve,
-                                                                int world, absl::Duration timeout);
+absl::StatusOr<c10::intrusive_ptr<c10d::TCPStore>> MakeTcpStore(const std::string& address, bool serve, int world,
+                                                                absl::Duration timeout);
 
 }  // namespace sae::internal

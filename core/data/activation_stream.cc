@@ -3,8 +3,8 @@
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <atomic>
+#include <cerrno>
 #include <cstring>
 #include <deque>
 #include <exception>
@@ -32,9 +32,7 @@ constexpr int64_t kReadChunkFloats = int64_t{4} << 20;
 constexpr int64_t kMaxReadRows = 8192;
 
 // "shard <message>"; SafetensorsFile errors already start with the path.
-absl::Status ShardError(const absl::Status& s) {
-  return absl::Status(s.code(), absl::StrCat("shard ", s.message()));
-}
+absl::Status ShardError(const absl::Status& s) { return absl::Status(s.code(), absl::StrCat("shard ", s.message())); }
 
 bool IsFinite(float f) {
   uint32_t u;
@@ -66,9 +64,8 @@ struct ActivationStream::Impl {
 
   void ProducerLoop(int64_t epoch, int64_t window);
   std::unique_ptr<Window> BuildWindow(int64_t epoch, int64_t window);
-  absl::Status ReadSegment(size_t shard, int64_t row_begin, int64_t rows, const char* need,
-                           Window* win, int64_t out_row,
-                           std::vector<std::pair<int64_t, absl::Status>>* bad_rows);
+  absl::Status ReadSegment(size_t shard, int64_t row_begin, int64_t rows, const char* need, Window* win,
+                           int64_t out_row, std::vector<std::pair<int64_t, absl::Status>>* bad_rows);
   absl::Status ReadRun(size_t shard, int64_t row_begin, int64_t rows, Window* win, int64_t out_row,
                        std::vector<std::pair<int64_t, absl::Status>>* bad_rows);
   void EpochOrder(int64_t epoch);
@@ -139,13 +136,12 @@ void ActivationStream::Impl::EpochOrder(int64_t epoch) {
   }
   order.assign(perm.begin(), perm.end());
   prefix.assign(order.size() + 1, 0);
-  for (size_t k = 0; k < order.size(); ++k)
-    prefix[k + 1] = prefix[k] + manifest.shards[order[k]].rows;
+  for (size_t k = 0; k < order.size(); ++k) prefix[k + 1] = prefix[k] + manifest.shards[order[k]].rows;
 }
 
-absl::Status ActivationStream::Impl::ReadSegment(
-    size_t shard, int64_t row_begin, int64_t rows, const char* need, Window* win, int64_t out_row,
-    std::vector<std::pair<int64_t, absl::Status>>* bad_rows) {
+absl::Status ActivationStream::Impl::ReadSegment(size_t shard, int64_t row_begin, int64_t rows, const char* need,
+                                                 Window* win, int64_t out_row,
+                                                 std::vector<std::pair<int64_t, absl::Status>>* bad_rows) {
   const std::string& path = shard_paths[shard];
   struct stat st;
   if (::stat(path.c_str(), &st) != 0)
@@ -185,9 +181,8 @@ absl::Status ActivationStream::Impl::ReadSegment(
   return absl::OkStatus();
 }
 
-absl::Status ActivationStream::Impl::ReadRun(
-    size_t shard, int64_t row_begin, int64_t rows, Window* win, int64_t out_row,
-    std::vector<std::pair<int64_t, absl::Status>>* bad_rows) {
+absl::Status ActivationStream::Impl::ReadRun(size_t shard, int64_t row_begin, int64_t rows, Window* win,
+                                             int64_t out_row, std::vector<std::pair<int64_t, absl::Status>>* bad_rows) {
   const std::string& path = shard_paths[shard];
   const int64_t d = manifest.d_in;
   const int64_t chunk = std::clamp<int64_t>(kReadChunkFloats / d, 1, kMaxReadRows);
@@ -195,8 +190,7 @@ absl::Status ActivationStream::Impl::ReadRun(
     if (stop_flag.load(std::memory_order_relaxed)) return absl::CancelledError("stream closed");
     const int64_t n = std::min(chunk, rows - r);
     float* dst = win->data.data() + (out_row + r) * d;
-    absl::Status s =
-        shards[shard].ReadRowsAsFloat("activations", row_begin + r, row_begin + r + n, dst);
+    absl::Status s = shards[shard].ReadRowsAsFloat("activations", row_begin + r, row_begin + r + n, dst);
     if (!s.ok()) return ShardError(s);
     for (int64_t i = 0; i < n; ++i) {
       const float* row = dst + i * d;
@@ -205,10 +199,9 @@ absl::Status ActivationStream::Impl::ReadRun(
       if (finite) continue;
       int64_t col = 0;
       while (IsFinite(row[col])) ++col;
-      bad_rows->emplace_back(out_row + r + i,
-                             absl::InvalidArgumentError(absl::StrCat(
-                                 "shard ", path, ": row ", row_begin + r + i,
-                                 " has a non-finite value (", row[col], ") in column ", col)));
+      bad_rows->emplace_back(out_row + r + i, absl::InvalidArgumentError(absl::StrCat(
+                                                  "shard ", path, ": row ", row_begin + r + i,
+                                                  " has a non-finite value (", row[col], ") in column ", col)));
     }
   }
   return absl::OkStatus();
@@ -222,9 +215,8 @@ std::unique_ptr<Window> ActivationStream::Impl::BuildWindow(int64_t epoch, int64
   win->rows = std::min(window_rows, manifest.rows - start);
   win->data.resize(static_cast<size_t>(win->rows * d));
   if (shuffle) {
-    Xoshiro256 rng(HashPair(
-        HashPair(HashPair(opts.seed, static_cast<uint64_t>(epoch)), static_cast<uint64_t>(window)),
-        kWindowTag));
+    Xoshiro256 rng(HashPair(HashPair(HashPair(opts.seed, static_cast<uint64_t>(epoch)), static_cast<uint64_t>(window)),
+                            kWindowTag));
     RandomPermutation(win->rows, &rng, &win->perm);
   }
   // need[v]: whether this rank hands out visit-order row v of the window.
@@ -238,9 +230,7 @@ std::unique_ptr<Window> ActivationStream::Impl::BuildWindow(int64_t epoch, int64
   }
   // Bad rows by visit-order index within the window.
   std::vector<std::pair<int64_t, absl::Status>> bad_rows;
-  size_t k =
-      static_cast<size_t>(std::upper_bound(prefix.begin(), prefix.end(), start) - prefix.begin()) -
-      1;
+  size_t k = static_cast<size_t>(std::upper_bound(prefix.begin(), prefix.end(), start) - prefix.begin()) - 1;
   int64_t done = 0;
   while (done < win->rows) {
     const int64_t pos = start + done;
@@ -248,8 +238,7 @@ std::unique_ptr<Window> ActivationStream::Impl::BuildWindow(int64_t epoch, int64
     const size_t shard = order[k];
     const int64_t row = pos - prefix[k];
     const int64_t n = std::min(manifest.shards[shard].rows - row, win->rows - done);
-    win->error = ReadSegment(shard, row, n, need.empty() ? nullptr : need.data() + done,
-                             win.get(), done, &bad_rows);
+    win->error = ReadSegment(shard, row, n, need.empty() ? nullptr : need.data() + done, win.get(), done, &bad_rows);
     if (!win->error.ok()) return win;
     done += n;
   }
@@ -262,8 +251,7 @@ std::unique_ptr<Window> ActivationStream::Impl::BuildWindow(int64_t epoch, int64
     for (auto& [visit, status] : bad_rows) {
       win->bad.emplace_back(shuffle ? inverse[visit] : visit, std::move(status));
     }
-    std::sort(win->bad.begin(), win->bad.end(),
-              [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::sort(win->bad.begin(), win->bad.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   }
   return win;
 }
@@ -279,8 +267,7 @@ void ActivationStream::Impl::ProducerLoop(int64_t epoch, int64_t window) {
       win = BuildWindow(epoch, window);
     } catch (const std::exception& e) {
       win = std::make_unique<Window>();
-      win->error =
-          absl::ResourceExhaustedError(absl::StrCat("activation stream ", dir, ": ", e.what()));
+      win->error = absl::ResourceExhaustedError(absl::StrCat("activation stream ", dir, ": ", e.what()));
     }
     const bool fatal = !win->error.ok();
     {
@@ -296,28 +283,23 @@ void ActivationStream::Impl::ProducerLoop(int64_t epoch, int64_t window) {
   }
 }
 
-absl::StatusOr<std::unique_ptr<ActivationStream>> ActivationStream::Open(const std::string& dir,
-                                                                         StreamOptions opts) {
+absl::StatusOr<std::unique_ptr<ActivationStream>> ActivationStream::Open(const std::string& dir, StreamOptions opts) {
   if (opts.shuffle_window_rows < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("activation stream ", dir, ": shuffle_window_rows must be >= 1"));
+    return absl::InvalidArgumentError(absl::StrCat("activation stream ", dir, ": shuffle_window_rows must be >= 1"));
   }
   if (opts.prefetch_windows < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("activation stream ", dir, ": prefetch_windows must be >= 1"));
+    return absl::InvalidArgumentError(absl::StrCat("activation stream ", dir, ": prefetch_windows must be >= 1"));
   }
   if (opts.world < 1 || opts.rank < 0 || opts.rank >= opts.world) {
-    return absl::InvalidArgumentError(absl::StrCat("activation stream ", dir, ": rank ", opts.rank,
-                                                   " is not in a world of ", opts.world));
+    return absl::InvalidArgumentError(
+        absl::StrCat("activation stream ", dir, ": rank ", opts.rank, " is not in a world of ", opts.world));
   }
   if (opts.world > 1 && opts.batch_rows < opts.world) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "activation stream ", dir, ": batch_rows ", opts.batch_rows, " is less than the world size ",
-        opts.world));
+    return absl::InvalidArgumentError(absl::StrCat("activation stream ", dir, ": batch_rows ", opts.batch_rows,
+                                                   " is less than the world size ", opts.world));
   }
   if (opts.start_row < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("activation stream ", dir, ": start_row must be >= 0"));
+    return absl::InvalidArgumentError(absl::StrCat("activation stream ", dir, ": start_row must be >= 0"));
   }
   auto impl = std::make_unique<Impl>();
   impl->dir = dir;
@@ -325,13 +307,11 @@ absl::StatusOr<std::unique_ptr<ActivationStream>> ActivationStream::Open(const s
   SAE_ASSIGN_OR_RETURN(impl->manifest, LoadManifest(dir));
   const Manifest& m = impl->manifest;
   if (opts.expected_d_in != 0 && opts.expected_d_in != m.d_in) {
-    return absl::InvalidArgumentError(absl::StrCat(JoinPath(dir, "manifest.json"), ": d_in ",
-                                                   m.d_in, " does not match expected d_in ",
-                                                   opts.expected_d_in));
+    return absl::InvalidArgumentError(absl::StrCat(JoinPath(dir, "manifest.json"), ": d_in ", m.d_in,
+                                                   " does not match expected d_in ", opts.expected_d_in));
   }
   if (m.rows == 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(JoinPath(dir, "manifest.json"), ": no rows to stream"));
+    return absl::InvalidArgumentError(absl::StrCat(JoinPath(dir, "manifest.json"), ": no rows to stream"));
   }
   for (size_t i = 0; i < m.shards.size(); ++i) {
     SAE_ASSIGN_OR_RETURN(SafetensorsFile f, OpenShard(dir, m, i));
@@ -345,9 +325,8 @@ absl::StatusOr<std::unique_ptr<ActivationStream>> ActivationStream::Open(const s
     impl->share_hi = opts.batch_rows * (opts.rank + 1) / opts.world;
   }
   impl->shuffle = opts.shuffle_window_rows > 1;
-  impl->window_rows = impl->shuffle
-                          ? std::min(opts.shuffle_window_rows, m.rows)
-                          : std::clamp<int64_t>(kReadChunkFloats / m.d_in, 1, kMaxReadRows);
+  impl->window_rows = impl->shuffle ? std::min(opts.shuffle_window_rows, m.rows)
+                                    : std::clamp<int64_t>(kReadChunkFloats / m.d_in, 1, kMaxReadRows);
   impl->windows_per_epoch = (m.rows + impl->window_rows - 1) / impl->window_rows;
 
   const int64_t epoch = opts.start_row / m.rows;
@@ -355,8 +334,7 @@ absl::StatusOr<std::unique_ptr<ActivationStream>> ActivationStream::Open(const s
   impl->position = opts.start_row;
   impl->skip = offset % impl->window_rows;
   Impl* raw = impl.get();
-  raw->thread =
-      std::thread([raw, epoch, w = offset / raw->window_rows] { raw->ProducerLoop(epoch, w); });
+  raw->thread = std::thread([raw, epoch, w = offset / raw->window_rows] { raw->ProducerLoop(epoch, w); });
   return std::unique_ptr<ActivationStream>(new ActivationStream(std::move(impl)));
 }
 
@@ -392,8 +370,7 @@ absl::Status ActivationStream::Impl::Consume(int64_t n, float* dst) {
         std::memcpy(out, w.data.data() + cur_pos * d, static_cast<size_t>(take * d) * sizeof(float));
       } else {
         for (int64_t j = 0; j < take; ++j) {
-          std::memcpy(out + j * d, w.data.data() + w.perm[cur_pos + j] * d,
-                      static_cast<size_t>(d) * sizeof(float));
+          std::memcpy(out + j * d, w.data.data() + w.perm[cur_pos + j] * d, static_cast<size_t>(d) * sizeof(float));
         }
       }
     }
@@ -413,8 +390,9 @@ absl::Status ActivationStream::Next(int64_t rows, std::vector<float>* out) {
     s.sticky = s.Consume(rows, out->data());
   } else {
     if (rows != s.opts.batch_rows) {
-      return absl::InvalidArgumentError(absl::StrCat("ActivationStream::Next: a rank's stream hands out whole global batches of ",
-                       s.opts.batch_rows, " rows, not ", rows));
+      return absl::InvalidArgumentError(
+          absl::StrCat("ActivationStream::Next: a rank's stream hands out whole global batches of ", s.opts.batch_rows,
+                       " rows, not ", rows));
     }
     out->resize(static_cast<size_t>((s.share_hi - s.share_lo) * d));
     s.sticky = s.Consume(s.share_lo, nullptr);

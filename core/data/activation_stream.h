@@ -29,20 +29,19 @@ namespace sae {
 struct StreamOptions {
   int64_t shuffle_window_rows = 65536;  // 1 disables shuffling
   uint64_t seed = 0;
-  int64_t start_row = 0;     // global position (rows since epoch 0 began) to start at
+  int64_t start_row = 0;  // global position (rows since epoch 0 began) to start at
   int64_t prefetch_windows = 2;
   bool verify_checksums = false;  // sha256 of each shard before first use
   int64_t expected_d_in = 0;      // 0 = take from the manifest
   int rank = 0;                   // this rank's share when world > 1
   int world = 1;
-  int64_t batch_rows = 0;         // global batch; required when world > 1
+  int64_t batch_rows = 0;  // global batch; required when world > 1
 };
 
 class ActivationStream {
  public:
   // Loads and checks the manifest and every shard header (dtype, shape, rows).
-  static absl::StatusOr<std::unique_ptr<ActivationStream>> Open(const std::string& dir,
-                                                               StreamOptions opts);
+  static absl::StatusOr<std::unique_ptr<ActivationStream>> Open(const std::string& dir, StreamOptions opts);
   ~ActivationStream();
 
   const Manifest& manifest() const;

@@ -83,8 +83,7 @@ absl::StatusOr<std::vector<std::string>> VerifyShards(const Manifest& m, const s
     auto sha = Sha256File(shards[i].path());
     if (!sha.ok()) return Annotate(sha.status(), "shard checksum");
     if (*sha != m.shards[i].sha256) {
-      return absl::DataLossError(absl::StrCat("shard ", shards[i].path(),
-                                              ": sha256 mismatch: manifest has ",
+      return absl::DataLossError(absl::StrCat("shard ", shards[i].path(), ": sha256 mismatch: manifest has ",
                                               m.shards[i].sha256, ", file has ", *sha));
     }
     verified.push_back(m.shards[i].file);
@@ -155,9 +154,8 @@ std::string ReportText(const std::string& dir, const Manifest& m, const Stats& s
   absl::StrAppend(&out, "dtype:     ", ManifestDTypeName(m.dtype), "\n");
   absl::StrAppend(&out, "rows:      ", m.rows, "\n");
   absl::StrAppend(&out, "shards:    ", m.shards.size(), "\n");
-  absl::StrAppend(&out, "source:    model=", m.source.model, " layer=", m.source.layer,
-                  " hook=", m.source.hook, " corpus=", m.source.corpus, " tokens=", m.source.tokens,
-                  "\n");
+  absl::StrAppend(&out, "source:    model=", m.source.model, " layer=", m.source.layer, " hook=", m.source.hook,
+                  " corpus=", m.source.corpus, " tokens=", m.source.tokens, "\n");
   absl::StrAppend(&out, "stats over ", st.rows, " rows (", st.elements, " finite elements):\n");
   absl::StrAppend(&out, "  mean ", Num(st.mean), "  std ", Num(st.Std()), "\n");
   absl::StrAppend(&out, "  mean row L2 norm ", Num(st.MeanNorm()), "\n");

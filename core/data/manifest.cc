@@ -33,22 +33,20 @@ bool StaysInside(const std::string& file) {
   return true;
 }
 
-absl::StatusOr<int64_t> GetInt(const json& obj, const char* key, const std::string& where,
-                               bool required, int64_t fallback) {
+absl::StatusOr<int64_t> GetInt(const json& obj, const char* key, const std::string& where, bool required,
+                               int64_t fallback) {
   auto it = obj.find(key);
   if (it == obj.end()) {
     if (!required) return fallback;
     return absl::InvalidArgumentError(absl::StrCat(where, ": missing field \"", key, "\""));
   }
   if (!it->is_number_integer()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(where, ": field \"", key, "\" is not an integer"));
+    return absl::InvalidArgumentError(absl::StrCat(where, ": field \"", key, "\" is not an integer"));
   }
   return it->get<int64_t>();
 }
 
-absl::StatusOr<std::string> GetString(const json& obj, const char* key, const std::string& where,
-                                      bool required) {
+absl::StatusOr<std::string> GetString(const json& obj, const char* key, const std::string& where, bool required) {
   auto it = obj.find(key);
   if (it == obj.end()) {
     if (!required) return std::string();
@@ -64,14 +62,10 @@ absl::StatusOr<std::string> GetString(const json& obj, const char* key, const st
 
 const char* ManifestDTypeName(DType d) {
   switch (d) {
-    case DType::kF32:
-      return "float32";
-    case DType::kBF16:
-      return "bfloat16";
-    case DType::kF16:
-      return "float16";
-    default:
-      return "unsupported";
+    case DType::kF32: return "float32";
+    case DType::kBF16: return "bfloat16";
+    case DType::kF16: return "float16";
+    default: return "unsupported";
   }
 }
 
@@ -79,8 +73,7 @@ absl::StatusOr<DType> ManifestDTypeFromString(const std::string& s) {
   if (s == "float32") return DType::kF32;
   if (s == "bfloat16") return DType::kBF16;
   if (s == "float16") return DType::kF16;
-  return absl::InvalidArgumentError(
-      absl::StrCat("dtype \"", s, "\" is not one of float32, bfloat16, float16"));
+  return absl::InvalidArgumentError(absl::StrCat("dtype \"", s, "\" is not one of float32, bfloat16, float16"));
 }
 
 absl::StatusOr<Manifest> LoadManifest(const std::string& dir) {
@@ -93,13 +86,12 @@ absl::StatusOr<Manifest> LoadManifest(const std::string& dir) {
   Manifest m;
   SAE_ASSIGN_OR_RETURN(m.format, GetString(j, "format", path, true));
   if (m.format != "saeforge.activations.v1") {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": field \"format\" is \"", m.format,
-                                                   "\", expected \"saeforge.activations.v1\""));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": field \"format\" is \"", m.format, "\", expected \"saeforge.activations.v1\""));
   }
   SAE_ASSIGN_OR_RETURN(m.d_in, GetInt(j, "d_in", path, true, 0));
   if (m.d_in <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": field \"d_in\" must be positive, got ", m.d_in));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": field \"d_in\" must be positive, got ", m.d_in));
   }
   SAE_ASSIGN_OR_RETURN(std::string dtype, GetString(j, "dtype", path, true));
   auto d = ManifestDTypeFromString(dtype);
@@ -111,8 +103,7 @@ absl::StatusOr<Manifest> LoadManifest(const std::string& dir) {
   }
   auto shards = j.find("shards");
   if (shards == j.end() || !shards->is_array()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": field \"shards\" is missing or not an array"));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": field \"shards\" is missing or not an array"));
   }
   int64_t sum = 0;
   for (size_t i = 0; i < shards->size(); ++i) {
@@ -122,16 +113,14 @@ absl::StatusOr<Manifest> LoadManifest(const std::string& dir) {
     ShardEntry e;
     SAE_ASSIGN_OR_RETURN(e.file, GetString(s, "file", where, true));
     if (!StaysInside(e.file)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          where, ": field \"file\" \"", e.file, "\" must be a relative path inside the directory"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": field \"file\" \"", e.file, "\" must be a relative path inside the directory"));
     }
     SAE_ASSIGN_OR_RETURN(e.rows, GetInt(s, "rows", where, true, 0));
-    if (e.rows < 0)
-      return absl::InvalidArgumentError(absl::StrCat(where, ": field \"rows\" is negative"));
+    if (e.rows < 0) return absl::InvalidArgumentError(absl::StrCat(where, ": field \"rows\" is negative"));
     SAE_ASSIGN_OR_RETURN(e.sha256, GetString(s, "sha256", where, true));
     if (!NormalizeHex64(&e.sha256)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(where, ": field \"sha256\" is not 64 hex digits"));
+      return absl::InvalidArgumentError(absl::StrCat(where, ": field \"sha256\" is not 64 hex digits"));
     }
     if (e.rows > std::numeric_limits<int64_t>::max() - sum)
       return absl::InvalidArgumentError(absl::StrCat(where, ": field \"rows\": the shards' rows add up past 2^63"));
@@ -139,14 +128,12 @@ absl::StatusOr<Manifest> LoadManifest(const std::string& dir) {
     m.shards.push_back(std::move(e));
   }
   if (sum != m.rows) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": field \"rows\" is ", m.rows, " but the shards hold ", sum));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": field \"rows\" is ", m.rows, " but the shards hold ", sum));
   }
   auto src = j.find("source");
   if (src != j.end() && !src->is_null()) {
     const std::string where = absl::StrCat(path, ": source");
-    if (!src->is_object())
-      return absl::InvalidArgumentError(absl::StrCat(where, " is not an object"));
+    if (!src->is_object()) return absl::InvalidArgumentError(absl::StrCat(where, " is not an object"));
     SAE_ASSIGN_OR_RETURN(m.source.model, GetString(*src, "model", where, false));
     SAE_ASSIGN_OR_RETURN(m.source.hook, GetString(*src, "hook", where, false));
     SAE_ASSIGN_OR_RETURN(m.source.corpus, GetString(*src, "corpus", where, false));
@@ -165,8 +152,7 @@ absl::Status SaveManifest(const std::string& dir, const Manifest& m) {
   int64_t sum = 0;
   for (const ShardEntry& e : m.shards) sum += e.rows;
   if (sum != m.rows) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": rows is ", m.rows, " but the shards hold ", sum));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": rows is ", m.rows, " but the shards hold ", sum));
   }
   nlohmann::ordered_json j;
   j["format"] = m.format;
@@ -193,8 +179,8 @@ absl::Status SaveManifest(const std::string& dir, const Manifest& m) {
 
 absl::StatusOr<SafetensorsFile> OpenShard(const std::string& dir, const Manifest& m, size_t index) {
   if (index >= m.shards.size()) {
-    return absl::OutOfRangeError(absl::StrCat("shard index ", index, " out of range (",
-                                              m.shards.size(), " shards in ", dir, ")"));
+    return absl::OutOfRangeError(
+        absl::StrCat("shard index ", index, " out of range (", m.shards.size(), " shards in ", dir, ")"));
   }
   const ShardEntry& entry = m.shards[index];
   const std::string path = JoinPath(dir, entry.file);
@@ -211,22 +197,19 @@ absl::StatusOr<SafetensorsFile> OpenShard(const std::string& dir, const Manifest
   }
   const TensorInfo& info = it->second;
   if (info.dtype != m.dtype) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(prefix, ": activations dtype ", DTypeName(info.dtype),
-                     " does not match manifest dtype ", ManifestDTypeName(m.dtype)));
+    return absl::InvalidArgumentError(absl::StrCat(prefix, ": activations dtype ", DTypeName(info.dtype),
+                                                   " does not match manifest dtype ", ManifestDTypeName(m.dtype)));
   }
   if (info.shape.size() != 2 || info.shape[0] != entry.rows || info.shape[1] != m.d_in) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(prefix, ": activations shape [", absl::StrJoin(info.shape, ", "),
-                     "] does not match manifest [", entry.rows, ", ", m.d_in, "]"));
+    return absl::InvalidArgumentError(absl::StrCat(prefix, ": activations shape [", absl::StrJoin(info.shape, ", "),
+                                                   "] does not match manifest [", entry.rows, ", ", m.d_in, "]"));
   }
   auto tok = file->tensors().find("tokens");
   if (tok != file->tensors().end()) {
     const TensorInfo& t = tok->second;
     if (t.dtype != DType::kI32 || t.shape.size() != 1 || t.shape[0] != entry.rows) {
-      return absl::InvalidArgumentError(absl::StrCat(prefix, ": tokens must be I32 [", entry.rows,
-                                                     "], got ", DTypeName(t.dtype), " [",
-                                                     absl::StrJoin(t.shape, ", "), "]"));
+      return absl::InvalidArgumentError(absl::StrCat(prefix, ": tokens must be I32 [", entry.rows, "], got ",
+                                                     DTypeName(t.dtype), " [", absl::StrJoin(t.shape, ", "), "]"));
     }
   }
   return file;
@@ -254,11 +237,10 @@ absl::Status CheckJobAgainstManifest(const JobConfig& cfg, const std::string& or
   }
   if (latents <= 0) return absl::OkStatus();  // ValidateJobConfig names the missing field
   if (s.latents > 0 && s.expansion_factor > 0 && (s.latents % d != 0 || s.latents / d != s.expansion_factor))
-    return absl::InvalidArgumentError(absl::StrCat(origin, ": sae.latents: ", s.latents, " is not sae.expansion_factor (",
-                                                   s.expansion_factor, ") x ", from));
+    return absl::InvalidArgumentError(absl::StrCat(origin, ": sae.latents: ", s.latents,
+                                                   " is not sae.expansion_factor (", s.expansion_factor, ") x ", from));
   const absl::Status shape = CheckSaeShape(d, latents, s.k, s.k_schedule.enabled ? s.k_schedule.start : 0);
-  if (!shape.ok())
-    return absl::Status(shape.code(), absl::StrCat(origin, ": ", shape.message(), " (", from, ")"));
+  if (!shape.ok()) return absl::Status(shape.code(), absl::StrCat(origin, ": ", shape.message(), " (", from, ")"));
   return absl::OkStatus();
 }
 

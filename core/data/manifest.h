@@ -12,7 +12,7 @@
 namespace sae {
 
 struct ShardEntry {
-  std::string file;    // relative to the directory
+  std::string file;  // relative to the directory
   int64_t rows = 0;
   std::string sha256;  // lowercase hex of the whole file
 };

@@ -20,9 +20,7 @@ inline uint64_t SplitMix64(uint64_t x) {
 }
 
 // Order-sensitive hash of (a, b).
-inline uint64_t HashPair(uint64_t a, uint64_t b) {
-  return SplitMix64(a ^ SplitMix64(b + 0x632be59bd9b4e019ULL));
-}
+inline uint64_t HashPair(uint64_t a, uint64_t b) { return SplitMix64(a ^ SplitMix64(b + 0x632be59bd9b4e019ULL)); }
 
 class Xoshiro256 {
  public:

@@ -67,9 +67,7 @@ absl::Status WriteAll(int fd, const void* data, size_t size, const std::string& 
 
 void ConvertToFloat(DType dtype, const void* src, int64_t n, float* dst) {
   switch (dtype) {
-    case DType::kF32:
-      std::memcpy(dst, src, static_cast<size_t>(n) * 4);
-      break;
+    case DType::kF32: std::memcpy(dst, src, static_cast<size_t>(n) * 4); break;
     case DType::kBF16: {
       const uint16_t* s = static_cast<const uint16_t*>(src);
       for (int64_t i = 0; i < n; ++i) dst[i] = BF16ToFloat(s[i]);
@@ -85,8 +83,7 @@ void ConvertToFloat(DType dtype, const void* src, int64_t n, float* dst) {
       for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(s[i]);
       break;
     }
-    default:
-      break;
+    default: break;
   }
 }
 
@@ -127,20 +124,13 @@ const char* DTypeName(DType d) {
 
 size_t DTypeSize(DType d) {
   switch (d) {
-    case DType::kF32:
-      return 4;
-    case DType::kBF16:
-      return 2;
-    case DType::kF16:
-      return 2;
-    case DType::kF64:
-      return 8;
-    case DType::kI32:
-      return 4;
-    case DType::kI64:
-      return 8;
-    case DType::kU8:
-      return 1;
+    case DType::kF32: return 4;
+    case DType::kBF16: return 2;
+    case DType::kF16: return 2;
+    case DType::kF64: return 8;
+    case DType::kI32: return 4;
+    case DType::kI64: return 8;
+    case DType::kU8: return 1;
   }
   return 0;
 }
@@ -171,7 +161,7 @@ uint16_t FloatToF16(float f) {
   const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
   const uint32_t abs = u & 0x7fffffffu;
   if (abs > 0x7f800000u) return sign | 0x7e00u | ((abs >> 13) & 0x3ffu);  // NaN stays NaN
-  if (abs >= 0x47800000u) return sign | 0x7c00u;  // >= 65536 (and inf) -> inf
+  if (abs >= 0x47800000u) return sign | 0x7c00u;                          // >= 65536 (and inf) -> inf
   const int exp = static_cast<int>(abs >> 23) - 127;
   uint32_t mant = abs & 0x7fffffu;
   if (exp >= -14) {  // normal half; a carry out of the mantissa bumps the exponent (to inf at most)
@@ -204,8 +194,7 @@ absl::Status ParseSafetensorsMetadata(const json& v, const std::string& path,
   }
   for (auto m = v.begin(); m != v.end(); ++m) {
     if (!m.value().is_string()) {
-      return absl::DataLossError(
-          absl::StrCat(path, ": __metadata__ value \"", m.key(), "\" is not a string"));
+      return absl::DataLossError(absl::StrCat(path, ": __metadata__ value \"", m.key(), "\" is not a string"));
     }
     (*metadata)[m.key()] = m.value().get<std::string>();
   }
@@ -227,37 +216,33 @@ absl::StatusOr<TensorInfo> ParseTensorEntry(const std::string& name, const json&
   TensorInfo info;
   info.name = name;
   auto dtype = DTypeFromString(dt->get<std::string>());
-  if (!dtype.ok())
-    return absl::InvalidArgumentError(absl::StrCat(where, ": ", dtype.status().message()));
+  if (!dtype.ok()) return absl::InvalidArgumentError(absl::StrCat(where, ": ", dtype.status().message()));
   info.dtype = *dtype;
   if (sh == v.end() || !sh->is_array()) {
     return absl::DataLossError(absl::StrCat(where, ": missing or non-array shape"));
   }
   for (const json& d : *sh) {
     if (!d.is_number_integer() || d.get<int64_t>() < 0) {
-      return absl::DataLossError(
-          absl::StrCat(where, ": shape has a non-integer or negative dim"));
+      return absl::DataLossError(absl::StrCat(where, ": shape has a non-integer or negative dim"));
     }
     info.shape.push_back(d.get<int64_t>());
   }
   if (off == v.end() || !off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() ||
       !(*off)[1].is_number_unsigned()) {
-    return absl::DataLossError(
-        absl::StrCat(where, ": data_offsets must be two non-negative integers"));
+    return absl::DataLossError(absl::StrCat(where, ": data_offsets must be two non-negative integers"));
   }
   info.begin = (*off)[0].get<uint64_t>();
   info.end = (*off)[1].get<uint64_t>();
   if (info.begin > info.end || info.end > data_size) {
     return absl::DataLossError(absl::StrCat(where, ": data_offsets [", info.begin, ", ", info.end,
-                                            "] out of range of the ", data_size,
-                                            "-byte data section"));
+                                            "] out of range of the ", data_size, "-byte data section"));
   }
   const int64_t numel = CheckedNumel(info.shape);
   if (numel < 0 || static_cast<uint64_t>(numel) > data_size ||
       info.end - info.begin != static_cast<uint64_t>(numel) * DTypeSize(info.dtype)) {
-    return absl::DataLossError(absl::StrCat(
-        where, ": byte size ", info.end - info.begin, " != numel of shape ",
-        ShapeString(info.shape), " * ", DTypeSize(info.dtype), " (", DTypeName(info.dtype), ")"));
+    return absl::DataLossError(absl::StrCat(where, ": byte size ", info.end - info.begin, " != numel of shape ",
+                                            ShapeString(info.shape), " * ", DTypeSize(info.dtype), " (",
+                                            DTypeName(info.dtype), ")"));
   }
   return info;
 }
@@ -270,8 +255,8 @@ absl::Status CheckNoOverlap(const std::map<std::string, TensorInfo>& tensors, co
             [](const TensorInfo* a, const TensorInfo* b) { return a->begin < b->begin; });
   for (size_t i = 1; i < by_offset.size(); ++i) {
     if (by_offset[i]->begin < by_offset[i - 1]->end) {
-      return absl::DataLossError(absl::StrCat(path, ": tensors \"", by_offset[i - 1]->name,
-                                              "\" and \"", by_offset[i]->name, "\" overlap"));
+      return absl::DataLossError(
+          absl::StrCat(path, ": tensors \"", by_offset[i - 1]->name, "\" and \"", by_offset[i]->name, "\" overlap"));
     }
   }
   return absl::OkStatus();
@@ -297,8 +282,8 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
   }
   file.file_size_ = static_cast<uint64_t>(st.st_size);
   if (file.file_size_ < 8) {
-    return absl::DataLossError(absl::StrCat(path, ": file is ", file.file_size_,
-                                            " bytes, too short for the 8-byte header length"));
+    return absl::DataLossError(
+        absl::StrCat(path, ": file is ", file.file_size_, " bytes, too short for the 8-byte header length"));
   }
   unsigned char len_bytes[8];
   SAE_RETURN_IF_ERROR(file.PRead(len_bytes, 8, 0));
@@ -309,8 +294,7 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Open(const std::string& path) {
         absl::StrCat(path, ": header length ", header_len, " exceeds file size ", file.file_size_));
   }
   if (header_len > kMaxHeaderBytes) {
-    return absl::DataLossError(
-        absl::StrCat(path, ": header length ", header_len, " exceeds the 100 MB limit"));
+    return absl::DataLossError(absl::StrCat(path, ": header length ", header_len, " exceeds the 100 MB limit"));
   }
   std::string header(header_len, '\0');
   SAE_RETURN_IF_ERROR(file.PRead(header.data(), header_len, 8));
@@ -339,12 +323,10 @@ absl::Status SafetensorsFile::PRead(void* dst, size_t bytes, uint64_t offset) co
     ssize_t n = ::pread(fd_->fd, p, bytes, static_cast<off_t>(offset));
     if (n < 0) {
       if (errno == EINTR) continue;
-      return absl::InternalError(
-          absl::StrCat(path_, ": read at offset ", offset, " failed: ", std::strerror(errno)));
+      return absl::InternalError(absl::StrCat(path_, ": read at offset ", offset, " failed: ", std::strerror(errno)));
     }
     if (n == 0) {
-      return absl::DataLossError(
-          absl::StrCat(path_, ": truncated: unexpected end of file at offset ", offset));
+      return absl::DataLossError(absl::StrCat(path_, ": truncated: unexpected end of file at offset ", offset));
     }
     p += n;
     bytes -= static_cast<size_t>(n);
@@ -365,41 +347,38 @@ absl::Status SafetensorsFile::ReadRaw(const std::string& name, void* dst, size_t
   SAE_ASSIGN_OR_RETURN(TensorInfo info, Info(name));
   const uint64_t bytes = info.end - info.begin;
   if (dst_bytes < bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(path_, ": tensor \"", name, "\": ", bytes,
-                                                   " bytes do not fit a ", dst_bytes,
-                                                   "-byte buffer"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path_, ": tensor \"", name, "\": ", bytes, " bytes do not fit a ", dst_bytes, "-byte buffer"));
   }
   return PRead(dst, bytes, data_start_ + info.begin);
 }
 
-absl::Status SafetensorsFile::ReadRows(const std::string& name, int64_t row_begin, int64_t row_end,
-                                       void* dst, size_t dst_bytes) const {
+absl::Status SafetensorsFile::ReadRows(const std::string& name, int64_t row_begin, int64_t row_end, void* dst,
+                                       size_t dst_bytes) const {
   SAE_ASSIGN_OR_RETURN(TensorInfo info, Info(name));
   if (info.shape.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path_, ": tensor \"", name, "\" is a scalar, has no rows"));
+    return absl::InvalidArgumentError(absl::StrCat(path_, ": tensor \"", name, "\" is a scalar, has no rows"));
   }
   if (row_begin < 0 || row_begin > row_end || row_end > info.shape[0]) {
-    return absl::OutOfRangeError(absl::StrCat(path_, ": tensor \"", name, "\": rows [", row_begin,
-                                              ", ", row_end, ") outside [0, ", info.shape[0], ")"));
+    return absl::OutOfRangeError(absl::StrCat(path_, ": tensor \"", name, "\": rows [", row_begin, ", ", row_end,
+                                              ") outside [0, ", info.shape[0], ")"));
   }
   const uint64_t row_bytes = info.shape[0] == 0 ? 0 : (info.end - info.begin) / info.shape[0];
   const uint64_t bytes = row_bytes * static_cast<uint64_t>(row_end - row_begin);
   if (dst_bytes < bytes) {
-    return absl::InvalidArgumentError(absl::StrCat(path_, ": tensor \"", name, "\": ", bytes,
-                                                   " bytes do not fit a ", dst_bytes,
-                                                   "-byte buffer"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path_, ": tensor \"", name, "\": ", bytes, " bytes do not fit a ", dst_bytes, "-byte buffer"));
   }
   return PRead(dst, bytes, data_start_ + info.begin + row_bytes * static_cast<uint64_t>(row_begin));
 }
 
-absl::Status SafetensorsFile::ReadRowsAsFloat(const std::string& name, int64_t row_begin,
-                                              int64_t row_end, float* dst) const {
+absl::Status SafetensorsFile::ReadRowsAsFloat(const std::string& name, int64_t row_begin, int64_t row_end,
+                                              float* dst) const {
   SAE_ASSIGN_OR_RETURN(TensorInfo info, Info(name));
   if (info.dtype != DType::kF32 && info.dtype != DType::kBF16 && info.dtype != DType::kF16 &&
       info.dtype != DType::kF64) {
-    return absl::InvalidArgumentError(absl::StrCat(path_, ": tensor \"", name, "\" has dtype ",
-                                                   DTypeName(info.dtype), ", not a float type"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path_, ": tensor \"", name, "\" has dtype ", DTypeName(info.dtype), ", not a float type"));
   }
   if (info.shape.empty() || row_begin < 0 || row_begin > row_end || row_end > info.shape[0]) {
     return ReadRows(name, row_begin, row_end, nullptr, 0);  // produces the range error
@@ -420,8 +399,8 @@ absl::StatusOr<std::vector<float>> SafetensorsFile::ReadFloat(const std::string&
   if (info.shape.empty()) {  // a scalar: read it as one row
     if (info.dtype != DType::kF32 && info.dtype != DType::kBF16 && info.dtype != DType::kF16 &&
         info.dtype != DType::kF64) {
-      return absl::InvalidArgumentError(absl::StrCat(path_, ": tensor \"", name, "\" has dtype ",
-                                                     DTypeName(info.dtype), ", not a float type"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path_, ": tensor \"", name, "\" has dtype ", DTypeName(info.dtype), ", not a float type"));
     }
     std::vector<char> raw(info.end - info.begin);
     SAE_RETURN_IF_ERROR(ReadRaw(name, raw.data(), raw.size()));
@@ -435,19 +414,16 @@ absl::StatusOr<std::vector<float>> SafetensorsFile::ReadFloat(const std::string&
 // ---------------------------------------------------------------------------
 // SafetensorsWriter.
 
-void SafetensorsWriter::SetMetadata(const std::string& key, const std::string& value) {
-  metadata_[key] = value;
-}
+void SafetensorsWriter::SetMetadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
 
-absl::Status SafetensorsWriter::Add(const std::string& name, DType dtype,
-                                    std::vector<int64_t> shape, const void* bytes) {
+absl::Status SafetensorsWriter::Add(const std::string& name, DType dtype, std::vector<int64_t> shape,
+                                    const void* bytes) {
   if (name.empty() || name == "__metadata__") {
     return absl::InvalidArgumentError(absl::StrCat("invalid tensor name \"", name, "\""));
   }
   const int64_t numel = CheckedNumel(shape);
   if (numel < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tensor \"", name, "\": invalid shape ", ShapeString(shape)));
+    return absl::InvalidArgumentError(absl::StrCat("tensor \"", name, "\": invalid shape ", ShapeString(shape)));
   }
   Entry e;
   e.dtype = dtype;
@@ -461,16 +437,14 @@ absl::Status SafetensorsWriter::Add(const std::string& name, DType dtype,
   return absl::OkStatus();
 }
 
-absl::Status SafetensorsWriter::AddFloat(const std::string& name, DType dtype,
-                                         std::vector<int64_t> shape, const float* data) {
+absl::Status SafetensorsWriter::AddFloat(const std::string& name, DType dtype, std::vector<int64_t> shape,
+                                         const float* data) {
   const int64_t numel = CheckedNumel(shape);
   if (numel < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("tensor \"", name, "\": invalid shape ", ShapeString(shape)));
+    return absl::InvalidArgumentError(absl::StrCat("tensor \"", name, "\": invalid shape ", ShapeString(shape)));
   }
   switch (dtype) {
-    case DType::kF32:
-      return Add(name, dtype, std::move(shape), data);
+    case DType::kF32: return Add(name, dtype, std::move(shape), data);
     case DType::kBF16:
     case DType::kF16: {
       std::vector<uint16_t> half(static_cast<size_t>(numel));
@@ -494,8 +468,7 @@ absl::Status SafetensorsWriter::Write(const std::string& path) const {
   uint64_t offset = 0;
   for (const auto& [name, e] : entries_) {  // std::map: name order
     const uint64_t end = offset + e.bytes.size();
-    header[name] = {
-        {"dtype", DTypeName(e.dtype)}, {"shape", e.shape}, {"data_offsets", {offset, end}}};
+    header[name] = {{"dtype", DTypeName(e.dtype)}, {"shape", e.shape}, {"data_offsets", {offset, end}}};
     offset = end;
   }
   if (!metadata_.empty()) header["__metadata__"] = metadata_;

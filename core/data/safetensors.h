@@ -19,7 +19,7 @@ namespace sae {
 enum class DType { kF32, kBF16, kF16, kF64, kI32, kI64, kU8 };
 
 absl::StatusOr<DType> DTypeFromString(const std::string& s);  // "F32", "BF16"...
-const char* DTypeName(DType d);                                // "F32"...
+const char* DTypeName(DType d);                               // "F32"...
 size_t DTypeSize(DType d);
 
 struct TensorInfo {
@@ -44,11 +44,9 @@ class SafetensorsFile {
 
   // Raw bytes of a tensor (or of rows [row_begin, row_end) of its first dim).
   absl::Status ReadRaw(const std::string& name, void* dst, size_t dst_bytes) const;
-  absl::Status ReadRows(const std::string& name, int64_t row_begin, int64_t row_end,
-                        void* dst, size_t dst_bytes) const;
+  absl::Status ReadRows(const std::string& name, int64_t row_begin, int64_t row_end, void* dst, size_t dst_bytes) const;
   // Rows converted to float32 (from F32, BF16, F16 or F64).
-  absl::Status ReadRowsAsFloat(const std::string& name, int64_t row_begin, int64_t row_end,
-                               float* dst) const;
+  absl::Status ReadRowsAsFloat(const std::string& name, int64_t row_begin, int64_t row_end, float* dst) const;
   absl::StatusOr<std::vector<float>> ReadFloat(const std::string& name) const;
 
  private:
@@ -68,11 +66,9 @@ class SafetensorsWriter {
  public:
   void SetMetadata(const std::string& key, const std::string& value);
   // Copies `bytes` (numel * DTypeSize(dtype) bytes) under `name`.
-  absl::Status Add(const std::string& name, DType dtype, std::vector<int64_t> shape,
-                   const void* bytes);
+  absl::Status Add(const std::string& name, DType dtype, std::vector<int64_t> shape, const void* bytes);
   // float32 data stored as `dtype` (F32, BF16 round-to-nearest-even, F16).
-  absl::Status AddFloat(const std::string& name, DType dtype, std::vector<int64_t> shape,
-                        const float* data);
+  absl::Status AddFloat(const std::string& name, DType dtype, std::vector<int64_t> shape, const float* data);
   absl::Status Write(const std::string& path) const;
 
  private:

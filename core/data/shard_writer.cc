@@ -16,21 +16,20 @@ namespace sae {
 
 absl::StatusOr<ShardWriter> ShardWriter::Create(const std::string& dir, ShardWriterOptions opts) {
   if (opts.d_in <= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("shard writer ", dir, ": d_in must be positive, got ", opts.d_in));
+    return absl::InvalidArgumentError(absl::StrCat("shard writer ", dir, ": d_in must be positive, got ", opts.d_in));
   }
   if (opts.rows_per_shard <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "shard writer ", dir, ": rows_per_shard must be positive, got ", opts.rows_per_shard));
+    return absl::InvalidArgumentError(
+        absl::StrCat("shard writer ", dir, ": rows_per_shard must be positive, got ", opts.rows_per_shard));
   }
   if (opts.dtype != DType::kF32 && opts.dtype != DType::kBF16 && opts.dtype != DType::kF16) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "shard writer ", dir, ": dtype ", DTypeName(opts.dtype), " is not F32, BF16 or F16"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("shard writer ", dir, ": dtype ", DTypeName(opts.dtype), " is not F32, BF16 or F16"));
   }
   const std::string manifest_path = JoinPath(dir, "manifest.json");
   if (PathExists(manifest_path)) {
-    return absl::AlreadyExistsError(absl::StrCat(
-        manifest_path, ": already exists; refusing to overwrite a finished shard directory"));
+    return absl::AlreadyExistsError(
+        absl::StrCat(manifest_path, ": already exists; refusing to overwrite a finished shard directory"));
   }
   SAE_RETURN_IF_ERROR(MakeDirs(dir));
   ShardWriter w;
@@ -43,17 +42,15 @@ absl::StatusOr<ShardWriter> ShardWriter::Create(const std::string& dir, ShardWri
 }
 
 absl::Status ShardWriter::Append(const float* rows, int64_t n, const int32_t* tokens) {
-  if (finished_)
-    return absl::FailedPreconditionError(absl::StrCat("shard writer ", dir_, ": already finished"));
-  if (n < 0)
-    return absl::InvalidArgumentError(absl::StrCat("shard writer ", dir_, ": negative row count"));
+  if (finished_) return absl::FailedPreconditionError(absl::StrCat("shard writer ", dir_, ": already finished"));
+  if (n < 0) return absl::InvalidArgumentError(absl::StrCat("shard writer ", dir_, ": negative row count"));
   if (n == 0) return absl::OkStatus();
   const int64_t buffered = static_cast<int64_t>(buf_.size()) / opts_.d_in;
   if (manifest_.rows == 0 && buffered == 0) {
     has_tokens_ = tokens != nullptr;
   } else if (has_tokens_ != (tokens != nullptr)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "shard writer ", dir_, ": tokens must be given with every Append or with none"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("shard writer ", dir_, ": tokens must be given with every Append or with none"));
   }
   const int64_t d = opts_.d_in;
   int64_t done = 0;
@@ -87,8 +84,7 @@ absl::Status ShardWriter::Flush() {
 }
 
 absl::StatusOr<Manifest> ShardWriter::Finish() {
-  if (finished_)
-    return absl::FailedPreconditionError(absl::StrCat("shard writer ", dir_, ": already finished"));
+  if (finished_) return absl::FailedPreconditionError(absl::StrCat("shard writer ", dir_, ": already finished"));
   SAE_RETURN_IF_ERROR(Flush());
   SAE_RETURN_IF_ERROR(SaveManifest(dir_, manifest_));
   finished_ = true;
@@ -234,8 +230,7 @@ struct FdCloser {
 // Reads the .npy preamble and header dictionary (versions 1 to 3).
 absl::StatusOr<NpyHeader> ReadNpyHeader(int fd, uint64_t file_size, const std::string& npy_path) {
   unsigned char pre[12];
-  if (file_size < 10)
-    return absl::InvalidArgumentError(absl::StrCat(npy_path, ": too short for a .npy file"));
+  if (file_size < 10) return absl::InvalidArgumentError(absl::StrCat(npy_path, ": too short for a .npy file"));
   SAE_RETURN_IF_ERROR(ReadAt(fd, pre, 10, 0, npy_path));
   if (std::memcmp(pre, "\x93NUMPY", 6) != 0) {
     return absl::InvalidArgumentError(absl::StrCat(npy_path, ": not a .npy file (bad magic)"));
@@ -246,18 +241,17 @@ absl::StatusOr<NpyHeader> ReadNpyHeader(int fd, uint64_t file_size, const std::s
     header_len = pre[8] | (static_cast<uint64_t>(pre[9]) << 8);
     header_start = 10;
   } else if (major == 2 || major == 3) {
-    if (file_size < 12)
-      return absl::InvalidArgumentError(absl::StrCat(npy_path, ": truncated .npy preamble"));
+    if (file_size < 12) return absl::InvalidArgumentError(absl::StrCat(npy_path, ": truncated .npy preamble"));
     SAE_RETURN_IF_ERROR(ReadAt(fd, pre, 12, 0, npy_path));
-    header_len = pre[8] | (static_cast<uint64_t>(pre[9]) << 8) |
-                 (static_cast<uint64_t>(pre[10]) << 16) | (static_cast<uint64_t>(pre[11]) << 24);
+    header_len = pre[8] | (static_cast<uint64_t>(pre[9]) << 8) | (static_cast<uint64_t>(pre[10]) << 16) |
+                 (static_cast<uint64_t>(pre[11]) << 24);
     header_start = 12;
   } else {
     return absl::InvalidArgumentError(absl::StrCat(npy_path, ": unsupported .npy version ", major));
   }
   if (header_start + header_len > file_size) {
-    return absl::InvalidArgumentError(absl::StrCat(npy_path, ": .npy header length ", header_len,
-                                                   " exceeds file size ", file_size));
+    return absl::InvalidArgumentError(
+        absl::StrCat(npy_path, ": .npy header length ", header_len, " exceeds file size ", file_size));
   }
   std::string text(header_len, '\0');
   SAE_RETURN_IF_ERROR(ReadAt(fd, text.data(), header_len, header_start, npy_path));
@@ -273,11 +267,11 @@ absl::StatusOr<DType> NpyElementType(const NpyHeader& h, const std::string& npy_
   if (h.descr == "<f2") return DType::kF16;
   if (h.descr == "<f8") return DType::kF64;
   if (!h.descr.empty() && h.descr[0] == '>') {
-    return absl::InvalidArgumentError(absl::StrCat(npy_path, ": field 'descr' is '", h.descr,
-                                                   "': big-endian data is not supported"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(npy_path, ": field 'descr' is '", h.descr, "': big-endian data is not supported"));
   }
-  return absl::InvalidArgumentError(absl::StrCat(npy_path, ": field 'descr' is '", h.descr,
-                                                 "'; supported: '<f4', '<f2', '<f8'"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(npy_path, ": field 'descr' is '", h.descr, "'; supported: '<f4', '<f2', '<f8'"));
 }
 
 // Widens `numel` stored values (F32, F16 or F64) to float32.
@@ -301,8 +295,8 @@ void NpyToFloat(const char* raw, DType src_dtype, int64_t numel, float* f) {
 
 }  // namespace
 
-absl::StatusOr<Manifest> ImportNpy(const std::string& npy_path, const std::string& out_dir,
-                                   DType dtype, int64_t rows_per_shard) {
+absl::StatusOr<Manifest> ImportNpy(const std::string& npy_path, const std::string& out_dir, DType dtype,
+                                   int64_t rows_per_shard) {
   int fd = ::open(npy_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     std::string msg = absl::StrCat(npy_path, ": cannot open: ", std::strerror(errno));
@@ -316,22 +310,19 @@ absl::StatusOr<Manifest> ImportNpy(const std::string& npy_path, const std::strin
   SAE_ASSIGN_OR_RETURN(DType src_dtype, NpyElementType(h, npy_path));
   const size_t item = DTypeSize(src_dtype);
   if (h.fortran_order) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        npy_path, ": field 'fortran_order' is True; only C-order arrays are supported"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(npy_path, ": field 'fortran_order' is True; only C-order arrays are supported"));
   }
   if (h.shape.size() != 2) {
-    return absl::InvalidArgumentError(absl::StrCat(npy_path, ": field 'shape' is (",
-                                                   absl::StrJoin(h.shape, ", "),
-                                                   "), expected 2-D (rows, d_in)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(npy_path, ": field 'shape' is (", absl::StrJoin(h.shape, ", "), "), expected 2-D (rows, d_in)"));
   }
   const int64_t rows = h.shape[0], d_in = h.shape[1];
-  if (d_in <= 0)
-    return absl::InvalidArgumentError(absl::StrCat(npy_path, ": field 'shape' has d_in 0"));
+  if (d_in <= 0) return absl::InvalidArgumentError(absl::StrCat(npy_path, ": field 'shape' has d_in 0"));
   const uint64_t need = static_cast<uint64_t>(rows) * static_cast<uint64_t>(d_in) * item;
   if (file_size - h.data_offset < need) {
-    return absl::DataLossError(absl::StrCat(npy_path, ": truncated: shape (", rows, ", ", d_in,
-                                            ") needs ", need, " data bytes, file has ",
-                                            file_size - h.data_offset));
+    return absl::DataLossError(absl::StrCat(npy_path, ": truncated: shape (", rows, ", ", d_in, ") needs ", need,
+                                            " data bytes, file has ", file_size - h.data_offset));
   }
 
   ShardWriterOptions opts;
@@ -350,8 +341,8 @@ absl::StatusOr<Manifest> ImportNpy(const std::string& npy_path, const std::strin
     const int64_t numel = n * d_in;
     raw.resize(static_cast<size_t>(numel) * item);
     f.resize(static_cast<size_t>(numel));
-    SAE_RETURN_IF_ERROR(ReadAt(fd, raw.data(), raw.size(),
-                               h.data_offset + static_cast<uint64_t>(r) * d_in * item, npy_path));
+    SAE_RETURN_IF_ERROR(
+        ReadAt(fd, raw.data(), raw.size(), h.data_offset + static_cast<uint64_t>(r) * d_in * item, npy_path));
     NpyToFloat(raw.data(), src_dtype, numel, f.data());
     SAE_RETURN_IF_ERROR(writer.Append(f.data(), n));
   }

@@ -42,7 +42,7 @@ class ShardWriter {
 
 // Imports a 2-D float32/float16/float64 little-endian C-order .npy file into a
 // shard directory.
-absl::StatusOr<Manifest> ImportNpy(const std::string& npy_path, const std::string& out_dir,
-                                   DType dtype, int64_t rows_per_shard);
+absl::StatusOr<Manifest> ImportNpy(const std::string& npy_path, const std::string& out_dir, DType dtype,
+                                   int64_t rows_per_shard);
 
 }  // namespace sae

@@ -31,8 +31,7 @@ absl::StatusOr<PlantedDictionary> PlantedDictionary::Create(SyntheticOptions opt
     return Invalid("noise", absl::StrCat("must be a finite value >= 0, got ", opts.noise));
   }
   if (!(opts.frequency_decay >= 0) || !std::isfinite(opts.frequency_decay)) {
-    return Invalid("frequency_decay",
-                   absl::StrCat("must be a finite value >= 0, got ", opts.frequency_decay));
+    return Invalid("frequency_decay", absl::StrCat("must be a finite value >= 0, got ", opts.frequency_decay));
   }
   PlantedDictionary p;
   p.opts_ = opts;
@@ -126,19 +125,18 @@ void PlantedDictionary::Rows(int64_t first, int64_t n, float* out) const {
   }
 }
 
-absl::StatusOr<Manifest> PlantedDictionary::WriteShards(const std::string& dir, int64_t rows,
-                                                        int64_t rows_per_shard, DType dtype) const {
-  if (rows < 0)
-    return absl::InvalidArgumentError(absl::StrCat("synthetic shards ", dir, ": negative rows"));
+absl::StatusOr<Manifest> PlantedDictionary::WriteShards(const std::string& dir, int64_t rows, int64_t rows_per_shard,
+                                                        DType dtype) const {
+  if (rows < 0) return absl::InvalidArgumentError(absl::StrCat("synthetic shards ", dir, ": negative rows"));
   ShardWriterOptions wo;
   wo.d_in = opts_.d_in;
   wo.dtype = dtype;
   wo.rows_per_shard = rows_per_shard;
   wo.source.model = "synthetic";
   wo.source.hook = "planted_dictionary";
-  wo.source.corpus = absl::StrCat("planted(d_in=", opts_.d_in, ",atoms=", opts_.atoms,
-                                  ",k=", opts_.k, ",seed=", opts_.seed, ",noise=", opts_.noise,
-                                  ",frequency_decay=", opts_.frequency_decay, ")");
+  wo.source.corpus =
+      absl::StrCat("planted(d_in=", opts_.d_in, ",atoms=", opts_.atoms, ",k=", opts_.k, ",seed=", opts_.seed,
+                   ",noise=", opts_.noise, ",frequency_decay=", opts_.frequency_decay, ")");
   wo.source.tokens = rows;
   SAE_ASSIGN_OR_RETURN(ShardWriter writer, ShardWriter::Create(dir, wo));
 
@@ -149,15 +147,12 @@ absl::StatusOr<Manifest> PlantedDictionary::WriteShards(const std::string& dir, 
   dict.SetMetadata("seed", std::to_string(opts_.seed));
   dict.SetMetadata("noise", absl::StrCat(opts_.noise));
   dict.SetMetadata("frequency_decay", absl::StrCat(opts_.frequency_decay));
-  SAE_RETURN_IF_ERROR(
-      dict.AddFloat("dictionary", DType::kF32, {opts_.atoms, opts_.d_in}, dict_.data()));
-  const std::string dict_path = (!dir.empty() && dir.back() == '/')
-                                    ? dir + "dictionary.safetensors"
-                                    : dir + "/dictionary.safetensors";
+  SAE_RETURN_IF_ERROR(dict.AddFloat("dictionary", DType::kF32, {opts_.atoms, opts_.d_in}, dict_.data()));
+  const std::string dict_path =
+      (!dir.empty() && dir.back() == '/') ? dir + "dictionary.safetensors" : dir + "/dictionary.safetensors";
   SAE_RETURN_IF_ERROR(dict.Write(dict_path));
 
-  const int64_t chunk =
-      std::max<int64_t>(1, std::min<int64_t>(rows_per_shard, (int64_t{4} << 20) / opts_.d_in));
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(rows_per_shard, (int64_t{4} << 20) / opts_.d_in));
   std::vector<float> buf;
   for (int64_t r = 0; r < rows; r += chunk) {
     const int64_t n = std::min(chunk, rows - r);

@@ -36,8 +36,7 @@ class PlantedDictionary {
 
   // Writes `rows` rows as a shard directory and DIR/dictionary.safetensors
   // (tensor "dictionary", atoms x d_in).
-  absl::StatusOr<Manifest> WriteShards(const std::string& dir, int64_t rows,
-                                       int64_t rows_per_shard, DType dtype) const;
+  absl::StatusOr<Manifest> WriteShards(const std::string& dir, int64_t rows, int64_t rows_per_shard, DType dtype) const;
 
  private:
   SyntheticOptions opts_;

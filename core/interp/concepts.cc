@@ -18,8 +18,7 @@ std::vector<std::vector<int32_t>> EncodeLines(const Tokenizer& tok, const std::s
   return out;
 }
 
-absl::StatusOr<std::vector<std::vector<int32_t>>> ModelContrastSet(const Transformer& model,
-                                                                   const ConceptOptions& o) {
+absl::StatusOr<std::vector<std::vector<int32_t>>> ModelContrastSet(const Transformer& model, const ConceptOptions& o) {
   const int64_t len = std::min(o.contrast_context, model.config().max_seq_len);
   SAE_ASSIGN_OR_RETURN(std::vector<int32_t> flat,
                        SampleBatch(model, o.contrast_windows, len, 1.0f, 0.9f, o.contrast_seed));

@@ -39,11 +39,11 @@ struct ConceptHit {
 };
 
 struct ConceptReport {
-  std::vector<TextCodes> texts;      // the analysed texts (tokens, pieces, codes)
+  std::vector<TextCodes> texts;  // the analysed texts (tokens, pieces, codes)
   int64_t contrast_count = 0;
-  std::string contrast_source;       // "file", "model samples", "given"
-  std::string normaliser;            // "dashboards" or "query"
-  std::vector<ConceptHit> hits;      // best first, only latents with f_T > 0
+  std::string contrast_source;   // "file", "model samples", "given"
+  std::string normaliser;        // "dashboards" or "query"
+  std::vector<ConceptHit> hits;  // best first, only latents with f_T > 0
 };
 
 // Texts are token sequences with BOS first. `max_acts` may be empty.

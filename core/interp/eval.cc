@@ -19,9 +19,9 @@ namespace {
 
 // Running sums over the evaluated tokens.
 struct EvalSums {
-  double sse = 0, sum_sq = 0, active = 0;                 // reconstruction
-  double nll_clean = 0, nll_sae = 0, nll_zero = 0;         // next-token loss
-  double kl_sae = 0, kl_zero = 0;                          // against the clean run
+  double sse = 0, sum_sq = 0, active = 0;           // reconstruction
+  double nll_clean = 0, nll_sae = 0, nll_zero = 0;  // next-token loss
+  double kl_sae = 0, kl_zero = 0;                   // against the clean run
   int64_t preds = 0;
   at::Tensor sum_x;  // [d], double
   at::Tensor fires;  // [latents], tokens each latent fired on
@@ -121,7 +121,8 @@ absl::StatusOr<SaeEvalResult> EvaluateReconstruction(const Transformer& model, c
                                                      int64_t latents) {
   const HarvestOptions& h = o.windows;
   if (h.layer < 0 || h.layer >= model.config().n_layers)
-    return absl::InvalidArgumentError(absl::StrCat("eval: layer ", h.layer, " outside [0, ", model.config().n_layers, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("eval: layer ", h.layer, " outside [0, ", model.config().n_layers, ")"));
   SAE_ASSIGN_OR_RETURN(std::unique_ptr<WindowSource> src, WindowSource::Create(model, tok, h));
   int64_t n_windows = o.num_windows;
   if (src->distinct_windows() > 0) n_windows = std::min(n_windows, src->distinct_windows());

@@ -362,7 +362,8 @@ absl::Status AddLogitEffects(const Transformer& model, const SaeRun& run, const 
       at::Tensor bv = std::get<0>(bot).contiguous(), bi = std::get<1>(bot).contiguous();
       for (int64_t r = 0; r < cnt; ++r)
         for (int64_t i = 0; i < m; ++i) {
-          fs->features[j0 + r].logit_top.emplace_back(static_cast<int32_t>(ti[r][i].item<int64_t>()), tv[r][i].item<float>());
+          fs->features[j0 + r].logit_top.emplace_back(static_cast<int32_t>(ti[r][i].item<int64_t>()),
+                                                      tv[r][i].item<float>());
           fs->features[j0 + r].logit_bottom.emplace_back(static_cast<int32_t>(bi[r][i].item<int64_t>()),
                                                          bv[r][i].item<float>());
         }
@@ -407,24 +408,26 @@ void AddCofiring(const FeatureAccumulator& acc, const FeatureOptions& o, Feature
 // features.json's fields, the vocabulary aside.
 json FeaturesMeta(const FeatureAccumulator& acc, const Transformer& model, const SaeRun& run) {
   const FeatureOptions& o = acc.options();
-  return {{"format", "saeforge.features.v1"},
-          {"latents", acc.latents()},
-          {"tokens", acc.tokens()},
-          {"radius", o.radius},
-          {"top_contexts", o.top_contexts},
-          {"intervals", o.intervals},
-          {"interval_samples", o.interval_samples},
-          {"sample_seed", o.sample_seed},
-          {"cofire", o.cofire},
-          {"logit_tokens", o.logit_tokens},
-          {"histogram", {{"bins", kHistBins}, {"lo", HistEdge(0)}, {"hi", HistEdge(kHistBins)}, {"spacing", "log10, 10 per decade"}}},
-          {"logit_effect", model.weights().final_norm.defined() ? "lm_head · (final_norm gain ⊙ W_dec[j])"
-                                                                : "lm_head · W_dec[j]"},
-          {"sae", run.dir},
-          {"layer", run.layer},
-          {"hook", HookPointName(run.hook)},
-          {"context", o.windows.context},
-          {"corpus", o.windows.corpus}};
+  return {
+      {"format", "saeforge.features.v1"},
+      {"latents", acc.latents()},
+      {"tokens", acc.tokens()},
+      {"radius", o.radius},
+      {"top_contexts", o.top_contexts},
+      {"intervals", o.intervals},
+      {"interval_samples", o.interval_samples},
+      {"sample_seed", o.sample_seed},
+      {"cofire", o.cofire},
+      {"logit_tokens", o.logit_tokens},
+      {"histogram",
+       {{"bins", kHistBins}, {"lo", HistEdge(0)}, {"hi", HistEdge(kHistBins)}, {"spacing", "log10, 10 per decade"}}},
+      {"logit_effect",
+       model.weights().final_norm.defined() ? "lm_head · (final_norm gain ⊙ W_dec[j])" : "lm_head · W_dec[j]"},
+      {"sae", run.dir},
+      {"layer", run.layer},
+      {"hook", HookPointName(run.hook)},
+      {"context", o.windows.context},
+      {"corpus", o.windows.corpus}};
 }
 
 }  // namespace
@@ -447,15 +450,15 @@ absl::StatusOr<FeatureSet> FinalizeFeatures(const FeatureAccumulator& acc, const
   return fs;
 }
 
-absl::StatusOr<FeatureAccumulator> AccumulateFeatures(const Transformer& model, const Tokenizer* tok,
-                                                      const SaeRun& run, const FeatureOptions& o,
+absl::StatusOr<FeatureAccumulator> AccumulateFeatures(const Transformer& model, const Tokenizer* tok, const SaeRun& run,
+                                                      const FeatureOptions& o,
                                                       const std::function<void(int64_t, int64_t)>& progress) {
   SAE_RETURN_IF_ERROR(CheckSaeFitsModel(run, model));
   if (o.world < 1 || o.rank < 0 || o.rank >= o.world)
     return absl::InvalidArgumentError(absl::StrCat("features: rank ", o.rank, " outside world ", o.world));
   if (o.windows.context < 2 || o.windows.context > model.config().max_seq_len)
-    return absl::InvalidArgumentError(absl::StrCat("features: --context ", o.windows.context, " outside [2, ",
-                                                   model.config().max_seq_len, "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("features: --context ", o.windows.context, " outside [2, ", model.config().max_seq_len, "]"));
   if (o.tokens <= 0) return absl::InvalidArgumentError("features: --tokens must be > 0");
   if (o.radius < 0 || o.top_contexts < 0 || o.intervals < 1 || o.interval_samples < 0)
     return absl::InvalidArgumentError("features: radius, contexts and samples must be >= 0, intervals >= 1");
@@ -572,8 +575,7 @@ absl::Status WriteFeatures(const FeatureSet& fs, const std::string& dir, const s
   SAE_RETURN_IF_ERROR(AddT(&w, "cofire_corr", DType::kF32, {n, F}, cf));
   SAE_RETURN_IF_ERROR(w.Write(dir + "/features.safetensors"));
   meta["vocab"] = fs.vocab;
-  return AtomicWriteFile(dir + "/features.json",
-                         meta.dump(1, ' ', false, json::error_handler_t::replace) + "\n");
+  return AtomicWriteFile(dir + "/features.json", meta.dump(1, ' ', false, json::error_handler_t::replace) + "\n");
 }
 
 namespace {
@@ -653,7 +655,8 @@ FeatureDashboard DashboardFromArrays(const FeatureArrays& a, int64_t j, int64_t 
     iv.count = a.iv_count[j * G + g];
     for (int64_t s = 0; s < S; ++s) {
       const int64_t base = (j * G + g) * S + s;
-      if (a.iv_index[base] >= 0) iv.samples.push_back(ctx(a.iv_index[base], &a.iv_tokens[base * W], &a.iv_acts[base * W]));
+      if (a.iv_index[base] >= 0)
+        iv.samples.push_back(ctx(a.iv_index[base], &a.iv_tokens[base * W], &a.iv_acts[base * W]));
     }
     d.intervals.push_back(std::move(iv));
   }

@@ -35,21 +35,21 @@
 
 namespace sae {
 
-constexpr int kHistBins = 80;          // [1e-4, 1e4), 10 per decade
-int HistBin(float a);                  // bin of a > 0
-double HistEdge(int i);                // lower edge of bin i (i = kHistBins: the top)
+constexpr int kHistBins = 80;  // [1e-4, 1e4), 10 per decade
+int HistBin(float a);          // bin of a > 0
+double HistEdge(int i);        // lower edge of bin i (i = kHistBins: the top)
 
 struct FeatureOptions {
-  HarvestOptions windows;        // layer, hook, corpus, context, batch (windows per block), seed
-  int64_t tokens = 100000;       // rows to read (rounded up to whole windows)
-  int64_t radius = 8;            // a context is the token and ±radius tokens of its window
+  HarvestOptions windows;   // layer, hook, corpus, context, batch (windows per block), seed
+  int64_t tokens = 100000;  // rows to read (rounded up to whole windows)
+  int64_t radius = 8;       // a context is the token and ±radius tokens of its window
   int64_t top_contexts = 20;
   int64_t intervals = 10;
   int64_t interval_samples = 5;
   int64_t cofire = 5;
   int64_t logit_tokens = 10;
   uint64_t sample_seed = 0;
-  int rank = 0, world = 1;       // this process reads blocks b ≡ rank (mod world)
+  int rank = 0, world = 1;  // this process reads blocks b ≡ rank (mod world)
 };
 
 // A context window: tokens[s] and acts[s] (of its latent) for positions
@@ -57,7 +57,7 @@ struct FeatureOptions {
 struct FeatureContext {
   int64_t token_index = 0;  // global row index (window · (context − 1) + pos − 1)
   float act = 0;
-  uint64_t key = 0;         // reservoir key (interval samples)
+  uint64_t key = 0;  // reservoir key (interval samples)
   std::vector<int32_t> tokens;
   std::vector<float> acts;
 };
@@ -67,8 +67,7 @@ class FeatureAccumulator {
   FeatureAccumulator(int64_t latents, const FeatureOptions& opts);
   // One block of windows: tokens [B, T] (BOS at 0) of windows first..first+B−1,
   // and their codes for positions 1..T−1, rows window-major ([B·(T−1), k]).
-  absl::Status Add(int64_t first_window, const at::Tensor& tokens, const at::Tensor& indices,
-                   const at::Tensor& acts);
+  absl::Status Add(int64_t first_window, const at::Tensor& tokens, const at::Tensor& indices, const at::Tensor& acts);
   absl::Status Merge(const FeatureAccumulator& other);
   // A complete, exact copy of the state (MessagePack) and back.
   std::vector<uint8_t> Serialize() const;
@@ -81,7 +80,7 @@ class FeatureAccumulator {
     int64_t count = 0;
     __int128 sum = 0, sumsq = 0;  // fixed point, 2^-32
     float max = 0;
-    std::vector<int64_t> hist;    // kHistBins
+    std::vector<int64_t> hist;                           // kHistBins
     std::vector<FeatureContext> top;                     // a heap, worst on top
     std::map<int, std::vector<FeatureContext>> samples;  // per histogram bin, smallest keys
   };
@@ -113,11 +112,11 @@ struct FeatureDashboard {
   std::vector<FeatureContext> top;
   std::vector<FeatureInterval> intervals;
   std::vector<std::pair<int32_t, float>> logit_top, logit_bottom;  // (token, W_U·W_dec[j])
-  std::vector<std::pair<int32_t, float>> cofire;                     // (latent, correlation)
+  std::vector<std::pair<int32_t, float>> cofire;                   // (latent, correlation)
 };
 
 struct FeatureSet {
-  std::string meta_json;        // features.json without the vocabulary
+  std::string meta_json;  // features.json without the vocabulary
   int64_t latents = 0, tokens = 0, radius = 0;
   std::vector<std::string> vocab;  // printable piece of each token id
   std::vector<FeatureDashboard> features;
@@ -136,9 +135,9 @@ absl::StatusOr<FeatureSet> FinalizeFeatures(const FeatureAccumulator& acc, const
 
 // The streaming pass of this rank (opts.rank of opts.world). `progress`
 // (may be empty) gets rows done and rows to do after each block.
-absl::StatusOr<FeatureAccumulator> AccumulateFeatures(
-    const Transformer& model, const Tokenizer* tok, const SaeRun& run, const FeatureOptions& opts,
-    const std::function<void(int64_t, int64_t)>& progress = {});
+absl::StatusOr<FeatureAccumulator> AccumulateFeatures(const Transformer& model, const Tokenizer* tok, const SaeRun& run,
+                                                      const FeatureOptions& opts,
+                                                      const std::function<void(int64_t, int64_t)>& progress = {});
 
 // DIR/features.safetensors + DIR/features.json (docs/formats.md); `extra`
 // is merged into features.json (model path, corpus, …).

@@ -9,10 +9,14 @@ std::string DumpJson(const json& j, int indent) {
   std::string out;
   out.reserve(s.size());
   for (char c : s) {
-    if (c == '<') out += "\\u003c";
-    else if (c == '>') out += "\\u003e";
-    else if (c == '&') out += "\\u0026";
-    else out += c;
+    if (c == '<')
+      out += "\\u003c";
+    else if (c == '>')
+      out += "\\u003e";
+    else if (c == '&')
+      out += "\\u0026";
+    else
+      out += c;
   }
   return out;
 }
@@ -45,11 +49,19 @@ json DashboardJson(const FeatureSet& fs, int64_t j) {
   };
   json cf = json::array();
   for (const auto& [l, c] : d.cofire) cf.push_back(json{{"latent", l}, {"corr", c}});
-  return json{{"latent", j},          {"count", d.count},        {"tokens", fs.tokens},
-              {"density", d.density}, {"mean", d.mean},          {"max", d.max},
-              {"hist", d.hist},       {"hist_edges", edges},     {"top", top},
-              {"intervals", ivs},     {"logit_top", logits(d.logit_top)},
-              {"logit_bottom", logits(d.logit_bottom)},         {"cofire", cf}};
+  return json{{"latent", j},
+              {"count", d.count},
+              {"tokens", fs.tokens},
+              {"density", d.density},
+              {"mean", d.mean},
+              {"max", d.max},
+              {"hist", d.hist},
+              {"hist_edges", edges},
+              {"top", top},
+              {"intervals", ivs},
+              {"logit_top", logits(d.logit_top)},
+              {"logit_bottom", logits(d.logit_bottom)},
+              {"cofire", cf}};
 }
 
 json TextCodesJson(const TextCodes& t) {
@@ -62,7 +74,9 @@ json TextCodesJson(const TextCodes& t) {
       const float a = act[p - 1][i].item<float>();
       if (a > 0) v.emplace_back(a, idx[p - 1][i].item<int64_t>());
     }
-    std::sort(v.begin(), v.end(), [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
+    std::sort(v.begin(), v.end(), [](const auto& a, const auto& b) {
+      return a.first > b.first || (a.first == b.first && a.second < b.second);
+    });
     json top = json::array();
     for (const auto& [a, l] : v) top.push_back(json::array({l, a}));
     toks.push_back(json{{"token", t.tokens[p]}, {"piece", t.pieces[p]}, {"top", top}});
@@ -83,12 +97,19 @@ json ConceptReportJson(const ConceptReport& r, const FeatureSet* fs, int64_t con
     if (fs != nullptr && h.latent < fs->latents)
       for (int64_t c = 0; c < contexts_per_hit && c < static_cast<int64_t>(fs->features[h.latent].top.size()); ++c)
         ctx.push_back(ContextJson(*fs, fs->features[h.latent].top[c]));
-    hits.push_back(json{{"latent", h.latent}, {"score", h.score}, {"f_texts", h.f_texts},
-                        {"f_contrast", h.f_contrast}, {"mean_norm", h.mean_norm}, {"heat", h.heat},
+    hits.push_back(json{{"latent", h.latent},
+                        {"score", h.score},
+                        {"f_texts", h.f_texts},
+                        {"f_contrast", h.f_contrast},
+                        {"mean_norm", h.mean_norm},
+                        {"heat", h.heat},
                         {"top_contexts", ctx}});
   }
-  return json{{"texts", texts}, {"contrast_count", r.contrast_count}, {"contrast_source", r.contrast_source},
-              {"normaliser", r.normaliser}, {"hits", hits}};
+  return json{{"texts", texts},
+              {"contrast_count", r.contrast_count},
+              {"contrast_source", r.contrast_source},
+              {"normaliser", r.normaliser},
+              {"hits", hits}};
 }
 
 }  // namespace sae

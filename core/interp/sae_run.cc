@@ -97,8 +97,8 @@ absl::StatusOr<TextCodes> EncodeTokens(const Transformer& model, const Tokenizer
                                        std::vector<int32_t> tokens) {
   if (tokens.size() < 2) return absl::InvalidArgumentError("text: needs at least one token after BOS");
   if (static_cast<int64_t>(tokens.size()) > model.config().max_seq_len)
-    return absl::InvalidArgumentError(absl::StrCat("text: ", tokens.size(), " tokens, more than the model's context ",
-                                                   model.config().max_seq_len));
+    return absl::InvalidArgumentError(
+        absl::StrCat("text: ", tokens.size(), " tokens, more than the model's context ", model.config().max_seq_len));
   TextCodes out;
   out.tokens = std::move(tokens);
   const int64_t T = static_cast<int64_t>(out.tokens.size());

@@ -113,7 +113,7 @@ absl::StatusOr<at::Tensor> ClampRows(const LoadedSae& sae, const at::Tensor& x, 
     std::vector<int64_t> lat = latents;
     at::Tensor li = at::from_blob(lat.data(), {m}, at::kLong).clone().to(sae.params.W_dec.device());
     at::Tensor rows = sae.params.W_dec.index_select(0, li).to(at::kFloat);  // [m, d]
-    at::Tensor delta = at::matmul(da.to(rows.device()), rows);             // decoder space [N, d]
+    at::Tensor delta = at::matmul(da.to(rows.device()), rows);              // decoder space [N, d]
     delta = DecoderDeltaToInput(sae, c, delta);
     return (x.to(at::kFloat) + delta.to(x.device())).to(x.scalar_type());
   } catch (const c10::Error& e) {

@@ -244,9 +244,7 @@ thread_local bool tls_workspace_busy = false;
 
 at::Tensor Blob(float* p, at::IntArrayRef sizes) { return at::from_blob(p, sizes, at::kFloat); }
 
-at::Tensor AsFloat(const at::Tensor& t) {
-  return !t.defined() || t.scalar_type() == at::kFloat ? t : t.to(at::kFloat);
-}
+at::Tensor AsFloat(const at::Tensor& t) { return !t.defined() || t.scalar_type() == at::kFloat ? t : t.to(at::kFloat); }
 
 // out [n, w.size(0)] = in [n, k] · wᵀ (+ bias): the calls at::linear makes.
 void Gemm(const at::Tensor& in, const at::Tensor& w, const at::Tensor& bias, float* out) {
@@ -339,7 +337,9 @@ at::Tensor Transformer::ForwardFused(const at::Tensor& tokens, KvCache* cache, c
   float *x = base, *h = x + N * d, *a = h + N * d, *q = a + N * d, *att = q + N * qd, *k = att + N * qd,
         *v = k + N * kvd, *g = v + N * kvd, *u = g + N * hid;
 
-  auto run_hooks = [&](int64_t layer, HookPoint point, float* buf) { RunHooks(opts.hooks, layer, point, buf, B, T, d); };
+  auto run_hooks = [&](int64_t layer, HookPoint point, float* buf) {
+    RunHooks(opts.hooks, layer, point, buf, B, T, d);
+  };
 
   {
     at::Tensor e = at::embedding(w_.tok_emb, tokens.to(w_.tok_emb.device(), at::kLong)).to(at::kFloat);

@@ -16,8 +16,8 @@ absl::StatusOr<GenerateResult> Generate(const Transformer& model, const Tokenize
   std::vector<int32_t> prompt = tok.Encode(o.prompt, /*bos=*/true, /*eos=*/false);
   if (prompt.empty()) return absl::InvalidArgumentError("generate: the prompt encodes to no tokens");
   if (static_cast<int64_t>(prompt.size()) > steps)
-    return absl::InvalidArgumentError(absl::StrCat("generate: the prompt has ", prompt.size(),
-                                                   " tokens, more than --steps ", steps));
+    return absl::InvalidArgumentError(
+        absl::StrCat("generate: the prompt has ", prompt.size(), " tokens, more than --steps ", steps));
   Llama2cSampler sampler(c.vocab_size, o.temperature, o.top_p, o.seed);
   KvCache cache = model.NewCache(1, steps);
   const auto t0 = std::chrono::steady_clock::now();
@@ -55,13 +55,14 @@ absl::StatusOr<GenerateResult> Generate(const Transformer& model, const Tokenize
   return res;
 }
 
-absl::StatusOr<std::vector<int32_t>> SampleBatch(const Transformer& model, int64_t n, int64_t length,
-                                                 float temperature, float top_p, uint64_t seed, bool reference) {
+absl::StatusOr<std::vector<int32_t>> SampleBatch(const Transformer& model, int64_t n, int64_t length, float temperature,
+                                                 float top_p, uint64_t seed, bool reference) {
   const ModelConfig& c = model.config();
   if (length > c.max_seq_len || length < 1)
     return absl::InvalidArgumentError(absl::StrCat("sample: length ", length, " outside [1, ", c.max_seq_len, "]"));
   std::vector<Llama2cSampler> samplers;
-  for (int64_t i = 0; i < n; ++i) samplers.emplace_back(c.vocab_size, temperature, top_p, seed + static_cast<uint64_t>(i));
+  for (int64_t i = 0; i < n; ++i)
+    samplers.emplace_back(c.vocab_size, temperature, top_p, seed + static_cast<uint64_t>(i));
   std::vector<int32_t> out(static_cast<size_t>(n * length));
   KvCache cache = model.NewCache(n, length);
   std::vector<int64_t> cur(n, c.bos_id);

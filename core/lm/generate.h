@@ -46,8 +46,7 @@ absl::StatusOr<GenerateResult> Generate(const Transformer& model, const Tokenize
 // sequence i uses the llama2.c sampler seeded with seed + i (harvest passes
 // seed + window + 1: xorshift needs a nonzero state). Row-major [n, length].
 // `reference`: the op-by-op ATen forward (ForwardOptions::reference), for tests.
-absl::StatusOr<std::vector<int32_t>> SampleBatch(const Transformer& model, int64_t n, int64_t length,
-                                                 float temperature, float top_p, uint64_t seed,
-                                                 bool reference = false);
+absl::StatusOr<std::vector<int32_t>> SampleBatch(const Transformer& model, int64_t n, int64_t length, float temperature,
+                                                 float top_p, uint64_t seed, bool reference = false);
 
 }  // namespace sae

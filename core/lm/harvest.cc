@@ -40,7 +40,8 @@ absl::StatusOr<std::unique_ptr<WindowSource>> WindowSource::Create(const Transfo
                                                                    const HarvestOptions& o) {
   const ModelConfig& c = model.config();
   if (o.context < 2 || o.context > c.max_seq_len)
-    return absl::InvalidArgumentError(absl::StrCat("context ", o.context, " outside [2, ", c.max_seq_len, "] for ", c.source));
+    return absl::InvalidArgumentError(
+        absl::StrCat("context ", o.context, " outside [2, ", c.max_seq_len, "] for ", c.source));
   if (o.batch < 1) return absl::InvalidArgumentError("batch must be >= 1");
   std::unique_ptr<WindowSource> w(new WindowSource());
   w->model_ = &model;
@@ -74,9 +75,8 @@ absl::StatusOr<at::Tensor> WindowSource::Windows(int64_t first, int64_t count) {
   at::Tensor out = at::empty({count, ctx}, at::kLong);
   int64_t* p = out.data_ptr<int64_t>();
   if (opts_.corpus == "generate") {
-    SAE_ASSIGN_OR_RETURN(std::vector<int32_t> toks,
-                         SampleBatch(*model_, count, ctx, opts_.temperature, opts_.top_p,
-                                     opts_.seed + static_cast<uint64_t>(first) + 1));
+    SAE_ASSIGN_OR_RETURN(std::vector<int32_t> toks, SampleBatch(*model_, count, ctx, opts_.temperature, opts_.top_p,
+                                                                opts_.seed + static_cast<uint64_t>(first) + 1));
     for (int64_t i = 0; i < count * ctx; ++i) p[i] = toks[i];
     return out;
   }
@@ -92,8 +92,8 @@ absl::StatusOr<at::Tensor> WindowSource::Windows(int64_t first, int64_t count) {
 absl::StatusOr<std::unique_ptr<Harvester>> Harvester::Create(const Transformer& model, const Tokenizer* tok,
                                                              const HarvestOptions& o) {
   if (o.layer < 0 || o.layer >= model.config().n_layers)
-    return absl::InvalidArgumentError(absl::StrCat("layer ", o.layer, " outside [0, ", model.config().n_layers,
-                                                   ") for ", model.config().source));
+    return absl::InvalidArgumentError(
+        absl::StrCat("layer ", o.layer, " outside [0, ", model.config().n_layers, ") for ", model.config().source));
   std::unique_ptr<Harvester> h(new Harvester());
   h->model_ = &model;
   h->opts_ = o;
@@ -123,7 +123,8 @@ absl::Status Harvester::Rows(int64_t start, int64_t n, float* acts, int32_t* tok
     if (block != block_) SAE_RETURN_IF_ERROR(ComputeBlock(block));
     const int64_t take = std::min(n, rows_per_block - off);
     std::memcpy(acts, block_acts_.data_ptr<float>() + off * d, static_cast<size_t>(take * d) * sizeof(float));
-    if (tokens) std::memcpy(tokens, block_tokens_.data_ptr<int32_t>() + off, static_cast<size_t>(take) * sizeof(int32_t));
+    if (tokens)
+      std::memcpy(tokens, block_tokens_.data_ptr<int32_t>() + off, static_cast<size_t>(take) * sizeof(int32_t));
     acts += take * d;
     if (tokens) tokens += take;
     start += take;
@@ -133,8 +134,8 @@ absl::Status Harvester::Rows(int64_t start, int64_t n, float* acts, int32_t* tok
 }
 
 absl::StatusOr<Manifest> HarvestRankToShards(Harvester* h, int64_t rows, const std::string& out_dir,
-                                             const std::string& model_name, int rank, int world,
-                                             double timeout_seconds, const HarvestProgress& progress) {
+                                             const std::string& model_name, int rank, int world, double timeout_seconds,
+                                             const HarvestProgress& progress) {
   namespace fs = std::filesystem;
   using json = nlohmann::json;
   if (world < 1 || rank < 0 || rank >= world)

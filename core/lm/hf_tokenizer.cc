@@ -19,10 +19,10 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <queue>
-#include <tuple>
 #include <nlohmann/json.hpp>
+#include <queue>
 #include <set>
+#include <tuple>
 #include <unordered_map>
 
 #include "core/base/parse.h"
@@ -79,14 +79,14 @@ class Regex {
     auto r = std::shared_ptr<Regex>(new Regex());
     OnigErrorInfo info;
     const auto* p = reinterpret_cast<const OnigUChar*>(pattern.data());
-    const int rc = onig_new(&r->re_, p, p + pattern.size(), ONIG_OPTION_NONE, ONIG_ENCODING_UTF8,
-                            ONIG_SYNTAX_DEFAULT, &info);
+    const int rc =
+        onig_new(&r->re_, p, p + pattern.size(), ONIG_OPTION_NONE, ONIG_ENCODING_UTF8, ONIG_SYNTAX_DEFAULT, &info);
     if (rc != ONIG_NORMAL) {
       OnigUChar msg[ONIG_MAX_ERROR_MESSAGE_LEN];
       onig_error_code_to_str(msg, rc, &info);
       r->re_ = nullptr;
-      return absl::InvalidArgumentError(absl::StrCat(where, ": regex ", json(pattern).dump(), " does not compile: ",
-                                                     reinterpret_cast<char*>(msg)));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": regex ", json(pattern).dump(), " does not compile: ", reinterpret_cast<char*>(msg)));
     }
     return r;
   }
@@ -152,8 +152,7 @@ absl::Status OnlyKeys(const json& j, std::initializer_list<const char*> known, c
 // A part of type "Sequence": the parts listed under `key` (an array), each
 // read by part(json, where) in order. `w` names the Sequence in errors.
 template <typename F>
-absl::Status ForEachInSequence(const json& j, const char* key, const std::string& where, const std::string& w,
-                               F part) {
+absl::Status ForEachInSequence(const json& j, const char* key, const std::string& where, const std::string& w, F part) {
   SAE_RETURN_IF_ERROR(OnlyKeys(j, {"type", key}, w));
   if (!j.contains(key) || !j[key].is_array())
     return absl::InvalidArgumentError(absl::StrCat(w, ": \"", key, "\" is not an array"));
@@ -223,7 +222,8 @@ absl::StatusOr<Pattern> ParsePattern(const json& j, const std::string& where) {
     SAE_ASSIGN_OR_RETURN(p.regex, Regex::Compile(j["Regex"].get<std::string>(), where));
     return p;
   }
-  return absl::InvalidArgumentError(absl::StrCat(where, ": pattern ", j.dump(), " is not {\"String\": …} or {\"Regex\": …}"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(where, ": pattern ", j.dump(), " is not {\"String\": …} or {\"Regex\": …}"));
 }
 
 // ---------- normalizers ----------
@@ -256,8 +256,11 @@ absl::Status ParseNormalizer(const json& j, const std::string& where, std::vecto
     SAE_ASSIGN_OR_RETURN(n.pattern, ParsePattern(j["pattern"], w));
   } else if (type == "NFC" || type == "NFD" || type == "NFKC" || type == "NFKD" || type == "Lowercase") {
     SAE_RETURN_IF_ERROR(OnlyKeys(j, {"type"}, w));
-    n.kind = type == "NFC" ? Normalizer::kNfc : type == "NFD" ? Normalizer::kNfd : type == "NFKC" ? Normalizer::kNfkc
-             : type == "NFKD" ? Normalizer::kNfkd : Normalizer::kLowercase;
+    n.kind = type == "NFC"    ? Normalizer::kNfc
+             : type == "NFD"  ? Normalizer::kNfd
+             : type == "NFKC" ? Normalizer::kNfkc
+             : type == "NFKD" ? Normalizer::kNfkd
+                              : Normalizer::kLowercase;
   } else {
     return Unknown(where, absl::StrCat("normalizer type \"", type, "\""));
   }
@@ -319,10 +322,10 @@ struct PreTokenizer {
   Pattern pattern;  // Split; ByteLevel with use_regex: GPT-2's
   Behavior behavior = Behavior::kIsolated;
   bool invert = false;
-  bool add_prefix_space = false, use_regex = true;                   // ByteLevel
-  std::string replacement = kSpaceMark, prepend_scheme = "always";   // Metaspace
-  bool split = true;                                                 // Metaspace
-  bool individual_digits = false;                                    // Digits
+  bool add_prefix_space = false, use_regex = true;                  // ByteLevel
+  std::string replacement = kSpaceMark, prepend_scheme = "always";  // Metaspace
+  bool split = true;                                                // Metaspace
+  bool individual_digits = false;                                   // Digits
 };
 
 // A piece of a segment being pre-tokenized: its text and whether it starts
@@ -371,8 +374,8 @@ absl::Status ParsePreTokenizer(const json& j, const std::string& where, std::vec
       SAE_ASSIGN_OR_RETURN(p.pattern.regex, Regex::Compile(kGpt2Pattern, w));
     }
   } else if (type == "Metaspace") {
-    SAE_RETURN_IF_ERROR(OnlyKeys(j, {"type", "replacement", "prepend_scheme", "split", "add_prefix_space",
-                                     "str_rep"}, w));
+    SAE_RETURN_IF_ERROR(
+        OnlyKeys(j, {"type", "replacement", "prepend_scheme", "split", "add_prefix_space", "str_rep"}, w));
     p.kind = PreTokenizer::kMetaspace;
     if (j.contains("replacement")) {
       SAE_ASSIGN_OR_RETURN(p.replacement, Char(j, "replacement", w));
@@ -422,8 +425,10 @@ std::vector<std::string> SplitBy(const std::string& s, const std::vector<std::pa
     case Behavior::kContiguous: {
       bool prev_match = false;
       for (const auto& p : parts) {
-        if (p.second && prev_match && !out.empty()) out.back().second = p.first.second;
-        else out.push_back(p.first);
+        if (p.second && prev_match && !out.empty())
+          out.back().second = p.first.second;
+        else
+          out.push_back(p.first);
         prev_match = p.second;
       }
       break;
@@ -431,8 +436,10 @@ std::vector<std::string> SplitBy(const std::string& s, const std::vector<std::pa
     case Behavior::kMergedWithPrevious: {
       bool prev_match = false;
       for (const auto& p : parts) {
-        if (p.second && !prev_match && !out.empty()) out.back().second = p.first.second;
-        else out.push_back(p.first);
+        if (p.second && !prev_match && !out.empty())
+          out.back().second = p.first.second;
+        else
+          out.push_back(p.first);
         prev_match = p.second;
       }
       break;
@@ -440,8 +447,10 @@ std::vector<std::string> SplitBy(const std::string& s, const std::vector<std::pa
     case Behavior::kMergedWithNext: {
       bool prev_match = false;
       for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
-        if (it->second && !prev_match && !out.empty()) out.back().first = it->first.first;
-        else out.push_back(it->first);
+        if (it->second && !prev_match && !out.empty())
+          out.back().first = it->first.first;
+        else
+          out.push_back(it->first);
         prev_match = it->second;
       }
       std::reverse(out.begin(), out.end());
@@ -480,9 +489,8 @@ class HfTokenizer : public Tokenizer {
     // remains is pre-tokenized and run through the model.
     SplitOnAdded(text, raw_added_, &out, [&](const std::string& seg, bool at_start) {
       const std::string norm = Normalize(normalizers_, seg);
-      SplitOnAdded(norm, norm_added_, &out, [&](const std::string& piece, bool first) {
-        EncodeNormalized(piece, at_start && first, &out);
-      });
+      SplitOnAdded(norm, norm_added_, &out,
+                   [&](const std::string& piece, bool first) { EncodeNormalized(piece, at_start && first, &out); });
     });
     if (eos) out.insert(out.end(), suffix_.begin(), suffix_.end());
     return out;
@@ -498,8 +506,10 @@ class HfTokenizer : public Tokenizer {
       for (size_t i = 0; i < s.size();) {
         const size_t len = Utf8Len(static_cast<unsigned char>(s[i]));
         auto it = unbyte_.find(s.substr(i, len));
-        if (it != unbyte_.end()) out.push_back(it->second);
-        else out.append(s, i, len);
+        if (it != unbyte_.end())
+          out.push_back(it->second);
+        else
+          out.append(s, i, len);
         i += len;
       }
       return out;
@@ -567,9 +577,7 @@ class HfTokenizer : public Tokenizer {
       for (size_t i = 0; i < parts.size(); ++i) out->push_back({std::move(parts[i]), pc.at_start && i == 0});
     };
     switch (p.kind) {
-      case PreTokenizer::kSplit:
-        emit(SplitBy(pc.s, p.pattern.FindAll(pc.s), p.behavior, p.invert));
-        return;
+      case PreTokenizer::kSplit: emit(SplitBy(pc.s, p.pattern.FindAll(pc.s), p.behavior, p.invert)); return;
       case PreTokenizer::kDigits: {
         std::vector<std::pair<size_t, size_t>> m;
         for (size_t i = 0; i < pc.s.size(); ++i)
@@ -579,8 +587,9 @@ class HfTokenizer : public Tokenizer {
       }
       case PreTokenizer::kByteLevel: {
         if (p.add_prefix_space && pc.s.compare(0, 1, " ") != 0) pc.s = " " + pc.s;
-        std::vector<std::string> parts = p.use_regex ? SplitBy(pc.s, p.pattern.FindAll(pc.s), Behavior::kIsolated, false)
-                                                     : std::vector<std::string>{pc.s};
+        std::vector<std::string> parts = p.use_regex
+                                             ? SplitBy(pc.s, p.pattern.FindAll(pc.s), Behavior::kIsolated, false)
+                                             : std::vector<std::string>{pc.s};
         for (std::string& part : parts) {
           std::string m;
           for (unsigned char c : part) m += byte_str_[c];
@@ -599,7 +608,8 @@ class HfTokenizer : public Tokenizer {
           return;
         }
         std::vector<std::pair<size_t, size_t>> m;
-        for (size_t f = pc.s.find(p.replacement); f != std::string::npos; f = pc.s.find(p.replacement, f + p.replacement.size()))
+        for (size_t f = pc.s.find(p.replacement); f != std::string::npos;
+             f = pc.s.find(p.replacement, f + p.replacement.size()))
           m.emplace_back(f, f + p.replacement.size());
         emit(SplitBy(pc.s, m, Behavior::kMergedWithNext, false));
         return;
@@ -691,10 +701,12 @@ class HfTokenizer : public Tokenizer {
     out->insert(out->end(), sym.begin(), sym.end());
   }
 
-  static uint64_t Key(int32_t a, int32_t b) { return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b); }
+  static uint64_t Key(int32_t a, int32_t b) {
+    return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
+  }
 
   std::unordered_map<std::string, int32_t> vocab_;
-  std::vector<std::string> pieces_;  // id → token string
+  std::vector<std::string> pieces_;                               // id → token string
   std::unordered_map<uint64_t, std::pair<int, int32_t>> merges_;  // (a, b) → (rank, merged id)
   std::vector<AddedToken> added_;
   AddedIndex raw_added_, norm_added_;  // by first byte, longest first
@@ -737,9 +749,12 @@ absl::Status HfTokenizer::ParseModel(const json& m, const std::string& where) {
     SAE_ASSIGN_OR_RETURN(type, Str(m, "type", where));
   }
   if (type != "BPE") return Unknown(where, absl::StrCat("model type \"", type, "\" (BPE only)"));
-  SAE_RETURN_IF_ERROR(OnlyKeys(m, {"type", "dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix",
-                                   "fuse_unk", "byte_fallback", "ignore_merges", "vocab", "merges"}, where));
-  if (m.contains("dropout") && !m["dropout"].is_null() && !(m["dropout"].is_number() && m["dropout"].get<double>() == 0))
+  SAE_RETURN_IF_ERROR(OnlyKeys(m,
+                               {"type", "dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix",
+                                "fuse_unk", "byte_fallback", "ignore_merges", "vocab", "merges"},
+                               where));
+  if (m.contains("dropout") && !m["dropout"].is_null() &&
+      !(m["dropout"].is_number() && m["dropout"].get<double>() == 0))
     return Unknown(where, "dropout");
   for (const char* k : {"continuing_subword_prefix", "end_of_word_suffix"})
     if (m.contains(k) && !m[k].is_null() && !(m[k].is_string() && m[k].get<std::string>().empty()))
@@ -752,7 +767,8 @@ absl::Status HfTokenizer::ParseModel(const json& m, const std::string& where) {
   for (auto& [k, v] : m["vocab"].items()) {
     if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > kMaxId ||
         (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(kMaxId)))
-      return absl::InvalidArgumentError(absl::StrCat(where, ".vocab[", json(k).dump(), "]: id is not an integer in [0, 2^24]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ".vocab[", json(k).dump(), "]: id is not an integer in [0, 2^24]"));
     vocab_[k] = v.get<int32_t>();
   }
   if (m.contains("unk_token") && m["unk_token"].is_string()) unk_ = Find(m["unk_token"].get<std::string>());
@@ -777,8 +793,8 @@ absl::Status HfTokenizer::ParseModel(const json& m, const std::string& where) {
     }
     const int32_t ia = Find(a), ib = Find(b), im = Find(a + b);
     if (ia < 0 || ib < 0 || im < 0)
-      return absl::InvalidArgumentError(absl::StrCat(where, ".merges[", r, "]: ", e.dump(),
-                                                     ": a part or the merged token is not in the vocabulary"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ".merges[", r, "]: ", e.dump(), ": a part or the merged token is not in the vocabulary"));
     merges_.emplace(Key(ia, ib), std::make_pair(static_cast<int>(r), im));  // first occurrence wins
   }
   return absl::OkStatus();
@@ -809,11 +825,13 @@ absl::Status HfTokenizer::ParsePostProcessor(const json& p, const std::string& w
       seen_seq = true;
       continue;
     }
-    if (!item.contains("SpecialToken") || !item["SpecialToken"].contains("id") || !item["SpecialToken"]["id"].is_string())
+    if (!item.contains("SpecialToken") || !item["SpecialToken"].contains("id") ||
+        !item["SpecialToken"]["id"].is_string())
       return Unknown(wi, absl::StrCat("template item ", item.dump()));
     const std::string name = item["SpecialToken"]["id"].get<std::string>();
     if (!specials.contains(name) || !specials[name].contains("ids") || !specials[name]["ids"].is_array())
-      return absl::InvalidArgumentError(absl::StrCat(wi, ": special token \"", name, "\" has no ids in special_tokens"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(wi, ": special token \"", name, "\" has no ids in special_tokens"));
     for (const json& id : specials[name]["ids"]) {
       if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > kMaxId ||
           (id.is_number_unsigned() && id.get<uint64_t>() > static_cast<uint64_t>(kMaxId)))
@@ -859,7 +877,8 @@ absl::Status HfTokenizer::ParseDecoder(const json& d, const std::string& where) 
     return absl::OkStatus();
   }
   if (type == "Metaspace") {
-    SAE_RETURN_IF_ERROR(OnlyKeys(d, {"type", "replacement", "prepend_scheme", "split", "add_prefix_space", "str_rep"}, w));
+    SAE_RETURN_IF_ERROR(
+        OnlyKeys(d, {"type", "replacement", "prepend_scheme", "split", "add_prefix_space", "str_rep"}, w));
     std::string rep = kSpaceMark;
     if (d.contains("replacement")) {
       SAE_ASSIGN_OR_RETURN(rep, Char(d, "replacement", w));
@@ -938,7 +957,8 @@ std::unordered_map<std::string, int32_t> HfTokenizer::IndexAddedTokens() {
   }
   for (AddedIndex* ix : {&raw_added_, &norm_added_})
     for (auto& [b, list] : *ix)
-      std::stable_sort(list.begin(), list.end(), [](const auto& x, const auto& y) { return x.first.size() > y.first.size(); });
+      std::stable_sort(list.begin(), list.end(),
+                       [](const auto& x, const auto& y) { return x.first.size() > y.first.size(); });
   return added_ix;
 }
 
@@ -986,8 +1006,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::FromText(const std::stri
   if (Depth(j) > kMaxDepth)
     return absl::InvalidArgumentError(absl::StrCat(path, ": nested deeper than ", kMaxDepth, " levels"));
   std::unique_ptr<HfTokenizer> t(new HfTokenizer());
-  SAE_RETURN_IF_ERROR(OnlyKeys(j, {"version", "truncation", "padding", "added_tokens", "normalizer", "pre_tokenizer",
-                                   "model", "post_processor", "decoder"}, path));
+  SAE_RETURN_IF_ERROR(OnlyKeys(j,
+                               {"version", "truncation", "padding", "added_tokens", "normalizer", "pre_tokenizer",
+                                "model", "post_processor", "decoder"},
+                               path));
   for (const char* k : {"truncation", "padding"})
     if (j.contains(k) && !j[k].is_null()) return Unknown(path, absl::StrCat("field \"", k, "\" (not null)"));
   t->InitByteLevelAlphabet();
@@ -1008,7 +1030,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> HfTokenizer::FromText(const std::stri
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizer(const std::string& path) { return HfTokenizer::Load(path); }
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizerFromText(const std::string& json_text, const std::string& name) {
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizerFromText(const std::string& json_text,
+                                                                   const std::string& name) {
   return HfTokenizer::FromText(json_text, name);
 }
 

@@ -32,8 +32,8 @@ class BinCursor {
     for (int64_t d : shape) n *= d;
     const size_t need = static_cast<size_t>(n) * 4;
     if (off_ + need > bytes_.size())
-      return absl::InvalidArgumentError(absl::StrCat(path_, ": truncated: tensor ", name, " needs bytes [", off_,
-                                                     ", ", off_ + need, ") but the file has ", bytes_.size()));
+      return absl::InvalidArgumentError(absl::StrCat(path_, ": truncated: tensor ", name, " needs bytes [", off_, ", ",
+                                                     off_ + need, ") but the file has ", bytes_.size()));
     at::Tensor t = at::empty(shape, at::kFloat);
     if (need > 0) std::memcpy(t.data_ptr<float>(), bytes_.data() + off_, need);  // an empty tensor has no data
     off_ += need;
@@ -69,8 +69,7 @@ absl::StatusOr<int64_t> IntField(const json& j, const std::string& name, const s
 
 // An optional integer field: `fallback` when absent or null, an error when
 // it is not an integer (a float such as 1e300 must not be cast).
-absl::StatusOr<int64_t> OptIntField(const json& j, const std::string& name, int64_t fallback,
-                                    const std::string& file) {
+absl::StatusOr<int64_t> OptIntField(const json& j, const std::string& name, int64_t fallback, const std::string& file) {
   auto it = j.find(name);
   if (it == j.end() || it->is_null()) return fallback;
   if (!it->is_number_integer())
@@ -99,7 +98,8 @@ class HfTensors {
       std::map<std::string, size_t> file_ix;
       for (auto& [name, file] : j["weight_map"].items()) {
         if (!file.is_string())
-          return absl::InvalidArgumentError(absl::StrCat(index.string(), ": weight_map[\"", name, "\"] is not a file name"));
+          return absl::InvalidArgumentError(
+              absl::StrCat(index.string(), ": weight_map[\"", name, "\"] is not a file name"));
         const std::string f = file.get<std::string>();
         if (!file_ix.count(f)) {
           auto st = SafetensorsFile::Open((fs::path(dir) / f).string());
@@ -132,7 +132,8 @@ class HfTensors {
   absl::StatusOr<at::Tensor> Get(const std::string& name, std::vector<int64_t> shape, bool keep_stored = false) const {
     auto it = where_.find(name);
     if (it == where_.end())
-      return absl::InvalidArgumentError(absl::StrCat(files_.empty() ? "" : files_[0].path(), ": missing tensor ", name));
+      return absl::InvalidArgumentError(
+          absl::StrCat(files_.empty() ? "" : files_[0].path(), ": missing tensor ", name));
     const SafetensorsFile& f = files_[it->second];
     SAE_ASSIGN_OR_RETURN(TensorInfo info, f.Info(name));
     if (info.shape != shape) {
@@ -141,13 +142,14 @@ class HfTensors {
         for (size_t i = 0; i < s.size(); ++i) absl::StrAppend(&r, i ? "x" : "", s[i]);
         return r + "]";
       };
-      return absl::InvalidArgumentError(absl::StrCat(f.path(), ": tensor ", name, " has shape ", str(info.shape),
-                                                     ", expected ", str(shape)));
+      return absl::InvalidArgumentError(
+          absl::StrCat(f.path(), ": tensor ", name, " has shape ", str(info.shape), ", expected ", str(shape)));
     }
     used_.insert(name);
     if (keep_stored && (info.dtype == DType::kBF16 || info.dtype == DType::kF16 || info.dtype == DType::kF32)) {
-      at::Tensor t = at::empty(shape, info.dtype == DType::kBF16 ? at::kBFloat16
-                                      : info.dtype == DType::kF16 ? at::kHalf : at::kFloat);
+      at::Tensor t = at::empty(shape, info.dtype == DType::kBF16  ? at::kBFloat16
+                                      : info.dtype == DType::kF16 ? at::kHalf
+                                                                  : at::kFloat);
       SAE_RETURN_IF_ERROR(f.ReadRaw(name, t.data_ptr(), t.numel() * t.element_size()));
       return t;
     }
@@ -174,10 +176,14 @@ at::Tensor InterleavedToHalves(const at::Tensor& w, int64_t heads) {
 absl::Status ApplyDType(const LoadOptions& o, ModelConfig* c, ModelWeights* w) {
   if (o.dtype.empty()) return absl::OkStatus();
   at::ScalarType dt;
-  if (o.dtype == "float32" || o.dtype == "f32") dt = at::kFloat;
-  else if (o.dtype == "bfloat16" || o.dtype == "bf16") dt = at::kBFloat16;
-  else if (o.dtype == "float16" || o.dtype == "f16") dt = at::kHalf;
-  else return absl::InvalidArgumentError(absl::StrCat("--dtype: '", o.dtype, "' is not float32, bfloat16 or float16"));
+  if (o.dtype == "float32" || o.dtype == "f32")
+    dt = at::kFloat;
+  else if (o.dtype == "bfloat16" || o.dtype == "bf16")
+    dt = at::kBFloat16;
+  else if (o.dtype == "float16" || o.dtype == "f16")
+    dt = at::kHalf;
+  else
+    return absl::InvalidArgumentError(absl::StrCat("--dtype: '", o.dtype, "' is not float32, bfloat16 or float16"));
   c->compute_dtype = dt;
   auto cv = [&](at::Tensor& t) {
     if (t.defined() && t.scalar_type() != dt) t = t.to(dt);
@@ -187,7 +193,10 @@ absl::Status ApplyDType(const LoadOptions& o, ModelConfig* c, ModelWeights* w) {
   cv(w->pos_emb);
   cv(w->final_norm);
   cv(w->final_norm_b);
-  if (tied) w->lm_head = w->tok_emb; else cv(w->lm_head);
+  if (tied)
+    w->lm_head = w->tok_emb;
+  else
+    cv(w->lm_head);
   for (BlockWeights& b : w->blocks)
     for (at::Tensor* t : {&b.attn_norm, &b.attn_norm_b, &b.ffn_norm, &b.ffn_norm_b, &b.post_attn_norm, &b.post_ffn_norm,
                           &b.wq, &b.wk, &b.wv, &b.wo, &b.bq, &b.bk, &b.bv, &b.bo, &b.w1, &b.w2, &b.w3, &b.b1, &b.b2})
@@ -229,11 +238,12 @@ absl::Status CheckRopeFieldsKnown(const json& rp, const std::string& type, const
     known.insert({"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"});
   if (type == "longrope")
     known.insert({"short_factor", "long_factor", "factor", "attention_factor", "original_max_position_embeddings"});
-  const bool supported = type == "default" || type == "linear" || type == "dynamic" || type == "llama3" || type == "longrope";
+  const bool supported =
+      type == "default" || type == "linear" || type == "dynamic" || type == "llama3" || type == "longrope";
   for (auto it = rp.begin(); supported && it != rp.end(); ++it)
     if (!known.count(it.key()))
-      return absl::UnimplementedError(absl::StrCat(where, ": field \"", it.key(), "\" is not supported for rope_type \"",
-                                                   type, "\""));
+      return absl::UnimplementedError(
+          absl::StrCat(where, ": field \"", it.key(), "\" is not supported for rope_type \"", type, "\""));
   return absl::OkStatus();
 }
 
@@ -259,8 +269,9 @@ absl::Status ParseLongRope(const json& rp, const std::string& where, int64_t ori
   if (rp.contains("attention_factor") && rp["attention_factor"].is_number())
     r.attention_factor = rp["attention_factor"].get<double>();
   else
-    r.attention_factor = factor <= 1.0 ? 1.0
-                                       : std::sqrt(1.0 + std::log(factor) / std::log(static_cast<double>(r.original_max_position)));
+    r.attention_factor =
+        factor <= 1.0 ? 1.0
+                      : std::sqrt(1.0 + std::log(factor) / std::log(static_cast<double>(r.original_max_position)));
   return absl::OkStatus();
 }
 
@@ -273,17 +284,20 @@ absl::Status ParseRope(const json& cfg, const std::string& cfg_path, ModelConfig
   if (rp->contains("rope_theta") && (*rp)["rope_theta"].is_number()) c->rope_theta = (*rp)["rope_theta"].get<float>();
   if (rp->contains("partial_rotary_factor") && (*rp)["partial_rotary_factor"].is_number() &&
       (*rp)["partial_rotary_factor"].get<double>() != 1.0)
-    return absl::UnimplementedError(absl::StrCat(where, ".partial_rotary_factor ", (*rp)["partial_rotary_factor"].dump(),
-                                                 " is not supported (1.0 only)"));
+    return absl::UnimplementedError(absl::StrCat(
+        where, ".partial_rotary_factor ", (*rp)["partial_rotary_factor"].dump(), " is not supported (1.0 only)"));
   std::string type = "default";
-  if (rp->contains("rope_type") && (*rp)["rope_type"].is_string()) type = (*rp)["rope_type"].get<std::string>();
-  else if (rp->contains("type") && (*rp)["type"].is_string()) type = (*rp)["type"].get<std::string>();
+  if (rp->contains("rope_type") && (*rp)["rope_type"].is_string())
+    type = (*rp)["rope_type"].get<std::string>();
+  else if (rp->contains("type") && (*rp)["type"].is_string())
+    type = (*rp)["type"].get<std::string>();
   if (type == "su") type = "longrope";  // Phi-3's earlier name for it
   ModelConfig::RopeScaling& r = c->rope_scaling;
   r.type = type;
   SAE_RETURN_IF_ERROR(CheckRopeFieldsKnown(*rp, type, where));
   auto orig = [&]() -> int64_t {
-    if (rp->contains("original_max_position_embeddings") && (*rp)["original_max_position_embeddings"].is_number_integer())
+    if (rp->contains("original_max_position_embeddings") &&
+        (*rp)["original_max_position_embeddings"].is_number_integer())
       return (*rp)["original_max_position_embeddings"].get<int64_t>();
     if (cfg.contains("original_max_position_embeddings") && cfg["original_max_position_embeddings"].is_number_integer())
       return cfg["original_max_position_embeddings"].get<int64_t>();
@@ -305,8 +319,8 @@ absl::Status ParseRope(const json& cfg, const std::string& cfg_path, ModelConfig
     return absl::OkStatus();
   }
   if (type == "longrope") return ParseLongRope(*rp, where, orig(), c);
-  return absl::UnimplementedError(absl::StrCat(where, ": rope_type \"", type,
-                                               "\" is not supported (default, linear, dynamic, llama3, longrope)"));
+  return absl::UnimplementedError(
+      absl::StrCat(where, ": rope_type \"", type, "\" is not supported (default, linear, dynamic, llama3, longrope)"));
 }
 
 // Which layers use a sliding window: config.layer_types when given, else
@@ -323,13 +337,14 @@ absl::Status ParseSlidingWindow(const json& cfg, const std::string& cfg_path, co
   if (cfg.contains("layer_types") && cfg["layer_types"].is_array()) {
     const json& lt = cfg["layer_types"];
     if (static_cast<int64_t>(lt.size()) != c->n_layers)
-      return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": layer_types has ", lt.size(), " entries for ",
-                                                     c->n_layers, " layers"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(cfg_path, ": layer_types has ", lt.size(), " entries for ", c->n_layers, " layers"));
     for (int64_t l = 0; l < c->n_layers; ++l) {
       const std::string t = lt[l].is_string() ? lt[l].get<std::string>() : lt[l].dump();
       if (t == "sliding_attention") {
         if (window <= 0)
-          return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": layer_types[", l, "] is sliding_attention but sliding_window is not set"));
+          return absl::InvalidArgumentError(
+              absl::StrCat(cfg_path, ": layer_types[", l, "] is sliding_attention but sliding_window is not set"));
         w[l] = window;
       } else if (t != "full_attention") {
         return absl::UnimplementedError(absl::StrCat(cfg_path, ": layer_types[", l, "] \"", t,
@@ -369,7 +384,8 @@ absl::Status ParseHfDecoderShape(const json& cfg, const std::string& cfg_path, M
   SAE_ASSIGN_OR_RETURN(c->max_seq_len, IntField(cfg, "max_position_embeddings", cfg_path));
   SAE_ASSIGN_OR_RETURN(c->n_kv_heads, OptIntField(cfg, "num_key_value_heads", c->n_heads, cfg_path));
   if (c->n_heads <= 0 || c->n_kv_heads <= 0 || c->dim <= 0 || c->n_layers <= 0 || c->hidden_dim <= 0)
-    return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": hidden_size, intermediate_size, num_hidden_layers and "
+    return absl::InvalidArgumentError(absl::StrCat(cfg_path,
+                                                   ": hidden_size, intermediate_size, num_hidden_layers and "
                                                    "attention heads must be > 0"));
   SAE_RETURN_IF_ERROR(CheckConfigDims(*c, cfg_path));
   if (cfg.contains("head_dim") && !cfg["head_dim"].is_null()) {
@@ -377,8 +393,8 @@ absl::Status ParseHfDecoderShape(const json& cfg, const std::string& cfg_path, M
       return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": field \"head_dim\" is not a positive integer"));
     c->explicit_head_dim = cfg["head_dim"].get<int64_t>();
   } else if (c->dim % c->n_heads != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": hidden_size ", c->dim, " not divisible by num_attention_heads ",
-                                                   c->n_heads, " and no head_dim"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        cfg_path, ": hidden_size ", c->dim, " not divisible by num_attention_heads ", c->n_heads, " and no head_dim"));
   }
   return absl::OkStatus();
 }
@@ -393,8 +409,8 @@ absl::Status ParseHfActivation(const json& cfg, const std::string& cfg_path, boo
   if (act == "gelu_pytorch_tanh" || act == "gelu_new" || act == "gelu_tanh") {
     c->gelu_mlp = true;
   } else if (act != "silu" && act != "swish") {
-    return absl::UnimplementedError(absl::StrCat(cfg_path, ": activation \"", act,
-                                                 "\" is not supported (silu, gelu_pytorch_tanh)"));
+    return absl::UnimplementedError(
+        absl::StrCat(cfg_path, ": activation \"", act, "\" is not supported (silu, gelu_pytorch_tanh)"));
   }
   if (cfg.value("mlp_bias", false))
     return absl::UnimplementedError(absl::StrCat(cfg_path, ": mlp_bias true is not supported"));
@@ -412,7 +428,8 @@ absl::Status ParseGemma2Extras(const json& cfg, const std::string& cfg_path, Mod
   for (auto [k, dst] : {std::pair<const char*, double*>{"attn_logit_softcapping", &c->attn_softcap},
                         {"final_logit_softcapping", &c->final_softcap}})
     if (cfg.contains(k) && !cfg[k].is_null()) {
-      if (!cfg[k].is_number()) return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": field \"", k, "\" is not a number"));
+      if (!cfg[k].is_number())
+        return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": field \"", k, "\" is not a number"));
       *dst = cfg[k].get<double>();
     }
   return absl::OkStatus();
@@ -420,8 +437,10 @@ absl::Status ParseGemma2Extras(const json& cfg, const std::string& cfg_path, Mod
 
 // bos_token_id and eos_token_id (the first, where eos is a list).
 void ParseHfSpecialTokens(const json& cfg, ModelConfig* c) {
-  if (cfg.contains("bos_token_id") && cfg["bos_token_id"].is_number_integer()) c->bos_id = cfg["bos_token_id"].get<int64_t>();
-  if (cfg.contains("eos_token_id") && cfg["eos_token_id"].is_number_integer()) c->eos_id = cfg["eos_token_id"].get<int64_t>();
+  if (cfg.contains("bos_token_id") && cfg["bos_token_id"].is_number_integer())
+    c->bos_id = cfg["bos_token_id"].get<int64_t>();
+  if (cfg.contains("eos_token_id") && cfg["eos_token_id"].is_number_integer())
+    c->eos_id = cfg["eos_token_id"].get<int64_t>();
   if (cfg.contains("eos_token_id") && cfg["eos_token_id"].is_array() && !cfg["eos_token_id"].empty() &&
       cfg["eos_token_id"][0].is_number_integer())
     c->eos_id = cfg["eos_token_id"][0].get<int64_t>();
@@ -429,8 +448,8 @@ void ParseHfSpecialTokens(const json& cfg, ModelConfig* c) {
 
 // One decoder block's tensors under `p` ("model.layers.N."), in their stored
 // dtype. Phi-3 stores q/k/v and gate/up fused: they become row views.
-absl::StatusOr<BlockWeights> LoadHfDecoderBlock(const HfTensors& t, const std::string& p, const ModelConfig& c, bool gemma,
-                                                bool phi3) {
+absl::StatusOr<BlockWeights> LoadHfDecoderBlock(const HfTensors& t, const std::string& p, const ModelConfig& c,
+                                                bool gemma, bool phi3) {
   const bool keep = true;
   const int64_t d = c.dim, hd = c.head_dim(), qd = c.n_heads * hd, kv = c.n_kv_heads * hd, h = c.hidden_dim;
   BlockWeights b;
@@ -484,8 +503,8 @@ absl::StatusOr<Transformer> LoadHfDecoder(const std::string& dir, const json& cf
   SAE_RETURN_IF_ERROR(ParseRope(cfg, cfg_path, &c));
   if (cfg.contains("partial_rotary_factor") && cfg["partial_rotary_factor"].is_number() &&
       cfg["partial_rotary_factor"].get<double>() != 1.0)
-    return absl::UnimplementedError(absl::StrCat(cfg_path, ": partial_rotary_factor ", cfg["partial_rotary_factor"].dump(),
-                                                 " is not supported (1.0 only)"));
+    return absl::UnimplementedError(absl::StrCat(cfg_path, ": partial_rotary_factor ",
+                                                 cfg["partial_rotary_factor"].dump(), " is not supported (1.0 only)"));
   SAE_RETURN_IF_ERROR(ParseSlidingWindow(cfg, cfg_path, type, &c));
   SAE_RETURN_IF_ERROR(ParseHfActivation(cfg, cfg_path, gemma, &c));
   if (gemma) SAE_RETURN_IF_ERROR(ParseGemma2Extras(cfg, cfg_path, &c));
@@ -605,11 +624,13 @@ absl::Status ParseLlama2cHeader(const std::string& path, const std::string& byte
     if (*version != 1)
       return absl::UnimplementedError(absl::StrCat(path, ": llama2.c format version ", *version,
                                                    " is not supported (float32 legacy and version 1 are)"));
-    if (bytes.size() < 256) return absl::InvalidArgumentError(absl::StrCat(path, ": truncated header (", bytes.size(), " bytes)"));
+    if (bytes.size() < 256)
+      return absl::InvalidArgumentError(absl::StrCat(path, ": truncated header (", bytes.size(), " bytes)"));
     off = 8;
     c->format = "llama2c-v1";
   } else {
-    if (bytes.size() < 28) return absl::InvalidArgumentError(absl::StrCat(path, ": truncated header (", bytes.size(), " bytes)"));
+    if (bytes.size() < 28)
+      return absl::InvalidArgumentError(absl::StrCat(path, ": truncated header (", bytes.size(), " bytes)"));
     c->format = "llama2c-legacy";
   }
   c->dim = i32(off);
@@ -659,18 +680,12 @@ std::vector<Llama2cTensor> Llama2cLayout(const ModelConfig& c, int version) {
   const int64_t d = c.dim, h = c.hidden_dim, V = c.vocab_size;
   const int64_t hd = d / c.n_heads, kv = c.n_kv_heads * hd;
   if (version == 0) {
-    return {{"token_embedding", {V, d}, &M::tok_emb},
-            {"rms_att", {d}, nullptr, &B::attn_norm},
-            {"wq", {d, d}, nullptr, &B::wq},
-            {"wk", {kv, d}, nullptr, &B::wk},
-            {"wv", {kv, d}, nullptr, &B::wv},
-            {"wo", {d, d}, nullptr, &B::wo},
-            {"rms_ffn", {d}, nullptr, &B::ffn_norm},
-            {"w1", {h, d}, nullptr, &B::w1},
-            {"w2", {d, h}, nullptr, &B::w2},
-            {"w3", {h, d}, nullptr, &B::w3},
-            {"rms_final", {d}, &M::final_norm},
-            {"freq_cis_real", {c.max_seq_len, hd / 2}},
+    return {{"token_embedding", {V, d}, &M::tok_emb},  {"rms_att", {d}, nullptr, &B::attn_norm},
+            {"wq", {d, d}, nullptr, &B::wq},           {"wk", {kv, d}, nullptr, &B::wk},
+            {"wv", {kv, d}, nullptr, &B::wv},          {"wo", {d, d}, nullptr, &B::wo},
+            {"rms_ffn", {d}, nullptr, &B::ffn_norm},   {"w1", {h, d}, nullptr, &B::w1},
+            {"w2", {d, h}, nullptr, &B::w2},           {"w3", {h, d}, nullptr, &B::w3},
+            {"rms_final", {d}, &M::final_norm},        {"freq_cis_real", {c.max_seq_len, hd / 2}},
             {"freq_cis_imag", {c.max_seq_len, hd / 2}}};
   }
   return {{"attention_norm", {d}, nullptr, &B::attn_norm},
@@ -740,7 +755,8 @@ absl::StatusOr<Transformer> LoadHfModel(const std::string& dir, const LoadOption
   const std::string cfg_path = (fs::path(dir) / "config.json").string();
   SAE_ASSIGN_OR_RETURN(std::string text, ReadFileBytes(cfg_path));
   json cfg = json::parse(text, nullptr, false);
-  if (cfg.is_discarded() || !cfg.is_object()) return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": not a JSON object"));
+  if (cfg.is_discarded() || !cfg.is_object())
+    return absl::InvalidArgumentError(absl::StrCat(cfg_path, ": not a JSON object"));
   SAE_ASSIGN_OR_RETURN(const json* mt, Field(cfg, "model_type", cfg_path));
   const std::string type = mt->is_string() ? mt->get<std::string>() : "";
   try {
@@ -767,8 +783,8 @@ absl::StatusOr<std::string> ResolveModelPath(const std::string& path) {
     if (e.path().extension() == ".bin" && name.rfind("tok", 0) != 0) bins.push_back(e.path().string());
   }
   if (bins.size() == 1) return bins[0];
-  return absl::InvalidArgumentError(absl::StrCat(path, ": expected config.json or one llama2.c .bin checkpoint, found ",
-                                                 bins.size(), " .bin files"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(path, ": expected config.json or one llama2.c .bin checkpoint, found ", bins.size(), " .bin files"));
 }
 
 absl::StatusOr<Transformer> LoadModel(const std::string& path, const LoadOptions& opts) {
@@ -784,8 +800,8 @@ absl::Status SaveLlama2c(const Transformer& m, const std::string& path, int vers
     return absl::InvalidArgumentError("SaveLlama2c: only llama2.c-style (interleaved RoPE) Llama models");
   const bool shared = w.lm_head.is_same(w.tok_emb);
   std::string out;
-  const int32_t hdr[7] = {static_cast<int32_t>(c.dim), static_cast<int32_t>(c.hidden_dim),
-                          static_cast<int32_t>(c.n_layers), static_cast<int32_t>(c.n_heads),
+  const int32_t hdr[7] = {static_cast<int32_t>(c.dim),        static_cast<int32_t>(c.hidden_dim),
+                          static_cast<int32_t>(c.n_layers),   static_cast<int32_t>(c.n_heads),
                           static_cast<int32_t>(c.n_kv_heads), static_cast<int32_t>(c.vocab_size),
                           static_cast<int32_t>(c.max_seq_len)};
   if (version == 0) {
@@ -863,12 +879,21 @@ absl::Status SaveHfLlama(const Transformer& m, const std::string& dir, int shard
     json idx = {{"metadata", {{"total_size", 0}}}, {"weight_map", weight_map}};
     SAE_RETURN_IF_ERROR(AtomicWriteFile((fs::path(dir) / "model.safetensors.index.json").string(), idx.dump(2)));
   }
-  json cfg = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_size", c.dim},
-              {"intermediate_size", c.hidden_dim}, {"num_hidden_layers", c.n_layers},
-              {"num_attention_heads", c.n_heads}, {"num_key_value_heads", c.n_kv_heads},
-              {"vocab_size", c.vocab_size}, {"max_position_embeddings", c.max_seq_len},
-              {"rms_norm_eps", c.norm_eps}, {"rope_theta", c.rope_theta}, {"tie_word_embeddings", tied},
-              {"bos_token_id", c.bos_id}, {"eos_token_id", c.eos_id}, {"hidden_act", "silu"}};
+  json cfg = {{"architectures", {"LlamaForCausalLM"}},
+              {"model_type", "llama"},
+              {"hidden_size", c.dim},
+              {"intermediate_size", c.hidden_dim},
+              {"num_hidden_layers", c.n_layers},
+              {"num_attention_heads", c.n_heads},
+              {"num_key_value_heads", c.n_kv_heads},
+              {"vocab_size", c.vocab_size},
+              {"max_position_embeddings", c.max_seq_len},
+              {"rms_norm_eps", c.norm_eps},
+              {"rope_theta", c.rope_theta},
+              {"tie_word_embeddings", tied},
+              {"bos_token_id", c.bos_id},
+              {"eos_token_id", c.eos_id},
+              {"hidden_act", "silu"}};
   if (c.explicit_head_dim > 0) cfg["head_dim"] = c.explicit_head_dim;
   const ModelConfig::RopeScaling& r = c.rope_scaling;
   if (r.type != "default") {

@@ -17,15 +17,14 @@ std::string ShapeStr(const at::Tensor& t) {
   return s + "]";
 }
 
-absl::Status Check(const ModelConfig& c, const at::Tensor& t, const std::string& name,
-                   std::vector<int64_t> shape) {
+absl::Status Check(const ModelConfig& c, const at::Tensor& t, const std::string& name, std::vector<int64_t> shape) {
   bool ok = t.defined() && t.dim() == static_cast<int64_t>(shape.size());
   for (size_t i = 0; ok && i < shape.size(); ++i) ok = t.size(i) == shape[i];
   if (ok) return absl::OkStatus();
   std::string want = "[";
   for (size_t i = 0; i < shape.size(); ++i) absl::StrAppend(&want, i ? "x" : "", shape[i]);
-  return absl::InvalidArgumentError(absl::StrCat(c.source, ": tensor ", name, " has shape ", ShapeStr(t),
-                                                 ", expected ", want, "]"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(c.source, ": tensor ", name, " has shape ", ShapeStr(t), ", expected ", want, "]"));
 }
 
 // Hugging Face's RMSNorm: x·rsqrt(mean(x²) + eps)·w, or ·(1 + w) for Gemma.
@@ -116,16 +115,16 @@ namespace {
 absl::Status CheckTransformerConfig(ModelConfig& c) {
   SAE_RETURN_IF_ERROR(CheckModelDims(c));
   if (c.dim <= 0 || c.n_layers <= 0 || c.n_heads <= 0 || c.vocab_size <= 0 || c.max_seq_len <= 0)
-    return absl::InvalidArgumentError(absl::StrCat(c.source, ": invalid model dimensions (dim ", c.dim,
-                                                   ", layers ", c.n_layers, ", heads ", c.n_heads,
-                                                   ", vocab ", c.vocab_size, ", seq_len ", c.max_seq_len, ")"));
+    return absl::InvalidArgumentError(absl::StrCat(c.source, ": invalid model dimensions (dim ", c.dim, ", layers ",
+                                                   c.n_layers, ", heads ", c.n_heads, ", vocab ", c.vocab_size,
+                                                   ", seq_len ", c.max_seq_len, ")"));
   if (c.n_kv_heads <= 0) c.n_kv_heads = c.n_heads;
   if ((c.explicit_head_dim <= 0 && c.dim % c.n_heads != 0) || c.n_heads % c.n_kv_heads != 0 || c.head_dim() % 2 != 0)
-    return absl::InvalidArgumentError(absl::StrCat(c.source, ": dim ", c.dim, " / heads ", c.n_heads,
-                                                   " / kv heads ", c.n_kv_heads, " do not divide"));
+    return absl::InvalidArgumentError(absl::StrCat(c.source, ": dim ", c.dim, " / heads ", c.n_heads, " / kv heads ",
+                                                   c.n_kv_heads, " do not divide"));
   if (!c.sliding_window.empty() && static_cast<int64_t>(c.sliding_window.size()) != c.n_layers)
-    return absl::InvalidArgumentError(absl::StrCat(c.source, ": ", c.sliding_window.size(),
-                                                   " sliding-window entries for ", c.n_layers, " layers"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(c.source, ": ", c.sliding_window.size(), " sliding-window entries for ", c.n_layers, " layers"));
   const std::string& rt = c.rope_scaling.type;
   if (rt != "default" && rt != "linear" && rt != "dynamic" && rt != "llama3" && rt != "longrope")
     return absl::UnimplementedError(absl::StrCat(c.source, ": rope scaling \"", rt, "\" is not supported"));
@@ -134,10 +133,11 @@ absl::Status CheckTransformerConfig(ModelConfig& c) {
     return absl::InvalidArgumentError(absl::StrCat(c.source, ": longrope short_factor/long_factor need ",
                                                    c.head_dim() / 2, " values each (head_dim / 2)"));
   if ((rt == "llama3" || rt == "longrope") && c.rope_scaling.original_max_position <= 0)
-    return absl::InvalidArgumentError(absl::StrCat(c.source, ": rope scaling \"", rt,
-                                                   "\" needs original_max_position_embeddings > 0"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(c.source, ": rope scaling \"", rt, "\" needs original_max_position_embeddings > 0"));
   if (rt == "llama3" && !(c.rope_scaling.high_freq_factor > c.rope_scaling.low_freq_factor))
-    return absl::InvalidArgumentError(absl::StrCat(c.source, ": llama3 rope scaling needs high_freq_factor > low_freq_factor"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(c.source, ": llama3 rope scaling needs high_freq_factor > low_freq_factor"));
   if ((rt == "linear" || rt == "llama3") && !(c.rope_scaling.factor > 0))
     return absl::InvalidArgumentError(absl::StrCat(c.source, ": rope scaling factor must be > 0"));
   return absl::OkStatus();
@@ -151,7 +151,8 @@ absl::Status CheckWeightShapes(const ModelConfig& c, const ModelWeights& w) {
   SAE_RETURN_IF_ERROR(Check(c, w.lm_head, "lm head", {V, d}));
   SAE_RETURN_IF_ERROR(Check(c, w.final_norm, "final norm", {d}));
   if (static_cast<int64_t>(w.blocks.size()) != c.n_layers)
-    return absl::InvalidArgumentError(absl::StrCat(c.source, ": ", w.blocks.size(), " blocks, config says ", c.n_layers));
+    return absl::InvalidArgumentError(
+        absl::StrCat(c.source, ": ", w.blocks.size(), " blocks, config says ", c.n_layers));
   const bool gpt2 = c.arch == Arch::kGpt2;
   if (gpt2) {
     SAE_RETURN_IF_ERROR(Check(c, w.pos_emb, "position embedding", {c.max_seq_len, d}));
@@ -221,7 +222,8 @@ absl::StatusOr<Transformer> Transformer::Create(ModelConfig c, ModelWeights w) {
   t.w_ = std::move(w);
   if (t.cfg_.arch != Arch::kGpt2) {
     RopeTables(t.cfg_, /*long_factors=*/false, &t.rope_cos_, &t.rope_sin_);
-    if (t.cfg_.rope_scaling.type == "longrope") RopeTables(t.cfg_, /*long_factors=*/true, &t.rope_cos_long_, &t.rope_sin_long_);
+    if (t.cfg_.rope_scaling.type == "longrope")
+      RopeTables(t.cfg_, /*long_factors=*/true, &t.rope_cos_long_, &t.rope_sin_long_);
   }
   return t;
 }
@@ -235,11 +237,13 @@ void Transformer::To(const at::Device& device) {
   mv(w_.pos_emb);
   mv(w_.final_norm);
   mv(w_.final_norm_b);
-  if (tied) w_.lm_head = w_.tok_emb; else mv(w_.lm_head);
+  if (tied)
+    w_.lm_head = w_.tok_emb;
+  else
+    mv(w_.lm_head);
   for (BlockWeights& b : w_.blocks)
-    for (at::Tensor* t : {&b.attn_norm, &b.attn_norm_b, &b.ffn_norm, &b.ffn_norm_b, &b.post_attn_norm,
-                          &b.post_ffn_norm, &b.wq, &b.wk, &b.wv, &b.wo,
-                          &b.bq, &b.bk, &b.bv, &b.bo, &b.w1, &b.w2, &b.w3, &b.b1, &b.b2})
+    for (at::Tensor* t : {&b.attn_norm, &b.attn_norm_b, &b.ffn_norm, &b.ffn_norm_b, &b.post_attn_norm, &b.post_ffn_norm,
+                          &b.wq, &b.wk, &b.wv, &b.wo, &b.bq, &b.bk, &b.bv, &b.bo, &b.w1, &b.w2, &b.w3, &b.b1, &b.b2})
       mv(*t);
   mv(rope_cos_);
   mv(rope_sin_);
@@ -261,7 +265,8 @@ at::Tensor Transformer::ApplyRope(const at::Tensor& x, int64_t pos0, bool long_r
   const int64_t T = x.size(2), hd = x.size(3), half = hd / 2;
   const at::Tensor& ct = long_rope ? rope_cos_long_ : rope_cos_;
   const at::Tensor& st = long_rope ? rope_sin_long_ : rope_sin_;
-  at::Tensor cos = ct.narrow(0, pos0, T).to(x.scalar_type()), sin = st.narrow(0, pos0, T).to(x.scalar_type());  // [T, half]
+  at::Tensor cos = ct.narrow(0, pos0, T).to(x.scalar_type()),
+             sin = st.narrow(0, pos0, T).to(x.scalar_type());  // [T, half]
   if (cfg_.rope == RopeStyle::kInterleaved) {
     at::Tensor xp = x.reshape({x.size(0), x.size(1), T, half, 2});
     at::Tensor x0 = xp.select(-1, 0), x1 = xp.select(-1, 1);
@@ -273,9 +278,7 @@ at::Tensor Transformer::ApplyRope(const at::Tensor& x, int64_t pos0, bool long_r
 
 namespace {
 // A weight (or bias) in the compute dtype; undefined stays undefined.
-at::Tensor W(const at::Tensor& t, at::ScalarType dt) {
-  return !t.defined() || t.scalar_type() == dt ? t : t.to(dt);
-}
+at::Tensor W(const at::Tensor& t, at::ScalarType dt) { return !t.defined() || t.scalar_type() == dt ? t : t.to(dt); }
 }  // namespace
 
 at::Tensor Transformer::Attention(const BlockWeights& b, const at::Tensor& h, int64_t layer, int64_t pos0,
@@ -341,7 +344,8 @@ at::Tensor Transformer::ForwardImpl(const at::Tensor& tokens, KvCache* cache, co
   const at::ScalarType dt = cfg_.compute_dtype;
   const bool gpt2 = cfg_.arch == Arch::kGpt2, gemma = cfg_.arch == Arch::kGemma2;
   auto norm = [&](const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-    return gpt2 ? at::layer_norm(x, {cfg_.dim}, W(w, dt), W(b, dt), cfg_.norm_eps) : RmsNorm(x, w, cfg_.norm_eps, gemma);
+    return gpt2 ? at::layer_norm(x, {cfg_.dim}, W(w, dt), W(b, dt), cfg_.norm_eps)
+                : RmsNorm(x, w, cfg_.norm_eps, gemma);
   };
   at::Tensor x = at::embedding(w_.tok_emb, tokens.to(w_.tok_emb.device(), at::kLong)).to(dt);
   if (gpt2) x = x + W(w_.pos_emb.narrow(0, pos0, T), dt).unsqueeze(0);
@@ -407,8 +411,8 @@ absl::StatusOr<at::Tensor> Transformer::Forward(const at::Tensor& tokens, KvCach
   if (tokens.numel() > 0) {
     const int64_t lo = tokens.min().item<int64_t>(), hi = tokens.max().item<int64_t>();
     if (lo < 0 || hi >= cfg_.vocab_size)
-      return absl::InvalidArgumentError(absl::StrCat("Forward: token id ", lo < 0 ? lo : hi,
-                                                     " outside the vocabulary (", cfg_.vocab_size, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("Forward: token id ", lo < 0 ? lo : hi, " outside the vocabulary (", cfg_.vocab_size, ")"));
   }
   try {
     at::NoGradGuard no_grad;

@@ -36,7 +36,8 @@ struct ModelConfig {
   RopeStyle rope = RopeStyle::kInterleaved;
   int64_t bos_id = 1, eos_id = 2;
   std::string source;  // file or directory it was loaded from
-  std::string format;  // "llama2c-legacy", "llama2c-v1", "hf-llama", "hf-mistral", "hf-qwen2", "hf-phi3", "hf-gemma2", "hf-gpt2"
+  std::string format;  // "llama2c-legacy", "llama2c-v1", "hf-llama", "hf-mistral", "hf-qwen2", "hf-phi3", "hf-gemma2",
+                       // "hf-gpt2"
   // Per-head width; 0: dim / n_heads (Gemma, Qwen3, Mistral-Nemo set their own).
   int64_t explicit_head_dim = 0;
   // RoPE frequency scaling (Hugging Face rope_scaling / rope_parameters).
@@ -51,11 +52,11 @@ struct ModelConfig {
   // Per layer: attend to the last `window` positions only (query − key <
   // window); 0 or an empty vector: full causal attention.
   std::vector<int64_t> sliding_window;
-  bool gelu_mlp = false;         // gated MLP with tanh-GELU (GeGLU) instead of SiLU
-  double embed_scale = 0.0;      // > 0: embeddings multiplied by it (Gemma: √dim)
-  double attn_scale = 0.0;       // > 0: score scale (Gemma: query_pre_attn_scalar^−½); else 1/√head_dim
-  double attn_softcap = 0.0;     // > 0: scores = cap·tanh(scores/cap)
-  double final_softcap = 0.0;    // > 0: logits = cap·tanh(logits/cap)
+  bool gelu_mlp = false;       // gated MLP with tanh-GELU (GeGLU) instead of SiLU
+  double embed_scale = 0.0;    // > 0: embeddings multiplied by it (Gemma: √dim)
+  double attn_scale = 0.0;     // > 0: score scale (Gemma: query_pre_attn_scalar^−½); else 1/√head_dim
+  double attn_softcap = 0.0;   // > 0: scores = cap·tanh(scores/cap)
+  double final_softcap = 0.0;  // > 0: logits = cap·tanh(logits/cap)
   at::ScalarType compute_dtype = at::kFloat;  // activations; weights are cast to it per use
   int64_t head_dim() const { return explicit_head_dim > 0 ? explicit_head_dim : (n_heads ? dim / n_heads : 0); }
   int64_t window(int64_t layer) const {
@@ -77,7 +78,7 @@ absl::Status CheckModelDims(const ModelConfig& cfg);
 // dim], wo [dim, heads·head_dim].
 struct BlockWeights {
   at::Tensor attn_norm, attn_norm_b, ffn_norm, ffn_norm_b;
-  at::Tensor post_attn_norm, post_ffn_norm;  // Gemma 2
+  at::Tensor post_attn_norm, post_ffn_norm;   // Gemma 2
   at::Tensor wq, wk, wv, wo, bq, bk, bv, bo;  // [out, in] (at::linear layout)
   at::Tensor w1, w2, w3, b1, b2;              // w1 gate/fc, w3 up, w2 down/proj
 };
@@ -95,7 +96,7 @@ struct ModelWeights {
 // is added (Gemma 2: after its post-MLP norm); kFinalNorm: after the final norm (layer ignored).
 enum class HookPoint { kResidPost, kMlpOut, kFinalNorm };
 absl::StatusOr<HookPoint> HookPointFromString(const std::string& s);  // resid_post | mlp_out
-const char* HookPointName(HookPoint h);  // resid_post | mlp_out | final_norm
+const char* HookPointName(HookPoint h);                               // resid_post | mlp_out | final_norm
 
 // A hook sees the activation [B, T, dim] and may replace it (assign a tensor
 // of the same shape) to steer or splice; leaving it untouched only reads.
@@ -151,12 +152,11 @@ class Transformer {
   bool CanUseFused(const KvCache* cache, const ForwardOptions& opts) const;
   at::Tensor ForwardFused(const at::Tensor& tokens, KvCache* cache, const ForwardOptions& opts) const;
   at::Tensor LmHead(const at::Tensor& x) const;  // x [B, T, dim] after the final norm -> float32 logits
-  at::Tensor Attention(const BlockWeights& b, const at::Tensor& h, int64_t layer, int64_t pos0,
-                       KvCache* cache) const;
+  at::Tensor Attention(const BlockWeights& b, const at::Tensor& h, int64_t layer, int64_t pos0, KvCache* cache) const;
   at::Tensor ApplyRope(const at::Tensor& x, int64_t pos0, bool long_rope) const;  // x [B, H, T, hd]
   ModelConfig cfg_;
   ModelWeights w_;
-  at::Tensor rope_cos_, rope_sin_;  // [max_seq_len, head_dim/2]
+  at::Tensor rope_cos_, rope_sin_;            // [max_seq_len, head_dim/2]
   at::Tensor rope_cos_long_, rope_sin_long_;  // longrope's tables past original_max_position
 };
 

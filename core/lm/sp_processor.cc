@@ -31,8 +31,9 @@ const SpApi* Api() {
   static const SpApi* api = nullptr;
   std::call_once(once, [] {
 #ifdef SAE_SP_UNDER_SANITIZER
-    g_error = "SentencePiece is not available in sanitizer (ASan/TSan) builds: libsae_sp.so is opened with "
-              "RTLD_DEEPBIND, which the sanitizer runtimes refuse";
+    g_error =
+        "SentencePiece is not available in sanitizer (ASan/TSan) builds: libsae_sp.so is opened with "
+        "RTLD_DEEPBIND, which the sanitizer runtimes refuse";
     return;
 #endif
     std::vector<std::string> candidates;

@@ -146,11 +146,13 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadLlama2cTokenizer(const std::strin
     off += len;
   }
   if (static_cast<int64_t>(vocab.size()) != vocab_size)
-    return absl::InvalidArgumentError(absl::StrCat(path, ": tokenizer vocabulary has ", vocab.size(),
-                                                   " tokens but the model's has ", vocab_size));
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": tokenizer vocabulary has ", vocab.size(), " tokens but the model's has ", vocab_size));
   if (vocab.size() < 3)
-    return absl::InvalidArgumentError(absl::StrCat(path, ": a llama2.c tokenizer has at least 3 tokens (<unk>, BOS, "
-                                                   "EOS), this one ", vocab.size()));
+    return absl::InvalidArgumentError(absl::StrCat(path,
+                                                   ": a llama2.c tokenizer has at least 3 tokens (<unk>, BOS, "
+                                                   "EOS), this one ",
+                                                   vocab.size()));
   return std::unique_ptr<Tokenizer>(new Llama2cTokenizer(std::move(vocab), std::move(scores)));
 }
 
@@ -165,10 +167,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGpt2Tokenizer(const std::string& 
   constexpr int64_t kMaxId = (int64_t{1} << 22) - 1;
   for (auto& [k, v] : vocab.items()) {
     if (!v.is_number_integer() || v.get<int64_t>() < 0)
-      return absl::InvalidArgumentError(absl::StrCat(encoder_json, ": id of \"", k, "\" is not a non-negative integer"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(encoder_json, ": id of \"", k, "\" is not a non-negative integer"));
     if (v.get<int64_t>() > kMaxId)
-      return absl::InvalidArgumentError(absl::StrCat(encoder_json, ": id ", v.get<int64_t>(), " of \"", k,
-                                                     "\" exceeds ", kMaxId));
+      return absl::InvalidArgumentError(
+          absl::StrCat(encoder_json, ": id ", v.get<int64_t>(), " of \"", k, "\" exceeds ", kMaxId));
   }
   nlohmann::json merges = nlohmann::json::array();
   size_t pos = 0;
@@ -196,13 +199,23 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGpt2Tokenizer(const std::string& 
   }
   nlohmann::json added = nlohmann::json::array();
   if (vocab.contains("<|endoftext|>"))
-    added.push_back({{"id", vocab["<|endoftext|>"]}, {"content", "<|endoftext|>"}, {"single_word", false},
-                     {"lstrip", false}, {"rstrip", false}, {"normalized", false}, {"special", true}});
+    added.push_back({{"id", vocab["<|endoftext|>"]},
+                     {"content", "<|endoftext|>"},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", false},
+                     {"special", true}});
   const nlohmann::json j = {
-      {"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}, {"added_tokens", added},
+      {"version", "1.0"},
+      {"truncation", nullptr},
+      {"padding", nullptr},
+      {"added_tokens", added},
       {"normalizer", nullptr},
-      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
-      {"post_processor", nullptr}, {"decoder", {{"type", "ByteLevel"}}},
+      {"pre_tokenizer",
+       {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
+      {"post_processor", nullptr},
+      {"decoder", {{"type", "ByteLevel"}}},
       {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", merges}}}};
   return LoadHfTokenizerFromText(j.dump(), absl::StrCat(encoder_json, " + ", vocab_bpe));
 }
@@ -226,7 +239,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerFor(const std::string& m
   };
   auto in_dir = [&](const fs::path& d) -> absl::StatusOr<std::unique_ptr<Tokenizer>> {
     for (const std::string& name : {std::string("tokenizer.bin"), absl::StrCat("tok", vocab_size, ".bin"),
-                                   std::string("tokenizer.json"), std::string("tokenizer.model")})
+                                    std::string("tokenizer.json"), std::string("tokenizer.model")})
       if (fs::exists(d / name, ec)) return by_file(d / name);
     if (fs::exists(d / "encoder.json", ec) && fs::exists(d / "vocab.bpe", ec))
       return check(LoadGpt2Tokenizer((d / "encoder.json").string(), (d / "vocab.bpe").string()),
@@ -234,13 +247,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerFor(const std::string& m
     if (fs::exists(d / "vocab.json", ec) && fs::exists(d / "merges.txt", ec))
       return check(LoadGpt2Tokenizer((d / "vocab.json").string(), (d / "merges.txt").string()),
                    (d / "vocab.json").string());
-    return absl::NotFoundError(absl::StrCat(d.string(), ": no tokenizer found (tokenizer.bin, tok", vocab_size,
-                                            ".bin, tokenizer.json, tokenizer.model, encoder.json+vocab.bpe, vocab.json+merges.txt); "
-                                            "give --tokenizer"));
+    return absl::NotFoundError(
+        absl::StrCat(d.string(), ": no tokenizer found (tokenizer.bin, tok", vocab_size,
+                     ".bin, tokenizer.json, tokenizer.model, encoder.json+vocab.bpe, vocab.json+merges.txt); "
+                     "give --tokenizer"));
   };
   if (!explicit_path.empty()) {
     if (fs::is_directory(explicit_path, ec)) return in_dir(explicit_path);
-    if (!fs::exists(explicit_path, ec)) return absl::NotFoundError(absl::StrCat(explicit_path, ": no such tokenizer file"));
+    if (!fs::exists(explicit_path, ec))
+      return absl::NotFoundError(absl::StrCat(explicit_path, ": no such tokenizer file"));
     return by_file(explicit_path);
   }
   const fs::path dir = fs::is_directory(model_path, ec) ? fs::path(model_path) : fs::path(model_path).parent_path();

@@ -44,7 +44,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadGpt2Tokenizer(const std::string& 
 // does not implement are refused by name.
 absl::StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizer(const std::string& tokenizer_json);
 // The same from the file's text (`name` is used in errors).
-absl::StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizerFromText(const std::string& json_text, const std::string& name);
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizerFromText(const std::string& json_text,
+                                                                   const std::string& name);
 
 // Finds and loads the tokenizer that goes with a model: `explicit_path` if
 // given (.bin llama2.c, .model SentencePiece, .json Hugging Face, or a

@@ -22,9 +22,7 @@ RunDir::RunDir(const std::string& output)
       checkpoints(work_dir + "/" + kCheckpointDir),
       metrics(work_dir + "/" + kMetricsFile) {}
 
-std::string RunDir::CheckpointPath(int64_t step) const {
-  return checkpoints + "/" + CheckpointName(step);
-}
+std::string RunDir::CheckpointPath(int64_t step) const { return checkpoints + "/" + CheckpointName(step); }
 
 bool RunDir::HasCheckpoint() const { return PathExists(latest()); }
 
@@ -36,14 +34,13 @@ std::string CheckpointName(int64_t step) {
 
 absl::Status CheckRunDirPolicy(const RunDir& dir, bool resume, const std::string& origin) {
   if (PathExists(dir.final_dir))
-    return absl::AlreadyExistsError(absl::StrCat(
-        origin, ": output: ", dir.final_dir, " already exists (a finished run); choose another output"));
+    return absl::AlreadyExistsError(
+        absl::StrCat(origin, ": output: ", dir.final_dir, " already exists (a finished run); choose another output"));
   const bool have_ckpt = dir.HasCheckpoint();
   if (!resume && have_ckpt)
     return absl::FailedPreconditionError(absl::StrCat(
         dir.work_dir, " holds checkpoints of an unfinished run: pass --resume to continue it, or remove it"));
-  if (resume && !have_ckpt)
-    return absl::NotFoundError(absl::StrCat("--resume: no checkpoint under ", dir.checkpoints));
+  if (resume && !have_ckpt) return absl::NotFoundError(absl::StrCat("--resume: no checkpoint under ", dir.checkpoints));
   return absl::OkStatus();
 }
 
@@ -55,28 +52,25 @@ absl::StatusOr<std::string> LatestStatePath(const RunDir& dir) {
   return dir.checkpoints + "/" + name + "/" + kStateFile;
 }
 
-absl::StatusOr<int64_t> DataPositionOf(const std::map<std::string, std::string>& extra,
-                                       const std::string& state_path) {
+absl::StatusOr<int64_t> DataPositionOf(const std::map<std::string, std::string>& extra, const std::string& state_path) {
   const auto it = extra.find(kDataPositionKey);
   if (it == extra.end())
     return absl::DataLossError(absl::StrCat(state_path, ": no ", kDataPositionKey, " in the state"));
   auto pos = ParseInt64(it->second, absl::StrCat(state_path, ": ", kDataPositionKey));
   if (!pos.ok() || *pos < 0)
-    return absl::DataLossError(absl::StrCat(state_path, ": ", kDataPositionKey, " '", it->second,
-                                            "' is not a row number"));
+    return absl::DataLossError(
+        absl::StrCat(state_path, ": ", kDataPositionKey, " '", it->second, "' is not a row number"));
   return *pos;
 }
 
-absl::Status WriteCheckpoint(const RunDir& dir, const SaeTrainer& trainer, int64_t data_pos,
-                             int keep) {
+absl::Status WriteCheckpoint(const RunDir& dir, const SaeTrainer& trainer, int64_t data_pos, int keep) {
   SAE_RETURN_IF_ERROR(MakeDirs(dir.checkpoints));
   const std::string name = CheckpointName(trainer.step());
   const std::string final_dir = dir.checkpoints + "/" + name;
   const std::string tmp_dir = final_dir + ".tmp";
   SAE_RETURN_IF_ERROR(RemoveAll(tmp_dir));
   SAE_RETURN_IF_ERROR(MakeDirs(tmp_dir));
-  SAE_RETURN_IF_ERROR(trainer.SaveState(tmp_dir + "/" + kStateFile,
-                                        {{kDataPositionKey, std::to_string(data_pos)}}));
+  SAE_RETURN_IF_ERROR(trainer.SaveState(tmp_dir + "/" + kStateFile, {{kDataPositionKey, std::to_string(data_pos)}}));
   SAE_RETURN_IF_ERROR(RemoveAll(final_dir));
   SAE_RETURN_IF_ERROR(DurableRename(tmp_dir, final_dir));
   SAE_RETURN_IF_ERROR(AtomicWriteFile(dir.latest(), name + "\n"));
@@ -89,8 +83,7 @@ void PruneCheckpoints(const std::string& checkpoints, int keep, const std::strin
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(checkpoints, ec)) {
     const std::string n = e.path().filename().string();
-    if (e.is_directory() && n.rfind("step-", 0) == 0 && n.find(".tmp") == std::string::npos)
-      steps.push_back(n);
+    if (e.is_directory() && n.rfind("step-", 0) == 0 && n.find(".tmp") == std::string::npos) steps.push_back(n);
   }
   std::sort(steps.begin(), steps.end());
   for (size_t i = 0; i + keep < steps.size(); ++i)

@@ -58,13 +58,11 @@ absl::StatusOr<std::string> LatestStatePath(const RunDir& dir);
 
 // The data position stored with a state (kDataPositionKey); DataLoss naming
 // `state_path` and the field when missing or not a row number.
-absl::StatusOr<int64_t> DataPositionOf(const std::map<std::string, std::string>& extra,
-                                       const std::string& state_path);
+absl::StatusOr<int64_t> DataPositionOf(const std::map<std::string, std::string>& extra, const std::string& state_path);
 
 // Writes the trainer's state as the checkpoint of its current step, atomically
 // (see above), with `data_pos` stored in it; keeps the newest `keep`.
-absl::Status WriteCheckpoint(const RunDir& dir, const SaeTrainer& trainer, int64_t data_pos,
-                             int keep);
+absl::Status WriteCheckpoint(const RunDir& dir, const SaeTrainer& trainer, int64_t data_pos, int keep);
 
 // Removes all but the newest `keep` checkpoint directories (never `current`).
 void PruneCheckpoints(const std::string& checkpoints, int keep, const std::string& current);

@@ -38,10 +38,7 @@ int64_t AutoBlockRows(int64_t B, int64_t n) {
 inline float RoundUp(double v) { return static_cast<float>(v * (1 + 1e-6)); }
 
 // "a is better than b": larger value, then lower index.
-inline bool Better(float va, int32_t ia, float vb, int32_t ib) {
-  return va > vb || (va == vb && ia < ib);
-}
-
+inline bool Better(float va, int32_t ia, float vb, int32_t ib) { return va > vb || (va == vb && ia < ib); }
 
 float AbsMax(const float* v, int64_t d) {
   float mx = 0;
@@ -92,7 +89,8 @@ inline float Bounds(const BoundTerms& t, const int32_t* a, int64_t lo, int64_t h
   for (; j < hi; j += 16) {
     const __mmask16 m = hi - j >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (hi - j)) - 1);
     const __m512 av = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(m, a + j));
-    __m512 r = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, t.sw + j)), av, _mm512_maskz_loadu_ps(m, t.cb + j));
+    __m512 r =
+        _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, t.sw + j)), av, _mm512_maskz_loadu_ps(m, t.cb + j));
     r = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, t.wn + j), al, r);
     r = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, t.we + j), be, r);
     vmx = _mm512_mask_max_ps(vmx, m, vmx, r);
@@ -112,8 +110,7 @@ inline float Bounds(const BoundTerms& t, const int32_t* a, int64_t lo, int64_t h
 
 __attribute__((noinline)) float ExactPreactivation(const float* x, const float* w, float b, int64_t d) {
 #if defined(__AVX512F__)
-  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
-         a3 = _mm512_setzero_ps();
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
   int64_t i = 0;
   for (; i + 64 <= d; i += 64) {
     a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(w + i), a0);
@@ -129,8 +126,7 @@ __attribute__((noinline)) float ExactPreactivation(const float* x, const float* 
   const __m512 s = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
   return _mm512_reduce_add_ps(s) + b;
 #elif defined(__AVX2__) && defined(__FMA__)
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
-         a3 = _mm256_setzero_ps();
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 32 <= d; i += 32) {
     a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(w + i), a0);
@@ -173,8 +169,8 @@ struct Int8Screen::Impl {
   dnnl::memory w_mem;         // quantised W in that layout
   std::vector<int8_t> qw;     // quantised W, n×d (= d×n "ba")
   std::vector<float> sw, wn, we, cb;
-  std::vector<int8_t> qx;     // R×d
-  std::vector<int32_t> acc;   // R×n int32 products
+  std::vector<int8_t> qx;    // R×d
+  std::vector<int32_t> acc;  // R×n int32 products
   std::vector<float> sx, alpha, beta, thr, max_excl;
   std::vector<std::vector<int32_t>> cand_i;
   std::vector<std::vector<float>> cand_v;
@@ -194,8 +190,8 @@ struct Int8Screen::Impl {
       w_desc = pd.weights_desc();
       w_mem = dnnl::memory(w_desc, eng);
     } catch (const dnnl::error& e) {
-      return absl::InternalError(absl::StrCat("train.encoder: int8_screened: oneDNN int8 matmul ", rows,
-                                              "x", dd, "x", nn, ": ", e.what()));
+      return absl::InternalError(
+          absl::StrCat("train.encoder: int8_screened: oneDNN int8 matmul ", rows, "x", dd, "x", nn, ": ", e.what()));
     }
     R = rows;
     d = dd;
@@ -256,8 +252,7 @@ absl::Status QuantizeEncoder(Int8Screen::Impl& m, const float* W, const float* b
     }
   });
   try {
-    dnnl::memory w_user({{d, n}, dnnl::memory::data_type::s8, dnnl::memory::format_tag::ba}, m.eng,
-                        m.qw.data());
+    dnnl::memory w_user({{d, n}, dnnl::memory::data_type::s8, dnnl::memory::format_tag::ba}, m.eng, m.qw.data());
     dnnl::reorder(w_user, m.w_mem).execute(m.strm, w_user, m.w_mem);
     m.strm.wait();
   } catch (const dnnl::error& e) {
@@ -379,9 +374,8 @@ int64_t RescoreCandidates(Int8Screen::Impl& m, const float* XC, int64_t r0, int6
       // Latent ranges of about equal pair counts.
       const int64_t want_lo = m.offs[n] * part / parts, want_hi = m.offs[n] * (part + 1) / parts;
       const int64_t jlo = std::upper_bound(m.offs.begin(), m.offs.end(), want_lo) - m.offs.begin() - 1;
-      const int64_t jhi = part + 1 == parts
-                              ? n
-                              : std::upper_bound(m.offs.begin(), m.offs.end(), want_hi) - m.offs.begin() - 1;
+      const int64_t jhi =
+          part + 1 == parts ? n : std::upper_bound(m.offs.begin(), m.offs.end(), want_hi) - m.offs.begin() - 1;
       for (int64_t j = jlo; j < jhi; ++j) {
         const float* w = W + j * d;
         for (int64_t tq = m.offs[j]; tq < m.offs[j + 1]; ++tq) {
@@ -398,8 +392,8 @@ int64_t RescoreCandidates(Int8Screen::Impl& m, const float* XC, int64_t r0, int6
 //    it fails, every latent whose bound reaches τ rescored as well. Writes
 //    rows r0.. of IDX/VAL; adds the uncertified rows to *fallback and the
 //    latents rescored for them to *rescored.
-void CertifiedTopK(Int8Screen::Impl& m, const float* XC, int64_t r0, int64_t rows, const float* W,
-                   const float* bias, int64_t k, int64_t* IDX, float* VAL, int64_t* fallback, int64_t* rescored) {
+void CertifiedTopK(Int8Screen::Impl& m, const float* XC, int64_t r0, int64_t rows, const float* W, const float* bias,
+                   int64_t k, int64_t* IDX, float* VAL, int64_t* fallback, int64_t* rescored) {
   const int64_t d = m.d, n = m.n;
   std::vector<int64_t> fb_rows(static_cast<size_t>(rows), 0), extra(static_cast<size_t>(rows), 0);
   at::parallel_for(0, rows, 1, [&](int64_t lo, int64_t hi) {
@@ -411,9 +405,8 @@ void CertifiedTopK(Int8Screen::Impl& m, const float* XC, int64_t r0, int64_t row
       auto topk = [&]() {
         order.resize(ci.size());
         for (size_t s = 0; s < ci.size(); ++s) order[s] = static_cast<int32_t>(s);
-        std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
-          return Better(cv[a], ci[a], cv[b], ci[b]);
-        });
+        std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                          [&](int32_t a, int32_t b) { return Better(cv[a], ci[a], cv[b], ci[b]); });
         return cv[order[k - 1]];
       };
       float tau = topk();
@@ -454,14 +447,14 @@ void CertifiedTopK(Int8Screen::Impl& m, const float* XC, int64_t r0, int64_t row
 
 }  // namespace
 
-absl::Status Int8Screen::TopK(const SaeParams& p, const at::Tensor& xc_t, int64_t k, int64_t* IDX,
-                              float* VAL, std::vector<std::pair<const char*, double>>* phases) {
+absl::Status Int8Screen::TopK(const SaeParams& p, const at::Tensor& xc_t, int64_t k, int64_t* IDX, float* VAL,
+                              std::vector<std::pair<const char*, double>>* phases) {
   if (p.W_enc.scalar_type() != at::kFloat || xc_t.scalar_type() != at::kFloat || !xc_t.is_contiguous())
     return absl::InvalidArgumentError("train.encoder: int8_screened is for float32 parameters on CPU");
   const int64_t B = xc_t.size(0), d = p.d_in(), n = p.latents();
   if (d >= kMaxD)
-    return absl::InvalidArgumentError(absl::StrCat("train.encoder: int8_screened needs d_in < ", kMaxD,
-                                                   " (exact int32 sums); d_in is ", d));
+    return absl::InvalidArgumentError(
+        absl::StrCat("train.encoder: int8_screened needs d_in < ", kMaxD, " (exact int32 sums); d_in is ", d));
   if (k < 1 || k > n) return absl::InvalidArgumentError("int8_screened: k out of range");
   if (c_ <= 0) c_ = 8 * k;
   c_ = std::clamp<int64_t>(c_, k + 1, n);
@@ -521,9 +514,8 @@ absl::Status Int8Screen::TopK(const SaeParams& p, const at::Tensor& xc_t, int64_
 }
 
 absl::Status ScreenedEncode(Int8Screen* screen, const SaeParams& p, const at::Tensor& xc, int64_t k,
-                            const std::vector<int64_t>& dead, int64_t k_aux, int64_t* idx,
-                            float* val, int64_t* aux_idx, float* aux_val, float* zD,
-                            std::vector<std::pair<const char*, double>>* phases) {
+                            const std::vector<int64_t>& dead, int64_t k_aux, int64_t* idx, float* val, int64_t* aux_idx,
+                            float* aux_val, float* zD, std::vector<std::pair<const char*, double>>* phases) {
   SAE_RETURN_IF_ERROR(screen->TopK(p, xc, k, idx, val, phases));
   const int64_t nd = static_cast<int64_t>(dead.size());
   if (nd == 0 || (k_aux == 0 && zD == nullptr)) return absl::OkStatus();

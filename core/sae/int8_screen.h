@@ -51,10 +51,10 @@ absl::Status Int8ScreenAvailable();
 float ExactPreactivation(const float* x, const float* w, float b, int64_t d);
 
 struct ScreenStats {
-  int64_t rows = 0;             // rows screened in the last call
-  int64_t fallback_rows = 0;    // of those, not certified (recomputed exactly)
-  int64_t candidates = 0;       // C used in the last call
-  double mean_candidates = 0;   // mean |S| per row actually rescored (with the extensions)
+  int64_t rows = 0;            // rows screened in the last call
+  int64_t fallback_rows = 0;   // of those, not certified (recomputed exactly)
+  int64_t candidates = 0;      // C used in the last call
+  double mean_candidates = 0;  // mean |S| per row actually rescored (with the extensions)
 };
 
 // State across steps: the adaptive C, oneDNN primitives and buffers. One per
@@ -63,16 +63,15 @@ class Int8Screen {
  public:
   // candidates: the starting C (0: automatic, 4k). adaptive: adjust C after
   // every call from the measured fallback rate (aim: 1-5 % of rows).
-  static absl::StatusOr<std::unique_ptr<Int8Screen>> Create(int64_t candidates = 0,
-                                                           bool adaptive = true);
+  static absl::StatusOr<std::unique_ptr<Int8Screen>> Create(int64_t candidates = 0, bool adaptive = true);
   ~Int8Screen();
 
   // Top-k of every row of xc (B×d float32, contiguous: x − b_dec) against
   // params' encoder: idx (B×k) and val (B×k), each row in descending order
   // (ties: lower index first). Appends its phases to `phases`
   // (screen_quantize, screen_gemm, screen_select, screen_rescore).
-  absl::Status TopK(const SaeParams& params, const at::Tensor& xc, int64_t k, int64_t* idx,
-                    float* val, std::vector<std::pair<const char*, double>>* phases);
+  absl::Status TopK(const SaeParams& params, const at::Tensor& xc, int64_t k, int64_t* idx, float* val,
+                    std::vector<std::pair<const char*, double>>* phases);
 
   const ScreenStats& last() const { return last_; }
   int64_t total_fallback_rows() const { return total_fallback_; }
@@ -107,8 +106,7 @@ class Int8Screen {
 // screening would rescore most of it anyway; the dense dead GEMM costs
 // |D|/n of the dense encoder GEMM (docs/performance.md).
 absl::Status ScreenedEncode(Int8Screen* screen, const SaeParams& p, const at::Tensor& xc, int64_t k,
-                            const std::vector<int64_t>& dead, int64_t k_aux, int64_t* idx,
-                            float* val, int64_t* aux_idx, float* aux_val, float* zD,
-                            std::vector<std::pair<const char*, double>>* phases);
+                            const std::vector<int64_t>& dead, int64_t k_aux, int64_t* idx, float* val, int64_t* aux_idx,
+                            float* aux_val, float* zD, std::vector<std::pair<const char*, double>>* phases);
 
 }  // namespace sae

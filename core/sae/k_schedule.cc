@@ -11,14 +11,12 @@ KSchedule KSchedule::Constant(int64_t k) {
   return s;
 }
 
-absl::StatusOr<KSchedule> KSchedule::Create(KShape shape, int64_t start, int64_t end,
-                                            double fraction, int64_t total_tokens) {
+absl::StatusOr<KSchedule> KSchedule::Create(KShape shape, int64_t start, int64_t end, double fraction,
+                                            int64_t total_tokens) {
   if (end < 1) return absl::InvalidArgumentError("k_schedule.end: must be >= 1");
   if (start < end)
-    return absl::InvalidArgumentError(
-        absl::StrCat("k_schedule.start (", start, ") must be >= end (", end, ")"));
-  if (!(fraction > 0 && fraction <= 1))
-    return absl::InvalidArgumentError("k_schedule.fraction: must be in (0, 1]");
+    return absl::InvalidArgumentError(absl::StrCat("k_schedule.start (", start, ") must be >= end (", end, ")"));
+  if (!(fraction > 0 && fraction <= 1)) return absl::InvalidArgumentError("k_schedule.fraction: must be in (0, 1]");
   if (total_tokens <= 0) return absl::InvalidArgumentError("train.tokens: must be > 0");
   KSchedule s;
   s.shape_ = shape;
@@ -31,8 +29,7 @@ absl::StatusOr<KSchedule> KSchedule::Create(KShape shape, int64_t start, int64_t
 
 int64_t KSchedule::KAt(int64_t tokens_seen) const {
   if (shape_ == KShape::kConstant || start_ == end_) return end_;
-  const double p = std::min(1.0, static_cast<double>(tokens_seen) /
-                                     (fraction_ * static_cast<double>(total_tokens_)));
+  const double p = std::min(1.0, static_cast<double>(tokens_seen) / (fraction_ * static_cast<double>(total_tokens_)));
   const double ks = static_cast<double>(start_), ke = static_cast<double>(end_);
   double k = ke;
   switch (shape_) {

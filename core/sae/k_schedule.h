@@ -16,8 +16,8 @@ class KSchedule {
   // A constant k.
   static KSchedule Constant(int64_t k);
   // start >= end >= 1, fraction in (0, 1], total_tokens > 0.
-  static absl::StatusOr<KSchedule> Create(KShape shape, int64_t start, int64_t end,
-                                          double fraction, int64_t total_tokens);
+  static absl::StatusOr<KSchedule> Create(KShape shape, int64_t start, int64_t end, double fraction,
+                                          int64_t total_tokens);
 
   // k to use for the step that begins after `tokens_seen` tokens.
   int64_t KAt(int64_t tokens_seen) const;

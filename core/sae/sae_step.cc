@@ -8,14 +8,13 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <functional>
 #include <limits>
-#include <chrono>
 #include <type_traits>
 #include <utility>
-
 
 namespace sae {
 
@@ -28,9 +27,7 @@ double DefaultAuxCoefficient(Remedy r) {
   return 0.0;
 }
 
-SaeParams SaeParams::Clone() const {
-  return SaeParams{W_enc.clone(), b_enc.clone(), W_dec.clone(), b_dec.clone()};
-}
+SaeParams SaeParams::Clone() const { return SaeParams{W_enc.clone(), b_enc.clone(), W_dec.clone(), b_dec.clone()}; }
 
 SaeGrads SaeGrads::ZerosLike(const SaeParams& p) {
   const int64_t sizes[] = {p.W_enc.numel(), p.b_enc.numel(), p.W_dec.numel(), p.b_dec.numel()};
@@ -121,8 +118,7 @@ struct Selection {
 // block reduced to its top-k at once, so the B×n pre-activations never exist.
 // With cfg.W_enc_lowp, the GEMM uses the bf16-rounded encoder and inputs.
 template <typename T>
-Selection EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const StepConfig& cfg,
-                          const RemedyPlan& rp) {
+Selection EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const StepConfig& cfg, const RemedyPlan& rp) {
   const int64_t B = xc.size(0), n = p.latents(), k = cfg.k, k_aux = rp.k_aux, nd = rp.nd;
   const at::ScalarType st = p.W_enc.scalar_type();
   const std::vector<int64_t>& dead = *rp.dead;
@@ -177,8 +173,8 @@ Selection EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const StepCo
 // phases (screen_quantize, screen_gemm, screen_select, screen_rescore,
 // screen_dead) itself.
 template <typename T>
-absl::Status ScreenedSelect(const SaeParams& p, const at::Tensor& xc, const StepConfig& cfg,
-                            const RemedyPlan& rp, Selection* s, StepResult* res) {
+absl::Status ScreenedSelect(const SaeParams& p, const at::Tensor& xc, const StepConfig& cfg, const RemedyPlan& rp,
+                            Selection* s, StepResult* res) {
   if constexpr (!std::is_same_v<T, float>) {
     return absl::InvalidArgumentError("train.encoder: int8_screened is for float32 parameters");
   } else {
@@ -198,9 +194,8 @@ absl::Status ScreenedSelect(const SaeParams& p, const at::Tensor& xc, const Step
       RoundToBF16InPlace(in);
     }
     return ScreenedEncode(cfg.screen, q, in, k, *rp.dead, rp.k_aux, s->idx.data_ptr<int64_t>(),
-                          s->val.data_ptr<float>(), s->aux_idx.data_ptr<int64_t>(),
-                          s->aux_val.data_ptr<float>(), rp.ghost ? s->zD.data_ptr<float>() : nullptr,
-                          &res->phase_seconds);
+                          s->val.data_ptr<float>(), s->aux_idx.data_ptr<int64_t>(), s->aux_val.data_ptr<float>(),
+                          rp.ghost ? s->zD.data_ptr<float>() : nullptr, &res->phase_seconds);
   }
 }
 
@@ -225,8 +220,7 @@ struct FiredByLatent {
 // within the first fire_k of a row's (descending) top-k with a > 0. Entries
 // past the first kt of a row are Multi-TopK's tail (src 2).
 template <typename T>
-FiredByLatent<T> SortByLatent(const Selection& s, int64_t n, int64_t fire_k, int64_t kt,
-                              std::vector<uint8_t>* fired) {
+FiredByLatent<T> SortByLatent(const Selection& s, int64_t n, int64_t fire_k, int64_t kt, std::vector<uint8_t>* fired) {
   const int64_t B = s.idx.size(0), k = s.idx.size(1), k_aux = s.aux_idx.size(1);
   const int64_t* IDX = s.idx.data_ptr<int64_t>();
   const T* VAL = s.val.data_ptr<T>();
@@ -328,9 +322,8 @@ struct MultiTopKRows {
 // entries within the target k GX = g_t + β g_k, the tail GT = β g_k, and
 // b_dec directly GB = g_t + g_k.
 template <typename T>
-StepSums ResidualGradients(const T* X, const T* XC, const T* XH, const T* EH, const T* bdec,
-                               int64_t B, int64_t d, double c_main_d, double c_aux_d, bool auxk_fit,
-                               const MultiTopKRows<T>& mt, T* GX, T* GA) {
+StepSums ResidualGradients(const T* X, const T* XC, const T* XH, const T* EH, const T* bdec, int64_t B, int64_t d,
+                           double c_main_d, double c_aux_d, bool auxk_fit, const MultiTopKRows<T>& mt, T* GX, T* GA) {
   const bool multi = mt.TH != nullptr;
   std::vector<double> sse_row(static_cast<size_t>(B)), aux_row(static_cast<size_t>(B), 0.0);
   std::vector<double> rnorm_row(static_cast<size_t>(B)), xnorm_row(static_cast<size_t>(B));
@@ -409,8 +402,8 @@ StepSums ResidualGradients(const T* X, const T* XC, const T* XH, const T* EH, co
 // ∂W_dec[l] = Σ a g, ∂W_enc[l] = Σ ∂a (x − b_dec), ∂b_enc[l] = Σ ∂a; the
 // decoder gradient is projected off the (unit) row while both are in cache.
 template <typename T>
-void LatentGradients(const SaeParams& p, const FiredByLatent<T>& f, const T* XC, const T* GX,
-                     const T* GA, const T* GT, bool project, SaeGrads* grads) {
+void LatentGradients(const SaeParams& p, const FiredByLatent<T>& f, const T* XC, const T* GX, const T* GA, const T* GT,
+                     bool project, SaeGrads* grads) {
   const int64_t d = p.d_in(), n = p.latents();
   const T* Wdec = p.W_dec.data_ptr<T>();
   T* gWenc = grads->W_enc.data_ptr<T>();
@@ -480,8 +473,8 @@ void ProjectDecoderRows(const SaeParams& p, const std::vector<int64_t>& rows, Sa
 // The CPU step (ALGORITHMS.md §1, §2, §4): steps 1-5 above, then b_dec's
 // gradient (6), Ghost Grads over the dead set (7) and the metrics (8).
 template <typename T>
-absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const StepConfig& cfg,
-                               SaeGrads* grads, StepResult* res) {
+absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const StepConfig& cfg, SaeGrads* grads,
+                               StepResult* res) {
   const int64_t B = x_in.size(0), d = p.d_in();
   const at::ScalarType st = p.W_enc.scalar_type();
   const RemedyPlan rp = internal::PlanRemedy(cfg, d);
@@ -602,10 +595,9 @@ absl::Status CheckShapes(const SaeParams& p, const at::Tensor& x, int64_t k) {
   if (!p.W_enc.defined() || p.W_enc.dim() != 2)
     return absl::FailedPreconditionError("SAE parameters are not initialised");
   if (x.dim() != 2 || x.size(1) != p.d_in())
-    return absl::InvalidArgumentError(absl::StrCat("batch has ", x.dim() == 2 ? x.size(1) : -1,
-                                                   " columns, the SAE expects d_in ", p.d_in()));
-  if (x.scalar_type() != p.W_enc.scalar_type())
-    return absl::InvalidArgumentError("batch dtype differs from the SAE's");
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch has ", x.dim() == 2 ? x.size(1) : -1, " columns, the SAE expects d_in ", p.d_in()));
+  if (x.scalar_type() != p.W_enc.scalar_type()) return absl::InvalidArgumentError("batch dtype differs from the SAE's");
   if (k < 1 || k > p.latents())
     return absl::InvalidArgumentError(absl::StrCat("k (", k, ") must be in [1, latents (", p.latents(), ")]"));
   if (x.device() != p.W_enc.device())
@@ -613,12 +605,11 @@ absl::Status CheckShapes(const SaeParams& p, const at::Tensor& x, int64_t k) {
   return absl::OkStatus();
 }
 
-double AddGhostGrads(const SaeParams& p, const at::Tensor& x, const at::Tensor& xc,
-                     const at::Tensor& xhat, const at::Tensor& zD, const at::Tensor& dead_t,
-                     double c, SaeGrads* grads) {
+double AddGhostGrads(const SaeParams& p, const at::Tensor& x, const at::Tensor& xc, const at::Tensor& xhat,
+                     const at::Tensor& zD, const at::Tensor& dead_t, double c, SaeGrads* grads) {
   at::Tensor WdD = p.W_dec.index_select(0, dead_t);  // |D|×d
   at::Tensor WeD = p.W_enc.index_select(0, dead_t);
-  at::Tensor r = x - xhat;                            // stop-gradient residual
+  at::Tensor r = x - xhat;  // stop-gradient residual
   // exp(z − c) with c the row maximum cannot overflow. With ε scaled by
   // exp(−c) the scaled g and every gradient equal those of exp(z) exactly.
   at::Tensor zmax = std::get<0>(zD.max(1, true));
@@ -643,21 +634,18 @@ double AddGhostGrads(const SaeParams& p, const at::Tensor& x, const at::Tensor& 
 
 }  // namespace internal
 
-absl::Status ComputeGradients(const SaeParams& params, const at::Tensor& x, const StepConfig& cfg,
-                              SaeGrads* grads, StepResult* result) {
+absl::Status ComputeGradients(const SaeParams& params, const at::Tensor& x, const StepConfig& cfg, SaeGrads* grads,
+                              StepResult* result) {
   SAE_RETURN_IF_ERROR(internal::CheckShapes(params, x, cfg.k));
   if ((cfg.aten || !params.W_enc.device().is_cpu()) && cfg.screen != nullptr)
-    return absl::UnimplementedError(absl::StrCat(
-        "train.encoder: int8_screened is implemented for the CPU step only, not for ",
-        params.W_enc.device().is_cpu() ? std::string("the ATen step") : params.W_enc.device().str()));
-  if (cfg.aten || !params.W_enc.device().is_cpu())
-    return internal::ComputeGradientsATen(params, x, cfg, grads, result);
+    return absl::UnimplementedError(
+        absl::StrCat("train.encoder: int8_screened is implemented for the CPU step only, not for ",
+                     params.W_enc.device().is_cpu() ? std::string("the ATen step") : params.W_enc.device().str()));
+  if (cfg.aten || !params.W_enc.device().is_cpu()) return internal::ComputeGradientsATen(params, x, cfg, grads, result);
   try {
     at::NoGradGuard no_grad;
-    if (params.W_enc.scalar_type() == at::kDouble)
-      return ComputeGradientsT<double>(params, x, cfg, grads, result);
-    if (params.W_enc.scalar_type() == at::kFloat)
-      return ComputeGradientsT<float>(params, x, cfg, grads, result);
+    if (params.W_enc.scalar_type() == at::kDouble) return ComputeGradientsT<double>(params, x, cfg, grads, result);
+    if (params.W_enc.scalar_type() == at::kFloat) return ComputeGradientsT<float>(params, x, cfg, grads, result);
     return absl::InvalidArgumentError("SAE parameters must be float32 or float64");
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("sae step: ", e.what_without_backtrace()));
@@ -691,9 +679,8 @@ absl::StatusOr<EncodeResult> Encode(const SaeParams& p, const at::Tensor& x_in, 
     }
     out.acts.clamp_min_(0);
     // Sparse decode (B·k·d work, no B×k×d temporary).
-    out.x_hat = std::get<0>(at::embedding_bag(p.W_dec, out.indices.reshape({-1}),
-                                              at::arange(0, B * k, k, at::kLong), false, 0, false,
-                                              out.acts.reshape({-1})));
+    out.x_hat = std::get<0>(at::embedding_bag(p.W_dec, out.indices.reshape({-1}), at::arange(0, B * k, k, at::kLong),
+                                              false, 0, false, out.acts.reshape({-1})));
     out.x_hat.add_(p.b_dec);
     return out;
   } catch (const c10::Error& e) {
@@ -718,16 +705,15 @@ double ClipScale(double norm, double max_norm) {
 namespace {
 
 template <typename T>
-void AdamRows(T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v, int64_t rows, int64_t cols, const AdamConfig& cfg,
-              double bc1, double bc2, bool renorm, float* lowp) {
+void AdamRows(T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v, int64_t rows, int64_t cols,
+              const AdamConfig& cfg, double bc1, double bc2, bool renorm, float* lowp) {
   const T b1 = static_cast<T>(cfg.beta1), b2 = static_cast<T>(cfg.beta2);
   const T omb1 = static_cast<T>(1 - cfg.beta1), omb2 = static_cast<T>(1 - cfg.beta2);
   const T step = static_cast<T>(cfg.lr / bc1);
   const T inv_sqrt_bc2 = static_cast<T>(1.0 / std::sqrt(bc2));
   const T eps = static_cast<T>(cfg.eps);
   const T cs = static_cast<T>(cfg.clip_scale);
-  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)),
-                   [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)), [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
       T* __restrict pr = p + r * cols;
       const T* __restrict gr = g + r * cols;
@@ -758,21 +744,20 @@ void AdamRows(T* __restrict p, const T* __restrict g, T* __restrict m, T* __rest
 }
 
 template <typename T>
-void AdamUpdateT(SaeParams* p, const SaeGrads& g, const AdamConfig& cfg, AdamState* s,
-                 at::Tensor* lowp) {
+void AdamUpdateT(SaeParams* p, const SaeGrads& g, const AdamConfig& cfg, AdamState* s, at::Tensor* lowp) {
   s->step += 1;
   const double bc1 = 1 - std::pow(cfg.beta1, static_cast<double>(s->step));
   const double bc2 = 1 - std::pow(cfg.beta2, static_cast<double>(s->step));
   const int64_t n = p->latents(), d = p->d_in();
   float* lp = (lowp != nullptr && lowp->defined()) ? lowp->data_ptr<float>() : nullptr;
-  AdamRows<T>(p->W_enc.data_ptr<T>(), g.W_enc.data_ptr<T>(), s->m_W_enc.data_ptr<T>(),
-              s->v_W_enc.data_ptr<T>(), n, d, cfg, bc1, bc2, false, lp);
-  AdamRows<T>(p->W_dec.data_ptr<T>(), g.W_dec.data_ptr<T>(), s->m_W_dec.data_ptr<T>(),
-              s->v_W_dec.data_ptr<T>(), n, d, cfg, bc1, bc2, cfg.renormalize_decoder, nullptr);
-  AdamRows<T>(p->b_enc.data_ptr<T>(), g.b_enc.data_ptr<T>(), s->m_b_enc.data_ptr<T>(),
-              s->v_b_enc.data_ptr<T>(), 1, n, cfg, bc1, bc2, false, nullptr);
-  AdamRows<T>(p->b_dec.data_ptr<T>(), g.b_dec.data_ptr<T>(), s->m_b_dec.data_ptr<T>(),
-              s->v_b_dec.data_ptr<T>(), 1, d, cfg, bc1, bc2, false, nullptr);
+  AdamRows<T>(p->W_enc.data_ptr<T>(), g.W_enc.data_ptr<T>(), s->m_W_enc.data_ptr<T>(), s->v_W_enc.data_ptr<T>(), n, d,
+              cfg, bc1, bc2, false, lp);
+  AdamRows<T>(p->W_dec.data_ptr<T>(), g.W_dec.data_ptr<T>(), s->m_W_dec.data_ptr<T>(), s->v_W_dec.data_ptr<T>(), n, d,
+              cfg, bc1, bc2, cfg.renormalize_decoder, nullptr);
+  AdamRows<T>(p->b_enc.data_ptr<T>(), g.b_enc.data_ptr<T>(), s->m_b_enc.data_ptr<T>(), s->v_b_enc.data_ptr<T>(), 1, n,
+              cfg, bc1, bc2, false, nullptr);
+  AdamRows<T>(p->b_dec.data_ptr<T>(), g.b_dec.data_ptr<T>(), s->m_b_dec.data_ptr<T>(), s->v_b_dec.data_ptr<T>(), 1, d,
+              cfg, bc1, bc2, false, nullptr);
 }
 
 }  // namespace

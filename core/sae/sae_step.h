@@ -18,7 +18,7 @@
 
 namespace sae {
 
-class Int8Screen;  // core/sae/int8_screen.h
+class Int8Screen;                        // core/sae/int8_screen.h
 double DefaultAuxCoefficient(Remedy r);  // Remedy: core/base/job_options.h
 
 // The parameters: encoder (n×d, n), decoder rows (n×d) and b_dec (d). All
@@ -66,7 +66,7 @@ struct StepConfig {
   // scale to the target-k term (docs/algorithms.md). false: β = 1.
   bool current_k_fit = true;
   Remedy remedy = Remedy::kNone;
-  double aux_coefficient = 0;          // weight of the remedy's loss term
+  double aux_coefficient = 0;  // weight of the remedy's loss term
   // AuxK compares α·ê with the residual e, α = clamp(⟨ê, e⟩ / ‖ê‖², 0, 1)
   // per row (stop-gradient; 1 when ê = 0): the magnitude of the dead
   // latents' reconstruction is fitted in closed form, so the gradient ranks
@@ -75,7 +75,7 @@ struct StepConfig {
   // published (α = 1).
   bool auxk_fit = true;
   const std::vector<int64_t>* dead = nullptr;  // dead latents, ascending
-  bool project_decoder_grad = true;    // remove the component parallel to W_dec rows
+  bool project_decoder_grad = true;            // remove the component parallel to W_dec rows
   // bf16 encoder: when defined, the GEMM uses this (n×d, bf16-rounded values
   // of W_enc) and inputs rounded to bf16; everything else stays in fp32.
   at::Tensor W_enc_lowp;
@@ -83,7 +83,7 @@ struct StepConfig {
   // top-k comes from the certified int8 screen instead of the fp32 GEMM
   // (float32 parameters on CPU only; the ATen step refuses it).
   Int8Screen* screen = nullptr;
-  int64_t block_rows = 0;              // encoder GEMM row block; 0 = automatic
+  int64_t block_rows = 0;  // encoder GEMM row block; 0 = automatic
   // Σ‖x − x̄‖² over the global batch (all ranks); <= 0: this batch's own.
   double total_var = 0;
   StepWorkspace* workspace = nullptr;  // reuse buffers across calls when set
@@ -94,7 +94,7 @@ struct StepConfig {
 };
 
 struct StepResult {
-  double loss = 0;       // fvu (+ Multi-TopK's target-k term) + aux term (what the gradients are of)
+  double loss = 0;  // fvu (+ Multi-TopK's target-k term) + aux term (what the gradients are of)
   // fvu: at the step's k. fvu_target: at target_k with Multi-TopK (= fvu otherwise).
   double fvu_target = 0;
   double fvu = 0, mse = 0, aux_loss = 0, l0 = 0;
@@ -111,8 +111,8 @@ struct StepResult {
 
 // Forward + backward of the loss for batch x (B×d, params' dtype). Writes
 // gradients into `grads` (overwritten) and the metrics into `result`.
-absl::Status ComputeGradients(const SaeParams& params, const at::Tensor& x,
-                              const StepConfig& cfg, SaeGrads* grads, StepResult* result);
+absl::Status ComputeGradients(const SaeParams& params, const at::Tensor& x, const StepConfig& cfg, SaeGrads* grads,
+                              StepResult* result);
 
 // Inference: top-k indices (B×k, int64), activations (B×k, relu'd) and x̂.
 struct EncodeResult {
@@ -129,7 +129,7 @@ struct AdamState {
 struct AdamConfig {
   double lr = 2e-4;
   double beta1 = 0.9, beta2 = 0.999, eps = 6.25e-10;
-  double clip_scale = 1.0;      // gradients are multiplied by this first
+  double clip_scale = 1.0;  // gradients are multiplied by this first
   bool renormalize_decoder = true;
 };
 
@@ -140,8 +140,8 @@ double ClipScale(double norm, double max_norm);
 
 // One fused Adam step over every parameter (torch.optim.Adam's formula), then
 // decoder rows renormalised to unit norm; refreshes `W_enc_lowp` if defined.
-void AdamUpdate(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg,
-                AdamState* state, at::Tensor* W_enc_lowp);
+void AdamUpdate(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg, AdamState* state,
+                at::Tensor* W_enc_lowp);
 
 // Rounds every element to the nearest bfloat16 value (kept in float32).
 void RoundToBF16InPlace(at::Tensor t);

@@ -13,8 +13,7 @@ namespace sae {
 namespace {
 
 // Σ_{(b,j)} coef[b,j] · rows[b] added to out[idx[b,j]] (out: n×d).
-void ScatterRows(at::Tensor& out, const at::Tensor& idx, const at::Tensor& coef,
-                 const at::Tensor& rows) {
+void ScatterRows(at::Tensor& out, const at::Tensor& idx, const at::Tensor& coef, const at::Tensor& rows) {
   const int64_t B = idx.size(0), k = idx.size(1);
   if (k == 0) return;
   at::Tensor contrib = (coef.unsqueeze(2) * rows.unsqueeze(1)).reshape({B * k, rows.size(1)});
@@ -26,22 +25,19 @@ at::Tensor Decode(const at::Tensor& W, const at::Tensor& idx, const at::Tensor& 
   const int64_t B = idx.size(0), k = idx.size(1);
   if (k == 0) return at::zeros({B, W.size(1)}, W.options());
   at::Tensor offsets = at::arange(0, B * k, k, idx.options());
-  return std::get<0>(at::embedding_bag(W, idx.reshape({-1}), offsets, false, 0, false,
-                                       acts.reshape({-1}).contiguous()));
+  return std::get<0>(
+      at::embedding_bag(W, idx.reshape({-1}), offsets, false, 0, false, acts.reshape({-1}).contiguous()));
 }
 
 // ∂loss/∂a for each selected entry: g[b] · W[idx[b,j]], zero where a <= 0.
-at::Tensor ActGrad(const at::Tensor& W, const at::Tensor& idx, const at::Tensor& g,
-                   const at::Tensor& mask) {
+at::Tensor ActGrad(const at::Tensor& W, const at::Tensor& idx, const at::Tensor& g, const at::Tensor& mask) {
   const int64_t B = idx.size(0), k = idx.size(1);
   if (k == 0) return at::zeros({B, 0}, g.options());
   at::Tensor Wsel = W.index_select(0, idx.reshape({-1})).view({B, k, W.size(1)});
   return at::bmm(Wsel, g.unsqueeze(2)).squeeze(2) * mask;
 }
 
-void ProjectRows(at::Tensor& gd, const at::Tensor& W) {
-  gd.sub_((gd * W).sum(1, true) * W);
-}
+void ProjectRows(at::Tensor& gd, const at::Tensor& W) { gd.sub_((gd * W).sum(1, true) * W); }
 
 // The encoder's top-k (and the remedies' selections) as dense ATen tensors.
 struct AtenSelection {
@@ -88,8 +84,8 @@ int64_t MarkFired(const AtenSelection& s, int64_t n, int64_t fire_k, std::vector
 
 // AuxK's gradient w.r.t. ê (ALGORITHMS.md §4, with the fitted α when
 // cfg.auxk_fit); *aux_sum = Σ‖α ê − e‖².
-at::Tensor AuxKGradient(const SaeParams& p, const at::Tensor& x, const at::Tensor& xhat,
-                        const AtenSelection& s, const StepConfig& cfg, double c, double* aux_sum) {
+at::Tensor AuxKGradient(const SaeParams& p, const at::Tensor& x, const at::Tensor& xhat, const AtenSelection& s,
+                        const StepConfig& cfg, double c, double* aux_sum) {
   at::Tensor ehat = Decode(p.W_dec, s.aux_idx, s.aux_acts);
   at::Tensor e = x - xhat;
   at::Tensor alpha = at::ones({x.size(0), 1}, x.options());
@@ -104,9 +100,8 @@ at::Tensor AuxKGradient(const SaeParams& p, const at::Tensor& x, const at::Tenso
 }
 
 // W_dec, W_enc and b_enc gradients of the entries (idx, acts) given ∂/∂x̂-like rows g.
-void AddEntryGradients(const SaeParams& p, const at::Tensor& xc, const at::Tensor& idx,
-                       const at::Tensor& acts, const at::Tensor& mask, const at::Tensor& g,
-                       SaeGrads* grads) {
+void AddEntryGradients(const SaeParams& p, const at::Tensor& xc, const at::Tensor& idx, const at::Tensor& acts,
+                       const at::Tensor& mask, const at::Tensor& g, SaeGrads* grads) {
   at::Tensor ga = ActGrad(p.W_dec, idx, g, mask);
   ScatterRows(grads->W_dec, idx, acts, g);
   ScatterRows(grads->W_enc, idx, ga, xc);
@@ -117,16 +112,15 @@ void AddEntryGradients(const SaeParams& p, const at::Tensor& xc, const at::Tenso
 
 namespace internal {
 
-absl::Status ComputeGradientsATen(const SaeParams& p, const at::Tensor& x_in, const StepConfig& cfg,
-                                  SaeGrads* grads, StepResult* res) {
+absl::Status ComputeGradientsATen(const SaeParams& p, const at::Tensor& x_in, const StepConfig& cfg, SaeGrads* grads,
+                                  StepResult* res) {
   try {
     at::NoGradGuard no_grad;
     const int64_t B = x_in.size(0), d = p.d_in();
     const at::Tensor x = x_in.contiguous();
     const RemedyPlan rp = PlanRemedy(cfg, d);
     at::Tensor dead_t;
-    if (rp.nd > 0)
-      dead_t = at::from_blob(const_cast<int64_t*>(rp.dead->data()), {rp.nd}, at::kLong).to(x.device());
+    if (rp.nd > 0) dead_t = at::from_blob(const_cast<int64_t*>(rp.dead->data()), {rp.nd}, at::kLong).to(x.device());
     double total_var = cfg.total_var;
     if (total_var <= 0) {
       at::Tensor xd = x.to(at::kDouble);
@@ -209,8 +203,7 @@ absl::Status ComputeGradientsATen(const SaeParams& p, const at::Tensor& x_in, co
   }
 }
 
-void AdamUpdateATen(SaeParams* p, const SaeGrads& g, const AdamConfig& cfg, AdamState* s,
-                    at::Tensor* W_enc_lowp) {
+void AdamUpdateATen(SaeParams* p, const SaeGrads& g, const AdamConfig& cfg, AdamState* s, at::Tensor* W_enc_lowp) {
   at::NoGradGuard no_grad;
   s->step += 1;
   const double bc1 = 1 - std::pow(cfg.beta1, static_cast<double>(s->step));

@@ -74,19 +74,18 @@ inline int64_t FireK(const StepConfig& cfg) { return cfg.fire_k > 0 ? std::min(c
 // hold the rest of its gradient. zD: the dead latents' pre-activations (B×|D|),
 // xc = x − b_dec, c = coefficient / Σ‖x − x̄‖². Returns the loss term. Used by
 // both step implementations; the decoder rows are not projected here.
-double AddGhostGrads(const SaeParams& p, const at::Tensor& x, const at::Tensor& xc,
-                     const at::Tensor& xhat, const at::Tensor& zD, const at::Tensor& dead_t,
-                     double c, SaeGrads* grads);
+double AddGhostGrads(const SaeParams& p, const at::Tensor& x, const at::Tensor& xc, const at::Tensor& xhat,
+                     const at::Tensor& zD, const at::Tensor& dead_t, double c, SaeGrads* grads);
 
 // The step in device-generic ATen operations (CUDA tensors; CPU with
 // StepConfig::aten). It materialises the B×n pre-activations and B·k×d
 // gradient temporaries.
-absl::Status ComputeGradientsATen(const SaeParams& params, const at::Tensor& x,
-                                  const StepConfig& cfg, SaeGrads* grads, StepResult* result);
+absl::Status ComputeGradientsATen(const SaeParams& params, const at::Tensor& x, const StepConfig& cfg, SaeGrads* grads,
+                                  StepResult* result);
 
 // AdamUpdate in ATen operations (non-CPU tensors).
-void AdamUpdateATen(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg,
-                    AdamState* state, at::Tensor* W_enc_lowp);
+void AdamUpdateATen(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg, AdamState* state,
+                    at::Tensor* W_enc_lowp);
 
 // ---- small vector helpers (the compiler vectorises these loops) ----
 template <typename T>
@@ -119,8 +118,7 @@ inline void StoreRow(int64_t n, const T* src, T* dst) {
 // order, with a min-heap of the best k so far: the reference method, used for
 // short rows and for the candidates of SelectTopK.
 template <typename T>
-void SelectTopKHeap(const T* z, const int64_t* ids, int64_t n, int64_t k, int64_t* idx_out,
-                    T* val_out) {
+void SelectTopKHeap(const T* z, const int64_t* ids, int64_t n, int64_t k, int64_t* idx_out, T* val_out) {
   struct Entry {
     T v;
     int64_t i;
@@ -197,8 +195,7 @@ void SelectTopK(const T* z, int64_t n, int64_t k, int64_t* idx_out, T* val_out) 
   for (int64_t b = 0; b < nb; ++b)
     if (bmax[b] >= thr) collect(b * kBlock, (b + 1) * kBlock);
   collect(nb * kBlock, n);  // the ragged tail
-  SelectTopKHeap<T>(cand_v.data(), cand_i.data(), static_cast<int64_t>(cand_v.size()), k, idx_out,
-                    val_out);
+  SelectTopKHeap<T>(cand_v.data(), cand_i.data(), static_cast<int64_t>(cand_v.size()), k, idx_out, val_out);
 }
 
 // Top-k over the values z[cand[0..m)] (cand ascending), k <= m.

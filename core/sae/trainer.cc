@@ -12,8 +12,8 @@
 
 #include "core/base/clock.h"
 #include "core/base/file_util.h"
-#include "core/base/parse.h"
 #include "core/base/format_double.h"
+#include "core/base/parse.h"
 #include "core/data/safetensors.h"
 #include "core/sae/int8_screen.h"
 
@@ -24,11 +24,10 @@ using json = nlohmann::json;
 
 // Named tensors of the resumable state, in a fixed order.
 std::vector<std::pair<std::string, at::Tensor*>> StateTensors(SaeParams* p, AdamState* a) {
-  return {{"W_enc", &p->W_enc},     {"b_enc", &p->b_enc},     {"W_dec", &p->W_dec},
-          {"b_dec", &p->b_dec},     {"adam.m.W_enc", &a->m_W_enc}, {"adam.v.W_enc", &a->v_W_enc},
-          {"adam.m.b_enc", &a->m_b_enc}, {"adam.v.b_enc", &a->v_b_enc},
-          {"adam.m.W_dec", &a->m_W_dec}, {"adam.v.W_dec", &a->v_W_dec},
-          {"adam.m.b_dec", &a->m_b_dec}, {"adam.v.b_dec", &a->v_b_dec}};
+  return {{"W_enc", &p->W_enc},          {"b_enc", &p->b_enc},          {"W_dec", &p->W_dec},
+          {"b_dec", &p->b_dec},          {"adam.m.W_enc", &a->m_W_enc}, {"adam.v.W_enc", &a->v_W_enc},
+          {"adam.m.b_enc", &a->m_b_enc}, {"adam.v.b_enc", &a->v_b_enc}, {"adam.m.W_dec", &a->m_W_dec},
+          {"adam.v.W_dec", &a->v_W_dec}, {"adam.m.b_dec", &a->m_b_dec}, {"adam.v.b_dec", &a->v_b_dec}};
 }
 
 absl::Status CheckFinite(const float* x, int64_t rows, int64_t d) {
@@ -40,8 +39,8 @@ absl::Status CheckFinite(const float* x, int64_t rows, int64_t d) {
     if (acc != 0 || std::isnan(acc)) {
       for (int64_t i = 0; i < d; ++i)
         if (!std::isfinite(row[i]))
-          return absl::InvalidArgumentError(absl::StrCat("batch row ", r, " column ", i, " is ",
-                                                         std::isnan(row[i]) ? "NaN" : "Inf"));
+          return absl::InvalidArgumentError(
+              absl::StrCat("batch row ", r, " column ", i, " is ", std::isnan(row[i]) ? "NaN" : "Inf"));
     }
   }
   return absl::OkStatus();
@@ -95,8 +94,7 @@ absl::StatusOr<TrainerOptions> TrainerOptionsFromJob(const JobConfig& job, int64
   return o;
 }
 
-SaeTrainer::SaeTrainer(const TrainerOptions& opts)
-    : opts_(opts), dead_(opts.latents, opts.dead_window_tokens) {}
+SaeTrainer::SaeTrainer(const TrainerOptions& opts) : opts_(opts), dead_(opts.latents, opts.dead_window_tokens) {}
 
 absl::StatusOr<std::unique_ptr<SaeTrainer>> SaeTrainer::Create(const TrainerOptions& opts) {
   if (opts.d_in <= 0) return absl::InvalidArgumentError("d_in must be > 0");
@@ -119,21 +117,23 @@ absl::StatusOr<std::unique_ptr<SaeTrainer>> SaeTrainer::Create(const TrainerOpti
     if (opts.device != Device::kCpu)
       return absl::UnimplementedError(absl::StrCat("train.encoder: int8_screened is not implemented for train.device: ",
                                                    OptionName(opts.device), " (CPU only)"));
-    if (opts.aten_kernels) return absl::UnimplementedError("train.encoder: int8_screened is not implemented for the ATen step");
+    if (opts.aten_kernels)
+      return absl::UnimplementedError("train.encoder: int8_screened is not implemented for the ATen step");
     if (opts.float64) return absl::InvalidArgumentError("train.encoder: int8_screened is float32 only");
     SAE_RETURN_IF_ERROR(Int8ScreenAvailable());
   }
   const double need = EstimateTrainingBytes(opts.latents, opts.d_in);
   const double have = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
   if (have > 0 && need > have)
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "sae.latents: ", opts.latents, " latents x d_in ", opts.d_in, " need about ",
-        static_cast<int64_t>(need / (1 << 20)), " MiB of training state; this machine has ",
-        static_cast<int64_t>(have / (1 << 20)), " MiB"));
+    return absl::ResourceExhaustedError(absl::StrCat("sae.latents: ", opts.latents, " latents x d_in ", opts.d_in,
+                                                     " need about ", static_cast<int64_t>(need / (1 << 20)),
+                                                     " MiB of training state; this machine has ",
+                                                     static_cast<int64_t>(have / (1 << 20)), " MiB"));
   try {
     return CreateChecked(opts);
   } catch (const std::exception& e) {  // c10::Error or std::bad_alloc from an allocation
-    return absl::ResourceExhaustedError(absl::StrCat("creating the SAE (", opts.latents, " x ", opts.d_in, "): ", e.what()));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("creating the SAE (", opts.latents, " x ", opts.d_in, "): ", e.what()));
   }
 }
 
@@ -261,9 +261,9 @@ absl::Status SaeTrainer::Initialize(const at::Tensor& x) {
   // activations and trained to a lower fvu; docs/dead-latents.md).
   // With Multi-TopK the reconstruction trained for is the target k's, whose
   // drawn scale is the constant-k one: auto leaves it as drawn there too.
-  const bool match = opts_.init_encoder_scale == InitEncoderScale::kMatchNorm ||
-                     (opts_.init_encoder_scale == InitEncoderScale::kAuto && opts_.schedule.start() > opts_.k &&
-                      !opts_.multi_topk);
+  const bool match =
+      opts_.init_encoder_scale == InitEncoderScale::kMatchNorm ||
+      (opts_.init_encoder_scale == InitEncoderScale::kAuto && opts_.schedule.start() > opts_.k && !opts_.multi_topk);
   if (match) SAE_RETURN_IF_ERROR(MatchEncoderScale(xn));
   initialized_ = true;
   return absl::OkStatus();
@@ -281,8 +281,7 @@ absl::Status SaeTrainer::CarryScale(const at::Tensor& x, int64_t k_from, int64_t
   auto recon_norm = [&](int64_t k) {
     at::Tensor a = acts.narrow(1, 0, k).contiguous(), i = idx.narrow(1, 0, k).contiguous();
     at::Tensor offsets = at::arange(0, rows * k, k, i.options());
-    at::Tensor r = std::get<0>(at::embedding_bag(p.W_dec, i.reshape({-1}), offsets, false, 0, false,
-                                                 a.reshape({-1})));
+    at::Tensor r = std::get<0>(at::embedding_bag(p.W_dec, i.reshape({-1}), offsets, false, 0, false, a.reshape({-1})));
     return r.norm(2, 1).sum().item<double>();
   };
   float sums[2] = {static_cast<float>(recon_norm(k_from)), static_cast<float>(recon_norm(k_to))};
@@ -317,8 +316,8 @@ absl::Status SaeTrainer::MatchEncoderScale(const at::Tensor& xn_cpu) {
     at::Tensor acts = std::get<0>(top).clamp_min(0);
     const int64_t rows = xc.size(0);
     at::Tensor offsets = at::arange(0, rows * k0, k0, std::get<1>(top).options());
-    at::Tensor recon = std::get<0>(at::embedding_bag(p.W_dec, std::get<1>(top).reshape({-1}), offsets, false,
-                                                     0, false, acts.reshape({-1}).contiguous()));
+    at::Tensor recon = std::get<0>(at::embedding_bag(p.W_dec, std::get<1>(top).reshape({-1}), offsets, false, 0, false,
+                                                     acts.reshape({-1}).contiguous()));
     num += recon.norm(2, 1).sum().item<double>();
     den += xc.norm(2, 1).sum().item<double>();
   }
@@ -389,15 +388,17 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
         SAE_RETURN_IF_ERROR(SumTensorAcrossRanks(bucket, "gradients"));
       }
       const double t0 = SteadyNow();
-      absl::Status fs = opts_.comm->AllReduce(res.fired.data(), res.fired.size(), CommDType::kU8,
-                                              ReduceOp::kOr, opts_.comm_timeout);
+      absl::Status fs =
+          opts_.comm->AllReduce(res.fired.data(), res.fired.size(), CommDType::kU8, ReduceOp::kOr, opts_.comm_timeout);
       allreduce_seconds_ += SteadyNow() - t0;
       allreduce_bytes_ += static_cast<int64_t>(res.fired.size());
       SAE_RETURN_IF_ERROR(Annotate(fs, absl::StrCat("all-reduce of fire marks, step ", step_ + 1)));
       // (The reconstruction terms of each rank's loss are over the global
       // Σ‖x − x̄‖² already: they add up across ranks.)
-      float stats[7] = {static_cast<float>(res.sse), static_cast<float>(res.aux_loss),
-                        static_cast<float>(res.active), static_cast<float>(res.recon_norm),
+      float stats[7] = {static_cast<float>(res.sse),
+                        static_cast<float>(res.aux_loss),
+                        static_cast<float>(res.active),
+                        static_cast<float>(res.recon_norm),
                         static_cast<float>(res.input_norm),
                         static_cast<float>(res.fvu_target * res.total_var),
                         static_cast<float>(res.loss - res.aux_loss)};
@@ -412,8 +413,7 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
       res.l0 = stats[2] / static_cast<double>(global_rows);
       res.loss = stats[6] + res.aux_loss;
     }
-    if (!std::isfinite(res.loss))
-      return absl::InternalError(absl::StrCat("step ", step_, ": loss is not finite"));
+    if (!std::isfinite(res.loss)) return absl::InternalError(absl::StrCat("step ", step_, ": loss is not finite"));
 
     const double t_norm = SteadyNow();
     const double norm = GlobalGradNorm(grads_);
@@ -426,8 +426,7 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     tokens_ += global_rows;
     const int64_t k_next = CurrentK();
     // (With Multi-TopK the target-k reconstruction does not change with k: nothing to carry.)
-    if (opts_.carry_scale && !opts_.multi_topk && k_next < cfg.k)
-      SAE_RETURN_IF_ERROR(CarryScale(x_dev, cfg.k, k_next));
+    if (opts_.carry_scale && !opts_.multi_topk && k_next < cfg.k) SAE_RETURN_IF_ERROR(CarryScale(x_dev, cfg.k, k_next));
 
     StepMetrics m;
     m.step = step_;
@@ -484,8 +483,7 @@ absl::Status SaeTrainer::CheckReplicasAgree() {
   return absl::OkStatus();
 }
 
-absl::Status SaeTrainer::SaveState(const std::string& path,
-                                   const std::map<std::string, std::string>& extra) const {
+absl::Status SaeTrainer::SaveState(const std::string& path, const std::map<std::string, std::string>& extra) const {
   SafetensorsWriter w;
   auto* self = const_cast<SaeTrainer*>(this);
   for (auto& [name, t] : StateTensors(&self->params_, &self->adam_)) {
@@ -511,8 +509,7 @@ absl::StatusOr<std::map<std::string, std::string>> SaeTrainer::LoadState(const s
   const auto& md = f.metadata();
   auto get = [&](const std::string& key) -> absl::StatusOr<std::string> {
     auto it = md.find(key);
-    if (it == md.end())
-      return absl::DataLossError(absl::StrCat(path, ": metadata field '", key, "' missing"));
+    if (it == md.end()) return absl::DataLossError(absl::StrCat(path, ": metadata field '", key, "' missing"));
     return it->second;
   };
   auto get_int = [&](const std::string& key) -> absl::StatusOr<int64_t> {
@@ -527,9 +524,8 @@ absl::StatusOr<std::map<std::string, std::string>> SaeTrainer::LoadState(const s
   SAE_ASSIGN_OR_RETURN(const int64_t d_in, get_int("d_in"));
   SAE_ASSIGN_OR_RETURN(const int64_t latents, get_int("latents"));
   if (d_in != opts_.d_in || latents != opts_.latents)
-    return absl::FailedPreconditionError(absl::StrCat(
-        path, ": checkpoint has d_in ", d_in, ", latents ", latents, "; the job has d_in ",
-        opts_.d_in, ", latents ", opts_.latents));
+    return absl::FailedPreconditionError(absl::StrCat(path, ": checkpoint has d_in ", d_in, ", latents ", latents,
+                                                      "; the job has d_in ", opts_.d_in, ", latents ", opts_.latents));
   // Every scalar is parsed before any tensor is copied: a corrupt state
   // leaves the trainer as it was.
   SAE_ASSIGN_OR_RETURN(const int64_t step, get_int("step"));
@@ -541,8 +537,7 @@ absl::StatusOr<std::map<std::string, std::string>> SaeTrainer::LoadState(const s
   if (!scale.ok()) return absl::DataLossError(scale.status().message());
   for (auto& [name, t] : StateTensors(&params_, &adam_)) {
     SAE_ASSIGN_OR_RETURN(TensorInfo info, f.Info(name));
-    if (info.dtype != DType::kF32 ||
-        info.shape != std::vector<int64_t>(t->sizes().begin(), t->sizes().end()))
+    if (info.dtype != DType::kF32 || info.shape != std::vector<int64_t>(t->sizes().begin(), t->sizes().end()))
       return absl::DataLossError(absl::StrCat(path, ": tensor '", name, "' has the wrong dtype or shape"));
     at::Tensor host = at::empty(t->sizes(), t->options().device(at::kCPU));
     SAE_RETURN_IF_ERROR(f.ReadRaw(name, host.data_ptr(), host.nbytes()));

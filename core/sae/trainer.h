@@ -62,7 +62,7 @@ struct TrainerOptions {
   bool multi_topk = true;
   double current_k_weight = 0.125;
   bool current_k_fit = true;  // StepConfig::current_k_fit
-  double lr = 0;                    // 0 = 2e-4 / sqrt(latents / 2^14)
+  double lr = 0;              // 0 = 2e-4 / sqrt(latents / 2^14)
   double warmup_fraction = 0.01;
   LrDecay lr_decay = LrDecay::kNone;
   double decay_start_fraction = 0.8;
@@ -130,8 +130,7 @@ class SaeTrainer {
 
   // Complete resumable state in one safetensors file (atomic). `extra` is
   // stored in the metadata and returned by LoadState (e.g. data position).
-  absl::Status SaveState(const std::string& path,
-                         const std::map<std::string, std::string>& extra) const;
+  absl::Status SaveState(const std::string& path, const std::map<std::string, std::string>& extra) const;
   absl::StatusOr<std::map<std::string, std::string>> LoadState(const std::string& path);
 
   // The final SAE: DIR/sae.safetensors + DIR/cfg.json (ALGORITHMS.md §8).

@@ -1,10 +1,10 @@
 #include "core/telemetry/metrics.h"
 
 #include <prometheus/counter.h>
-#include <prometheus/text_serializer.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
 
 #include <map>
 
@@ -64,8 +64,8 @@ absl::StatusOr<std::unique_ptr<TrainingMetrics>> TrainingMetrics::Start(const st
   impl->fvu = gauge("sae_fraction_variance_unexplained", "Fraction of variance unexplained of the last step.");
   impl->l0 = gauge("sae_l0", "Active latents per token in the last step.");
   impl->k = gauge("sae_k", "The current k of the k schedule.");
-  impl->aux = gauge("sae_auxiliary_loss", "The dead-latent remedy's loss term of the last step.",
-                    {{"remedy", labels.remedy}});
+  impl->aux =
+      gauge("sae_auxiliary_loss", "The dead-latent remedy's loss term of the last step.", {{"remedy", labels.remedy}});
   impl->tokens = counter("sae_tokens_total", "Tokens trained by this process.");
   impl->steps = counter("sae_train_steps_total", "Optimizer steps taken by this process.");
   impl->data_wait = counter("sae_data_wait_seconds_total", "Time steps waited for activation data.");
@@ -76,7 +76,8 @@ absl::StatusOr<std::unique_ptr<TrainingMetrics>> TrainingMetrics::Start(const st
   // current candidate count C. Zero with the dense encoder.
   impl->screen_fallback = counter("sae_screen_fallback_rows_total",
                                   "Rows of the int8-screened encoder recomputed exactly (not certified).");
-  impl->screen_candidates = gauge("sae_screen_candidates", "Candidates per row of the int8-screened encoder (0: dense encoder).");
+  impl->screen_candidates =
+      gauge("sae_screen_candidates", "Candidates per row of the int8-screened encoder (0: dense encoder).");
   // The BLAS kernel this process runs its GEMMs on (core/base/blas_kernel.h).
   const BlasKernel& blas = CurrentBlasKernel();
   gauge("sae_build_info", "Constant 1; labels say how this process was built and runs.",

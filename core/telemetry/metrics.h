@@ -31,15 +31,14 @@ struct MetricLabels {
 class TrainingMetrics {
  public:
   // Serves /metrics on `listen` ("HOST:PORT"; port 0 picks a free one).
-  static absl::StatusOr<std::unique_ptr<TrainingMetrics>> Start(const std::string& listen,
-                                                                const MetricLabels& labels);
+  static absl::StatusOr<std::unique_ptr<TrainingMetrics>> Start(const std::string& listen, const MetricLabels& labels);
   ~TrainingMetrics();
 
   // "HOST:PORT" actually bound.
   std::string address() const;
   void Record(const StepSample& s);
 
- struct Impl;  // internal
+  struct Impl;  // internal
 
  private:
   explicit TrainingMetrics(std::unique_ptr<Impl> impl);

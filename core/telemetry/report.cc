@@ -36,10 +36,14 @@ const Series kSeries[] = {
 std::string Num(double v) {
   char buf[64];
   const double a = std::fabs(v);
-  if (a >= 1e9) std::snprintf(buf, sizeof(buf), "%.3gG", v / 1e9);
-  else if (a >= 1e6) std::snprintf(buf, sizeof(buf), "%.3gM", v / 1e6);
-  else if (a >= 1e4) std::snprintf(buf, sizeof(buf), "%.3gk", v / 1e3);
-  else std::snprintf(buf, sizeof(buf), "%.4g", v);
+  if (a >= 1e9)
+    std::snprintf(buf, sizeof(buf), "%.3gG", v / 1e9);
+  else if (a >= 1e6)
+    std::snprintf(buf, sizeof(buf), "%.3gM", v / 1e6);
+  else if (a >= 1e4)
+    std::snprintf(buf, sizeof(buf), "%.3gk", v / 1e3);
+  else
+    std::snprintf(buf, sizeof(buf), "%.4g", v);
   return buf;
 }
 
@@ -63,7 +67,10 @@ std::vector<double> LinearTicks(double lo, double hi, int n) {
   const double mag = std::pow(10, std::floor(std::log10(raw)));
   double step = mag;
   for (double m : {1.0, 2.0, 5.0, 10.0})
-    if (raw <= m * mag) { step = m * mag; break; }
+    if (raw <= m * mag) {
+      step = m * mag;
+      break;
+    }
   std::vector<double> t;
   for (double v = std::ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) t.push_back(v);
   return t;
@@ -92,8 +99,10 @@ std::string Plot(const Series& s, const std::vector<ReportPoint>& pts) {
   }
   double x0 = xy.front().first, x1 = xy.front().first, y0 = xy.front().second, y1 = y0;
   for (const auto& [x, y] : xy) {
-    x0 = std::min(x0, x); x1 = std::max(x1, x);
-    y0 = std::min(y0, y); y1 = std::max(y1, y);
+    x0 = std::min(x0, x);
+    x1 = std::max(x1, x);
+    y0 = std::min(y0, y);
+    y1 = std::max(y1, y);
   }
   const bool log = s.log_ok && y0 > 0 && y1 / y0 > 100;
   auto ty = [&](double y) { return log ? std::log10(y) : y; };
@@ -110,8 +119,8 @@ std::string Plot(const Series& s, const std::vector<ReportPoint>& pts) {
   auto py = [&](double v) { return T + (b - v) / (b - a) * (H - T - B); };
   char buf[96];
   o << "<svg class=\"plot\" id=\"plot-" << s.id << "\" xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W
-    << "\" height=\"" << H << "\" viewBox=\"0 0 " << W << " " << H << "\" role=\"img\" aria-label=\""
-    << s.title << " over tokens\">\n";
+    << "\" height=\"" << H << "\" viewBox=\"0 0 " << W << " " << H << "\" role=\"img\" aria-label=\"" << s.title
+    << " over tokens\">\n";
   o << "<rect x=\"" << L << "\" y=\"" << T << "\" width=\"" << W - L - R << "\" height=\"" << H - T - B
     << "\" class=\"frame\"/>\n";
   std::vector<double> yt;
@@ -129,8 +138,8 @@ std::string Plot(const Series& s, const std::vector<ReportPoint>& pts) {
   for (double v : LinearTicks(x0, x1, 5)) {
     std::snprintf(buf, sizeof(buf), "%.1f", px(v));
     o << "<line class=\"grid\" y1=\"" << T << "\" y2=\"" << H - B << "\" x1=\"" << buf << "\" x2=\"" << buf
-      << "\"/><text class=\"tick\" y=\"" << H - B + 16 << "\" x=\"" << buf << "\" text-anchor=\"middle\">"
-      << Num(v) << "</text>\n";
+      << "\"/><text class=\"tick\" y=\"" << H - B + 16 << "\" x=\"" << buf << "\" text-anchor=\"middle\">" << Num(v)
+      << "</text>\n";
   }
   o << "<text class=\"axis\" x=\"" << (L + W - R) / 2 << "\" y=\"" << H - 4
     << "\" text-anchor=\"middle\">tokens</text>\n";
@@ -142,8 +151,8 @@ std::string Plot(const Series& s, const std::vector<ReportPoint>& pts) {
   }
   o << "\"/>\n";
   o << "<title>" << s.title << ": last " << Num(xy.back().second) << " at " << Num(xy.back().first)
-    << " tokens</title>\n</svg>\n<p class=\"last\">last: " << Num(xy.back().second) << " at "
-    << Num(xy.back().first) << " tokens (" << xy.size() << " records plotted)</p></section>\n";
+    << " tokens</title>\n</svg>\n<p class=\"last\">last: " << Num(xy.back().second) << " at " << Num(xy.back().first)
+    << " tokens (" << xy.size() << " records plotted)</p></section>\n";
   return o.str();
 }
 
@@ -157,8 +166,7 @@ std::string ResolveRunDir(const std::string& run_dir) {
 
 }  // namespace
 
-absl::StatusOr<std::vector<ReportPoint>> ParseMetricsJsonl(const std::string& text,
-                                                           const std::string& path) {
+absl::StatusOr<std::vector<ReportPoint>> ParseMetricsJsonl(const std::string& text, const std::string& path) {
   std::vector<ReportPoint> out;
   std::istringstream in(text);
   std::string line;
@@ -175,8 +183,8 @@ absl::StatusOr<std::vector<ReportPoint>> ParseMetricsJsonl(const std::string& te
     ReportPoint p;
     p.tokens = it->get<double>();
     if (!out.empty() && p.tokens < out.back().tokens)
-      return absl::InvalidArgumentError(absl::StrCat(where, ": tokens ", p.tokens, " is less than the line before (",
-                                                     out.back().tokens, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": tokens ", p.tokens, " is less than the line before (", out.back().tokens, ")"));
     for (const Series& s : kSeries) {
       auto f = j.find(s.field);
       if (f == j.end() || f->is_null()) {
@@ -197,7 +205,8 @@ absl::StatusOr<std::string> RenderRunReport(const std::string& run_dir) {
   const std::string dir = ResolveRunDir(run_dir);
   const std::string metrics_path = dir + "/metrics.jsonl";
   if (!PathExists(metrics_path))
-    return absl::NotFoundError(absl::StrCat(metrics_path, ": not found (is ", run_dir, " a training output directory?)"));
+    return absl::NotFoundError(
+        absl::StrCat(metrics_path, ": not found (is ", run_dir, " a training output directory?)"));
   SAE_ASSIGN_OR_RETURN(std::string text, ReadFileToString(metrics_path));
   SAE_ASSIGN_OR_RETURN(std::vector<ReportPoint> pts, ParseMetricsJsonl(text, metrics_path));
 
@@ -210,11 +219,12 @@ absl::StatusOr<std::string> RenderRunReport(const std::string& run_dir) {
       return absl::InvalidArgumentError(absl::StrCat(summary_path, ": not a JSON object"));
   }
   std::string name = summary.is_object() && summary.contains("name") && summary["name"].is_string()
-                         ? summary["name"].get<std::string>() : run_dir;
+                         ? summary["name"].get<std::string>()
+                         : run_dir;
 
   std::ostringstream o;
-  o << "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<title>saeforge report: "
-    << Escape(name) << "</title>\n<style>\n"
+  o << "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n<title>saeforge report: " << Escape(name)
+    << "</title>\n<style>\n"
        "body{font-family:system-ui,sans-serif;margin:24px;color:#222;background:#fff}\n"
        "h1{font-size:20px;margin:0 0 4px}h2{font-size:14px;margin:0 0 4px}\n"
        ".plots{display:flex;flex-wrap:wrap;gap:16px}.plot{flex:0 0 auto}\n"
@@ -222,16 +232,18 @@ absl::StatusOr<std::string> RenderRunReport(const std::string& run_dir) {
        "svg .axis{font-size:12px;fill:#333}svg .series{fill:none;stroke:#1f6fb2;stroke-width:1.6}\n"
        "table{border-collapse:collapse;margin:8px 0 16px}td,th{border:1px solid #ddd;padding:3px 8px;"
        "text-align:left;font-size:13px}.last,.empty,.note{font-size:12px;color:#555;margin:2px 0 0}\n"
-       "</style></head>\n<body>\n<h1>saeforge training report: " << Escape(name) << "</h1>\n<p class=\"note\">"
-    << Escape(dir) << ": " << pts.size() << " records of metrics.jsonl, " << Num(pts.front().tokens) << " to "
-    << Num(pts.back().tokens) << " tokens";
+       "</style></head>\n<body>\n<h1>saeforge training report: "
+    << Escape(name) << "</h1>\n<p class=\"note\">" << Escape(dir) << ": " << pts.size() << " records of metrics.jsonl, "
+    << Num(pts.front().tokens) << " to " << Num(pts.back().tokens) << " tokens";
   if (!summary.is_object()) o << "; no summary.json yet (the run has not finished)";
   o << "</p>\n";
   if (summary.is_object()) {
     o << "<table id=\"summary\"><tr><th>summary.json</th><th>value</th></tr>\n";
     for (const auto& [k, v] : summary.items())
       o << "<tr><td>" << Escape(k) << "</td><td>"
-        << Escape(v.is_number_float() ? Num(v.get<double>()) : v.is_string() ? v.get<std::string>() : v.dump())
+        << Escape(v.is_number_float() ? Num(v.get<double>())
+                  : v.is_string()     ? v.get<std::string>()
+                                      : v.dump())
         << "</td></tr>\n";
     o << "</table>\n";
   }

@@ -20,8 +20,7 @@ struct ReportPoint {
 
 // Parses metrics.jsonl text. Errors name `path` and the 1-based line:
 // "runs/x/metrics.jsonl:7: not a JSON object: ...".
-absl::StatusOr<std::vector<ReportPoint>> ParseMetricsJsonl(const std::string& text,
-                                                           const std::string& path);
+absl::StatusOr<std::vector<ReportPoint>> ParseMetricsJsonl(const std::string& text, const std::string& path);
 
 // The HTML page of RUN_DIR (a finished run, or RUN_DIR.partial while it trains).
 absl::StatusOr<std::string> RenderRunReport(const std::string& run_dir);

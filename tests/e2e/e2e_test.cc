@@ -21,7 +21,8 @@ TEST(E2e, ThePageWorksInHeadlessChromium) {
   auto r = Sh(Bin("sae") + " features build --model " + model + " --sae " + (dir / "sae").string() +
               " --tokens 1500 --context 64 --batch 4 --quiet");
   ASSERT_EQ(r.code, 0) << r.out;
-  ServeProcess serve({Bin("sae"), "serve", "--model", model, "--sae", (dir / "sae").string(), "--listen", "127.0.0.1:0"});
+  ServeProcess serve(
+      {Bin("sae"), "serve", "--model", model, "--sae", (dir / "sae").string(), "--listen", "127.0.0.1:0"});
   ASSERT_GT(serve.port(), 0) << serve.first_line();
   const std::string shots = std::string(SAE_E2E_OUT);
   r = Sh("node " + src + "/tests/e2e/serve_e2e.mjs http://127.0.0.1:" + std::to_string(serve.port()) + "/ " + shots);

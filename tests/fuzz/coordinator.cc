@@ -39,12 +39,24 @@ namespace {
 using namespace sae;
 
 enum Op {
-  kSubmit, kGet, kList, kCancel, kRegister, kHeartbeat, kProgress, kCheckpoint, kResult,
-  kStreamShard, kWatch, kAssignments, kSettle, kOps
+  kSubmit,
+  kGet,
+  kList,
+  kCancel,
+  kRegister,
+  kHeartbeat,
+  kProgress,
+  kCheckpoint,
+  kResult,
+  kStreamShard,
+  kWatch,
+  kAssignments,
+  kSettle,
+  kOps
 };
-constexpr const char* kNames[] = {"Submit", "Get", "List", "Cancel", "Register", "Heartbeat", "ReportProgress",
-                                  "ReportCheckpoint", "ReportResult", "StreamShard", "Watch", "Assignments",
-                                  "settle"};
+constexpr const char* kNames[] = {
+    "Submit",           "Get",          "List",        "Cancel", "Register",    "Heartbeat", "ReportProgress",
+    "ReportCheckpoint", "ReportResult", "StreamShard", "Watch",  "Assignments", "settle"};
 constexpr double kUnaryDeadline = 10;  // seconds; longer means a handler hung
 
 struct Roots {
@@ -248,9 +260,7 @@ void Add(std::string* out, Op op, const google::protobuf::Message& m, bool wrong
   out->push_back(static_cast<char>(b.size() >> 8));
   *out += b;
 }
-void Settle(std::string* out) {
-  out->append({static_cast<char>(kSettle), 0, 3, 0, 'x', 'x', 'x'});
-}
+void Settle(std::string* out) { out->append({static_cast<char>(kSettle), 0, 3, 0, 'x', 'x', 'x'}); }
 
 // A job's spec is its YAML text (the coordinator reads it as a job file).
 v1::JobSpec SyntheticSpec(const std::string& name, int workers,
@@ -260,7 +270,8 @@ v1::JobSpec SyntheticSpec(const std::string& name, int workers,
              "\nsae: {latents: 64, k: 4, dead_window_tokens: 100000}\n"
              "train: {tokens: 4096, batch_tokens: 256, checkpoint_every_tokens: 1024, log_every_steps: 10, "
              "device: cpu}\n"
-             "world: {workers: " + std::to_string(workers) + ", timeout_seconds: 30}\noutput: " + name + "\n");
+             "world: {workers: " +
+             std::to_string(workers) + ", timeout_seconds: 30}\noutput: " + name + "\n");
   return s;
 }
 

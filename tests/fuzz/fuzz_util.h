@@ -77,12 +77,12 @@ inline std::string FreshDir(const std::string& name) {
 }
 
 // Aborts (a crash libFuzzer reports) when a property of the parser fails.
-#define SAE_FUZZ_CHECK(cond, msg)                                                   \
-  do {                                                                              \
-    if (!(cond)) {                                                                  \
+#define SAE_FUZZ_CHECK(cond, msg)                                                           \
+  do {                                                                                      \
+    if (!(cond)) {                                                                          \
       std::fprintf(stderr, "fuzz check failed: %s: %s\n", #cond, std::string(msg).c_str()); \
-      std::abort();                                                                 \
-    }                                                                               \
+      std::abort();                                                                         \
+    }                                                                                       \
   } while (0)
 
 }  // namespace sae::fuzz

@@ -17,8 +17,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return true;
   }();
   (void)once;
-  const std::string path = fuzz::WriteFile(fuzz::ScratchDir() + "/model.bin",
-                                           std::string(reinterpret_cast<const char*>(data), size));
+  const std::string path =
+      fuzz::WriteFile(fuzz::ScratchDir() + "/model.bin", std::string(reinterpret_cast<const char*>(data), size));
   auto m = LoadLlama2c(path);
   if (!m.ok()) return 0;
   const ModelConfig& c = m->config();

@@ -22,7 +22,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string text = parts[1].substr(0, 512);  // encoding is quadratic in a word's length
   for (bool bos : {false, true}) {
     const std::vector<int32_t> ids = (*tok)->Encode(text, bos, !bos);
-    for (int32_t id : ids) SAE_FUZZ_CHECK(id >= 0 && id < vocab, "id " + std::to_string(id) + " outside the vocabulary");
+    for (int32_t id : ids)
+      SAE_FUZZ_CHECK(id >= 0 && id < vocab, "id " + std::to_string(id) + " outside the vocabulary");
     (void)(*tok)->Decode(ids);
   }
   for (int32_t id : {-1, 0, 1, 2, 3, static_cast<int32_t>(vocab - 1), static_cast<int32_t>(vocab), 1 << 30})

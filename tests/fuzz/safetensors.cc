@@ -27,8 +27,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const int64_t rows = info.shape[0];
     const int64_t per_row = rows > 0 ? info.numel() / rows : 0;
     // A few row ranges, including empty, reversed and out-of-range ones.
-    const int64_t ranges[][2] = {{0, rows}, {0, std::min<int64_t>(rows, 1)}, {rows / 2, rows},
-                                 {rows, rows}, {1, 0}, {-1, 1}, {0, rows + 1}};
+    const int64_t ranges[][2] = {
+        {0, rows}, {0, std::min<int64_t>(rows, 1)}, {rows / 2, rows}, {rows, rows}, {1, 0}, {-1, 1}, {0, rows + 1}};
     for (const auto& r : ranges) {
       const int64_t n = std::max<int64_t>(0, r[1] - r[0]);
       if (n * per_row > (int64_t{1} << 24)) continue;

@@ -39,7 +39,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!SaveManifest(dir, m).ok()) return 0;
   auto loaded = LoadManifest(dir);
   SAE_FUZZ_CHECK(loaded.ok(), loaded.status().ToString());  // what SaveManifest wrote reads back
-  if (m.rows * m.d_in > (int64_t{1} << 22)) return 0;      // bounded memory per input
+  if (m.rows * m.d_in > (int64_t{1} << 22)) return 0;       // bounded memory per input
   for (int64_t window : {int64_t{1}, int64_t{5}}) {
     StreamOptions o;
     o.shuffle_window_rows = window;

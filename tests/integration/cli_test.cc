@@ -12,12 +12,12 @@
 #include "tests/integration/test_util.h"
 
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <functional>
-#include <cmath>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -63,8 +63,9 @@ TEST_F(Cli, TrainsFromShardsAndWritesTheOutputContract) {
   EXPECT_NE(insp.out.find("16"), std::string::npos);
   EXPECT_NE(insp.out.find("6000"), std::string::npos);
 
-  fs::path job = Job("job.yaml", ShardJob(data, "run", 4000, ", k_schedule: {start: 16, end: 4, fraction: 0.5}, "
-                                                             "dead_remedy: auxk, dead_window_tokens: 1000"));
+  fs::path job = Job("job.yaml", ShardJob(data, "run", 4000,
+                                          ", k_schedule: {start: 16, end: 4, fraction: 0.5}, "
+                                          "dead_remedy: auxk, dead_window_tokens: 1000"));
   Result r = Sh(Bin("sae") + " train " + job.string());
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("step 2 "), std::string::npos) << "plain log lines when not on a TTY";
@@ -169,19 +170,39 @@ struct BadJob {
 TEST_F(Cli, BadJobFilesNameTheFileAndField) {
   const std::vector<BadJob> cases = {
       {"malformed", "name: x\nsae: [k: 1\n", "malformed.yaml"},
-      {"unknown_key", "data: {kind: synthetic}\nsae: {latents: 64, kk: 4}\ntrain: {tokens: 1000}\noutput: o\n", "sae.kk"},
-      {"k_gt_latents", "data: {kind: synthetic}\nsae: {latents: 64, k: 65}\ntrain: {tokens: 1000}\noutput: o\n", "sae.k"},
-      {"schedule", "data: {kind: synthetic}\nsae: {latents: 64, k: 8, k_schedule: {start: 4}}\ntrain: {tokens: 1000}\noutput: o\n", "k_schedule.start"},
-      {"zero_tokens", "data: {kind: synthetic}\nsae: {latents: 64, k: 8}\ntrain: {tokens: 0}\noutput: o\n", "train.tokens"},
-      {"batch_lt_world", "data: {kind: synthetic}\nsae: {latents: 64, k: 8}\ntrain: {tokens: 1000, batch_tokens: 1}\nworld: {workers: 2}\noutput: o\n", "world.workers"},
-      {"bad_remedy", "data: {kind: synthetic}\nsae: {latents: 64, k: 8, dead_remedy: magic}\ntrain: {tokens: 1000}\noutput: o\n", "sae.dead_remedy"},
-      {"cuda_device", "data: {kind: synthetic}\nsae: {latents: 64, k: 8}\ntrain: {tokens: 1000, device: cuda}\noutput: o\n", "train.device"},
-      {"bad_type", "data: {kind: synthetic}\nsae: {latents: many, k: 8}\ntrain: {tokens: 1000}\noutput: o\n", "sae.latents"},
+      {"unknown_key", "data: {kind: synthetic}\nsae: {latents: 64, kk: 4}\ntrain: {tokens: 1000}\noutput: o\n",
+       "sae.kk"},
+      {"k_gt_latents", "data: {kind: synthetic}\nsae: {latents: 64, k: 65}\ntrain: {tokens: 1000}\noutput: o\n",
+       "sae.k"},
+      {"schedule",
+       "data: {kind: synthetic}\nsae: {latents: 64, k: 8, k_schedule: {start: 4}}\ntrain: {tokens: 1000}\noutput: o\n",
+       "k_schedule.start"},
+      {"zero_tokens", "data: {kind: synthetic}\nsae: {latents: 64, k: 8}\ntrain: {tokens: 0}\noutput: o\n",
+       "train.tokens"},
+      {"batch_lt_world",
+       "data: {kind: synthetic}\nsae: {latents: 64, k: 8}\ntrain: {tokens: 1000, batch_tokens: 1}\nworld: {workers: "
+       "2}\noutput: o\n",
+       "world.workers"},
+      {"bad_remedy",
+       "data: {kind: synthetic}\nsae: {latents: 64, k: 8, dead_remedy: magic}\ntrain: {tokens: 1000}\noutput: o\n",
+       "sae.dead_remedy"},
+      {"cuda_device",
+       "data: {kind: synthetic}\nsae: {latents: 64, k: 8}\ntrain: {tokens: 1000, device: cuda}\noutput: o\n",
+       "train.device"},
+      {"bad_type", "data: {kind: synthetic}\nsae: {latents: many, k: 8}\ntrain: {tokens: 1000}\noutput: o\n",
+       "sae.latents"},
       // Sizes that cannot run are refused before anything is allocated.
-      {"huge_latents", "data: {kind: synthetic}\nsae: {latents: 3000000000, k: 8}\ntrain: {tokens: 1000}\noutput: o\n", "sae.latents"},
-      {"huge_d_in", "data: {kind: synthetic, d_in: 1000000000}\nsae: {latents: 64, k: 8}\ntrain: {tokens: 1000}\noutput: o\n", "data.d_in"},
-      {"huge_state", "data: {kind: synthetic, d_in: 65536}\nsae: {latents: 100000000, k: 8}\ntrain: {tokens: 1000}\noutput: o\n", "sae.latents"},
-      {"threads", "data: {kind: synthetic}\nsae: {latents: 64, k: 8}\ntrain: {tokens: 1000, threads: 1000000}\noutput: o\n", "train.threads"},
+      {"huge_latents", "data: {kind: synthetic}\nsae: {latents: 3000000000, k: 8}\ntrain: {tokens: 1000}\noutput: o\n",
+       "sae.latents"},
+      {"huge_d_in",
+       "data: {kind: synthetic, d_in: 1000000000}\nsae: {latents: 64, k: 8}\ntrain: {tokens: 1000}\noutput: o\n",
+       "data.d_in"},
+      {"huge_state",
+       "data: {kind: synthetic, d_in: 65536}\nsae: {latents: 100000000, k: 8}\ntrain: {tokens: 1000}\noutput: o\n",
+       "sae.latents"},
+      {"threads",
+       "data: {kind: synthetic}\nsae: {latents: 64, k: 8}\ntrain: {tokens: 1000, threads: 1000000}\noutput: o\n",
+       "train.threads"},
   };
   for (const BadJob& c : cases) {
     fs::path job = Job(std::string(c.name) + ".yaml", c.yaml);
@@ -196,7 +217,8 @@ TEST_F(Cli, BadJobFilesNameTheFileAndField) {
   EXPECT_EQ(missing.code, 1);
   EXPECT_NE(missing.out.find("nope.yaml"), std::string::npos);
   // A directory where a file is expected: an error naming it, not an abort.
-  for (const std::string& cmd : {Bin("sae") + " train " + dir_.string(), Bin("sae-worker") + " --job " + dir_.string()}) {
+  for (const std::string& cmd :
+       {Bin("sae") + " train " + dir_.string(), Bin("sae-worker") + " --job " + dir_.string()}) {
     Result r = Sh(cmd);
     EXPECT_EQ(r.code, 1) << cmd << ": " << r.out;
     EXPECT_FALSE(r.signaled) << cmd;
@@ -204,8 +226,9 @@ TEST_F(Cli, BadJobFilesNameTheFileAndField) {
   }
   // A machine too small for the SAE (d_in known only once the data is open):
   // refused by the trainer with the sizes, before it allocates.
-  fs::path big = Job("big.yaml", "data: {kind: synthetic, d_in: 4096, latents: 64, k: 2}\nsae: {latents: 20000000, k: 8}\n"
-                                 "train: {tokens: 1000}\noutput: big_out\n");
+  fs::path big = Job("big.yaml",
+                     "data: {kind: synthetic, d_in: 4096, latents: 64, k: 2}\nsae: {latents: 20000000, k: 8}\n"
+                     "train: {tokens: 1000}\noutput: big_out\n");
   Result r = Sh("cd " + dir_.string() + " && " + Bin("sae") + " train " + big.string());
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_FALSE(r.signaled);
@@ -215,8 +238,9 @@ TEST_F(Cli, BadJobFilesNameTheFileAndField) {
   // and the manifest (the shard itself is never opened).
   fs::create_directories(dir_ / "wide");
   WriteAll(dir_ / "wide" / "manifest.json",
-            R"({"format": "saeforge.activations.v1", "d_in": 131072, "dtype": "float32", "rows": 10,)"
-            R"( "shards": [{"file": "shard-00000.safetensors", "rows": 10, "sha256": ")" + std::string(64, '0') + "\"}]}");
+           R"({"format": "saeforge.activations.v1", "d_in": 131072, "dtype": "float32", "rows": 10,)"
+           R"( "shards": [{"file": "shard-00000.safetensors", "rows": 10, "sha256": ")" +
+               std::string(64, '0') + "\"}]}");
   fs::path wide = Job("wide.yaml", "data: {kind: shards, path: " + (dir_ / "wide").string() +
                                        "}\nsae: {latents: 268435456, k: 8}\ntrain: {tokens: 1000}\noutput: wide_out\n");
   Result w = Sh("cd " + dir_.string() + " && " + Bin("sae") + " train " + wide.string());
@@ -248,29 +272,44 @@ TEST_F(Cli, DamagedShardsFailNamingTheShard) {
     EXPECT_FALSE(fs::exists(dir_ / ("out_" + tag + ".partial") / "sae.safetensors")) << tag;
   };
   const std::string s1 = "shard-00001.safetensors";
-  run_damaged("missing_dir", [](const fs::path& d) { fs::remove_all(d); }, "acts_missing_dir", "manifest");
-  run_damaged("missing_shard", [&](const fs::path& d) { fs::remove(d / s1); }, s1, "");
-  run_damaged("truncated", [&](const fs::path& d) { fs::resize_file(d / s1, fs::file_size(d / s1) / 2); }, s1, "");
-  run_damaged("header_len", [&](const fs::path& d) {
-    std::fstream f(d / s1, std::ios::in | std::ios::out | std::ios::binary);
-    const unsigned char big[8] = {0, 0, 0, 0, 0, 0, 0, 0x7f};
-    f.write(reinterpret_cast<const char*>(big), 8);
-  }, s1, "header length");
-  run_damaged("checksum", [&](const fs::path& d) {
-    std::fstream f(d / s1, std::ios::in | std::ios::out | std::ios::binary);
-    f.seekp(static_cast<std::streamoff>(fs::file_size(d / s1)) - 10);
-    f.put('\x55');
-  }, s1, "sha256");
-  run_damaged("dtype", [&](const fs::path& d) {
-    json m = json::parse(ReadAll(d / "manifest.json"));
-    m["dtype"] = "float16";
-    WriteAll(d / "manifest.json", m.dump());
-  }, "shard-00000.safetensors", "dtype");
-  run_damaged("d_in", [&](const fs::path& d) {
-    json m = json::parse(ReadAll(d / "manifest.json"));
-    m["d_in"] = 17;
-    WriteAll(d / "manifest.json", m.dump());
-  }, "shard-00000.safetensors", "");
+  run_damaged(
+      "missing_dir", [](const fs::path& d) { fs::remove_all(d); }, "acts_missing_dir", "manifest");
+  run_damaged(
+      "missing_shard", [&](const fs::path& d) { fs::remove(d / s1); }, s1, "");
+  run_damaged(
+      "truncated", [&](const fs::path& d) { fs::resize_file(d / s1, fs::file_size(d / s1) / 2); }, s1, "");
+  run_damaged(
+      "header_len",
+      [&](const fs::path& d) {
+        std::fstream f(d / s1, std::ios::in | std::ios::out | std::ios::binary);
+        const unsigned char big[8] = {0, 0, 0, 0, 0, 0, 0, 0x7f};
+        f.write(reinterpret_cast<const char*>(big), 8);
+      },
+      s1, "header length");
+  run_damaged(
+      "checksum",
+      [&](const fs::path& d) {
+        std::fstream f(d / s1, std::ios::in | std::ios::out | std::ios::binary);
+        f.seekp(static_cast<std::streamoff>(fs::file_size(d / s1)) - 10);
+        f.put('\x55');
+      },
+      s1, "sha256");
+  run_damaged(
+      "dtype",
+      [&](const fs::path& d) {
+        json m = json::parse(ReadAll(d / "manifest.json"));
+        m["dtype"] = "float16";
+        WriteAll(d / "manifest.json", m.dump());
+      },
+      "shard-00000.safetensors", "dtype");
+  run_damaged(
+      "d_in",
+      [&](const fs::path& d) {
+        json m = json::parse(ReadAll(d / "manifest.json"));
+        m["d_in"] = 17;
+        WriteAll(d / "manifest.json", m.dump());
+      },
+      "shard-00000.safetensors", "");
 }
 
 TEST_F(Cli, CorruptDataLaterInTheRunKeepsEarlierCheckpoints) {
@@ -352,9 +391,11 @@ TEST(CliTelemetry, TrainingServesMetricsAndStopsCleanlyOnSigterm) {
   const fs::path dir = fs::path(::testing::TempDir()) / "sae_cli_metrics";
   fs::remove_all(dir);
   fs::create_directories(dir);
-  WriteAll(dir / "job.yaml", "name: m\ndata: {kind: synthetic, d_in: 32, latents: 64, k: 3}\n"
-                             "sae: {latents: 128, k: 4}\ntrain: {tokens: 2G, batch_tokens: 512}\n"
-                             "output: " + (dir / "out").string() + "\n");
+  WriteAll(dir / "job.yaml",
+           "name: m\ndata: {kind: synthetic, d_in: 32, latents: 64, k: 3}\n"
+           "sae: {latents: 128, k: 4}\ntrain: {tokens: 2G, batch_tokens: 512}\n"
+           "output: " +
+               (dir / "out").string() + "\n");
   const std::string log = (dir / "log").string();
   Sh("(" + Bin("sae") + " train " + (dir / "job.yaml").string() + " --metrics-listen 127.0.0.1:0 > " + log +
      " 2>&1; echo $? > " + (dir / "rc").string() + ") > /dev/null 2>&1 &");

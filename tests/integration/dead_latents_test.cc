@@ -58,8 +58,7 @@ Outcome Train(const std::string& acts, TrainerOptions o) {
 }
 
 TEST(DeadLatents, ScheduleAndRemediesBeatConstantKOnRealActivations) {
-  if (!fs::exists(StoriesDir() + "/stories260K.bin"))
-    GTEST_SKIP() << "stories260K not found in " << StoriesDir();
+  if (!fs::exists(StoriesDir() + "/stories260K.bin")) GTEST_SKIP() << "stories260K not found in " << StoriesDir();
   const fs::path dir = fs::path(::testing::TempDir()) / ("dead_latents_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);

@@ -20,11 +20,20 @@ fs::path Source(const std::string& rel) {
 }
 
 // ARCHITECTURE.md's metric names (contract).
-const std::set<std::string> kContractMetrics = {
-    "sae_dead_latents_ratio", "sae_reconstruction_mse", "sae_fraction_variance_unexplained", "sae_l0",
-    "sae_k", "sae_auxiliary_loss", "sae_tokens_total", "sae_train_steps_total", "sae_step_duration_seconds",
-    "sae_allreduce_duration_seconds", "sae_data_wait_seconds_total", "sae_jobs", "sae_workers",
-    "sae_job_restarts_total"};
+const std::set<std::string> kContractMetrics = {"sae_dead_latents_ratio",
+                                                "sae_reconstruction_mse",
+                                                "sae_fraction_variance_unexplained",
+                                                "sae_l0",
+                                                "sae_k",
+                                                "sae_auxiliary_loss",
+                                                "sae_tokens_total",
+                                                "sae_train_steps_total",
+                                                "sae_step_duration_seconds",
+                                                "sae_allreduce_duration_seconds",
+                                                "sae_data_wait_seconds_total",
+                                                "sae_jobs",
+                                                "sae_workers",
+                                                "sae_job_restarts_total"};
 
 TEST(DeployFiles, DashboardHasTheGrafanaModelEssentials) {
   const json d = json::parse(ReadAll(Source("deploy/grafana/dashboards/saeforge-training.json")), nullptr, false);
@@ -72,9 +81,8 @@ TEST(DeployFiles, DashboardHasTheGrafanaModelEssentials) {
     }
   }
   for (const char* t : {"Dead-latent ratio", "Reconstruction MSE and FVU", "L0 and current k", "Auxiliary loss",
-                        "Tokens/s", "Step time p50 / p99", "All-reduce time p50 / p99",
-                        "All-reduce share of the step", "Data wait", "Jobs by state", "Workers by state",
-                        "Job restarts"})
+                        "Tokens/s", "Step time p50 / p99", "All-reduce time p50 / p99", "All-reduce share of the step",
+                        "Data wait", "Jobs by state", "Workers by state", "Job restarts"})
     EXPECT_TRUE(titles.count(t)) << "no panel " << t;
   std::set<std::string> want = kContractMetrics;
   want.erase("sae_train_steps_total");  // steps: tokens/s says it better
@@ -181,8 +189,10 @@ void CommandLines(const YAML::Node& n, std::string* out) {
     std::string joined;
     bool scalars = true;
     for (const YAML::Node& e : n) {
-      if (!e.IsScalar()) scalars = false;
-      else joined += e.as<std::string>() + " ";
+      if (!e.IsScalar())
+        scalars = false;
+      else
+        joined += e.as<std::string>() + " ";
     }
     if (scalars) *out += joined + "\n";
     for (const YAML::Node& e : n) CommandLines(e, out);
@@ -222,16 +232,24 @@ TEST(DeployFiles, EveryFlagGivenToSaeforgeExistsInItsHelp) {
   }
   // The parser sees the commands that matter (an empty match would pass).
   const std::vector<std::pair<std::string, std::string>> want = {
-      {"compose.yaml sae-worker", "--worker-token-file"},   {"compose.yaml sae-worker", "--advertise-host"},
-      {"compose.yaml sae-worker", "--metrics-listen"},      {"compose.yaml sae submit", "--token-file"},
-      {"worker.yaml sae-worker", "--worker-token-file"},    {"worker.yaml sae-worker", "--worker-id"},
-      {"worker.yaml sae-worker", "--advertise-host"},       {"worker.yaml sae-worker", "--rendezvous-port"},
-      {"worker.yaml sae-worker", "--fetch-data"},           {"mpijob.yaml sae-worker", "--job"},
-      {"train.sbatch sae-worker", "--coordinator"},         {"train.sbatch sae-worker", "--job"},
+      {"compose.yaml sae-worker", "--worker-token-file"},
+      {"compose.yaml sae-worker", "--advertise-host"},
+      {"compose.yaml sae-worker", "--metrics-listen"},
+      {"compose.yaml sae submit", "--token-file"},
+      {"worker.yaml sae-worker", "--worker-token-file"},
+      {"worker.yaml sae-worker", "--worker-id"},
+      {"worker.yaml sae-worker", "--advertise-host"},
+      {"worker.yaml sae-worker", "--rendezvous-port"},
+      {"worker.yaml sae-worker", "--fetch-data"},
+      {"mpijob.yaml sae-worker", "--job"},
+      {"train.sbatch sae-worker", "--coordinator"},
+      {"train.sbatch sae-worker", "--job"},
       {"train.sbatch sae-worker", "--advertise-host"},
 #ifdef SAE_TEST_HAVE_COORDINATOR
-      {"compose.yaml sae-coordinator", "--worker-token-file"}, {"compose.yaml sae-coordinator", "--client-token-file"},
-      {"coordinator.yaml sae-coordinator", "--worker-token-file"}, {"coordinator.yaml sae-coordinator", "--db"},
+      {"compose.yaml sae-coordinator", "--worker-token-file"},
+      {"compose.yaml sae-coordinator", "--client-token-file"},
+      {"coordinator.yaml sae-coordinator", "--worker-token-file"},
+      {"coordinator.yaml sae-coordinator", "--db"},
 #endif
   };
   for (const auto& [where, flag] : want) EXPECT_TRUE(used[where].count(flag)) << where << " " << flag;

@@ -36,13 +36,16 @@ TEST_F(Service, FrozenWorkerPastItsLeaseWritesNothingAfterTheRestart) {
   Proc& w1 = StartWorker("w1");
   const int64_t total = 3000000, every = 40000;
   const std::string id = Submit(SynthJob("run", 1, total, every));
-  json st = WaitFor(id, [&](const json& j) { return Prog(j, "checkpoint_step") > 0; }, 120);
+  json st = WaitFor(
+      id, [&](const json& j) { return Prog(j, "checkpoint_step") > 0; }, 120);
   ASSERT_FALSE(Terminal(st)) << "the job finished before the freeze: make it longer";
   ::kill(w1.pid, SIGSTOP);
-  st = WaitFor(id, [](const json& j) { return StateIs(j, "RESTARTING") || Terminal(j); }, 60);
+  st = WaitFor(
+      id, [](const json& j) { return StateIs(j, "RESTARTING") || Terminal(j); }, 60);
   ASSERT_TRUE(StateIs(st, "RESTARTING")) << st.dump();
   StartWorker("w2");
-  st = WaitFor(id, [](const json& j) { return StateIs(j, "RUNNING") && j.value("attempt", 0) >= 2; }, 60);
+  st = WaitFor(
+      id, [](const json& j) { return StateIs(j, "RUNNING") && j.value("attempt", 0) >= 2; }, 60);
   // The old attempt wakes up in the middle of a step while it cannot reach
   // the coordinator (frozen too, for less than a lease): nothing tells it to
   // stop, and it trains on (without the fence, it finishes first and renames
@@ -84,24 +87,26 @@ TEST_F(Service, WorkersKilledAtStartMidStepAndMidCheckpoint) {
   const fs::path ckpts = dir_ / "run.partial" / "checkpoints";
   std::mt19937 rng(7);
   for (int kill = 0; kill < 3; ++kill) {
-    json st = WaitFor(id, [](const json& j) { return StateIs(j, "SCHEDULED") || StateIs(j, "RUNNING") || Terminal(j); }, 60);
+    json st = WaitFor(
+        id, [](const json& j) { return StateIs(j, "SCHEDULED") || StateIs(j, "RUNNING") || Terminal(j); }, 60);
     ASSERT_FALSE(Terminal(st)) << "finished before kill " << kill << ": make the job longer";
     if (kill == 1) {
-      WaitFor(id, [](const json& j) { return Prog(j, "tokens") > 0 || Terminal(j); }, 60);
+      WaitFor(
+          id, [](const json& j) { return Prog(j, "tokens") > 0 || Terminal(j); }, 60);
       std::this_thread::sleep_for(std::chrono::milliseconds(200 + rng() % 800));
     } else if (kill == 2) {
       const auto deadline = Clock::now() + std::chrono::seconds(30);
       bool in_checkpoint = false;
       while (!in_checkpoint && Clock::now() < deadline) {
         std::error_code ec;
-        for (const auto& e : fs::directory_iterator(ckpts, ec))
-          in_checkpoint |= e.path().extension() == ".tmp";
+        for (const auto& e : fs::directory_iterator(ckpts, ec)) in_checkpoint |= e.path().extension() == ".tmp";
         if (!in_checkpoint) std::this_thread::sleep_for(std::chrono::microseconds(200));
       }
       std::printf("kill 3 %s a checkpoint was being written\n", in_checkpoint ? "while" : "(timed out waiting) before");
     }
     workers.back()->Kill(SIGKILL);
-    st = WaitFor(id, [](const json& j) { return StateIs(j, "RESTARTING") || Terminal(j); }, 60);
+    st = WaitFor(
+        id, [](const json& j) { return StateIs(j, "RESTARTING") || Terminal(j); }, 60);
     ASSERT_TRUE(StateIs(st, "RESTARTING")) << st.dump();
     workers.push_back(&StartWorker("w" + std::to_string(kill + 1)));
   }
@@ -123,10 +128,12 @@ TEST_F(Service, CoordinatorKilledWhileAJobIsRestarting) {
   Proc& w1 = StartWorker("w1");
   const int64_t total = 3000000, every = 20000;
   const std::string id = Submit(SynthJob("run", 1, total, every));
-  json st = WaitFor(id, [](const json& j) { return Prog(j, "checkpoint_step") > 0 || Terminal(j); }, 120);
+  json st = WaitFor(
+      id, [](const json& j) { return Prog(j, "checkpoint_step") > 0 || Terminal(j); }, 120);
   ASSERT_FALSE(Terminal(st));
   w1.Kill(SIGKILL);
-  st = WaitFor(id, [](const json& j) { return StateIs(j, "RESTARTING") || Terminal(j); }, 60);
+  st = WaitFor(
+      id, [](const json& j) { return StateIs(j, "RESTARTING") || Terminal(j); }, 60);
   ASSERT_TRUE(StateIs(st, "RESTARTING")) << st.dump();
   const int64_t ck = Num(st["progress"], "checkpoint_tokens");
   const int64_t before = Num(st["progress"], "tokens_trained");  // by attempt 1
@@ -158,11 +165,13 @@ TEST_F(Service, AThreeWorkerJobLosesOneRank) {
   std::string yaml = SynthJob("run", 3, total, every);
   yaml.replace(yaml.find("batch_tokens: 256"), 17, "batch_tokens: 768");
   const std::string id = Submit(yaml);
-  json st = WaitFor(id, [](const json& j) { return Prog(j, "checkpoint_step") > 0 || Terminal(j); }, 120);
+  json st = WaitFor(
+      id, [](const json& j) { return Prog(j, "checkpoint_step") > 0 || Terminal(j); }, 120);
   ASSERT_FALSE(Terminal(st));
   ASSERT_EQ(st["workers"].size(), 3u);
   w3.Kill(SIGKILL);
-  st = WaitFor(id, [](const json& j) { return StateIs(j, "RESTARTING") || Terminal(j); }, 60);
+  st = WaitFor(
+      id, [](const json& j) { return StateIs(j, "RESTARTING") || Terminal(j); }, 60);
   ASSERT_TRUE(StateIs(st, "RESTARTING")) << st.dump();
   StartWorker("w4");
   st = WaitFor(id, Terminal, 300);
@@ -205,16 +214,19 @@ TEST_F(Service, APartitionedWorkerDoesNotCorruptTheRestartedJob) {
                    "worker-w1");
   const int64_t total = 3000000, every = 20000;
   const std::string id = Submit(SynthJob("run", 1, total, every));
-  json st = WaitFor(id, [](const json& j) { return Prog(j, "checkpoint_step") > 0 || Terminal(j); }, 120);
+  json st = WaitFor(
+      id, [](const json& j) { return Prog(j, "checkpoint_step") > 0 || Terminal(j); }, 120);
   ASSERT_FALSE(Terminal(st)) << st.dump();
   ASSERT_EQ(st["workers"][0], "w1");
   ASSERT_EQ(ip("link set " + host_if + " down"), 0);  // the partition
-  st = WaitFor(id, [](const json& j) { return StateIs(j, "RESTARTING") || Terminal(j); }, 60);
+  st = WaitFor(
+      id, [](const json& j) { return StateIs(j, "RESTARTING") || Terminal(j); }, 60);
   ASSERT_TRUE(StateIs(st, "RESTARTING")) << st.dump();
   StartWorker("w2");
-  WaitFor(id, [](const json& j) { return StateIs(j, "RUNNING") && j.value("attempt", 0) >= 2; }, 60);
+  WaitFor(
+      id, [](const json& j) { return StateIs(j, "RUNNING") && j.value("attempt", 0) >= 2; }, 60);
   std::this_thread::sleep_for(std::chrono::seconds(2));  // both attempts run, cut off from each other
-  ASSERT_EQ(ip("link set " + host_if + " up"), 0);  // healed
+  ASSERT_EQ(ip("link set " + host_if + " up"), 0);       // healed
   st = WaitFor(id, Terminal, 300);
   ASSERT_TRUE(StateIs(st, "SUCCEEDED")) << st.dump();
   ExpectCleanMetrics(dir_ / "run", (total + 255) / 256);

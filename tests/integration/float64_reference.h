@@ -46,7 +46,9 @@ inline std::map<std::string, std::vector<double>> TrainInProcess(const fs::path&
   }
   const sae::SaeParams& p = (*trainer)->params();
   for (auto [name, t] : {std::pair<const char*, const at::Tensor*>{"encoder.weight", &p.W_enc},
-                         {"encoder.bias", &p.b_enc}, {"W_dec", &p.W_dec}, {"b_dec", &p.b_dec}}) {
+                         {"encoder.bias", &p.b_enc},
+                         {"W_dec", &p.W_dec},
+                         {"b_dec", &p.b_dec}}) {
     at::Tensor c = t->to(at::kDouble).contiguous();
     out[name].assign(c.data_ptr<double>(), c.data_ptr<double>() + c.numel());
   }

@@ -39,12 +39,13 @@ TEST(Gloo, TwoProcessesEqualOneRank) {
   fs::create_directories(dir);
   auto job = [&](const std::string& name, int workers) {
     fs::path p = dir / (name + ".yaml");
-    WriteAll(p, "data: {kind: synthetic, d_in: 32, latents: 64, k: 3, seed: 2}\n"
-                "sae: {latents: 128, k: 4, k_schedule: {start: 16, end: 4, fraction: 0.5}, "
-                "dead_window_tokens: 1536, dead_remedy: ghost_grads}\n"
-                "train: {tokens: 12800, batch_tokens: 512, lr: 0.002, log_every_steps: 1}\n"
-                "world: {workers: " + std::to_string(workers) + ", timeout_seconds: 30}\noutput: " +
-                (dir / name).string() + "\n");
+    WriteAll(p,
+             "data: {kind: synthetic, d_in: 32, latents: 64, k: 3, seed: 2}\n"
+             "sae: {latents: 128, k: 4, k_schedule: {start: 16, end: 4, fraction: 0.5}, "
+             "dead_window_tokens: 1536, dead_remedy: ghost_grads}\n"
+             "train: {tokens: 12800, batch_tokens: 512, lr: 0.002, log_every_steps: 1}\n"
+             "world: {workers: " +
+                 std::to_string(workers) + ", timeout_seconds: 30}\noutput: " + (dir / name).string() + "\n");
     return p;
   };
   Result a = Sh(Bin("sae") + " train " + job("one", 1).string());
@@ -78,9 +79,10 @@ TEST(Gloo, MissingPeerTimesOut) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   fs::path p = dir / "job.yaml";
-  WriteAll(p, "data: {kind: synthetic, d_in: 16, latents: 32, k: 2}\nsae: {latents: 64, k: 4}\n"
-              "train: {tokens: 10000, batch_tokens: 500}\nworld: {workers: 2, timeout_seconds: 3}\noutput: " +
-              (dir / "out").string() + "\n");
+  WriteAll(p,
+           "data: {kind: synthetic, d_in: 16, latents: 32, k: 2}\nsae: {latents: 64, k: 4}\n"
+           "train: {tokens: 10000, batch_tokens: 500}\nworld: {workers: 2, timeout_seconds: 3}\noutput: " +
+               (dir / "out").string() + "\n");
   // Rank 0 alone: its peer never comes.
   Result r = Sh("SAE_RANK=0 SAE_WORLD_SIZE=2 SAE_RENDEZVOUS=127.0.0.1:$((20000 + RANDOM % 30000)) timeout 60 " +
                 Bin("sae-worker") + " --job " + p.string());
@@ -95,13 +97,15 @@ TEST(Gloo, LostRankIsNamedBySurvivors) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   const fs::path job = dir / "job.yaml";
-  WriteAll(job, "data: {kind: synthetic, d_in: 32, latents: 64, k: 3}\nsae: {latents: 256, k: 4}\n"
-                "train: {tokens: 2G, batch_tokens: 510, log_every_steps: 1}\nworld: {workers: 3, timeout_seconds: 20}\n"
-                "output: " + (dir / "out").string() + "\n");
+  WriteAll(job,
+           "data: {kind: synthetic, d_in: 32, latents: 64, k: 3}\nsae: {latents: 256, k: 4}\n"
+           "train: {tokens: 2G, batch_tokens: 510, log_every_steps: 1}\nworld: {workers: 3, timeout_seconds: 20}\n"
+           "output: " +
+               (dir / "out").string() + "\n");
   const char* src = std::getenv("SAE_SOURCE_DIR");
   const fs::path log = dir / "ranks.log";
-  const std::string cmd = std::string(src ? src : ".") + "/tests/run_ranks.sh 3 " + Bin("sae-worker") +
-                          " --job " + job.string() + " > " + log.string() + " 2>&1";
+  const std::string cmd = std::string(src ? src : ".") + "/tests/run_ranks.sh 3 " + Bin("sae-worker") + " --job " +
+                          job.string() + " > " + log.string() + " 2>&1";
   int rc = -1;
   std::thread runner([&] { rc = std::system(cmd.c_str()); });
   const pid_t victim = RankOnceTraining(dir, job, 2);
@@ -132,12 +136,14 @@ TEST(Gloo, SigtermToOneRankStopsBothAtOneStep) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   const fs::path job = dir / "job.yaml";
-  WriteAll(job, "data: {kind: synthetic, d_in: 32, latents: 64, k: 3}\nsae: {latents: 256, k: 4}\n"
-                "train: {tokens: 600000, batch_tokens: 512, log_every_steps: 1}\n"
-                "world: {workers: 2, timeout_seconds: 60}\noutput: " + (dir / "out").string() + "\n");
+  WriteAll(job,
+           "data: {kind: synthetic, d_in: 32, latents: 64, k: 3}\nsae: {latents: 256, k: 4}\n"
+           "train: {tokens: 600000, batch_tokens: 512, log_every_steps: 1}\n"
+           "world: {workers: 2, timeout_seconds: 60}\noutput: " +
+               (dir / "out").string() + "\n");
   const char* src = std::getenv("SAE_SOURCE_DIR");
-  const std::string ranks = std::string(src ? src : ".") + "/tests/run_ranks.sh 2 " + Bin("sae-worker") +
-                            " --job " + job.string();
+  const std::string ranks =
+      std::string(src ? src : ".") + "/tests/run_ranks.sh 2 " + Bin("sae-worker") + " --job " + job.string();
   const fs::path log = dir / "ranks.log";
   int rc = -1;
   std::thread runner([&] { rc = std::system((ranks + " > " + log.string() + " 2>&1").c_str()); });
@@ -169,13 +175,15 @@ TEST(Gloo, StopReachesARankWaitingForALostPeer) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   const fs::path job = dir / "job.yaml";
-  WriteAll(job, "data: {kind: synthetic, d_in: 32, latents: 64, k: 3}\nsae: {latents: 256, k: 4}\n"
-                "train: {tokens: 2G, batch_tokens: 512, log_every_steps: 1}\n"
-                "world: {workers: 2, timeout_seconds: 120}\noutput: " + (dir / "out").string() + "\n");
+  WriteAll(job,
+           "data: {kind: synthetic, d_in: 32, latents: 64, k: 3}\nsae: {latents: 256, k: 4}\n"
+           "train: {tokens: 2G, batch_tokens: 512, log_every_steps: 1}\n"
+           "world: {workers: 2, timeout_seconds: 120}\noutput: " +
+               (dir / "out").string() + "\n");
   const char* src = std::getenv("SAE_SOURCE_DIR");
   const fs::path log = dir / "ranks.log";
-  const std::string cmd = std::string(src ? src : ".") + "/tests/run_ranks.sh 2 " + Bin("sae-worker") +
-                          " --job " + job.string() + " > " + log.string() + " 2>&1";
+  const std::string cmd = std::string(src ? src : ".") + "/tests/run_ranks.sh 2 " + Bin("sae-worker") + " --job " +
+                          job.string() + " > " + log.string() + " 2>&1";
   int rc = -1;
   std::thread runner([&] { rc = std::system(cmd.c_str()); });
   const pid_t frozen = RankOnceTraining(dir, job, 1);
@@ -205,12 +213,12 @@ TEST(Gloo, StopReachesARankWaitingForALostPeer) {
   char hex[8];
   std::snprintf(hex, sizeof hex, "%04X", port);
   const fs::path ms = dir / "alone.ms";
-  const std::string alone =
-      "SAE_RANK=0 SAE_WORLD_SIZE=2 SAE_RENDEZVOUS=127.0.0.1:" + std::to_string(port) + " " + Bin("sae-worker") +
-      " --job " + job.string() + " > " + (dir / "alone.log").string() + " 2>&1 & pid=$!; " +
-      "for i in $(seq 1200); do grep -qE ':" + hex + " [0-9A-F]+:0000 0A' /proc/net/tcp /proc/net/tcp6 && break; " +
-      "sleep 0.1; done; sleep 0.5; s=$(date +%s%N); kill -TERM $pid; wait $pid; rc=$?; " +
-      "echo $(( ($(date +%s%N) - s) / 1000000 )) > " + ms.string() + "; exit $rc";
+  const std::string alone = "SAE_RANK=0 SAE_WORLD_SIZE=2 SAE_RENDEZVOUS=127.0.0.1:" + std::to_string(port) + " " +
+                            Bin("sae-worker") + " --job " + job.string() + " > " + (dir / "alone.log").string() +
+                            " 2>&1 & pid=$!; " + "for i in $(seq 1200); do grep -qE ':" + hex +
+                            " [0-9A-F]+:0000 0A' /proc/net/tcp /proc/net/tcp6 && break; " +
+                            "sleep 0.1; done; sleep 0.5; s=$(date +%s%N); kill -TERM $pid; wait $pid; rc=$?; " +
+                            "echo $(( ($(date +%s%N) - s) / 1000000 )) > " + ms.string() + "; exit $rc";
   const int alone_rc = std::system(alone.c_str());
   const double in_rendezvous = std::atof(ReadAll(ms).c_str()) / 1000;
   std::printf("stop to exit: %.1f s inside a collective, %.1f s inside the rendezvous\n", in_collective, in_rendezvous);

@@ -12,7 +12,7 @@ class InterpCli : public ::testing::Test {
     model_ = StoriesDir();
     if (!fs::exists(model_ + "/stories260K.bin")) GTEST_SKIP() << "stories260K not found at " << model_;
     dir_ = fs::path(::testing::TempDir()) / ("interp_cli_" + std::to_string(getpid()) + "_" +
-                                            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+                                             ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir_);
     WriteTiedSae(dir_ / "sae", 64, 64, 8, 2);
   }
@@ -35,8 +35,8 @@ TEST_F(InterpCli, FeaturesBuildShowSearchAndTwoRanksEqualOne) {
   const std::string one = ReadAll(dir_ / "sae/features.safetensors");
   // Two processes: rank 1 writes its partial statistics, rank 0 merges.
   const std::string out2 = (dir_ / "two").string();
-  r = Sh(Build("--out " + out2 + " --rank 1 --world-size 2") + " & " + Build("--out " + out2 + " --rank 0 --world-size 2") +
-         "; wait");
+  r = Sh(Build("--out " + out2 + " --rank 1 --world-size 2") + " & " +
+         Build("--out " + out2 + " --rank 0 --world-size 2") + "; wait");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(ReadAll(out2 + "/features.safetensors"), one) << "two ranks merged must equal one process exactly";
   EXPECT_FALSE(fs::exists(out2 + "/features.rank-1.partial"));
@@ -88,9 +88,9 @@ TEST_F(InterpCli, DashboardsAndSteeringOnHuggingFaceArchitectures) {
       cfg["model_type"] = "mistral";
       cfg["sliding_window"] = 8;
     } else {
-      cfg["rope_parameters"] = {{"rope_type", "llama3"}, {"rope_theta", 10000.0}, {"factor", 8.0},
-                                {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
-                                {"original_max_position_embeddings", 16}};
+      cfg["rope_parameters"] = {{"rope_type", "llama3"},   {"rope_theta", 10000.0},
+                                {"factor", 8.0},           {"low_freq_factor", 1.0},
+                                {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 16}};
     }
     cfg["bos_token_id"] = 256;
     cfg["eos_token_id"] = 256;
@@ -176,8 +176,10 @@ TEST_F(InterpCli, ConceptsRanksAgainstTheContrastSet) {
 
 TEST_F(InterpCli, LongCommandsPrintProgressLinesWithoutATty) {
   // popen: stderr is a pipe, not a TTY, so each command logs plain progress lines.
-  auto r = Sh(Bin("sae") + " harvest --model " + model_ + " --layer 2 --corpus generate --tokens 3000 --context 64 "
-              "--batch 4 --out " + (dir_ / "acts").string());
+  auto r = Sh(Bin("sae") + " harvest --model " + model_ +
+              " --layer 2 --corpus generate --tokens 3000 --context 64 "
+              "--batch 4 --out " +
+              (dir_ / "acts").string());
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("harvest"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("tok/s  ETA"), std::string::npos) << r.out;
@@ -191,7 +193,8 @@ TEST_F(InterpCli, LongCommandsPrintProgressLinesWithoutATty) {
          " --tokens 2000 --context 64 --batch 4 --out " + (dir_ / "f2").string());
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("100% features"), std::string::npos) << r.out;
-  r = Sh(Bin("sae") + " eval --model " + model_ + " --sae " + (dir_ / "sae").string() + " --layer 2 --windows 8 --context 64");
+  r = Sh(Bin("sae") + " eval --model " + model_ + " --sae " + (dir_ / "sae").string() +
+         " --layer 2 --windows 8 --context 64");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("100% eval"), std::string::npos) << r.out;
 }

@@ -37,9 +37,15 @@ void WriteTiedSae(const fs::path& dir, int64_t n, int64_t d, int64_t k, int64_t 
   ASSERT_TRUE(wr.Add("W_dec", sae::DType::kF32, {n, d}, w.data()).ok());
   ASSERT_TRUE(wr.Add("b_dec", sae::DType::kF32, {d}, zd.data()).ok());
   ASSERT_TRUE(wr.Write((dir / "sae.safetensors").string()).ok());
-  nlohmann::json cfg = {{"d_in", d}, {"num_latents", n}, {"k", k}, {"activation", "topk"},
-                        {"normalize_decoder", true}, {"expansion_factor", n / d},
-                        {"saeforge", {{"format", "saeforge.sae.v1"}, {"provenance", {{"data", {{"kind", "lm"}, {"layer", layer}, {"hook", "resid_post"}}}}}}}};
+  nlohmann::json cfg = {{"d_in", d},
+                        {"num_latents", n},
+                        {"k", k},
+                        {"activation", "topk"},
+                        {"normalize_decoder", true},
+                        {"expansion_factor", n / d},
+                        {"saeforge",
+                         {{"format", "saeforge.sae.v1"},
+                          {"provenance", {{"data", {{"kind", "lm"}, {"layer", layer}, {"hook", "resid_post"}}}}}}}};
   WriteAll(dir / "cfg.json", cfg.dump(2));
 }
 

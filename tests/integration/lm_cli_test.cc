@@ -8,11 +8,11 @@ namespace {
 // stdout only (Sh merges stderr).
 Result ShOut(const std::string& cmd) { return Sh("{ " + cmd + " 2>/dev/null; }"); }
 
-#define REQUIRE_STORIES()                                                                        \
-  do {                                                                                           \
-    if (!fs::exists(StoriesDir() + "/stories260K.bin"))                                          \
-      GTEST_SKIP() << "stories260K not found in " << StoriesDir()                                \
-                   << " (set SAE_MODEL_DIR or put it in ../shared/data/stories260K)";            \
+#define REQUIRE_STORIES()                                                             \
+  do {                                                                                \
+    if (!fs::exists(StoriesDir() + "/stories260K.bin"))                               \
+      GTEST_SKIP() << "stories260K not found in " << StoriesDir()                     \
+                   << " (set SAE_MODEL_DIR or put it in ../shared/data/stories260K)"; \
   } while (0)
 
 TEST(SaeGenerate, GreedyMatchesLlama2cGoldenOutput) {
@@ -89,16 +89,19 @@ TEST_F(LmCli, HarvestWritesValidReproducibleShards) {
   // Another seed gives other activations.
   Result c = Sh(Bin("sae") + " harvest --model " + StoriesDir() +
                 " --layer 2 --corpus generate --tokens 3000 --context 64 --batch 16 --seed 6"
-                " --rows-per-shard 1000 --out " + (dir_ / "c").string());
+                " --rows-per-shard 1000 --out " +
+                (dir_ / "c").string());
   ASSERT_EQ(c.code, 0) << c.out;
   EXPECT_NE(nlohmann::json::parse(ReadAll(dir_ / "c" / "manifest.json"))["shards"], ma["shards"]);
   // Errors: a layer out of range, a missing corpus.
-  Result bad = Sh(Bin("sae") + " harvest --model " + StoriesDir() + " --layer 9 --tokens 10 --out " +
-                  (dir_ / "d").string());
+  Result bad =
+      Sh(Bin("sae") + " harvest --model " + StoriesDir() + " --layer 9 --tokens 10 --out " + (dir_ / "d").string());
   EXPECT_EQ(bad.code, 1);
   EXPECT_NE(bad.out.find("layer 9"), std::string::npos) << bad.out;
-  Result nocorp = Sh(Bin("sae") + " harvest --model " + StoriesDir() + " --layer 1 --corpus /nonexistent.txt"
-                     " --tokens 10 --out " + (dir_ / "e").string());
+  Result nocorp = Sh(Bin("sae") + " harvest --model " + StoriesDir() +
+                     " --layer 1 --corpus /nonexistent.txt"
+                     " --tokens 10 --out " +
+                     (dir_ / "e").string());
   EXPECT_EQ(nocorp.code, 1);
   EXPECT_NE(nocorp.out.find("/nonexistent.txt"), std::string::npos) << nocorp.out;
 }
@@ -122,7 +125,8 @@ TEST_F(LmCli, HarvestSpreadOverRanksEqualsOneProcess) {
   Result one = Sh(Bin("sae") + args + (dir_ / "one").string());
   ASSERT_EQ(one.code, 0) << one.out;
   const char* src = std::getenv("SAE_SOURCE_DIR");
-  Result two = Sh(std::string(src ? src : ".") + "/tests/run_ranks.sh 2 " + Bin("sae") + args + (dir_ / "two").string());
+  Result two =
+      Sh(std::string(src ? src : ".") + "/tests/run_ranks.sh 2 " + Bin("sae") + args + (dir_ / "two").string());
   ASSERT_EQ(two.code, 0) << two.out;
   const auto m = nlohmann::json::parse(ReadAll(dir_ / "two" / "manifest.json"));
   EXPECT_EQ(m["rows"], 3500);
@@ -147,8 +151,8 @@ TEST_F(LmCli, OnTheFlyLmTrainingEqualsHarvestThenTrain) {
   const std::string sae_train = "sae: {latents: 128, k: 8}\ntrain: {tokens: " + std::to_string(rows) +
                                 ", batch_tokens: 248, lr: 0.003, seed: 7}\n";
   WriteAll(dir_ / "shards.yaml", "name: s\ndata: {kind: shards, path: " + (dir_ / "acts").string() +
-                                     ", shuffle_buffer_rows: 1}\n" + sae_train + "output: " +
-                                     (dir_ / "run_shards").string() + "\n");
+                                     ", shuffle_buffer_rows: 1}\n" + sae_train +
+                                     "output: " + (dir_ / "run_shards").string() + "\n");
   WriteAll(dir_ / "lm.yaml", "name: l\ndata: {kind: lm, model: " + StoriesDir() + ", layer: 3, corpus: " + corpus +
                                  ", context: 32}\n" + sae_train + "output: " + (dir_ / "run_lm").string() + "\n");
   Result a = Sh(Bin("sae") + " train --quiet " + (dir_ / "shards.yaml").string());
@@ -169,9 +173,9 @@ TEST_F(LmCli, OnTheFlyLmTrainingEqualsHarvestThenTrain) {
 #ifndef SAE_TEST_GLOO
   GTEST_SKIP() << "the gloo backend is not built: the two-rank part is skipped";
 #endif
-  WriteAll(dir_ / "lm2.yaml", "name: l2\ndata: {kind: lm, model: " + StoriesDir() + ", layer: 3, corpus: " + corpus +
-                                  ", context: 32}\n" + sae_train + "world: {workers: 2, timeout_seconds: 60}\noutput: " +
-                                  (dir_ / "run_lm2").string() + "\n");
+  WriteAll(dir_ / "lm2.yaml",
+           "name: l2\ndata: {kind: lm, model: " + StoriesDir() + ", layer: 3, corpus: " + corpus + ", context: 32}\n" +
+               sae_train + "world: {workers: 2, timeout_seconds: 60}\noutput: " + (dir_ / "run_lm2").string() + "\n");
   const char* src = std::getenv("SAE_SOURCE_DIR");
   Result c = Sh(std::string(src ? src : ".") + "/tests/run_ranks.sh 2 " + Bin("sae-worker") + " --job " +
                 (dir_ / "lm2.yaml").string());
@@ -188,11 +192,12 @@ TEST_F(LmCli, EvalReportsTheMeasures) {
   WriteAll(dir_ / "lm.yaml", "name: e\ndata: {kind: lm, model: " + StoriesDir() +
                                  ", layer: 2, corpus: generate, context: 64, seed: 3}\n"
                                  "sae: {latents: 256, k: 16}\ntrain: {tokens: 20160, batch_tokens: 504, lr: 0.003}\n"
-                                 "output: " + (dir_ / "run").string() + "\n");
+                                 "output: " +
+                                 (dir_ / "run").string() + "\n");
   Result t = Sh(Bin("sae") + " train --quiet " + (dir_ / "lm.yaml").string());
   ASSERT_EQ(t.code, 0) << t.out;
   Result e = ShOut(Bin("sae") + " eval --model " + StoriesDir() + " --sae " + (dir_ / "run").string() +
-                " --layer 2 --corpus " + corpus + " --context 64 --json");
+                   " --layer 2 --corpus " + corpus + " --context 64 --json");
   ASSERT_EQ(e.code, 0) << e.out;
   const auto j = nlohmann::json::parse(e.out);
   for (const char* k : {"fvu", "l0", "dead_ratio", "dense_1pct_ratio", "dense_10pct_ratio", "ce_loss_recovered",
@@ -201,8 +206,8 @@ TEST_F(LmCli, EvalReportsTheMeasures) {
   EXPECT_GT(j["ce_loss_recovered"].get<double>(), 0.5) << e.out;
   EXPECT_LT(j["fvu"].get<double>(), 0.6) << e.out;
   EXPECT_LE(j["l0"].get<double>(), 16.0);
-  Result human = Sh(Bin("sae") + " eval --model " + StoriesDir() + " --sae " + (dir_ / "run").string() +
-                    " --layer 2 --windows 4");
+  Result human =
+      Sh(Bin("sae") + " eval --model " + StoriesDir() + " --sae " + (dir_ / "run").string() + " --layer 2 --windows 4");
   ASSERT_EQ(human.code, 0) << human.out;
   EXPECT_NE(human.out.find("CE loss recovered"), std::string::npos) << human.out;
   Result wrong = Sh(Bin("sae") + " eval --model " + StoriesDir() + " --sae " + (dir_ / "nope").string() + " --layer 2");
@@ -233,7 +238,8 @@ TEST_F(LmCli, HfMistralWithTokenizerJson) {
   std::ofstream(m / "config.json") << cfg.dump();
   std::ofstream(m / "tokenizer.json") << ByteTokenizerJson();
   for (const std::string dtype : {"", " --dtype bfloat16"}) {
-    Result g = ShOut(Bin("sae") + " generate --model " + m.string() + " --prompt 'Once upon' --steps 24 --temperature 0" + dtype);
+    Result g = ShOut(Bin("sae") + " generate --model " + m.string() +
+                     " --prompt 'Once upon' --steps 24 --temperature 0" + dtype);
     ASSERT_EQ(g.code, 0) << g.out;
     EXPECT_EQ(g.out.rfind("Once upon", 0), 0u) << g.out;
   }

@@ -161,8 +161,10 @@ struct Process {
     Sh("sh -c 'echo $$ > " + pid_file.string() + "; exec " + cmd + "' > " + log.string() + " 2>&1 &");
     for (int i = 0; i < 50 && pid < 0; ++i) {
       const std::string p = ReadAll(pid_file);
-      if (!p.empty() && p.back() == '\n') pid = std::stoi(p);
-      else SleepMs(50);
+      if (!p.empty() && p.back() == '\n')
+        pid = std::stoi(p);
+      else
+        SleepMs(50);
     }
   }
   // SIGTERM, then SIGKILL after `grace_ms`; true when it ended.
@@ -171,7 +173,10 @@ struct Process {
     const int target = group ? -pid : pid;
     kill(target, SIGTERM);
     for (int i = 0; i < grace_ms / 50; ++i) {
-      if (kill(target, 0) != 0) { pid = -1; return true; }
+      if (kill(target, 0) != 0) {
+        pid = -1;
+        return true;
+      }
       SleepMs(50);
     }
     kill(target, SIGKILL);
@@ -244,8 +249,8 @@ void CheckDashboard(int port, const std::string& job_name, double time, bool ser
   std::set<std::string> labels;
   for (const json& v : dash["templating"]["list"]) {
     if (v.value("type", "") != "query") continue;
-    const std::string q = substitute(v["query"].is_object() ? v["query"]["query"].get<std::string>()
-                                                             : v["query"].get<std::string>());
+    const std::string q =
+        substitute(v["query"].is_object() ? v["query"]["query"].get<std::string>() : v["query"].get<std::string>());
     std::smatch m;
     ASSERT_TRUE(std::regex_match(q, m, label_values)) << q;
     const json r = Query(port, m[1].str(), time);
@@ -271,8 +276,10 @@ TEST(DerivePrometheusConfig, CoordinatorCanBeSwitchedOn) {
   ASSERT_EQ(with["scrape_configs"].size(), 2u);
   std::set<std::string> seen;
   for (const YAML::Node& j : with["scrape_configs"]) {
-    if (j["http_sd_configs"]) seen.insert(j["http_sd_configs"][0]["url"].as<std::string>());
-    else seen.insert(j["static_configs"][0]["targets"][0].as<std::string>());
+    if (j["http_sd_configs"])
+      seen.insert(j["http_sd_configs"][0]["url"].as<std::string>());
+    else
+      seen.insert(j["static_configs"][0]["targets"][0].as<std::string>());
   }
   EXPECT_EQ(seen, (std::set<std::string>{"http://127.0.0.1:9999/sd", "127.0.0.1:9999"}));
 }
@@ -288,7 +295,8 @@ TEST(Monitoring, PrometheusScrapesTrainingAndEveryDashboardQueryEvaluates) {
                                  "sae: {latents: 128, k: 4, k_schedule: {start: 32, end: 4, fraction: 0.5},"
                                  " dead_remedy: auxk, dead_window_tokens: 20000}\n"
                                  "train: {tokens: 2G, batch_tokens: 512, threads: 1, log_every_steps: 20}\n"
-                                 "output: " + (dir / "out").string() + "\n");
+                                 "output: " +
+                                 (dir / "out").string() + "\n");
   Process trainer;
   trainer.Start(Bin("sae") + " train " + (dir / "job.yaml").string() + " --quiet --metrics-listen 127.0.0.1:0",
                 dir / "trainer.pid", dir / "trainer.log");
@@ -361,10 +369,11 @@ TEST(Monitoring, PrometheusFindsWorkersThroughTheCoordinatorsServiceDiscovery) {
   fs::create_directories(dir / "tsdb");
 
   Process coordinator;
-  coordinator.Start(Bin("sae-coordinator") + " --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --db " +
-                        (dir / "coord.db").string() + " --ready-file " + (dir / "ready.json").string() +
-                        " --lease-seconds 10 --heartbeat-seconds 1",  // the defaults: a busy CI host must not lose a lease
-                    dir / "coordinator.pid", dir / "coordinator.log");
+  coordinator.Start(
+      Bin("sae-coordinator") + " --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --db " +
+          (dir / "coord.db").string() + " --ready-file " + (dir / "ready.json").string() +
+          " --lease-seconds 10 --heartbeat-seconds 1",  // the defaults: a busy CI host must not lose a lease
+      dir / "coordinator.pid", dir / "coordinator.log");
   ASSERT_GT(coordinator.pid, 0);
   for (int i = 0; i < 200 && !fs::exists(dir / "ready.json"); ++i) SleepMs(50);
   ASSERT_TRUE(fs::exists(dir / "ready.json")) << ReadAll(dir / "coordinator.log");
@@ -376,9 +385,9 @@ TEST(Monitoring, PrometheusFindsWorkersThroughTheCoordinatorsServiceDiscovery) {
   const std::set<std::string> worker_ids = {"mon-w1", "mon-w2"};
   int w = 0;
   for (const std::string& id : worker_ids) {
-    workers[w].Start(Bin("sae-worker") + " --coordinator " + grpc_addr + " --worker-id " + id +
-                         " --metrics-listen 127.0.0.1:0",
-                     dir / (id + ".pid"), dir / (id + ".log"));
+    workers[w].Start(
+        Bin("sae-worker") + " --coordinator " + grpc_addr + " --worker-id " + id + " --metrics-listen 127.0.0.1:0",
+        dir / (id + ".pid"), dir / (id + ".log"));
     ASSERT_GT(workers[w++].pid, 0);
   }
   auto logs = [&] {
@@ -399,8 +408,7 @@ TEST(Monitoring, PrometheusFindsWorkersThroughTheCoordinatorsServiceDiscovery) {
   // its /sd; nothing names a worker.
   const YAML::Node deploy = YAML::LoadFile(Source("deploy/prometheus/prometheus.yml").string());
   const std::string config = DerivePrometheusConfig(deploy, {metrics_addr, {}});
-  for (const json& t : sd)
-    ASSERT_EQ(config.find(t["targets"][0].get<std::string>()), std::string::npos) << config;
+  for (const json& t : sd) ASSERT_EQ(config.find(t["targets"][0].get<std::string>()), std::string::npos) << config;
   WriteAll(dir / "prometheus.yml", config);
   Process prometheus;
   const int port = StartPrometheus(dir, &prometheus);
@@ -441,8 +449,11 @@ TEST(Monitoring, PrometheusFindsWorkersThroughTheCoordinatorsServiceDiscovery) {
                                  "sae: {latents: 128, k: 4, k_schedule: {start: 32, end: 4, fraction: 0.5},"
                                  " dead_remedy: auxk, dead_window_tokens: 20000}\n"
                                  "train: {tokens: 1500000, batch_tokens: 512, threads: 1, log_every_steps: 20}\n"
-                                 "world: {workers: " + std::to_string(ranks) + ", timeout_seconds: 20}\n"
-                                 "output: " + (dir / "out").string() + "\n");
+                                 "world: {workers: " +
+                                 std::to_string(ranks) +
+                                 ", timeout_seconds: 20}\n"
+                                 "output: " +
+                                 (dir / "out").string() + "\n");
   auto submit = std::async(std::launch::async, [&] {
     return Sh(Bin("sae") + " submit " + (dir / "job.yaml").string() + " --wait --coordinator " + grpc_addr);
   });
@@ -534,9 +545,11 @@ TEST(Monitoring, EachRankCountsItsShareOfTheTokens) {
   const fs::path dir = fs::path(::testing::TempDir()) / "sae_monitoring_ranks";
   fs::remove_all(dir);
   fs::create_directories(dir);
-  WriteAll(dir / "job.yaml", "name: ranks\ndata: {kind: synthetic, d_in: 16, latents: 32, k: 2}\n"
-                             "sae: {latents: 64, k: 4}\ntrain: {tokens: 2G, batch_tokens: 512, threads: 1}\n"
-                             "world: {workers: 2, timeout_seconds: 30}\noutput: " + (dir / "out").string() + "\n");
+  WriteAll(dir / "job.yaml",
+           "name: ranks\ndata: {kind: synthetic, d_in: 16, latents: 32, k: 2}\n"
+           "sae: {latents: 64, k: 4}\ntrain: {tokens: 2G, batch_tokens: 512, threads: 1}\n"
+           "world: {workers: 2, timeout_seconds: 30}\noutput: " +
+               (dir / "out").string() + "\n");
   int base = FreePort();
   for (int i = 0; i < 20 && base >= 65535; ++i) base = FreePort();
   const std::string cmd = Source("tests/run_ranks.sh").string() + " 2 " + Bin("sae-worker") + " --job " +
@@ -546,7 +559,8 @@ TEST(Monitoring, EachRankCountsItsShareOfTheTokens) {
   ranks.Start("setsid " + cmd, dir / "ranks.pid", dir / "ranks.log");
   ASSERT_GT(ranks.pid, 0);
   std::string m[2];
-  for (int i = 0; i < 300 && (Sample(m[0], "sae_train_steps_total") < 3 || Sample(m[1], "sae_train_steps_total") < 3); ++i) {
+  for (int i = 0; i < 300 && (Sample(m[0], "sae_train_steps_total") < 3 || Sample(m[1], "sae_train_steps_total") < 3);
+       ++i) {
     SleepMs(100);
     for (int r = 0; r < 2; ++r) m[r] = HttpGet(base + r, "/metrics");
   }

@@ -23,11 +23,10 @@ class Mpi : public ::testing::Test {
   fs::path Job(const std::string& name, int workers, const std::string& data, const std::string& sae,
                int64_t tokens = 12800) {
     fs::path p = dir_ / (name + ".yaml");
-    WriteAll(p, "name: " + name + "\ndata: " + data + "\nsae: " + sae + "\ntrain: {tokens: " +
-                    std::to_string(tokens) +
+    WriteAll(p, "name: " + name + "\ndata: " + data + "\nsae: " + sae + "\ntrain: {tokens: " + std::to_string(tokens) +
                     ", batch_tokens: 512, lr: 0.002, log_every_steps: 1, checkpoint_every_tokens: 2048}\n"
-                    "world: {workers: " + std::to_string(workers) + ", timeout_seconds: 20}\noutput: " +
-                    (dir_ / name).string() + "\n");
+                    "world: {workers: " +
+                    std::to_string(workers) + ", timeout_seconds: 20}\noutput: " + (dir_ / name).string() + "\n");
     return p;
   }
   // Checks that run `b` trained the same SAE as the one-rank run `a` of job
@@ -49,8 +48,7 @@ class Mpi : public ::testing::Test {
     ASSERT_EQ(ta.size(), 4u);
     for (const auto& [name, ref] : exact) {
       const double d1 = RelDiffTo(ta[name], ref), d2 = RelDiffTo(tb[name], ref);
-      std::printf("%s vs %s, %s: %.3g and %.3g from the float64 run\n", a.c_str(), b.c_str(), name.c_str(),
-                  d1, d2);
+      std::printf("%s vs %s, %s: %.3g and %.3g from the float64 run\n", a.c_str(), b.c_str(), name.c_str(), d1, d2);
       EXPECT_LT(d1, 1e-2) << a << " " << name << ": float32 far from the float64 run";
       EXPECT_LT(d2, 4 * d1 + 1e-6) << a << " vs " << b << ": " << name;
     }
@@ -70,8 +68,10 @@ const char* kSynthetic = "{kind: synthetic, d_in: 32, latents: 64, k: 3, seed: 2
 
 TEST_F(Mpi, TwoRanksEqualOneRankForEachRemedy) {
   for (const std::string remedy : {"none", "auxk", "ghost_grads"}) {
-    const std::string sae = "{latents: 128, k: 4, k_schedule: {start: 16, end: 4, fraction: 0.5}, "
-                            "dead_window_tokens: 1536, dead_remedy: " + remedy + "}";
+    const std::string sae =
+        "{latents: 128, k: 4, k_schedule: {start: 16, end: 4, fraction: 0.5}, "
+        "dead_window_tokens: 1536, dead_remedy: " +
+        remedy + "}";
     fs::path one = Job("one_" + remedy, 1, kSynthetic, sae);
     fs::path two = Job("two_" + remedy, 2, kSynthetic, sae);
     Result a = Sh(Bin("sae") + " train " + one.string());
@@ -173,8 +173,7 @@ TEST_F(Mpi, LostRankEndsTheJobNamingIt) {
       const std::string name = e.path().filename().string();
       if (name.find_first_not_of("0123456789") != std::string::npos) continue;
       const std::string cmdline = ReadAll(e.path() / "cmdline");
-      if (cmdline.find("sae-worker") == std::string::npos || cmdline.find(job.string()) == std::string::npos)
-        continue;
+      if (cmdline.find("sae-worker") == std::string::npos || cmdline.find(job.string()) == std::string::npos) continue;
       std::string env = ReadAll(e.path() / "environ");
       if (env.find(std::string("OMPI_COMM_WORLD_RANK=1") + '\0') != std::string::npos) victim = std::stoi(name);
     }

@@ -34,10 +34,11 @@ TEST(ReportCli, WritesThePageAndChromiumRendersEveryPlot) {
 
   if (std::system("command -v chromium > /dev/null 2>&1") != 0) GTEST_SKIP() << "chromium is not installed";
   // --dump-dom prints the DOM after load, with what the page's script set.
-  Result dom = Sh("timeout 120 chromium --headless --no-sandbox --disable-gpu --no-first-run "
-                  "--user-data-dir=" + (run / "chromium").string() +
-                  " --virtual-time-budget=5000 --dump-dom file://" + (run / "page.html").string() +
-                  " 2>/dev/null");
+  Result dom =
+      Sh("timeout 120 chromium --headless --no-sandbox --disable-gpu --no-first-run "
+         "--user-data-dir=" +
+         (run / "chromium").string() + " --virtual-time-budget=5000 --dump-dom file://" + (run / "page.html").string() +
+         " 2>/dev/null");
   ASSERT_EQ(dom.code, 0) << dom.out;
   EXPECT_NE(dom.out.find("data-plots-rendered=\"7\""), std::string::npos) << dom.out.substr(0, 2000);
   for (const char* id : {"fvu", "mse", "dead_ratio", "k", "l0", "aux_loss", "tokens_per_second"})

@@ -98,8 +98,8 @@ TEST_F(Serve, ServesThePageAndItsAssetsFromTheBinary) {
 TEST_F(Serve, NoPathOutsideWebIsServed) {
   auto c = Client();
   for (const char* p : {"/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/..%2f..%2fetc%2fpasswd", "/etc/passwd",
-                        "/%2E%2E%2F%2E%2E%2Fetc%2Fpasswd", "//etc/passwd", "/web/../../etc/passwd", "/app.js/../../cfg.json",
-                        "/cfg.json", "/sae.safetensors"}) {
+                        "/%2E%2E%2F%2E%2E%2Fetc%2Fpasswd", "//etc/passwd", "/web/../../etc/passwd",
+                        "/app.js/../../cfg.json", "/cfg.json", "/sae.safetensors"}) {
     auto r = c.Get(p);
     ASSERT_TRUE(r) << p;
     EXPECT_EQ(r->status, 404) << p;
@@ -148,7 +148,8 @@ TEST_F(Serve, ActivationsEscapeMarkupAndMatchTheModel) {
   // Each token's top latents are sorted and at most k.
   for (auto& t : r["tokens"]) {
     EXPECT_LE(t["top"].size(), 8u);
-    for (size_t i = 1; i < t["top"].size(); ++i) EXPECT_GE(t["top"][i - 1][1].get<double>(), t["top"][i][1].get<double>());
+    for (size_t i = 1; i < t["top"].size(); ++i)
+      EXPECT_GE(t["top"][i - 1][1].get<double>(), t["top"][i][1].get<double>());
   }
 }
 
@@ -176,7 +177,8 @@ TEST_F(Serve, GenerateGivesBothColumnsWithTheSameSeed) {
 
 TEST_F(Serve, ConceptsRankWithTheContrastSet) {
   json r = Post("/api/concepts", {{"texts", {"Lily ran to her mom.", "Tom saw his mom."}},
-                                  {"contrast", {"The sun was warm.", "The bird sang."}}, {"top", 5}});
+                                  {"contrast", {"The sun was warm.", "The bird sang."}},
+                                  {"top", 5}});
   ASSERT_TRUE(r.contains("hits"));
   EXPECT_LE(r["hits"].size(), 5u);
   EXPECT_EQ(r["contrast_count"], 2);
@@ -239,8 +241,8 @@ TEST_F(Serve, ConcurrentClientsGetTheSameAnswersAsOne) {
 }
 
 TEST_F(Serve, OffLoopbackNeedsATokenAndTheApiChecksIt) {
-  ServeProcess open({Bin("sae"), "serve", "--model", model_, "--sae", (dir_ / "sae").string(), "--listen",
-                     "0.0.0.0:0"});
+  ServeProcess open(
+      {Bin("sae"), "serve", "--model", model_, "--sae", (dir_ / "sae").string(), "--listen", "0.0.0.0:0"});
   EXPECT_NE(open.Wait(), 0);
   // A port in use is an error, not a second listener on it.
   ServeProcess twice({Bin("sae"), "serve", "--model", model_, "--sae", (dir_ / "sae").string(), "--listen",

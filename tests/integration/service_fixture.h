@@ -6,14 +6,14 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
-#include <gtest/gtest.h>
 
-#include <sstream>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <sstream>
 
 #include <chrono>
 #include <cstdlib>
@@ -94,9 +94,19 @@ class Service : public ::testing::Test {
   Proc& StartCoordinator(const std::vector<std::string>& extra, const std::string& listen = "127.0.0.1:0") {
     const fs::path ready = dir_ / "ready.json";
     fs::remove(ready);
-    std::vector<std::string> args = {Bin("sae-coordinator"), "--listen", listen, "--metrics-listen", "127.0.0.1:0",
-                                     "--db", (dir_ / "coord.db").string(), "--ready-file", ready.string(),
-                                     "--lease-seconds", "3", "--heartbeat-seconds", "0.5"};
+    std::vector<std::string> args = {Bin("sae-coordinator"),
+                                     "--listen",
+                                     listen,
+                                     "--metrics-listen",
+                                     "127.0.0.1:0",
+                                     "--db",
+                                     (dir_ / "coord.db").string(),
+                                     "--ready-file",
+                                     ready.string(),
+                                     "--lease-seconds",
+                                     "3",
+                                     "--heartbeat-seconds",
+                                     "0.5"};
     args.insert(args.end(), extra.begin(), extra.end());
     Proc& p = Spawn(args, "coordinator" + std::to_string(procs_.size()));
     const auto deadline = Clock::now() + std::chrono::seconds(20);
@@ -111,7 +121,7 @@ class Service : public ::testing::Test {
   }
 
   Proc& StartWorker(const std::string& id, const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> args = {Bin("sae-worker"), "--coordinator", addr_, "--worker-id", id,
+    std::vector<std::string> args = {Bin("sae-worker"),  "--coordinator", addr_, "--worker-id", id,
                                      "--metrics-listen", "127.0.0.1:0"};
     args.insert(args.end(), extra.begin(), extra.end());
     return Spawn(args, "worker-" + id);
@@ -158,14 +168,19 @@ class Service : public ::testing::Test {
   }
 
   // A synthetic job; `tokens` and `every` scale its length.
-  std::string SynthJob(const std::string& out, int workers, int64_t tokens, int64_t every,
-                       const std::string& k = "8") {
+  std::string SynthJob(const std::string& out, int workers, int64_t tokens, int64_t every, const std::string& k = "8") {
     return "name: svc\ndata: {kind: synthetic, d_in: 64, latents: 256, k: 4, seed: 3}\n"
-           "sae: {latents: 512, k: " + k + "}\n"
-           "train: {tokens: " + std::to_string(tokens) + ", batch_tokens: 256, checkpoint_every_tokens: " +
-           std::to_string(every) + ", log_every_steps: 5, threads: 1, lr: 0.002}\n"
-           "world: {workers: " + std::to_string(workers) + ", timeout_seconds: 20}\n"
-           "output: " + (dir_ / out).string() + "\n";
+           "sae: {latents: 512, k: " +
+           k +
+           "}\n"
+           "train: {tokens: " +
+           std::to_string(tokens) + ", batch_tokens: 256, checkpoint_every_tokens: " + std::to_string(every) +
+           ", log_every_steps: 5, threads: 1, lr: 0.002}\n"
+           "world: {workers: " +
+           std::to_string(workers) +
+           ", timeout_seconds: 20}\n"
+           "output: " +
+           (dir_ / out).string() + "\n";
   }
 
   // GET http://<metrics>/path; the body ("" on any error). No curl needed.

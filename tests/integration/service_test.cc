@@ -117,8 +117,8 @@ TEST_F(Service, EveryJobFieldReachesTheWorkerUnchanged) {
       npy.append(reinterpret_cast<const char*>(&v), sizeof(v));
     }
     WriteAll(dir_ / "acts.npy", npy);
-    Result imp = Sh(Bin("sae") + " inspect --import-npy " + (dir_ / "acts.npy").string() + " --out " +
-                    (dir_ / "acts").string());
+    Result imp =
+        Sh(Bin("sae") + " inspect --import-npy " + (dir_ / "acts.npy").string() + " --out " + (dir_ / "acts").string());
     ASSERT_EQ(imp.code, 0) << imp.out;
   }
   __builtin_cpu_init();
@@ -158,7 +158,9 @@ TEST_F(Service, EveryJobFieldReachesTheWorkerUnchanged) {
       model_and_training + "output: " + (dir_ / "every").string() + "\n";
   const std::string shards =
       "name: every-field-shards\n"
-      "data: {kind: shards, path: " + (dir_ / "acts").string() + ", shuffle_buffer_rows: 100}\n"
+      "data: {kind: shards, path: " +
+      (dir_ / "acts").string() +
+      ", shuffle_buffer_rows: 100}\n"
       "sae:\n"
       "  latents: 72\n" +
       model_and_training + "output: " + (dir_ / "every-shards").string() + "\n";
@@ -168,8 +170,8 @@ TEST_F(Service, EveryJobFieldReachesTheWorkerUnchanged) {
   StartWorker("w2");
   const std::vector<JobField> defaults = ListJobFields(JobConfig());
   std::vector<bool> changed(defaults.size(), false);
-  for (const auto& [yaml, out] : {std::make_pair(synthetic, std::string("every")),
-                                  std::make_pair(shards, std::string("every-shards"))}) {
+  for (const auto& [yaml, out] :
+       {std::make_pair(synthetic, std::string("every")), std::make_pair(shards, std::string("every-shards"))}) {
     SCOPED_TRACE(out);
     auto sent = ParseJobConfig(yaml, out + ".yaml");
     ASSERT_TRUE(sent.ok()) << sent.status();
@@ -209,13 +211,15 @@ TEST_F(Service, KilledWorkerRestartsTheJobFromItsCheckpoint) {
   Proc& w2 = StartWorker("w2");
   const int64_t total = 400000, every = 40000;
   const std::string id = Submit(SynthJob("run", 2, total, every));
-  json st = WaitFor(id, [&](const json& j) {
-    return Prog(j, "checkpoint_step") > 0 && Prog(j, "tokens") > Prog(j, "checkpoint_tokens");
-  }, 120);
+  json st = WaitFor(
+      id,
+      [&](const json& j) { return Prog(j, "checkpoint_step") > 0 && Prog(j, "tokens") > Prog(j, "checkpoint_tokens"); },
+      120);
   ASSERT_FALSE(Terminal(st)) << "the job finished before the kill: make it longer";
   ASSERT_EQ(st["workers"].size(), 2u);
   w2.Kill(SIGKILL);
-  st = WaitFor(id, [](const json& j) { return StateIs(j, "RESTARTING") || Terminal(j); }, 60);
+  st = WaitFor(
+      id, [](const json& j) { return StateIs(j, "RESTARTING") || Terminal(j); }, 60);
   EXPECT_TRUE(StateIs(st, "RESTARTING")) << st.dump();
   EXPECT_NE(st.value("reason", "").find("restart 1 of 3"), std::string::npos) << st.dump();
   StartWorker("w3");
@@ -248,7 +252,8 @@ TEST_F(Service, ListingPagesAndBoundedNames) {
   for (const std::string& name : {std::string(300, 'x'), std::string("two\nlines")}) {
     const fs::path f = dir_ / "bad_name.yaml";
     json quoted = name;
-    WriteAll(f, "name: " + quoted.dump() + "\n" + SynthJob("bad", 1, 1000, 0).substr(SynthJob("bad", 1, 1000, 0).find('\n') + 1));
+    WriteAll(f, "name: " + quoted.dump() + "\n" +
+                    SynthJob("bad", 1, 1000, 0).substr(SynthJob("bad", 1, 1000, 0).find('\n') + 1));
     Result b = Sae("submit " + f.string());
     EXPECT_NE(b.code, 0) << b.out;
     EXPECT_NE(b.out.find("name"), std::string::npos) << b.out;
@@ -261,7 +266,8 @@ TEST_F(Service, CoordinatorRestartKeepsTheJob) {
   const std::string listen = addr_;
   StartWorker("w1");
   const std::string id = Submit(SynthJob("run", 1, 300000, 30000));
-  json st = WaitFor(id, [](const json& j) { return Prog(j, "checkpoint_step") > 0 || Terminal(j); }, 120);
+  json st = WaitFor(
+      id, [](const json& j) { return Prog(j, "checkpoint_step") > 0 || Terminal(j); }, 120);
   ASSERT_TRUE(StateIs(st, "RUNNING")) << st.dump();
   coord->Kill(SIGKILL);
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
@@ -321,9 +327,10 @@ TEST_F(Service, ShardsThroughDataServiceAndACorruptShardFailsTheJob) {
   StartCoordinator({"--data-root", (dir_ / "data").string(), "--output-root", dir_.string()});
   // No shared filesystem: the worker downloads manifest and shards, checks sha256.
   Proc& w1 = StartWorker("w1", {"--fetch-data", "--data-cache", (dir_ / "cache").string()});
-  const std::string job = "name: shards\ndata: {kind: shards, path: acts, shuffle_buffer_rows: 500}\n"
-                          "sae: {latents: 64, k: 4}\ntrain: {tokens: 6000, batch_tokens: 250, threads: 1}\n"
-                          "output: run\n";
+  const std::string job =
+      "name: shards\ndata: {kind: shards, path: acts, shuffle_buffer_rows: 500}\n"
+      "sae: {latents: 64, k: 4}\ntrain: {tokens: 6000, batch_tokens: 250, threads: 1}\n"
+      "output: run\n";
   const std::string id = Submit(job);
   json st = WaitFor(id, Terminal, 120);
   ASSERT_TRUE(StateIs(st, "SUCCEEDED")) << st.dump();
@@ -375,7 +382,8 @@ TEST_F(Service, CancelStopsTheJobWithinSecondsKeepingItsCheckpoint) {
   StartCoordinator({});
   StartWorker("w1");
   const std::string id = Submit(SynthJob("run", 1, 5000000, 20000));
-  json st = WaitFor(id, [](const json& j) { return Prog(j, "checkpoint_step") > 0 || Terminal(j); }, 120);
+  json st = WaitFor(
+      id, [](const json& j) { return Prog(j, "checkpoint_step") > 0 || Terminal(j); }, 120);
   ASSERT_TRUE(StateIs(st, "RUNNING")) << st.dump();
   Result c = Sae("cancel " + id + " --reason 'enough for today'");
   ASSERT_EQ(c.code, 0) << c.out;
@@ -400,8 +408,10 @@ TEST_F(Service, CancelStopsTheJobWithinSecondsKeepingItsCheckpoint) {
 
 TEST_F(Service, TlsWithACaFile) {
   const fs::path cert = dir_ / "cert.pem", key = dir_ / "key.pem";
-  Result gen = Sh("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost -addext "
-                  "subjectAltName=IP:127.0.0.1,DNS:localhost -keyout " + key.string() + " -out " + cert.string());
+  Result gen =
+      Sh("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost -addext "
+         "subjectAltName=IP:127.0.0.1,DNS:localhost -keyout " +
+         key.string() + " -out " + cert.string());
   ASSERT_EQ(gen.code, 0) << gen.out;
   StartCoordinator({"--tls-cert", cert.string(), "--tls-key", key.string()});
   Result plain = Sae("jobs");

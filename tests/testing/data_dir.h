@@ -15,9 +15,9 @@ std::string StoriesDir();  // the llama2.c stories260K model and tok512.bin
 }  // namespace sae::testing
 
 // Skips the test when a data file is missing, saying how to provide it.
-#define SAE_REQUIRE_FILE(path)                                                                      \
-  do {                                                                                              \
-    if (!std::filesystem::exists(path))                                                             \
-      GTEST_SKIP() << "test data not found: " << (path)                                             \
+#define SAE_REQUIRE_FILE(path)                                                                       \
+  do {                                                                                               \
+    if (!std::filesystem::exists(path))                                                              \
+      GTEST_SKIP() << "test data not found: " << (path)                                              \
                    << " (set SAE_DATA_DIR to the shared data root or SAE_MODEL_DIR to stories260K)"; \
   } while (0)

@@ -23,8 +23,8 @@ TEST(BlasKernel, CoreLevelsOrderTheInstructionSets) {
 TEST(BlasKernel, CpuBestFollowsCpuid) {
   const std::string best = CpuBestBlasCore();
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+      __builtin_cpu_supports("avx512dq"))
     EXPECT_EQ(best, __builtin_cpu_supports("avx512bf16") ? "Cooperlake" : "SkylakeX");
   else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
     EXPECT_EQ(best, "Haswell");

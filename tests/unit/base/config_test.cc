@@ -324,16 +324,16 @@ TEST_P(HumanIntTest, Parses) {
   EXPECT_EQ(cfg->train.tokens, GetParam().value) << GetParam().text;
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Suffixes, HumanIntTest,
-    ::testing::Values(IntCase{"50000000", 50000000}, IntCase{"50_000_000", 50000000},
-                      IntCase{"5e7", 50000000}, IntCase{"5E7", 50000000}, IntCase{"5e+7", 50000000},
-                      IntCase{"50M", 50000000}, IntCase{"50m", 50000000}, IntCase{"10k", 10000},
-                      IntCase{"10K", 10000}, IntCase{"1G", 1000000000}, IntCase{"2B", 2000000000},
-                      IntCase{"2b", 2000000000}, IntCase{"1.5M", 1500000}, IntCase{"0.25k", 250},
-                      IntCase{"\"50M\"", 50000000}, IntCase{"'1_000k'", 1000000},
-                      IntCase{"+4096", 4096}, IntCase{"1T", 1000000000000},
-                      IntCase{"9223372036854775807", INT64_MAX}, IntCase{"120e-1", 12}));
+INSTANTIATE_TEST_SUITE_P(Suffixes, HumanIntTest,
+                         ::testing::Values(IntCase{"50000000", 50000000}, IntCase{"50_000_000", 50000000},
+                                           IntCase{"5e7", 50000000}, IntCase{"5E7", 50000000},
+                                           IntCase{"5e+7", 50000000}, IntCase{"50M", 50000000},
+                                           IntCase{"50m", 50000000}, IntCase{"10k", 10000}, IntCase{"10K", 10000},
+                                           IntCase{"1G", 1000000000}, IntCase{"2B", 2000000000},
+                                           IntCase{"2b", 2000000000}, IntCase{"1.5M", 1500000}, IntCase{"0.25k", 250},
+                                           IntCase{"\"50M\"", 50000000}, IntCase{"'1_000k'", 1000000},
+                                           IntCase{"+4096", 4096}, IntCase{"1T", 1000000000000},
+                                           IntCase{"9223372036854775807", INT64_MAX}, IntCase{"120e-1", 12}));
 
 class BadIntTest : public ::testing::TestWithParam<std::string> {};
 
@@ -348,10 +348,9 @@ TEST_P(BadIntTest, Rejected) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Values, BadIntTest,
-                         ::testing::Values("1.5", "5e-1", "abc", "10x", "50MM", "1__000", "_100",
-                                           "100_", "1e30", "9223372036854775808", "-5", "0",
-                                           "1.5.0", "0x10", "true", "''", "12 k", "~", "[1]",
-                                           "{a: 1}"));
+                         ::testing::Values("1.5", "5e-1", "abc", "10x", "50MM", "1__000", "_100", "100_", "1e30",
+                                           "9223372036854775808", "-5", "0", "1.5.0", "0x10", "true", "''", "12 k", "~",
+                                           "[1]", "{a: 1}"));
 
 TEST(ConfigTest, NegativeIntegersWhereAllowed) {
   // data.layer is -1 by default, so negative integers parse; the LM checks
@@ -380,119 +379,87 @@ std::vector<ErrorCase> ErrorCases() {
   const std::string s = kSynthetic;
   return {
       // Unknown keys.
-      {"unknown_sae_key", Replace(b, "  k: 32\n", "  k: 32\n  kk: 1\n"), "sae.kk",
-       "unknown key 'sae.kk'"},
-      {"unknown_top_key", Replace(b, "output: out", "output: out\noutptu: x"), "outptu",
-       "unknown key"},
+      {"unknown_sae_key", Replace(b, "  k: 32\n", "  k: 32\n  kk: 1\n"), "sae.kk", "unknown key 'sae.kk'"},
+      {"unknown_top_key", Replace(b, "output: out", "output: out\noutptu: x"), "outptu", "unknown key"},
       {"unknown_ks_key", Replace(b, "  k: 32\n", "  k: 32\n  k_schedule: {start: 64, stat: 1}\n"),
        "sae.k_schedule.stat", "unknown key"},
-      {"unknown_world_key", Replace(b, "  workers: 2", "  workers: 2\n  nodes: 3"), "world.nodes",
-       "unknown key"},
-      {"synthetic_key_for_shards", Replace(b, "  path: acts", "  path: acts\n  d_in: 64"),
-       "data.d_in", "unknown key"},
-      {"shards_key_for_synthetic", Replace(s, "  k: 4\n", "  k: 4\n  path: x\n"), "data.path",
-       "unknown key"},
+      {"unknown_world_key", Replace(b, "  workers: 2", "  workers: 2\n  nodes: 3"), "world.nodes", "unknown key"},
+      {"synthetic_key_for_shards", Replace(b, "  path: acts", "  path: acts\n  d_in: 64"), "data.d_in", "unknown key"},
+      {"shards_key_for_synthetic", Replace(s, "  k: 4\n", "  k: 4\n  path: x\n"), "data.path", "unknown key"},
       {"duplicate_key", Replace(b, "  k: 32\n", "  k: 32\n  k: 16\n"), "sae.k", "duplicate"},
       // Wrong types.
       {"map_for_number", Replace(b, "  k: 32", "  k: {a: 1}"), "sae.k", "mapping"},
       {"string_for_number", Replace(b, "  k: 32", "  k: abc"), "sae.k", "abc"},
-      {"list_for_number", Replace(b, "  batch_tokens: 4096", "  batch_tokens: [1, 2]"),
-       "train.batch_tokens", "list"},
-      {"string_for_double", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  lr: fast"),
-       "train.lr", "fast"},
-      {"nan_for_double", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  lr: .nan"),
-       "train.lr", ""},
+      {"list_for_number", Replace(b, "  batch_tokens: 4096", "  batch_tokens: [1, 2]"), "train.batch_tokens", "list"},
+      {"string_for_double", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  lr: fast"), "train.lr", "fast"},
+      {"nan_for_double", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  lr: .nan"), "train.lr", ""},
       {"map_for_string", Replace(b, "output: out", "output: {a: b}"), "output", "mapping"},
-      {"list_for_enum", Replace(b, "  k: 32", "  k: 32\n  dead_remedy: [auxk]"), "sae.dead_remedy",
-       "list"},
+      {"list_for_enum", Replace(b, "  k: 32", "  k: 32\n  dead_remedy: [auxk]"), "sae.dead_remedy", "list"},
       {"scalar_for_section", Replace(b, "world:\n  workers: 2", "world: 2"), "world", "mapping"},
-      {"list_for_data", Replace(b, "data:\n  kind: shards\n  path: acts", "data: [shards]"), "data",
-       "mapping"},
+      {"list_for_data", Replace(b, "data:\n  kind: shards\n  path: acts", "data: [shards]"), "data", "mapping"},
       // Required fields.
       {"missing_output", Replace(b, "output: out\n", ""), "output", "required"},
       {"empty_output", Replace(b, "output: out", "output: ''"), "output", "required"},
       {"missing_path", Replace(b, "  path: acts\n", ""), "data.path", "required"},
       {"missing_tokens", Replace(b, "  tokens: 1000000\n", ""), "train.tokens", "required"},
-      {"missing_train", Replace(b, "train:\n  tokens: 1000000\n  batch_tokens: 4096\n", ""),
-       "train.tokens", "required"},
+      {"missing_train", Replace(b, "train:\n  tokens: 1000000\n  batch_tokens: 4096\n", ""), "train.tokens",
+       "required"},
       {"missing_latents", Replace(b, "  latents: 4096\n", ""), "sae.latents", ""},
-      {"latents_and_ef",
-       Replace(b, "  latents: 4096\n", "  latents: 4096\n  expansion_factor: 4\n"),
+      {"latents_and_ef", Replace(b, "  latents: 4096\n", "  latents: 4096\n  expansion_factor: 4\n"),
        "expansion_factor", ""},
-      {"ef_zero", Replace(b, "  latents: 4096\n", "  expansion_factor: 0\n"),
-       "sae.expansion_factor", ""},
+      {"ef_zero", Replace(b, "  latents: 4096\n", "  expansion_factor: 0\n"), "sae.expansion_factor", ""},
       {"latents_zero", Replace(b, "  latents: 4096", "  latents: 0"), "sae.latents", ""},
       // Enumerations.
       {"bad_kind", Replace(b, "  kind: shards", "  kind: parquet"), "data.kind", "parquet"},
-      {"bad_remedy", Replace(b, "  k: 32", "  k: 32\n  dead_remedy: ghosts"), "sae.dead_remedy",
-       "ghost_grads"},
+      {"bad_remedy", Replace(b, "  k: 32", "  k: 32\n  dead_remedy: ghosts"), "sae.dead_remedy", "ghost_grads"},
       {"bad_normalize", Replace(b, "  k: 32", "  k: 32\n  normalize: l2"), "sae.normalize", "l2"},
       {"bad_init", Replace(b, "  k: 32", "  k: 32\n  init_b_dec: median"), "sae.init_b_dec", ""},
-      {"bad_decay", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  lr_decay: step"),
-       "train.lr_decay", ""},
-      {"bad_precision",
-       Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  precision: fp16"),
+      {"bad_decay", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  lr_decay: step"), "train.lr_decay", ""},
+      {"bad_precision", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  precision: fp16"),
        "train.precision", "fp16"},
-      {"bad_device", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  device: tpu"),
-       "train.device", ""},
-      {"bad_backend", Replace(b, "  workers: 2", "  workers: 2\n  backend: tcp"), "world.backend",
-       "tcp"},
+      {"bad_device", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  device: tpu"), "train.device", ""},
+      {"bad_backend", Replace(b, "  workers: 2", "  workers: 2\n  backend: tcp"), "world.backend", "tcp"},
       // k.
       {"k_zero", Replace(b, "  k: 32", "  k: 0"), "sae.k", "> 0"},
       {"k_negative", Replace(b, "  k: 32", "  k: -3"), "sae.k", "> 0"},
-      {"k_exceeds_latents", Replace(b, "  k: 32", "  k: 5000"), "sae.k",
-       "sae.k: 5000 exceeds sae.latents (4096)"},
-      {"k_exceeds_ef_latents",
-       Replace(s, "  latents: 256\n  k: 8", "  expansion_factor: 2\n  k: 65"), "sae.k",
+      {"k_exceeds_latents", Replace(b, "  k: 32", "  k: 5000"), "sae.k", "sae.k: 5000 exceeds sae.latents (4096)"},
+      {"k_exceeds_ef_latents", Replace(s, "  latents: 256\n  k: 8", "  expansion_factor: 2\n  k: 65"), "sae.k",
        "exceeds sae.latents (64)"},
       // k schedule.
-      {"ks_start_below_end", Replace(b, "  k: 32\n", "  k: 32\n  k_schedule: {start: 16}\n"),
-       "sae.k_schedule.start", "sae.k_schedule.start (16) must be >= end (32)"},
-      {"ks_start_exceeds_latents",
-       Replace(b, "  k: 32\n", "  k: 32\n  k_schedule: {start: 5000}\n"), "sae.k_schedule.start",
-       "exceeds sae.latents (4096)"},
-      {"ks_end_not_k", Replace(b, "  k: 32\n", "  k: 32\n  k_schedule: {start: 64, end: 16}\n"),
-       "sae.k_schedule.end", "must equal sae.k (32)"},
-      {"ks_fraction_zero",
-       Replace(b, "  k: 32\n", "  k: 32\n  k_schedule: {start: 64, fraction: 0}\n"),
+      {"ks_start_below_end", Replace(b, "  k: 32\n", "  k: 32\n  k_schedule: {start: 16}\n"), "sae.k_schedule.start",
+       "sae.k_schedule.start (16) must be >= end (32)"},
+      {"ks_start_exceeds_latents", Replace(b, "  k: 32\n", "  k: 32\n  k_schedule: {start: 5000}\n"),
+       "sae.k_schedule.start", "exceeds sae.latents (4096)"},
+      {"ks_end_not_k", Replace(b, "  k: 32\n", "  k: 32\n  k_schedule: {start: 64, end: 16}\n"), "sae.k_schedule.end",
+       "must equal sae.k (32)"},
+      {"ks_fraction_zero", Replace(b, "  k: 32\n", "  k: 32\n  k_schedule: {start: 64, fraction: 0}\n"),
        "sae.k_schedule.fraction", "(0, 1]"},
-      {"ks_fraction_big",
-       Replace(b, "  k: 32\n", "  k: 32\n  k_schedule: {start: 64, fraction: 1.5}\n"),
+      {"ks_fraction_big", Replace(b, "  k: 32\n", "  k: 32\n  k_schedule: {start: 64, fraction: 1.5}\n"),
        "sae.k_schedule.fraction", ""},
       {"ks_bad_shape", Replace(b, "  k: 32\n", "  k: 32\n  k_schedule: {start: 64, shape: step}\n"),
        "sae.k_schedule.shape", "step"},
       // Train and world.
-      {"tokens_zero", Replace(b, "  tokens: 1000000", "  tokens: 0"), "train.tokens",
-       "train.tokens: must be > 0"},
-      {"tokens_negative", Replace(b, "  tokens: 1000000", "  tokens: -10"), "train.tokens",
-       "must be > 0"},
-      {"batch_zero", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 0"), "train.batch_tokens",
-       "> 0"},
-      {"batch_below_workers", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 1"),
-       "train.batch_tokens", "train.batch_tokens (1) must be >= world.workers (2)"},
-      {"batch_not_divisible", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4095"),
-       "train.batch_tokens", "divisible by world.workers (2)"},
+      {"tokens_zero", Replace(b, "  tokens: 1000000", "  tokens: 0"), "train.tokens", "train.tokens: must be > 0"},
+      {"tokens_negative", Replace(b, "  tokens: 1000000", "  tokens: -10"), "train.tokens", "must be > 0"},
+      {"batch_zero", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 0"), "train.batch_tokens", "> 0"},
+      {"batch_below_workers", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 1"), "train.batch_tokens",
+       "train.batch_tokens (1) must be >= world.workers (2)"},
+      {"batch_not_divisible", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4095"), "train.batch_tokens",
+       "divisible by world.workers (2)"},
       {"workers_zero", Replace(b, "  workers: 2", "  workers: 0"), "world.workers", ">= 1"},
-      {"lr_negative", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  lr: -1e-4"),
-       "train.lr", ">= 0"},
-      {"grad_clip_negative",
-       Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  grad_clip: -1"),
+      {"lr_negative", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  lr: -1e-4"), "train.lr", ">= 0"},
+      {"grad_clip_negative", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  grad_clip: -1"),
        "train.grad_clip", ">= 0"},
-      {"warmup_big",
-       Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  warmup_fraction: 2"),
+      {"warmup_big", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  warmup_fraction: 2"),
        "train.warmup_fraction", ""},
-      {"checkpoint_negative",
-       Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  checkpoint_every_tokens: -1"),
+      {"checkpoint_negative", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  checkpoint_every_tokens: -1"),
        "train.checkpoint_every_tokens", ">= 0"},
-      {"log_every_negative",
-       Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  log_every_steps: -1"),
+      {"log_every_negative", Replace(b, "  batch_tokens: 4096", "  batch_tokens: 4096\n  log_every_steps: -1"),
        "train.log_every_steps", ""},
-      {"dead_window_zero", Replace(b, "  k: 32", "  k: 32\n  dead_window_tokens: 0"),
-       "sae.dead_window_tokens", "> 0"},
-      {"aux_negative", Replace(b, "  k: 32", "  k: 32\n  aux_coefficient: -0.5"),
-       "sae.aux_coefficient", ""},
-      {"shuffle_zero", Replace(b, "  path: acts", "  path: acts\n  shuffle_buffer_rows: 0"),
-       "data.shuffle_buffer_rows", ""},
+      {"dead_window_zero", Replace(b, "  k: 32", "  k: 32\n  dead_window_tokens: 0"), "sae.dead_window_tokens", "> 0"},
+      {"aux_negative", Replace(b, "  k: 32", "  k: 32\n  aux_coefficient: -0.5"), "sae.aux_coefficient", ""},
+      {"shuffle_zero", Replace(b, "  path: acts", "  path: acts\n  shuffle_buffer_rows: 0"), "data.shuffle_buffer_rows",
+       ""},
       // Synthetic data.
       {"syn_d_in_zero", Replace(s, "  d_in: 32", "  d_in: 0"), "data.d_in", "> 0"},
       {"syn_latents_zero", Replace(s, "  latents: 128", "  latents: 0"), "data.latents", "> 0"},
@@ -501,11 +468,9 @@ std::vector<ErrorCase> ErrorCases() {
       {"syn_noise_negative", Replace(s, "  k: 4", "  k: 4\n  noise: -0.1"), "data.noise", ">= 0"},
       {"syn_seed_negative", Replace(s, "  k: 4", "  k: 4\n  seed: -2"), "data.seed", ""},
       // LM data.
-      {"lm_missing_model",
-       Replace(b, "  kind: shards\n  path: acts", "  kind: lm\n  layer: 2\n  corpus: c"),
+      {"lm_missing_model", Replace(b, "  kind: shards\n  path: acts", "  kind: lm\n  layer: 2\n  corpus: c"),
        "data.model", "required"},
-      {"lm_missing_layer",
-       Replace(b, "  kind: shards\n  path: acts", "  kind: lm\n  model: m\n  corpus: c"),
+      {"lm_missing_layer", Replace(b, "  kind: shards\n  path: acts", "  kind: lm\n  model: m\n  corpus: c"),
        "data.layer", ""},
   };
 }
@@ -526,13 +491,10 @@ TEST_P(ConfigErrorTest, RejectedWithFileAndField) {
 }
 
 INSTANTIATE_TEST_SUITE_P(All, ConfigErrorTest, ::testing::ValuesIn(ErrorCases()),
-                         [](const ::testing::TestParamInfo<ErrorCase>& info) {
-                           return info.param.label;
-                         });
+                         [](const ::testing::TestParamInfo<ErrorCase>& info) { return info.param.label; });
 
 TEST(ConfigTest, UnknownKeyListsValidKeys) {
-  absl::StatusOr<JobConfig> cfg =
-      ParseJobConfig(Replace(kBase, "  k: 32\n", "  k: 32\n  kk: 1\n"), kOrigin);
+  absl::StatusOr<JobConfig> cfg = ParseJobConfig(Replace(kBase, "  k: 32\n", "  k: 32\n  kk: 1\n"), kOrigin);
   ASSERT_FALSE(cfg.ok());
   std::string msg(cfg.status().message());
   EXPECT_NE(msg.find("dead_remedy"), std::string::npos) << msg;
@@ -612,8 +574,7 @@ TEST(ConfigTest, RoundTripArchitectureExample) {
 
 TEST(ConfigTest, RoundTripSyntheticWithExpansionFactor) {
   std::string yaml = Replace(kSynthetic, "  latents: 256\n", "  expansion_factor: 4\n");
-  yaml = Replace(yaml, "  k: 8\n",
-                 "  k: 8\n  k_schedule: {start: 40, fraction: 0.3, shape: cosine}\n");
+  yaml = Replace(yaml, "  k: 8\n", "  k: 8\n  k_schedule: {start: 40, fraction: 0.3, shape: cosine}\n");
   absl::StatusOr<JobConfig> cfg = ParseJobConfig(yaml, "s.yaml");
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   EXPECT_EQ(cfg->sae.latents, 128);
@@ -789,7 +750,6 @@ TEST(ConfigTest, RoundTripEveryFieldChanged) {
   syn.output = "o";
   ExpectRoundTrip(syn);
 }
-
 
 TEST(ConfigSchema, EveryFieldSurvivesTheWriterAndTheReader) {
   const std::vector<JobField> defaults = ListJobFields(JobConfig());

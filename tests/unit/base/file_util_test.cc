@@ -35,8 +35,7 @@ TEST_F(FileUtilTest, Sha256HexKnownVectors) {
   EXPECT_EQ(Sha256Hex("", 0), kEmptySha256);
   // FIPS 180-2 two-block message.
   const std::string two = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
-  EXPECT_EQ(Sha256Hex(two.data(), two.size()),
-            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  EXPECT_EQ(Sha256Hex(two.data(), two.size()), "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
 }
 
 TEST_F(FileUtilTest, Sha256FileMatchesBuffer) {

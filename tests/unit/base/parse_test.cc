@@ -49,8 +49,7 @@ TEST(Parse, JsonFields) {
   EXPECT_FALSE(JsonField<int64_t>(j, "big", "c.json").ok());  // does not fit
   EXPECT_FALSE(JsonField<int32_t>(nlohmann::json{{"v", int64_t{1} << 40}}, "v", "c.json").ok());
   EXPECT_FALSE(JsonField<uint64_t>(j, "neg", "c.json").ok());
-  EXPECT_EQ(Message(JsonField<int64_t>(nlohmann::json::array(), "i", "c.json").status()),
-            "c.json: not a JSON object");
+  EXPECT_EQ(Message(JsonField<int64_t>(nlohmann::json::array(), "i", "c.json").status()), "c.json: not a JSON object");
   EXPECT_EQ(JsonFieldOr<int64_t>(j, "zz", 9, "c.json").value(), 9);
   EXPECT_EQ(JsonFieldOr<int64_t>(j, "n", 9, "c.json").value(), 9);
   EXPECT_FALSE(JsonFieldOr<int64_t>(j, "s", 9, "c.json").ok());

@@ -22,10 +22,11 @@ namespace {
 namespace fs = std::filesystem;
 
 JobConfig SmallJob(int workers, const std::string& output) {
-  auto cfg = ParseJobConfig("data: {kind: synthetic, d_in: 16, latents: 32, k: 2}\nsae: {latents: 64, k: 4}\n"
-                            "train: {tokens: 1000, batch_tokens: 100}\nworld: {workers: " +
-                                std::to_string(workers) + "}\noutput: " + output + "\n",
-                            "t.yaml");
+  auto cfg = ParseJobConfig(
+      "data: {kind: synthetic, d_in: 16, latents: 32, k: 2}\nsae: {latents: 64, k: 4}\n"
+      "train: {tokens: 1000, batch_tokens: 100}\nworld: {workers: " +
+          std::to_string(workers) + "}\noutput: " + output + "\n",
+      "t.yaml");
   EXPECT_TRUE(cfg.ok()) << cfg.status();
   return *cfg;
 }
@@ -623,9 +624,9 @@ TEST_F(CoordinatorTest, AnSaeTooLargeForItsShardsIsRefusedAtSubmit) {
   auto c = Coordinator::Create(opts_);
   ASSERT_TRUE(c.ok()) << c.status();
   auto submit = [&](const std::string& sae) {
-    auto cfg = ParseJobConfig("data: {kind: shards, path: acts}\nsae: " + sae +
-                                  "\ntrain: {tokens: 1000, batch_tokens: 100}\noutput: run\n",
-                              "big.yaml");
+    auto cfg = ParseJobConfig(
+        "data: {kind: shards, path: acts}\nsae: " + sae + "\ntrain: {tokens: 1000, batch_tokens: 100}\noutput: run\n",
+        "big.yaml");
     EXPECT_TRUE(cfg.ok()) << cfg.status();
     v1::SubmitRequest r;
     *r.mutable_spec() = JobSpecFromConfig(*cfg);

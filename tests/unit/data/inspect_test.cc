@@ -101,8 +101,7 @@ TEST(InspectTest, VerifyReportsOkAndDetectsAFlippedByte) {
 
   const std::string shard = dir.path() + "/shard-00001.safetensors";
   FlipByte(shard, ReadBytes(shard).size() - 1);
-  EXPECT_TRUE(
-      InspectShards(dir.path(), {}).ok());  // without --verify the header is all that is checked
+  EXPECT_TRUE(InspectShards(dir.path(), {}).ok());  // without --verify the header is all that is checked
   auto bad = InspectShards(dir.path(), o);
   ASSERT_FALSE(bad.ok());
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);

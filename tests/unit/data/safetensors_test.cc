@@ -138,9 +138,7 @@ TEST(SafetensorsTest, RoundTripsEveryDtype) {
     auto got = file->ReadFloat(name);
     ASSERT_TRUE(got.ok()) << got.status();
     ASSERT_EQ(got->size(), f.size());
-    const double tol = std::string(name) == "bf16"  ? 1.0 / 256
-                       : std::string(name) == "f16" ? 1.0 / 2048
-                                                    : 0;
+    const double tol = std::string(name) == "bf16" ? 1.0 / 256 : std::string(name) == "f16" ? 1.0 / 2048 : 0;
     for (size_t i = 0; i < f.size(); ++i) {
       EXPECT_LE(std::fabs((*got)[i] - f[i]), tol * std::fabs(f[i]) + 1e-7) << name << " " << i;
     }
@@ -237,18 +235,13 @@ TEST(SafetensorsTest, RejectsMalformedFiles) {
       {"len_beyond", RawFile("{}", "", 9000000000000000000ull), "header length"},
       {"len_beyond_small", RawFile("{}", "", 100), "header length"},
       {"not_json", RawFile("{\"x\": nope}", eight), "not a valid JSON"},
-      {"offsets_out_of_range",
-       RawFile(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,16]}})", eight),
+      {"offsets_out_of_range", RawFile(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,16]}})", eight),
        "out of range"},
-      {"offsets_reversed",
-       RawFile(R"({"x":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}})", eight), "out of range"},
-      {"size_mismatch", RawFile(R"({"x":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", eight),
-       "byte size"},
-      {"unknown_dtype",
-       RawFile(R"({"x":{"dtype":"F8_E4M3","shape":[8],"data_offsets":[0,8]}})", eight),
+      {"offsets_reversed", RawFile(R"({"x":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}})", eight), "out of range"},
+      {"size_mismatch", RawFile(R"({"x":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", eight), "byte size"},
+      {"unknown_dtype", RawFile(R"({"x":{"dtype":"F8_E4M3","shape":[8],"data_offsets":[0,8]}})", eight),
        "unknown dtype"},
-      {"negative_dim", RawFile(R"({"x":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", eight),
-       "shape"},
+      {"negative_dim", RawFile(R"({"x":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", eight), "shape"},
       {"overlap",
        RawFile(R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
                R"("y":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
@@ -261,10 +254,8 @@ TEST(SafetensorsTest, RejectsMalformedFiles) {
     WriteBytes(path, c.bytes);
     auto file = SafetensorsFile::Open(path);
     ASSERT_FALSE(file.ok()) << c.name;
-    EXPECT_NE(file.status().message().find(path), std::string::npos)
-        << c.name << ": " << file.status();
-    EXPECT_NE(file.status().message().find(c.expect), std::string::npos)
-        << c.name << ": " << file.status();
+    EXPECT_NE(file.status().message().find(path), std::string::npos) << c.name << ": " << file.status();
+    EXPECT_NE(file.status().message().find(c.expect), std::string::npos) << c.name << ": " << file.status();
   }
   auto missing = SafetensorsFile::Open(dir.Sub("absent.safetensors"));
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
@@ -281,8 +272,7 @@ TEST(SafetensorsTest, WriterRejectsBadInput) {
 }
 
 TEST(SafetensorsTest, DTypeNames) {
-  for (DType d : {DType::kF32, DType::kBF16, DType::kF16, DType::kF64, DType::kI32, DType::kI64,
-                  DType::kU8}) {
+  for (DType d : {DType::kF32, DType::kBF16, DType::kF16, DType::kF64, DType::kI32, DType::kI64, DType::kU8}) {
     auto back = DTypeFromString(DTypeName(d));
     ASSERT_TRUE(back.ok());
     EXPECT_EQ(*back, d);

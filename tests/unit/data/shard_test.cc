@@ -116,8 +116,7 @@ TEST(ShardWriterTest, HalfPrecisionShardsKeepPrecision) {
     }
     ASSERT_EQ(back.size(), data.size());
     for (size_t i = 0; i < data.size(); ++i) {
-      EXPECT_LE(std::fabs(back[i] - data[i]), rel * std::fabs(data[i]) + 1e-7)
-          << DTypeName(dtype) << i;
+      EXPECT_LE(std::fabs(back[i] - data[i]), rel * std::fabs(data[i]) + 1e-7) << DTypeName(dtype) << i;
     }
   }
 }
@@ -259,13 +258,10 @@ TEST(ImportNpyTest, ImportsF4F8F2) {
     std::string descr, bytes;
     double tol;
   };
-  std::vector<Case> cases = {
-      {1, "<f4", AsBytes(f), 0}, {2, "<f8", AsBytes(d), 0}, {3, "<f2", AsBytes(h), 1e-3}};
+  std::vector<Case> cases = {{1, "<f4", AsBytes(f), 0}, {2, "<f8", AsBytes(d), 0}, {3, "<f2", AsBytes(h), 1e-3}};
   for (const Case& c : cases) {
     const std::string npy = dir.Sub("in" + c.descr.substr(1) + ".npy");
-    WriteBytes(
-        npy, Npy(c.major, "{'descr': '" + c.descr + "', 'fortran_order': False, 'shape': (5, 3), }",
-                 c.bytes));
+    WriteBytes(npy, Npy(c.major, "{'descr': '" + c.descr + "', 'fortran_order': False, 'shape': (5, 3), }", c.bytes));
     const std::string out = dir.Sub("out" + c.descr.substr(1));
     auto m = ImportNpy(npy, out, DType::kF32, 2);
     ASSERT_TRUE(m.ok()) << m.status();
@@ -281,8 +277,7 @@ TEST(ImportNpyTest, ImportsF4F8F2) {
       back.insert(back.end(), v->begin(), v->end());
     }
     ASSERT_EQ(back.size(), f.size());
-    for (size_t i = 0; i < f.size(); ++i)
-      EXPECT_NEAR(back[i], f[i], c.tol * (1 + std::fabs(f[i]))) << c.descr;
+    for (size_t i = 0; i < f.size(); ++i) EXPECT_NEAR(back[i], f[i], c.tol * (1 + std::fabs(f[i]))) << c.descr;
   }
 }
 
@@ -295,16 +290,12 @@ TEST(ImportNpyTest, RejectsUnsupportedFilesNamingTheField) {
     const char* expect;
   };
   std::vector<Case> cases = {
-      {"fortran", Npy(1, "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", data),
-       "fortran_order"},
-      {"three_d", Npy(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2, 3), }", data),
-       "shape"},
+      {"fortran", Npy(1, "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", data), "fortran_order"},
+      {"three_d", Npy(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2, 3), }", data), "shape"},
       {"one_d", Npy(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (6,), }", data), "shape"},
-      {"big_endian", Npy(1, "{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }", data),
-       "big-endian"},
+      {"big_endian", Npy(1, "{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }", data), "big-endian"},
       {"int", Npy(1, "{'descr': '<i4', 'fortran_order': False, 'shape': (2, 3), }", data), "descr"},
-      {"truncated", Npy(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 3), }", data),
-       "truncated"},
+      {"truncated", Npy(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 3), }", data), "truncated"},
       {"bad_magic", "\x93NUMPX" + std::string(60, ' '), "magic"},
       {"no_shape", Npy(1, "{'descr': '<f4', 'fortran_order': False, }", data), "shape"},
   };

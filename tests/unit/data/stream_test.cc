@@ -171,8 +171,7 @@ TEST(ActivationStreamTest, ResumeAtAnyPositionYieldsTheSameRows) {
       EXPECT_EQ(s->position(), p);
       std::vector<int64_t> got = ReadIds(s.get(), total - p, 13);
       EXPECT_EQ(s->position(), total);
-      ASSERT_EQ(got, std::vector<int64_t>(ref.begin() + p, ref.end()))
-          << "window " << window << " start " << p;
+      ASSERT_EQ(got, std::vector<int64_t>(ref.begin() + p, ref.end())) << "window " << window << " start " << p;
     }
   }
 }
@@ -184,8 +183,8 @@ std::string ShardPath(const std::string& dir, int index) {
   return dir + name;
 }
 
-void ExpectOpenError(const std::string& dir, const std::string& shard, const std::string& what,
-                     absl::StatusCode code, StreamOptions o = {}) {
+void ExpectOpenError(const std::string& dir, const std::string& shard, const std::string& what, absl::StatusCode code,
+                     StreamOptions o = {}) {
   auto s = ActivationStream::Open(dir, o);
   ASSERT_FALSE(s.ok()) << "expected an error about " << what;
   EXPECT_EQ(s.status().code(), code) << s.status();
@@ -215,8 +214,7 @@ TEST(ActivationStreamTest, OpenChecksEveryShardHeader) {
     SafetensorsWriter w;
     ASSERT_TRUE(w.AddFloat("activations", DType::kBF16, {kRowsPerShard, kD}, rows.data()).ok());
     ASSERT_TRUE(w.Write(ShardPath(d, 1)).ok());
-    ExpectOpenError(d, ShardPath(d, 1),
-                    "activations dtype BF16 does not match manifest dtype float32",
+    ExpectOpenError(d, ShardPath(d, 1), "activations dtype BF16 does not match manifest dtype float32",
                     absl::StatusCode::kInvalidArgument);
   }
   {
@@ -232,8 +230,7 @@ TEST(ActivationStreamTest, OpenChecksEveryShardHeader) {
     SafetensorsWriter w;
     ASSERT_TRUE(w.AddFloat("acts", DType::kF32, {kRowsPerShard, kD}, rows.data()).ok());
     ASSERT_TRUE(w.Write(ShardPath(d, 0)).ok());
-    ExpectOpenError(d, ShardPath(d, 0), "no tensor \"activations\"",
-                    absl::StatusCode::kInvalidArgument);
+    ExpectOpenError(d, ShardPath(d, 0), "no tensor \"activations\"", absl::StatusCode::kInvalidArgument);
   }
   {
     const std::string d = fresh("header_length");
@@ -295,8 +292,7 @@ TEST(ActivationStreamTest, NonFiniteRowIsReportedWithShardAndRow) {
   ScratchDir dir;
   // Global row 50 is shard 1 row 13; global row 400 is shard 10 row 30.
   MakeIdDataset(dir.path(), DType::kF32,
-                {{50, std::numeric_limits<float>::quiet_NaN()},
-                 {400, std::numeric_limits<float>::infinity()}});
+                {{50, std::numeric_limits<float>::quiet_NaN()}, {400, std::numeric_limits<float>::infinity()}});
   StreamOptions o;
   o.shuffle_window_rows = 1;
   {
@@ -333,10 +329,8 @@ TEST(ActivationStreamTest, NonFiniteRowIsReportedWithShardAndRow) {
     while ((st = s->Next(1, &out)).ok() && good < kRows) ++good;
     ASSERT_FALSE(st.ok());
     EXPECT_LT(good, kRows - 1);
-    const bool names_nan =
-        st.message().find(ShardPath(dir.path(), 1) + ": row 13 ") != std::string::npos;
-    const bool names_inf =
-        st.message().find(ShardPath(dir.path(), 10) + ": row 30 ") != std::string::npos;
+    const bool names_nan = st.message().find(ShardPath(dir.path(), 1) + ": row 13 ") != std::string::npos;
+    const bool names_inf = st.message().find(ShardPath(dir.path(), 10) + ": row 30 ") != std::string::npos;
     EXPECT_TRUE(names_nan || names_inf) << st;
   }
 }
@@ -360,7 +354,8 @@ TEST(ActivationStreamTest, ReadFailureInPrefetchThreadIsReturnedByNext) {
   EXPECT_EQ(st.message().rfind("shard " + dir.path() + "/shard-", 0), 0u) << st;
   // Caught by the change check before a read, or by the read itself.
   EXPECT_TRUE(st.message().find("changed during the run") != std::string::npos ||
-              st.message().find("truncated") != std::string::npos) << st;
+              st.message().find("truncated") != std::string::npos)
+      << st;
   EXPECT_EQ(s->Next(1, &out), st);
 }
 
@@ -376,7 +371,7 @@ TEST(ActivationStreamTest, AShardChangedDuringTheRunIsDataLoss) {
   auto s = OpenOrDie(dir.path(), o);
   ASSERT_TRUE(s);
   std::vector<float> out;
-  ASSERT_TRUE(s->Next(kRows, &out).ok());  // shard 0, verified
+  ASSERT_TRUE(s->Next(kRows, &out).ok());                      // shard 0, verified
   std::this_thread::sleep_for(std::chrono::milliseconds(50));  // a later modification time
   const std::string shard = ShardPath(dir.path(), 0);
   FlipByte(shard, ReadBytes(shard).size() - 2);
@@ -407,8 +402,7 @@ TEST(ActivationStreamTest, DestructorStopsThePrefetchThreadMidStream) {
     }
     return true;
   });
-  ASSERT_EQ(done.wait_for(std::chrono::seconds(60)), std::future_status::ready)
-      << "stream destructor hung";
+  ASSERT_EQ(done.wait_for(std::chrono::seconds(60)), std::future_status::ready) << "stream destructor hung";
   EXPECT_TRUE(done.get());
 }
 
@@ -450,8 +444,8 @@ TEST(ActivationStreamTest, RankSharesPartitionTheGlobalOrder) {
             ASSERT_EQ(out.size(), static_cast<size_t>((hi - lo) * kD));
             for (int64_t i = 0; i < hi - lo; ++i) {
               EXPECT_EQ(static_cast<int64_t>(out[i * kD]), global[step * batch + lo + i])
-                  << "window " << window << " start " << start << " world " << world << " rank "
-                  << r << " step " << step << " row " << i;
+                  << "window " << window << " start " << start << " world " << world << " rank " << r << " step "
+                  << step << " row " << i;
             }
           }
           EXPECT_EQ(s->position(), start + batch * steps);

@@ -19,8 +19,7 @@ PlantedDictionary MakeOrDie(SyntheticOptions o) {
 
 // Least-squares coefficients c minimising |x - D^T c| (D: atoms x d, full row
 // rank), by the normal equations and Gaussian elimination in double.
-std::vector<double> Project(const std::vector<float>& dict, int64_t atoms, int64_t d,
-                            const float* x) {
+std::vector<double> Project(const std::vector<float>& dict, int64_t atoms, int64_t d, const float* x) {
   std::vector<double> g(atoms * (atoms + 1));  // augmented [G | Dx]
   for (int64_t a = 0; a < atoms; ++a) {
     for (int64_t b = 0; b < atoms; ++b) {
@@ -127,16 +126,14 @@ TEST(PlantedDictionaryTest, AtomsAreUnitNormAndRowsReproducible) {
   EXPECT_EQ(a.dictionary(), b.dictionary());
   for (int64_t i = 0; i < o.atoms; ++i) {
     double n = 0;
-    for (int64_t j = 0; j < o.d_in; ++j)
-      n += a.dictionary()[i * o.d_in + j] * a.dictionary()[i * o.d_in + j];
+    for (int64_t j = 0; j < o.d_in; ++j) n += a.dictionary()[i * o.d_in + j] * a.dictionary()[i * o.d_in + j];
     EXPECT_NEAR(n, 1.0, 1e-5);
   }
   std::vector<float> all(200 * 32), part(10 * 32), other(200 * 32);
   a.Rows(0, 200, all.data());
   b.Rows(100, 10, part.data());  // any range, any instance
   EXPECT_EQ(part, std::vector<float>(all.begin() + 100 * 32, all.begin() + 110 * 32));
-  EXPECT_NE(std::vector<float>(all.begin(), all.begin() + 32),
-            std::vector<float>(all.begin() + 32, all.begin() + 64));
+  EXPECT_NE(std::vector<float>(all.begin(), all.begin() + 32), std::vector<float>(all.begin() + 32, all.begin() + 64));
   o.seed = 43;
   PlantedDictionary c = MakeOrDie(o);
   EXPECT_NE(c.dictionary(), a.dictionary());

@@ -12,18 +12,18 @@ class ConceptsTest : public InterpTest {};
 TEST_F(ConceptsTest, AKnownDirectionRanksFirstAndTheContrastPushesDownAnEverywhereLatent) {
   const std::vector<std::string> with = {
       "Lily ran to her mom.", "Tom saw his mom in the park.", "The girl hugged her mom and smiled.",
-      "His mom made a cake.", "One day, her mom said no.", "They went home with their mom."};
+      "His mom made a cake.", "One day, her mom said no.",    "They went home with their mom."};
   const std::vector<std::string> without = {
-      "The sun was warm and bright.", "Tom and Lily played with a ball.", "She ate a red apple.",
-      "The bird sang in the tree.", "The dog made a mess at the party.", "They went home after school."};
+      "The sun was warm and bright.", "Tom and Lily played with a ball.",  "She ate a red apple.",
+      "The bird sang in the tree.",   "The dog made a mess at the party.", "They went home after school."};
   std::vector<int32_t> word = tok_->Encode("mom", false, false);  // the tokenizer adds the leading space
   ASSERT_EQ(word.size(), 1u) << "the test needs ' mom' to be one token";
   const int32_t X = word[0];
   SaeRun run = TiedSae(32, 4);
   const int64_t d = model_->config().dim;
   // Mean residual of X's positions minus the mean of all others, on separate calibration sentences.
-  const std::vector<std::string> calib = {"My mom is kind.", "The mom slept.", "One day a mom came.",
-                                          "He was sad.", "It was a sunny day.", "The cat sat."};
+  const std::vector<std::string> calib = {"My mom is kind.", "The mom slept.",      "One day a mom came.",
+                                          "He was sad.",     "It was a sunny day.", "The cat sat."};
   at::Tensor sx = at::zeros({d}), so = at::zeros({d});
   int64_t nx = 0, no = 0;
   std::vector<at::Tensor> xs, os;

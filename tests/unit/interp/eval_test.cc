@@ -30,11 +30,12 @@ class EvalTest : public ::testing::Test {
 };
 
 TEST_F(EvalTest, IdentitySpliceGivesExactlyTheCleanLoss) {
-  auto r = EvaluateReconstruction(*model_, nullptr, opts_,
-                                  [](const at::Tensor& x) -> absl::StatusOr<Reconstruction> {
-                                    return Reconstruction{x.clone(), at::Tensor(), at::Tensor()};
-                                  },
-                                  0);
+  auto r = EvaluateReconstruction(
+      *model_, nullptr, opts_,
+      [](const at::Tensor& x) -> absl::StatusOr<Reconstruction> {
+        return Reconstruction{x.clone(), at::Tensor(), at::Tensor()};
+      },
+      0);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->tokens, 16 * 63);
   EXPECT_EQ(r->ce_sae, r->ce_clean);

@@ -91,7 +91,8 @@ TEST_F(FeaturesTest, StatisticsEqualABruteForceOverAllTokenLatentPairs) {
     for (int64_t c : d.hist) hist_sum += c;
     EXPECT_EQ(hist_sum, d.count);
     // Top contexts: largest activation first, earlier token on ties.
-    std::sort(e.begin(), e.end(), [](const Event& a, const Event& b) { return a.a > b.a || (a.a == b.a && a.g < b.g); });
+    std::sort(e.begin(), e.end(),
+              [](const Event& a, const Event& b) { return a.a > b.a || (a.a == b.a && a.g < b.g); });
     const size_t top = std::min<size_t>(e.size(), o.top_contexts);
     ASSERT_EQ(d.top.size(), top);
     for (size_t c = 0; c < top; ++c) {
@@ -172,7 +173,8 @@ TEST_F(FeaturesTest, TwoRanksMergedEqualOneProcessExactly) {
   ASSERT_TRUE(a.ok() && b.ok());
   ASSERT_TRUE(WriteFeatures(*a, tmp.Sub("one"), "").ok());
   ASSERT_TRUE(WriteFeatures(*b, tmp.Sub("two"), "").ok());
-  EXPECT_EQ(lm_test::ReadFile(tmp.Sub("one/features.safetensors")), lm_test::ReadFile(tmp.Sub("two/features.safetensors")));
+  EXPECT_EQ(lm_test::ReadFile(tmp.Sub("one/features.safetensors")),
+            lm_test::ReadFile(tmp.Sub("two/features.safetensors")));
   EXPECT_EQ(lm_test::ReadFile(tmp.Sub("one/features.json")), lm_test::ReadFile(tmp.Sub("two/features.json")));
   // And the written dashboards load back as they were.
   auto back = LoadFeatures(tmp.Sub("one"));

@@ -48,7 +48,8 @@ TEST_F(SteeringTest, ScaleZeroAndClampToTheCurrentValueReproduceTheTextExactly) 
                           auto c = EncodeRows(run.sae, rows);
                           ASSERT_TRUE(c.ok());
                           std::vector<int64_t> lat;
-                          for (int64_t i = 0; i < c->indices.size(1); ++i) lat.push_back(c->indices[0][i].item<int64_t>());
+                          for (int64_t i = 0; i < c->indices.size(1); ++i)
+                            lat.push_back(c->indices[0][i].item<int64_t>());
                           auto y = ClampRows(run.sae, rows, lat, c->acts.reshape({1, -1}));
                           ASSERT_TRUE(y.ok());
                           EXPECT_TRUE(at::equal(*y, rows));

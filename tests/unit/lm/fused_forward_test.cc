@@ -37,7 +37,6 @@ using lm_test::StoryTokens;
 
 constexpr double kBound = 2e-5;
 
-
 // Logits and every block's residual stream and MLP output of one forward.
 struct Trace {
   at::Tensor logits;
@@ -175,8 +174,7 @@ void CheckHarvestAgainstOneWindowAtATime(const std::string& corpus) {
     EXPECT_LE(e, kBound) << "window " << w;
     worst = std::max(worst, e);
   }
-  std::printf("%s: batched harvest vs one window at a time (ATen): %.2e (bound %.0e)\n", corpus.c_str(), worst,
-              kBound);
+  std::printf("%s: batched harvest vs one window at a time (ATen): %.2e (bound %.0e)\n", corpus.c_str(), worst, kBound);
 }
 
 TEST(FusedHarvest, TextCorpusRowsMatchOneWindowAtATimeReference) {

@@ -9,10 +9,10 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <fstream>
 
 #include "core/data/safetensors.h"
 #include "core/lm/harvest.h"
@@ -54,7 +54,8 @@ Tensors ReadAll(const std::string& path) {
 }
 
 // config.json + safetensors (`shards` files with an index when > 1).
-void WriteCheckpoint(const std::string& dir, const json& cfg, const Tensors& t, DType dt = DType::kF32, int shards = 1) {
+void WriteCheckpoint(const std::string& dir, const json& cfg, const Tensors& t, DType dt = DType::kF32,
+                     int shards = 1) {
   fs::create_directories(dir);
   WriteFile(dir + "/config.json", cfg.dump(2));
   std::vector<SafetensorsWriter> w(shards);
@@ -64,13 +65,16 @@ void WriteCheckpoint(const std::string& dir, const json& cfg, const Tensors& t, 
     const int s = static_cast<int>(i++ * shards / t.size());
     at::Tensor c = x.to(at::kFloat).contiguous();
     ASSERT_TRUE(w[s].AddFloat(name, dt, c.sizes().vec(), c.data_ptr<float>()).ok());
-    map[name] = shards == 1 ? "model.safetensors" : absl::StrCat("model-0000", s + 1, "-of-0000", shards, ".safetensors");
+    map[name] =
+        shards == 1 ? "model.safetensors" : absl::StrCat("model-0000", s + 1, "-of-0000", shards, ".safetensors");
   }
   for (int s = 0; s < shards; ++s)
-    ASSERT_TRUE(w[s].Write(dir + "/" + (shards == 1 ? std::string("model.safetensors")
-                                                    : absl::StrCat("model-0000", s + 1, "-of-0000", shards, ".safetensors")))
+    ASSERT_TRUE(w[s].Write(dir + "/" +
+                           (shards == 1 ? std::string("model.safetensors")
+                                        : absl::StrCat("model-0000", s + 1, "-of-0000", shards, ".safetensors")))
                     .ok());
-  if (shards > 1) WriteFile(dir + "/model.safetensors.index.json", json({{"metadata", json::object()}, {"weight_map", map}}).dump());
+  if (shards > 1)
+    WriteFile(dir + "/model.safetensors.index.json", json({{"metadata", json::object()}, {"weight_map", map}}).dump());
 }
 
 at::Tensor Rand(std::vector<int64_t> shape, double scale, double mean, uint64_t seed) {
@@ -285,10 +289,20 @@ std::pair<Tensors, RefModel> RandomModel(const Spec& s) {
 }
 
 json BaseConfig(const Spec& s) {
-  return {{"model_type", s.type}, {"hidden_size", s.d}, {"intermediate_size", s.h}, {"num_hidden_layers", s.L},
-          {"num_attention_heads", s.H}, {"num_key_value_heads", s.KV}, {"head_dim", s.hd}, {"vocab_size", s.V},
-          {"max_position_embeddings", s.max_pos}, {"rms_norm_eps", 1e-5}, {"tie_word_embeddings", s.tied},
-          {"rope_theta", 10000.0}, {"bos_token_id", 1}, {"eos_token_id", 2}};
+  return {{"model_type", s.type},
+          {"hidden_size", s.d},
+          {"intermediate_size", s.h},
+          {"num_hidden_layers", s.L},
+          {"num_attention_heads", s.H},
+          {"num_key_value_heads", s.KV},
+          {"head_dim", s.hd},
+          {"vocab_size", s.V},
+          {"max_position_embeddings", s.max_pos},
+          {"rms_norm_eps", 1e-5},
+          {"tie_word_embeddings", s.tied},
+          {"rope_theta", 10000.0},
+          {"bos_token_id", 1},
+          {"eos_token_id", 2}};
 }
 
 // Our model vs the reference: logits, every residual stream and MLP output.
@@ -298,7 +312,8 @@ void ExpectMatchesReference(const Transformer& model, const RefModel& ref, const
   ForwardOptions o;
   for (int64_t l = -1; l < L; ++l)
     o.hooks.push_back({l, HookPoint::kResidPost, [&resid, l](at::Tensor& x) { resid[l + 1] = x.clone(); }});
-  for (int64_t l = 0; l < L; ++l) o.hooks.push_back({l, HookPoint::kMlpOut, [&mlp, l](at::Tensor& x) { mlp[l] = x.clone(); }});
+  for (int64_t l = 0; l < L; ++l)
+    o.hooks.push_back({l, HookPoint::kMlpOut, [&mlp, l](at::Tensor& x) { mlp[l] = x.clone(); }});
   auto logits = model.Forward(ids, nullptr, o);
   ASSERT_TRUE(logits.ok()) << logits.status();
   RefOut r = RefForward(ref, ids);
@@ -352,8 +367,8 @@ TEST(HfPhi3, FusedCheckpointFromLlamaTinyMatchesTransformers) {
   }
   for (int l = 0; l < 2; ++l) {
     const std::string p = absl::StrCat("model.layers.", l, ".");
-    fused[p + "self_attn.qkv_proj.weight"] =
-        at::cat({w[p + "self_attn.q_proj.weight"], w[p + "self_attn.k_proj.weight"], w[p + "self_attn.v_proj.weight"]}, 0);
+    fused[p + "self_attn.qkv_proj.weight"] = at::cat(
+        {w[p + "self_attn.q_proj.weight"], w[p + "self_attn.k_proj.weight"], w[p + "self_attn.v_proj.weight"]}, 0);
     fused[p + "mlp.gate_up_proj.weight"] = at::cat({w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]}, 0);
   }
   json cfg = json::parse(lm_test::ReadFile(LlamaTiny() + "/config.json"));
@@ -445,15 +460,19 @@ TEST(HfLlama3, RopeScalingLlama3AndOwnHeadDim) {
   auto [w, ref] = RandomModel(s);
   json cfg = BaseConfig(s);
   const double theta = 500000.0, factor = 8, lo = 1, hi = 4, orig = 16;
-  cfg["rope_parameters"] = {{"rope_type", "llama3"}, {"rope_theta", theta}, {"factor", factor}, {"low_freq_factor", lo},
+  cfg["rope_parameters"] = {{"rope_type", "llama3"},  {"rope_theta", theta},
+                            {"factor", factor},       {"low_freq_factor", lo},
                             {"high_freq_factor", hi}, {"original_max_position_embeddings", 16}};
   // Llama 3.1's formula (transformers' _compute_llama3_parameters, Meta's model card code).
   ref.rope = [&](int64_t) {
     std::vector<double> f = DefaultInvFreq(theta, 32);
     for (double& x : f) {
       const double wl = 2 * M_PI / x;
-      if (wl < orig / hi) continue;                       // high frequency: kept
-      if (wl > orig / lo) { x /= factor; continue; }      // low frequency: divided
+      if (wl < orig / hi) continue;  // high frequency: kept
+      if (wl > orig / lo) {
+        x /= factor;
+        continue;
+      }                                                    // low frequency: divided
       const double smooth = (orig / wl - lo) / (hi - lo);  // in between: interpolated
       x = (1 - smooth) * x / factor + smooth * x;
     }
@@ -474,7 +493,10 @@ TEST(HfLlama3, RopeScalingLlama3AndOwnHeadDim) {
   // The same scaling in the pre-transformers-5 spelling.
   json old = BaseConfig(s);
   old["rope_theta"] = theta;
-  old["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", factor}, {"low_freq_factor", lo}, {"high_freq_factor", hi},
+  old["rope_scaling"] = {{"rope_type", "llama3"},
+                         {"factor", factor},
+                         {"low_freq_factor", lo},
+                         {"high_freq_factor", hi},
                          {"original_max_position_embeddings", 16}};
   WriteCheckpoint(tmp.Sub("old"), old, w);
   auto m2 = LoadModel(tmp.Sub("old"));
@@ -487,7 +509,10 @@ TEST(HfLlama3, ResavedKeepsHeadDimRopeScalingAndBiases) {
   s.d = 64, s.H = 4, s.KV = 2, s.hd = 32, s.biases = true;
   auto [w, ref] = RandomModel(s);
   json cfg = BaseConfig(s);
-  cfg["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+  cfg["rope_scaling"] = {{"rope_type", "llama3"},
+                         {"factor", 8.0},
+                         {"low_freq_factor", 1.0},
+                         {"high_freq_factor", 4.0},
                          {"original_max_position_embeddings", 16}};
   TempDir tmp;
   WriteCheckpoint(tmp.Sub("a"), cfg, w);
@@ -649,7 +674,8 @@ TEST(HfGemma2, MatchesFloat64Reference) {
     if (which == 0) alt.attn_cap = 0;
     if (which == 1) alt.embed_scale = 0;
     if (which == 2) alt.attn_scale = 0;
-    if (which == 3) for (RefLayer& L : alt.layers) L.window = 0;
+    if (which == 3)
+      for (RefLayer& L : alt.layers) L.window = 0;
     EXPECT_GT(MaxRelErr(RefForward(alt, ids).logits, base), 1e-3) << which;
   }
 }
@@ -807,7 +833,8 @@ void CheckFixture(const std::string& name, bool cached_steps) {
   ASSERT_TRUE(logits.ok()) << logits.status();
   EXPECT_LE(MaxRelErr(*logits, ref.at("logits")), 1e-4) << name;
   for (int64_t i = 0; i <= L; ++i)
-    EXPECT_LE(MaxRelErr(hidden[i], ref.at("hidden_states." + std::to_string(i))), 1e-4) << name << " hidden_states." << i;
+    EXPECT_LE(MaxRelErr(hidden[i], ref.at("hidden_states." + std::to_string(i))), 1e-4)
+        << name << " hidden_states." << i;
   if (cached_steps) ExpectCacheMatchesFullPass(*m, ids);
 }
 

@@ -37,7 +37,8 @@ void CompareWithNpm(const std::string& name, bool bytes_round_trip) {
   json cases = json::parse(ReadFile(base + ".cases.json"));
   ASSERT_GE(cases.size(), 3000u);
   int64_t compared = 0, bad = 0, with_ref = 0;
-  auto check = [&](const std::string& what, const std::string& text, const std::vector<int32_t>& got, const json& want) {
+  auto check = [&](const std::string& what, const std::string& text, const std::vector<int32_t>& got,
+                   const json& want) {
     ++compared;
     const std::vector<int32_t> w = want.get<std::vector<int32_t>>();
     if (got == w) return;
@@ -63,8 +64,8 @@ void CompareWithNpm(const std::string& name, bool bytes_round_trip) {
       EXPECT_EQ((*tok)->Decode((*tok)->Encode(text, true, false)), text) << name << " decode";
   }
   EXPECT_EQ(bad, 0) << name << ": " << bad << " of " << compared << " encodings differ";
-  std::printf("%s: %ld encodings compared (%ld against the vocabulary's own npm tokenizer), %ld differ\n",
-              name.c_str(), compared, with_ref, bad);
+  std::printf("%s: %ld encodings compared (%ld against the vocabulary's own npm tokenizer), %ld differ\n", name.c_str(),
+              compared, with_ref, bad);
 }
 
 TEST(TokenizerJsonNpm, Llama3MatchesLlama3TokenizerJs) { CompareWithNpm("llama3", true); }
@@ -115,7 +116,8 @@ TEST(TokenizerJsonPython, MatchesTheTokenizersLibrary) {
     auto tok = LoadHfTokenizer(dir + "/" + name + ".tokenizer.json");
     ASSERT_TRUE(tok.ok()) << tok.status();
     for (const json& c : cases)
-      EXPECT_EQ(Ids((*tok)->Encode(c["text"].get<std::string>(), false, false)), Ids(c["ids"].get<std::vector<int32_t>>()))
+      EXPECT_EQ(Ids((*tok)->Encode(c["text"].get<std::string>(), false, false)),
+                Ids(c["ids"].get<std::vector<int32_t>>()))
           << name << " " << c["text"].dump();
   }
 }
@@ -134,24 +136,44 @@ json SpJson() {
   int id = 259;
   for (const std::string& p : {sp, std::string("a"), std::string("b"), sp + "a", std::string("ab"), sp + "ab"})
     vocab[p] = id++;
-  json j = {
-      {"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr},
-      {"added_tokens", json::array({{{"id", 1}, {"content", "<s>"}, {"single_word", false}, {"lstrip", false},
-                                     {"rstrip", false}, {"normalized", false}, {"special", true}}})},
-      {"normalizer", {{"type", "Sequence"}, {"normalizers", json::array({{{"type", "Prepend"}, {"prepend", sp}},
-                                                                          {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", sp}}})}}},
-      {"pre_tokenizer", nullptr},
-      {"post_processor", {{"type", "TemplateProcessing"},
-                          {"single", json::array({{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
-                                                  {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
-                          {"pair", json::array()},
-                          {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {1}}, {"tokens", {"<s>"}}}}}}}},
-      {"decoder", {{"type", "Sequence"}, {"decoders", json::array({{{"type", "Replace"}, {"pattern", {{"String", sp}}}, {"content", " "}},
-                                                                   {{"type", "ByteFallback"}}, {{"type", "Fuse"}},
-                                                                   {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}}},
-      {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", "<unk>"}, {"continuing_subword_prefix", nullptr},
-                 {"end_of_word_suffix", nullptr}, {"fuse_unk", true}, {"byte_fallback", true}, {"ignore_merges", false},
-                 {"vocab", vocab}, {"merges", json::array({sp + " a", "a b", sp + "a b"})}}}};
+  json j = {{"version", "1.0"},
+            {"truncation", nullptr},
+            {"padding", nullptr},
+            {"added_tokens", json::array({{{"id", 1},
+                                           {"content", "<s>"},
+                                           {"single_word", false},
+                                           {"lstrip", false},
+                                           {"rstrip", false},
+                                           {"normalized", false},
+                                           {"special", true}}})},
+            {"normalizer",
+             {{"type", "Sequence"},
+              {"normalizers", json::array({{{"type", "Prepend"}, {"prepend", sp}},
+                                           {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", sp}}})}}},
+            {"pre_tokenizer", nullptr},
+            {"post_processor",
+             {{"type", "TemplateProcessing"},
+              {"single", json::array({{{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}},
+                                      {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
+              {"pair", json::array()},
+              {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {1}}, {"tokens", {"<s>"}}}}}}}},
+            {"decoder",
+             {{"type", "Sequence"},
+              {"decoders", json::array({{{"type", "Replace"}, {"pattern", {{"String", sp}}}, {"content", " "}},
+                                        {{"type", "ByteFallback"}},
+                                        {{"type", "Fuse"}},
+                                        {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}}},
+            {"model",
+             {{"type", "BPE"},
+              {"dropout", nullptr},
+              {"unk_token", "<unk>"},
+              {"continuing_subword_prefix", nullptr},
+              {"end_of_word_suffix", nullptr},
+              {"fuse_unk", true},
+              {"byte_fallback", true},
+              {"ignore_merges", false},
+              {"vocab", vocab},
+              {"merges", json::array({sp + " a", "a b", sp + "a b"})}}}};
   return j;
 }
 
@@ -241,7 +263,8 @@ TEST(TokenizerJson, RefusesWhatItDoesNotImplementByName) {
   j["pre_tokenizer"] = {{"type", "BertPreTokenizer"}};
   ExpectRefused(j, "BertPreTokenizer");
   j = SpJson();
-  j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"Regex", "(unclosed"}}}, {"behavior", "Isolated"}, {"invert", false}};
+  j["pre_tokenizer"] = {
+      {"type", "Split"}, {"pattern", {{"Regex", "(unclosed"}}}, {"behavior", "Isolated"}, {"invert", false}};
   ExpectRefused(j, "(unclosed");
   j = SpJson();
   j["post_processor"] = {{"type", "RobertaProcessing"}};
@@ -325,12 +348,19 @@ TEST(TokenizerJson, SplitBehaviorsAndByteLevel) {
   vocab[sym['a'] + sym['b']] = 256;  // "ab"
   vocab[sym[' '] + sym['a']] = 257;  // "Ġa"
   vocab["b-"] = 258;
-  json j = {{"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}, {"added_tokens", json::array()},
+  json j = {{"version", "1.0"},
+            {"truncation", nullptr},
+            {"padding", nullptr},
+            {"added_tokens", json::array()},
             {"normalizer", nullptr},
-            {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
-            {"post_processor", nullptr}, {"decoder", {{"type", "ByteLevel"}}},
-            {"model", {{"type", "BPE"}, {"vocab", vocab},
-                       {"merges", json::array({"b -", sym['a'] + " " + sym['b'], sym[' '] + " " + sym['a']})}}}};
+            {"pre_tokenizer",
+             {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
+            {"post_processor", nullptr},
+            {"decoder", {{"type", "ByteLevel"}}},
+            {"model",
+             {{"type", "BPE"},
+              {"vocab", vocab},
+              {"merges", json::array({"b -", sym['a'] + " " + sym['b'], sym[' '] + " " + sym['a']})}}}};
   TempDir tmp;
   WriteFile(tmp.Sub("t.json"), j.dump());
   auto t = LoadHfTokenizer(tmp.Sub("t.json"));
@@ -341,9 +371,11 @@ TEST(TokenizerJson, SplitBehaviorsAndByteLevel) {
   // Split with each behavior on "-": a-b--c
   auto with = [&](const std::string& behavior, bool invert) {
     json k = j;
-    k["pre_tokenizer"] = {{"type", "Sequence"}, {"pretokenizers", json::array({
-        {{"type", "Split"}, {"pattern", {{"String", "-"}}}, {"behavior", behavior}, {"invert", invert}},
-        {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}})}};
+    k["pre_tokenizer"] = {
+        {"type", "Sequence"},
+        {"pretokenizers",
+         json::array({{{"type", "Split"}, {"pattern", {{"String", "-"}}}, {"behavior", behavior}, {"invert", invert}},
+                      {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}})}};
     WriteFile(tmp.Sub("k.json"), k.dump());
     auto tk = LoadHfTokenizer(tmp.Sub("k.json"));
     EXPECT_TRUE(tk.ok()) << tk.status();

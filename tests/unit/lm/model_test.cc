@@ -21,7 +21,6 @@ using lm_test::StoriesDir;
 using lm_test::StoryTokens;
 using lm_test::TempDir;
 
-
 TEST(Llama2cLoader, ReadsStoriesHeader) {
   SAE_REQUIRE_FILE(StoriesBin());
   auto m = LoadLlama2c(StoriesBin());
@@ -237,7 +236,8 @@ TEST(BadModelFiles, ConfigMissingFieldNamesConfigAndField) {
   const size_t at = cfg.find("\"num_hidden_layers\"");
   ASSERT_NE(at, std::string::npos);
   cfg.replace(at, std::string("\"num_hidden_layers\"").size(), "\"num_hidden_layerz\"");
-  std::filesystem::permissions(dir + "/config.json", std::filesystem::perms::owner_write, std::filesystem::perm_options::add);
+  std::filesystem::permissions(dir + "/config.json", std::filesystem::perms::owner_write,
+                               std::filesystem::perm_options::add);
   lm_test::WriteFile(dir + "/config.json", cfg);
   auto m = LoadModel(dir);
   ASSERT_FALSE(m.ok());
@@ -279,13 +279,14 @@ TEST(BadModelFiles, HugeDimensionsAreErrorsNamingTheField) {
   SAE_REQUIRE_FILE(src + "/config.json");
   TempDir tmp;
   const std::string dir = CopyHfDir(src, tmp.Sub("m"));
-  std::filesystem::permissions(dir + "/config.json", std::filesystem::perms::owner_write, std::filesystem::perm_options::add);
+  std::filesystem::permissions(dir + "/config.json", std::filesystem::perms::owner_write,
+                               std::filesystem::perm_options::add);
   const nlohmann::json orig = nlohmann::json::parse(lm_test::ReadFile(src + "/config.json"));
-  for (const auto& [field, value, says] :
-       std::vector<std::tuple<std::string, int64_t, std::string>>{{"max_position_embeddings", 1000000000, "max_seq_len"},
-                                                                  {"num_key_value_heads", int64_t{1} << 62, "n_kv_heads"},
-                                                                  {"hidden_size", int64_t{1} << 40, "dim"},
-                                                                  {"vocab_size", -5, "vocab_size"}}) {
+  for (const auto& [field, value, says] : std::vector<std::tuple<std::string, int64_t, std::string>>{
+           {"max_position_embeddings", 1000000000, "max_seq_len"},
+           {"num_key_value_heads", int64_t{1} << 62, "n_kv_heads"},
+           {"hidden_size", int64_t{1} << 40, "dim"},
+           {"vocab_size", -5, "vocab_size"}}) {
     nlohmann::json cfg = orig;
     cfg[field] = value;
     lm_test::WriteFile(dir + "/config.json", cfg.dump());

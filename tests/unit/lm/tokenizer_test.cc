@@ -21,8 +21,8 @@ TEST(Llama2cTokenizer, EncodesLikeLlama2cAndRoundTrips) {
   EXPECT_EQ((*t)->vocab_size(), 512);
   // Empty text: just BOS (no dummy prefix).
   EXPECT_EQ((*t)->Encode("", true, false), std::vector<int32_t>({1}));
-  for (const std::string text : {"Once upon a time, there was a little girl named Lily.",
-                                 "He said, \"Wow!\"\nThe end.", "caf\xC3\xA9 \xE2\x82\xAC 42 \xF0\x9F\x98\x80"}) {
+  for (const std::string text : {"Once upon a time, there was a little girl named Lily.", "He said, \"Wow!\"\nThe end.",
+                                 "caf\xC3\xA9 \xE2\x82\xAC 42 \xF0\x9F\x98\x80"}) {
     std::vector<int32_t> ids = (*t)->Encode(text, true, true);
     ASSERT_GE(ids.size(), 3u);
     EXPECT_EQ(ids.front(), 1);
@@ -68,9 +68,9 @@ TEST(SentencePieceTokenizer, TrainedModelRoundTrips) {
     lm_test::WriteFile(corpus, text);
   }
   const std::string prefix = tmp.Sub("sp");
-  const std::string err = SpTrain(
-      "--input=" + corpus + " --model_prefix=" + prefix +
-      " --vocab_size=400 --model_type=bpe --byte_fallback=true --character_coverage=1.0 --minloglevel=3");
+  const std::string err =
+      SpTrain("--input=" + corpus + " --model_prefix=" + prefix +
+              " --vocab_size=400 --model_type=bpe --byte_fallback=true --character_coverage=1.0 --minloglevel=3");
   if (err.find("not available in sanitizer") != std::string::npos) GTEST_SKIP() << err;  // ASan/TSan builds
   ASSERT_EQ(err, "");
   auto t = LoadTokenizerFor(tmp.path(), 400, prefix + ".model");
@@ -174,7 +174,7 @@ TEST(Llama2cTokenizer, SmallVocabularyNeverYieldsIdsOutsideIt) {
   ASSERT_TRUE(t.ok()) << t.status();
   const std::vector<int32_t> ids = (*t)->Encode("ab abc ba\nA\xC3\xA9 xyz", true, true);
   for (int32_t id : ids) EXPECT_TRUE(id >= 0 && id < 10) << id;
-  EXPECT_EQ(ids[1], 7);  // " ab" merged
+  EXPECT_EQ(ids[1], 7);                                        // " ab" merged
   EXPECT_NE(std::find(ids.begin(), ids.end(), 0), ids.end());  // unknown bytes are <unk>
   lm_test::WriteFile(path, Llama2cTokenizerBytes({"<unk>", "<s>"}));
   auto two = LoadLlama2cTokenizer(path, 2);

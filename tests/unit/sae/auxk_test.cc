@@ -100,35 +100,36 @@ TEST(AuxK, LossEqualsIndependentFloat64Computation) {
   for (const C& c : {C{40, 16, 96, 4, 30, false}, C{40, 16, 96, 4, 5, false},  // |D| < d/2: scale < 1
                      C{64, 32, 300, 8, 200, false}, C{64, 32, 300, 8, 200, true}}) {
     for (bool fit : {true, false})
-    for (at::ScalarType st : {at::kDouble, at::kFloat}) {
-      SaeParams p = Random(c.n, c.d, 7 + c.dead, st);
-      at::Tensor x = (at::randn({c.B, c.d}, at::kDouble) * 2 + 0.5).to(st);
-      std::mt19937_64 rng(c.dead);
-      std::vector<int64_t> all(c.n);
-      std::iota(all.begin(), all.end(), 0);
-      std::shuffle(all.begin(), all.end(), rng);
-      std::vector<int64_t> dead(all.begin(), all.begin() + c.dead);
-      std::sort(dead.begin(), dead.end());
-      StepConfig cfg;
-      cfg.k = c.k;
-      cfg.remedy = Remedy::kAuxK;
-      cfg.aux_coefficient = 1.0 / 32;
-      cfg.dead = &dead;
-      cfg.aten = c.aten;
-      cfg.auxk_fit = fit;
-      SaeGrads g = SaeGrads::ZerosLike(p);
-      StepResult r;
-      ASSERT_TRUE(ComputeGradients(p, x, cfg, &g, &r).ok());
-      at::Tensor xd = x.to(at::kDouble).contiguous();
-      const double ref = AuxKReference(ToPlain(p), std::vector<double>(xd.data_ptr<double>(), xd.data_ptr<double>() + xd.numel()),
-                                       c.B, c.k, dead, 1.0 / 32, fit);
-      ASSERT_GT(ref, 0);
-      const double tol = st == at::kDouble ? 1e-10 : 2e-5;
-      EXPECT_NEAR(r.aux_loss, ref, tol * ref) << "B " << c.B << " n " << c.n << " dead " << c.dead
-                                              << (st == at::kDouble ? " float64" : " float32")
-                                              << (c.aten ? " (ATen step)" : "") << (fit ? " fit" : " as published");
-      EXPECT_NEAR(r.loss, r.fvu + ref, tol * (r.fvu + ref));
-    }
+      for (at::ScalarType st : {at::kDouble, at::kFloat}) {
+        SaeParams p = Random(c.n, c.d, 7 + c.dead, st);
+        at::Tensor x = (at::randn({c.B, c.d}, at::kDouble) * 2 + 0.5).to(st);
+        std::mt19937_64 rng(c.dead);
+        std::vector<int64_t> all(c.n);
+        std::iota(all.begin(), all.end(), 0);
+        std::shuffle(all.begin(), all.end(), rng);
+        std::vector<int64_t> dead(all.begin(), all.begin() + c.dead);
+        std::sort(dead.begin(), dead.end());
+        StepConfig cfg;
+        cfg.k = c.k;
+        cfg.remedy = Remedy::kAuxK;
+        cfg.aux_coefficient = 1.0 / 32;
+        cfg.dead = &dead;
+        cfg.aten = c.aten;
+        cfg.auxk_fit = fit;
+        SaeGrads g = SaeGrads::ZerosLike(p);
+        StepResult r;
+        ASSERT_TRUE(ComputeGradients(p, x, cfg, &g, &r).ok());
+        at::Tensor xd = x.to(at::kDouble).contiguous();
+        const double ref =
+            AuxKReference(ToPlain(p), std::vector<double>(xd.data_ptr<double>(), xd.data_ptr<double>() + xd.numel()),
+                          c.B, c.k, dead, 1.0 / 32, fit);
+        ASSERT_GT(ref, 0);
+        const double tol = st == at::kDouble ? 1e-10 : 2e-5;
+        EXPECT_NEAR(r.aux_loss, ref, tol * ref)
+            << "B " << c.B << " n " << c.n << " dead " << c.dead << (st == at::kDouble ? " float64" : " float32")
+            << (c.aten ? " (ATen step)" : "") << (fit ? " fit" : " as published");
+        EXPECT_NEAR(r.loss, r.fvu + ref, tol * (r.fvu + ref));
+      }
   }
 }
 
@@ -148,65 +149,65 @@ TEST(AuxK, LossEqualsIndependentFloat64Computation) {
 //   every row and lowers the anti-aligned latent 7.
 TEST(AuxK, GradientRaisesDeadLatentsAlignedWithTheResidual) {
   for (bool aten : {false, true})
-  for (bool fit : {true, false}) {
-    SCOPED_TRACE(std::string(aten ? "ATen step" : "CPU kernels") + (fit ? ", fit" : ", as published"));
-    const int64_t d = 16, n = 9, B = 16;
-    auto opt = at::TensorOptions().dtype(at::kDouble);
-    SaeParams p;
-    p.W_dec = at::zeros({n, d}, opt);
-    p.W_dec[0][0] = 1;
-    p.W_dec[1][1] = 1;
-    p.W_dec[2][2] = 1;
-    for (int j = 3; j <= 6; ++j) {
-      p.W_dec[j][2] = 1 / std::sqrt(5.0);
-      p.W_dec[j][3] = 2 / std::sqrt(5.0);
+    for (bool fit : {true, false}) {
+      SCOPED_TRACE(std::string(aten ? "ATen step" : "CPU kernels") + (fit ? ", fit" : ", as published"));
+      const int64_t d = 16, n = 9, B = 16;
+      auto opt = at::TensorOptions().dtype(at::kDouble);
+      SaeParams p;
+      p.W_dec = at::zeros({n, d}, opt);
+      p.W_dec[0][0] = 1;
+      p.W_dec[1][1] = 1;
+      p.W_dec[2][2] = 1;
+      for (int j = 3; j <= 6; ++j) {
+        p.W_dec[j][2] = 1 / std::sqrt(5.0);
+        p.W_dec[j][3] = 2 / std::sqrt(5.0);
+      }
+      p.W_dec[7][2] = -1;
+      p.W_dec[8][4] = 1;
+      p.W_enc = at::zeros({n, d}, opt);
+      p.W_enc[0][0] = 1;  // z_0 = x_0, z_1 = x_1: the live latents decode e1, e2 exactly
+      p.W_enc[1][1] = 1;
+      p.b_enc = at::tensor({0.0, 0.0, 0.05, 1.0, 1.0, 1.0, 1.0, 0.05, -0.5}, opt);
+      p.b_dec = at::zeros({d}, opt);
+      at::manual_seed(3);
+      at::Tensor x = at::zeros({B, d}, opt);
+      x.select(1, 0).copy_(2 + at::rand({B}, opt));  // larger than every dead z: latents 0, 1 win the top-2
+      x.select(1, 1).copy_(2 + at::rand({B}, opt));
+      x.select(1, 2).copy_(0.5 + at::rand({B}, opt));  // the residual, along +e3
+      const std::vector<int64_t> dead = {2, 3, 4, 5, 6, 7, 8};
+      StepConfig cfg;
+      cfg.k = 2;
+      cfg.dead = &dead;
+      cfg.aten = aten;
+      SaeGrads g0 = SaeGrads::ZerosLike(p), g1 = SaeGrads::ZerosLike(p);
+      StepResult r0, r1;
+      cfg.remedy = Remedy::kNone;
+      ASSERT_TRUE(ComputeGradients(p, x, cfg, &g0, &r0).ok());
+      cfg.remedy = Remedy::kAuxK;
+      cfg.aux_coefficient = 1.0 / 32;
+      cfg.auxk_fit = fit;
+      ASSERT_TRUE(ComputeGradients(p, x, cfg, &g1, &r1).ok());
+      EXPECT_GT(r1.aux_loss, 0);
+      // Without a remedy the dead latents get nothing.
+      for (int64_t j : dead) EXPECT_EQ(g0.W_enc[j].abs().sum().item<double>(), 0) << j;
+      at::Tensor gWe = g1.W_enc - g0.W_enc, gbe = g1.b_enc - g0.b_enc;
+      // Reach: the aux gradient touches exactly the dead latents with z > 0.
+      for (int64_t j = 2; j <= 7; ++j) EXPECT_GT(gWe[j].abs().sum().item<double>(), 0) << "latent " << j;
+      EXPECT_EQ(gWe[8].abs().sum().item<double>(), 0) << "relu(z) = 0: AuxK has no gradient for it";
+      EXPECT_EQ(gWe[0].abs().sum().item<double>(), 0);
+      EXPECT_EQ(gWe[1].abs().sum().item<double>(), 0);
+      // Sign: the change of each z_j(b) along the descent direction.
+      at::Tensor dz = -(at::mm(x - p.b_dec, gWe.t()) + gbe);  // B×n, per unit step
+      if (fit) {
+        EXPECT_GT(dz.select(1, 2).min().item<double>(), 0) << "the aligned dead latent must rise";
+        EXPECT_LT(dz.select(1, 7).max().item<double>(), 0) << "the anti-aligned dead latent must fall";
+      } else {
+        // As published, ê's overshoot along e3 dominates: the aligned latent
+        // falls and the anti-aligned one rises (to cancel the overshoot).
+        EXPECT_LT(dz.select(1, 2).max().item<double>(), 0);
+        EXPECT_GT(dz.select(1, 7).min().item<double>(), 0);
+      }
     }
-    p.W_dec[7][2] = -1;
-    p.W_dec[8][4] = 1;
-    p.W_enc = at::zeros({n, d}, opt);
-    p.W_enc[0][0] = 1;  // z_0 = x_0, z_1 = x_1: the live latents decode e1, e2 exactly
-    p.W_enc[1][1] = 1;
-    p.b_enc = at::tensor({0.0, 0.0, 0.05, 1.0, 1.0, 1.0, 1.0, 0.05, -0.5}, opt);
-    p.b_dec = at::zeros({d}, opt);
-    at::manual_seed(3);
-    at::Tensor x = at::zeros({B, d}, opt);
-    x.select(1, 0).copy_(2 + at::rand({B}, opt));  // larger than every dead z: latents 0, 1 win the top-2
-    x.select(1, 1).copy_(2 + at::rand({B}, opt));
-    x.select(1, 2).copy_(0.5 + at::rand({B}, opt));  // the residual, along +e3
-    const std::vector<int64_t> dead = {2, 3, 4, 5, 6, 7, 8};
-    StepConfig cfg;
-    cfg.k = 2;
-    cfg.dead = &dead;
-    cfg.aten = aten;
-    SaeGrads g0 = SaeGrads::ZerosLike(p), g1 = SaeGrads::ZerosLike(p);
-    StepResult r0, r1;
-    cfg.remedy = Remedy::kNone;
-    ASSERT_TRUE(ComputeGradients(p, x, cfg, &g0, &r0).ok());
-    cfg.remedy = Remedy::kAuxK;
-    cfg.aux_coefficient = 1.0 / 32;
-    cfg.auxk_fit = fit;
-    ASSERT_TRUE(ComputeGradients(p, x, cfg, &g1, &r1).ok());
-    EXPECT_GT(r1.aux_loss, 0);
-    // Without a remedy the dead latents get nothing.
-    for (int64_t j : dead) EXPECT_EQ(g0.W_enc[j].abs().sum().item<double>(), 0) << j;
-    at::Tensor gWe = g1.W_enc - g0.W_enc, gbe = g1.b_enc - g0.b_enc;
-    // Reach: the aux gradient touches exactly the dead latents with z > 0.
-    for (int64_t j = 2; j <= 7; ++j) EXPECT_GT(gWe[j].abs().sum().item<double>(), 0) << "latent " << j;
-    EXPECT_EQ(gWe[8].abs().sum().item<double>(), 0) << "relu(z) = 0: AuxK has no gradient for it";
-    EXPECT_EQ(gWe[0].abs().sum().item<double>(), 0);
-    EXPECT_EQ(gWe[1].abs().sum().item<double>(), 0);
-    // Sign: the change of each z_j(b) along the descent direction.
-    at::Tensor dz = -(at::mm(x - p.b_dec, gWe.t()) + gbe);  // B×n, per unit step
-    if (fit) {
-      EXPECT_GT(dz.select(1, 2).min().item<double>(), 0) << "the aligned dead latent must rise";
-      EXPECT_LT(dz.select(1, 7).max().item<double>(), 0) << "the anti-aligned dead latent must fall";
-    } else {
-      // As published, ê's overshoot along e3 dominates: the aligned latent
-      // falls and the anti-aligned one rises (to cancel the overshoot).
-      EXPECT_LT(dz.select(1, 2).max().item<double>(), 0);
-      EXPECT_GT(dz.select(1, 7).min().item<double>(), 0);
-    }
-  }
 }
 
 }  // namespace

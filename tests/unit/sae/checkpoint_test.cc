@@ -125,8 +125,7 @@ TEST(Checkpoint, ACorruptPointerOrDataPositionIsAnErrorNamingIt) {
 }
 
 // Rewrites a safetensors file with one metadata field replaced (or removed).
-void RewriteMetadata(const std::string& from, const std::string& to, const std::string& key,
-                     const std::string* value) {
+void RewriteMetadata(const std::string& from, const std::string& to, const std::string& key, const std::string* value) {
   auto f = SafetensorsFile::Open(from).value();
   SafetensorsWriter w;
   for (const auto& [name, info] : f.tensors()) {

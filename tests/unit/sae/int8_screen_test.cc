@@ -7,11 +7,11 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <unistd.h>
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <unistd.h>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -100,7 +100,9 @@ TEST_F(Int8ScreenTest, RandomSaeSelectsTheExactTopKBitForBit) {
   // d not a multiple of 16 (the dot product's tail), several row blocks,
   // a fixed small C (many rows recomputed) and the adaptive one.
   for (auto [n, d, k, c] : {std::tuple<int64_t, int64_t, int64_t, int64_t>{2048, 96, 16, 24},
-                            {2048, 96, 16, 0}, {1000, 37, 5, 12}, {512, 64, 32, 0}}) {
+                            {2048, 96, 16, 0},
+                            {1000, 37, 5, 12},
+                            {512, 64, 32, 0}}) {
     SaeParams p = RandomParams(n, d, 7 + n + d);
     at::Tensor xc = at::randn({300, d}) * 2 + 0.3;
     auto s = Int8Screen::Create(c, /*adaptive=*/c == 0).value();
@@ -237,15 +239,14 @@ TEST_F(Int8ScreenTest, TrainingRunMatchesDenseFp32) {
       ASSERT_TRUE(a.ok() && b.ok());
       fallback += b->screen_fallback_rows;
       max_dead = std::max(max_dead, dense->dead().NumDead());
-      ASSERT_EQ(dense->dead().since_fired(), screened->dead().since_fired())
-          << OptionName(remedy) << " step " << step;
+      ASSERT_EQ(dense->dead().since_fired(), screened->dead().since_fired()) << OptionName(remedy) << " step " << step;
       EXPECT_NEAR(a->fvu, b->fvu, 1e-5 * a->fvu) << OptionName(remedy) << " step " << step;
     }
     if (remedy != Remedy::kNone) EXPECT_GT(max_dead, 0) << "no dead latents for the remedy";
     const SaeParams& p = dense->params();
     const SaeParams& q = screened->params();
-    for (auto [u, v] : {std::pair{&p.W_enc, &q.W_enc}, {&p.W_dec, &q.W_dec}, {&p.b_enc, &q.b_enc},
-                        {&p.b_dec, &q.b_dec}}) {
+    for (auto [u, v] :
+         {std::pair{&p.W_enc, &q.W_enc}, {&p.W_dec, &q.W_dec}, {&p.b_enc, &q.b_enc}, {&p.b_dec, &q.b_dec}}) {
       const double rel = ((*u - *v).norm() / u->norm().clamp_min(1e-30)).item<double>();
       EXPECT_LT(rel, 1e-5) << OptionName(remedy);
     }
@@ -284,8 +285,10 @@ TEST_F(Int8ScreenTest, StepWithEachRemedyMatchesDenseFp32) {
     StepResult r3;
     cfg.screen = nullptr;
     ASSERT_TRUE(ComputeGradients(p, x * (1 + 1.2e-7), cfg, &g3, &r3).ok());
-    for (auto [u, v, w] : {std::tuple{&g1.W_enc, &g2.W_enc, &g3.W_enc}, {&g1.W_dec, &g2.W_dec, &g3.W_dec},
-                           {&g1.b_enc, &g2.b_enc, &g3.b_enc}, {&g1.b_dec, &g2.b_dec, &g3.b_dec}}) {
+    for (auto [u, v, w] : {std::tuple{&g1.W_enc, &g2.W_enc, &g3.W_enc},
+                           {&g1.W_dec, &g2.W_dec, &g3.W_dec},
+                           {&g1.b_enc, &g2.b_enc, &g3.b_enc},
+                           {&g1.b_dec, &g2.b_dec, &g3.b_dec}}) {
       const double rel = ((*u - *v).norm() / u->norm().clamp_min(1e-30)).item<double>();
       const double rounding = ((*u - *w).norm() / u->norm().clamp_min(1e-30)).item<double>();
       if (remedy == Remedy::kGhostGrads)

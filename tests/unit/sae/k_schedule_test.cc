@@ -14,7 +14,7 @@ TEST(KSchedule, LinearCosineExponentialValues) {
   EXPECT_EQ(lin.KAt(125), 272);  // p = 0.5
   EXPECT_EQ(lin.KAt(250), 32);
   EXPECT_EQ(lin.KAt(999), 32);
-  EXPECT_EQ(lin.KAt(50), 416);   // p = 0.2: 512 - 480*0.2
+  EXPECT_EQ(lin.KAt(50), 416);  // p = 0.2: 512 - 480*0.2
 
   auto cos = KSchedule::Create(KShape::kCosine, 512, 32, 0.5, total).value();
   EXPECT_EQ(cos.KAt(0), 512);
@@ -24,8 +24,8 @@ TEST(KSchedule, LinearCosineExponentialValues) {
 
   auto ex = KSchedule::Create(KShape::kExponential, 512, 32, 1.0, total).value();
   EXPECT_EQ(ex.KAt(0), 512);
-  EXPECT_EQ(ex.KAt(500), 128);   // 512 * (1/16)^0.5
-  EXPECT_EQ(ex.KAt(250), 256);   // 512 * (1/16)^0.25
+  EXPECT_EQ(ex.KAt(500), 128);  // 512 * (1/16)^0.5
+  EXPECT_EQ(ex.KAt(250), 256);  // 512 * (1/16)^0.25
   EXPECT_EQ(ex.KAt(1000), 32);
 }
 

@@ -30,9 +30,9 @@ struct Reference {
 };
 
 // Dense autograd reference of ALGORITHMS.md §1, §2, §4.
-Reference DenseReference(const SaeParams& p0, const at::Tensor& x, int64_t k, Remedy remedy,
-                         double coef, const std::vector<int64_t>& dead, bool project, bool auxk_fit,
-                         int64_t target_k = 0, double current_k_weight = 0, bool current_k_fit = true) {
+Reference DenseReference(const SaeParams& p0, const at::Tensor& x, int64_t k, Remedy remedy, double coef,
+                         const std::vector<int64_t>& dead, bool project, bool auxk_fit, int64_t target_k = 0,
+                         double current_k_weight = 0, bool current_k_fit = true) {
   SaeParams p = p0.Clone();
   for (at::Tensor* t : {&p.W_enc, &p.b_enc, &p.W_dec, &p.b_dec}) t->set_requires_grad(true);
   const int64_t B = x.size(0), n = p.W_enc.size(0), d = x.size(1);
@@ -72,8 +72,8 @@ Reference DenseReference(const SaeParams& p0, const at::Tensor& x, int64_t k, Re
         // α = clamp(⟨ê, e⟩ / ‖ê‖², 0, 1) per row, a constant for the gradient.
         at::Tensor ed = eh.detach();
         at::Tensor den = ed.pow(2).sum(1, true);
-        at::Tensor alpha = at::where(den > 0, ((ed * r).sum(1, true) / den.clamp_min(1e-300)).clamp(0, 1),
-                                     at::ones_like(den));
+        at::Tensor alpha =
+            at::where(den > 0, ((ed * r).sum(1, true) / den.clamp_min(1e-300)).clamp(0, 1), at::ones_like(den));
         eh = alpha * eh;
       }
       aux = coef * scale * (eh - r).pow(2).sum() / denom;
@@ -92,8 +92,8 @@ Reference DenseReference(const SaeParams& p0, const at::Tensor& x, int64_t k, Re
     at::Tensor rk = xhat - p.b_dec, xc = x - p.b_dec;
     at::Tensor rd = rk.detach(), xd = xc.detach();
     at::Tensor den = rd.pow(2).sum(1, true);
-    at::Tensor beta = at::where(den > 0, ((rd * xd).sum(1, true) / den.clamp_min(1e-300)).clamp(0, 1),
-                                at::ones_like(den));
+    at::Tensor beta =
+        at::where(den > 0, ((rd * xd).sum(1, true) / den.clamp_min(1e-300)).clamp(0, 1), at::ones_like(den));
     cur = (beta * rk - xc).pow(2).sum() / denom;
   }
   at::Tensor loss = (multi ? fvu_target + current_k_weight * cur : fvu) + aux;
@@ -141,7 +141,8 @@ TEST_P(StepVsAutograd, GradientsMatchDenseFloat64Reference) {
     if (static_cast<int64_t>(dead.size()) < c.dead && rng() % 2 == 0) dead.push_back(i);
   const double coef = c.remedy == Remedy::kNone ? 0.0 : 0.37;
   const double w_cur = 0.3;
-  Reference ref = DenseReference(p, x, c.k, c.remedy, coef, dead, c.project, c.auxk_fit, c.target_k, w_cur, c.current_k_fit);
+  Reference ref =
+      DenseReference(p, x, c.k, c.remedy, coef, dead, c.project, c.auxk_fit, c.target_k, w_cur, c.current_k_fit);
 
   StepConfig cfg;
   cfg.k = c.k;
@@ -184,27 +185,26 @@ TEST_P(StepVsAutograd, GradientsMatchDenseFloat64Reference) {
   EXPECT_GT(ref.gW_dec.norm().item<double>(), 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, StepVsAutograd,
-    ::testing::Values(Case{16, 8, 32, 4, Remedy::kNone, 0, false},
-                      Case{33, 24, 96, 7, Remedy::kNone, 0, true},
-                      Case{64, 40, 200, 16, Remedy::kNone, 0, true},
-                      Case{33, 24, 96, 7, Remedy::kAuxK, 30, true},
-                      Case{20, 10, 64, 3, Remedy::kAuxK, 2, false},  // |D| < d/2
-                      Case{64, 40, 200, 16, Remedy::kAuxK, 90, true},
-                      Case{33, 24, 96, 7, Remedy::kAuxK, 30, true, false},  // as published
-                      Case{64, 40, 200, 16, Remedy::kAuxK, 90, false, false},
-                      Case{33, 24, 96, 7, Remedy::kGhostGrads, 30, true},
-                      Case{64, 40, 200, 16, Remedy::kGhostGrads, 90, false},
-                      Case{17, 12, 50, 5, Remedy::kGhostGrads, 1, true},
-                      Case{12, 8, 2000, 4, Remedy::kAuxK, 700, true},  // block-threshold top-k
-                      Case{12, 8, 2000, 4, Remedy::kGhostGrads, 300, true},
-                      // Multi-TopK: loss at target_k + 0.3 x loss at k (all remedies).
-                      Case{33, 24, 96, 12, Remedy::kNone, 0, true, true, 3},
-                      Case{33, 24, 96, 12, Remedy::kNone, 0, true, true, 3, false},  // β = 1
-                      Case{64, 40, 200, 32, Remedy::kNone, 0, false, true, 8},
-                      Case{33, 24, 96, 12, Remedy::kAuxK, 30, true, true, 4},
-                      Case{33, 24, 96, 12, Remedy::kGhostGrads, 30, true, true, 4}));
+INSTANTIATE_TEST_SUITE_P(Shapes, StepVsAutograd,
+                         ::testing::Values(Case{16, 8, 32, 4, Remedy::kNone, 0, false},
+                                           Case{33, 24, 96, 7, Remedy::kNone, 0, true},
+                                           Case{64, 40, 200, 16, Remedy::kNone, 0, true},
+                                           Case{33, 24, 96, 7, Remedy::kAuxK, 30, true},
+                                           Case{20, 10, 64, 3, Remedy::kAuxK, 2, false},  // |D| < d/2
+                                           Case{64, 40, 200, 16, Remedy::kAuxK, 90, true},
+                                           Case{33, 24, 96, 7, Remedy::kAuxK, 30, true, false},  // as published
+                                           Case{64, 40, 200, 16, Remedy::kAuxK, 90, false, false},
+                                           Case{33, 24, 96, 7, Remedy::kGhostGrads, 30, true},
+                                           Case{64, 40, 200, 16, Remedy::kGhostGrads, 90, false},
+                                           Case{17, 12, 50, 5, Remedy::kGhostGrads, 1, true},
+                                           Case{12, 8, 2000, 4, Remedy::kAuxK, 700, true},  // block-threshold top-k
+                                           Case{12, 8, 2000, 4, Remedy::kGhostGrads, 300, true},
+                                           // Multi-TopK: loss at target_k + 0.3 x loss at k (all remedies).
+                                           Case{33, 24, 96, 12, Remedy::kNone, 0, true, true, 3},
+                                           Case{33, 24, 96, 12, Remedy::kNone, 0, true, true, 3, false},  // β = 1
+                                           Case{64, 40, 200, 32, Remedy::kNone, 0, false, true, 8},
+                                           Case{33, 24, 96, 12, Remedy::kAuxK, 30, true, true, 4},
+                                           Case{33, 24, 96, 12, Remedy::kGhostGrads, 30, true, true, 4}));
 
 TEST(SaeStep, MetricsFollowTheirDefinitions) {
   SaeParams p = RandomParams(64, 16, 3);
@@ -246,8 +246,8 @@ TEST(Adam, MatchesTorchFormulaAndRenormalisesDecoder) {
   cfg.clip_scale = 0.5;
   std::vector<at::Tensor> m(4), v(4);
   for (int step = 1; step <= 3; ++step) {
-    SaeGrads g{at::randn({10, 6}, at::kDouble), at::randn({10}, at::kDouble),
-               at::randn({10, 6}, at::kDouble), at::randn({6}, at::kDouble)};
+    SaeGrads g{at::randn({10, 6}, at::kDouble), at::randn({10}, at::kDouble), at::randn({10, 6}, at::kDouble),
+               at::randn({6}, at::kDouble)};
     AdamUpdate(&p, g, cfg, &s, nullptr);
     internal::AdamUpdateATen(&r, g, cfg, &sr, nullptr);
     at::Tensor* qs[] = {&q.W_enc, &q.b_enc, &q.W_dec, &q.b_dec};
@@ -281,8 +281,8 @@ TEST(Bf16, RoundsToNearestEven) {
   at::Tensor t = at::tensor({1.0f, 1.00390625f, 1.01171875f, -3.14159f});
   RoundToBF16InPlace(t);
   EXPECT_EQ(t[0].item<float>(), 1.0f);
-  EXPECT_EQ(t[1].item<float>(), 1.0f);         // tie → even
-  EXPECT_EQ(t[2].item<float>(), 1.015625f);    // tie → even (up)
+  EXPECT_EQ(t[1].item<float>(), 1.0f);       // tie → even
+  EXPECT_EQ(t[2].item<float>(), 1.015625f);  // tie → even (up)
   EXPECT_EQ(t[3].item<float>(), -3.140625f);
 }
 

@@ -74,8 +74,8 @@ TEST(Trainer, RecoversPlantedDictionary) {
 // wider than the data needs, a short dead window.
 TrainerOptions DeadProneOptions(Remedy remedy, bool schedule) {
   TrainerOptions o = ConstantKTrainer(64, 1024, 4, 300'000, 1024);
-  o.schedule = schedule ? KSchedule::Create(KShape::kLinear, 16, 4, 0.25, o.total_tokens).value()
-                        : KSchedule::Constant(4);
+  o.schedule =
+      schedule ? KSchedule::Create(KShape::kLinear, 16, 4, 0.25, o.total_tokens).value() : KSchedule::Constant(4);
   o.remedy = remedy;
   o.dead_window_tokens = 20'000;
   o.lr = 2e-3;
@@ -83,9 +83,7 @@ TrainerOptions DeadProneOptions(Remedy remedy, bool schedule) {
   return o;
 }
 
-PlantedDictionary DeadProneData() {
-  return Planted(64, 256, 4, 3, 0.02);
-}
+PlantedDictionary DeadProneData() { return Planted(64, 256, 4, 3, 0.02); }
 
 // Planted data with four times more latents than atoms: here latents beyond
 // the 256 atoms SHOULD end up unused, so "fewer dead latents" is not the
@@ -100,10 +98,10 @@ TEST(Trainer, GhostGradsLeavesFewerDeadLatentsOnPlantedData) {
   TrainRun sched = Train(DeadProneOptions(Remedy::kNone, true), data);
   const int64_t n_none = none.trainer->dead().NumDead(), n_auxk = auxk.trainer->dead().NumDead();
   const int64_t n_ghost = ghost.trainer->dead().NumDead(), n_sched = sched.trainer->dead().NumDead();
-  std::printf("dead latents of 1024: none %ld (fvu %.4f), auxk %ld (fvu %.4f), ghost_grads %ld (fvu %.4f), "
-              "k schedule 16->4 %ld (fvu %.4f)\n",
-              n_none, none.final_fvu, n_auxk, auxk.final_fvu, n_ghost, ghost.final_fvu, n_sched,
-              sched.final_fvu);
+  std::printf(
+      "dead latents of 1024: none %ld (fvu %.4f), auxk %ld (fvu %.4f), ghost_grads %ld (fvu %.4f), "
+      "k schedule 16->4 %ld (fvu %.4f)\n",
+      n_none, none.final_fvu, n_auxk, auxk.final_fvu, n_ghost, ghost.final_fvu, n_sched, sched.final_fvu);
   EXPECT_GT(n_none, 100);  // the data does leave latents dead without a remedy
   EXPECT_LT(n_ghost, n_none);
   for (const TrainRun* r : {&none, &auxk, &ghost, &sched}) EXPECT_LT(r->final_fvu, 0.2);
@@ -148,13 +146,16 @@ TEST(Trainer, ReconstructionNormAtKStartMatchesTheInput) {
     ASSERT_TRUE(m.ok()) << m.status();
     EXPECT_EQ(m->k, 512);
     // The step's own measurement (before its update) and a fresh one after it.
-    std::printf("init_encoder_scale %s: reconstruction norm / input norm at k 512: %.3f (step 1), "
-                "%.3f after it; encoder scale %.4f\n", OptionName(init), m->recon_norm_ratio, ReconNormRatio(*t, x, 512),
-                t->encoder_scale());
+    std::printf(
+        "init_encoder_scale %s: reconstruction norm / input norm at k 512: %.3f (step 1), "
+        "%.3f after it; encoder scale %.4f\n",
+        OptionName(init), m->recon_norm_ratio, ReconNormRatio(*t, x, 512), t->encoder_scale());
     if (multi) {
       const double at_target = ReconNormRatio(*t, x, 8);
-      std::printf("Multi-TopK: reconstruction norm / input norm at the target k 8 after step 1: %.3f; "
-                  "loss %.3f, fvu at k 512 %.1f\n", at_target, m->loss, m->fvu);
+      std::printf(
+          "Multi-TopK: reconstruction norm / input norm at the target k 8 after step 1: %.3f; "
+          "loss %.3f, fvu at k 512 %.1f\n",
+          at_target, m->loss, m->fvu);
       EXPECT_EQ(t->encoder_scale(), 1.0) << "auto keeps the draw with Multi-TopK";
       EXPECT_GT(at_target, 0.5);
       EXPECT_LT(at_target, 2.0);
@@ -194,8 +195,8 @@ TEST(Trainer, KScheduleCarriesTheReconstructionScale) {
     }
     EXPECT_EQ(m.k, 4);
     last_ratio[carry] = m.recon_norm_ratio;
-    std::printf("carry_scale %d: reconstruction norm / input norm at the end of the schedule (k 4): %.3f\n",
-                carry, m.recon_norm_ratio);
+    std::printf("carry_scale %d: reconstruction norm / input norm at the end of the schedule (k 4): %.3f\n", carry,
+                m.recon_norm_ratio);
   }
   EXPECT_GT(last_ratio[1], 0.7);
   EXPECT_LT(last_ratio[1], 1.4);
@@ -243,8 +244,8 @@ TEST(Trainer, DeadLatentsAreCountedAtTheTargetK) {
 // than 1e-6 after one step.
 TEST(Trainer, AtenStepTrainsTheSameSaeAsCpuKernels) {
   auto data = DeadProneData();
-  for (auto [remedy, schedule] : {std::pair{Remedy::kAuxK, false}, {Remedy::kGhostGrads, false},
-                                  {Remedy::kNone, true}}) {
+  for (auto [remedy, schedule] :
+       {std::pair{Remedy::kAuxK, false}, {Remedy::kGhostGrads, false}, {Remedy::kNone, true}}) {
     TrainerOptions o = DeadProneOptions(remedy, schedule);
     o.float64 = true;
     o.total_tokens = 6 * o.batch_tokens;
@@ -255,15 +256,14 @@ TEST(Trainer, AtenStepTrainsTheSameSaeAsCpuKernels) {
     const SaeParams& a = cpu.trainer->params();
     const SaeParams& b = aten.trainer->params();
     ASSERT_EQ(a.W_enc.scalar_type(), at::kDouble);
-    for (auto [x, y] : {std::pair{&a.W_enc, &b.W_enc}, {&a.W_dec, &b.W_dec}, {&a.b_enc, &b.b_enc},
-                        {&a.b_dec, &b.b_dec}}) {
+    for (auto [x, y] :
+         {std::pair{&a.W_enc, &b.W_enc}, {&a.W_dec, &b.W_dec}, {&a.b_enc, &b.b_enc}, {&a.b_dec, &b.b_dec}}) {
       const double rel = ((*x - *y).norm() / x->norm()).item<double>();
       EXPECT_LT(rel, 1e-8) << OptionName(remedy);
     }
     if (!schedule) EXPECT_GT(cpu.trainer->dead().NumDead(), 0) << "the remedy had no dead latents to act on";
     EXPECT_NEAR(cpu.final_fvu, aten.final_fvu, 1e-9) << OptionName(remedy);
-    EXPECT_EQ(cpu.trainer->dead().since_fired(), aten.trainer->dead().since_fired())
-        << OptionName(remedy);
+    EXPECT_EQ(cpu.trainer->dead().since_fired(), aten.trainer->dead().since_fired()) << OptionName(remedy);
   }
 }
 
@@ -352,8 +352,10 @@ namespace {
 
 // A k schedule without start begins at d_in (at least k, at most latents).
 TEST(Trainer, KScheduleStartDefaultsToDIn) {
-  auto job = ParseJobConfig("data: {kind: shards, path: a}\nsae: {latents: 1024, k: 8, k_schedule: {shape: cosine}}\n"
-                            "train: {tokens: 100000}\noutput: o\n", "j.yaml");
+  auto job = ParseJobConfig(
+      "data: {kind: shards, path: a}\nsae: {latents: 1024, k: 8, k_schedule: {shape: cosine}}\n"
+      "train: {tokens: 100000}\noutput: o\n",
+      "j.yaml");
   ASSERT_TRUE(job.ok()) << job.status();
   auto o = TrainerOptionsFromJob(*job, 64);
   ASSERT_TRUE(o.ok()) << o.status();

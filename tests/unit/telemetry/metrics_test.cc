@@ -64,16 +64,15 @@ TEST(TrainingMetrics, ServesContractNamesAndRecordedValues) {
   const std::string resp = HttpGet((*m)->address(), "/metrics");
   ASSERT_NE(resp.find("200 OK"), std::string::npos) << resp;
   const std::string lab = "job=\"j1\",rank=\"3\",role=\"worker\",sae=\"s1\"";
-  for (const std::string& want : std::vector<std::string>
-       {"sae_tokens_total{" + lab + "} 8192", "sae_train_steps_total{" + lab + "} 2",
-        "sae_k{" + lab + "} 64", "sae_fraction_variance_unexplained{" + lab + "} 0.25",
-        "sae_reconstruction_mse{" + lab + "} 0.125", "sae_l0{" + lab + "} 63.5",
-        "sae_dead_latents_ratio{" + lab + "} 0.0625",
-        std::string("sae_auxiliary_loss{job=\"j1\",rank=\"3\",remedy=\"ghost_grads\",role=\"worker\",sae=\"s1\"} 0.5"),
-        "sae_data_wait_seconds_total{" + lab + "} 0.004", "sae_step_duration_seconds_count{" + lab + "} 2",
-        "sae_allreduce_duration_seconds_count{" + lab + "} 2",
-        "sae_screen_fallback_rows_total{" + lab + "} 6", "sae_screen_candidates{" + lab + "} 135",
-        "sae_build_info{blas=\"", "blas_core_source=\""})
+  for (const std::string& want : std::vector<std::string>{
+           "sae_tokens_total{" + lab + "} 8192", "sae_train_steps_total{" + lab + "} 2", "sae_k{" + lab + "} 64",
+           "sae_fraction_variance_unexplained{" + lab + "} 0.25", "sae_reconstruction_mse{" + lab + "} 0.125",
+           "sae_l0{" + lab + "} 63.5", "sae_dead_latents_ratio{" + lab + "} 0.0625",
+           std::string(
+               "sae_auxiliary_loss{job=\"j1\",rank=\"3\",remedy=\"ghost_grads\",role=\"worker\",sae=\"s1\"} 0.5"),
+           "sae_data_wait_seconds_total{" + lab + "} 0.004", "sae_step_duration_seconds_count{" + lab + "} 2",
+           "sae_allreduce_duration_seconds_count{" + lab + "} 2", "sae_screen_fallback_rows_total{" + lab + "} 6",
+           "sae_screen_candidates{" + lab + "} 135", "sae_build_info{blas=\"", "blas_core_source=\""})
     EXPECT_NE(resp.find(want), std::string::npos) << want << "\n" << resp;
   EXPECT_NE(HttpGet((*m)->address(), "/other").find("404"), std::string::npos);
 

@@ -19,8 +19,8 @@ std::string Line(int step, double tokens, double fvu) {
   return "{\"step\":" + std::to_string(step) + ",\"tokens\":" + std::to_string(tokens) +
          ",\"k\":" + std::to_string(64 - step) + ",\"fvu\":" + std::to_string(fvu) +
          ",\"mse\":" + std::to_string(fvu / 10) + ",\"aux_loss\":0.01,\"l0\":" + std::to_string(60 - step) +
-         ",\"dead_ratio\":" + std::to_string(0.5 / step) + ",\"tokens_per_second\":" +
-         std::to_string(1000 * step) + "}\n";
+         ",\"dead_ratio\":" + std::to_string(0.5 / step) + ",\"tokens_per_second\":" + std::to_string(1000 * step) +
+         "}\n";
 }
 
 fs::path RunDir(const std::string& name, const std::string& metrics) {
@@ -52,7 +52,8 @@ TEST(ParseMetricsJsonl, ErrorsNameFileAndLine) {
       {Line(1, 100, 0.9) + Line(2, 200, 0.5) + "{\"tokens\": 3", "run/metrics.jsonl:3: not valid JSON"},
       {Line(1, 100, 0.9) + "[1,2]\n", "run/metrics.jsonl:2: not a JSON object"},
       {"{\"fvu\": 0.1}\n", "run/metrics.jsonl:1: field 'tokens' is missing"},
-      {Line(1, 100, 0.9) + "{\"tokens\": 200, \"mse\": \"high\"}\n", "run/metrics.jsonl:2: field 'mse' is not a number"},
+      {Line(1, 100, 0.9) + "{\"tokens\": 200, \"mse\": \"high\"}\n",
+       "run/metrics.jsonl:2: field 'mse' is not a number"},
       {Line(1, 300, 0.9) + Line(2, 200, 0.5), "run/metrics.jsonl:2: tokens 200 is less than"},
       {"\n\n", "run/metrics.jsonl: no records"},
   };

@@ -11,12 +11,12 @@
 #include "core/base/file_util.h"
 #include "core/comm/communicator.h"
 #include "core/sae/trainer.h"
+#include "tests/testing/scratch_dir.h"
+#include "tests/unit/sae/sae_test_util.h"
 #include "worker/batch_source.h"
 #include "worker/metrics_sink.h"
 #include "worker/run_world.h"
 #include "worker/step_loop.h"
-#include "tests/testing/scratch_dir.h"
-#include "tests/unit/sae/sae_test_util.h"
 
 namespace sae {
 namespace {
@@ -53,12 +53,17 @@ TEST(MetricsSink, TruncationKeepsWholeLinesUpToTheStep) {
   ScratchDir scratch("sae_worker");
   const std::string path = scratch.Sub("metrics.jsonl");
   EXPECT_TRUE(TruncateMetrics(path, 3).ok());  // no file yet
-  std::ofstream(path) << R"({"step": 1, "fvu": 0.5})" "\n"
-                      << R"({"step": "two"})" "\n"
-                      << R"({"step": 3})" "\n"
-                      << R"({"step": 2.5})" "\n"
+  std::ofstream(path) << R"({"step": 1, "fvu": 0.5})"
+                         "\n"
+                      << R"({"step": "two"})"
+                         "\n"
+                      << R"({"step": 3})"
+                         "\n"
+                      << R"({"step": 2.5})"
+                         "\n"
                       << "[1, 2]\n"
-                      << R"({"step": 4})" "\n"
+                      << R"({"step": 4})"
+                         "\n"
                       << R"({"step": 5, "fv)";  // torn by a crash
   ASSERT_TRUE(TruncateMetrics(path, 3).ok());
   EXPECT_EQ(ReadFileToString(path).value(), "{\"step\": 1, \"fvu\": 0.5}\n{\"step\": 3}\n");
