@@ -52,15 +52,16 @@ def main():
                         last[fields[2].strip()] = float(fields[0]) + float(fields[1])
                     except ValueError:
                         pass  # /usr/bin/time's note on a failed command
-    with open(os.path.join(args.build_dir, ".ninja_log")) as f:
-        for line in [] if args.cpu_log else f:
-            if line.startswith("#"):
-                continue
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) < 4:
-                continue
-            start, end, output = int(fields[0]), int(fields[1]), fields[3]
-            last[output] = (end - start) / 1000.0
+    else:
+        with open(os.path.join(args.build_dir, ".ninja_log")) as f:
+            for line in f:
+                if line.startswith("#"):
+                    continue
+                fields = line.rstrip("\n").split("\t")
+                if len(fields) < 4:
+                    continue
+                start, end, output = int(fields[0]), int(fields[1]), fields[3]
+                last[output] = (end - start) / 1000.0
     total = sum(last.values())
     print(f"{len(last)} steps, {total:.1f} s summed ({unit})")
     print(f"\nslowest {args.top}:")
