@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Sanitizer builds and their tests (gcc, each in a build dir of its own):
 #   build-asan: ASan + UBSan (SAE_SANITIZE=ON), every unit and integration test;
-#   build-tsan: TSan (SAE_TSAN=ON), the coordinator and communicator tests
+#   build-tsan: TSan (SAE_TSAN=ON), test_base (the lock wrapper of
+#               core/base/mutex.h), the coordinator and communicator tests
 #               and test_service (the worker agent: TSan-built
 #               sae-coordinator and sae-worker processes); SAE_TSAN_SERVICE=0
-#               leaves test_service out.
+#               leaves test_service out (what CI runs).
 # Usage: scripts/sanitizers.sh [asan|tsan]...   (default: both)
 # A subset (what CI runs, scripts/test.sh SAE_FULL_CHECKS=ci):
 #   SAE_ASAN_TARGETS="t1 t2 ..." builds only those targets in build-asan,
@@ -25,10 +26,13 @@ jobs=${SAE_SANITIZER_JOBS:-$(nproc)}
 S=$ROOT/tests/sanitizers
 
 # The TSan subset: ctest names (regex) and the targets they need.
-TSAN_TESTS='^(test_coordinator|test_comm|test_comm_gloo|test_comm_mpi)$'
-TSAN_TARGETS=(test_coordinator test_comm)
+# The project's locks are sae::Mutex (core/base/mutex.h), which tells TSan
+# about each lock, unlock and wait: Debian's absl is not TSan-instrumented,
+# so a bare absl::Mutex would be invisible to it.
+TSAN_TESTS='^(test_base|test_coordinator|test_comm|test_comm_gloo|test_comm_mpi)$'
+TSAN_TARGETS=(test_base test_coordinator test_comm)
 if [ "${SAE_TSAN_SERVICE:-1}" = 1 ]; then
-  TSAN_TESTS='^(test_coordinator|test_comm|test_comm_gloo|test_comm_mpi|test_service)$'
+  TSAN_TESTS='^(test_base|test_coordinator|test_comm|test_comm_gloo|test_comm_mpi|test_service)$'
   TSAN_TARGETS+=(test_service sae sae-worker sae-coordinator)
 fi
 

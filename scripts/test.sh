@@ -9,9 +9,8 @@
 # SAE_FULL_CHECKS=ci adds the subset CI runs (.ci/run sets it; sized to keep
 # .ci/run well under an hour on 2 cores, docs/reliability.md "What CI runs"):
 # ASan+UBSan of the unit tests without LibTorch (and the gloo and MPI ranks
-# of test_comm) and the same fuzz pass. Not TSan: Debian's absl is not built
-# with TSan, so TSan does not see absl::Mutex's locking and reports every
-# access it guards (docs/reliability.md).
+# of test_comm), TSan of test_base, test_coordinator and test_comm (with its
+# gloo and MPI ranks; not test_service), and the same fuzz pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -28,6 +27,7 @@ case "${SAE_FULL_CHECKS:-0}" in
     SAE_ASAN_TARGETS="test_base test_data test_coordinator test_telemetry test_report test_comm" \
       SAE_ASAN_TESTS='^(test_base|test_data|test_coordinator|test_telemetry|test_report|test_comm|test_comm_gloo|test_comm_mpi)$' \
       scripts/sanitizers.sh asan
+    SAE_TSAN_SERVICE=0 scripts/sanitizers.sh tsan
     scripts/fuzz.sh "${SAE_FUZZ_SECONDS:-20}"
     ;;
   *) echo "test.sh: SAE_FULL_CHECKS=${SAE_FULL_CHECKS} (0, 1 or ci)"; exit 2 ;;
