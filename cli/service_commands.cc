@@ -31,6 +31,7 @@ struct ServiceCli {
   CLI::App* cancel = nullptr;
   std::string coordinator = "127.0.0.1:50051";
   std::string token_file, tls_ca;
+  double timeout = 30;  // seconds each call may wait for the coordinator, connecting included
   bool json = false;
   // submit
   std::string file, request_id;
@@ -95,28 +96,42 @@ class Client {
       if (!t.ok()) return Annotate(t.status(), "--token-file");
       o.token = std::string(absl::StripAsciiWhitespace(*t));
     }
+    // Each call waits up to --timeout for the coordinator to accept it: a
+    // connection refused or reset while it starts is retried within that.
+    o.wait_for_ready = true;
     SAE_ASSIGN_OR_RETURN(auto ch, MakeChannel(o));
-    return Client(o, v1::JobService::NewStub(ch));
+    return Client(o, ch, v1::JobService::NewStub(ch), c.timeout);
   }
   ClientOptions opts;
+  std::shared_ptr<grpc::Channel> channel;
   std::shared_ptr<v1::JobService::Stub> stub;
+  double timeout;
+
+  // The error of a failed call `what` (names the address; see CallError).
+  absl::Status Error(const grpc::Status& s, const std::string& what) const {
+    return CallError(s, what, channel.get(), opts, timeout);
+  }
 
  private:
-  Client(ClientOptions o, std::unique_ptr<v1::JobService::Stub> s) : opts(std::move(o)), stub(std::move(s)) {}
+  Client(ClientOptions o, std::shared_ptr<grpc::Channel> ch, std::unique_ptr<v1::JobService::Stub> s, double t)
+      : opts(std::move(o)), channel(std::move(ch)), stub(std::move(s)), timeout(t) {}
 };
-
-absl::Status Annotated(const grpc::Status& s, const std::string& what, const std::string& addr) {
-  absl::Status st = FromGrpc(s);
-  if (st.code() == absl::StatusCode::kUnavailable)
-    return absl::UnavailableError(absl::StrCat(what, ": coordinator ", addr, " unavailable: ", st.message()));
-  return Annotate(st, what);
-}
 
 // Follows a job until it finishes; returns the exit code (0 = SUCCEEDED).
 int Watch(Client& c, const std::string& id, bool json, bool quiet) {
   const bool tty = isatty(STDOUT_FILENO);
   v1::Job last;
+  grpc::Status s;
   for (int reconnects = 0; reconnects < 30; ++reconnects) {
+    // A stream has no deadline (a job runs for days), so it does not wait
+    // for the channel: the channel gets --timeout to connect (or to
+    // reconnect to a restarted coordinator) before each stream, and a lost
+    // stream is reopened after a second, 30 times.
+    if (!c.channel->WaitForConnected(std::chrono::system_clock::now() +
+                                     std::chrono::milliseconds(static_cast<int64_t>(c.timeout * 1000)))) {
+      s = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "not connected");
+      break;
+    }
     auto ctx = MakeContext(c.opts, 0);
     v1::WatchJobRequest req;
     req.set_id(id);
@@ -135,12 +150,12 @@ int Watch(Client& c, const std::string& id, bool json, bool quiet) {
       }
       std::fflush(stdout);
     }
-    grpc::Status s = reader->Finish();
+    s = reader->Finish();
     if (s.ok() && (last.state() == v1::SUCCEEDED || last.state() == v1::FAILED || last.state() == v1::CANCELLED)) break;
-    if (!s.ok() && s.error_code() != grpc::StatusCode::UNAVAILABLE)
-      return Fail(Annotated(s, "watch " + id, c.opts.address));
+    if (!s.ok() && s.error_code() != grpc::StatusCode::UNAVAILABLE) return Fail(c.Error(s, "watch " + id));
     std::this_thread::sleep_for(std::chrono::seconds(1));  // coordinator restarting: reconnect
   }
+  if (!s.ok()) return Fail(c.Error(s, "watch " + id));
   if (!json && !quiet) {
     if (tty) std::printf("\n");
     std::printf("%s %s: %s\n", id.c_str(), StateName(last.state()).c_str(), last.reason().c_str());
@@ -174,13 +189,18 @@ int DoSubmit(const ServiceCli& a) {
   if (a.max_restarts >= 0) req.set_max_restarts(a.max_restarts);
   v1::SubmitResponse resp;
   grpc::Status s;
-  for (int attempt = 0; attempt < 5; ++attempt) {  // same request id: retries are idempotent
-    auto ctx = MakeContext(c->opts, 30);
+  // A call lost to UNAVAILABLE after it was sent (the connection reset) is
+  // sent again with the same request id (idempotent), all within --timeout.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(c->timeout);
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    const double left = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
+    if (attempt > 0 && left <= 0) break;
+    auto ctx = MakeContext(c->opts, std::max(left, 0.001));
     s = c->stub->Submit(ctx.get(), req, &resp);
     if (s.error_code() != grpc::StatusCode::UNAVAILABLE) break;
-    std::this_thread::sleep_for(std::chrono::seconds(1));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
-  if (!s.ok()) return Fail(Annotated(s, "submit " + a.file, c->opts.address));
+  if (!s.ok()) return Fail(c->Error(s, "submit " + a.file));
   if (a.json) {
     std::printf("%s\n", ToJson(resp).c_str());
   } else {
@@ -201,9 +221,9 @@ int DoJobs(const ServiceCli& a) {
   v1::ListJobsResponse resp;  // every page, in submission order
   do {
     v1::ListJobsResponse page;
-    auto ctx = MakeContext(c->opts, 30);
+    auto ctx = MakeContext(c->opts, c->timeout);
     grpc::Status s = c->stub->List(ctx.get(), req, &page);
-    if (!s.ok()) return Fail(Annotated(s, "jobs", c->opts.address));
+    if (!s.ok()) return Fail(c->Error(s, "jobs"));
     for (auto& j : *page.mutable_jobs()) *resp.add_jobs() = std::move(j);
     req.set_page_token(page.next_page_token());
   } while (!req.page_token().empty());
@@ -230,9 +250,9 @@ int DoStatus(const ServiceCli& a) {
   v1::GetJobRequest req;
   req.set_id(a.id);
   v1::Job j;
-  auto ctx = MakeContext(c->opts, 30);
+  auto ctx = MakeContext(c->opts, c->timeout);
   grpc::Status s = c->stub->Get(ctx.get(), req, &j);
-  if (!s.ok()) return Fail(Annotated(s, "status " + a.id, c->opts.address));
+  if (!s.ok()) return Fail(c->Error(s, "status " + a.id));
   if (a.json) {
     std::printf("%s\n", ToJson(j).c_str());
     return 0;
@@ -267,9 +287,9 @@ int DoCancel(const ServiceCli& a) {
   req.set_id(a.id);
   req.set_reason(a.reason);
   v1::CancelJobResponse resp;
-  auto ctx = MakeContext(c->opts, 30);
+  auto ctx = MakeContext(c->opts, c->timeout);
   grpc::Status s = c->stub->Cancel(ctx.get(), req, &resp);
-  if (!s.ok()) return Fail(Annotated(s, "cancel " + a.id, c->opts.address));
+  if (!s.ok()) return Fail(c->Error(s, "cancel " + a.id));
   if (a.json)
     std::printf("%s\n", ToJson(resp.job()).c_str());
   else
@@ -285,6 +305,12 @@ void Common(CLI::App* sub, ServiceCli* s) {
       ->envname("SAE_TOKEN_FILE");
   sub->add_option("--tls-ca", s->tls_ca, "PEM CA of the coordinator's certificate: use TLS (or SAE_TLS_CA)")
       ->envname("SAE_TLS_CA");
+  sub->add_option("--timeout", s->timeout,
+                  "seconds each call waits for the coordinator, connecting included: one that is still starting is "
+                  "waited for, an absent one is an error after this (or SAE_TIMEOUT)")
+      ->envname("SAE_TIMEOUT")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   sub->add_flag("--json", s->json, "JSON output");
 }
 

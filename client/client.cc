@@ -33,15 +33,35 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientOptions& 
 std::unique_ptr<grpc::ClientContext> MakeContext(const ClientOptions& opts, double seconds) {
   auto ctx = std::make_unique<grpc::ClientContext>();
   if (!opts.token.empty()) ctx->AddMetadata("authorization", "Bearer " + opts.token);
-  if (seconds > 0)
+  if (seconds > 0) {
     ctx->set_deadline(std::chrono::system_clock::now() +
                       std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)));
+    ctx->set_wait_for_ready(opts.wait_for_ready);
+  }
   return ctx;
 }
 
 absl::Status FromGrpc(const grpc::Status& s) {
   if (s.ok()) return absl::OkStatus();
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+absl::Status CallError(const grpc::Status& s, const std::string& what, grpc::Channel* channel,
+                       const ClientOptions& opts, double seconds) {
+  if (s.ok()) return absl::OkStatus();
+  const bool connected = channel != nullptr && channel->GetState(false) == GRPC_CHANNEL_READY;
+  const std::string within = seconds > 0 ? absl::StrCat(" within ", seconds, " s") : "";
+  switch (s.error_code()) {
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      if (!connected)
+        return absl::UnavailableError(absl::StrCat(what, ": coordinator ", opts.address, " unreachable: no connection",
+                                                   within, " (is sae-coordinator running there?)"));
+      return absl::DeadlineExceededError(absl::StrCat(what, ": coordinator ", opts.address, " did not answer", within));
+    case grpc::StatusCode::UNAVAILABLE:
+      return absl::UnavailableError(
+          absl::StrCat(what, ": coordinator ", opts.address, " unavailable: ", s.error_message()));
+    default: return Annotate(FromGrpc(s), what);
+  }
 }
 
 }  // namespace sae

@@ -1,8 +1,10 @@
 // Failure drills against the built binaries on loopback: workers killed at
 // start, mid-step and mid-checkpoint, a worker frozen past its lease, the
 // coordinator killed while a job is RESTARTING, a rank of a 3-worker job
-// lost, a disk that fills up during a checkpoint. docs/reliability.md lists
-// what each proves.
+// lost, a disk that fills up during a checkpoint, a `sae` command started
+// before its coordinator or without one. docs/reliability.md lists what each
+// proves.
+#include <poll.h>
 #include <sys/mount.h>
 
 #include <functional>
@@ -273,6 +275,96 @@ TEST_F(Service, DiskFullDuringACheckpointKeepsThePreviousOne) {
   ASSERT_EQ(resumed.code, 0) << resumed.out;
   json summary = json::parse(ReadAll(dir_ / "run" / "summary.json"));
   EXPECT_EQ(summary["tokens"].get<int64_t>(), 256 * 400);
+}
+
+int TimeScale() {
+  const char* s = std::getenv("SAE_TEST_TIME_SCALE");
+  return s != nullptr && std::atoi(s) > 1 ? std::atoi(s) : 1;
+}
+
+// A TCP port on 127.0.0.1 nothing listens on (bound, then closed).
+int FreePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+// Drill: no coordinator at the address. Each `sae` command that calls it
+// fails after its --timeout (it waits for a connection until then, no
+// longer) with an error that names the address, never a hang.
+TEST_F(Service, AnAbsentCoordinatorIsAnErrorNamingItsAddressAfterTheTimeout) {
+  const int port = FreePort();
+  ASSERT_GT(port, 0);
+  const std::string addr = "127.0.0.1:" + std::to_string(port);
+  const fs::path job = dir_ / "job.yaml";
+  WriteAll(job, SynthJob("run", 1, 25600, 2560));
+  for (const std::string& cmd :
+       std::vector<std::string>{"jobs", "status job-1", "cancel job-1", "watch job-1", "submit " + job.string()}) {
+    SCOPED_TRACE(cmd);
+    const auto t0 = Clock::now();
+    Result r = Sh(Bin("sae") + " " + cmd + " --timeout 2 --coordinator " + addr);
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    EXPECT_EQ(r.code, 1) << r.out;
+    EXPECT_NE(r.out.find("coordinator " + addr + " unreachable: no connection within 2 s"), std::string::npos) << r.out;
+    EXPECT_GE(s, 1.9) << "did not wait for its timeout: " << r.out;
+    EXPECT_LT(s, 2 + 10.0 * TimeScale()) << r.out;  // the 2 s, plus the process's start and exit
+  }
+}
+
+// Drill: `sae jobs` started while the coordinator's port accepts and drops
+// connections (the TCP handshake of gRPC cut off: "failed to connect ...
+// tcp handshaker shutdown", what a `sae submit` right after the coordinator
+// came up once got at load 12), then the coordinator comes up on that port.
+// The client must retry within its --timeout and succeed, not fail at once.
+TEST_F(Service, AClientRetriesAFailedConnectWithinItsTimeout) {
+  // Close-on-exec: the client (and the coordinator) must not inherit it.
+  const int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int one = 1;
+  ::setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  ASSERT_EQ(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  ASSERT_EQ(::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len), 0);
+  ASSERT_EQ(::listen(lfd, 16), 0);
+  const std::string addr = "127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+  const int timeout = 60 * TimeScale();
+  Proc& client =
+      Spawn({Bin("sae"), "jobs", "--json", "--timeout", std::to_string(timeout), "--coordinator", addr}, "client");
+  // Two connections accepted and closed at once: two failed connects. The
+  // client must still be waiting after each.
+  int st = 0;
+  for (int i = 0; i < 2; ++i) {
+    const auto until = Clock::now() + std::chrono::seconds(30 * TimeScale());
+    pollfd p{lfd, POLLIN, 0};
+    while (::poll(&p, 1, 100) == 0 && Clock::now() < until)
+      ASSERT_EQ(::waitpid(client.pid, &st, WNOHANG), 0) << "the client gave up: " << ReadAll(client.log);
+    ASSERT_TRUE(p.revents & POLLIN) << "the client never connected; " << ReadAll(client.log);
+    const int c = ::accept(lfd, nullptr, nullptr);
+    ASSERT_GE(c, 0);
+    ::close(c);
+  }
+  ::close(lfd);
+  StartCoordinator({}, addr);
+  ASSERT_EQ(addr_, addr);
+  const auto deadline = Clock::now() + std::chrono::seconds(timeout + 10);
+  pid_t done = 0;
+  while ((done = ::waitpid(client.pid, &st, WNOHANG)) == 0 && Clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ASSERT_EQ(done, client.pid) << "the client did not finish: " << ReadAll(client.log);
+  client.pid = -1;
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << ReadAll(client.log);
+  EXPECT_NE(ReadAll(client.log).find('{'), std::string::npos) << ReadAll(client.log);
 }
 
 }  // namespace
