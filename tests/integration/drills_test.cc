@@ -65,7 +65,7 @@ TEST_F(Service, FrozenWorkerPastItsLeaseWritesNothingAfterTheRestart) {
   // The stale attempt found the fence at its first write (a metrics line,
   // or the checkpoint a stop writes) and wrote nothing: without the fence it
   // writes a checkpoint and flips `latest` back to its own, older step.
-  const auto deadline = Clock::now() + std::chrono::seconds(20);
+  const auto deadline = DeadlineIn(20);
   std::string log;
   while (Clock::now() < deadline) {
     log = ReadAll(w1.log);
@@ -97,7 +97,7 @@ TEST_F(Service, WorkersKilledAtStartMidStepAndMidCheckpoint) {
           id, [](const json& j) { return Prog(j, "tokens") > 0 || Terminal(j); }, 60);
       std::this_thread::sleep_for(std::chrono::milliseconds(200 + rng() % 800));
     } else if (kill == 2) {
-      const auto deadline = Clock::now() + std::chrono::seconds(30);
+      const auto deadline = DeadlineIn(30);
       bool in_checkpoint = false;
       while (!in_checkpoint && Clock::now() < deadline) {
         std::error_code ec;
@@ -235,7 +235,7 @@ TEST_F(Service, APartitionedWorkerDoesNotCorruptTheRestartedJob) {
   EXPECT_FALSE(fs::exists(dir_ / "run.partial"));
   json summary = json::parse(ReadAll(dir_ / "run" / "summary.json"));
   EXPECT_EQ(summary["tokens"].get<int64_t>(), total);
-  const auto deadline = Clock::now() + std::chrono::seconds(20);
+  const auto deadline = DeadlineIn(20);
   while (Clock::now() < deadline && ReadAll(w1.log).find("stale attempt 1") == std::string::npos)
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   EXPECT_NE(ReadAll(w1.log).find("stale attempt 1"), std::string::npos) << ReadAll(w1.log);
@@ -275,11 +275,6 @@ TEST_F(Service, DiskFullDuringACheckpointKeepsThePreviousOne) {
   ASSERT_EQ(resumed.code, 0) << resumed.out;
   json summary = json::parse(ReadAll(dir_ / "run" / "summary.json"));
   EXPECT_EQ(summary["tokens"].get<int64_t>(), 256 * 400);
-}
-
-int TimeScale() {
-  const char* s = std::getenv("SAE_TEST_TIME_SCALE");
-  return s != nullptr && std::atoi(s) > 1 ? std::atoi(s) : 1;
 }
 
 // A TCP port on 127.0.0.1 nothing listens on (bound, then closed).
@@ -345,7 +340,7 @@ TEST_F(Service, AClientRetriesAFailedConnectWithinItsTimeout) {
   // client must still be waiting after each.
   int st = 0;
   for (int i = 0; i < 2; ++i) {
-    const auto until = Clock::now() + std::chrono::seconds(30 * TimeScale());
+    const auto until = DeadlineIn(30);
     pollfd p{lfd, POLLIN, 0};
     while (::poll(&p, 1, 100) == 0 && Clock::now() < until)
       ASSERT_EQ(::waitpid(client.pid, &st, WNOHANG), 0) << "the client gave up: " << ReadAll(client.log);

@@ -32,6 +32,17 @@ namespace {
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
+// SAE_TEST_TIME_SCALE (3 in sanitized builds, 1 otherwise): every deadline
+// of these tests is multiplied by it, since a sanitized process runs 2-15x
+// slower. Deadlines only: no test sleeps longer for it.
+int TimeScale() {
+  const char* s = std::getenv("SAE_TEST_TIME_SCALE");
+  return s != nullptr && std::atoi(s) > 1 ? std::atoi(s) : 1;
+}
+
+// `seconds` (times TimeScale) from now.
+Clock::time_point DeadlineIn(int seconds) { return Clock::now() + std::chrono::seconds(seconds * TimeScale()); }
+
 int64_t Num(const json& j, const char* key) {
   if (!j.contains(key)) return 0;
   const json& v = j[key];
@@ -109,7 +120,7 @@ class Service : public ::testing::Test {
                                      "0.5"};
     args.insert(args.end(), extra.begin(), extra.end());
     Proc& p = Spawn(args, "coordinator" + std::to_string(procs_.size()));
-    const auto deadline = Clock::now() + std::chrono::seconds(20);
+    const auto deadline = DeadlineIn(20);
     while (!fs::exists(ready) && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(50));
     EXPECT_TRUE(fs::exists(ready)) << ReadAll(p.log);
     if (fs::exists(ready)) {
@@ -140,7 +151,7 @@ class Service : public ::testing::Test {
   // is `seconds` times SAE_TEST_TIME_SCALE (3 in sanitized builds: a job
   // trains 5-15x slower there).
   json WaitFor(const std::string& id, const std::function<bool(const json&)>& pred, int seconds) {
-    if (const char* s = std::getenv("SAE_TEST_TIME_SCALE"); s != nullptr && std::atoi(s) > 1) seconds *= std::atoi(s);
+    seconds *= TimeScale();
     const auto deadline = Clock::now() + std::chrono::seconds(seconds);
     json j;
     while (Clock::now() < deadline) {

@@ -288,7 +288,7 @@ TEST_F(Service, TwoJobsRunAtOnceAndASweepBecomesThreeJobs) {
   const std::string a = Submit(SynthJob("a", 2, 200000, 50000));
   const std::string b = Submit(SynthJob("b", 2, 200000, 50000));
   bool together = false;
-  const auto deadline = Clock::now() + std::chrono::seconds(120);
+  const auto deadline = DeadlineIn(120);
   json ja, jb;
   while (Clock::now() < deadline) {
     ja = Status(a);
@@ -391,7 +391,7 @@ TEST_F(Service, CancelStopsTheJobWithinSecondsKeepingItsCheckpoint) {
   // The worker stops within seconds: it is idle again in the metrics.
   const auto t0 = Clock::now();
   std::string m;
-  while (Clock::now() - t0 < std::chrono::seconds(10)) {
+  while (Clock::now() - t0 < std::chrono::seconds(10 * TimeScale())) {
     m = HttpGet("/metrics");
     if (m.find("sae_workers{role=\"coordinator\",state=\"idle\"} 1") != std::string::npos) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -525,13 +525,13 @@ TEST_F(Service, TokensRootsAndBadSpecsAreEnforced) {
   StartWorker("bad", {"--worker-token-file", (dir_ / "client.token").string()});
   StartWorker("good", {"--worker-token-file", (dir_ / "worker.token").string()});
   std::string sd;
-  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  const auto deadline = DeadlineIn(60);
   while (Clock::now() < deadline && sd.find("\"good\"") == std::string::npos) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     sd = HttpGet("/sd");
   }
   EXPECT_NE(sd.find("\"good\""), std::string::npos) << sd;
-  const auto deadline2 = Clock::now() + std::chrono::seconds(30);
+  const auto deadline2 = DeadlineIn(30);
   while (Clock::now() < deadline2 && ReadAll(dir_ / "worker-bad.log").find("bearer token") == std::string::npos)
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   EXPECT_NE(ReadAll(dir_ / "worker-bad.log").find("wrong bearer token"), std::string::npos);
