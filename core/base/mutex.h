@@ -11,11 +11,17 @@
 // forwards to absl and cost nothing.
 //
 // A wait (Await, AwaitWithTimeout, CondVar::Wait*) is an unlock and a lock
-// to TSan. absl evaluates an absl::Condition with the lock held, either on
-// the waiting thread or on the thread that unlocks; both happen inside an
-// annotated lock or unlock, where TSan ignores memory accesses, so a
-// condition's reads are not checked (its writes must not exist: a condition
-// is a pure function of guarded state).
+// to TSan. absl evaluates an absl::Condition with the lock held, on the
+// waiting thread or on a thread that unlocks, from inside its own lock or
+// unlock code, where TSan sees neither the lock nor (inside our annotated
+// operation) the accesses. In TSan builds every condition is therefore
+// wrapped: its evaluation leaves the operation's ignored region
+// (__tsan_mutex_pre_divert) and acquires and releases the mutex's clock
+// around the call, so TSan checks the condition's reads as accesses made
+// with the lock held. (Relying on the ignored region alone was not enough: a
+// TSan-built sae-worker reported ActivationStream's HasWindow condition,
+// evaluated in absl's LockSlowWithDeadline, against the producer's locked
+// push.)
 //
 // Defining SAE_NO_TSAN_MUTEX_ANNOTATIONS leaves the annotations out (to see
 // the reports they prevent; docs/reliability.md, "TSan and absl::Mutex").
@@ -52,6 +58,10 @@ inline void PreUnlock(void* m) { __tsan_mutex_pre_unlock(m, 0); }
 inline void PostUnlock(void* m) { __tsan_mutex_post_unlock(m, 0); }
 inline void PreSignal(void* m) { __tsan_mutex_pre_signal(m, 0); }
 inline void PostSignal(void* m) { __tsan_mutex_post_signal(m, 0); }
+inline void Acquire(void* m) { __tsan_acquire(m); }
+inline void Release(void* m) { __tsan_release(m); }
+inline void PreDivert(void* m) { __tsan_mutex_pre_divert(m, 0); }
+inline void PostDivert(void* m) { __tsan_mutex_post_divert(m, 0); }
 #else
 inline void Create(void*) {}
 inline void Destroy(void*) {}
@@ -61,6 +71,32 @@ inline void PreUnlock(void*) {}
 inline void PostUnlock(void*) {}
 inline void PreSignal(void*) {}
 inline void PostSignal(void*) {}
+#endif
+
+#ifdef SAE_TSAN_MUTEX_ANNOTATIONS
+// A condition as absl evaluates it for the mutex `mu`: with the lock held,
+// inside absl's lock or unlock (an ignored region of our annotations).
+struct AnnotatedCondition {
+  const absl::Condition* cond;
+  void* mu;
+  static bool Eval(AnnotatedCondition* c) {
+    // Read this wrapper (on the waiter's stack) still inside the ignored
+    // region: before the acquire, TSan would see no order with its writer.
+    const absl::Condition* cond = c->cond;
+    void* mu = c->mu;
+    PreDivert(mu);
+    Acquire(mu);
+    const bool held = cond->Eval();
+    Release(mu);
+    PostDivert(mu);
+    return held;
+  }
+};
+#define SAE_MUTEX_CONDITION(cond)                                         \
+  ::sae::mutex_internal::AnnotatedCondition sae_annotated{&(cond), this}; \
+  const absl::Condition sae_condition(&::sae::mutex_internal::AnnotatedCondition::Eval, &sae_annotated)
+#else
+#define SAE_MUTEX_CONDITION(cond) const absl::Condition& sae_condition = (cond)
 #endif
 }  // namespace mutex_internal
 
@@ -85,21 +121,24 @@ class ABSL_LOCKABLE Mutex {
   }
   // Locks once `cond` holds.
   void LockWhen(const absl::Condition& cond) ABSL_EXCLUSIVE_LOCK_FUNCTION() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    SAE_MUTEX_CONDITION(cond);
     mutex_internal::PreLock(this);
-    mu_.LockWhen(cond);
+    mu_.LockWhen(sae_condition);
     mutex_internal::PostLock(this);
   }
   // With the lock held: releases it until `cond` holds, then holds it again.
   void Await(const absl::Condition& cond) ABSL_EXCLUSIVE_LOCKS_REQUIRED(this) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    SAE_MUTEX_CONDITION(cond);
     BeginWait();
-    mu_.Await(cond);
+    mu_.Await(sae_condition);
     EndWait();
   }
   // As Await, for at most `timeout`; returns whether `cond` holds.
   bool AwaitWithTimeout(const absl::Condition& cond, absl::Duration timeout)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(this) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+    SAE_MUTEX_CONDITION(cond);
     BeginWait();
-    const bool held = mu_.AwaitWithTimeout(cond, timeout);
+    const bool held = mu_.AwaitWithTimeout(sae_condition, timeout);
     EndWait();
     return held;
   }
@@ -118,6 +157,7 @@ class ABSL_LOCKABLE Mutex {
 
   absl::Mutex mu_;
 };
+#undef SAE_MUTEX_CONDITION
 
 // Holds `mu` for its scope (and, with a condition, locks once it holds).
 class ABSL_SCOPED_LOCKABLE MutexLock {

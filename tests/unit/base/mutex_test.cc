@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <deque>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -139,6 +140,38 @@ TEST(Mutex, MutexLockWithAConditionWaitsForIt) {
   EXPECT_EQ(got, 42);
   MutexLock l(&q.mu);
   EXPECT_TRUE(q.items.empty());
+}
+
+// A bounded queue as ActivationStream's prefetch queue uses it: both sides
+// lock only once their condition holds, and absl evaluates each side's
+// condition on either thread. In the TSan build the conditions' reads are
+// checked (as made with the lock held), so this fails if their annotation is
+// wrong.
+TEST(Mutex, ConditionsOfBothSidesOfABoundedQueue) {
+  struct Bounded {
+    Mutex mu;
+    std::deque<std::unique_ptr<int>> items ABSL_GUARDED_BY(mu);
+    bool HasRoom() const ABSL_SHARED_LOCKS_REQUIRED(mu) { return items.size() < 2; }
+    bool HasItem() const ABSL_SHARED_LOCKS_REQUIRED(mu) { return !items.empty(); }
+  } q;
+  std::thread producer([&] {
+    for (int i = 0; i < 3000; ++i) {
+      MutexLock l(&q.mu, absl::Condition(&q, &Bounded::HasRoom));
+      q.items.push_back(std::make_unique<int>(i));
+    }
+  });
+  long sum = 0;
+  for (int i = 0; i < 3000; ++i) {
+    std::unique_ptr<int> item;
+    {
+      MutexLock l(&q.mu, absl::Condition(&q, &Bounded::HasItem));
+      item = std::move(q.items.front());
+      q.items.pop_front();
+    }
+    sum += *item;
+  }
+  producer.join();
+  EXPECT_EQ(sum, 2999L * 3000 / 2);
 }
 
 TEST(Mutex, CondVarWaitsSeeWritesOfTheSignallingThread) {
