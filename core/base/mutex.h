@@ -13,15 +13,13 @@
 // A wait (Await, AwaitWithTimeout, CondVar::Wait*) is an unlock and a lock
 // to TSan. absl evaluates an absl::Condition with the lock held, on the
 // waiting thread or on a thread that unlocks, from inside its own lock or
-// unlock code, where TSan sees neither the lock nor (inside our annotated
-// operation) the accesses. In TSan builds every condition is therefore
-// wrapped: its evaluation leaves the operation's ignored region
-// (__tsan_mutex_pre_divert) and acquires and releases the mutex's clock
-// around the call, so TSan checks the condition's reads as accesses made
-// with the lock held. (Relying on the ignored region alone was not enough: a
-// TSan-built sae-worker reported ActivationStream's HasWindow condition,
-// evaluated in absl's LockSlowWithDeadline, against the producer's locked
-// push.)
+// unlock code: inside our annotated operation, where TSan ignores memory
+// accesses, so a condition's reads would go unchecked. In TSan builds every
+// condition is therefore wrapped: its evaluation leaves the operation's
+// ignored region (__tsan_mutex_pre_divert) and acquires and releases the
+// mutex's clock around the call, so TSan checks the condition's reads as
+// accesses made with the lock held (a condition reading a field that is
+// written without the lock is reported).
 //
 // Defining SAE_NO_TSAN_MUTEX_ANNOTATIONS leaves the annotations out (to see
 // the reports they prevent; docs/reliability.md, "TSan and absl::Mutex").
