@@ -73,7 +73,12 @@ inline void PostSignal(void*) {}
 
 #ifdef SAE_TSAN_MUTEX_ANNOTATIONS
 // A condition as absl evaluates it for the mutex `mu`: with the lock held,
-// inside absl's lock or unlock (an ignored region of our annotations).
+// inside absl's lock or unlock (an ignored region of our annotations), on
+// the waiting thread or on one that unlocks. The waiter releases the
+// wrapper's address once it is built, so an evaluation on another thread is
+// ordered after the waiter's writes to the condition object; the mutex's
+// own clock does not carry that (a waiter in LockWhen has not released
+// it).
 struct AnnotatedCondition {
   const absl::Condition* cond;
   void* mu;
@@ -83,7 +88,8 @@ struct AnnotatedCondition {
     const absl::Condition* cond = c->cond;
     void* mu = c->mu;
     PreDivert(mu);
-    Acquire(mu);
+    Acquire(c);   // the waiter's writes before it waited (the condition itself)
+    Acquire(mu);  // the critical sections before this evaluation
     const bool held = cond->Eval();
     Release(mu);
     PostDivert(mu);
@@ -92,6 +98,7 @@ struct AnnotatedCondition {
 };
 #define SAE_MUTEX_CONDITION(cond)                                         \
   ::sae::mutex_internal::AnnotatedCondition sae_annotated{&(cond), this}; \
+  ::sae::mutex_internal::Release(&sae_annotated);                         \
   const absl::Condition sae_condition(&::sae::mutex_internal::AnnotatedCondition::Eval, &sae_annotated)
 #else
 #define SAE_MUTEX_CONDITION(cond) const absl::Condition& sae_condition = (cond)
