@@ -141,62 +141,67 @@ constexpr int64_t kBlocksPerChunk = 16;
 struct BoundTerms {
   const float *sw, *cb, *wn, *we;  // per latent
   const int32_t* comp;             // per latent: subtracted from the u8×s8 products
-  float s, al, be;                 // per row: s_x, α, β
 };
 
-// u (n values, then -inf up to a multiple of kChunk) and bmax (one per
-// block, kBlocksPerChunk per chunk; blocks past n are -inf). The same
-// instructions for every caller: the same bits.
-void RowBounds(const BoundTerms& t, const int32_t* a, int64_t n, float* u, float* bmax) {
+// For G rows at once (a[g], row terms s[g], al[g], be[g]; the per-latent
+// terms read once for all G): u[g] (n values, then -inf up to a multiple
+// of kChunk) and bmax[g] (one per block, kBlocksPerChunk per chunk; blocks
+// past n are -inf). Every row's values are computed by the same
+// instructions whatever G: the same bits.
+template <int G>
+void RowBounds(const BoundTerms& t, const float* s, const float* al, const float* be, const int32_t* const* a,
+               int64_t n, float* const* u, float* const* bmax) {
   const int64_t nc = (n + kChunk - 1) / kChunk;
+  const float *sw = t.sw, *cb = t.cb, *wn = t.wn, *we = t.we;
+  const int32_t* comp = t.comp;
 #if defined(__AVX512F__)
-  const __m512 s = _mm512_set1_ps(t.s), al = _mm512_set1_ps(t.al), be = _mm512_set1_ps(t.be);
+  __m512 vs[G], val[G], vbe[G];
+  for (int g = 0; g < G; ++g) {
+    vs[g] = _mm512_set1_ps(s[g]);
+    val[g] = _mm512_set1_ps(al[g]);
+    vbe[g] = _mm512_set1_ps(be[g]);
+  }
   const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   for (int64_t c = 0; c < nc; ++c) {
     const int64_t base = c * kChunk;
-    __m512 mx = ninf;
-    if (base + kChunk <= n) {
-      for (int64_t j = base; j < base + kChunk; j += 16) {
-        const __m512 av =
-            _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512(a + j), _mm512_loadu_si512(t.comp + j)));
-        __m512 r = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_loadu_ps(t.sw + j)), av, _mm512_loadu_ps(t.cb + j));
-        r = _mm512_fmadd_ps(_mm512_loadu_ps(t.wn + j), al, r);
-        r = _mm512_fmadd_ps(_mm512_loadu_ps(t.we + j), be, r);
-        _mm512_storeu_ps(u + j, r);
-        mx = _mm512_max_ps(mx, r);
-      }
-    } else {
-      for (int64_t j = base; j < base + kChunk; j += 16) {
-        const int64_t left = std::max<int64_t>(0, std::min<int64_t>(16, n - j));
-        const __mmask16 m = static_cast<__mmask16>((1u << left) - 1);
-        const __m512 av = _mm512_cvtepi32_ps(
-            _mm512_sub_epi32(_mm512_maskz_loadu_epi32(m, a + j), _mm512_maskz_loadu_epi32(m, t.comp + j)));
-        __m512 r = _mm512_fmadd_ps(_mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, t.sw + j)), av,
-                                   _mm512_maskz_loadu_ps(m, t.cb + j));
-        r = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, t.wn + j), al, r);
-        r = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, t.we + j), be, r);
+    __m512 mx[G];
+    for (int g = 0; g < G; ++g) mx[g] = ninf;
+    const bool full = base + kChunk <= n;
+    for (int64_t j = base; j < base + kChunk; j += 16) {
+      const int64_t left = full ? 16 : std::max<int64_t>(0, std::min<int64_t>(16, n - j));
+      const __mmask16 m = static_cast<__mmask16>((1u << left) - 1);
+      const __m512 vsw = _mm512_maskz_loadu_ps(m, sw + j), vcb = _mm512_maskz_loadu_ps(m, cb + j);
+      const __m512 vwn = _mm512_maskz_loadu_ps(m, wn + j), vwe = _mm512_maskz_loadu_ps(m, we + j);
+      const __m512i vcomp = _mm512_maskz_loadu_epi32(m, comp + j);
+      for (int g = 0; g < G; ++g) {
+        const __m512 av = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_maskz_loadu_epi32(m, a[g] + j), vcomp));
+        __m512 r = _mm512_fmadd_ps(_mm512_mul_ps(vs[g], vsw), av, vcb);
+        r = _mm512_fmadd_ps(vwn, val[g], r);
+        r = _mm512_fmadd_ps(vwe, vbe[g], r);
         r = _mm512_mask_mov_ps(ninf, m, r);
-        _mm512_storeu_ps(u + j, r);
-        mx = _mm512_max_ps(mx, r);
+        _mm512_storeu_ps(u[g] + j, r);
+        mx[g] = _mm512_max_ps(mx[g], r);
       }
     }
-    _mm512_storeu_ps(bmax + c * kBlocksPerChunk, mx);
+    for (int g = 0; g < G; ++g) _mm512_storeu_ps(bmax[g] + c * kBlocksPerChunk, mx[g]);
   }
 #else
   const float ninf = -std::numeric_limits<float>::infinity();
-  for (int64_t c = 0; c < nc; ++c) {
-    float* bm = bmax + c * kBlocksPerChunk;
-    for (int64_t l = 0; l < kBlocksPerChunk; ++l) bm[l] = ninf;
-    for (int64_t j = c * kChunk; j < (c + 1) * kChunk; ++j) {
-      float r = ninf;
-      if (j < n) {
-        r = std::fma(t.s * t.sw[j], static_cast<float>(a[j] - t.comp[j]), t.cb[j]);
-        r = std::fma(t.wn[j], t.al, r);
-        r = std::fma(t.we[j], t.be, r);
+  for (int g = 0; g < G; ++g) {
+    for (int64_t c = 0; c < nc; ++c) {
+      float* bm = bmax[g] + c * kBlocksPerChunk;
+      for (int64_t l = 0; l < kBlocksPerChunk; ++l) bm[l] = ninf;
+      for (int64_t j = c * kChunk; j < (c + 1) * kChunk; ++j) {
+        float r = ninf;
+        if (j < n) {
+          r = std::fma(s[g] * sw[j], static_cast<float>(a[g][j] - comp[j]), cb[j]);
+          r = std::fma(wn[j], al[g], r);
+          r = std::fma(we[j], be[g], r);
+        }
+        u[g][j] = r;
+        float& b = bm[j % kBlocksPerChunk];
+        b = r > b ? r : b;
       }
-      u[j] = r;
-      float& b = bm[j % kBlocksPerChunk];
-      b = r > b ? r : b;
     }
   }
 #endif
@@ -287,7 +292,21 @@ inline float Unkey(int32_t k) {
 // unlike nth_element's partitions). keys: room for cnt.
 float CthLargest(const float* v, int64_t cnt, int64_t C, int32_t* keys) {
   int32_t kmin = std::numeric_limits<int32_t>::max(), kmax = std::numeric_limits<int32_t>::min();
-  for (int64_t i = 0; i < cnt; ++i) {
+  int64_t i0 = 0;
+#if defined(__AVX512F__)
+  __m512i vmin = _mm512_set1_epi32(kmin), vmax = _mm512_set1_epi32(kmax);
+  const __m512i low31 = _mm512_set1_epi32(0x7FFFFFFF);
+  for (; i0 + 16 <= cnt; i0 += 16) {
+    const __m512i b = _mm512_loadu_si512(v + i0);
+    const __m512i key = _mm512_xor_si512(b, _mm512_and_si512(_mm512_srai_epi32(b, 31), low31));
+    _mm512_storeu_si512(keys + i0, key);
+    vmin = _mm512_min_epi32(vmin, key);
+    vmax = _mm512_max_epi32(vmax, key);
+  }
+  kmin = _mm512_reduce_min_epi32(vmin);
+  kmax = _mm512_reduce_max_epi32(vmax);
+#endif
+  for (int64_t i = i0; i < cnt; ++i) {
     keys[i] = Key(v[i]);
     kmin = std::min(kmin, keys[i]);
     kmax = std::max(kmax, keys[i]);
@@ -558,32 +577,68 @@ void SelectCandidates(Int8Screen::Impl& m, int64_t rows, int64_t C) {
   const int64_t nc = (n + kChunk - 1) / kChunk, nbp = nc * kBlocksPerChunk;
   const bool all = RealBlocks(n) <= C;
   m.top_b.resize(static_cast<size_t>(rows * C));
-  at::parallel_for(0, rows, 1, [&](int64_t lo, int64_t hi) {
-    std::vector<float> u(static_cast<size_t>(nc * kChunk)), bmax(static_cast<size_t>(nbp));
+  constexpr int G = 4;  // rows per bounds pass
+  const BoundTerms bt{m.sw.data(), m.cb.data(), m.wn.data(), m.we.data(), m.comp.data()};
+  at::parallel_for(0, (rows + G - 1) / G, 1, [&](int64_t glo, int64_t ghi) {
+    std::vector<float> u(static_cast<size_t>(G * nc * kChunk)), bmax(static_cast<size_t>(G * nbp));
     std::vector<int32_t> buf(static_cast<size_t>(n + 16)), keys(static_cast<size_t>(nbp));
-    for (int64_t r = lo; r < hi; ++r) {
-      std::vector<int32_t>& ci = m.cand_i[r];
-      float thr = -std::numeric_limits<float>::infinity();
-      float mex = -std::numeric_limits<float>::infinity();
-      if (all) {
-        ci.resize(static_cast<size_t>(n));
-        for (int64_t j = 0; j < n; ++j) ci[j] = static_cast<int32_t>(j);
-      } else {
-        const int32_t* a = m.acc.data() + r * n;
-        const BoundTerms bt{m.sw.data(),   m.cb.data(), m.wn.data(), m.we.data(),
-                            m.comp.data(), m.sx[r],     m.alpha[r],  m.beta[r]};
-        RowBounds(bt, a, n, u.data(), bmax.data());
-        thr = CthLargest(bmax.data(), nbp, C, keys.data());
-        float* tb = m.top_b.data() + r * C;
-        for (int64_t b = 0, t = 0; b < nbp && t < C; ++b)
-          if (bmax[b] >= thr) tb[t++] = bmax[b];
-        int64_t cnt = 0;
-        mex = Above(u.data(), bmax.data(), n, thr, buf.data(), &cnt);
-        ci.assign(buf.begin(), buf.begin() + cnt);
+    std::vector<float> topb(static_cast<size_t>(nbp));
+    for (int64_t r1 = glo * G; r1 < std::min(rows, ghi * G); r1 += G) {
+      const int g_n = static_cast<int>(std::min<int64_t>(G, rows - r1));
+      if (!all) {
+        const int32_t* a[G];
+        float* up[G];
+        float* bp[G];
+        for (int g = 0; g < G; ++g) {
+          const int64_t r = r1 + std::min(g, g_n - 1);  // a short group repeats its last row
+          a[g] = m.acc.data() + r * n;
+          up[g] = u.data() + g * nc * kChunk;
+          bp[g] = bmax.data() + g * nbp;
+        }
+        const int64_t rr = r1 + std::min(G, g_n) - 1;
+        float s4[G], al4[G], be4[G];
+        for (int g = 0; g < G; ++g) {
+          const int64_t r = std::min(r1 + g, rr);
+          s4[g] = m.sx[r];
+          al4[g] = m.alpha[r];
+          be4[g] = m.beta[r];
+        }
+        RowBounds<G>(bt, s4, al4, be4, a, n, up, bp);
       }
-      m.thr[r] = thr;
-      m.max_excl[r] = mex;
-      m.cand_v[r].resize(ci.size());
+      for (int g = 0; g < g_n; ++g) {
+        const int64_t r = r1 + g;
+        std::vector<int32_t>& ci = m.cand_i[r];
+        float thr = -std::numeric_limits<float>::infinity();
+        float mex = -std::numeric_limits<float>::infinity();
+        if (all) {
+          ci.resize(static_cast<size_t>(n));
+          for (int64_t j = 0; j < n; ++j) ci[j] = static_cast<int32_t>(j);
+        } else {
+          const float* ur = u.data() + g * nc * kChunk;
+          const float* br = bmax.data() + g * nbp;
+          thr = CthLargest(br, nbp, C, keys.data());
+          // The block maxima >= thr (C of them, more only with ties).
+          int64_t nt = 0;
+#if defined(__AVX512F__)
+          for (int64_t b = 0; b < nbp; b += 16) {
+            const __m512 bm = _mm512_loadu_ps(br + b);
+            const __mmask16 ge = _mm512_cmp_ps_mask(bm, _mm512_set1_ps(thr), _CMP_GE_OQ);
+            _mm512_mask_compressstoreu_ps(topb.data() + nt, ge, bm);
+            nt += __builtin_popcount(ge);
+          }
+#else
+          for (int64_t b = 0; b < nbp; ++b)
+            if (br[b] >= thr) topb[nt++] = br[b];
+#endif
+          std::copy(topb.begin(), topb.begin() + C, m.top_b.begin() + r * C);
+          int64_t cnt = 0;
+          mex = Above(ur, br, n, thr, buf.data(), &cnt);
+          ci.assign(buf.begin(), buf.begin() + cnt);
+        }
+        m.thr[r] = thr;
+        m.max_excl[r] = mex;
+        m.cand_v[r].resize(ci.size());
+      }
     }
   });
 }
@@ -619,6 +674,12 @@ int64_t RescoreCandidates(Int8Screen::Impl& m, const float* XC, int64_t r0, int6
         const float* w = W + j * d;
         for (int64_t tq = m.offs[j]; tq < m.offs[j + 1]; ++tq) {
           const auto [r, s] = m.pairs[tq];
+          // The rows come in no order the hardware prefetcher can follow:
+          // fetch the row two pairs ahead while this one is multiplied.
+          if (tq + 2 < m.offs[n]) {
+            const char* nx = reinterpret_cast<const char*>(XC + (r0 + m.pairs[tq + 2].first) * d);
+            for (int64_t o = 0; o < d * 4; o += 64) __builtin_prefetch(nx + o);
+          }
           m.cand_v[r][s] = ExactPreactivation(XC + (r0 + r) * d, w, bias[j], d);
         }
       }
@@ -663,11 +724,13 @@ void CertifiedTopK(Int8Screen::Impl& m, const float* XC, int64_t r0, int64_t row
         need[r0 + r] = std::min(C, NeededBlocks(m.top_b.data() + r * C, C, tau));
       } else {
         fb_rows[r] = 1;
-        const BoundTerms bt{m.sw.data(),   m.cb.data(), m.wn.data(), m.we.data(),
-                            m.comp.data(), m.sx[r],     m.alpha[r],  m.beta[r]};
+        const BoundTerms bt{m.sw.data(), m.cb.data(), m.wn.data(), m.we.data(), m.comp.data()};
         urow.resize(static_cast<size_t>(nc * kChunk));
         bmax.resize(static_cast<size_t>(nbp));
-        RowBounds(bt, m.acc.data() + r * n, n, urow.data(), bmax.data());
+        const int32_t* ar = m.acc.data() + r * n;
+        float* up = urow.data();
+        float* bp = bmax.data();
+        RowBounds<1>(bt, &m.sx[r], &m.alpha[r], &m.beta[r], &ar, n, &up, &bp);
         // Every latent with u >= the threshold is a candidate already; the
         // others that can reach τ (or be positive when τ <= 0) are added.
         buf.resize(static_cast<size_t>(n + 16));
