@@ -674,12 +674,6 @@ int64_t RescoreCandidates(Int8Screen::Impl& m, const float* XC, int64_t r0, int6
         const float* w = W + j * d;
         for (int64_t tq = m.offs[j]; tq < m.offs[j + 1]; ++tq) {
           const auto [r, s] = m.pairs[tq];
-          // The rows come in no order the hardware prefetcher can follow:
-          // fetch the row two pairs ahead while this one is multiplied.
-          if (tq + 2 < m.offs[n]) {
-            const char* nx = reinterpret_cast<const char*>(XC + (r0 + m.pairs[tq + 2].first) * d);
-            for (int64_t o = 0; o < d * 4; o += 64) __builtin_prefetch(nx + o);
-          }
           m.cand_v[r][s] = ExactPreactivation(XC + (r0 + r) * d, w, bias[j], d);
         }
       }
