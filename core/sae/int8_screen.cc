@@ -420,8 +420,8 @@ struct Int8Screen::Impl {
   std::vector<int64_t> offs;
   std::vector<std::pair<int32_t, int32_t>> pairs;  // (row, slot) sorted by latent
 
-  absl::Status Prepare(int64_t rows, int64_t dd, int64_t nn) {
-    if (rows == R && dd == d && nn == n) return absl::OkStatus();
+  absl::Status Prepare(int64_t rows, int64_t dd, int64_t nn, bool force_reorder) {
+    if (rows == R && dd == d && nn == n && force_reorder == !direct) return absl::OkStatus();
     using dt = dnnl::memory::data_type;
     using tag = dnnl::memory::format_tag;
     try {
@@ -432,7 +432,7 @@ struct Int8Screen::Impl {
       prim = dnnl::matmul(pd);
       w_desc = pd.weights_desc();
       w_mem = dnnl::memory(w_desc, eng);
-      direct = w_desc == dnnl::memory::desc({dd, nn}, dt::s8, tag::BA16a64b4a);
+      direct = !force_reorder && w_desc == dnnl::memory::desc({dd, nn}, dt::s8, tag::BA16a64b4a);
       if (direct) {
         stride_k = w_desc.data.format_desc.blocking.strides[0];
         stride_n = w_desc.data.format_desc.blocking.strides[1];
@@ -772,7 +772,7 @@ absl::Status Int8Screen::TopK(const SaeParams& p, const at::Tensor& xc_t, int64_
   const int64_t C = c_;
   const int64_t R = block_rows_ > 0 ? std::min(block_rows_, B) : AutoBlockRows(B, n);
   Impl& m = *impl_;
-  SAE_RETURN_IF_ERROR(m.Prepare(R, d, n));
+  SAE_RETURN_IF_ERROR(m.Prepare(R, d, n, force_reorder_));
   const float* XC = xc_t.data_ptr<float>();
   at::Tensor W_t = p.W_enc.contiguous();
   at::Tensor b_t = p.b_enc.contiguous();
