@@ -87,6 +87,17 @@ absl::Status ComputeGradientsATen(const SaeParams& params, const at::Tensor& x, 
 void AdamUpdateATen(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg, AdamState* state,
                     at::Tensor* W_enc_lowp);
 
+// Loops with less work than this (in multiply-adds, roughly 30-60 µs on one
+// core) run on the calling thread: a parallel region costs a wake-up and a
+// barrier, microseconds on an idle machine but a scheduler time slice
+// (milliseconds) when another process holds a core, and at small d most of
+// the step's loops are that small (docs/performance.md "Small models").
+constexpr int64_t kMinParallelWork = int64_t{1} << 17;
+// The grain (in items) for at::parallel_for over items of `work_per_item`.
+inline int64_t GrainFor(int64_t work_per_item) {
+  return std::max<int64_t>(1, kMinParallelWork / std::max<int64_t>(1, work_per_item));
+}
+
 // ---- small vector helpers (the compiler vectorises these loops) ----
 template <typename T>
 inline void Axpy(int64_t n, T a, const T* __restrict x, T* __restrict y) {
@@ -217,6 +228,31 @@ inline int64_t AutoBlockRows(int64_t B, int64_t n, size_t elem) {
   int64_t rows = static_cast<int64_t>((size_t{128} << 20) / (static_cast<size_t>(n) * elem));
   rows = std::max<int64_t>(rows, 64);
   return std::min(rows, B);
+}
+
+// How the float32 step runs its oneDNN encoder GEMM (sae_step.cc
+// EncodeAndSelect). per_thread: each thread multiplies blocks of `rows` rows
+// on its own and selects their top-k while the block's pre-activations are
+// in its L2 (about 256 KiB of them); chosen when the encoder (n·d floats)
+// is at most 8 MiB, so that every block's pass over it hits the shared
+// cache. Otherwise blocks of AutoBlockRows rows, each multiplied by all
+// threads together. block_rows > 0 (tests) fixes the block size.
+struct EncoderPlan {
+  int64_t rows = 0;
+  bool per_thread = false;
+};
+inline EncoderPlan PlanEncoder(int64_t B, int64_t n, int64_t d, int64_t block_rows) {
+  EncoderPlan e;
+  e.per_thread = static_cast<size_t>(n) * static_cast<size_t>(d) * sizeof(float) <= (size_t{8} << 20);
+  if (block_rows > 0) {
+    e.rows = std::min(block_rows, B);
+  } else if (e.per_thread) {
+    const int64_t r = static_cast<int64_t>((size_t{256} << 10) / (static_cast<size_t>(n) * sizeof(float)));
+    e.rows = std::min(std::clamp<int64_t>(r / 8 * 8, 8, 512), B);
+  } else {
+    e.rows = AutoBlockRows(B, n, sizeof(float));
+  }
+  return e;
 }
 
 // A tensor of `shape` and `st`, reused from `slot` when it already fits.
