@@ -82,7 +82,8 @@ absl::Status EncoderGemm::SetWeights(const float* W, const float* b, int64_t n, 
     m.strm.wait();
     m.bias.assign(b, b + n);
   } catch (const dnnl::error& e) {
-    return absl::InternalError(absl::StrCat("encoder GEMM: oneDNN f32 matmul (", n, " latents, d ", d, "): ", e.what()));
+    return absl::InternalError(
+        absl::StrCat("encoder GEMM: oneDNN f32 matmul (", n, " latents, d ", d, "): ", e.what()));
   }
   return absl::OkStatus();
 }

@@ -205,14 +205,16 @@ absl::Status EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const Ste
     if (onednn) {
       std::shared_ptr<internal::EncoderGemm> gemm_holder;
       if (ws != nullptr && !ws->gemm) ws->gemm = std::make_shared<internal::EncoderGemm>();
-      internal::EncoderGemm* gemm = ws != nullptr ? ws->gemm.get() : (gemm_holder = std::make_shared<internal::EncoderGemm>()).get();
+      internal::EncoderGemm* gemm =
+          ws != nullptr ? ws->gemm.get() : (gemm_holder = std::make_shared<internal::EncoderGemm>()).get();
       const at::Tensor w = enc_w.contiguous();
       const float* X = enc_in.data_ptr<float>();
       const internal::EncoderPlan plan = internal::PlanEncoder(B, n, d, cfg.block_rows);
       const int64_t R = plan.rows, tail = B % R;
       const int64_t counts[2] = {R, tail};
       double tg = NowSeconds();
-      SAE_RETURN_IF_ERROR(gemm->SetWeights(w.data_ptr<float>(), p.b_enc.data_ptr<float>(), n, d, counts, tail > 0 ? 2 : 1));
+      SAE_RETURN_IF_ERROR(
+          gemm->SetWeights(w.data_ptr<float>(), p.b_enc.data_ptr<float>(), n, d, counts, tail > 0 ? 2 : 1));
       const int64_t nblocks = (B + R - 1) / R;
       if (plan.per_thread) {
         // One parallel region for the whole encoder: blocks are handed out
@@ -223,7 +225,7 @@ absl::Status EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const Ste
         absl::Status first_error;
         std::mutex mu;
         const int64_t work = B * n * d, threads = at::get_num_threads();
-        at::parallel_for(0, threads, work >= 16 * internal::kMinParallelWork ? 1 : threads, [&](int64_t, int64_t) {
+        at::parallel_for(0, threads, work >= 4 * internal::kMinParallelWork ? 1 : threads, [&](int64_t, int64_t) {
           const int slot = at::get_thread_num();
           thread_local std::vector<float> zt;
           if (zt.size() < static_cast<size_t>(R * n)) zt.resize(static_cast<size_t>(R * n));
@@ -376,8 +378,8 @@ void Decode(const SaeParams& p, const FiredByLatent<T>& f, int64_t B, T* XH, T* 
   const T* bdec = p.b_dec.data_ptr<T>();
   // Each part walks every latent's list: n + its share of the B·k·d work.
   const int64_t work = static_cast<int64_t>(f.items.size()) * d + n;
-  const int64_t parts = std::max<int64_t>(
-      1, std::min<int64_t>({at::get_num_threads(), B, work / internal::kMinParallelWork}));
+  const int64_t parts =
+      std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), B, work / internal::kMinParallelWork}));
   T* const dst_of[3] = {XH, EH, TH};
   at::parallel_for(0, parts, 1, [&](int64_t plo, int64_t phi) {
     for (int64_t part = plo; part < phi; ++part) {

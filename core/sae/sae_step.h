@@ -19,7 +19,7 @@
 
 namespace sae {
 
-class Int8Screen;                        // core/sae/int8_screen.h
+class Int8Screen;  // core/sae/int8_screen.h
 namespace internal {
 class EncoderGemm;  // core/sae/encoder_gemm.h
 }

@@ -87,12 +87,14 @@ absl::Status ComputeGradientsATen(const SaeParams& params, const at::Tensor& x, 
 void AdamUpdateATen(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg, AdamState* state,
                     at::Tensor* W_enc_lowp);
 
-// Loops with less work than this (in multiply-adds, roughly 30-60 µs on one
-// core) run on the calling thread: a parallel region costs a wake-up and a
-// barrier, microseconds on an idle machine but a scheduler time slice
-// (milliseconds) when another process holds a core, and at small d most of
-// the step's loops are that small (docs/performance.md "Small models").
-constexpr int64_t kMinParallelWork = int64_t{1} << 17;
+// Loops with less work than this (in multiply-adds, roughly 0.3-0.5 ms on
+// one core) run on the calling thread: a parallel region costs a wake-up and
+// a barrier, microseconds on an idle machine but a scheduler time slice
+// (4-16 ms measured) when other processes hold the cores, and at small d
+// most of the step's loops are that small (docs/performance.md "Small
+// models": with 2^17 the d 64 step's decode, scatter and Adam took 10-30 ms
+// each on a loaded machine, against 0.3-1 ms serially).
+constexpr int64_t kMinParallelWork = int64_t{1} << 20;
 // The grain (in items) for at::parallel_for over items of `work_per_item`.
 inline int64_t GrainFor(int64_t work_per_item) {
   return std::max<int64_t>(1, kMinParallelWork / std::max<int64_t>(1, work_per_item));
@@ -233,7 +235,9 @@ inline int64_t AutoBlockRows(int64_t B, int64_t n, size_t elem) {
 // How the float32 step runs its oneDNN encoder GEMM (sae_step.cc
 // EncodeAndSelect). per_thread: each thread multiplies blocks of `rows` rows
 // on its own and selects their top-k while the block's pre-activations are
-// in its L2 (about 256 KiB of them); chosen when the encoder (n·d floats)
+// in its L2 (about 256 KiB of them, at least 32 rows: oneDNN's f32 kernel
+// runs at 137 GFLOP/s with 16-row blocks, 225-245 with 32 or more, d 64,
+// 4096 latents, one core); chosen when the encoder (n·d floats)
 // is at most 8 MiB, so that every block's pass over it hits the shared
 // cache. Otherwise blocks of AutoBlockRows rows, each multiplied by all
 // threads together. block_rows > 0 (tests) fixes the block size.
@@ -248,7 +252,7 @@ inline EncoderPlan PlanEncoder(int64_t B, int64_t n, int64_t d, int64_t block_ro
     e.rows = std::min(block_rows, B);
   } else if (e.per_thread) {
     const int64_t r = static_cast<int64_t>((size_t{256} << 10) / (static_cast<size_t>(n) * sizeof(float)));
-    e.rows = std::min(std::clamp<int64_t>(r / 8 * 8, 8, 512), B);
+    e.rows = std::min(std::clamp<int64_t>(r / 8 * 8, 32, 512), B);
   } else {
     e.rows = AutoBlockRows(B, n, sizeof(float));
   }
