@@ -4,7 +4,8 @@
 // computed in row blocks and reduced to the top-k at once, and weight
 // gradients are gathered per latent from the k entries each token selected.
 // Free functions over caller-owned tensors; each call uses every core through
-// at::parallel_for and is not re-entrant on the same tensors.
+// at::parallel_for (loops too small to gain stay on the calling thread) and
+// is not re-entrant on the same tensors.
 #pragma once
 
 #include <ATen/ATen.h>
