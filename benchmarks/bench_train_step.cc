@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -37,9 +38,19 @@ using sae::bench::SteadyNow;
 
 namespace {
 
+// CPU time of the whole process (every thread). With --threads 1 on a loaded
+// machine it is the step's own cost, without the time slices other
+// processes took; with more threads it includes OpenMP's spin-waits.
+double ProcessCpuSeconds() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
 struct RunResult {
   std::string encoder;
   double step = 0, fallback_rate = 0, candidates = 0;
+  double step_cpu = 0;  // CPU-seconds of the process per step (median)
   std::map<std::string, double> phases;
 };
 
@@ -119,19 +130,23 @@ absl::StatusOr<RunResult> MeasureEncoder(const Flags& f, const std::string& enc,
   if (!W_first->defined()) *W_first = (*trainer)->params().W_enc.cpu().clone();
   RunResult rr;
   rr.encoder = enc;
-  std::vector<double> step_s, fb, cand;
+  std::vector<double> step_s, step_cpu, fb, cand;
   std::map<std::string, std::vector<double>> phases;
   for (int64_t i = 0; i < f.warmup + f.steps; ++i) {
+    const double c0 = ProcessCpuSeconds();
     auto m = (*trainer)->Step(x.data_ptr<float>(), f.batch);
+    const double c1 = ProcessCpuSeconds();
     if (!m.ok()) return m.status();
     if (i >= f.warmup) {
       step_s.push_back(m->seconds);
+      step_cpu.push_back(c1 - c0);
       for (auto& [name, sec] : m->phase_seconds) phases[name].push_back(sec);
       fb.push_back(static_cast<double>(m->screen_fallback_rows) / f.batch);
       cand.push_back(static_cast<double>(m->screen_candidates));
     }
   }
   rr.step = Median(step_s);
+  rr.step_cpu = Median(step_cpu);
   rr.fallback_rate = Median(fb);
   rr.candidates = Median(cand);
   for (auto& [name, v] : phases) rr.phases[name] = Median(v);
@@ -149,7 +164,9 @@ absl::StatusOr<RunResult> MeasureEncoder(const Flags& f, const std::string& enc,
 // one element.
 struct GemmTimes {
   double aten = 0, onednn = 0;
+  double aten_cpu = 0, onednn_cpu = 0;  // CPU-seconds of the process (median)
   double Best() const { return onednn > 0 ? std::min(aten, onednn) : aten; }
+  double BestCpu() const { return onednn_cpu > 0 ? std::min(aten_cpu, onednn_cpu) : aten_cpu; }
 };
 
 GemmTimes GemmFloor(const Flags& f, const at::Tensor& W_first, const at::Tensor& x, bool bf16) {
@@ -167,27 +184,37 @@ GemmTimes GemmFloor(const Flags& f, const at::Tensor& W_first, const at::Tensor&
     sae::internal::EncoderGemm gemm;
     const int64_t rows[1] = {f.batch};
     if (gemm.SetWeights(W.data_ptr<float>(), b.data_ptr<float>(), f.n, f.d, rows, 1).ok()) {
-      std::vector<double> s;
+      std::vector<double> s, c;
       for (int64_t i = 0; i < f.warmup + f.steps; ++i) {
-        const double t0 = SteadyNow();
+        const double t0 = SteadyNow(), c0 = ProcessCpuSeconds();
         if (!gemm.Run(xin.data_ptr<float>(), f.batch, z.data_ptr<float>(), 0).ok()) break;
-        if (i >= f.warmup) s.push_back(SteadyNow() - t0);
+        if (i >= f.warmup) {
+          s.push_back(SteadyNow() - t0);
+          c.push_back(ProcessCpuSeconds() - c0);
+        }
       }
-      if (!s.empty()) out.onednn = Median(s);
+      if (!s.empty()) {
+        out.onednn = Median(s);
+        out.onednn_cpu = Median(c);
+      }
     }
   }
   W = W.to(dev);
   b = b.to(dev);
   xin = xin.to(dev);
   z = z.to(dev);
-  std::vector<double> gemm_s;
+  std::vector<double> gemm_s, gemm_c;
   for (int64_t i = 0; i < f.warmup + f.steps; ++i) {
-    const double t0 = SteadyNow();
+    const double t0 = SteadyNow(), c0 = ProcessCpuSeconds();
     at::addmm_out(z, b, xin, W.t());
     if (!dev.is_cpu()) z.select(0, 0).select(0, 0).item<float>();
-    if (i >= f.warmup) gemm_s.push_back(SteadyNow() - t0);
+    if (i >= f.warmup) {
+      gemm_s.push_back(SteadyNow() - t0);
+      gemm_c.push_back(ProcessCpuSeconds() - c0);
+    }
   }
   out.aten = Median(gemm_s);
+  out.aten_cpu = Median(gemm_c);
   return out;
 }
 
@@ -210,9 +237,11 @@ double TorchForward(const Flags& f, const at::Tensor& W_first, const at::Tensor&
 struct Floors {
   GemmTimes fp32_times, bf16_times;
   double fp32 = 0, bf16 = 0;
+  double fp32_cpu = 0, bf16_cpu = 0;  // the floors in CPU-seconds
   bool any_bf16 = false;
   double torch_forward = 0;  // the peer (0: not measured)
   double Of(const RunResult& r) const { return r.encoder == "bf16" ? bf16 : fp32; }
+  double CpuOf(const RunResult& r) const { return r.encoder == "bf16" ? bf16_cpu : fp32_cpu; }
 };
 
 double LoadAverage() {
@@ -293,8 +322,9 @@ void PrintReport(const Flags& f, const std::vector<RunResult>& runs, const Floor
                 floors.torch_forward, f.batch / floors.torch_forward);
   if (floors.any_bf16) std::printf("  gemm bf16 %9.4f s   (bf16-rounded operands, fp32 GEMM)\n", floors.bf16);
   for (const RunResult& r : runs) {
-    std::printf("  %-13s step %8.4f s %10.0f tokens/s   ratio %.3f (step / gemm)", r.encoder.c_str(), r.step,
-                f.batch / r.step, r.step / floors.Of(r));
+    std::printf("  %-13s step %8.4f s %10.0f tokens/s   ratio %.3f (step / gemm; in CPU-seconds %.4f / %.4f = %.3f)",
+                r.encoder.c_str(), r.step, f.batch / r.step, r.step / floors.Of(r), r.step_cpu, floors.CpuOf(r),
+                r.step_cpu / floors.CpuOf(r));
     if (r.encoder == "int8_screened")
       std::printf("   fallback rows %.2f %%, C %.0f", 100 * r.fallback_rate, r.candidates);
     std::printf("\n    phases:");
@@ -319,9 +349,11 @@ absl::Status MeasureShape(const Flags& f, const std::vector<std::string>& list, 
   }
   floors->fp32_times = GemmFloor(f, W_first, x, /*bf16=*/false);
   floors->fp32 = floors->fp32_times.Best();
+  floors->fp32_cpu = floors->fp32_times.BestCpu();
   floors->any_bf16 = std::find(list.begin(), list.end(), "bf16") != list.end();
   floors->bf16_times = floors->any_bf16 ? GemmFloor(f, W_first, x, /*bf16=*/true) : floors->fp32_times;
   floors->bf16 = floors->bf16_times.Best();
+  floors->bf16_cpu = floors->bf16_times.BestCpu();
   if (f.device == "cpu") floors->torch_forward = TorchForward(f, W_first, x);
   return absl::OkStatus();
 }
@@ -350,8 +382,11 @@ int RunSweep(Flags f, const std::vector<std::string>& list) {
   std::printf(
       "floor     : the faster of at::addmm and oneDNN's matmul over the whole batch; torch fwd: at::addmm + "
       "at::topk (a PyTorch SAE's forward alone)\n\n");
-  std::printf("%-22s %-13s %9s %9s %9s %9s %6s %10s %10s %6s\n", "d/latents/k/batch", "encoder", "step s", "floor s",
-              "addmm s", "oneDNN s", "ratio", "tokens/s", "torch fwd", "load");
+  std::printf(
+      "(cpu ratio: the same ratio in CPU-seconds of the process, the robust one with --threads 1 on a loaded "
+      "machine)\n");
+  std::printf("%-22s %-13s %9s %9s %9s %9s %6s %6s %10s %10s %6s\n", "d/latents/k/batch", "encoder", "step s",
+              "floor s", "addmm s", "oneDNN s", "ratio", "cpu", "tokens/s", "torch fwd", "load");
   nlohmann::json all = nlohmann::json::array();
   for (const SweepShape& sh : kSweep) {
     f.d = sh.d;
@@ -370,8 +405,9 @@ int RunSweep(Flags f, const std::vector<std::string>& list) {
     const std::string shape = absl::StrCat(f.d, "/", f.n, "/", f.k, "/", f.batch);
     for (const RunResult& r : runs) {
       const GemmTimes& g = r.encoder == "bf16" ? floors.bf16_times : floors.fp32_times;
-      std::printf("%-22s %-13s %9.4f %9.4f %9.4f %9.4f %6.2f %10.0f %10.0f %6.2f\n", shape.c_str(), r.encoder.c_str(),
-                  r.step, floors.Of(r), g.aten, g.onednn, r.step / floors.Of(r), f.batch / r.step,
+      std::printf("%-22s %-13s %9.4f %9.4f %9.4f %9.4f %6.2f %6.2f %10.0f %10.0f %6.2f\n", shape.c_str(),
+                  r.encoder.c_str(), r.step, floors.Of(r), g.aten, g.onednn, r.step / floors.Of(r),
+                  r.step_cpu / floors.CpuOf(r), f.batch / r.step,
                   floors.torch_forward > 0 ? f.batch / floors.torch_forward : 0.0, LoadAverage());
     }
     std::fflush(stdout);
