@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <ctime>
 #include <limits>
 #include <map>
 #include <oneapi/dnnl/dnnl.hpp>
@@ -25,6 +26,13 @@ namespace {
 
 double NowSeconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// The process's CPU time (all threads), for Int8Screen::set_cpu_time_phases.
+double CpuSeconds() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
 // int32 accumulation of d products (q_x + 128)·q_w (at most 255·127 in
@@ -781,28 +789,30 @@ absl::Status Int8Screen::TopK(const SaeParams& p, const at::Tensor& xc_t, int64_
   // fp32 rounding of the exact dot product (recursive summation bound
   // d·2⁻²⁴ on Σ|w_i x_i| <= ‖w‖‖x‖) and of computing the bound itself.
   const float rho = static_cast<float>((static_cast<double>(d) + 64) * std::ldexp(1.0, -24));
-  double t = NowSeconds();
+  const bool cpu = cpu_time_phases_;
+  auto now = [cpu]() { return cpu ? CpuSeconds() : NowSeconds(); };
+  double t = now();
   double t_quant = 0, t_gemm = 0, t_select = 0, t_rescore = 0;
   SAE_RETURN_IF_ERROR(QuantizeEncoder(m, W, bias, rho));
-  t_quant += NowSeconds() - t;
+  t_quant += now() - t;
 
   int64_t fallback = 0, rescored = 0;
   std::vector<int64_t> need(static_cast<size_t>(B));
   for (int64_t r0 = 0; r0 < B; r0 += R) {
     const int64_t rows = std::min(R, B - r0);
-    t = NowSeconds();
+    t = now();
     QuantizeInputBlock(m, XC, r0, rows, rho);
-    t_quant += NowSeconds() - t;
-    t = NowSeconds();
+    t_quant += now() - t;
+    t = now();
     SAE_RETURN_IF_ERROR(Int32Products(m));
-    t_gemm += NowSeconds() - t;
-    t = NowSeconds();
+    t_gemm += now() - t;
+    t = now();
     SelectCandidates(m, rows, C);
-    t_select += NowSeconds() - t;
-    t = NowSeconds();
+    t_select += now() - t;
+    t = now();
     rescored += RescoreCandidates(m, XC, r0, rows, W, bias);
     CertifiedTopK(m, XC, r0, rows, W, bias, k, C, IDX, VAL, need.data(), &fallback, &rescored);
-    t_rescore += NowSeconds() - t;
+    t_rescore += now() - t;
   }
   last_.rows = B;
   last_.fallback_rows = fallback;

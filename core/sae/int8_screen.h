@@ -89,6 +89,10 @@ class Int8Screen {
   // Tests: quantise the encoder in oneDNN's plain layout and let oneDNN
   // reorder it (the path CPUs whose kernel wants another layout take).
   void set_force_reorder(bool f) { force_reorder_ = f; }
+  // Benchmarks: record the phases in process CPU seconds (all threads)
+  // instead of wall seconds: on a shared machine, CPU time of a
+  // single-threaded run is what the code costs, wall time what it got.
+  void set_cpu_time_phases(bool c) { cpu_time_phases_ = c; }
 
   struct Impl;
 
@@ -99,6 +103,7 @@ class Int8Screen {
   bool adaptive_ = true;
   int64_t block_rows_ = 0;
   bool force_reorder_ = false;
+  bool cpu_time_phases_ = false;
   ScreenStats last_;
   int64_t total_fallback_ = 0;
 };
