@@ -13,9 +13,9 @@
 #include <thread>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
 #include "benchmarks/bench_util.h"
 #include "cli/flags.h"
+#include "core/base/mutex.h"
 
 using sae::bench::Commit;
 using sae::bench::CpuModel;
@@ -52,7 +52,7 @@ int main(int argc, char** argv) {
       {"prompt", "Once upon a time"}, {"steps", 64}, {"seed", 1}, {"steer", {{{"latent", latent}, {"scale", 4}}}}};
   auto bench = [&](const char* path, const std::string& body) {
     std::vector<double> lat;
-    absl::Mutex mu;
+    sae::Mutex mu;
     std::atomic<int> errors{0};
     const double t0 = SteadyNow();
     std::vector<std::thread> ts;
@@ -67,7 +67,7 @@ int main(int argc, char** argv) {
           if (!r || r->status != 200) ++errors;
           mine.push_back(SteadyNow() - s);
         }
-        absl::MutexLock l(&mu);
+        sae::MutexLock l(&mu);
         lat.insert(lat.end(), mine.begin(), mine.end());
       });
     for (auto& t : ts) t.join();

@@ -18,12 +18,12 @@
 #include <utility>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
 #include "cli/flags.h"
 #include "client/client.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/service.h"
 #include "core/base/clock.h"
+#include "core/base/mutex.h"
 #include "sae/v1/job.grpc.pb.h"
 #include "sae/v1/worker.grpc.pb.h"
 
@@ -32,15 +32,15 @@ namespace {
 using sae::SteadyNow;
 
 struct Latencies {
-  absl::Mutex mu;
+  sae::Mutex mu;
   std::vector<double> v ABSL_GUARDED_BY(mu);
   std::atomic<int64_t> errors{0};
   void Add(double s) {
-    absl::MutexLock l(&mu);
+    sae::MutexLock l(&mu);
     v.push_back(s);
   }
   double Pct(double p) {
-    absl::MutexLock l(&mu);
+    sae::MutexLock l(&mu);
     if (v.empty()) return 0;
     std::sort(v.begin(), v.end());
     return v[std::min(v.size() - 1, static_cast<size_t>(p * v.size()))];
@@ -114,7 +114,7 @@ void SimulatedWorker(Load& load, int w) {
     auto ctx = sae::MakeContext(cl, 5);
     stub->Register(ctx.get(), reg, &rr);
   }
-  absl::Mutex mu;
+  sae::Mutex mu;
   std::string job;
   int attempt = 0;
   auto actx = sae::MakeContext(cl, 0);
@@ -124,7 +124,7 @@ void SimulatedWorker(Load& load, int w) {
     auto rd = stub->Assignments(actx.get(), ar);
     sae::v1::Assignment a;
     while (rd->Read(&a)) {
-      absl::MutexLock l(&mu);
+      sae::MutexLock l(&mu);
       if (a.kind() == sae::v1::Assignment::RUN) {
         job = a.job_id();
         attempt = a.attempt();
@@ -141,7 +141,7 @@ void SimulatedWorker(Load& load, int w) {
       sae::v1::HeartbeatRequest h;
       h.set_worker_id(id);
       {
-        absl::MutexLock l(&mu);
+        sae::MutexLock l(&mu);
         h.set_running_job_id(job);
         h.set_running_attempt(attempt);
       }
@@ -155,7 +155,7 @@ void SimulatedWorker(Load& load, int w) {
     std::string j;
     int at;
     {
-      absl::MutexLock l(&mu);
+      sae::MutexLock l(&mu);
       j = job;
       at = attempt;
     }

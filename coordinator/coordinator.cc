@@ -68,13 +68,13 @@ Coordinator::~Coordinator() {
 }
 
 void Coordinator::Shutdown() {
-  absl::MutexLock l(&mu_);
+  sae::MutexLock l(&mu_);
   shutdown_ = true;
   cv_.SignalAll();
 }
 
 absl::Status Coordinator::Load() {
-  absl::MutexLock l(&mu_);
+  sae::MutexLock l(&mu_);
   SAE_ASSIGN_OR_RETURN(auto jobs, store_->LoadJobs());
   for (auto& [job, rid] : jobs) {
     JobRec r;
@@ -314,7 +314,7 @@ absl::StatusOr<JobConfig> Coordinator::CheckConfig(JobConfig cfg, const std::str
 
 absl::StatusOr<v1::SubmitResponse> Coordinator::Submit(const v1::SubmitRequest& req) {
   {
-    absl::MutexLock l(&mu_);
+    sae::MutexLock l(&mu_);
     if (!req.request_id().empty()) {
       auto it = by_request_.find(req.request_id());
       if (it != by_request_.end()) {
@@ -342,7 +342,7 @@ absl::StatusOr<v1::SubmitResponse> Coordinator::Submit(const v1::SubmitRequest& 
   if (req.has_max_restarts() && (req.max_restarts() < 0 || req.max_restarts() > 100))
     return absl::InvalidArgumentError("max_restarts: must be in [0, 100]");
   const int max_restarts = req.has_max_restarts() ? req.max_restarts() : opts_.default_max_restarts;
-  absl::MutexLock l(&mu_);
+  sae::MutexLock l(&mu_);
   BeginChange();
   auto resp = SubmitLocked(req, base, variants, max_restarts);
   absl::Status s = EndChange(resp.status());
@@ -398,14 +398,14 @@ Coordinator::JobRec& Coordinator::NewJob(const JobConfig& cfg, const std::string
 }
 
 absl::StatusOr<v1::Job> Coordinator::Get(const std::string& id) {
-  absl::MutexLock l(&mu_);
+  sae::MutexLock l(&mu_);
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("job ", id, ": no such job"));
   return it->second.job;
 }
 
 std::vector<v1::Job> Coordinator::List(bool include_children) {
-  absl::MutexLock l(&mu_);
+  sae::MutexLock l(&mu_);
   std::vector<v1::Job> out;
   for (const auto& id : order_) {
     const v1::Job& j = jobs_[id].job;
@@ -436,7 +436,7 @@ void Coordinator::StopGroup(JobRec* j, const std::string& reason) {
 }
 
 absl::StatusOr<v1::Job> Coordinator::Cancel(const std::string& id, const std::string& reason) {
-  absl::MutexLock l(&mu_);
+  sae::MutexLock l(&mu_);
   BeginChange();
   auto job = CancelLocked(id, reason);
   absl::Status s = EndChange(job.status());
@@ -466,7 +466,7 @@ absl::StatusOr<v1::Job> Coordinator::CancelLocked(const std::string& id, const s
 }
 
 absl::StatusOr<bool> Coordinator::WaitForJob(const std::string& id, int64_t* version, v1::Job* job, double timeout_s) {
-  absl::MutexLock l(&mu_);
+  sae::MutexLock l(&mu_);
   const absl::Time deadline = absl::Now() + absl::Seconds(timeout_s);
   while (true) {
     auto it = jobs_.find(id);
@@ -485,7 +485,7 @@ absl::StatusOr<v1::RegisterResponse> Coordinator::Register(const v1::RegisterReq
   if (req.worker_id().empty() || req.worker_id().size() > 128)
     return absl::InvalidArgumentError("worker_id: 1 to 128 characters");
   if (req.host().empty()) return absl::InvalidArgumentError("host: empty");
-  absl::MutexLock l(&mu_);
+  sae::MutexLock l(&mu_);
   BeginChange();
   TouchWorker(req.worker_id());
   WorkerRec& w = workers_[req.worker_id()];
@@ -507,7 +507,7 @@ absl::StatusOr<v1::RegisterResponse> Coordinator::Register(const v1::RegisterReq
 }
 
 absl::Status Coordinator::Heartbeat(const v1::HeartbeatRequest& req) {
-  absl::MutexLock l(&mu_);
+  sae::MutexLock l(&mu_);
   BeginChange();
   return EndChange(HeartbeatLocked(req));
 }
@@ -557,7 +557,7 @@ v1::Assignment Coordinator::BuildRun(const JobRec& j, int rank) {
 }
 
 absl::StatusOr<int64_t> Coordinator::ConnectAssignments(const std::string& worker_id) {
-  absl::MutexLock l(&mu_);
+  sae::MutexLock l(&mu_);
   auto it = workers_.find(worker_id);
   if (it == workers_.end()) return absl::NotFoundError(absl::StrCat("worker ", worker_id, ": not registered"));
   WorkerRec& w = it->second;
@@ -578,7 +578,7 @@ absl::StatusOr<int64_t> Coordinator::ConnectAssignments(const std::string& worke
 
 absl::StatusOr<bool> Coordinator::NextAssignment(const std::string& worker_id, int64_t generation, v1::Assignment* out,
                                                  double timeout_s) {
-  absl::MutexLock l(&mu_);
+  sae::MutexLock l(&mu_);
   const absl::Time deadline = absl::Now() + absl::Seconds(timeout_s);
   while (true) {
     auto it = workers_.find(worker_id);
@@ -596,7 +596,7 @@ absl::StatusOr<bool> Coordinator::NextAssignment(const std::string& worker_id, i
 }
 
 absl::Status Coordinator::ReportProgress(const v1::ProgressReport& r) {
-  absl::MutexLock l(&mu_);
+  sae::MutexLock l(&mu_);
   BeginChange();
   return EndChange(ReportProgressLocked(r));
 }
@@ -627,7 +627,7 @@ absl::Status Coordinator::ReportProgressLocked(const v1::ProgressReport& r) {
 }
 
 absl::Status Coordinator::ReportCheckpoint(const v1::CheckpointReport& r) {
-  absl::MutexLock l(&mu_);
+  sae::MutexLock l(&mu_);
   BeginChange();
   return EndChange(ReportCheckpointLocked(r));
 }
@@ -662,7 +662,7 @@ void Coordinator::GroupFailed(JobRec* j, const std::string& reason) {
 }
 
 absl::Status Coordinator::ReportResult(const v1::AttemptResult& r) {
-  absl::MutexLock l(&mu_);
+  sae::MutexLock l(&mu_);
   BeginChange();
   return EndChange(ReportResultLocked(r));
 }
@@ -717,7 +717,7 @@ absl::Status Coordinator::ReportResultLocked(const v1::AttemptResult& r) {
 }
 
 void Coordinator::Loop() {
-  absl::MutexLock l(&mu_);
+  sae::MutexLock l(&mu_);
   while (!shutdown_) {
     // A tick is one change: when a store write fails, its changes are
     // undone and the next tick tries again.
@@ -813,7 +813,7 @@ void Coordinator::Place(double now) {
 }
 
 CoordinatorSnapshot Coordinator::Snapshot() {
-  absl::MutexLock l(&mu_);
+  sae::MutexLock l(&mu_);
   CoordinatorSnapshot s;
   for (auto st : {v1::PENDING, v1::SCHEDULED, v1::RUNNING, v1::RESTARTING, v1::SUCCEEDED, v1::FAILED, v1::CANCELLED}) {
     std::string name = JobStateName(st);

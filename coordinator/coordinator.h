@@ -21,10 +21,10 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "coordinator/store.h"
 #include "core/base/config.h"
 #include "core/base/logging.h"
+#include "core/base/mutex.h"
 #include "core/base/status.h"
 #include "sae/v1/job.pb.h"
 #include "sae/v1/worker.pb.h"
@@ -170,9 +170,9 @@ class Coordinator {
   std::string NewId() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const CoordinatorOptions opts_;
-  absl::Mutex mu_;
+  sae::Mutex mu_;
   std::unique_ptr<JobStore> store_ ABSL_PT_GUARDED_BY(mu_);
-  absl::CondVar cv_;  // signalled on every change
+  sae::CondVar cv_;  // signalled on every change
   std::map<std::string, JobRec> jobs_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> order_ ABSL_GUARDED_BY(mu_);  // submission order
   std::map<std::string, std::string> by_request_ ABSL_GUARDED_BY(mu_);

@@ -12,11 +12,11 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "client/job_spec.h"
 #include "coordinator/roots.h"
 #include "core/base/file_util.h"
 #include "core/base/logging.h"
+#include "core/base/mutex.h"
 #include "core/telemetry/http_server.h"
 #include "sae/v1/job.grpc.pb.h"
 #include "sae/v1/worker.grpc.pb.h"
@@ -242,7 +242,7 @@ class CoordinatorMetrics {
                      .Add({{"role", "coordinator"}});
   }
   std::string Render(const CoordinatorSnapshot& s) {
-    absl::MutexLock l(&mu_);
+    sae::MutexLock l(&mu_);
     for (const auto& [state, n] : s.jobs_by_state) jobs_->Add({{"state", state}, {"role", "coordinator"}}).Set(n);
     for (const auto& [state, n] : s.workers_by_state) workers_->Add({{"state", state}, {"role", "coordinator"}}).Set(n);
     const double delta = static_cast<double>(s.restarts_total) - restarts_->Value();
@@ -251,7 +251,7 @@ class CoordinatorMetrics {
   }
 
  private:
-  absl::Mutex mu_;  // Render: the gauges are set, then collected, as one
+  sae::Mutex mu_;  // Render: the gauges are set, then collected, as one
   prometheus::Registry reg_;
   prometheus::Family<prometheus::Gauge>* jobs_ ABSL_PT_GUARDED_BY(mu_);
   prometheus::Family<prometheus::Gauge>* workers_ ABSL_PT_GUARDED_BY(mu_);

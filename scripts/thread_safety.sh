@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Compiles the code that uses locks with clang++ -Wthread-safety -Werror
-# (build-tsa, SAE_THREAD_SAFETY=ON): every .cc that names absl::Mutex or a
-# lock annotation, or includes a header that does; tests and benchmarks
-# excluded. Compile only (no linking): six files today.
+# (build-tsa, SAE_THREAD_SAFETY=ON): every .cc that names a lock
+# (sae::Mutex of core/base/mutex.h, or absl::Mutex) or a lock annotation, or
+# includes a header that does; tests and benchmarks excluded. Compile only
+# (no linking).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${SAE_TSA_BUILD_DIR:-build-tsa}
@@ -12,7 +13,7 @@ launcher=()
 command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
 [ -f "$B/CMakeCache.txt" ] || cmake -S . -B "$B" "${generator[@]}" "${launcher[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang -DSAE_THREAD_SAFETY=ON -DSAE_BUILD_BENCHMARKS=OFF >/dev/null
-pattern='absl::Mutex|ABSL_(PT_)?GUARDED_BY|ABSL_(EXCLUSIVE|SHARED)_LOCKS_REQUIRED|ABSL_LOCKS_EXCLUDED'
+pattern='(absl|sae)::Mutex|ABSL_(PT_)?GUARDED_BY|ABSL_(EXCLUSIVE|SHARED)_LOCKS_REQUIRED|ABSL_LOCKS_EXCLUDED'
 mapfile -t headers < <(git grep -l -E "$pattern" -- '*.h' ':!tests' ':!benchmarks')
 {
   git grep -l -E "$pattern" -- '*.cc' ':!tests' ':!benchmarks'

@@ -17,12 +17,12 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "client/client.h"
 #include "client/job_spec.h"
 #include "core/base/clock.h"
 #include "core/base/file_util.h"
 #include "core/base/logging.h"
+#include "core/base/mutex.h"
 #include "core/telemetry/http_server.h"
 #include "sae/v1/worker.grpc.pb.h"
 #include "worker/training_run.h"
@@ -63,18 +63,18 @@ class Reporter {
       : send_progress_(std::move(p)), send_checkpoint_(std::move(c)), flush_s_(flush_s), thread_([this] { Loop(); }) {}
   ~Reporter() {
     {
-      absl::MutexLock l(&mu_);
+      sae::MutexLock l(&mu_);
       done_ = true;
     }
     thread_.join();
   }
   void Progress(const v1::ProgressReport& r) {
-    absl::MutexLock l(&mu_);
+    sae::MutexLock l(&mu_);
     progress_ = r;
     have_progress_ = true;
   }
   void Checkpoint(const v1::CheckpointReport& r) {
-    absl::MutexLock l(&mu_);
+    sae::MutexLock l(&mu_);
     checkpoints_.push_back(r);
   }
 
@@ -113,7 +113,7 @@ class Reporter {
   SendProgress send_progress_;
   SendCheckpoint send_checkpoint_;
   double flush_s_;
-  absl::Mutex mu_;
+  sae::Mutex mu_;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
   bool have_progress_ ABSL_GUARDED_BY(mu_) = false;
   v1::ProgressReport progress_ ABSL_GUARDED_BY(mu_);
@@ -139,7 +139,7 @@ class Agent {
     StopCurrent("worker shutting down");
     JoinFinished(true);
     {
-      absl::MutexLock l(&mu_);
+      sae::MutexLock l(&mu_);
       if (stream_ctx_) stream_ctx_->TryCancel();
     }
     as.join();
@@ -165,7 +165,7 @@ class Agent {
     req.set_metrics_address(opts_.metrics_listen);
     req.set_rendezvous_port(opts_.rendezvous_port);
     {
-      absl::MutexLock l(&mu_);
+      sae::MutexLock l(&mu_);
       if (cur_ && !cur_->done) {
         req.set_running_job_id(cur_->job_id);
         req.set_running_attempt(cur_->attempt);
@@ -196,7 +196,7 @@ class Agent {
       v1::HeartbeatRequest req;
       req.set_worker_id(opts_.worker_id);
       {
-        absl::MutexLock l(&mu_);
+        sae::MutexLock l(&mu_);
         if (cur_ && !cur_->done) {
           req.set_running_job_id(cur_->job_id);
           req.set_running_attempt(cur_->attempt);
@@ -213,7 +213,7 @@ class Agent {
     while (!stop_->load()) {
       auto ctx = MakeContext(client_, 0);
       {
-        absl::MutexLock l(&mu_);
+        sae::MutexLock l(&mu_);
         stream_ctx_ = ctx.get();
       }
       v1::AssignmentsRequest req;
@@ -223,7 +223,7 @@ class Agent {
       while (!stop_->load() && reader->Read(&a)) Handle(a);
       grpc::Status s = reader->Finish();
       {
-        absl::MutexLock l(&mu_);
+        sae::MutexLock l(&mu_);
         stream_ctx_ = nullptr;
       }
       if (stop_->load()) break;
@@ -234,7 +234,7 @@ class Agent {
 
   void Handle(const v1::Assignment& a) {
     if (a.kind() == v1::Assignment::STOP) {
-      absl::MutexLock l(&mu_);
+      sae::MutexLock l(&mu_);
       if (cur_ && cur_->job_id == a.job_id() && !cur_->done) {
         SAE_LOG(kInfo) << "stopping " << a.job_id() << " attempt " << cur_->attempt << ": " << a.reason();
         cur_->stop = true;
@@ -243,12 +243,12 @@ class Agent {
     }
     if (a.kind() != v1::Assignment::RUN) return;
     {
-      absl::MutexLock l(&mu_);
+      sae::MutexLock l(&mu_);
       if (cur_ && cur_->job_id == a.job_id() && cur_->attempt == a.attempt()) return;  // already ours
     }
     StopCurrent("replaced by a new assignment");
     JoinFinished(true);
-    absl::MutexLock l(&mu_);
+    sae::MutexLock l(&mu_);
     cur_ = std::make_unique<Current>();
     cur_->job_id = a.job_id();
     cur_->attempt = a.attempt();
@@ -260,7 +260,7 @@ class Agent {
   }
 
   void StopCurrent(const std::string& why) {
-    absl::MutexLock l(&mu_);
+    sae::MutexLock l(&mu_);
     if (cur_ && !cur_->done) {
       SAE_LOG(kInfo) << "stopping " << cur_->job_id << ": " << why;
       cur_->stop = true;
@@ -271,7 +271,7 @@ class Agent {
   void JoinFinished(bool wait) {
     std::unique_ptr<Current> old;
     {
-      absl::MutexLock l(&mu_);
+      sae::MutexLock l(&mu_);
       if (!cur_ || (!wait && !cur_->done)) return;
       old = std::move(cur_);
     }
@@ -470,7 +470,7 @@ class Agent {
   // Between jobs the metrics port answers with an empty exposition, so the
   // target /sd lists stays up for Prometheus.
   void ServeIdleMetrics(bool on) {
-    absl::MutexLock l(&idle_mu_);
+    sae::MutexLock l(&idle_mu_);
     idle_http_.reset();
     if (!on || opts_.metrics_listen.empty()) return;
     auto h = HttpServer::Start(opts_.metrics_listen, [](const std::string& path) {
@@ -487,12 +487,12 @@ class Agent {
 
   WorkerAgentOptions opts_;
   ClientOptions client_;
-  absl::Mutex idle_mu_;
+  sae::Mutex idle_mu_;
   std::unique_ptr<HttpServer> idle_http_ ABSL_GUARDED_BY(idle_mu_);
   std::unique_ptr<v1::WorkerService::Stub> stub_;
   std::unique_ptr<v1::DataService::Stub> data_;
   const std::atomic<bool>* stop_;
-  absl::Mutex mu_;
+  sae::Mutex mu_;
   std::unique_ptr<Current> cur_ ABSL_GUARDED_BY(mu_);
   grpc::ClientContext* stream_ctx_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::atomic<double> heartbeat_s_{1.0};

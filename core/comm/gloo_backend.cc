@@ -15,8 +15,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_join.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "core/base/mutex.h"
 #include "core/comm/backends.h"
 #include "core/comm/tcp_store.h"
 
@@ -53,7 +53,7 @@ class Heartbeat {
       : store_(std::move(store)), key_("alive/" + std::to_string(rank)), thread_([this] { Loop(); }) {}
   ~Heartbeat() {
     {
-      absl::MutexLock l(&mu_);
+      sae::MutexLock l(&mu_);
       stop_ = true;
     }
     thread_.join();
@@ -76,7 +76,7 @@ class Heartbeat {
   }
   c10::intrusive_ptr<c10d::Store> store_;
   std::string key_;
-  absl::Mutex mu_;
+  sae::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };

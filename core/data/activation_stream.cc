@@ -12,8 +12,8 @@
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "core/base/file_util.h"
+#include "core/base/mutex.h"
 #include "core/data/prng.h"
 
 namespace sae {
@@ -55,7 +55,7 @@ struct Window {
 struct ActivationStream::Impl {
   ~Impl() {
     {
-      absl::MutexLock lock(&mu);
+      sae::MutexLock lock(&mu);
       stop = true;
     }
     stop_flag.store(true);
@@ -113,8 +113,8 @@ struct ActivationStream::Impl {
   std::thread thread;
   std::atomic<bool> stop_flag{false};
   // The prefetch queue: the producer waits for room (or stop), the consumer
-  // for a window (absl::Mutex conditions, no condition variables).
-  absl::Mutex mu;
+  // for a window (sae::Mutex conditions, no condition variables).
+  sae::Mutex mu;
   bool HasRoom() const ABSL_SHARED_LOCKS_REQUIRED(mu) {
     return stop || static_cast<int64_t>(queue.size()) < opts.prefetch_windows;
   }
@@ -259,7 +259,7 @@ std::unique_ptr<Window> ActivationStream::Impl::BuildWindow(int64_t epoch, int64
 void ActivationStream::Impl::ProducerLoop(int64_t epoch, int64_t window) {
   while (true) {
     {
-      absl::MutexLock lock(&mu, absl::Condition(this, &Impl::HasRoom));
+      sae::MutexLock lock(&mu, absl::Condition(this, &Impl::HasRoom));
       if (stop) return;
     }
     std::unique_ptr<Window> win;
@@ -271,7 +271,7 @@ void ActivationStream::Impl::ProducerLoop(int64_t epoch, int64_t window) {
     }
     const bool fatal = !win->error.ok();
     {
-      absl::MutexLock lock(&mu);
+      sae::MutexLock lock(&mu);
       if (stop) return;
       queue.push_back(std::move(win));
     }
@@ -351,7 +351,7 @@ absl::Status ActivationStream::Impl::Consume(int64_t n, float* dst) {
   while (filled < n) {
     if (!cur || cur_pos == cur->rows) {
       {
-        absl::MutexLock lock(&mu, absl::Condition(this, &Impl::HasWindow));
+        sae::MutexLock lock(&mu, absl::Condition(this, &Impl::HasWindow));
         cur = std::move(queue.front());
         queue.pop_front();
       }
