@@ -58,7 +58,7 @@ endfunction()
 # gtest, nlohmann/json and the standard headers tests use; with TORCH, ATen
 # too, for the tests whose files use tensors or that link a LibTorch library
 # (its -D_GLIBCXX_USE_CXX11_ABI must match the PCH's). The test's own files
-# compile at SAE_TEST_OPTIMIZE (-O1): they run once per test, while the
+# compile at SAE_TEST_OPTIMIZE (-O0): they run once per test, while the
 # libraries they link keep the build type's flags. ENVIRONMENT is added to
 # the variables every test gets (SAE_BIN_DIR, SAE_SOURCE_DIR, TEST_TMPDIR);
 # for more later, sae_test_environment, which appends too.
