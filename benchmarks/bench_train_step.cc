@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -16,7 +17,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "cli/flags.h"
+#include "core/sae/encoder_gemm.h"
 #include "core/sae/sae_step.h"
 #include "core/sae/trainer.h"
 
@@ -34,9 +37,19 @@ using sae::bench::SteadyNow;
 
 namespace {
 
+// CPU time of the whole process (every thread). With --threads 1 on a loaded
+// machine it is the step's own cost, without the time slices other
+// processes took; with more threads it includes OpenMP's spin-waits.
+double ProcessCpuSeconds() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
 struct RunResult {
   std::string encoder;
   double step = 0, fallback_rate = 0, candidates = 0;
+  double step_cpu = 0;  // CPU-seconds of the process per step (median)
   std::map<std::string, double> phases;
 };
 
@@ -58,7 +71,7 @@ struct Flags {
   int threads = 0;
   std::string precision = "fp32", device = "cpu", remedy = "none", encoders;
   int64_t dead_window = 1000000000000LL;
-  bool as_json = false, aten = false;
+  bool as_json = false, aten = false, sweep = false;
 };
 
 void AddFlags(sae::flags::Command& app, Flags& f) {
@@ -69,7 +82,11 @@ void AddFlags(sae::flags::Command& app, Flags& f) {
   app.AddOption("--precision", f.precision, "fp32|bf16 (one encoder; see --encoder)").OneOf({"fp32", "bf16"});
   app.AddOption("--encoder", f.encoders,
                 "comma-separated encoders measured in this one run, each against the same GEMM floor: "
-                "fp32, bf16, int8_screened (default: --precision)");
+                "fp32, fp32_blas (fp32 with the encoder GEMM through at::addmm/OpenBLAS, the old path), "
+                "bf16, int8_screened (default: --precision)");
+  app.AddFlag("--sweep", f.sweep,
+              "measure a fixed list of shapes from d 48 to 4096 and print one table (--d, --latents, --k, "
+              "--batch are ignored; docs/performance.md \"Small models\")");
   app.AddOption("--device", f.device, "cpu|cuda").OneOf({"cpu", "cuda"});
   app.AddOption("--steps", f.steps, "measured steps (median; at least 5)");
   app.AddOption("--warmup", f.warmup, "steps before measuring");
@@ -92,6 +109,7 @@ sae::TrainerOptions TrainerOptionsFor(const Flags& f, const std::string& enc) {
   o.batch_tokens = f.batch;
   o.warmup_fraction = 0;
   o.bf16 = enc == "bf16";
+  o.blas_encoder_gemm = enc == "fp32_blas";
   o.int8_screened = enc == "int8_screened";
   o.remedy = sae::ParseOption<sae::Remedy>(f.remedy).value();
   o.dead_window_tokens = f.dead_window;
@@ -110,31 +128,46 @@ absl::StatusOr<RunResult> MeasureEncoder(const Flags& f, const std::string& enc,
   if (!W_first->defined()) *W_first = (*trainer)->params().W_enc.cpu().clone();
   RunResult rr;
   rr.encoder = enc;
-  std::vector<double> step_s, fb, cand;
+  std::vector<double> step_s, step_cpu, fb, cand;
   std::map<std::string, std::vector<double>> phases;
   for (int64_t i = 0; i < f.warmup + f.steps; ++i) {
+    const double c0 = ProcessCpuSeconds();
     auto m = (*trainer)->Step(x.data_ptr<float>(), f.batch);
+    const double c1 = ProcessCpuSeconds();
     if (!m.ok()) return m.status();
     if (i >= f.warmup) {
       step_s.push_back(m->seconds);
+      step_cpu.push_back(c1 - c0);
       for (auto& [name, sec] : m->phase_seconds) phases[name].push_back(sec);
       fb.push_back(static_cast<double>(m->screen_fallback_rows) / f.batch);
       cand.push_back(static_cast<double>(m->screen_candidates));
     }
   }
   rr.step = Median(step_s);
+  rr.step_cpu = Median(step_cpu);
   rr.fallback_rate = Median(fb);
   rr.candidates = Median(cand);
   for (auto& [name, v] : phases) rr.phases[name] = Median(v);
   return rr;
 }
 
-// The floor: the encoder GEMM (with bias) alone, same shapes as the step,
-// in fp32 (sgemm), and with bf16-rounded operands when bf16 is measured
-// (bf16 on CPU multiplies bf16-rounded operands in fp32; see
-// docs/performance.md for LibTorch's own bf16 GEMM). On CUDA the floor is
-// the same fp32 addmm on the device, synchronised by reading one element.
-double GemmFloor(const Flags& f, const at::Tensor& W_first, const at::Tensor& x, bool bf16) {
+// The floor: the encoder GEMM (with bias) alone, same shapes as the step
+// (the whole batch at once, B×n written to memory), in fp32, and with
+// bf16-rounded operands when bf16 is measured (bf16 on CPU multiplies
+// bf16-rounded operands in fp32; see docs/performance.md for LibTorch's own
+// bf16 GEMM). Two GEMMs: LibTorch's at::addmm (OpenBLAS) and oneDNN's
+// matmul (weights reordered once, outside the timing); the floor is the
+// faster, so that a step cannot look close to its floor by using a better
+// GEMM than the floor's. On CUDA only at::addmm, synchronised by reading
+// one element.
+struct GemmTimes {
+  double aten = 0, onednn = 0;
+  double aten_cpu = 0, onednn_cpu = 0;  // CPU-seconds of the process (median)
+  double Best() const { return onednn > 0 ? std::min(aten, onednn) : aten; }
+  double BestCpu() const { return onednn_cpu > 0 ? std::min(aten_cpu, onednn_cpu) : aten_cpu; }
+};
+
+GemmTimes GemmFloor(const Flags& f, const at::Tensor& W_first, const at::Tensor& x, bool bf16) {
   const at::Device dev = f.device == "cuda" ? at::Device(at::kCUDA) : at::Device(at::kCPU);
   at::Tensor W = W_first.clone();
   at::Tensor b = at::zeros({f.n});
@@ -143,49 +176,115 @@ double GemmFloor(const Flags& f, const at::Tensor& W_first, const at::Tensor& x,
     sae::RoundToBF16InPlace(W);
     sae::RoundToBF16InPlace(xin);
   }
+  GemmTimes out;
+  at::Tensor z = at::empty({f.batch, f.n}, W.options());
+  if (dev.is_cpu()) {
+    sae::internal::EncoderGemm gemm;
+    const int64_t rows[1] = {f.batch};
+    if (gemm.SetWeights(W.data_ptr<float>(), b.data_ptr<float>(), f.n, f.d, rows, 1).ok()) {
+      std::vector<double> s, c;
+      for (int64_t i = 0; i < f.warmup + f.steps; ++i) {
+        const double t0 = SteadyNow(), c0 = ProcessCpuSeconds();
+        if (!gemm.Run(xin.data_ptr<float>(), f.batch, z.data_ptr<float>(), 0).ok()) break;
+        if (i >= f.warmup) {
+          s.push_back(SteadyNow() - t0);
+          c.push_back(ProcessCpuSeconds() - c0);
+        }
+      }
+      if (!s.empty()) {
+        out.onednn = Median(s);
+        out.onednn_cpu = Median(c);
+      }
+    }
+  }
   W = W.to(dev);
   b = b.to(dev);
   xin = xin.to(dev);
-  at::Tensor z = at::empty({f.batch, f.n}, W.options());
-  std::vector<double> gemm_s;
+  z = z.to(dev);
+  std::vector<double> gemm_s, gemm_c;
   for (int64_t i = 0; i < f.warmup + f.steps; ++i) {
-    const double t0 = SteadyNow();
+    const double t0 = SteadyNow(), c0 = ProcessCpuSeconds();
     at::addmm_out(z, b, xin, W.t());
     if (!dev.is_cpu()) z.select(0, 0).select(0, 0).item<float>();
-    if (i >= f.warmup) gemm_s.push_back(SteadyNow() - t0);
+    if (i >= f.warmup) {
+      gemm_s.push_back(SteadyNow() - t0);
+      gemm_c.push_back(ProcessCpuSeconds() - c0);
+    }
   }
-  return Median(gemm_s);
+  out.aten = Median(gemm_s);
+  out.aten_cpu = Median(gemm_c);
+  return out;
+}
+
+// A peer, what a PyTorch SAE (sparsify) runs for its forward: LibTorch's
+// dense at::addmm over the whole batch, then at::topk (no backward, no
+// optimizer: a lower bound on such a step).
+double TorchForward(const Flags& f, const at::Tensor& W_first, const at::Tensor& x) {
+  at::Tensor b = at::zeros({f.n});
+  std::vector<double> s;
+  for (int64_t i = 0; i < f.warmup + f.steps; ++i) {
+    const double t0 = SteadyNow();
+    at::Tensor z = at::addmm(b, x, W_first.t());
+    auto top = at::topk(z, f.k, 1);
+    if (i >= f.warmup) s.push_back(SteadyNow() - t0);
+  }
+  return Median(s);
 }
 
 // The GEMM floors: fp32, and bf16-rounded where a bf16 encoder runs.
 struct Floors {
+  GemmTimes fp32_times, bf16_times;
   double fp32 = 0, bf16 = 0;
+  double fp32_cpu = 0, bf16_cpu = 0;  // the floors in CPU-seconds
   bool any_bf16 = false;
+  double torch_forward = 0;  // the peer (0: not measured)
   double Of(const RunResult& r) const { return r.encoder == "bf16" ? bf16 : fp32; }
+  double CpuOf(const RunResult& r) const { return r.encoder == "bf16" ? bf16_cpu : fp32_cpu; }
 };
 
+double LoadAverage() {
+  double load = -1;
+  if (std::FILE* fp = std::fopen("/proc/loadavg", "r")) {
+    if (std::fscanf(fp, "%lf", &load) != 1) load = -1;
+    std::fclose(fp);
+  }
+  return load;
+}
+
+nlohmann::json JsonRuns(const Flags& f, const std::vector<RunResult>& runs, const Floors& floors);
+
 void PrintJson(const Flags& f, const std::vector<RunResult>& runs, const Floors& floors) {
+  const nlohmann::json all = JsonRuns(f, runs, floors);
+  std::printf("%s\n", (all.size() == 1 ? all[0] : all).dump().c_str());
+}
+
+nlohmann::json JsonRuns(const Flags& f, const std::vector<RunResult>& runs, const Floors& floors) {
   const int64_t batch = f.batch, d = f.d, n = f.n;
   nlohmann::json all = nlohmann::json::array();
   for (const RunResult& r : runs) {
     const double g = floors.Of(r);
-    nlohmann::json j = {{"tokens_per_second", batch / r.step},
-                        {"step_seconds", r.step},
-                        {"gemm_seconds", g},
-                        {"ratio", r.step / g},
-                        {"gemm_gflops", 2.0 * batch * d * n / g / 1e9},
-                        {"d", d},
-                        {"latents", n},
-                        {"k", f.k},
-                        {"batch", batch},
-                        {"precision", r.encoder == "bf16" ? "bf16" : "fp32"},
-                        {"encoder", r.encoder},
-                        {"device", f.device},
-                        {"threads", at::get_num_threads()},
-                        {"commit", Commit()},
-                        {"build_type", SAE_BUILD_TYPE},
-                        {"blas", sae::CurrentBlasKernel().Describe()},
-                        {"blas_core", sae::CurrentBlasKernel().core}};
+    nlohmann::json j = {
+        {"tokens_per_second", batch / r.step},
+        {"step_seconds", r.step},
+        {"gemm_seconds", g},
+        {"gemm_aten_seconds", r.encoder == "bf16" ? floors.bf16_times.aten : floors.fp32_times.aten},
+        {"gemm_onednn_seconds", r.encoder == "bf16" ? floors.bf16_times.onednn : floors.fp32_times.onednn},
+        {"torch_forward_seconds", floors.torch_forward},
+        {"ratio", r.step / g},
+        {"gemm_gflops", 2.0 * batch * d * n / g / 1e9},
+        {"d", d},
+        {"latents", n},
+        {"k", f.k},
+        {"batch", batch},
+        {"precision", r.encoder == "bf16" ? "bf16" : "fp32"},
+        {"load_average", LoadAverage()},
+        {"encoder", r.encoder},
+        {"device", f.device},
+        {"threads", at::get_num_threads()},
+        {"commit", Commit()},
+        {"build_type", SAE_BUILD_TYPE},
+        {"blas", sae::CurrentBlasKernel().Describe()},
+        {"blas_core", sae::CurrentBlasKernel().core}};
     if (r.encoder == "int8_screened") {
       j["fallback_rate"] = r.fallback_rate;
       j["candidates"] = r.candidates;
@@ -193,7 +292,7 @@ void PrintJson(const Flags& f, const std::vector<RunResult>& runs, const Floors&
     j["phases"] = r.phases;
     all.push_back(j);
   }
-  std::printf("%s\n", (all.size() == 1 ? all[0] : all).dump().c_str());
+  return all;
 }
 
 void PrintReport(const Flags& f, const std::vector<RunResult>& runs, const Floors& floors) {
@@ -213,11 +312,17 @@ void PrintReport(const Flags& f, const std::vector<RunResult>& runs, const Floor
               f.device.c_str(), f.remedy.c_str());
   std::printf("median of %ld steps after %ld warm-up:\n", f.steps, f.warmup);
   const double gflops = 2.0 * f.batch * f.d * f.n / floors.fp32 / 1e9;
-  std::printf("  gemm      %9.4f s   %10.1f GFLOP/s (fp32 encoder GEMM alone: the floor)\n", floors.fp32, gflops);
+  std::printf(
+      "  gemm      %9.4f s   %10.1f GFLOP/s (fp32 encoder GEMM alone: the floor; at::addmm %.4f s, oneDNN %.4f s)\n",
+      floors.fp32, gflops, floors.fp32_times.aten, floors.fp32_times.onednn);
+  if (floors.torch_forward > 0)
+    std::printf("  torch fwd %9.4f s %10.0f tokens/s (peer: at::addmm + at::topk over the batch, forward only)\n",
+                floors.torch_forward, f.batch / floors.torch_forward);
   if (floors.any_bf16) std::printf("  gemm bf16 %9.4f s   (bf16-rounded operands, fp32 GEMM)\n", floors.bf16);
   for (const RunResult& r : runs) {
-    std::printf("  %-13s step %8.4f s %10.0f tokens/s   ratio %.3f (step / gemm)", r.encoder.c_str(), r.step,
-                f.batch / r.step, r.step / floors.Of(r));
+    std::printf("  %-13s step %8.4f s %10.0f tokens/s   ratio %.3f (step / gemm; in CPU-seconds %.4f / %.4f = %.3f)",
+                r.encoder.c_str(), r.step, f.batch / r.step, r.step / floors.Of(r), r.step_cpu, floors.CpuOf(r),
+                r.step_cpu / floors.CpuOf(r));
     if (r.encoder == "int8_screened")
       std::printf("   fallback rows %.2f %%, C %.0f", 100 * r.fallback_rate, r.candidates);
     std::printf("\n    phases:");
@@ -227,6 +332,88 @@ void PrintReport(const Flags& f, const std::vector<RunResult>& runs, const Floor
 }
 
 }  // namespace
+
+// One shape: every encoder of `list`, then the floors and the peer.
+absl::Status MeasureShape(const Flags& f, const std::vector<std::string>& list, std::vector<RunResult>* runs,
+                          Floors* floors) {
+  at::manual_seed(0);
+  at::Tensor x = at::randn({f.batch, f.d}, at::kFloat);
+  at::Tensor W_first;
+  runs->clear();
+  for (const std::string& enc : list) {
+    auto rr = MeasureEncoder(f, enc, x, &W_first);
+    if (!rr.ok()) return rr.status();
+    runs->push_back(*rr);
+  }
+  floors->fp32_times = GemmFloor(f, W_first, x, /*bf16=*/false);
+  floors->fp32 = floors->fp32_times.Best();
+  floors->fp32_cpu = floors->fp32_times.BestCpu();
+  floors->any_bf16 = std::find(list.begin(), list.end(), "bf16") != list.end();
+  floors->bf16_times = floors->any_bf16 ? GemmFloor(f, W_first, x, /*bf16=*/true) : floors->fp32_times;
+  floors->bf16 = floors->bf16_times.Best();
+  floors->bf16_cpu = floors->bf16_times.BestCpu();
+  if (f.device == "cpu") floors->torch_forward = TorchForward(f, W_first, x);
+  return absl::OkStatus();
+}
+
+// --sweep: small to large SAEs. The two largest use a batch of 1024 (their
+// parameters, gradients and Adam moments take 4.3 GB; 4096 × 131072 would
+// take 17 GB, more than a shared 24 GB machine can give: 4096 × 32768 and
+// 2048 × 65536 stand for that end).
+struct SweepShape {
+  int64_t d, n, k, batch, steps, warmup;
+};
+const SweepShape kSweep[] = {
+    {48, 768, 4, 2048, 15, 3},     {64, 4096, 8, 4096, 15, 3},    {128, 8192, 16, 4096, 9, 2},
+    {256, 16384, 32, 4096, 7, 2},  {768, 16384, 32, 4096, 7, 2},  {768, 24576, 32, 4096, 5, 2},
+    {2048, 65536, 64, 1024, 5, 1}, {4096, 32768, 64, 1024, 5, 1},
+};
+
+int RunSweep(Flags f, const std::vector<std::string>& list) {
+  utsname u;
+  uname(&u);
+  std::printf("machine   : %s, %u cores, %s %s\n", CpuModel().c_str(), std::thread::hardware_concurrency(), u.sysname,
+              u.release);
+  std::printf("build     : commit %s, %s, LibTorch threads %d\n", Commit().c_str(), SAE_BUILD_TYPE,
+              at::get_num_threads());
+  std::printf("blas      : %s\n", sae::CurrentBlasKernel().Describe().c_str());
+  std::printf(
+      "floor     : the faster of at::addmm and oneDNN's matmul over the whole batch; torch fwd: at::addmm + "
+      "at::topk (a PyTorch SAE's forward alone)\n\n");
+  std::printf(
+      "(cpu ratio: the same ratio in CPU-seconds of the process, the robust one with --threads 1 on a loaded "
+      "machine)\n");
+  std::printf("%-22s %-13s %9s %9s %9s %9s %6s %6s %10s %10s %6s\n", "d/latents/k/batch", "encoder", "step s",
+              "floor s", "addmm s", "oneDNN s", "ratio", "cpu", "tokens/s", "torch fwd", "load");
+  nlohmann::json all = nlohmann::json::array();
+  for (const SweepShape& sh : kSweep) {
+    f.d = sh.d;
+    f.n = sh.n;
+    f.k = sh.k;
+    f.batch = sh.batch;
+    f.steps = sh.steps;
+    f.warmup = sh.warmup;
+    std::vector<RunResult> runs;
+    Floors floors;
+    const absl::Status st = MeasureShape(f, list, &runs, &floors);
+    if (!st.ok()) {
+      std::fprintf(stderr, "error: d %ld latents %ld: %s\n", f.d, f.n, std::string(st.message()).c_str());
+      return 1;
+    }
+    const std::string shape = absl::StrCat(f.d, "/", f.n, "/", f.k, "/", f.batch);
+    for (const RunResult& r : runs) {
+      const GemmTimes& g = r.encoder == "bf16" ? floors.bf16_times : floors.fp32_times;
+      std::printf("%-22s %-13s %9.4f %9.4f %9.4f %9.4f %6.2f %6.2f %10.0f %10.0f %6.2f\n", shape.c_str(),
+                  r.encoder.c_str(), r.step, floors.Of(r), g.aten, g.onednn, r.step / floors.Of(r),
+                  r.step_cpu / floors.CpuOf(r), f.batch / r.step,
+                  floors.torch_forward > 0 ? f.batch / floors.torch_forward : 0.0, LoadAverage());
+    }
+    std::fflush(stdout);
+    for (auto& j : JsonRuns(f, runs, floors)) all.push_back(j);
+  }
+  if (f.as_json) std::printf("%s\n", all.dump().c_str());
+  return 0;
+}
 
 int main(int argc, char** argv) {
   sae::ChooseBlasKernel(argc, argv);  // first: it may re-exec (core/base/blas_kernel.h)
@@ -238,27 +425,19 @@ int main(int argc, char** argv) {
   at::set_num_threads(f.threads > 0 ? f.threads : static_cast<int>(std::thread::hardware_concurrency()));
   const std::vector<std::string> list = SplitList(f.encoders.empty() ? f.precision : f.encoders);
   for (const std::string& e : list)
-    if (e != "fp32" && e != "bf16" && e != "int8_screened") {
-      std::fprintf(stderr, "error: --encoder: '%s' is not one of fp32, bf16, int8_screened\n", e.c_str());
+    if (e != "fp32" && e != "fp32_blas" && e != "bf16" && e != "int8_screened") {
+      std::fprintf(stderr, "error: --encoder: '%s' is not one of fp32, fp32_blas, bf16, int8_screened\n", e.c_str());
       return 1;
     }
+  if (f.sweep) return RunSweep(f, list);
 
-  at::manual_seed(0);
-  at::Tensor x = at::randn({f.batch, f.d}, at::kFloat);
   std::vector<RunResult> runs;
-  at::Tensor W_first;
-  for (const std::string& enc : list) {
-    auto rr = MeasureEncoder(f, enc, x, &W_first);
-    if (!rr.ok()) {
-      std::fprintf(stderr, "error: %s\n", std::string(rr.status().message()).c_str());
-      return 1;
-    }
-    runs.push_back(*rr);
-  }
   Floors floors;
-  floors.fp32 = GemmFloor(f, W_first, x, /*bf16=*/false);
-  floors.any_bf16 = std::find(list.begin(), list.end(), "bf16") != list.end();
-  floors.bf16 = floors.any_bf16 ? GemmFloor(f, W_first, x, /*bf16=*/true) : floors.fp32;
+  const absl::Status st = MeasureShape(f, list, &runs, &floors);
+  if (!st.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(st.message()).c_str());
+    return 1;
+  }
   if (f.as_json) {
     PrintJson(f, runs, floors);
   } else {

@@ -3,12 +3,14 @@
 //
 // Per step: the encoder rows are quantised to int8 per row (symmetric,
 // scales and the norms of the rows and of their quantisation error kept),
-// and per block of input rows: the rows are quantised the same way, oneDNN's
-// int8 matmul gives every pre-activation approximately, and its epilogue
-// turns each into an upper bound u_j = ẑ_j + ε_j(x) on the value the exact
-// fp32 computation can give (Cauchy–Schwarz on both quantisation errors plus
-// a bound on fp32 rounding). The candidates S of a row are the latents with
-// the largest u (about C of them); they are rescored exactly in fp32
+// (straight into oneDNN's blocked weights layout), and per block of input
+// rows: the rows are quantised the same way (stored as q + 128, the u8
+// operand of VNNI's u8×s8 products), oneDNN's int8 matmul gives every
+// pre-activation approximately, and a vectorised pass turns each into an
+// upper bound u_j = ẑ_j + ε_j(x) on the value the exact fp32 computation
+// can give (Cauchy–Schwarz on both quantisation errors plus a bound on fp32
+// rounding). The candidates S of a row are the latents with the largest u
+// (at least C blocks' worth); they are rescored exactly in fp32
 // (ExactPreactivation, latent-major so each encoder row is read once per
 // block) and τ, the k-th largest exact value, is compared with the largest
 // u outside S. A row is certified when no latent outside S can reach τ (or,
@@ -61,8 +63,10 @@ struct ScreenStats {
 // trainer; not thread-safe.
 class Int8Screen {
  public:
-  // candidates: the starting C (0: automatic, 4k). adaptive: adjust C after
-  // every call from the measured fallback rate (aim: 1-5 % of rows).
+  // candidates: the starting C, in blocks of 16 latents (0: automatic, 8k).
+  // adaptive: after every call set C to what would have certified 97 % of
+  // its rows (each row's least certifying C is known from its block maxima
+  // and τ), so about 3 % of rows are recomputed.
   static absl::StatusOr<std::unique_ptr<Int8Screen>> Create(int64_t candidates = 0, bool adaptive = true);
   ~Int8Screen();
 
@@ -82,6 +86,9 @@ class Int8Screen {
     adaptive_ = adaptive;
   }
   void set_block_rows(int64_t r) { block_rows_ = r; }
+  // Tests: quantise the encoder in oneDNN's plain layout and let oneDNN
+  // reorder it (the path CPUs whose kernel wants another layout take).
+  void set_force_reorder(bool f) { force_reorder_ = f; }
 
   struct Impl;
 
@@ -91,6 +98,7 @@ class Int8Screen {
   int64_t c_ = 0;
   bool adaptive_ = true;
   int64_t block_rows_ = 0;
+  bool force_reorder_ = false;
   ScreenStats last_;
   int64_t total_fallback_ = 0;
 };

@@ -1,6 +1,7 @@
 #include "core/sae/sae_step.h"
 
 #include "core/base/bf16.h"
+#include "core/sae/encoder_gemm.h"
 #include "core/sae/int8_screen.h"
 #include "core/sae/sae_step_internal.h"
 
@@ -8,11 +9,13 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <mutex>
 #include <type_traits>
 #include <utility>
 
@@ -73,7 +76,7 @@ double TotalVariance(const T* x, int64_t B, int64_t d) {
     for (int64_t i = 0; i < d; ++i) mean[i] += x[b * d + i];
   for (double& m : mean) m /= static_cast<double>(B);
   return at::parallel_reduce(
-      0, B, 64, 0.0,
+      0, B, internal::GrainFor(d), 0.0,
       [&](int64_t lo, int64_t hi, double acc) {
         for (int64_t b = lo; b < hi; ++b)
           for (int64_t i = 0; i < d; ++i) {
@@ -83,6 +86,42 @@ double TotalVariance(const T* x, int64_t B, int64_t d) {
         return acc;
       },
       std::plus<double>());
+}
+
+// x − b_dec (B×d) into a new tensor, on the calling thread unless large.
+template <typename T>
+at::Tensor CenterRows(const at::Tensor& x, const at::Tensor& b_dec) {
+  const int64_t B = x.size(0), d = x.size(1);
+  at::Tensor xc = at::empty({B, d}, x.options());
+  const T* X = x.data_ptr<T>();
+  const T* bd = b_dec.data_ptr<T>();
+  T* XC = xc.data_ptr<T>();
+  at::parallel_for(0, B, internal::GrainFor(d), [&](int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; ++b)
+      for (int64_t i = 0; i < d; ++i) XC[b * d + i] = X[b * d + i] - bd[i];
+  });
+  return xc;
+}
+
+// out = Σ_r A[r] − Σ_l w[l] W[l] over the rows of A (R×d) and of W (n×d),
+// accumulated in double per column (b_dec's gradient, step 6), in parallel
+// over columns only when large.
+template <typename T>
+void BDecGradient(const T* A, int64_t R, const T* W, const T* w, int64_t n, int64_t d, T* out) {
+  at::parallel_for(0, d, internal::GrainFor(R + n), [&](int64_t lo, int64_t hi) {
+    std::vector<double> acc(static_cast<size_t>(hi - lo), 0.0);
+    for (int64_t r = 0; r < R; ++r) {
+      const T* a = A + r * d + lo;
+      for (int64_t i = 0; i < hi - lo; ++i) acc[i] += a[i];
+    }
+    for (int64_t l = 0; l < n; ++l) {
+      const T* row = W + l * d + lo;
+      const double wl = w[l];
+      if (wl == 0) continue;
+      for (int64_t i = 0; i < hi - lo; ++i) acc[i] -= wl * row[i];
+    }
+    for (int64_t i = lo; i < hi; ++i) out[i] = static_cast<T>(acc[i - lo]);
+  });
 }
 
 double NowSeconds() {
@@ -112,14 +151,21 @@ struct Selection {
   at::Tensor aux_idx, aux_val;  // B×k_aux
   at::Tensor zD;                // B×|D| (Ghost Grads only)
   double gemm_seconds = 0;      // of the encoder GEMM alone
+  bool fused = false;           // GEMM and selection in one pass (gemm_seconds: the weights' preparation only)
 };
 
 // Step 1. The encoder GEMM z = (x − b_dec) W_encᵀ + b_enc in row blocks, each
 // block reduced to its top-k at once, so the B×n pre-activations never exist.
 // With cfg.W_enc_lowp, the GEMM uses the bf16-rounded encoder and inputs.
+// float32 (unless cfg.aten_gemm) multiplies through oneDNN (EncoderGemm):
+// when the encoder is small enough to stay in cache, each thread multiplies
+// its own blocks of a few rows into a buffer that stays in its L2 and
+// selects from there (FusedSmallEncoder); otherwise in large blocks, as
+// at::addmm does for float64.
 template <typename T>
-Selection EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const StepConfig& cfg, const RemedyPlan& rp) {
-  const int64_t B = xc.size(0), n = p.latents(), k = cfg.k, k_aux = rp.k_aux, nd = rp.nd;
+absl::Status EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const StepConfig& cfg, const RemedyPlan& rp,
+                             Selection* out) {
+  const int64_t B = xc.size(0), n = p.latents(), d = p.d_in(), k = cfg.k, k_aux = rp.k_aux, nd = rp.nd;
   const at::ScalarType st = p.W_enc.scalar_type();
   const std::vector<int64_t>& dead = *rp.dead;
   at::Tensor enc_w = p.W_enc, enc_in = xc;
@@ -128,7 +174,7 @@ Selection EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const StepCo
     enc_in = xc.clone();
     RoundToBF16InPlace(enc_in);
   }
-  Selection s;
+  Selection& s = *out;
   s.idx = at::empty({B, k}, at::kLong);
   s.val = at::empty({B, k}, st);
   s.aux_idx = at::empty({B, k_aux}, at::kLong);
@@ -139,8 +185,86 @@ Selection EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const StepCo
   int64_t* AIDX = s.aux_idx.data_ptr<int64_t>();
   T* AVAL = s.aux_val.data_ptr<T>();
   T* ZD = rp.ghost ? s.zD.data_ptr<T>() : nullptr;
-  const int64_t R = cfg.block_rows > 0 ? std::min(cfg.block_rows, B) : internal::AutoBlockRows(B, n, sizeof(T));
+  // The selections of rows r0 .. r0 + rows − 1 from their pre-activations Z
+  // (rows×n), on the calling thread.
+  auto select_rows = [&](const T* Z, int64_t r0, int64_t rows, std::vector<T>* scratch,
+                         std::vector<int64_t>* scratch_idx) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t b = r0 + r;
+      const T* zr = Z + r * n;
+      internal::SelectTopK(zr, n, k, IDX + b * k, VAL + b * k);
+      if (k_aux > 0)
+        internal::SelectTopKAmong(zr, dead.data(), nd, k_aux, scratch, scratch_idx, AIDX + b * k_aux, AVAL + b * k_aux);
+      if (ZD != nullptr)
+        for (int64_t t = 0; t < nd; ++t) ZD[b * nd + t] = zr[dead[t]];
+    }
+  };
   StepWorkspace* ws = cfg.workspace;
+  const bool onednn = std::is_same_v<T, float> && !cfg.aten_gemm;
+  if constexpr (std::is_same_v<T, float>) {
+    if (onednn) {
+      std::shared_ptr<internal::EncoderGemm> gemm_holder;
+      if (ws != nullptr && !ws->gemm) ws->gemm = std::make_shared<internal::EncoderGemm>();
+      internal::EncoderGemm* gemm =
+          ws != nullptr ? ws->gemm.get() : (gemm_holder = std::make_shared<internal::EncoderGemm>()).get();
+      const at::Tensor w = enc_w.contiguous();
+      const float* X = enc_in.data_ptr<float>();
+      const internal::EncoderPlan plan = internal::PlanEncoder(B, n, d, cfg.block_rows);
+      const int64_t R = plan.rows, tail = B % R;
+      const int64_t counts[2] = {R, tail};
+      double tg = NowSeconds();
+      SAE_RETURN_IF_ERROR(
+          gemm->SetWeights(w.data_ptr<float>(), p.b_enc.data_ptr<float>(), n, d, counts, tail > 0 ? 2 : 1));
+      const int64_t nblocks = (B + R - 1) / R;
+      if (plan.per_thread) {
+        // One parallel region for the whole encoder: blocks are handed out
+        // dynamically, so a thread the OS preempts delays only its block.
+        s.gemm_seconds += NowSeconds() - tg;  // (the GEMM itself is inside the fused loop below)
+        std::atomic<int64_t> next{0};
+        std::atomic<bool> failed{false};
+        absl::Status first_error;
+        std::mutex mu;
+        const int64_t work = B * n * d, threads = at::get_num_threads();
+        at::parallel_for(0, threads, work >= 4 * internal::kMinParallelWork ? 1 : threads, [&](int64_t, int64_t) {
+          const int slot = at::get_thread_num();
+          thread_local std::vector<float> zt;
+          if (zt.size() < static_cast<size_t>(R * n)) zt.resize(static_cast<size_t>(R * n));
+          std::vector<T> scratch;
+          std::vector<int64_t> scratch_idx;
+          for (int64_t blk = next++; blk < nblocks && !failed; blk = next++) {
+            const int64_t r0 = blk * R, rows = std::min(R, B - r0);
+            absl::Status st_run = gemm->Run(X + r0 * d, rows, zt.data(), slot);
+            if (!st_run.ok()) {
+              std::lock_guard<std::mutex> lock(mu);
+              if (first_error.ok()) first_error = st_run;
+              failed = true;
+              break;
+            }
+            select_rows(zt.data(), r0, rows, &scratch, &scratch_idx);
+          }
+        });
+        SAE_RETURN_IF_ERROR(first_error);
+        s.fused = true;
+        return absl::OkStatus();
+      }
+      at::Tensor zbuf = Reuse(ws ? &ws->zbuf : nullptr, {R, n}, st);
+      float* Z = zbuf.data_ptr<float>();
+      s.gemm_seconds += NowSeconds() - tg;
+      for (int64_t r0 = 0; r0 < B; r0 += R) {
+        const int64_t rows = std::min(R, B - r0);
+        tg = NowSeconds();
+        SAE_RETURN_IF_ERROR(gemm->Run(X + r0 * d, rows, Z, 0));
+        s.gemm_seconds += NowSeconds() - tg;
+        at::parallel_for(0, rows, internal::GrainFor(n), [&](int64_t lo, int64_t hi) {
+          std::vector<T> scratch;
+          std::vector<int64_t> scratch_idx;
+          select_rows(Z + lo * n, r0 + lo, hi - lo, &scratch, &scratch_idx);
+        });
+      }
+      return absl::OkStatus();
+    }
+  }
+  const int64_t R = cfg.block_rows > 0 ? std::min(cfg.block_rows, B) : internal::AutoBlockRows(B, n, sizeof(T));
   at::Tensor zbuf = Reuse(ws ? &ws->zbuf : nullptr, {R, n}, st);
   at::Tensor enc_wt = enc_w.t();
   for (int64_t r0 = 0; r0 < B; r0 += R) {
@@ -150,22 +274,13 @@ Selection EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const StepCo
     at::addmm_out(zb, p.b_enc, enc_in.narrow(0, r0, rows), enc_wt);
     s.gemm_seconds += NowSeconds() - tg;
     const T* Z = zb.data_ptr<T>();
-    at::parallel_for(0, rows, 1, [&](int64_t lo, int64_t hi) {
+    at::parallel_for(0, rows, internal::GrainFor(n), [&](int64_t lo, int64_t hi) {
       std::vector<T> scratch;
       std::vector<int64_t> scratch_idx;
-      for (int64_t r = lo; r < hi; ++r) {
-        const int64_t b = r0 + r;
-        const T* zr = Z + r * n;
-        internal::SelectTopK(zr, n, k, IDX + b * k, VAL + b * k);
-        if (k_aux > 0)
-          internal::SelectTopKAmong(zr, dead.data(), nd, k_aux, &scratch, &scratch_idx, AIDX + b * k_aux,
-                                    AVAL + b * k_aux);
-        if (ZD != nullptr)
-          for (int64_t t = 0; t < nd; ++t) ZD[b * nd + t] = zr[dead[t]];
-      }
+      select_rows(Z + lo * n, r0 + lo, hi - lo, &scratch, &scratch_idx);
     });
   }
-  return s;
+  return absl::OkStatus();
 }
 
 // Step 1 with train.encoder: int8_screened (core/sae/int8_screen.h): the
@@ -261,7 +376,10 @@ void Decode(const SaeParams& p, const FiredByLatent<T>& f, int64_t B, T* XH, T* 
   const int64_t d = p.d_in(), n = p.latents();
   const T* Wdec = p.W_dec.data_ptr<T>();
   const T* bdec = p.b_dec.data_ptr<T>();
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B));
+  // Each part walks every latent's list: n + its share of the B·k·d work.
+  const int64_t work = static_cast<int64_t>(f.items.size()) * d + n;
+  const int64_t parts =
+      std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), B, work / internal::kMinParallelWork}));
   T* const dst_of[3] = {XH, EH, TH};
   at::parallel_for(0, parts, 1, [&](int64_t plo, int64_t phi) {
     for (int64_t part = plo; part < phi; ++part) {
@@ -329,7 +447,7 @@ StepSums ResidualGradients(const T* X, const T* XC, const T* XH, const T* EH, co
   std::vector<double> rnorm_row(static_cast<size_t>(B)), xnorm_row(static_cast<size_t>(B));
   std::vector<double> sse_t_row(multi ? static_cast<size_t>(B) : 0), sse_c_row(multi ? static_cast<size_t>(B) : 0);
   const T c_main = static_cast<T>(c_main_d), c_aux = static_cast<T>(c_aux_d), c_cur = static_cast<T>(mt.c_cur);
-  at::parallel_for(0, B, 64, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, B, internal::GrainFor(4 * d), [&](int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b) {
       const T* xh = XH + b * d;
       const T* xr = X + b * d;
@@ -411,7 +529,8 @@ void LatentGradients(const SaeParams& p, const FiredByLatent<T>& f, const T* XC,
   T* gbenc = grads->b_enc.data_ptr<T>();
   const int64_t n_items = static_cast<int64_t>(f.items.size());
   const T* const grad_of[3] = {GX, GA, GT};  // by Item::src
-  at::parallel_for(0, n, 64, [&](int64_t lo, int64_t hi) {
+  const int64_t per_latent = 3 * d * (n_items / std::max<int64_t>(n, 1)) + 2 * d;
+  at::parallel_for(0, n, internal::GrainFor(per_latent), [&](int64_t lo, int64_t hi) {
     // Rows accumulate in thread-local buffers and are written once with
     // streaming stores, so the 2·n·d gradient bytes do not evict the
     // residual rows that the next latents read.
@@ -460,7 +579,7 @@ void ProjectDecoderRows(const SaeParams& p, const std::vector<int64_t>& rows, Sa
   const int64_t d = p.d_in();
   const T* Wdec = p.W_dec.data_ptr<T>();
   T* gWdec = grads->W_dec.data_ptr<T>();
-  at::parallel_for(0, static_cast<int64_t>(rows.size()), 64, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, static_cast<int64_t>(rows.size()), internal::GrainFor(2 * d), [&](int64_t lo, int64_t hi) {
     for (int64_t t = lo; t < hi; ++t) {
       T* gd = gWdec + rows[t] * d;
       const T* w = Wdec + rows[t] * d;
@@ -485,7 +604,7 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   double total_var = cfg.total_var;
   if (total_var <= 0) total_var = TotalVariance(X, B, d);
   const double denom = total_var > 0 ? total_var : 1.0;
-  at::Tensor xc = x - p.b_dec;  // B×d
+  at::Tensor xc = CenterRows<T>(x, p.b_dec);  // B×d
   const T* XC = xc.data_ptr<T>();
   clock.End("prepare");
 
@@ -494,10 +613,17 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
     SAE_RETURN_IF_ERROR(ScreenedSelect<T>(p, xc, cfg, rp, &sel, res));
     clock.Restart();
   } else {
-    sel = EncodeAndSelect<T>(p, xc, cfg, rp);
-    clock.End("encode_topk");
-    res->phase_seconds.back().second -= sel.gemm_seconds;
-    res->phase_seconds.insert(res->phase_seconds.end() - 1, {"encode_gemm", sel.gemm_seconds});
+    SAE_RETURN_IF_ERROR(EncodeAndSelect<T>(p, xc, cfg, rp, &sel));
+    if (sel.fused) {
+      // GEMM and top-k interleave per block: one phase (plus the weights' reorder).
+      clock.End("encode_fused");
+      res->phase_seconds.back().second -= sel.gemm_seconds;
+      res->phase_seconds.insert(res->phase_seconds.end() - 1, {"encode_prepare", sel.gemm_seconds});
+    } else {
+      clock.End("encode_topk");
+      res->phase_seconds.back().second -= sel.gemm_seconds;
+      res->phase_seconds.insert(res->phase_seconds.end() - 1, {"encode_gemm", sel.gemm_seconds});
+    }
   }
 
   // Multi-TopK: the first kt entries of each row form the target-k reconstruction.
@@ -538,8 +664,8 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   // 6. b_dec: Σ_rows ∂/∂x̂ from the decode, minus Σ_l (∂/∂b_enc[l]) W_enc[l]
   //    from the encoder input x − b_dec.
   //    (Multi-TopK: its direct gradient GB, which the fit makes differ from gx.)
-  grads->b_dec.copy_(multi ? gbdec.sum(0) : gx.sum(0));
-  grads->b_dec.sub_(at::mv(p.W_enc.t(), grads->b_enc));
+  BDecGradient<T>(multi ? gbdec.data_ptr<T>() : gx.data_ptr<T>(), B, p.W_enc.data_ptr<T>(), grads->b_enc.data_ptr<T>(),
+                  p.latents(), d, grads->b_dec.data_ptr<T>());
   // 7. Ghost Grads: dense over the dead set only (ALGORITHMS.md §4). It adds
   //    to dead decoder rows already projected in step 5, so those are
   //    projected again (P is linear and idempotent: P(Pg + h) = Pg + Ph).
@@ -688,7 +814,29 @@ absl::StatusOr<EncodeResult> Encode(const SaeParams& p, const at::Tensor& x_in, 
   }
 }
 
+namespace {
+template <typename T>
+double SumOfSquares(const T* f, int64_t n) {
+  return at::parallel_reduce(
+      0, n, internal::GrainFor(1), 0.0,
+      [&](int64_t lo, int64_t hi, double acc) {
+        double part = 0;
+#pragma omp simd reduction(+ : part)
+        for (int64_t i = lo; i < hi; ++i) part += static_cast<double>(f[i]) * f[i];
+        return acc + part;
+      },
+      std::plus<double>());
+}
+}  // namespace
+
 double GlobalGradNorm(const SaeGrads& g) {
+  if (g.flat.defined() && g.flat.device().is_cpu() && g.flat.is_contiguous() &&
+      g.flat.numel() == g.W_enc.numel() + g.b_enc.numel() + g.W_dec.numel() + g.b_dec.numel()) {
+    // One pass over the flat buffer, in double (several at::norm calls cost
+    // a parallel region each: most of the optimizer's time at small d).
+    if (g.flat.scalar_type() == at::kFloat) return std::sqrt(SumOfSquares(g.flat.data_ptr<float>(), g.flat.numel()));
+    if (g.flat.scalar_type() == at::kDouble) return std::sqrt(SumOfSquares(g.flat.data_ptr<double>(), g.flat.numel()));
+  }
   double s = 0;
   for (const at::Tensor* t : {&g.W_enc, &g.b_enc, &g.W_dec, &g.b_dec}) {
     const double n = t->norm().item<double>();
@@ -713,7 +861,7 @@ void AdamRows(T* __restrict p, const T* __restrict g, T* __restrict m, T* __rest
   const T inv_sqrt_bc2 = static_cast<T>(1.0 / std::sqrt(bc2));
   const T eps = static_cast<T>(cfg.eps);
   const T cs = static_cast<T>(cfg.clip_scale);
-  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1)), [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, rows, internal::GrainFor(8 * cols), [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
       T* __restrict pr = p + r * cols;
       const T* __restrict gr = g + r * cols;
@@ -777,7 +925,7 @@ void AdamUpdate(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg,
 void RoundToBF16InPlace(at::Tensor t) {
   float* f = t.data_ptr<float>();
   const int64_t n = t.numel();
-  at::parallel_for(0, n, 1 << 16, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, n, internal::GrainFor(1), [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) f[i] = RoundToBF16(f[i]);
   });
 }

@@ -4,12 +4,14 @@
 // computed in row blocks and reduced to the top-k at once, and weight
 // gradients are gathered per latent from the k entries each token selected.
 // Free functions over caller-owned tensors; each call uses every core through
-// at::parallel_for and is not re-entrant on the same tensors.
+// at::parallel_for (loops too small to gain stay on the calling thread) and
+// is not re-entrant on the same tensors.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -18,7 +20,10 @@
 
 namespace sae {
 
-class Int8Screen;                        // core/sae/int8_screen.h
+class Int8Screen;  // core/sae/int8_screen.h
+namespace internal {
+class EncoderGemm;  // core/sae/encoder_gemm.h
+}
 double DefaultAuxCoefficient(Remedy r);  // Remedy: core/base/job_options.h
 
 // The parameters: encoder (n×d, n), decoder rows (n×d) and b_dec (d). All
@@ -43,6 +48,7 @@ struct SaeGrads {
 // 128 MiB; allocating it fresh costs page faults every step). Optional.
 struct StepWorkspace {
   at::Tensor zbuf, xhat, gx;
+  std::shared_ptr<internal::EncoderGemm> gemm;  // the fp32 encoder GEMM's primitives and weights
 };
 
 struct StepConfig {
@@ -84,6 +90,10 @@ struct StepConfig {
   // (float32 parameters on CPU only; the ATen step refuses it).
   Int8Screen* screen = nullptr;
   int64_t block_rows = 0;  // encoder GEMM row block; 0 = automatic
+  // float32 on CPU: the encoder GEMM through LibTorch's at::addmm (OpenBLAS)
+  // in row blocks instead of oneDNN (core/sae/encoder_gemm.h); the reference
+  // path for tests and benchmarks. (float64 always uses at::addmm.)
+  bool aten_gemm = false;
   // Σ‖x − x̄‖² over the global batch (all ranks); <= 0: this batch's own.
   double total_var = 0;
   StepWorkspace* workspace = nullptr;  // reuse buffers across calls when set

@@ -87,6 +87,19 @@ absl::Status ComputeGradientsATen(const SaeParams& params, const at::Tensor& x, 
 void AdamUpdateATen(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg, AdamState* state,
                     at::Tensor* W_enc_lowp);
 
+// Loops with less work than this (in multiply-adds, roughly 0.3-0.5 ms on
+// one core) run on the calling thread: a parallel region costs a wake-up and
+// a barrier, microseconds on an idle machine but a scheduler time slice
+// (4-16 ms measured) when other processes hold the cores, and at small d
+// most of the step's loops are that small (docs/performance.md "Small
+// models": with 2^17 the d 64 step's decode, scatter and Adam took 10-30 ms
+// each on a loaded machine, against 0.3-1 ms serially).
+constexpr int64_t kMinParallelWork = int64_t{1} << 20;
+// The grain (in items) for at::parallel_for over items of `work_per_item`.
+inline int64_t GrainFor(int64_t work_per_item) {
+  return std::max<int64_t>(1, kMinParallelWork / std::max<int64_t>(1, work_per_item));
+}
+
 // ---- small vector helpers (the compiler vectorises these loops) ----
 template <typename T>
 inline void Axpy(int64_t n, T a, const T* __restrict x, T* __restrict y) {
@@ -125,7 +138,8 @@ void SelectTopKHeap(const T* z, const int64_t* ids, int64_t n, int64_t k, int64_
   };
   // "a is better than b"
   auto better = [](const Entry& a, const Entry& b) { return a.v > b.v || (a.v == b.v && a.i < b.i); };
-  std::vector<Entry> heap(static_cast<size_t>(k));
+  thread_local std::vector<Entry> heap;  // (an allocation per row cost a fifth of a small row's selection)
+  heap.resize(static_cast<size_t>(k));
   for (int64_t j = 0; j < k; ++j) heap[j] = {z[j], ids ? ids[j] : j};
   std::make_heap(heap.begin(), heap.end(), better);  // front = worst kept
   for (int64_t j = k; j < n; ++j) {
@@ -192,7 +206,29 @@ void SelectTopK(const T* z, int64_t n, int64_t k, int64_t* idx_out, T* val_out) 
         cand_i.push_back(j);
       }
   };
-  for (int64_t b = 0; b < nb; ++b)
+  int64_t b1 = 0;
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {
+    // The blocks above the threshold, 8 lanes per compare (the scalar pass
+    // was half of a small row's selection time); the same elements, in the
+    // same ascending order, as `collect`.
+    const __m256 tv = _mm256_set1_ps(thr);
+    for (; b1 < nb; ++b1) {
+      if (!(bmax[b1] >= thr)) continue;
+      const float* c = z + b1 * kBlock;
+      for (int64_t j = 0; j < kBlock; j += 8) {
+        unsigned m = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(c + j), tv, _CMP_GE_OQ)));
+        while (m != 0) {
+          const int t = __builtin_ctz(m);
+          m &= m - 1;
+          cand_v.push_back(c[j + t]);
+          cand_i.push_back(b1 * kBlock + j + t);
+        }
+      }
+    }
+  }
+#endif
+  for (int64_t b = b1; b < nb; ++b)
     if (bmax[b] >= thr) collect(b * kBlock, (b + 1) * kBlock);
   collect(nb * kBlock, n);  // the ragged tail
   SelectTopKHeap<T>(cand_v.data(), cand_i.data(), static_cast<int64_t>(cand_v.size()), k, idx_out, val_out);
@@ -217,6 +253,33 @@ inline int64_t AutoBlockRows(int64_t B, int64_t n, size_t elem) {
   int64_t rows = static_cast<int64_t>((size_t{128} << 20) / (static_cast<size_t>(n) * elem));
   rows = std::max<int64_t>(rows, 64);
   return std::min(rows, B);
+}
+
+// How the float32 step runs its oneDNN encoder GEMM (sae_step.cc
+// EncodeAndSelect). per_thread: each thread multiplies blocks of `rows` rows
+// on its own and selects their top-k while the block's pre-activations are
+// in its L2 (about 256 KiB of them, at least 32 rows: oneDNN's f32 kernel
+// runs at 137 GFLOP/s with 16-row blocks, 225-245 with 32 or more, d 64,
+// 4096 latents, one core); chosen when the encoder (n·d floats)
+// is at most 8 MiB, so that every block's pass over it hits the shared
+// cache. Otherwise blocks of AutoBlockRows rows, each multiplied by all
+// threads together. block_rows > 0 (tests) fixes the block size.
+struct EncoderPlan {
+  int64_t rows = 0;
+  bool per_thread = false;
+};
+inline EncoderPlan PlanEncoder(int64_t B, int64_t n, int64_t d, int64_t block_rows) {
+  EncoderPlan e;
+  e.per_thread = static_cast<size_t>(n) * static_cast<size_t>(d) * sizeof(float) <= (size_t{8} << 20);
+  if (block_rows > 0) {
+    e.rows = std::min(block_rows, B);
+  } else if (e.per_thread) {
+    const int64_t r = static_cast<int64_t>((size_t{256} << 10) / (static_cast<size_t>(n) * sizeof(float)));
+    e.rows = std::min(std::clamp<int64_t>(r / 8 * 8, 32, 512), B);
+  } else {
+    e.rows = AutoBlockRows(B, n, sizeof(float));
+  }
+  return e;
 }
 
 // A tensor of `shape` and `st`, reused from `slot` when it already fits.

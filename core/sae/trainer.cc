@@ -374,6 +374,7 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     if (opts_.bf16) cfg.W_enc_lowp = w_enc_lowp_;
     cfg.workspace = &workspace_;
     cfg.aten = opts_.aten_kernels;
+    cfg.aten_gemm = opts_.blas_encoder_gemm;
     cfg.screen = screen_.get();
     StepResult res;
     SAE_RETURN_IF_ERROR(ComputeGradients(params_, x_dev, cfg, &grads_, &res));

@@ -81,6 +81,9 @@ struct TrainerOptions {
   // agree with the CPU kernels).
   Device device = Device::kCpu;
   bool aten_kernels = false;
+  // float32 on CPU: the encoder GEMM through at::addmm (OpenBLAS) in row
+  // blocks instead of oneDNN (StepConfig::aten_gemm; benchmarks and tests).
+  bool blas_encoder_gemm = false;
   // Tests only: parameters and the step in float64 (rows arrive as float32
   // and are widened after normalisation), so that two step implementations
   // can be compared where float32 rounding cannot flip a top-k selection.

@@ -99,16 +99,25 @@ class Int8ScreenTest : public ::testing::Test {
 TEST_F(Int8ScreenTest, RandomSaeSelectsTheExactTopKBitForBit) {
   // d not a multiple of 16 (the dot product's tail), several row blocks,
   // a fixed small C (many rows recomputed) and the adaptive one.
-  for (auto [n, d, k, c] : {std::tuple<int64_t, int64_t, int64_t, int64_t>{2048, 96, 16, 24},
-                            {2048, 96, 16, 0},
-                            {1000, 37, 5, 12},
-                            {512, 64, 32, 0}}) {
+  // n not a multiple of the 256-latent chunks (1000; 260: a last chunk of
+  // 4 latents, fewer than its 16 blocks), and the encoder through oneDNN's
+  // reorder instead of written in its layout directly (reorder = true).
+  for (auto [n, d, k, c, reorder] : {std::tuple<int64_t, int64_t, int64_t, int64_t, bool>{2048, 96, 16, 24, false},
+                                     {2048, 96, 16, 0, false},
+                                     {2048, 96, 16, 0, true},
+                                     {1000, 37, 5, 12, false},
+                                     {1000, 37, 5, 12, true},
+                                     {260, 48, 4, 6, false},
+                                     {260, 48, 4, 0, false},
+                                     {512, 64, 32, 0, false}}) {
     SaeParams p = RandomParams(n, d, 7 + n + d);
     at::Tensor xc = at::randn({300, d}) * 2 + 0.3;
     auto s = Int8Screen::Create(c, /*adaptive=*/c == 0).value();
     s->set_block_rows(128);
+    s->set_force_reorder(reorder);
     for (int rep = 0; rep < 3; ++rep) {  // the adaptive C moves between calls
-      EXPECT_EQ(Mismatches(s.get(), p, xc, k), 0) << "n " << n << " d " << d << " k " << k << " C " << c;
+      EXPECT_EQ(Mismatches(s.get(), p, xc, k), 0)
+          << "n " << n << " d " << d << " k " << k << " C " << c << (reorder ? " (reorder)" : "");
       EXPECT_LE(s->last().fallback_rows, 300);
     }
     if (c == 24) EXPECT_GT(s->total_fallback_rows(), 0) << "C = k + 8 should leave rows uncertified";
@@ -203,6 +212,29 @@ TEST_F(Int8ScreenTest, NearTiesWithinTheBoundAreRecomputedNotGuessed) {
     rows_where_guess_differs += same ? 0 : 1;
   }
   EXPECT_GT(rows_where_guess_differs, 0) << "the rows do not exercise the certificate";
+}
+
+// The adaptive C: from the default start (8k blocks) it settles within a
+// call or two where about 3 % of the rows need the recompute, far below the
+// start, and the results stay exact throughout.
+TEST_F(Int8ScreenTest, AdaptiveCandidatesSettleNearTheTargetFallbackRate) {
+  const int64_t n = 4096, d = 64, k = 8, B = 600;
+  SaeParams p = RandomParams(n, d, 17);
+  at::Tensor xc = at::randn({B, d});
+  auto s = Int8Screen::Create().value();
+  int64_t first_c = 0;
+  std::vector<double> rates;
+  for (int rep = 0; rep < 4; ++rep) {
+    EXPECT_EQ(Mismatches(s.get(), p, xc, k), 0) << "call " << rep;
+    if (rep == 0) first_c = s->last().candidates;
+    rates.push_back(static_cast<double>(s->last().fallback_rows) / B);
+  }
+  EXPECT_EQ(first_c, 8 * k);
+  EXPECT_LT(s->candidates(), first_c / 2) << "C should fall well below its start";
+  EXPECT_GT(s->candidates(), k);
+  // Same rows every call: the C chosen from them certifies 97 % of them.
+  for (int rep = 1; rep < 4; ++rep) EXPECT_LE(rates[rep], 0.04) << "call " << rep;
+  EXPECT_GT(rates[1] + rates[2] + rates[3], 0) << "at the 97th percentile some rows should need the recompute";
 }
 
 // A full training run: int8_screened follows the dense fp32 run to float

@@ -206,6 +206,70 @@ INSTANTIATE_TEST_SUITE_P(Shapes, StepVsAutograd,
                                            Case{33, 24, 96, 12, Remedy::kAuxK, 30, true, true, 4},
                                            Case{33, 24, 96, 12, Remedy::kGhostGrads, 30, true, true, 4}));
 
+// float32: the step with its encoder GEMM through oneDNN (per-thread fused
+// blocks when the encoder fits in cache, large blocks otherwise) selects the
+// latents the at::addmm (OpenBLAS) reference path selects and gives its
+// gradients and metrics to float rounding, with each remedy; and both agree
+// with the dense float64 autograd reference.
+TEST(SaeStep, OneDnnEncoderMatchesBlasPathInFloat32) {
+  struct F32Case {
+    int64_t B, d, n, k, block_rows;
+    bool per_thread;  // what PlanEncoder must choose
+  };
+  for (const F32Case c : {F32Case{300, 48, 768, 4, 0, true},        // the small-d path, a ragged last block
+                          F32Case{96, 64, 4096, 8, 0, true},        // stories260K's width
+                          F32Case{130, 24, 500, 5, 37, true},       // explicit blocks
+                          F32Case{70, 256, 8448, 16, 0, false}}) {  // encoder > 8 MiB: large blocks
+    SCOPED_TRACE(testing::Message() << "B " << c.B << " d " << c.d << " n " << c.n);
+    ASSERT_EQ(internal::PlanEncoder(c.B, c.n, c.d, c.block_rows).per_thread, c.per_thread);
+    const SaeParams p64 = RandomParams(c.n, c.d, 99 + c.n);
+    const SaeParams p{p64.W_enc.to(at::kFloat), p64.b_enc.to(at::kFloat), p64.W_dec.to(at::kFloat),
+                      p64.b_dec.to(at::kFloat)};
+    at::Tensor x = at::randn({c.B, c.d}, at::kFloat) + 0.3;
+    std::vector<int64_t> dead;
+    for (int64_t j = 0; j < c.n; j += 5) dead.push_back(j);
+    for (Remedy remedy : {Remedy::kNone, Remedy::kAuxK, Remedy::kGhostGrads}) {
+      SCOPED_TRACE(OptionName(remedy));
+      StepConfig cfg;
+      cfg.k = c.k;
+      cfg.remedy = remedy;
+      cfg.aux_coefficient = remedy == Remedy::kNone ? 0.0 : 0.37;
+      cfg.dead = &dead;
+      cfg.block_rows = c.block_rows;
+      StepWorkspace ws;
+      cfg.workspace = &ws;
+      SaeGrads g[2] = {SaeGrads::ZerosLike(p), SaeGrads::ZerosLike(p)};
+      StepResult r[2];
+      for (int blas = 0; blas < 2; ++blas) {
+        cfg.aten_gemm = blas == 1;
+        g[blas].flat.fill_(3.0f);  // stale values must be overwritten
+        ASSERT_TRUE(ComputeGradients(p, x, cfg, &g[blas], &r[blas]).ok());
+      }
+      bool fused = false;
+      for (auto& [name, sec] : r[0].phase_seconds) fused = fused || std::string(name) == "encode_fused";
+      EXPECT_EQ(fused, c.per_thread);
+      EXPECT_EQ(r[0].fired, r[1].fired);
+      EXPECT_EQ(r[0].active, r[1].active);
+      EXPECT_NEAR(r[0].loss, r[1].loss, 1e-5 * r[1].loss);
+      EXPECT_NEAR(r[0].aux_loss, r[1].aux_loss, 1e-4 * std::fabs(r[1].aux_loss) + 1e-12);
+      for (auto [u, v] : {std::pair{&g[0].W_enc, &g[1].W_enc},
+                          {&g[0].b_enc, &g[1].b_enc},
+                          {&g[0].W_dec, &g[1].W_dec},
+                          {&g[0].b_dec, &g[1].b_dec}})
+        EXPECT_LT(RelErr(*u, *v), remedy == Remedy::kGhostGrads ? 1e-3 : 1e-5);
+      if (remedy == Remedy::kGhostGrads) continue;  // ill-conditioned (int8_screen_test.cc says why)
+      // Both against the dense float64 reference.
+      const SaeParams pd{p.W_enc.to(at::kDouble), p.b_enc.to(at::kDouble), p.W_dec.to(at::kDouble),
+                         p.b_dec.to(at::kDouble)};
+      Reference ref = DenseReference(pd, x.to(at::kDouble), c.k, remedy, cfg.aux_coefficient, dead, true, true);
+      EXPECT_LT(RelErr(g[0].W_enc.to(at::kDouble), ref.gW_enc), 1e-4);
+      EXPECT_LT(RelErr(g[0].W_dec.to(at::kDouble), ref.gW_dec), 1e-4);
+      EXPECT_LT(RelErr(g[0].b_dec.to(at::kDouble), ref.gb_dec), 1e-4);
+      EXPECT_NEAR(r[0].fvu, ref.fvu, 1e-5 * ref.fvu);
+    }
+  }
+}
+
 TEST(SaeStep, MetricsFollowTheirDefinitions) {
   SaeParams p = RandomParams(64, 16, 3);
   at::Tensor x = at::randn({40, 16}, at::kDouble) * 2 + 5;  // far from zero mean
