@@ -4,8 +4,6 @@
 // versus one call per tensor. Launch with every rank:
 //   mpirun -np 2 build/bin/bench_allreduce --backend mpi
 //   tests/run_ranks.sh 2 build/bin/bench_allreduce --backend gloo
-#include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -15,6 +13,7 @@
 #include <vector>
 
 #include "benchmarks/bench_util.h"
+#include "cli/flags.h"
 #include "core/comm/communicator.h"
 
 namespace {
@@ -120,17 +119,17 @@ void SaeGradients(sae::Communicator& comm, const Flags& f) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"bench_allreduce: all-reduce bandwidth of a saeforge communicator backend"};
+  sae::flags::Command app{"bench_allreduce: all-reduce bandwidth of a saeforge communicator backend"};
   Flags f;
-  app.add_option("--backend", f.backend, "local|mpi|gloo|nccl");
-  app.add_option("--min-bytes", f.min_bytes, "smallest message");
-  app.add_option("--max-bytes", f.max_bytes, "largest message");
-  app.add_option("--iters", f.iters, "timed repetitions (median)");
-  app.add_option("--d", f.d, "SAE gradient test: input dimension");
-  app.add_option("--latents", f.n, "SAE gradient test: latents");
-  app.add_option("--bucket", f.bucket, "SAE gradient test: bucket size in float32 elements");
-  app.add_flag("--json", f.as_json, "JSON lines");
-  CLI11_PARSE(app, argc, argv);
+  app.AddOption("--backend", f.backend, "local|mpi|gloo|nccl");
+  app.AddOption("--min-bytes", f.min_bytes, "smallest message");
+  app.AddOption("--max-bytes", f.max_bytes, "largest message");
+  app.AddOption("--iters", f.iters, "timed repetitions (median)");
+  app.AddOption("--d", f.d, "SAE gradient test: input dimension");
+  app.AddOption("--latents", f.n, "SAE gradient test: latents");
+  app.AddOption("--bucket", f.bucket, "SAE gradient test: bucket size in float32 elements");
+  app.AddFlag("--json", f.as_json, "JSON lines");
+  if (auto rc = app.Parse(argc, argv)) return *rc;
 
   sae::CommOptions o;
   if (const char* r = std::getenv("SAE_RANK")) o.rank = std::atoi(r);

@@ -8,13 +8,12 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <sys/utsname.h>
-#include <CLI/CLI.hpp>
-
 #include <cstdio>
 #include <thread>
 #include <vector>
 
 #include "benchmarks/bench_util.h"
+#include "cli/flags.h"
 #include "core/base/blas_kernel.h"
 #include "core/interp/features.h"
 #include "core/interp/sae_run.h"
@@ -27,16 +26,16 @@ using sae::bench::SteadyNow;
 
 int main(int argc, char** argv) {
   sae::ChooseBlasKernel(argc, argv);  // first: it may re-exec (core/base/blas_kernel.h)
-  CLI::App app{"bench_features: dashboard pass vs harvest alone, tokens/s"};
+  sae::flags::Command app{"bench_features: dashboard pass vs harvest alone, tokens/s"};
   std::string model_path, sae_dir;
   int64_t context = 128, batch = 16, windows = 256, reps = 3;
-  app.add_option("--model", model_path, "checkpoint (e.g. ../shared/data/stories260K)")->required();
-  app.add_option("--sae", sae_dir, "trained SAE run directory")->required();
-  app.add_option("--context", context, "tokens per window");
-  app.add_option("--batch", batch, "windows per forward pass");
-  app.add_option("--windows", windows, "windows per run");
-  app.add_option("--reps", reps, "repetitions (median reported)");
-  CLI11_PARSE(app, argc, argv);
+  app.AddOption("--model", model_path, "checkpoint (e.g. ../shared/data/stories260K)").Required();
+  app.AddOption("--sae", sae_dir, "trained SAE run directory").Required();
+  app.AddOption("--context", context, "tokens per window");
+  app.AddOption("--batch", batch, "windows per forward pass");
+  app.AddOption("--windows", windows, "windows per run");
+  app.AddOption("--reps", reps, "repetitions (median reported)");
+  if (auto rc = app.Parse(argc, argv)) return *rc;
   auto model = sae::LoadModel(model_path);
   auto run = sae::OpenSaeRun(sae_dir);
   if (!model.ok() || !run.ok()) {

@@ -25,8 +25,6 @@
 #include <dlfcn.h>
 #include <sys/resource.h>
 #include <sys/utsname.h>
-#include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -38,6 +36,7 @@
 #include <vector>
 
 #include "benchmarks/bench_util.h"
+#include "cli/flags.h"
 #include "core/base/blas_kernel.h"
 #include "core/lm/generate.h"
 #include "core/lm/harvest.h"
@@ -222,29 +221,29 @@ struct Flags {
   int64_t l_dim = 1024, l_layers = 24, l_heads = 16, l_kv = 16, l_hidden = 2816, l_context = 128, l_batch = 4;
 };
 
-void AddFlags(CLI::App& app, Flags& f) {
-  app.add_option("--model", f.model_path, "checkpoint (e.g. ../shared/data/stories260K)");
-  app.add_option("--corpus", f.corpus, "text corpus (default: tinystories_sample.txt beside the model)");
-  app.add_option("--dtype", f.dtype,
-                 "float32|bfloat16|float16: weights and compute (default: as stored, float32 compute)");
-  app.add_option("--layer", f.layer, "harvest layer");
-  app.add_option("--context", f.context, "tokens per window");
-  app.add_option("--batch", f.batch, "windows per forward pass");
-  app.add_option("--rows", f.rows, "rows per text harvest run");
-  app.add_option("--gen-rows", f.gen_rows, "rows per generate harvest run");
-  app.add_option("--single-tokens", f.single_tokens, "tokens per single-stream run");
-  app.add_option("--reps", f.reps, "repetitions (median reported)");
-  app.add_option("--threads", f.threads, "intra-op threads (0: the runtime's rule, 1 for small models)");
-  app.add_option("--runc-tokens-per-s", f.runc,
-                 "llama2.c run.c's single-stream tokens/s through all blocks (the issue's: 11000)");
-  app.add_flag("--large", f.large, "the ~300M-parameter random Llama against the GEMM rate instead");
-  app.add_option("--large-dim", f.l_dim, "large: dim");
-  app.add_option("--large-layers", f.l_layers, "large: layers");
-  app.add_option("--large-heads", f.l_heads, "large: heads");
-  app.add_option("--large-kv-heads", f.l_kv, "large: key/value heads");
-  app.add_option("--large-hidden", f.l_hidden, "large: MLP hidden size");
-  app.add_option("--large-context", f.l_context, "large: tokens per window");
-  app.add_option("--large-batch", f.l_batch, "large: windows per forward pass");
+void AddFlags(sae::flags::Command& app, Flags& f) {
+  app.AddOption("--model", f.model_path, "checkpoint (e.g. ../shared/data/stories260K)");
+  app.AddOption("--corpus", f.corpus, "text corpus (default: tinystories_sample.txt beside the model)");
+  app.AddOption("--dtype", f.dtype,
+                "float32|bfloat16|float16: weights and compute (default: as stored, float32 compute)");
+  app.AddOption("--layer", f.layer, "harvest layer");
+  app.AddOption("--context", f.context, "tokens per window");
+  app.AddOption("--batch", f.batch, "windows per forward pass");
+  app.AddOption("--rows", f.rows, "rows per text harvest run");
+  app.AddOption("--gen-rows", f.gen_rows, "rows per generate harvest run");
+  app.AddOption("--single-tokens", f.single_tokens, "tokens per single-stream run");
+  app.AddOption("--reps", f.reps, "repetitions (median reported)");
+  app.AddOption("--threads", f.threads, "intra-op threads (0: the runtime's rule, 1 for small models)");
+  app.AddOption("--runc-tokens-per-s", f.runc,
+                "llama2.c run.c's single-stream tokens/s through all blocks (the issue's: 11000)");
+  app.AddFlag("--large", f.large, "the ~300M-parameter random Llama against the GEMM rate instead");
+  app.AddOption("--large-dim", f.l_dim, "large: dim");
+  app.AddOption("--large-layers", f.l_layers, "large: layers");
+  app.AddOption("--large-heads", f.l_heads, "large: heads");
+  app.AddOption("--large-kv-heads", f.l_kv, "large: key/value heads");
+  app.AddOption("--large-hidden", f.l_hidden, "large: MLP hidden size");
+  app.AddOption("--large-context", f.l_context, "large: tokens per window");
+  app.AddOption("--large-batch", f.l_batch, "large: windows per forward pass");
 }
 
 void PrintSmallHeader(const Flags& f, const sae::Transformer& model) {
@@ -353,10 +352,10 @@ void PrintModes(const Flags& f, const sae::ModelConfig& c, std::map<std::string,
 
 int main(int argc, char** argv) {
   sae::ChooseBlasKernel(argc, argv);  // first: it may re-exec (core/base/blas_kernel.h)
-  CLI::App app{"bench_harvest: harvest tokens/s against single stream, run.c and the GEMM"};
+  sae::flags::Command app{"bench_harvest: harvest tokens/s against single stream, run.c and the GEMM"};
   Flags f;
   AddFlags(app, f);
-  CLI11_PARSE(app, argc, argv);
+  if (auto rc = app.Parse(argc, argv)) return *rc;
   if (f.large)
     return RunLarge(f.l_dim, f.l_layers, f.l_heads, f.l_kv, f.l_hidden, f.l_context, f.l_batch, f.reps, f.threads);
   if (f.model_path.empty()) {

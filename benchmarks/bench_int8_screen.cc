@@ -8,7 +8,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <time.h>
-#include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -19,6 +18,7 @@
 #include <vector>
 
 #include "benchmarks/bench_util.h"
+#include "cli/flags.h"
 #include "core/base/blas_kernel.h"
 #include "core/sae/int8_screen.h"
 #include "core/sae/sae_step.h"
@@ -35,21 +35,21 @@ double ProcessCpuSeconds() {
 
 int main(int argc, char** argv) {
   sae::ChooseBlasKernel(argc, argv);  // first: it may re-exec (core/base/blas_kernel.h)
-  CLI::App app{"bench_int8_screen: the int8-screened top-k alone, by phase"};
+  sae::flags::Command app{"bench_int8_screen: the int8-screened top-k alone, by phase"};
   int64_t d = 768, n = 16384, k = 32, batch = 4096, reps = 5, warmup = 3, candidates = 0, block_rows = 0;
   int threads = 0;
   bool cpu_time = false;
-  app.add_option("--d", d, "input dimension");
-  app.add_option("--latents", n, "number of latents");
-  app.add_option("--k", k, "active latents per row");
-  app.add_option("--batch", batch, "rows per call");
-  app.add_option("--reps", reps, "measured calls (median)");
-  app.add_option("--warmup", warmup, "calls before measuring (the adaptive C settles in one or two)");
-  app.add_option("--candidates", candidates, "pin C (blocks of 16 latents); 0: adaptive, as in training");
-  app.add_option("--block-rows", block_rows, "rows per int8 GEMM block (0: automatic)");
-  app.add_option("--threads", threads, "LibTorch threads (0 = every core)");
-  app.add_flag("--cpu-time", cpu_time, "phases and total in process CPU seconds (use with --threads 1)");
-  CLI11_PARSE(app, argc, argv);
+  app.AddOption("--d", d, "input dimension");
+  app.AddOption("--latents", n, "number of latents");
+  app.AddOption("--k", k, "active latents per row");
+  app.AddOption("--batch", batch, "rows per call");
+  app.AddOption("--reps", reps, "measured calls (median)");
+  app.AddOption("--warmup", warmup, "calls before measuring (the adaptive C settles in one or two)");
+  app.AddOption("--candidates", candidates, "pin C (blocks of 16 latents); 0: adaptive, as in training");
+  app.AddOption("--block-rows", block_rows, "rows per int8 GEMM block (0: automatic)");
+  app.AddOption("--threads", threads, "LibTorch threads (0 = every core)");
+  app.AddFlag("--cpu-time", cpu_time, "phases and total in process CPU seconds (use with --threads 1)");
+  if (auto rc = app.Parse(argc, argv)) return *rc;
   at::set_num_threads(threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency()));
   if (absl::Status a = sae::Int8ScreenAvailable(); !a.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(a.message()).c_str());

@@ -6,16 +6,15 @@
 // Prints p50/p99/max per endpoint and the requests/s of all clients together.
 #include <httplib.h>
 
-#include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 #include <thread>
 #include <vector>
 
 #include "benchmarks/bench_util.h"
+#include "cli/flags.h"
 #include "core/base/mutex.h"
 
 using sae::bench::Commit;
@@ -24,15 +23,15 @@ using sae::bench::SteadyNow;
 using json = nlohmann::json;
 
 int main(int argc, char** argv) {
-  CLI::App app{"bench_serve: sae serve latency under concurrent clients"};
+  sae::flags::Command app{"bench_serve: sae serve latency under concurrent clients"};
   std::string host = "127.0.0.1";
   int port = 8090, clients = 8, requests = 40, latent = 0;
-  app.add_option("--host", host, "server host");
-  app.add_option("--port", port, "server port")->required();
-  app.add_option("--clients", clients, "concurrent clients");
-  app.add_option("--requests", requests, "requests per client per endpoint");
-  app.add_option("--latent", latent, "latent steered and coloured");
-  CLI11_PARSE(app, argc, argv);
+  app.AddOption("--host", host, "server host");
+  app.AddOption("--port", port, "server port").Required();
+  app.AddOption("--clients", clients, "concurrent clients");
+  app.AddOption("--requests", requests, "requests per client per endpoint");
+  app.AddOption("--latent", latent, "latent steered and coloured");
+  if (auto rc = app.Parse(argc, argv)) return *rc;
   httplib::Client probe(host, port);
   auto info = probe.Get("/api/info");
   if (!info || info->status != 200) {

@@ -7,8 +7,6 @@
 // (none should: every simulated worker stays alive).
 //   build/bin/bench_service --workers 64 --watchers 100 --seconds 60
 #include <unistd.h>
-#include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -20,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "cli/flags.h"
 #include "client/client.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/service.h"
@@ -241,16 +240,16 @@ bool Report(Load& load, sae::CoordinatorSnapshot snap, int64_t max_dead) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"bench_service: coordinator RPC latency with simulated workers and watchers"};
+  sae::flags::Command app{"bench_service: coordinator RPC latency with simulated workers and watchers"};
   Load load;
   Flags& f = load.f;
-  app.add_option("--workers", f.workers, "simulated workers")->capture_default_str();
-  app.add_option("--watchers", f.watchers, "concurrent Watch streams")->capture_default_str();
-  app.add_option("--jobs", f.jobs, "jobs the workers run (progress every 0.5 s each)")->capture_default_str();
-  app.add_option("--seconds", f.seconds, "duration")->capture_default_str();
-  app.add_option("--lease-seconds", f.lease, "coordinator lease")->capture_default_str();
-  app.add_option("--heartbeat-seconds", f.heartbeat, "heartbeat interval")->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
+  app.AddOption("--workers", f.workers, "simulated workers").ShowDefault();
+  app.AddOption("--watchers", f.watchers, "concurrent Watch streams").ShowDefault();
+  app.AddOption("--jobs", f.jobs, "jobs the workers run (progress every 0.5 s each)").ShowDefault();
+  app.AddOption("--seconds", f.seconds, "duration").ShowDefault();
+  app.AddOption("--lease-seconds", f.lease, "coordinator lease").ShowDefault();
+  app.AddOption("--heartbeat-seconds", f.heartbeat, "heartbeat interval").ShowDefault();
+  if (auto rc = app.Parse(argc, argv)) return *rc;
 
   const std::string db =
       (std::filesystem::temp_directory_path() / ("bench_service_" + std::to_string(::getpid()) + ".db")).string();

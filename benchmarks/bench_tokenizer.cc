@@ -2,8 +2,6 @@
 // tokenizer file (tokenizer.json, .model, llama2.c .bin) on a text file, as
 // harvest uses it (one Encode per document). Prints machine, build and the
 // median of repeated runs.
-#include <CLI/CLI.hpp>
-
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -12,17 +10,18 @@
 #include <vector>
 
 #include "benchmarks/bench_util.h"
+#include "cli/flags.h"
 #include "core/lm/tokenizer.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"bench_tokenizer: Encode throughput on a text file"};
+  sae::flags::Command app{"bench_tokenizer: Encode throughput on a text file"};
   std::string tok_path, text_path;
   int64_t vocab = 1 << 30, reps = 5;
-  app.add_option("--tokenizer", tok_path, "tokenizer.json, .model or llama2.c .bin")->required();
-  app.add_option("--text", text_path, "UTF-8 text; documents split at blank lines")->required();
-  app.add_option("--vocab", vocab, "model vocabulary size (llama2.c .bin needs the exact one)");
-  app.add_option("--reps", reps, "repetitions (median reported)");
-  CLI11_PARSE(app, argc, argv);
+  app.AddOption("--tokenizer", tok_path, "tokenizer.json, .model or llama2.c .bin").Required();
+  app.AddOption("--text", text_path, "UTF-8 text; documents split at blank lines").Required();
+  app.AddOption("--vocab", vocab, "model vocabulary size (llama2.c .bin needs the exact one)");
+  app.AddOption("--reps", reps, "repetitions (median reported)");
+  if (auto rc = app.Parse(argc, argv)) return *rc;
   auto tok = sae::LoadTokenizerFor(tok_path, vocab, tok_path);
   if (!tok.ok()) {
     std::fprintf(stderr, "error: %s\n", std::string(tok.status().message()).c_str());

@@ -6,8 +6,6 @@
 #include <ATen/Parallel.h>
 #include <sys/utsname.h>
 #include <unistd.h>
-#include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -20,6 +18,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "cli/flags.h"
 #include "core/sae/encoder_gemm.h"
 #include "core/sae/sae_step.h"
 #include "core/sae/trainer.h"
@@ -75,30 +74,29 @@ struct Flags {
   bool as_json = false, aten = false, sweep = false;
 };
 
-void AddFlags(CLI::App& app, Flags& f) {
-  app.add_option("--d", f.d, "input dimension");
-  app.add_option("--latents", f.n, "number of latents");
-  app.add_option("--k", f.k, "active latents per token");
-  app.add_option("--batch", f.batch, "tokens per step");
-  app.add_option("--precision", f.precision, "fp32|bf16 (one encoder; see --encoder)")
-      ->check(CLI::IsMember({"fp32", "bf16"}));
-  app.add_option("--encoder", f.encoders,
-                 "comma-separated encoders measured in this one run, each against the same GEMM floor: "
-                 "fp32, fp32_blas (fp32 with the encoder GEMM through at::addmm/OpenBLAS, the old path), "
-                 "bf16, int8_screened (default: --precision)");
-  app.add_flag("--sweep", f.sweep,
-               "measure a fixed list of shapes from d 48 to 4096 and print one table (--d, --latents, --k, "
-               "--batch are ignored; docs/performance.md \"Small models\")");
-  app.add_option("--device", f.device, "cpu|cuda")->check(CLI::IsMember({"cpu", "cuda"}));
-  app.add_option("--steps", f.steps, "measured steps (median; at least 5)");
-  app.add_option("--warmup", f.warmup, "steps before measuring");
-  app.add_option("--threads", f.threads, "LibTorch threads (0 = every core)");
-  app.add_option("--remedy", f.remedy, "none|auxk|ghost_grads")->check(CLI::IsMember({"none", "auxk", "ghost_grads"}));
-  app.add_option("--dead-window", f.dead_window,
-                 "dead_window_tokens (default: none ever dead; 1 = every latent that did not fire in the last step)");
-  app.add_flag("--json", f.as_json, "one JSON object");
-  app.add_flag("--aten", f.aten,
-               "on CPU, time the device-generic ATen step (what CUDA runs) instead of the CPU kernels");
+void AddFlags(sae::flags::Command& app, Flags& f) {
+  app.AddOption("--d", f.d, "input dimension");
+  app.AddOption("--latents", f.n, "number of latents");
+  app.AddOption("--k", f.k, "active latents per token");
+  app.AddOption("--batch", f.batch, "tokens per step");
+  app.AddOption("--precision", f.precision, "fp32|bf16 (one encoder; see --encoder)").OneOf({"fp32", "bf16"});
+  app.AddOption("--encoder", f.encoders,
+                "comma-separated encoders measured in this one run, each against the same GEMM floor: "
+                "fp32, fp32_blas (fp32 with the encoder GEMM through at::addmm/OpenBLAS, the old path), "
+                "bf16, int8_screened (default: --precision)");
+  app.AddFlag("--sweep", f.sweep,
+              "measure a fixed list of shapes from d 48 to 4096 and print one table (--d, --latents, --k, "
+              "--batch are ignored; docs/performance.md \"Small models\")");
+  app.AddOption("--device", f.device, "cpu|cuda").OneOf({"cpu", "cuda"});
+  app.AddOption("--steps", f.steps, "measured steps (median; at least 5)");
+  app.AddOption("--warmup", f.warmup, "steps before measuring");
+  app.AddOption("--threads", f.threads, "LibTorch threads (0 = every core)");
+  app.AddOption("--remedy", f.remedy, "none|auxk|ghost_grads").OneOf({"none", "auxk", "ghost_grads"});
+  app.AddOption("--dead-window", f.dead_window,
+                "dead_window_tokens (default: none ever dead; 1 = every latent that did not fire in the last step)");
+  app.AddFlag("--json", f.as_json, "one JSON object");
+  app.AddFlag("--aten", f.aten,
+              "on CPU, time the device-generic ATen step (what CUDA runs) instead of the CPU kernels");
 }
 
 sae::TrainerOptions TrainerOptionsFor(const Flags& f, const std::string& enc) {
@@ -419,10 +417,10 @@ int RunSweep(Flags f, const std::vector<std::string>& list) {
 
 int main(int argc, char** argv) {
   sae::ChooseBlasKernel(argc, argv);  // first: it may re-exec (core/base/blas_kernel.h)
-  CLI::App app{"bench_train_step: SAE training step vs the encoder GEMM"};
+  sae::flags::Command app{"bench_train_step: SAE training step vs the encoder GEMM"};
   Flags f;
   AddFlags(app, f);
-  CLI11_PARSE(app, argc, argv);
+  if (auto rc = app.Parse(argc, argv)) return *rc;
   f.steps = std::max<int64_t>(f.steps, 5);
   at::set_num_threads(f.threads > 0 ? f.threads : static_cast<int>(std::thread::hardware_concurrency()));
   const std::vector<std::string> list = SplitList(f.encoders.empty() ? f.precision : f.encoders);

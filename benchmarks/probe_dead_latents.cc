@@ -17,8 +17,6 @@
 // benchmark of speed.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <CLI/CLI.hpp>
-
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -28,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "cli/flags.h"
 #include "core/base/blas_kernel.h"
 #include "core/data/activation_stream.h"
 #include "core/sae/sae_step.h"
@@ -51,7 +50,7 @@ at::Tensor PreActs(const sae::SaeParams& p, const at::Tensor& x) {
 
 int main(int argc, char** argv) {
   sae::ChooseBlasKernel(argc, argv);  // first: it may re-exec (core/base/blas_kernel.h)
-  CLI::App app{"probe_dead_latents: where latents die during SAE training"};
+  sae::flags::Command app{"probe_dead_latents: where latents die during SAE training"};
   std::string data, out_path, remedy = "none", shape = "constant", init_scale = "";
   int64_t latents = 4096, k = 8, tokens = 2000000, batch = 4096, window = 200000, k_start = 0;
   int64_t every = 10;
@@ -62,32 +61,32 @@ int main(int argc, char** argv) {
   double current_k_weight = -1;
   std::string current_k_fit;
   bool aten = false;
-  app.add_option("--data", data, "activation shard directory (manifest.json)")->required();
-  app.add_option("--latents", latents, "number of latents");
-  app.add_option("--k", k, "target k");
-  app.add_option("--tokens", tokens, "training tokens");
-  app.add_option("--batch", batch, "tokens per step");
-  app.add_option("--lr", lr, "learning rate (0 = default)");
-  app.add_option("--remedy", remedy, "none|auxk|ghost_grads");
-  app.add_option("--aux-coefficient", coef, "0 = the remedy's default");
-  app.add_option("--schedule", shape, "constant|linear|cosine|exponential");
-  app.add_option("--k-start", k_start, "schedule start (0 = 64·k)");
-  app.add_option("--fraction", fraction, "schedule fraction");
-  app.add_option("--dead-window", window, "dead_window_tokens");
-  app.add_option("--seed", seed, "SAE and data-order seed");
-  app.add_option("--every", every, "diagnostic interval in steps");
-  app.add_option("--init-encoder-scale", init_scale, "sae.init_encoder_scale (empty = the default)");
-  app.add_option("--fire-at-target", fire_at_target, "0|1: TrainerOptions::fire_at_target_k (empty = the default)");
-  app.add_option("--carry-scale", carry_scale, "0|1: TrainerOptions::carry_scale (empty = the default)");
-  app.add_option("--auxk-scale", auxk_scale, "fit|none: sae.auxk_scale (empty = the default)");
-  app.add_option("--multi-topk", multi_topk, "0|1: TrainerOptions::multi_topk (empty = the default)");
-  app.add_option("--current-k-weight", current_k_weight,
-                 "Multi-TopK's weight of the current-k term (< 0 = the default)");
-  app.add_option("--current-k-fit", current_k_fit, "0|1: TrainerOptions::current_k_fit (empty = the default)");
-  app.add_flag("--aten", aten, "the device-generic ATen step on CPU");
-  app.add_option("--threads", threads, "LibTorch threads (0 = every core)");
-  app.add_option("--out", out_path, "JSON lines file (default stdout)");
-  CLI11_PARSE(app, argc, argv);
+  app.AddOption("--data", data, "activation shard directory (manifest.json)").Required();
+  app.AddOption("--latents", latents, "number of latents");
+  app.AddOption("--k", k, "target k");
+  app.AddOption("--tokens", tokens, "training tokens");
+  app.AddOption("--batch", batch, "tokens per step");
+  app.AddOption("--lr", lr, "learning rate (0 = default)");
+  app.AddOption("--remedy", remedy, "none|auxk|ghost_grads");
+  app.AddOption("--aux-coefficient", coef, "0 = the remedy's default");
+  app.AddOption("--schedule", shape, "constant|linear|cosine|exponential");
+  app.AddOption("--k-start", k_start, "schedule start (0 = 64·k)");
+  app.AddOption("--fraction", fraction, "schedule fraction");
+  app.AddOption("--dead-window", window, "dead_window_tokens");
+  app.AddOption("--seed", seed, "SAE and data-order seed");
+  app.AddOption("--every", every, "diagnostic interval in steps");
+  app.AddOption("--init-encoder-scale", init_scale, "sae.init_encoder_scale (empty = the default)");
+  app.AddOption("--fire-at-target", fire_at_target, "0|1: TrainerOptions::fire_at_target_k (empty = the default)");
+  app.AddOption("--carry-scale", carry_scale, "0|1: TrainerOptions::carry_scale (empty = the default)");
+  app.AddOption("--auxk-scale", auxk_scale, "fit|none: sae.auxk_scale (empty = the default)");
+  app.AddOption("--multi-topk", multi_topk, "0|1: TrainerOptions::multi_topk (empty = the default)");
+  app.AddOption("--current-k-weight", current_k_weight,
+                "Multi-TopK's weight of the current-k term (< 0 = the default)");
+  app.AddOption("--current-k-fit", current_k_fit, "0|1: TrainerOptions::current_k_fit (empty = the default)");
+  app.AddFlag("--aten", aten, "the device-generic ATen step on CPU");
+  app.AddOption("--threads", threads, "LibTorch threads (0 = every core)");
+  app.AddOption("--out", out_path, "JSON lines file (default stdout)");
+  if (auto rc = app.Parse(argc, argv)) return *rc;
   at::set_num_threads(threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency()));
 
   sae::StreamOptions so;

@@ -6,14 +6,13 @@
 // model's mean per-token loss on the steered generation.
 // Usage: steering_study --model M --sae RUN --concept dog:403 --concept rain:244 ...
 //   Scales: add s·max_j·unit(W_dec[j]) and clamp a_j = s·max_j, s in --scales.
-#include <CLI/CLI.hpp>
-
 #include <cctype>
 #include <cstdio>
 #include <regex>
 #include <string>
 #include <vector>
 
+#include "cli/flags.h"
 #include "core/base/blas_kernel.h"
 #include "core/interp/features.h"
 #include "core/interp/steering.h"
@@ -108,16 +107,16 @@ int StudyConcept(const Study& study, const std::string& c, const std::vector<Sam
 
 int main(int argc, char** argv) {
   sae::ChooseBlasKernel(argc, argv);  // first: it may re-exec (core/base/blas_kernel.h)
-  CLI::App app{"steering_study: concept mentions and fluency under add/clamp steering"};
+  sae::flags::Command app{"steering_study: concept mentions and fluency under add/clamp steering"};
   Flags f;
-  app.add_option("--model", f.model_path)->required();
-  app.add_option("--sae", f.sae_dir)->required();
-  app.add_option("--concept", f.concepts, "WORD:LATENT (the word is matched as a regex, case-insensitive)")->required();
-  app.add_option("--scales", f.scales, "multiples of the latent's dashboard max");
-  app.add_option("--seeds", f.seeds);
-  app.add_option("--steps", f.steps);
-  app.add_option("--prompt", f.prompt);
-  CLI11_PARSE(app, argc, argv);
+  app.AddOption("--model", f.model_path).Required();
+  app.AddOption("--sae", f.sae_dir).Required();
+  app.AddOption("--concept", f.concepts, "WORD:LATENT (the word is matched as a regex, case-insensitive)").Required();
+  app.AddOption("--scales", f.scales, "multiples of the latent's dashboard max");
+  app.AddOption("--seeds", f.seeds);
+  app.AddOption("--steps", f.steps);
+  app.AddOption("--prompt", f.prompt);
+  if (auto rc = app.Parse(argc, argv)) return *rc;
   auto model = sae::LoadModel(f.model_path);
   if (!model.ok()) return std::fprintf(stderr, "%s\n", std::string(model.status().message()).c_str()), 1;
   auto tok = sae::LoadTokenizerFor(f.model_path, model->config().vocab_size);

@@ -1,12 +1,11 @@
 #include "cli/commands.h"
 
-#include <CLI/CLI.hpp>
-
 #include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "cli/flags.h"
 #include "cli/interp_commands.h"
 #include "cli/lm_commands.h"
 #include "cli/report_command.h"
@@ -29,19 +28,19 @@ absl::StatusOr<DType> ParseShardDType(const std::string& s) {
 }
 
 // `sae train`: the same runtime and output as `sae-worker --job`.
-CommandRunner AddTrainCommand(CLI::App* app) {
+CommandRunner AddTrainCommand(flags::Command* app) {
   auto ta = std::make_shared<TrainCommandArgs>();
-  CLI::App* train = app->add_subcommand("train", "train an SAE from a job file, in this process");
-  train->add_option("job", ta->job, "job file (YAML)")->required();
-  train->add_flag("--resume", ta->resume, "continue from OUTPUT.partial/checkpoints/latest");
-  train->add_option("--output", ta->output, "override the job's output directory");
-  train->add_flag("--json", ta->json, "print the summary as one JSON object");
-  train->add_flag("--quiet", ta->quiet, "no progress output");
-  train->add_option("--metrics-listen", ta->metrics_listen,
-                    "serve Prometheus metrics at HOST:PORT/metrics (port 0: any free port)");
-  train->add_option("--max-steps", ta->max_steps,
-                    "stop after this many steps in this invocation, with a checkpoint (resumable)");
-  return [=]() { return train->parsed() ? RunTrainCommand(*ta) : kNotParsed; };
+  flags::Command* train = app->AddSubcommand("train", "train an SAE from a job file, in this process");
+  train->AddOption("job", ta->job, "job file (YAML)").Required();
+  train->AddFlag("--resume", ta->resume, "continue from OUTPUT.partial/checkpoints/latest");
+  train->AddOption("--output", ta->output, "override the job's output directory");
+  train->AddFlag("--json", ta->json, "print the summary as one JSON object");
+  train->AddFlag("--quiet", ta->quiet, "no progress output");
+  train->AddOption("--metrics-listen", ta->metrics_listen,
+                   "serve Prometheus metrics at HOST:PORT/metrics (port 0: any free port)");
+  train->AddOption("--max-steps", ta->max_steps,
+                   "stop after this many steps in this invocation, with a checkpoint (resumable)");
+  return [=]() { return train->Parsed() ? RunTrainCommand(*ta) : kNotParsed; };
 }
 
 struct InspectArgs {
@@ -93,35 +92,36 @@ int RunSynth(const SynthArgs& a) {
 }
 
 // `sae inspect` and `sae synth`: activation shards.
-CommandRunner AddDataCommands(CLI::App* app) {
+CommandRunner AddDataCommands(flags::Command* app) {
   auto ia = std::make_shared<InspectArgs>();
-  CLI::App* inspect = app->add_subcommand("inspect", "show an activation-shard directory, verify it, or import .npy");
-  inspect->add_option("dir", ia->in_dir, "shard directory (with manifest.json)");
-  inspect->add_flag("--verify", ia->verify, "check every shard's sha256");
-  inspect->add_flag("--json", ia->json, "one JSON object");
-  inspect->add_option("--max-rows", ia->max_rows, "rows read for statistics");
-  inspect->add_option("--import-npy", ia->npy, "import a 2-D .npy array as shards (needs --out)");
-  inspect->add_option("--out", ia->out_dir, "output directory of --import-npy");
-  inspect->add_option("--dtype", ia->dtype, "stored dtype for --import-npy: float32|bfloat16|float16");
-  inspect->add_option("--rows-per-shard", ia->rows_per_shard, "rows per shard for --import-npy");
+  flags::Command* inspect =
+      app->AddSubcommand("inspect", "show an activation-shard directory, verify it, or import .npy");
+  inspect->AddOption("dir", ia->in_dir, "shard directory (with manifest.json)");
+  inspect->AddFlag("--verify", ia->verify, "check every shard's sha256");
+  inspect->AddFlag("--json", ia->json, "one JSON object");
+  inspect->AddOption("--max-rows", ia->max_rows, "rows read for statistics");
+  inspect->AddOption("--import-npy", ia->npy, "import a 2-D .npy array as shards (needs --out)");
+  inspect->AddOption("--out", ia->out_dir, "output directory of --import-npy");
+  inspect->AddOption("--dtype", ia->dtype, "stored dtype for --import-npy: float32|bfloat16|float16");
+  inspect->AddOption("--rows-per-shard", ia->rows_per_shard, "rows per shard for --import-npy");
 
   auto sa = std::make_shared<SynthArgs>();
   SyntheticOptions& so = sa->so;
-  CLI::App* synth = app->add_subcommand("synth", "write planted-dictionary activations as shards");
-  synth->add_option("--out", sa->out, "output directory")->required();
-  synth->add_option("--rows", sa->rows, "rows to write");
-  synth->add_option("--d-in", so.d_in, "dimension");
-  synth->add_option("--atoms", so.atoms, "true dictionary size");
-  synth->add_option("--k", so.k, "atoms per row");
-  synth->add_option("--seed", so.seed, "seed");
-  synth->add_option("--noise", so.noise, "noise std per element");
-  synth->add_option("--frequency-decay", so.frequency_decay, "atom i drawn with weight (i+1)^-decay");
-  synth->add_option("--rows-per-shard", sa->rows_per_shard, "rows per shard");
-  synth->add_option("--dtype", sa->dtype, "float32|bfloat16|float16");
+  flags::Command* synth = app->AddSubcommand("synth", "write planted-dictionary activations as shards");
+  synth->AddOption("--out", sa->out, "output directory").Required();
+  synth->AddOption("--rows", sa->rows, "rows to write");
+  synth->AddOption("--d-in", so.d_in, "dimension");
+  synth->AddOption("--atoms", so.atoms, "true dictionary size");
+  synth->AddOption("--k", so.k, "atoms per row");
+  synth->AddOption("--seed", so.seed, "seed");
+  synth->AddOption("--noise", so.noise, "noise std per element");
+  synth->AddOption("--frequency-decay", so.frequency_decay, "atom i drawn with weight (i+1)^-decay");
+  synth->AddOption("--rows-per-shard", sa->rows_per_shard, "rows per shard");
+  synth->AddOption("--dtype", sa->dtype, "float32|bfloat16|float16");
 
   return [=]() {
-    if (inspect->parsed()) return RunInspect(*ia);
-    if (synth->parsed()) return RunSynth(*sa);
+    if (inspect->Parsed()) return RunInspect(*ia);
+    if (synth->Parsed()) return RunSynth(*sa);
     return kNotParsed;
   };
 }
@@ -129,10 +129,10 @@ CommandRunner AddDataCommands(CLI::App* app) {
 }  // namespace
 
 int SaeMain(int argc, char** argv) {
-  CLI::App app{
+  flags::Command app{
       "sae: train and inspect sparse autoencoders on LLM activations (saeforge); submit and follow jobs on "
       "sae-coordinator"};
-  app.require_subcommand(1);
+  app.RequireSubcommand(1);
   // In the order of `sae --help`.
   const std::vector<CommandRunner> runners = {
       AddTrainCommand(&app),
@@ -142,11 +142,7 @@ int SaeMain(int argc, char** argv) {
       AddLmCommands(&app),       // generate, harvest, eval
       AddInterpCommands(&app),   // features, concepts, serve
   };
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : 2;
-  }
+  if (auto rc = app.Parse(argc, argv)) return *rc == 0 ? 0 : 2;
   for (const CommandRunner& run : runners) {
     if (const int rc = run(); rc != kNotParsed) return rc;
   }

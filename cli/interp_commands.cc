@@ -3,8 +3,6 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
-#include <CLI/CLI.hpp>
-
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -12,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "cli/flags.h"
 #include "cli/model_flags.h"
 #include "cli/progress.h"
 #include "cli/serve.h"
@@ -317,18 +316,18 @@ std::vector<std::string> Wrap(const std::string& text, size_t width) {
 
 }  // namespace
 
-void AddSteerFlags(CLI::App* gen, SteerArgs* a) {
-  gen->add_option("--sae", a->sae, "SAE run directory whose latents steer (sae.safetensors + cfg.json)");
-  gen->add_option("--layer", a->layer, "block the SAE reads (default: cfg.json's provenance)");
-  gen->add_option("--steer", a->steer, "LATENT:SCALE[,LATENT:SCALE...]; a negative scale ablates");
-  gen->add_option("--steer-mode", a->mode, "add (h += s·W_dec[j]/|W_dec[j]|) or clamp (a_j = s·max_j, error kept)")
-      ->check(CLI::IsMember({"add", "clamp"}));
-  gen->add_option("--steer-on", a->on, "positions edited: all, prompt or generated (BOS never)")
-      ->check(CLI::IsMember({"all", "prompt", "generated"}));
-  gen->add_option("--steer-units", a->units, "clamp: max (s × the latent's dashboard max) or absolute")
-      ->check(CLI::IsMember({"max", "absolute"}));
-  gen->add_flag("--compare", a->compare, "also generate unsteered with the same seed and print both side by side");
-  gen->add_option("--width", a->width, "--compare: column width");
+void AddSteerFlags(flags::Command* gen, SteerArgs* a) {
+  gen->AddOption("--sae", a->sae, "SAE run directory whose latents steer (sae.safetensors + cfg.json)");
+  gen->AddOption("--layer", a->layer, "block the SAE reads (default: cfg.json's provenance)");
+  gen->AddOption("--steer", a->steer, "LATENT:SCALE[,LATENT:SCALE...]; a negative scale ablates");
+  gen->AddOption("--steer-mode", a->mode, "add (h += s·W_dec[j]/|W_dec[j]|) or clamp (a_j = s·max_j, error kept)")
+      .OneOf({"add", "clamp"});
+  gen->AddOption("--steer-on", a->on, "positions edited: all, prompt or generated (BOS never)")
+      .OneOf({"all", "prompt", "generated"});
+  gen->AddOption("--steer-units", a->units, "clamp: max (s × the latent's dashboard max) or absolute")
+      .OneOf({"max", "absolute"});
+  gen->AddFlag("--compare", a->compare, "also generate unsteered with the same seed and print both side by side");
+  gen->AddOption("--width", a->width, "--compare: column width");
 }
 
 int RunSteeredGenerate(const std::string& model, const std::string& tokenizer, const GenerateOptions& o,
@@ -385,67 +384,68 @@ int RunSteeredGenerate(const std::string& model, const std::string& tokenizer, c
   return 0;
 }
 
-CommandRunner AddInterpCommands(CLI::App* app) {
-  CLI::App* feat = app->add_subcommand("features", "feature dashboards of an SAE: build, show, search");
-  feat->require_subcommand(1);
+CommandRunner AddInterpCommands(flags::Command* app) {
+  flags::Command* feat = app->AddSubcommand("features", "feature dashboards of an SAE: build, show, search");
+  feat->RequireSubcommand(1);
   auto ba = std::make_shared<BuildArgs>();
   ba->opts.windows.seed = 1000003;  // held out from harvests with small seeds
   ba->opts.windows.batch = 16;
-  CLI::App* build = feat->add_subcommand("build", "one streaming pass over text computing every latent's dashboard");
+  flags::Command* build =
+      feat->AddSubcommand("build", "one streaming pass over text computing every latent's dashboard");
   AddModelFlags(build, &ba->model, &ba->tokenizer);
-  build->add_option("--sae", ba->sae, "SAE run directory (sae.safetensors + cfg.json)")->required();
-  build->add_option("--layer", ba->layer, "block the SAE reads (default: cfg.json's provenance)");
-  build->add_option("--hook", ba->hook, "resid_post or mlp_out (default: provenance)");
-  build->add_option("--corpus", ba->opts.windows.corpus, "text file, or 'generate' (the model samples its own)");
-  build->add_option("--tokens", ba->opts.tokens, "tokens to read (rounded up to whole windows)");
-  build->add_option("--context", ba->opts.windows.context, "tokens per window (BOS first)");
-  build->add_option("--batch", ba->opts.windows.batch, "windows per forward pass");
-  build->add_option("--seed", ba->opts.windows.seed, "generate: window w is sampled with seed + w + 1");
-  build->add_option("--radius", ba->opts.radius, "tokens shown either side of a context's token");
-  build->add_option("--top", ba->opts.top_contexts, "top contexts kept per latent");
-  build->add_option("--out", ba->out, "output directory (default: the SAE run directory)");
-  build->add_option("--rank", ba->opts.rank, "this process's rank (or SAE_RANK)")->envname("SAE_RANK");
+  build->AddOption("--sae", ba->sae, "SAE run directory (sae.safetensors + cfg.json)").Required();
+  build->AddOption("--layer", ba->layer, "block the SAE reads (default: cfg.json's provenance)");
+  build->AddOption("--hook", ba->hook, "resid_post or mlp_out (default: provenance)");
+  build->AddOption("--corpus", ba->opts.windows.corpus, "text file, or 'generate' (the model samples its own)");
+  build->AddOption("--tokens", ba->opts.tokens, "tokens to read (rounded up to whole windows)");
+  build->AddOption("--context", ba->opts.windows.context, "tokens per window (BOS first)");
+  build->AddOption("--batch", ba->opts.windows.batch, "windows per forward pass");
+  build->AddOption("--seed", ba->opts.windows.seed, "generate: window w is sampled with seed + w + 1");
+  build->AddOption("--radius", ba->opts.radius, "tokens shown either side of a context's token");
+  build->AddOption("--top", ba->opts.top_contexts, "top contexts kept per latent");
+  build->AddOption("--out", ba->out, "output directory (default: the SAE run directory)");
+  build->AddOption("--rank", ba->opts.rank, "this process's rank (or SAE_RANK)").Env("SAE_RANK");
   build
-      ->add_option("--world-size", ba->opts.world,
-                   "processes sharing the pass (or SAE_WORLD_SIZE); rank r reads "
-                   "blocks r mod W, rank 0 merges")
-      ->envname("SAE_WORLD_SIZE");
-  build->add_option("--timeout", ba->timeout, "rank 0: seconds to wait for the other ranks");
-  build->add_flag("--json", ba->json, "one JSON object");
-  build->add_flag("--quiet", ba->quiet, "no progress output");
+      ->AddOption("--world-size", ba->opts.world,
+                  "processes sharing the pass (or SAE_WORLD_SIZE); rank r reads "
+                  "blocks r mod W, rank 0 merges")
+      .Env("SAE_WORLD_SIZE");
+  build->AddOption("--timeout", ba->timeout, "rank 0: seconds to wait for the other ranks");
+  build->AddFlag("--json", ba->json, "one JSON object");
+  build->AddFlag("--quiet", ba->quiet, "no progress output");
 
   auto sa = std::make_shared<ShowArgs>();
-  CLI::App* show = feat->add_subcommand("show", "print one latent's dashboard");
-  show->add_option("run", sa->run, "SAE run directory with features.json")->required();
-  show->add_option("latent", sa->latent, "latent index")->required();
-  show->add_flag("--json", sa->json, "the dashboard as JSON (as GET /api/feature)");
+  flags::Command* show = feat->AddSubcommand("show", "print one latent's dashboard");
+  show->AddOption("run", sa->run, "SAE run directory with features.json").Required();
+  show->AddOption("latent", sa->latent, "latent index").Required();
+  show->AddFlag("--json", sa->json, "the dashboard as JSON (as GET /api/feature)");
 
   auto qa = std::make_shared<SearchArgs>();
-  CLI::App* search = feat->add_subcommand("search", "latents whose top contexts contain TEXT");
-  search->add_option("run", qa->run, "SAE run directory with features.json")->required();
-  search->add_option("text", qa->text, "text to find (case-insensitive)")->required();
-  search->add_option("--limit", qa->limit, "latents listed");
-  search->add_flag("--json", qa->json, "JSON array");
+  flags::Command* search = feat->AddSubcommand("search", "latents whose top contexts contain TEXT");
+  search->AddOption("run", qa->run, "SAE run directory with features.json").Required();
+  search->AddOption("text", qa->text, "text to find (case-insensitive)").Required();
+  search->AddOption("--limit", qa->limit, "latents listed");
+  search->AddFlag("--json", qa->json, "JSON array");
 
   auto ca = std::make_shared<ConceptArgs>();
-  CLI::App* con = app->add_subcommand("concepts", "latents that fire on a set of texts and not on a contrast set");
+  flags::Command* con = app->AddSubcommand("concepts", "latents that fire on a set of texts and not on a contrast set");
   AddModelFlags(con, &ca->model, &ca->tokenizer);
-  con->add_option("--sae", ca->sae, "SAE run directory")->required();
-  con->add_option("--layer", ca->layer, "block the SAE reads (default: provenance)");
-  con->add_option("--texts", ca->texts, "file: one text per line")->required();
-  con->add_option("--contrast", ca->contrast, "file: one contrast text per line (default: text the model samples)");
-  con->add_option("--top", ca->opts.top, "latents listed");
-  con->add_option("--threshold", ca->opts.threshold, "a text fires a latent when its max a_j/max_j reaches this");
-  con->add_option("--contrast-windows", ca->opts.contrast_windows, "default contrast: windows sampled");
-  con->add_flag("--json", ca->json, "one JSON object (as POST /api/concepts)");
+  con->AddOption("--sae", ca->sae, "SAE run directory").Required();
+  con->AddOption("--layer", ca->layer, "block the SAE reads (default: provenance)");
+  con->AddOption("--texts", ca->texts, "file: one text per line").Required();
+  con->AddOption("--contrast", ca->contrast, "file: one contrast text per line (default: text the model samples)");
+  con->AddOption("--top", ca->opts.top, "latents listed");
+  con->AddOption("--threshold", ca->opts.threshold, "a text fires a latent when its max a_j/max_j reaches this");
+  con->AddOption("--contrast-windows", ca->opts.contrast_windows, "default contrast: windows sampled");
+  con->AddFlag("--json", ca->json, "one JSON object (as POST /api/concepts)");
 
   CommandRunner serve = AddServeCommand(app);
 
   return [=]() -> int {
-    if (build->parsed()) return RunBuild(*ba);
-    if (show->parsed()) return RunShow(*sa);
-    if (search->parsed()) return RunSearch(*qa);
-    if (con->parsed()) return RunConcepts(*ca);
+    if (build->Parsed()) return RunBuild(*ba);
+    if (show->Parsed()) return RunShow(*sa);
+    if (search->Parsed()) return RunSearch(*qa);
+    if (con->Parsed()) return RunConcepts(*ca);
     return serve();
   };
 }

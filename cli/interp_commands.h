@@ -12,7 +12,7 @@ namespace sae {
 
 struct GenerateOptions;  // core/lm/generate.h (this header stays torch-free)
 
-CommandRunner AddInterpCommands(CLI::App* app);
+CommandRunner AddInterpCommands(flags::Command* app);
 
 // `sae generate --sae RUN --steer J:S ...`.
 struct SteerArgs {
@@ -22,7 +22,7 @@ struct SteerArgs {
   int width = 0;  // --compare column width (0: from the terminal, else 38)
   bool active() const { return !sae.empty() || !steer.empty(); }
 };
-void AddSteerFlags(CLI::App* gen, SteerArgs* a);
+void AddSteerFlags(flags::Command* gen, SteerArgs* a);
 int RunSteeredGenerate(const std::string& model, const std::string& tokenizer, const GenerateOptions& opts,
                        const SteerArgs& a);
 

@@ -1,12 +1,11 @@
 #include "cli/lm_commands.h"
 
-#include <CLI/CLI.hpp>
-
 #include <chrono>
 #include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "cli/flags.h"
 #include "cli/interp_commands.h"
 #include "cli/model_flags.h"
 #include "cli/progress.h"
@@ -173,65 +172,65 @@ int RunEval(EvalArgs a) {
 
 }  // namespace
 
-CommandRunner AddLmCommands(CLI::App* app) {
+CommandRunner AddLmCommands(flags::Command* app) {
   auto ga = std::make_shared<GenerateArgs>();
-  CLI::App* gen = app->add_subcommand("generate", "generate text with a language model (llama2.c's sampler)");
+  flags::Command* gen = app->AddSubcommand("generate", "generate text with a language model (llama2.c's sampler)");
   AddModelFlags(gen, &ga->model, &ga->tokenizer, "checkpoint file, or a directory with it and its tokenizer");
   AddDTypeFlag(gen, &ga->dtype);
-  gen->add_option("--prompt,-i", ga->opts.prompt, "prompt text");
-  gen->add_option("--steps,-n", ga->opts.steps, "positions to run, prompt included (0 = context length)");
-  gen->add_option("--temperature,-t", ga->opts.temperature, "0 = greedy");
-  gen->add_option("--top-p,-p", ga->opts.top_p, "nucleus sampling threshold (outside (0,1): plain sampling)");
-  gen->add_option("--seed,-s", ga->seed, "RNG seed (<= 0: time)");
+  gen->AddOption("--prompt,-i", ga->opts.prompt, "prompt text");
+  gen->AddOption("--steps,-n", ga->opts.steps, "positions to run, prompt included (0 = context length)");
+  gen->AddOption("--temperature,-t", ga->opts.temperature, "0 = greedy");
+  gen->AddOption("--top-p,-p", ga->opts.top_p, "nucleus sampling threshold (outside (0,1): plain sampling)");
+  gen->AddOption("--seed,-s", ga->seed, "RNG seed (<= 0: time)");
   AddSteerFlags(gen, &ga->steer);
 
   auto ha = std::make_shared<HarvestArgs>();
-  CLI::App* harvest = app->add_subcommand("harvest", "write a model's activations at a layer as shards");
+  flags::Command* harvest = app->AddSubcommand("harvest", "write a model's activations at a layer as shards");
   AddModelFlags(harvest, &ha->model, &ha->tokenizer);
   AddDTypeFlag(harvest, &ha->dtype);
-  harvest->add_option("--layer", ha->opts.layer, "block whose output is read (0-based)")->required();
-  harvest->add_option("--hook", ha->hook, "resid_post (after the block) or mlp_out");
-  harvest->add_option("--corpus", ha->opts.corpus, "text file, or 'generate' (the model samples its own)");
-  harvest->add_option("--tokens", ha->tokens, "activation rows to write (BOS positions excluded)");
-  harvest->add_option("--context", ha->opts.context, "tokens per window (BOS first)");
-  harvest->add_option("--batch", ha->opts.batch, "windows per forward pass");
-  harvest->add_option("--seed", ha->opts.seed, "generate: window w is sampled with seed + w + 1");
-  harvest->add_option("--temperature", ha->opts.temperature, "generate: sampling temperature");
-  harvest->add_option("--top-p", ha->opts.top_p, "generate: nucleus threshold");
-  harvest->add_option("--rows-per-shard", ha->rows_per_shard, "rows per shard file");
-  harvest->add_option("--out", ha->out, "output directory (must not hold a manifest)")->required();
-  harvest->add_flag("--json", ha->json, "one JSON object");
-  harvest->add_flag("--quiet", ha->quiet, "no progress output");
-  harvest->add_option("--rank", ha->rank, "this process's rank when the harvest is spread over processes (or SAE_RANK)")
-      ->envname("SAE_RANK");
+  harvest->AddOption("--layer", ha->opts.layer, "block whose output is read (0-based)").Required();
+  harvest->AddOption("--hook", ha->hook, "resid_post (after the block) or mlp_out");
+  harvest->AddOption("--corpus", ha->opts.corpus, "text file, or 'generate' (the model samples its own)");
+  harvest->AddOption("--tokens", ha->tokens, "activation rows to write (BOS positions excluded)");
+  harvest->AddOption("--context", ha->opts.context, "tokens per window (BOS first)");
+  harvest->AddOption("--batch", ha->opts.batch, "windows per forward pass");
+  harvest->AddOption("--seed", ha->opts.seed, "generate: window w is sampled with seed + w + 1");
+  harvest->AddOption("--temperature", ha->opts.temperature, "generate: sampling temperature");
+  harvest->AddOption("--top-p", ha->opts.top_p, "generate: nucleus threshold");
+  harvest->AddOption("--rows-per-shard", ha->rows_per_shard, "rows per shard file");
+  harvest->AddOption("--out", ha->out, "output directory (must not hold a manifest)").Required();
+  harvest->AddFlag("--json", ha->json, "one JSON object");
+  harvest->AddFlag("--quiet", ha->quiet, "no progress output");
+  harvest->AddOption("--rank", ha->rank, "this process's rank when the harvest is spread over processes (or SAE_RANK)")
+      .Env("SAE_RANK");
   harvest
-      ->add_option("--world-size", ha->world,
-                   "number of harvesting processes (or SAE_WORLD_SIZE); "
-                   "each writes shards of one forward batch, rank 0 the manifest")
-      ->envname("SAE_WORLD_SIZE");
-  harvest->add_option("--timeout", ha->timeout, "rank 0: seconds to wait for the other ranks");
+      ->AddOption("--world-size", ha->world,
+                  "number of harvesting processes (or SAE_WORLD_SIZE); "
+                  "each writes shards of one forward batch, rank 0 the manifest")
+      .Env("SAE_WORLD_SIZE");
+  harvest->AddOption("--timeout", ha->timeout, "rank 0: seconds to wait for the other ranks");
 
   auto ea = std::make_shared<EvalArgs>();
   ea->opts.windows.seed = 1000003;  // held out from harvests with small seeds
   ea->opts.windows.batch = 8;
-  CLI::App* ev =
-      app->add_subcommand("eval", "evaluate an SAE spliced into a model: fvu, L0, dead/dense, CE recovered, KL");
+  flags::Command* ev =
+      app->AddSubcommand("eval", "evaluate an SAE spliced into a model: fvu, L0, dead/dense, CE recovered, KL");
   AddModelFlags(ev, &ea->model, &ea->tokenizer);
   AddDTypeFlag(ev, &ea->dtype);
-  ev->add_option("--sae", ea->sae, "trained SAE directory (sae.safetensors + cfg.json)")->required();
-  ev->add_option("--layer", ea->opts.windows.layer, "block whose output the SAE reads")->required();
-  ev->add_option("--hook", ea->hook, "resid_post or mlp_out");
-  ev->add_option("--corpus", ea->opts.windows.corpus, "held-out text file, or 'generate' (default)");
-  ev->add_option("--context", ea->opts.windows.context, "tokens per window");
-  ev->add_option("--windows", ea->opts.num_windows, "windows evaluated");
-  ev->add_option("--seed", ea->opts.windows.seed, "generate: seed of the evaluation windows");
-  ev->add_flag("--json", ea->json, "one JSON object");
-  ev->add_flag("--quiet", ea->quiet, "no progress output");
+  ev->AddOption("--sae", ea->sae, "trained SAE directory (sae.safetensors + cfg.json)").Required();
+  ev->AddOption("--layer", ea->opts.windows.layer, "block whose output the SAE reads").Required();
+  ev->AddOption("--hook", ea->hook, "resid_post or mlp_out");
+  ev->AddOption("--corpus", ea->opts.windows.corpus, "held-out text file, or 'generate' (default)");
+  ev->AddOption("--context", ea->opts.windows.context, "tokens per window");
+  ev->AddOption("--windows", ea->opts.num_windows, "windows evaluated");
+  ev->AddOption("--seed", ea->opts.windows.seed, "generate: seed of the evaluation windows");
+  ev->AddFlag("--json", ea->json, "one JSON object");
+  ev->AddFlag("--quiet", ea->quiet, "no progress output");
 
   return [=]() -> int {
-    if (gen->parsed()) return RunGenerate(*ga);
-    if (harvest->parsed()) return RunHarvest(*ha);
-    if (ev->parsed()) return RunEval(*ea);
+    if (gen->Parsed()) return RunGenerate(*ga);
+    if (harvest->Parsed()) return RunHarvest(*ha);
+    if (ev->Parsed()) return RunEval(*ea);
     return kNotParsed;
   };
 }

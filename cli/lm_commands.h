@@ -7,6 +7,6 @@
 
 namespace sae {
 
-CommandRunner AddLmCommands(CLI::App* app);
+CommandRunner AddLmCommands(flags::Command* app);
 
 }  // namespace sae

@@ -3,21 +3,21 @@
 // weights. Header-only: cli/ is built as one translation unit.
 #pragma once
 
-#include <CLI/CLI.hpp>
-
 #include <string>
+
+#include "cli/flags.h"
 
 namespace sae {
 
-inline void AddModelFlags(CLI::App* cmd, std::string* model, std::string* tokenizer,
+inline void AddModelFlags(flags::Command* cmd, std::string* model, std::string* tokenizer,
                           const std::string& model_help = "checkpoint file or directory") {
-  cmd->add_option("--model", *model, model_help)->required();
-  cmd->add_option("--tokenizer", *tokenizer, "tokenizer file (default: found beside the model)");
+  cmd->AddOption("--model", *model, model_help).Required();
+  cmd->AddOption("--tokenizer", *tokenizer, "tokenizer file (default: found beside the model)");
 }
 
-inline void AddDTypeFlag(CLI::App* cmd, std::string* dtype) {
-  cmd->add_option("--dtype", *dtype,
-                  "weights and compute dtype: float32|bfloat16|float16 (default: weights as stored, float32 compute)");
+inline void AddDTypeFlag(flags::Command* cmd, std::string* dtype) {
+  cmd->AddOption("--dtype", *dtype,
+                 "weights and compute dtype: float32|bfloat16|float16 (default: weights as stored, float32 compute)");
 }
 
 }  // namespace sae

@@ -1,13 +1,12 @@
 #include "cli/report_command.h"
 
-#include <CLI/CLI.hpp>
-
 #include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "cli/flags.h"
 #include "core/base/exit_code.h"
 #include "core/telemetry/report.h"
 
@@ -35,16 +34,16 @@ int RunReport(const ReportArgs& args) {
 
 }  // namespace
 
-CommandRunner AddReportCommand(CLI::App* app) {
+CommandRunner AddReportCommand(flags::Command* app) {
   auto args = std::make_shared<ReportArgs>();
-  CLI::App* report =
-      app->add_subcommand("report",
-                          "write one self-contained HTML page of a run's metrics (FVU, MSE, dead ratio, k, L0, "
-                          "auxiliary loss, tokens/s over tokens)");
-  report->add_option("run_dir", args->run_dir, "training output directory (or one still training)")->required();
-  report->add_option("--out", args->out, "HTML file to write (default RUN_DIR/report.html)");
-  report->add_flag("--json", args->json, "print {\"report\": PATH} instead of a sentence");
-  return [=]() { return report->parsed() ? RunReport(*args) : kNotParsed; };
+  flags::Command* report =
+      app->AddSubcommand("report",
+                         "write one self-contained HTML page of a run's metrics (FVU, MSE, dead ratio, k, L0, "
+                         "auxiliary loss, tokens/s over tokens)");
+  report->AddOption("run_dir", args->run_dir, "training output directory (or one still training)").Required();
+  report->AddOption("--out", args->out, "HTML file to write (default RUN_DIR/report.html)");
+  report->AddFlag("--json", args->json, "print {\"report\": PATH} instead of a sentence");
+  return [=]() { return report->Parsed() ? RunReport(*args) : kNotParsed; };
 }
 
 }  // namespace sae

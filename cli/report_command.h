@@ -8,6 +8,6 @@ namespace sae {
 
 // Adds `report` to `app` (cli/subcommand.h); it exits 0 ok, 1 error (the
 // message on stderr names the file and line).
-CommandRunner AddReportCommand(CLI::App* app);
+CommandRunner AddReportCommand(flags::Command* app);
 
 }  // namespace sae

@@ -2,8 +2,6 @@
 
 #include <httplib.h>
 
-#include <CLI/CLI.hpp>
-
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -14,6 +12,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "cli/flags.h"
 #include "cli/model_flags.h"
 #include "cli/serve_api.h"
 #include "cli/web_assets.h"
@@ -232,17 +231,18 @@ int RunServe(const ServeArgs& a) {
 
 }  // namespace
 
-CommandRunner AddServeCommand(CLI::App* app) {
+CommandRunner AddServeCommand(flags::Command* app) {
   auto a = std::make_shared<ServeArgs>();
-  CLI::App* s = app->add_subcommand("serve", "web visualizer: feature browser, live activations, steering, concepts");
+  flags::Command* s =
+      app->AddSubcommand("serve", "web visualizer: feature browser, live activations, steering, concepts");
   AddModelFlags(s, &a->model, &a->tokenizer);
-  s->add_option("--sae", a->sae, "SAE run directory (its dashboards are read from it when built)")->required();
-  s->add_option("--layer", a->layer, "block the SAE reads (default: cfg.json's provenance)");
-  s->add_option("--listen", a->listen, "HOST:PORT (port 0: any free port, printed)");
-  s->add_option("--token-file", a->token_file, "file holding the bearer token; required off loopback");
-  s->add_option("--max-body", a->max_body, "largest request body in bytes");
-  s->add_option("--threads", a->threads, "requests served at once");
-  return [=]() -> int { return s->parsed() ? RunServe(*a) : kNotParsed; };
+  s->AddOption("--sae", a->sae, "SAE run directory (its dashboards are read from it when built)").Required();
+  s->AddOption("--layer", a->layer, "block the SAE reads (default: cfg.json's provenance)");
+  s->AddOption("--listen", a->listen, "HOST:PORT (port 0: any free port, printed)");
+  s->AddOption("--token-file", a->token_file, "file holding the bearer token; required off loopback");
+  s->AddOption("--max-body", a->max_body, "largest request body in bytes");
+  s->AddOption("--threads", a->threads, "requests served at once");
+  return [=]() -> int { return s->Parsed() ? RunServe(*a) : kNotParsed; };
 }
 
 }  // namespace sae

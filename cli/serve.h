@@ -9,6 +9,6 @@
 
 namespace sae {
 
-CommandRunner AddServeCommand(CLI::App* app);  // cli/subcommand.h
+CommandRunner AddServeCommand(flags::Command* app);  // cli/subcommand.h
 
 }  // namespace sae

@@ -2,8 +2,6 @@
 
 #include <google/protobuf/util/json_util.h>
 #include <unistd.h>
-#include <CLI/CLI.hpp>
-
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -14,6 +12,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "cli/flags.h"
 #include "client/client.h"
 #include "client/job_spec.h"
 #include "core/base/exit_code.h"
@@ -24,11 +23,11 @@
 namespace sae {
 
 struct ServiceCli {
-  CLI::App* submit = nullptr;
-  CLI::App* jobs = nullptr;
-  CLI::App* status = nullptr;
-  CLI::App* watch = nullptr;
-  CLI::App* cancel = nullptr;
+  flags::Command* submit = nullptr;
+  flags::Command* jobs = nullptr;
+  flags::Command* status = nullptr;
+  flags::Command* watch = nullptr;
+  flags::Command* cancel = nullptr;
   std::string coordinator = "127.0.0.1:50051";
   std::string token_file, tls_ca;
   double timeout = 30;  // seconds each call may wait for the coordinator, connecting included
@@ -297,6 +296,7 @@ int DoCancel(const ServiceCli& a) {
   return 0;
 }
 
+<<<<<<< HEAD
 void Common(CLI::App* sub, ServiceCli* s) {
   sub->add_option("--coordinator", s->coordinator, "HOST:PORT of sae-coordinator (or SAE_COORDINATOR)")
       ->envname("SAE_COORDINATOR")
@@ -312,44 +312,55 @@ void Common(CLI::App* sub, ServiceCli* s) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   sub->add_flag("--json", s->json, "JSON output");
+=======
+void Common(flags::Command* sub, ServiceCli* s) {
+  sub->AddOption("--coordinator", s->coordinator, "HOST:PORT of sae-coordinator (or SAE_COORDINATOR)")
+      .Env("SAE_COORDINATOR")
+      .ShowDefault();
+  sub->AddOption("--token-file", s->token_file, "file with the client bearer token (or SAE_TOKEN_FILE)")
+      .Env("SAE_TOKEN_FILE");
+  sub->AddOption("--tls-ca", s->tls_ca, "PEM CA of the coordinator's certificate: use TLS (or SAE_TLS_CA)")
+      .Env("SAE_TLS_CA");
+  sub->AddFlag("--json", s->json, "JSON output");
+>>>>>>> build
 }
 
 int RunServiceCommand(const ServiceCli& s) {
-  if (s.submit->parsed()) return DoSubmit(s);
-  if (s.jobs->parsed()) return DoJobs(s);
-  if (s.status->parsed()) return DoStatus(s);
-  if (s.watch->parsed()) {
+  if (s.submit->Parsed()) return DoSubmit(s);
+  if (s.jobs->Parsed()) return DoJobs(s);
+  if (s.status->Parsed()) return DoStatus(s);
+  if (s.watch->Parsed()) {
     auto c = Client::Make(s);
     return c.ok() ? Watch(*c, s.id, s.json, false) : Fail(c.status());
   }
-  if (s.cancel->parsed()) return DoCancel(s);
+  if (s.cancel->Parsed()) return DoCancel(s);
   return kNotParsed;
 }
 
 }  // namespace
 
-CommandRunner AddServiceCommands(CLI::App* app) {
+CommandRunner AddServiceCommands(flags::Command* app) {
   auto s = std::make_shared<ServiceCli>();
-  s->submit = app->add_subcommand("submit", "submit a job file to the coordinator; prints the job id");
-  s->submit->add_option("file", s->file, "job file (YAML; sae fields may list values: a sweep)")->required();
-  s->submit->add_flag("--wait", s->wait, "follow the job until it finishes (exit 0 when SUCCEEDED)");
-  s->submit->add_option("--priority", s->priority, "higher runs first");
-  s->submit->add_option("--max-restarts", s->max_restarts, "restarts after failures (default: coordinator's)");
-  s->submit->add_option("--request-id", s->request_id, "idempotency key (default: random)");
+  s->submit = app->AddSubcommand("submit", "submit a job file to the coordinator; prints the job id");
+  s->submit->AddOption("file", s->file, "job file (YAML; sae fields may list values: a sweep)").Required();
+  s->submit->AddFlag("--wait", s->wait, "follow the job until it finishes (exit 0 when SUCCEEDED)");
+  s->submit->AddOption("--priority", s->priority, "higher runs first");
+  s->submit->AddOption("--max-restarts", s->max_restarts, "restarts after failures (default: coordinator's)");
+  s->submit->AddOption("--request-id", s->request_id, "idempotency key (default: random)");
   Common(s->submit, s.get());
-  s->jobs = app->add_subcommand("jobs", "list the coordinator's jobs");
-  s->jobs->add_flag("--all", s->all, "include sweep variants");
-  s->jobs->add_option("--page-size", s->page_size, "jobs per request (1 to 1000)")->capture_default_str();
+  s->jobs = app->AddSubcommand("jobs", "list the coordinator's jobs");
+  s->jobs->AddFlag("--all", s->all, "include sweep variants");
+  s->jobs->AddOption("--page-size", s->page_size, "jobs per request (1 to 1000)").ShowDefault();
   Common(s->jobs, s.get());
-  s->status = app->add_subcommand("status", "a job's state, history, metrics and output");
-  s->status->add_option("id", s->id, "job id")->required();
+  s->status = app->AddSubcommand("status", "a job's state, history, metrics and output");
+  s->status->AddOption("id", s->id, "job id").Required();
   Common(s->status, s.get());
-  s->watch = app->add_subcommand("watch", "live progress of a job until it finishes");
-  s->watch->add_option("id", s->id, "job id")->required();
+  s->watch = app->AddSubcommand("watch", "live progress of a job until it finishes");
+  s->watch->AddOption("id", s->id, "job id").Required();
   Common(s->watch, s.get());
-  s->cancel = app->add_subcommand("cancel", "cancel a job (its last checkpoint stays)");
-  s->cancel->add_option("id", s->id, "job id")->required();
-  s->cancel->add_option("--reason", s->reason, "recorded in the job's history");
+  s->cancel = app->AddSubcommand("cancel", "cancel a job (its last checkpoint stays)");
+  s->cancel->AddOption("id", s->id, "job id").Required();
+  s->cancel->AddOption("--reason", s->reason, "recorded in the job's history");
   Common(s->cancel, s.get());
   return [s]() { return RunServiceCommand(*s); };
 }

@@ -7,6 +7,6 @@
 
 namespace sae {
 
-CommandRunner AddServiceCommands(CLI::App* app);
+CommandRunner AddServiceCommands(flags::Command* app);
 
 }  // namespace sae

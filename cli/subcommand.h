@@ -7,8 +7,8 @@
 
 #include <functional>
 
-namespace CLI {
-class App;
+namespace sae::flags {
+class Command;  // cli/flags.h
 }
 
 namespace sae {

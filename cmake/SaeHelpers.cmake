@@ -50,30 +50,29 @@ function(sae_expose_headers target scope dir)
   target_include_directories(${target} ${scope} ${dir})
 endfunction()
 
-# sae_add_test(NAME SRCS ... DEPS ... [TORCH | NO_PCH] [LABELS ...] [TIMEOUT s]
+# sae_add_test(NAME SRCS ... DEPS ... [TORCH] [LABELS ...] [TIMEOUT s]
 #              [ENVIRONMENT VAR=VALUE ...])
 # A GoogleTest binary in build/tests and its ctest entry. Its sources see the
 # headers of DEPS and of sae::testing (tests/testing/ and the test folders'
-# helper headers), which every test links. Precompiled: gtest, nlohmann/json
-# and the standard headers tests use (sae_test_pch); with TORCH, ATen too
-# (sae_test_pch_torch), for the tests whose files use tensors or that link a
-# LibTorch library (its -D_GLIBCXX_USE_CXX11_ABI must match the PCH's);
-# NO_PCH for tests whose flags match neither (gRPC's -pthread). The test's
-# own files compile at SAE_TEST_OPTIMIZE (-O1): they run once per test, while
-# the libraries they link keep the build type's flags. ENVIRONMENT is
-# added to the variables every test gets (SAE_BIN_DIR, SAE_SOURCE_DIR,
-# TEST_TMPDIR); for more later, sae_test_environment, which appends too.
+# helper headers), which every test links. Precompiled (sae_use_exe_pch):
+# gtest, nlohmann/json and the standard headers tests use; with TORCH, ATen
+# too, for the tests whose files use tensors or that link a LibTorch library
+# (its -D_GLIBCXX_USE_CXX11_ABI must match the PCH's). The test's own files
+# compile at SAE_TEST_OPTIMIZE (-O0): they run once per test, while the
+# libraries they link keep the build type's flags. ENVIRONMENT is added to
+# the variables every test gets (SAE_BIN_DIR, SAE_SOURCE_DIR, TEST_TMPDIR);
+# for more later, sae_test_environment, which appends too.
 function(sae_add_test name)
-  cmake_parse_arguments(ARG "TORCH;NO_PCH" "TIMEOUT" "SRCS;DEPS;LABELS;ENVIRONMENT" ${ARGN})
+  cmake_parse_arguments(ARG "TORCH" "TIMEOUT" "SRCS;DEPS;LABELS;ENVIRONMENT" ${ARGN})
   add_executable(${name} ${ARG_SRCS})
   # sae_blas_kernel_init (tests/testing): the test runs on the BLAS kernel
   # saeforge's binaries choose.
   target_link_libraries(${name} PRIVATE ${ARG_DEPS} sae::testing sae_blas_kernel_init GTest::gtest GTest::gtest_main)
   target_compile_options(${name} PRIVATE ${SAE_TEST_OPTIMIZE})
   if(ARG_TORCH)
-    target_precompile_headers(${name} REUSE_FROM sae_test_pch_torch)
-  elseif(NOT ARG_NO_PCH)
-    target_precompile_headers(${name} REUSE_FROM sae_test_pch)
+    sae_use_exe_pch(${name} TORCH)
+  else()
+    sae_use_exe_pch(${name})
   endif()
   set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
   add_test(NAME ${name} COMMAND ${name})
@@ -109,8 +108,8 @@ function(sae_test_environment test)
     "SAE_TEST_TIME_SCALE=${scale}" ${ARGN})
 endfunction()
 
-# sae_exe_pch(NAME HEADERS ... [DEPS ...]): a precompiled header for
-# executables (tests, benchmarks) to share with
+# sae_exe_pch(NAME HEADERS ... [DEPS ...] [OPTIONS ...]): a precompiled header
+# for executables (tests, benchmarks) to share with
 # target_precompile_headers(EXE REUSE_FROM NAME). Executables compile with
 # -fPIE and the libraries with -fPIC, and GCC refuses a PCH made with the
 # other, so the libraries' ATen PCH (core/sae) cannot serve them. NAME is an
@@ -130,4 +129,42 @@ function(sae_exe_pch name)
   target_compile_options(${name} PRIVATE ${CMAKE_CXX_COMPILE_OPTIONS_PIE} ${ARG_OPTIONS})
   target_link_libraries(${name} PRIVATE ${ARG_DEPS})
   target_precompile_headers(${name} PRIVATE ${ARG_HEADERS})
+endfunction()
+
+# sae_exe_pchs(): the two precompiled headers that every test and benchmark
+# shares (sae_use_exe_pch), made once at the top level: sae_exe_pch_torch
+# (ATen, then the rest) and sae_exe_pch (the rest: nlohmann/json, the
+# standard headers the tests and benchmarks use and, when tests are built,
+# gtest). Both are made with what every user compiles with too
+# (SAE_EXE_PCH_OPTIONS): SAE_TEST_OPTIMIZE, -pthread (gRPC's targets add it,
+# and GCC refuses a PCH made without the _REENTRANT it defines) and gtest's
+# -DGTEST_HAS_PTHREAD=1 (the benchmarks do not link gtest).
+macro(sae_exe_pchs)
+  set(_pch_headers <nlohmann/json.hpp> <algorithm> <cstdio> <filesystem> <fstream> <map> <memory> <sstream>
+      <string> <vector>)
+  set(_pch_deps nlohmann_json::nlohmann_json)
+  set(SAE_EXE_PCH_OPTIONS ${SAE_TEST_OPTIMIZE} -pthread)
+  if(SAE_BUILD_TESTS)
+    list(PREPEND _pch_headers <gtest/gtest.h>)
+    list(APPEND _pch_deps GTest::gtest)
+    list(APPEND SAE_EXE_PCH_OPTIONS $<TARGET_PROPERTY:GTest::gtest,INTERFACE_COMPILE_OPTIONS>)
+  endif()
+  sae_exe_pch(sae_exe_pch HEADERS ${_pch_headers} DEPS ${_pch_deps} OPTIONS ${SAE_EXE_PCH_OPTIONS})
+  sae_exe_pch(sae_exe_pch_torch HEADERS <ATen/ATen.h> ${_pch_headers} DEPS ${_pch_deps} sae::sae
+              OPTIONS ${SAE_EXE_PCH_OPTIONS})
+endmacro()
+
+# sae_use_exe_pch(TARGET [TORCH]): TARGET, a test or benchmark, compiles with
+# sae_exe_pch (TORCH: sae_exe_pch_torch, for the executables that link a
+# LibTorch library, whose -D_GLIBCXX_USE_CXX11_ABI must match) and with the
+# options it was made with. CMake passes -Winvalid-pch: a PCH that GCC
+# cannot use is reported, not silently parsed again.
+function(sae_use_exe_pch target)
+  cmake_parse_arguments(ARG "TORCH" "" "" ${ARGN})
+  target_compile_options(${target} PRIVATE ${SAE_EXE_PCH_OPTIONS})
+  if(ARG_TORCH)
+    target_precompile_headers(${target} REUSE_FROM sae_exe_pch_torch)
+  else()
+    target_precompile_headers(${target} REUSE_FROM sae_exe_pch)
+  endif()
 endfunction()

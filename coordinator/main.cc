@@ -1,7 +1,5 @@
 // sae-coordinator: schedules SAE jobs onto sae-worker processes (see
 // coordinator/coordinator.h and docs in README "Running the service").
-#include <CLI/CLI.hpp>
-
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -9,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "cli/flags.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/service.h"
 #include "core/base/blas_kernel.h"
@@ -27,36 +26,29 @@ void OnSignal(int) { g_stop = true; }
 
 int main(int argc, char** argv) {
   sae::ChooseBlasKernel(argc, argv);  // first: it may re-exec (core/base/blas_kernel.h)
-  CLI::App app{"sae-coordinator: schedules SAE training jobs onto sae-worker processes"};
+  sae::flags::Command app{"sae-coordinator: schedules SAE training jobs onto sae-worker processes"};
   sae::CoordinatorOptions co;
   sae::ServiceOptions so;
   std::string client_token_file, worker_token_file, ready_file;
   co.db = "sae-coordinator.db";
-  app.add_option("--listen", so.listen, "gRPC HOST:PORT (port 0: any free port)")->capture_default_str();
-  app.add_option("--db", co.db, "SQLite database (jobs, transitions, workers, checkpoints)")->capture_default_str();
-  app.add_option("--metrics-listen", so.metrics_listen, "HTTP HOST:PORT for /metrics and /sd (\"\" = off)")
-      ->capture_default_str();
-  app.add_option("--lease-seconds", co.lease_seconds, "a worker silent this long is dead")->capture_default_str();
-  app.add_option("--stop-grace-seconds", co.stop_grace_seconds,
-                 "a worker told to stop counts as busy at most this long")
-      ->capture_default_str();
-  app.add_option("--heartbeat-seconds", co.heartbeat_seconds, "heartbeat interval told to workers")
-      ->capture_default_str();
-  app.add_option("--max-restarts", co.default_max_restarts, "default restarts of a job before it FAILS")
-      ->capture_default_str();
-  app.add_option("--data-root", co.data_root, "job data paths must lie under this directory");
-  app.add_option("--output-root", co.output_root, "job outputs must lie under this directory");
-  app.add_option("--client-token-file", client_token_file, "bearer token clients (sae) must present");
-  app.add_option("--worker-token-file", worker_token_file, "bearer token workers must present");
-  app.add_option("--tls-cert", so.tls_cert, "PEM certificate: serve TLS");
-  app.add_option("--tls-key", so.tls_key, "PEM private key of --tls-cert");
-  app.add_option("--max-message-bytes", so.max_message_bytes, "largest request accepted")->capture_default_str();
-  app.add_option("--ready-file", ready_file, "write {\"listen\", \"metrics\"} as JSON here once serving");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e) == 0 ? 0 : 2;
-  }
+  app.AddOption("--listen", so.listen, "gRPC HOST:PORT (port 0: any free port)").ShowDefault();
+  app.AddOption("--db", co.db, "SQLite database (jobs, transitions, workers, checkpoints)").ShowDefault();
+  app.AddOption("--metrics-listen", so.metrics_listen, "HTTP HOST:PORT for /metrics and /sd (\"\" = off)")
+      .ShowDefault();
+  app.AddOption("--lease-seconds", co.lease_seconds, "a worker silent this long is dead").ShowDefault();
+  app.AddOption("--stop-grace-seconds", co.stop_grace_seconds, "a worker told to stop counts as busy at most this long")
+      .ShowDefault();
+  app.AddOption("--heartbeat-seconds", co.heartbeat_seconds, "heartbeat interval told to workers").ShowDefault();
+  app.AddOption("--max-restarts", co.default_max_restarts, "default restarts of a job before it FAILS").ShowDefault();
+  app.AddOption("--data-root", co.data_root, "job data paths must lie under this directory");
+  app.AddOption("--output-root", co.output_root, "job outputs must lie under this directory");
+  app.AddOption("--client-token-file", client_token_file, "bearer token clients (sae) must present");
+  app.AddOption("--worker-token-file", worker_token_file, "bearer token workers must present");
+  app.AddOption("--tls-cert", so.tls_cert, "PEM certificate: serve TLS");
+  app.AddOption("--tls-key", so.tls_key, "PEM private key of --tls-cert");
+  app.AddOption("--max-message-bytes", so.max_message_bytes, "largest request accepted").ShowDefault();
+  app.AddOption("--ready-file", ready_file, "write {\"listen\", \"metrics\"} as JSON here once serving");
+  if (auto rc = app.Parse(argc, argv)) return *rc == 0 ? 0 : 2;
   if (!client_token_file.empty()) {
     auto t = sae::ReadTokenFile("--client-token-file", client_token_file);
     if (!t.ok()) return Fail(t.status());
