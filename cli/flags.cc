@@ -9,6 +9,7 @@ namespace sae::flags {
 Option Option::Required() { return Option(option_->required()); }
 Option Option::Env(const std::string& variable) { return Option(option_->envname(variable)); }
 Option Option::ShowDefault() { return Option(option_->capture_default_str()); }
+Option Option::Positive() { return Option(option_->check(CLI::PositiveNumber)); }
 Option Option::OneOf(std::vector<std::string> allowed) {
   return Option(option_->check(CLI::IsMember(std::move(allowed))));
 }

@@ -29,6 +29,7 @@ class Option {
   Option Env(const std::string& variable);         // taken from `variable` when not given
   Option ShowDefault();                            // --help shows its value before parsing
   Option OneOf(std::vector<std::string> allowed);  // the value must be one of these
+  Option Positive();                               // the value must be a number > 0
 
  private:
   friend class Command;

@@ -296,23 +296,6 @@ int DoCancel(const ServiceCli& a) {
   return 0;
 }
 
-<<<<<<< HEAD
-void Common(CLI::App* sub, ServiceCli* s) {
-  sub->add_option("--coordinator", s->coordinator, "HOST:PORT of sae-coordinator (or SAE_COORDINATOR)")
-      ->envname("SAE_COORDINATOR")
-      ->capture_default_str();
-  sub->add_option("--token-file", s->token_file, "file with the client bearer token (or SAE_TOKEN_FILE)")
-      ->envname("SAE_TOKEN_FILE");
-  sub->add_option("--tls-ca", s->tls_ca, "PEM CA of the coordinator's certificate: use TLS (or SAE_TLS_CA)")
-      ->envname("SAE_TLS_CA");
-  sub->add_option("--timeout", s->timeout,
-                  "seconds each call waits for the coordinator, connecting included: one that is still starting is "
-                  "waited for, an absent one is an error after this (or SAE_TIMEOUT)")
-      ->envname("SAE_TIMEOUT")
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  sub->add_flag("--json", s->json, "JSON output");
-=======
 void Common(flags::Command* sub, ServiceCli* s) {
   sub->AddOption("--coordinator", s->coordinator, "HOST:PORT of sae-coordinator (or SAE_COORDINATOR)")
       .Env("SAE_COORDINATOR")
@@ -321,8 +304,13 @@ void Common(flags::Command* sub, ServiceCli* s) {
       .Env("SAE_TOKEN_FILE");
   sub->AddOption("--tls-ca", s->tls_ca, "PEM CA of the coordinator's certificate: use TLS (or SAE_TLS_CA)")
       .Env("SAE_TLS_CA");
+  sub->AddOption("--timeout", s->timeout,
+                 "seconds each call waits for the coordinator, connecting included: one that is still starting is "
+                 "waited for, an absent one is an error after this (or SAE_TIMEOUT)")
+      .Env("SAE_TIMEOUT")
+      .Positive()
+      .ShowDefault();
   sub->AddFlag("--json", s->json, "JSON output");
->>>>>>> build
 }
 
 int RunServiceCommand(const ServiceCli& s) {
