@@ -79,13 +79,32 @@ function(sae_add_test name)
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 600)
   endif()
-  if(SAE_SANITIZE OR SAE_TSAN)  # sanitized code runs 2-15x slower
-    math(EXPR ARG_TIMEOUT "${ARG_TIMEOUT} * 3")
+  sae_test_properties(${name} ${ARG_TIMEOUT} "${ARG_LABELS}" ${ARG_ENVIRONMENT})
+endfunction()
+
+# sae_add_test_part(BINARY PART FILTER [TIMEOUT s] [LABELS ...]): one more
+# ctest entry, BINARY_PART, that runs the gtest binary BINARY (made by
+# sae_add_test) on the tests GTEST_FILTER selects: a slow binary split into
+# groups, each with its own timeout.
+function(sae_add_test_part binary part filter)
+  cmake_parse_arguments(ARG "" "TIMEOUT" "LABELS" ${ARGN})
+  if(NOT ARG_TIMEOUT)
+    set(ARG_TIMEOUT 600)
   endif()
-  set_tests_properties(${name} PROPERTIES TIMEOUT ${ARG_TIMEOUT})
-  sae_test_environment(${name} ${ARG_ENVIRONMENT})
-  if(ARG_LABELS)
-    set_tests_properties(${name} PROPERTIES LABELS "${ARG_LABELS}")
+  add_test(NAME ${binary}_${part} COMMAND ${binary})
+  sae_test_properties(${binary}_${part} ${ARG_TIMEOUT} "${ARG_LABELS}" GTEST_FILTER=${filter})
+endfunction()
+
+# The timeout (tripled in sanitized builds: sanitized code runs 2-15x
+# slower), labels and environment of a ctest entry.
+function(sae_test_properties test timeout labels)
+  if(SAE_SANITIZE OR SAE_TSAN)
+    math(EXPR timeout "${timeout} * 3")
+  endif()
+  set_tests_properties(${test} PROPERTIES TIMEOUT ${timeout})
+  sae_test_environment(${test} ${ARGN})
+  if(labels)
+    set_tests_properties(${test} PROPERTIES LABELS "${labels}")
   endif()
 endfunction()
 
