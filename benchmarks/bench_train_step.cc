@@ -82,7 +82,8 @@ void AddFlags(sae::flags::Command& app, Flags& f) {
   app.AddOption("--precision", f.precision, "fp32|bf16 (one encoder; see --encoder)").OneOf({"fp32", "bf16"});
   app.AddOption("--encoder", f.encoders,
                 "comma-separated encoders measured in this one run, each against the same GEMM floor: "
-                "fp32, fp32_blas (fp32 with the encoder GEMM through at::addmm/OpenBLAS, the old path), "
+                "fp32, fp32_onednn (fp32 with oneDNN's GEMM and a separate top-k even where the fused small-d "
+                "encoder runs), fp32_blas (fp32 with the encoder GEMM through at::addmm/OpenBLAS, the old path), "
                 "bf16, int8_screened (default: --precision)");
   app.AddFlag("--sweep", f.sweep,
               "measure a fixed list of shapes from d 48 to 4096 and print one table (--d, --latents, --k, "
@@ -110,6 +111,7 @@ sae::TrainerOptions TrainerOptionsFor(const Flags& f, const std::string& enc) {
   o.warmup_fraction = 0;
   o.bf16 = enc == "bf16";
   o.blas_encoder_gemm = enc == "fp32_blas";
+  o.small_encoder = enc != "fp32_onednn";
   o.int8_screened = enc == "int8_screened";
   o.remedy = sae::ParseOption<sae::Remedy>(f.remedy).value();
   o.dead_window_tokens = f.dead_window;
@@ -425,8 +427,9 @@ int main(int argc, char** argv) {
   at::set_num_threads(f.threads > 0 ? f.threads : static_cast<int>(std::thread::hardware_concurrency()));
   const std::vector<std::string> list = SplitList(f.encoders.empty() ? f.precision : f.encoders);
   for (const std::string& e : list)
-    if (e != "fp32" && e != "fp32_blas" && e != "bf16" && e != "int8_screened") {
-      std::fprintf(stderr, "error: --encoder: '%s' is not one of fp32, fp32_blas, bf16, int8_screened\n", e.c_str());
+    if (e != "fp32" && e != "fp32_onednn" && e != "fp32_blas" && e != "bf16" && e != "int8_screened") {
+      std::fprintf(stderr, "error: --encoder: '%s' is not one of fp32, fp32_onednn, fp32_blas, bf16, int8_screened\n",
+                   e.c_str());
       return 1;
     }
   if (f.sweep) return RunSweep(f, list);

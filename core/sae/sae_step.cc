@@ -4,6 +4,7 @@
 #include "core/sae/encoder_gemm.h"
 #include "core/sae/int8_screen.h"
 #include "core/sae/sae_step_internal.h"
+#include "core/sae/small_encoder.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -202,6 +203,65 @@ absl::Status EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const Ste
   StepWorkspace* ws = cfg.workspace;
   const bool onednn = std::is_same_v<T, float> && !cfg.aten_gemm;
   if constexpr (std::is_same_v<T, float>) {
+    if (onednn && cfg.small_encoder && internal::UseSmallEncoder(n, d, k)) {
+      // The top-k inside the GEMM's epilogue (core/sae/small_encoder.h). The
+      // remedies' dead latents get a second packed encoder of their rows
+      // alone: its pre-activations are bitwise those of the full kernel
+      // (each value is b_enc then the same ordered multiply-adds), so AuxK's
+      // top-k_aux and Ghost Grads' zD are exactly what the dense path sees.
+      double tg = NowSeconds();
+      auto slot = [&](std::shared_ptr<internal::SmallEncoder>* ws_slot, std::shared_ptr<internal::SmallEncoder>* own) {
+        std::shared_ptr<internal::SmallEncoder>* h = ws != nullptr ? ws_slot : own;
+        if (!*h) *h = std::make_shared<internal::SmallEncoder>();
+        return h->get();
+      };
+      std::shared_ptr<internal::SmallEncoder> own_main, own_dead;
+      internal::SmallEncoder* enc = slot(ws ? &ws->small : nullptr, &own_main);
+      const at::Tensor w = enc_w.contiguous();
+      const float* Wp = w.data_ptr<float>();
+      const float* bp = p.b_enc.data_ptr<float>();
+      enc->SetWeights(Wp, bp, n, d);
+      internal::SmallEncoder* enc_dead = nullptr;
+      if (nd > 0 && (k_aux > 0 || ZD != nullptr)) {
+        enc_dead = slot(ws ? &ws->small_dead : nullptr, &own_dead);
+        std::vector<float> wd(static_cast<size_t>(nd * d)), bd(static_cast<size_t>(nd));
+        for (int64_t t = 0; t < nd; ++t) {
+          std::memcpy(wd.data() + t * d, Wp + dead[t] * d, sizeof(float) * d);
+          bd[t] = bp[dead[t]];
+        }
+        enc_dead->SetWeights(wd.data(), bd.data(), nd, d);
+      }
+      s.gemm_seconds += NowSeconds() - tg;
+      const float* X = enc_in.data_ptr<float>();
+      constexpr int64_t kItemRows = 96;  // rows per work item, handed out dynamically
+      const int64_t nitems = (B + kItemRows - 1) / kItemRows;
+      std::atomic<int64_t> next{0};
+      const int64_t work = B * n * d, threads = at::get_num_threads();
+      at::parallel_for(0, threads, work >= 4 * internal::kMinParallelWork ? 1 : threads, [&](int64_t, int64_t) {
+        std::vector<float> zd;
+        std::vector<int64_t> tidx(static_cast<size_t>(k_aux));
+        for (int64_t it = next++; it < nitems; it = next++) {
+          const int64_t r0 = it * kItemRows, rows = std::min(kItemRows, B - r0);
+          enc->SelectTopK(X + r0 * d, rows, k, IDX + r0 * k, VAL + r0 * k);
+          if (enc_dead == nullptr) continue;
+          float* zr = ZD;
+          if (zr != nullptr) {
+            zr += r0 * nd;
+          } else {
+            zd.resize(static_cast<size_t>(rows * nd));
+            zr = zd.data();
+          }
+          enc_dead->Dense(X + r0 * d, rows, zr);
+          for (int64_t r = 0; r < rows && k_aux > 0; ++r) {
+            const int64_t b = r0 + r;
+            internal::SelectTopK(zr + r * nd, nd, k_aux, tidx.data(), AVAL + b * k_aux);
+            for (int64_t t = 0; t < k_aux; ++t) AIDX[b * k_aux + t] = dead[tidx[t]];
+          }
+        }
+      });
+      s.fused = true;
+      return absl::OkStatus();
+    }
     if (onednn) {
       std::shared_ptr<internal::EncoderGemm> gemm_holder;
       if (ws != nullptr && !ws->gemm) ws->gemm = std::make_shared<internal::EncoderGemm>();

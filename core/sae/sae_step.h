@@ -22,8 +22,9 @@ namespace sae {
 
 class Int8Screen;  // core/sae/int8_screen.h
 namespace internal {
-class EncoderGemm;  // core/sae/encoder_gemm.h
-}
+class EncoderGemm;   // core/sae/encoder_gemm.h
+class SmallEncoder;  // core/sae/small_encoder.h
+}  // namespace internal
 double DefaultAuxCoefficient(Remedy r);  // Remedy: core/base/job_options.h
 
 // The parameters: encoder (n×d, n), decoder rows (n×d) and b_dec (d). All
@@ -49,6 +50,9 @@ struct SaeGrads {
 struct StepWorkspace {
   at::Tensor zbuf, xhat, gx;
   std::shared_ptr<internal::EncoderGemm> gemm;  // the fp32 encoder GEMM's primitives and weights
+  // The small-d fp32 encoder with the top-k in its epilogue, and its copy of
+  // the dead latents' rows (AuxK, Ghost Grads).
+  std::shared_ptr<internal::SmallEncoder> small, small_dead;
 };
 
 struct StepConfig {
@@ -94,6 +98,11 @@ struct StepConfig {
   // in row blocks instead of oneDNN (core/sae/encoder_gemm.h); the reference
   // path for tests and benchmarks. (float64 always uses at::addmm.)
   bool aten_gemm = false;
+  // float32 on CPU with oneDNN (aten_gemm false): where the shape is small
+  // enough (internal::UseSmallEncoder), the encoder with the top-k fused
+  // into its epilogue (core/sae/small_encoder.h). false: oneDNN's GEMM and a
+  // separate selection everywhere (tests and benchmarks compare the two).
+  bool small_encoder = true;
   // Σ‖x − x̄‖² over the global batch (all ranks); <= 0: this batch's own.
   double total_var = 0;
   StepWorkspace* workspace = nullptr;  // reuse buffers across calls when set

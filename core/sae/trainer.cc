@@ -375,6 +375,7 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     cfg.workspace = &workspace_;
     cfg.aten = opts_.aten_kernels;
     cfg.aten_gemm = opts_.blas_encoder_gemm;
+    cfg.small_encoder = opts_.small_encoder;
     cfg.screen = screen_.get();
     StepResult res;
     SAE_RETURN_IF_ERROR(ComputeGradients(params_, x_dev, cfg, &grads_, &res));

@@ -84,6 +84,9 @@ struct TrainerOptions {
   // float32 on CPU: the encoder GEMM through at::addmm (OpenBLAS) in row
   // blocks instead of oneDNN (StepConfig::aten_gemm; benchmarks and tests).
   bool blas_encoder_gemm = false;
+  // float32 on CPU: false keeps oneDNN's GEMM and a separate top-k even
+  // where the fused small-d encoder would run (StepConfig::small_encoder).
+  bool small_encoder = true;
   // Tests only: parameters and the step in float64 (rows arrive as float32
   // and are widened after normalisation), so that two step implementations
   // can be compared where float32 rounding cannot flip a top-k selection.
