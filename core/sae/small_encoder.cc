@@ -101,16 +101,16 @@ struct RowTops {
     __m512 tv = _mm512_loadu_ps(vv.data() + r * 16);
     __m512i ti = _mm512_loadu_si512(vi.data() + r * 16);
     const __m512i ninf = _mm512_castps_si512(_mm512_set1_ps(kNegInf));
-    const __mmask16 kbit = static_cast<__mmask16>(1u << (k - 1));
     while (mask != 0) {
       const int t = __builtin_ctzll(mask);
       mask &= mask - 1;
       const __m512 v = _mm512_set1_ps(z[t]);
-      // Lanes below v (a suffix, the row being sorted); equal values stay
-      // ahead (lower latents). v enters only when the k-th lane is below it.
-      __mmask16 lt = _mm512_cmp_ps_mask(tv, v, _CMP_LT_OQ);
-      lt = (lt & kbit) != 0 ? lt : static_cast<__mmask16>(0);
-      const __mmask16 at = static_cast<__mmask16>(lt & (~lt + 1u));
+      // The lanes below v, a suffix (the vector is sorted, all 16 lanes):
+      // v goes to its first lane and the rest shift down one. Equal values
+      // stay ahead (lower latents). A v at or below the k-th lane lands past
+      // the k kept, which only the lanes beyond k see.
+      const __mmask16 lt = _mm512_cmp_ps_mask(tv, v, _CMP_LT_OQ);
+      const __mmask16 at = _kandn_mask16(_kshiftli_mask16(lt, 1), lt);
       const __m512 tv_sh = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(tv), ninf, 15));
       const __m512i ti_sh = _mm512_alignr_epi32(ti, ti, 15);
       tv = _mm512_mask_mov_ps(_mm512_mask_mov_ps(tv, lt, tv_sh), at, v);
@@ -203,35 +203,47 @@ void SelectTile(const float* x, int64_t d, const float* wp, const float* bp, Row
                 bool first_k) {
   __m512 acc[R][4];
   TileAcc<R>(x, d, wp, bp, acc);
-  alignas(64) float tmp[kP];
+  // All rows' masks first, while the tile is in registers; the tile leaves
+  // them only when some row has a value above its threshold (an Offer is a
+  // call, across which no vector register survives).
+  uint64_t m[R];
+  uint64_t any = 0;
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r) {
-    uint64_t m;
+    __m512 t;
+    int pred;
     if (first_k) {
       const __m512 mx = _mm512_max_ps(_mm512_max_ps(acc[r][0], acc[r][1]), _mm512_max_ps(acc[r][2], acc[r][3]));
-      const __m512 t = _mm512_set1_ps(KthOf16(mx, tops->k));
-      m = static_cast<uint64_t>(_mm512_cmp_ps_mask(acc[r][0], t, _CMP_GE_OQ)) |
-          static_cast<uint64_t>(_mm512_cmp_ps_mask(acc[r][1], t, _CMP_GE_OQ)) << 16 |
-          static_cast<uint64_t>(_mm512_cmp_ps_mask(acc[r][2], t, _CMP_GE_OQ)) << 32 |
-          static_cast<uint64_t>(_mm512_cmp_ps_mask(acc[r][3], t, _CMP_GE_OQ)) << 48;
+      t = _mm512_set1_ps(KthOf16(mx, tops->k));
+      pred = _CMP_GE_OQ;
     } else {
-      const __m512 t = _mm512_set1_ps(tops->thr[r0 + r]);
-      const __mmask16 m0 = _mm512_cmp_ps_mask(acc[r][0], t, _CMP_GT_OQ),
-                      m1 = _mm512_cmp_ps_mask(acc[r][1], t, _CMP_GT_OQ),
-                      m2 = _mm512_cmp_ps_mask(acc[r][2], t, _CMP_GT_OQ),
-                      m3 = _mm512_cmp_ps_mask(acc[r][3], t, _CMP_GT_OQ);
-      if (__builtin_expect((m0 | m1 | m2 | m3) == 0, 1)) continue;
-      m = static_cast<uint64_t>(m0) | static_cast<uint64_t>(m1) << 16 | static_cast<uint64_t>(m2) << 32 |
-          static_cast<uint64_t>(m3) << 48;
+      t = _mm512_set1_ps(tops->thr[r0 + r]);
+      pred = _CMP_GT_OQ;
     }
-    _mm512_store_ps(tmp, acc[r][0]);
-    _mm512_store_ps(tmp + 16, acc[r][1]);
-    _mm512_store_ps(tmp + 32, acc[r][2]);
-    _mm512_store_ps(tmp + 48, acc[r][3]);
-    if (tops->vec) {
-      tops->OfferVec(r0 + r, tmp, m, base);
+    if (pred == _CMP_GE_OQ) {
+      m[r] = static_cast<uint64_t>(_mm512_cmp_ps_mask(acc[r][0], t, _CMP_GE_OQ)) |
+             static_cast<uint64_t>(_mm512_cmp_ps_mask(acc[r][1], t, _CMP_GE_OQ)) << 16 |
+             static_cast<uint64_t>(_mm512_cmp_ps_mask(acc[r][2], t, _CMP_GE_OQ)) << 32 |
+             static_cast<uint64_t>(_mm512_cmp_ps_mask(acc[r][3], t, _CMP_GE_OQ)) << 48;
     } else {
-      tops->Offer(r0 + r, tmp, m, base);
+      m[r] = static_cast<uint64_t>(_mm512_cmp_ps_mask(acc[r][0], t, _CMP_GT_OQ)) |
+             static_cast<uint64_t>(_mm512_cmp_ps_mask(acc[r][1], t, _CMP_GT_OQ)) << 16 |
+             static_cast<uint64_t>(_mm512_cmp_ps_mask(acc[r][2], t, _CMP_GT_OQ)) << 32 |
+             static_cast<uint64_t>(_mm512_cmp_ps_mask(acc[r][3], t, _CMP_GT_OQ)) << 48;
+    }
+    any |= m[r];
+  }
+  if (__builtin_expect(any == 0, 1)) return;
+  alignas(64) float tile[R][kP];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < 4; ++c) _mm512_store_ps(tile[r] + 16 * c, acc[r][c]);
+  for (int r = 0; r < R; ++r) {
+    if (m[r] == 0) continue;
+    if (tops->vec) {
+      tops->OfferVec(r0 + r, tile[r], m[r], base);
+    } else {
+      tops->Offer(r0 + r, tile[r], m[r], base);
     }
   }
 }
