@@ -44,6 +44,10 @@ class SmallEncoder {
   // (per-thread scratch).
   void SelectTopK(const float* x, int64_t rows, int64_t k, int64_t* idx, float* val) const;
 
+  // Rows per block: every block passes once over the packed encoder (callers
+  // hand out work in multiples of it).
+  int64_t BlockRows() const;
+
   int64_t n() const { return n_; }
   int64_t d() const { return d_; }
 
