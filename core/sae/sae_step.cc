@@ -207,7 +207,7 @@ absl::Status EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const Ste
       // The top-k inside the GEMM's epilogue (core/sae/small_encoder.h). The
       // remedies' dead latents get a second packed encoder of their rows
       // alone: its pre-activations are bitwise those of the full kernel
-      // (each value is b_enc then the same ordered multiply-adds), so AuxK's
+      // (each value is the same ordered multiply-adds, then b_enc), so AuxK's
       // top-k_aux and Ghost Grads' zD are exactly what the dense path sees.
       double tg = NowSeconds();
       auto slot = [&](std::shared_ptr<internal::SmallEncoder>* ws_slot, std::shared_ptr<internal::SmallEncoder>* own) {

@@ -154,15 +154,8 @@ inline float KthOf16(__m512 m, int64_t k) {
 template <int R>
 inline void TileAcc(const float* __restrict x, int64_t d, const float* __restrict wp, const float* __restrict bp,
                     __m512 (&acc)[R][4]) {
-  const __m512 b0 = _mm512_load_ps(bp), b1 = _mm512_load_ps(bp + 16), b2 = _mm512_load_ps(bp + 32),
-               b3 = _mm512_load_ps(bp + 48);
 #pragma GCC unroll 6
-  for (int r = 0; r < R; ++r) {
-    acc[r][0] = b0;
-    acc[r][1] = b1;
-    acc[r][2] = b2;
-    acc[r][3] = b3;
-  }
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = _mm512_setzero_ps();
   for (int64_t kk = 0; kk < d; ++kk) {
     const float* w = wp + kk * kP;
     const __m512 w0 = _mm512_load_ps(w), w1 = _mm512_load_ps(w + 16), w2 = _mm512_load_ps(w + 32),
@@ -175,6 +168,15 @@ inline void TileAcc(const float* __restrict x, int64_t d, const float* __restric
       acc[r][2] = _mm512_fmadd_ps(xb, w2, acc[r][2]);
       acc[r][3] = _mm512_fmadd_ps(xb, w3, acc[r][3]);
     }
+  }
+  const __m512 b0 = _mm512_load_ps(bp), b1 = _mm512_load_ps(bp + 16), b2 = _mm512_load_ps(bp + 32),
+               b3 = _mm512_load_ps(bp + 48);
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+    acc[r][0] = _mm512_add_ps(acc[r][0], b0);
+    acc[r][1] = _mm512_add_ps(acc[r][1], b1);
+    acc[r][2] = _mm512_add_ps(acc[r][2], b2);
+    acc[r][3] = _mm512_add_ps(acc[r][3], b3);
   }
 }
 
@@ -264,12 +266,13 @@ void ForTileRows(int rows, F&& f) {
 
 void ScalarAcc(const float* x, int64_t d, const float* wp, const float* bp, int R, float (*acc)[kP]) {
   for (int r = 0; r < R; ++r) {
-    for (int64_t t = 0; t < kP; ++t) acc[r][t] = bp[t];
+    for (int64_t t = 0; t < kP; ++t) acc[r][t] = 0.0f;
     for (int64_t kk = 0; kk < d; ++kk) {
       const float xv = x[r * d + kk];
       const float* w = wp + kk * kP;
       for (int64_t t = 0; t < kP; ++t) acc[r][t] += xv * w[t];
     }
+    for (int64_t t = 0; t < kP; ++t) acc[r][t] += bp[t];
   }
 }
 

@@ -13,9 +13,10 @@
 // panels of 64 latents (d × 64 floats, contiguous).
 //
 // Every pre-activation is computed the same way wherever it sits in a tile:
-// b_enc[j] first, then one fused multiply-add per input dimension in
-// ascending order, so SelectTopK's values are bitwise those Dense writes for
-// the same inputs. AVX-512 builds run the vector kernel; others a portable
+// one fused multiply-add per input dimension in ascending order from zero,
+// then b_enc[j] (last, as oneDNN's bias: with bf16-rounded operands the
+// products are exact and the sum often is too), so SelectTopK's values are
+// bitwise those Dense writes for the same inputs. AVX-512 builds run the vector kernel; others a portable
 // scalar one with the same structure (plain multiply-adds, which the
 // compiler may or may not contract: Dense and SelectTopK still agree within
 // one build).

@@ -11,8 +11,10 @@
 #include <limits>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "core/sae/encoder_gemm.h"
 #include "core/sae/sae_step_internal.h"
 
 namespace sae::internal {
@@ -196,6 +198,29 @@ TEST(SmallEncoder, AgreesWithTheStepsSelection) {
     EXPECT_EQ(a, b) << "k " << k;
     EXPECT_EQ(av, bv) << "k " << k;
   }
+}
+
+// The kernel's order (ascending multiply-adds from zero, then the bias) is
+// the one oneDNN's AVX-512 f32 brgemm uses for K <= 256: where oneDNN runs
+// that kernel the pre-activations are bitwise equal, so the fused step
+// selects exactly what the oneDNN step selects; elsewhere both are within
+// rounding of the float64 values (CheckProblem).
+TEST(SmallEncoder, BitwiseOneDnnWhereItRunsBrgemmAvx512) {
+  for (int64_t d : {16, 33, 48, 64, 100, 128, 256})
+    for (int64_t rows : {96, 37}) {
+      const Problem p = RandomProblem(rows, d, 700, static_cast<uint32_t>(d + rows));
+      SmallEncoder enc;
+      enc.SetWeights(p.W.data(), p.b.data(), p.n, p.d);
+      std::vector<float> z(p.B * p.n), z1(p.B * p.n);
+      enc.Dense(p.x.data(), p.B, z.data());
+      EncoderGemm g;
+      ASSERT_TRUE(g.SetWeights(p.W.data(), p.b.data(), p.n, p.d, &rows, 1).ok());
+      ASSERT_TRUE(g.Run(p.x.data(), rows, z1.data(), 0).ok());
+      if (g.Describe() != "brg:avx512_core" || std::string(SmallEncoder::Kernel()) != "avx512") continue;
+      int64_t differ = 0;
+      for (size_t i = 0; i < z.size(); ++i) differ += z[i] != z1[i];
+      EXPECT_EQ(differ, 0) << "d " << d << " rows " << rows;
+    }
 }
 
 }  // namespace
