@@ -8,7 +8,7 @@
 // GEMM). This kernel computes a register tile of pre-activations (6 rows ×
 // 64 latents, a broadcast multiply-add per input dimension), adds b_enc,
 // and compares each 16-lane vector with its row's running threshold, the
-// k-th largest value seen so far; only the rare values above it leave the
+// k-th largest value seen so far; only the values above it leave the
 // registers, into a sorted per-row top-k. W_enc is packed once per step into
 // panels of 64 latents (d × 64 floats, contiguous).
 //
@@ -16,10 +16,11 @@
 // one fused multiply-add per input dimension in ascending order from zero,
 // then b_enc[j] (last, as oneDNN's bias: with bf16-rounded operands the
 // products are exact and the sum often is too), so SelectTopK's values are
-// bitwise those Dense writes for the same inputs. AVX-512 builds run the vector kernel; others a portable
-// scalar one with the same structure (plain multiply-adds, which the
-// compiler may or may not contract: Dense and SelectTopK still agree within
-// one build).
+// bitwise those Dense writes for the same inputs (and, for d <= 256, those
+// of oneDNN's avx512 f32 kernel: small_encoder_test.cc). AVX-512 builds run
+// the vector kernel; others a portable scalar one with the same structure
+// (plain multiply-adds, which the compiler may or may not contract: Dense
+// and SelectTopK still agree within one build).
 #pragma once
 
 #include <cstdint>
