@@ -18,8 +18,10 @@ constexpr int kR = static_cast<int>(SmallEncoder::kTileRows);
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // 64-byte aligned view into an over-allocated vector.
+// Reallocated only when the size changes (the packing overwrites every
+// element each step).
 float* Aligned(std::vector<float>* v, size_t count) {
-  v->assign(count + 16, 0.0f);
+  if (v->size() != count + 16) v->assign(count + 16, 0.0f);
   const uintptr_t p = reinterpret_cast<uintptr_t>(v->data());
   return reinterpret_cast<float*>((p + 63) & ~uintptr_t{63});
 }
@@ -311,6 +313,7 @@ void SmallEncoder::SetWeights(const float* W, const float* b, int64_t n, int64_t
       const float* src = W + (j0 + t) * d;
       for (int64_t kk = 0; kk < d; ++kk) wp[kk * kP + t] = src[kk];
     }
+    for (int64_t kk = 0; valid < kP && kk < d; ++kk) std::fill(wp + kk * kP + valid, wp + (kk + 1) * kP, 0.0f);
     for (int64_t t = 0; t < kP; ++t) b_[p * kP + t] = t < valid ? b[j0 + t] : kNegInf;
   }
 }
