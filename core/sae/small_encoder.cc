@@ -397,7 +397,13 @@ void SmallEncoder::SelectTopK(const float* x, int64_t rows, int64_t k, int64_t* 
 bool UseSmallEncoder(int64_t n, int64_t d, int64_t k) {
   // d <= 256: where the sweep measured it faster than oneDNN's GEMM and a
   // separate top-k (docs/performance.md "The top-k in the GEMM's epilogue":
-  // at d 256 even, at d 768 slower). The int32 latent index bounds n.
+  // at d 256 even, at d 768 slower). The int32 latent index bounds n. Only
+  // the AVX-512 kernel: the scalar one is a correctness fallback (a
+  // -DSAE_NATIVE_ARCH=OFF build measured 15x the GEMM floor at d 48, where
+  // oneDNN still picks its AVX-512 kernel from cpuid), tested on its own.
+#if !defined(__AVX512F__)
+  return false;
+#endif
   return d <= 256 && k <= n && n < (int64_t{1} << 30);
 }
 

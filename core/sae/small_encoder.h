@@ -65,7 +65,7 @@ class SmallEncoder {
 
 // Whether EncodeAndSelect runs SmallEncoder for a float32 step of this shape
 // (docs/performance.md "Small models": where it measured faster than oneDNN's
-// GEMM followed by the selection).
+// GEMM followed by the selection). Never with the scalar kernel.
 bool UseSmallEncoder(int64_t n, int64_t d, int64_t k);
 
 }  // namespace sae::internal
