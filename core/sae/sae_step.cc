@@ -387,10 +387,18 @@ void Decode(const SaeParams& p, const FiredByLatent<T>& f, int64_t B, T* XH, T* 
       for (int64_t b = rlo; b < rhi; ++b) std::memcpy(XH + b * d, bdec, sizeof(T) * d);
       for (int64_t l = 0; l < n; ++l) {
         const T* w = Wdec + l * d;
-        for (int64_t t = f.offs[l]; t < f.offs[l + 1]; ++t) {
+        const int64_t end = f.offs[l + 1];
+        for (int64_t t = f.offs[l]; t < end; ++t) {
           const auto& it = f.items[t];
           if (it.row < rlo) continue;
           if (it.row >= rhi) break;
+          // The destination rows are random: fetch the next one of this
+          // part while this one is updated.
+          if (t + 1 < end && f.items[t + 1].row < rhi) {
+            const auto& nx = f.items[t + 1];
+            const char* dn = reinterpret_cast<const char*>(dst_of[nx.src] + int64_t{nx.row} * d);
+            for (int64_t off = 0; off < d * static_cast<int64_t>(sizeof(T)); off += 64) __builtin_prefetch(dn + off, 1);
+          }
           Axpy(d, it.a, w, dst_of[it.src] + int64_t{it.row} * d);
         }
       }
@@ -515,10 +523,164 @@ StepSums ResidualGradients(const T* X, const T* XC, const T* XH, const T* EH, co
   return s;
 }
 
-// Step 5. Weight gradients, latent by latent (one thread per latent's rows: no
-// atomics, deterministic): ∂/∂a = g·W_dec[l] (zero unless a > 0), then
-// ∂W_dec[l] = Σ a g, ∂W_enc[l] = Σ ∂a (x − b_dec), ∂b_enc[l] = Σ ∂a; the
-// decoder gradient is projected off the (unit) row while both are in cache.
+// Kernels of the sparse backward and of Adam. float with AVX-512: explicit
+// lanes with several accumulators (GCC's own vectorisation of these
+// reductions is one dependent FMA chain, or gathers: GlobalGradNorm's loop ran
+// at 3 GB/s, latency-bound; docs/performance.md "non-GEMM share"). Others:
+// plain loops. Each fixes its summation order, so every caller of one kernel
+// gets the same bits.
+
+// Σ g·w, and gd += a·g in the same pass over g (g is the random row: loaded once).
+template <typename T>
+inline T DotAxpy(int64_t n, const T* __restrict g, const T* __restrict w, T a, T* __restrict gd) {
+  T s = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    s += g[i] * w[i];
+    gd[i] += a * g[i];
+  }
+  return s;
+}
+// Σ x·y with four accumulators.
+template <typename T>
+inline T Dot4(int64_t n, const T* __restrict x, const T* __restrict y) {
+  T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += x[i] * y[i];
+    s1 += x[i + 1] * y[i + 1];
+    s2 += x[i + 2] * y[i + 2];
+    s3 += x[i + 3] * y[i + 3];
+  }
+  for (; i < n; ++i) s0 += x[i] * y[i];
+  return (s0 + s1) + (s2 + s3);
+}
+// Σ f² in double.
+template <typename T>
+inline double SumSquares(int64_t n, const T* __restrict f) {
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += static_cast<double>(f[i]) * f[i];
+    s1 += static_cast<double>(f[i + 1]) * f[i + 1];
+    s2 += static_cast<double>(f[i + 2]) * f[i + 2];
+    s3 += static_cast<double>(f[i + 3]) * f[i + 3];
+  }
+  for (; i < n; ++i) s0 += static_cast<double>(f[i]) * f[i];
+  return (s0 + s1) + (s2 + s3);
+}
+#if defined(__AVX512F__)
+template <>
+inline float DotAxpy<float>(int64_t n, const float* __restrict g, const float* __restrict w, float a,
+                            float* __restrict gd) {
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  const __m512 va = _mm512_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    const __m512 g0 = _mm512_loadu_ps(g + i), g1 = _mm512_loadu_ps(g + i + 16);
+    const __m512 g2 = _mm512_loadu_ps(g + i + 32), g3 = _mm512_loadu_ps(g + i + 48);
+    s0 = _mm512_fmadd_ps(g0, _mm512_loadu_ps(w + i), s0);
+    s1 = _mm512_fmadd_ps(g1, _mm512_loadu_ps(w + i + 16), s1);
+    s2 = _mm512_fmadd_ps(g2, _mm512_loadu_ps(w + i + 32), s2);
+    s3 = _mm512_fmadd_ps(g3, _mm512_loadu_ps(w + i + 48), s3);
+    _mm512_storeu_ps(gd + i, _mm512_fmadd_ps(va, g0, _mm512_loadu_ps(gd + i)));
+    _mm512_storeu_ps(gd + i + 16, _mm512_fmadd_ps(va, g1, _mm512_loadu_ps(gd + i + 16)));
+    _mm512_storeu_ps(gd + i + 32, _mm512_fmadd_ps(va, g2, _mm512_loadu_ps(gd + i + 32)));
+    _mm512_storeu_ps(gd + i + 48, _mm512_fmadd_ps(va, g3, _mm512_loadu_ps(gd + i + 48)));
+  }
+  for (; i + 16 <= n; i += 16) {
+    const __m512 g0 = _mm512_loadu_ps(g + i);
+    s0 = _mm512_fmadd_ps(g0, _mm512_loadu_ps(w + i), s0);
+    _mm512_storeu_ps(gd + i, _mm512_fmadd_ps(va, g0, _mm512_loadu_ps(gd + i)));
+  }
+  float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+  for (; i < n; ++i) {
+    s += g[i] * w[i];
+    gd[i] += a * g[i];
+  }
+  return s;
+}
+template <>
+inline float Dot4<float>(int64_t n, const float* __restrict x, const float* __restrict y) {
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i), s0);
+    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(y + i + 16), s1);
+    s2 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 32), _mm512_loadu_ps(y + i + 32), s2);
+    s3 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 48), _mm512_loadu_ps(y + i + 48), s3);
+  }
+  for (; i + 16 <= n; i += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i), s0);
+  float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+  for (; i < n; ++i) s += x[i] * y[i];
+  return s;
+}
+template <>
+inline double SumSquares<float>(int64_t n, const float* __restrict f) {
+  __m512d s0 = _mm512_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512d x0 = _mm512_cvtps_pd(_mm256_loadu_ps(f + i)), x1 = _mm512_cvtps_pd(_mm256_loadu_ps(f + i + 8));
+    const __m512d x2 = _mm512_cvtps_pd(_mm256_loadu_ps(f + i + 16)), x3 = _mm512_cvtps_pd(_mm256_loadu_ps(f + i + 24));
+    s0 = _mm512_fmadd_pd(x0, x0, s0);
+    s1 = _mm512_fmadd_pd(x1, x1, s1);
+    s2 = _mm512_fmadd_pd(x2, x2, s2);
+    s3 = _mm512_fmadd_pd(x3, x3, s3);
+  }
+  double s = _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(s0, s1), _mm512_add_pd(s2, s3)));
+  for (; i < n; ++i) s += static_cast<double>(f[i]) * f[i];
+  return s;
+}
+#endif
+
+// Step 5 for latents [lo, hi), on the calling thread: for each, its
+// gradient rows into ge (∂W_enc[l]) and gd (∂W_dec[l], projected off the
+// unit row when `project`), both d long, then row(l, ge, gd, ∂b_enc[l]).
+// ∂a = g·W_dec[l] (zero unless a > 0), ∂W_dec[l] = Σ a g, ∂W_enc[l] =
+// Σ ∂a (x − b_dec), ∂b_enc[l] = Σ ∂a, over the latent's entries (rows
+// ascending: deterministic, no atomics).
+template <typename T, typename RowFn>
+void LatentRowGradients(const T* Wdec, int64_t d, const FiredByLatent<T>& f, const T* XC, const T* const grad_of[3],
+                        bool project, int64_t lo, int64_t hi, T* ge, T* gd, RowFn&& row) {
+  const int64_t n_items = static_cast<int64_t>(f.items.size());
+  for (int64_t l = lo; l < hi; ++l) {
+    const T* w = Wdec + l * d;
+    // The next decoder row, read once per step: fetched non-temporally, so
+    // that the n·d streamed bytes do not push the residual rows (the random
+    // reads below) out of the shared cache.
+    if (l + 1 < hi) {
+      const char* wn = reinterpret_cast<const char*>(w + d);
+      for (int64_t off = 0; off < d * static_cast<int64_t>(sizeof(T)); off += 64)
+        __builtin_prefetch(wn + off, 0, 0);
+    }
+    std::memset(ge, 0, sizeof(T) * d);
+    std::memset(gd, 0, sizeof(T) * d);
+    T gb = 0;
+    for (int64_t t = f.offs[l]; t < f.offs[l + 1]; ++t) {
+      const auto& it = f.items[t];
+      const T* g = grad_of[it.src] + int64_t{it.row} * d;
+      // The rows of the next entry are random: start fetching them now.
+      const auto& next = f.items[t + 1 < n_items ? t + 1 : t];
+      const char* gn = reinterpret_cast<const char*>(grad_of[next.src] + int64_t{next.row} * d);
+      const char* xn = reinterpret_cast<const char*>(XC + int64_t{next.row} * d);
+      for (int64_t off = 0; off < d * static_cast<int64_t>(sizeof(T)); off += 64) {
+        __builtin_prefetch(gn + off);
+        __builtin_prefetch(xn + off);
+      }
+      const T ga = DotAxpy(d, g, w, it.a, gd);
+      Axpy(d, ga, XC + int64_t{it.row} * d, ge);
+      gb += ga;
+    }
+    if (project) {
+      const T dot = Dot4(d, gd, w);
+      if (dot != 0) Axpy(d, -dot, w, gd);
+    }
+    row(l, ge, gd, gb);
+  }
+}
+
+// Step 5 into the dense gradients. Rows accumulate in thread-local buffers
+// and are written once with streaming stores, so the 2·n·d gradient bytes do
+// not evict the residual rows that the next latents read.
 template <typename T>
 void LatentGradients(const SaeParams& p, const FiredByLatent<T>& f, const T* XC, const T* GX, const T* GA, const T* GT,
                      bool project, SaeGrads* grads) {
@@ -531,41 +693,13 @@ void LatentGradients(const SaeParams& p, const FiredByLatent<T>& f, const T* XC,
   const T* const grad_of[3] = {GX, GA, GT};  // by Item::src
   const int64_t per_latent = 3 * d * (n_items / std::max<int64_t>(n, 1)) + 2 * d;
   at::parallel_for(0, n, internal::GrainFor(per_latent), [&](int64_t lo, int64_t hi) {
-    // Rows accumulate in thread-local buffers and are written once with
-    // streaming stores, so the 2·n·d gradient bytes do not evict the
-    // residual rows that the next latents read.
     std::vector<T> ge_buf(static_cast<size_t>(d)), gd_buf(static_cast<size_t>(d));
-    T* ge = ge_buf.data();
-    T* gd = gd_buf.data();
-    for (int64_t l = lo; l < hi; ++l) {
-      const T* w = Wdec + l * d;
-      std::memset(ge, 0, sizeof(T) * d);
-      std::memset(gd, 0, sizeof(T) * d);
-      T gb = 0;
-      for (int64_t t = f.offs[l]; t < f.offs[l + 1]; ++t) {
-        const auto& it = f.items[t];
-        const T* g = grad_of[it.src] + int64_t{it.row} * d;
-        // The rows of the next entry are random: start fetching them now.
-        const auto& next = f.items[t + 1 < n_items ? t + 1 : t];
-        const char* gn = reinterpret_cast<const char*>(grad_of[next.src] + int64_t{next.row} * d);
-        const char* xn = reinterpret_cast<const char*>(XC + int64_t{next.row} * d);
-        for (int64_t off = 0; off < d * static_cast<int64_t>(sizeof(T)); off += 64) {
-          __builtin_prefetch(gn + off);
-          __builtin_prefetch(xn + off);
-        }
-        const T ga = Dot(d, g, w);
-        Axpy(d, it.a, g, gd);
-        Axpy(d, ga, XC + int64_t{it.row} * d, ge);
-        gb += ga;
-      }
-      if (project) {
-        const T dot = Dot(d, gd, w);
-        if (dot != 0) Axpy(d, -dot, w, gd);
-      }
-      internal::StoreRow(d, ge, gWenc + l * d);
-      internal::StoreRow(d, gd, gWdec + l * d);
-      gbenc[l] = gb;
-    }
+    LatentRowGradients(Wdec, d, f, XC, grad_of, project, lo, hi, ge_buf.data(), gd_buf.data(),
+                       [&](int64_t l, const T* ge, const T* gd, T gb) {
+                         internal::StoreRow(d, ge, gWenc + l * d);
+                         internal::StoreRow(d, gd, gWdec + l * d);
+                         gbenc[l] = gb;
+                       });
   });
 #if defined(__AVX2__)
   _mm_sfence();
@@ -819,13 +953,7 @@ template <typename T>
 double SumOfSquares(const T* f, int64_t n) {
   return at::parallel_reduce(
       0, n, internal::GrainFor(1), 0.0,
-      [&](int64_t lo, int64_t hi, double acc) {
-        double part = 0;
-#pragma omp simd reduction(+ : part)
-        for (int64_t i = lo; i < hi; ++i) part += static_cast<double>(f[i]) * f[i];
-        return acc + part;
-      },
-      std::plus<double>());
+      [&](int64_t lo, int64_t hi, double acc) { return acc + SumSquares(hi - lo, f + lo); }, std::plus<double>());
 }
 }  // namespace
 
