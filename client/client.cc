@@ -13,11 +13,22 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> MakeChannel(const ClientOptions& 
         absl::StrCat("--coordinator: '", opts.address, "' is not HOST:PORT (or set SAE_COORDINATOR)"));
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(16 << 20);
-  // Reconnect quickly after a coordinator restart (gRPC's default backoff
+  // Reconnect quickly after a coordinator restart: a new connection attempt
+  // starts 0.2 s after a failed one, growing to 1 s (gRPC's default backoff
   // grows to minutes).
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 200);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  // GRPC_ARG_MIN_RECONNECT_BACKOFF_MS is, despite its name, gRPC's minimum
+  // connect timeout: an attempt (TCP connect, then the server's HTTP/2
+  // SETTINGS frame) is abandoned after max(this, the current backoff). At
+  // 200 ms, an attempt to a coordinator on a loaded machine was abandoned
+  // after 0.2 to 1.2 s, again and again ("connection attempt timed out
+  // before receiving SETTINGS frame", "tcp handshaker shutdown"): a worker
+  // once reached a restarted coordinator 8.7 s after it came up, past its
+  // lease. 5 s lets a slow handshake finish, and still bounds an attempt
+  // into a network partition (SYNs lost) so that a fresh one starts soon
+  // after the network heals. Service.AWorkerAndAClientGetThroughASlowHandshake.
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, kConnectTimeoutMs);
   std::shared_ptr<grpc::ChannelCredentials> creds;
   if (!opts.tls_ca.empty()) {
     SAE_ASSIGN_OR_RETURN(std::string ca, ReadFileToString(opts.tls_ca));

@@ -7,8 +7,8 @@
 // channel to connect: a connection refused, reset or not yet accepted (the
 // coordinator starting, restarting, or a loaded machine) is retried with
 // gRPC's reconnect backoff (200 ms to 1 s) instead of failing the call at
-// once. An absent coordinator is then a DEADLINE_EXCEEDED at the deadline,
-// which CallError turns into an error naming the address.
+// once; a connection attempt in progress may take up to kConnectTimeoutMs. An absent coordinator is then a
+// DEADLINE_EXCEEDED at the deadline, which CallError turns into an error naming the address.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -19,6 +19,11 @@
 #include "core/base/status.h"
 
 namespace sae {
+
+// How long one connection attempt to the coordinator may take (TCP connect
+// and the HTTP/2 handshake) before gRPC abandons it and, after its backoff
+// (0.2 s growing to 1 s), tries again.
+inline constexpr int kConnectTimeoutMs = 5000;
 
 struct ClientOptions {
   std::string address;  // HOST:PORT

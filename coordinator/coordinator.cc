@@ -683,7 +683,15 @@ absl::Status Coordinator::ReportResultLocked(const v1::AttemptResult& r) {
   TouchJob(r.job_id());
   JobRec& j = it->second;
   if (r.attempt() != j.job.attempt()) return absl::OkStatus();
-  if (j.job.state() != v1::SCHEDULED && j.job.state() != v1::RUNNING) return absl::OkStatus();
+  // A job RESTARTING after its worker was declared lost still has the lost
+  // attempt as its latest (a new one is numbered when it is placed). If that
+  // attempt's rank 0 finished, its output is complete and in place (the
+  // fence lets only the latest attempt write it), so the job succeeded:
+  // placing a new attempt would only find a finished output and fail.
+  const bool finished_while_restarting =
+      j.job.state() == v1::RESTARTING && r.code() == 0 && r.finished() && r.rank() == 0;
+  if (j.job.state() != v1::SCHEDULED && j.job.state() != v1::RUNNING && !finished_while_restarting)
+    return absl::OkStatus();
   const std::string who = absl::StrCat("rank ", r.rank(), " on worker ", r.worker_id());
   if (r.rank() == 0 && r.has_progress()) {
     // The result carries the attempt's last progress, newer than the last

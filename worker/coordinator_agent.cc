@@ -17,6 +17,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "client/client.h"
 #include "client/job_spec.h"
 #include "core/base/clock.h"
@@ -125,7 +126,9 @@ class Agent {
  public:
   Agent(WorkerAgentOptions o, ClientOptions c, std::shared_ptr<grpc::Channel> ch, const std::atomic<bool>* stop)
       : opts_(std::move(o)),
-        client_(std::move(c)),
+        client_(c),
+        waiting_(WaitingFor(std::move(c))),
+        channel_(ch),
         stub_(v1::WorkerService::NewStub(ch)),
         data_(v1::DataService::NewStub(ch)),
         stop_(stop) {}
@@ -141,6 +144,7 @@ class Agent {
     {
       sae::MutexLock l(&mu_);
       if (stream_ctx_) stream_ctx_->TryCancel();
+      if (heartbeat_ctx_) heartbeat_ctx_->TryCancel();
     }
     as.join();
     hb.join();
@@ -172,7 +176,7 @@ class Agent {
       }
     }
     v1::RegisterResponse resp;
-    auto ctx = MakeContext(client_, 5);
+    auto ctx = MakeContext(waiting_, 5);
     grpc::Status s = stub_->Register(ctx.get(), req, &resp);
     if (!s.ok()) {
       if (!warned_.exchange(true)) {
@@ -190,6 +194,8 @@ class Agent {
   }
 
   void HeartbeatLoop() {
+    double last_ok = -1;  // SteadyNow() of the last answered heartbeat
+    bool warned_heartbeat = false;
     while (!stop_->load()) {
       Sleep(heartbeat_s_);
       JoinFinished(false);
@@ -203,9 +209,34 @@ class Agent {
         }
       }
       v1::HeartbeatResponse resp;
-      auto ctx = MakeContext(client_, 5);
+      auto ctx = MakeContext(waiting_, 5);
+      {
+        sae::MutexLock l(&mu_);
+        if (stop_->load()) break;
+        heartbeat_ctx_ = ctx.get();
+      }
+      const bool connected = channel_->GetState(false) == GRPC_CHANNEL_READY;
       grpc::Status s = stub_->Heartbeat(ctx.get(), req, &resp);
+      {
+        sae::MutexLock l(&mu_);
+        heartbeat_ctx_ = nullptr;
+      }
       if (s.error_code() == grpc::StatusCode::NOT_FOUND) Register();
+      // After a reconnect: how long the coordinator went without a
+      // heartbeat, for operators (and the recovery times in
+      // docs/reliability.md).
+      const double now = SteadyNow();
+      if (!s.ok() && s.error_code() != grpc::StatusCode::NOT_FOUND && !warned_heartbeat && !stop_->load()) {
+        warned_heartbeat = true;
+        SAE_LOG(kWarn) << "heartbeat to " << opts_.coordinator << ": " << s.error_message() << " (retrying)";
+      } else if (s.ok()) {
+        if (!connected && last_ok >= 0) {
+          SAE_LOG(kInfo) << "heartbeat: reconnected to " << opts_.coordinator << ", "
+                         << absl::StrFormat("%.1f", now - last_ok) << " s after the previous answered heartbeat";
+        }
+        last_ok = now;
+        warned_heartbeat = false;
+      }
     }
   }
 
@@ -486,15 +517,34 @@ class Agent {
   }
 
   WorkerAgentOptions opts_;
+  // The options of every call, which fails at once while the channel is
+  // not connected (the loops retry).
   ClientOptions client_;
+  // The same with wait_for_ready, for Register and the heartbeat: a call
+  // that waits for the channel is what drives a reconnect. gRPC advances a
+  // connection attempt (the TCP connect, the HTTP/2 handshake) only while
+  // some thread polls for it: a call waiting on the channel, or else its
+  // backup poller, every 5 s. Calls that fail at once poll nothing, and
+  // pick_first keeps the channel in TRANSIENT_FAILURE until an attempt
+  // succeeds, so with only those a worker reached a restarted coordinator
+  // when a backup poll happened to land in a connection attempt: after up
+  // to 10 s, past the lease (Service.CoordinatorRestartKeepsTheJob, once at
+  // load 20 and every time with 5 s connect attempts).
+  ClientOptions waiting_;
+  static ClientOptions WaitingFor(ClientOptions c) {
+    c.wait_for_ready = true;
+    return c;
+  }
   sae::Mutex idle_mu_;
   std::unique_ptr<HttpServer> idle_http_ ABSL_GUARDED_BY(idle_mu_);
+  std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::WorkerService::Stub> stub_;
   std::unique_ptr<v1::DataService::Stub> data_;
   const std::atomic<bool>* stop_;
   sae::Mutex mu_;
   std::unique_ptr<Current> cur_ ABSL_GUARDED_BY(mu_);
   grpc::ClientContext* stream_ctx_ ABSL_GUARDED_BY(mu_) = nullptr;
+  grpc::ClientContext* heartbeat_ctx_ ABSL_GUARDED_BY(mu_) = nullptr;  // cancelled at shutdown
   std::atomic<double> heartbeat_s_{1.0};
   std::atomic<bool> warned_{false};  // Register runs on the heartbeat, training and reporter threads
 };

@@ -15,12 +15,16 @@
 #include <unistd.h>
 #include <sstream>
 
+#include <poll.h>
+
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <deque>
 #include <iostream>
 #include <set>
 #include <thread>
+#include <vector>
 
 #include "client/client.h"
 #include "sae/v1/job.grpc.pb.h"
@@ -71,6 +75,85 @@ struct Proc {
       pid = -1;
     }
   }
+};
+
+// A TCP relay on 127.0.0.1 to `upstream` (HOST:PORT) that holds each new
+// connection for `delay` before it connects it through; then bytes flow
+// unchanged both ways. To a client this is a coordinator on a loaded
+// machine, whose HTTP/2 handshake (the SETTINGS frame) comes seconds late.
+class SlowProxy {
+ public:
+  SlowProxy(const std::string& upstream, std::chrono::milliseconds delay) : delay_(delay) {
+    const size_t colon = upstream.rfind(':');
+    up_.sin_family = AF_INET;
+    up_.sin_port = htons(static_cast<uint16_t>(std::stoi(upstream.substr(colon + 1))));
+    ::inet_pton(AF_INET, upstream.substr(0, colon).c_str(), &up_.sin_addr);
+    lfd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(a);
+    if (::bind(lfd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
+        ::getsockname(lfd_, reinterpret_cast<sockaddr*>(&a), &len) != 0 || ::listen(lfd_, 64) != 0)
+      ADD_FAILURE() << "proxy: cannot listen";
+    address_ = "127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+    acceptor_ = std::thread([this] { Accept(); });
+  }
+  ~SlowProxy() {
+    stop_ = true;
+    acceptor_.join();  // the only thread that adds relays
+    for (auto& t : relays_) t.join();
+    ::close(lfd_);
+  }
+  const std::string& address() const { return address_; }
+  int connections() const { return connections_.load(); }
+
+ private:
+  void Accept() {
+    while (!stop_) {
+      pollfd p{lfd_, POLLIN, 0};
+      if (::poll(&p, 1, 50) <= 0) continue;
+      const int c = ::accept4(lfd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) continue;
+      ++connections_;
+      relays_.emplace_back([this, c] { Relay(c); });
+    }
+  }
+  void Relay(int c) {
+    const auto until = Clock::now() + delay_;
+    while (!stop_ && Clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    const int u = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (!stop_ && ::connect(u, reinterpret_cast<const sockaddr*>(&up_), sizeof(up_)) == 0) {
+      char buf[16384];
+      while (!stop_) {
+        pollfd p[2] = {{c, POLLIN, 0}, {u, POLLIN, 0}};
+        if (::poll(p, 2, 50) <= 0) continue;
+        bool closed = false;
+        for (int i = 0; i < 2 && !closed; ++i) {
+          if (!(p[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+          const ssize_t n = ::recv(p[i].fd, buf, sizeof(buf), 0);
+          closed = n <= 0;
+          for (ssize_t off = 0; !closed && off < n;) {
+            const ssize_t w = ::send(p[1 - i].fd, buf + off, static_cast<size_t>(n - off), MSG_NOSIGNAL);
+            closed = w <= 0;
+            off += w;
+          }
+        }
+        if (closed) break;
+      }
+    }
+    ::close(u);
+    ::close(c);
+  }
+
+  std::chrono::milliseconds delay_;
+  sockaddr_in up_{};
+  int lfd_ = -1;
+  std::string address_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> connections_{0};
+  std::thread acceptor_;
+  std::vector<std::thread> relays_;
 };
 
 class Service : public ::testing::Test {

@@ -178,6 +178,46 @@ TEST_F(CoordinatorTest, ALostWorkerRestartsItsJobAndAPermanentErrorFailsIt) {
   EXPECT_NE(j->reason().find("shard-00001"), std::string::npos);
 }
 
+// A worker whose heartbeats stopped reaching the coordinator (a coordinator
+// restart, a slow network) is declared lost, but its attempt finishes and
+// reports before a new attempt is placed: the job succeeded. Before, the
+// result was ignored and the next attempt failed the job ("output ...
+// already exists (a finished run)").
+TEST_F(CoordinatorTest, AFinishedAttemptOfALostWorkerSucceedsItsRestartingJob) {
+  auto c = Coordinator::Create(opts_);
+  ASSERT_TRUE(c.ok());
+  auto sub = (*c)->Submit(Req(1, "out"));
+  Join(c->get(), "a");
+  EXPECT_EQ(Next(c->get(), "a").attempt(), 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // no heartbeat: lease 1 s
+  ASSERT_EQ(State(c->get(), sub->id()), v1::RESTARTING);
+  v1::AttemptResult r;
+  r.set_worker_id("a");
+  r.set_job_id(sub->id());
+  r.set_attempt(1);
+  r.set_rank(0);
+  r.set_finished(true);
+  r.set_output("out");
+  r.mutable_progress()->set_tokens(4096);
+  // Any other result of the lost attempt changes nothing: it restarts.
+  v1::AttemptResult stopped = r;
+  stopped.set_finished(false);
+  ASSERT_TRUE((*c)->ReportResult(stopped).ok());
+  EXPECT_EQ(State(c->get(), sub->id()), v1::RESTARTING);
+  ASSERT_TRUE((*c)->ReportResult(r).ok());
+  auto j = (*c)->Get(sub->id());
+  EXPECT_EQ(j->state(), v1::SUCCEEDED) << j->reason();
+  EXPECT_EQ(j->attempt(), 1);
+  // And no new attempt is placed.
+  Join(c->get(), "b");
+  auto gen = (*c)->ConnectAssignments("b");
+  ASSERT_TRUE(gen.ok());
+  v1::Assignment a;
+  auto got = (*c)->NextAssignment("b", *gen, &a, 0.5);
+  ASSERT_TRUE(got.ok());
+  EXPECT_FALSE(*got) << a.DebugString();
+}
+
 // A worker told to stop that never reports the attempt over (its rank is
 // stuck on a lost peer, or the report was lost) is busy only for the stop
 // grace; then the next job is placed on it.
