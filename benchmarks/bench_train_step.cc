@@ -72,7 +72,7 @@ struct Flags {
   std::string precision = "fp32", device = "cpu", remedy = "none", encoders;
   int64_t dead_window = 1000000000000LL;
   double grad_clip = 1.0;
-  bool unfused_update = false;
+  bool fused_update = false;
   bool as_json = false, aten = false, sweep = false;
 };
 
@@ -98,7 +98,9 @@ void AddFlags(sae::flags::Command& app, Flags& f) {
                 "dead_window_tokens (default: none ever dead; 1 = every latent that did not fire in the last step)");
   app.AddOption("--grad-clip", f.grad_clip,
                 "train.grad_clip (0: no clipping, where the Adam update runs inside the step's latent pass)");
-  app.AddFlag("--unfused-update", f.unfused_update, "always the separate Adam pass (TrainerOptions::fused_update false)");
+  app.AddFlag("--fused-update", f.fused_update,
+              "TrainerOptions::fused_update: Adam inside the step's latent pass where --grad-clip is 0, the gradient "
+              "norm from that pass otherwise");
   app.AddFlag("--json", f.as_json, "one JSON object");
   app.AddFlag("--aten", f.aten,
               "on CPU, time the device-generic ATen step (what CUDA runs) instead of the CPU kernels");
@@ -119,7 +121,7 @@ sae::TrainerOptions TrainerOptionsFor(const Flags& f, const std::string& enc) {
   o.remedy = sae::ParseOption<sae::Remedy>(f.remedy).value();
   o.dead_window_tokens = f.dead_window;
   o.grad_clip = f.grad_clip;
-  o.fused_update = !f.unfused_update;
+  o.fused_update = f.fused_update;
   o.device = sae::ParseOption<sae::Device>(f.device).value();
   o.aten_kernels = f.aten;
   return o;
@@ -317,7 +319,7 @@ void PrintReport(const Flags& f, const std::vector<RunResult>& runs, const Floor
   std::printf("blas      : %s\n", sae::CurrentBlasKernel().Describe().c_str());
   std::printf("config    : d %ld, latents %ld, k %ld, batch %ld, %s, remedy %s, grad_clip %g, %s update\n", f.d, f.n,
               f.k, f.batch, f.device.c_str(), f.remedy.c_str(), f.grad_clip,
-              f.unfused_update ? "unfused" : (f.grad_clip > 0 ? "separate (clipping)" : "fused"));
+              !f.fused_update ? "separate" : (f.grad_clip > 0 ? "separate (norm fused)" : "fused"));
   std::printf("median of %ld steps after %ld warm-up:\n", f.steps, f.warmup);
   const double gflops = 2.0 * f.batch * f.d * f.n / floors.fp32 / 1e9;
   std::printf(

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <ctime>
 #include <functional>
 #include <limits>
 #include <mutex>
@@ -133,20 +134,35 @@ double NowSeconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// Records the wall time of each phase of a step into StepResult::phase_seconds.
+double ThreadCpuSeconds() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+// Records the wall time of each phase of a step into StepResult::phase_seconds
+// and the calling thread's CPU time into phase_cpu_seconds.
 class PhaseClock {
  public:
-  explicit PhaseClock(StepResult* res) : res_(res), t_(NowSeconds()) { res_->phase_seconds.clear(); }
-  void End(const char* name) {
-    const double t = NowSeconds();
-    res_->phase_seconds.emplace_back(name, t - t_);
-    t_ = t;
+  explicit PhaseClock(StepResult* res) : res_(res), t_(NowSeconds()), c_(ThreadCpuSeconds()) {
+    res_->phase_seconds.clear();
+    res_->phase_cpu_seconds.clear();
   }
-  void Restart() { t_ = NowSeconds(); }  // after a callee recorded its own phases
+  void End(const char* name) {
+    const double t = NowSeconds(), c = ThreadCpuSeconds();
+    res_->phase_seconds.emplace_back(name, t - t_);
+    res_->phase_cpu_seconds.emplace_back(name, c - c_);
+    t_ = t;
+    c_ = c;
+  }
+  void Restart() {  // after a callee recorded its own phases
+    t_ = NowSeconds();
+    c_ = ThreadCpuSeconds();
+  }
 
  private:
   StepResult* res_;
-  double t_;
+  double t_, c_;
 };
 
 // Each row's top-k (descending) and, for the remedies, AuxK's top-k_aux among
@@ -670,26 +686,31 @@ struct AdamConsts {
 // The fused step (StepAndUpdate) and AdamUpdate both update every row
 // through this function, so they agree bit for bit.
 template <typename T>
-inline void AdamRow(T* __restrict pr, const T* __restrict gr, T* __restrict mr, T* __restrict vr, int64_t cols,
-                    const AdamConsts<T> k, bool renorm, float* __restrict lr) {
+inline void AdamRowTo(const T* pr, const T* __restrict gr, const T* mr, const T* vr, int64_t cols,
+                      const AdamConsts<T> k, bool renorm, float* __restrict lr, T* po, T* mo, T* vo) {
 #pragma omp simd
   for (int64_t i = 0; i < cols; ++i) {
     const T gi = gr[i] * k.cs;
     const T mi = k.b1 * mr[i] + k.omb1 * gi;
     const T vi = k.b2 * vr[i] + k.omb2 * gi * gi;
-    mr[i] = mi;
-    vr[i] = vi;
-    pr[i] -= k.step * mi / (std::sqrt(vi) * k.inv_sqrt_bc2 + k.eps);
+    mo[i] = mi;
+    vo[i] = vi;
+    po[i] = pr[i] - k.step * mi / (std::sqrt(vi) * k.inv_sqrt_bc2 + k.eps);
   }
   if (renorm) {
-    const T nrm = std::sqrt(Dot4(cols, pr, pr));
+    const T nrm = std::sqrt(Dot4(cols, static_cast<const T*>(po), static_cast<const T*>(po)));
     if (nrm > 0) {
       const T inv = T(1) / nrm;
-      for (int64_t i = 0; i < cols; ++i) pr[i] *= inv;
+      for (int64_t i = 0; i < cols; ++i) po[i] *= inv;
     }
   }
   if (lr != nullptr)
-    for (int64_t i = 0; i < cols; ++i) lr[i] = RoundToBF16(static_cast<float>(pr[i]));
+    for (int64_t i = 0; i < cols; ++i) lr[i] = RoundToBF16(static_cast<float>(po[i]));
+}
+template <typename T>
+inline void AdamRow(T* pr, const T* __restrict gr, T* mr, T* vr, int64_t cols, const AdamConsts<T> k, bool renorm,
+                    float* __restrict lr) {
+  AdamRowTo(pr, gr, mr, vr, cols, k, renorm, lr, pr, mr, vr);
 }
 
 template <typename T>
@@ -776,9 +797,11 @@ void LatentRowGradients(const T* Wdec, int64_t d, const FiredByLatent<T>& f, con
 // Step 5 into the dense gradients. Rows accumulate in thread-local buffers
 // and are written once with streaming stores, so the 2·n·d gradient bytes do
 // not evict the residual rows that the next latents read.
+// With norm2 set, also Σ‖∂W_enc[l]‖² + ‖∂W_dec[l]‖² over the rows while
+// they are in L1 (added in chunk order: deterministic).
 template <typename T>
 void LatentGradients(const SaeParams& p, const FiredByLatent<T>& f, const T* XC, const T* GX, const T* GA, const T* GT,
-                     bool project, SaeGrads* grads) {
+                     bool project, SaeGrads* grads, double* norm2 = nullptr) {
   const int64_t d = p.d_in(), n = p.latents();
   const T* Wdec = p.W_dec.data_ptr<T>();
   T* gWenc = grads->W_enc.data_ptr<T>();
@@ -787,15 +810,28 @@ void LatentGradients(const SaeParams& p, const FiredByLatent<T>& f, const T* XC,
   const int64_t n_items = static_cast<int64_t>(f.items.size());
   const T* const grad_of[3] = {GX, GA, GT};  // by Item::src
   const int64_t per_latent = 3 * d * (n_items / std::max<int64_t>(n, 1)) + 2 * d;
+  std::mutex mu;
+  std::vector<std::pair<int64_t, double>> parts;
   at::parallel_for(0, n, internal::GrainFor(per_latent), [&](int64_t lo, int64_t hi) {
     std::vector<T> ge_buf(static_cast<size_t>(d)), gd_buf(static_cast<size_t>(d));
+    double part = 0;
     LatentRowGradients(Wdec, d, f, XC, grad_of, project, lo, hi, ge_buf.data(), gd_buf.data(),
                        [&](int64_t l, const T* ge, const T* gd, T gb) {
                          internal::StoreRow(d, ge, gWenc + l * d);
                          internal::StoreRow(d, gd, gWdec + l * d);
                          gbenc[l] = gb;
+                         if (norm2 != nullptr) part += SumSquares(d, ge) + SumSquares(d, gd);
                        });
+    if (norm2 != nullptr) {
+      std::lock_guard<std::mutex> lock(mu);
+      parts.emplace_back(lo, part);
+    }
   });
+  if (norm2 != nullptr) {
+    std::sort(parts.begin(), parts.end());
+    *norm2 = 0;
+    for (auto& [lo, part] : parts) *norm2 += part;
+  }
 #if defined(__AVX2__)
   _mm_sfence();
 #endif
@@ -826,6 +862,7 @@ double LatentGradientsAdam(const FiredByLatent<T>& f, const T* XC, const T* GX, 
   const int64_t n_items = static_cast<int64_t>(f.items.size());
   const T* const grad_of[3] = {GX, GA, GT};
   const int64_t per_latent = 3 * d * (n_items / std::max<int64_t>(n, 1)) + 16 * d;
+  const int64_t row_bytes = d * static_cast<int64_t>(sizeof(T));
   // Each chunk's partial sums, added in chunk order afterwards (deterministic).
   struct Part {
     int64_t lo;
@@ -835,7 +872,10 @@ double LatentGradientsAdam(const FiredByLatent<T>& f, const T* XC, const T* GX, 
   std::mutex mu;
   std::vector<Part> parts;
   at::parallel_for(0, n, internal::GrainFor(per_latent), [&](int64_t lo, int64_t hi) {
-    std::vector<T> ge_buf(static_cast<size_t>(d)), gd_buf(static_cast<size_t>(d));
+    std::vector<T> ge_buf(static_cast<size_t>(d)), gd_buf(static_cast<size_t>(d)), out_buf(static_cast<size_t>(3 * d));
+    T* po = out_buf.data();
+    T* mo = po + d;
+    T* vo = mo + d;
     std::vector<double> acc(static_cast<size_t>(d), 0.0);
     double part = 0;
     LatentRowGradients(static_cast<const T*>(Wdec), d, f, XC, grad_of, project, lo, hi, ge_buf.data(), gd_buf.data(),
@@ -847,13 +887,34 @@ double LatentGradientsAdam(const FiredByLatent<T>& f, const T* XC, const T* GX, 
                            for (int64_t i = 0; i < d; ++i) acc[i] += g * we[i];
                          }
                          part += SumSquares(d, ge) + SumSquares(d, gd);
-                         AdamRow(we, ge, mE + l * d, vE + l * d, d, k, false,
-                                 lowp != nullptr ? lowp + l * d : nullptr);
-                         AdamRow(Wdec + l * d, gd, mD + l * d, vD + l * d, d, k, renorm, nullptr);
+                         // The next latent's rows and moments: fetched
+                         // non-temporally, and the new values computed into
+                         // L1 and stored past the cache, so that the 6 n·d
+                         // streamed floats keep the residual rows (the
+                         // random reads) in the shared cache.
+                         if (l + 1 < hi)
+                           for (const T* r : {we + d, mE + (l + 1) * d, vE + (l + 1) * d, mD + (l + 1) * d,
+                                              vD + (l + 1) * d}) {
+                             const char* c = reinterpret_cast<const char*>(r);
+                             for (int64_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(c + off, 0, 0);
+                           }
+                         AdamRowTo(we, ge, mE + l * d, vE + l * d, d, k, false,
+                                   lowp != nullptr ? lowp + l * d : nullptr, po, mo, vo);
+                         internal::StoreRow(d, po, we);
+                         internal::StoreRow(d, mo, mE + l * d);
+                         internal::StoreRow(d, vo, vE + l * d);
+                         T* wd = Wdec + l * d;
+                         AdamRowTo(wd, gd, mD + l * d, vD + l * d, d, k, renorm, nullptr, po, mo, vo);
+                         internal::StoreRow(d, po, wd);
+                         internal::StoreRow(d, mo, mD + l * d);
+                         internal::StoreRow(d, vo, vD + l * d);
                        });
     std::lock_guard<std::mutex> lock(mu);
     parts.push_back({lo, part, std::move(acc)});
   });
+#if defined(__AVX2__)
+  _mm_sfence();
+#endif
   std::sort(parts.begin(), parts.end(), [](const Part& a, const Part& b) { return a.lo < b.lo; });
   double norm2 = 0;
   bdec_w->assign(static_cast<size_t>(d), 0.0);
@@ -888,7 +949,7 @@ void ProjectDecoderRows(const SaeParams& p, const std::vector<int64_t>& rows, Sa
 // `grads` is not touched.
 template <typename T>
 absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const StepConfig& cfg, SaeGrads* grads,
-                               StepResult* res, FusedAdam<T>* fa = nullptr) {
+                               StepResult* res, FusedAdam<T>* fa = nullptr, double* w_norm2 = nullptr) {
   const int64_t B = x_in.size(0), d = p.d_in();
   const at::ScalarType st = p.W_enc.scalar_type();
   const RemedyPlan rp = internal::PlanRemedy(cfg, d);
@@ -979,7 +1040,8 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
     clock.End("b_dec_adam");
     return absl::OkStatus();
   }
-  LatentGradients<T>(p, f, XC, gx.data_ptr<T>(), GA, mt.GT, cfg.project_decoder_grad, grads);
+  LatentGradients<T>(p, f, XC, gx.data_ptr<T>(), GA, mt.GT, cfg.project_decoder_grad, grads,
+                     rp.ghost ? nullptr : w_norm2);
   clock.End("scatter");
 
   // 6. b_dec: Σ_rows ∂/∂x̂ from the decode, minus Σ_l (∂/∂b_enc[l]) W_enc[l]
@@ -1234,14 +1296,35 @@ absl::Status StepAndUpdate(SaeParams* params, const at::Tensor& x, const StepCon
       return absl::InternalError(absl::StrCat("sae step: ", e.what_without_backtrace()));
     }
   }
-  SAE_RETURN_IF_ERROR(ComputeGradients(p, x, cfg, grads, result));
+  // With `fuse` and the CPU step the weight rows' part of the norm comes from
+  // the latent pass (the rows in L1), not from a pass over the dense
+  // gradients (not with Ghost Grads: it adds to the rows afterwards).
+  double w_norm2 = -1;
+  if (fuse && !rp.ghost && !cfg.aten && p.W_enc.defined() && p.W_enc.device().is_cpu() &&
+      p.W_enc.scalar_type() == at::kFloat && x.dim() == 2) {
+    SAE_RETURN_IF_ERROR(internal::CheckShapes(p, x, cfg.k));
+    try {
+      at::NoGradGuard no_grad;
+      SAE_RETURN_IF_ERROR(ComputeGradientsT<float>(p, x, cfg, grads, result, nullptr, &w_norm2));
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat("sae step: ", e.what_without_backtrace()));
+    }
+  } else {
+    SAE_RETURN_IF_ERROR(ComputeGradients(p, x, cfg, grads, result));
+  }
   if (!std::isfinite(result->loss)) return absl::OkStatus();
-  const double t0 = NowSeconds();
-  *grad_norm = GlobalGradNorm(*grads);
+  const double t0 = NowSeconds(), c0 = ThreadCpuSeconds();
+  if (w_norm2 >= 0) {
+    *grad_norm = std::sqrt(w_norm2 + SumSquares(grads->b_enc.numel(), grads->b_enc.data_ptr<float>()) +
+                           SumSquares(grads->b_dec.numel(), grads->b_dec.data_ptr<float>()));
+  } else {
+    *grad_norm = GlobalGradNorm(*grads);
+  }
   AdamConfig ac = adam;
   ac.clip_scale = ClipScale(*grad_norm, max_grad_norm);
   AdamUpdate(params, *grads, ac, state, W_enc_lowp);
   result->phase_seconds.emplace_back("optimizer", NowSeconds() - t0);
+  result->phase_cpu_seconds.emplace_back("optimizer", ThreadCpuSeconds() - c0);
   return absl::OkStatus();
 }
 
