@@ -113,11 +113,13 @@ int main(int argc, char** argv) {
   std::printf("machine   : %s, %u cores, load average %s\n", sae::bench::CpuModel().c_str(),
               std::thread::hardware_concurrency(), LoadAverage().c_str());
   std::printf("build     : commit %s, LibTorch threads %d\n", sae::bench::Commit().c_str(), at::get_num_threads());
-  std::printf("config    : d %ld, latents %ld, k %ld, batch %ld, grad_clip %g; median of %ld rounds after %ld\n", d,
-              n, k, batch, grad_clip, rounds, warmup);
+  std::printf("config    : d %ld, latents %ld, k %ld, batch %ld, grad_clip %g; median of %ld rounds after %ld\n", d, n,
+              k, batch, grad_clip, rounds, warmup);
   for (Variant& a : v) {
-    std::printf("  %-9s step+update %.4f CPU-s, outside the encoder (GEMM and top-k) %.4f; phases, CPU-s of the calling thread:", a.name.c_str(),
-                sae::bench::Median(a.cpu), sae::bench::Median(a.outside_encoder));
+    std::printf(
+        "  %-9s step+update %.4f CPU-s, outside the encoder (GEMM and top-k) %.4f; phases, CPU-s of the calling "
+        "thread:",
+        a.name.c_str(), sae::bench::Median(a.cpu), sae::bench::Median(a.outside_encoder));
     for (auto& [name, s] : a.phases) std::printf(" %s %.4f", name.c_str(), sae::bench::Median(s));
     std::printf("\n");
   }

@@ -730,8 +730,8 @@ struct FusedAdam {
   SaeParams* params = nullptr;
   AdamConfig cfg;  // clip_scale 1
   AdamState* state = nullptr;
-  float* lowp = nullptr;   // W_enc's bf16 copy, or null
-  double grad_norm = 0;  // out: the global gradient norm (0 when the loss was not finite: nothing moved)
+  float* lowp = nullptr;  // W_enc's bf16 copy, or null
+  double grad_norm = 0;   // out: the global gradient norm (0 when the loss was not finite: nothing moved)
 };
 
 // Step 5 for latents [lo, hi), on the calling thread: for each, its
@@ -844,9 +844,8 @@ void LatentGradients(const SaeParams& p, const FiredByLatent<T>& f, const T* XC,
 // step 6, in `bdec_w`, double) and Σ‖∂W‖² (the gradient norm). ∂b_enc goes
 // into gbenc.
 template <typename T>
-double LatentGradientsAdam(const FiredByLatent<T>& f, const T* XC, const T* GX, const T* GA, const T* GT,
-                           bool project, FusedAdam<T>* fa, double bc1, double bc2, T* gbenc,
-                           std::vector<double>* bdec_w) {
+double LatentGradientsAdam(const FiredByLatent<T>& f, const T* XC, const T* GX, const T* GA, const T* GT, bool project,
+                           FusedAdam<T>* fa, double bc1, double bc2, T* gbenc, std::vector<double>* bdec_w) {
   SaeParams& p = *fa->params;
   AdamState& st = *fa->state;
   const int64_t d = p.d_in(), n = p.latents();
@@ -878,37 +877,36 @@ double LatentGradientsAdam(const FiredByLatent<T>& f, const T* XC, const T* GX, 
     T* vo = mo + d;
     std::vector<double> acc(static_cast<size_t>(d), 0.0);
     double part = 0;
-    LatentRowGradients(static_cast<const T*>(Wdec), d, f, XC, grad_of, project, lo, hi, ge_buf.data(), gd_buf.data(),
-                       [&](int64_t l, const T* ge, const T* gd, T gb) {
-                         gbenc[l] = gb;
-                         T* we = Wenc + l * d;
-                         if (gb != 0) {
-                           const double g = gb;
-                           for (int64_t i = 0; i < d; ++i) acc[i] += g * we[i];
-                         }
-                         part += SumSquares(d, ge) + SumSquares(d, gd);
-                         // The next latent's rows and moments: fetched
-                         // non-temporally, and the new values computed into
-                         // L1 and stored past the cache, so that the 6 n·d
-                         // streamed floats keep the residual rows (the
-                         // random reads) in the shared cache.
-                         if (l + 1 < hi)
-                           for (const T* r : {we + d, mE + (l + 1) * d, vE + (l + 1) * d, mD + (l + 1) * d,
-                                              vD + (l + 1) * d}) {
-                             const char* c = reinterpret_cast<const char*>(r);
-                             for (int64_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(c + off, 0, 0);
-                           }
-                         AdamRowTo(we, ge, mE + l * d, vE + l * d, d, k, false,
-                                   lowp != nullptr ? lowp + l * d : nullptr, po, mo, vo);
-                         internal::StoreRow(d, po, we);
-                         internal::StoreRow(d, mo, mE + l * d);
-                         internal::StoreRow(d, vo, vE + l * d);
-                         T* wd = Wdec + l * d;
-                         AdamRowTo(wd, gd, mD + l * d, vD + l * d, d, k, renorm, nullptr, po, mo, vo);
-                         internal::StoreRow(d, po, wd);
-                         internal::StoreRow(d, mo, mD + l * d);
-                         internal::StoreRow(d, vo, vD + l * d);
-                       });
+    LatentRowGradients(
+        static_cast<const T*>(Wdec), d, f, XC, grad_of, project, lo, hi, ge_buf.data(), gd_buf.data(),
+        [&](int64_t l, const T* ge, const T* gd, T gb) {
+          gbenc[l] = gb;
+          T* we = Wenc + l * d;
+          if (gb != 0) {
+            const double g = gb;
+            for (int64_t i = 0; i < d; ++i) acc[i] += g * we[i];
+          }
+          part += SumSquares(d, ge) + SumSquares(d, gd);
+          // The next latent's rows and moments: fetched
+          // non-temporally, and the new values computed into
+          // L1 and stored past the cache, so that the 6 n·d
+          // streamed floats keep the residual rows (the
+          // random reads) in the shared cache.
+          if (l + 1 < hi)
+            for (const T* r : {we + d, mE + (l + 1) * d, vE + (l + 1) * d, mD + (l + 1) * d, vD + (l + 1) * d}) {
+              const char* c = reinterpret_cast<const char*>(r);
+              for (int64_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(c + off, 0, 0);
+            }
+          AdamRowTo(we, ge, mE + l * d, vE + l * d, d, k, false, lowp != nullptr ? lowp + l * d : nullptr, po, mo, vo);
+          internal::StoreRow(d, po, we);
+          internal::StoreRow(d, mo, mE + l * d);
+          internal::StoreRow(d, vo, vE + l * d);
+          T* wd = Wdec + l * d;
+          AdamRowTo(wd, gd, mD + l * d, vD + l * d, d, k, renorm, nullptr, po, mo, vo);
+          internal::StoreRow(d, po, wd);
+          internal::StoreRow(d, mo, mD + l * d);
+          internal::StoreRow(d, vo, vD + l * d);
+        });
     std::lock_guard<std::mutex> lock(mu);
     parts.push_back({lo, part, std::move(acc)});
   });
@@ -1266,8 +1264,8 @@ absl::Status StepAndUpdate(SaeParams* params, const at::Tensor& x, const StepCon
   const SaeParams& p = *params;
   const internal::RemedyPlan rp = internal::PlanRemedy(cfg, p.W_enc.defined() ? p.d_in() : 1);
   const bool fused = fuse && max_grad_norm <= 0 && !rp.ghost && !cfg.aten && p.W_enc.defined() &&
-                     p.W_enc.device().is_cpu() && (p.W_enc.scalar_type() == at::kFloat ||
-                                                   p.W_enc.scalar_type() == at::kDouble);
+                     p.W_enc.device().is_cpu() &&
+                     (p.W_enc.scalar_type() == at::kFloat || p.W_enc.scalar_type() == at::kDouble);
   if (fused) {
     SAE_RETURN_IF_ERROR(internal::CheckShapes(p, x, cfg.k));
     try {

@@ -126,11 +126,9 @@ INSTANTIATE_TEST_SUITE_P(
         // B·k << n: most latents have no gradient in a step.
         FusedCase{"sparse", 16, 32, 512, 4},
         // The per-thread small encoder, groups of entries larger than 32 rows.
-        FusedCase{"dense", 256, 64, 1024, 8},
-        FusedCase{"odd_width", 40, 37, 300, 5},
+        FusedCase{"dense", 256, 64, 1024, 8}, FusedCase{"odd_width", 40, 37, 300, 5},
         FusedCase{"no_projection", 64, 48, 256, 6, at::kFloat, Remedy::kNone, 0, false, 0, false},
-        FusedCase{"float64", 64, 24, 200, 5, at::kDouble},
-        FusedCase{"auxk", 64, 32, 384, 4, at::kFloat, Remedy::kAuxK},
+        FusedCase{"float64", 64, 24, 200, 5, at::kDouble}, FusedCase{"auxk", 64, 32, 384, 4, at::kFloat, Remedy::kAuxK},
         FusedCase{"multi_topk", 64, 32, 384, 8, at::kFloat, Remedy::kNone, 4},
         FusedCase{"bf16", 64, 32, 384, 4, at::kFloat, Remedy::kNone, 0, true},
         // Where the update needs the whole gradient first: the unfused sequence.

@@ -282,7 +282,7 @@ TEST(Trainer, FusedUpdateTrainsTheSameSaeAsTheSeparateUpdate) {
   for (C c : {C{Remedy::kNone, true, false, 0}, C{Remedy::kAuxK, false, false, 0}, C{Remedy::kNone, false, true, 0},
               C{Remedy::kGhostGrads, false, false, 0}, C{Remedy::kNone, false, false, 1.0}}) {
     SCOPED_TRACE(::testing::Message() << OptionName(c.remedy) << " schedule " << c.schedule << " bf16 " << c.bf16
-                                    << " clip " << c.clip);
+                                      << " clip " << c.clip);
     TrainerOptions o = DeadProneOptions(c.remedy, c.schedule);
     o.total_tokens = 30 * o.batch_tokens;
     o.dead_window_tokens = 2048;  // latents are dead after two steps: the remedies act
