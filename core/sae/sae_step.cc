@@ -685,6 +685,34 @@ inline float Dot4<float>(int64_t n, const float* __restrict x, const float* __re
   for (; i < n; ++i) s += x[i] * y[i];
   return s;
 }
+// Columns [c0, c0 + r) with 16(U − 1) < r ≤ 16U of AccumulateGroup<float>:
+// U vectors of each sum in registers, the last one masked (masked-off lanes
+// are neither read nor written).
+template <int U>
+inline void AccumulateCols(int64_t c0, int64_t r, int64_t m, const float* const* g, const float* const* x,
+                           const float* a, const float* c, bool first, float* __restrict ge, float* __restrict gd) {
+  const __mmask16 last = static_cast<__mmask16>((1u << (r - 16 * (U - 1))) - 1u);
+  __mmask16 mk[U];
+  __m512 D[U], E[U];
+  for (int u = 0; u < U; ++u) {
+    mk[u] = u == U - 1 ? last : static_cast<__mmask16>(0xFFFF);
+    D[u] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mk[u], gd + c0 + 16 * u);
+    E[u] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mk[u], ge + c0 + 16 * u);
+  }
+  for (int64_t q = 0; q < m; ++q) {
+    const float* gq = g[q] + c0;
+    const float* xq = x[q] + c0;
+    const __m512 va = _mm512_set1_ps(a[q]), vc = _mm512_set1_ps(c[q]);
+    for (int u = 0; u < U; ++u) {
+      D[u] = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(mk[u], gq + 16 * u), D[u]);
+      E[u] = _mm512_fmadd_ps(vc, _mm512_maskz_loadu_ps(mk[u], xq + 16 * u), E[u]);
+    }
+  }
+  for (int u = 0; u < U; ++u) {
+    _mm512_mask_storeu_ps(gd + c0 + 16 * u, mk[u], D[u]);
+    _mm512_mask_storeu_ps(ge + c0 + 16 * u, mk[u], E[u]);
+  }
+}
 // Column blocks of 128 held in 16 registers across the group's rows, so
 // the accumulators are not loaded and stored once per row (the row-at-a-time
 // axpy's L1 traffic bounded the latent gradients; docs/performance.md).
@@ -713,14 +741,19 @@ inline void AccumulateGroup<float>(int64_t d, int64_t m, const float* const* g, 
       _mm512_storeu_ps(ge + c0 + 16 * u, E[u]);
     }
   }
-  for (int64_t i = c0; i < d; ++i) {  // the columns past the last block
-    float sd = first ? 0.0f : gd[i], se = first ? 0.0f : ge[i];
-    for (int64_t q = 0; q < m; ++q) {
-      sd = std::fma(a[q], g[q][i], sd);
-      se = std::fma(c[q], x[q][i], se);
-    }
-    gd[i] = sd;
-    ge[i] = se;
+  // The columns past the last block (all of them below d 128): the same
+  // register scheme with U ≤ 8 vectors, the last one masked; per element the
+  // same fused multiply-adds in the same q order as a scalar std::fma loop.
+  switch ((d - c0 + 15) / 16) {
+    case 0: break;
+    case 1: AccumulateCols<1>(c0, d - c0, m, g, x, a, c, first, ge, gd); break;
+    case 2: AccumulateCols<2>(c0, d - c0, m, g, x, a, c, first, ge, gd); break;
+    case 3: AccumulateCols<3>(c0, d - c0, m, g, x, a, c, first, ge, gd); break;
+    case 4: AccumulateCols<4>(c0, d - c0, m, g, x, a, c, first, ge, gd); break;
+    case 5: AccumulateCols<5>(c0, d - c0, m, g, x, a, c, first, ge, gd); break;
+    case 6: AccumulateCols<6>(c0, d - c0, m, g, x, a, c, first, ge, gd); break;
+    case 7: AccumulateCols<7>(c0, d - c0, m, g, x, a, c, first, ge, gd); break;
+    default: AccumulateCols<8>(c0, d - c0, m, g, x, a, c, first, ge, gd); break;
   }
 }
 template <>
