@@ -381,6 +381,7 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     AdamConfig ac;
     ac.lr = LearningRateAt(step_);
     double norm = 0;
+    const double t_input = SteadyNow();  // the batch's checks, copy and normalisation took t_input − t0
     if (world() == 1) {
       // The step and the update together (fused where grad_clip is 0): the
       // step records its "optimizer" phase (or "scatter_adam" and
@@ -458,7 +459,8 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     m.grad_norm = norm;
     m.allreduce_seconds = allreduce_seconds_;
     m.allreduce_bytes = allreduce_bytes_;
-    m.phase_seconds = std::move(res.phase_seconds);
+    m.phase_seconds.emplace_back("input", t_input - t0);
+    m.phase_seconds.insert(m.phase_seconds.end(), res.phase_seconds.begin(), res.phase_seconds.end());
     if (screen_) {
       m.screen_fallback_rows = screen_->last().fallback_rows;
       m.screen_candidates = screen_->last().candidates;
