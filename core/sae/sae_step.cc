@@ -431,27 +431,37 @@ struct FiredByLatent {
 // a third of streaming bandwidth here. Also marks the fired latents: those
 // within the first fire_k of a row's (descending) top-k with a > 0. Entries
 // past the first kt of a row are Multi-TopK's tail (src 2).
+// Into *out, whose vectors keep their capacity from the previous step (the
+// step's own allocations and first touches of them cost page faults every
+// step at small d).
 template <typename T>
-FiredByLatent<T> SortByLatent(const Selection& s, int64_t n, int64_t fire_k, int64_t kt, std::vector<uint8_t>* fired) {
+void SortByLatent(const Selection& s, int64_t n, int64_t fire_k, int64_t kt, std::vector<uint8_t>* fired,
+                  FiredByLatent<T>* out) {
   const int64_t B = s.idx.size(0), k = s.idx.size(1), k_aux = s.aux_idx.size(1);
   const int64_t* IDX = s.idx.data_ptr<int64_t>();
   const T* VAL = s.val.data_ptr<T>();
   const int64_t* AIDX = s.aux_idx.data_ptr<int64_t>();
   const T* AVAL = s.aux_val.data_ptr<T>();
-  FiredByLatent<T> f;
+  FiredByLatent<T>& f = *out;
+  f.active = 0;
   f.offs.assign(static_cast<size_t>(n) + 1, 0);
   fired->assign(static_cast<size_t>(n), 0);
-  for (int64_t t = 0; t < B * k; ++t)
-    if (VAL[t] > 0) {
-      ++f.offs[IDX[t] + 1];
-      ++f.active;
-      if (t % k < fire_k) (*fired)[IDX[t]] = 1;
+  // (Rows, then slots: the slot without a division per entry.)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t t = b * k + j;
+      if (VAL[t] > 0) {
+        ++f.offs[IDX[t] + 1];
+        ++f.active;
+        if (j < fire_k) (*fired)[IDX[t]] = 1;
+      }
     }
   for (int64_t t = 0; t < B * k_aux; ++t)
     if (AVAL[t] > 0) ++f.offs[AIDX[t] + 1];
   for (int64_t l = 0; l < n; ++l) f.offs[l + 1] += f.offs[l];
   f.items.resize(static_cast<size_t>(f.offs[n]));
-  std::vector<int64_t> fill(f.offs.begin(), f.offs.end() - 1);
+  thread_local std::vector<int64_t> fill;
+  fill.assign(f.offs.begin(), f.offs.end() - 1);
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t j = 0; j < k; ++j) {
       const int64_t t = b * k + j;
@@ -462,7 +472,6 @@ FiredByLatent<T> SortByLatent(const Selection& s, int64_t n, int64_t fire_k, int
       if (AVAL[t] > 0) f.items[fill[AIDX[t]]++] = {static_cast<int32_t>(b), 1, AVAL[t]};
     }
   }
-  return f;
 }
 
 // Step 3. Decode x̂ = b_dec + Σ a W_dec[i], AuxK's ê = Σ a W_dec[i] (no
@@ -1140,7 +1149,10 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   const int64_t kt = mp.kt;
   const bool multi = mp.multi;
   const double w_cur = mp.w_cur;
-  const FiredByLatent<T> f = SortByLatent<T>(sel, p.latents(), internal::FireK(cfg), kt, &res->fired);
+  // (One per thread: a step does not call another step.)
+  thread_local FiredByLatent<T> f_buf;
+  SortByLatent<T>(sel, p.latents(), internal::FireK(cfg), kt, &res->fired, &f_buf);
+  const FiredByLatent<T>& f = f_buf;
   clock.End("sort");
 
   StepWorkspace* ws = cfg.workspace;
@@ -1167,6 +1179,7 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   const StepSums sums =
       ResidualGradients<T>(X, XC, xhat.data_ptr<T>(), EH, p.b_dec.data_ptr<T>(), B, d, 2.0 / denom,
                            2.0 * cfg.aux_coefficient * rp.aux_scale / denom, cfg.auxk_fit, mt, gx.data_ptr<T>(), GA);
+  clock.End("residual");
   if (fa != nullptr) {
     // The metrics first: with a loss that is not finite nothing moves.
     internal::FillStepMetrics(sums, f.active, total_var, 0, cfg, rp, B, d, res);
