@@ -108,9 +108,9 @@ double TotalVariance(const T* x, int64_t B, int64_t d) {
 
 // x − b_dec (B×d) into a new tensor, on the calling thread unless large.
 template <typename T>
-at::Tensor CenterRows(const at::Tensor& x, const at::Tensor& b_dec) {
+at::Tensor CenterRows(const at::Tensor& x, const at::Tensor& b_dec, at::Tensor* slot) {
   const int64_t B = x.size(0), d = x.size(1);
-  at::Tensor xc = at::empty({B, d}, x.options());
+  at::Tensor xc = Reuse(slot, {B, d}, x.scalar_type());
   const T* X = x.data_ptr<T>();
   const T* bd = b_dec.data_ptr<T>();
   T* XC = xc.data_ptr<T>();
@@ -1122,7 +1122,7 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   double total_var = cfg.total_var;
   if (total_var <= 0) total_var = TotalVariance(X, B, d);
   const double denom = total_var > 0 ? total_var : 1.0;
-  at::Tensor xc = CenterRows<T>(x, p.b_dec);  // B×d
+  at::Tensor xc = CenterRows<T>(x, p.b_dec, cfg.workspace ? &cfg.workspace->xc : nullptr);  // B×d
   const T* XC = xc.data_ptr<T>();
   clock.End("prepare");
 

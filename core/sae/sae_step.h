@@ -48,7 +48,7 @@ struct SaeGrads {
 // Buffers reused across steps (the pre-activation block alone is up to
 // 128 MiB; allocating it fresh costs page faults every step). Optional.
 struct StepWorkspace {
-  at::Tensor zbuf, xhat, gx;
+  at::Tensor zbuf, xhat, gx, xc;
   std::shared_ptr<internal::EncoderGemm> gemm;  // the fp32 encoder GEMM's primitives and weights
   // The small-d fp32 encoder with the top-k in its epilogue, and its copy of
   // the dead latents' rows (AuxK, Ghost Grads).

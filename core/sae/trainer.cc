@@ -339,7 +339,12 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
   if (rows <= 0) return absl::InvalidArgumentError("empty batch");
   SAE_RETURN_IF_ERROR(CheckFinite(x_rows, rows, opts_.d_in));
   try {
-    at::Tensor x = at::from_blob(const_cast<float*>(x_rows), {rows, opts_.d_in}, at::kFloat).clone();
+    // The batch's copy (normalised in place) in a buffer kept across steps:
+    // a fresh one is page faults every step at small d.
+    if (!input_buf_.defined() || input_buf_.size(0) != rows || input_buf_.size(1) != opts_.d_in)
+      input_buf_ = at::empty({rows, opts_.d_in}, at::kFloat);
+    std::memcpy(input_buf_.data_ptr<float>(), x_rows, sizeof(float) * static_cast<size_t>(rows * opts_.d_in));
+    at::Tensor x = input_buf_;
     if (!initialized_) SAE_RETURN_IF_ERROR(Initialize(x));
     NormalizeRows(x.data_ptr<float>(), rows);
     if (opts_.float64) x = x.to(at::kDouble);

@@ -179,6 +179,7 @@ class SaeTrainer {
   StepWorkspace workspace_;
   AdamState adam_;
   at::Tensor w_enc_lowp_;
+  at::Tensor input_buf_;                // Step's copy of the batch
   std::shared_ptr<Int8Screen> screen_;  // int8_screened only
   DeadTracker dead_;
   int64_t step_ = 0;
