@@ -71,6 +71,8 @@ struct Flags {
   int threads = 0;
   std::string precision = "fp32", device = "cpu", remedy = "none", encoders;
   int64_t dead_window = 1000000000000LL;
+  double grad_clip = 1.0;
+  bool fused_update = false;
   bool as_json = false, aten = false, sweep = false;
 };
 
@@ -82,7 +84,8 @@ void AddFlags(sae::flags::Command& app, Flags& f) {
   app.AddOption("--precision", f.precision, "fp32|bf16 (one encoder; see --encoder)").OneOf({"fp32", "bf16"});
   app.AddOption("--encoder", f.encoders,
                 "comma-separated encoders measured in this one run, each against the same GEMM floor: "
-                "fp32, fp32_blas (fp32 with the encoder GEMM through at::addmm/OpenBLAS, the old path), "
+                "fp32, fp32_onednn (fp32 with oneDNN's GEMM and a separate top-k even where the fused small-d "
+                "encoder runs), fp32_blas (fp32 with the encoder GEMM through at::addmm/OpenBLAS, the old path), "
                 "bf16, int8_screened (default: --precision)");
   app.AddFlag("--sweep", f.sweep,
               "measure a fixed list of shapes from d 48 to 4096 and print one table (--d, --latents, --k, "
@@ -94,6 +97,11 @@ void AddFlags(sae::flags::Command& app, Flags& f) {
   app.AddOption("--remedy", f.remedy, "none|auxk|ghost_grads").OneOf({"none", "auxk", "ghost_grads"});
   app.AddOption("--dead-window", f.dead_window,
                 "dead_window_tokens (default: none ever dead; 1 = every latent that did not fire in the last step)");
+  app.AddOption("--grad-clip", f.grad_clip,
+                "train.grad_clip (0: no clipping, where the Adam update runs inside the step's latent pass)");
+  app.AddFlag("--fused-update", f.fused_update,
+              "TrainerOptions::fused_update: Adam inside the step's latent pass where --grad-clip is 0, the gradient "
+              "norm from that pass otherwise");
   app.AddFlag("--json", f.as_json, "one JSON object");
   app.AddFlag("--aten", f.aten,
               "on CPU, time the device-generic ATen step (what CUDA runs) instead of the CPU kernels");
@@ -110,9 +118,12 @@ sae::TrainerOptions TrainerOptionsFor(const Flags& f, const std::string& enc) {
   o.warmup_fraction = 0;
   o.bf16 = enc == "bf16";
   o.blas_encoder_gemm = enc == "fp32_blas";
+  o.small_encoder = enc != "fp32_onednn";
   o.int8_screened = enc == "int8_screened";
   o.remedy = sae::ParseOption<sae::Remedy>(f.remedy).value();
   o.dead_window_tokens = f.dead_window;
+  o.grad_clip = f.grad_clip;
+  o.fused_update = f.fused_update;
   o.device = sae::ParseOption<sae::Device>(f.device).value();
   o.aten_kernels = f.aten;
   return o;
@@ -308,8 +319,9 @@ void PrintReport(const Flags& f, const std::vector<RunResult>& runs, const Floor
   std::printf("build     : commit %s, %s, LibTorch threads %d\n", Commit().c_str(), SAE_BUILD_TYPE,
               at::get_num_threads());
   std::printf("blas      : %s\n", sae::CurrentBlasKernel().Describe().c_str());
-  std::printf("config    : d %ld, latents %ld, k %ld, batch %ld, %s, remedy %s\n", f.d, f.n, f.k, f.batch,
-              f.device.c_str(), f.remedy.c_str());
+  std::printf("config    : d %ld, latents %ld, k %ld, batch %ld, %s, remedy %s, grad_clip %g, %s update\n", f.d, f.n,
+              f.k, f.batch, f.device.c_str(), f.remedy.c_str(), f.grad_clip,
+              !f.fused_update ? "separate" : (f.grad_clip > 0 ? "separate (norm fused)" : "fused"));
   std::printf("median of %ld steps after %ld warm-up:\n", f.steps, f.warmup);
   const double gflops = 2.0 * f.batch * f.d * f.n / floors.fp32 / 1e9;
   std::printf(
@@ -425,8 +437,9 @@ int main(int argc, char** argv) {
   at::set_num_threads(f.threads > 0 ? f.threads : static_cast<int>(std::thread::hardware_concurrency()));
   const std::vector<std::string> list = SplitList(f.encoders.empty() ? f.precision : f.encoders);
   for (const std::string& e : list)
-    if (e != "fp32" && e != "fp32_blas" && e != "bf16" && e != "int8_screened") {
-      std::fprintf(stderr, "error: --encoder: '%s' is not one of fp32, fp32_blas, bf16, int8_screened\n", e.c_str());
+    if (e != "fp32" && e != "fp32_onednn" && e != "fp32_blas" && e != "bf16" && e != "int8_screened") {
+      std::fprintf(stderr, "error: --encoder: '%s' is not one of fp32, fp32_onednn, fp32_blas, bf16, int8_screened\n",
+                   e.c_str());
       return 1;
     }
   if (f.sweep) return RunSweep(f, list);

@@ -4,6 +4,7 @@
 #include "core/sae/encoder_gemm.h"
 #include "core/sae/int8_screen.h"
 #include "core/sae/sae_step_internal.h"
+#include "core/sae/small_encoder.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -13,6 +14,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <ctime>
 #include <functional>
 #include <limits>
 #include <mutex>
@@ -78,11 +80,27 @@ double TotalVariance(const T* x, int64_t B, int64_t d) {
   return at::parallel_reduce(
       0, B, internal::GrainFor(d), 0.0,
       [&](int64_t lo, int64_t hi, double acc) {
-        for (int64_t b = lo; b < hi; ++b)
-          for (int64_t i = 0; i < d; ++i) {
-            const double e = x[b * d + i] - mean[i];
-            acc += e * e;
+        // Four accumulators: one dependent chain of B·d double adds was
+        // latency-bound (≈ 4 ms of one core at 4096 × 768).
+        const double* mu = mean.data();
+        for (int64_t b = lo; b < hi; ++b) {
+          const T* xr = x + b * d;
+          double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+          int64_t i = 0;
+          for (; i + 4 <= d; i += 4) {
+            const double e0 = xr[i] - mu[i], e1 = xr[i + 1] - mu[i + 1];
+            const double e2 = xr[i + 2] - mu[i + 2], e3 = xr[i + 3] - mu[i + 3];
+            s0 += e0 * e0;
+            s1 += e1 * e1;
+            s2 += e2 * e2;
+            s3 += e3 * e3;
           }
+          for (; i < d; ++i) {
+            const double e = xr[i] - mu[i];
+            s0 += e * e;
+          }
+          acc += (s0 + s1) + (s2 + s3);
+        }
         return acc;
       },
       std::plus<double>());
@@ -106,8 +124,11 @@ at::Tensor CenterRows(const at::Tensor& x, const at::Tensor& b_dec) {
 // out = Σ_r A[r] − Σ_l w[l] W[l] over the rows of A (R×d) and of W (n×d),
 // accumulated in double per column (b_dec's gradient, step 6), in parallel
 // over columns only when large.
+// (minus, when set: subtracted per column at the end instead of the W term,
+// n = 0: the fused step's Σ_l w[l] W[l], collected in its latent pass.)
 template <typename T>
-void BDecGradient(const T* A, int64_t R, const T* W, const T* w, int64_t n, int64_t d, T* out) {
+void BDecGradient(const T* A, int64_t R, const T* W, const T* w, int64_t n, int64_t d, T* out,
+                  const double* minus = nullptr) {
   at::parallel_for(0, d, internal::GrainFor(R + n), [&](int64_t lo, int64_t hi) {
     std::vector<double> acc(static_cast<size_t>(hi - lo), 0.0);
     for (int64_t r = 0; r < R; ++r) {
@@ -120,6 +141,8 @@ void BDecGradient(const T* A, int64_t R, const T* W, const T* w, int64_t n, int6
       if (wl == 0) continue;
       for (int64_t i = 0; i < hi - lo; ++i) acc[i] -= wl * row[i];
     }
+    if (minus != nullptr)
+      for (int64_t i = lo; i < hi; ++i) acc[i - lo] -= minus[i];
     for (int64_t i = lo; i < hi; ++i) out[i] = static_cast<T>(acc[i - lo]);
   });
 }
@@ -128,20 +151,35 @@ double NowSeconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// Records the wall time of each phase of a step into StepResult::phase_seconds.
+double ThreadCpuSeconds() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+// Records the wall time of each phase of a step into StepResult::phase_seconds
+// and the calling thread's CPU time into phase_cpu_seconds.
 class PhaseClock {
  public:
-  explicit PhaseClock(StepResult* res) : res_(res), t_(NowSeconds()) { res_->phase_seconds.clear(); }
-  void End(const char* name) {
-    const double t = NowSeconds();
-    res_->phase_seconds.emplace_back(name, t - t_);
-    t_ = t;
+  explicit PhaseClock(StepResult* res) : res_(res), t_(NowSeconds()), c_(ThreadCpuSeconds()) {
+    res_->phase_seconds.clear();
+    res_->phase_cpu_seconds.clear();
   }
-  void Restart() { t_ = NowSeconds(); }  // after a callee recorded its own phases
+  void End(const char* name) {
+    const double t = NowSeconds(), c = ThreadCpuSeconds();
+    res_->phase_seconds.emplace_back(name, t - t_);
+    res_->phase_cpu_seconds.emplace_back(name, c - c_);
+    t_ = t;
+    c_ = c;
+  }
+  void Restart() {  // after a callee recorded its own phases
+    t_ = NowSeconds();
+    c_ = ThreadCpuSeconds();
+  }
 
  private:
   StepResult* res_;
-  double t_;
+  double t_, c_;
 };
 
 // Each row's top-k (descending) and, for the remedies, AuxK's top-k_aux among
@@ -202,6 +240,65 @@ absl::Status EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const Ste
   StepWorkspace* ws = cfg.workspace;
   const bool onednn = std::is_same_v<T, float> && !cfg.aten_gemm;
   if constexpr (std::is_same_v<T, float>) {
+    if (onednn && cfg.small_encoder && internal::UseSmallEncoder(n, d, k)) {
+      // The top-k inside the GEMM's epilogue (core/sae/small_encoder.h). The
+      // remedies' dead latents get a second packed encoder of their rows
+      // alone: its pre-activations are bitwise those of the full kernel
+      // (each value is the same ordered multiply-adds, then b_enc), so AuxK's
+      // top-k_aux and Ghost Grads' zD are exactly what the dense path sees.
+      double tg = NowSeconds();
+      auto slot = [&](std::shared_ptr<internal::SmallEncoder>* ws_slot, std::shared_ptr<internal::SmallEncoder>* own) {
+        std::shared_ptr<internal::SmallEncoder>* h = ws != nullptr ? ws_slot : own;
+        if (!*h) *h = std::make_shared<internal::SmallEncoder>();
+        return h->get();
+      };
+      std::shared_ptr<internal::SmallEncoder> own_main, own_dead;
+      internal::SmallEncoder* enc = slot(ws ? &ws->small : nullptr, &own_main);
+      const at::Tensor w = enc_w.contiguous();
+      const float* Wp = w.data_ptr<float>();
+      const float* bp = p.b_enc.data_ptr<float>();
+      enc->SetWeights(Wp, bp, n, d);
+      internal::SmallEncoder* enc_dead = nullptr;
+      if (nd > 0 && (k_aux > 0 || ZD != nullptr)) {
+        enc_dead = slot(ws ? &ws->small_dead : nullptr, &own_dead);
+        std::vector<float> wd(static_cast<size_t>(nd * d)), bd(static_cast<size_t>(nd));
+        for (int64_t t = 0; t < nd; ++t) {
+          std::memcpy(wd.data() + t * d, Wp + dead[t] * d, sizeof(float) * d);
+          bd[t] = bp[dead[t]];
+        }
+        enc_dead->SetWeights(wd.data(), bd.data(), nd, d);
+      }
+      s.gemm_seconds += NowSeconds() - tg;
+      const float* X = enc_in.data_ptr<float>();
+      const int64_t kItemRows = std::max<int64_t>(96, enc->BlockRows());  // rows per work item, handed out dynamically
+      const int64_t nitems = (B + kItemRows - 1) / kItemRows;
+      std::atomic<int64_t> next{0};
+      const int64_t work = B * n * d, threads = at::get_num_threads();
+      at::parallel_for(0, threads, work >= 4 * internal::kMinParallelWork ? 1 : threads, [&](int64_t, int64_t) {
+        std::vector<float> zd;
+        std::vector<int64_t> tidx(static_cast<size_t>(k_aux));
+        for (int64_t it = next++; it < nitems; it = next++) {
+          const int64_t r0 = it * kItemRows, rows = std::min(kItemRows, B - r0);
+          enc->SelectTopK(X + r0 * d, rows, k, IDX + r0 * k, VAL + r0 * k);
+          if (enc_dead == nullptr) continue;
+          float* zr = ZD;
+          if (zr != nullptr) {
+            zr += r0 * nd;
+          } else {
+            zd.resize(static_cast<size_t>(rows * nd));
+            zr = zd.data();
+          }
+          enc_dead->Dense(X + r0 * d, rows, zr);
+          for (int64_t r = 0; r < rows && k_aux > 0; ++r) {
+            const int64_t b = r0 + r;
+            internal::SelectTopK(zr + r * nd, nd, k_aux, tidx.data(), AVAL + b * k_aux);
+            for (int64_t t = 0; t < k_aux; ++t) AIDX[b * k_aux + t] = dead[tidx[t]];
+          }
+        }
+      });
+      s.fused = true;
+      return absl::OkStatus();
+    }
     if (onednn) {
       std::shared_ptr<internal::EncoderGemm> gemm_holder;
       if (ws != nullptr && !ws->gemm) ws->gemm = std::make_shared<internal::EncoderGemm>();
@@ -387,10 +484,18 @@ void Decode(const SaeParams& p, const FiredByLatent<T>& f, int64_t B, T* XH, T* 
       for (int64_t b = rlo; b < rhi; ++b) std::memcpy(XH + b * d, bdec, sizeof(T) * d);
       for (int64_t l = 0; l < n; ++l) {
         const T* w = Wdec + l * d;
-        for (int64_t t = f.offs[l]; t < f.offs[l + 1]; ++t) {
+        const int64_t end = f.offs[l + 1];
+        for (int64_t t = f.offs[l]; t < end; ++t) {
           const auto& it = f.items[t];
           if (it.row < rlo) continue;
           if (it.row >= rhi) break;
+          // The destination rows are random: fetch the next one of this
+          // part while this one is updated.
+          if (t + 1 < end && f.items[t + 1].row < rhi) {
+            const auto& nx = f.items[t + 1];
+            const char* dn = reinterpret_cast<const char*>(dst_of[nx.src] + int64_t{nx.row} * d);
+            for (int64_t off = 0; off < d * static_cast<int64_t>(sizeof(T)); off += 64) __builtin_prefetch(dn + off, 1);
+          }
           Axpy(d, it.a, w, dst_of[it.src] + int64_t{it.row} * d);
         }
       }
@@ -515,13 +620,264 @@ StepSums ResidualGradients(const T* X, const T* XC, const T* XH, const T* EH, co
   return s;
 }
 
-// Step 5. Weight gradients, latent by latent (one thread per latent's rows: no
-// atomics, deterministic): ∂/∂a = g·W_dec[l] (zero unless a > 0), then
-// ∂W_dec[l] = Σ a g, ∂W_enc[l] = Σ ∂a (x − b_dec), ∂b_enc[l] = Σ ∂a; the
-// decoder gradient is projected off the (unit) row while both are in cache.
+// Kernels of the sparse backward and of Adam. float with AVX-512: explicit
+// lanes with several accumulators (GCC's own vectorisation of these
+// reductions is one dependent FMA chain, or gathers: GlobalGradNorm's loop ran
+// at 3 GB/s, latency-bound; docs/performance.md "non-GEMM share"). Others:
+// plain loops. Each fixes its summation order, so every caller of one kernel
+// gets the same bits.
+
+// Σ x·y with four accumulators.
+template <typename T>
+inline T Dot4(int64_t n, const T* __restrict x, const T* __restrict y) {
+  T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += x[i] * y[i];
+    s1 += x[i + 1] * y[i + 1];
+    s2 += x[i + 2] * y[i + 2];
+    s3 += x[i + 3] * y[i + 3];
+  }
+  for (; i < n; ++i) s0 += x[i] * y[i];
+  return (s0 + s1) + (s2 + s3);
+}
+// Σ f² in double.
+template <typename T>
+inline double SumSquares(int64_t n, const T* __restrict f) {
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += static_cast<double>(f[i]) * f[i];
+    s1 += static_cast<double>(f[i + 1]) * f[i + 1];
+    s2 += static_cast<double>(f[i + 2]) * f[i + 2];
+    s3 += static_cast<double>(f[i + 3]) * f[i + 3];
+  }
+  for (; i < n; ++i) s0 += static_cast<double>(f[i]) * f[i];
+  return (s0 + s1) + (s2 + s3);
+}
+// Adds Σ_q a[q]·g[q] into gd and Σ_q c[q]·x[q] into ge (rows of d), or
+// writes them there when `first`: per element, the sums run in q order.
+template <typename T>
+inline void AccumulateGroup(int64_t d, int64_t m, const T* const* g, const T* const* x, const T* a, const T* c,
+                            bool first, T* __restrict ge, T* __restrict gd) {
+  if (first) {
+    std::memset(ge, 0, sizeof(T) * d);
+    std::memset(gd, 0, sizeof(T) * d);
+  }
+  for (int64_t q = 0; q < m; ++q) {
+    Axpy(d, a[q], g[q], gd);
+    Axpy(d, c[q], x[q], ge);
+  }
+}
+#if defined(__AVX512F__)
+template <>
+inline float Dot4<float>(int64_t n, const float* __restrict x, const float* __restrict y) {
+  __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i), s0);
+    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(y + i + 16), s1);
+    s2 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 32), _mm512_loadu_ps(y + i + 32), s2);
+    s3 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i + 48), _mm512_loadu_ps(y + i + 48), s3);
+  }
+  for (; i + 16 <= n; i += 16) s0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i), s0);
+  float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
+  for (; i < n; ++i) s += x[i] * y[i];
+  return s;
+}
+// Column blocks of 128 held in 16 registers across the group's rows, so
+// the accumulators are not loaded and stored once per row (the row-at-a-time
+// axpy's L1 traffic bounded the latent gradients; docs/performance.md).
+template <>
+inline void AccumulateGroup<float>(int64_t d, int64_t m, const float* const* g, const float* const* x, const float* a,
+                                   const float* c, bool first, float* __restrict ge, float* __restrict gd) {
+  constexpr int64_t kCols = 128;
+  int64_t c0 = 0;
+  for (; c0 + kCols <= d; c0 += kCols) {
+    __m512 D[8], E[8];
+    for (int u = 0; u < 8; ++u) {
+      D[u] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(gd + c0 + 16 * u);
+      E[u] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(ge + c0 + 16 * u);
+    }
+    for (int64_t q = 0; q < m; ++q) {
+      const float* gq = g[q] + c0;
+      const float* xq = x[q] + c0;
+      const __m512 va = _mm512_set1_ps(a[q]), vc = _mm512_set1_ps(c[q]);
+      for (int u = 0; u < 8; ++u) {
+        D[u] = _mm512_fmadd_ps(va, _mm512_loadu_ps(gq + 16 * u), D[u]);
+        E[u] = _mm512_fmadd_ps(vc, _mm512_loadu_ps(xq + 16 * u), E[u]);
+      }
+    }
+    for (int u = 0; u < 8; ++u) {
+      _mm512_storeu_ps(gd + c0 + 16 * u, D[u]);
+      _mm512_storeu_ps(ge + c0 + 16 * u, E[u]);
+    }
+  }
+  for (int64_t i = c0; i < d; ++i) {  // the columns past the last block
+    float sd = first ? 0.0f : gd[i], se = first ? 0.0f : ge[i];
+    for (int64_t q = 0; q < m; ++q) {
+      sd = std::fma(a[q], g[q][i], sd);
+      se = std::fma(c[q], x[q][i], se);
+    }
+    gd[i] = sd;
+    ge[i] = se;
+  }
+}
+template <>
+inline double SumSquares<float>(int64_t n, const float* __restrict f) {
+  __m512d s0 = _mm512_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512d x0 = _mm512_cvtps_pd(_mm256_loadu_ps(f + i)), x1 = _mm512_cvtps_pd(_mm256_loadu_ps(f + i + 8));
+    const __m512d x2 = _mm512_cvtps_pd(_mm256_loadu_ps(f + i + 16)), x3 = _mm512_cvtps_pd(_mm256_loadu_ps(f + i + 24));
+    s0 = _mm512_fmadd_pd(x0, x0, s0);
+    s1 = _mm512_fmadd_pd(x1, x1, s1);
+    s2 = _mm512_fmadd_pd(x2, x2, s2);
+    s3 = _mm512_fmadd_pd(x3, x3, s3);
+  }
+  double s = _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(s0, s1), _mm512_add_pd(s2, s3)));
+  for (; i < n; ++i) s += static_cast<double>(f[i]) * f[i];
+  return s;
+}
+#endif
+
+// Adam's constants for one step (torch.optim.Adam's formula; bias
+// corrections bc1, bc2 of this step).
+template <typename T>
+struct AdamConsts {
+  T b1, b2, omb1, omb2, step, inv_sqrt_bc2, eps, cs;
+  AdamConsts(const AdamConfig& cfg, double bc1, double bc2)
+      : b1(static_cast<T>(cfg.beta1)),
+        b2(static_cast<T>(cfg.beta2)),
+        omb1(static_cast<T>(1 - cfg.beta1)),
+        omb2(static_cast<T>(1 - cfg.beta2)),
+        step(static_cast<T>(cfg.lr / bc1)),
+        inv_sqrt_bc2(static_cast<T>(1.0 / std::sqrt(bc2))),
+        eps(static_cast<T>(cfg.eps)),
+        cs(static_cast<T>(cfg.clip_scale)) {}
+};
+
+// One row of Adam over `cols` elements with the clip-scaled gradient gr, then
+// (renorm) the row scaled to unit norm and (lr set) its bf16 copy refreshed.
+// The fused step (StepAndUpdate) and AdamUpdate both update every row
+// through this function, so they agree bit for bit.
+template <typename T>
+inline void AdamRowTo(const T* pr, const T* __restrict gr, const T* mr, const T* vr, int64_t cols,
+                      const AdamConsts<T> k, bool renorm, float* __restrict lr, T* po, T* mo, T* vo) {
+#pragma omp simd
+  for (int64_t i = 0; i < cols; ++i) {
+    const T gi = gr[i] * k.cs;
+    const T mi = k.b1 * mr[i] + k.omb1 * gi;
+    const T vi = k.b2 * vr[i] + k.omb2 * gi * gi;
+    mo[i] = mi;
+    vo[i] = vi;
+    po[i] = pr[i] - k.step * mi / (std::sqrt(vi) * k.inv_sqrt_bc2 + k.eps);
+  }
+  if (renorm) {
+    const T nrm = std::sqrt(Dot4(cols, static_cast<const T*>(po), static_cast<const T*>(po)));
+    if (nrm > 0) {
+      const T inv = T(1) / nrm;
+      for (int64_t i = 0; i < cols; ++i) po[i] *= inv;
+    }
+  }
+  if (lr != nullptr)
+    for (int64_t i = 0; i < cols; ++i) lr[i] = RoundToBF16(static_cast<float>(po[i]));
+}
+template <typename T>
+inline void AdamRow(T* pr, const T* __restrict gr, T* mr, T* vr, int64_t cols, const AdamConsts<T> k, bool renorm,
+                    float* __restrict lr) {
+  AdamRowTo(pr, gr, mr, vr, cols, k, renorm, lr, pr, mr, vr);
+}
+
+template <typename T>
+void AdamRows(T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v, int64_t rows, int64_t cols,
+              const AdamConfig& cfg, double bc1, double bc2, bool renorm, float* lowp) {
+  const AdamConsts<T> k(cfg, bc1, bc2);
+  at::parallel_for(0, rows, internal::GrainFor(8 * cols), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r)
+      AdamRow(p + r * cols, g + r * cols, m + r * cols, v + r * cols, cols, k, renorm,
+              lowp != nullptr ? lowp + r * cols : nullptr);
+  });
+}
+
+// What the fused step (StepAndUpdate) updates, and its outputs.
+template <typename T>
+struct FusedAdam {
+  SaeParams* params = nullptr;
+  AdamConfig cfg;  // clip_scale 1
+  AdamState* state = nullptr;
+  float* lowp = nullptr;  // W_enc's bf16 copy, or null
+  double grad_norm = 0;   // out: the global gradient norm (0 when the loss was not finite: nothing moved)
+};
+
+// Step 5 for latents [lo, hi), on the calling thread: for each, its
+// gradient rows into ge (∂W_enc[l]) and gd (∂W_dec[l], projected off the
+// unit row when `project`), both d long, then row(l, ge, gd, ∂b_enc[l]).
+// ∂a = g·W_dec[l] (zero unless a > 0), ∂W_dec[l] = Σ a g, ∂W_enc[l] =
+// Σ ∂a (x − b_dec), ∂b_enc[l] = Σ ∂a, over the latent's entries (rows
+// ascending: deterministic, no atomics).
+template <typename T, typename RowFn>
+void LatentRowGradients(const T* Wdec, int64_t d, const FiredByLatent<T>& f, const T* XC, const T* const grad_of[3],
+                        bool project, int64_t lo, int64_t hi, T* ge, T* gd, RowFn&& row) {
+  // Entries in groups of up to kGroup (at d 768 an entry's two rows are
+  // 6 KiB, a group's 192 KiB stay in L2 for the second pass): first every
+  // entry's ∂a = g·W_dec[l], then the rows' sums.
+  constexpr int64_t kGroup = 32;
+  T ga[kGroup], av[kGroup];
+  const T* grow[kGroup];
+  const T* xrow[kGroup];
+  const int64_t n_items = static_cast<int64_t>(f.items.size());
+  const int64_t row_bytes = d * static_cast<int64_t>(sizeof(T));
+  for (int64_t l = lo; l < hi; ++l) {
+    const T* w = Wdec + l * d;
+    // The next decoder row, read once per step: fetched non-temporally, so
+    // that the n·d streamed bytes do not push the residual rows (the random
+    // reads below) out of the shared cache.
+    if (l + 1 < hi) {
+      const char* wn = reinterpret_cast<const char*>(w + d);
+      for (int64_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(wn + off, 0, 0);
+    }
+    T gb = 0, gdw = 0;  // ∂b_enc[l] and ∂W_dec[l]·W_dec[l] = Σ a ∂a
+    const int64_t end = f.offs[l + 1];
+    if (f.offs[l] == end) {
+      std::memset(ge, 0, sizeof(T) * d);
+      std::memset(gd, 0, sizeof(T) * d);
+    }
+    for (int64_t g0 = f.offs[l]; g0 < end; g0 += kGroup) {
+      const int64_t m = std::min(kGroup, end - g0);
+      for (int64_t q = 0; q < m; ++q) {
+        const auto& it = f.items[g0 + q];
+        grow[q] = grad_of[it.src] + int64_t{it.row} * d;
+        xrow[q] = XC + int64_t{it.row} * d;
+        // The rows of the next entry are random: start fetching them now.
+        const auto& next = f.items[g0 + q + 1 < n_items ? g0 + q + 1 : g0 + q];
+        const char* gn = reinterpret_cast<const char*>(grad_of[next.src] + int64_t{next.row} * d);
+        const char* xn = reinterpret_cast<const char*>(XC + int64_t{next.row} * d);
+        for (int64_t off = 0; off < row_bytes; off += 64) {
+          __builtin_prefetch(gn + off);
+          __builtin_prefetch(xn + off);
+        }
+        av[q] = it.a;
+        ga[q] = Dot4(d, grow[q], w);
+        gb += ga[q];
+        gdw += av[q] * ga[q];
+      }
+      AccumulateGroup(d, m, grow, xrow, av, ga, g0 == f.offs[l], ge, gd);
+    }
+    // Off the unit row: gd −= (gd·w) w, with gd·w = Σ a (g·w) from the entries.
+    if (project && gdw != 0) Axpy(d, -gdw, w, gd);
+    row(l, ge, gd, gb);
+  }
+}
+
+// Step 5 into the dense gradients. Rows accumulate in thread-local buffers
+// and are written once with streaming stores, so the 2·n·d gradient bytes do
+// not evict the residual rows that the next latents read.
+// With norm2 set, also Σ‖∂W_enc[l]‖² + ‖∂W_dec[l]‖² over the rows while
+// they are in L1 (added in chunk order: deterministic).
 template <typename T>
 void LatentGradients(const SaeParams& p, const FiredByLatent<T>& f, const T* XC, const T* GX, const T* GA, const T* GT,
-                     bool project, SaeGrads* grads) {
+                     bool project, SaeGrads* grads, double* norm2 = nullptr) {
   const int64_t d = p.d_in(), n = p.latents();
   const T* Wdec = p.W_dec.data_ptr<T>();
   T* gWenc = grads->W_enc.data_ptr<T>();
@@ -530,46 +886,117 @@ void LatentGradients(const SaeParams& p, const FiredByLatent<T>& f, const T* XC,
   const int64_t n_items = static_cast<int64_t>(f.items.size());
   const T* const grad_of[3] = {GX, GA, GT};  // by Item::src
   const int64_t per_latent = 3 * d * (n_items / std::max<int64_t>(n, 1)) + 2 * d;
+  std::mutex mu;
+  std::vector<std::pair<int64_t, double>> parts;
   at::parallel_for(0, n, internal::GrainFor(per_latent), [&](int64_t lo, int64_t hi) {
-    // Rows accumulate in thread-local buffers and are written once with
-    // streaming stores, so the 2·n·d gradient bytes do not evict the
-    // residual rows that the next latents read.
     std::vector<T> ge_buf(static_cast<size_t>(d)), gd_buf(static_cast<size_t>(d));
-    T* ge = ge_buf.data();
-    T* gd = gd_buf.data();
-    for (int64_t l = lo; l < hi; ++l) {
-      const T* w = Wdec + l * d;
-      std::memset(ge, 0, sizeof(T) * d);
-      std::memset(gd, 0, sizeof(T) * d);
-      T gb = 0;
-      for (int64_t t = f.offs[l]; t < f.offs[l + 1]; ++t) {
-        const auto& it = f.items[t];
-        const T* g = grad_of[it.src] + int64_t{it.row} * d;
-        // The rows of the next entry are random: start fetching them now.
-        const auto& next = f.items[t + 1 < n_items ? t + 1 : t];
-        const char* gn = reinterpret_cast<const char*>(grad_of[next.src] + int64_t{next.row} * d);
-        const char* xn = reinterpret_cast<const char*>(XC + int64_t{next.row} * d);
-        for (int64_t off = 0; off < d * static_cast<int64_t>(sizeof(T)); off += 64) {
-          __builtin_prefetch(gn + off);
-          __builtin_prefetch(xn + off);
-        }
-        const T ga = Dot(d, g, w);
-        Axpy(d, it.a, g, gd);
-        Axpy(d, ga, XC + int64_t{it.row} * d, ge);
-        gb += ga;
-      }
-      if (project) {
-        const T dot = Dot(d, gd, w);
-        if (dot != 0) Axpy(d, -dot, w, gd);
-      }
-      internal::StoreRow(d, ge, gWenc + l * d);
-      internal::StoreRow(d, gd, gWdec + l * d);
-      gbenc[l] = gb;
+    double part = 0;
+    LatentRowGradients(Wdec, d, f, XC, grad_of, project, lo, hi, ge_buf.data(), gd_buf.data(),
+                       [&](int64_t l, const T* ge, const T* gd, T gb) {
+                         internal::StoreRow(d, ge, gWenc + l * d);
+                         internal::StoreRow(d, gd, gWdec + l * d);
+                         gbenc[l] = gb;
+                         if (norm2 != nullptr) part += SumSquares(d, ge) + SumSquares(d, gd);
+                       });
+    if (norm2 != nullptr) {
+      std::lock_guard<std::mutex> lock(mu);
+      parts.emplace_back(lo, part);
     }
+  });
+  if (norm2 != nullptr) {
+    std::sort(parts.begin(), parts.end());
+    *norm2 = 0;
+    for (auto& [lo, part] : parts) *norm2 += part;
+  }
+#if defined(__AVX2__)
+  _mm_sfence();
+#endif
+}
+
+// Step 5 fused with Adam (StepAndUpdate): each latent's gradient rows, while
+// in L1, update its W_enc and W_dec rows and their moments at once, so the
+// 2·n·d dense gradients are never written nor read back. Also collects what
+// needs the rows before they move: Σ_l ∂b_enc[l] W_enc[l] (b_dec's gradient,
+// step 6, in `bdec_w`, double) and Σ‖∂W‖² (the gradient norm). ∂b_enc goes
+// into gbenc.
+template <typename T>
+double LatentGradientsAdam(const FiredByLatent<T>& f, const T* XC, const T* GX, const T* GA, const T* GT, bool project,
+                           FusedAdam<T>* fa, double bc1, double bc2, T* gbenc, std::vector<double>* bdec_w) {
+  SaeParams& p = *fa->params;
+  AdamState& st = *fa->state;
+  const int64_t d = p.d_in(), n = p.latents();
+  T* Wenc = p.W_enc.data_ptr<T>();
+  T* Wdec = p.W_dec.data_ptr<T>();
+  T* mE = st.m_W_enc.data_ptr<T>();
+  T* vE = st.v_W_enc.data_ptr<T>();
+  T* mD = st.m_W_dec.data_ptr<T>();
+  T* vD = st.v_W_dec.data_ptr<T>();
+  const AdamConsts<T> k(fa->cfg, bc1, bc2);
+  const bool renorm = fa->cfg.renormalize_decoder;
+  float* lowp = fa->lowp;
+  const int64_t n_items = static_cast<int64_t>(f.items.size());
+  const T* const grad_of[3] = {GX, GA, GT};
+  const int64_t per_latent = 3 * d * (n_items / std::max<int64_t>(n, 1)) + 16 * d;
+  const int64_t row_bytes = d * static_cast<int64_t>(sizeof(T));
+  // Each chunk's partial sums, added in chunk order afterwards (deterministic).
+  struct Part {
+    int64_t lo;
+    double norm2;
+    std::vector<double> acc;
+  };
+  std::mutex mu;
+  std::vector<Part> parts;
+  at::parallel_for(0, n, internal::GrainFor(per_latent), [&](int64_t lo, int64_t hi) {
+    std::vector<T> ge_buf(static_cast<size_t>(d)), gd_buf(static_cast<size_t>(d)), out_buf(static_cast<size_t>(3 * d));
+    T* po = out_buf.data();
+    T* mo = po + d;
+    T* vo = mo + d;
+    std::vector<double> acc(static_cast<size_t>(d), 0.0);
+    double part = 0;
+    LatentRowGradients(
+        static_cast<const T*>(Wdec), d, f, XC, grad_of, project, lo, hi, ge_buf.data(), gd_buf.data(),
+        [&](int64_t l, const T* ge, const T* gd, T gb) {
+          gbenc[l] = gb;
+          T* we = Wenc + l * d;
+          if (gb != 0) {
+            const double g = gb;
+            for (int64_t i = 0; i < d; ++i) acc[i] += g * we[i];
+          }
+          part += SumSquares(d, ge) + SumSquares(d, gd);
+          // The next latent's rows and moments: fetched
+          // non-temporally, and the new values computed into
+          // L1 and stored past the cache, so that the 6 n·d
+          // streamed floats keep the residual rows (the
+          // random reads) in the shared cache.
+          if (l + 1 < hi)
+            for (const T* r : {we + d, mE + (l + 1) * d, vE + (l + 1) * d, mD + (l + 1) * d, vD + (l + 1) * d}) {
+              const char* c = reinterpret_cast<const char*>(r);
+              for (int64_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(c + off, 0, 0);
+            }
+          AdamRowTo(we, ge, mE + l * d, vE + l * d, d, k, false, lowp != nullptr ? lowp + l * d : nullptr, po, mo, vo);
+          internal::StoreRow(d, po, we);
+          internal::StoreRow(d, mo, mE + l * d);
+          internal::StoreRow(d, vo, vE + l * d);
+          T* wd = Wdec + l * d;
+          AdamRowTo(wd, gd, mD + l * d, vD + l * d, d, k, renorm, nullptr, po, mo, vo);
+          internal::StoreRow(d, po, wd);
+          internal::StoreRow(d, mo, mD + l * d);
+          internal::StoreRow(d, vo, vD + l * d);
+        });
+    std::lock_guard<std::mutex> lock(mu);
+    parts.push_back({lo, part, std::move(acc)});
   });
 #if defined(__AVX2__)
   _mm_sfence();
 #endif
+  std::sort(parts.begin(), parts.end(), [](const Part& a, const Part& b) { return a.lo < b.lo; });
+  double norm2 = 0;
+  bdec_w->assign(static_cast<size_t>(d), 0.0);
+  for (const Part& pt : parts) {
+    norm2 += pt.norm2;
+    for (int64_t i = 0; i < d; ++i) (*bdec_w)[i] += pt.acc[i];
+  }
+  return norm2;
 }
 
 // Removes from each listed decoder row's gradient its component along the
@@ -591,9 +1018,12 @@ void ProjectDecoderRows(const SaeParams& p, const std::vector<int64_t>& rows, Sa
 
 // The CPU step (ALGORITHMS.md §1, §2, §4): steps 1-5 above, then b_dec's
 // gradient (6), Ghost Grads over the dead set (7) and the metrics (8).
+// With `fa` (StepAndUpdate's fused path: no Ghost Grads, no clipping) step 5
+// updates the parameters (LatentGradientsAdam), then b_enc and b_dec follow;
+// `grads` is not touched.
 template <typename T>
 absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const StepConfig& cfg, SaeGrads* grads,
-                               StepResult* res) {
+                               StepResult* res, FusedAdam<T>* fa = nullptr, double* w_norm2 = nullptr) {
   const int64_t B = x_in.size(0), d = p.d_in();
   const at::ScalarType st = p.W_enc.scalar_type();
   const RemedyPlan rp = internal::PlanRemedy(cfg, d);
@@ -658,7 +1088,34 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   const StepSums sums =
       ResidualGradients<T>(X, XC, xhat.data_ptr<T>(), EH, p.b_dec.data_ptr<T>(), B, d, 2.0 / denom,
                            2.0 * cfg.aux_coefficient * rp.aux_scale / denom, cfg.auxk_fit, mt, gx.data_ptr<T>(), GA);
-  LatentGradients<T>(p, f, XC, gx.data_ptr<T>(), GA, mt.GT, cfg.project_decoder_grad, grads);
+  if (fa != nullptr) {
+    // The metrics first: with a loss that is not finite nothing moves.
+    internal::FillStepMetrics(sums, f.active, total_var, 0, cfg, rp, B, d, res);
+    clock.End("scatter");
+    if (!std::isfinite(res->loss)) return absl::OkStatus();
+    AdamState* as = fa->state;
+    as->step += 1;
+    const double bc1 = 1 - std::pow(fa->cfg.beta1, static_cast<double>(as->step));
+    const double bc2 = 1 - std::pow(fa->cfg.beta2, static_cast<double>(as->step));
+    const int64_t n = p.latents();
+    std::vector<T> benc_grad(static_cast<size_t>(n)), bdec_grad(static_cast<size_t>(d));
+    std::vector<double> bdec_w;
+    double norm2 = LatentGradientsAdam<T>(f, XC, gx.data_ptr<T>(), GA, mt.GT, cfg.project_decoder_grad, fa, bc1, bc2,
+                                          benc_grad.data(), &bdec_w);
+    clock.End("scatter_adam");
+    BDecGradient<T>(multi ? gbdec.data_ptr<T>() : gx.data_ptr<T>(), B, nullptr, nullptr, 0, d, bdec_grad.data(),
+                    bdec_w.data());
+    norm2 += SumSquares(n, benc_grad.data()) + SumSquares(d, bdec_grad.data());
+    AdamRows<T>(p.b_enc.data_ptr<T>(), benc_grad.data(), as->m_b_enc.data_ptr<T>(), as->v_b_enc.data_ptr<T>(), 1, n,
+                fa->cfg, bc1, bc2, false, nullptr);
+    AdamRows<T>(p.b_dec.data_ptr<T>(), bdec_grad.data(), as->m_b_dec.data_ptr<T>(), as->v_b_dec.data_ptr<T>(), 1, d,
+                fa->cfg, bc1, bc2, false, nullptr);
+    fa->grad_norm = std::sqrt(norm2);
+    clock.End("b_dec_adam");
+    return absl::OkStatus();
+  }
+  LatentGradients<T>(p, f, XC, gx.data_ptr<T>(), GA, mt.GT, cfg.project_decoder_grad, grads,
+                     rp.ghost ? nullptr : w_norm2);
   clock.End("scatter");
 
   // 6. b_dec: Σ_rows ∂/∂x̂ from the decode, minus Σ_l (∂/∂b_enc[l]) W_enc[l]
@@ -819,13 +1276,7 @@ template <typename T>
 double SumOfSquares(const T* f, int64_t n) {
   return at::parallel_reduce(
       0, n, internal::GrainFor(1), 0.0,
-      [&](int64_t lo, int64_t hi, double acc) {
-        double part = 0;
-#pragma omp simd reduction(+ : part)
-        for (int64_t i = lo; i < hi; ++i) part += static_cast<double>(f[i]) * f[i];
-        return acc + part;
-      },
-      std::plus<double>());
+      [&](int64_t lo, int64_t hi, double acc) { return acc + SumSquares(hi - lo, f + lo); }, std::plus<double>());
 }
 }  // namespace
 
@@ -851,45 +1302,6 @@ double ClipScale(double norm, double max_norm) {
 }
 
 namespace {
-
-template <typename T>
-void AdamRows(T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v, int64_t rows, int64_t cols,
-              const AdamConfig& cfg, double bc1, double bc2, bool renorm, float* lowp) {
-  const T b1 = static_cast<T>(cfg.beta1), b2 = static_cast<T>(cfg.beta2);
-  const T omb1 = static_cast<T>(1 - cfg.beta1), omb2 = static_cast<T>(1 - cfg.beta2);
-  const T step = static_cast<T>(cfg.lr / bc1);
-  const T inv_sqrt_bc2 = static_cast<T>(1.0 / std::sqrt(bc2));
-  const T eps = static_cast<T>(cfg.eps);
-  const T cs = static_cast<T>(cfg.clip_scale);
-  at::parallel_for(0, rows, internal::GrainFor(8 * cols), [&](int64_t lo, int64_t hi) {
-    for (int64_t r = lo; r < hi; ++r) {
-      T* __restrict pr = p + r * cols;
-      const T* __restrict gr = g + r * cols;
-      T* __restrict mr = m + r * cols;
-      T* __restrict vr = v + r * cols;
-#pragma omp simd
-      for (int64_t i = 0; i < cols; ++i) {
-        const T gi = gr[i] * cs;
-        const T mi = b1 * mr[i] + omb1 * gi;
-        const T vi = b2 * vr[i] + omb2 * gi * gi;
-        mr[i] = mi;
-        vr[i] = vi;
-        pr[i] -= step * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
-      }
-      if (renorm) {
-        const T nrm = std::sqrt(internal::Dot(cols, pr, pr));
-        if (nrm > 0) {
-          const T inv = T(1) / nrm;
-          for (int64_t i = 0; i < cols; ++i) pr[i] *= inv;
-        }
-      }
-      if (lowp != nullptr) {
-        float* lr = lowp + r * cols;
-        for (int64_t i = 0; i < cols; ++i) lr[i] = RoundToBF16(static_cast<float>(pr[i]));
-      }
-    }
-  });
-}
 
 template <typename T>
 void AdamUpdateT(SaeParams* p, const SaeGrads& g, const AdamConfig& cfg, AdamState* s, at::Tensor* lowp) {
@@ -920,6 +1332,74 @@ void AdamUpdate(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg,
   } else {
     AdamUpdateT<float>(params, grads, cfg, state, W_enc_lowp);
   }
+}
+
+absl::Status StepAndUpdate(SaeParams* params, const at::Tensor& x, const StepConfig& cfg, const AdamConfig& adam,
+                           double max_grad_norm, bool fuse, AdamState* state, at::Tensor* W_enc_lowp, SaeGrads* grads,
+                           StepResult* result, double* grad_norm) {
+  const SaeParams& p = *params;
+  const internal::RemedyPlan rp = internal::PlanRemedy(cfg, p.W_enc.defined() ? p.d_in() : 1);
+  const bool fused = fuse && max_grad_norm <= 0 && !rp.ghost && !cfg.aten && p.W_enc.defined() &&
+                     p.W_enc.device().is_cpu() &&
+                     (p.W_enc.scalar_type() == at::kFloat || p.W_enc.scalar_type() == at::kDouble);
+  if (fused) {
+    SAE_RETURN_IF_ERROR(internal::CheckShapes(p, x, cfg.k));
+    try {
+      at::NoGradGuard no_grad;
+      absl::Status st;
+      auto run = [&](auto tag) {
+        using T = decltype(tag);
+        FusedAdam<T> fa;
+        fa.params = params;
+        fa.cfg = adam;
+        fa.cfg.clip_scale = 1.0;
+        fa.state = state;
+        fa.lowp = (std::is_same_v<T, float> && W_enc_lowp != nullptr && W_enc_lowp->defined())
+                      ? W_enc_lowp->data_ptr<float>()
+                      : nullptr;
+        st = ComputeGradientsT<T>(p, x, cfg, grads, result, &fa);
+        *grad_norm = fa.grad_norm;
+      };
+      if (p.W_enc.scalar_type() == at::kFloat) {
+        run(float{});
+      } else {
+        run(double{});
+      }
+      return st;
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat("sae step: ", e.what_without_backtrace()));
+    }
+  }
+  // With `fuse` and the CPU step the weight rows' part of the norm comes from
+  // the latent pass (the rows in L1), not from a pass over the dense
+  // gradients (not with Ghost Grads: it adds to the rows afterwards).
+  double w_norm2 = -1;
+  if (fuse && !rp.ghost && !cfg.aten && p.W_enc.defined() && p.W_enc.device().is_cpu() &&
+      p.W_enc.scalar_type() == at::kFloat && x.dim() == 2) {
+    SAE_RETURN_IF_ERROR(internal::CheckShapes(p, x, cfg.k));
+    try {
+      at::NoGradGuard no_grad;
+      SAE_RETURN_IF_ERROR(ComputeGradientsT<float>(p, x, cfg, grads, result, nullptr, &w_norm2));
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat("sae step: ", e.what_without_backtrace()));
+    }
+  } else {
+    SAE_RETURN_IF_ERROR(ComputeGradients(p, x, cfg, grads, result));
+  }
+  if (!std::isfinite(result->loss)) return absl::OkStatus();
+  const double t0 = NowSeconds(), c0 = ThreadCpuSeconds();
+  if (w_norm2 >= 0) {
+    *grad_norm = std::sqrt(w_norm2 + SumSquares(grads->b_enc.numel(), grads->b_enc.data_ptr<float>()) +
+                           SumSquares(grads->b_dec.numel(), grads->b_dec.data_ptr<float>()));
+  } else {
+    *grad_norm = GlobalGradNorm(*grads);
+  }
+  AdamConfig ac = adam;
+  ac.clip_scale = ClipScale(*grad_norm, max_grad_norm);
+  AdamUpdate(params, *grads, ac, state, W_enc_lowp);
+  result->phase_seconds.emplace_back("optimizer", NowSeconds() - t0);
+  result->phase_cpu_seconds.emplace_back("optimizer", ThreadCpuSeconds() - c0);
+  return absl::OkStatus();
 }
 
 void RoundToBF16InPlace(at::Tensor t) {

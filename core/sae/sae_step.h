@@ -22,8 +22,9 @@ namespace sae {
 
 class Int8Screen;  // core/sae/int8_screen.h
 namespace internal {
-class EncoderGemm;  // core/sae/encoder_gemm.h
-}
+class EncoderGemm;   // core/sae/encoder_gemm.h
+class SmallEncoder;  // core/sae/small_encoder.h
+}  // namespace internal
 double DefaultAuxCoefficient(Remedy r);  // Remedy: core/base/job_options.h
 
 // The parameters: encoder (n×d, n), decoder rows (n×d) and b_dec (d). All
@@ -49,6 +50,9 @@ struct SaeGrads {
 struct StepWorkspace {
   at::Tensor zbuf, xhat, gx;
   std::shared_ptr<internal::EncoderGemm> gemm;  // the fp32 encoder GEMM's primitives and weights
+  // The small-d fp32 encoder with the top-k in its epilogue, and its copy of
+  // the dead latents' rows (AuxK, Ghost Grads).
+  std::shared_ptr<internal::SmallEncoder> small, small_dead;
 };
 
 struct StepConfig {
@@ -94,6 +98,11 @@ struct StepConfig {
   // in row blocks instead of oneDNN (core/sae/encoder_gemm.h); the reference
   // path for tests and benchmarks. (float64 always uses at::addmm.)
   bool aten_gemm = false;
+  // float32 on CPU with oneDNN (aten_gemm false): where the shape is small
+  // enough (internal::UseSmallEncoder), the encoder with the top-k fused
+  // into its epilogue (core/sae/small_encoder.h). false: oneDNN's GEMM and a
+  // separate selection everywhere (tests and benchmarks compare the two).
+  bool small_encoder = true;
   // Σ‖x − x̄‖² over the global batch (all ranks); <= 0: this batch's own.
   double total_var = 0;
   StepWorkspace* workspace = nullptr;  // reuse buffers across calls when set
@@ -117,6 +126,10 @@ struct StepResult {
   std::vector<uint8_t> fired;  // per latent: fired (a > 0, within fire_k) on some row
   // Wall time of each phase of the step, in order (for benchmarks).
   std::vector<std::pair<const char*, double>> phase_seconds;
+  // The calling thread's CPU time in each phase (the phases the step's own
+  // clock records; with one LibTorch thread, each phase's cost on a loaded
+  // machine).
+  std::vector<std::pair<const char*, double>> phase_cpu_seconds;
 };
 
 // Forward + backward of the loss for batch x (B×d, params' dtype). Writes
@@ -152,6 +165,24 @@ double ClipScale(double norm, double max_norm);
 // decoder rows renormalised to unit norm; refreshes `W_enc_lowp` if defined.
 void AdamUpdate(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg, AdamState* state,
                 at::Tensor* W_enc_lowp);
+
+// The step and its Adam update, what SaeTrainer runs on a single process:
+// ComputeGradients, GlobalGradNorm, ClipScale(norm, max_grad_norm) and
+// AdamUpdate (`adam.clip_scale` is ignored). Where the update needs nothing
+// global first (max_grad_norm <= 0, no Ghost Grads, the CPU step) and `fuse`,
+// the update runs inside the latent pass: each latent's gradient rows update
+// its W_enc and W_dec rows and moments while in cache, so the dense gradients
+// are never written nor read back (`grads` is left untouched;
+// docs/performance.md "non-GEMM share"). Otherwise exactly the unfused
+// sequence runs, into `grads` (with `fuse`, the gradient norm from the
+// latent pass instead of a pass over `grads`). Both give the same parameters to float
+// rounding (sae_step_test FusedUpdate*; every latent's rows move every step,
+// with or without a gradient). When the loss is not finite nothing is
+// updated (the caller sees result->loss). *grad_norm: the global gradient
+// norm before clipping.
+absl::Status StepAndUpdate(SaeParams* params, const at::Tensor& x, const StepConfig& cfg, const AdamConfig& adam,
+                           double max_grad_norm, bool fuse, AdamState* state, at::Tensor* W_enc_lowp, SaeGrads* grads,
+                           StepResult* result, double* grad_norm);
 
 // Rounds every element to the nearest bfloat16 value (kept in float32).
 void RoundToBF16InPlace(at::Tensor t);

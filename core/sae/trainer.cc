@@ -375,9 +375,21 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     cfg.workspace = &workspace_;
     cfg.aten = opts_.aten_kernels;
     cfg.aten_gemm = opts_.blas_encoder_gemm;
+    cfg.small_encoder = opts_.small_encoder;
     cfg.screen = screen_.get();
     StepResult res;
-    SAE_RETURN_IF_ERROR(ComputeGradients(params_, x_dev, cfg, &grads_, &res));
+    AdamConfig ac;
+    ac.lr = LearningRateAt(step_);
+    double norm = 0;
+    if (world() == 1) {
+      // The step and the update together (fused where grad_clip is 0): the
+      // step records its "optimizer" phase (or "scatter_adam" and
+      // "b_dec_adam" when fused) itself.
+      SAE_RETURN_IF_ERROR(StepAndUpdate(&params_, x_dev, cfg, ac, opts_.grad_clip, opts_.fused_update, &adam_,
+                                        opts_.bf16 ? &w_enc_lowp_ : nullptr, &grads_, &res, &norm));
+    } else {
+      SAE_RETURN_IF_ERROR(ComputeGradients(params_, x_dev, cfg, &grads_, &res));
+    }
     if (world() > 1) {
       // Each rank's loss is normalised by the global Σ‖x − x̄‖², so the
       // global gradient is the sum of the ranks' gradients: one all-reduce
@@ -417,11 +429,12 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     if (!std::isfinite(res.loss)) return absl::InternalError(absl::StrCat("step ", step_, ": loss is not finite"));
 
     const double t_norm = SteadyNow();
-    const double norm = GlobalGradNorm(grads_);
-    AdamConfig ac;
-    ac.lr = LearningRateAt(step_);
-    ac.clip_scale = ClipScale(norm, opts_.grad_clip);
-    AdamUpdate(&params_, grads_, ac, &adam_, opts_.bf16 ? &w_enc_lowp_ : nullptr);
+    if (world() > 1) {
+      // Clipping and Adam need the all-reduced gradients: the unfused update.
+      norm = GlobalGradNorm(grads_);
+      ac.clip_scale = ClipScale(norm, opts_.grad_clip);
+      AdamUpdate(&params_, grads_, ac, &adam_, opts_.bf16 ? &w_enc_lowp_ : nullptr);
+    }
     dead_.Update(res.fired.data(), global_rows);
     ++step_;
     tokens_ += global_rows;
@@ -453,7 +466,7 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     // On a GPU the update is queued: wait for it so the step time is real.
     if (!device_.is_cpu()) params_.b_dec.select(0, 0).item<float>();
     const double t_end = SteadyNow();
-    m.phase_seconds.emplace_back("optimizer", t_end - t_norm);
+    m.phase_seconds.emplace_back(world() > 1 ? "optimizer" : "after_update", t_end - t_norm);
     m.seconds = t_end - t0;
     return m;
   } catch (const c10::Error& e) {
