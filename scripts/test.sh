@@ -9,7 +9,8 @@
 # SAE_FULL_CHECKS=ci adds the subset CI runs (.ci/run sets it; sized to keep
 # .ci/run well under an hour on 2 cores, docs/reliability.md "What CI runs"):
 # ASan+UBSan of the unit tests without LibTorch (and the gloo and MPI ranks
-# of test_comm), TSan of test_base, test_coordinator and test_comm (with its
+# of test_comm), of the LM, interpretability and worker unit tests and of
+# the LM, interpretability and serve CLI tests, TSan of test_base, test_coordinator and test_comm (with its
 # gloo and MPI ranks; not test_service), and the same fuzz pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,8 +25,10 @@ case "${SAE_FULL_CHECKS:-0}" in
     scripts/fuzz.sh "${SAE_FUZZ_SECONDS:-20}"
     ;;
   ci)
-    SAE_ASAN_TARGETS="test_base test_data test_coordinator test_telemetry test_report test_comm" \
-      SAE_ASAN_TESTS='^(test_base|test_data|test_coordinator|test_telemetry|test_report|test_comm|test_comm_gloo|test_comm_mpi)$' \
+    # The LibTorch side (test_lm to test_e2e_serve) adds about 1570 CPU-s of
+    # build and 8 minutes of tests (docs/reliability.md, "What CI runs").
+    SAE_ASAN_TARGETS="test_base test_data test_coordinator test_telemetry test_report test_comm test_lm test_interp test_worker_units test_lm_cli test_dead_latents test_interp_cli test_serve test_e2e_serve" \
+      SAE_ASAN_TESTS='^(test_base|test_data|test_coordinator|test_telemetry|test_report|test_comm|test_comm_gloo|test_comm_mpi|test_lm|lm_tokenizer_json_npm|test_interp|test_worker_units|test_lm_cli.*|test_dead_latents|test_interp_cli|test_serve|test_e2e_serve)$' \
       scripts/sanitizers.sh asan
     SAE_TSAN_SERVICE=0 scripts/sanitizers.sh tsan
     scripts/fuzz.sh "${SAE_FUZZ_SECONDS:-20}"

@@ -394,6 +394,7 @@ class Agent {
     ro.progress = ProgressMode::kQuiet;
     ro.stop = &c->stop;
     ro.attempt = a.attempt();
+    ro.job_id = a.job_id();
     ro.resume = HasResumableCheckpoint(cfg.output);
     if (a.world_size() > 1) {
       ro.rank = a.rank();

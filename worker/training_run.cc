@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <thread>
 
 #include "core/base/clock.h"
@@ -186,8 +187,8 @@ RunSummary Summarize(const JobConfig& job, const SaeTrainer& t, const StepLoop& 
 }
 
 // Rank 0: the final SAE and summary.json, then OUTPUT.partial/ renamed to OUTPUT.
-absl::Status WriteFinalOutputs(const JobConfig& job, const RunDir& dir, const RunFence& fence, const SaeTrainer& t,
-                               const BatchSource& source, const RunSummary& sum) {
+absl::Status WriteFinalOutputs(const JobConfig& job, const RunOptions& opts, const RunDir& dir, const RunFence& fence,
+                               const SaeTrainer& t, const BatchSource& source, const RunSummary& sum) {
   SAE_ASSIGN_OR_RETURN(RunFence::Held held, fence.Hold());
   SAE_ASSIGN_OR_RETURN(json data, ParseJson(source.DescribeJson(), "data source description"));
   json prov = {{"job", job.name}, {"data", data}, {"ranks", sum.world}};
@@ -208,6 +209,10 @@ absl::Status WriteFinalOutputs(const JobConfig& job, const RunDir& dir, const Ru
                   {"k", sum.k},
                   {"dead_remedy", sum.remedy}};
   if (sum.planted_recovered >= 0) summary["planted_atoms_recovered"] = sum.planted_recovered;
+  if (!opts.job_id.empty()) {
+    summary["job_id"] = opts.job_id;
+    summary["attempt"] = opts.attempt;
+  }
   SAE_RETURN_IF_ERROR(AtomicWriteFile(dir.work_dir + "/" + kSummaryFile, summary.dump(2) + "\n"));
   // The fence's files do not belong to the output; a stale attempt that
   // looks now finds no owner (or no directory) and stops.
@@ -272,9 +277,54 @@ std::string FormatSummaryTable(const RunSummary& s) {
 
 bool HasResumableCheckpoint(const std::string& output) { return RunDir(output).HasCheckpoint(); }
 
+namespace {
+
+// OUTPUT as an earlier attempt of the coordinator's job `job_id` finished it
+// (summary.json names the job), or nullopt when OUTPUT does not exist or is
+// not that job's.
+absl::StatusOr<std::optional<RunSummary>> FinishedByThisJob(const RunDir& dir, const std::string& job_id) {
+  if (job_id.empty() || !PathExists(dir.final_dir)) return std::optional<RunSummary>();
+  const std::string path = dir.final_dir + "/" + kSummaryFile;
+  absl::StatusOr<std::string> text = ReadFileToString(path);
+  if (!text.ok()) return std::optional<RunSummary>();  // not a finished run of ours: the policy check says why
+  SAE_ASSIGN_OR_RETURN(json j, ParseJson(*text, path));
+  if (!j.is_object() || !j.contains("job_id") || j["job_id"] != job_id) return std::optional<RunSummary>();
+  RunSummary s;
+  s.finished = true;
+  s.output = dir.final_dir;
+  auto num = [&](const char* key) { return j.contains(key) && j[key].is_number() ? j[key].get<double>() : 0.0; };
+  s.tokens = static_cast<int64_t>(num("tokens"));
+  s.steps = static_cast<int64_t>(num("steps"));
+  s.fvu = num("fvu");
+  s.mse = num("mse");
+  s.l0 = num("l0");
+  s.dead_ratio = num("dead_ratio");
+  s.aux_loss = num("aux_loss");
+  s.tokens_per_second = num("tokens_per_second");
+  s.seconds = num("seconds");
+  s.k = static_cast<int64_t>(num("k"));
+  s.latents = static_cast<int64_t>(num("latents"));
+  s.d_in = static_cast<int64_t>(num("d_in"));
+  if (j.contains("dead_remedy") && j["dead_remedy"].is_string()) s.remedy = j["dead_remedy"].get<std::string>();
+  SAE_LOG(kInfo) << dir.final_dir << " was finished by attempt " << num("attempt") << " of " << job_id
+                 << " (its worker was declared lost afterwards): reporting it, not training again";
+  return std::optional<RunSummary>(s);
+}
+
+}  // namespace
+
 absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions& opts) {
   const std::string origin = job.source_path.empty() ? "job" : job.source_path;
   SAE_RETURN_IF_ERROR(ValidateJobConfig(job, origin));
+  {
+    // Before the rendezvous: every rank of the attempt sees the same output.
+    SAE_ASSIGN_OR_RETURN(std::optional<RunSummary> done, FinishedByThisJob(RunDir(job.output), opts.job_id));
+    if (done.has_value()) {
+      done->rank = std::max(opts.rank, 0);
+      done->world = std::max(opts.world_size, 1);
+      return *done;
+    }
+  }
   SAE_ASSIGN_OR_RETURN(RunWorld w, OpenRunWorld(job, opts, origin));
   Communicator* comm = w.comm.get();
   const int rank = comm->rank(), world = comm->world_size();
@@ -333,7 +383,7 @@ absl::StatusOr<RunSummary> RunTrainingJob(const JobConfig& job, const RunOptions
   SAE_RETURN_IF_ERROR(loop.checkpoint());
   RunSummary sum = Summarize(job, trainer, loop, rank, world);
   if (!leader) return sum;  // rank 0 writes the outputs
-  SAE_RETURN_IF_ERROR(WriteFinalOutputs(job, dir, fence, trainer, *p.source, sum));
+  SAE_RETURN_IF_ERROR(WriteFinalOutputs(job, opts, dir, fence, trainer, *p.source, sum));
   return sum;
 }
 

@@ -47,6 +47,11 @@ struct RunOptions {
   // fences the run directory with it (worker/run_fence.h): once a later
   // attempt owns OUTPUT.partial/, this one writes nothing and ends Aborted.
   int attempt = 0;
+  // The coordinator's job id ("" outside a coordinator). Written into
+  // summary.json with the attempt; a later attempt of the same job that
+  // finds OUTPUT already finished by an earlier one (its worker was declared
+  // lost after the rename) reports that output instead of failing.
+  std::string job_id;
   // Rank 0, after each checkpoint is in place: its step, tokens and directory.
   std::function<void(int64_t step, int64_t tokens, const std::string& dir)> on_checkpoint;
 };

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "core/base/config.h"
 #include "core/base/file_util.h"
 #include "core/comm/communicator.h"
 #include "core/sae/trainer.h"
@@ -17,6 +18,7 @@
 #include "worker/metrics_sink.h"
 #include "worker/run_world.h"
 #include "worker/step_loop.h"
+#include "worker/training_run.h"
 
 namespace sae {
 namespace {
@@ -180,6 +182,53 @@ TEST(StepLoop, AStepErrorEndsTheLoopNamingTheStep) {
   }();
   ASSERT_FALSE(end.ok());
   EXPECT_EQ(std::string(end.status().message()), "disk full");
+}
+
+// A worker declared lost after its attempt renamed OUTPUT.partial into
+// place: the coordinator places the next attempt, which must report that
+// finished output (summary.json names the job) rather than fail the job on
+// "already exists". An output of another job, or of a run without a
+// coordinator, is still refused.
+TEST(TrainingRun, ALaterAttemptReportsTheOutputAnEarlierAttemptOfItsJobFinished) {
+  ScratchDir scratch("sae_worker");
+  const std::string out = scratch.Sub("run");
+  auto job = ParseJobConfig(
+      "name: fenced\ndata: {kind: synthetic, d_in: 8, latents: 16, k: 2, seed: 1}\n"
+      "sae: {latents: 32, k: 2}\ntrain: {tokens: 1000, batch_tokens: 100}\noutput: " +
+          out + "\n",
+      "job.yaml");
+  ASSERT_TRUE(job.ok()) << job.status();
+  RunOptions first;
+  first.progress = ProgressMode::kQuiet;
+  first.attempt = 1;
+  first.job_id = "job-7";
+  auto a = RunTrainingJob(*job, first);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(a->finished);
+  const std::string before = ReadFileToString(out + "/sae.safetensors").value();
+  const auto summary = nlohmann::json::parse(ReadFileToString(out + "/summary.json").value());
+  EXPECT_EQ(summary["job_id"], "job-7");
+  EXPECT_EQ(summary["attempt"], 1);
+
+  RunOptions second = first;
+  second.attempt = 2;
+  auto b = RunTrainingJob(*job, second);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_TRUE(b->finished);
+  EXPECT_EQ(b->output, out);
+  EXPECT_EQ(b->tokens, a->tokens);
+  EXPECT_EQ(b->steps, a->steps);
+  EXPECT_EQ(b->k, a->k);
+  EXPECT_DOUBLE_EQ(b->fvu, a->fvu);
+  EXPECT_EQ(ReadFileToString(out + "/sae.safetensors").value(), before);  // not trained again
+  EXPECT_FALSE(fs::exists(out + ".partial"));
+
+  RunOptions other = second;
+  other.job_id = "job-8";
+  EXPECT_EQ(RunTrainingJob(*job, other).status().code(), absl::StatusCode::kAlreadyExists);
+  RunOptions plain;
+  plain.progress = ProgressMode::kQuiet;
+  EXPECT_EQ(RunTrainingJob(*job, plain).status().code(), absl::StatusCode::kAlreadyExists);
 }
 
 }  // namespace
