@@ -265,7 +265,12 @@ TEST_F(Service, CoordinatorRestartKeepsTheJob) {
   Proc* coord = &StartCoordinator({});
   const std::string listen = addr_;
   Proc& w1 = StartWorker("w1");
-  const std::string id = Submit(SynthJob("run", 1, 300000, 30000));
+  // Long enough to be still training when the coordinator is killed: on an
+  // idle core this job trains at ~190k tokens/s since the small-d encoder
+  // landed, and 300k tokens once finished before the first progress report
+  // reached the test (the job SUCCEEDED before the kill). 3M tokens is
+  // ~16 s there; the first checkpoint comes after 300k.
+  const std::string id = Submit(SynthJob("run", 1, 3000000, 300000));
   json st = WaitFor(
       id, [](const json& j) { return Prog(j, "checkpoint_step") > 0 || Terminal(j); }, 120);
   ASSERT_TRUE(StateIs(st, "RUNNING")) << st.dump();
