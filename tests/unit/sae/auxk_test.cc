@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/sae/sae_step.h"
+#include "tests/unit/sae/random_sae.h"
 
 namespace sae {
 namespace {
@@ -81,17 +82,6 @@ double AuxKReference(const Plain& p, const std::vector<double>& x, int64_t B, in
   return coef * scale * sum / var;
 }
 
-SaeParams Random(int64_t n, int64_t d, uint64_t seed, at::ScalarType st) {
-  at::manual_seed(seed);
-  SaeParams p;
-  p.W_enc = (at::randn({n, d}, at::kDouble) / std::sqrt(static_cast<double>(d))).to(st);
-  p.b_enc = (at::randn({n}, at::kDouble) * 0.1).to(st);
-  p.W_dec = at::randn({n, d}, at::kDouble);
-  p.W_dec = (p.W_dec / p.W_dec.norm(2, 1, true)).to(st);
-  p.b_dec = (at::randn({d}, at::kDouble) * 0.3).to(st);
-  return p;
-}
-
 TEST(AuxK, LossEqualsIndependentFloat64Computation) {
   struct C {
     int64_t B, d, n, k, dead;
@@ -101,7 +91,7 @@ TEST(AuxK, LossEqualsIndependentFloat64Computation) {
                      C{64, 32, 300, 8, 200, false}, C{64, 32, 300, 8, 200, true}}) {
     for (bool fit : {true, false})
       for (at::ScalarType st : {at::kDouble, at::kFloat}) {
-        SaeParams p = Random(c.n, c.d, 7 + c.dead, st);
+        SaeParams p = testing::RandomSae(c.n, c.d, 7 + c.dead, st, 0.3);
         at::Tensor x = (at::randn({c.B, c.d}, at::kDouble) * 2 + 0.5).to(st);
         std::mt19937_64 rng(c.dead);
         std::vector<int64_t> all(c.n);

@@ -12,20 +12,10 @@
 #include <vector>
 
 #include "core/sae/sae_step.h"
+#include "tests/unit/sae/random_sae.h"
 
 namespace sae {
 namespace {
-
-SaeParams RandomParams(int64_t n, int64_t d, at::ScalarType st, uint64_t seed) {
-  at::manual_seed(seed);
-  SaeParams p;
-  p.W_enc = (at::randn({n, d}, at::kDouble) / std::sqrt(static_cast<double>(d))).to(st);
-  p.b_enc = (at::randn({n}, at::kDouble) * 0.1).to(st);
-  p.W_dec = at::randn({n, d}, at::kDouble);
-  p.W_dec = (p.W_dec / p.W_dec.norm(2, 1, true)).to(st);
-  p.b_dec = (at::randn({d}, at::kDouble) * 0.1).to(st);
-  return p;
-}
 
 double RelErr(const at::Tensor& a, const at::Tensor& b) {
   const double nb = b.to(at::kDouble).norm().item<double>();
@@ -56,7 +46,7 @@ class FusedUpdate : public ::testing::TestWithParam<FusedCase> {};
 
 TEST_P(FusedUpdate, MatchesUnfusedSequenceOverManySteps) {
   const FusedCase c = GetParam();
-  const SaeParams p0 = RandomParams(c.n, c.d, c.st, 17 + c.n + c.k);
+  const SaeParams p0 = testing::RandomSae(c.n, c.d, 17 + c.n + c.k, c.st, 0.1);
   SaeParams p[2] = {p0.Clone(), p0.Clone()};  // 0 fused, 1 unfused
   AdamState s[2] = {AdamState::ZerosLike(p0), AdamState::ZerosLike(p0)};
   SaeGrads g[2] = {SaeGrads::ZerosLike(p0), SaeGrads::ZerosLike(p0)};
@@ -74,7 +64,7 @@ TEST_P(FusedUpdate, MatchesUnfusedSequenceOverManySteps) {
   const double tol = c.st == at::kFloat ? 2e-5 : 1e-11;
   int64_t moved_without_gradient = 0;
   for (int step = 0; step < 40; ++step) {
-    SCOPED_TRACE(testing::Message() << "step " << step);
+    SCOPED_TRACE(::testing::Message() << "step " << step);
     at::manual_seed(1000 + step);
     const at::Tensor x = (at::randn({c.B, c.d}, at::kDouble) + 0.2).to(c.st);
     const at::Tensor W_before = p[0].W_enc.clone(), D_before = p[0].W_dec.clone();
@@ -137,7 +127,7 @@ INSTANTIATE_TEST_SUITE_P(
     [](const ::testing::TestParamInfo<FusedCase>& i) { return std::string(i.param.name); });
 
 TEST(FusedUpdate, NonFiniteLossLeavesEverythingUnchanged) {
-  const SaeParams p0 = RandomParams(64, 16, at::kFloat, 5);
+  const SaeParams p0 = testing::RandomSae(64, 16, 5, at::kFloat, 0.1);
   for (int fuse = 0; fuse < 2; ++fuse) {
     SaeParams p = p0.Clone();
     AdamState s = AdamState::ZerosLike(p0);
