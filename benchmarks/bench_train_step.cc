@@ -49,8 +49,9 @@ double ProcessCpuSeconds() {
 struct RunResult {
   std::string encoder;
   double step = 0, fallback_rate = 0, candidates = 0;
-  double step_cpu = 0;  // CPU-seconds of the process per step (median)
-  std::map<std::string, double> phases;
+  double step_cpu = 0;                       // CPU-seconds of the process per step (median)
+  std::map<std::string, double> phases;      // wall seconds (median)
+  std::map<std::string, double> phases_cpu;  // CPU-seconds of the calling thread (median)
 };
 
 std::vector<std::string> SplitList(const std::string& s) {
@@ -72,7 +73,6 @@ struct Flags {
   std::string precision = "fp32", device = "cpu", remedy = "none", encoders;
   int64_t dead_window = 1000000000000LL;
   double grad_clip = 1.0;
-  bool fused_update = false;
   bool as_json = false, aten = false, sweep = false;
 };
 
@@ -97,11 +97,7 @@ void AddFlags(sae::flags::Command& app, Flags& f) {
   app.AddOption("--remedy", f.remedy, "none|auxk|ghost_grads").OneOf({"none", "auxk", "ghost_grads"});
   app.AddOption("--dead-window", f.dead_window,
                 "dead_window_tokens (default: none ever dead; 1 = every latent that did not fire in the last step)");
-  app.AddOption("--grad-clip", f.grad_clip,
-                "train.grad_clip (0: no clipping, where the Adam update runs inside the step's latent pass)");
-  app.AddFlag("--fused-update", f.fused_update,
-              "TrainerOptions::fused_update: Adam inside the step's latent pass where --grad-clip is 0, the gradient "
-              "norm from that pass otherwise");
+  app.AddOption("--grad-clip", f.grad_clip, "train.grad_clip (0: no clipping)");
   app.AddFlag("--json", f.as_json, "one JSON object");
   app.AddFlag("--aten", f.aten,
               "on CPU, time the device-generic ATen step (what CUDA runs) instead of the CPU kernels");
@@ -123,7 +119,6 @@ sae::TrainerOptions TrainerOptionsFor(const Flags& f, const std::string& enc) {
   o.remedy = sae::ParseOption<sae::Remedy>(f.remedy).value();
   o.dead_window_tokens = f.dead_window;
   o.grad_clip = f.grad_clip;
-  o.fused_update = f.fused_update;
   o.device = sae::ParseOption<sae::Device>(f.device).value();
   o.aten_kernels = f.aten;
   return o;
@@ -140,7 +135,7 @@ absl::StatusOr<RunResult> MeasureEncoder(const Flags& f, const std::string& enc,
   RunResult rr;
   rr.encoder = enc;
   std::vector<double> step_s, step_cpu, fb, cand;
-  std::map<std::string, std::vector<double>> phases;
+  std::map<std::string, std::vector<double>> phases, phases_cpu;
   for (int64_t i = 0; i < f.warmup + f.steps; ++i) {
     const double c0 = ProcessCpuSeconds();
     auto m = (*trainer)->Step(x.data_ptr<float>(), f.batch);
@@ -150,6 +145,7 @@ absl::StatusOr<RunResult> MeasureEncoder(const Flags& f, const std::string& enc,
       step_s.push_back(m->seconds);
       step_cpu.push_back(c1 - c0);
       for (auto& [name, sec] : m->phase_seconds) phases[name].push_back(sec);
+      for (auto& [name, sec] : m->phase_cpu_seconds) phases_cpu[name].push_back(sec);
       fb.push_back(static_cast<double>(m->screen_fallback_rows) / f.batch);
       cand.push_back(static_cast<double>(m->screen_candidates));
     }
@@ -159,6 +155,7 @@ absl::StatusOr<RunResult> MeasureEncoder(const Flags& f, const std::string& enc,
   rr.fallback_rate = Median(fb);
   rr.candidates = Median(cand);
   for (auto& [name, v] : phases) rr.phases[name] = Median(v);
+  for (auto& [name, v] : phases_cpu) rr.phases_cpu[name] = Median(v);
   return rr;
 }
 
@@ -301,6 +298,7 @@ nlohmann::json JsonRuns(const Flags& f, const std::vector<RunResult>& runs, cons
       j["candidates"] = r.candidates;
     }
     j["phases"] = r.phases;
+    j["phases_cpu"] = r.phases_cpu;
     all.push_back(j);
   }
   return all;
@@ -319,9 +317,8 @@ void PrintReport(const Flags& f, const std::vector<RunResult>& runs, const Floor
   std::printf("build     : commit %s, %s, LibTorch threads %d\n", Commit().c_str(), SAE_BUILD_TYPE,
               at::get_num_threads());
   std::printf("blas      : %s\n", sae::CurrentBlasKernel().Describe().c_str());
-  std::printf("config    : d %ld, latents %ld, k %ld, batch %ld, %s, remedy %s, grad_clip %g, %s update\n", f.d, f.n,
-              f.k, f.batch, f.device.c_str(), f.remedy.c_str(), f.grad_clip,
-              !f.fused_update ? "separate" : (f.grad_clip > 0 ? "separate (norm fused)" : "fused"));
+  std::printf("config    : d %ld, latents %ld, k %ld, batch %ld, %s, remedy %s, grad_clip %g\n", f.d, f.n, f.k, f.batch,
+              f.device.c_str(), f.remedy.c_str(), f.grad_clip);
   std::printf("median of %ld steps after %ld warm-up:\n", f.steps, f.warmup);
   const double gflops = 2.0 * f.batch * f.d * f.n / floors.fp32 / 1e9;
   std::printf(
@@ -337,8 +334,17 @@ void PrintReport(const Flags& f, const std::vector<RunResult>& runs, const Floor
                 r.step_cpu / floors.CpuOf(r));
     if (r.encoder == "int8_screened")
       std::printf("   fallback rows %.2f %%, C %.0f", 100 * r.fallback_rate, r.candidates);
-    std::printf("\n    phases:");
-    for (auto& [name, v] : r.phases) std::printf(" %s %.4f", name.c_str(), v);
+    // Milliseconds, wall / CPU of the calling thread (medians; a phase
+    // without a CPU reading, such as the screen's own, shows only wall).
+    std::printf("\n    phases (ms, wall/cpu):");
+    for (auto& [name, v] : r.phases) {
+      auto c = r.phases_cpu.find(name);
+      if (c != r.phases_cpu.end()) {
+        std::printf(" %s %.3f/%.3f", name.c_str(), 1e3 * v, 1e3 * c->second);
+      } else {
+        std::printf(" %s %.3f", name.c_str(), 1e3 * v);
+      }
+    }
     std::printf("\n");
   }
 }

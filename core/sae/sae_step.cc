@@ -124,11 +124,8 @@ at::Tensor CenterRows(const at::Tensor& x, const at::Tensor& b_dec, at::Tensor* 
 // out = Σ_r A[r] − Σ_l w[l] W[l] over the rows of A (R×d) and of W (n×d),
 // accumulated in double per column (b_dec's gradient, step 6), in parallel
 // over columns only when large.
-// (minus, when set: subtracted per column at the end instead of the W term,
-// n = 0: the fused step's Σ_l w[l] W[l], collected in its latent pass.)
 template <typename T>
-void BDecGradient(const T* A, int64_t R, const T* W, const T* w, int64_t n, int64_t d, T* out,
-                  const double* minus = nullptr) {
+void BDecGradient(const T* A, int64_t R, const T* W, const T* w, int64_t n, int64_t d, T* out) {
   at::parallel_for(0, d, internal::GrainFor(R + n), [&](int64_t lo, int64_t hi) {
     std::vector<double> acc(static_cast<size_t>(hi - lo), 0.0);
     for (int64_t r = 0; r < R; ++r) {
@@ -141,8 +138,6 @@ void BDecGradient(const T* A, int64_t R, const T* W, const T* w, int64_t n, int6
       if (wl == 0) continue;
       for (int64_t i = 0; i < hi - lo; ++i) acc[i] -= wl * row[i];
     }
-    if (minus != nullptr)
-      for (int64_t i = lo; i < hi; ++i) acc[i - lo] -= minus[i];
     for (int64_t i = lo; i < hi; ++i) out[i] = static_cast<T>(acc[i - lo]);
   });
 }
@@ -172,6 +167,13 @@ class PhaseClock {
     t_ = t;
     c_ = c;
   }
+  // Moves `wall` and `cpu` of the last phase into a new phase `name` before it.
+  void SplitLast(const char* name, double wall, double cpu) {
+    res_->phase_seconds.back().second -= wall;
+    res_->phase_seconds.insert(res_->phase_seconds.end() - 1, {name, wall});
+    res_->phase_cpu_seconds.back().second -= cpu;
+    res_->phase_cpu_seconds.insert(res_->phase_cpu_seconds.end() - 1, {name, cpu});
+  }
   void Restart() {  // after a callee recorded its own phases
     t_ = NowSeconds();
     c_ = ThreadCpuSeconds();
@@ -189,6 +191,7 @@ struct Selection {
   at::Tensor aux_idx, aux_val;  // B×k_aux
   at::Tensor zD;                // B×|D| (Ghost Grads only)
   double gemm_seconds = 0;      // of the encoder GEMM alone
+  double gemm_cpu_seconds = 0;  // the same in CPU-seconds of the calling thread
   bool fused = false;           // GEMM and selection in one pass (gemm_seconds: the weights' preparation only)
 };
 
@@ -246,7 +249,7 @@ absl::Status EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const Ste
       // alone: its pre-activations are bitwise those of the full kernel
       // (each value is the same ordered multiply-adds, then b_enc), so AuxK's
       // top-k_aux and Ghost Grads' zD are exactly what the dense path sees.
-      double tg = NowSeconds();
+      double tg = NowSeconds(), cg = ThreadCpuSeconds();
       auto slot = [&](std::shared_ptr<internal::SmallEncoder>* ws_slot, std::shared_ptr<internal::SmallEncoder>* own) {
         std::shared_ptr<internal::SmallEncoder>* h = ws != nullptr ? ws_slot : own;
         if (!*h) *h = std::make_shared<internal::SmallEncoder>();
@@ -269,6 +272,7 @@ absl::Status EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const Ste
         enc_dead->SetWeights(wd.data(), bd.data(), nd, d);
       }
       s.gemm_seconds += NowSeconds() - tg;
+      s.gemm_cpu_seconds += ThreadCpuSeconds() - cg;
       const float* X = enc_in.data_ptr<float>();
       const int64_t kItemRows = std::max<int64_t>(96, enc->BlockRows());  // rows per work item, handed out dynamically
       const int64_t nitems = (B + kItemRows - 1) / kItemRows;
@@ -309,14 +313,16 @@ absl::Status EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const Ste
       const internal::EncoderPlan plan = internal::PlanEncoder(B, n, d, cfg.block_rows);
       const int64_t R = plan.rows, tail = B % R;
       const int64_t counts[2] = {R, tail};
-      double tg = NowSeconds();
+      double tg = NowSeconds(), cg = ThreadCpuSeconds();
       SAE_RETURN_IF_ERROR(
           gemm->SetWeights(w.data_ptr<float>(), p.b_enc.data_ptr<float>(), n, d, counts, tail > 0 ? 2 : 1));
       const int64_t nblocks = (B + R - 1) / R;
       if (plan.per_thread) {
         // One parallel region for the whole encoder: blocks are handed out
         // dynamically, so a thread the OS preempts delays only its block.
-        s.gemm_seconds += NowSeconds() - tg;  // (the GEMM itself is inside the fused loop below)
+        // (The GEMM itself is inside the fused loop below.)
+        s.gemm_seconds += NowSeconds() - tg;
+        s.gemm_cpu_seconds += ThreadCpuSeconds() - cg;
         std::atomic<int64_t> next{0};
         std::atomic<bool> failed{false};
         absl::Status first_error;
@@ -347,11 +353,14 @@ absl::Status EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const Ste
       at::Tensor zbuf = Reuse(ws ? &ws->zbuf : nullptr, {R, n}, st);
       float* Z = zbuf.data_ptr<float>();
       s.gemm_seconds += NowSeconds() - tg;
+      s.gemm_cpu_seconds += ThreadCpuSeconds() - cg;
       for (int64_t r0 = 0; r0 < B; r0 += R) {
         const int64_t rows = std::min(R, B - r0);
         tg = NowSeconds();
+        cg = ThreadCpuSeconds();
         SAE_RETURN_IF_ERROR(gemm->Run(X + r0 * d, rows, Z, 0));
         s.gemm_seconds += NowSeconds() - tg;
+        s.gemm_cpu_seconds += ThreadCpuSeconds() - cg;
         at::parallel_for(0, rows, internal::GrainFor(n), [&](int64_t lo, int64_t hi) {
           std::vector<T> scratch;
           std::vector<int64_t> scratch_idx;
@@ -367,9 +376,10 @@ absl::Status EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const Ste
   for (int64_t r0 = 0; r0 < B; r0 += R) {
     const int64_t rows = std::min(R, B - r0);
     at::Tensor zb = zbuf.narrow(0, 0, rows);
-    const double tg = NowSeconds();
+    const double tg = NowSeconds(), cg = ThreadCpuSeconds();
     at::addmm_out(zb, p.b_enc, enc_in.narrow(0, r0, rows), enc_wt);
     s.gemm_seconds += NowSeconds() - tg;
+    s.gemm_cpu_seconds += ThreadCpuSeconds() - cg;
     const T* Z = zb.data_ptr<T>();
     at::parallel_for(0, rows, internal::GrainFor(n), [&](int64_t lo, int64_t hi) {
       std::vector<T> scratch;
@@ -847,34 +857,27 @@ struct AdamConsts {
 
 // One row of Adam over `cols` elements with the clip-scaled gradient gr, then
 // (renorm) the row scaled to unit norm and (lr set) its bf16 copy refreshed.
-// The fused step (StepAndUpdate) and AdamUpdate both update every row
-// through this function, so they agree bit for bit.
 template <typename T>
-inline void AdamRowTo(const T* pr, const T* __restrict gr, const T* mr, const T* vr, int64_t cols,
-                      const AdamConsts<T> k, bool renorm, float* __restrict lr, T* po, T* mo, T* vo) {
+inline void AdamRow(T* __restrict pr, const T* __restrict gr, T* __restrict mr, T* __restrict vr, int64_t cols,
+                    const AdamConsts<T> k, bool renorm, float* __restrict lr) {
 #pragma omp simd
   for (int64_t i = 0; i < cols; ++i) {
     const T gi = gr[i] * k.cs;
     const T mi = k.b1 * mr[i] + k.omb1 * gi;
     const T vi = k.b2 * vr[i] + k.omb2 * gi * gi;
-    mo[i] = mi;
-    vo[i] = vi;
-    po[i] = pr[i] - k.step * mi / (std::sqrt(vi) * k.inv_sqrt_bc2 + k.eps);
+    mr[i] = mi;
+    vr[i] = vi;
+    pr[i] = pr[i] - k.step * mi / (std::sqrt(vi) * k.inv_sqrt_bc2 + k.eps);
   }
   if (renorm) {
-    const T nrm = std::sqrt(Dot4(cols, static_cast<const T*>(po), static_cast<const T*>(po)));
+    const T nrm = std::sqrt(Dot4(cols, static_cast<const T*>(pr), static_cast<const T*>(pr)));
     if (nrm > 0) {
       const T inv = T(1) / nrm;
-      for (int64_t i = 0; i < cols; ++i) po[i] *= inv;
+      for (int64_t i = 0; i < cols; ++i) pr[i] *= inv;
     }
   }
   if (lr != nullptr)
-    for (int64_t i = 0; i < cols; ++i) lr[i] = RoundToBF16(static_cast<float>(po[i]));
-}
-template <typename T>
-inline void AdamRow(T* pr, const T* __restrict gr, T* mr, T* vr, int64_t cols, const AdamConsts<T> k, bool renorm,
-                    float* __restrict lr) {
-  AdamRowTo(pr, gr, mr, vr, cols, k, renorm, lr, pr, mr, vr);
+    for (int64_t i = 0; i < cols; ++i) lr[i] = RoundToBF16(static_cast<float>(pr[i]));
 }
 
 template <typename T>
@@ -887,16 +890,6 @@ void AdamRows(T* __restrict p, const T* __restrict g, T* __restrict m, T* __rest
               lowp != nullptr ? lowp + r * cols : nullptr);
   });
 }
-
-// What the fused step (StepAndUpdate) updates, and its outputs.
-template <typename T>
-struct FusedAdam {
-  SaeParams* params = nullptr;
-  AdamConfig cfg;  // clip_scale 1
-  AdamState* state = nullptr;
-  float* lowp = nullptr;  // W_enc's bf16 copy, or null
-  double grad_norm = 0;   // out: the global gradient norm (0 when the loss was not finite: nothing moved)
-};
 
 // Step 5 for latents [lo, hi), on the calling thread: for each, its
 // gradient rows into ge (∂W_enc[l]) and gd (∂W_dec[l], projected off the
@@ -961,11 +954,9 @@ void LatentRowGradients(const T* Wdec, int64_t d, const FiredByLatent<T>& f, con
 // Step 5 into the dense gradients. Rows accumulate in thread-local buffers
 // and are written once with streaming stores, so the 2·n·d gradient bytes do
 // not evict the residual rows that the next latents read.
-// With norm2 set, also Σ‖∂W_enc[l]‖² + ‖∂W_dec[l]‖² over the rows while
-// they are in L1 (added in chunk order: deterministic).
 template <typename T>
 void LatentGradients(const SaeParams& p, const FiredByLatent<T>& f, const T* XC, const T* GX, const T* GA, const T* GT,
-                     bool project, SaeGrads* grads, double* norm2 = nullptr) {
+                     bool project, SaeGrads* grads) {
   const int64_t d = p.d_in(), n = p.latents();
   const T* Wdec = p.W_dec.data_ptr<T>();
   T* gWenc = grads->W_enc.data_ptr<T>();
@@ -974,117 +965,18 @@ void LatentGradients(const SaeParams& p, const FiredByLatent<T>& f, const T* XC,
   const int64_t n_items = static_cast<int64_t>(f.items.size());
   const T* const grad_of[3] = {GX, GA, GT};  // by Item::src
   const int64_t per_latent = 3 * d * (n_items / std::max<int64_t>(n, 1)) + 2 * d;
-  std::mutex mu;
-  std::vector<std::pair<int64_t, double>> parts;
   at::parallel_for(0, n, internal::GrainFor(per_latent), [&](int64_t lo, int64_t hi) {
     std::vector<T> ge_buf(static_cast<size_t>(d)), gd_buf(static_cast<size_t>(d));
-    double part = 0;
     LatentRowGradients(Wdec, d, f, XC, grad_of, project, lo, hi, ge_buf.data(), gd_buf.data(),
                        [&](int64_t l, const T* ge, const T* gd, T gb) {
                          internal::StoreRow(d, ge, gWenc + l * d);
                          internal::StoreRow(d, gd, gWdec + l * d);
                          gbenc[l] = gb;
-                         if (norm2 != nullptr) part += SumSquares(d, ge) + SumSquares(d, gd);
                        });
-    if (norm2 != nullptr) {
-      std::lock_guard<std::mutex> lock(mu);
-      parts.emplace_back(lo, part);
-    }
-  });
-  if (norm2 != nullptr) {
-    std::sort(parts.begin(), parts.end());
-    *norm2 = 0;
-    for (auto& [lo, part] : parts) *norm2 += part;
-  }
-#if defined(__AVX2__)
-  _mm_sfence();
-#endif
-}
-
-// Step 5 fused with Adam (StepAndUpdate): each latent's gradient rows, while
-// in L1, update its W_enc and W_dec rows and their moments at once, so the
-// 2·n·d dense gradients are never written nor read back. Also collects what
-// needs the rows before they move: Σ_l ∂b_enc[l] W_enc[l] (b_dec's gradient,
-// step 6, in `bdec_w`, double) and Σ‖∂W‖² (the gradient norm). ∂b_enc goes
-// into gbenc.
-template <typename T>
-double LatentGradientsAdam(const FiredByLatent<T>& f, const T* XC, const T* GX, const T* GA, const T* GT, bool project,
-                           FusedAdam<T>* fa, double bc1, double bc2, T* gbenc, std::vector<double>* bdec_w) {
-  SaeParams& p = *fa->params;
-  AdamState& st = *fa->state;
-  const int64_t d = p.d_in(), n = p.latents();
-  T* Wenc = p.W_enc.data_ptr<T>();
-  T* Wdec = p.W_dec.data_ptr<T>();
-  T* mE = st.m_W_enc.data_ptr<T>();
-  T* vE = st.v_W_enc.data_ptr<T>();
-  T* mD = st.m_W_dec.data_ptr<T>();
-  T* vD = st.v_W_dec.data_ptr<T>();
-  const AdamConsts<T> k(fa->cfg, bc1, bc2);
-  const bool renorm = fa->cfg.renormalize_decoder;
-  float* lowp = fa->lowp;
-  const int64_t n_items = static_cast<int64_t>(f.items.size());
-  const T* const grad_of[3] = {GX, GA, GT};
-  const int64_t per_latent = 3 * d * (n_items / std::max<int64_t>(n, 1)) + 16 * d;
-  const int64_t row_bytes = d * static_cast<int64_t>(sizeof(T));
-  // Each chunk's partial sums, added in chunk order afterwards (deterministic).
-  struct Part {
-    int64_t lo;
-    double norm2;
-    std::vector<double> acc;
-  };
-  std::mutex mu;
-  std::vector<Part> parts;
-  at::parallel_for(0, n, internal::GrainFor(per_latent), [&](int64_t lo, int64_t hi) {
-    std::vector<T> ge_buf(static_cast<size_t>(d)), gd_buf(static_cast<size_t>(d)), out_buf(static_cast<size_t>(3 * d));
-    T* po = out_buf.data();
-    T* mo = po + d;
-    T* vo = mo + d;
-    std::vector<double> acc(static_cast<size_t>(d), 0.0);
-    double part = 0;
-    LatentRowGradients(
-        static_cast<const T*>(Wdec), d, f, XC, grad_of, project, lo, hi, ge_buf.data(), gd_buf.data(),
-        [&](int64_t l, const T* ge, const T* gd, T gb) {
-          gbenc[l] = gb;
-          T* we = Wenc + l * d;
-          if (gb != 0) {
-            const double g = gb;
-            for (int64_t i = 0; i < d; ++i) acc[i] += g * we[i];
-          }
-          part += SumSquares(d, ge) + SumSquares(d, gd);
-          // The next latent's rows and moments: fetched
-          // non-temporally, and the new values computed into
-          // L1 and stored past the cache, so that the 6 n·d
-          // streamed floats keep the residual rows (the
-          // random reads) in the shared cache.
-          if (l + 1 < hi)
-            for (const T* r : {we + d, mE + (l + 1) * d, vE + (l + 1) * d, mD + (l + 1) * d, vD + (l + 1) * d}) {
-              const char* c = reinterpret_cast<const char*>(r);
-              for (int64_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(c + off, 0, 0);
-            }
-          AdamRowTo(we, ge, mE + l * d, vE + l * d, d, k, false, lowp != nullptr ? lowp + l * d : nullptr, po, mo, vo);
-          internal::StoreRow(d, po, we);
-          internal::StoreRow(d, mo, mE + l * d);
-          internal::StoreRow(d, vo, vE + l * d);
-          T* wd = Wdec + l * d;
-          AdamRowTo(wd, gd, mD + l * d, vD + l * d, d, k, renorm, nullptr, po, mo, vo);
-          internal::StoreRow(d, po, wd);
-          internal::StoreRow(d, mo, mD + l * d);
-          internal::StoreRow(d, vo, vD + l * d);
-        });
-    std::lock_guard<std::mutex> lock(mu);
-    parts.push_back({lo, part, std::move(acc)});
   });
 #if defined(__AVX2__)
   _mm_sfence();
 #endif
-  std::sort(parts.begin(), parts.end(), [](const Part& a, const Part& b) { return a.lo < b.lo; });
-  double norm2 = 0;
-  bdec_w->assign(static_cast<size_t>(d), 0.0);
-  for (const Part& pt : parts) {
-    norm2 += pt.norm2;
-    for (int64_t i = 0; i < d; ++i) (*bdec_w)[i] += pt.acc[i];
-  }
-  return norm2;
 }
 
 // Removes from each listed decoder row's gradient its component along the
@@ -1106,12 +998,9 @@ void ProjectDecoderRows(const SaeParams& p, const std::vector<int64_t>& rows, Sa
 
 // The CPU step (ALGORITHMS.md §1, §2, §4): steps 1-5 above, then b_dec's
 // gradient (6), Ghost Grads over the dead set (7) and the metrics (8).
-// With `fa` (StepAndUpdate's fused path: no Ghost Grads, no clipping) step 5
-// updates the parameters (LatentGradientsAdam), then b_enc and b_dec follow;
-// `grads` is not touched.
 template <typename T>
 absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const StepConfig& cfg, SaeGrads* grads,
-                               StepResult* res, FusedAdam<T>* fa = nullptr, double* w_norm2 = nullptr) {
+                               StepResult* res) {
   const int64_t B = x_in.size(0), d = p.d_in();
   const at::ScalarType st = p.W_enc.scalar_type();
   const RemedyPlan rp = internal::PlanRemedy(cfg, d);
@@ -1135,12 +1024,10 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
     if (sel.fused) {
       // GEMM and top-k interleave per block: one phase (plus the weights' reorder).
       clock.End("encode_fused");
-      res->phase_seconds.back().second -= sel.gemm_seconds;
-      res->phase_seconds.insert(res->phase_seconds.end() - 1, {"encode_prepare", sel.gemm_seconds});
+      clock.SplitLast("encode_prepare", sel.gemm_seconds, sel.gemm_cpu_seconds);
     } else {
       clock.End("encode_topk");
-      res->phase_seconds.back().second -= sel.gemm_seconds;
-      res->phase_seconds.insert(res->phase_seconds.end() - 1, {"encode_gemm", sel.gemm_seconds});
+      clock.SplitLast("encode_gemm", sel.gemm_seconds, sel.gemm_cpu_seconds);
     }
   }
 
@@ -1180,34 +1067,7 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
       ResidualGradients<T>(X, XC, xhat.data_ptr<T>(), EH, p.b_dec.data_ptr<T>(), B, d, 2.0 / denom,
                            2.0 * cfg.aux_coefficient * rp.aux_scale / denom, cfg.auxk_fit, mt, gx.data_ptr<T>(), GA);
   clock.End("residual");
-  if (fa != nullptr) {
-    // The metrics first: with a loss that is not finite nothing moves.
-    internal::FillStepMetrics(sums, f.active, total_var, 0, cfg, rp, B, d, res);
-    clock.End("scatter");
-    if (!std::isfinite(res->loss)) return absl::OkStatus();
-    AdamState* as = fa->state;
-    as->step += 1;
-    const double bc1 = 1 - std::pow(fa->cfg.beta1, static_cast<double>(as->step));
-    const double bc2 = 1 - std::pow(fa->cfg.beta2, static_cast<double>(as->step));
-    const int64_t n = p.latents();
-    std::vector<T> benc_grad(static_cast<size_t>(n)), bdec_grad(static_cast<size_t>(d));
-    std::vector<double> bdec_w;
-    double norm2 = LatentGradientsAdam<T>(f, XC, gx.data_ptr<T>(), GA, mt.GT, cfg.project_decoder_grad, fa, bc1, bc2,
-                                          benc_grad.data(), &bdec_w);
-    clock.End("scatter_adam");
-    BDecGradient<T>(multi ? gbdec.data_ptr<T>() : gx.data_ptr<T>(), B, nullptr, nullptr, 0, d, bdec_grad.data(),
-                    bdec_w.data());
-    norm2 += SumSquares(n, benc_grad.data()) + SumSquares(d, bdec_grad.data());
-    AdamRows<T>(p.b_enc.data_ptr<T>(), benc_grad.data(), as->m_b_enc.data_ptr<T>(), as->v_b_enc.data_ptr<T>(), 1, n,
-                fa->cfg, bc1, bc2, false, nullptr);
-    AdamRows<T>(p.b_dec.data_ptr<T>(), bdec_grad.data(), as->m_b_dec.data_ptr<T>(), as->v_b_dec.data_ptr<T>(), 1, d,
-                fa->cfg, bc1, bc2, false, nullptr);
-    fa->grad_norm = std::sqrt(norm2);
-    clock.End("b_dec_adam");
-    return absl::OkStatus();
-  }
-  LatentGradients<T>(p, f, XC, gx.data_ptr<T>(), GA, mt.GT, cfg.project_decoder_grad, grads,
-                     rp.ghost ? nullptr : w_norm2);
+  LatentGradients<T>(p, f, XC, gx.data_ptr<T>(), GA, mt.GT, cfg.project_decoder_grad, grads);
   clock.End("scatter");
 
   // 6. b_dec: Σ_rows ∂/∂x̂ from the decode, minus Σ_l (∂/∂b_enc[l]) W_enc[l]
@@ -1424,74 +1284,6 @@ void AdamUpdate(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg,
   } else {
     AdamUpdateT<float>(params, grads, cfg, state, W_enc_lowp);
   }
-}
-
-absl::Status StepAndUpdate(SaeParams* params, const at::Tensor& x, const StepConfig& cfg, const AdamConfig& adam,
-                           double max_grad_norm, bool fuse, AdamState* state, at::Tensor* W_enc_lowp, SaeGrads* grads,
-                           StepResult* result, double* grad_norm) {
-  const SaeParams& p = *params;
-  const internal::RemedyPlan rp = internal::PlanRemedy(cfg, p.W_enc.defined() ? p.d_in() : 1);
-  const bool fused = fuse && max_grad_norm <= 0 && !rp.ghost && !cfg.aten && p.W_enc.defined() &&
-                     p.W_enc.device().is_cpu() &&
-                     (p.W_enc.scalar_type() == at::kFloat || p.W_enc.scalar_type() == at::kDouble);
-  if (fused) {
-    SAE_RETURN_IF_ERROR(internal::CheckShapes(p, x, cfg.k));
-    try {
-      at::NoGradGuard no_grad;
-      absl::Status st;
-      auto run = [&](auto tag) {
-        using T = decltype(tag);
-        FusedAdam<T> fa;
-        fa.params = params;
-        fa.cfg = adam;
-        fa.cfg.clip_scale = 1.0;
-        fa.state = state;
-        fa.lowp = (std::is_same_v<T, float> && W_enc_lowp != nullptr && W_enc_lowp->defined())
-                      ? W_enc_lowp->data_ptr<float>()
-                      : nullptr;
-        st = ComputeGradientsT<T>(p, x, cfg, grads, result, &fa);
-        *grad_norm = fa.grad_norm;
-      };
-      if (p.W_enc.scalar_type() == at::kFloat) {
-        run(float{});
-      } else {
-        run(double{});
-      }
-      return st;
-    } catch (const c10::Error& e) {
-      return absl::InternalError(absl::StrCat("sae step: ", e.what_without_backtrace()));
-    }
-  }
-  // With `fuse` and the CPU step the weight rows' part of the norm comes from
-  // the latent pass (the rows in L1), not from a pass over the dense
-  // gradients (not with Ghost Grads: it adds to the rows afterwards).
-  double w_norm2 = -1;
-  if (fuse && !rp.ghost && !cfg.aten && p.W_enc.defined() && p.W_enc.device().is_cpu() &&
-      p.W_enc.scalar_type() == at::kFloat && x.dim() == 2) {
-    SAE_RETURN_IF_ERROR(internal::CheckShapes(p, x, cfg.k));
-    try {
-      at::NoGradGuard no_grad;
-      SAE_RETURN_IF_ERROR(ComputeGradientsT<float>(p, x, cfg, grads, result, nullptr, &w_norm2));
-    } catch (const c10::Error& e) {
-      return absl::InternalError(absl::StrCat("sae step: ", e.what_without_backtrace()));
-    }
-  } else {
-    SAE_RETURN_IF_ERROR(ComputeGradients(p, x, cfg, grads, result));
-  }
-  if (!std::isfinite(result->loss)) return absl::OkStatus();
-  const double t0 = NowSeconds(), c0 = ThreadCpuSeconds();
-  if (w_norm2 >= 0) {
-    *grad_norm = std::sqrt(w_norm2 + SumSquares(grads->b_enc.numel(), grads->b_enc.data_ptr<float>()) +
-                           SumSquares(grads->b_dec.numel(), grads->b_dec.data_ptr<float>()));
-  } else {
-    *grad_norm = GlobalGradNorm(*grads);
-  }
-  AdamConfig ac = adam;
-  ac.clip_scale = ClipScale(*grad_norm, max_grad_norm);
-  AdamUpdate(params, *grads, ac, state, W_enc_lowp);
-  result->phase_seconds.emplace_back("optimizer", NowSeconds() - t0);
-  result->phase_cpu_seconds.emplace_back("optimizer", ThreadCpuSeconds() - c0);
-  return absl::OkStatus();
 }
 
 void RoundToBF16InPlace(at::Tensor t) {

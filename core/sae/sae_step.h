@@ -166,24 +166,6 @@ double ClipScale(double norm, double max_norm);
 void AdamUpdate(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg, AdamState* state,
                 at::Tensor* W_enc_lowp);
 
-// The step and its Adam update, what SaeTrainer runs on a single process:
-// ComputeGradients, GlobalGradNorm, ClipScale(norm, max_grad_norm) and
-// AdamUpdate (`adam.clip_scale` is ignored). Where the update needs nothing
-// global first (max_grad_norm <= 0, no Ghost Grads, the CPU step) and `fuse`,
-// the update runs inside the latent pass: each latent's gradient rows update
-// its W_enc and W_dec rows and moments while in cache, so the dense gradients
-// are never written nor read back (`grads` is left untouched;
-// docs/performance.md "non-GEMM share"). Otherwise exactly the unfused
-// sequence runs, into `grads` (with `fuse`, the gradient norm from the
-// latent pass instead of a pass over `grads`). Both give the same parameters to float
-// rounding (sae_step_test FusedUpdate*; every latent's rows move every step,
-// with or without a gradient). When the loss is not finite nothing is
-// updated (the caller sees result->loss). *grad_norm: the global gradient
-// norm before clipping.
-absl::Status StepAndUpdate(SaeParams* params, const at::Tensor& x, const StepConfig& cfg, const AdamConfig& adam,
-                           double max_grad_norm, bool fuse, AdamState* state, at::Tensor* W_enc_lowp, SaeGrads* grads,
-                           StepResult* result, double* grad_norm);
-
 // Rounds every element to the nearest bfloat16 value (kept in float32).
 void RoundToBF16InPlace(at::Tensor t);
 

@@ -23,7 +23,9 @@ struct StepMetrics {
   double recon_norm_ratio = 0;
   double allreduce_seconds = 0;  // gradient and statistics all-reduces
   int64_t allreduce_bytes = 0;
-  std::vector<std::pair<const char*, double>> phase_seconds;
+  // Wall time of each phase of the step, in order, and the calling thread's
+  // CPU time in the same phases (the step's own cost with one thread).
+  std::vector<std::pair<const char*, double>> phase_seconds, phase_cpu_seconds;
 };
 
 }  // namespace sae

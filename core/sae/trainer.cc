@@ -335,7 +335,7 @@ absl::Status SaeTrainer::MatchEncoderScale(const at::Tensor& xn_cpu) {
 }
 
 absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) {
-  const double t0 = SteadyNow();
+  const double t0 = SteadyNow(), c0 = ThreadCpuNow();
   if (rows <= 0) return absl::InvalidArgumentError("empty batch");
   SAE_RETURN_IF_ERROR(CheckFinite(x_rows, rows, opts_.d_in));
   try {
@@ -385,17 +385,9 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     StepResult res;
     AdamConfig ac;
     ac.lr = LearningRateAt(step_);
-    double norm = 0;
-    const double t_input = SteadyNow();  // the batch's checks, copy and normalisation took t_input − t0
-    if (world() == 1) {
-      // The step and the update together (fused where grad_clip is 0): the
-      // step records its "optimizer" phase (or "scatter_adam" and
-      // "b_dec_adam" when fused) itself.
-      SAE_RETURN_IF_ERROR(StepAndUpdate(&params_, x_dev, cfg, ac, opts_.grad_clip, opts_.fused_update, &adam_,
-                                        opts_.bf16 ? &w_enc_lowp_ : nullptr, &grads_, &res, &norm));
-    } else {
-      SAE_RETURN_IF_ERROR(ComputeGradients(params_, x_dev, cfg, &grads_, &res));
-    }
+    // The batch's checks, copy and normalisation took t_input − t0.
+    const double t_input = SteadyNow(), c_input = ThreadCpuNow();
+    SAE_RETURN_IF_ERROR(ComputeGradients(params_, x_dev, cfg, &grads_, &res));
     if (world() > 1) {
       // Each rank's loss is normalised by the global Σ‖x − x̄‖², so the
       // global gradient is the sum of the ranks' gradients: one all-reduce
@@ -434,13 +426,12 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     }
     if (!std::isfinite(res.loss)) return absl::InternalError(absl::StrCat("step ", step_, ": loss is not finite"));
 
-    const double t_norm = SteadyNow();
-    if (world() > 1) {
-      // Clipping and Adam need the all-reduced gradients: the unfused update.
-      norm = GlobalGradNorm(grads_);
-      ac.clip_scale = ClipScale(norm, opts_.grad_clip);
-      AdamUpdate(&params_, grads_, ac, &adam_, opts_.bf16 ? &w_enc_lowp_ : nullptr);
-    }
+    // Clipping and Adam need the whole (with ranks, all-reduced) gradient.
+    const double t_norm = SteadyNow(), c_norm = ThreadCpuNow();
+    const double norm = GlobalGradNorm(grads_);
+    ac.clip_scale = ClipScale(norm, opts_.grad_clip);
+    AdamUpdate(&params_, grads_, ac, &adam_, opts_.bf16 ? &w_enc_lowp_ : nullptr);
+    const double t_update = SteadyNow(), c_update = ThreadCpuNow();
     dead_.Update(res.fired.data(), global_rows);
     ++step_;
     tokens_ += global_rows;
@@ -466,6 +457,10 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     m.allreduce_bytes = allreduce_bytes_;
     m.phase_seconds.emplace_back("input", t_input - t0);
     m.phase_seconds.insert(m.phase_seconds.end(), res.phase_seconds.begin(), res.phase_seconds.end());
+    m.phase_seconds.emplace_back("optimizer", t_update - t_norm);
+    m.phase_cpu_seconds.emplace_back("input", c_input - c0);
+    m.phase_cpu_seconds.insert(m.phase_cpu_seconds.end(), res.phase_cpu_seconds.begin(), res.phase_cpu_seconds.end());
+    m.phase_cpu_seconds.emplace_back("optimizer", c_update - c_norm);
     if (screen_) {
       m.screen_fallback_rows = screen_->last().fallback_rows;
       m.screen_candidates = screen_->last().candidates;
@@ -473,7 +468,8 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     // On a GPU the update is queued: wait for it so the step time is real.
     if (!device_.is_cpu()) params_.b_dec.select(0, 0).item<float>();
     const double t_end = SteadyNow();
-    m.phase_seconds.emplace_back(world() > 1 ? "optimizer" : "after_update", t_end - t_norm);
+    m.phase_seconds.emplace_back("after_update", t_end - t_update);
+    m.phase_cpu_seconds.emplace_back("after_update", ThreadCpuNow() - c_update);
     m.seconds = t_end - t0;
     return m;
   } catch (const c10::Error& e) {

@@ -67,13 +67,6 @@ struct TrainerOptions {
   LrDecay lr_decay = LrDecay::kNone;
   double decay_start_fraction = 0.8;
   double grad_clip = 1.0;
-  // One process (no communicator): the Adam update inside the step's latent
-  // pass where nothing global is needed first (grad_clip 0, no Ghost Grads),
-  // and with clipping the gradient norm from that pass (StepAndUpdate in
-  // core/sae/sae_step.h); the same parameters to float rounding. Off by
-  // default: on the 2-core EPYC it was not faster (docs/performance.md
-  // "non-GEMM share"); false is the separate update.
-  bool fused_update = false;
   uint64_t seed = 0;
   bool bf16 = false;
   // train.encoder: int8_screened (core/sae/int8_screen.h): the top-k through
