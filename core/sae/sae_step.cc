@@ -70,9 +70,11 @@ using internal::Reuse;
 using internal::StepSums;
 
 // Σ‖x − x̄‖² over the rows of x (B×d), x̄ the column mean, accumulated in
-// double in two passes (stable for activations with a large mean).
+// double in two passes (stable for activations with a large mean). With xc
+// and bd set, the second pass also writes xc = x − bd (the step's encoder
+// input: one pass over the batch fewer than centring separately).
 template <typename T>
-double TotalVariance(const T* x, int64_t B, int64_t d) {
+double TotalVariance(const T* x, int64_t B, int64_t d, const T* bd = nullptr, T* xc = nullptr) {
   std::vector<double> mean(static_cast<size_t>(d), 0.0);
   for (int64_t b = 0; b < B; ++b)
     for (int64_t i = 0; i < d; ++i) mean[i] += x[b * d + i];
@@ -85,6 +87,8 @@ double TotalVariance(const T* x, int64_t B, int64_t d) {
         const double* mu = mean.data();
         for (int64_t b = lo; b < hi; ++b) {
           const T* xr = x + b * d;
+          if (xc != nullptr)
+            for (int64_t i = 0; i < d; ++i) xc[b * d + i] = xr[i] - bd[i];
           double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
           int64_t i = 0;
           for (; i + 4 <= d; i += 4) {
@@ -484,6 +488,17 @@ void SortByLatent(const Selection& s, int64_t n, int64_t fire_k, int64_t kt, std
   }
 }
 
+// How many entries ahead the sparse passes (Decode, LatentRowGradients)
+// prefetch the random rows an entry reads or writes: about 2 KiB of rows
+// ahead (8 entries at d 64, one from d 512 up). One entry ahead (as first
+// written) hides an L2 hit but not an L3 one: at d 64 an entry's work is
+// ~10 ns against ~50 ns of L3 latency, and the B×d rows (1 MB each at d 64,
+// batch 4096) do not all stay in L2 (docs/performance.md "Fixed costs of
+// the small-d step").
+inline int64_t PrefetchAhead(int64_t row_bytes) {
+  return std::clamp<int64_t>(2048 / std::max<int64_t>(row_bytes, 1), 1, 16);
+}
+
 // Step 3. Decode x̂ = b_dec + Σ a W_dec[i], AuxK's ê = Σ a W_dec[i] (no
 // b_dec; EH null without AuxK) and Multi-TopK's tail (TH, no b_dec; null
 // without): each thread owns a range of rows and streams the decoder once.
@@ -497,6 +512,8 @@ void Decode(const SaeParams& p, const FiredByLatent<T>& f, int64_t B, T* XH, T* 
   const int64_t parts =
       std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), B, work / internal::kMinParallelWork}));
   T* const dst_of[3] = {XH, EH, TH};
+  const int64_t row_bytes = d * static_cast<int64_t>(sizeof(T));
+  const int64_t ahead = PrefetchAhead(row_bytes), n_items = static_cast<int64_t>(f.items.size());
   at::parallel_for(0, parts, 1, [&](int64_t plo, int64_t phi) {
     for (int64_t part = plo; part < phi; ++part) {
       const int64_t rlo = B * part / parts, rhi = B * (part + 1) / parts;
@@ -508,12 +525,14 @@ void Decode(const SaeParams& p, const FiredByLatent<T>& f, int64_t B, T* XH, T* 
           const auto& it = f.items[t];
           if (it.row < rlo) continue;
           if (it.row >= rhi) break;
-          // The destination rows are random: fetch the next one of this
-          // part while this one is updated.
-          if (t + 1 < end && f.items[t + 1].row < rhi) {
-            const auto& nx = f.items[t + 1];
-            const char* dn = reinterpret_cast<const char*>(dst_of[nx.src] + int64_t{nx.row} * d);
-            for (int64_t off = 0; off < d * static_cast<int64_t>(sizeof(T)); off += 64) __builtin_prefetch(dn + off, 1);
+          // The destination rows are random: fetch the one `ahead` entries
+          // on (of this part) while this one is updated.
+          if (t + ahead < n_items) {
+            const auto& nx = f.items[t + ahead];
+            if (nx.row >= rlo && nx.row < rhi) {
+              const char* dn = reinterpret_cast<const char*>(dst_of[nx.src] + int64_t{nx.row} * d);
+              for (int64_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(dn + off, 1);
+            }
           }
           Axpy(d, it.a, w, dst_of[it.src] + int64_t{it.row} * d);
         }
@@ -909,6 +928,7 @@ void LatentRowGradients(const T* Wdec, int64_t d, const FiredByLatent<T>& f, con
   const T* xrow[kGroup];
   const int64_t n_items = static_cast<int64_t>(f.items.size());
   const int64_t row_bytes = d * static_cast<int64_t>(sizeof(T));
+  const int64_t ahead = PrefetchAhead(row_bytes);
   for (int64_t l = lo; l < hi; ++l) {
     const T* w = Wdec + l * d;
     // The next decoder row, read once per step: fetched non-temporally, so
@@ -930,8 +950,8 @@ void LatentRowGradients(const T* Wdec, int64_t d, const FiredByLatent<T>& f, con
         const auto& it = f.items[g0 + q];
         grow[q] = grad_of[it.src] + int64_t{it.row} * d;
         xrow[q] = XC + int64_t{it.row} * d;
-        // The rows of the next entry are random: start fetching them now.
-        const auto& next = f.items[g0 + q + 1 < n_items ? g0 + q + 1 : g0 + q];
+        // The rows of the entries ahead are random: start fetching them now.
+        const auto& next = f.items[g0 + q + ahead < n_items ? g0 + q + ahead : g0 + q];
         const char* gn = reinterpret_cast<const char*>(grad_of[next.src] + int64_t{next.row} * d);
         const char* xn = reinterpret_cast<const char*>(XC + int64_t{next.row} * d);
         for (int64_t off = 0; off < row_bytes; off += 64) {
@@ -1009,9 +1029,15 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   PhaseClock clock(res);
   // Σ‖x − x̄‖² (fvu's denominator) in double.
   double total_var = cfg.total_var;
-  if (total_var <= 0) total_var = TotalVariance(X, B, d);
+  at::Tensor* xc_slot = cfg.workspace ? &cfg.workspace->xc : nullptr;
+  at::Tensor xc;  // x − b_dec, B×d
+  if (total_var <= 0) {
+    xc = Reuse(xc_slot, {B, d}, st);
+    total_var = TotalVariance(X, B, d, p.b_dec.data_ptr<T>(), xc.data_ptr<T>());
+  } else {
+    xc = CenterRows<T>(x, p.b_dec, xc_slot);
+  }
   const double denom = total_var > 0 ? total_var : 1.0;
-  at::Tensor xc = CenterRows<T>(x, p.b_dec, cfg.workspace ? &cfg.workspace->xc : nullptr);  // B×d
   const T* XC = xc.data_ptr<T>();
   clock.End("prepare");
 

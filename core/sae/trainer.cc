@@ -30,12 +30,18 @@ std::vector<std::pair<std::string, at::Tensor*>> StateTensors(SaeParams* p, Adam
           {"adam.v.W_dec", &a->v_W_dec}, {"adam.m.b_dec", &a->m_b_dec}, {"adam.v.b_dec", &a->v_b_dec}};
 }
 
-absl::Status CheckFinite(const float* x, int64_t rows, int64_t d) {
+// Copies rows × d floats from x to out, checking every value is finite on
+// the way (one pass over the batch: the check and the copy were two).
+absl::Status CopyFinite(const float* x, int64_t rows, int64_t d, float* __restrict out) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = x + r * d;
+    float* dst = out + r * d;
     float acc = 0;
 #pragma omp simd reduction(+ : acc)
-    for (int64_t i = 0; i < d; ++i) acc += row[i] * 0.0f;  // NaN for NaN or Inf
+    for (int64_t i = 0; i < d; ++i) {
+      dst[i] = row[i];
+      acc += row[i] * 0.0f;  // NaN for NaN or Inf
+    }
     if (acc != 0 || std::isnan(acc)) {
       for (int64_t i = 0; i < d; ++i)
         if (!std::isfinite(row[i]))
@@ -337,13 +343,12 @@ absl::Status SaeTrainer::MatchEncoderScale(const at::Tensor& xn_cpu) {
 absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) {
   const double t0 = SteadyNow(), c0 = ThreadCpuNow();
   if (rows <= 0) return absl::InvalidArgumentError("empty batch");
-  SAE_RETURN_IF_ERROR(CheckFinite(x_rows, rows, opts_.d_in));
   try {
     // The batch's copy (normalised in place) in a buffer kept across steps:
     // a fresh one is page faults every step at small d.
     if (!input_buf_.defined() || input_buf_.size(0) != rows || input_buf_.size(1) != opts_.d_in)
       input_buf_ = at::empty({rows, opts_.d_in}, at::kFloat);
-    std::memcpy(input_buf_.data_ptr<float>(), x_rows, sizeof(float) * static_cast<size_t>(rows * opts_.d_in));
+    SAE_RETURN_IF_ERROR(CopyFinite(x_rows, rows, opts_.d_in, input_buf_.data_ptr<float>()));
     at::Tensor x = input_buf_;
     if (!initialized_) SAE_RETURN_IF_ERROR(Initialize(x));
     NormalizeRows(x.data_ptr<float>(), rows);
