@@ -37,20 +37,22 @@ struct RowTops {
   std::vector<int32_t> i;
   std::vector<int32_t> cnt;
 #if defined(__AVX512F__)
-  // k <= 16: each row's top-k in one 16-lane vector (descending, −inf
-  // padded) and its latents in another, at vv/vi[r*16 ..]; OfferVec inserts
-  // without branches on the data.
-  bool vec = false;
+  // k <= 32: each row's top-k in `lanes` (16 for k <= 16, else 32) sorted
+  // lanes (descending, −inf padded) and its latents beside them, at
+  // vv/vi[r*lanes ..]; OfferVec / OfferVec2 insert without branches on the
+  // data (the sorted list's shifting loop cost ~85 cycles an insertion at
+  // k 32: docs/performance.md "d 256: the insertion, not the panel").
+  int lanes = 0;
   std::vector<float> vv;
   std::vector<int32_t> vi;
 #endif
   void Reset(int64_t rows, int64_t k_) {
     k = k_;
 #if defined(__AVX512F__)
-    vec = k <= 16;
-    if (vec) {
-      vv.assign(static_cast<size_t>(rows * 16), kNegInf);
-      vi.assign(static_cast<size_t>(rows * 16), 0);
+    lanes = k <= 16 ? 16 : k <= 32 ? 32 : 0;
+    if (lanes > 0) {
+      vv.assign(static_cast<size_t>(rows * lanes), kNegInf);
+      vi.assign(static_cast<size_t>(rows * lanes), 0);
       thr.assign(static_cast<size_t>(rows), kNegInf);
       return;
     }
@@ -121,6 +123,45 @@ struct RowTops {
     _mm512_storeu_ps(vv.data() + r * 16, tv);
     _mm512_storeu_si512(vi.data() + r * 16, ti);
     thr[r] = vv[r * 16 + k - 1];
+  }
+  // OfferVec over 32 lanes (16 < k <= 32): hi = lanes 0-15, lo = 16-31. The
+  // lanes below v are a suffix of the 32; lo's first lane takes hi's last
+  // when that one shifts down, and v lands in lo only when no lane of hi is
+  // below it.
+#if defined(__GNUC__)
+  __attribute__((noinline))
+#endif
+  void
+  OfferVec2(int r, const float* z, uint64_t mask, int32_t base) {
+    float* pv = vv.data() + r * 32;
+    int32_t* pi = vi.data() + r * 32;
+    __m512 hv = _mm512_loadu_ps(pv), lv = _mm512_loadu_ps(pv + 16);
+    __m512i hi = _mm512_loadu_si512(pi), li = _mm512_loadu_si512(pi + 16);
+    const __m512i ninf = _mm512_castps_si512(_mm512_set1_ps(kNegInf));
+    while (mask != 0) {
+      const int t = __builtin_ctzll(mask);
+      mask &= mask - 1;
+      const __m512 v = _mm512_set1_ps(z[t]);
+      const __m512i vi_ = _mm512_set1_epi32(base + t);
+      const __mmask16 lth = _mm512_cmp_ps_mask(hv, v, _CMP_LT_OQ);
+      const __mmask16 ltl = _mm512_cmp_ps_mask(lv, v, _CMP_LT_OQ);
+      const __mmask16 ath = _kandn_mask16(_kshiftli_mask16(lth, 1), lth);
+      const __mmask16 atl = _kandn_mask16(_kor_mask16(_kshiftli_mask16(ltl, 1), _kshiftri_mask16(lth, 15)), ltl);
+      const __m512 hv_sh = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hv), ninf, 15));
+      const __m512 lv_sh =
+          _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(lv), _mm512_castps_si512(hv), 15));
+      const __m512i hi_sh = _mm512_alignr_epi32(hi, hi, 15);
+      const __m512i li_sh = _mm512_alignr_epi32(li, hi, 15);
+      lv = _mm512_mask_mov_ps(_mm512_mask_mov_ps(lv, ltl, lv_sh), atl, v);
+      li = _mm512_mask_mov_epi32(_mm512_mask_mov_epi32(li, ltl, li_sh), atl, vi_);
+      hv = _mm512_mask_mov_ps(_mm512_mask_mov_ps(hv, lth, hv_sh), ath, v);
+      hi = _mm512_mask_mov_epi32(_mm512_mask_mov_epi32(hi, lth, hi_sh), ath, vi_);
+    }
+    _mm512_storeu_ps(pv, hv);
+    _mm512_storeu_ps(pv + 16, lv);
+    _mm512_storeu_si512(pi, hi);
+    _mm512_storeu_si512(pi + 16, li);
+    thr[r] = pv[k - 1];
   }
 #endif
 };
@@ -245,8 +286,10 @@ void SelectTile(const float* x, int64_t d, const float* wp, const float* bp, Row
     for (int c = 0; c < 4; ++c) _mm512_store_ps(tile[r] + 16 * c, acc[r][c]);
   for (int r = 0; r < R; ++r) {
     if (m[r] == 0) continue;
-    if (tops->vec) {
+    if (tops->lanes == 16) {
       tops->OfferVec(r0 + r, tile[r], m[r], base);
+    } else if (tops->lanes == 32) {
+      tops->OfferVec2(r0 + r, tile[r], m[r], base);
     } else {
       tops->Offer(r0 + r, tile[r], m[r], base);
     }
@@ -380,8 +423,9 @@ void SmallEncoder::SelectTopK(const float* x, int64_t rows, int64_t k, int64_t* 
     }
     for (int64_t r = 0; r < rb; ++r) {
 #if defined(__AVX512F__)
-      const float* rv = tops.vec ? tops.vv.data() + r * 16 : tops.v.data() + r * k;
-      const int32_t* ri = tops.vec ? tops.vi.data() + r * 16 : tops.i.data() + r * k;
+      const int L = tops.lanes;
+      const float* rv = L > 0 ? tops.vv.data() + r * L : tops.v.data() + r * k;
+      const int32_t* ri = L > 0 ? tops.vi.data() + r * L : tops.i.data() + r * k;
 #else
       const float* rv = tops.v.data() + r * k;
       const int32_t* ri = tops.i.data() + r * k;
