@@ -366,6 +366,15 @@ int64_t SmallEncoder::BlockRows() const {
   return std::clamp<int64_t>((int64_t{384} << 10) / (d_ * static_cast<int64_t>(sizeof(float))) / kR * kR, 48, 384);
 }
 
+int64_t SmallEncoder::ItemRows(int64_t rows, int64_t threads) const {
+  const int64_t rb = BlockRows();
+  if (rb <= 96) return 96;
+  const int64_t per_thread = (rows + std::max<int64_t>(threads, 1) - 1) / std::max<int64_t>(threads, 1);
+  const int64_t items = (per_thread + rb - 1) / rb;  // per thread
+  const int64_t item = (per_thread + items - 1) / items;
+  return std::min(rb, (item + kR - 1) / kR * kR);
+}
+
 const char* SmallEncoder::Kernel() {
 #if defined(__AVX512F__)
   return "avx512";

@@ -201,6 +201,29 @@ TEST(SmallEncoder, AgreesWithTheStepsSelection) {
   }
 }
 
+// Work items: 96 rows for an encoder in L2; for a larger one at most a
+// block, a multiple of the tile, and no more items than an equal share per
+// thread needs (so that every thread gets the same number, to one tile).
+TEST(SmallEncoder, ItemRowsShareTheBatchEvenly) {
+  SmallEncoder small, large;
+  const Problem ps = RandomProblem(1, 64, 4096, 1), pl = RandomProblem(1, 256, 4096, 2);
+  small.SetWeights(ps.W.data(), ps.b.data(), ps.n, ps.d);
+  large.SetWeights(pl.W.data(), pl.b.data(), pl.n, pl.d);
+  EXPECT_EQ(small.ItemRows(4096, 2), 96);
+  ASSERT_EQ(large.BlockRows(), 384);
+  EXPECT_EQ(large.ItemRows(4096, 2), 342);  // 12 items, 6 a thread (384-row items: 11)
+  for (int64_t B : {1, 7, 100, 383, 384, 385, 1000, 4096, 5000})
+    for (int64_t threads : {1, 2, 3, 16}) {
+      SCOPED_TRACE(testing::Message() << "B " << B << " threads " << threads);
+      const int64_t item = large.ItemRows(B, threads), items = (B + item - 1) / item;
+      const int64_t share = (B + threads - 1) / threads, per_thread = (share + 383) / 384;
+      EXPECT_LE(item, 384);
+      EXPECT_EQ(item % SmallEncoder::kTileRows, 0);
+      EXPECT_LE(items, threads * per_thread);
+      EXPECT_GE(item * per_thread, share);
+    }
+}
+
 // The kernel's order (ascending multiply-adds from zero, then the bias) is
 // the one oneDNN's AVX-512 f32 brgemm uses for K <= 256: where oneDNN runs
 // that kernel the pre-activations are bitwise equal, so the fused step
