@@ -27,8 +27,8 @@ case "${SAE_FULL_CHECKS:-0}" in
   ci)
     # The LibTorch side (test_sae_step to test_e2e_serve) adds about 1800 CPU-s
     # of build and 9 minutes of tests (docs/reliability.md, "What CI runs").
-    SAE_ASAN_TARGETS="test_base test_data test_coordinator test_telemetry test_report test_comm test_sae_step test_k_schedule test_trainer test_checkpoint test_int8_screen test_lm test_interp test_worker_units test_lm_cli test_dead_latents test_interp_cli test_serve test_e2e_serve" \
-      SAE_ASAN_TESTS='^(test_base|test_data|test_coordinator|test_telemetry|test_report|test_comm|test_comm_gloo|test_comm_mpi|test_sae_step|test_k_schedule|test_trainer|test_checkpoint|test_int8_screen|test_lm|lm_tokenizer_json_npm|test_interp|test_worker_units|test_lm_cli.*|test_dead_latents|test_interp_cli|test_serve|test_e2e_serve)$' \
+    SAE_ASAN_TARGETS="test_base test_data test_coordinator test_telemetry test_report test_comm test_sae_step test_k_schedule test_trainer test_checkpoint test_int8_screen test_lm test_interp test_worker_units test_lm_cli test_interp_cli test_serve test_e2e_serve" \
+      SAE_ASAN_TESTS='^(test_base|test_data|test_coordinator|test_telemetry|test_report|test_comm|test_comm_gloo|test_comm_mpi|test_sae_step|test_k_schedule|test_trainer|test_checkpoint|test_int8_screen|test_lm|lm_tokenizer_json_npm|test_interp|test_worker_units|test_lm_cli.*|test_interp_cli|test_serve|test_e2e_serve)$' \
       scripts/sanitizers.sh asan
     SAE_TSAN_SERVICE=0 scripts/sanitizers.sh tsan
     scripts/fuzz.sh "${SAE_FUZZ_SECONDS:-20}"
