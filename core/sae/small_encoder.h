@@ -9,8 +9,9 @@
 // 64 latents, a broadcast multiply-add per input dimension), adds b_enc,
 // and compares each 16-lane vector with its row's running threshold, the
 // k-th largest value seen so far; only the values above it leave the
-// registers, into a sorted per-row top-k. W_enc is packed once per step into
-// panels of 64 latents (d × 64 floats, contiguous).
+// registers, into a sorted per-row top-k (for k <= 32 one or two 16-lane
+// vectors with branch-free insertion, a sorted list beyond). W_enc is packed
+// once per step into panels of 64 latents (d × 64 floats, contiguous).
 //
 // Every pre-activation is computed the same way wherever it sits in a tile:
 // one fused multiply-add per input dimension in ascending order from zero,
