@@ -178,12 +178,17 @@ inline float KthOf16(float* a, int64_t k) {
 // masked adds, a few dozen instructions, against ~400 cycles for
 // std::nth_element over 16 floats (a third of a d 48 row's GEMM).
 inline float KthOf16(__m512 m, int64_t k) {
-  const __m512i mi = _mm512_castps_si512(m);
   const __m512i one = _mm512_set1_epi32(1);
+  const __m512i fifteen = _mm512_set1_epi32(15);
   __m512i cnt = one;  // each lane counts itself
+  // Lane i of rot is lane (i + s) mod 16 of m: a permutation by a rotating
+  // index (valignd would need s as a compile-time constant, which clang
+  // demands even where the loop is unrolled).
+  __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 #pragma GCC unroll 15
   for (int s = 1; s < 16; ++s) {
-    const __m512 rot = _mm512_castsi512_ps(_mm512_alignr_epi32(mi, mi, s));
+    idx = _mm512_and_si512(_mm512_add_epi32(idx, one), fifteen);
+    const __m512 rot = _mm512_permutexvar_ps(idx, m);
     cnt = _mm512_mask_add_epi32(cnt, _mm512_cmp_ps_mask(rot, m, _CMP_GE_OQ), cnt, one);
   }
   const __mmask16 ok = _mm512_cmpge_epi32_mask(cnt, _mm512_set1_epi32(static_cast<int>(k)));
