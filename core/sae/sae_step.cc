@@ -278,7 +278,7 @@ absl::Status EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const Ste
       s.gemm_seconds += NowSeconds() - tg;
       s.gemm_cpu_seconds += ThreadCpuSeconds() - cg;
       const float* X = enc_in.data_ptr<float>();
-      const int64_t kItemRows = std::max<int64_t>(96, enc->BlockRows());  // rows per work item, handed out dynamically
+      const int64_t kItemRows = enc->ItemRows(B, at::get_num_threads());  // rows per work item, handed out dynamically
       const int64_t nitems = (B + kItemRows - 1) / kItemRows;
       std::atomic<int64_t> next{0};
       const int64_t work = B * n * d, threads = at::get_num_threads();

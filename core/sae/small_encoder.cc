@@ -37,20 +37,22 @@ struct RowTops {
   std::vector<int32_t> i;
   std::vector<int32_t> cnt;
 #if defined(__AVX512F__)
-  // k <= 16: each row's top-k in one 16-lane vector (descending, −inf
-  // padded) and its latents in another, at vv/vi[r*16 ..]; OfferVec inserts
-  // without branches on the data.
-  bool vec = false;
+  // k <= 32: each row's top-k in `lanes` (16 for k <= 16, else 32) sorted
+  // lanes (descending, −inf padded) and its latents beside them, at
+  // vv/vi[r*lanes ..]; OfferVec / OfferVec2 insert without branches on the
+  // data (the sorted list's shifting loop cost ~85 cycles an insertion at
+  // k 32: docs/performance.md "d 256: the insertion, not the panel").
+  int lanes = 0;
   std::vector<float> vv;
   std::vector<int32_t> vi;
 #endif
   void Reset(int64_t rows, int64_t k_) {
     k = k_;
 #if defined(__AVX512F__)
-    vec = k <= 16;
-    if (vec) {
-      vv.assign(static_cast<size_t>(rows * 16), kNegInf);
-      vi.assign(static_cast<size_t>(rows * 16), 0);
+    lanes = k <= 16 ? 16 : k <= 32 ? 32 : 0;
+    if (lanes > 0) {
+      vv.assign(static_cast<size_t>(rows * lanes), kNegInf);
+      vi.assign(static_cast<size_t>(rows * lanes), 0);
       thr.assign(static_cast<size_t>(rows), kNegInf);
       return;
     }
@@ -122,6 +124,45 @@ struct RowTops {
     _mm512_storeu_si512(vi.data() + r * 16, ti);
     thr[r] = vv[r * 16 + k - 1];
   }
+  // OfferVec over 32 lanes (16 < k <= 32): hi = lanes 0-15, lo = 16-31. The
+  // lanes below v are a suffix of the 32; lo's first lane takes hi's last
+  // when that one shifts down, and v lands in lo only when no lane of hi is
+  // below it.
+#if defined(__GNUC__)
+  __attribute__((noinline))
+#endif
+  void
+  OfferVec2(int r, const float* z, uint64_t mask, int32_t base) {
+    float* pv = vv.data() + r * 32;
+    int32_t* pi = vi.data() + r * 32;
+    __m512 hv = _mm512_loadu_ps(pv), lv = _mm512_loadu_ps(pv + 16);
+    __m512i hi = _mm512_loadu_si512(pi), li = _mm512_loadu_si512(pi + 16);
+    const __m512i ninf = _mm512_castps_si512(_mm512_set1_ps(kNegInf));
+    while (mask != 0) {
+      const int t = __builtin_ctzll(mask);
+      mask &= mask - 1;
+      const __m512 v = _mm512_set1_ps(z[t]);
+      const __m512i vi_ = _mm512_set1_epi32(base + t);
+      const __mmask16 lth = _mm512_cmp_ps_mask(hv, v, _CMP_LT_OQ);
+      const __mmask16 ltl = _mm512_cmp_ps_mask(lv, v, _CMP_LT_OQ);
+      const __mmask16 ath = _kandn_mask16(_kshiftli_mask16(lth, 1), lth);
+      const __mmask16 atl = _kandn_mask16(_kor_mask16(_kshiftli_mask16(ltl, 1), _kshiftri_mask16(lth, 15)), ltl);
+      const __m512 hv_sh = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(hv), ninf, 15));
+      const __m512 lv_sh =
+          _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(lv), _mm512_castps_si512(hv), 15));
+      const __m512i hi_sh = _mm512_alignr_epi32(hi, hi, 15);
+      const __m512i li_sh = _mm512_alignr_epi32(li, hi, 15);
+      lv = _mm512_mask_mov_ps(_mm512_mask_mov_ps(lv, ltl, lv_sh), atl, v);
+      li = _mm512_mask_mov_epi32(_mm512_mask_mov_epi32(li, ltl, li_sh), atl, vi_);
+      hv = _mm512_mask_mov_ps(_mm512_mask_mov_ps(hv, lth, hv_sh), ath, v);
+      hi = _mm512_mask_mov_epi32(_mm512_mask_mov_epi32(hi, lth, hi_sh), ath, vi_);
+    }
+    _mm512_storeu_ps(pv, hv);
+    _mm512_storeu_ps(pv + 16, lv);
+    _mm512_storeu_si512(pi, hi);
+    _mm512_storeu_si512(pi + 16, li);
+    thr[r] = pv[k - 1];
+  }
 #endif
 };
 
@@ -137,12 +178,17 @@ inline float KthOf16(float* a, int64_t k) {
 // masked adds, a few dozen instructions, against ~400 cycles for
 // std::nth_element over 16 floats (a third of a d 48 row's GEMM).
 inline float KthOf16(__m512 m, int64_t k) {
-  const __m512i mi = _mm512_castps_si512(m);
   const __m512i one = _mm512_set1_epi32(1);
+  const __m512i fifteen = _mm512_set1_epi32(15);
   __m512i cnt = one;  // each lane counts itself
+  // Lane i of rot is lane (i + s) mod 16 of m: a permutation by a rotating
+  // index (valignd would need s as a compile-time constant, which clang
+  // demands even where the loop is unrolled).
+  __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 #pragma GCC unroll 15
   for (int s = 1; s < 16; ++s) {
-    const __m512 rot = _mm512_castsi512_ps(_mm512_alignr_epi32(mi, mi, s));
+    idx = _mm512_and_si512(_mm512_add_epi32(idx, one), fifteen);
+    const __m512 rot = _mm512_permutexvar_ps(idx, m);
     cnt = _mm512_mask_add_epi32(cnt, _mm512_cmp_ps_mask(rot, m, _CMP_GE_OQ), cnt, one);
   }
   const __mmask16 ok = _mm512_cmpge_epi32_mask(cnt, _mm512_set1_epi32(static_cast<int>(k)));
@@ -151,6 +197,37 @@ inline float KthOf16(__m512 m, int64_t k) {
 #endif
 
 #if defined(__AVX512F__)
+
+// dst[c * ldd + r] = src[r * lds + c] for r, c < 16 (dst 64-byte aligned).
+inline void Transpose16(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  __m512 a[16], b[16];
+  for (int r = 0; r < 16; ++r) a[r] = _mm512_loadu_ps(src + r * lds);
+  // Pairs of rows interleaved, then pairs of pairs, then 128-bit lanes.
+  for (int r = 0; r < 16; r += 2) {
+    b[r] = _mm512_unpacklo_ps(a[r], a[r + 1]);
+    b[r + 1] = _mm512_unpackhi_ps(a[r], a[r + 1]);
+  }
+  for (int r = 0; r < 16; r += 4) {
+    a[r] = _mm512_shuffle_ps(b[r], b[r + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    a[r + 1] = _mm512_shuffle_ps(b[r], b[r + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    a[r + 2] = _mm512_shuffle_ps(b[r + 1], b[r + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    a[r + 3] = _mm512_shuffle_ps(b[r + 1], b[r + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int r = 0; r < 4; ++r) {
+    b[r] = _mm512_shuffle_f32x4(a[r], a[r + 4], 0x88);
+    b[r + 4] = _mm512_shuffle_f32x4(a[r], a[r + 4], 0xdd);
+    b[r + 8] = _mm512_shuffle_f32x4(a[r + 8], a[r + 12], 0x88);
+    b[r + 12] = _mm512_shuffle_f32x4(a[r + 8], a[r + 12], 0xdd);
+  }
+  for (int r = 0; r < 4; ++r) {
+    a[r] = _mm512_shuffle_f32x4(b[r], b[r + 8], 0x88);
+    a[r + 8] = _mm512_shuffle_f32x4(b[r], b[r + 8], 0xdd);
+    a[r + 4] = _mm512_shuffle_f32x4(b[r + 4], b[r + 12], 0x88);
+    a[r + 12] = _mm512_shuffle_f32x4(b[r + 4], b[r + 12], 0xdd);
+  }
+  // a[c] is column c (tests: every packed value is checked through Dense).
+  for (int c = 0; c < 16; ++c) _mm512_store_ps(dst + c * ldd, a[c]);
+}
 
 // acc[r][c] = x[r] · W + b over the panel (d × 64 at wp), for R rows of x:
 // the multiply-adds in ascending order from zero, then the bias.
@@ -245,8 +322,10 @@ void SelectTile(const float* x, int64_t d, const float* wp, const float* bp, Row
     for (int c = 0; c < 4; ++c) _mm512_store_ps(tile[r] + 16 * c, acc[r][c]);
   for (int r = 0; r < R; ++r) {
     if (m[r] == 0) continue;
-    if (tops->vec) {
+    if (tops->lanes == 16) {
       tops->OfferVec(r0 + r, tile[r], m[r], base);
+    } else if (tops->lanes == 32) {
+      tops->OfferVec2(r0 + r, tile[r], m[r], base);
     } else {
       tops->Offer(r0 + r, tile[r], m[r], base);
     }
@@ -292,6 +371,15 @@ int64_t SmallEncoder::BlockRows() const {
   return std::clamp<int64_t>((int64_t{384} << 10) / (d_ * static_cast<int64_t>(sizeof(float))) / kR * kR, 48, 384);
 }
 
+int64_t SmallEncoder::ItemRows(int64_t rows, int64_t threads) const {
+  const int64_t rb = BlockRows();
+  if (rb <= 96) return 96;
+  const int64_t per_thread = (rows + std::max<int64_t>(threads, 1) - 1) / std::max<int64_t>(threads, 1);
+  const int64_t items = (per_thread + rb - 1) / rb;  // per thread
+  const int64_t item = (per_thread + items - 1) / items;
+  return std::min(rb, (item + kR - 1) / kR * kR);
+}
+
 const char* SmallEncoder::Kernel() {
 #if defined(__AVX512F__)
   return "avx512";
@@ -306,12 +394,21 @@ void SmallEncoder::SetWeights(const float* W, const float* b, int64_t n, int64_t
   panels_ = (n + kP - 1) / kP;
   w_ = Aligned(&w_store_, static_cast<size_t>(panels_ * d * kP));
   b_ = Aligned(&b_store_, static_cast<size_t>(panels_ * kP));
+  // 16 latents × 16 input dimensions at a time, transposed in registers
+  // (d 256, 16384 latents: 1.1 ms, about the machine's copy bandwidth, where
+  // the element loop took 4.6 ms); the ragged edges element by element.
   for (int64_t p = 0; p < panels_; ++p) {
     const int64_t j0 = p * kP, valid = std::min(kP, n - j0);
     float* wp = w_ + p * d * kP;
+    int64_t k0 = 0;
+#if defined(__AVX512F__)
+    if (valid == kP)
+      for (; k0 + 16 <= d; k0 += 16)
+        for (int64_t t0 = 0; t0 < kP; t0 += 16) Transpose16(W + (j0 + t0) * d + k0, d, wp + k0 * kP + t0, kP);
+#endif
     for (int64_t t = 0; t < valid; ++t) {
       const float* src = W + (j0 + t) * d;
-      for (int64_t kk = 0; kk < d; ++kk) wp[kk * kP + t] = src[kk];
+      for (int64_t kk = k0; kk < d; ++kk) wp[kk * kP + t] = src[kk];
     }
     for (int64_t kk = 0; valid < kP && kk < d; ++kk) std::fill(wp + kk * kP + valid, wp + (kk + 1) * kP, 0.0f);
     for (int64_t t = 0; t < kP; ++t) b_[p * kP + t] = t < valid ? b[j0 + t] : kNegInf;
@@ -380,8 +477,9 @@ void SmallEncoder::SelectTopK(const float* x, int64_t rows, int64_t k, int64_t* 
     }
     for (int64_t r = 0; r < rb; ++r) {
 #if defined(__AVX512F__)
-      const float* rv = tops.vec ? tops.vv.data() + r * 16 : tops.v.data() + r * k;
-      const int32_t* ri = tops.vec ? tops.vi.data() + r * 16 : tops.i.data() + r * k;
+      const int L = tops.lanes;
+      const float* rv = L > 0 ? tops.vv.data() + r * L : tops.v.data() + r * k;
+      const int32_t* ri = L > 0 ? tops.vi.data() + r * L : tops.i.data() + r * k;
 #else
       const float* rv = tops.v.data() + r * k;
       const int32_t* ri = tops.i.data() + r * k;

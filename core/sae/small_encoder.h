@@ -9,8 +9,9 @@
 // 64 latents, a broadcast multiply-add per input dimension), adds b_enc,
 // and compares each 16-lane vector with its row's running threshold, the
 // k-th largest value seen so far; only the values above it leave the
-// registers, into a sorted per-row top-k. W_enc is packed once per step into
-// panels of 64 latents (d × 64 floats, contiguous).
+// registers, into a sorted per-row top-k (for k <= 32 one or two 16-lane
+// vectors with branch-free insertion, a sorted list beyond). W_enc is packed
+// once per step into panels of 64 latents (d × 64 floats, contiguous).
 //
 // Every pre-activation is computed the same way wherever it sits in a tile:
 // one fused multiply-add per input dimension in ascending order from zero,
@@ -49,6 +50,14 @@ class SmallEncoder {
   // Rows per block: every block passes once over the packed encoder (callers
   // hand out work in multiples of it).
   int64_t BlockRows() const;
+
+  // Rows per work item when `threads` threads take items of a batch of
+  // `rows` from a shared counter: 96 for an encoder in L2; for a larger one
+  // (streamed from L3 once per block) at most BlockRows(), a multiple of the
+  // tile, and as many items per thread for every thread (d 256, 4096 rows,
+  // 2 threads: 12 items of 342 rows, where 384-row items made 11, one thread
+  // taking 2176 rows and the other 1920).
+  int64_t ItemRows(int64_t rows, int64_t threads) const;
 
   int64_t n() const { return n_; }
   int64_t d() const { return d_; }

@@ -114,7 +114,7 @@ TEST(SmallEncoder, KernelIsTheBuildsOwn) {
 // Ragged shapes: d not a multiple of 16, n not a multiple of the 64-latent
 // panel, B not a multiple of the 6-row tile nor of the row block, k from 1
 // to n (k <= 16 takes the first panel's lane-maximum threshold and the
-// vector top-k; larger k the sorted list).
+// 16-lane vector top-k, 17-32 the 32-lane one, larger k the sorted list).
 TEST(SmallEncoder, RandomShapesMatchFloat64AndAFullSort) {
   std::mt19937 g(7);
   for (int trial = 0; trial < 60; ++trial) {
@@ -129,16 +129,17 @@ TEST(SmallEncoder, RandomShapesMatchFloat64AndAFullSort) {
   CheckProblem(RandomProblem(7, 64, 4096, 2), 8);
   CheckProblem(RandomProblem(5, 128, 8192, 3), 16);
   CheckProblem(RandomProblem(5, 256, 1000, 4), 32);
+  CheckProblem(RandomProblem(11, 256, 4100, 6), 32);  // d 256's k over many panels
 }
 
 TEST(SmallEncoder, KEqualsNAndTinyRows) {
-  for (int64_t n : {1, 2, 15, 16, 17, 63, 64, 65, 130})
+  for (int64_t n : {1, 2, 15, 16, 17, 31, 32, 33, 63, 64, 65, 130})
     for (int64_t d : {1, 3, 16, 33}) CheckProblem(RandomProblem(8, d, n, static_cast<uint32_t>(n * 100 + d)), n);
 }
 
 // Every value below zero (bias −50): the top-k is still the k largest.
 TEST(SmallEncoder, AllNegativeRows) {
-  for (int64_t k : {1, 5, 16, 40}) CheckProblem(RandomProblem(31, 20, 300, 11, -50.0f), k);
+  for (int64_t k : {1, 5, 16, 17, 32, 40}) CheckProblem(RandomProblem(31, 20, 300, 11, -50.0f), k);
 }
 
 // Exact ties: latents in groups of identical weights and biases give
@@ -152,12 +153,12 @@ TEST(SmallEncoder, TiesGoToTheLowerLatent) {
       for (int64_t t = 0; t < p.d; ++t) p.W[j * p.d + t] = p.W[src * p.d + t];
       p.b[j] = p.b[src];
     }
-    for (int64_t k : {1, 2, 7, 16, 17, 50}) CheckProblem(p, k);
+    for (int64_t k : {1, 2, 7, 16, 17, 31, 32, 33, 50}) CheckProblem(p, k);
   }
   Problem flat = RandomProblem(9, 10, 300, 5);
   std::fill(flat.W.begin(), flat.W.end(), 0.0f);
   std::fill(flat.b.begin(), flat.b.end(), 0.25f);
-  for (int64_t k : {1, 16, 64, 300}) {
+  for (int64_t k : {1, 16, 20, 32, 64, 300}) {
     CheckProblem(flat, k);
     SmallEncoder enc;
     enc.SetWeights(flat.W.data(), flat.b.data(), flat.n, flat.d);
@@ -179,7 +180,7 @@ TEST(SmallEncoder, ManyValuesNearTheThreshold) {
     for (int64_t t = 0; t < p.d; ++t) p.W[j * p.d + t] = p.W[t] * (1 + 4e-7f * U(g));
     p.b[j] = p.b[0] + 1e-7f * U(g);
   }
-  for (int64_t k : {1, 4, 16, 32, 200}) CheckProblem(p, k);
+  for (int64_t k : {1, 4, 16, 17, 25, 32, 200}) CheckProblem(p, k);
 }
 
 // SelectTopK and the step's SelectTopK (the two-pass block-threshold
@@ -190,7 +191,7 @@ TEST(SmallEncoder, AgreesWithTheStepsSelection) {
   enc.SetWeights(p.W.data(), p.b.data(), p.n, p.d);
   std::vector<float> z(p.B * p.n);
   enc.Dense(p.x.data(), p.B, z.data());
-  for (int64_t k : {3, 8, 16, 24}) {
+  for (int64_t k : {3, 8, 16, 24, 32}) {
     std::vector<int64_t> a(p.B * k), b(p.B * k);
     std::vector<float> av(p.B * k), bv(p.B * k);
     enc.SelectTopK(p.x.data(), p.B, k, a.data(), av.data());
@@ -198,6 +199,29 @@ TEST(SmallEncoder, AgreesWithTheStepsSelection) {
     EXPECT_EQ(a, b) << "k " << k;
     EXPECT_EQ(av, bv) << "k " << k;
   }
+}
+
+// Work items: 96 rows for an encoder in L2; for a larger one at most a
+// block, a multiple of the tile, and no more items than an equal share per
+// thread needs (so that every thread gets the same number, to one tile).
+TEST(SmallEncoder, ItemRowsShareTheBatchEvenly) {
+  SmallEncoder small, large;
+  const Problem ps = RandomProblem(1, 64, 4096, 1), pl = RandomProblem(1, 256, 4096, 2);
+  small.SetWeights(ps.W.data(), ps.b.data(), ps.n, ps.d);
+  large.SetWeights(pl.W.data(), pl.b.data(), pl.n, pl.d);
+  EXPECT_EQ(small.ItemRows(4096, 2), 96);
+  ASSERT_EQ(large.BlockRows(), 384);
+  EXPECT_EQ(large.ItemRows(4096, 2), 342);  // 12 items, 6 a thread (384-row items: 11)
+  for (int64_t B : {1, 7, 100, 383, 384, 385, 1000, 4096, 5000})
+    for (int64_t threads : {1, 2, 3, 16}) {
+      SCOPED_TRACE(testing::Message() << "B " << B << " threads " << threads);
+      const int64_t item = large.ItemRows(B, threads), items = (B + item - 1) / item;
+      const int64_t share = (B + threads - 1) / threads, per_thread = (share + 383) / 384;
+      EXPECT_LE(item, 384);
+      EXPECT_EQ(item % SmallEncoder::kTileRows, 0);
+      EXPECT_LE(items, threads * per_thread);
+      EXPECT_GE(item * per_thread, share);
+    }
 }
 
 // The kernel's order (ascending multiply-adds from zero, then the bias) is
