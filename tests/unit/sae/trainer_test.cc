@@ -324,7 +324,17 @@ TEST(Trainer, RejectsNonFiniteRows) {
   EXPECT_NE(std::string(m.status().message()).find("row 2 column 7 is NaN"), std::string::npos);
   x[2 * 64 + 7] = INFINITY;
   EXPECT_FALSE(t->Step(x.data(), 4).ok());
+  // The check runs inside the batch copy: the last value of the last row too.
+  x[2 * 64 + 7] = 0.5f;
+  x[3 * 64 + 63] = -INFINITY;
+  m = t->Step(x.data(), 4);
+  ASSERT_FALSE(m.ok());
+  EXPECT_NE(std::string(m.status().message()).find("row 3 column 63 is Inf"), std::string::npos);
   EXPECT_EQ(t->step(), 0);
+  // A finite batch after the refused ones trains.
+  x[3 * 64 + 63] = 0.25f;
+  ASSERT_TRUE(t->Step(x.data(), 4).ok());
+  EXPECT_EQ(t->step(), 1);
 }
 
 TEST(Trainer, LearningRateWarmupAndDecay) {
