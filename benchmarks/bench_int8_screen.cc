@@ -7,7 +7,6 @@
 // runs as in training; --candidates pins it.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <time.h>
 
 #include <algorithm>
 #include <cmath>
@@ -22,16 +21,6 @@
 #include "core/base/blas_kernel.h"
 #include "core/sae/int8_screen.h"
 #include "core/sae/sae_step.h"
-
-namespace {
-
-double ProcessCpuSeconds() {
-  timespec ts;
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   sae::ChooseBlasKernel(argc, argv);  // first: it may re-exec (core/base/blas_kernel.h)
@@ -77,9 +66,9 @@ int main(int argc, char** argv) {
   std::vector<double> total, fallback, cand, mean_cand;
   for (int64_t i = 0; i < warmup + reps; ++i) {
     std::vector<std::pair<const char*, double>> ph;
-    const double t0 = cpu_time ? ProcessCpuSeconds() : sae::bench::SteadyNow();
+    const double t0 = cpu_time ? sae::ProcessCpuNow() : sae::bench::SteadyNow();
     absl::Status st = s.TopK(p, xc, k, idx.data(), val.data(), &ph);
-    const double t1 = cpu_time ? ProcessCpuSeconds() : sae::bench::SteadyNow();
+    const double t1 = cpu_time ? sae::ProcessCpuNow() : sae::bench::SteadyNow();
     if (!st.ok()) {
       std::fprintf(stderr, "error: %s\n", std::string(st.message()).c_str());
       return 1;

@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <ctime>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -40,11 +39,7 @@ namespace {
 // CPU time of the whole process (every thread). With --threads 1 on a loaded
 // machine it is the step's own cost, without the time slices other
 // processes took; with more threads it includes OpenMP's spin-waits.
-double ProcessCpuSeconds() {
-  timespec ts;
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-}
+using sae::ProcessCpuNow;
 
 struct RunResult {
   std::string encoder;
@@ -137,9 +132,9 @@ absl::StatusOr<RunResult> MeasureEncoder(const Flags& f, const std::string& enc,
   std::vector<double> step_s, step_cpu, fb, cand;
   std::map<std::string, std::vector<double>> phases, phases_cpu;
   for (int64_t i = 0; i < f.warmup + f.steps; ++i) {
-    const double c0 = ProcessCpuSeconds();
+    const double c0 = ProcessCpuNow();
     auto m = (*trainer)->Step(x.data_ptr<float>(), f.batch);
-    const double c1 = ProcessCpuSeconds();
+    const double c1 = ProcessCpuNow();
     if (!m.ok()) return m.status();
     if (i >= f.warmup) {
       step_s.push_back(m->seconds);
@@ -192,11 +187,11 @@ GemmTimes GemmFloor(const Flags& f, const at::Tensor& W_first, const at::Tensor&
     if (gemm.SetWeights(W.data_ptr<float>(), b.data_ptr<float>(), f.n, f.d, rows, 1).ok()) {
       std::vector<double> s, c;
       for (int64_t i = 0; i < f.warmup + f.steps; ++i) {
-        const double t0 = SteadyNow(), c0 = ProcessCpuSeconds();
+        const double t0 = SteadyNow(), c0 = ProcessCpuNow();
         if (!gemm.Run(xin.data_ptr<float>(), f.batch, z.data_ptr<float>(), 0).ok()) break;
         if (i >= f.warmup) {
           s.push_back(SteadyNow() - t0);
-          c.push_back(ProcessCpuSeconds() - c0);
+          c.push_back(ProcessCpuNow() - c0);
         }
       }
       if (!s.empty()) {
@@ -211,12 +206,12 @@ GemmTimes GemmFloor(const Flags& f, const at::Tensor& W_first, const at::Tensor&
   z = z.to(dev);
   std::vector<double> gemm_s, gemm_c;
   for (int64_t i = 0; i < f.warmup + f.steps; ++i) {
-    const double t0 = SteadyNow(), c0 = ProcessCpuSeconds();
+    const double t0 = SteadyNow(), c0 = ProcessCpuNow();
     at::addmm_out(z, b, xin, W.t());
     if (!dev.is_cpu()) z.select(0, 0).select(0, 0).item<float>();
     if (i >= f.warmup) {
       gemm_s.push_back(SteadyNow() - t0);
-      gemm_c.push_back(ProcessCpuSeconds() - c0);
+      gemm_c.push_back(ProcessCpuNow() - c0);
     }
   }
   out.aten = Median(gemm_s);

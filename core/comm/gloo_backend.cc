@@ -16,6 +16,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/time.h"
+#include "core/base/clock.h"
 #include "core/base/mutex.h"
 #include "core/comm/backends.h"
 #include "core/comm/tcp_store.h"
@@ -42,10 +43,6 @@ constexpr std::chrono::milliseconds kLivenessWindow(2000);
 // A stop does not abandon a collective at once: the ranks' stop agreement
 // and a checkpoint's collectives get this long to complete first.
 constexpr double kStopGraceSeconds = 3;
-
-double NowSeconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 class Heartbeat {
  public:
@@ -198,8 +195,8 @@ class GlooCommunicator : public Communicator {
           return absl::DeadlineExceededError(
               absl::StrCat(what, " (rank ", rank_, " of ", world_, "): not every rank joined in time; ", LostRanks()));
         }
-        if (abort_ != nullptr && abort_->load() && stop_seen < 0) stop_seen = NowSeconds();
-        if (stop_seen >= 0 && NowSeconds() - stop_seen > kStopGraceSeconds) {
+        if (abort_ != nullptr && abort_->load() && stop_seen < 0) stop_seen = SteadyNow();
+        if (stop_seen >= 0 && SteadyNow() - stop_seen > kStopGraceSeconds) {
           abandoned_ = true;
           return absl::CancelledError(
               absl::StrCat(what, " (rank ", rank_, " of ", world_, "): stopped while waiting for the other ranks"));

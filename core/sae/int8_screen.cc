@@ -3,14 +3,13 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstring>
-#include <ctime>
 #include <limits>
 #include <map>
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include "core/base/clock.h"
 #include "core/sae/sae_step.h"
 
 #if defined(__AVX2__) || defined(__AVX512F__)
@@ -23,17 +22,6 @@
 
 namespace sae {
 namespace {
-
-double NowSeconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-// The process's CPU time (all threads), for Int8Screen::set_cpu_time_phases.
-double CpuSeconds() {
-  timespec ts;
-  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-}
 
 // int32 accumulation of d products (q_x + 128)·q_w (at most 255·127 in
 // magnitude) cannot overflow below this.
@@ -790,7 +778,8 @@ absl::Status Int8Screen::TopK(const SaeParams& p, const at::Tensor& xc_t, int64_
   // d·2⁻²⁴ on Σ|w_i x_i| <= ‖w‖‖x‖) and of computing the bound itself.
   const float rho = static_cast<float>((static_cast<double>(d) + 64) * std::ldexp(1.0, -24));
   const bool cpu = cpu_time_phases_;
-  auto now = [cpu]() { return cpu ? CpuSeconds() : NowSeconds(); };
+  // (CPU time of the whole process for Int8Screen::set_cpu_time_phases.)
+  auto now = [cpu]() { return cpu ? ProcessCpuNow() : SteadyNow(); };
   double t = now();
   double t_quant = 0, t_gemm = 0, t_select = 0, t_rescore = 0;
   SAE_RETURN_IF_ERROR(QuantizeEncoder(m, W, bias, rho));
@@ -842,7 +831,7 @@ absl::Status ScreenedEncode(Int8Screen* screen, const SaeParams& p, const at::Te
   SAE_RETURN_IF_ERROR(screen->TopK(p, xc, k, idx, val, phases));
   const int64_t nd = static_cast<int64_t>(dead.size());
   if (nd == 0 || (k_aux == 0 && zD == nullptr)) return absl::OkStatus();
-  const double t = NowSeconds();
+  const double t = SteadyNow();
   const int64_t B = xc.size(0);
   at::Tensor dead_t = at::from_blob(const_cast<int64_t*>(dead.data()), {nd}, at::kLong);
   at::Tensor zd = at::addmm(p.b_enc.index_select(0, dead_t), xc, p.W_enc.index_select(0, dead_t).t());
@@ -864,7 +853,7 @@ absl::Status ScreenedEncode(Int8Screen* screen, const SaeParams& p, const at::Te
       }
     });
   }
-  if (phases != nullptr) phases->emplace_back("screen_dead", NowSeconds() - t);
+  if (phases != nullptr) phases->emplace_back("screen_dead", SteadyNow() - t);
   return absl::OkStatus();
 }
 

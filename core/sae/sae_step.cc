@@ -1,6 +1,7 @@
 #include "core/sae/sae_step.h"
 
 #include "core/base/bf16.h"
+#include "core/base/clock.h"
 #include "core/sae/encoder_gemm.h"
 #include "core/sae/int8_screen.h"
 #include "core/sae/sae_step_internal.h"
@@ -14,7 +15,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
-#include <ctime>
 #include <functional>
 #include <limits>
 #include <mutex>
@@ -146,26 +146,16 @@ void BDecGradient(const T* A, int64_t R, const T* W, const T* w, int64_t n, int6
   });
 }
 
-double NowSeconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-double ThreadCpuSeconds() {
-  timespec ts;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-}
-
 // Records the wall time of each phase of a step into StepResult::phase_seconds
 // and the calling thread's CPU time into phase_cpu_seconds.
 class PhaseClock {
  public:
-  explicit PhaseClock(StepResult* res) : res_(res), t_(NowSeconds()), c_(ThreadCpuSeconds()) {
+  explicit PhaseClock(StepResult* res) : res_(res), t_(SteadyNow()), c_(ThreadCpuNow()) {
     res_->phase_seconds.clear();
     res_->phase_cpu_seconds.clear();
   }
   void End(const char* name) {
-    const double t = NowSeconds(), c = ThreadCpuSeconds();
+    const double t = SteadyNow(), c = ThreadCpuNow();
     res_->phase_seconds.emplace_back(name, t - t_);
     res_->phase_cpu_seconds.emplace_back(name, c - c_);
     t_ = t;
@@ -179,8 +169,8 @@ class PhaseClock {
     res_->phase_cpu_seconds.insert(res_->phase_cpu_seconds.end() - 1, {name, cpu});
   }
   void Restart() {  // after a callee recorded its own phases
-    t_ = NowSeconds();
-    c_ = ThreadCpuSeconds();
+    t_ = SteadyNow();
+    c_ = ThreadCpuNow();
   }
 
  private:
@@ -253,7 +243,7 @@ absl::Status EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const Ste
       // alone: its pre-activations are bitwise those of the full kernel
       // (each value is the same ordered multiply-adds, then b_enc), so AuxK's
       // top-k_aux and Ghost Grads' zD are exactly what the dense path sees.
-      double tg = NowSeconds(), cg = ThreadCpuSeconds();
+      double tg = SteadyNow(), cg = ThreadCpuNow();
       auto slot = [&](std::shared_ptr<internal::SmallEncoder>* ws_slot, std::shared_ptr<internal::SmallEncoder>* own) {
         std::shared_ptr<internal::SmallEncoder>* h = ws != nullptr ? ws_slot : own;
         if (!*h) *h = std::make_shared<internal::SmallEncoder>();
@@ -275,8 +265,8 @@ absl::Status EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const Ste
         }
         enc_dead->SetWeights(wd.data(), bd.data(), nd, d);
       }
-      s.gemm_seconds += NowSeconds() - tg;
-      s.gemm_cpu_seconds += ThreadCpuSeconds() - cg;
+      s.gemm_seconds += SteadyNow() - tg;
+      s.gemm_cpu_seconds += ThreadCpuNow() - cg;
       const float* X = enc_in.data_ptr<float>();
       const int64_t kItemRows = enc->ItemRows(B, at::get_num_threads());  // rows per work item, handed out dynamically
       const int64_t nitems = (B + kItemRows - 1) / kItemRows;
@@ -317,7 +307,7 @@ absl::Status EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const Ste
       const internal::EncoderPlan plan = internal::PlanEncoder(B, n, d, cfg.block_rows);
       const int64_t R = plan.rows, tail = B % R;
       const int64_t counts[2] = {R, tail};
-      double tg = NowSeconds(), cg = ThreadCpuSeconds();
+      double tg = SteadyNow(), cg = ThreadCpuNow();
       SAE_RETURN_IF_ERROR(
           gemm->SetWeights(w.data_ptr<float>(), p.b_enc.data_ptr<float>(), n, d, counts, tail > 0 ? 2 : 1));
       const int64_t nblocks = (B + R - 1) / R;
@@ -325,8 +315,8 @@ absl::Status EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const Ste
         // One parallel region for the whole encoder: blocks are handed out
         // dynamically, so a thread the OS preempts delays only its block.
         // (The GEMM itself is inside the fused loop below.)
-        s.gemm_seconds += NowSeconds() - tg;
-        s.gemm_cpu_seconds += ThreadCpuSeconds() - cg;
+        s.gemm_seconds += SteadyNow() - tg;
+        s.gemm_cpu_seconds += ThreadCpuNow() - cg;
         std::atomic<int64_t> next{0};
         std::atomic<bool> failed{false};
         absl::Status first_error;
@@ -356,15 +346,15 @@ absl::Status EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const Ste
       }
       at::Tensor zbuf = Reuse(ws ? &ws->zbuf : nullptr, {R, n}, st);
       float* Z = zbuf.data_ptr<float>();
-      s.gemm_seconds += NowSeconds() - tg;
-      s.gemm_cpu_seconds += ThreadCpuSeconds() - cg;
+      s.gemm_seconds += SteadyNow() - tg;
+      s.gemm_cpu_seconds += ThreadCpuNow() - cg;
       for (int64_t r0 = 0; r0 < B; r0 += R) {
         const int64_t rows = std::min(R, B - r0);
-        tg = NowSeconds();
-        cg = ThreadCpuSeconds();
+        tg = SteadyNow();
+        cg = ThreadCpuNow();
         SAE_RETURN_IF_ERROR(gemm->Run(X + r0 * d, rows, Z, 0));
-        s.gemm_seconds += NowSeconds() - tg;
-        s.gemm_cpu_seconds += ThreadCpuSeconds() - cg;
+        s.gemm_seconds += SteadyNow() - tg;
+        s.gemm_cpu_seconds += ThreadCpuNow() - cg;
         at::parallel_for(0, rows, internal::GrainFor(n), [&](int64_t lo, int64_t hi) {
           std::vector<T> scratch;
           std::vector<int64_t> scratch_idx;
@@ -380,10 +370,10 @@ absl::Status EncodeAndSelect(const SaeParams& p, const at::Tensor& xc, const Ste
   for (int64_t r0 = 0; r0 < B; r0 += R) {
     const int64_t rows = std::min(R, B - r0);
     at::Tensor zb = zbuf.narrow(0, 0, rows);
-    const double tg = NowSeconds(), cg = ThreadCpuSeconds();
+    const double tg = SteadyNow(), cg = ThreadCpuNow();
     at::addmm_out(zb, p.b_enc, enc_in.narrow(0, r0, rows), enc_wt);
-    s.gemm_seconds += NowSeconds() - tg;
-    s.gemm_cpu_seconds += ThreadCpuSeconds() - cg;
+    s.gemm_seconds += SteadyNow() - tg;
+    s.gemm_cpu_seconds += ThreadCpuNow() - cg;
     const T* Z = zb.data_ptr<T>();
     at::parallel_for(0, rows, internal::GrainFor(n), [&](int64_t lo, int64_t hi) {
       std::vector<T> scratch;
