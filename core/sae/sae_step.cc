@@ -126,24 +126,41 @@ at::Tensor CenterRows(const at::Tensor& x, const at::Tensor& b_dec, at::Tensor* 
 }
 
 // out = Σ_r A[r] − Σ_l w[l] W[l] over the rows of A (R×d) and of W (n×d),
-// accumulated in double per column (b_dec's gradient, step 6), in parallel
-// over columns only when large.
+// accumulated in double (b_dec's gradient, step 6). Both sums run in fixed
+// blocks of rows, each a contiguous stream (W is read once, row by row: the
+// per-column split read every row in two strided halves, 4 ms at d 768 and
+// 16384 latents); the blocks' partial sums are then added in block order,
+// so the result does not depend on the thread count.
 template <typename T>
 void BDecGradient(const T* A, int64_t R, const T* W, const T* w, int64_t n, int64_t d, T* out) {
-  at::parallel_for(0, d, internal::GrainFor(R + n), [&](int64_t lo, int64_t hi) {
-    std::vector<double> acc(static_cast<size_t>(hi - lo), 0.0);
-    for (int64_t r = 0; r < R; ++r) {
-      const T* a = A + r * d + lo;
-      for (int64_t i = 0; i < hi - lo; ++i) acc[i] += a[i];
+  constexpr int64_t kRows = 256;
+  const int64_t ra = (R + kRows - 1) / kRows, rw = (n + kRows - 1) / kRows, nb = ra + rw;
+  std::vector<double> part(static_cast<size_t>(nb * d));
+  at::parallel_for(0, nb, internal::GrainFor(kRows * d), [&](int64_t lo, int64_t hi) {
+    for (int64_t blk = lo; blk < hi; ++blk) {
+      double* acc = part.data() + blk * d;
+      std::fill(acc, acc + d, 0.0);
+      if (blk < ra) {
+        for (int64_t r = blk * kRows; r < std::min(R, (blk + 1) * kRows); ++r) {
+          const T* a = A + r * d;
+          for (int64_t i = 0; i < d; ++i) acc[i] += a[i];
+        }
+      } else {
+        const int64_t l0 = (blk - ra) * kRows;
+        for (int64_t l = l0; l < std::min(n, l0 + kRows); ++l) {
+          const double wl = w[l];
+          if (wl == 0) continue;
+          const T* row = W + l * d;
+          for (int64_t i = 0; i < d; ++i) acc[i] -= wl * row[i];
+        }
+      }
     }
-    for (int64_t l = 0; l < n; ++l) {
-      const T* row = W + l * d + lo;
-      const double wl = w[l];
-      if (wl == 0) continue;
-      for (int64_t i = 0; i < hi - lo; ++i) acc[i] -= wl * row[i];
-    }
-    for (int64_t i = lo; i < hi; ++i) out[i] = static_cast<T>(acc[i - lo]);
   });
+  for (int64_t i = 0; i < d; ++i) {
+    double s = 0;
+    for (int64_t blk = 0; blk < nb; ++blk) s += part[blk * d + i];
+    out[i] = static_cast<T>(s);
+  }
 }
 
 // Records the wall time of each phase of a step into StepResult::phase_seconds

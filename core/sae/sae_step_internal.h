@@ -10,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/sae/parallel_grain.h"
 #include "core/sae/sae_step.h"
 
 #if defined(__AVX2__)
@@ -87,18 +88,7 @@ absl::Status ComputeGradientsATen(const SaeParams& params, const at::Tensor& x, 
 void AdamUpdateATen(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg, AdamState* state,
                     at::Tensor* W_enc_lowp);
 
-// Loops with less work than this (in multiply-adds, roughly 0.3-0.5 ms on
-// one core) run on the calling thread: a parallel region costs a wake-up and
-// a barrier, microseconds on an idle machine but a scheduler time slice
-// (4-16 ms measured) when other processes hold the cores, and at small d
-// most of the step's loops are that small (docs/performance.md "Small
-// models": with 2^17 the d 64 step's decode, scatter and Adam took 10-30 ms
-// each on a loaded machine, against 0.3-1 ms serially).
-constexpr int64_t kMinParallelWork = int64_t{1} << 20;
-// The grain (in items) for at::parallel_for over items of `work_per_item`.
-inline int64_t GrainFor(int64_t work_per_item) {
-  return std::max<int64_t>(1, kMinParallelWork / std::max<int64_t>(1, work_per_item));
-}
+// kMinParallelWork and GrainFor: core/sae/parallel_grain.h.
 
 // ---- small vector helpers (the compiler vectorises these loops) ----
 template <typename T>

@@ -1,5 +1,9 @@
 #include "core/sae/small_encoder.h"
 
+#include "core/sae/parallel_grain.h"
+
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 #include <cstring>
 #include <functional>
@@ -397,22 +401,26 @@ void SmallEncoder::SetWeights(const float* W, const float* b, int64_t n, int64_t
   // 16 latents × 16 input dimensions at a time, transposed in registers
   // (d 256, 16384 latents: 1.1 ms, about the machine's copy bandwidth, where
   // the element loop took 4.6 ms); the ragged edges element by element.
-  for (int64_t p = 0; p < panels_; ++p) {
-    const int64_t j0 = p * kP, valid = std::min(kP, n - j0);
-    float* wp = w_ + p * d * kP;
-    int64_t k0 = 0;
+  // Panels on all threads once the encoder is large (d 768, 16384 latents:
+  // 50 MB read and written, 4.5 ms on one thread).
+  at::parallel_for(0, panels_, GrainFor(d * kP), [&](int64_t p_lo, int64_t p_hi) {
+    for (int64_t p = p_lo; p < p_hi; ++p) {
+      const int64_t j0 = p * kP, valid = std::min(kP, n - j0);
+      float* wp = w_ + p * d * kP;
+      int64_t k0 = 0;
 #if defined(__AVX512F__)
-    if (valid == kP)
-      for (; k0 + 16 <= d; k0 += 16)
-        for (int64_t t0 = 0; t0 < kP; t0 += 16) Transpose16(W + (j0 + t0) * d + k0, d, wp + k0 * kP + t0, kP);
+      if (valid == kP)
+        for (; k0 + 16 <= d; k0 += 16)
+          for (int64_t t0 = 0; t0 < kP; t0 += 16) Transpose16(W + (j0 + t0) * d + k0, d, wp + k0 * kP + t0, kP);
 #endif
-    for (int64_t t = 0; t < valid; ++t) {
-      const float* src = W + (j0 + t) * d;
-      for (int64_t kk = k0; kk < d; ++kk) wp[kk * kP + t] = src[kk];
+      for (int64_t t = 0; t < valid; ++t) {
+        const float* src = W + (j0 + t) * d;
+        for (int64_t kk = k0; kk < d; ++kk) wp[kk * kP + t] = src[kk];
+      }
+      for (int64_t kk = 0; valid < kP && kk < d; ++kk) std::fill(wp + kk * kP + valid, wp + (kk + 1) * kP, 0.0f);
+      for (int64_t t = 0; t < kP; ++t) b_[p * kP + t] = t < valid ? b[j0 + t] : kNegInf;
     }
-    for (int64_t kk = 0; valid < kP && kk < d; ++kk) std::fill(wp + kk * kP + valid, wp + (kk + 1) * kP, 0.0f);
-    for (int64_t t = 0; t < kP; ++t) b_[p * kP + t] = t < valid ? b[j0 + t] : kNegInf;
-  }
+  });
 }
 
 void SmallEncoder::Dense(const float* x, int64_t rows, float* z) const {
@@ -493,16 +501,18 @@ void SmallEncoder::SelectTopK(const float* x, int64_t rows, int64_t k, int64_t* 
 }
 
 bool UseSmallEncoder(int64_t n, int64_t d, int64_t k) {
-  // d <= 256: where the sweep measured it faster than oneDNN's GEMM and a
-  // separate top-k (docs/performance.md "The top-k in the GEMM's epilogue":
-  // at d 256 even, at d 768 slower). The int32 latent index bounds n. Only
+  // d <= 1024: where the sweep measured it faster than oneDNN's GEMM and a
+  // separate top-k (docs/performance.md "The top-k in the GEMM's epilogue",
+  // and "d 768 and 1024 fused" for the bound: session 9 measured 1.18
+  // against 1.31 at d 768, 1.19 against 1.30 at d 1024, and slower at
+  // d 2048, where a 64-latent panel (512 KiB) crowds L2). The int32 latent index bounds n. Only
   // the AVX-512 kernel: the scalar one is a correctness fallback (a
   // -DSAE_NATIVE_ARCH=OFF build measured 15x the GEMM floor at d 48, where
   // oneDNN still picks its AVX-512 kernel from cpuid), tested on its own.
 #if !defined(__AVX512F__)
   return false;
 #endif
-  return d <= 256 && k <= n && n < (int64_t{1} << 30);
+  return d <= 1024 && k <= n && n < (int64_t{1} << 30);
 }
 
 }  // namespace sae::internal

@@ -4,6 +4,7 @@
 #include "core/sae/small_encoder.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -208,6 +209,36 @@ INSTANTIATE_TEST_SUITE_P(Shapes, StepVsAutograd,
                                            Case{33, 24, 96, 12, Remedy::kAuxK, 30, true, true, 4},
                                            Case{33, 24, 96, 12, Remedy::kGhostGrads, 30, true, true, 4}));
 
+// The float32 step's gradients do not depend on the thread count: every
+// loop that splits between threads (the encoder's rows, the latent rows,
+// b_dec's fixed blocks of rows) adds in the same order either way. The
+// shapes are large enough that the loops do split (kMinParallelWork).
+TEST(SaeStep, GradientsAreBitwiseTheSameOnOneAndTwoThreads) {
+  const int threads_before = at::get_num_threads();
+  for (const auto& [B, d, n, k] : {std::tuple<int64_t, int64_t, int64_t, int64_t>{600, 256, 8448, 16},
+                                   std::tuple<int64_t, int64_t, int64_t, int64_t>{300, 768, 2000, 32}}) {
+    SCOPED_TRACE(testing::Message() << "d " << d << " n " << n);
+    const SaeParams p64 = RandomParams(n, d, 5 + n);
+    const SaeParams p{p64.W_enc.to(at::kFloat), p64.b_enc.to(at::kFloat), p64.W_dec.to(at::kFloat),
+                      p64.b_dec.to(at::kFloat)};
+    const at::Tensor x = at::randn({B, d}, at::kFloat) + 0.2;
+    ASSERT_GE(B * n * d, 4 * internal::kMinParallelWork);
+    SaeGrads g[2] = {SaeGrads::ZerosLike(p), SaeGrads::ZerosLike(p)};
+    for (int t = 0; t < 2; ++t) {
+      at::set_num_threads(t + 1);
+      StepConfig cfg;
+      cfg.k = k;
+      StepWorkspace ws;
+      cfg.workspace = &ws;
+      StepResult r;
+      ASSERT_TRUE(ComputeGradients(p, x, cfg, &g[t], &r).ok());
+    }
+    EXPECT_TRUE(at::equal(g[0].flat, g[1].flat));
+    EXPECT_TRUE(at::equal(g[0].b_dec, g[1].b_dec));
+  }
+  at::set_num_threads(threads_before);
+}
+
 // float32: the step with the small-d fused encoder (core/sae/small_encoder.h,
 // where UseSmallEncoder says so), and with oneDNN's GEMM (per-thread fused
 // blocks when the encoder fits in cache, large blocks otherwise), selects
@@ -223,7 +254,8 @@ TEST(SaeStep, OneDnnEncoderMatchesBlasPathInFloat32) {
                           F32Case{96, 64, 4096, 8, 0, true},      // stories260K's width
                           F32Case{130, 24, 500, 5, 37, true},     // explicit blocks
                           F32Case{70, 256, 8448, 16, 0, false},   // encoder > 8 MiB: large blocks
-                          F32Case{50, 300, 1000, 7, 0, true}}) {  // d past the small kernel's
+                          F32Case{50, 300, 1000, 7, 0, true},     // the small kernel past d 256
+                          F32Case{40, 1100, 900, 6, 0, true}}) {  // d past the small kernel's
     SCOPED_TRACE(testing::Message() << "B " << c.B << " d " << c.d << " n " << c.n);
     ASSERT_EQ(internal::PlanEncoder(c.B, c.n, c.d, c.block_rows).per_thread, c.per_thread);
     const bool small = internal::UseSmallEncoder(c.n, c.d, c.k);

@@ -130,6 +130,22 @@ TEST(SmallEncoder, RandomShapesMatchFloat64AndAFullSort) {
   CheckProblem(RandomProblem(5, 128, 8192, 3), 16);
   CheckProblem(RandomProblem(5, 256, 1000, 4), 32);
   CheckProblem(RandomProblem(11, 256, 4100, 6), 32);  // d 256's k over many panels
+  CheckProblem(RandomProblem(7, 768, 1100, 8), 32);   // GPT-2's width: blocks of 128 rows
+  CheckProblem(RandomProblem(140, 1024, 300, 9), 20);  // past one 128-row block at d 1024
+}
+
+// The step runs this kernel up to d 1024 (AVX-512 builds), oneDNN's GEMM
+// beyond (docs/performance.md "d 768 and 1024 fused").
+TEST(SmallEncoder, RunsUpToD1024) {
+#if defined(__AVX512F__)
+  EXPECT_TRUE(UseSmallEncoder(16384, 768, 32));
+  EXPECT_TRUE(UseSmallEncoder(16384, 1024, 32));
+#else
+  EXPECT_FALSE(UseSmallEncoder(16384, 768, 32));
+#endif
+  EXPECT_FALSE(UseSmallEncoder(16384, 1025, 32));
+  EXPECT_FALSE(UseSmallEncoder(65536, 2048, 64));
+  EXPECT_FALSE(UseSmallEncoder(100, 64, 101));
 }
 
 TEST(SmallEncoder, KEqualsNAndTinyRows) {
