@@ -18,7 +18,9 @@
 // then b_enc[j] (last, as oneDNN's bias: with bf16-rounded operands the
 // products are exact and the sum often is too), so SelectTopK's values are
 // bitwise those Dense writes for the same inputs (and, for d <= 256, those
-// of oneDNN's avx512 f32 kernel: small_encoder_test.cc). AVX-512 builds run
+// of oneDNN's avx512 f32 kernel: small_encoder_test.cc; the step runs it up
+// to d 1024; at d 768 and 1024 oneDNN adds in another order, and both are
+// within float rounding). AVX-512 builds run
 // the vector kernel; others a portable scalar one with the same structure
 // (plain multiply-adds, which the compiler may or may not contract: Dense
 // and SelectTopK still agree within one build).
