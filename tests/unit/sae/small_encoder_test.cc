@@ -129,9 +129,9 @@ TEST(SmallEncoder, RandomShapesMatchFloat64AndAFullSort) {
   CheckProblem(RandomProblem(7, 64, 4096, 2), 8);
   CheckProblem(RandomProblem(5, 128, 8192, 3), 16);
   CheckProblem(RandomProblem(5, 256, 1000, 4), 32);
-  CheckProblem(RandomProblem(11, 256, 4100, 6), 32);  // d 256's k over many panels
-  CheckProblem(RandomProblem(7, 768, 1100, 8), 32);   // GPT-2's width: blocks of 128 rows
-  CheckProblem(RandomProblem(140, 1024, 300, 9), 20);  // past one 128-row block at d 1024
+  CheckProblem(RandomProblem(11, 256, 4100, 6), 32);   // d 256's k over many panels
+  CheckProblem(RandomProblem(7, 768, 1100, 8), 32);    // GPT-2's width: blocks of 128 rows
+  CheckProblem(RandomProblem(140, 1024, 300, 9), 20);  // past one 96-row block at d 1024
 }
 
 // The step runs this kernel up to d 1024 (AVX-512 builds), oneDNN's GEMM
