@@ -223,15 +223,50 @@ GemmTimes GemmFloor(const Flags& f, const at::Tensor& W_first, const at::Tensor&
 // dense at::addmm over the whole batch, then at::topk (no backward, no
 // optimizer: a lower bound on such a step).
 double TorchForward(const Flags& f, const at::Tensor& W_first, const at::Tensor& x) {
-  at::Tensor b = at::zeros({f.n});
+  const at::Device dev = f.device == "cuda" ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+  const at::Tensor W = W_first.to(dev), xd = x.to(dev), b = at::zeros({f.n}, W.options());
   std::vector<double> s;
   for (int64_t i = 0; i < f.warmup + f.steps; ++i) {
     const double t0 = SteadyNow();
-    at::Tensor z = at::addmm(b, x, W_first.t());
+    at::Tensor z = at::addmm(b, xd, W.t());
     auto top = at::topk(z, f.k, 1);
+    if (!dev.is_cpu()) std::get<0>(top).select(0, 0).select(0, 0).item<float>();
     if (i >= f.warmup) s.push_back(SteadyNow() - t0);
   }
   return Median(s);
+}
+
+// On CUDA, the references issue 14 item 4 asks for beside the fp32 floor:
+// LibTorch's own bf16 GEMM over the batch (bf16 operands and output, tensor
+// cores), and at::topk alone over the fp32 pre-activations. Each
+// repetition is synchronised by reading one element of its result.
+struct DeviceRefs {
+  double bf16_gemm = 0;  // 0: not measured (CPU)
+  double topk = 0;
+};
+DeviceRefs MeasureDeviceRefs(const Flags& f, const at::Tensor& W_first, const at::Tensor& x) {
+  DeviceRefs r;
+  if (f.device != "cuda") return r;
+  const at::Device dev(at::kCUDA);
+  auto timed = [&](auto&& run) {
+    std::vector<double> s;
+    for (int64_t i = 0; i < f.warmup + f.steps; ++i) {
+      const double t0 = SteadyNow();
+      run().select(0, 0).select(0, 0).template item<float>();
+      if (i >= f.warmup) s.push_back(SteadyNow() - t0);
+    }
+    return Median(s);
+  };
+  {
+    const at::Tensor W = W_first.to(dev, at::kBFloat16), xb = x.to(dev, at::kBFloat16);
+    const at::Tensor b = at::zeros({f.n}, W.options());
+    at::Tensor z = at::empty({f.batch, f.n}, W.options());
+    r.bf16_gemm = timed([&] { return at::addmm_out(z, b, xb, W.t()); });
+  }
+  const at::Tensor W = W_first.to(dev), xd = x.to(dev);
+  const at::Tensor z = at::addmm(at::zeros({f.n}, W.options()), xd, W.t());
+  r.topk = timed([&] { return std::get<0>(at::topk(z, f.k, 1)); });
+  return r;
 }
 
 // The GEMM floors: fp32, and bf16-rounded where a bf16 encoder runs.
@@ -241,6 +276,7 @@ struct Floors {
   double fp32_cpu = 0, bf16_cpu = 0;  // the floors in CPU-seconds
   bool any_bf16 = false;
   double torch_forward = 0;  // the peer (0: not measured)
+  DeviceRefs device;         // CUDA only
   double Of(const RunResult& r) const { return r.encoder == "bf16" ? bf16 : fp32; }
   double CpuOf(const RunResult& r) const { return r.encoder == "bf16" ? bf16_cpu : fp32_cpu; }
 };
@@ -291,6 +327,11 @@ nlohmann::json JsonRuns(const Flags& f, const std::vector<RunResult>& runs, cons
         {"build_type", SAE_BUILD_TYPE},
         {"blas", sae::CurrentBlasKernel().Describe()},
         {"blas_core", sae::CurrentBlasKernel().core}};
+    if (floors.device.bf16_gemm > 0) {
+      j["gemm_bf16_native_seconds"] = floors.device.bf16_gemm;
+      j["ratio_to_bf16_gemm"] = r.step / floors.device.bf16_gemm;
+      j["topk_seconds"] = floors.device.topk;
+    }
     if (r.encoder == "int8_screened") {
       j["fallback_rate"] = r.fallback_rate;
       j["candidates"] = r.candidates;
@@ -326,12 +367,19 @@ void PrintReport(const Flags& f, const std::vector<RunResult>& runs, const Floor
     std::printf("  torch fwd %9.4f s %10.0f tokens/s (peer: at::addmm + at::topk over the batch, forward only)\n",
                 floors.torch_forward, f.batch / floors.torch_forward);
   if (floors.any_bf16) std::printf("  gemm bf16 %9.4f s   (bf16-rounded operands, fp32 GEMM)\n", floors.bf16);
+  if (floors.device.bf16_gemm > 0) {
+    std::printf("  bf16 GEMM %9.4f s %10.0f tokens/s (LibTorch's bf16 GEMM alone, tensor cores)\n",
+                floors.device.bf16_gemm, f.batch / floors.device.bf16_gemm);
+    std::printf("  topk      %9.4f s   (at::topk alone over the fp32 pre-activations: %.2f× the bf16 GEMM)\n",
+                floors.device.topk, floors.device.topk / floors.device.bf16_gemm);
+  }
   for (const RunResult& r : runs) {
     std::printf("  %-13s step %8.4f s %10.0f tokens/s   ratio %.3f (step / gemm; in CPU-seconds %.4f / %.4f = %.3f)",
                 r.encoder.c_str(), r.step, f.batch / r.step, r.step / floors.Of(r), r.step_cpu, floors.CpuOf(r),
                 r.step_cpu / floors.CpuOf(r));
     if (r.encoder == "int8_screened")
       std::printf("   fallback rows %.2f %%, C %.0f", 100 * r.fallback_rate, r.candidates);
+    if (floors.device.bf16_gemm > 0) std::printf("   %.2f× the bf16 GEMM", r.step / floors.device.bf16_gemm);
     // Milliseconds, wall / CPU of the calling thread (medians; a phase
     // without a CPU reading, such as the screen's own, shows only wall).
     std::printf("\n    phases (ms, wall/cpu):");
@@ -368,7 +416,8 @@ absl::Status MeasureShape(const Flags& f, const std::vector<std::string>& list, 
   floors->bf16_times = floors->any_bf16 ? GemmFloor(f, W_first, x, /*bf16=*/true) : floors->fp32_times;
   floors->bf16 = floors->bf16_times.Best();
   floors->bf16_cpu = floors->bf16_times.BestCpu();
-  if (f.device == "cpu") floors->torch_forward = TorchForward(f, W_first, x);
+  floors->torch_forward = TorchForward(f, W_first, x);
+  floors->device = MeasureDeviceRefs(f, W_first, x);
   return absl::OkStatus();
 }
 

@@ -26,6 +26,10 @@ if [ "$gpus" -gt 1 ] && command -v mpirun >/dev/null; then
 else
   "$b/bin/bench_allreduce" --backend nccl || true
 fi
-echo "gpu-check: training step on the GPU (the ATen step), tokens/s:"
-"$b/bin/bench_train_step" --device cuda --d 768 --latents 16384 --k 32 --batch 4096 --steps 20 || true
-"$b/bin/bench_train_step" --device cuda --d 768 --latents 16384 --k 32 --batch 4096 --steps 20 --remedy ghost_grads --dead-window 1 || true
+echo "gpu-check: training step on the GPU (the ATen step), tokens/s, against LibTorch's bf16 GEMM and at::topk alone:"
+# Issue 14 item 4's two sizes (its peer on an H100 for the first: about 1.2M
+# tokens/s for a well-tuned PyTorch step, 18M for the bf16 GEMM alone,
+# torch.topk alone 3.5x the GEMM), then a remedy run at the smaller size.
+"$b/bin/bench_train_step" --device cuda --d 768 --latents 24576 --k 32 --batch 16384 --encoder fp32,bf16 --steps 10 || true
+"$b/bin/bench_train_step" --device cuda --d 4096 --latents 131072 --k 64 --batch 8192 --encoder fp32,bf16 --steps 5 --warmup 2 || true
+"$b/bin/bench_train_step" --device cuda --d 768 --latents 24576 --k 32 --batch 16384 --steps 10 --remedy ghost_grads --dead-window 1 || true
