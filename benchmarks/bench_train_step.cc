@@ -24,6 +24,7 @@
 
 #include "benchmarks/bench_util.h"
 #include "core/base/blas_kernel.h"
+#include "core/base/status.h"
 
 namespace {
 
@@ -47,6 +48,7 @@ struct RunResult {
   double step_cpu = 0;                       // CPU-seconds of the process per step (median)
   std::map<std::string, double> phases;      // wall seconds (median)
   std::map<std::string, double> phases_cpu;  // CPU-seconds of the calling thread (median)
+  std::vector<double> round_ratios;          // --rounds: step / floor of each round (paired)
 };
 
 std::vector<std::string> SplitList(const std::string& s) {
@@ -63,7 +65,7 @@ std::vector<std::string> SplitList(const std::string& s) {
 
 // The command line.
 struct Flags {
-  int64_t d = 768, n = 16384, k = 32, batch = 4096, steps = 7, warmup = 2;
+  int64_t d = 768, n = 16384, k = 32, batch = 4096, steps = 7, warmup = 2, rounds = 1;
   int threads = 0;
   std::string precision = "fp32", device = "cpu", remedy = "none", encoders;
   int64_t dead_window = 1000000000000LL;
@@ -88,6 +90,11 @@ void AddFlags(sae::flags::Command& app, Flags& f) {
   app.AddOption("--device", f.device, "cpu|cuda").OneOf({"cpu", "cuda"});
   app.AddOption("--steps", f.steps, "measured steps (median; at least 5)");
   app.AddOption("--warmup", f.warmup, "steps before measuring");
+  app.AddOption("--rounds", f.rounds,
+                "measure the shape this many times (each round: every encoder, then the floor) and also report "
+                "each encoder's median over rounds of step / that round's floor (paired: less exposed to the "
+                "machine drifting between the step's and the floor's minutes); the other numbers are the "
+                "first round's");
   app.AddOption("--threads", f.threads, "LibTorch threads (0 = every core)");
   app.AddOption("--remedy", f.remedy, "none|auxk|ghost_grads").OneOf({"none", "auxk", "ghost_grads"});
   app.AddOption("--dead-window", f.dead_window,
@@ -292,6 +299,15 @@ double LoadAverage() {
 
 nlohmann::json JsonRuns(const Flags& f, const std::vector<RunResult>& runs, const Floors& floors);
 
+// "median a (lo–hi)" of a run's paired ratios (--rounds > 1), else "".
+std::string PairedSummary(const RunResult& r) {
+  if (r.round_ratios.size() < 2) return "";
+  const auto [lo, hi] = std::minmax_element(r.round_ratios.begin(), r.round_ratios.end());
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "%.3f (%.3f-%.3f)", Median(r.round_ratios), *lo, *hi);
+  return buf;
+}
+
 void PrintJson(const Flags& f, const std::vector<RunResult>& runs, const Floors& floors) {
   const nlohmann::json all = JsonRuns(f, runs, floors);
   std::printf("%s\n", (all.size() == 1 ? all[0] : all).dump().c_str());
@@ -327,6 +343,10 @@ nlohmann::json JsonRuns(const Flags& f, const std::vector<RunResult>& runs, cons
         {"build_type", SAE_BUILD_TYPE},
         {"blas", sae::CurrentBlasKernel().Describe()},
         {"blas_core", sae::CurrentBlasKernel().core}};
+    if (r.round_ratios.size() > 1) {
+      j["paired_ratios"] = r.round_ratios;
+      j["paired_ratio"] = Median(r.round_ratios);
+    }
     if (floors.device.bf16_gemm > 0) {
       j["gemm_bf16_native_seconds"] = floors.device.bf16_gemm;
       j["ratio_to_bf16_gemm"] = r.step / floors.device.bf16_gemm;
@@ -380,6 +400,9 @@ void PrintReport(const Flags& f, const std::vector<RunResult>& runs, const Floor
     if (r.encoder == "int8_screened")
       std::printf("   fallback rows %.2f %%, C %.0f", 100 * r.fallback_rate, r.candidates);
     if (floors.device.bf16_gemm > 0) std::printf("   %.2f× the bf16 GEMM", r.step / floors.device.bf16_gemm);
+    if (r.round_ratios.size() > 1)
+      std::printf("\n    paired ratio over %zu rounds (step / that round's floor): median %s", r.round_ratios.size(),
+                  PairedSummary(r).c_str());
     // Milliseconds, wall / CPU of the calling thread (medians; a phase
     // without a CPU reading, such as the screen's own, shows only wall).
     std::printf("\n    phases (ms, wall/cpu):");
@@ -397,9 +420,10 @@ void PrintReport(const Flags& f, const std::vector<RunResult>& runs, const Floor
 
 }  // namespace
 
-// One shape: every encoder of `list`, then the floors and the peer.
-absl::Status MeasureShape(const Flags& f, const std::vector<std::string>& list, std::vector<RunResult>* runs,
-                          Floors* floors) {
+// One round of one shape: every encoder of `list`, then the floors and
+// (peers) the torch peer and the device references.
+absl::Status MeasureRound(const Flags& f, const std::vector<std::string>& list, bool peers,
+                          std::vector<RunResult>* runs, Floors* floors) {
   at::manual_seed(0);
   at::Tensor x = at::randn({f.batch, f.d}, at::kFloat);
   at::Tensor W_first;
@@ -416,8 +440,27 @@ absl::Status MeasureShape(const Flags& f, const std::vector<std::string>& list, 
   floors->bf16_times = floors->any_bf16 ? GemmFloor(f, W_first, x, /*bf16=*/true) : floors->fp32_times;
   floors->bf16 = floors->bf16_times.Best();
   floors->bf16_cpu = floors->bf16_times.BestCpu();
-  floors->torch_forward = TorchForward(f, W_first, x);
-  floors->device = MeasureDeviceRefs(f, W_first, x);
+  if (peers) {
+    floors->torch_forward = TorchForward(f, W_first, x);
+    floors->device = MeasureDeviceRefs(f, W_first, x);
+  }
+  return absl::OkStatus();
+}
+
+// One shape: f.rounds rounds; the first round's numbers, with every
+// round's step / floor kept in round_ratios.
+absl::Status MeasureShape(const Flags& f, const std::vector<std::string>& list, std::vector<RunResult>* runs,
+                          Floors* floors) {
+  for (int64_t round = 0; round < std::max<int64_t>(f.rounds, 1); ++round) {
+    std::vector<RunResult> rr;
+    Floors fl;
+    SAE_RETURN_IF_ERROR(MeasureRound(f, list, /*peers=*/round == 0, &rr, &fl));
+    if (round == 0) {
+      *runs = rr;
+      *floors = fl;
+    }
+    for (size_t e = 0; e < rr.size(); ++e) (*runs)[e].round_ratios.push_back(rr[e].step / fl.Of(rr[e]));
+  }
   return absl::OkStatus();
 }
 
@@ -448,8 +491,9 @@ int RunSweep(Flags f, const std::vector<std::string>& list) {
   std::printf(
       "(cpu ratio: the same ratio in CPU-seconds of the process, the robust one with --threads 1 on a loaded "
       "machine)\n");
-  std::printf("%-22s %-13s %9s %9s %9s %9s %6s %6s %10s %10s %6s\n", "d/latents/k/batch", "encoder", "step s",
-              "floor s", "addmm s", "oneDNN s", "ratio", "cpu", "tokens/s", "torch fwd", "load");
+  std::printf("%-22s %-13s %9s %9s %9s %9s %6s %6s %10s %10s %6s%s\n", "d/latents/k/batch", "encoder", "step s",
+              "floor s", "addmm s", "oneDNN s", "ratio", "cpu", "tokens/s", "torch fwd", "load",
+              f.rounds > 1 ? "  paired ratio (range)" : "");
   nlohmann::json all = nlohmann::json::array();
   for (const SweepShape& sh : kSweep) {
     f.d = sh.d;
@@ -468,10 +512,10 @@ int RunSweep(Flags f, const std::vector<std::string>& list) {
     const std::string shape = absl::StrCat(f.d, "/", f.n, "/", f.k, "/", f.batch);
     for (const RunResult& r : runs) {
       const GemmTimes& g = r.encoder == "bf16" ? floors.bf16_times : floors.fp32_times;
-      std::printf("%-22s %-13s %9.4f %9.4f %9.4f %9.4f %6.2f %6.2f %10.0f %10.0f %6.2f\n", shape.c_str(),
-                  r.encoder.c_str(), r.step, floors.Of(r), g.aten, g.onednn, r.step / floors.Of(r),
-                  r.step_cpu / floors.CpuOf(r), f.batch / r.step,
-                  floors.torch_forward > 0 ? f.batch / floors.torch_forward : 0.0, LoadAverage());
+      std::printf(
+          "%-22s %-13s %9.4f %9.4f %9.4f %9.4f %6.2f %6.2f %10.0f %10.0f %6.2f  %s\n", shape.c_str(), r.encoder.c_str(),
+          r.step, floors.Of(r), g.aten, g.onednn, r.step / floors.Of(r), r.step_cpu / floors.CpuOf(r), f.batch / r.step,
+          floors.torch_forward > 0 ? f.batch / floors.torch_forward : 0.0, LoadAverage(), PairedSummary(r).c_str());
     }
     std::fflush(stdout);
     for (auto& j : JsonRuns(f, runs, floors)) all.push_back(j);
