@@ -451,7 +451,7 @@ absl::Status MeasureRound(const Flags& f, const std::vector<std::string>& list, 
 // round's step / floor kept in round_ratios.
 absl::Status MeasureShape(const Flags& f, const std::vector<std::string>& list, std::vector<RunResult>* runs,
                           Floors* floors) {
-  for (int64_t round = 0; round < std::max<int64_t>(f.rounds, 1); ++round) {
+  for (int64_t round = 0; round < f.rounds; ++round) {
     std::vector<RunResult> rr;
     Floors fl;
     SAE_RETURN_IF_ERROR(MeasureRound(f, list, /*peers=*/round == 0, &rr, &fl));
@@ -543,6 +543,10 @@ int main(int argc, char** argv) {
                    e.c_str());
       return 1;
     }
+  if (f.rounds < 1) {
+    std::fprintf(stderr, "error: --rounds: %ld is not a number of rounds (at least 1)\n", f.rounds);
+    return 1;
+  }
   if (f.sweep) return RunSweep(f, list);
 
   std::vector<RunResult> runs;
