@@ -7,7 +7,6 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -226,21 +225,27 @@ GemmTimes GemmFloor(const Flags& f, const at::Tensor& W_first, const at::Tensor&
   return out;
 }
 
+// Median wall seconds of f.steps runs of run() after f.warmup runs, each
+// synchronised by reading one element of the tensor it returns (on CUDA the
+// wait for its kernels; on CPU nothing to wait for).
+template <typename Run>
+double MedianSeconds(const Flags& f, Run&& run) {
+  std::vector<double> s;
+  for (int64_t i = 0; i < f.warmup + f.steps; ++i) {
+    const double t0 = SteadyNow();
+    run().select(0, 0).select(0, 0).template item<float>();
+    if (i >= f.warmup) s.push_back(SteadyNow() - t0);
+  }
+  return Median(s);
+}
+
 // A peer, what a PyTorch SAE (sparsify) runs for its forward: LibTorch's
 // dense at::addmm over the whole batch, then at::topk (no backward, no
 // optimizer: a lower bound on such a step).
 double TorchForward(const Flags& f, const at::Tensor& W_first, const at::Tensor& x) {
   const at::Device dev = f.device == "cuda" ? at::Device(at::kCUDA) : at::Device(at::kCPU);
   const at::Tensor W = W_first.to(dev), xd = x.to(dev), b = at::zeros({f.n}, W.options());
-  std::vector<double> s;
-  for (int64_t i = 0; i < f.warmup + f.steps; ++i) {
-    const double t0 = SteadyNow();
-    at::Tensor z = at::addmm(b, xd, W.t());
-    auto top = at::topk(z, f.k, 1);
-    if (!dev.is_cpu()) std::get<0>(top).select(0, 0).select(0, 0).item<float>();
-    if (i >= f.warmup) s.push_back(SteadyNow() - t0);
-  }
-  return Median(s);
+  return MedianSeconds(f, [&] { return std::get<0>(at::topk(at::addmm(b, xd, W.t()), f.k, 1)); });
 }
 
 // On CUDA, the references issue 14 item 4 asks for beside the fp32 floor:
@@ -255,24 +260,15 @@ DeviceRefs MeasureDeviceRefs(const Flags& f, const at::Tensor& W_first, const at
   DeviceRefs r;
   if (f.device != "cuda") return r;
   const at::Device dev(at::kCUDA);
-  auto timed = [&](auto&& run) {
-    std::vector<double> s;
-    for (int64_t i = 0; i < f.warmup + f.steps; ++i) {
-      const double t0 = SteadyNow();
-      run().select(0, 0).select(0, 0).template item<float>();
-      if (i >= f.warmup) s.push_back(SteadyNow() - t0);
-    }
-    return Median(s);
-  };
   {
     const at::Tensor W = W_first.to(dev, at::kBFloat16), xb = x.to(dev, at::kBFloat16);
     const at::Tensor b = at::zeros({f.n}, W.options());
     at::Tensor z = at::empty({f.batch, f.n}, W.options());
-    r.bf16_gemm = timed([&] { return at::addmm_out(z, b, xb, W.t()); });
+    r.bf16_gemm = MedianSeconds(f, [&] { return at::addmm_out(z, b, xb, W.t()); });
   }
   const at::Tensor W = W_first.to(dev), xd = x.to(dev);
   const at::Tensor z = at::addmm(at::zeros({f.n}, W.options()), xd, W.t());
-  r.topk = timed([&] { return std::get<0>(at::topk(z, f.k, 1)); });
+  r.topk = MedianSeconds(f, [&] { return std::get<0>(at::topk(z, f.k, 1)); });
   return r;
 }
 

@@ -501,14 +501,14 @@ void SmallEncoder::SelectTopK(const float* x, int64_t rows, int64_t k, int64_t* 
 }
 
 bool UseSmallEncoder(int64_t n, int64_t d, int64_t k) {
-  // d <= 1024: where the sweep measured it faster than oneDNN's GEMM and a
-  // separate top-k (docs/performance.md "The top-k in the GEMM's epilogue",
-  // and "d 768 and 1024 fused" for the bound: session 9 measured 1.18
-  // against 1.31 at d 768, 1.19 against 1.30 at d 1024, and slower at
-  // d 2048, where a 64-latent panel (512 KiB) crowds L2). The int32 latent index bounds n. Only
-  // the AVX-512 kernel: the scalar one is a correctness fallback (a
-  // -DSAE_NATIVE_ARCH=OFF build measured 15x the GEMM floor at d 48, where
-  // oneDNN still picks its AVX-512 kernel from cpuid), tested on its own.
+  // d <= 1024: where it measured faster than oneDNN's GEMM and a separate
+  // top-k (docs/performance.md "The top-k in the GEMM's epilogue" and "d 768
+  // and 1024 fused": ratios 1.19-1.20 against 1.29-1.30 at d 768 and 1024,
+  // slower at d 2048, where a 64-latent panel of 512 KiB crowds L2). The
+  // int32 latent index bounds n. Only the AVX-512 kernel: the scalar one is
+  // a correctness fallback (a -DSAE_NATIVE_ARCH=OFF build measured 15x the
+  // GEMM floor at d 48, where oneDNN still picks its AVX-512 kernel from
+  // cpuid), tested on its own.
 #if !defined(__AVX512F__)
   return false;
 #endif
