@@ -56,7 +56,9 @@ fi
 
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
-if [ ! -f build/CMakeCache.txt ]; then
+# A configure that failed (a missing package) leaves CMakeCache.txt but no
+# build files: configure again then.
+if [ ! -f build/CMakeCache.txt ] || { [ ! -f build/build.ninja ] && [ ! -f build/Makefile ]; }; then
   cmake -S . -B build "${generator[@]}" -DCMAKE_BUILD_TYPE=Release "$@"
 elif [ $# -gt 0 ]; then
   cmake -S . -B build "$@"
