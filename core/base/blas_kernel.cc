@@ -17,9 +17,12 @@ namespace {
 
 // Set in the environment before the re-exec: the pid that re-executed (the
 // pid survives execv; children of it see another pid and do not log again)
-// and what OpenBLAS had chosen by itself.
+// what OpenBLAS had chosen by itself and the OPENBLAS_CORETYPE set. Children
+// inherit all but the pid: a child whose OPENBLAS_CORETYPE is still the one
+// set here runs saeforge's choice, one given another value runs the user's.
 constexpr char kReexecPid[] = "SAE_BLAS_REEXEC_PID";
 constexpr char kChosenFrom[] = "SAE_BLAS_CHOSEN_FROM";
+constexpr char kSetTo[] = "SAE_BLAS_SET_TO";
 
 std::string OpenBlasCore() {
   using Fn = char* (*)();
@@ -43,10 +46,11 @@ BlasKernel Detect() {
   k.cpu_best = CpuBestBlasCore();
   const char* user = std::getenv("OPENBLAS_CORETYPE");
   const char* from = std::getenv(kChosenFrom);
+  const char* set_to = std::getenv(kSetTo);
   if (k.core.empty()) {
     k.source = "unchanged";
     k.note = "no OpenBLAS in this process";
-  } else if (from != nullptr && user != nullptr) {
+  } else if (from != nullptr && user != nullptr && set_to != nullptr && std::strcmp(user, set_to) == 0) {
     k.source = "saeforge";
     k.note = std::string("OpenBLAS chose ") + from;
   } else if (user != nullptr && *user != '\0') {
@@ -96,14 +100,14 @@ std::string CpuBestBlasCore() {
   return "";
 }
 
-void ChooseBlasKernel(int argc, char** argv) {
+void ChooseBlasKernel(int argc, char** argv, bool announce) {
   (void)argc;
   const char* pid_s = std::getenv(kReexecPid);
   if (pid_s != nullptr) {
     // After our own execv (same pid): say once what was chosen.
     const bool mine = std::atoi(pid_s) == static_cast<int>(getpid());
     unsetenv(kReexecPid);
-    if (mine) {
+    if (mine && announce) {
       const BlasKernel& k = Current();
       SAE_LOG(kInfo) << "BLAS kernel: " << k.Describe();
     }
@@ -120,11 +124,13 @@ void ChooseBlasKernel(int argc, char** argv) {
   if (best.empty() || BlasCoreLevel(core) >= BlasCoreLevel(best)) return;
   setenv("OPENBLAS_CORETYPE", best.c_str(), 1);
   setenv(kChosenFrom, core.c_str(), 1);
+  setenv(kSetTo, best.c_str(), 1);
   setenv(kReexecPid, std::to_string(getpid()).c_str(), 1);
   execv("/proc/self/exe", argv);
   // execv failed: run on OpenBLAS's own choice, and say so.
   unsetenv("OPENBLAS_CORETYPE");
   unsetenv(kChosenFrom);
+  unsetenv(kSetTo);
   unsetenv(kReexecPid);
   SAE_LOG(kWarn) << "BLAS kernel: OpenBLAS chose " << core << " on a CPU that allows " << best
                  << "; re-executing with OPENBLAS_CORETYPE=" << best << " failed: " << std::strerror(errno)

@@ -33,9 +33,11 @@ struct BlasKernel {
 };
 
 // Call first in main, before any thread starts (it may execv and never
-// return). Logs the choice once, in the process that made it. argv must be
-// main's (null-terminated).
-void ChooseBlasKernel(int argc, char** argv);
+// return). Logs the choice once, in the process that made it, unless
+// `announce` is false (short commands whose stderr users read beside their
+// output: the choice is still made, and CurrentBlasKernel() tells it).
+// argv must be main's (null-terminated).
+void ChooseBlasKernel(int argc, char** argv, bool announce = true);
 
 // What the process runs on (computed once; ChooseBlasKernel need not have
 // been called).

@@ -167,6 +167,39 @@ struct BadJob {
   const char* field;  // must appear in the message
 };
 
+// The BLAS kernel's re-exec as `sae` makes it (core/base/blas_kernel.h),
+// OpenBLAS made to look as if it had chosen Prescott so that the re-exec
+// happens on every CPU: the long commands say so once on stderr, the short
+// ones and --quiet say nothing (scripts read their stderr with the output),
+// and the coordinator's client commands do not re-execute at all.
+TEST_F(Cli, OnlyLongCommandsAnnounceTheBlasKernel) {
+  const std::string env = "env -u OPENBLAS_CORETYPE SAE_BLAS_PRETEND_CORE=Prescott ";
+  auto count = [](const std::string& out) {
+    size_t n = 0;
+    for (size_t at = out.find("BLAS kernel:"); at != std::string::npos; at = out.find("BLAS kernel:", at + 1)) ++n;
+    return n;
+  };
+  const fs::path job = Job("bad.yaml", "data: {kind: synthetic}\nsae: {latents: 64, kk: 4}\n");
+  Result train = Sh(env + Bin("sae") + " train " + job.string());
+  EXPECT_NE(train.code, 0) << train.out;
+  EXPECT_NE(train.out.find("sae.kk"), std::string::npos) << train.out;
+  EXPECT_EQ(count(train.out), 1u) << train.out;
+  Result quiet = Sh(env + Bin("sae") + " features build --quiet --model /nonexistent --sae /nonexistent");
+  EXPECT_NE(quiet.code, 0) << quiet.out;
+  EXPECT_NE(quiet.out.find("/nonexistent"), std::string::npos) << quiet.out;
+  EXPECT_EQ(count(quiet.out), 0u) << quiet.out;
+  Result show = Sh(env + Bin("sae") + " features show /nonexistent 0");
+  EXPECT_NE(show.code, 0) << show.out;
+  EXPECT_NE(show.out.find("/nonexistent/features.json"), std::string::npos) << show.out;
+  EXPECT_EQ(count(show.out), 0u) << show.out;
+  // (Before, `sae status` re-executed and printed the line first, where
+  // scripts and the service tests read the job id.)
+  Result status = Sh(env + Bin("sae") + " status job-000001 --coordinator 127.0.0.1:1 --timeout 1");
+  EXPECT_NE(status.code, 0) << status.out;
+  EXPECT_NE(status.out.find("unreachable"), std::string::npos) << status.out;
+  EXPECT_EQ(count(status.out), 0u) << status.out;
+}
+
 TEST_F(Cli, BadJobFilesNameTheFileAndField) {
   const std::vector<BadJob> cases = {
       {"malformed", "name: x\nsae: [k: 1\n", "malformed.yaml"},

@@ -405,6 +405,15 @@ TEST(BlasKernel, ReexecutesOnTheCpusBestCoreAndKeepsTheUsersChoice) {
   EXPECT_EQ(moved.find("BLAS kernel:", first + 1), std::string::npos) << "logged twice: " << moved;
   const std::string kept = run("OPENBLAS_CORETYPE=Sandybridge SAE_BLAS_PRETEND_CORE=Prescott");
   EXPECT_NE(kept.find("CHOICE[Sandybridge|user]"), std::string::npos) << kept;
+  // A child of a re-executed process inherits its markers: still saeforge's
+  // choice while OPENBLAS_CORETYPE is the value set, the user's once the
+  // user set another (this CPU's own re-exec leaked "saeforge" into every
+  // child before: model 207 Xeons, where OpenBLAS 0.3.21 picks Prescott).
+  const std::string inherited = "SAE_BLAS_CHOSEN_FROM=Prescott SAE_BLAS_SET_TO=" + best;
+  const std::string child = run(inherited + " OPENBLAS_CORETYPE=" + best);
+  EXPECT_NE(child.find("CHOICE[" + best + "|saeforge]"), std::string::npos) << child;
+  const std::string child_user = run(inherited + " OPENBLAS_CORETYPE=Sandybridge");
+  EXPECT_NE(child_user.find("CHOICE[Sandybridge|user]"), std::string::npos) << child_user;
 }
 
 }  // namespace
