@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <sys/utsname.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <unistd.h>
 #include <algorithm>
 #include <cstdio>
@@ -69,7 +70,7 @@ struct Flags {
   std::string precision = "fp32", device = "cpu", remedy = "none", encoders;
   int64_t dead_window = 1000000000000LL;
   double grad_clip = 1.0;
-  bool as_json = false, aten = false, sweep = false;
+  bool as_json = false, aten = false, sweep = false, torch_step = false;
 };
 
 void AddFlags(sae::flags::Command& app, Flags& f) {
@@ -99,6 +100,9 @@ void AddFlags(sae::flags::Command& app, Flags& f) {
   app.AddOption("--dead-window", f.dead_window,
                 "dead_window_tokens (default: none ever dead; 1 = every latent that did not fire in the last step)");
   app.AddOption("--grad-clip", f.grad_clip, "train.grad_clip (0: no clipping)");
+  app.AddFlag("--torch-step", f.torch_step,
+              "also time a whole PyTorch training step as sparsify runs it (at::addmm, at::topk, "
+              "embedding_bag decode, LibTorch autograd, Adam in ATen ops): slow at large shapes");
   app.AddFlag("--json", f.as_json, "one JSON object");
   app.AddFlag("--aten", f.aten,
               "on CPU, time the device-generic ATen step (what CUDA runs) instead of the CPU kernels");
@@ -248,6 +252,54 @@ double TorchForward(const Flags& f, const at::Tensor& W_first, const at::Tensor&
   return MedianSeconds(f, [&] { return std::get<0>(at::topk(at::addmm(b, xd, W.t()), f.k, 1)); });
 }
 
+// A second peer, a whole training step the way a PyTorch SAE (sparsify's
+// eager CPU path) runs it: relu of at::addmm, at::topk, the decode as
+// embedding_bag with the activations as weights, the squared error over the
+// total variance, LibTorch's autograd for every gradient (the top-k's
+// backward scatters into a dense B×n gradient: two more GEMMs), gradient
+// clipping and Adam as torch.optim.Adam's foreach update, in ATen ops.
+// sparsify also projects the decoder's gradient and renormalises its rows
+// each step (more passes), so this is a lower bound on its step. Only
+// LibTorch runs here, none of saeforge's kernels.
+double TorchStep(const Flags& f, const at::Tensor& W_first, const at::Tensor& x) {
+  const at::Device dev = f.device == "cuda" ? at::Device(at::kCUDA) : at::Device(at::kCPU);
+  const at::Tensor xd = x.to(dev);
+  std::vector<at::Tensor> params = {W_first.to(dev).clone(), at::zeros({f.n}, xd.options()), W_first.to(dev).clone(),
+                                    at::zeros({f.d}, xd.options())};
+  for (at::Tensor& t : params) t.set_requires_grad(true);
+  std::vector<at::Tensor> m, v;
+  for (const at::Tensor& t : params) {
+    m.push_back(at::zeros_like(t).detach());
+    v.push_back(at::zeros_like(t).detach());
+  }
+  const at::Tensor offsets = at::arange(0, f.batch * f.k, f.k, at::TensorOptions(dev).dtype(at::kLong));
+  const double total_var = (xd - xd.mean(0)).pow(2).sum().item<double>();
+  const double lr = 2e-4, b1 = 0.9, b2 = 0.999, eps = 1e-8;
+  int64_t t = 0;
+  return MedianSeconds(f, [&] {
+    const at::Tensor &W_enc = params[0], &b_enc = params[1], &W_dec = params[2], &b_dec = params[3];
+    const at::Tensor z = at::relu(at::addmm(b_enc, xd - b_dec, W_enc.t()));
+    auto [acts, idx] = at::topk(z, f.k, 1);
+    const at::Tensor xhat =
+        std::get<0>(at::embedding_bag(W_dec, idx.reshape({-1}), offsets, false, 0, false, acts.reshape({-1}))) + b_dec;
+    const at::Tensor loss = (xhat - xd).pow(2).sum() / total_var;
+    std::vector<at::Tensor> g = torch::autograd::grad({loss}, params);
+    at::NoGradGuard no_grad;
+    double sq = 0;
+    for (const at::Tensor& gi : g) sq += gi.pow(2).sum().item<double>();
+    const double clip = f.grad_clip > 0 ? std::min(1.0, f.grad_clip / (std::sqrt(sq) + 1e-6)) : 1.0;
+    ++t;
+    const double bc1 = 1 - std::pow(b1, t), bc2 = 1 - std::pow(b2, t);
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (clip < 1) g[i].mul_(clip);
+      m[i].mul_(b1).add_(g[i], 1 - b1);
+      v[i].mul_(b2).addcmul_(g[i], g[i], 1 - b2);
+      params[i].addcdiv_(m[i], v[i].sqrt().div_(std::sqrt(bc2)).add_(eps), -lr / bc1);
+    }
+    return params[0];
+  });
+}
+
 // On CUDA, the references issue 14 item 4 asks for beside the fp32 floor:
 // LibTorch's own bf16 GEMM over the batch (bf16 operands and output, tensor
 // cores), and at::topk alone over the fp32 pre-activations. Each
@@ -279,6 +331,7 @@ struct Floors {
   double fp32_cpu = 0, bf16_cpu = 0;  // the floors in CPU-seconds
   bool any_bf16 = false;
   double torch_forward = 0;  // the peer (0: not measured)
+  double torch_step = 0;     // the whole-step peer (--torch-step; 0: not measured)
   DeviceRefs device;         // CUDA only
   double Of(const RunResult& r) const { return r.encoder == "bf16" ? bf16 : fp32; }
   double CpuOf(const RunResult& r) const { return r.encoder == "bf16" ? bf16_cpu : fp32_cpu; }
@@ -321,6 +374,7 @@ nlohmann::json JsonRuns(const Flags& f, const std::vector<RunResult>& runs, cons
         {"gemm_aten_seconds", r.encoder == "bf16" ? floors.bf16_times.aten : floors.fp32_times.aten},
         {"gemm_onednn_seconds", r.encoder == "bf16" ? floors.bf16_times.onednn : floors.fp32_times.onednn},
         {"torch_forward_seconds", floors.torch_forward},
+        {"torch_step_seconds", floors.torch_step},
         {"ratio", r.step / g},
         {"step_cpu_seconds", r.step_cpu},
         {"gemm_cpu_seconds", floors.CpuOf(r)},
@@ -382,6 +436,9 @@ void PrintReport(const Flags& f, const std::vector<RunResult>& runs, const Floor
   if (floors.torch_forward > 0)
     std::printf("  torch fwd %9.4f s %10.0f tokens/s (peer: at::addmm + at::topk over the batch, forward only)\n",
                 floors.torch_forward, f.batch / floors.torch_forward);
+  if (floors.torch_step > 0)
+    std::printf("  torch step%9.4f s %10.0f tokens/s (peer: the whole step in LibTorch, autograd + Adam)\n",
+                floors.torch_step, f.batch / floors.torch_step);
   if (floors.any_bf16) std::printf("  gemm bf16 %9.4f s   (bf16-rounded operands, fp32 GEMM)\n", floors.bf16);
   if (floors.device.bf16_gemm > 0) {
     std::printf("  bf16 GEMM %9.4f s %10.0f tokens/s (LibTorch's bf16 GEMM alone, tensor cores)\n",
@@ -438,6 +495,7 @@ absl::Status MeasureRound(const Flags& f, const std::vector<std::string>& list, 
   floors->bf16_cpu = floors->bf16_times.BestCpu();
   if (peers) {
     floors->torch_forward = TorchForward(f, W_first, x);
+    if (f.torch_step) floors->torch_step = TorchStep(f, W_first, x);
     floors->device = MeasureDeviceRefs(f, W_first, x);
   }
   return absl::OkStatus();
@@ -487,12 +545,13 @@ int RunSweep(Flags f, const std::vector<std::string>& list) {
   std::printf("blas      : %s\n", sae::CurrentBlasKernel().Describe().c_str());
   std::printf(
       "floor     : the faster of at::addmm and oneDNN's matmul over the whole batch; torch fwd: at::addmm + "
-      "at::topk (a PyTorch SAE's forward alone)\n\n");
+      "at::topk (a PyTorch SAE's forward alone); torch step (--torch-step; 0: not run): the whole step in "
+      "LibTorch, autograd + Adam\n\n");
   std::printf(
       "(cpu ratio: the same ratio in CPU-seconds of the process, the robust one with --threads 1 on a loaded "
       "machine)\n");
-  std::printf("%-22s %-13s %9s %9s %9s %9s %6s %6s %10s %10s %6s%s\n", "d/latents/k/batch", "encoder", "step s",
-              "floor s", "addmm s", "oneDNN s", "ratio", "cpu", "tokens/s", "torch fwd", "load",
+  std::printf("%-22s %-13s %9s %9s %9s %9s %6s %6s %10s %10s %10s %6s%s\n", "d/latents/k/batch", "encoder", "step s",
+              "floor s", "addmm s", "oneDNN s", "ratio", "cpu", "tokens/s", "torch fwd", "torch step", "load",
               f.rounds > 1 ? "  paired ratio (range)" : "");
   nlohmann::json all = nlohmann::json::array();
   for (const SweepShape& sh : kSweep) {
@@ -512,10 +571,11 @@ int RunSweep(Flags f, const std::vector<std::string>& list) {
     const std::string shape = absl::StrCat(f.d, "/", f.n, "/", f.k, "/", f.batch);
     for (const RunResult& r : runs) {
       const GemmTimes& g = r.encoder == "bf16" ? floors.bf16_times : floors.fp32_times;
-      std::printf(
-          "%-22s %-13s %9.4f %9.4f %9.4f %9.4f %6.2f %6.2f %10.0f %10.0f %6.2f  %s\n", shape.c_str(), r.encoder.c_str(),
-          r.step, floors.Of(r), g.aten, g.onednn, r.step / floors.Of(r), r.step_cpu / floors.CpuOf(r), f.batch / r.step,
-          floors.torch_forward > 0 ? f.batch / floors.torch_forward : 0.0, LoadAverage(), PairedSummary(r).c_str());
+      std::printf("%-22s %-13s %9.4f %9.4f %9.4f %9.4f %6.2f %6.2f %10.0f %10.0f %10.0f %6.2f  %s\n", shape.c_str(),
+                  r.encoder.c_str(), r.step, floors.Of(r), g.aten, g.onednn, r.step / floors.Of(r),
+                  r.step_cpu / floors.CpuOf(r), f.batch / r.step,
+                  floors.torch_forward > 0 ? f.batch / floors.torch_forward : 0.0,
+                  floors.torch_step > 0 ? f.batch / floors.torch_step : 0.0, LoadAverage(), PairedSummary(r).c_str());
     }
     std::fflush(stdout);
     for (auto& j : JsonRuns(f, runs, floors)) all.push_back(j);
