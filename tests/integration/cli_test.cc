@@ -180,24 +180,24 @@ TEST_F(Cli, OnlyLongCommandsAnnounceTheBlasKernel) {
     return n;
   };
   const fs::path job = Job("bad.yaml", "data: {kind: synthetic}\nsae: {latents: 64, kk: 4}\n");
-  Result train = Sh(env + Bin("sae") + " train " + job.string());
-  EXPECT_NE(train.code, 0) << train.out;
-  EXPECT_NE(train.out.find("sae.kk"), std::string::npos) << train.out;
-  EXPECT_EQ(count(train.out), 1u) << train.out;
-  Result quiet = Sh(env + Bin("sae") + " features build --quiet --model /nonexistent --sae /nonexistent");
-  EXPECT_NE(quiet.code, 0) << quiet.out;
-  EXPECT_NE(quiet.out.find("/nonexistent"), std::string::npos) << quiet.out;
-  EXPECT_EQ(count(quiet.out), 0u) << quiet.out;
-  Result show = Sh(env + Bin("sae") + " features show /nonexistent 0");
-  EXPECT_NE(show.code, 0) << show.out;
-  EXPECT_NE(show.out.find("/nonexistent/features.json"), std::string::npos) << show.out;
-  EXPECT_EQ(count(show.out), 0u) << show.out;
-  // (Before, `sae status` re-executed and printed the line first, where
-  // scripts and the service tests read the job id.)
-  Result status = Sh(env + Bin("sae") + " status job-000001 --coordinator 127.0.0.1:1 --timeout 1");
-  EXPECT_NE(status.code, 0) << status.out;
-  EXPECT_NE(status.out.find("unreachable"), std::string::npos) << status.out;
-  EXPECT_EQ(count(status.out), 0u) << status.out;
+  struct Case {
+    std::string args, message;  // each command fails with its own message
+    size_t lines;               // "BLAS kernel:" lines expected
+  };
+  const std::vector<Case> cases = {
+      {"train " + job.string(), "sae.kk", 1},
+      {"features build --quiet --model /nonexistent --sae /nonexistent", "/nonexistent", 0},
+      {"features show /nonexistent 0", "/nonexistent/features.json", 0},
+      // (Before, `sae status` re-executed and printed the line first, where
+      // scripts and the service tests read the job id.)
+      {"status job-000001 --coordinator 127.0.0.1:1 --timeout 1", "unreachable", 0},
+  };
+  for (const Case& c : cases) {
+    Result r = Sh(env + Bin("sae") + " " + c.args);
+    EXPECT_NE(r.code, 0) << c.args << ": " << r.out;
+    EXPECT_NE(r.out.find(c.message), std::string::npos) << c.args << ": " << r.out;
+    EXPECT_EQ(count(r.out), c.lines) << c.args << ": " << r.out;
+  }
 }
 
 TEST_F(Cli, BadJobFilesNameTheFileAndField) {
