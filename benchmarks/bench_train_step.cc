@@ -269,8 +269,8 @@ double TorchStep(const Flags& f, const at::Tensor& W_first, const at::Tensor& x)
   for (at::Tensor& t : params) t.set_requires_grad(true);
   std::vector<at::Tensor> m, v;
   for (const at::Tensor& t : params) {
-    m.push_back(at::zeros_like(t).detach());
-    v.push_back(at::zeros_like(t).detach());
+    m.push_back(at::zeros_like(t));  // factories do not take requires_grad from t
+    v.push_back(at::zeros_like(t));
   }
   const at::Tensor offsets = at::arange(0, f.batch * f.k, f.k, at::TensorOptions(dev).dtype(at::kLong));
   const double total_var = (xd - xd.mean(0)).pow(2).sum().item<double>();
