@@ -43,9 +43,9 @@ struct RowTops {
 #if defined(__AVX512F__)
   // k <= 32: each row's top-k in `lanes` (16 for k <= 16, else 32) sorted
   // lanes (descending, −inf padded) and its latents beside them, at
-  // vv/vi[r*lanes ..]; OfferVec / OfferVec2 insert without branches on the
-  // data (the sorted list's shifting loop cost ~85 cycles an insertion at
-  // k 32: docs/performance.md "d 256: the insertion, not the panel").
+  // vv/vi[r*lanes ..]; InsertLane / OfferVec2 insert without branches on
+  // the data (the sorted list's shifting loop cost ~85 cycles an insertion
+  // at k 32: docs/performance.md "d 256: the insertion, not the panel").
   int lanes = 0;
   std::vector<float> vv;
   std::vector<int32_t> vi;
@@ -101,37 +101,11 @@ struct RowTops {
     if (c == k) thr[r] = rv[k - 1];
   }
 #if defined(__AVX512F__)
-#if defined(__GNUC__)
-  __attribute__((noinline))
-#endif
-  void
-  OfferVec(int r, const float* z, uint64_t mask, int32_t base) {
-    __m512 tv = _mm512_loadu_ps(vv.data() + r * 16);
-    __m512i ti = _mm512_loadu_si512(vi.data() + r * 16);
-    const __m512i ninf = _mm512_castps_si512(_mm512_set1_ps(kNegInf));
-    while (mask != 0) {
-      const int t = __builtin_ctzll(mask);
-      mask &= mask - 1;
-      const __m512 v = _mm512_set1_ps(z[t]);
-      // The lanes below v, a suffix (the vector is sorted, all 16 lanes):
-      // v goes to its first lane and the rest shift down one. Equal values
-      // stay ahead (lower latents). A v at or below the k-th lane lands past
-      // the k kept, which only the lanes beyond k see.
-      const __mmask16 lt = _mm512_cmp_ps_mask(tv, v, _CMP_LT_OQ);
-      const __mmask16 at = _kandn_mask16(_kshiftli_mask16(lt, 1), lt);
-      const __m512 tv_sh = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(tv), ninf, 15));
-      const __m512i ti_sh = _mm512_alignr_epi32(ti, ti, 15);
-      tv = _mm512_mask_mov_ps(_mm512_mask_mov_ps(tv, lt, tv_sh), at, v);
-      ti = _mm512_mask_mov_epi32(_mm512_mask_mov_epi32(ti, lt, ti_sh), at, _mm512_set1_epi32(base + t));
-    }
-    _mm512_storeu_ps(vv.data() + r * 16, tv);
-    _mm512_storeu_si512(vi.data() + r * 16, ti);
-    thr[r] = vv[r * 16 + k - 1];
-  }
-  // OfferVec over 32 lanes (16 < k <= 32): hi = lanes 0-15, lo = 16-31. The
-  // lanes below v are a suffix of the 32; lo's first lane takes hi's last
-  // when that one shifts down, and v lands in lo only when no lane of hi is
-  // below it.
+  // Inserts the values z[t] (latent base + t, set bits t of mask) into row
+  // r's 32 sorted lanes (16 < k <= 32; k <= 16 inserts in SelectTile,
+  // InsertLane): hi = lanes 0-15, lo = 16-31. The lanes below v are a suffix
+  // of the 32; lo's first lane takes hi's last when that one shifts down,
+  // and v lands in lo only when no lane of hi is below it.
 #if defined(__GNUC__)
   __attribute__((noinline))
 #endif
@@ -169,6 +143,24 @@ struct RowTops {
   }
 #endif
 };
+
+#if defined(__AVX512F__)
+// One insertion into 16 sorted lanes (descending, latents ti beside them):
+// the lanes below v, a suffix (the vector is sorted), shift down one and v
+// takes the first of them. Equal values stay ahead (lower latents). A v at or
+// below the k-th lane lands past the k kept, which only the lanes beyond k
+// see; v = −inf changes nothing.
+inline void InsertLane(__m512& tv, __m512i& ti, float x, int32_t latent) {
+  const __m512i ninf = _mm512_castps_si512(_mm512_set1_ps(kNegInf));
+  const __m512 v = _mm512_set1_ps(x);
+  const __mmask16 lt = _mm512_cmp_ps_mask(tv, v, _CMP_LT_OQ);
+  const __mmask16 at = _kandn_mask16(_kshiftli_mask16(lt, 1), lt);
+  const __m512 tv_sh = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(tv), ninf, 15));
+  const __m512i ti_sh = _mm512_alignr_epi32(ti, ti, 15);
+  tv = _mm512_mask_mov_ps(_mm512_mask_mov_ps(tv, lt, tv_sh), at, v);
+  ti = _mm512_mask_mov_epi32(_mm512_mask_mov_epi32(ti, lt, ti_sh), at, _mm512_set1_epi32(latent));
+}
+#endif
 
 // The k-th largest of 16 values (1 <= k <= 16).
 inline float KthOf16(float* a, int64_t k) {
@@ -320,15 +312,50 @@ void SelectTile(const float* x, int64_t d, const float* wp, const float* bp, Row
     any |= m[r];
   }
   if (__builtin_expect(any == 0, 1)) return;
-  alignas(64) float tile[R][kP];
+  // Past the k kept values, one −inf: what a row with no entry left offers.
+  alignas(64) float tile[R][kP + 16];
 #pragma GCC unroll 6
-  for (int r = 0; r < R; ++r)
+  for (int r = 0; r < R; ++r) {
     for (int c = 0; c < 4; ++c) _mm512_store_ps(tile[r] + 16 * c, acc[r][c]);
+    tile[r][kP] = kNegInf;
+  }
+  if (tops->lanes == 16) {
+    // Every row's insertions in lockstep, one entry of each row per round
+    // (a row with none left inserts −inf, a no-op): R independent chains and
+    // one loop exit per tile, where one call per row with its own loop left
+    // each insertion's latency exposed and mispredicted every exit (d 64:
+    // the selection 1.7 → 1.0 ms of an 11 ms encode on one thread;
+    // docs/performance.md "The insertion in lockstep").
+    float* VV = tops->vv.data() + r0 * 16;
+    int32_t* VI = tops->vi.data() + r0 * 16;
+    __m512 tv[R];
+    __m512i ti[R];
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      tv[r] = _mm512_loadu_ps(VV + r * 16);
+      ti[r] = _mm512_loadu_si512(VI + r * 16);
+    }
+    while (any != 0) {
+      any = 0;
+#pragma GCC unroll 6
+      for (int r = 0; r < R; ++r) {
+        const int t = m[r] != 0 ? __builtin_ctzll(m[r]) : static_cast<int>(kP);
+        m[r] &= m[r] - 1;
+        any |= m[r];
+        InsertLane(tv[r], ti[r], tile[r][t], base + t);
+      }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      _mm512_storeu_ps(VV + r * 16, tv[r]);
+      _mm512_storeu_si512(VI + r * 16, ti[r]);
+      tops->thr[r0 + r] = VV[r * 16 + tops->k - 1];
+    }
+    return;
+  }
   for (int r = 0; r < R; ++r) {
     if (m[r] == 0) continue;
-    if (tops->lanes == 16) {
-      tops->OfferVec(r0 + r, tile[r], m[r], base);
-    } else if (tops->lanes == 32) {
+    if (tops->lanes == 32) {
       tops->OfferVec2(r0 + r, tile[r], m[r], base);
     } else {
       tops->Offer(r0 + r, tile[r], m[r], base);
