@@ -183,16 +183,28 @@ void Attend(const float* q, const KvView& kv, float* out, const AttnShape& a) {
           // register; where each dimension added itself to every score in
           // memory, the stores and reloads of the same scores held a
           // stories260K harvest's attention.
+          // The scores' maximum on the way (exact in any order).
           const __m512 vscale = _mm512_set1_ps(a.scale);
+          __m512 vmax = _mm512_set1_ps(-INFINITY);
           for (int64_t s = 0; s < n; s += 16) {
             const __mmask16 m =
                 n - s >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - s)) - 1);
             const float* kr = kt + s0 + s;
             __m512 blk = _mm512_setzero_ps();
-            for (int64_t j = 0; j < hd; ++j)
+            int64_t j = 0;
+            for (; j + 4 <= hd; j += 4) {
               blk = _mm512_fmadd_ps(_mm512_set1_ps(qv[j]), _mm512_maskz_loadu_ps(m, kr + j * ld), blk);
-            _mm512_mask_storeu_ps(sc + s, m, _mm512_mul_ps(blk, vscale));
+              blk = _mm512_fmadd_ps(_mm512_set1_ps(qv[j + 1]), _mm512_maskz_loadu_ps(m, kr + (j + 1) * ld), blk);
+              blk = _mm512_fmadd_ps(_mm512_set1_ps(qv[j + 2]), _mm512_maskz_loadu_ps(m, kr + (j + 2) * ld), blk);
+              blk = _mm512_fmadd_ps(_mm512_set1_ps(qv[j + 3]), _mm512_maskz_loadu_ps(m, kr + (j + 3) * ld), blk);
+            }
+            for (; j < hd; ++j)
+              blk = _mm512_fmadd_ps(_mm512_set1_ps(qv[j]), _mm512_maskz_loadu_ps(m, kr + j * ld), blk);
+            blk = _mm512_mul_ps(blk, vscale);
+            _mm512_mask_storeu_ps(sc + s, m, blk);
+            vmax = _mm512_mask_max_ps(vmax, m, vmax, blk);
           }
+          const float score_max = _mm512_reduce_max_ps(vmax);
 #else
           for (int64_t s = 0; s < n; ++s) sc[s] = 0;
           for (int64_t j = 0; j < hd; ++j) {
@@ -204,7 +216,11 @@ void Attend(const float* q, const KvView& kv, float* out, const AttnShape& a) {
 #endif
           if (a.softcap > 0)
             for (int64_t s = 0; s < n; ++s) sc[s] = std::tanh(sc[s] / a.softcap) * a.softcap;
+#if defined(__AVX512F__)
+          const float mx = a.softcap > 0 ? MaxOf(sc, n) : score_max;
+#else
           const float mx = MaxOf(sc, n);
+#endif
           for (int64_t s = 0; s < n; ++s) sc[s] = FastExp(sc[s] - mx);
           float acc[16] = {0};
           int64_t s = 0;
