@@ -468,35 +468,82 @@ void SortByLatent(const Selection& s, int64_t n, int64_t fire_k, int64_t kt, std
   const int64_t* AIDX = s.aux_idx.data_ptr<int64_t>();
   const T* AVAL = s.aux_val.data_ptr<T>();
   FiredByLatent<T>& f = *out;
-  f.active = 0;
-  f.offs.assign(static_cast<size_t>(n) + 1, 0);
-  fired->assign(static_cast<size_t>(n), 0);
+  // Rows in `parts` contiguous ranges, each counted and scattered by one
+  // thread: part p's entries of a latent follow those of parts < p, so every
+  // latent's list is in ascending rows whatever the number of parts (the
+  // sums over it are the same bits on any thread count). About 16
+  // multiply-adds' worth of work an entry.
+  const int64_t parts = std::max<int64_t>(
+      1, std::min<int64_t>({at::get_num_threads(), B, B * (k + k_aux) * 16 / internal::kMinParallelWork}));
+  // The calling thread's buffers (the workers see them through these
+  // references: a thread_local named inside the lambda would be the
+  // worker's own).
+  thread_local std::vector<std::vector<int64_t>> counts_tl;  // per part: n + 1
+  thread_local std::vector<std::vector<uint8_t>> fired_tl;
+  thread_local std::vector<int64_t> active_tl;
+  std::vector<std::vector<int64_t>>& counts = counts_tl;
+  std::vector<std::vector<uint8_t>>& fired_of = fired_tl;
+  std::vector<int64_t>& active_of = active_tl;
+  counts.resize(static_cast<size_t>(parts));
+  fired_of.resize(static_cast<size_t>(parts));
+  active_of.assign(static_cast<size_t>(parts), 0);
   // (Rows, then slots: the slot without a division per entry.)
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t j = 0; j < k; ++j) {
-      const int64_t t = b * k + j;
-      if (VAL[t] > 0) {
-        ++f.offs[IDX[t] + 1];
-        ++f.active;
-        if (j < fire_k) (*fired)[IDX[t]] = 1;
+  at::parallel_for(0, parts, 1, [&](int64_t plo, int64_t phi) {
+    for (int64_t part = plo; part < phi; ++part) {
+      std::vector<int64_t>& c = counts[part];
+      std::vector<uint8_t>& fr = fired_of[part];
+      c.assign(static_cast<size_t>(n) + 1, 0);
+      fr.assign(static_cast<size_t>(n), 0);
+      int64_t active = 0;
+      for (int64_t b = B * part / parts; b < B * (part + 1) / parts; ++b) {
+        for (int64_t j = 0; j < k; ++j) {
+          const int64_t t = b * k + j;
+          if (VAL[t] > 0) {
+            ++c[IDX[t] + 1];
+            ++active;
+            if (j < fire_k) fr[IDX[t]] = 1;
+          }
+        }
+        for (int64_t j = 0; j < k_aux; ++j)
+          if (AVAL[b * k_aux + j] > 0) ++c[AIDX[b * k_aux + j] + 1];
       }
+      active_of[part] = active;
     }
-  for (int64_t t = 0; t < B * k_aux; ++t)
-    if (AVAL[t] > 0) ++f.offs[AIDX[t] + 1];
-  for (int64_t l = 0; l < n; ++l) f.offs[l + 1] += f.offs[l];
-  f.items.resize(static_cast<size_t>(f.offs[n]));
-  thread_local std::vector<int64_t> fill;
-  fill.assign(f.offs.begin(), f.offs.end() - 1);
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t j = 0; j < k; ++j) {
-      const int64_t t = b * k + j;
-      if (VAL[t] > 0) f.items[fill[IDX[t]]++] = {static_cast<int32_t>(b), j < kt ? 0 : 2, VAL[t]};
-    }
-    for (int64_t j = 0; j < k_aux; ++j) {
-      const int64_t t = b * k_aux + j;
-      if (AVAL[t] > 0) f.items[fill[AIDX[t]]++] = {static_cast<int32_t>(b), 1, AVAL[t]};
+  });
+  // offs from the parts' counts; counts[p][l] becomes part p's first slot
+  // in latent l's list.
+  f.offs.assign(static_cast<size_t>(n) + 1, 0);
+  fired->assign(fired_of[0].begin(), fired_of[0].end());
+  f.active = 0;
+  for (int64_t part = 0; part < parts; ++part) f.active += active_of[part];
+  for (int64_t part = 1; part < parts; ++part)
+    for (int64_t l = 0; l < n; ++l) (*fired)[l] |= fired_of[part][l];
+  int64_t at = 0;
+  for (int64_t l = 0; l < n; ++l) {
+    f.offs[l] = at;
+    for (int64_t part = 0; part < parts; ++part) {
+      const int64_t c = counts[part][l + 1];
+      counts[part][l] = at;
+      at += c;
     }
   }
+  f.offs[n] = at;
+  f.items.resize(static_cast<size_t>(at));
+  at::parallel_for(0, parts, 1, [&](int64_t plo, int64_t phi) {
+    for (int64_t part = plo; part < phi; ++part) {
+      int64_t* fill = counts[part].data();
+      for (int64_t b = B * part / parts; b < B * (part + 1) / parts; ++b) {
+        for (int64_t j = 0; j < k; ++j) {
+          const int64_t t = b * k + j;
+          if (VAL[t] > 0) f.items[fill[IDX[t]]++] = {static_cast<int32_t>(b), j < kt ? 0 : 2, VAL[t]};
+        }
+        for (int64_t j = 0; j < k_aux; ++j) {
+          const int64_t t = b * k_aux + j;
+          if (AVAL[t] > 0) f.items[fill[AIDX[t]]++] = {static_cast<int32_t>(b), 1, AVAL[t]};
+        }
+      }
+    }
+  });
 }
 
 // How many entries ahead the sparse passes (Decode, LatentRowGradients)
