@@ -47,6 +47,27 @@ inline float FastExp(float x) {
   return y * __builtin_bit_cast(float, bits);
 }
 
+#if defined(__AVX512F__)
+// FastExp on 16 lanes: the same steps (clamp, 1.5·2^23 rounding, the same
+// polynomial), each multiply-add fused.
+inline __m512 FastExp16(__m512 x) {
+  x = _mm512_min_ps(_mm512_set1_ps(88.3762626647949f), _mm512_max_ps(_mm512_set1_ps(-87.3365447504019f), x));
+  const __m512 magic = _mm512_set1_ps(12582912.0f);
+  const __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), magic), magic);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
+  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(y, _mm512_castsi512_ps(bits));
+}
+#endif
+
 inline float MaxOf(const float* x, int64_t n) {
   float acc[16];
   for (int u = 0; u < 16; ++u) acc[u] = -INFINITY;
@@ -221,6 +242,19 @@ void Attend(const float* q, const KvView& kv, float* out, const AttnShape& a) {
 #else
           const float mx = MaxOf(sc, n);
 #endif
+#if defined(__AVX512F__)
+          // The exponentials and their sum in one pass (the last block masked).
+          const __m512 vmx = _mm512_set1_ps(mx);
+          __m512 vsum = _mm512_setzero_ps();
+          for (int64_t s = 0; s < n; s += 16) {
+            const __mmask16 m =
+                n - s >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - s)) - 1);
+            const __m512 e = FastExp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sc + s), vmx));
+            _mm512_mask_storeu_ps(sc + s, m, e);
+            vsum = _mm512_mask_add_ps(vsum, m, vsum, e);
+          }
+          const float inv = 1.0f / _mm512_reduce_add_ps(vsum);
+#else
           for (int64_t s = 0; s < n; ++s) sc[s] = FastExp(sc[s] - mx);
           float acc[16] = {0};
           int64_t s = 0;
@@ -230,6 +264,7 @@ void Attend(const float* q, const KvView& kv, float* out, const AttnShape& a) {
           for (; s < n; ++s) sum += sc[s];
           for (int u = 0; u < 16; ++u) sum += acc[u];
           const float inv = 1.0f / sum;
+#endif
           float* o = out + ((b * a.T + t) * a.H + h) * hd;
 #if defined(__AVX512F__)
           // The weighted sums four dimensions at a time over the same score
