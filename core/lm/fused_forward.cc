@@ -162,6 +162,106 @@ struct AttnShape {
   float scale, softcap;
 };
 
+#if defined(__AVX512F__)
+// The first `left` of 16 lanes (all 16 when left >= 16).
+inline __mmask16 Lanes(int64_t left) {
+  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+}
+#endif
+
+// One query's attention over n keys, in three passes over its scores sc
+// (keys and values transposed: dimension j of key s at k[j·ld + s]).
+// With AVX-512 each runs 16 keys a block, the last one masked: a block's
+// score sums the head's dimensions in a register (each dimension adding
+// itself to every score in memory, the same scores went through the store
+// buffer hd times: the hottest instruction of a stories260K harvest); the
+// weighted sums take four dimensions at a time, one tree reduction each
+// (one dot product per dimension ended in 16 dependent adds).
+// docs/performance.md "The harvest's attention".
+
+// sc[s] = scale · q·k_s; returns the largest (exact in any order).
+inline float Scores(const float* q, const float* k, int64_t ld, int64_t hd, int64_t n, float scale, float* sc) {
+#if defined(__AVX512F__)
+  const __m512 vscale = _mm512_set1_ps(scale);
+  __m512 vmax = _mm512_set1_ps(-INFINITY);
+  for (int64_t s = 0; s < n; s += 16) {
+    const __mmask16 m = Lanes(n - s);
+    const float* kr = k + s;
+    __m512 blk = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j + 4 <= hd; j += 4) {
+      blk = _mm512_fmadd_ps(_mm512_set1_ps(q[j]), _mm512_maskz_loadu_ps(m, kr + j * ld), blk);
+      blk = _mm512_fmadd_ps(_mm512_set1_ps(q[j + 1]), _mm512_maskz_loadu_ps(m, kr + (j + 1) * ld), blk);
+      blk = _mm512_fmadd_ps(_mm512_set1_ps(q[j + 2]), _mm512_maskz_loadu_ps(m, kr + (j + 2) * ld), blk);
+      blk = _mm512_fmadd_ps(_mm512_set1_ps(q[j + 3]), _mm512_maskz_loadu_ps(m, kr + (j + 3) * ld), blk);
+    }
+    for (; j < hd; ++j) blk = _mm512_fmadd_ps(_mm512_set1_ps(q[j]), _mm512_maskz_loadu_ps(m, kr + j * ld), blk);
+    blk = _mm512_mul_ps(blk, vscale);
+    _mm512_mask_storeu_ps(sc + s, m, blk);
+    vmax = _mm512_mask_max_ps(vmax, m, vmax, blk);
+  }
+  return _mm512_reduce_max_ps(vmax);
+#else
+  for (int64_t s = 0; s < n; ++s) sc[s] = 0;
+  for (int64_t j = 0; j < hd; ++j) {
+    const float qj = q[j];
+    const float* kr = k + j * ld;
+    for (int64_t s = 0; s < n; ++s) sc[s] += qj * kr[s];
+  }
+  for (int64_t s = 0; s < n; ++s) sc[s] *= scale;
+  return MaxOf(sc, n);
+#endif
+}
+
+// sc[s] = exp(sc[s] − mx); returns their sum.
+inline float ExpSum(float* sc, int64_t n, float mx) {
+#if defined(__AVX512F__)
+  const __m512 vmx = _mm512_set1_ps(mx);
+  __m512 vsum = _mm512_setzero_ps();
+  for (int64_t s = 0; s < n; s += 16) {
+    const __mmask16 m = Lanes(n - s);
+    const __m512 e = FastExp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sc + s), vmx));
+    _mm512_mask_storeu_ps(sc + s, m, e);
+    vsum = _mm512_mask_add_ps(vsum, m, vsum, e);
+  }
+  return _mm512_reduce_add_ps(vsum);
+#else
+  for (int64_t s = 0; s < n; ++s) sc[s] = FastExp(sc[s] - mx);
+  float acc[16] = {0};
+  int64_t s = 0;
+  for (; s + 16 <= n; s += 16)
+    for (int u = 0; u < 16; ++u) acc[u] += sc[s + u];
+  float sum = 0;
+  for (; s < n; ++s) sum += sc[s];
+  for (int u = 0; u < 16; ++u) sum += acc[u];
+  return sum;
+#endif
+}
+
+// o[j] = inv · Σ_s p[s] v[j·ld + s] for j < hd.
+inline void WeightedSums(const float* p, const float* v, int64_t ld, int64_t hd, int64_t n, float inv, float* o) {
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  for (; j + 4 <= hd; j += 4) {
+    const float* v0 = v + j * ld;
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    for (int64_t s = 0; s < n; s += 16) {
+      const __mmask16 m = Lanes(n - s);
+      const __m512 pv = _mm512_maskz_loadu_ps(m, p + s);
+      a0 = _mm512_fmadd_ps(pv, _mm512_maskz_loadu_ps(m, v0 + s), a0);
+      a1 = _mm512_fmadd_ps(pv, _mm512_maskz_loadu_ps(m, v0 + ld + s), a1);
+      a2 = _mm512_fmadd_ps(pv, _mm512_maskz_loadu_ps(m, v0 + 2 * ld + s), a2);
+      a3 = _mm512_fmadd_ps(pv, _mm512_maskz_loadu_ps(m, v0 + 3 * ld + s), a3);
+    }
+    o[j] = _mm512_reduce_add_ps(a0) * inv;
+    o[j + 1] = _mm512_reduce_add_ps(a1) * inv;
+    o[j + 2] = _mm512_reduce_add_ps(a2) * inv;
+    o[j + 3] = _mm512_reduce_add_ps(a3) * inv;
+  }
+#endif
+  for (; j < hd; ++j) o[j] = Dot(p, v + j * ld, n) * inv;
+}
+
 // Causal grouped-query attention: q and out are [B, T, H, hd]; query t of
 // sequence b sits at position pos0 + t and sees keys s ≤ pos0 + t (within the
 // window when one is set); query head h reads key/value head h / (H / KV).
@@ -198,101 +298,11 @@ void Attend(const float* q, const KvView& kv, float* out, const AttnShape& a) {
           const int64_t h = g * rep + r;
           const float* qv = q + ((b * a.T + t) * a.H + h) * hd;
           float* sc = p.data();
-#if defined(__AVX512F__)
-          // Scores 16 keys at a time (the last block masked), the head's
-          // dimensions inner, so that a block's partial sums stay in a
-          // register; where each dimension added itself to every score in
-          // memory, the stores and reloads of the same scores held a
-          // stories260K harvest's attention.
-          // The scores' maximum on the way (exact in any order).
-          const __m512 vscale = _mm512_set1_ps(a.scale);
-          __m512 vmax = _mm512_set1_ps(-INFINITY);
-          for (int64_t s = 0; s < n; s += 16) {
-            const __mmask16 m =
-                n - s >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - s)) - 1);
-            const float* kr = kt + s0 + s;
-            __m512 blk = _mm512_setzero_ps();
-            int64_t j = 0;
-            for (; j + 4 <= hd; j += 4) {
-              blk = _mm512_fmadd_ps(_mm512_set1_ps(qv[j]), _mm512_maskz_loadu_ps(m, kr + j * ld), blk);
-              blk = _mm512_fmadd_ps(_mm512_set1_ps(qv[j + 1]), _mm512_maskz_loadu_ps(m, kr + (j + 1) * ld), blk);
-              blk = _mm512_fmadd_ps(_mm512_set1_ps(qv[j + 2]), _mm512_maskz_loadu_ps(m, kr + (j + 2) * ld), blk);
-              blk = _mm512_fmadd_ps(_mm512_set1_ps(qv[j + 3]), _mm512_maskz_loadu_ps(m, kr + (j + 3) * ld), blk);
-            }
-            for (; j < hd; ++j)
-              blk = _mm512_fmadd_ps(_mm512_set1_ps(qv[j]), _mm512_maskz_loadu_ps(m, kr + j * ld), blk);
-            blk = _mm512_mul_ps(blk, vscale);
-            _mm512_mask_storeu_ps(sc + s, m, blk);
-            vmax = _mm512_mask_max_ps(vmax, m, vmax, blk);
-          }
-          const float score_max = _mm512_reduce_max_ps(vmax);
-#else
-          for (int64_t s = 0; s < n; ++s) sc[s] = 0;
-          for (int64_t j = 0; j < hd; ++j) {
-            const float qj = qv[j];
-            const float* kr = kt + j * ld + s0;
-            for (int64_t s = 0; s < n; ++s) sc[s] += qj * kr[s];
-          }
-          for (int64_t s = 0; s < n; ++s) sc[s] *= a.scale;
-#endif
+          const float smax = Scores(qv, kt + s0, ld, hd, n, a.scale, sc);
           if (a.softcap > 0)
             for (int64_t s = 0; s < n; ++s) sc[s] = std::tanh(sc[s] / a.softcap) * a.softcap;
-#if defined(__AVX512F__)
-          const float mx = a.softcap > 0 ? MaxOf(sc, n) : score_max;
-#else
-          const float mx = MaxOf(sc, n);
-#endif
-#if defined(__AVX512F__)
-          // The exponentials and their sum in one pass (the last block masked).
-          const __m512 vmx = _mm512_set1_ps(mx);
-          __m512 vsum = _mm512_setzero_ps();
-          for (int64_t s = 0; s < n; s += 16) {
-            const __mmask16 m =
-                n - s >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - s)) - 1);
-            const __m512 e = FastExp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sc + s), vmx));
-            _mm512_mask_storeu_ps(sc + s, m, e);
-            vsum = _mm512_mask_add_ps(vsum, m, vsum, e);
-          }
-          const float inv = 1.0f / _mm512_reduce_add_ps(vsum);
-#else
-          for (int64_t s = 0; s < n; ++s) sc[s] = FastExp(sc[s] - mx);
-          float acc[16] = {0};
-          int64_t s = 0;
-          for (; s + 16 <= n; s += 16)
-            for (int u = 0; u < 16; ++u) acc[u] += sc[s + u];
-          float sum = 0;
-          for (; s < n; ++s) sum += sc[s];
-          for (int u = 0; u < 16; ++u) sum += acc[u];
-          const float inv = 1.0f / sum;
-#endif
-          float* o = out + ((b * a.T + t) * a.H + h) * hd;
-#if defined(__AVX512F__)
-          // The weighted sums four dimensions at a time over the same score
-          // blocks (four independent chains, one tree reduction each), where
-          // one dot product per dimension ended in 16 dependent adds.
-          int64_t j = 0;
-          for (; j + 4 <= hd; j += 4) {
-            const float* v0 = vt + j * ld + s0;
-            __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
-                   a3 = _mm512_setzero_ps();
-            for (int64_t s = 0; s < n; s += 16) {
-              const __mmask16 m =
-                  n - s >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - s)) - 1);
-              const __m512 pv = _mm512_maskz_loadu_ps(m, sc + s);
-              a0 = _mm512_fmadd_ps(pv, _mm512_maskz_loadu_ps(m, v0 + s), a0);
-              a1 = _mm512_fmadd_ps(pv, _mm512_maskz_loadu_ps(m, v0 + ld + s), a1);
-              a2 = _mm512_fmadd_ps(pv, _mm512_maskz_loadu_ps(m, v0 + 2 * ld + s), a2);
-              a3 = _mm512_fmadd_ps(pv, _mm512_maskz_loadu_ps(m, v0 + 3 * ld + s), a3);
-            }
-            o[j] = _mm512_reduce_add_ps(a0) * inv;
-            o[j + 1] = _mm512_reduce_add_ps(a1) * inv;
-            o[j + 2] = _mm512_reduce_add_ps(a2) * inv;
-            o[j + 3] = _mm512_reduce_add_ps(a3) * inv;
-          }
-          for (; j < hd; ++j) o[j] = Dot(sc, vt + j * ld + s0, n) * inv;
-#else
-          for (int64_t j = 0; j < hd; ++j) o[j] = Dot(sc, vt + j * ld + s0, n) * inv;
-#endif
+          const float inv = 1.0f / ExpSum(sc, n, a.softcap > 0 ? MaxOf(sc, n) : smax);
+          WeightedSums(sc, vt + s0, ld, hd, n, inv, out + ((b * a.T + t) * a.H + h) * hd);
         }
       }
     }

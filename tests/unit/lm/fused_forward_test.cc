@@ -80,6 +80,53 @@ TEST(FusedForward, StoriesMatchesTheAtenPathEveryBlock) {
   EXPECT_FALSE(at::equal(fused.logits, ref.logits));
 }
 
+// Head widths the attention's vector code takes in pieces: 6 and 10 (four
+// dimensions at a time, then the rest one by one) and 16, over a context of
+// 45 (full 16-key blocks and a masked last one), with grouped queries
+// (6 heads on 3 key/value heads) and weights large enough that the
+// attention is far from uniform.
+TEST(FusedForward, OddHeadWidthsMatchTheAtenPath) {
+  for (const int64_t hd : {6, 10, 16}) {
+    SCOPED_TRACE(::testing::Message() << "head width " << hd);
+    ModelConfig c;
+    c.n_heads = 6;
+    c.n_kv_heads = 3;
+    c.dim = c.n_heads * hd;
+    c.hidden_dim = 2 * c.dim + 4;
+    c.n_layers = 2;
+    c.vocab_size = 64;
+    c.max_seq_len = 64;
+    c.rope = RopeStyle::kRotateHalf;
+    c.source = "random-llama";
+    c.format = "random";
+    at::manual_seed(40 + hd);
+    auto rnd = [](std::vector<int64_t> shape) { return at::randn(shape, at::kFloat) * 0.3; };
+    ModelWeights w;
+    w.tok_emb = rnd({c.vocab_size, c.dim});
+    w.lm_head = rnd({c.vocab_size, c.dim});
+    w.final_norm = at::ones({c.dim});
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      BlockWeights b;
+      b.attn_norm = at::ones({c.dim});
+      b.ffn_norm = at::ones({c.dim});
+      b.wq = rnd({c.n_heads * hd, c.dim});
+      b.wk = rnd({c.n_kv_heads * hd, c.dim});
+      b.wv = rnd({c.n_kv_heads * hd, c.dim});
+      b.wo = rnd({c.dim, c.n_heads * hd});
+      b.w1 = rnd({c.hidden_dim, c.dim});
+      b.w3 = rnd({c.hidden_dim, c.dim});
+      b.w2 = rnd({c.dim, c.hidden_dim});
+      w.blocks.push_back(std::move(b));
+    }
+    auto m = Transformer::Create(std::move(c), std::move(w));
+    ASSERT_TRUE(m.ok()) << m.status();
+    const at::Tensor toks = at::randint(0, 64, {2, 45}, at::kLong);
+    const Trace fused = TraceForward(*m, toks, false), ref = TraceForward(*m, toks, true);
+    for (int64_t l = 0; l < 2; ++l) EXPECT_LE(MaxRelErr(fused.resid[l], ref.resid[l]), kBound) << "layer " << l;
+    EXPECT_LE(MaxRelErr(fused.logits, ref.logits), kBound);
+  }
+}
+
 TEST(FusedForward, KvCacheStepsMatchTheAtenFullSequence) {
   SAE_REQUIRE_FILE(StoriesBin());
   auto m = LoadLlama2c(StoriesBin());
