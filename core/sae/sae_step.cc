@@ -479,7 +479,7 @@ void SortByLatent(const Selection& s, int64_t n, int64_t fire_k, int64_t kt, std
   // references: a thread_local named inside the lambda would be the
   // worker's own).
   thread_local std::vector<std::vector<int64_t>> counts_tl;  // per part: n + 1
-  thread_local std::vector<std::vector<uint8_t>> fired_tl;
+  thread_local std::vector<std::vector<uint8_t>> fired_tl;   // parts 1.. (part 0 marks *fired)
   thread_local std::vector<int64_t> active_tl;
   std::vector<std::vector<int64_t>>& counts = counts_tl;
   std::vector<std::vector<uint8_t>>& fired_of = fired_tl;
@@ -491,7 +491,7 @@ void SortByLatent(const Selection& s, int64_t n, int64_t fire_k, int64_t kt, std
   at::parallel_for(0, parts, 1, [&](int64_t plo, int64_t phi) {
     for (int64_t part = plo; part < phi; ++part) {
       std::vector<int64_t>& c = counts[part];
-      std::vector<uint8_t>& fr = fired_of[part];
+      std::vector<uint8_t>& fr = part == 0 ? *fired : fired_of[part];
       c.assign(static_cast<size_t>(n) + 1, 0);
       fr.assign(static_cast<size_t>(n), 0);
       int64_t active = 0;
@@ -512,8 +512,7 @@ void SortByLatent(const Selection& s, int64_t n, int64_t fire_k, int64_t kt, std
   });
   // offs from the parts' counts; counts[p][l] becomes part p's first slot
   // in latent l's list.
-  f.offs.assign(static_cast<size_t>(n) + 1, 0);
-  fired->assign(fired_of[0].begin(), fired_of[0].end());
+  f.offs.resize(static_cast<size_t>(n) + 1);  // every entry written below
   f.active = 0;
   for (int64_t part = 0; part < parts; ++part) f.active += active_of[part];
   for (int64_t part = 1; part < parts; ++part)

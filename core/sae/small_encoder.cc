@@ -312,7 +312,8 @@ void SelectTile(const float* x, int64_t d, const float* wp, const float* bp, Row
     any |= m[r];
   }
   if (__builtin_expect(any == 0, 1)) return;
-  // Past the k kept values, one −inf: what a row with no entry left offers.
+  // Past the tile's 64 values, one −inf: what a row with no entry left offers
+  // in the lockstep rounds below.
   alignas(64) float tile[R][kP + 16];
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r) {
