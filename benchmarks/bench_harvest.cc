@@ -22,6 +22,7 @@
 // Prints machine, load, build and configuration first, then medians.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <absl/strings/str_split.h>
 #include <dlfcn.h>
 #include <sys/resource.h>
 #include <sys/utsname.h>
@@ -216,7 +217,8 @@ struct Flags {
   std::string model_path, corpus, dtype;
   int64_t layer = 2, context = 128, batch = 32, rows = 65536, gen_rows = 16384, single_tokens = 512, reps = 5;
   double runc = 11000;
-  int threads = 0;
+  int threads = 0, streams = 0;
+  std::string modes = "single,text,text-ref,generate";
   bool large = false;
   int64_t l_dim = 1024, l_layers = 24, l_heads = 16, l_kv = 16, l_hidden = 2816, l_context = 128, l_batch = 4;
 };
@@ -234,6 +236,8 @@ void AddFlags(sae::flags::Command& app, Flags& f) {
   app.AddOption("--single-tokens", f.single_tokens, "tokens per single-stream run");
   app.AddOption("--reps", f.reps, "repetitions (median reported)");
   app.AddOption("--threads", f.threads, "intra-op threads (0: the runtime's rule, 1 for small models)");
+  app.AddOption("--modes", f.modes, "comma-separated subset of single,text,text-ref,generate");
+  app.AddOption("--streams", f.streams, "harvest: windows as this many streams, one core each (0: the harvest's rule)");
   app.AddOption("--runc-tokens-per-s", f.runc,
                 "llama2.c run.c's single-stream tokens/s through all blocks (the issue's: 11000)");
   app.AddFlag("--large", f.large, "the ~300M-parameter random Llama against the GEMM rate instead");
@@ -248,19 +252,24 @@ void AddFlags(sae::flags::Command& app, Flags& f) {
 
 void PrintSmallHeader(const Flags& f, const sae::Transformer& model) {
   const sae::ModelConfig& c = model.config();
+  const std::string streams =
+      f.streams > 0 ? std::to_string(f.streams)
+                    : sae::PreferredThreads(c) == 1 ? std::to_string(sae::CoresAvailable()) + " for generate, 1 for text"
+                                                    : "1";
   char cfg[768];
   std::snprintf(cfg, sizeof(cfg),
                 "model: %s (%s; dim %ld, %ld layers, %ld heads / %ld kv, vocab %ld; weights %s, compute %s)\n"
-                "config: layer %ld (%ld blocks run), context %ld, batch %ld windows; %ld text rows, %ld generate rows, "
+                "config: layer %ld (%ld blocks run), context %ld, batch %ld windows, streams %s; %ld text rows, %ld generate rows, "
                 "%ld single-stream tokens per run; %ld reps, modes interleaved; corpus %s",
                 c.source.c_str(), c.format.c_str(), c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size,
                 c10::toString(model.weights().blocks[0].wq.scalar_type()), c10::toString(c.compute_dtype), f.layer,
-                f.layer + 1, f.context, f.batch, f.rows, f.gen_rows, f.single_tokens, f.reps, f.corpus.c_str());
+                f.layer + 1, f.context, f.batch, streams.c_str(), f.rows, f.gen_rows, f.single_tokens, f.reps, f.corpus.c_str());
   Header(cfg);
 }
 
 // Greedy single-stream decoding, one token per forward with a KV cache.
-double SingleStream(const sae::Transformer& model, int64_t tokens) {
+double SingleStream(const sae::Transformer& model, int64_t tokens, int threads) {
+  sae::ScopedThreads scoped(threads > 0 ? threads : sae::PreferredThreads(model.config()));
   sae::KvCache cache = model.NewCache(1, tokens);
   int64_t t = model.config().bos_id;
   for (int64_t p = 0; p < tokens; ++p) {
@@ -274,6 +283,7 @@ double SingleStream(const sae::Transformer& model, int64_t tokens) {
 // The text harvest's windows from first_row on, one forward pass of `batch`
 // windows each, op by op (the reference path); rows made.
 double ReferenceHarvest(const sae::Transformer& model, sae::WindowSource& src, const Flags& f, int64_t first_row) {
+  sae::ScopedThreads scoped(f.threads > 0 ? f.threads : sae::PreferredThreads(model.config()));
   const int64_t per = (f.context - 1) * f.batch;
   double done = 0;
   for (int64_t b = first_row / per; done < f.rows; ++b) {
@@ -290,6 +300,10 @@ double ReferenceHarvest(const sae::Transformer& model, sae::WindowSource& src, c
   return done;
 }
 
+bool Wanted(const Flags& f, const std::string& mode) {
+  return ("," + f.modes + ",").find("," + mode + ",") != std::string::npos;
+}
+
 // The four modes' rates, one repetition of each in turn (the first a warm-up).
 absl::StatusOr<std::map<std::string, Series>> MeasureModes(const sae::Transformer& model, const sae::Tokenizer* tok,
                                                            const Flags& f) {
@@ -297,6 +311,7 @@ absl::StatusOr<std::map<std::string, Series>> MeasureModes(const sae::Transforme
   ho.layer = f.layer;
   ho.context = f.context;
   ho.batch = f.batch;
+  ho.streams = f.streams;
   ho.corpus = f.corpus;
   SAE_ASSIGN_OR_RETURN(std::unique_ptr<sae::Harvester> text, sae::Harvester::Create(model, tok, ho));
   ho.corpus = "generate";
@@ -308,10 +323,10 @@ absl::StatusOr<std::map<std::string, Series>> MeasureModes(const sae::Transforme
   int64_t next_row = 0, next_gen = 0;
   for (int64_t r = 0; r <= f.reps; ++r) {  // r = 0: warm-up
     std::map<std::string, Sample> s;
-    s["single"] = Time([&] { return SingleStream(model, f.single_tokens); });
-    s["text"] = Time([&] { return HarvestRows(text.get(), next_row, f.rows); });
-    s["text-ref"] = Time([&] { return ReferenceHarvest(model, *src, f, next_row); });
-    s["generate"] = Time([&] { return HarvestRows(gen.get(), next_gen, f.gen_rows); });
+    if (Wanted(f, "single")) s["single"] = Time([&] { return SingleStream(model, f.single_tokens, f.threads); });
+    if (Wanted(f, "text")) s["text"] = Time([&] { return HarvestRows(text.get(), next_row, f.rows); });
+    if (Wanted(f, "text-ref")) s["text-ref"] = Time([&] { return ReferenceHarvest(model, *src, f, next_row); });
+    if (Wanted(f, "generate")) s["generate"] = Time([&] { return HarvestRows(gen.get(), next_gen, f.gen_rows); });
     next_row += f.rows;
     next_gen += f.gen_rows;
     if (r == 0) continue;
@@ -332,6 +347,7 @@ void PrintModes(const Flags& f, const sae::ModelConfig& c, std::map<std::string,
       {"text-ref", "harvest, text corpus, op-by-op ATen path (before)"},
       {"generate", "harvest, --corpus generate (batched sampling + harvest)"}};
   for (const std::string& m : order) {
+    if (!Wanted(f, m)) continue;
     const double t = Median(series[m].rate), cpu = Median(series[m].cpu_rate);
     // generate: the sampling pass runs every block and the harvest pass `blocks` more.
     const double per_block = m == "generate" ? t : t * blocks_of(m);
@@ -356,6 +372,12 @@ int main(int argc, char** argv) {
   Flags f;
   AddFlags(app, f);
   if (auto rc = app.Parse(argc, argv)) return *rc;
+  for (const std::string& m : std::vector<std::string>(absl::StrSplit(f.modes, ','))) {
+    if (m != "single" && m != "text" && m != "text-ref" && m != "generate") {
+      std::fprintf(stderr, "error: --modes: '%s' is not one of single, text, text-ref, generate\n", m.c_str());
+      return 2;
+    }
+  }
   if (f.large)
     return RunLarge(f.l_dim, f.l_layers, f.l_heads, f.l_kv, f.l_hidden, f.l_context, f.l_batch, f.reps, f.threads);
   if (f.model_path.empty()) {
@@ -368,7 +390,9 @@ int main(int argc, char** argv) {
   if (f.corpus.empty()) f.corpus = f.model_path + "/tinystories_sample.txt";
   auto tok = sae::LoadTokenizerFor(f.model_path, c.vocab_size, "");
   if (!tok.ok()) return Die(tok.status());
-  sae::ScopedThreads scoped(f.threads > 0 ? f.threads : sae::PreferredThreads(c));
+  // The harvest modes choose their own threads (HarvestOptions::streams);
+  // the single stream runs on PreferredThreads (SingleStream).
+  sae::ScopedThreads scoped(f.threads);
   PrintSmallHeader(f, *model);
   auto series = MeasureModes(*model, tok->get(), f);
   if (!series.ok()) return Die(series.status());

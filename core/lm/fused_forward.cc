@@ -227,6 +227,62 @@ inline void WeightedSums(const float* p, const float* v, int64_t ld, int64_t hd,
   for (; j < hd; ++j) o[j] = Dot(p, v + j * ld, n) * inv;
 }
 
+#if defined(__AVX512F__)
+// Two queries that share a key/value head (grouped-query attention): the
+// same arithmetic as Scores and WeightedSums on each query, bit for bit, with
+// every key and value block loaded once for both.
+inline void ScoresPair(const float* q0, const float* q1, const float* k, int64_t ld, int64_t hd, int64_t n, float scale,
+                       float* sc0, float* sc1, float* max0, float* max1) {
+  const __m512 vscale = _mm512_set1_ps(scale);
+  __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0;
+  for (int64_t s = 0; s < n; s += 16) {
+    const __mmask16 m = Lanes(n - s);
+    const float* kr = k + s;
+    __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
+    for (int64_t j = 0; j < hd; ++j) {
+      const __m512 kv = _mm512_maskz_loadu_ps(m, kr + j * ld);
+      b0 = _mm512_fmadd_ps(_mm512_set1_ps(q0[j]), kv, b0);
+      b1 = _mm512_fmadd_ps(_mm512_set1_ps(q1[j]), kv, b1);
+    }
+    b0 = _mm512_mul_ps(b0, vscale);
+    b1 = _mm512_mul_ps(b1, vscale);
+    _mm512_mask_storeu_ps(sc0 + s, m, b0);
+    _mm512_mask_storeu_ps(sc1 + s, m, b1);
+    m0 = _mm512_mask_max_ps(m0, m, m0, b0);
+    m1 = _mm512_mask_max_ps(m1, m, m1, b1);
+  }
+  *max0 = _mm512_reduce_max_ps(m0);
+  *max1 = _mm512_reduce_max_ps(m1);
+}
+
+inline void WeightedSumsPair(const float* p0, const float* p1, const float* v, int64_t ld, int64_t hd, int64_t n,
+                             float inv0, float inv1, float* o0, float* o1) {
+  int64_t j = 0;
+  for (; j + 4 <= hd; j += 4) {
+    const float* v0 = v + j * ld;
+    __m512 a[8];
+    for (int u = 0; u < 8; ++u) a[u] = _mm512_setzero_ps();
+    for (int64_t s = 0; s < n; s += 16) {
+      const __mmask16 m = Lanes(n - s);
+      const __m512 w0 = _mm512_maskz_loadu_ps(m, p0 + s), w1 = _mm512_maskz_loadu_ps(m, p1 + s);
+      for (int u = 0; u < 4; ++u) {
+        const __m512 vv = _mm512_maskz_loadu_ps(m, v0 + u * ld + s);
+        a[u] = _mm512_fmadd_ps(w0, vv, a[u]);
+        a[4 + u] = _mm512_fmadd_ps(w1, vv, a[4 + u]);
+      }
+    }
+    for (int u = 0; u < 4; ++u) {
+      o0[j + u] = _mm512_reduce_add_ps(a[u]) * inv0;
+      o1[j + u] = _mm512_reduce_add_ps(a[4 + u]) * inv1;
+    }
+  }
+  for (; j < hd; ++j) {
+    o0[j] = Dot(p0, v + j * ld, n) * inv0;
+    o1[j] = Dot(p1, v + j * ld, n) * inv1;
+  }
+}
+#endif
+
 // Causal grouped-query attention: q and out are [B, T, H, hd]; query t of
 // sequence b sits at position pos0 + t and sees keys s ≤ pos0 + t (within the
 // window when one is set); query head h reads key/value head h / (H / KV).
@@ -236,7 +292,7 @@ inline void WeightedSums(const float* p, const float* v, int64_t ld, int64_t hd,
 void Attend(const float* q, const KvView& kv, float* out, const AttnShape& a) {
   const int64_t rep = a.H / a.KV, S = a.pos0 + a.T, hd = a.hd;
   at::parallel_for(0, a.B * a.KV, 1, [&](int64_t i0, int64_t i1) {
-    std::vector<float> scratch(kv.transposed ? 0 : static_cast<size_t>(2 * hd * S)), p(static_cast<size_t>(S));
+    std::vector<float> scratch(kv.transposed ? 0 : static_cast<size_t>(2 * hd * S)), p(static_cast<size_t>(2 * S));
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = i / a.KV, g = i % a.KV;
       const float* kb = kv.k + b * kv.b_stride + g * kv.h_stride;
@@ -259,7 +315,20 @@ void Attend(const float* q, const KvView& kv, float* out, const AttnShape& a) {
       for (int64_t t = 0; t < a.T; ++t) {
         const int64_t pos = a.pos0 + t;
         const int64_t s0 = a.window > 0 ? std::max<int64_t>(0, pos - a.window + 1) : 0, n = pos - s0 + 1;
-        for (int64_t r = 0; r < rep; ++r) {
+        int64_t r = 0;
+#if defined(__AVX512F__)
+        if (a.softcap <= 0)
+          for (; r + 2 <= rep; r += 2) {
+            const int64_t h = g * rep + r;
+            const float* q0 = q + ((b * a.T + t) * a.H + h) * hd;
+            float* o0 = out + ((b * a.T + t) * a.H + h) * hd;
+            float *sc0 = p.data(), *sc1 = sc0 + S, mx0, mx1;
+            ScoresPair(q0, q0 + hd, kt + s0, ld, hd, n, a.scale, sc0, sc1, &mx0, &mx1);
+            const float inv0 = 1.0f / ExpSum(sc0, n, mx0), inv1 = 1.0f / ExpSum(sc1, n, mx1);
+            WeightedSumsPair(sc0, sc1, vt + s0, ld, hd, n, inv0, inv1, o0, o0 + hd);
+          }
+#endif
+        for (; r < rep; ++r) {
           const int64_t h = g * rep + r;
           const float* qv = q + ((b * a.T + t) * a.H + h) * hd;
           float* sc = p.data();

@@ -31,6 +31,14 @@ struct HarvestOptions {
   int64_t batch = 32;  // windows per forward pass
   uint64_t seed = 1;
   float temperature = 1.0f, top_p = 0.9f;  // generate
+  // A block's windows run as this many independent streams, one core each
+  // (its share of the windows generated, if so, and run through the model).
+  // 0: for generated windows of small models (PreferredThreads 1, whose
+  // forward passes are too short to split across cores) the cores this
+  // process may use, else 1.
+  // The rows are the same for any count: each window's tokens depend on its
+  // own seed only.
+  int streams = 0;
 };
 
 // Token windows, [count, context] int64 for windows [first, first + count).
@@ -62,6 +70,9 @@ class Harvester {
  private:
   Harvester() = default;
   absl::Status ComputeBlock(int64_t block);
+  // Windows [first, first + count) of the corpus into rows starting at `row`
+  // of the block's buffers.
+  absl::Status ComputeWindows(int64_t first, int64_t count, int64_t row);
   const Transformer* model_ = nullptr;
   HarvestOptions opts_;
   std::unique_ptr<WindowSource> windows_;

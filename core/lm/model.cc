@@ -3,7 +3,9 @@
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 #include <dlfcn.h>
+#include <sched.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -444,14 +446,23 @@ const OpenBlasThreads& Blas() {
 }
 }  // namespace
 
-ScopedThreads::ScopedThreads(int n) {
+int CoresAvailable() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
+  return std::max(1, CPU_COUNT(&set));
+}
+
+ScopedThreads::ScopedThreads(int n) : ScopedThreads(n, n) {}
+
+ScopedThreads::ScopedThreads(int n, int blas) {
   if (n > 0 && n != at::get_num_threads()) {
     saved_ = at::get_num_threads();
     at::set_num_threads(n);
   }
-  if (n > 0 && Blas().get != nullptr && Blas().get() != n) {
+  if (blas > 0 && Blas().get != nullptr && Blas().get() != blas) {
     saved_blas_ = Blas().get();
-    Blas().set(n);
+    Blas().set(blas);
   }
 }
 

@@ -170,12 +170,18 @@ std::vector<float> RopeInvFreq(const ModelConfig& c, bool long_factors = false);
 // stories260K). 0 = leave LibTorch's setting.
 int PreferredThreads(const ModelConfig& c);
 
+// The CPUs this process may run on (its affinity mask: under mpirun with
+// binding, the rank's own).
+int CoresAvailable();
+
 // Sets LibTorch's intra-op thread count, and OpenBLAS's own pool where
-// OpenBLAS is the BLAS, for a scope (n ≤ 0: no change). The setting is
-// process-wide: use it where one thread drives LibTorch.
+// OpenBLAS is the BLAS, for a scope (n ≤ 0: no change; the second form sets
+// OpenBLAS's to `blas`). The setting is process-wide: use it where one
+// thread drives LibTorch.
 class ScopedThreads {
  public:
   explicit ScopedThreads(int n);
+  ScopedThreads(int n, int blas);
   ~ScopedThreads();
   ScopedThreads(const ScopedThreads&) = delete;
   ScopedThreads& operator=(const ScopedThreads&) = delete;

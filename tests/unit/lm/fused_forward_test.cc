@@ -265,5 +265,43 @@ TEST(FusedHarvest, GeneratedRowsMatchOneWindowAtATimeReference) {
   CheckHarvestAgainstOneWindowAtATime("generate");
 }
 
+// Streams split a block's windows across cores: the same tokens and, within
+// float rounding, the same activations as one stream; a negative count is
+// refused by name.
+TEST(FusedHarvest, StreamsGiveTheRowsOfOneStream) {
+  SAE_REQUIRE_FILE(StoriesBin());
+  auto m = LoadModel(StoriesDir());
+  ASSERT_TRUE(m.ok()) << m.status();
+  for (const std::string corpus : {std::string("generate"), StoriesDir() + "/tinystories_sample.txt"}) {
+    auto tok = LoadTokenizerFor(StoriesDir(), m->config().vocab_size, "");
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    HarvestOptions o;
+    o.corpus = corpus;
+    o.layer = 1;
+    o.context = 24;
+    o.batch = 7;
+    o.seed = 5;
+    const int64_t rows = 2 * o.batch * (o.context - 1) + 9, d = m->config().dim;
+    std::vector<std::vector<float>> acts;
+    std::vector<std::vector<int32_t>> ids;
+    for (int streams : {1, 3}) {
+      o.streams = streams;
+      auto h = Harvester::Create(*m, tok->get(), o);
+      ASSERT_TRUE(h.ok()) << h.status();
+      acts.emplace_back(rows * d);
+      ids.emplace_back(rows);
+      ASSERT_TRUE((*h)->Rows(0, rows, acts.back().data(), ids.back().data()).ok());
+    }
+    EXPECT_EQ(ids[0], ids[1]) << corpus;
+    const double e = MaxRelErr(at::from_blob(acts[1].data(), {rows, d}, at::kFloat),
+                               at::from_blob(acts[0].data(), {rows, d}, at::kFloat));
+    EXPECT_LE(e, 1e-5) << corpus;
+    o.streams = -1;
+    auto bad = Harvester::Create(*m, tok->get(), o);
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.status().message().find("streams"), std::string::npos) << bad.status();
+  }
+}
+
 }  // namespace
 }  // namespace sae
