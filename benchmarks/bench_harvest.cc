@@ -252,18 +252,20 @@ void AddFlags(sae::flags::Command& app, Flags& f) {
 
 void PrintSmallHeader(const Flags& f, const sae::Transformer& model) {
   const sae::ModelConfig& c = model.config();
-  const std::string streams =
-      f.streams > 0 ? std::to_string(f.streams)
-                    : sae::PreferredThreads(c) == 1 ? std::to_string(sae::CoresAvailable()) + " for generate, 1 for text"
-                                                    : "1";
+  const std::string streams = f.streams > 0 ? std::to_string(f.streams)
+                              : sae::PreferredThreads(c) == 1
+                                  ? std::to_string(sae::CoresAvailable()) + " for generate, 1 for text"
+                                  : "1";
   char cfg[768];
   std::snprintf(cfg, sizeof(cfg),
                 "model: %s (%s; dim %ld, %ld layers, %ld heads / %ld kv, vocab %ld; weights %s, compute %s)\n"
-                "config: layer %ld (%ld blocks run), context %ld, batch %ld windows, streams %s; %ld text rows, %ld generate rows, "
+                "config: layer %ld (%ld blocks run), context %ld, batch %ld windows, streams %s; %ld text rows, %ld "
+                "generate rows, "
                 "%ld single-stream tokens per run; %ld reps, modes interleaved; corpus %s",
                 c.source.c_str(), c.format.c_str(), c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size,
                 c10::toString(model.weights().blocks[0].wq.scalar_type()), c10::toString(c.compute_dtype), f.layer,
-                f.layer + 1, f.context, f.batch, streams.c_str(), f.rows, f.gen_rows, f.single_tokens, f.reps, f.corpus.c_str());
+                f.layer + 1, f.context, f.batch, streams.c_str(), f.rows, f.gen_rows, f.single_tokens, f.reps,
+                f.corpus.c_str());
   Header(cfg);
 }
 

@@ -194,8 +194,9 @@ CommandRunner AddLmCommands(flags::Command* app) {
   harvest->AddOption("--tokens", ha->tokens, "activation rows to write (BOS positions excluded)");
   harvest->AddOption("--context", ha->opts.context, "tokens per window (BOS first)");
   harvest->AddOption("--batch", ha->opts.batch, "windows per forward pass");
-  harvest->AddOption("--streams", ha->opts.streams,
-                     "a batch's windows as this many streams, one core each (0: all cores for generate on small models, else 1)");
+  harvest->AddOption(
+      "--streams", ha->opts.streams,
+      "a batch's windows as this many streams, one core each (0: all cores for generate on small models, else 1)");
   harvest->AddOption("--seed", ha->opts.seed, "generate: window w is sampled with seed + w + 1");
   harvest->AddOption("--temperature", ha->opts.temperature, "generate: sampling temperature");
   harvest->AddOption("--top-p", ha->opts.top_p, "generate: nucleus threshold");

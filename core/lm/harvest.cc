@@ -126,8 +126,7 @@ absl::Status Harvester::ComputeBlock(int64_t block) {
   // (114k -> 104k, each half taking twice its share: not understood yet,
   // docs/performance.md).
   const bool gen = opts_.corpus == "generate";
-  const int64_t streams =
-      std::min<int64_t>(B, opts_.streams > 0 ? opts_.streams : small && gen ? CoresAvailable() : 1);
+  const int64_t streams = std::min<int64_t>(B, opts_.streams > 0 ? opts_.streams : small && gen ? CoresAvailable() : 1);
   block_ = -1;
   if (!block_acts_.defined() || block_acts_.size(0) != B * per) {
     block_acts_ = at::empty({B * per, d_in()}, at::kFloat);
