@@ -252,10 +252,14 @@ void AddFlags(sae::flags::Command& app, Flags& f) {
 
 void PrintSmallHeader(const Flags& f, const sae::Transformer& model) {
   const sae::ModelConfig& c = model.config();
-  const std::string streams = f.streams > 0 ? std::to_string(f.streams)
-                              : sae::PreferredThreads(c) == 1
-                                  ? std::to_string(sae::CoresAvailable()) + " for generate, 1 for text"
-                                  : "1";
+  sae::HarvestOptions ho;
+  ho.batch = f.batch;
+  ho.streams = f.streams;
+  ho.corpus = f.corpus;
+  const int64_t text_streams = sae::HarvestStreams(c, ho);
+  ho.corpus = "generate";
+  const std::string streams =
+      std::to_string(text_streams) + " text / " + std::to_string(sae::HarvestStreams(c, ho)) + " generate";
   char cfg[768];
   std::snprintf(cfg, sizeof(cfg),
                 "model: %s (%s; dim %ld, %ld layers, %ld heads / %ld kv, vocab %ld; weights %s, compute %s)\n"

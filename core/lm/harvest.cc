@@ -118,15 +118,18 @@ absl::Status Harvester::ComputeWindows(int64_t first, int64_t count, int64_t row
   return absl::OkStatus();
 }
 
-absl::Status Harvester::ComputeBlock(int64_t block) {
-  const int64_t B = opts_.batch, per = rows_per_window();
-  const bool small = PreferredThreads(model_->config()) == 1;
+int64_t HarvestStreams(const ModelConfig& model, const HarvestOptions& o) {
   // Auto: several streams only for generated windows (stories260K, 2 cores:
   // 23.7k -> 34.9k tokens/s); a text block on two streams measured slower
   // (114k -> 104k, each half taking twice its share: not understood yet,
   // docs/performance.md).
-  const bool gen = opts_.corpus == "generate";
-  const int64_t streams = std::min<int64_t>(B, opts_.streams > 0 ? opts_.streams : small && gen ? CoresAvailable() : 1);
+  const bool auto_many = PreferredThreads(model) == 1 && o.corpus == "generate";
+  return std::min<int64_t>(o.batch, o.streams > 0 ? o.streams : auto_many ? CoresAvailable() : 1);
+}
+
+absl::Status Harvester::ComputeBlock(int64_t block) {
+  const int64_t B = opts_.batch, per = rows_per_window();
+  const int64_t streams = HarvestStreams(model_->config(), opts_);
   block_ = -1;
   if (!block_acts_.defined() || block_acts_.size(0) != B * per) {
     block_acts_ = at::empty({B * per, d_in()}, at::kFloat);

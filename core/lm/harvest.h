@@ -41,6 +41,10 @@ struct HarvestOptions {
   int streams = 0;
 };
 
+// The streams a block of `o`'s windows runs as on `model` (o.streams, or
+// its rule when 0), at most o.batch.
+int64_t HarvestStreams(const ModelConfig& model, const HarvestOptions& o);
+
 // Token windows, [count, context] int64 for windows [first, first + count).
 class WindowSource {
  public:

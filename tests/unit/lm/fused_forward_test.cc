@@ -272,9 +272,9 @@ TEST(FusedHarvest, StreamsGiveTheRowsOfOneStream) {
   SAE_REQUIRE_FILE(StoriesBin());
   auto m = LoadModel(StoriesDir());
   ASSERT_TRUE(m.ok()) << m.status();
+  auto tok = LoadTokenizerFor(StoriesDir(), m->config().vocab_size, "");
+  ASSERT_TRUE(tok.ok()) << tok.status();
   for (const std::string corpus : {std::string("generate"), StoriesDir() + "/tinystories_sample.txt"}) {
-    auto tok = LoadTokenizerFor(StoriesDir(), m->config().vocab_size, "");
-    ASSERT_TRUE(tok.ok()) << tok.status();
     HarvestOptions o;
     o.corpus = corpus;
     o.layer = 1;
