@@ -933,17 +933,30 @@ struct AdamConsts {
 
 // One row of Adam over `cols` elements with the clip-scaled gradient gr, then
 // (renorm) the row scaled to unit norm and (lr set) its bf16 copy refreshed.
+// gr null: a zero gradient, not read (m and v decay; the same values as
+// with gr all zeros, but for the sign of a zero moment).
 template <typename T>
 inline void AdamRow(T* __restrict pr, const T* __restrict gr, T* __restrict mr, T* __restrict vr, int64_t cols,
                     const AdamConsts<T> k, bool renorm, float* __restrict lr) {
+  if (gr != nullptr) {
 #pragma omp simd
-  for (int64_t i = 0; i < cols; ++i) {
-    const T gi = gr[i] * k.cs;
-    const T mi = k.b1 * mr[i] + k.omb1 * gi;
-    const T vi = k.b2 * vr[i] + k.omb2 * gi * gi;
-    mr[i] = mi;
-    vr[i] = vi;
-    pr[i] = pr[i] - k.step * mi / (std::sqrt(vi) * k.inv_sqrt_bc2 + k.eps);
+    for (int64_t i = 0; i < cols; ++i) {
+      const T gi = gr[i] * k.cs;
+      const T mi = k.b1 * mr[i] + k.omb1 * gi;
+      const T vi = k.b2 * vr[i] + k.omb2 * gi * gi;
+      mr[i] = mi;
+      vr[i] = vi;
+      pr[i] = pr[i] - k.step * mi / (std::sqrt(vi) * k.inv_sqrt_bc2 + k.eps);
+    }
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < cols; ++i) {
+      const T mi = k.b1 * mr[i];
+      const T vi = k.b2 * vr[i];
+      mr[i] = mi;
+      vr[i] = vi;
+      pr[i] = pr[i] - k.step * mi / (std::sqrt(vi) * k.inv_sqrt_bc2 + k.eps);
+    }
   }
   if (renorm) {
     const T nrm = std::sqrt(Dot4(cols, static_cast<const T*>(pr), static_cast<const T*>(pr)));
@@ -956,14 +969,16 @@ inline void AdamRow(T* __restrict pr, const T* __restrict gr, T* __restrict mr, 
     for (int64_t i = 0; i < cols; ++i) lr[i] = RoundToBF16(static_cast<float>(pr[i]));
 }
 
+// Rows where `written` (when given) is 0 have a zero gradient that is not
+// read: AdamRow with gr null computes what it would from zeros.
 template <typename T>
 void AdamRows(T* __restrict p, const T* __restrict g, T* __restrict m, T* __restrict v, int64_t rows, int64_t cols,
-              const AdamConfig& cfg, double bc1, double bc2, bool renorm, float* lowp) {
+              const AdamConfig& cfg, double bc1, double bc2, bool renorm, float* lowp, const uint8_t* written) {
   const AdamConsts<T> k(cfg, bc1, bc2);
   at::parallel_for(0, rows, internal::GrainFor(8 * cols), [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r)
-      AdamRow(p + r * cols, g + r * cols, m + r * cols, v + r * cols, cols, k, renorm,
-              lowp != nullptr ? lowp + r * cols : nullptr);
+      AdamRow(p + r * cols, written == nullptr || written[r] ? g + r * cols : nullptr, m + r * cols, v + r * cols, cols,
+              k, renorm, lowp != nullptr ? lowp + r * cols : nullptr);
   });
 }
 
@@ -1030,10 +1045,13 @@ void LatentRowGradients(const T* Wdec, int64_t d, const FiredByLatent<T>& f, con
 
 // Step 5 into the dense gradients. Rows accumulate in thread-local buffers
 // and are written once with streaming stores, so the 2·n·d gradient bytes do
-// not evict the residual rows that the next latents read.
+// not evict the residual rows that the next latents read. `sparse`
+// (StepConfig::sparse_grads): latents without entries are not written
+// (grads->rows_written) and each latent's Σ grad² goes to row_sq (summed in
+// latent order by the caller: the same norm at any thread count).
 template <typename T>
 void LatentGradients(const SaeParams& p, const FiredByLatent<T>& f, const T* XC, const T* GX, const T* GA, const T* GT,
-                     bool project, SaeGrads* grads) {
+                     bool project, bool sparse, std::vector<double>* row_sq, SaeGrads* grads) {
   const int64_t d = p.d_in(), n = p.latents();
   const T* Wdec = p.W_dec.data_ptr<T>();
   T* gWenc = grads->W_enc.data_ptr<T>();
@@ -1042,13 +1060,24 @@ void LatentGradients(const SaeParams& p, const FiredByLatent<T>& f, const T* XC,
   const int64_t n_items = static_cast<int64_t>(f.items.size());
   const T* const grad_of[3] = {GX, GA, GT};  // by Item::src
   const int64_t per_latent = 3 * d * (n_items / std::max<int64_t>(n, 1)) + 2 * d;
+  if (sparse) {
+    grads->rows_written.assign(static_cast<size_t>(n), 0);
+    row_sq->assign(static_cast<size_t>(n), 0.0);
+  }
+  uint8_t* written = sparse ? grads->rows_written.data() : nullptr;
+  double* sq = sparse ? row_sq->data() : nullptr;
   at::parallel_for(0, n, internal::GrainFor(per_latent), [&](int64_t lo, int64_t hi) {
     std::vector<T> ge_buf(static_cast<size_t>(d)), gd_buf(static_cast<size_t>(d));
     LatentRowGradients(Wdec, d, f, XC, grad_of, project, lo, hi, ge_buf.data(), gd_buf.data(),
                        [&](int64_t l, const T* ge, const T* gd, T gb) {
+                         gbenc[l] = gb;
+                         if (sparse) {
+                           if (f.offs[l] == f.offs[l + 1]) return;  // zero rows, left unwritten
+                           written[l] = 1;
+                           sq[l] = SumSquares(d, ge) + SumSquares(d, gd) + static_cast<double>(gb) * gb;
+                         }
                          internal::StoreRow(d, ge, gWenc + l * d);
                          internal::StoreRow(d, gd, gWdec + l * d);
-                         gbenc[l] = gb;
                        });
   });
 #if defined(__AVX2__)
@@ -1150,7 +1179,10 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
       ResidualGradients<T>(X, XC, xhat.data_ptr<T>(), EH, p.b_dec.data_ptr<T>(), B, d, 2.0 / denom,
                            2.0 * cfg.aux_coefficient * rp.aux_scale / denom, cfg.auxk_fit, mt, gx.data_ptr<T>(), GA);
   clock.End("residual");
-  LatentGradients<T>(p, f, XC, gx.data_ptr<T>(), GA, mt.GT, cfg.project_decoder_grad, grads);
+  // (Ghost Grads add to the dead rows after this pass: dense gradients then.)
+  const bool sparse = cfg.sparse_grads && !rp.ghost;
+  thread_local std::vector<double> row_sq;
+  LatentGradients<T>(p, f, XC, gx.data_ptr<T>(), GA, mt.GT, cfg.project_decoder_grad, sparse, &row_sq, grads);
   clock.End("scatter");
 
   // 6. b_dec: Σ_rows ∂/∂x̂ from the decode, minus Σ_l (∂/∂b_enc[l]) W_enc[l]
@@ -1158,6 +1190,11 @@ absl::Status ComputeGradientsT(const SaeParams& p, const at::Tensor& x_in, const
   //    (Multi-TopK: its direct gradient GB, which the fit makes differ from gx.)
   BDecGradient<T>(multi ? gbdec.data_ptr<T>() : gx.data_ptr<T>(), B, p.W_enc.data_ptr<T>(), grads->b_enc.data_ptr<T>(),
                   p.latents(), d, grads->b_dec.data_ptr<T>());
+  if (sparse) {
+    double s = SumSquares(d, static_cast<const T*>(grads->b_dec.data_ptr<T>()));
+    for (const double r : row_sq) s += r;
+    grads->sum_sq = s;
+  }
   // 7. Ghost Grads: dense over the dead set only (ALGORITHMS.md §4). It adds
   //    to dead decoder rows already projected in step 5, so those are
   //    projected again (P is linear and idempotent: P(Pg + h) = Pg + Ph).
@@ -1255,6 +1292,8 @@ double AddGhostGrads(const SaeParams& p, const at::Tensor& x, const at::Tensor& 
 absl::Status ComputeGradients(const SaeParams& params, const at::Tensor& x, const StepConfig& cfg, SaeGrads* grads,
                               StepResult* result) {
   SAE_RETURN_IF_ERROR(internal::CheckShapes(params, x, cfg.k));
+  grads->rows_written.clear();
+  grads->sum_sq = -1;
   if ((cfg.aten || !params.W_enc.device().is_cpu()) && cfg.screen != nullptr)
     return absl::UnimplementedError(
         absl::StrCat("train.encoder: int8_screened is implemented for the CPU step only, not for ",
@@ -1316,6 +1355,7 @@ double SumOfSquares(const T* f, int64_t n) {
 }  // namespace
 
 double GlobalGradNorm(const SaeGrads& g) {
+  if (g.sum_sq >= 0) return std::sqrt(g.sum_sq);
   if (g.flat.defined() && g.flat.device().is_cpu() && g.flat.is_contiguous() &&
       g.flat.numel() == g.W_enc.numel() + g.b_enc.numel() + g.W_dec.numel() + g.b_dec.numel()) {
     // One pass over the flat buffer, in double (several at::norm calls cost
@@ -1345,14 +1385,15 @@ void AdamUpdateT(SaeParams* p, const SaeGrads& g, const AdamConfig& cfg, AdamSta
   const double bc2 = 1 - std::pow(cfg.beta2, static_cast<double>(s->step));
   const int64_t n = p->latents(), d = p->d_in();
   float* lp = (lowp != nullptr && lowp->defined()) ? lowp->data_ptr<float>() : nullptr;
+  const uint8_t* written = g.rows_written.empty() ? nullptr : g.rows_written.data();
   AdamRows<T>(p->W_enc.data_ptr<T>(), g.W_enc.data_ptr<T>(), s->m_W_enc.data_ptr<T>(), s->v_W_enc.data_ptr<T>(), n, d,
-              cfg, bc1, bc2, false, lp);
+              cfg, bc1, bc2, false, lp, written);
   AdamRows<T>(p->W_dec.data_ptr<T>(), g.W_dec.data_ptr<T>(), s->m_W_dec.data_ptr<T>(), s->v_W_dec.data_ptr<T>(), n, d,
-              cfg, bc1, bc2, cfg.renormalize_decoder, nullptr);
+              cfg, bc1, bc2, cfg.renormalize_decoder, nullptr, written);
   AdamRows<T>(p->b_enc.data_ptr<T>(), g.b_enc.data_ptr<T>(), s->m_b_enc.data_ptr<T>(), s->v_b_enc.data_ptr<T>(), 1, n,
-              cfg, bc1, bc2, false, nullptr);
+              cfg, bc1, bc2, false, nullptr, nullptr);
   AdamRows<T>(p->b_dec.data_ptr<T>(), g.b_dec.data_ptr<T>(), s->m_b_dec.data_ptr<T>(), s->v_b_dec.data_ptr<T>(), 1, d,
-              cfg, bc1, bc2, false, nullptr);
+              cfg, bc1, bc2, false, nullptr, nullptr);
 }
 
 }  // namespace

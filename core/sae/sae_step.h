@@ -42,6 +42,15 @@ struct SaeParams {
 struct SaeGrads {
   at::Tensor W_enc, b_enc, W_dec, b_dec;
   at::Tensor flat;  // all four, contiguous (when made by ZerosLike)
+  // Set by ComputeGradients with StepConfig::sparse_grads (CPU step): per
+  // latent, 0 where its W_enc and W_dec gradient rows are zero and were not
+  // written (the tensors hold whatever an earlier step left there), and
+  // Σ of every gradient element squared, taken from the step's own passes.
+  // Otherwise (every other call): rows_written empty (all rows written) and
+  // sum_sq < 0 (unknown). Whoever changes the gradients afterwards (an
+  // all-reduce) must not set sparse_grads.
+  std::vector<uint8_t> rows_written;
+  double sum_sq = -1;
   static SaeGrads ZerosLike(const SaeParams& p);
 };
 
@@ -110,6 +119,12 @@ struct StepConfig {
   // sae_step_internal.h) on CPU tensors too; tensors on another device
   // (CUDA) always use it.
   bool aten = false;
+  // CPU step, single process: skip writing the zero gradient rows of latents
+  // no token touched and take Σ grad² from the latent pass (SaeGrads::
+  // rows_written, sum_sq; GlobalGradNorm and AdamUpdate use them). Ignored
+  // (dense gradients) by the ATen step and with Ghost Grads, which add to
+  // those rows afterwards.
+  bool sparse_grads = false;
 };
 
 struct StepResult {
@@ -156,13 +171,15 @@ struct AdamConfig {
   bool renormalize_decoder = true;
 };
 
-// sqrt of Σ of every gradient element squared.
+// sqrt of Σ of every gradient element squared (g.sum_sq when known).
 double GlobalGradNorm(const SaeGrads& g);
 // min(1, max_norm / (norm + 1e-6)); 1 when max_norm <= 0.
 double ClipScale(double norm, double max_norm);
 
 // One fused Adam step over every parameter (torch.optim.Adam's formula), then
 // decoder rows renormalised to unit norm; refreshes `W_enc_lowp` if defined.
+// Rows that grads.rows_written marks unwritten are updated with a zero
+// gradient without reading it (the same values as reading zeros).
 void AdamUpdate(SaeParams* params, const SaeGrads& grads, const AdamConfig& cfg, AdamState* state,
                 at::Tensor* W_enc_lowp);
 

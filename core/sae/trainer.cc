@@ -387,6 +387,9 @@ absl::StatusOr<StepMetrics> SaeTrainer::Step(const float* x_rows, int64_t rows) 
     cfg.aten_gemm = opts_.blas_encoder_gemm;
     cfg.small_encoder = opts_.small_encoder;
     cfg.screen = screen_.get();
+    // One process: the step leaves the zero rows of untouched latents
+    // unwritten and gives the norm (the all-reduce needs dense gradients).
+    cfg.sparse_grads = world() == 1;
     StepResult res;
     AdamConfig ac;
     ac.lr = LearningRateAt(step_);

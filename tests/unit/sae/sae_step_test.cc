@@ -351,6 +351,92 @@ TEST(SaeStep, RejectsBadShapes) {
   EXPECT_FALSE(ComputeGradients(p, at::randn({4, 8}, at::kDouble), cfg, &g, &res).ok());
 }
 
+// StepConfig::sparse_grads (what the one-process trainer runs): the rows of
+// latents no entry touched are left unwritten (stale NaNs here) and marked
+// so, every written value is bitwise the dense step's, sum_sq is the dense
+// gradients' Σ g², and Adam over the sparse gradients (never reading the
+// unwritten rows) gives bitwise the dense update. Ghost Grads add to
+// untouched rows: the step refuses the shortcut there (dense, sum_sq < 0).
+TEST(SaeStep, SparseGradientsAreTheDenseOnesWithoutTheZeroRows) {
+  struct Shape {
+    int64_t B, d, n, k;
+  };
+  for (const auto& [B, d, n, k] : {Shape{50, 24, 2000, 4}, Shape{300, 64, 4096, 8}}) {
+    for (const at::ScalarType st : {at::kDouble, at::kFloat}) {
+      for (const Remedy remedy : {Remedy::kNone, Remedy::kAuxK, Remedy::kGhostGrads}) {
+        for (const int64_t target_k : {int64_t{0}, k / 2}) {
+          SCOPED_TRACE(testing::Message() << "n " << n << " " << at::toString(st) << " remedy "
+                                          << static_cast<int>(remedy) << " target_k " << target_k);
+          const SaeParams p64 = RandomParams(n, d, 11 + n);
+          const SaeParams p{p64.W_enc.to(st), p64.b_enc.to(st), p64.W_dec.to(st), p64.b_dec.to(st)};
+          const at::Tensor x = (at::randn({B, d}, at::kDouble) + 0.2).to(st);
+          std::vector<int64_t> dead;
+          for (int64_t i = 0; i < n; i += 3) dead.push_back(i);
+          StepConfig cfg;
+          cfg.k = k;
+          cfg.target_k = target_k;
+          cfg.remedy = remedy;
+          cfg.aux_coefficient = remedy == Remedy::kNone ? 0.0 : 0.5;
+          cfg.dead = &dead;
+          SaeGrads dense = SaeGrads::ZerosLike(p), sparse = SaeGrads::ZerosLike(p);
+          StepResult r0, r1;
+          ASSERT_TRUE(ComputeGradients(p, x, cfg, &dense, &r0).ok());
+          EXPECT_TRUE(dense.rows_written.empty());
+          EXPECT_LT(dense.sum_sq, 0);
+          sparse.flat.fill_(std::nan(""));  // what an earlier step left
+          cfg.sparse_grads = true;
+          ASSERT_TRUE(ComputeGradients(p, x, cfg, &sparse, &r1).ok());
+          EXPECT_EQ(r0.fired, r1.fired);
+          EXPECT_EQ(r0.loss, r1.loss);
+          if (remedy == Remedy::kGhostGrads) {
+            EXPECT_TRUE(sparse.rows_written.empty());
+            EXPECT_LT(sparse.sum_sq, 0);
+            EXPECT_TRUE(at::equal(sparse.flat, dense.flat));
+            continue;
+          }
+          ASSERT_EQ(static_cast<int64_t>(sparse.rows_written.size()), n);
+          std::vector<int64_t> kept, skipped;
+          for (int64_t l = 0; l < n; ++l) (sparse.rows_written[l] ? kept : skipped).push_back(l);
+          ASSERT_GT(skipped.size(), 0u);
+          ASSERT_GT(kept.size(), 0u);
+          const at::Tensor ki = at::tensor(kept), si = at::tensor(skipped);
+          EXPECT_EQ(dense.W_enc.index_select(0, si).abs().max().item<double>(), 0);
+          EXPECT_EQ(dense.W_dec.index_select(0, si).abs().max().item<double>(), 0);
+          EXPECT_TRUE(at::equal(sparse.W_enc.index_select(0, ki), dense.W_enc.index_select(0, ki)));
+          EXPECT_TRUE(at::equal(sparse.W_dec.index_select(0, ki), dense.W_dec.index_select(0, ki)));
+          EXPECT_TRUE(at::equal(sparse.b_enc, dense.b_enc));
+          EXPECT_TRUE(at::equal(sparse.b_dec, dense.b_dec));
+          const double norm = GlobalGradNorm(dense);
+          ASSERT_GT(norm, 0);
+          EXPECT_NEAR(sparse.sum_sq, norm * norm, 1e-12 * norm * norm);
+          EXPECT_NEAR(GlobalGradNorm(sparse), norm, 1e-12 * norm);
+          // Adam, two steps (the second from nonzero moments in the skipped rows).
+          SaeParams pa = p.Clone(), pb = p.Clone();
+          AdamState sa = AdamState::ZerosLike(p), sb = AdamState::ZerosLike(p);
+          AdamConfig ac;
+          ac.lr = 1e-2;
+          ac.clip_scale = 0.7;
+          for (int step = 0; step < 2; ++step) {
+            if (step == 1) {
+              ASSERT_TRUE(ComputeGradients(pa, x, cfg, &sparse, &r1).ok());
+              cfg.sparse_grads = false;
+              ASSERT_TRUE(ComputeGradients(pb, x, cfg, &dense, &r0).ok());
+              cfg.sparse_grads = true;
+            }
+            AdamUpdate(&pb, dense, ac, &sb, nullptr);
+            AdamUpdate(&pa, sparse, ac, &sa, nullptr);
+          }
+          for (const auto& [a, b] : {std::pair{&pa.W_enc, &pb.W_enc}, std::pair{&pa.W_dec, &pb.W_dec},
+                                     std::pair{&pa.b_enc, &pb.b_enc}, std::pair{&pa.b_dec, &pb.b_dec},
+                                     std::pair{&sa.m_W_enc, &sb.m_W_enc}, std::pair{&sa.v_W_dec, &sb.v_W_dec}})
+            EXPECT_TRUE(at::equal(*a, *b));
+          EXPECT_GT((pa.W_enc - p.W_enc).index_select(0, si).abs().max().item<double>(), 0);  // skipped rows moved
+        }
+      }
+    }
+  }
+}
+
 TEST(Adam, MatchesTorchFormulaAndRenormalisesDecoder) {
   SaeParams p = RandomParams(10, 6, 9);
   SaeParams q = p.Clone();
