@@ -933,30 +933,25 @@ struct AdamConsts {
 
 // One row of Adam over `cols` elements with the clip-scaled gradient gr, then
 // (renorm) the row scaled to unit norm and (lr set) its bf16 copy refreshed.
-// gr null: a zero gradient, not read (m and v decay; the same values as
-// with gr all zeros, but for the sign of a zero moment).
+// gr null: a zero gradient, not read (the values that reading zeros gives).
 template <typename T>
 inline void AdamRow(T* __restrict pr, const T* __restrict gr, T* __restrict mr, T* __restrict vr, int64_t cols,
                     const AdamConsts<T> k, bool renorm, float* __restrict lr) {
-  if (gr != nullptr) {
+  const auto update = [&](auto grad) {
 #pragma omp simd
     for (int64_t i = 0; i < cols; ++i) {
-      const T gi = gr[i] * k.cs;
+      const T gi = grad(i);
       const T mi = k.b1 * mr[i] + k.omb1 * gi;
       const T vi = k.b2 * vr[i] + k.omb2 * gi * gi;
       mr[i] = mi;
       vr[i] = vi;
       pr[i] = pr[i] - k.step * mi / (std::sqrt(vi) * k.inv_sqrt_bc2 + k.eps);
     }
+  };
+  if (gr != nullptr) {
+    update([&](int64_t i) { return gr[i] * k.cs; });
   } else {
-#pragma omp simd
-    for (int64_t i = 0; i < cols; ++i) {
-      const T mi = k.b1 * mr[i];
-      const T vi = k.b2 * vr[i];
-      mr[i] = mi;
-      vr[i] = vi;
-      pr[i] = pr[i] - k.step * mi / (std::sqrt(vi) * k.inv_sqrt_bc2 + k.eps);
-    }
+    update([](int64_t) { return T(0); });
   }
   if (renorm) {
     const T nrm = std::sqrt(Dot4(cols, static_cast<const T*>(pr), static_cast<const T*>(pr)));
