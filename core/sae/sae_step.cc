@@ -547,12 +547,18 @@ void SortByLatent(const Selection& s, int64_t n, int64_t fire_k, int64_t kt, std
 
 // How many entries ahead the sparse passes (Decode, LatentRowGradients)
 // prefetch the random rows an entry reads or writes: about 2 KiB of rows
-// ahead (8 entries at d 64, one from d 512 up). One entry ahead (as first
-// written) hides an L2 hit but not an L3 one: at d 64 an entry's work is
-// ~10 ns against ~50 ns of L3 latency, and the B×d rows (1 MB each at d 64,
-// batch 4096) do not all stay in L2 (docs/performance.md "Fixed costs of
-// the small-d step").
+// ahead (8 entries at d 64, two at d 256), or 0 (no software prefetch) for
+// rows of 2 KiB and more. One entry ahead (as first written) hides an L2 hit
+// but not an L3 one: at d 64 an entry's work is ~10 ns against ~50 ns of L3
+// latency, and the B×d rows (1 MB each at d 64, batch 4096) do not all stay
+// in L2 (docs/performance.md "Fixed costs of the small-d step"). A row of 32
+// lines or more is a stream the hardware prefetcher follows by itself; 128
+// prefetch instructions per 8 KiB row only filled the line-fill buffers (the
+// latent pass at d 2048 spent a third of its time on them; without them it
+// and the decode took 139 -> 82 ms and 32 -> 29 ms, docs/performance.md
+// "Software prefetch only for short rows").
 inline int64_t PrefetchAhead(int64_t row_bytes) {
+  if (row_bytes >= 2048) return 0;
   return std::clamp<int64_t>(2048 / std::max<int64_t>(row_bytes, 1), 1, 16);
 }
 
@@ -584,7 +590,7 @@ void Decode(const SaeParams& p, const FiredByLatent<T>& f, int64_t B, T* XH, T* 
           if (it.row >= rhi) break;
           // The destination rows are random: fetch the one `ahead` entries
           // on (of this part) while this one is updated.
-          if (t + ahead < n_items) {
+          if (ahead > 0 && t + ahead < n_items) {
             const auto& nx = f.items[t + ahead];
             if (nx.row >= rlo && nx.row < rhi) {
               const char* dn = reinterpret_cast<const char*>(dst_of[nx.src] + int64_t{nx.row} * d);
@@ -998,12 +1004,17 @@ void LatentRowGradients(const T* Wdec, int64_t d, const FiredByLatent<T>& f, con
   const int64_t ahead = PrefetchAhead(row_bytes);
   for (int64_t l = lo; l < hi; ++l) {
     const T* w = Wdec + l * d;
-    // The next decoder row, read once per step: fetched non-temporally, so
-    // that the n·d streamed bytes do not push the residual rows (the random
-    // reads below) out of the shared cache.
-    if (l + 1 < hi) {
-      const char* wn = reinterpret_cast<const char*>(w + d);
-      for (int64_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(wn + off, 0, 0);
+    // Short rows: the decoder row of the next latent with entries, into L2
+    // (rows of latents without entries are not read at all). Fetching every
+    // next row non-temporally, as before, spent prefetches on unread rows
+    // and evicted the fetched lines from L1 before their use.
+    if (ahead > 0 && f.offs[l] != f.offs[l + 1]) {
+      int64_t nl = l + 1;
+      while (nl < hi && f.offs[nl] == f.offs[nl + 1]) ++nl;
+      if (nl < hi) {
+        const char* wn = reinterpret_cast<const char*>(Wdec + nl * d);
+        for (int64_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(wn + off, 0, 1);
+      }
     }
     T gb = 0, gdw = 0;  // ∂b_enc[l] and ∂W_dec[l]·W_dec[l] = Σ a ∂a
     const int64_t end = f.offs[l + 1];
@@ -1018,12 +1029,14 @@ void LatentRowGradients(const T* Wdec, int64_t d, const FiredByLatent<T>& f, con
         grow[q] = grad_of[it.src] + int64_t{it.row} * d;
         xrow[q] = XC + int64_t{it.row} * d;
         // The rows of the entries ahead are random: start fetching them now.
-        const auto& next = f.items[g0 + q + ahead < n_items ? g0 + q + ahead : g0 + q];
-        const char* gn = reinterpret_cast<const char*>(grad_of[next.src] + int64_t{next.row} * d);
-        const char* xn = reinterpret_cast<const char*>(XC + int64_t{next.row} * d);
-        for (int64_t off = 0; off < row_bytes; off += 64) {
-          __builtin_prefetch(gn + off);
-          __builtin_prefetch(xn + off);
+        if (ahead > 0) {
+          const auto& next = f.items[g0 + q + ahead < n_items ? g0 + q + ahead : g0 + q];
+          const char* gn = reinterpret_cast<const char*>(grad_of[next.src] + int64_t{next.row} * d);
+          const char* xn = reinterpret_cast<const char*>(XC + int64_t{next.row} * d);
+          for (int64_t off = 0; off < row_bytes; off += 64) {
+            __builtin_prefetch(gn + off);
+            __builtin_prefetch(xn + off);
+          }
         }
         av[q] = it.a;
         ga[q] = Dot4(d, grow[q], w);
