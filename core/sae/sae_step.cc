@@ -1006,8 +1006,9 @@ void LatentRowGradients(const T* Wdec, int64_t d, const FiredByLatent<T>& f, con
     const T* w = Wdec + l * d;
     // Short rows: the decoder row of the next latent with entries, into L2
     // (rows of latents without entries are not read at all). Fetching every
-    // next row non-temporally, as before, spent prefetches on unread rows
-    // and evicted the fetched lines from L1 before their use.
+    // next row non-temporally, as before, also fetched the unread rows (at
+    // d 2048, where rows are now left to the hardware, that way took 125 ms
+    // against 92 for this one; docs/performance.md).
     if (ahead > 0 && f.offs[l] != f.offs[l + 1]) {
       int64_t nl = l + 1;
       while (nl < hi && f.offs[nl] == f.offs[nl + 1]) ++nl;
