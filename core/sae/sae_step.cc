@@ -903,6 +903,86 @@ inline void AccumulateGroup<float>(int64_t d, int64_t m, const float* const* g, 
     default: AccumulateCols<8>(c0, d - c0, m, g, x, a, c, first, ge, gd); break;
   }
 }
+// A latent whose entries form one group, d a multiple of 128: AccumulateGroup
+// (first), then the projection gd −= gdw·w (w null: none), each row's Σ g² in
+// double (into *sq when set) and the rows streamed to ge_out and gd_out
+// straight from the registers (no thread-local row, no second pass over it).
+inline void AccumulateStoreGroup(int64_t d, int64_t m, const float* const* g, const float* const* x, const float* a,
+                                 const float* c, const float* w, float gdw, double* sq, float* __restrict ge_out,
+                                 float* __restrict gd_out) {
+  constexpr int64_t kCols = 128;
+  const bool aligned =
+      (reinterpret_cast<uintptr_t>(ge_out) % 64 == 0) && (reinterpret_cast<uintptr_t>(gd_out) % 64 == 0);
+  const __m512 vgdw = _mm512_set1_ps(gdw);
+  __m512d s0 = _mm512_setzero_pd(), s1 = s0;
+  for (int64_t c0 = 0; c0 < d; c0 += kCols) {
+    __m512 D[8], E[8];
+    for (int u = 0; u < 8; ++u) {
+      D[u] = _mm512_setzero_ps();
+      E[u] = _mm512_setzero_ps();
+    }
+    for (int64_t q = 0; q < m; ++q) {
+      const float* gq = g[q] + c0;
+      const float* xq = x[q] + c0;
+      const __m512 va = _mm512_set1_ps(a[q]), vc = _mm512_set1_ps(c[q]);
+      for (int u = 0; u < 8; ++u) {
+        D[u] = _mm512_fmadd_ps(va, _mm512_loadu_ps(gq + 16 * u), D[u]);
+        E[u] = _mm512_fmadd_ps(vc, _mm512_loadu_ps(xq + 16 * u), E[u]);
+      }
+    }
+    for (int u = 0; u < 8; ++u) {
+      if (w != nullptr) D[u] = _mm512_fnmadd_ps(vgdw, _mm512_loadu_ps(w + c0 + 16 * u), D[u]);
+      if (sq != nullptr) {
+        const __m512d d0 = _mm512_cvtps_pd(_mm512_castps512_ps256(D[u]));
+        const __m512d d1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(D[u], 1));
+        const __m512d e0 = _mm512_cvtps_pd(_mm512_castps512_ps256(E[u]));
+        const __m512d e1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(E[u], 1));
+        s0 = _mm512_fmadd_pd(d0, d0, _mm512_fmadd_pd(e0, e0, s0));
+        s1 = _mm512_fmadd_pd(d1, d1, _mm512_fmadd_pd(e1, e1, s1));
+      }
+      if (aligned) {
+        _mm512_stream_ps(gd_out + c0 + 16 * u, D[u]);
+        _mm512_stream_ps(ge_out + c0 + 16 * u, E[u]);
+      } else {
+        _mm512_storeu_ps(gd_out + c0 + 16 * u, D[u]);
+        _mm512_storeu_ps(ge_out + c0 + 16 * u, E[u]);
+      }
+    }
+  }
+  if (sq != nullptr) *sq = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+}
+#endif
+
+// Where the latent pass may store gradient rows itself (all null: nowhere):
+// rows l of ge and gd (n×d), and Σ g² of both into sq[l] (null: not summed).
+template <typename T>
+struct DirectRows {
+  T* ge = nullptr;
+  T* gd = nullptr;
+  double* sq = nullptr;
+};
+
+// A latent's rows stored straight from the registers (AccumulateStoreGroup)
+// when `single` (its entries are one group), the rows go somewhere, T is
+// float, d a multiple of 128 and the build has AVX-512; false otherwise
+// (nothing done). Without it the rows went through the thread-local
+// buffer, a second pass for the projection, one for Σ g² and a copy with
+// streaming stores: 121-123 against 89-94 ms at d 4096 / 32768 / batch
+// 1024, 75-78 against 57-60 at d 2048 / 65536 (docs/performance.md).
+template <typename T>
+inline bool StoreGroupDirect(int64_t d, int64_t m, const T* const* g, const T* const* x, const T* a, const T* c,
+                             const T* w, T gdw, bool single, const DirectRows<T>& direct, int64_t l) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (!single || direct.ge == nullptr || d % 128 != 0) return false;
+    AccumulateStoreGroup(d, m, g, x, a, c, w, gdw, direct.sq != nullptr ? direct.sq + l : nullptr, direct.ge + l * d,
+                         direct.gd + l * d);
+    return true;
+  }
+#endif
+  return false;
+}
+#if defined(__AVX512F__)
 template <>
 inline double SumSquares<float>(int64_t n, const float* __restrict f) {
   __m512d s0 = _mm512_setzero_pd(), s1 = s0, s2 = s0, s3 = s0;
@@ -985,13 +1065,15 @@ void AdamRows(T* __restrict p, const T* __restrict g, T* __restrict m, T* __rest
 
 // Step 5 for latents [lo, hi), on the calling thread: for each, its
 // gradient rows into ge (∂W_enc[l]) and gd (∂W_dec[l], projected off the
-// unit row when `project`), both d long, then row(l, ge, gd, ∂b_enc[l]).
+// unit row when `project`), both d long, then row(l, ge, gd, ∂b_enc[l]);
+// or, where StoreGroupDirect can (`direct` set), the rows straight into
+// direct's rows l and row(l, nullptr, nullptr, ∂b_enc[l]).
 // ∂a = g·W_dec[l] (zero unless a > 0), ∂W_dec[l] = Σ a g, ∂W_enc[l] =
 // Σ ∂a (x − b_dec), ∂b_enc[l] = Σ ∂a, over the latent's entries (rows
 // ascending: deterministic, no atomics).
 template <typename T, typename RowFn>
 void LatentRowGradients(const T* Wdec, int64_t d, const FiredByLatent<T>& f, const T* XC, const T* const grad_of[3],
-                        bool project, int64_t lo, int64_t hi, T* ge, T* gd, RowFn&& row) {
+                        bool project, int64_t lo, int64_t hi, T* ge, T* gd, const DirectRows<T>& direct, RowFn&& row) {
   // Entries in groups of up to kGroup (at d 768 an entry's two rows are
   // 6 KiB, a group's 192 KiB stay in L2 for the second pass): first every
   // entry's ∂a = g·W_dec[l], then the rows' sums.
@@ -1018,6 +1100,7 @@ void LatentRowGradients(const T* Wdec, int64_t d, const FiredByLatent<T>& f, con
       }
     }
     T gb = 0, gdw = 0;  // ∂b_enc[l] and ∂W_dec[l]·W_dec[l] = Σ a ∂a
+    bool stored = false;
     const int64_t end = f.offs[l + 1];
     if (f.offs[l] == end) {
       std::memset(ge, 0, sizeof(T) * d);
@@ -1044,7 +1127,16 @@ void LatentRowGradients(const T* Wdec, int64_t d, const FiredByLatent<T>& f, con
         gb += ga[q];
         gdw += av[q] * ga[q];
       }
+      if (StoreGroupDirect(d, m, grow, xrow, av, ga, project && gdw != 0 ? w : nullptr, gdw,
+                           g0 == f.offs[l] && end - g0 <= kGroup, direct, l)) {
+        stored = true;
+        break;
+      }
       AccumulateGroup(d, m, grow, xrow, av, ga, g0 == f.offs[l], ge, gd);
+    }
+    if (stored) {
+      row(l, nullptr, nullptr, gb);
+      continue;
     }
     // Off the unit row: gd −= (gd·w) w, with gd·w = Σ a (g·w) from the entries.
     if (project && gdw != 0) Axpy(d, -gdw, w, gd);
@@ -1075,11 +1167,19 @@ void LatentGradients(const SaeParams& p, const FiredByLatent<T>& f, const T* XC,
   }
   uint8_t* written = sparse ? grads->rows_written.data() : nullptr;
   double* sq = sparse ? row_sq->data() : nullptr;
+  const DirectRows<T> direct{gWenc, gWdec, sq};
   at::parallel_for(0, n, internal::GrainFor(per_latent), [&](int64_t lo, int64_t hi) {
     std::vector<T> ge_buf(static_cast<size_t>(d)), gd_buf(static_cast<size_t>(d));
-    LatentRowGradients(Wdec, d, f, XC, grad_of, project, lo, hi, ge_buf.data(), gd_buf.data(),
+    LatentRowGradients(Wdec, d, f, XC, grad_of, project, lo, hi, ge_buf.data(), gd_buf.data(), direct,
                        [&](int64_t l, const T* ge, const T* gd, T gb) {
                          gbenc[l] = gb;
+                         if (ge == nullptr) {  // stored by the pass, sq[l] holds Σ g² of both rows
+                           if (sparse) {
+                             written[l] = 1;
+                             sq[l] += static_cast<double>(gb) * gb;
+                           }
+                           return;
+                         }
                          if (sparse) {
                            if (f.offs[l] == f.offs[l + 1]) return;  // zero rows, left unwritten
                            written[l] = 1;
