@@ -860,6 +860,20 @@ inline void AccumulateCols(int64_t c0, int64_t r, int64_t m, const float* const*
     _mm512_mask_storeu_ps(ge + c0 + 16 * u, mk[u], E[u]);
   }
 }
+// Columns [c0, c0 + 128) of the group's sums, added into D (Σ a·g) and E
+// (Σ c·x), eight vectors each, in q order.
+inline void AccumulateBlock(int64_t c0, int64_t m, const float* const* g, const float* const* x, const float* a,
+                            const float* c, __m512* D, __m512* E) {
+  for (int64_t q = 0; q < m; ++q) {
+    const float* gq = g[q] + c0;
+    const float* xq = x[q] + c0;
+    const __m512 va = _mm512_set1_ps(a[q]), vc = _mm512_set1_ps(c[q]);
+    for (int u = 0; u < 8; ++u) {
+      D[u] = _mm512_fmadd_ps(va, _mm512_loadu_ps(gq + 16 * u), D[u]);
+      E[u] = _mm512_fmadd_ps(vc, _mm512_loadu_ps(xq + 16 * u), E[u]);
+    }
+  }
+}
 // Column blocks of 128 held in 16 registers across the group's rows, so
 // the accumulators are not loaded and stored once per row (the row-at-a-time
 // axpy's L1 traffic bounded the latent gradients; docs/performance.md).
@@ -874,15 +888,7 @@ inline void AccumulateGroup<float>(int64_t d, int64_t m, const float* const* g, 
       D[u] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(gd + c0 + 16 * u);
       E[u] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(ge + c0 + 16 * u);
     }
-    for (int64_t q = 0; q < m; ++q) {
-      const float* gq = g[q] + c0;
-      const float* xq = x[q] + c0;
-      const __m512 va = _mm512_set1_ps(a[q]), vc = _mm512_set1_ps(c[q]);
-      for (int u = 0; u < 8; ++u) {
-        D[u] = _mm512_fmadd_ps(va, _mm512_loadu_ps(gq + 16 * u), D[u]);
-        E[u] = _mm512_fmadd_ps(vc, _mm512_loadu_ps(xq + 16 * u), E[u]);
-      }
-    }
+    AccumulateBlock(c0, m, g, x, a, c, D, E);
     for (int u = 0; u < 8; ++u) {
       _mm512_storeu_ps(gd + c0 + 16 * u, D[u]);
       _mm512_storeu_ps(ge + c0 + 16 * u, E[u]);
@@ -921,15 +927,7 @@ inline void AccumulateStoreGroup(int64_t d, int64_t m, const float* const* g, co
       D[u] = _mm512_setzero_ps();
       E[u] = _mm512_setzero_ps();
     }
-    for (int64_t q = 0; q < m; ++q) {
-      const float* gq = g[q] + c0;
-      const float* xq = x[q] + c0;
-      const __m512 va = _mm512_set1_ps(a[q]), vc = _mm512_set1_ps(c[q]);
-      for (int u = 0; u < 8; ++u) {
-        D[u] = _mm512_fmadd_ps(va, _mm512_loadu_ps(gq + 16 * u), D[u]);
-        E[u] = _mm512_fmadd_ps(vc, _mm512_loadu_ps(xq + 16 * u), E[u]);
-      }
-    }
+    AccumulateBlock(c0, m, g, x, a, c, D, E);
     for (int u = 0; u < 8; ++u) {
       if (w != nullptr) D[u] = _mm512_fnmadd_ps(vgdw, _mm512_loadu_ps(w + c0 + 16 * u), D[u]);
       if (sq != nullptr) {
