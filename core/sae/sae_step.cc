@@ -564,7 +564,11 @@ inline int64_t PrefetchAhead(int64_t row_bytes) {
 
 // Step 3. Decode x̂ = b_dec + Σ a W_dec[i], AuxK's ê = Σ a W_dec[i] (no
 // b_dec; EH null without AuxK) and Multi-TopK's tail (TH, no b_dec; null
-// without): each thread owns a range of rows and streams the decoder once.
+// without): each thread owns a range of rows (of columns, for long rows) and
+// streams the decoder once.
+// Decode splits columns, not rows, between threads from this row length on.
+constexpr int64_t kColumnSplitRowBytes = 4096;
+
 template <typename T>
 void Decode(const SaeParams& p, const FiredByLatent<T>& f, int64_t B, T* XH, T* EH, T* TH) {
   const int64_t d = p.d_in(), n = p.latents();
@@ -577,6 +581,32 @@ void Decode(const SaeParams& p, const FiredByLatent<T>& f, int64_t B, T* XH, T* 
   T* const dst_of[3] = {XH, EH, TH};
   const int64_t row_bytes = d * static_cast<int64_t>(sizeof(T));
   const int64_t ahead = PrefetchAhead(row_bytes), n_items = static_cast<int64_t>(f.items.size());
+  // Long rows: each part takes a range of columns of every row (whole
+  // 64-byte lines), so each decoder row is read once in all, half by each of
+  // two threads; split by rows, every thread read nearly every row (about
+  // B·k/n entries a latent, 2 at d 4096 / 32768 / k 64 / batch 1024, where
+  // this took the decode from 50-55 to 43-47 ms; docs/performance.md
+  // "Decode by columns"). Per element the same adds in the same order.
+  if (row_bytes >= kColumnSplitRowBytes && parts > 1) {
+    constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(T));
+    at::parallel_for(0, parts, 1, [&](int64_t plo, int64_t phi) {
+      for (int64_t part = plo; part < phi; ++part) {
+        const int64_t c0 = d * part / parts / kLine * kLine;
+        const int64_t c1 = part + 1 == parts ? d : d * (part + 1) / parts / kLine * kLine;
+        const int64_t w = c1 - c0;
+        if (w <= 0) continue;
+        for (int64_t b = 0; b < B; ++b) std::memcpy(XH + b * d + c0, bdec + c0, sizeof(T) * w);
+        for (int64_t l = 0; l < n; ++l) {
+          const T* wr = Wdec + l * d + c0;
+          for (int64_t t = f.offs[l]; t < f.offs[l + 1]; ++t) {
+            const auto& it = f.items[t];
+            Axpy(w, it.a, wr, dst_of[it.src] + int64_t{it.row} * d + c0);
+          }
+        }
+      }
+    });
+    return;
+  }
   at::parallel_for(0, parts, 1, [&](int64_t plo, int64_t phi) {
     for (int64_t part = plo; part < phi; ++part) {
       const int64_t rlo = B * part / parts, rhi = B * (part + 1) / parts;

@@ -212,14 +212,16 @@ INSTANTIATE_TEST_SUITE_P(Shapes, StepVsAutograd,
 // The float32 step's gradients do not depend on the thread count: every
 // loop that splits between threads (the encoder's rows, the latent rows,
 // b_dec's fixed blocks of rows, the sort by latent's row ranges) adds in
-// the same order either way. The shapes are large enough that the loops do
-// split (kMinParallelWork; stories260K's d 64 / 4096 latents / k 8 for the
+// the same order either way (the decode's column ranges too). The shapes
+// are large enough that the loops do split (kMinParallelWork; stories260K's d 64 / 4096 latents / k 8 for the
 // sort, which splits from 16384 entries).
 TEST(SaeStep, GradientsAreBitwiseTheSameOnOneAndTwoThreads) {
   const int threads_before = at::get_num_threads();
   for (const auto& [B, d, n, k] : {std::tuple<int64_t, int64_t, int64_t, int64_t>{600, 256, 8448, 16},
                                    std::tuple<int64_t, int64_t, int64_t, int64_t>{300, 768, 2000, 32},
-                                   std::tuple<int64_t, int64_t, int64_t, int64_t>{2048, 64, 4096, 8}}) {
+                                   std::tuple<int64_t, int64_t, int64_t, int64_t>{2048, 64, 4096, 8},
+                                   // rows of 4 KiB and more: the decode splits columns (not 64-float aligned)
+                                   std::tuple<int64_t, int64_t, int64_t, int64_t>{200, 1100, 900, 6}}) {
     SCOPED_TRACE(testing::Message() << "d " << d << " n " << n);
     const SaeParams p64 = RandomParams(n, d, 5 + n);
     const SaeParams p{p64.W_enc.to(at::kFloat), p64.b_enc.to(at::kFloat), p64.W_dec.to(at::kFloat),
