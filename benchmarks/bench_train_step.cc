@@ -8,6 +8,7 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <unistd.h>
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -180,6 +181,14 @@ struct GemmTimes {
   double BestCpu() const { return onednn_cpu > 0 ? std::min(aten_cpu, onednn_cpu) : aten_cpu; }
 };
 
+// After a run that called OpenBLAS (the at::addmm floor, the torch peers,
+// fp32_blas): OpenBLAS's pthread workers spin (sched_yield) for about 2^28
+// cycles after each call, ~0.1 s here, and whatever is measured next shares
+// the cores with them (d 48, the step right after the floor: 4.0 ms of
+// CPU-seconds per 1.6 ms step, 1.5 ms once they sleep; docs/performance.md,
+// session 16). Waiting them out keeps one measurement off the next.
+void LetBlasThreadsSleep() { std::this_thread::sleep_for(std::chrono::milliseconds(300)); }
+
 GemmTimes GemmFloor(const Flags& f, const at::Tensor& W_first, const at::Tensor& x, bool bf16) {
   const at::Device dev = f.device == "cuda" ? at::Device(at::kCUDA) : at::Device(at::kCPU);
   at::Tensor W = W_first.clone();
@@ -226,6 +235,7 @@ GemmTimes GemmFloor(const Flags& f, const at::Tensor& W_first, const at::Tensor&
   }
   out.aten = Median(gemm_s);
   out.aten_cpu = Median(gemm_c);
+  if (dev.is_cpu()) LetBlasThreadsSleep();
   return out;
 }
 
@@ -485,6 +495,7 @@ absl::Status MeasureRound(const Flags& f, const std::vector<std::string>& list, 
     auto rr = MeasureEncoder(f, enc, x, &W_first);
     if (!rr.ok()) return rr.status();
     runs->push_back(*rr);
+    if (enc == "fp32_blas" && f.device == "cpu") LetBlasThreadsSleep();
   }
   floors->fp32_times = GemmFloor(f, W_first, x, /*bf16=*/false);
   floors->fp32 = floors->fp32_times.Best();
@@ -497,6 +508,7 @@ absl::Status MeasureRound(const Flags& f, const std::vector<std::string>& list, 
     floors->torch_forward = TorchForward(f, W_first, x);
     if (f.torch_step) floors->torch_step = TorchStep(f, W_first, x);
     floors->device = MeasureDeviceRefs(f, W_first, x);
+    if (f.device == "cpu") LetBlasThreadsSleep();
   }
   return absl::OkStatus();
 }
