@@ -184,9 +184,9 @@ struct GemmTimes {
 // After a run that called OpenBLAS (the at::addmm floor, the torch peers,
 // fp32_blas): OpenBLAS's pthread workers spin (sched_yield) for about 2^28
 // cycles after each call, ~0.1 s here, and whatever is measured next shares
-// the cores with them (d 48, the step right after the floor: 4.0 ms of
-// CPU-seconds per 1.6 ms step, 1.5 ms once they sleep; docs/performance.md,
-// session 16). Waiting them out keeps one measurement off the next.
+// the cores with them (a perf record of a d 48 run: ~10 % of its samples in
+// sched_yield; docs/performance.md, session 16). Waiting them out keeps one
+// measurement off the next.
 void LetBlasThreadsSleep() { std::this_thread::sleep_for(std::chrono::milliseconds(300)); }
 
 GemmTimes GemmFloor(const Flags& f, const at::Tensor& W_first, const at::Tensor& x, bool bf16) {

@@ -562,13 +562,13 @@ inline int64_t PrefetchAhead(int64_t row_bytes) {
   return std::clamp<int64_t>(2048 / std::max<int64_t>(row_bytes, 1), 1, 16);
 }
 
+// Decode splits columns, not rows, between threads from this row length on.
+constexpr int64_t kColumnSplitRowBytes = 4096;
+
 // Step 3. Decode x̂ = b_dec + Σ a W_dec[i], AuxK's ê = Σ a W_dec[i] (no
 // b_dec; EH null without AuxK) and Multi-TopK's tail (TH, no b_dec; null
 // without): each thread owns a range of rows (of columns, for long rows) and
 // streams the decoder once.
-// Decode splits columns, not rows, between threads from this row length on.
-constexpr int64_t kColumnSplitRowBytes = 4096;
-
 template <typename T>
 void Decode(const SaeParams& p, const FiredByLatent<T>& f, int64_t B, T* XH, T* EH, T* TH) {
   const int64_t d = p.d_in(), n = p.latents();
@@ -586,7 +586,8 @@ void Decode(const SaeParams& p, const FiredByLatent<T>& f, int64_t B, T* XH, T* 
   // two threads; split by rows, every thread read nearly every row (about
   // B·k/n entries a latent, 2 at d 4096 / 32768 / k 64 / batch 1024, where
   // this took the decode from 50-55 to 43-47 ms; docs/performance.md
-  // "Decode by columns"). Per element the same adds in the same order.
+  // "d 48 by rows, decode by columns"). Per element the same adds in the
+  // same order.
   if (row_bytes >= kColumnSplitRowBytes && parts > 1) {
     constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(T));
     at::parallel_for(0, parts, 1, [&](int64_t plo, int64_t phi) {

@@ -213,8 +213,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, StepVsAutograd,
 // loop that splits between threads (the encoder's rows, the latent rows,
 // b_dec's fixed blocks of rows, the sort by latent's row ranges) adds in
 // the same order either way (the decode's column ranges too). The shapes
-// are large enough that the loops do split (kMinParallelWork; stories260K's d 64 / 4096 latents / k 8 for the
-// sort, which splits from 16384 entries).
+// are large enough that the loops do split (kMinParallelWork; stories260K's
+// d 64 / 4096 latents / k 8 for the sort, which splits from 16384 entries).
 TEST(SaeStep, GradientsAreBitwiseTheSameOnOneAndTwoThreads) {
   const int threads_before = at::get_num_threads();
   for (const auto& [B, d, n, k] : {std::tuple<int64_t, int64_t, int64_t, int64_t>{600, 256, 8448, 16},
