@@ -70,8 +70,11 @@ if(SAE_HAVE_CUDA AND SAE_WITH_NCCL)
       OUTPUT_VARIABLE py_nccl OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
     list(APPEND nccl_hints ${py_nccl})
   endif()
-  find_path(SAE_NCCL_INCLUDE nccl.h HINTS ${nccl_hints} PATH_SUFFIXES include)
-  find_library(SAE_NCCL_LIBRARY NAMES nccl libnccl.so.2 HINTS ${nccl_hints} PATH_SUFFIXES lib lib64)
+  # (CUDAToolkit_LIBRARY_ROOT is often empty: the toolkit's own include and
+  # library folders, where NVIDIA's CUDA 13 packages put nccl.h, are hints too.)
+  find_path(SAE_NCCL_INCLUDE nccl.h HINTS ${nccl_hints} ${CUDAToolkit_INCLUDE_DIRS} PATH_SUFFIXES include)
+  find_library(SAE_NCCL_LIBRARY NAMES nccl libnccl.so.2 HINTS ${nccl_hints} ${CUDAToolkit_LIBRARY_DIR}
+    PATH_SUFFIXES lib lib64)
   if(SAE_NCCL_INCLUDE AND SAE_NCCL_LIBRARY AND TARGET CUDA::cudart AND SAE_C10D_INCLUDE)
     set(nccl_found ON)
   else()

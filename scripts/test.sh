@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs setup, then every test through ctest, then the lock-annotation check
-# (scripts/thread_safety.sh: clang -Wthread-safety -Werror, compile only) and
-# the formatting check (scripts/format.sh --check, .clang-format); fails on
+# (scripts/thread_safety.sh: clang -Wthread-safety -Werror, compile only), the
+# NCCL backend against CUDA's toolkit where one is installed
+# (scripts/nccl_check.sh: build-nccl, no GPU needed) and the formatting check (scripts/format.sh --check, .clang-format); fails on
 # any failure.
 # SAE_FULL_CHECKS=1 adds the sanitizer builds and their tests
 # (scripts/sanitizers.sh: ASan+UBSan, TSan) and a short fuzz pass
@@ -17,6 +18,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 (cd build && ctest --output-on-failure -j"$(nproc)" "$@")
 scripts/thread_safety.sh
+scripts/nccl_check.sh
 scripts/format.sh --check
 case "${SAE_FULL_CHECKS:-0}" in
   0) ;;

@@ -273,7 +273,9 @@ absl::StatusOr<std::unique_ptr<Communicator>> NewNcclCommunicator(const CommOpti
   }
   int devices = 0;
   if (cudaError_t e = cudaGetDeviceCount(&devices); e != cudaSuccess || devices == 0)
-    return absl::FailedPreconditionError("world.backend: nccl needs a CUDA device and none is visible");
+    return absl::FailedPreconditionError(
+        absl::StrCat("world.backend: nccl needs a CUDA device and none is visible (cudaGetDeviceCount: ",
+                     e != cudaSuccess ? cudaGetErrorString(e) : "0 devices", ")"));
   const int local = EnvInt("OMPI_COMM_WORLD_LOCAL_RANK", EnvInt("SAE_LOCAL_RANK", rank));
   const int device = local % devices;
   if (cudaError_t e = cudaSetDevice(device); e != cudaSuccess) return CudaError(e, "set device");
