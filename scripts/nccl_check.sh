@@ -14,8 +14,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cuda=${CUDA_HOME:-/usr/local/cuda}
-if [ ! -f "$cuda/include/nccl.h" ] || [ ! -x "$cuda/bin/nvcc" ]; then
-  echo "nccl check: skipped (no CUDA toolkit with nccl.h at $cuda; set CUDA_HOME)"
+nccl_lib=$(ls "$cuda"/lib/libnccl.so* "$cuda"/lib64/libnccl.so* 2>/dev/null | head -1 || true)
+if [ ! -f "$cuda/include/nccl.h" ] || [ ! -f "$cuda/include/cuda_runtime_api.h" ] || [ -z "$nccl_lib" ] ||
+  [ ! -x "$cuda/bin/nvcc" ]; then
+  echo "nccl check: skipped (no CUDA toolkit with nccl.h, cuda_runtime_api.h and libnccl at $cuda; set CUDA_HOME)"
   exit 0
 fi
 B=${SAE_NCCL_BUILD_DIR:-build-nccl}
