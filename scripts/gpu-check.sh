@@ -3,11 +3,54 @@
 # NCCL in its site-packages; no network needed): configure against that
 # LibTorch, build, run the communicator conformance suite on nccl (one rank per
 # GPU), the all-reduce benchmark, and the training benchmark.
-# Usage: scripts/gpu-check.sh [build-dir]   (default build-gpu)
+# The host also needs the build's libraries (scripts/packages.txt's -dev
+# packages): a preflight names every one it lacks and stops (exit 2).
+# Usage: [SAE_DEPS_PREFIX=dir] scripts/gpu-check.sh [build-dir]   (default build-gpu)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 b=${1:-build-gpu}
-prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
+# Preflight: every header the configure needs, with the Debian 12 package that
+# has it (scripts/packages.txt), so that a host without them says all of them
+# in seconds instead of configure stopping at the first. SAE_DEPS_PREFIX: a
+# folder where such packages were unpacked (dpkg -x pkg.deb DIR), searched
+# for headers, libraries, CMake and pkg-config files.
+if [ -n "${SAE_DEPS_PREFIX:-}" ]; then
+  dp=$SAE_DEPS_PREFIX
+  export CPATH="$dp/usr/include:$dp/usr/include/x86_64-linux-gnu${CPATH:+:$CPATH}"
+  export LIBRARY_PATH="$dp/usr/lib/x86_64-linux-gnu${LIBRARY_PATH:+:$LIBRARY_PATH}"
+  export LD_LIBRARY_PATH="$dp/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export PKG_CONFIG_PATH="$dp/usr/lib/x86_64-linux-gnu/pkgconfig:$dp/usr/share/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+  export CMAKE_PREFIX_PATH="$dp/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+fi
+missing=()
+while read -r header pkg; do
+  echo "#include <$header>" | ${CXX:-c++} -std=c++17 -E -x c++ - >/dev/null 2>&1 || missing+=("$pkg ($header)")
+done <<'EOF_HEADERS'
+absl/base/config.h libabsl-dev
+yaml-cpp/yaml.h libyaml-cpp-dev
+nlohmann/json.hpp nlohmann-json3-dev
+CLI/CLI.hpp libcli11-dev
+openssl/ssl.h libssl-dev
+gtest/gtest.h libgtest-dev
+benchmark/benchmark.h libbenchmark-dev
+grpcpp/grpcpp.h libgrpc++-dev
+google/protobuf/message.h libprotobuf-dev
+prometheus/registry.h prometheus-cpp-dev
+sqlite3.h libsqlite3-dev
+httplib.h libcpp-httplib-dev
+sentencepiece_processor.h libsentencepiece-dev
+oniguruma.h libonig-dev
+unicode/uchar.h libicu-dev
+oneapi/dnnl/dnnl.hpp libdnnl-dev
+EOF_HEADERS
+if ((${#missing[@]})); then
+  echo "gpu-check: this host lacks ${#missing[@]} build dependencies (Debian 12 packages):" >&2
+  printf '  %s\n' "${missing[@]}" >&2
+  echo "gpu-check: install them, or unpack their .debs (with their library packages) into a folder named by SAE_DEPS_PREFIX" >&2
+  exit 2
+fi
+prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)' 2>/dev/null) ||
+  { echo "gpu-check: python3 has no torch (this builds against a CUDA LibTorch: python3's torch)" >&2; exit 2; }
 echo "gpu-check: torch $(python3 -c 'import torch; print(torch.__version__, torch.version.cuda)'), $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
 cmake -S . -B "$b" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" \
