@@ -2,8 +2,8 @@
 # Runs setup, then every test through ctest, then the lock-annotation check
 # (scripts/thread_safety.sh: clang -Wthread-safety -Werror, compile only), the
 # NCCL backend against CUDA's toolkit where one is installed
-# (scripts/nccl_check.sh: build-nccl, no GPU needed) and the formatting check (scripts/format.sh --check, .clang-format); fails on
-# any failure.
+# (scripts/nccl_check.sh: build-nccl, no GPU needed) and the formatting check
+# (scripts/format.sh --check, .clang-format); fails on any failure.
 # SAE_FULL_CHECKS=1 adds the sanitizer builds and their tests
 # (scripts/sanitizers.sh: ASan+UBSan, TSan) and a short fuzz pass
 # (scripts/fuzz.sh, SAE_FUZZ_SECONDS per target, default 20).
