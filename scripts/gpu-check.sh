@@ -13,7 +13,8 @@ b=${1:-build-gpu}
 # has it (scripts/packages.txt), so that a host without them says all of them
 # in seconds instead of configure stopping at the first. SAE_DEPS_PREFIX: a
 # folder where such packages were unpacked (dpkg -x pkg.deb DIR), searched
-# for headers, libraries, CMake and pkg-config files.
+# for headers, libraries, CMake and pkg-config files (not yet tried on a host
+# without the packages: Debian's .pc files say prefix=/usr).
 if [ -n "${SAE_DEPS_PREFIX:-}" ]; then
   dp=$SAE_DEPS_PREFIX
   export CPATH="$dp/usr/include:$dp/usr/include/x86_64-linux-gnu${CPATH:+:$CPATH}"
