@@ -6,22 +6,35 @@
 # The host also needs the build's libraries (scripts/packages.txt's -dev
 # packages): a preflight names every one it lacks and stops (exit 2).
 # Usage: [SAE_DEPS_PREFIX=dir] scripts/gpu-check.sh [build-dir]   (default build-gpu)
+# On a host with no package registry (the device machine): scripts/gpu-deps.sh
+# here, carry the folder, `dpkg -x` its .debs into DIR there, SAE_DEPS_PREFIX=DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 b=${1:-build-gpu}
+# python3's torch first, before SAE_DEPS_PREFIX's libraries join the search
+# path of every process this script starts.
+prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)' 2>/dev/null) ||
+  { echo "gpu-check: python3 has no torch (this builds against a CUDA LibTorch: python3's torch)" >&2; exit 2; }
+torch_version=$(python3 -c 'import torch; print(torch.__version__, torch.version.cuda)')
 # Preflight: every header the configure needs, with the Debian 12 package that
 # has it (scripts/packages.txt), so that a host without them says all of them
 # in seconds instead of configure stopping at the first. SAE_DEPS_PREFIX: a
-# folder where such packages were unpacked (dpkg -x pkg.deb DIR), searched
-# for headers, libraries, CMake and pkg-config files (not yet tried on a host
-# without the packages: Debian's .pc files say prefix=/usr).
+# folder where such packages were unpacked (`dpkg -x pkg.deb DIR` for each of
+# scripts/gpu-deps.sh's downloads), searched for headers, libraries (Debian
+# puts some under /lib), programs (protoc, grpc_cpp_plugin), CMake and
+# pkg-config files. Tried in a bare Debian 12 (build-essential, cmake, ninja,
+# python3, pkg-config) with nothing else but those packages unpacked:
+# configure passed, test_comm and bench_allreduce built and test_comm passed
+# (docs/performance.md, session 17); not yet on the GPU host itself.
 if [ -n "${SAE_DEPS_PREFIX:-}" ]; then
   dp=$SAE_DEPS_PREFIX
+  libs="$dp/usr/lib/x86_64-linux-gnu:$dp/lib/x86_64-linux-gnu:$dp/usr/lib"
   export CPATH="$dp/usr/include:$dp/usr/include/x86_64-linux-gnu${CPATH:+:$CPATH}"
-  export LIBRARY_PATH="$dp/usr/lib/x86_64-linux-gnu${LIBRARY_PATH:+:$LIBRARY_PATH}"
-  export LD_LIBRARY_PATH="$dp/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export LIBRARY_PATH="$libs${LIBRARY_PATH:+:$LIBRARY_PATH}"
+  export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export PKG_CONFIG_PATH="$dp/usr/lib/x86_64-linux-gnu/pkgconfig:$dp/usr/share/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
   export CMAKE_PREFIX_PATH="$dp/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+  export PATH="$dp/usr/bin:$PATH"
 fi
 missing=()
 while read -r header pkg; do
@@ -50,9 +63,7 @@ if ((${#missing[@]})); then
   echo "gpu-check: install them, or unpack their .debs (with their library packages) into a folder named by SAE_DEPS_PREFIX" >&2
   exit 2
 fi
-prefix=$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)' 2>/dev/null) ||
-  { echo "gpu-check: python3 has no torch (this builds against a CUDA LibTorch: python3's torch)" >&2; exit 2; }
-echo "gpu-check: torch $(python3 -c 'import torch; print(torch.__version__, torch.version.cuda)'), $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+echo "gpu-check: torch $torch_version, $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
 gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
 cmake -S . -B "$b" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$prefix" \
   -DSAE_WITH_CUDA=ON -DSAE_WITH_NCCL=ON -DSAE_BUILD_TESTS=ON -DSAE_BUILD_BENCHMARKS=ON 2>&1 | grep -E "saeforge|Error|error" || true
